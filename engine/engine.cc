@@ -1,0 +1,423 @@
+#include "engine/engine.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/transaction_log.h>
+#include <rocksdb/utilities/checkpoint.h>
+#include <rocksdb/write_batch.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+#include "engine/rocks_status.h"
+
+namespace walship::engine {
+namespace {
+
+constexpr size_t kBatchHeaderBytes = 12;  // fixed64 sequence + fixed32 count
+constexpr uint64_t kMaxScanLimit = 100000;
+
+uint64_t DecodeFixed64(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof v);  // little-endian hosts only (x86_64, aarch64)
+  return v;
+}
+uint32_t DecodeFixed32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+void EncodeFixed64(char* p, uint64_t v) { std::memcpy(p, &v, sizeof v); }
+void EncodeFixed32(char* p, uint32_t v) { std::memcpy(p, &v, sizeof v); }
+
+// Walks a batch's records. Accepts only what walship itself writes (put, delete, delete
+// range, single delete, log data) in the default column family, so a malformed or foreign
+// batch from a peer is refused before it reaches the WAL. Optionally collects the ops.
+class BatchChecker : public rocksdb::WriteBatch::Handler {
+ public:
+  explicit BatchChecker(std::vector<WriteOp>* ops) : ops_(ops) {}
+
+  rocksdb::Status PutCF(uint32_t cf, const rocksdb::Slice& key,
+                        const rocksdb::Slice& value) override {
+    return Record(cf, OpType::kPut, key, value);
+  }
+  rocksdb::Status DeleteCF(uint32_t cf, const rocksdb::Slice& key) override {
+    return Record(cf, OpType::kDelete, key, rocksdb::Slice());
+  }
+  rocksdb::Status SingleDeleteCF(uint32_t cf, const rocksdb::Slice& key) override {
+    return Record(cf, OpType::kDelete, key, rocksdb::Slice());
+  }
+  rocksdb::Status DeleteRangeCF(uint32_t cf, const rocksdb::Slice& begin,
+                                const rocksdb::Slice& end) override {
+    return Record(cf, OpType::kDeleteRange, begin, end);
+  }
+  rocksdb::Status MergeCF(uint32_t, const rocksdb::Slice&, const rocksdb::Slice&) override {
+    return rocksdb::Status::Corruption("merge records are not used by walship");
+  }
+  rocksdb::Status PutBlobIndexCF(uint32_t, const rocksdb::Slice&,
+                                 const rocksdb::Slice&) override {
+    return rocksdb::Status::Corruption("blob index records are not used by walship");
+  }
+  void LogData(const rocksdb::Slice&) override {}
+  rocksdb::Status MarkBeginPrepare(bool) override {
+    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
+  }
+  rocksdb::Status MarkEndPrepare(const rocksdb::Slice&) override {
+    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
+  }
+  rocksdb::Status MarkCommit(const rocksdb::Slice&) override {
+    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
+  }
+  rocksdb::Status MarkRollback(const rocksdb::Slice&) override {
+    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
+  }
+  rocksdb::Status MarkNoop(bool) override { return rocksdb::Status::OK(); }
+
+  uint64_t records() const { return records_; }
+
+ private:
+  rocksdb::Status Record(uint32_t cf, OpType type, const rocksdb::Slice& a,
+                         const rocksdb::Slice& b) {
+    if (cf != 0) {
+      return rocksdb::Status::Corruption(
+          absl::StrCat("record for column family ", cf, "; walship uses only the default"));
+    }
+    ++records_;
+    if (ops_ != nullptr) ops_->push_back(WriteOp{type, a.ToString(), b.ToString()});
+    return rocksdb::Status::OK();
+  }
+
+  std::vector<WriteOp>* ops_;
+  uint64_t records_ = 0;
+};
+
+// Checks a batch's framing against its first_seq/count and walks its records.
+absl::Status CheckBatch(const Batch& batch, std::vector<WriteOp>* ops) {
+  if (batch.data.size() < kBatchHeaderBytes) {
+    return absl::DataLossError(absl::StrCat("batch at seq ", batch.first_seq, " has ",
+                                            batch.data.size(), " bytes, less than its header"));
+  }
+  uint64_t header_seq = DecodeFixed64(batch.data.data());
+  uint32_t header_count = DecodeFixed32(batch.data.data() + 8);
+  if (header_count != batch.count || header_seq != batch.first_seq) {
+    return absl::DataLossError(absl::StrCat("batch header says seq ", header_seq, " count ",
+                                            header_count, " but it was sent as seq ",
+                                            batch.first_seq, " count ", batch.count));
+  }
+  rocksdb::WriteBatch wb(batch.data);
+  BatchChecker checker(ops);
+  rocksdb::Status s = wb.Iterate(&checker);
+  if (!s.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("batch at seq ", batch.first_seq, " is malformed: ", s.ToString()));
+  }
+  if (checker.records() != batch.count) {
+    return absl::DataLossError(absl::StrCat("batch at seq ", batch.first_seq, " holds ",
+                                            checker.records(), " records, header says ",
+                                            batch.count));
+  }
+  return absl::OkStatus();
+}
+
+class WalCursorImpl final : public WalCursor {
+ public:
+  WalCursorImpl(rocksdb::DB* db, SequenceNumber from_seq) : db_(db), next_seq_(from_seq) {}
+
+  SequenceNumber next_seq() const override { return next_seq_; }
+
+  absl::StatusOr<std::optional<Batch>> Next() override {
+    if (iter_ != nullptr) {
+      // iter_ was valid once (we never keep one that was not), so Next() is safe: it
+      // advances past the batch we returned, or picks up writes appended since the end.
+      iter_->Next();
+      if (!iter_->Valid()) {
+        rocksdb::Status s = iter_->status();
+        iter_.reset();
+        // TryAgain: the WAL switched files; a new iterator is needed. OK at the end of the
+        // log: nothing new, unless the latest sequence says otherwise (then reopen).
+        if (!s.ok() && !s.IsTryAgain()) return FromRocks(s);
+        if (db_->GetLatestSequenceNumber() < next_seq_) return std::nullopt;
+      }
+    }
+    if (iter_ == nullptr) {
+      SequenceNumber latest = db_->GetLatestSequenceNumber();
+      if (next_seq_ > latest + 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "WAL position ", next_seq_, " is beyond the end of the log (latest ", latest, ")"));
+      }
+      if (next_seq_ == latest + 1) return std::nullopt;
+      std::unique_ptr<rocksdb::TransactionLogIterator> it;
+      rocksdb::Status s = db_->GetUpdatesSince(next_seq_, &it);
+      if (!s.ok()) return FromRocks(s);
+      if (!it->Valid()) {
+        s = it->status();
+        if (s.IsTryAgain()) return std::nullopt;  // raced with a WAL switch; retry later
+        if (!s.ok()) return FromRocks(s);
+        return Gap(0);  // the log holds nothing at or after next_seq_ though latest >= it
+      }
+      iter_ = std::move(it);
+    }
+    return TakeCurrent();
+  }
+
+ private:
+  // Examines the iterator's current batch: returns it if it starts at next_seq_, skips empty
+  // batches and batches that end before next_seq_, and reports anything else.
+  absl::StatusOr<std::optional<Batch>> TakeCurrent() {
+    while (true) {
+      WALSHIP_CHECK(iter_->Valid());
+      rocksdb::BatchResult br = iter_->GetBatch();
+      SequenceNumber seq = br.sequence;
+      uint64_t count = br.writeBatchPtr->Count();
+      if (count != 0) {
+        if (seq == next_seq_) {
+          Batch batch{seq, count, br.writeBatchPtr->Data()};
+          next_seq_ = batch.next_seq();
+          return batch;
+        }
+        if (seq > next_seq_) {
+          iter_.reset();
+          return Gap(seq);
+        }
+        if (seq + count > next_seq_) {
+          iter_.reset();
+          return absl::InvalidArgumentError(
+              absl::StrCat("WAL position ", next_seq_, " is inside the batch [", seq, ", ",
+                           seq + count, "); positions must be batch boundaries"));
+        }
+      }
+      iter_->Next();
+      if (!iter_->Valid()) {
+        rocksdb::Status s = iter_->status();
+        iter_.reset();
+        if (!s.ok() && !s.IsTryAgain()) return FromRocks(s);
+        return std::nullopt;
+      }
+    }
+  }
+
+  absl::Status Gap(SequenceNumber found_seq) const {
+    return absl::OutOfRangeError(absl::StrCat(
+        "WAL gap: position ", next_seq_, " is no longer in the WAL",
+        found_seq != 0 ? absl::StrCat(" (oldest batch found starts at ", found_seq, ")") : "",
+        "; the reader must be re-seeded from a checkpoint"));
+  }
+
+  rocksdb::DB* db_;
+  SequenceNumber next_seq_;
+  std::unique_ptr<rocksdb::TransactionLogIterator> iter_;  // null or was valid once
+};
+
+class EngineImpl final : public Engine {
+ public:
+  explicit EngineImpl(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+  ~EngineImpl() override {
+    rocksdb::Status s = db_->Close();
+    (void)s;  // nothing more to do on close failure; the WAL already holds every write
+  }
+
+  absl::StatusOr<Batch> Write(absl::Span<const WriteOp> ops,
+                              const WriteOptions& options) override {
+    if (options.disable_wal) {
+      return absl::InvalidArgumentError(
+          "writes without the WAL are refused: they would leave a hole in the replication log");
+    }
+    if (ops.empty()) return absl::InvalidArgumentError("a write needs at least one op");
+    rocksdb::WriteBatch wb;
+    for (const WriteOp& op : ops) {
+      rocksdb::Status s;
+      switch (op.type) {
+        case OpType::kPut: s = wb.Put(op.key, op.value); break;
+        case OpType::kDelete: s = wb.Delete(op.key); break;
+        case OpType::kDeleteRange: s = wb.DeleteRange(op.key, op.value); break;
+      }
+      if (!s.ok()) return FromRocks(s);
+    }
+    SequenceNumber before = db_->GetLatestSequenceNumber();
+    rocksdb::Status s = db_->Write(ToRocks(options), &wb);
+    if (!s.ok()) return FromRocks(s);
+    Batch batch{before + 1, wb.Count(), wb.Data()};
+    // One writer at a time (class comment): the batch got exactly the next numbers.
+    WALSHIP_CHECKF(db_->GetLatestSequenceNumber() == batch.last_seq(),
+                   "concurrent writers: latest %llu, expected %llu",
+                   static_cast<unsigned long long>(db_->GetLatestSequenceNumber()),
+                   static_cast<unsigned long long>(batch.last_seq()));
+    WALSHIP_CHECK(DecodeFixed64(batch.data.data()) == batch.first_seq);
+    return batch;
+  }
+
+  absl::Status ApplyReplicated(const Batch& batch, const WriteOptions& options) override {
+    if (options.disable_wal) {
+      return absl::InvalidArgumentError("replicated batches are always written to the WAL");
+    }
+    if (batch.count == 0) {
+      return absl::DataLossError(absl::StrCat("empty batch at seq ", batch.first_seq));
+    }
+    SequenceNumber latest = db_->GetLatestSequenceNumber();
+    if (batch.first_seq != latest + 1) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "batch starts at seq ", batch.first_seq, " but this database ends at ", latest,
+          "; only a batch starting at ", latest + 1, " may be applied"));
+    }
+    WALSHIP_RETURN_IF_ERROR(CheckBatch(batch, nullptr));
+    rocksdb::WriteBatch wb(batch.data);
+    rocksdb::Status s = db_->Write(ToRocks(options), &wb);
+    if (!s.ok()) return FromRocks(s);
+    WALSHIP_CHECK(db_->GetLatestSequenceNumber() == batch.last_seq());
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> Get(std::string_view key) override {
+    std::string value;
+    rocksdb::Status s =
+        db_->Get(rocksdb::ReadOptions(), db_->DefaultColumnFamily(),
+                 rocksdb::Slice(key.data(), key.size()), &value);
+    if (!s.ok()) return FromRocks(s);
+    return value;
+  }
+
+  absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options) override {
+    uint64_t limit = std::min(options.limit, kMaxScanLimit);
+    std::vector<KeyValue> out;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    const std::string& seek = options.start > options.prefix ? options.start : options.prefix;
+    for (it->Seek(seek); it->Valid() && out.size() < limit; it->Next()) {
+      if (!it->key().starts_with(options.prefix)) break;
+      out.push_back(KeyValue{it->key().ToString(), it->value().ToString()});
+    }
+    if (!it->status().ok()) return FromRocks(it->status());
+    return out;
+  }
+
+  SequenceNumber LatestSequence() override { return db_->GetLatestSequenceNumber(); }
+
+  absl::StatusOr<std::unique_ptr<WalCursor>> NewWalCursor(SequenceNumber from_seq) override {
+    if (from_seq == 0) return absl::InvalidArgumentError("WAL positions start at 1");
+    return std::unique_ptr<WalCursor>(new WalCursorImpl(db_.get(), from_seq));
+  }
+
+  absl::StatusOr<SequenceNumber> CreateCheckpoint(const std::string& dir) override {
+    rocksdb::Checkpoint* raw = nullptr;
+    rocksdb::Status s = rocksdb::Checkpoint::Create(db_.get(), &raw);
+    if (!s.ok()) return FromRocks(s);
+    std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+    s = checkpoint->CreateCheckpoint(dir);
+    if (!s.ok()) return FromRocks(s);
+    // The figure CreateCheckpoint could report is a lower bound while writes go on; the
+    // opened copy's own latest sequence is exact.
+    rocksdb::Options options;
+    rocksdb::DB* ro = nullptr;
+    s = rocksdb::DB::OpenForReadOnly(options, dir, &ro);
+    if (!s.ok()) return FromRocks(s);
+    std::unique_ptr<rocksdb::DB> copy(ro);
+    return copy->GetLatestSequenceNumber();
+  }
+
+  absl::Status IngestExternalFiles(const std::vector<std::string>&) override {
+    return absl::FailedPreconditionError(
+        "file ingestion is refused: it changes data without a WAL record, so followers "
+        "would never receive it");
+  }
+
+  absl::Status Flush() override {
+    rocksdb::FlushOptions fo;
+    fo.wait = true;
+    return FromRocks(db_->Flush(fo));
+  }
+
+  uint64_t ApproximateSizeBytes() override {
+    uint64_t sst = 0, mem = 0;
+    db_->GetIntProperty("rocksdb.total-sst-files-size", &sst);
+    db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
+    return sst + mem;
+  }
+
+  absl::Status SyncWal() override { return FromRocks(db_->SyncWAL()); }
+
+ private:
+  static rocksdb::WriteOptions ToRocks(const WriteOptions& options) {
+    rocksdb::WriteOptions wo;
+    wo.sync = options.sync;
+    wo.no_slowdown = options.no_slowdown;
+    wo.disableWAL = false;
+    return wo;
+  }
+
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
+  rocksdb::Options ro;
+  ro.create_if_missing = options.create_if_missing;
+  ro.write_buffer_size = options.write_buffer_bytes;
+  // Keep obsolete WAL files in <db>/archive, where GetUpdatesSince still finds them.
+  // RocksDB checks these limits every WAL_ttl_seconds / 2 when only the age limit is set, and
+  // only every 10 minutes once a size limit is set.
+  if (options.wal_retention_bytes == 0 && options.wal_retention_seconds == 0) {
+    return absl::InvalidArgumentError(
+        "WAL retention needs a size or an age limit; with neither, RocksDB deletes obsolete WAL "
+        "files at once and lagging followers could never catch up");
+  }
+  ro.WAL_size_limit_MB = (options.wal_retention_bytes + (1 << 20) - 1) >> 20;
+  ro.WAL_ttl_seconds = options.wal_retention_seconds;
+  ro.manual_wal_flush = false;
+  ro.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  // Pipelined and unordered writes would break "one write, one WAL record, in order".
+  ro.enable_pipelined_write = false;
+  ro.unordered_write = false;
+  ro.two_write_queues = false;
+  ro.keep_log_file_num = 4;
+  ro.max_background_jobs = 2;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(ro, options.path, &raw);
+  if (!s.ok()) {
+    if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "database ", options.path, " is in use by another process: ", s.ToString()));
+    }
+    return FromRocks(s);
+  }
+  return std::unique_ptr<Engine>(new EngineImpl(std::unique_ptr<rocksdb::DB>(raw)));
+}
+
+absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches) {
+  if (batches.empty()) return absl::InvalidArgumentError("no batches to join");
+  if (batches.size() == 1) return batches[0];
+  Batch out;
+  out.first_seq = batches[0].first_seq;
+  size_t bytes = kBatchHeaderBytes;
+  for (const Batch& b : batches) {
+    if (b.data.size() < kBatchHeaderBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("batch at seq ", b.first_seq,
+                                                     " is shorter than its header"));
+    }
+    bytes += b.data.size() - kBatchHeaderBytes;
+  }
+  out.data.reserve(bytes);
+  out.data.resize(kBatchHeaderBytes);
+  for (const Batch& b : batches) {
+    if (b.first_seq != out.first_seq + out.count) {
+      return absl::InvalidArgumentError(absl::StrCat("batch at seq ", b.first_seq,
+                                                     " does not follow seq ",
+                                                     out.first_seq + out.count - 1));
+    }
+    out.count += b.count;
+    out.data.append(b.data, kBatchHeaderBytes, std::string::npos);
+  }
+  if (out.count > UINT32_MAX) return absl::InvalidArgumentError("joined batch too large");
+  EncodeFixed64(out.data.data(), out.first_seq);
+  EncodeFixed32(out.data.data() + 8, static_cast<uint32_t>(out.count));
+  return out;
+}
+
+absl::StatusOr<std::vector<WriteOp>> DecodeBatch(const Batch& batch) {
+  std::vector<WriteOp> ops;
+  WALSHIP_RETURN_IF_ERROR(CheckBatch(batch, &ops));
+  return ops;
+}
+
+}  // namespace walship::engine

@@ -1,0 +1,147 @@
+// The node store: one RocksDB database opened with replication-safe options.
+//
+// This is the only part of walship that includes <rocksdb/...>. Every type in this header is
+// ours, so a RocksDB API change touches this folder only.
+//
+// Thread safety: an Engine may be used from any thread. Reads, scans, cursors and checkpoints
+// may run concurrently with each other and with a write. Write() and ApplyReplicated() must be
+// serialised by the caller (one writer at a time): with one writer, each call becomes exactly
+// one WAL record, so the batch boundaries a WalCursor returns are the boundaries the writer
+// saw. Two concurrent writers could be merged by RocksDB into one WAL record, and a follower
+// positioned between them could then not be served from the WAL.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/types.h"
+
+namespace walship::engine {
+
+struct EngineOptions {
+  // Directory of the RocksDB database. Created when missing and create_if_missing is set.
+  std::string path;
+  bool create_if_missing = true;
+  // Archived WAL kept for followers that are behind, in bytes (RocksDB WAL_size_limit_MB,
+  // rounded up to whole MiB); 0 means no size limit. RocksDB enforces it only every 10 min.
+  uint64_t wal_retention_bytes = uint64_t{1} << 30;
+  // Archived WAL files older than this are deleted (RocksDB WAL_ttl_seconds); 0 means no age
+  // limit. With no size limit, RocksDB checks every wal_retention_seconds / 2. At least one
+  // of the two limits must be set (else kInvalidArgument).
+  uint64_t wal_retention_seconds = 0;
+  // Size of one memtable; when full it is flushed to an SSTable and the WAL switches file.
+  uint64_t write_buffer_bytes = 64 << 20;
+};
+
+struct WriteOptions {
+  // fsync the WAL before returning.
+  bool sync = false;
+  // Return kResourceExhausted instead of blocking when RocksDB would stall the write
+  // (flush or compaction behind). Meant for the event-loop thread, which must never block.
+  bool no_slowdown = false;
+  // Writing without the WAL would consume sequence numbers with no shippable record, so a
+  // write that sets this is refused with kInvalidArgument. It exists so that the refusal is
+  // explicit and tested rather than a missing knob someone adds later.
+  bool disable_wal = false;
+};
+
+struct KeyValue {
+  std::string key;
+  std::string value;
+};
+
+struct ScanOptions {
+  std::string start;   // first key at or after this
+  std::string prefix;  // only keys with this prefix; empty for all
+  uint64_t limit = 1000;
+};
+
+// Reads whole batches from the WAL in sequence order, starting exactly at a batch boundary
+// and never across a gap. Not thread-safe; one reader at a time.
+class WalCursor {
+ public:
+  virtual ~WalCursor() = default;
+
+  // Returns the batch that starts at next_seq() and advances past it, or std::nullopt when
+  // the cursor has reached the end of the log (call again later: new writes are picked up).
+  // Errors:
+  //   kOutOfRange:      the WAL no longer holds next_seq() (purged): a gap. The reader must be
+  //                     re-seeded from a checkpoint; the cursor never skips ahead.
+  //   kInvalidArgument: next_seq() lies inside a batch, or beyond the end of the log.
+  //   others:           I/O or corruption, with RocksDB's message.
+  virtual absl::StatusOr<std::optional<Batch>> Next() = 0;
+
+  // Sequence number of the next batch this cursor will return.
+  virtual SequenceNumber next_seq() const = 0;
+};
+
+class Engine {
+ public:
+  // Opens (or creates) the database. kFailedPrecondition when another process holds it.
+  static absl::StatusOr<std::unique_ptr<Engine>> Open(const EngineOptions& options);
+
+  virtual ~Engine() = default;
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Writes `ops` atomically as one batch and returns it with its assigned first_seq, count and
+  // bytes (as the WAL holds them). Caller serialises writes (see the class comment).
+  // kResourceExhausted: would stall and options.no_slowdown was set; nothing was written.
+  // kInvalidArgument: an empty op list, or options.disable_wal.
+  virtual absl::StatusOr<Batch> Write(absl::Span<const WriteOp> ops,
+                                      const WriteOptions& options) = 0;
+
+  // Applies a batch shipped from the leader, byte for byte, so that this database consumes the
+  // same sequence numbers. Requires batch.first_seq == LatestSequence() + 1 (else
+  // kFailedPrecondition, nothing applied) and a well-formed batch whose header count equals
+  // batch.count (else kDataLoss). kResourceExhausted as for Write.
+  virtual absl::Status ApplyReplicated(const Batch& batch, const WriteOptions& options) = 0;
+
+  // Point read. kNotFound when absent.
+  virtual absl::StatusOr<std::string> Get(std::string_view key) = 0;
+  virtual absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options) = 0;
+
+  // Sequence number of the last op written or applied (0 for an empty database).
+  virtual SequenceNumber LatestSequence() = 0;
+
+  // A cursor positioned at `from_seq`, which should be a batch boundary (1 for the start).
+  virtual absl::StatusOr<std::unique_ptr<WalCursor>> NewWalCursor(SequenceNumber from_seq) = 0;
+
+  // Makes a consistent copy of the database in `dir` (which must not exist) and returns the
+  // sequence number it holds, read from the opened copy (RocksDB's own figure is only a lower
+  // bound while writes go on).
+  virtual absl::StatusOr<SequenceNumber> CreateCheckpoint(const std::string& dir) = 0;
+
+  // File ingestion changes state without a WAL record, so followers could never see it:
+  // always refused with kFailedPrecondition.
+  virtual absl::Status IngestExternalFiles(const std::vector<std::string>& files) = 0;
+
+  // Flushes the memtable to an SSTable and switches to a new WAL file (tests, admin).
+  virtual absl::Status Flush() = 0;
+
+  // Bytes of SSTables, memtables and live WAL (an estimate).
+  virtual uint64_t ApproximateSizeBytes() = 0;
+
+  // Fsyncs the WAL.
+  virtual absl::Status SyncWal() = 0;
+
+ protected:
+  Engine() = default;
+};
+
+// Joins consecutive batches (each first_seq equal to the previous next_seq) into one batch
+// that consumes the same sequence numbers when applied. kInvalidArgument if not contiguous
+// or malformed.
+absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches);
+
+// Decodes a batch's bytes back into operations (tests, debugging, the CLI). kDataLoss when the
+// bytes are malformed.
+absl::StatusOr<std::vector<WriteOp>> DecodeBatch(const Batch& batch);
+
+}  // namespace walship::engine

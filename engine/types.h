@@ -1,0 +1,32 @@
+// Value types shared by every part of walship. No RocksDB types appear here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace walship::engine {
+
+// RocksDB's sequence number: each op of a write consumes one. 0 means "nothing yet".
+using SequenceNumber = uint64_t;
+
+// One write batch as it sits in the WAL. `data` is RocksDB's WriteBatch representation: a
+// 12-byte header (fixed64 sequence, fixed32 count) and then the records, documented in
+// RocksDB's db/write_batch.cc and in docs/wire-format.md.
+struct Batch {
+  SequenceNumber first_seq = 0;
+  uint64_t count = 0;
+  std::string data;
+
+  SequenceNumber next_seq() const { return first_seq + count; }
+  SequenceNumber last_seq() const { return first_seq + count - 1; }
+};
+
+enum class OpType { kPut, kDelete, kDeleteRange };
+
+struct WriteOp {
+  OpType type = OpType::kPut;
+  std::string key;    // for kDeleteRange: begin key (inclusive)
+  std::string value;  // for kDeleteRange: end key (exclusive); empty for kDelete
+};
+
+}  // namespace walship::engine
