@@ -1,0 +1,187 @@
+#include "replication/follower.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+
+namespace walship::replication {
+
+const char* FollowerPhaseName(FollowerPhase phase) {
+  switch (phase) {
+    case FollowerPhase::kConnecting: return "connecting";
+    case FollowerPhase::kStreaming: return "streaming";
+    case FollowerPhase::kNeedsSnapshot: return "needs_snapshot";
+  }
+  return "?";
+}
+
+Follower::Follower(FollowerOptions options, engine::Engine* engine, NodeState state,
+                   Clock* clock)
+    : options_(std::move(options)), engine_(engine), clock_(clock), state_(std::move(state)) {
+  status_.epoch = state_.epoch;
+  status_.applied = engine_->LatestSequence();
+  received_ = status_.applied;
+}
+
+Hello Follower::MakeHello() const {
+  absl::MutexLock lock(&mu_);
+  Hello hello;
+  hello.cluster = options_.cluster;
+  hello.database_id = state_.database_id;
+  hello.follower_id = options_.node_id;
+  hello.epoch = state_.epoch;
+  hello.last_applied = engine_->LatestSequence();
+  hello.last_applied_epoch = state_.EpochOf(hello.last_applied);
+  return hello;
+}
+
+absl::Status Follower::OnHelloReply(const HelloReply& reply) {
+  absl::MutexLock lock(&mu_);
+  status_.leader_latest = reply.leader_latest;
+  status_.last_contact_us = clock_->NowMicros();
+  switch (reply.outcome) {
+    case HelloOutcome::kNeedsSnapshot:
+      status_.phase = FollowerPhase::kNeedsSnapshot;
+      status_.message = reply.message;
+      return absl::FailedPreconditionError(reply.message);
+    case HelloOutcome::kRefused:
+      status_.phase = FollowerPhase::kConnecting;
+      status_.message = reply.message;
+      return absl::PermissionDeniedError(reply.message);
+    case HelloOutcome::kAccepted: break;
+  }
+  // Pair checks: the leader accepted us, so what it sent must agree with what we hold.
+  std::string why;
+  if (reply.epoch < state_.epoch) {
+    why = absl::StrCat("leader is at epoch ", reply.epoch, ", older than ours (", state_.epoch,
+                       "): it is stale");
+  } else if (!state_.database_id.empty() && reply.database_id != state_.database_id) {
+    why = absl::StrCat("leader holds database ", reply.database_id, ", we hold ",
+                       state_.database_id);
+  } else if (absl::Status s = ValidateHistory(reply.history); !s.ok()) {
+    why = absl::StrCat("leader sent a bad epoch history: ", s.message());
+  }
+  if (!why.empty()) {
+    status_.message = why;
+    return absl::PermissionDeniedError(why);
+  }
+  NodeState next = state_;
+  next.epoch = reply.epoch;
+  next.database_id = reply.database_id;
+  next.history = reply.history;
+  if (next.epoch != state_.epoch || next.database_id != state_.database_id ||
+      next.history != state_.history) {
+    if (absl::Status s = SaveNodeState(options_.state_path, next); !s.ok()) return s;
+    state_ = std::move(next);
+  }
+  status_.epoch = state_.epoch;
+  status_.phase = FollowerPhase::kStreaming;
+  status_.message.clear();
+  return absl::OkStatus();
+}
+
+Ack Follower::MakeAck(AckOutcome outcome, std::string message) {
+  Ack ack;
+  ack.epoch = state_.epoch;
+  ack.outcome = outcome;
+  ack.received = received_;
+  ack.durable = status_.durable;
+  ack.applied = status_.applied;
+  ack.message = std::move(message);
+  return ack;
+}
+
+absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOptions& write) {
+  absl::MutexLock lock(&mu_);
+  if (status_.phase == FollowerPhase::kNeedsSnapshot) {
+    return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + status_.message);
+  }
+  if (ship.epoch < state_.epoch) {
+    return MakeAck(AckOutcome::kStale, absl::StrCat("message from epoch ", ship.epoch,
+                                                    " refused: follower is at epoch ",
+                                                    state_.epoch));
+  }
+  if (ship.epoch > state_.epoch || status_.phase != FollowerPhase::kStreaming) {
+    return MakeAck(AckOutcome::kFailed,
+                   absl::StrCat("message from epoch ", ship.epoch, " without a handshake "
+                                "(follower at epoch ", state_.epoch, "); reconnect"));
+  }
+  status_.last_contact_us = clock_->NowMicros();
+  status_.leader_latest = std::max(status_.leader_latest, ship.leader_latest);
+  if (!ship.needs_snapshot.empty()) {
+    status_.phase = FollowerPhase::kNeedsSnapshot;
+    status_.message = ship.needs_snapshot;
+    return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + ship.needs_snapshot);
+  }
+  SequenceNumber applied = engine_->LatestSequence();
+  WALSHIP_CHECK(applied == status_.applied);  // nothing else writes a follower's database
+  // Skip batches we already hold (duplicates, resends after a gap).
+  size_t first = 0;
+  while (first < ship.batches.size() && ship.batches[first].batch.next_seq() <= applied + 1) {
+    ++first;
+  }
+  if (first == ship.batches.size()) return MakeAck(AckOutcome::kOk, "");
+  const engine::Batch& head = ship.batches[first].batch;
+  if (head.first_seq != applied + 1) {
+    return MakeAck(AckOutcome::kGap,
+                   absl::StrCat("batch starts at seq ", head.first_seq, " but the follower "
+                                "has applied up to ", applied));
+  }
+  std::vector<engine::Batch> run;
+  run.reserve(ship.batches.size() - first);
+  for (size_t i = first; i < ship.batches.size(); ++i) {
+    const engine::Batch& b = ship.batches[i].batch;
+    if (!run.empty() && b.first_seq != run.back().next_seq()) {
+      return MakeAck(AckOutcome::kFailed,
+                     absl::StrCat("batches in one message are not contiguous: seq ",
+                                  b.first_seq, " follows ", run.back().last_seq()));
+    }
+    run.push_back(b);
+  }
+  received_ = std::max(received_, run.back().last_seq());
+  // Consecutive batches applied as one consume the same sequence numbers.
+  absl::StatusOr<engine::Batch> joined = engine::ConcatBatches(run);
+  if (!joined.ok()) return MakeAck(AckOutcome::kFailed, std::string(joined.status().message()));
+  engine::WriteOptions options = write;
+  options.sync = options.sync || options_.fsync_apply;
+  absl::Status s = engine_->ApplyReplicated(*joined, options);
+  if (absl::IsResourceExhausted(s) && write.no_slowdown) return s;
+  if (!s.ok()) {
+    return MakeAck(AckOutcome::kFailed, absl::StrCat("apply failed: ", s.message()));
+  }
+  status_.applied = joined->last_seq();
+  if (options.sync) status_.durable = status_.applied;
+  status_.bytes_applied += joined->data.size();
+  last_applied_time_us_ = ship.batches.back().leader_time_us;
+  return MakeAck(AckOutcome::kOk, "");
+}
+
+void Follower::MarkDurable(SequenceNumber seq) {
+  absl::MutexLock lock(&mu_);
+  status_.durable = std::max(status_.durable, std::min(seq, status_.applied));
+}
+
+void Follower::OnDisconnect() {
+  absl::MutexLock lock(&mu_);
+  if (status_.phase == FollowerPhase::kStreaming) status_.phase = FollowerPhase::kConnecting;
+}
+
+FollowerStatus Follower::Status() const {
+  absl::MutexLock lock(&mu_);
+  FollowerStatus s = status_;
+  s.database_id = state_.database_id;
+  s.lag_seq = s.leader_latest > s.applied ? s.leader_latest - s.applied : 0;
+  s.lag_ms = 0;
+  if (s.lag_seq > 0 && last_applied_time_us_ > 0) {
+    s.lag_ms = std::max<int64_t>(0, (clock_->NowMicros() - last_applied_time_us_) / 1000);
+  }
+  return s;
+}
+
+Epoch Follower::epoch() const {
+  absl::MutexLock lock(&mu_);
+  return state_.epoch;
+}
+
+}  // namespace walship::replication

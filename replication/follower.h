@@ -1,0 +1,91 @@
+// The follower's side of replication: the handshake, the continuity and epoch checks, and
+// applying shipped batches to the local engine unchanged.
+//
+// Thread safety: all methods may be called from any thread; an internal mutex serialises
+// them, so one apply runs at a time (the engine's single-writer rule).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine.h"
+#include "replication/clock.h"
+#include "replication/messages.h"
+#include "replication/node_state.h"
+
+namespace walship::replication {
+
+struct FollowerOptions {
+  std::string cluster;
+  std::string node_id;
+  // Where NodeState is persisted (epoch adopted from the leader, database id, history).
+  std::string state_path;
+  // fsync every applied batch before acking it (durable == applied).
+  bool fsync_apply = false;
+};
+
+enum class FollowerPhase {
+  kConnecting,     // no accepted handshake on the current connection
+  kStreaming,      // receiving batches
+  kNeedsSnapshot,  // the leader cannot serve our position; nothing more will be applied
+};
+const char* FollowerPhaseName(FollowerPhase phase);
+
+struct FollowerStatus {
+  FollowerPhase phase = FollowerPhase::kConnecting;
+  Epoch epoch = 0;
+  std::string database_id;
+  SequenceNumber applied = 0;
+  SequenceNumber durable = 0;
+  SequenceNumber leader_latest = 0;  // as of the last message from the leader
+  uint64_t lag_seq = 0;
+  int64_t lag_ms = 0;         // age of the last applied batch when behind, else 0
+  int64_t last_contact_us = 0;
+  uint64_t bytes_applied = 0;
+  std::string message;        // why it needs a snapshot, or the last refusal
+};
+
+class Follower {
+ public:
+  // `engine` must outlive the Follower; `state` is what LoadNodeState returned.
+  Follower(FollowerOptions options, engine::Engine* engine, NodeState state, Clock* clock);
+
+  Hello MakeHello() const;
+
+  // Takes the leader's answer. OK: streaming may start (epoch, database id and history are
+  // adopted and persisted). kFailedPrecondition: needs snapshot (phase becomes
+  // kNeedsSnapshot). kPermissionDenied: refused (wrong cluster or database, stale leader).
+  absl::Status OnHelloReply(const HelloReply& reply);
+
+  // Applies a message from the leader and returns the ack to send back. Duplicated batches
+  // are skipped, a message that starts past applied + 1 is answered with kGap and nothing is
+  // applied. kResourceExhausted (and nothing applied) when `write.no_slowdown` is set and the
+  // engine would stall: call again without it, off the event loop.
+  absl::StatusOr<Ack> OnShip(const Ship& ship, const engine::WriteOptions& write);
+
+  // Records that the WAL was fsynced after `seq` was applied.
+  void MarkDurable(SequenceNumber seq);
+
+  // The connection to the leader is gone.
+  void OnDisconnect();
+
+  FollowerStatus Status() const;
+  Epoch epoch() const;
+
+ private:
+  Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const FollowerOptions options_;
+  engine::Engine* const engine_;
+  Clock* const clock_;
+  mutable absl::Mutex mu_;
+  NodeState state_ ABSL_GUARDED_BY(mu_);
+  FollowerStatus status_ ABSL_GUARDED_BY(mu_);
+  SequenceNumber received_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_applied_time_us_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace walship::replication

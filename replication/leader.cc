@@ -1,0 +1,286 @@
+#include "replication/leader.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+
+namespace walship::replication {
+
+namespace {
+class SystemClock final : public Clock {
+ public:
+  int64_t NowMicros() override {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+}  // namespace
+
+Clock* RealClock() {
+  static SystemClock clock;
+  return &clock;
+}
+
+const char* FollowerStateName(FollowerState state) {
+  switch (state) {
+    case FollowerState::kConnected: return "connected";
+    case FollowerState::kDisconnected: return "disconnected";
+    case FollowerState::kNeedsSnapshot: return "needs_snapshot";
+    case FollowerState::kRefused: return "refused";
+  }
+  return "?";
+}
+
+Leader::Leader(LeaderOptions options, engine::Engine* engine, NodeState state, Clock* clock)
+    : options_(std::move(options)),
+      engine_(engine),
+      state_(std::move(state)),
+      clock_(clock),
+      latest_(engine->LatestSequence()) {
+  WALSHIP_CHECK(!state_.history.empty() && state_.history.back().epoch == state_.epoch);
+}
+
+Leader::Record* Leader::FindSession(uint64_t session) {
+  // 0 is never a session: it is what OnHello returns when it refuses, and what an ended
+  // session's record holds, so it must not select whichever record has no session.
+  if (session == 0) return nullptr;
+  for (auto& [id, rec] : followers_) {
+    if (rec.session == session) return &rec;
+  }
+  return nullptr;
+}
+
+const Leader::Record* Leader::FindSession(uint64_t session) const {
+  return const_cast<Leader*>(this)->FindSession(session);
+}
+
+// Returns why the follower's history is not a prefix of ours, or "" when it is.
+std::string Leader::CheckHistory(const Hello& hello) const {
+  if (hello.last_applied > latest_) {
+    return absl::StrCat("follower has applied up to seq ", hello.last_applied,
+                        " but the leader's log ends at ", latest_,
+                        ": its history diverged from the leader's");
+  }
+  if (hello.last_applied == 0) return "";
+  const auto& h = state_.history;
+  for (size_t i = 0; i < h.size(); ++i) {
+    if (h[i].epoch != hello.last_applied_epoch) continue;
+    SequenceNumber end = i + 1 < h.size() ? h[i + 1].start_seq - 1 : latest_;
+    if (hello.last_applied < h[i].start_seq || hello.last_applied > end) {
+      return absl::StrCat("follower's last batch (seq ", hello.last_applied, ", epoch ",
+                          hello.last_applied_epoch, ") is outside the leader's epoch ",
+                          h[i].epoch, " range [", h[i].start_seq, ", ", end,
+                          "]: its history diverged");
+    }
+    return "";
+  }
+  if (hello.last_applied_epoch == 0) return "";  // seeded before any history was known
+  return absl::StrCat("the leader's history has no epoch ", hello.last_applied_epoch,
+                      " under which the follower wrote seq ", hello.last_applied);
+}
+
+HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
+  HelloReply reply;
+  reply.epoch = state_.epoch;
+  reply.database_id = state_.database_id;
+  reply.history = state_.history;
+  reply.leader_latest = latest_;
+  *session = 0;
+  Record& rec = followers_[hello.follower_id];
+  rec.info.id = hello.follower_id;
+  auto refuse = [&](HelloOutcome outcome, std::string why) {
+    reply.outcome = outcome;
+    reply.message = why;
+    rec.info.message = std::move(why);
+    rec.info.state = outcome == HelloOutcome::kNeedsSnapshot ? FollowerState::kNeedsSnapshot
+                                                             : FollowerState::kRefused;
+    rec.session = 0;
+    rec.cursor.reset();
+    return reply;
+  };
+  if (hello.cluster != options_.cluster) {
+    return refuse(HelloOutcome::kRefused,
+                  absl::StrCat("follower belongs to cluster '", hello.cluster,
+                               "', this leader to cluster '", options_.cluster, "'"));
+  }
+  if (hello.epoch > state_.epoch) {
+    return refuse(HelloOutcome::kRefused,
+                  absl::StrCat("follower has seen epoch ", hello.epoch, ", newer than this "
+                               "leader's epoch ", state_.epoch, ": this leader is stale"));
+  }
+  if (hello.database_id.empty()) {
+    if (hello.last_applied != 0) {
+      return refuse(HelloOutcome::kRefused,
+                    absl::StrCat("follower holds data up to seq ", hello.last_applied,
+                                 " but has no database id: it was not seeded from this "
+                                 "cluster"));
+    }
+  } else if (hello.database_id != state_.database_id) {
+    return refuse(HelloOutcome::kRefused,
+                  absl::StrCat("follower holds database ", hello.database_id,
+                               ", this leader database ", state_.database_id));
+  }
+  if (std::string why = CheckHistory(hello); !why.empty()) {
+    return refuse(HelloOutcome::kNeedsSnapshot, why);
+  }
+  reply.outcome = HelloOutcome::kAccepted;
+  rec.session = next_session_++;
+  rec.next_seq = hello.last_applied + 1;
+  rec.cursor.reset();
+  rec.info.state = FollowerState::kConnected;
+  rec.info.message.clear();
+  rec.info.sent = hello.last_applied;
+  rec.info.received = std::max(rec.info.received, hello.last_applied);
+  rec.info.applied = hello.last_applied;
+  rec.info.durable = std::min(rec.info.durable, hello.last_applied);
+  *session = rec.session;
+  return reply;
+}
+
+void Leader::OnLocalWrite(engine::Batch batch, int64_t leader_time_us) {
+  WALSHIP_CHECKF(batch.first_seq == latest_ + 1, "local write at %llu after %llu",
+                 static_cast<unsigned long long>(batch.first_seq),
+                 static_cast<unsigned long long>(latest_));
+  latest_ = batch.last_seq();
+  tail_bytes_ += batch.data.size();
+  tail_.push_back(ShippedBatch{std::move(batch), leader_time_us});
+  while (tail_bytes_ > options_.max_tail_bytes && tail_.size() > 1) {
+    tail_bytes_ -= tail_.front().batch.data.size();
+    tail_.pop_front();
+  }
+}
+
+void Leader::MarkNeedsSnapshot(Record& rec, const std::string& why) {
+  rec.info.state = FollowerState::kNeedsSnapshot;
+  rec.info.message = why;
+  rec.cursor.reset();
+}
+
+bool Leader::HasWork(uint64_t session) const {
+  const Record* rec = FindSession(session);
+  return rec != nullptr && rec->info.state == FollowerState::kConnected &&
+         rec->next_seq <= latest_;
+}
+
+std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
+  Record* rec = FindSession(session);
+  if (rec == nullptr || rec->info.state != FollowerState::kConnected) return std::nullopt;
+  Ship ship;
+  ship.epoch = state_.epoch;
+  ship.leader_latest = latest_;
+  ship.leader_time_us = clock_->NowMicros();
+  uint64_t bytes = 0;
+  while (rec->next_seq <= latest_ && bytes < options_.max_ship_bytes) {
+    if (!tail_.empty() && tail_.front().batch.first_seq <= rec->next_seq) {
+      auto it = std::lower_bound(
+          tail_.begin(), tail_.end(), rec->next_seq,
+          [](const ShippedBatch& b, SequenceNumber s) { return b.batch.first_seq < s; });
+      if (it == tail_.end() || it->batch.first_seq != rec->next_seq) {
+        MarkNeedsSnapshot(*rec, absl::StrCat("position ", rec->next_seq,
+                                             " is not a batch boundary of the leader's log"));
+        ship.needs_snapshot = rec->info.message;
+        return ship;
+      }
+      rec->cursor.reset();
+      for (; it != tail_.end() && bytes < options_.max_ship_bytes; ++it) {
+        bytes += it->batch.data.size();
+        ship.batches.push_back(*it);
+        rec->next_seq = it->batch.next_seq();
+      }
+      continue;
+    }
+    if (rec->cursor == nullptr || rec->cursor->next_seq() != rec->next_seq) {
+      auto cursor = engine_->NewWalCursor(rec->next_seq);
+      WALSHIP_CHECK(cursor.ok());  // only fails for position 0
+      rec->cursor = std::move(*cursor);
+    }
+    auto next = rec->cursor->Next();
+    if (!next.ok()) {
+      if (absl::IsOutOfRange(next.status()) || absl::IsInvalidArgument(next.status())) {
+        MarkNeedsSnapshot(*rec, std::string(next.status().message()));
+        ship.needs_snapshot = rec->info.message;
+        return ship;
+      }
+      rec->info.message = absl::StrCat("reading the WAL: ", next.status().message());
+      rec->cursor.reset();
+      break;  // transient (I/O): try again on the next call
+    }
+    if (!next->has_value()) break;
+    bytes += (*next)->data.size();
+    rec->next_seq = (*next)->next_seq();
+    ship.batches.push_back(ShippedBatch{std::move(**next), 0});
+  }
+  if (ship.batches.empty() && !heartbeat) return std::nullopt;
+  rec->info.bytes_shipped += bytes;
+  if (!ship.batches.empty()) rec->info.sent = ship.batches.back().batch.last_seq();
+  return ship;
+}
+
+void Leader::OnAck(uint64_t session, const Ack& ack) {
+  Record* rec = FindSession(session);
+  if (rec == nullptr) return;
+  if (ack.epoch != state_.epoch) {
+    if (ack.epoch > state_.epoch) {
+      rec->info.state = FollowerState::kRefused;
+      rec->info.message = absl::StrCat("follower acked with epoch ", ack.epoch,
+                                       ", newer than ours (", state_.epoch, ")");
+    }
+    return;  // an ack from an older epoch is refused: it says nothing about this one
+  }
+  rec->info.last_ack_us = clock_->NowMicros();
+  rec->info.received = std::max(rec->info.received, ack.received);
+  rec->info.durable = std::max(rec->info.durable, ack.durable);
+  rec->info.applied = std::max(rec->info.applied, ack.applied);
+  switch (ack.outcome) {
+    case AckOutcome::kOk: break;
+    case AckOutcome::kGap:
+      // The follower is behind what we sent (a message was lost or reordered): resend from
+      // its position. Never skip forward.
+      rec->next_seq = rec->info.applied + 1;
+      rec->cursor.reset();
+      break;
+    case AckOutcome::kStale:
+    case AckOutcome::kFailed:
+      rec->info.message = ack.message;
+      break;
+  }
+}
+
+void Leader::OnDisconnect(uint64_t session) {
+  Record* rec = FindSession(session);
+  if (rec == nullptr) return;
+  rec->session = 0;
+  rec->cursor.reset();
+  if (rec->info.state == FollowerState::kConnected) {
+    rec->info.state = FollowerState::kDisconnected;
+  }
+}
+
+int64_t Leader::WriteTimeOf(SequenceNumber seq) const {
+  if (tail_.empty()) return 0;
+  auto it = std::upper_bound(
+      tail_.begin(), tail_.end(), seq,
+      [](SequenceNumber s, const ShippedBatch& b) { return s < b.batch.first_seq; });
+  if (it == tail_.begin()) return tail_.front().leader_time_us;  // older than the tail
+  return std::prev(it)->leader_time_us;
+}
+
+std::vector<FollowerInfo> Leader::Followers() {
+  std::vector<FollowerInfo> out;
+  int64_t now = clock_->NowMicros();
+  for (auto& [id, rec] : followers_) {
+    FollowerInfo info = rec.info;
+    info.lag_seq = latest_ > info.applied ? latest_ - info.applied : 0;
+    if (info.lag_seq > 0) {
+      int64_t t = WriteTimeOf(info.applied + 1);
+      info.lag_ms = t > 0 ? std::max<int64_t>(0, (now - t) / 1000) : 0;
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+}  // namespace walship::replication

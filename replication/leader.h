@@ -1,0 +1,109 @@
+// The leader's side of replication: which follower has what, what to ship next, and lag.
+//
+// A pure state machine: it reads the engine (latest sequence, WAL cursors) but never writes
+// it, and never touches a socket. rpc/ calls it from the event-loop thread; the simulation
+// test calls it from its single thread. Thread safety: none; one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "replication/clock.h"
+#include "replication/messages.h"
+#include "replication/node_state.h"
+
+namespace walship::replication {
+
+struct LeaderOptions {
+  std::string cluster;
+  std::string node_id;
+  // Recent batches kept in memory so caught-up followers are served without reading the WAL.
+  uint64_t max_tail_bytes = 64ull << 20;
+  // Upper bound of the batch bytes in one Ship message (a message is at most 64 MiB).
+  uint64_t max_ship_bytes = 1ull << 20;
+};
+
+enum class FollowerState { kConnected, kDisconnected, kNeedsSnapshot, kRefused };
+const char* FollowerStateName(FollowerState state);
+
+// What the leader knows of one follower (walship status).
+struct FollowerInfo {
+  std::string id;
+  FollowerState state = FollowerState::kDisconnected;
+  SequenceNumber sent = 0;      // end of the last batch shipped
+  SequenceNumber received = 0;  // acknowledged positions
+  SequenceNumber durable = 0;
+  SequenceNumber applied = 0;
+  uint64_t lag_seq = 0;         // leader latest - applied
+  int64_t lag_ms = 0;           // age of the oldest write the follower has not applied
+  uint64_t bytes_shipped = 0;   // batch bytes sent since the leader started
+  int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
+  std::string message;          // why it needs a snapshot or was refused
+};
+
+class Leader {
+ public:
+  // `engine` must outlive the Leader. `state` is the leader's persisted state for its current
+  // epoch (database id, epoch, history including the current epoch's entry).
+  Leader(LeaderOptions options, engine::Engine* engine, NodeState state, Clock* clock);
+
+  // Handshake. On kAccepted the follower gets a new session id (returned through
+  // `session`); earlier sessions of the same follower are ended.
+  HelloReply OnHello(const Hello& hello, uint64_t* session);
+
+  // Records a batch this node has just written (in sequence order, one writer).
+  void OnLocalWrite(engine::Batch batch, int64_t leader_time_us);
+
+  // The next message for a session: batches from the session's position, from the memory
+  // tail when they are recent and from the WAL otherwise, up to max_ship_bytes. Returns
+  // std::nullopt when there is nothing to send, unless `heartbeat` asks for an empty message.
+  // When the position cannot be served (WAL purged or the follower's history diverged) the
+  // message carries needs_snapshot and the follower's state becomes kNeedsSnapshot.
+  std::optional<Ship> NextShip(uint64_t session, bool heartbeat);
+
+  // An ack for a message of `session`. Acks of ended sessions are ignored.
+  void OnAck(uint64_t session, const Ack& ack);
+
+  // The connection of `session` is gone (no effect on an ended session).
+  void OnDisconnect(uint64_t session);
+
+  // True when the session exists and has batches to send.
+  bool HasWork(uint64_t session) const;
+
+  std::vector<FollowerInfo> Followers();
+  SequenceNumber latest() const { return latest_; }
+  Epoch epoch() const { return state_.epoch; }
+  const NodeState& state() const { return state_; }
+
+ private:
+  struct Record {
+    FollowerInfo info;
+    uint64_t session = 0;
+    SequenceNumber next_seq = 1;  // next batch to ship
+    std::unique_ptr<engine::WalCursor> cursor;
+  };
+
+  Record* FindSession(uint64_t session);
+  const Record* FindSession(uint64_t session) const;
+  std::string CheckHistory(const Hello& hello) const;
+  void MarkNeedsSnapshot(Record& rec, const std::string& why);
+  int64_t WriteTimeOf(SequenceNumber seq) const;
+
+  LeaderOptions options_;
+  engine::Engine* engine_;
+  NodeState state_;
+  Clock* clock_;
+  SequenceNumber latest_;
+  uint64_t next_session_ = 1;
+  std::map<std::string, Record> followers_;  // by follower id
+  std::deque<ShippedBatch> tail_;            // recent batches, contiguous, ascending
+  uint64_t tail_bytes_ = 0;
+};
+
+}  // namespace walship::replication

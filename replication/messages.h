@@ -1,0 +1,90 @@
+// The messages of the node-to-node protocol, as plain values.
+//
+// replication/ knows nothing of sockets or Cap'n Proto: the leader and follower state
+// machines consume and produce these structs, rpc/ carries them over Cap'n Proto
+// (rpc/peer.capnp mirrors them field by field), and the simulation test carries them through
+// an in-memory network that drops, delays, duplicates and reorders them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/types.h"
+
+namespace walship::replication {
+
+using engine::SequenceNumber;
+using Epoch = uint64_t;
+
+// The first sequence number written under `epoch`. A node's epoch history is the list of
+// these in increasing order; it tells where two nodes' histories part after a failover.
+struct EpochEntry {
+  Epoch epoch = 0;
+  SequenceNumber start_seq = 0;
+  bool operator==(const EpochEntry&) const = default;
+};
+
+// Follower -> leader, once per connection.
+struct Hello {
+  std::string cluster;
+  std::string database_id;  // empty for a follower that has never been seeded
+  std::string follower_id;
+  Epoch epoch = 0;                      // the follower's current epoch
+  SequenceNumber last_applied = 0;      // end of the last batch it applied
+  Epoch last_applied_epoch = 0;         // epoch under which that batch was written (0: none)
+};
+
+enum class HelloOutcome {
+  kAccepted,       // shipping starts at last_applied + 1
+  kNeedsSnapshot,  // the leader cannot serve that position: re-seed from a checkpoint
+  kRefused,        // wrong cluster, wrong database or a stale epoch; see message
+};
+
+// Leader -> follower, in answer to Hello.
+struct HelloReply {
+  HelloOutcome outcome = HelloOutcome::kRefused;
+  std::string message;
+  Epoch epoch = 0;
+  std::string database_id;
+  std::vector<EpochEntry> history;
+  SequenceNumber leader_latest = 0;
+};
+
+struct ShippedBatch {
+  engine::Batch batch;
+  int64_t leader_time_us = 0;  // leader's wall clock when it wrote the batch
+};
+
+// Leader -> follower: zero or more contiguous batches (zero is a heartbeat).
+struct Ship {
+  Epoch epoch = 0;
+  std::vector<ShippedBatch> batches;
+  SequenceNumber leader_latest = 0;
+  int64_t leader_time_us = 0;  // when the message was sent
+  // Non-empty: the leader cannot serve this follower any more (the WAL holding its position
+  // is gone); the follower stops and reports needs-snapshot with this reason.
+  std::string needs_snapshot;
+};
+
+enum class AckOutcome {
+  kOk,
+  kGap,      // the batches did not start at or before applied + 1; resend from applied + 1
+  kStale,    // the message carried an older epoch than the follower's; ignored
+  kFailed,   // the follower could not apply (I/O error, malformed batch); see message
+};
+
+// Follower -> leader, in answer to every Ship.
+struct Ack {
+  Epoch epoch = 0;
+  AckOutcome outcome = AckOutcome::kOk;
+  SequenceNumber received = 0;  // highest sequence received
+  SequenceNumber durable = 0;   // highest sequence fsynced on the follower
+  SequenceNumber applied = 0;   // highest sequence applied (readable) on the follower
+  std::string message;
+};
+
+const char* HelloOutcomeName(HelloOutcome outcome);
+const char* AckOutcomeName(AckOutcome outcome);
+
+}  // namespace walship::replication

@@ -1,0 +1,155 @@
+#include "replication/node_state.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "base/check.h"
+
+namespace walship::replication {
+namespace {
+
+constexpr char kMagic[] = "walship-node-state 1";
+
+absl::Status Errno(const std::string& what, const std::string& path) {
+  return absl::UnavailableError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
+}
+
+absl::Status FsyncPath(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return Errno("cannot open", path);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return Errno("cannot fsync", path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+const char* HelloOutcomeName(HelloOutcome outcome) {
+  switch (outcome) {
+    case HelloOutcome::kAccepted: return "accepted";
+    case HelloOutcome::kNeedsSnapshot: return "needs snapshot";
+    case HelloOutcome::kRefused: return "refused";
+  }
+  return "?";
+}
+
+const char* AckOutcomeName(AckOutcome outcome) {
+  switch (outcome) {
+    case AckOutcome::kOk: return "ok";
+    case AckOutcome::kGap: return "gap";
+    case AckOutcome::kStale: return "stale";
+    case AckOutcome::kFailed: return "failed";
+  }
+  return "?";
+}
+
+Epoch NodeState::EpochOf(SequenceNumber seq) const {
+  Epoch found = 0;
+  for (const EpochEntry& e : history) {
+    if (e.start_seq <= seq) found = e.epoch;
+  }
+  return found;
+}
+
+absl::Status ValidateHistory(const std::vector<EpochEntry>& history) {
+  for (size_t i = 1; i < history.size(); ++i) {
+    if (history[i].epoch <= history[i - 1].epoch ||
+        history[i].start_seq < history[i - 1].start_seq) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "epoch history out of order at entry ", i, ": (", history[i - 1].epoch, ", ",
+          history[i - 1].start_seq, ") then (", history[i].epoch, ", ", history[i].start_seq,
+          ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
+  std::ifstream in(path);
+  NodeState state;
+  if (!in) {
+    if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) return state;
+    return Errno("cannot read", path);
+  }
+  std::string line;
+  int line_no = 0;
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat(path, ":", line_no, ": ", why));
+  };
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line_no == 1) {
+      if (line != kMagic) return bad(absl::StrCat("expected '", kMagic, "'"));
+      continue;
+    }
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.empty()) continue;
+    auto num = [&](const std::string& s, uint64_t* out) {
+      char* end = nullptr;
+      errno = 0;
+      *out = std::strtoull(s.c_str(), &end, 10);
+      return errno == 0 && end != s.c_str() && *end == '\0';
+    };
+    if (f[0] == "database_id" && f.size() == 2) {
+      state.database_id = f[1];
+    } else if (f[0] == "epoch" && f.size() == 2) {
+      if (!num(f[1], &state.epoch)) return bad("epoch is not a number");
+    } else if (f[0] == "history" && f.size() == 3) {
+      EpochEntry e;
+      if (!num(f[1], &e.epoch) || !num(f[2], &e.start_seq)) {
+        return bad("history needs two numbers");
+      }
+      state.history.push_back(e);
+    } else {
+      return bad(absl::StrCat("unknown line '", line, "'"));
+    }
+  }
+  if (line_no == 0) return absl::DataLossError(absl::StrCat(path, ": empty state file"));
+  if (absl::Status s = ValidateHistory(state.history); !s.ok()) {
+    return absl::DataLossError(absl::StrCat(path, ": ", s.message()));
+  }
+  return state;
+}
+
+absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
+  std::ostringstream out;
+  out << kMagic << "\n";
+  if (!state.database_id.empty()) out << "database_id " << state.database_id << "\n";
+  out << "epoch " << state.epoch << "\n";
+  for (const EpochEntry& e : state.history) {
+    out << "history " << e.epoch << " " << e.start_seq << "\n";
+  }
+  std::string text = out.str();
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return Errno("cannot create", tmp);
+  ssize_t written = ::write(fd, text.data(), text.size());
+  bool ok = written == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) return Errno("cannot write", tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return Errno("cannot rename onto", path);
+  std::string dir = path.substr(0, path.find_last_of('/') == std::string::npos
+                                       ? 0
+                                       : path.find_last_of('/'));
+  return FsyncPath(dir.empty() ? "." : dir, O_RDONLY | O_DIRECTORY);
+}
+
+std::string NewDatabaseId() {
+  std::random_device rd;
+  std::mt19937_64 rng((uint64_t{rd()} << 32) ^ rd());
+  char buf[33];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+}  // namespace walship::replication

@@ -1,0 +1,653 @@
+// Unit tests of replication/: NodeState persistence, the handshake, the follower's continuity
+// and epoch checks, and the leader's WAL fallback and lag accounting. Every test drives the
+// state machines directly with real engines in a temporary directory; no sockets.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "replication/clock.h"
+#include "replication/follower.h"
+#include "replication/leader.h"
+#include "replication/messages.h"
+#include "replication/node_state.h"
+
+namespace walship::replication {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::Batch;
+using engine::Engine;
+using engine::EngineOptions;
+using engine::OpType;
+using engine::WriteOp;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() / ("walship-replication-test-" + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+class FakeClock final : public Clock {
+ public:
+  int64_t NowMicros() override { return now_us_; }
+  void Set(int64_t now_us) { now_us_ = now_us; }
+
+ private:
+  int64_t now_us_ = 1'000'000'000'000;
+};
+
+std::unique_ptr<Engine> OpenOrDie(const std::string& path, EngineOptions options = {}) {
+  options.path = path;
+  auto engine = Engine::Open(options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+std::vector<engine::KeyValue> ScanAll(Engine& e) {
+  engine::ScanOptions all;
+  all.limit = 1000000;
+  auto kvs = e.Scan(all);
+  EXPECT_TRUE(kvs.ok()) << kvs.status();
+  return kvs.ok() ? *kvs : std::vector<engine::KeyValue>{};
+}
+
+bool SameContents(Engine& a, Engine& b) {
+  auto x = ScanAll(a), y = ScanAll(b);
+  if (x.size() != y.size()) return false;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (x[i].key != y[i].key || x[i].value != y[i].value) return false;
+  }
+  return true;
+}
+
+constexpr char kCluster[] = "main";
+constexpr char kDatabase[] = "db1";
+
+NodeState LeaderState(Epoch epoch = 1) {
+  NodeState state;
+  state.database_id = kDatabase;
+  state.epoch = epoch;
+  for (Epoch e = 1; e <= epoch; ++e) state.history.push_back({e, 1});
+  return state;
+}
+
+LeaderOptions DefaultLeaderOptions() {
+  LeaderOptions options;
+  options.cluster = kCluster;
+  options.node_id = "leader";
+  return options;
+}
+
+// One leader node: an engine and the Leader state machine fed with every write, in order.
+struct LeaderNode {
+  LeaderNode(const TempDir& dir, Clock* node_clock, LeaderOptions options = DefaultLeaderOptions(),
+             NodeState state = LeaderState(), EngineOptions engine_options = {}) {
+    engine = OpenOrDie(dir.Sub("leader"), engine_options);
+    leader =
+        std::make_unique<Leader>(std::move(options), engine.get(), std::move(state), node_clock);
+    clock = node_clock;
+  }
+
+  // Writes one batch of `n` puts and hands it to the Leader.
+  Batch Write(int n = 1) {
+    std::vector<WriteOp> ops;
+    for (int i = 0; i < n; ++i) {
+      std::string value = "v" + std::to_string(counter);
+      value.push_back('\0');
+      value.push_back(static_cast<char>(0xff));
+      ops.push_back({OpType::kPut, "key" + std::to_string(counter++ % 37), value});
+    }
+    auto batch = engine->Write(ops, {});
+    EXPECT_TRUE(batch.ok()) << batch.status();
+    leader->OnLocalWrite(*batch, clock->NowMicros());
+    return *batch;
+  }
+
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Leader> leader;
+  Clock* clock = nullptr;
+  int counter = 0;
+};
+
+// One follower node: an engine, its state file and the Follower state machine.
+struct FollowerNode {
+  FollowerNode(const TempDir& dir, const std::string& name, Clock* clock,
+               std::optional<NodeState> initial = std::nullopt,
+               const std::string& cluster = kCluster) {
+    engine = OpenOrDie(dir.Sub(name));
+    state_path = dir.Sub(name + ".state");
+    if (initial.has_value()) {
+      EXPECT_TRUE(SaveNodeState(state_path, *initial).ok());
+    }
+    auto state = LoadNodeState(state_path);
+    EXPECT_TRUE(state.ok()) << state.status();
+    FollowerOptions options;
+    options.cluster = cluster;
+    options.node_id = name;
+    options.state_path = state_path;
+    follower = std::make_unique<Follower>(options, engine.get(), *state, clock);
+  }
+
+  std::unique_ptr<Engine> engine;
+  std::string state_path;
+  std::unique_ptr<Follower> follower;
+};
+
+// Runs the handshake; returns the leader's reply and the follower's verdict.
+struct Handshake {
+  HelloReply reply;
+  absl::Status status;
+  uint64_t session = 0;
+};
+Handshake Connect(Leader& leader, Follower& follower) {
+  Handshake h;
+  h.reply = leader.OnHello(follower.MakeHello(), &h.session);
+  h.status = follower.OnHelloReply(h.reply);
+  return h;
+}
+
+Ship ShipOf(Epoch epoch, std::vector<Batch> batches) {
+  Ship ship;
+  ship.epoch = epoch;
+  for (Batch& b : batches) ship.batches.push_back(ShippedBatch{std::move(b), 0});
+  if (!ship.batches.empty()) ship.leader_latest = ship.batches.back().batch.last_seq();
+  return ship;
+}
+
+// ---------------------------------------------------------------------------------------------
+// NodeState
+
+TEST(NodeStateTest, SaveThenLoadRoundTrips) {
+  TempDir dir;
+  NodeState state;
+  state.database_id = NewDatabaseId();
+  state.epoch = 7;
+  state.history = {{1, 1}, {4, 120}, {7, 120}, };
+  ASSERT_TRUE(SaveNodeState(dir.Sub("state"), state).ok());
+  auto loaded = LoadNodeState(dir.Sub("state"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->database_id, state.database_id);
+  EXPECT_EQ(loaded->epoch, 7u);
+  EXPECT_EQ(loaded->history, state.history);
+  EXPECT_EQ(loaded->EpochOf(0), 0u);
+  EXPECT_EQ(loaded->EpochOf(119), 1u);
+  EXPECT_EQ(loaded->EpochOf(120), 7u);
+  // Saving again replaces the file.
+  state.epoch = 8;
+  state.history.push_back({8, 200});
+  ASSERT_TRUE(SaveNodeState(dir.Sub("state"), state).ok());
+  loaded = LoadNodeState(dir.Sub("state"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->epoch, 8u);
+  EXPECT_EQ(loaded->history, state.history);
+  EXPECT_FALSE(fs::exists(dir.Sub("state.tmp")));
+}
+
+TEST(NodeStateTest, MalformedFileIsDataLossNamingFileAndLine) {
+  TempDir dir;
+  std::string path = dir.Sub("state");
+  {
+    std::ofstream out(path);
+    out << "walship-node-state 1\ndatabase_id abc\nepoch seven\n";
+  }
+  auto loaded = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
+  EXPECT_NE(loaded.status().message().find(path + ":3:"), std::string::npos)
+      << loaded.status();
+
+  {
+    std::ofstream out(path);
+    out << "not a state file\n";
+  }
+  loaded = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
+  EXPECT_NE(loaded.status().message().find(path + ":1:"), std::string::npos)
+      << loaded.status();
+
+  {
+    std::ofstream out(path);
+    out << "walship-node-state 1\nepoch 2\nhistory 2 1\nhistory 1 5\n";
+  }
+  loaded = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
+  EXPECT_NE(loaded.status().message().find(path), std::string::npos) << loaded.status();
+}
+
+TEST(NodeStateTest, MissingFileIsAnEmptyState) {
+  TempDir dir;
+  auto loaded = LoadNodeState(dir.Sub("nothing-here"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(loaded->database_id.empty());
+  EXPECT_EQ(loaded->epoch, 0u);
+  EXPECT_TRUE(loaded->history.empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake
+
+TEST(HandshakeTest, WrongClusterIsRefusedNamingBothClusters) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  FollowerNode f(dir, "f1", &clock, std::nullopt, "elsewhere");
+  Handshake h = Connect(*l.leader, *f.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kRefused);
+  EXPECT_EQ(h.session, 0u);
+  EXPECT_NE(h.reply.message.find("'elsewhere'"), std::string::npos) << h.reply.message;
+  EXPECT_NE(h.reply.message.find("'main'"), std::string::npos) << h.reply.message;
+  EXPECT_TRUE(absl::IsPermissionDenied(h.status)) << h.status;
+  EXPECT_EQ(f.follower->Status().phase, FollowerPhase::kConnecting);
+  EXPECT_FALSE(fs::exists(f.state_path)) << "a refused follower must not adopt anything";
+  auto infos = l.leader->Followers();
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_EQ(infos[0].state, FollowerState::kRefused);
+}
+
+TEST(HandshakeTest, DifferentDatabaseIsRefused) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  NodeState other = LeaderState();
+  other.database_id = "db2";
+  FollowerNode f(dir, "f1", &clock, other);
+  Handshake h = Connect(*l.leader, *f.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kRefused);
+  EXPECT_NE(h.reply.message.find("db2"), std::string::npos) << h.reply.message;
+  EXPECT_NE(h.reply.message.find("db1"), std::string::npos) << h.reply.message;
+  EXPECT_TRUE(absl::IsPermissionDenied(h.status)) << h.status;
+  auto saved = LoadNodeState(f.state_path);
+  ASSERT_TRUE(saved.ok());
+  EXPECT_EQ(saved->database_id, "db2") << "a refused follower must keep its identity";
+}
+
+TEST(HandshakeTest, FollowerWithANewerEpochRefusesTheStaleLeader) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);  // epoch 1
+  l.Write();
+  FollowerNode f(dir, "f1", &clock, LeaderState(3));
+  Handshake h = Connect(*l.leader, *f.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kRefused);
+  EXPECT_NE(h.reply.message.find("stale"), std::string::npos) << h.reply.message;
+  EXPECT_TRUE(absl::IsPermissionDenied(h.status)) << h.status;
+  EXPECT_EQ(f.follower->epoch(), 3u);
+  EXPECT_FALSE(l.leader->NextShip(h.session, true).has_value());
+}
+
+TEST(HandshakeTest, FollowerBeyondTheLeadersLogNeedsASnapshot) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  l.Write(2);  // leader ends at seq 2
+  FollowerNode f(dir, "f1", &clock, LeaderState());
+  // The follower holds seq 1..5 (written while it was a leader that lost its place).
+  ASSERT_TRUE(f.engine->Write(std::vector<WriteOp>{{OpType::kPut, "a", "1"},
+                                                   {OpType::kPut, "b", "2"},
+                                                   {OpType::kPut, "c", "3"},
+                                                   {OpType::kPut, "d", "4"},
+                                                   {OpType::kPut, "e", "5"}},
+                              {})
+                  .ok());
+  Handshake h = Connect(*l.leader, *f.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kNeedsSnapshot) << h.reply.message;
+  EXPECT_EQ(h.session, 0u);
+  EXPECT_TRUE(absl::IsFailedPrecondition(h.status)) << h.status;
+  EXPECT_EQ(f.follower->Status().phase, FollowerPhase::kNeedsSnapshot);
+  auto infos = l.leader->Followers();
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_EQ(infos[0].state, FollowerState::kNeedsSnapshot);
+  EXPECT_EQ(f.engine->LatestSequence(), 5u);
+}
+
+TEST(HandshakeTest, FreshFollowerIsAcceptedAndAdoptsTheLeadersIdentity) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(2));
+  l.Write(3);
+  FollowerNode f(dir, "f1", &clock);
+  Hello hello = f.follower->MakeHello();
+  EXPECT_TRUE(hello.database_id.empty());
+  EXPECT_EQ(hello.last_applied, 0u);
+  EXPECT_EQ(hello.epoch, 0u);
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_EQ(h.reply.outcome, HelloOutcome::kAccepted) << h.reply.message;
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  EXPECT_NE(h.session, 0u);
+  EXPECT_EQ(h.reply.leader_latest, 3u);
+  EXPECT_EQ(f.follower->Status().phase, FollowerPhase::kStreaming);
+  EXPECT_EQ(f.follower->epoch(), 2u);
+  auto saved = LoadNodeState(f.state_path);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(saved->database_id, kDatabase);
+  EXPECT_EQ(saved->epoch, 2u);
+  EXPECT_EQ(saved->history, LeaderState(2).history);
+  // And it is then served from seq 1.
+  auto ship = l.leader->NextShip(h.session, false);
+  ASSERT_TRUE(ship.has_value());
+  ASSERT_FALSE(ship->batches.empty());
+  EXPECT_EQ(ship->batches.front().batch.first_seq, 1u);
+  auto ack = f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kOk) << ack->message;
+  EXPECT_EQ(f.engine->LatestSequence(), 3u);
+  EXPECT_TRUE(SameContents(*l.engine, *f.engine));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Follower
+
+// A leader at `epoch` with batches of 2 puts at seq 1-2, 3-4, 5-6, 7-8, 9-10 and a streaming
+// follower that has applied nothing yet.
+struct FollowerFixture {
+  explicit FollowerFixture(Epoch epoch = 1)
+      : l(dir, &clock, DefaultLeaderOptions(), LeaderState(epoch)), f(dir, "f1", &clock) {
+    for (int i = 0; i < 5; ++i) batches.push_back(l.Write(2));
+    Handshake h = Connect(*l.leader, *f.follower);
+    EXPECT_TRUE(h.status.ok()) << h.status;
+    session = h.session;
+  }
+
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l;
+  FollowerNode f;
+  std::vector<Batch> batches;
+  uint64_t session = 0;
+};
+
+TEST(FollowerTest, RefusesAShipFromAnOlderEpoch) {
+  FollowerFixture fx(2);
+  ASSERT_EQ(fx.f.follower->epoch(), 2u);
+  auto ack = fx.f.follower->OnShip(ShipOf(1, {fx.batches[0], fx.batches[1]}), {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kStale) << ack->message;
+  EXPECT_EQ(ack->epoch, 2u);
+  EXPECT_EQ(ack->applied, 0u);
+  EXPECT_EQ(fx.f.engine->LatestSequence(), 0u);
+  // The same batches under the right epoch are applied.
+  ack = fx.f.follower->OnShip(ShipOf(2, {fx.batches[0], fx.batches[1]}), {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kOk) << ack->message;
+  EXPECT_EQ(fx.f.engine->LatestSequence(), 4u);
+}
+
+TEST(FollowerTest, AnswersAShipPastItsPositionWithAGap) {
+  FollowerFixture fx;
+  auto ack = fx.f.follower->OnShip(ShipOf(1, {fx.batches[0]}), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  ASSERT_EQ(fx.f.engine->LatestSequence(), 2u);
+  // Batch 5-6 without 3-4.
+  ack = fx.f.follower->OnShip(ShipOf(1, {fx.batches[2], fx.batches[3]}), {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kGap) << ack->message;
+  EXPECT_EQ(ack->applied, 2u);
+  EXPECT_EQ(fx.f.engine->LatestSequence(), 2u);
+  EXPECT_EQ(fx.f.follower->Status().applied, 2u);
+  // The leader had shipped everything (that message was lost); the gap ack makes it resend
+  // from applied + 1, never skip forward.
+  auto lost = fx.l.leader->NextShip(fx.session, false);
+  ASSERT_TRUE(lost.has_value());
+  ASSERT_FALSE(fx.l.leader->HasWork(fx.session));
+  fx.l.leader->OnAck(fx.session, *ack);
+  ASSERT_TRUE(fx.l.leader->HasWork(fx.session));
+  auto ship = fx.l.leader->NextShip(fx.session, false);
+  ASSERT_TRUE(ship.has_value());
+  EXPECT_EQ(ship->batches.front().batch.first_seq, 3u);
+  ack = fx.f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack->message;
+  EXPECT_TRUE(SameContents(*fx.l.engine, *fx.f.engine));
+}
+
+TEST(FollowerTest, SkipsDuplicatedBatches) {
+  FollowerFixture fx;
+  auto& b = fx.batches;
+  auto ack = fx.f.follower->OnShip(ShipOf(1, {b[0], b[1], b[2]}), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  ASSERT_EQ(fx.f.engine->LatestSequence(), 6u);
+  uint64_t bytes = fx.f.follower->Status().bytes_applied;
+  // Entirely duplicated: nothing applied, still ok.
+  ack = fx.f.follower->OnShip(ShipOf(1, {b[1], b[2]}), {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kOk) << ack->message;
+  EXPECT_EQ(ack->applied, 6u);
+  EXPECT_EQ(fx.f.engine->LatestSequence(), 6u);
+  EXPECT_EQ(fx.f.follower->Status().bytes_applied, bytes);
+  // Overlapping: the held prefix is skipped, the rest applied once.
+  ack = fx.f.follower->OnShip(ShipOf(1, {b[0], b[1], b[2], b[3], b[4]}), {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kOk) << ack->message;
+  EXPECT_EQ(ack->applied, 10u);
+  EXPECT_EQ(fx.f.engine->LatestSequence(), 10u);
+  EXPECT_TRUE(SameContents(*fx.l.engine, *fx.f.engine));
+}
+
+TEST(FollowerTest, NonContiguousShipFailsAndAppliesNothing) {
+  FollowerFixture fx;
+  auto& b = fx.batches;
+  auto ack = fx.f.follower->OnShip(ShipOf(1, {b[0], b[1], b[3]}), {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kFailed) << ack->message;
+  EXPECT_NE(ack->message.find("contiguous"), std::string::npos) << ack->message;
+  EXPECT_EQ(ack->applied, 0u);
+  EXPECT_EQ(fx.f.engine->LatestSequence(), 0u);
+  EXPECT_TRUE(ScanAll(*fx.f.engine).empty());
+  // Still streaming: a good message is applied.
+  ack = fx.f.follower->OnShip(ShipOf(1, {b[0], b[1], b[2], b[3], b[4]}), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack->message;
+  EXPECT_TRUE(SameContents(*fx.l.engine, *fx.f.engine));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leader
+
+TEST(LeaderTest, FollowerWhosePositionWasPurgedIsToldToReseed) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_tail_bytes = 1;  // the memory tail keeps only the latest batch
+  EngineOptions engine_options;
+  engine_options.wal_retention_bytes = 0;  // age limit only: RocksDB then checks every second
+  engine_options.wal_retention_seconds = 1;
+  LeaderNode l(dir, &clock, options, LeaderState(), engine_options);
+  FollowerNode f(dir, "f1", &clock);
+
+  // The follower gets seq 1 and goes away.
+  l.Write();
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  auto ship = l.leader->NextShip(h.session, false);
+  ASSERT_TRUE(ship.has_value());
+  auto ack = f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  l.leader->OnAck(h.session, *ack);
+  ASSERT_EQ(f.engine->LatestSequence(), 1u);
+  l.leader->OnDisconnect(h.session);
+  f.follower->OnDisconnect();
+
+  // Write until the WAL that holds seq 2 is purged.
+  l.Write();
+  bool purged = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!purged && std::chrono::steady_clock::now() < deadline) {
+    l.Write();
+    ASSERT_TRUE(l.engine->Flush().ok());
+    auto cursor = l.engine->NewWalCursor(2);
+    ASSERT_TRUE(cursor.ok());
+    auto next = (*cursor)->Next();
+    if (next.ok()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    } else {
+      ASSERT_TRUE(absl::IsOutOfRange(next.status())) << next.status();
+      purged = true;
+    }
+  }
+  ASSERT_TRUE(purged) << "the WAL holding seq 2 was never purged within the deadline";
+
+  // The handshake accepts (seq 1 is a known position), but the leader cannot serve seq 2.
+  h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  ASSERT_EQ(f.follower->Status().phase, FollowerPhase::kStreaming);
+  EXPECT_TRUE(l.leader->HasWork(h.session));
+  ship = l.leader->NextShip(h.session, false);
+  ASSERT_TRUE(ship.has_value());
+  EXPECT_FALSE(ship->needs_snapshot.empty());
+  auto infos = l.leader->Followers();
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_EQ(infos[0].state, FollowerState::kNeedsSnapshot);
+  EXPECT_FALSE(infos[0].message.empty());
+  EXPECT_FALSE(l.leader->HasWork(h.session));
+  EXPECT_FALSE(l.leader->NextShip(h.session, true).has_value());
+
+  ack = f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kFailed);
+  EXPECT_EQ(f.follower->Status().phase, FollowerPhase::kNeedsSnapshot);
+  EXPECT_EQ(f.follower->Status().message, ship->needs_snapshot);
+  EXPECT_EQ(f.engine->LatestSequence(), 1u);
+  // Anything later is refused too.
+  ack = f.follower->OnShip(ShipOf(1, {l.Write()}), {});
+  ASSERT_TRUE(ack.ok());
+  EXPECT_EQ(ack->outcome, AckOutcome::kFailed);
+  EXPECT_EQ(f.engine->LatestSequence(), 1u);
+}
+
+TEST(LeaderTest, LagIsLatestMinusApplied) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_ship_bytes = 1;  // one batch per message
+  LeaderNode l(dir, &clock, options);
+  FollowerNode f(dir, "f1", &clock);
+  int64_t t0 = clock.NowMicros();
+  for (int i = 0; i < 4; ++i) {
+    clock.Set(t0 + i * 1000'000);  // one batch per second
+    l.Write(3);
+  }
+  ASSERT_EQ(l.leader->latest(), 12u);
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  clock.Set(t0 + 10'000'000);
+  auto infos = l.leader->Followers();
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_EQ(infos[0].lag_seq, 12u);
+  EXPECT_EQ(infos[0].lag_ms, 10'000);  // the oldest unapplied write is 10 s old
+
+  for (SequenceNumber applied = 3; applied <= 12; applied += 3) {
+    auto ship = l.leader->NextShip(h.session, false);
+    ASSERT_TRUE(ship.has_value());
+    ASSERT_EQ(ship->batches.size(), 1u);
+    auto ack = f.follower->OnShip(*ship, {});
+    ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+    EXPECT_EQ(ack->applied, applied);
+    l.leader->OnAck(h.session, *ack);
+    infos = l.leader->Followers();
+    ASSERT_EQ(infos.size(), 1u);
+    EXPECT_EQ(infos[0].applied, applied);
+    EXPECT_EQ(infos[0].sent, applied);
+    EXPECT_EQ(infos[0].lag_seq, l.leader->latest() - applied);
+    if (applied < 12) {
+      // Batch starting at applied + 1 was written at t0 + (applied / 3) s.
+      EXPECT_EQ(infos[0].lag_ms, 10'000 - static_cast<int64_t>(applied / 3) * 1000);
+    } else {
+      EXPECT_EQ(infos[0].lag_ms, 0);
+    }
+    EXPECT_EQ(f.follower->Status().lag_seq, 12u - applied);
+  }
+  EXPECT_FALSE(l.leader->NextShip(h.session, false).has_value());
+  // New writes the follower has not acked count as lag again.
+  l.Write(2);
+  infos = l.leader->Followers();
+  EXPECT_EQ(infos[0].lag_seq, 2u);
+  EXPECT_EQ(infos[0].state, FollowerState::kConnected);
+  // Acks of an ended session are ignored.
+  l.leader->OnDisconnect(h.session);
+  Ack bogus;
+  bogus.epoch = 1;
+  bogus.applied = 14;
+  bogus.received = 14;
+  l.leader->OnAck(h.session, bogus);
+  infos = l.leader->Followers();
+  EXPECT_EQ(infos[0].state, FollowerState::kDisconnected);
+  EXPECT_EQ(infos[0].lag_seq, 2u);
+}
+
+// A reconnect ends the earlier session: whatever still arrives for it (acks, the old
+// connection's close) must not touch the follower's record. Session 0, which OnHello returns
+// for a refused follower, is never a session either.
+TEST(LeaderTest, EndedAndRefusedSessionsAreIgnored) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  FollowerNode f(dir, "f1", &clock);
+  FollowerNode stranger(dir, "f2", &clock, std::nullopt, "elsewhere");
+  l.Write(2);
+  Handshake first = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  auto ship = l.leader->NextShip(first.session, false);
+  ASSERT_TRUE(ship.has_value());
+  auto ack = f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  l.leader->OnAck(first.session, *ack);
+  l.leader->OnDisconnect(first.session);
+  f.follower->OnDisconnect();
+  l.Write(3);
+
+  // A refused follower gets session 0; what rpc/ forwards for it is ignored.
+  Handshake refused = Connect(*l.leader, *stranger.follower);
+  ASSERT_EQ(refused.reply.outcome, HelloOutcome::kRefused);
+  ASSERT_EQ(refused.session, 0u);
+  Ack lie;
+  lie.epoch = 1;
+  lie.received = lie.durable = lie.applied = l.leader->latest();
+  l.leader->OnAck(refused.session, lie);
+  l.leader->OnDisconnect(refused.session);
+  EXPECT_FALSE(l.leader->HasWork(refused.session));
+  EXPECT_FALSE(l.leader->NextShip(refused.session, true).has_value());
+  auto infos = l.leader->Followers();
+  ASSERT_EQ(infos.size(), 2u);
+  EXPECT_EQ(infos[0].id, "f1");
+  EXPECT_EQ(infos[0].state, FollowerState::kDisconnected);
+  EXPECT_EQ(infos[0].applied, 2u) << "an ack for session 0 changed another follower's record";
+  EXPECT_EQ(infos[0].lag_seq, 3u);
+  EXPECT_EQ(infos[1].state, FollowerState::kRefused);
+  EXPECT_EQ(infos[1].applied, 0u);
+
+  // Reconnect: the old session's ack and close no longer count.
+  Handshake second = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(second.status.ok()) << second.status;
+  ASSERT_NE(second.session, first.session);
+  l.leader->OnAck(first.session, lie);
+  l.leader->OnDisconnect(first.session);
+  infos = l.leader->Followers();
+  EXPECT_EQ(infos[0].state, FollowerState::kConnected);
+  EXPECT_EQ(infos[0].applied, 2u);
+  ASSERT_TRUE(l.leader->HasWork(second.session));
+  ship = l.leader->NextShip(second.session, false);
+  ASSERT_TRUE(ship.has_value());
+  EXPECT_EQ(ship->batches.front().batch.first_seq, 3u);
+  ack = f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  l.leader->OnAck(second.session, *ack);
+  infos = l.leader->Followers();
+  EXPECT_EQ(infos[0].applied, 5u);
+  EXPECT_EQ(infos[0].lag_seq, 0u);
+  EXPECT_TRUE(SameContents(*l.engine, *f.engine));
+}
+
+}  // namespace
+}  // namespace walship::replication

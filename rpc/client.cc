@@ -1,0 +1,285 @@
+#include "rpc/client.h"
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "rpc/client.capnp.h"
+#include "rpc/convert.h"
+
+namespace walship::rpc {
+namespace {
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// KJ allows one event loop per thread; every Client of a thread shares it.
+struct ThreadLoop {
+  std::unique_ptr<kj::AsyncIoContext> io;
+  int clients = 0;
+};
+thread_local ThreadLoop thread_loop;
+
+kj::AsyncIoContext& AcquireLoop() {
+  if (thread_loop.clients++ == 0) {
+    thread_loop.io = std::make_unique<kj::AsyncIoContext>(kj::setupAsyncIo());
+  }
+  return *thread_loop.io;
+}
+
+void ReleaseLoop() {
+  if (--thread_loop.clients == 0) thread_loop.io.reset();
+}
+
+class ClientImpl final : public Client {
+ public:
+  ClientImpl(std::string endpoint, absl::Duration timeout)
+      : endpoint_(std::move(endpoint)), timeout_(timeout), io_(AcquireLoop()) {}
+  ~ClientImpl() noexcept override {
+    node_.cap.reset();
+    rpc_ = nullptr;
+    stream_ = nullptr;
+    ReleaseLoop();
+  }
+
+  absl::Status Init() {
+    auto connect = io_.provider->getNetwork()
+                       .parseAddress(endpoint_)
+                       .then([](kj::Own<kj::NetworkAddress> addr) {
+                         auto p = addr->connect();
+                         return p.attach(kj::mv(addr));
+                       });
+    absl::Status s = Wait(kj::mv(connect), [this](kj::Own<kj::AsyncIoStream> stream) {
+      stream_ = kj::mv(stream);
+      rpc_ = kj::heap<capnp::TwoPartyClient>(*stream_);
+      node_ = rpc_->bootstrap().castAs<schema::Node>();
+    });
+    if (!s.ok()) {
+      return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
+    }
+    return absl::OkStatus();
+  }
+
+  const std::string& endpoint() const override { return endpoint_; }
+
+  absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) override {
+    auto req = node_->writeRequest();
+    ToCapnp(ops, req.initOps(ops.size()));
+    req.setMode(schema::WriteMode::CLUSTER_DEFAULT);
+    absl::StatusOr<WriteResult> out;
+    absl::Status s = Wait(req.send(), [&](capnp::Response<schema::KvService::WriteResults> r) {
+      absl::Status e = FromCapnp(r.getError());
+      if (!e.ok()) {
+        out = e;
+      } else {
+        out = WriteResult{r.getFirstSeq(), r.getLastSeq()};
+      }
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+  absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
+    auto req = node_->getRequest();
+    req.setKey(ToData(key));
+    req.setMinSeq(min_seq);
+    absl::StatusOr<std::string> out;
+    absl::Status s = Wait(req.send(), [&](capnp::Response<schema::KvService::GetResults> r) {
+      absl::Status e = FromCapnp(r.getError());
+      if (e.ok()) {
+        out = ToString(r.getValue());
+      } else {
+        out = e;
+      }
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+  absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
+                                                     uint64_t min_seq) override {
+    auto req = node_->scanRequest();
+    req.setStart(ToData(scan.start));
+    req.setPrefix(ToData(scan.prefix));
+    req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(scan.limit, UINT32_MAX)));
+    req.setMinSeq(min_seq);
+    absl::StatusOr<std::vector<engine::KeyValue>> out;
+    absl::Status s = Wait(req.send(), [&](capnp::Response<schema::KvService::ScanResults> r) {
+      absl::Status e = FromCapnp(r.getError());
+      if (!e.ok()) {
+        out = e;
+        return;
+      }
+      std::vector<engine::KeyValue> kvs;
+      for (auto item : r.getItems()) {
+        kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
+      }
+      out = std::move(kvs);
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+  absl::StatusOr<NodeStatusInfo> Status() override {
+    NodeStatusInfo out;
+    absl::Status s = Wait(node_->statusRequest().send(),
+                          [&](capnp::Response<schema::KvService::StatusResults> r) {
+                            auto st = r.getStatus();
+                            out.node = st.getNode();
+                            out.cluster = st.getCluster();
+                            out.role = st.getRole();
+                            out.latest_seq = st.getLatestSeq();
+                            out.data_bytes = st.getDataBytes();
+                            out.epoch = st.getEpoch();
+                            out.database_id = st.getDatabaseId();
+                            out.listen = st.getListen();
+                            out.leader_id = st.getLeaderId();
+                            out.leader_address = st.getLeaderAddress();
+                            for (auto f : st.getFollowers()) {
+                              FollowerStatusInfo fi;
+                              fi.id = f.getId();
+                              fi.state = f.getState();
+                              fi.sent_seq = f.getSentSeq();
+                              fi.received_seq = f.getReceivedSeq();
+                              fi.durable_seq = f.getDurableSeq();
+                              fi.applied_seq = f.getAppliedSeq();
+                              fi.lag_seq = f.getLagSeq();
+                              fi.lag_ms = f.getLagMs();
+                              fi.bytes_shipped = f.getBytesShipped();
+                              fi.last_ack_ago_ms = f.getLastAckAgoMs();
+                              fi.message = f.getMessage();
+                              out.followers.push_back(std::move(fi));
+                            }
+                            out.replication_state = st.getReplicationState();
+                            out.applied_seq = st.getAppliedSeq();
+                            out.leader_latest_seq = st.getLeaderLatestSeq();
+                            out.lag_seq = st.getLagSeq();
+                            out.lag_ms = st.getLagMs();
+                            out.message = st.getMessage();
+                            out.writes_accepted = st.getWritesAccepted();
+                            out.write_groups = st.getWriteGroups();
+                          });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+ private:
+  // Waits for `p` at most timeout_, then hands its value to `f`.
+  template <typename T, typename F>
+  absl::Status Wait(kj::Promise<T> p, F&& f) {
+    auto bounded = io_.provider->getTimer().timeoutAfter(
+        absl::ToInt64Milliseconds(timeout_) * kj::MILLISECONDS, kj::mv(p));
+    absl::Status status;
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { f(bounded.wait(io_.waitScope)); })) {
+      if (e->getType() == kj::Exception::Type::OVERLOADED &&
+          std::string(e->getDescription().cStr()).find("timed out") != std::string::npos) {
+        status = absl::UnavailableError(absl::StrCat(
+            endpoint_, " did not answer within ", absl::FormatDuration(timeout_)));
+      } else {
+        status = absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr()));
+      }
+    }
+    return status;
+  }
+
+  std::string endpoint_;
+  absl::Duration timeout_;
+  kj::AsyncIoContext& io_;
+  kj::Own<kj::AsyncIoStream> stream_;
+  kj::Own<capnp::TwoPartyClient> rpc_;
+  struct NodeRef {
+    schema::Node::Client* operator->() { return &*cap; }
+    NodeRef& operator=(schema::Node::Client c) {
+      cap = std::make_unique<schema::Node::Client>(kj::mv(c));
+      return *this;
+    }
+    std::unique_ptr<schema::Node::Client> cap;
+  } node_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint,
+                                                        absl::Duration timeout) {
+  auto client = std::make_unique<ClientImpl>(endpoint, timeout);
+  if (absl::Status s = client->Init(); !s.ok()) return s;
+  return std::unique_ptr<Client>(std::move(client));
+}
+
+std::string StatusToJson(const NodeStatusInfo& s) {
+  std::ostringstream o;
+  o << "{\"node\":" << JsonString(s.node) << ",\"cluster\":" << JsonString(s.cluster)
+    << ",\"role\":" << JsonString(s.role) << ",\"listen\":" << JsonString(s.listen)
+    << ",\"latest_seq\":" << s.latest_seq << ",\"data_bytes\":" << s.data_bytes
+    << ",\"epoch\":" << s.epoch << ",\"database_id\":" << JsonString(s.database_id)
+    << ",\"writes_accepted\":" << s.writes_accepted << ",\"write_groups\":" << s.write_groups;
+  if (s.role == "leader") {
+    o << ",\"followers\":[";
+    for (size_t i = 0; i < s.followers.size(); ++i) {
+      const auto& f = s.followers[i];
+      o << (i ? "," : "") << "{\"id\":" << JsonString(f.id) << ",\"state\":"
+        << JsonString(f.state) << ",\"sent_seq\":" << f.sent_seq << ",\"received_seq\":"
+        << f.received_seq << ",\"durable_seq\":" << f.durable_seq << ",\"applied_seq\":"
+        << f.applied_seq << ",\"lag_seq\":" << f.lag_seq << ",\"lag_ms\":" << f.lag_ms
+        << ",\"bytes_shipped\":" << f.bytes_shipped << ",\"last_ack_ago_ms\":"
+        << f.last_ack_ago_ms << ",\"message\":" << JsonString(f.message) << "}";
+    }
+    o << "]";
+  } else {
+    o << ",\"leader\":" << JsonString(s.leader_id) << ",\"leader_address\":"
+      << JsonString(s.leader_address) << ",\"replication_state\":"
+      << JsonString(s.replication_state) << ",\"applied_seq\":" << s.applied_seq
+      << ",\"leader_latest_seq\":" << s.leader_latest_seq << ",\"lag_seq\":" << s.lag_seq
+      << ",\"lag_ms\":" << s.lag_ms << ",\"message\":" << JsonString(s.message);
+  }
+  o << "}";
+  return o.str();
+}
+
+std::string StatusToText(const NodeStatusInfo& s) {
+  std::ostringstream o;
+  o << "node " << s.node << " (" << s.role << ") of cluster " << s.cluster << " at " << s.listen
+    << "\n  latest seq " << s.latest_seq << ", epoch " << s.epoch << ", data "
+    << s.data_bytes << " bytes\n";
+  if (s.role == "leader") {
+    o << "  writes accepted " << s.writes_accepted << " in " << s.write_groups
+      << " RocksDB writes\n";
+    if (s.followers.empty()) o << "  no followers have connected\n";
+    for (const auto& f : s.followers) {
+      o << absl::StrFormat(
+          "  follower %-8s %-14s applied %d (received %d, durable %d), lag %d seq / %d ms, "
+          "shipped %d bytes",
+          f.id, f.state, f.applied_seq, f.received_seq, f.durable_seq, f.lag_seq, f.lag_ms,
+          f.bytes_shipped);
+      if (!f.message.empty()) o << "\n    " << f.message;
+      o << "\n";
+    }
+  } else {
+    o << "  leader " << s.leader_id << " at " << s.leader_address << ": "
+      << s.replication_state << ", applied " << s.applied_seq << " of " << s.leader_latest_seq
+      << ", lag " << s.lag_seq << " seq / " << s.lag_ms << " ms\n";
+    if (!s.message.empty()) o << "  " << s.message << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace walship::rpc

@@ -1,0 +1,73 @@
+// A blocking client for one walship node, used by the CLI, tests and benchmarks.
+//
+// Thread safety: a Client belongs to the thread that created it; the Clients of one thread
+// share that thread's KJ event loop (KJ allows one per thread), so a thread must not run
+// another KJ loop of its own while it has Clients. Every call is bounded by the timeout
+// given to Connect().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+
+namespace walship::rpc {
+
+struct WriteResult {
+  uint64_t first_seq = 0;
+  uint64_t last_seq = 0;
+};
+
+struct FollowerStatusInfo {
+  std::string id, state;
+  uint64_t sent_seq = 0, received_seq = 0, durable_seq = 0, applied_seq = 0, lag_seq = 0;
+  int64_t lag_ms = 0;
+  uint64_t bytes_shipped = 0;
+  int64_t last_ack_ago_ms = -1;
+  std::string message;
+};
+
+struct NodeStatusInfo {
+  std::string node, cluster, role, database_id, listen, leader_id, leader_address;
+  uint64_t latest_seq = 0, data_bytes = 0, epoch = 0;
+  std::vector<FollowerStatusInfo> followers;  // leader only
+  std::string replication_state;               // follower only, and below
+  uint64_t applied_seq = 0, leader_latest_seq = 0, lag_seq = 0;
+  int64_t lag_ms = 0;
+  std::string message;
+  uint64_t writes_accepted = 0, write_groups = 0;
+};
+
+// One JSON object (fields as in docs/cli.md).
+std::string StatusToJson(const NodeStatusInfo& s);
+// A human-readable, multi-line rendering.
+std::string StatusToText(const NodeStatusInfo& s);
+
+class Client {
+ public:
+  // Connects to "host:port". kUnavailable (naming the endpoint) when the node cannot be
+  // reached within `timeout`; the same timeout then bounds every call.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& endpoint,
+                                                          absl::Duration timeout);
+  virtual ~Client() = default;
+
+  // Errors: a not-leader error (IsNotLeader / LeaderHint in rpc/convert.h) on a follower,
+  // kUnavailable when the node cannot be reached in time.
+  virtual absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) = 0;
+  // kNotFound when absent.
+  virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
+  virtual absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
+                                                             uint64_t min_seq = 0) = 0;
+  virtual absl::StatusOr<NodeStatusInfo> Status() = 0;
+  virtual const std::string& endpoint() const = 0;
+
+ protected:
+  Client() = default;
+};
+
+}  // namespace walship::rpc

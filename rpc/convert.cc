@@ -1,0 +1,227 @@
+#include "rpc/convert.h"
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+
+namespace walship::rpc {
+
+using replication::AckOutcome;
+using replication::HelloOutcome;
+
+replication::Hello FromCapnp(schema::Hello::Reader r) {
+  replication::Hello m;
+  m.cluster = r.getCluster();
+  m.database_id = r.getDatabaseId();
+  m.follower_id = r.getFollowerId();
+  m.epoch = r.getEpoch();
+  m.last_applied = r.getLastApplied();
+  m.last_applied_epoch = r.getLastAppliedEpoch();
+  return m;
+}
+
+void ToCapnp(const replication::Hello& m, schema::Hello::Builder b) {
+  b.setCluster(m.cluster);
+  b.setDatabaseId(m.database_id);
+  b.setFollowerId(m.follower_id);
+  b.setEpoch(m.epoch);
+  b.setLastApplied(m.last_applied);
+  b.setLastAppliedEpoch(m.last_applied_epoch);
+}
+
+replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
+  replication::HelloReply m;
+  switch (r.getOutcome()) {
+    case schema::HelloOutcome::ACCEPTED: m.outcome = HelloOutcome::kAccepted; break;
+    case schema::HelloOutcome::NEEDS_SNAPSHOT: m.outcome = HelloOutcome::kNeedsSnapshot; break;
+    default: m.outcome = HelloOutcome::kRefused; break;  // unknown values refuse
+  }
+  m.message = r.getMessage();
+  m.epoch = r.getEpoch();
+  m.database_id = r.getDatabaseId();
+  for (auto e : r.getHistory()) m.history.push_back({e.getEpoch(), e.getStartSeq()});
+  m.leader_latest = r.getLeaderLatest();
+  return m;
+}
+
+void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b) {
+  switch (m.outcome) {
+    case HelloOutcome::kAccepted: b.setOutcome(schema::HelloOutcome::ACCEPTED); break;
+    case HelloOutcome::kNeedsSnapshot: b.setOutcome(schema::HelloOutcome::NEEDS_SNAPSHOT); break;
+    case HelloOutcome::kRefused: b.setOutcome(schema::HelloOutcome::REFUSED); break;
+  }
+  b.setMessage(m.message);
+  b.setEpoch(m.epoch);
+  b.setDatabaseId(m.database_id);
+  auto h = b.initHistory(m.history.size());
+  for (size_t i = 0; i < m.history.size(); ++i) {
+    h[i].setEpoch(m.history[i].epoch);
+    h[i].setStartSeq(m.history[i].start_seq);
+  }
+  b.setLeaderLatest(m.leader_latest);
+}
+
+replication::Ship FromCapnp(schema::Ship::Reader r) {
+  replication::Ship m;
+  m.epoch = r.getEpoch();
+  m.leader_latest = r.getLeaderLatest();
+  m.leader_time_us = r.getLeaderTimeUs();
+  m.needs_snapshot = r.getNeedsSnapshot();
+  auto batches = r.getBatches();
+  m.batches.reserve(batches.size());
+  for (auto b : batches) {
+    replication::ShippedBatch sb;
+    sb.batch.first_seq = b.getFirstSeq();
+    sb.batch.count = b.getCount();
+    sb.batch.data = ToString(b.getData());
+    sb.leader_time_us = b.getLeaderTimeUs();
+    m.batches.push_back(std::move(sb));
+  }
+  return m;
+}
+
+void ToCapnp(const replication::Ship& m, schema::Ship::Builder b) {
+  b.setEpoch(m.epoch);
+  b.setLeaderLatest(m.leader_latest);
+  b.setLeaderTimeUs(m.leader_time_us);
+  b.setNeedsSnapshot(m.needs_snapshot);
+  auto list = b.initBatches(m.batches.size());
+  for (size_t i = 0; i < m.batches.size(); ++i) {
+    const auto& sb = m.batches[i];
+    list[i].setFirstSeq(sb.batch.first_seq);
+    list[i].setCount(sb.batch.count);
+    list[i].setData(ToData(sb.batch.data));
+    list[i].setLeaderTimeUs(sb.leader_time_us);
+  }
+}
+
+size_t ShipBytes(const replication::Ship& m) {
+  size_t n = 0;
+  for (const auto& sb : m.batches) n += sb.batch.data.size();
+  return n;
+}
+
+replication::Ack FromCapnp(schema::Ack::Reader r) {
+  replication::Ack m;
+  m.epoch = r.getEpoch();
+  switch (r.getOutcome()) {
+    case schema::AckOutcome::OK: m.outcome = AckOutcome::kOk; break;
+    case schema::AckOutcome::GAP: m.outcome = AckOutcome::kGap; break;
+    case schema::AckOutcome::STALE: m.outcome = AckOutcome::kStale; break;
+    default: m.outcome = AckOutcome::kFailed; break;
+  }
+  m.received = r.getReceived();
+  m.durable = r.getDurable();
+  m.applied = r.getApplied();
+  m.message = r.getMessage();
+  return m;
+}
+
+void ToCapnp(const replication::Ack& m, schema::Ack::Builder b) {
+  b.setEpoch(m.epoch);
+  switch (m.outcome) {
+    case AckOutcome::kOk: b.setOutcome(schema::AckOutcome::OK); break;
+    case AckOutcome::kGap: b.setOutcome(schema::AckOutcome::GAP); break;
+    case AckOutcome::kStale: b.setOutcome(schema::AckOutcome::STALE); break;
+    case AckOutcome::kFailed: b.setOutcome(schema::AckOutcome::FAILED); break;
+  }
+  b.setReceived(m.received);
+  b.setDurable(m.durable);
+  b.setApplied(m.applied);
+  b.setMessage(m.message);
+}
+
+std::vector<engine::WriteOp> FromCapnp(capnp::List<schema::Op>::Reader ops) {
+  std::vector<engine::WriteOp> out;
+  out.reserve(ops.size());
+  for (auto op : ops) {
+    engine::WriteOp w;
+    switch (op.getType()) {
+      case schema::OpType::PUT: w.type = engine::OpType::kPut; break;
+      case schema::OpType::DELETE: w.type = engine::OpType::kDelete; break;
+      case schema::OpType::DELETE_RANGE: w.type = engine::OpType::kDeleteRange; break;
+    }
+    w.key = ToString(op.getKey());
+    w.value = ToString(op.getValue());
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+void ToCapnp(const std::vector<engine::WriteOp>& ops, capnp::List<schema::Op>::Builder b) {
+  for (size_t i = 0; i < ops.size(); ++i) {
+    switch (ops[i].type) {
+      case engine::OpType::kPut: b[i].setType(schema::OpType::PUT); break;
+      case engine::OpType::kDelete: b[i].setType(schema::OpType::DELETE); break;
+      case engine::OpType::kDeleteRange: b[i].setType(schema::OpType::DELETE_RANGE); break;
+    }
+    b[i].setKey(ToData(ops[i].key));
+    b[i].setValue(ToData(ops[i].value));
+  }
+}
+
+absl::Status NotLeaderError(const std::string& leader_address) {
+  absl::Status s = absl::FailedPreconditionError(
+      leader_address.empty() ? "this node is not the leader and does not know the leader"
+                             : absl::StrCat("this node is not the leader; the leader is at ",
+                                            leader_address));
+  s.SetPayload(kNotLeaderUrl, absl::Cord("1"));
+  if (!leader_address.empty()) s.SetPayload(kLeaderHintUrl, absl::Cord(leader_address));
+  return s;
+}
+
+bool IsNotLeader(const absl::Status& s) { return s.GetPayload(kNotLeaderUrl).has_value(); }
+
+std::string LeaderHint(const absl::Status& s) {
+  auto p = s.GetPayload(kLeaderHintUrl);
+  return p.has_value() ? std::string(*p) : "";
+}
+
+void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
+  using C = absl::StatusCode;
+  schema::ErrorCode code = schema::ErrorCode::INTERNAL;
+  if (IsNotLeader(s)) {
+    code = schema::ErrorCode::NOT_LEADER;
+    b.setLeaderHint(LeaderHint(s));
+  } else {
+    switch (s.code()) {
+      case C::kOk: code = schema::ErrorCode::OK; break;
+      case C::kNotFound: code = schema::ErrorCode::NOT_FOUND; break;
+      case C::kInvalidArgument:
+      case C::kOutOfRange: code = schema::ErrorCode::INVALID_ARGUMENT; break;
+      case C::kUnavailable:
+      case C::kResourceExhausted:
+      case C::kDeadlineExceeded:
+      case C::kAborted: code = schema::ErrorCode::UNAVAILABLE; break;
+      case C::kFailedPrecondition: code = schema::ErrorCode::FAILED_PRECONDITION; break;
+      case C::kDataLoss: code = schema::ErrorCode::DATA_LOSS; break;
+      case C::kUnimplemented: code = schema::ErrorCode::UNIMPLEMENTED; break;
+      default: code = schema::ErrorCode::INTERNAL; break;
+    }
+  }
+  b.setCode(code);
+  b.setMessage(std::string(s.message()));
+}
+
+absl::Status FromCapnp(schema::Error::Reader r) {
+  std::string msg = r.getMessage();
+  switch (r.getCode()) {
+    case schema::ErrorCode::OK: return absl::OkStatus();
+    case schema::ErrorCode::NOT_FOUND: return absl::NotFoundError(msg);
+    case schema::ErrorCode::INVALID_ARGUMENT: return absl::InvalidArgumentError(msg);
+    case schema::ErrorCode::NOT_LEADER: {
+      absl::Status s = absl::FailedPreconditionError(msg);
+      s.SetPayload(kNotLeaderUrl, absl::Cord("1"));
+      if (r.getLeaderHint().size() > 0) {
+        s.SetPayload(kLeaderHintUrl, absl::Cord(std::string(r.getLeaderHint())));
+      }
+      return s;
+    }
+    case schema::ErrorCode::UNAVAILABLE: return absl::UnavailableError(msg);
+    case schema::ErrorCode::FAILED_PRECONDITION: return absl::FailedPreconditionError(msg);
+    case schema::ErrorCode::DATA_LOSS: return absl::DataLossError(msg);
+    case schema::ErrorCode::UNIMPLEMENTED: return absl::UnimplementedError(msg);
+    default: return absl::InternalError(msg);
+  }
+}
+
+}  // namespace walship::rpc

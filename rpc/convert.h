@@ -1,0 +1,53 @@
+// Conversions between the Cap'n Proto messages (rpc/*.capnp) and our plain types. Readers
+// from peers are untrusted: the From* functions copy what they find; the state machines in
+// replication/ and engine/ check it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/types.h"
+#include "replication/messages.h"
+#include "rpc/client.capnp.h"
+#include "rpc/peer.capnp.h"
+
+namespace walship::rpc {
+
+replication::Hello FromCapnp(schema::Hello::Reader r);
+void ToCapnp(const replication::Hello& m, schema::Hello::Builder b);
+replication::HelloReply FromCapnp(schema::HelloReply::Reader r);
+void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b);
+replication::Ship FromCapnp(schema::Ship::Reader r);
+void ToCapnp(const replication::Ship& m, schema::Ship::Builder b);
+replication::Ack FromCapnp(schema::Ack::Reader r);
+void ToCapnp(const replication::Ack& m, schema::Ack::Builder b);
+
+// Bytes of a Ship's batches (for sizing the message).
+size_t ShipBytes(const replication::Ship& m);
+
+std::vector<engine::WriteOp> FromCapnp(capnp::List<schema::Op>::Reader ops);
+void ToCapnp(const std::vector<engine::WriteOp>& ops, capnp::List<schema::Op>::Builder b);
+
+// absl::Status <-> wire Error. `leader_hint` travels as the status payload kLeaderHintUrl.
+void ToCapnp(const absl::Status& s, schema::Error::Builder b);
+absl::Status FromCapnp(schema::Error::Reader r);
+
+inline constexpr char kLeaderHintUrl[] = "walship/leader-hint";
+inline constexpr char kNotLeaderUrl[] = "walship/not-leader";
+
+// A "not the leader" error naming the leader's address when known.
+absl::Status NotLeaderError(const std::string& leader_address);
+// True for an error made by NotLeaderError (also after a round trip over the wire).
+bool IsNotLeader(const absl::Status& s);
+// The leader's address carried by a not-leader error, or "".
+std::string LeaderHint(const absl::Status& s);
+
+inline std::string ToString(capnp::Data::Reader d) {
+  return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
+}
+inline capnp::Data::Reader ToData(const std::string& s) {
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+}
+
+}  // namespace walship::rpc

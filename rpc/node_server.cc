@@ -1,0 +1,802 @@
+#include "rpc/node_server.h"
+
+#include <capnp/message.h>
+#include <capnp/rpc-twoparty.h>
+#include <fcntl.h>
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+#include "replication/follower.h"
+#include "replication/node_state.h"
+#include "rpc/client.capnp.h"
+#include "rpc/convert.h"
+#include "rpc/worker_pool.h"
+
+namespace walship::rpc {
+namespace {
+
+using engine::SequenceNumber;
+using replication::Ack;
+using replication::Ship;
+
+// Applies and scans up to this size run on the loop thread; larger ones go to a worker.
+constexpr size_t kInlineApplyBytes = 256 << 10;
+constexpr uint32_t kInlineScanLimit = 1000;
+constexpr uint32_t kMaxScanLimit = 100000;
+constexpr uint32_t kConnectTimeoutMs = 2000;
+constexpr uint32_t kRetireConnectionMs = 5000;
+
+int64_t NowUs() { return replication::RealClock()->NowMicros(); }
+
+using WriteContext = capnp::CallContext<schema::KvService::WriteParams, schema::KvService::WriteResults>;
+using GetContext = capnp::CallContext<schema::KvService::GetParams, schema::KvService::GetResults>;
+using ScanContext = capnp::CallContext<schema::KvService::ScanParams, schema::KvService::ScanResults>;
+using StatusContext =
+    capnp::CallContext<schema::KvService::StatusParams, schema::KvService::StatusResults>;
+using SubscribeContext =
+    capnp::CallContext<schema::PeerService::SubscribeParams, schema::PeerService::SubscribeResults>;
+
+struct WriteOutcome {
+  absl::Status status;
+  SequenceNumber first_seq = 0;
+  SequenceNumber last_seq = 0;
+};
+
+// Everything a running node owns that lives on the event loop.
+class Core final : public kj::TaskSet::ErrorHandler {
+ public:
+  Core(const NodeServerOptions& options, engine::Engine& engine, replication::Leader* leader,
+       replication::Follower* follower, kj::AsyncIoContext& io)
+      : options_(options),
+        engine_(engine),
+        leader_(leader),
+        follower_(follower),
+        io_(io),
+        tasks_(*this),
+        pool_(options.worker_threads, options.max_queued_tasks),
+        backoff_ms_(options.reconnect_min_ms) {}
+
+  void taskFailed(kj::Exception&& e) override {
+    spdlog::warn("background task failed: {}", e.getDescription().cStr());
+  }
+
+  void Start() {
+    if (leader_ != nullptr) {
+      tasks_.add(HeartbeatLoop());
+    } else {
+      Connect();
+      tasks_.add(WatchdogLoop());
+      tasks_.add(FsyncLoop());
+    }
+  }
+
+  bool writer_busy() const { return writer_busy_; }
+
+  // ---- Client API ----
+
+  kj::Promise<void> Write(WriteContext ctx) {
+    auto params = ctx.getParams();
+    auto fail = [&](const absl::Status& s) {
+      ToCapnp(s, ctx.getResults().initError());
+      return kj::READY_NOW;
+    };
+    if (leader_ == nullptr) return fail(NotLeaderError(options_.leader_address));
+    switch (params.getMode()) {
+      case schema::WriteMode::CLUSTER_DEFAULT:
+      case schema::WriteMode::ASYNC: break;
+      default:
+        return fail(absl::UnimplementedError(
+            "semi-synchronous and synchronous writes are not implemented yet; use async"));
+    }
+    std::vector<engine::WriteOp> ops = FromCapnp(params.getOps());
+    if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
+    for (const engine::WriteOp& op : ops) {
+      if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
+        return fail(absl::InvalidArgumentError("delete range: begin key sorts after end key"));
+      }
+    }
+    if (pending_.size() >= options_.max_pending_writes) {
+      return fail(absl::UnavailableError(absl::StrCat(
+          "write queue full (", options_.max_pending_writes, " writes waiting); retry")));
+    }
+    auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
+    pending_.push_back(PendingWrite{std::move(ops), kj::mv(paf.fulfiller)});
+    ScheduleFlush();
+    return paf.promise.then([ctx](WriteOutcome o) mutable {
+      auto results = ctx.getResults();
+      ToCapnp(o.status, results.initError());
+      results.setFirstSeq(o.first_seq);
+      results.setLastSeq(o.last_seq);
+    });
+  }
+
+  kj::Promise<void> Get(GetContext ctx) {
+    auto params = ctx.getParams();
+    auto results = ctx.getResults();
+    SequenceNumber latest = engine_.LatestSequence();
+    results.setSeq(latest);
+    if (absl::Status s = CheckMinSeq(params.getMinSeq(), latest); !s.ok()) {
+      ToCapnp(s, results.initError());
+      return kj::READY_NOW;
+    }
+    absl::StatusOr<std::string> value = engine_.Get(ToString(params.getKey()));
+    ToCapnp(value.status(), results.initError());
+    if (value.ok()) results.setValue(ToData(*value));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> Scan(ScanContext ctx) {
+    auto params = ctx.getParams();
+    SequenceNumber latest = engine_.LatestSequence();
+    if (absl::Status s = CheckMinSeq(params.getMinSeq(), latest); !s.ok()) {
+      ToCapnp(s, ctx.getResults().initError());
+      return kj::READY_NOW;
+    }
+    engine::ScanOptions scan;
+    scan.start = ToString(params.getStart());
+    scan.prefix = ToString(params.getPrefix());
+    scan.limit = std::min(params.getLimit() == 0 ? 1000u : params.getLimit(), kMaxScanLimit);
+    auto reply = [ctx, latest](absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
+      auto results = ctx.getResults();
+      results.setSeq(latest);
+      ToCapnp(kvs.status(), results.initError());
+      if (!kvs.ok()) return;
+      auto items = results.initItems(kvs->size());
+      for (size_t i = 0; i < kvs->size(); ++i) {
+        items[i].setKey(ToData((*kvs)[i].key));
+        items[i].setValue(ToData((*kvs)[i].value));
+      }
+    };
+    if (scan.limit <= kInlineScanLimit) {
+      reply(engine_.Scan(scan));
+      return kj::READY_NOW;
+    }
+    return pool_.Run([e = &engine_, scan]() { return e->Scan(scan); }).then(kj::mv(reply));
+  }
+
+  kj::Promise<void> Status(StatusContext ctx) {
+    auto st = ctx.getResults().initStatus();
+    st.setNode(options_.node_id);
+    st.setCluster(options_.cluster);
+    st.setRole(leader_ != nullptr ? "leader" : "follower");
+    st.setLatestSeq(engine_.LatestSequence());
+    st.setDataBytes(engine_.ApproximateSizeBytes());
+    st.setListen(options_.listen);
+    st.setWritesAccepted(writes_accepted_);
+    st.setWriteGroups(write_groups_);
+    if (leader_ != nullptr) {
+      st.setEpoch(leader_->epoch());
+      st.setDatabaseId(leader_->state().database_id);
+      auto infos = leader_->Followers();
+      auto list = st.initFollowers(infos.size());
+      int64_t now = NowUs();
+      for (size_t i = 0; i < infos.size(); ++i) {
+        const auto& f = infos[i];
+        list[i].setId(f.id);
+        list[i].setState(replication::FollowerStateName(f.state));
+        list[i].setSentSeq(f.sent);
+        list[i].setReceivedSeq(f.received);
+        list[i].setDurableSeq(f.durable);
+        list[i].setAppliedSeq(f.applied);
+        list[i].setLagSeq(f.lag_seq);
+        list[i].setLagMs(f.lag_ms);
+        list[i].setBytesShipped(f.bytes_shipped);
+        list[i].setLastAckAgoMs(f.last_ack_us == 0 ? -1 : (now - f.last_ack_us) / 1000);
+        list[i].setMessage(f.message);
+      }
+    } else {
+      replication::FollowerStatus fs = follower_->Status();
+      st.setEpoch(fs.epoch);
+      st.setDatabaseId(fs.database_id);
+      st.setLeaderId(options_.leader_id);
+      st.setLeaderAddress(options_.leader_address);
+      st.setReplicationState(replication::FollowerPhaseName(fs.phase));
+      st.setAppliedSeq(fs.applied);
+      st.setLeaderLatestSeq(fs.leader_latest);
+      st.setLagSeq(fs.lag_seq);
+      st.setLagMs(fs.lag_ms);
+      st.setMessage(fs.message);
+    }
+    return kj::READY_NOW;
+  }
+
+  // ---- Leader: followers subscribing ----
+
+  kj::Promise<void> Subscribe(SubscribeContext ctx) {
+    auto params = ctx.getParams();
+    replication::Hello hello = FromCapnp(params.getHello());
+    replication::HelloReply reply;
+    uint64_t sid = 0;
+    if (leader_ == nullptr) {
+      reply.outcome = replication::HelloOutcome::kRefused;
+      reply.message = absl::StrCat("node ", options_.node_id, " is not the leader");
+      reply.epoch = follower_->epoch();
+    } else {
+      reply = leader_->OnHello(hello, &sid);
+    }
+    ToCapnp(reply, ctx.getResults().initReply());
+    if (sid == 0) {
+      spdlog::warn("follower '{}' {}: {}", hello.follower_id,
+                   replication::HelloOutcomeName(reply.outcome), reply.message);
+      return kj::READY_NOW;
+    }
+    spdlog::info("follower '{}' subscribed from seq {} (leader at {})", hello.follower_id,
+                 hello.last_applied + 1, leader_->latest());
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+      it = it->second.follower_id == hello.follower_id ? sessions_.erase(it) : std::next(it);
+    }
+    sessions_.emplace(sid, Session{sid, hello.follower_id, params.getSink(), 0, NowUs()});
+    tasks_.add(kj::evalLater([this, sid]() { Pump(sid); }));
+    return kj::READY_NOW;
+  }
+
+  // ---- Follower: batches pushed by the leader ----
+
+  kj::Promise<Ack> OnPush(uint64_t generation, Ship ship) {
+    if (generation != conn_generation_ || follower_ == nullptr) {
+      return KJ_EXCEPTION(DISCONNECTED, "push on a connection this follower has dropped");
+    }
+    last_push_us_ = NowUs();
+    auto paf = kj::newPromiseAndFulfiller<Ack>();
+    apply_queue_.push_back(PendingApply{std::move(ship), kj::mv(paf.fulfiller)});
+    DrainApply();
+    return kj::mv(paf.promise);
+  }
+
+ private:
+  struct PendingWrite {
+    std::vector<engine::WriteOp> ops;
+    kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
+  };
+  struct GroupMember {
+    size_t ops = 0;
+    kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
+  };
+  struct Session {
+    uint64_t id = 0;
+    std::string follower_id;
+    schema::BatchSink::Client sink;
+    uint32_t inflight = 0;
+    int64_t last_send_us = 0;
+  };
+  struct PendingApply {
+    Ship ship;
+    kj::Own<kj::PromiseFulfiller<Ack>> fulfiller;
+  };
+  struct LeaderConnection {
+    explicit LeaderConnection(kj::Own<kj::AsyncIoStream> s)
+        : stream(kj::mv(s)), client(*stream), node(client.bootstrap().castAs<schema::Node>()) {}
+    kj::Own<kj::AsyncIoStream> stream;
+    capnp::TwoPartyClient client;
+    schema::Node::Client node;
+  };
+
+  static absl::Status CheckMinSeq(SequenceNumber min_seq, SequenceNumber latest) {
+    if (min_seq <= latest) return absl::OkStatus();
+    return absl::UnavailableError(absl::StrCat("this node has applied up to seq ", latest,
+                                               "; the read asked for at least seq ", min_seq));
+  }
+
+  // Group commit: writes that arrive together (in the same event-loop turn) become one
+  // RocksDB write and one WAL record. evalLast runs when the loop has nothing else ready.
+  void ScheduleFlush() {
+    if (flush_scheduled_ || writer_busy_ || pending_.empty()) return;
+    flush_scheduled_ = true;
+    tasks_.add(kj::evalLast([this]() {
+      flush_scheduled_ = false;
+      FlushWrites();
+    }));
+  }
+
+  void FlushWrites() {
+    if (writer_busy_ || pending_.empty()) return;
+    std::vector<GroupMember> group;
+    std::vector<engine::WriteOp> ops;
+    size_t bytes = 0;
+    while (!pending_.empty()) {
+      PendingWrite& w = pending_.front();
+      if (!group.empty() && (ops.size() + w.ops.size() > options_.max_write_group_ops ||
+                             bytes >= options_.max_write_group_bytes)) {
+        break;
+      }
+      group.push_back(GroupMember{w.ops.size(), kj::mv(w.fulfiller)});
+      for (engine::WriteOp& op : w.ops) {
+        bytes += op.key.size() + op.value.size();
+        ops.push_back(std::move(op));
+      }
+      pending_.pop_front();
+    }
+    if (!options_.fsync_writes) {
+      // On the loop thread unless RocksDB would stall (then it answers at once).
+      engine::WriteOptions wo;
+      wo.no_slowdown = true;
+      absl::StatusOr<engine::Batch> r = engine_.Write(ops, wo);
+      if (!absl::IsResourceExhausted(r.status())) {
+        Complete(group, std::move(r));
+        return;
+      }
+    }
+    writer_busy_ = true;
+    engine::WriteOptions wo;
+    wo.sync = options_.fsync_writes;
+    tasks_.add(pool_.Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
+                   .then([this, group = std::move(group)](
+                             absl::StatusOr<engine::Batch> r) mutable {
+                     writer_busy_ = false;
+                     Complete(group, std::move(r));
+                   }));
+  }
+
+  void Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r) {
+    if (!r.ok()) {
+      spdlog::error("write of {} requests failed: {}", group.size(), r.status().ToString());
+      for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
+    } else {
+      SequenceNumber seq = r->first_seq;
+      leader_->OnLocalWrite(std::move(*r), NowUs());
+      for (GroupMember& m : group) {
+        m.fulfiller->fulfill(WriteOutcome{absl::OkStatus(), seq, seq + m.ops - 1});
+        seq += m.ops;
+      }
+      writes_accepted_ += group.size();
+      ++write_groups_;
+      for (auto& [sid, s] : sessions_) Pump(sid);
+    }
+    ScheduleFlush();
+  }
+
+  // ---- Leader: shipping ----
+
+  void Pump(uint64_t sid) {
+    auto it = sessions_.find(sid);
+    while (it != sessions_.end() && it->second.inflight < options_.max_inflight_ships) {
+      std::optional<Ship> ship = leader_->NextShip(sid, false);
+      if (!ship.has_value()) break;
+      Send(it->second, std::move(*ship));
+    }
+  }
+
+  void Send(Session& s, Ship ship) {
+    size_t words = ShipBytes(ship) / 8 + ship.batches.size() * 8 + 64;
+    auto req = s.sink.pushRequest(capnp::MessageSize{words, 0});
+    ToCapnp(ship, req.initShip());
+    ++s.inflight;
+    s.last_send_us = NowUs();
+    bool final = !ship.needs_snapshot.empty();
+    if (final) {
+      spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);
+    }
+    uint64_t sid = s.id;
+    tasks_.add(req.send().then(
+        [this, sid, final](capnp::Response<schema::BatchSink::PushResults> resp) {
+          auto it = sessions_.find(sid);
+          if (it == sessions_.end()) return;
+          --it->second.inflight;
+          Ack ack = FromCapnp(resp.getAck());
+          if (ack.outcome != replication::AckOutcome::kOk) {
+            spdlog::warn("follower '{}' answered {}: {}", it->second.follower_id,
+                         replication::AckOutcomeName(ack.outcome), ack.message);
+          }
+          leader_->OnAck(sid, ack);
+          if (final) {
+            sessions_.erase(it);
+            return;
+          }
+          Pump(sid);
+        },
+        [this, sid](kj::Exception&& e) {
+          auto it = sessions_.find(sid);
+          if (it == sessions_.end()) return;
+          spdlog::warn("lost follower '{}': {}", it->second.follower_id,
+                       e.getDescription().cStr());
+          leader_->OnDisconnect(sid);
+          sessions_.erase(it);
+        }));
+  }
+
+  kj::Promise<void> HeartbeatLoop() {
+    return io_.provider->getTimer()
+        .afterDelay(options_.heartbeat_interval_ms * kj::MILLISECONDS)
+        .then([this]() {
+          int64_t now = NowUs();
+          for (auto& [sid, s] : sessions_) {
+            if (s.inflight != 0 ||
+                now - s.last_send_us < int64_t{options_.heartbeat_interval_ms} * 1000) {
+              continue;
+            }
+            std::optional<Ship> ship = leader_->NextShip(sid, true);
+            if (ship.has_value()) Send(s, std::move(*ship));
+          }
+          return HeartbeatLoop();
+        });
+  }
+
+  // ---- Follower: connection to the leader ----
+
+  void Connect() {
+    uint64_t gen = ++conn_generation_;
+    auto& network = io_.provider->getNetwork();
+    auto attempt =
+        network.parseAddress(options_.leader_address)
+            .then([](kj::Own<kj::NetworkAddress> addr) {
+              auto connected = addr->connect();
+              return connected.attach(kj::mv(addr));
+            })
+            .then([this, gen](kj::Own<kj::AsyncIoStream> stream) {
+              conn_ = kj::heap<LeaderConnection>(kj::mv(stream));
+              auto req = conn_->node.subscribeRequest();
+              ToCapnp(follower_->MakeHello(), req.initHello());
+              req.setSink(kj::heap<SinkImpl>(*this, gen));
+              return req.send().then(
+                  [this, gen](capnp::Response<schema::PeerService::SubscribeResults> resp) {
+                    OnSubscribed(gen, FromCapnp(resp.getReply()));
+                  });
+            });
+    tasks_.add(io_.provider->getTimer()
+                   .timeoutAfter(kConnectTimeoutMs * kj::MILLISECONDS, kj::mv(attempt))
+                   .catch_([this, gen](kj::Exception&& e) {
+                     if (gen != conn_generation_) return;
+                     spdlog::warn("cannot reach leader '{}' at {}: {}", options_.leader_id,
+                                  options_.leader_address, e.getDescription().cStr());
+                     DropConnection();
+                     ScheduleReconnect();
+                   }));
+  }
+
+  void OnSubscribed(uint64_t gen, const replication::HelloReply& reply) {
+    if (gen != conn_generation_) return;
+    absl::Status s = follower_->OnHelloReply(reply);
+    if (s.ok()) {
+      spdlog::info("streaming from leader '{}' at {} (epoch {}), from seq {}; leader at {}",
+                   options_.leader_id, options_.leader_address, reply.epoch,
+                   engine_.LatestSequence() + 1, reply.leader_latest);
+      backoff_ms_ = options_.reconnect_min_ms;
+      last_push_us_ = NowUs();
+      handshake_done_ = true;
+      DrainApply();  // pushes that overtook the subscribe reply
+      tasks_.add(conn_->client.onDisconnect().then([this, gen]() {
+        if (gen != conn_generation_) return;
+        spdlog::warn("lost the connection to leader '{}' at {}", options_.leader_id,
+                     options_.leader_address);
+        DropConnection();
+        ScheduleReconnect();
+      }));
+      return;
+    }
+    DropConnection();
+    if (absl::IsFailedPrecondition(s)) {
+      spdlog::error("NEEDS SNAPSHOT: leader '{}' cannot serve this follower: {}. Replication "
+                    "stopped; re-seed this node from a checkpoint.",
+                    options_.leader_id, std::string(s.message()));
+      return;
+    }
+    spdlog::error("leader '{}' refused this follower: {}", options_.leader_id,
+                  std::string(s.message()));
+    ScheduleReconnect();
+  }
+
+  void DropConnection() {
+    ++conn_generation_;
+    handshake_done_ = false;
+    apply_queue_.clear();  // their promises reject; the leader resends after the handshake
+    follower_->OnDisconnect();
+    // Close the socket now (the leader sees the disconnect), but keep the connection objects
+    // a while: calls still in flight on it hold references into them.
+    if (conn_.get() != nullptr) {
+      // Fails when the peer already closed the socket; nothing more to do then.
+      auto closed = kj::runCatchingExceptions([this]() {
+        conn_->stream->shutdownWrite();
+        conn_->stream->abortRead();
+      });
+      (void)closed;
+      tasks_.add(io_.provider->getTimer()
+                     .afterDelay(kRetireConnectionMs * kj::MILLISECONDS)
+                     .then([c = kj::mv(conn_)]() {}));
+    }
+  }
+
+  void ScheduleReconnect() {
+    uint32_t delay = backoff_ms_;
+    backoff_ms_ = std::min(backoff_ms_ * 2, options_.reconnect_max_ms);
+    spdlog::info("reconnecting to leader '{}' at {} in {} ms", options_.leader_id,
+                 options_.leader_address, delay);
+    uint64_t gen = conn_generation_;
+    tasks_.add(io_.provider->getTimer().afterDelay(delay * kj::MILLISECONDS).then([this, gen]() {
+      if (gen == conn_generation_) Connect();
+    }));
+  }
+
+  kj::Promise<void> WatchdogLoop() {
+    return io_.provider->getTimer()
+        .afterDelay(std::max(1u, options_.heartbeat_timeout_ms / 4) * kj::MILLISECONDS)
+        .then([this]() {
+          if (conn_.get() != nullptr &&
+              follower_->Status().phase == replication::FollowerPhase::kStreaming &&
+              NowUs() - last_push_us_ > int64_t{options_.heartbeat_timeout_ms} * 1000) {
+            spdlog::warn("no message from leader '{}' for {} ms; reconnecting",
+                         options_.leader_id, options_.heartbeat_timeout_ms);
+            DropConnection();
+            ScheduleReconnect();
+          }
+          return WatchdogLoop();
+        });
+  }
+
+  // Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
+  kj::Promise<void> FsyncLoop() {
+    return io_.provider->getTimer()
+        .afterDelay(options_.follower_fsync_interval_ms * kj::MILLISECONDS)
+        .then([this]() -> kj::Promise<void> {
+          SequenceNumber seq = engine_.LatestSequence();
+          if (seq == synced_seq_) return kj::READY_NOW;
+          return pool_.Run([e = &engine_]() { return e->SyncWal(); })
+              .then([this, seq](absl::Status s) {
+                if (!s.ok()) {
+                  spdlog::error("WAL fsync failed: {}", s.ToString());
+                  return;
+                }
+                synced_seq_ = seq;
+                follower_->MarkDurable(seq);
+              });
+        })
+        .then([this]() { return FsyncLoop(); });
+  }
+
+  // Applies queued pushes in order. The leader's first push can overtake the subscribe reply
+  // (its continuation runs later than the incoming call), so pushes wait for the handshake.
+  void DrainApply() {
+    while (handshake_done_ && !apply_running_ && !apply_queue_.empty()) {
+      PendingApply& front = apply_queue_.front();
+      if (ShipBytes(front.ship) <= kInlineApplyBytes) {
+        engine::WriteOptions wo;
+        wo.no_slowdown = true;
+        absl::StatusOr<Ack> r = follower_->OnShip(front.ship, wo);
+        if (r.ok()) {
+          front.fulfiller->fulfill(std::move(*r));
+          apply_queue_.pop_front();
+          CheckNeedsSnapshot();
+          continue;
+        }
+        // Would stall: apply on a worker, keeping later messages queued behind it.
+      }
+      apply_running_ = true;
+      PendingApply item = std::move(front);
+      apply_queue_.pop_front();
+      tasks_.add(
+          pool_.Run([f = follower_, ship = std::move(item.ship)]() {
+                return f->OnShip(ship, engine::WriteOptions{});
+              })
+              .then([this, fulfiller = kj::mv(item.fulfiller)](absl::StatusOr<Ack> r) mutable {
+                apply_running_ = false;
+                if (r.ok()) {
+                  fulfiller->fulfill(std::move(*r));
+                } else {
+                  fulfiller->reject(KJ_EXCEPTION(FAILED, r.status().ToString()));
+                }
+                CheckNeedsSnapshot();
+                DrainApply();
+              }));
+      return;
+    }
+  }
+
+  // The leader said it can no longer serve us: stop replicating, loudly.
+  void CheckNeedsSnapshot() {
+    if (!handshake_done_) return;
+    replication::FollowerStatus st = follower_->Status();
+    if (st.phase != replication::FollowerPhase::kNeedsSnapshot) return;
+    if (needs_snapshot_logged_) return;
+    needs_snapshot_logged_ = true;
+    spdlog::error("NEEDS SNAPSHOT: leader '{}' cannot serve this follower: {}. Replication "
+                  "stopped at seq {}; re-seed this node from a checkpoint.",
+                  options_.leader_id, st.message, st.applied);
+  }
+
+  class SinkImpl final : public schema::BatchSink::Server {
+   public:
+    SinkImpl(Core& core, uint64_t generation) : core_(core), generation_(generation) {}
+    kj::Promise<void> push(PushContext ctx) override {
+      Ship ship = FromCapnp(ctx.getParams().getShip());
+      return core_.OnPush(generation_, std::move(ship)).then([ctx](Ack ack) mutable {
+        ToCapnp(ack, ctx.getResults().initAck());
+      });
+    }
+
+   private:
+    Core& core_;
+    uint64_t generation_;
+  };
+
+  const NodeServerOptions& options_;
+  engine::Engine& engine_;
+  replication::Leader* const leader_;      // exactly one of leader_ and follower_ is set
+  replication::Follower* const follower_;
+  kj::AsyncIoContext& io_;
+  kj::TaskSet tasks_;
+  WorkerPool pool_;
+
+  // Leader write path.
+  std::deque<PendingWrite> pending_;
+  bool flush_scheduled_ = false;
+  bool writer_busy_ = false;  // a write group is on a worker; later groups wait
+  uint64_t writes_accepted_ = 0;
+  uint64_t write_groups_ = 0;
+  std::map<uint64_t, Session> sessions_;
+
+  // Follower side.
+  kj::Own<LeaderConnection> conn_;
+  uint64_t conn_generation_ = 0;
+  int64_t last_push_us_ = 0;
+  uint32_t backoff_ms_;
+  SequenceNumber synced_seq_ = 0;
+  std::deque<PendingApply> apply_queue_;  // bounded by the leader's in-flight window
+  bool apply_running_ = false;
+  bool handshake_done_ = false;  // the current connection's subscribe reply was taken
+  bool needs_snapshot_logged_ = false;
+};
+
+// The Cap'n Proto face of a node: forwards to Core.
+class NodeImpl final : public schema::Node::Server {
+ public:
+  explicit NodeImpl(Core& core) : core_(core) {}
+  kj::Promise<void> write(WriteContext ctx) override { return core_.Write(ctx); }
+  kj::Promise<void> get(GetContext ctx) override { return core_.Get(ctx); }
+  kj::Promise<void> scan(ScanContext ctx) override { return core_.Scan(ctx); }
+  kj::Promise<void> status(StatusContext ctx) override { return core_.Status(ctx); }
+  kj::Promise<void> subscribe(SubscribeContext ctx) override { return core_.Subscribe(ctx); }
+
+ private:
+  Core& core_;
+};
+
+class NodeServerImpl final : public NodeServer {
+ public:
+  NodeServerImpl(NodeServerOptions options, int lock_fd, std::unique_ptr<engine::Engine> engine,
+                 std::unique_ptr<replication::Leader> leader,
+                 std::unique_ptr<replication::Follower> follower)
+      : options_(std::move(options)),
+        lock_fd_(lock_fd),
+        engine_(std::move(engine)),
+        leader_(std::move(leader)),
+        follower_(std::move(follower)) {}
+
+  ~NodeServerImpl() override {
+    follower_.reset();
+    leader_.reset();
+    engine_.reset();
+    ::close(lock_fd_);
+  }
+
+  absl::Status Run() override {
+    try {
+      auto io = kj::setupAsyncIo();
+      Core core(options_, *engine_, leader_.get(), follower_.get(), io);
+      capnp::TwoPartyServer server(kj::heap<NodeImpl>(core));
+      auto addr = io.provider->getNetwork().parseAddress(options_.listen).wait(io.waitScope);
+      kj::Own<kj::ConnectionReceiver> listener;
+      KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { listener = addr->listen(); })) {
+        return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
+                                                   e->getDescription().cStr()));
+      }
+      auto serving = server.listen(*listener).eagerlyEvaluate([](kj::Exception&& e) {
+        spdlog::error("listener failed: {}", e.getDescription().cStr());
+      });
+      spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
+                   options_.node_id, leader_ ? "leader" : "follower", options_.cluster,
+                   options_.listen, engine_->LatestSequence());
+      core.Start();
+      auto term = io.unixEventPort.onSignal(SIGTERM);
+      auto intr = io.unixEventPort.onSignal(SIGINT);
+      siginfo_t info = term.exclusiveJoin(kj::mv(intr)).wait(io.waitScope);
+      spdlog::info("received {}; stopping", info.si_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+      // A write group on a worker finishes before the pool is destroyed with the Core;
+      // writes still queued were never written and never acknowledged.
+      for (int i = 0; i < 10000 && core.writer_busy(); ++i) {
+        io.provider->getTimer().afterDelay(1 * kj::MILLISECONDS).wait(io.waitScope);
+      }
+    } catch (kj::Exception& e) {
+      return absl::UnavailableError(e.getDescription().cStr());
+    }
+    if (absl::Status s = engine_->SyncWal(); !s.ok()) {
+      spdlog::error("final WAL fsync failed: {}", s.ToString());
+    }
+    spdlog::info("node '{}' stopped at seq {}", options_.node_id, engine_->LatestSequence());
+    return absl::OkStatus();
+  }
+
+ private:
+  NodeServerOptions options_;
+  int lock_fd_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<replication::Leader> leader_;
+  std::unique_ptr<replication::Follower> follower_;
+};
+
+absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir, ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot create data dir ", data_dir, ": ", ec.message()));
+  }
+  std::string path = data_dir + "/walshipd.lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return absl::UnavailableError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {0};
+    ssize_t n = ::pread(fd, pid, sizeof pid - 1, 0);
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "data dir ", data_dir, " is locked by another walshipd",
+        n > 0 ? absl::StrCat(" (pid ", std::string(pid, strcspn(pid, "\n")), ")") : ""));
+  }
+  std::string me = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, me.data(), me.size(), 0) < 0) {
+    spdlog::warn("cannot record pid in {}", path);  // the lock itself holds
+  }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions options) {
+  absl::StatusOr<int> lock_fd = LockDataDir(options.data_dir);
+  if (!lock_fd.ok()) return lock_fd.status();
+  auto fail = [&](absl::Status s) {
+    ::close(*lock_fd);
+    return s;
+  };
+  std::string state_path = options.data_dir + "/node-state";
+  absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);
+  if (!state.ok()) return fail(state.status());
+  options.engine.path = options.data_dir + "/db";
+  auto engine = engine::Engine::Open(options.engine);
+  if (!engine.ok()) return fail(engine.status());
+  std::unique_ptr<replication::Leader> leader;
+  std::unique_ptr<replication::Follower> follower;
+  SequenceNumber latest = (*engine)->LatestSequence();
+  if (options.is_leader) {
+    // Each start as leader begins a new epoch at the next sequence number. An epoch in which
+    // nothing was written is replaced rather than kept, so restarts do not grow the history.
+    if (state->database_id.empty()) state->database_id = replication::NewDatabaseId();
+    state->epoch += 1;
+    if (!state->history.empty() && state->history.back().start_seq == latest + 1) {
+      state->history.back().epoch = state->epoch;
+    } else {
+      state->history.push_back({state->epoch, latest + 1});
+    }
+    if (absl::Status s = replication::SaveNodeState(state_path, *state); !s.ok()) return fail(s);
+    options.leader.cluster = options.cluster;
+    options.leader.node_id = options.node_id;
+    leader = std::make_unique<replication::Leader>(options.leader, engine->get(),
+                                                   std::move(*state), replication::RealClock());
+  } else {
+    replication::FollowerOptions fo;
+    fo.cluster = options.cluster;
+    fo.node_id = options.node_id;
+    fo.state_path = state_path;
+    fo.fsync_apply = options.fsync_apply;
+    follower = std::make_unique<replication::Follower>(fo, engine->get(), std::move(*state),
+                                                       replication::RealClock());
+  }
+  return std::unique_ptr<NodeServer>(new NodeServerImpl(std::move(options), *lock_fd,
+                                                        std::move(*engine), std::move(leader),
+                                                        std::move(follower)));
+}
+
+}  // namespace walship::rpc

@@ -1,0 +1,64 @@
+// A walship node: the engine, the leader or follower state machine, and the Cap'n Proto
+// server that serves clients and peers on one address.
+//
+// Thread safety: Open() may run on any thread; Run() runs the KJ event loop on the calling
+// thread and every RPC object lives there. Blocking RocksDB work goes to a bounded worker
+// pool. The caller must have called kj::UnixEventPort::captureSignal(SIGTERM/SIGINT) before
+// starting any thread (see tools/walshipd.cc).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+#include "replication/leader.h"
+
+namespace walship::rpc {
+
+struct NodeServerOptions {
+  std::string cluster;
+  std::string node_id;
+  std::string listen;    // host:port
+  std::string data_dir;  // holds db/ (RocksDB) and node-state
+  bool is_leader = false;
+  std::string leader_id;       // followers: the leader's id and address
+  std::string leader_address;
+
+  engine::EngineOptions engine;             // path is filled in from data_dir
+  replication::LeaderOptions leader;        // cluster and node_id are filled in
+  bool fsync_writes = false;                // leader: fsync each write group before acking
+  bool fsync_apply = false;                 // follower: fsync each apply before acking
+
+  uint32_t max_inflight_ships = 4;          // per follower
+  uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
+  uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
+  uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max
+  uint32_t reconnect_max_ms = 2000;
+  uint32_t follower_fsync_interval_ms = 1000;  // follower fsyncs its WAL this often
+  uint32_t max_pending_writes = 65536;      // queued client writes; more are refused
+  uint32_t max_write_group_ops = 4096;      // ops in one grouped RocksDB write
+  uint32_t max_write_group_bytes = 4u << 20;
+  uint32_t worker_threads = 2;
+  uint32_t max_queued_tasks = 1024;
+};
+
+class NodeServer {
+ public:
+  // Locks data_dir (kFailedPrecondition if another process holds it), loads the node state
+  // and opens the database. Touches nothing before the lock is held.
+  static absl::StatusOr<std::unique_ptr<NodeServer>> Open(NodeServerOptions options);
+
+  virtual ~NodeServer() = default;
+
+  // Serves until SIGTERM or SIGINT, then stops cleanly. Returns an error if the listen
+  // address cannot be bound.
+  virtual absl::Status Run() = 0;
+
+ protected:
+  NodeServer() = default;
+};
+
+}  // namespace walship::rpc

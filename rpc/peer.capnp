@@ -1,0 +1,87 @@
+# The node-to-node protocol: a follower subscribes to the leader and the leader streams the
+# batches of its WAL to it. Mirrors replication/messages.h field by field; see
+# docs/protocol.md for the whole exchange.
+#
+# Every message carries the sender's epoch. A node refuses a message from an epoch older than
+# its own; see docs/protocol.md ("Epochs").
+@0xd1a8c3b5f4e2a901;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("walship::rpc::schema");
+
+struct EpochEntry {
+  epoch @0 :UInt64;      # a leader epoch
+  startSeq @1 :UInt64;   # first sequence number written in that epoch
+}
+
+struct Hello {
+  # Sent by a follower when it connects to the leader.
+  cluster @0 :Text;             # must equal the leader's cluster name
+  databaseId @1 :Text;          # the database the follower holds; empty if never seeded
+  followerId @2 :Text;          # the follower's node id from the config
+  epoch @3 :UInt64;             # the follower's current epoch
+  lastApplied @4 :UInt64;       # end of the last batch it applied (0: empty database)
+  lastAppliedEpoch @5 :UInt64;  # epoch under which that batch was written (0: unknown)
+}
+
+enum HelloOutcome {
+  accepted @0;        # the stream starts at lastApplied + 1
+  needsSnapshot @1;   # the leader cannot serve lastApplied + 1: re-seed from a checkpoint
+  refused @2;         # wrong cluster, wrong database or stale epoch; see message
+}
+
+struct HelloReply {
+  outcome @0 :HelloOutcome;
+  message @1 :Text;            # why, when not accepted
+  epoch @2 :UInt64;            # the leader's epoch (the follower adopts it)
+  databaseId @3 :Text;         # the leader's database id (a fresh follower adopts it)
+  history @4 :List(EpochEntry);  # the leader's epoch history, ascending
+  leaderLatest @5 :UInt64;     # the leader's latest sequence number
+}
+
+struct Batch {
+  # One WAL record of the leader, exactly as RocksDB wrote it.
+  firstSeq @0 :UInt64;        # sequence number of its first op
+  count @1 :UInt64;           # ops; the batch covers [firstSeq, firstSeq + count)
+  data @2 :Data;              # RocksDB WriteBatch bytes: 12-byte header, then records
+  leaderTimeUs @3 :Int64;     # leader wall clock at write, µs since 1970 (0: unknown)
+}
+
+struct Ship {
+  # Leader -> follower. Batches are contiguous; none is a heartbeat.
+  epoch @0 :UInt64;
+  batches @1 :List(Batch);
+  leaderLatest @2 :UInt64;    # the leader's latest sequence number when sent
+  leaderTimeUs @3 :Int64;     # leader wall clock when sent
+  needsSnapshot @4 :Text;     # non-empty: the leader can no longer serve this follower
+}
+
+enum AckOutcome {
+  ok @0;       # applied (or already held)
+  gap @1;      # the batches started past applied + 1; nothing applied; resend from there
+  stale @2;    # the message's epoch is older than the follower's; ignored
+  failed @3;   # could not apply; see message
+}
+
+struct Ack {
+  # Follower -> leader, the answer to each Ship.
+  epoch @0 :UInt64;
+  outcome @1 :AckOutcome;
+  received @2 :UInt64;   # highest sequence number received
+  durable @3 :UInt64;    # highest sequence number fsynced
+  applied @4 :UInt64;    # highest sequence number applied (readable)
+  message @5 :Text;
+}
+
+interface BatchSink {
+  # Implemented by the follower and handed to the leader in subscribe(). The leader keeps a
+  # bounded number of pushes in flight per follower (flow control); each reply is the ack.
+  push @0 (ship :Ship) -> (ack :Ack);
+}
+
+interface PeerService {
+  # The stream lasts while the connection does. A follower whose connection drops, or that
+  # hears nothing (no batch, no heartbeat) for its heartbeat timeout, reconnects and says
+  # hello again with its own position.
+  subscribe @0 (hello :Hello, sink :BatchSink) -> (reply :HelloReply);
+}

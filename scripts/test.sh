@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds walship and runs the whole test suite with ctest, then again under
+# AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/). CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+ctest --test-dir build --output-on-failure --timeout 900 -j 2
+WALSHIP_BUILD_DIR=build-asan WALSHIP_SANITIZE=1 bash scripts/setup.sh
+ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure --timeout 900 -j 2

@@ -1,0 +1,160 @@
+"""Starts real walshipd processes on 127.0.0.1 and drives them with the real walship CLI.
+
+Every wait is bounded: helpers take a timeout and fail the test when it passes.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+BIN = os.environ.get("WALSHIP_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+WALSHIPD = os.path.join(BIN, "tools", "walshipd")
+WALSHIP = os.path.join(BIN, "tools", "walship")
+TESTLOAD = os.path.join(BIN, "tests", "walship-testload")
+
+
+def free_ports(n):
+    """n distinct free TCP ports on 127.0.0.1 (below the ephemeral range is not needed:
+    walshipd listens, it does not connect from these)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Cluster:
+    """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
+
+    def __init__(self, n=3, name="test", replication=None, nodes=None):
+        self.dir = tempfile.mkdtemp(prefix="walship-e2e-")
+        self.name = name
+        self.ids = [f"n{i + 1}" for i in range(n)]
+        ports = free_ports(n)
+        self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, ports)}
+        self.procs = {}
+        self.logs = {}
+        repl = {"heartbeat_interval_ms": 50, "heartbeat_timeout_ms": 1000,
+                "reconnect_min_ms": 20, "reconnect_max_ms": 500}
+        repl.update(replication or {})
+        self.config = os.path.join(self.dir, "cluster.toml")
+        self.write_config(self.config, name, repl, nodes)
+
+    def write_config(self, path, name, repl, nodes=None):
+        lines = ["[cluster]", f'name = "{name}"', "", "[replication]"]
+        for k, v in repl.items():
+            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+        for i, nid in enumerate(nodes or self.ids):
+            lines += ["", "[[node]]", f'id = "{nid}"', f'listen = "{self.addr[nid]}"',
+                      f'data_dir = "data/{nid}"',
+                      f'role = "{"leader" if i == 0 else "follower"}"']
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def data_dir(self, nid):
+        return os.path.join(self.dir, "data", nid)
+
+    def start(self, nid, config=None):
+        log = open(os.path.join(self.dir, f"{nid}.log"), "ab")
+        self.logs[nid] = log.name
+        self.procs[nid] = subprocess.Popen(
+            [WALSHIPD, "--config", config or self.config, "--node", nid],
+            stdout=log, stderr=log)
+        log.close()  # the child has its own descriptor
+        wait_until(lambda: self.reachable(nid), 20, f"{nid} to answer")
+
+    def start_all(self):
+        for nid in self.ids:
+            self.start(nid)
+
+    def reachable(self, nid):
+        if self.procs[nid].poll() is not None:
+            raise AssertionError(f"{nid} exited with {self.procs[nid].returncode}:\n"
+                                 + self.log(nid))
+        return self.cli("--node", nid, "status", check=False).returncode == 0
+
+    def log(self, nid):
+        with open(self.logs[nid], errors="replace") as f:
+            return f.read()
+
+    def stop(self, nid, sig=signal.SIGTERM, timeout=20):
+        p = self.procs.pop(nid)
+        p.send_signal(sig)
+        p.wait(timeout=timeout)
+        return p.returncode
+
+    def pause(self, nid):
+        self.procs[nid].send_signal(signal.SIGSTOP)
+
+    def resume(self, nid):
+        self.procs[nid].send_signal(signal.SIGCONT)
+
+    def close(self):
+        for nid, p in list(self.procs.items()):
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+            p.wait(timeout=20)
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def cli(self, *args, input=None, check=True, timeout=30):
+        r = subprocess.run([WALSHIP, "--cluster", self.config, *args], input=input,
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"walship {' '.join(args)} failed ({r.returncode}): "
+                                 f"{r.stdout}{r.stderr}")
+        return r
+
+    def status(self, nid):
+        import json
+        return json.loads(self.cli("--node", nid, "status", "--json").stdout)
+
+    def scan_all(self, nid):
+        return self.cli("--node", nid, "scan", "--limit", "100000").stdout
+
+    def load(self, nid, batches, seed, check=True, timeout=300):
+        r = subprocess.run([TESTLOAD, "--endpoint", self.addr[nid], "--batches", str(batches),
+                            "--seed", str(seed)], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"testload failed: {r.stdout}{r.stderr}")
+        return r
+
+    def load_async(self, nid, batches, seed):
+        return subprocess.Popen([TESTLOAD, "--endpoint", self.addr[nid], "--batches",
+                                 str(batches), "--seed", str(seed)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_converged(self, timeout=60):
+        """Waits until every running node has the leader's latest sequence number."""
+        leader = self.ids[0]
+
+        seqs = {}
+
+        def same():
+            seqs.clear()
+            seqs.update({nid: self.status(nid)["latest_seq"] for nid in self.procs})
+            return len(set(seqs.values())) == 1
+        try:
+            return wait_until(same, timeout, "all nodes at the leader's sequence")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {seqs}\n" + "\n".join(
+                f"--- {nid}\n{self.log(nid)[-2000:]}" for nid in self.procs)) from None

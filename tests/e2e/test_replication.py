@@ -1,0 +1,156 @@
+"""Three real walshipd processes on loopback: replication, crashes, restarts, purged WAL,
+refusals and a stopped follower (issue 3)."""
+import os
+import signal
+import time
+import unittest
+
+from cluster import Cluster, wait_until
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class ReplicationTest(unittest.TestCase):
+    def setUp(self):
+        self.c = Cluster(n=3)
+        self.c.start_all()
+
+    def tearDown(self):
+        self.c.close()
+
+    def assert_identical(self):
+        c = self.c
+        c.wait_converged()
+        leader = c.scan_all("n1")
+        self.assertGreater(len(leader), 0)
+        for nid in c.procs:
+            self.assertEqual(c.scan_all(nid), leader, f"{nid} differs from the leader")
+
+    def test_followers_hold_identical_contents_after_mixed_writes(self):
+        c = self.c
+        r = c.load("n1", 3000, seed=1)
+        self.assertIn("acked 3000", r.stdout)
+        c.cli("write", input="delrange key00000100 key00000900\nput z 1\n")
+        self.assert_identical()
+        st = c.status("n1")
+        self.assertEqual({f["id"] for f in st["followers"]}, {"n2", "n3"})
+        for f in st["followers"]:
+            self.assertEqual(f["state"], "connected")
+            self.assertEqual(f["applied_seq"], st["latest_seq"])
+            self.assertEqual(f["lag_seq"], 0)
+            self.assertGreater(f["bytes_shipped"], 0)
+        fst = c.status("n2")
+        self.assertEqual(fst["replication_state"], "streaming")
+        self.assertEqual(fst["database_id"], st["database_id"])
+        # Writes to a follower are refused with the leader's address, and the CLI follows it.
+        r = c.cli("--node", "n2", "put", "k", "v")
+        self.assertIn("retrying at " + c.addr["n1"], r.stderr)
+
+    def test_follower_killed_during_load_catches_up(self):
+        c = self.c
+        load = c.load_async("n1", 4000, seed=2)
+        time.sleep(0.3)
+        c.stop("n2", signal.SIGKILL)
+        time.sleep(0.5)
+        c.start("n2")
+        out, err = load.communicate(timeout=300)
+        self.assertEqual(load.returncode, 0, err)
+        self.assert_identical()
+
+    def test_leader_restart_followers_reconnect(self):
+        c = self.c
+        c.load("n1", 1000, seed=3)
+        epoch = c.status("n1")["epoch"]
+        c.stop("n1", signal.SIGKILL)
+        time.sleep(0.3)
+        c.start("n1")
+        self.assertGreater(c.status("n1")["epoch"], epoch)
+        c.load("n1", 1000, seed=4)
+        self.assert_identical()
+        wait_until(lambda: c.status("n2")["epoch"] == c.status("n1")["epoch"], 20,
+                   "follower to adopt the new epoch")
+        self.assertIn("lost the connection to leader", c.log("n2"))
+
+    def test_stopped_follower_does_not_block_the_leader_or_grow_its_memory(self):
+        c = self.c
+        c.load("n1", 200, seed=5)
+        c.wait_converged()
+        c.pause("n3")
+        try:
+            rss_before = rss_kib(c.procs["n1"].pid)
+            t = time.monotonic()
+            r = c.load("n1", 6000, seed=6, timeout=120)
+            took = time.monotonic() - t
+            self.assertIn("acked 6000", r.stdout)
+            rss_after = rss_kib(c.procs["n1"].pid)
+            # Bound: the memory tail (max_tail_bytes, 64 MiB by default) plus the in-flight
+            # window; the load writes ~2 MB, so growth must stay far below that.
+            self.assertLess(rss_after - rss_before, 96 * 1024, "leader memory grew")
+            print(f"\n6000 writes with a stopped follower: {took:.2f}s, leader RSS "
+                  f"{rss_before} -> {rss_after} KiB")
+            st = c.status("n1")
+            n3 = next(f for f in st["followers"] if f["id"] == "n3")
+            self.assertGreater(n3["lag_seq"], 0)
+        finally:
+            c.resume("n3")
+        self.assert_identical()
+
+
+class PurgedWalTest(unittest.TestCase):
+    def test_follower_behind_a_purged_wal_needs_snapshot(self):
+        c = Cluster(n=3, replication={"wal_retention_bytes": 0, "wal_retention_seconds": 1,
+                                      "write_buffer_bytes": 65536, "max_tail_bytes": 4096})
+        try:
+            c.start_all()
+            c.load("n1", 200, seed=7)
+            c.wait_converged()
+            c.stop("n3")
+            held = c.scan_all("n2")
+            seq = c.status("n2")["latest_seq"]
+            # Enough writes to fill and flush many 64 KiB memtables, over more than the 1 s
+            # retention, so the WAL holding n3's position is deleted.
+            for i in range(4):
+                c.load("n1", 1500, seed=100 + i)
+                time.sleep(0.6)
+            c.start("n3")
+            st = wait_until(lambda: (lambda s: s if s["replication_state"] == "needs_snapshot"
+                                     else None)(c.status("n3")), 30, "n3 to need a snapshot")
+            self.assertIn("WAL", st["message"])
+            # It applied nothing past its position.
+            self.assertEqual(st["latest_seq"], seq)
+            self.assertEqual(c.scan_all("n3"), held)
+            lst = c.status("n1")
+            n3 = next(f for f in lst["followers"] if f["id"] == "n3")
+            self.assertEqual(n3["state"], "needs_snapshot")
+            self.assertIn("NEEDS SNAPSHOT", c.log("n3"))
+        finally:
+            c.close()
+
+
+class RefusalTest(unittest.TestCase):
+    def test_follower_of_another_cluster_is_refused(self):
+        c = Cluster(n=2, name="alpha")
+        try:
+            c.start("n1")
+            c.load("n1", 10, seed=8)
+            other = os.path.join(c.dir, "other.toml")
+            c.write_config(other, "beta", {"reconnect_min_ms": 20, "reconnect_max_ms": 200})
+            c.start("n2", config=other)
+            wait_until(lambda: "cluster" in c.status("n2")["message"], 20,
+                       "n2 to report the refusal")
+            self.assertEqual(c.status("n2")["latest_seq"], 0)
+            lst = c.status("n1")
+            self.assertEqual(lst["followers"][0]["state"], "refused")
+            self.assertIn("'beta'", lst["followers"][0]["message"])
+        finally:
+            c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()

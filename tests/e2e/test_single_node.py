@@ -1,0 +1,166 @@
+"""One real walshipd driven by the real walship CLI (issue 2)."""
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from cluster import Cluster, WALSHIPD, WALSHIP
+
+
+class SingleNodeTest(unittest.TestCase):
+    def setUp(self):
+        self.c = Cluster(n=1)
+        self.c.start("n1")
+
+    def tearDown(self):
+        self.c.close()
+
+    def test_put_get_del_scan_write_status(self):
+        c = self.c
+        self.assertIn("OK seq 1", c.cli("put", "hello", "world").stdout)
+        self.assertEqual(c.cli("get", "hello").stdout, "world\n")
+        # Binary keys and values through the escapes.
+        c.cli("put", "bin\\x00key", "a\\x00\\xff\\\\b")
+        self.assertEqual(c.cli("get", "bin\\x00key").stdout, "a\\x00\\xff\\\\b\n")
+        r = c.cli("get", "absent", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not found", r.stderr)
+        c.cli("del", "hello")
+        self.assertEqual(c.cli("get", "hello", check=False).returncode, 1)
+        r = c.cli("write", input="put p1 v1\nput p2 v2\n# comment\n\nput q1 v3\ndel p1\n")
+        self.assertIn("OK seq", r.stdout)
+        self.assertEqual(c.cli("scan", "--prefix", "p").stdout, "p2\tv2\n")
+        self.assertEqual(c.cli("scan", "--start", "p", "--limit", "1").stdout, "p2\tv2\n")
+        self.assertEqual(c.cli("scan").stdout, "bin\\x00key\ta\\x00\\xff\\\\b\np2\tv2\nq1\tv3\n")
+        st = c.status("n1")
+        self.assertEqual(st["node"], "n1")
+        self.assertEqual(st["role"], "leader")
+        self.assertEqual(st["cluster"], "test")
+        self.assertEqual(st["latest_seq"], 7)
+        text = c.cli("status").stdout
+        self.assertIn("node n1 (leader) of cluster test", text)
+        self.assertIn("latest seq 7", text)
+
+    def test_write_batch_is_atomic_and_bad_input_writes_nothing(self):
+        c = self.c
+        r = c.cli("write", input="put a 1\npt b 2\n", check=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("stdin:2", r.stderr)
+        r = c.cli("put", "k", "bad\\q", check=False)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("unknown escape", r.stderr)
+        self.assertEqual(c.status("n1")["latest_seq"], 0)
+        r = c.cli("write", input="put a 1\nput b 2\ndelrange a b\n")
+        self.assertIn("OK seq 3", r.stdout)
+        self.assertEqual(c.cli("scan").stdout, "b\t2\n")
+
+    def test_restart_keeps_every_acknowledged_write(self):
+        c = self.c
+        c.load("n1", 500, seed=11)
+        before = c.scan_all("n1")
+        seq = c.status("n1")["latest_seq"]
+        self.assertEqual(c.stop("n1"), 0)  # SIGTERM: clean stop
+        c.start("n1")
+        self.assertEqual(c.scan_all("n1"), before)
+        self.assertEqual(c.status("n1")["latest_seq"], seq)
+        c.load("n1", 300, seed=12)
+        before = c.scan_all("n1")
+        c.stop("n1", signal.SIGKILL)  # a crash: acknowledged writes are in the WAL
+        c.start("n1")
+        self.assertEqual(c.scan_all("n1"), before)
+
+    def test_locked_data_dir_is_refused(self):
+        r = subprocess.run([WALSHIPD, "--config", self.c.config, "--node", "n1"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("locked by another walshipd", r.stderr)
+
+    def test_unreachable_node_fails_fast(self):
+        t = time.monotonic()
+        r = subprocess.run([WALSHIP, "--endpoint", "127.0.0.1:9", "--timeout-ms", "1000",
+                            "get", "x"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("127.0.0.1:9", r.stderr)
+        self.assertLess(time.monotonic() - t, 10)
+
+
+class BadConfigTest(unittest.TestCase):
+    """Each bad config: non-zero exit, one line naming file, line and key; data untouched."""
+
+    GOOD = ('[cluster]\nname = "x"\n\n[[node]]\nid = "n1"\nlisten = "127.0.0.1:{p1}"\n'
+            'data_dir = "d1"\nrole = "leader"\n\n[[node]]\nid = "n2"\n'
+            'listen = "127.0.0.1:{p2}"\ndata_dir = "d2"\nrole = "follower"\n')
+
+    def setUp(self):
+        import tempfile
+        self.dir = tempfile.mkdtemp(prefix="walship-badcfg-")
+
+    def tearDown(self):
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def check(self, text, line, key, node="n1", contains=None):
+        path = os.path.join(self.dir, "bad.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        r = subprocess.run([WALSHIPD, "--config", path, "--node", node], capture_output=True,
+                           text=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 1, r.stderr)
+        msg = lines[0]
+        self.assertIn(path + (f":{line}:" if line else ":"), msg)
+        self.assertIn(key, msg)
+        if contains:
+            self.assertIn(contains, msg)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["bad.toml"], "data dir was touched")
+
+    def good(self):
+        return self.GOOD.format(p1=17101, p2=17102)
+
+    def test_unknown_key(self):
+        self.check(self.good().replace('role = "leader"', 'role = "leader"\ncolour = "red"'),
+                   9, "node[1].colour", contains="unknown key")
+
+    def test_wrong_type(self):
+        self.check(self.good().replace('listen = "127.0.0.1:17101"', "listen = 7101"),
+                   6, "node[1].listen", contains="must be a string")
+
+    def test_wrong_type_tunable(self):
+        self.check(self.good().replace('[[node]]', '[replication]\nheartbeat_interval_ms = "x"\n'
+                                       '\n[[node]]', 1), 5, "replication.heartbeat_interval_ms")
+
+    def test_duplicate_id(self):
+        self.check(self.good().replace('id = "n2"', 'id = "n1"'), 11, "node[2].id",
+                   contains="duplicate")
+
+    def test_duplicate_listen(self):
+        self.check(self.good().replace("17102", "17101"), 12, "node[2].listen",
+                   contains="duplicate listen address")
+
+    def test_missing_required_key(self):
+        self.check(self.good().replace('data_dir = "d2"\n', ""), 10, "node[2].data_dir",
+                   contains="missing")
+
+    def test_missing_cluster_name(self):
+        self.check(self.good().replace('name = "x"\n', ""), 1, "cluster.name",
+                   contains="missing")
+
+    def test_node_not_in_file(self):
+        self.check(self.good(), None, "node.id", node="n9", contains="n9")
+
+    def test_two_leaders(self):
+        self.check(self.good().replace('role = "follower"', 'role = "leader"'), 14,
+                   "node[2].role", contains="second leader")
+
+    def test_no_leader(self):
+        self.check(self.good().replace('role = "leader"', 'role = "follower"'), None,
+                   "leader")
+
+    def test_syntax_error(self):
+        self.check(self.good().replace('name = "x"', 'name = "x'), 2, "syntax")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,167 @@
+// The client API in-process: NodeServer instances on loopback in threads of this process,
+// driven through rpc::Client.
+#include <gtest/gtest.h>
+#include <kj/async-unix.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "rpc/client.h"
+#include "rpc/convert.h"
+#include "rpc/node_server.h"
+
+namespace walship::rpc {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::OpType;
+using engine::WriteOp;
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Runs a node on its own thread until Stop().
+class RunningNode {
+ public:
+  explicit RunningNode(NodeServerOptions options) {
+    auto server = NodeServer::Open(options);
+    EXPECT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    thread_ = std::thread([this] { EXPECT_TRUE(server_->Run().ok()); });
+  }
+  ~RunningNode() { Stop(); }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    pthread_kill(thread_.native_handle(), SIGTERM);
+    thread_.join();
+    server_.reset();
+  }
+
+ private:
+  std::unique_ptr<NodeServer> server_;
+  std::thread thread_;
+};
+
+std::unique_ptr<Client> ConnectOrDie(const std::string& endpoint) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (true) {
+    auto c = Client::Connect(endpoint, absl::Seconds(2));
+    if (c.ok()) {
+      if ((*c)->Status().ok()) return std::move(*c);
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "cannot connect to " << endpoint;
+      return nullptr;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+class RpcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = fs::temp_directory_path() / ("walship-rpc-test-" + std::to_string(rd()));
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  NodeServerOptions Options(const std::string& id, bool leader, const std::string& leader_addr) {
+    NodeServerOptions o;
+    o.cluster = "rpc";
+    o.node_id = id;
+    o.listen = "127.0.0.1:" + std::to_string(FreePort());
+    o.data_dir = (dir_ / id).string();
+    o.is_leader = leader;
+    o.leader_id = leader ? "" : "n1";
+    o.leader_address = leader_addr;
+    o.heartbeat_interval_ms = 20;
+    o.reconnect_min_ms = 10;
+    return o;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(RpcTest, ClientApiOnLeaderAndFollower) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+
+  auto w = c->Write({{OpType::kPut, "a", "1"}, {OpType::kPut, std::string("b\0", 2), "2"}});
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->first_seq, 1u);
+  EXPECT_EQ(w->last_seq, 2u);
+  EXPECT_EQ(*c->Get(std::string("b\0", 2)), "2");
+  EXPECT_TRUE(absl::IsNotFound(c->Get("zz").status()));
+  // A read that names a sequence the node has not reached is refused, not answered stale.
+  EXPECT_TRUE(absl::IsUnavailable(c->Get("a", 99).status()));
+  EXPECT_TRUE(c->Get("a", 2).ok());
+  // Bad input is an error naming the problem, and writes nothing.
+  auto bad = c->Write({{OpType::kDeleteRange, "z", "a"}});
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  EXPECT_TRUE(absl::IsInvalidArgument(c->Write({}).status()));
+  engine::ScanOptions scan;
+  auto kvs = c->Scan(scan);
+  ASSERT_TRUE(kvs.ok());
+  EXPECT_EQ(kvs->size(), 2u);
+  auto st = c->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->role, "leader");
+  EXPECT_EQ(st->latest_seq, 2u);
+
+  NodeServerOptions fo = Options("n2", false, lo.listen);
+  RunningNode follower(fo);
+  auto f = ConnectOrDie(fo.listen);
+  ASSERT_NE(f, nullptr);
+  auto refused = f->Write({{OpType::kPut, "x", "y"}});
+  EXPECT_TRUE(IsNotLeader(refused.status())) << refused.status();
+  EXPECT_EQ(LeaderHint(refused.status()), lo.listen);
+  // The follower catches up, then sees later writes too (read-your-writes via min_seq).
+  auto w2 = c->Write({{OpType::kPut, "c", "3"}});
+  ASSERT_TRUE(w2.ok());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  absl::StatusOr<std::string> v = absl::UnavailableError("not yet");
+  while (!v.ok() && std::chrono::steady_clock::now() < deadline) {
+    v = f->Get("c", w2->last_seq);
+    if (!v.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(*v, "3");
+  auto fst = f->Status();
+  ASSERT_TRUE(fst.ok());
+  EXPECT_EQ(fst->role, "follower");
+  EXPECT_EQ(fst->replication_state, "streaming");
+  auto lst = c->Status();
+  ASSERT_EQ(lst->followers.size(), 1u);
+  EXPECT_EQ(lst->followers[0].id, "n2");
+  c.reset();
+  f.reset();
+}
+
+}  // namespace
+}  // namespace walship::rpc
+
+int main(int argc, char** argv) {
+  // Before any thread starts, so every thread blocks these and the node loops get them.
+  kj::UnixEventPort::captureSignal(SIGTERM);
+  kj::UnixEventPort::captureSignal(SIGINT);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

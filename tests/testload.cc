@@ -1,0 +1,60 @@
+// walship-testload: writes seeded random batches (puts with binary values, deletes, range
+// deletes; 1-8 ops each) to a node, one batch per call, for the multi-process tests.
+// Prints "last_seq N" and the number of batches acknowledged. Stops at the first error
+// (exit 3) after printing what was acknowledged so far.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <random>
+
+#include "absl/time/time.h"
+#include "rpc/client.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"walship-testload: random write batches for tests"};
+  std::string endpoint;
+  uint64_t batches = 1000, seed = 1, keys = 2000;
+  app.add_option("--endpoint", endpoint)->required();
+  app.add_option("--batches", batches);
+  app.add_option("--seed", seed);
+  app.add_option("--keys", keys, "key space");
+  CLI11_PARSE(app, argc, argv);
+
+  auto client = walship::rpc::Client::Connect(endpoint, absl::Seconds(5));
+  if (!client.ok()) {
+    std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
+    return 3;
+  }
+  std::mt19937_64 rng(seed);
+  uint64_t last = 0, acked = 0;
+  for (uint64_t i = 0; i < batches; ++i) {
+    std::vector<walship::engine::WriteOp> ops;
+    int n = 1 + static_cast<int>(rng() % 8);
+    for (int j = 0; j < n; ++j) {
+      char key[32];
+      std::snprintf(key, sizeof key, "key%08llu", static_cast<unsigned long long>(rng() % keys));
+      uint64_t kind = rng() % 20;
+      if (kind == 0) {
+        ops.push_back({walship::engine::OpType::kDeleteRange, key, std::string(key) + "5"});
+      } else if (kind < 4) {
+        ops.push_back({walship::engine::OpType::kDelete, key, ""});
+      } else {
+        std::string value(8 + rng() % 120, '\0');
+        for (char& c : value) c = static_cast<char>(rng());
+        ops.push_back({walship::engine::OpType::kPut, key, value});
+      }
+    }
+    auto r = (*client)->Write(ops);
+    if (!r.ok()) {
+      std::printf("last_seq %llu\nacked %llu\n", static_cast<unsigned long long>(last),
+                  static_cast<unsigned long long>(acked));
+      std::fprintf(stderr, "write %llu failed: %s\n", static_cast<unsigned long long>(i),
+                   r.status().ToString().c_str());
+      return 3;
+    }
+    last = r->last_seq;
+    ++acked;
+  }
+  std::printf("last_seq %llu\nacked %llu\n", static_cast<unsigned long long>(last),
+              static_cast<unsigned long long>(acked));
+  return 0;
+}

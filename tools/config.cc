@@ -1,0 +1,285 @@
+#include "tools/config.h"
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <set>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace walship::tools {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ConfigError {
+ public:
+  explicit ConfigError(std::string path) : path_(std::move(path)) {}
+  absl::Status At(const toml::source_region& where, const std::string& key,
+                  const std::string& why) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ":", where.begin.line, ": ", key, ": ", why));
+  }
+  absl::Status File(const std::string& why) const {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", why));
+  }
+
+ private:
+  std::string path_;
+};
+
+// One tunable: its key, and how to store an integer or boolean into the options.
+struct Tunable {
+  const char* key;
+  enum Kind { kUint, kBool } kind;
+  std::function<void(rpc::NodeServerOptions&, uint64_t)> set;
+  uint64_t min = 0, max = UINT64_MAX;
+};
+
+const std::vector<Tunable>& ReplicationTunables() {
+  using O = rpc::NodeServerOptions;
+  static const std::vector<Tunable> kTunables = {
+      {"wal_retention_bytes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.engine.wal_retention_bytes = v; }},
+      {"wal_retention_seconds", Tunable::kUint,
+       [](O& o, uint64_t v) { o.engine.wal_retention_seconds = v; }},
+      {"write_buffer_bytes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.engine.write_buffer_bytes = v; }, 64 << 10, 1ull << 34},
+      {"max_tail_bytes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.leader.max_tail_bytes = v; }, 0, 1ull << 34},
+      {"max_ship_bytes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.leader.max_ship_bytes = v; }, 1024, 32ull << 20},
+      {"max_inflight_ships", Tunable::kUint,
+       [](O& o, uint64_t v) { o.max_inflight_ships = static_cast<uint32_t>(v); }, 1, 64},
+      {"heartbeat_interval_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.heartbeat_interval_ms = static_cast<uint32_t>(v); }, 1, 60000},
+      {"heartbeat_timeout_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.heartbeat_timeout_ms = static_cast<uint32_t>(v); }, 10, 600000},
+      {"reconnect_min_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.reconnect_min_ms = static_cast<uint32_t>(v); }, 1, 60000},
+      {"reconnect_max_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.reconnect_max_ms = static_cast<uint32_t>(v); }, 1, 600000},
+      {"follower_fsync_interval_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.follower_fsync_interval_ms = static_cast<uint32_t>(v); }, 1,
+       600000},
+      {"max_pending_writes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.max_pending_writes = static_cast<uint32_t>(v); }, 1, 1u << 24},
+      {"max_write_group_ops", Tunable::kUint,
+       [](O& o, uint64_t v) { o.max_write_group_ops = static_cast<uint32_t>(v); }, 1, 1u << 20},
+      {"worker_threads", Tunable::kUint,
+       [](O& o, uint64_t v) { o.worker_threads = static_cast<uint32_t>(v); }, 1, 64},
+      {"fsync_writes", Tunable::kBool, [](O& o, uint64_t v) { o.fsync_writes = v != 0; }},
+      {"fsync_apply", Tunable::kBool, [](O& o, uint64_t v) { o.fsync_apply = v != 0; }},
+  };
+  return kTunables;
+}
+
+absl::Status CheckListen(const ConfigError& err, const toml::source_region& where,
+                         const std::string& key, const std::string& listen) {
+  size_t colon = listen.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port == 0 || port > 65535) {
+    return err.At(where, key,
+                  absl::StrCat("'", listen, "' is not host:port with a port in 1-65535"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadTunables(const ConfigError& err, const toml::table& table,
+                          const std::string& section, rpc::NodeServerOptions& options) {
+  for (auto&& [k, v] : table) {
+    std::string key(k.str());
+    std::string full = absl::StrCat(section, ".", key);
+    const Tunable* t = nullptr;
+    for (const Tunable& cand : ReplicationTunables()) {
+      if (key == cand.key) t = &cand;
+    }
+    if (t == nullptr) return err.At(k.source(), full, "unknown key");
+    if (t->kind == Tunable::kBool) {
+      if (!v.is_boolean()) return err.At(v.source(), full, "must be true or false");
+      t->set(options, *v.value<bool>() ? 1 : 0);
+      continue;
+    }
+    if (!v.is_integer()) return err.At(v.source(), full, "must be an integer");
+    int64_t n = *v.value<int64_t>();
+    if (n < 0 || static_cast<uint64_t>(n) < t->min || static_cast<uint64_t>(n) > t->max) {
+      return err.At(v.source(), full,
+                    absl::StrCat(n, " is out of range [", t->min, ", ", t->max, "]"));
+    }
+    t->set(options, static_cast<uint64_t>(n));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RequiredString(const ConfigError& err, const toml::table& table,
+                                           const toml::source_region& table_where,
+                                           const std::string& prefix, const char* key) {
+  const toml::node* v = table.get(key);
+  if (v == nullptr) return err.At(table_where, absl::StrCat(prefix, ".", key), "missing");
+  if (!v->is_string()) {
+    return err.At(v->source(), absl::StrCat(prefix, ".", key), "must be a string");
+  }
+  std::string s = *v->value<std::string>();
+  if (s.empty()) return err.At(v->source(), absl::StrCat(prefix, ".", key), "is empty");
+  return s;
+}
+
+}  // namespace
+
+const NodeConfig* ClusterConfig::Find(const std::string& id) const {
+  for (const NodeConfig& n : nodes) {
+    if (n.id == id) return &n;
+  }
+  return nullptr;
+}
+
+const NodeConfig* ClusterConfig::Leader() const {
+  for (const NodeConfig& n : nodes) {
+    if (n.role == "leader") return &n;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
+  ConfigError err(path);
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::string why(e.description());
+    if (e.source().begin.line == 0) return err.File(why);
+    return err.At(e.source(), "syntax", why);
+  }
+  ClusterConfig config;
+  config.path = path;
+  fs::path base = fs::absolute(fs::path(path)).parent_path();
+  const toml::table* cluster = nullptr;
+  const toml::array* nodes = nullptr;
+  for (auto&& [k, v] : root) {
+    std::string key(k.str());
+    if (key == "cluster") {
+      cluster = v.as_table();
+      if (cluster == nullptr) return err.At(v.source(), "cluster", "must be a table [cluster]");
+    } else if (key == "node") {
+      nodes = v.as_array();
+      if (nodes == nullptr || !nodes->is_array_of_tables()) {
+        return err.At(v.source(), "node", "must be an array of tables [[node]]");
+      }
+    } else if (key == "replication") {
+      const toml::table* t = v.as_table();
+      if (t == nullptr) return err.At(v.source(), "replication", "must be a table");
+      if (absl::Status s = ReadTunables(err, *t, "replication", config.defaults); !s.ok()) {
+        return s;
+      }
+    } else {
+      return err.At(k.source(), key, "unknown key (expected cluster, replication or node)");
+    }
+  }
+  if (cluster == nullptr) return err.File("[cluster] table is missing");
+  auto name = RequiredString(err, *cluster, cluster->source(), "cluster", "name");
+  if (!name.ok()) return name.status();
+  config.name = *name;
+  for (auto&& [k, v] : *cluster) {
+    if (k.str() != "name") {
+      return err.At(k.source(), absl::StrCat("cluster.", std::string(k.str())),
+                    "unknown key (tunables go in [replication])");
+    }
+  }
+  if (nodes == nullptr || nodes->empty()) return err.File("no [[node]] is defined");
+
+  std::map<std::string, std::string> listen_owner, dir_owner;
+  int leaders = 0;
+  for (size_t i = 0; i < nodes->size(); ++i) {
+    const toml::table& t = *(*nodes)[i].as_table();
+    std::string prefix = absl::StrCat("node[", i + 1, "]");
+    for (auto&& [k, v] : t) {
+      std::string key(k.str());
+      if (key != "id" && key != "listen" && key != "data_dir" && key != "role") {
+        return err.At(k.source(), absl::StrCat(prefix, ".", key), "unknown key");
+      }
+    }
+    NodeConfig n;
+    auto id = RequiredString(err, t, t.source(), prefix, "id");
+    if (!id.ok()) return id.status();
+    n.id = *id;
+    auto listen = RequiredString(err, t, t.source(), prefix, "listen");
+    if (!listen.ok()) return listen.status();
+    n.listen = *listen;
+    const toml::source_region& listen_at = t.get("listen")->source();
+    if (absl::Status s = CheckListen(err, listen_at, prefix + ".listen", n.listen); !s.ok()) {
+      return s;
+    }
+    auto dir = RequiredString(err, t, t.source(), prefix, "data_dir");
+    if (!dir.ok()) return dir.status();
+    n.data_dir = fs::path(*dir).is_absolute() ? *dir : (base / *dir).lexically_normal().string();
+    if (const toml::node* role = t.get("role")) {
+      if (!role->is_string() ||
+          (*role->value<std::string>() != "leader" && *role->value<std::string>() != "follower")) {
+        return err.At(role->source(), prefix + ".role", "must be \"leader\" or \"follower\"");
+      }
+      n.role = *role->value<std::string>();
+    } else if (nodes->size() == 1) {
+      n.role = "leader";
+    } else {
+      return err.At(t.source(), prefix + ".role",
+                    "missing (required when the cluster has more than one node)");
+    }
+    if (config.Find(n.id) != nullptr) {
+      return err.At(t.get("id")->source(), prefix + ".id",
+                    absl::StrCat("duplicate node id '", n.id, "'"));
+    }
+    if (auto it = listen_owner.find(n.listen); it != listen_owner.end()) {
+      return err.At(listen_at, prefix + ".listen",
+                    absl::StrCat("duplicate listen address ", n.listen, " (also node ",
+                                 it->second, ")"));
+    }
+    if (auto it = dir_owner.find(n.data_dir); it != dir_owner.end()) {
+      return err.At(t.get("data_dir")->source(), prefix + ".data_dir",
+                    absl::StrCat("duplicate data_dir ", n.data_dir, " (also node ", it->second,
+                                 ")"));
+    }
+    listen_owner[n.listen] = n.id;
+    dir_owner[n.data_dir] = n.id;
+    if (n.role == "leader") {
+      if (++leaders > 1) {
+        return err.At(t.get("role")->source(), prefix + ".role",
+                      absl::StrCat("a second leader ('", n.id, "' after '",
+                                   config.Leader()->id, "'); exactly one node is the leader"));
+      }
+    }
+    config.nodes.push_back(std::move(n));
+  }
+  if (leaders == 0) {
+    return err.File("no node has role = \"leader\"; exactly one node must be the leader");
+  }
+  const rpc::NodeServerOptions& d = config.defaults;
+  if (d.engine.wal_retention_bytes == 0 && d.engine.wal_retention_seconds == 0) {
+    return err.File(
+        "wal_retention_bytes and wal_retention_seconds are both 0; set at least one so lagging "
+        "followers can catch up from the WAL");
+  }
+  if (d.reconnect_min_ms > d.reconnect_max_ms) {
+    return err.File("reconnect_min_ms is larger than reconnect_max_ms");
+  }
+  return config;
+}
+
+rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeConfig& node) {
+  rpc::NodeServerOptions o = config.defaults;
+  o.cluster = config.name;
+  o.node_id = node.id;
+  o.listen = node.listen;
+  o.data_dir = node.data_dir;
+  o.is_leader = node.role == "leader";
+  if (const NodeConfig* leader = config.Leader(); leader != nullptr && !o.is_leader) {
+    o.leader_id = leader->id;
+    o.leader_address = leader->listen;
+  }
+  return o;
+}
+
+}  // namespace walship::tools

@@ -1,0 +1,38 @@
+// The cluster config file (TOML), documented key by key in docs/config.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "rpc/node_server.h"
+
+namespace walship::tools {
+
+struct NodeConfig {
+  std::string id;
+  std::string listen;    // host:port
+  std::string data_dir;  // absolute, or resolved against the config file's directory
+  std::string role;      // "leader" or "follower"
+};
+
+struct ClusterConfig {
+  std::string path;  // the file it was read from
+  std::string name;
+  std::vector<NodeConfig> nodes;
+  // Tunables from [replication]; defaults in rpc::NodeServerOptions.
+  rpc::NodeServerOptions defaults;
+
+  const NodeConfig* Find(const std::string& id) const;
+  const NodeConfig* Leader() const;
+};
+
+// Reads and checks the whole file. Every error is one line naming the file, the line and the
+// key: "cluster.toml:7: node[2].listen: duplicate listen address 127.0.0.1:7101 (also node n1)".
+absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path);
+
+// The options walshipd runs node `node` with.
+rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeConfig& node);
+
+}  // namespace walship::tools

@@ -1,0 +1,265 @@
+// walship: the client and admin command line.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "rpc/client.h"
+#include "rpc/convert.h"
+#include "tools/config.h"
+#include "tools/escape.h"
+
+namespace {
+
+using walship::engine::OpType;
+using walship::engine::WriteOp;
+
+constexpr int kExitNotFound = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitError = 3;
+
+struct Target {
+  std::string cluster_path;
+  std::string node;
+  std::string endpoint;
+  int timeout_ms = 3000;
+  std::optional<walship::tools::ClusterConfig> config;
+};
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "walship: %s\n", std::string(s.message()).c_str());
+  if (absl::IsNotFound(s)) return kExitNotFound;
+  if (absl::IsInvalidArgument(s)) return kExitUsage;
+  return kExitError;
+}
+
+// The endpoint to talk to: --endpoint, or --node / the leader from --cluster.
+absl::StatusOr<std::string> Resolve(Target& t) {
+  if (!t.endpoint.empty()) return t.endpoint;
+  if (t.cluster_path.empty()) {
+    return absl::InvalidArgumentError("give --cluster FILE or --endpoint HOST:PORT");
+  }
+  auto config = walship::tools::LoadConfig(t.cluster_path);
+  if (!config.ok()) return config.status();
+  t.config = *config;
+  const walship::tools::NodeConfig* n =
+      t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
+  if (n == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--node '", t.node, "' is not in ", t.cluster_path));
+  }
+  return n->listen;
+}
+
+absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
+                                                                 const std::string& endpoint) {
+  return walship::rpc::Client::Connect(endpoint, absl::Milliseconds(t.timeout_ms));
+}
+
+absl::StatusOr<std::string> Arg(const std::string& text) { return walship::tools::Unescape(text); }
+
+int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto client = ConnectTo(t, *endpoint);
+  if (!client.ok()) return Fail(client.status());
+  auto r = (*client)->Write(ops);
+  // A follower names its leader; with --cluster, follow that hint once.
+  if (!r.ok() && walship::rpc::IsNotLeader(r.status()) && t.config.has_value() &&
+      !walship::rpc::LeaderHint(r.status()).empty()) {
+    std::string hint = walship::rpc::LeaderHint(r.status());
+    std::fprintf(stderr, "walship: %s is not the leader; retrying at %s\n", endpoint->c_str(),
+                 hint.c_str());
+    client = ConnectTo(t, hint);
+    if (!client.ok()) return Fail(client.status());
+    r = (*client)->Write(ops);
+  }
+  if (!r.ok()) return Fail(r.status());
+  std::printf("OK seq %llu\n", static_cast<unsigned long long>(r->last_seq));
+  return 0;
+}
+
+// Parses `walship write` input: one op per line, blank lines and # comments skipped.
+absl::StatusOr<std::vector<WriteOp>> ParseBatch(std::istream& in) {
+  std::vector<WriteOp> ops;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    std::vector<std::string> f = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (f.empty() || f[0][0] == '#') continue;
+    auto bad = [&](const std::string& why) {
+      return absl::InvalidArgumentError(absl::StrCat("stdin:", line_no, ": ", why));
+    };
+    WriteOp op;
+    size_t want = 0;
+    if (f[0] == "put") {
+      op.type = OpType::kPut;
+      want = 3;
+    } else if (f[0] == "del") {
+      op.type = OpType::kDelete;
+      want = 2;
+    } else if (f[0] == "delrange") {
+      op.type = OpType::kDeleteRange;
+      want = 3;
+    } else {
+      return bad(absl::StrCat("unknown op '", f[0], "' (expected put, del or delrange)"));
+    }
+    if (f.size() != want) {
+      return bad(absl::StrCat("'", f[0], "' takes ", want - 1, " argument(s), got ",
+                              f.size() - 1));
+    }
+    auto key = Arg(f[1]);
+    if (!key.ok()) return bad(std::string(key.status().message()));
+    op.key = *key;
+    if (want == 3) {
+      auto value = Arg(f[2]);
+      if (!value.ok()) return bad(std::string(value.status().message()));
+      op.value = *value;
+    }
+    ops.push_back(std::move(op));
+  }
+  if (ops.empty()) return absl::InvalidArgumentError("stdin: no ops to write");
+  return ops;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"walship: client and admin tool for a walship cluster"};
+  app.footer(
+      "Keys and values are bytes. On the command line and in output, printable ASCII stands "
+      "for itself and these escapes stand for the rest: \\\\ (backslash), \\n, \\t, \\r, \\0, "
+      "\\s (space, for `write` input), \\xHH (any byte).\n"
+      "Exit status: 0 ok, 1 not found, 2 bad usage or input, 3 other errors (unreachable, "
+      "refused).");
+  Target t;
+  app.add_option("--cluster", t.cluster_path, "cluster config file; talks to the leader")
+      ->check(CLI::ExistingFile);
+  app.add_option("--node", t.node, "with --cluster: talk to this node id instead");
+  app.add_option("--endpoint", t.endpoint, "HOST:PORT of the node to talk to");
+  app.add_option("--timeout-ms", t.timeout_ms, "bound on connecting and on each call")
+      ->capture_default_str();
+  app.require_subcommand(1);
+
+  std::string key, value, end;
+  auto* put = app.add_subcommand("put", "write KEY = VALUE");
+  put->add_option("KEY", key)->required();
+  put->add_option("VALUE", value)->required();
+  auto* get = app.add_subcommand("get", "print the value of KEY (exit 1 if absent)");
+  get->add_option("KEY", key)->required();
+  uint64_t min_seq = 0;
+  get->add_option("--min-seq", min_seq, "refuse unless the node has applied this sequence");
+  auto* del = app.add_subcommand("del", "delete KEY");
+  del->add_option("KEY", key)->required();
+  auto* delrange = app.add_subcommand("delrange", "delete keys in [BEGIN, END)");
+  delrange->add_option("BEGIN", key)->required();
+  delrange->add_option("END", end)->required();
+  auto* scan = app.add_subcommand("scan", "print keys and values in order, tab-separated");
+  std::string prefix, start;
+  uint32_t limit = 100;
+  scan->add_option("--prefix", prefix, "only keys starting with P");
+  scan->add_option("--start", start, "first key at or after K");
+  scan->add_option("--limit", limit, "at most N keys (up to 100000)")->capture_default_str();
+  auto* write = app.add_subcommand(
+      "write", "apply a batch read from stdin atomically: one 'put KEY VALUE', 'del KEY' or "
+               "'delrange BEGIN END' per line");
+  auto* status = app.add_subcommand("status", "show a node's role, sequence, followers and lag");
+  bool json = false, all = false;
+  status->add_flag("--json", json, "one JSON object per node");
+  status->add_flag("--all", all, "with --cluster: every node of the file");
+  CLI11_PARSE(app, argc, argv);
+
+  if (put->parsed() || del->parsed() || delrange->parsed()) {
+    auto k = Arg(key);
+    if (!k.ok()) return Fail(k.status());
+    WriteOp op;
+    op.key = *k;
+    if (put->parsed()) {
+      auto v = Arg(value);
+      if (!v.ok()) return Fail(v.status());
+      op.type = OpType::kPut;
+      op.value = *v;
+    } else if (del->parsed()) {
+      op.type = OpType::kDelete;
+    } else {
+      auto e = Arg(end);
+      if (!e.ok()) return Fail(e.status());
+      op.type = OpType::kDeleteRange;
+      op.value = *e;
+    }
+    return DoWrite(t, {op});
+  }
+  if (write->parsed()) {
+    auto ops = ParseBatch(std::cin);
+    if (!ops.ok()) return Fail(ops.status());
+    return DoWrite(t, *ops);
+  }
+
+  if (status->parsed() && all) {
+    if (t.cluster_path.empty()) return Fail(absl::InvalidArgumentError("--all needs --cluster"));
+    auto config = walship::tools::LoadConfig(t.cluster_path);
+    if (!config.ok()) return Fail(config.status());
+    int rc = 0;
+    for (const auto& n : config->nodes) {
+      auto client = ConnectTo(t, n.listen);
+      absl::StatusOr<walship::rpc::NodeStatusInfo> s =
+          client.ok() ? (*client)->Status() : absl::StatusOr<walship::rpc::NodeStatusInfo>(
+                                                  client.status());
+      if (!s.ok()) {
+        std::fprintf(stderr, "walship: node %s: %s\n", n.id.c_str(),
+                     std::string(s.status().message()).c_str());
+        rc = kExitError;
+        continue;
+      }
+      std::cout << (json ? walship::rpc::StatusToJson(*s) + "\n" : walship::rpc::StatusToText(*s));
+    }
+    return rc;
+  }
+
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto client = ConnectTo(t, *endpoint);
+  if (!client.ok()) return Fail(client.status());
+  if (get->parsed()) {
+    auto k = Arg(key);
+    if (!k.ok()) return Fail(k.status());
+    auto v = (*client)->Get(*k, min_seq);
+    if (absl::IsNotFound(v.status())) {
+      std::fprintf(stderr, "walship: not found\n");
+      return kExitNotFound;
+    }
+    if (!v.ok()) return Fail(v.status());
+    std::cout << walship::tools::Escape(*v) << "\n";
+    return 0;
+  }
+  if (scan->parsed()) {
+    walship::engine::ScanOptions options;
+    auto p = Arg(prefix);
+    auto s = Arg(start);
+    if (!p.ok()) return Fail(p.status());
+    if (!s.ok()) return Fail(s.status());
+    options.prefix = *p;
+    options.start = *s;
+    options.limit = limit;
+    auto kvs = (*client)->Scan(options);
+    if (!kvs.ok()) return Fail(kvs.status());
+    for (const auto& kv : *kvs) {
+      std::cout << walship::tools::Escape(kv.key) << "\t" << walship::tools::Escape(kv.value)
+                << "\n";
+    }
+    return 0;
+  }
+  if (status->parsed()) {
+    auto s = (*client)->Status();
+    if (!s.ok()) return Fail(s.status());
+    std::cout << (json ? walship::rpc::StatusToJson(*s) + "\n" : walship::rpc::StatusToText(*s));
+    return 0;
+  }
+  return kExitUsage;
+}

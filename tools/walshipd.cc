@@ -1,0 +1,56 @@
+// walshipd: runs one walship node from the cluster config.
+#include <kj/async-unix.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "rpc/node_server.h"
+#include "tools/config.h"
+
+int main(int argc, char** argv) {
+  // Before any thread exists (RocksDB starts its own), so that every thread blocks these
+  // signals and the event loop receives them.
+  kj::UnixEventPort::captureSignal(SIGTERM);
+  kj::UnixEventPort::captureSignal(SIGINT);
+
+  CLI::App app{"walshipd: one node of a walship cluster (replicated RocksDB key-value store)"};
+  std::string config_path, node_id;
+  app.add_option("--config", config_path, "cluster config file (TOML; see docs/config.md)")
+      ->required();
+  app.add_option("--node", node_id, "id of the node to run, as in the config's [[node]] id")
+      ->required();
+  CLI11_PARSE(app, argc, argv);
+
+  auto logger = spdlog::stderr_color_mt("walshipd");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ [" + node_id + "] %v");
+  spdlog::set_default_logger(logger);
+
+  auto config = walship::tools::LoadConfig(config_path);
+  if (!config.ok()) {
+    std::fprintf(stderr, "walshipd: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  const walship::tools::NodeConfig* node = config->Find(node_id);
+  if (node == nullptr) {
+    std::string ids;
+    for (const auto& n : config->nodes) ids += (ids.empty() ? "" : ", ") + n.id;
+    std::fprintf(stderr, "walshipd: %s: node.id: --node '%s' is not in the file (nodes: %s)\n",
+                 config_path.c_str(), node_id.c_str(), ids.c_str());
+    return 2;
+  }
+  auto server = walship::rpc::NodeServer::Open(walship::tools::ServerOptionsFor(*config, *node));
+  if (!server.ok()) {
+    spdlog::error("cannot start: {}", server.status().ToString());
+    return 1;
+  }
+  absl::Status s = (*server)->Run();
+  if (!s.ok()) {
+    spdlog::error("{}", s.ToString());
+    return 1;
+  }
+  return 0;
+}
