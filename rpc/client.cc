@@ -3,6 +3,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <functional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -98,6 +99,38 @@ class ClientImpl final : public Client {
     return out;
   }
 
+  absl::StatusOr<std::vector<int64_t>> WriteMany(
+      const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) override {
+    std::vector<int64_t> latency_ns(writes.size(), 0);
+    absl::Status first_error;
+    size_t next = 0, done = 0;
+    auto& timer = io_.provider->getTimer();
+    // Each completed write starts the next one, so `depth` stay in flight.
+    std::function<kj::Promise<void>()> lane = [&]() -> kj::Promise<void> {
+      if (next >= writes.size() || !first_error.ok()) return kj::READY_NOW;
+      size_t i = next++;
+      auto req = node_->writeRequest();
+      ToCapnp(writes[i], req.initOps(writes[i].size()));
+      kj::TimePoint start = timer.now();
+      return req.send().then(
+          [&, i, start](capnp::Response<schema::KvService::WriteResults> r) {
+            latency_ns[i] = (timer.now() - start) / kj::NANOSECONDS;
+            ++done;
+            absl::Status e = FromCapnp(r.getError());
+            if (!e.ok() && first_error.ok()) first_error = e;
+            return lane();
+          });
+    };
+    kj::Vector<kj::Promise<void>> lanes;
+    for (size_t k = 0; k < std::max<size_t>(1, depth); ++k) lanes.add(lane());
+    absl::Duration budget = timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
+    absl::Status s = WaitFor(kj::joinPromises(lanes.releaseAsArray()), budget);
+    if (!s.ok()) return s;
+    if (!first_error.ok()) return first_error;
+    latency_ns.resize(done);
+    return latency_ns;
+  }
+
   absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
     auto req = node_->getRequest();
     req.setKey(ToData(key));
@@ -183,6 +216,15 @@ class ClientImpl final : public Client {
   }
 
  private:
+  absl::Status WaitFor(kj::Promise<void> p, absl::Duration budget) {
+    auto bounded = io_.provider->getTimer().timeoutAfter(
+        absl::ToInt64Milliseconds(budget) * kj::MILLISECONDS, kj::mv(p));
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { bounded.wait(io_.waitScope); })) {
+      return absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr()));
+    }
+    return absl::OkStatus();
+  }
+
   // Waits for `p` at most timeout_, then hands its value to `f`.
   template <typename T, typename F>
   absl::Status Wait(kj::Promise<T> p, F&& f) {

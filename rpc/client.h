@@ -59,6 +59,11 @@ class Client {
   // Errors: a not-leader error (IsNotLeader / LeaderHint in rpc/convert.h) on a follower,
   // kUnavailable when the node cannot be reached in time.
   virtual absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) = 0;
+  // Sends every write of `writes`, keeping up to `depth` in flight on this connection, and
+  // returns each one's latency in nanoseconds (send to reply), in order. Stops at the first
+  // error.
+  virtual absl::StatusOr<std::vector<int64_t>> WriteMany(
+      const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) = 0;
   // kNotFound when absent.
   virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
   virtual absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,

@@ -1,0 +1,534 @@
+// walship-bench: the cluster benchmark. Runs the workloads of shared/WORKLOADS.md against
+// walship (a cluster it starts on 127.0.0.1, or --cluster FILE) beside baselines measured in
+// the same run (bare RocksDB through engine/, a one-node walship), prints a table and writes
+// JSON in Google Benchmark's schema (compare.py accepts it), plus gnuplot plots.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/stats.h"
+#include "engine/engine.h"
+#include "rpc/client.h"
+#include "tools/config.h"
+
+extern char** environ;
+
+namespace walship::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string workload = "all";  // W1, W2 (runs with W1), W4, all
+  uint64_t keys = 200000;
+  uint64_t catchup_keys = 200000;
+  size_t value_size = 100;
+  std::vector<size_t> depths = {1, 64};
+  double cap_s = 12;  // one-per-round-trip runs stop after this (as the peers' harness)
+  std::string cluster;
+  std::string json = "";
+  std::string plot_dir = "";
+  bool baselines = true;
+  int reps = 1;
+};
+
+std::string Key(uint64_t i) { return absl::StrFormat("key%012d", i); }
+
+// 100 pseudo-random bytes from splitmix64 seeded by i (shared/peers/kvbench.c).
+std::string Value(uint64_t i, size_t size) {
+  uint64_t x = 0x5EED ^ (i * 0xD1B54A32D192ED03ull);
+  std::string v(size, '\0');
+  for (size_t o = 0; o < size; o += 8) {
+    x += 0x9E3779B97F4A7C15ull;
+    uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    std::memcpy(v.data() + o, &z, std::min<size_t>(8, size - o));
+  }
+  return v;
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// A cluster of walshipd processes the benchmark starts and stops itself.
+class LocalCluster {
+ public:
+  LocalCluster(const std::string& walshipd, int nodes) : walshipd_(walshipd) {
+    dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", nodes);
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream c(dir_ / "cluster.toml");
+    c << "[cluster]\nname = \"bench\"\n\n[replication]\nheartbeat_interval_ms = 100\n";
+    for (int i = 1; i <= nodes; ++i) {
+      std::string id = absl::StrCat("n", i);
+      std::string addr = absl::StrCat("127.0.0.1:", FreePort());
+      addr_[id] = addr;
+      ids_.push_back(id);
+      c << "\n[[node]]\nid = \"" << id << "\"\nlisten = \"" << addr << "\"\ndata_dir = \"data/"
+        << id << "\"\nrole = \"" << (i == 1 ? "leader" : "follower") << "\"\n";
+    }
+  }
+  ~LocalCluster() {
+    while (!pids_.empty()) Stop(pids_.begin()->first, SIGKILL);
+    fs::remove_all(dir_);
+  }
+  std::string config() const { return (dir_ / "cluster.toml").string(); }
+  const std::vector<std::string>& ids() const { return ids_; }
+  const std::string& addr(const std::string& id) { return addr_[id]; }
+
+  void Start(const std::string& id) {
+    std::string log = (dir_ / (id + ".log")).string();
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    std::string cfg = config();
+    const char* argv[] = {walshipd_.c_str(), "--config", cfg.c_str(), "--node", id.c_str(),
+                          nullptr};
+    pid_t pid;
+    if (posix_spawn(&pid, walshipd_.c_str(), &fa, nullptr, const_cast<char**>(argv), environ) !=
+        0) {
+      std::fprintf(stderr, "cannot start %s\n", walshipd_.c_str());
+      std::exit(3);
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    pids_[id] = pid;
+  }
+  void StartAll() {
+    for (const auto& id : ids_) Start(id);
+    for (const auto& id : ids_) WaitReachable(id);
+  }
+  void Stop(const std::string& id, int sig = SIGTERM) {
+    auto it = pids_.find(id);
+    if (it == pids_.end()) return;
+    ::kill(it->second, sig);
+    int st;
+    ::waitpid(it->second, &st, 0);
+    pids_.erase(it);
+  }
+  void WaitReachable(const std::string& id) {
+    auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (Clock::now() < deadline) {
+      auto c = rpc::Client::Connect(addr_[id], absl::Seconds(1));
+      if (c.ok() && (*c)->Status().ok()) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::fprintf(stderr, "node %s did not start; see %s\n", id.c_str(),
+                 (dir_ / (id + ".log")).c_str());
+    std::exit(3);
+  }
+
+ private:
+  std::string walshipd_;
+  fs::path dir_;
+  std::vector<std::string> ids_;
+  std::map<std::string, std::string> addr_;
+  std::map<std::string, pid_t> pids_;
+};
+
+void Progress(const std::string& what, uint64_t done, uint64_t total) {
+  std::fprintf(stderr, "\r  %-40s %8llu / %llu", what.c_str(),
+               static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+  std::fflush(stderr);
+}
+
+// W2: a marker write every 10 ms on its own connection, then each follower polled (backing off
+// 50 µs .. 1 ms) until it returns that marker or a later one. Lag = seen - acked.
+class LagProbe {
+ public:
+  LagProbe(std::string leader, std::vector<std::pair<std::string, std::string>> followers)
+      : leader_(std::move(leader)), followers_(std::move(followers)) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~LagProbe() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // Per follower id: lag samples in ms, and (time since start s, lag ms) for the plot.
+  std::map<std::string, std::vector<double>> lags;
+  std::map<std::string, std::vector<std::pair<double, double>>> series;
+  std::map<std::string, int> unseen;
+
+ private:
+  void Run() {
+    auto leader = rpc::Client::Connect(leader_, absl::Seconds(5));
+    if (!leader.ok()) return;
+    std::vector<std::unique_ptr<rpc::Client>> fs;
+    for (auto& [id, addr] : followers_) {
+      auto c = rpc::Client::Connect(addr, absl::Seconds(5));
+      if (!c.ok()) return;
+      fs.push_back(std::move(*c));
+    }
+    auto t0 = Clock::now();
+    for (uint64_t seq = 1; !stop_; ++seq) {
+      auto next = Clock::now() + std::chrono::milliseconds(10);
+      auto w = (*leader)->Write({{engine::OpType::kPut, "__probe", absl::StrCat(seq)}});
+      if (!w.ok()) break;
+      auto acked = Clock::now();
+      for (size_t f = 0; f < fs.size(); ++f) {
+        int backoff_us = 50;
+        bool seen = false;
+        while (Clock::now() - acked < std::chrono::seconds(1)) {
+          auto v = fs[f]->Get("__probe");
+          uint64_t got = 0;
+          if (v.ok() && absl::SimpleAtoi(*v, &got) && got >= seq) {
+            seen = true;
+            break;
+          }
+          std::this_thread::sleep_for(std::chrono::microseconds(backoff_us));
+          backoff_us = std::min(backoff_us * 2, 1000);
+        }
+        const std::string& id = followers_[f].first;
+        if (!seen) {
+          ++unseen[id];
+          continue;
+        }
+        double lag_ms = std::chrono::duration<double, std::milli>(Clock::now() - acked).count();
+        lags[id].push_back(lag_ms);
+        series[id].push_back(
+            {std::chrono::duration<double>(acked - t0).count(), lag_ms});
+      }
+      std::this_thread::sleep_until(next);
+    }
+  }
+
+  std::string leader_;
+  std::vector<std::pair<std::string, std::string>> followers_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+struct Row {
+  std::string name;      // e.g. "W1/depth:64/walship-3node"
+  double ops_per_s = 0;  // 0 when not a throughput row
+  double seconds = 0;
+  uint64_t ops = 0;
+  std::map<std::string, double> counters;  // p50_us, lag_p99_ms/n2, ...
+};
+
+std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n, size_t depth,
+                                                   size_t value_size, bool batch) {
+  // depth 64 = 64 writes in flight, one op each (as Redis's pipeline of 64 SETs).
+  (void)depth;
+  (void)batch;
+  std::vector<std::vector<engine::WriteOp>> out;
+  out.reserve(n);
+  for (uint64_t i = start; i < start + n; ++i) {
+    out.push_back({{engine::OpType::kPut, Key(i), Value(i, value_size)}});
+  }
+  return out;
+}
+
+Row RunW1(const std::string& label, const std::string& leader, const Options& o, size_t depth,
+          LagProbe* probe, std::vector<double>* latencies_us) {
+  auto client = rpc::Client::Connect(leader, absl::Seconds(10));
+  if (!client.ok()) {
+    std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
+    std::exit(3);
+  }
+  auto writes = W1Writes(0, o.keys, depth, o.value_size, false);
+  std::vector<int64_t> lat;
+  auto t0 = Clock::now();
+  // Chunks keep a progress line alive and let one-per-trip runs stop at the cap.
+  size_t chunk = depth == 1 ? 2000 : 20000;
+  for (size_t i = 0; i < writes.size(); i += chunk) {
+    std::vector<std::vector<engine::WriteOp>> part(
+        writes.begin() + i, writes.begin() + std::min(writes.size(), i + chunk));
+    auto r = (*client)->WriteMany(part, depth);
+    if (!r.ok()) {
+      std::fprintf(stderr, "\nwrite failed: %s\n", r.status().ToString().c_str());
+      std::exit(3);
+    }
+    lat.insert(lat.end(), r->begin(), r->end());
+    Progress(label, lat.size(), writes.size());
+    if (depth == 1 && std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) break;
+  }
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::fprintf(stderr, "\n");
+  Row row;
+  row.name = label;
+  row.ops = lat.size();
+  row.seconds = secs;
+  row.ops_per_s = lat.size() / secs;
+  std::vector<double> us;
+  for (int64_t ns : lat) us.push_back(ns / 1000.0);
+  row.counters["p50_us"] = Percentile(us, 50);
+  row.counters["p99_us"] = Percentile(us, 99);
+  if (latencies_us != nullptr) *latencies_us = us;
+  if (probe != nullptr) {
+    probe->Stop();
+    for (auto& [id, v] : probe->lags) {
+      row.counters["lag_p50_ms/" + id] = Percentile(v, 50);
+      row.counters["lag_p99_ms/" + id] = Percentile(v, 99);
+      row.counters["lag_max_ms/" + id] = Percentile(v, 100);
+      row.counters["lag_unseen/" + id] = probe->unseen[id];
+    }
+  }
+  return row;
+}
+
+Row RunBareEngine(const Options& o) {
+  fs::path dir = fs::temp_directory_path() / absl::StrCat("walship-bench-bare-", ::getpid());
+  fs::remove_all(dir);
+  engine::EngineOptions eo;
+  eo.path = dir.string();
+  auto e = engine::Engine::Open(eo);
+  if (!e.ok()) std::exit(3);
+  auto t0 = Clock::now();
+  for (uint64_t i = 0; i < o.keys; ++i) {
+    std::vector<engine::WriteOp> op = {{engine::OpType::kPut, Key(i), Value(i, o.value_size)}};
+    if (!(*e)->Write(op, {}).ok()) std::exit(3);
+  }
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  e->reset();
+  fs::remove_all(dir);
+  Row row;
+  row.name = "W1/bare-rocksdb-engine/one-write-per-op";
+  row.ops = o.keys;
+  row.seconds = secs;
+  row.ops_per_s = o.keys / secs;
+  return row;
+}
+
+// W4: stop a follower, write catchup_keys more keys (64 in flight), restart it, time until it
+// serves the last key.
+Row RunW4(LocalCluster& cluster, const Options& o) {
+  const std::string& leader = cluster.addr("n1");
+  const std::string victim = cluster.ids().back();
+  cluster.Stop(victim);
+  {
+    auto client = rpc::Client::Connect(leader, absl::Seconds(10));
+    auto writes = W1Writes(o.keys, o.catchup_keys, 64, o.value_size, false);
+    if (!client.ok() || !(*client)->WriteMany(writes, 64).ok()) std::exit(3);
+  }
+  std::string last_key = Key(o.keys + o.catchup_keys - 1);
+  std::string want = Value(o.keys + o.catchup_keys - 1, o.value_size);
+  auto t0 = Clock::now();
+  cluster.Start(victim);
+  double secs = -1;
+  while (Clock::now() - t0 < std::chrono::seconds(120)) {
+    auto c = rpc::Client::Connect(cluster.addr(victim), absl::Seconds(1));
+    if (c.ok()) {
+      while (Clock::now() - t0 < std::chrono::seconds(120)) {
+        auto v = (*c)->Get(last_key);
+        if (v.ok() && *v == want) {
+          secs = std::chrono::duration<double>(Clock::now() - t0).count();
+          break;
+        }
+        if (!v.ok() && !absl::IsNotFound(v.status())) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    if (secs >= 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  Row row;
+  row.name = absl::StrCat("W4/catch-up/", o.catchup_keys, "-writes");
+  row.seconds = secs;
+  row.ops = o.catchup_keys;
+  row.counters["catchup_s"] = secs;
+  return row;
+}
+
+std::string JsonRows(const std::vector<Row>& rows) {
+  std::ostringstream j;
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  j << "{\n  \"context\": {\"executable\": \"walship-bench\", \"host_name\": \"" << host
+    << "\", \"num_cpus\": " << std::thread::hardware_concurrency()
+    << ", \"library_build_type\": \"release\"},\n  \"benchmarks\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    double ns_per_op = r.ops > 0 ? r.seconds * 1e9 / r.ops : 0;
+    j << "    {\"name\": \"" << r.name << "\", \"run_name\": \"" << r.name
+      << "\", \"run_type\": \"iteration\", \"repetitions\": 1, \"repetition_index\": 0, "
+         "\"threads\": 1, \"iterations\": "
+      << std::max<uint64_t>(1, r.ops) << ", \"real_time\": " << ns_per_op
+      << ", \"cpu_time\": " << ns_per_op << ", \"time_unit\": \"ns\"";
+    if (r.ops_per_s > 0) j << ", \"items_per_second\": " << r.ops_per_s;
+    for (const auto& [k, v] : r.counters) j << ", \"" << k << "\": " << v;
+    j << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+  }
+  j << "  ]\n}\n";
+  return j.str();
+}
+
+void WritePlots(const std::string& dir, const LagProbe* probe,
+                const std::map<std::string, std::vector<double>>& latencies) {
+  fs::create_directories(dir);
+  std::ostringstream gp;
+  gp << "set terminal svg size 900,450 dynamic background rgb 'white'\n";
+  if (probe != nullptr && !probe->series.empty()) {
+    gp << "set output '" << dir << "/lag.svg'\nset title 'W2: follower lag during W1 (one write "
+          "per round trip)'\nset xlabel 'seconds into the run'\nset ylabel 'lag (ms)'\nplot ";
+    bool first = true;
+    for (const auto& [id, pts] : probe->series) {
+      std::ofstream d(dir + "/lag-" + id + ".dat");
+      for (auto& [t, l] : pts) d << t << " " << l << "\n";
+      gp << (first ? "" : ", ") << "'" << dir << "/lag-" << id << ".dat' using 1:2 with "
+         << "linespoints title 'follower " << id << "'";
+      first = false;
+    }
+    gp << "\n";
+  }
+  if (!latencies.empty()) {
+    gp << "set output '" << dir << "/latency.svg'\nset title 'W1 write latency (CDF)'\n"
+          "set logscale x\nset xlabel 'latency (us)'\nset ylabel 'fraction of writes'\n"
+          "set key bottom right\nplot ";
+    bool first = true;
+    int n = 0;
+    for (const auto& [name, v] : latencies) {
+      std::vector<double> s = v;
+      std::sort(s.begin(), s.end());
+      std::string file = absl::StrCat(dir, "/latency-", n++, ".dat");
+      std::ofstream d(file);
+      size_t step = std::max<size_t>(1, s.size() / 500);
+      for (size_t i = 0; i < s.size(); i += step) d << s[i] << " " << double(i) / s.size() << "\n";
+      if (!s.empty()) d << s.back() << " 1\n";
+      gp << (first ? "" : ", ") << "'" << file << "' using 1:2 with lines title '" << name
+         << "'";
+      first = false;
+    }
+    gp << "\n";
+  }
+  std::ofstream(dir + "/plots.gp") << gp.str();
+  std::string cmd = "gnuplot '" + dir + "/plots.gp'";
+  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "gnuplot failed: %s\n", cmd.c_str());
+}
+
+}  // namespace
+}  // namespace walship::bench
+
+int main(int argc, char** argv) {
+  using namespace walship::bench;
+  Options o;
+  CLI::App app{
+      "walship-bench: throughput and replication lag of walship, with the workloads of "
+      "shared/WORKLOADS.md, beside bare RocksDB and a one-node walship measured in the same run"};
+  app.add_option("--workload", o.workload, "W1 (with the W2 lag probe), W4, or all")
+      ->capture_default_str();
+  app.add_option("--keys", o.keys, "writes per W1 run (keys 0..N-1)")->capture_default_str();
+  app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")
+      ->capture_default_str();
+  app.add_option("--value-size", o.value_size, "value bytes")->capture_default_str();
+  app.add_option("--depth", o.depths, "writes in flight per client; repeatable")
+      ->capture_default_str();
+  app.add_option("--cap-s", o.cap_s, "one-per-round-trip runs stop after this many seconds")
+      ->capture_default_str();
+  app.add_option("--cluster", o.cluster,
+                 "run against this running cluster (its leader) instead of starting one; "
+                 "W4 and the baselines need a cluster started by the benchmark");
+  app.add_option("--json", o.json, "write results in Google Benchmark's JSON schema here");
+  app.add_option("--plots", o.plot_dir, "write lag and latency plots (SVG, gnuplot) here");
+  app.add_flag("!--no-baselines", o.baselines, "skip bare RocksDB and one-node walship");
+  CLI11_PARSE(app, argc, argv);
+  if (o.plot_dir.empty() && !o.json.empty()) o.plot_dir = fs::path(o.json).parent_path() / "plots";
+  if (o.plot_dir.empty()) o.plot_dir = "bench-plots";
+
+  std::string walshipd = (fs::path(argv[0]).parent_path() / ".." / "tools" / "walshipd").string();
+  bool w1 = o.workload == "all" || o.workload == "W1" || o.workload == "W2";
+  bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
+  std::vector<Row> rows;
+  std::map<std::string, std::vector<double>> latencies;
+  std::unique_ptr<LagProbe> last_probe;
+
+  if (w1 && o.baselines && o.cluster.empty()) {
+    rows.push_back(RunBareEngine(o));
+    LocalCluster single(walshipd, 1);
+    single.StartAll();
+    for (size_t depth : o.depths) {
+      std::string label = absl::StrCat("W1/depth:", depth, "/walship-1node");
+      rows.push_back(RunW1(label, single.addr("n1"), o, depth, nullptr, nullptr));
+    }
+  }
+  std::unique_ptr<LocalCluster> cluster;
+  std::string leader;
+  std::vector<std::pair<std::string, std::string>> followers;
+  if (o.cluster.empty()) {
+    cluster = std::make_unique<LocalCluster>(walshipd, 3);
+    cluster->StartAll();
+    leader = cluster->addr("n1");
+    for (size_t i = 1; i < cluster->ids().size(); ++i) {
+      followers.push_back({cluster->ids()[i], cluster->addr(cluster->ids()[i])});
+    }
+  } else {
+    auto cfg = walship::tools::LoadConfig(o.cluster);
+    if (!cfg.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(cfg.status().message()).c_str());
+      return 2;
+    }
+    leader = cfg->Leader()->listen;
+    for (const auto& n : cfg->nodes) {
+      if (n.role != "leader") followers.push_back({n.id, n.listen});
+    }
+  }
+  if (w1) {
+    for (size_t depth : o.depths) {
+      // Fresh keyspace per run is not needed: puts of the same keys cost the same.
+      auto probe = std::make_unique<LagProbe>(leader, followers);
+      std::string label = absl::StrCat("W1/depth:", depth, "/walship-3node");
+      std::vector<double> lat;
+      rows.push_back(RunW1(label, leader, o, depth, probe.get(), &lat));
+      latencies[absl::StrCat("depth ", depth, ", 3 nodes")] = std::move(lat);
+      if (depth == 1 || last_probe == nullptr) last_probe = std::move(probe);
+    }
+  }
+  if (w4) rows.push_back(RunW4(*cluster, o));
+
+  // Ratios against the baselines of this run.
+  std::map<std::string, double> by_name;
+  for (const Row& r : rows) by_name[r.name] = r.ops_per_s;
+  std::printf("\n%-44s %12s %10s %10s  %s\n", "benchmark", "ops/s", "p50 us", "p99 us",
+              "other");
+  for (Row& r : rows) {
+    if (r.ops_per_s > 0 && by_name.count("W1/bare-rocksdb-engine/one-write-per-op")) {
+      r.counters["ratio_to_bare_rocksdb"] =
+          r.ops_per_s / by_name["W1/bare-rocksdb-engine/one-write-per-op"];
+    }
+    std::string other;
+    for (const auto& [k, v] : r.counters) {
+      if (k != "p50_us" && k != "p99_us") other += absl::StrFormat("%s=%.3g ", k, v);
+    }
+    std::printf("%-44s %12.0f %10.1f %10.1f  %s\n", r.name.c_str(), r.ops_per_s,
+                r.counters.count("p50_us") ? r.counters["p50_us"] : 0.0,
+                r.counters.count("p99_us") ? r.counters["p99_us"] : 0.0, other.c_str());
+  }
+  if (!o.json.empty()) {
+    std::ofstream(o.json) << JsonRows(rows);
+    std::printf("JSON: %s\n", o.json.c_str());
+  }
+  WritePlots(o.plot_dir, last_probe.get(), latencies);
+  std::printf("plots: %s/lag.svg %s/latency.svg\n", o.plot_dir.c_str(), o.plot_dir.c_str());
+  return 0;
+}
