@@ -3,6 +3,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <chrono>
 #include <functional>
 #include <sstream>
 
@@ -104,17 +105,19 @@ class ClientImpl final : public Client {
     std::vector<int64_t> latency_ns(writes.size(), 0);
     absl::Status first_error;
     size_t next = 0, done = 0;
-    auto& timer = io_.provider->getTimer();
     // Each completed write starts the next one, so `depth` stay in flight.
     std::function<kj::Promise<void>()> lane = [&]() -> kj::Promise<void> {
       if (next >= writes.size() || !first_error.ok()) return kj::READY_NOW;
       size_t i = next++;
       auto req = node_->writeRequest();
       ToCapnp(writes[i], req.initOps(writes[i].size()));
-      kj::TimePoint start = timer.now();
+      // The KJ timer's now() is cached per loop turn; latency needs the real clock.
+      auto start = std::chrono::steady_clock::now();
       return req.send().then(
           [&, i, start](capnp::Response<schema::KvService::WriteResults> r) {
-            latency_ns[i] = (timer.now() - start) / kj::NANOSECONDS;
+            latency_ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::steady_clock::now() - start)
+                                .count();
             ++done;
             absl::Status e = FromCapnp(r.getError());
             if (!e.ok() && first_error.ok()) first_error = e;

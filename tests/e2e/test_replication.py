@@ -91,7 +91,10 @@ class ReplicationTest(unittest.TestCase):
             rss_after = rss_kib(c.procs["n1"].pid)
             # Bound: the memory tail (max_tail_bytes, 64 MiB by default) plus the in-flight
             # window; the load writes ~2 MB, so growth must stay far below that.
-            self.assertLess(rss_after - rss_before, 96 * 1024, "leader memory grew")
+            # Under AddressSanitizer freed memory sits in its quarantine (256 MB), so RSS says
+            # nothing there; the plain build checks the bound.
+            if not os.environ.get("WALSHIP_SANITIZED"):
+                self.assertLess(rss_after - rss_before, 96 * 1024, "leader memory grew")
             print(f"\n6000 writes with a stopped follower: {took:.2f}s, leader RSS "
                   f"{rss_before} -> {rss_after} KiB")
             st = c.status("n1")
