@@ -93,8 +93,8 @@ class BatchChecker : public rocksdb::WriteBatch::Handler {
   uint64_t records_ = 0;
 };
 
-// Checks a batch's framing against its first_seq/count and walks its records.
-absl::Status CheckBatch(const Batch& batch, std::vector<WriteOp>* ops) {
+// Checks a batch's header against its first_seq/count.
+absl::Status CheckHeader(const Batch& batch) {
   if (batch.data.size() < kBatchHeaderBytes) {
     return absl::DataLossError(absl::StrCat("batch at seq ", batch.first_seq, " has ",
                                             batch.data.size(), " bytes, less than its header"));
@@ -106,17 +106,22 @@ absl::Status CheckBatch(const Batch& batch, std::vector<WriteOp>* ops) {
                                             header_count, " but it was sent as seq ",
                                             batch.first_seq, " count ", batch.count));
   }
-  rocksdb::WriteBatch wb(batch.data);
+  return absl::OkStatus();
+}
+
+// Walks the records of `wb` (whose header was checked) and counts them against `count`.
+absl::Status CheckRecords(const rocksdb::WriteBatch& wb, SequenceNumber first_seq,
+                          uint64_t count, std::vector<WriteOp>* ops) {
   BatchChecker checker(ops);
   rocksdb::Status s = wb.Iterate(&checker);
   if (!s.ok()) {
     return absl::DataLossError(
-        absl::StrCat("batch at seq ", batch.first_seq, " is malformed: ", s.ToString()));
+        absl::StrCat("batch at seq ", first_seq, " is malformed: ", s.ToString()));
   }
-  if (checker.records() != batch.count) {
-    return absl::DataLossError(absl::StrCat("batch at seq ", batch.first_seq, " holds ",
+  if (checker.records() != count) {
+    return absl::DataLossError(absl::StrCat("batch at seq ", first_seq, " holds ",
                                             checker.records(), " records, header says ",
-                                            batch.count));
+                                            count));
   }
   return absl::OkStatus();
 }
@@ -248,7 +253,7 @@ class EngineImpl final : public Engine {
     return batch;
   }
 
-  absl::Status ApplyReplicated(const Batch& batch, const WriteOptions& options) override {
+  absl::Status ApplyReplicated(Batch batch, const WriteOptions& options) override {
     if (options.disable_wal) {
       return absl::InvalidArgumentError("replicated batches are always written to the WAL");
     }
@@ -261,8 +266,10 @@ class EngineImpl final : public Engine {
           "batch starts at seq ", batch.first_seq, " but this database ends at ", latest,
           "; only a batch starting at ", latest + 1, " may be applied"));
     }
-    WALSHIP_RETURN_IF_ERROR(CheckBatch(batch, nullptr));
-    rocksdb::WriteBatch wb(batch.data);
+    WALSHIP_RETURN_IF_ERROR(CheckHeader(batch));
+    // The bytes move into the WriteBatch that is checked and then written: no copies.
+    rocksdb::WriteBatch wb(std::move(batch.data));
+    WALSHIP_RETURN_IF_ERROR(CheckRecords(wb, batch.first_seq, batch.count, nullptr));
     rocksdb::Status s = db_->Write(ToRocks(options), &wb);
     if (!s.ok()) return FromRocks(s);
     WALSHIP_CHECK(db_->GetLatestSequenceNumber() == batch.last_seq());
@@ -384,29 +391,29 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   return std::unique_ptr<Engine>(new EngineImpl(std::unique_ptr<rocksdb::DB>(raw)));
 }
 
-absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches) {
+absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch* const> batches) {
   if (batches.empty()) return absl::InvalidArgumentError("no batches to join");
-  if (batches.size() == 1) return batches[0];
+  if (batches.size() == 1) return *batches[0];
   Batch out;
-  out.first_seq = batches[0].first_seq;
+  out.first_seq = batches[0]->first_seq;
   size_t bytes = kBatchHeaderBytes;
-  for (const Batch& b : batches) {
-    if (b.data.size() < kBatchHeaderBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("batch at seq ", b.first_seq,
+  for (const Batch* b : batches) {
+    if (b->data.size() < kBatchHeaderBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("batch at seq ", b->first_seq,
                                                      " is shorter than its header"));
     }
-    bytes += b.data.size() - kBatchHeaderBytes;
+    bytes += b->data.size() - kBatchHeaderBytes;
   }
   out.data.reserve(bytes);
   out.data.resize(kBatchHeaderBytes);
-  for (const Batch& b : batches) {
-    if (b.first_seq != out.first_seq + out.count) {
-      return absl::InvalidArgumentError(absl::StrCat("batch at seq ", b.first_seq,
+  for (const Batch* b : batches) {
+    if (b->first_seq != out.first_seq + out.count) {
+      return absl::InvalidArgumentError(absl::StrCat("batch at seq ", b->first_seq,
                                                      " does not follow seq ",
                                                      out.first_seq + out.count - 1));
     }
-    out.count += b.count;
-    out.data.append(b.data, kBatchHeaderBytes, std::string::npos);
+    out.count += b->count;
+    out.data.append(b->data, kBatchHeaderBytes, std::string::npos);
   }
   if (out.count > UINT32_MAX) return absl::InvalidArgumentError("joined batch too large");
   EncodeFixed64(out.data.data(), out.first_seq);
@@ -414,9 +421,18 @@ absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches) {
   return out;
 }
 
+absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches) {
+  std::vector<const Batch*> ptrs;
+  ptrs.reserve(batches.size());
+  for (const Batch& b : batches) ptrs.push_back(&b);
+  return ConcatBatches(absl::MakeConstSpan(ptrs));
+}
+
 absl::StatusOr<std::vector<WriteOp>> DecodeBatch(const Batch& batch) {
   std::vector<WriteOp> ops;
-  WALSHIP_RETURN_IF_ERROR(CheckBatch(batch, &ops));
+  WALSHIP_RETURN_IF_ERROR(CheckHeader(batch));
+  WALSHIP_RETURN_IF_ERROR(CheckRecords(rocksdb::WriteBatch(batch.data), batch.first_seq,
+                                       batch.count, &ops));
   return ops;
 }
 

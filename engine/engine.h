@@ -101,7 +101,8 @@ class Engine {
   // same sequence numbers. Requires batch.first_seq == LatestSequence() + 1 (else
   // kFailedPrecondition, nothing applied) and a well-formed batch whose header count equals
   // batch.count (else kDataLoss). kResourceExhausted as for Write.
-  virtual absl::Status ApplyReplicated(const Batch& batch, const WriteOptions& options) = 0;
+  // Takes the batch by value so that a caller that moves it in pays no copy.
+  virtual absl::Status ApplyReplicated(Batch batch, const WriteOptions& options) = 0;
 
   // Point read. kNotFound when absent.
   virtual absl::StatusOr<std::string> Get(std::string_view key) = 0;
@@ -138,6 +139,7 @@ class Engine {
 // Joins consecutive batches (each first_seq equal to the previous next_seq) into one batch
 // that consumes the same sequence numbers when applied. kInvalidArgument if not contiguous
 // or malformed.
+absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch* const> batches);
 absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches);
 
 // Decodes a batch's bytes back into operations (tests, debugging, the CLI). kDataLoss when the
