@@ -89,6 +89,12 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   reply.history = state_.history;
   reply.leader_latest = latest_;
   *session = 0;
+  if (followers_.size() >= options_.max_followers && !followers_.count(hello.follower_id)) {
+    reply.outcome = HelloOutcome::kRefused;
+    reply.message = absl::StrCat("the leader already tracks ", followers_.size(),
+                                 " followers (max_followers)");
+    return reply;
+  }
   Record& rec = followers_[hello.follower_id];
   rec.info.id = hello.follower_id;
   auto refuse = [&](HelloOutcome outcome, std::string why) {

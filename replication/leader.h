@@ -27,6 +27,9 @@ struct LeaderOptions {
   uint64_t max_tail_bytes = 64ull << 20;
   // Upper bound of the batch bytes in one Ship message (a message is at most 64 MiB).
   uint64_t max_ship_bytes = 1ull << 20;
+  // Followers the leader keeps a record of (connected or not); hellos from further ids are
+  // refused, so a misconfigured peer cannot grow the leader's state without bound.
+  size_t max_followers = 64;
 };
 
 enum class FollowerState { kConnected, kDisconnected, kNeedsSnapshot, kRefused };

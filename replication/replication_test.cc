@@ -12,11 +12,13 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/test_util.h"
 #include "replication/clock.h"
 #include "replication/follower.h"
 #include "replication/leader.h"
 #include "replication/messages.h"
 #include "replication/node_state.h"
+#include "replication/test_util.h"
 
 namespace walship::replication {
 namespace {
@@ -27,53 +29,16 @@ using engine::Engine;
 using engine::EngineOptions;
 using engine::OpType;
 using engine::WriteOp;
+using engine::testing::OpenOrDie;
+using engine::testing::SameContents;
+using engine::testing::ScanAll;
+using testing::FakeClock;
 
-class TempDir {
+// Directories named after this test binary.
+class TempDir : public engine::testing::TempDir {
  public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() / ("walship-replication-test-" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
+  TempDir() : engine::testing::TempDir("walship-replication-test") {}
 };
-
-class FakeClock final : public Clock {
- public:
-  int64_t NowMicros() override { return now_us_; }
-  void Set(int64_t now_us) { now_us_ = now_us; }
-
- private:
-  int64_t now_us_ = 1'000'000'000'000;
-};
-
-std::unique_ptr<Engine> OpenOrDie(const std::string& path, EngineOptions options = {}) {
-  options.path = path;
-  auto engine = Engine::Open(options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  return engine.ok() ? std::move(*engine) : nullptr;
-}
-
-std::vector<engine::KeyValue> ScanAll(Engine& e) {
-  engine::ScanOptions all;
-  all.limit = 1000000;
-  auto kvs = e.Scan(all);
-  EXPECT_TRUE(kvs.ok()) << kvs.status();
-  return kvs.ok() ? *kvs : std::vector<engine::KeyValue>{};
-}
-
-bool SameContents(Engine& a, Engine& b) {
-  auto x = ScanAll(a), y = ScanAll(b);
-  if (x.size() != y.size()) return false;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (x[i].key != y[i].key || x[i].value != y[i].value) return false;
-  }
-  return true;
-}
 
 constexpr char kCluster[] = "main";
 constexpr char kDatabase[] = "db1";
@@ -256,6 +221,23 @@ TEST(HandshakeTest, WrongClusterIsRefusedNamingBothClusters) {
   auto infos = l.leader->Followers();
   ASSERT_EQ(infos.size(), 1u);
   EXPECT_EQ(infos[0].state, FollowerState::kRefused);
+}
+
+TEST(HandshakeTest, FollowersBeyondMaxFollowersAreRefusedWithoutARecord) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_followers = 1;
+  LeaderNode l(dir, &clock, options);
+  FollowerNode f1(dir, "f1", &clock);
+  FollowerNode f2(dir, "f2", &clock);
+  EXPECT_EQ(Connect(*l.leader, *f1.follower).reply.outcome, HelloOutcome::kAccepted);
+  Handshake h = Connect(*l.leader, *f2.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kRefused);
+  EXPECT_NE(h.reply.message.find("max_followers"), std::string::npos) << h.reply.message;
+  EXPECT_EQ(l.leader->Followers().size(), 1u);
+  // A follower the leader already knows may always come back.
+  EXPECT_EQ(Connect(*l.leader, *f1.follower).reply.outcome, HelloOutcome::kAccepted);
 }
 
 TEST(HandshakeTest, DifferentDatabaseIsRefused) {

@@ -38,6 +38,7 @@ constexpr uint32_t kInlineScanLimit = 1000;
 constexpr uint32_t kMaxScanLimit = 100000;
 constexpr uint32_t kConnectTimeoutMs = 2000;
 constexpr uint32_t kRetireConnectionMs = 5000;
+constexpr size_t kMaxQueuedPushes = 64;  // above the largest max_inflight_ships (64)
 
 int64_t NowUs() { return replication::RealClock()->NowMicros(); }
 
@@ -248,6 +249,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
   kj::Promise<Ack> OnPush(uint64_t generation, Ship ship) {
     if (generation != conn_generation_ || follower_ == nullptr) {
       return KJ_EXCEPTION(DISCONNECTED, "push on a connection this follower has dropped");
+    }
+    if (apply_queue_.size() >= kMaxQueuedPushes) {
+      // A leader keeps max_inflight_ships in flight; more means it ignores flow control.
+      return KJ_EXCEPTION(OVERLOADED, "follower apply queue full; the leader exceeds its window");
     }
     last_push_us_ = NowUs();
     auto paf = kj::newPromiseAndFulfiller<Ack>();
