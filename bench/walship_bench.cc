@@ -237,11 +237,9 @@ struct Row {
   std::map<std::string, double> counters;  // p50_us, lag_p99_ms/n2, ...
 };
 
-std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n, size_t depth,
-                                                   size_t value_size, bool batch) {
-  // depth 64 = 64 writes in flight, one op each (as Redis's pipeline of 64 SETs).
-  (void)depth;
-  (void)batch;
+// One put per write; "depth 64" sends 64 such writes in flight (as Redis's pipeline of 64).
+std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n,
+                                                   size_t value_size) {
   std::vector<std::vector<engine::WriteOp>> out;
   out.reserve(n);
   for (uint64_t i = start; i < start + n; ++i) {
@@ -257,7 +255,7 @@ Row RunW1(const std::string& label, const std::string& leader, const Options& o,
     std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
     std::exit(3);
   }
-  auto writes = W1Writes(0, o.keys, depth, o.value_size, false);
+  auto writes = W1Writes(0, o.keys, o.value_size);
   std::vector<int64_t> lat;
   auto t0 = Clock::now();
   // Chunks keep a progress line alive and let one-per-trip runs stop at the cap.
@@ -329,7 +327,7 @@ Row RunW4(LocalCluster& cluster, const Options& o) {
   cluster.Stop(victim);
   {
     auto client = rpc::Client::Connect(leader, absl::Seconds(10));
-    auto writes = W1Writes(o.keys, o.catchup_keys, 64, o.value_size, false);
+    auto writes = W1Writes(o.keys, o.catchup_keys, o.value_size);
     if (!client.ok() || !(*client)->WriteMany(writes, 64).ok()) std::exit(3);
   }
   std::string last_key = Key(o.keys + o.catchup_keys - 1);

@@ -1,4 +1,5 @@
 #include "engine/engine.h"
+#include "engine/test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -11,27 +12,10 @@ namespace walship::engine {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() / ("walship-engine-test-" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-std::unique_ptr<Engine> OpenOrDie(const std::string& path, EngineOptions options = {}) {
-  options.path = path;
-  auto engine = Engine::Open(options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  return std::move(*engine);
-}
+using testing::OpenOrDie;
+using testing::SameContents;
+using testing::ScanAll;
+using testing::TempDir;
 
 // Random batches of 1-6 ops mixing puts, deletes and range deletes.
 std::vector<WriteOp> RandomOps(std::mt19937_64& rng) {
@@ -50,23 +34,6 @@ std::vector<WriteOp> RandomOps(std::mt19937_64& rng) {
     }
   }
   return ops;
-}
-
-std::vector<KeyValue> ScanAll(Engine& e) {
-  ScanOptions all;
-  all.limit = 1000000;
-  auto kvs = e.Scan(all);
-  EXPECT_TRUE(kvs.ok()) << kvs.status();
-  return *kvs;
-}
-
-bool SameContents(Engine& a, Engine& b) {
-  auto x = ScanAll(a), y = ScanAll(b);
-  if (x.size() != y.size()) return false;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (x[i].key != y[i].key || x[i].value != y[i].value) return false;
-  }
-  return true;
 }
 
 TEST(EngineTest, WriteReadScan) {

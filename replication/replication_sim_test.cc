@@ -25,11 +25,13 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/test_util.h"
 #include "replication/clock.h"
 #include "replication/follower.h"
 #include "replication/leader.h"
 #include "replication/messages.h"
 #include "replication/node_state.h"
+#include "replication/test_util.h"
 
 namespace walship::replication {
 namespace {
@@ -38,37 +40,13 @@ namespace fs = std::filesystem;
 using engine::Engine;
 using engine::OpType;
 using engine::WriteOp;
+using engine::testing::ScanAll;
+using testing::FakeClock;
 
-class TempDir {
+class TempDir : public engine::testing::TempDir {
  public:
-  TempDir() {
-    std::random_device rd;
-    path_ = fs::temp_directory_path() / ("walship-replication-sim-" + std::to_string(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string Sub(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
+  TempDir() : engine::testing::TempDir("walship-replication-sim") {}
 };
-
-class FakeClock final : public Clock {
- public:
-  int64_t NowMicros() override { return now_us_; }
-  void Set(int64_t now_us) { now_us_ = now_us; }
-
- private:
-  int64_t now_us_ = 1'700'000'000'000'000;  // a plausible wall clock; never 0
-};
-
-std::vector<engine::KeyValue> ScanAll(Engine& e) {
-  engine::ScanOptions all;
-  all.limit = 100000;  // the engine's own cap; the runs write far fewer keys
-  auto kvs = e.Scan(all);
-  EXPECT_TRUE(kvs.ok()) << kvs.status();
-  return kvs.ok() ? *kvs : std::vector<engine::KeyValue>{};
-}
 
 // Bounds of one run. Times are simulated microseconds.
 constexpr int kWritesPerRun = 2000;

@@ -57,7 +57,7 @@ class ClientImpl final : public Client {
   ClientImpl(std::string endpoint, absl::Duration timeout)
       : endpoint_(std::move(endpoint)), timeout_(timeout), io_(AcquireLoop()) {}
   ~ClientImpl() noexcept override {
-    node_.cap.reset();
+    node_.reset();
     rpc_ = nullptr;
     stream_ = nullptr;
     ReleaseLoop();
@@ -73,7 +73,8 @@ class ClientImpl final : public Client {
     absl::Status s = Wait(kj::mv(connect), [this](kj::Own<kj::AsyncIoStream> stream) {
       stream_ = kj::mv(stream);
       rpc_ = kj::heap<capnp::TwoPartyClient>(*stream_);
-      node_ = rpc_->bootstrap().castAs<schema::Node>();
+      node_ =
+          std::make_unique<schema::Node::Client>(rpc_->bootstrap().castAs<schema::Node>());
     });
     if (!s.ok()) {
       return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
@@ -235,13 +236,10 @@ class ClientImpl final : public Client {
         absl::ToInt64Milliseconds(timeout_) * kj::MILLISECONDS, kj::mv(p));
     absl::Status status;
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { f(bounded.wait(io_.waitScope)); })) {
-      if (e->getType() == kj::Exception::Type::OVERLOADED &&
-          std::string(e->getDescription().cStr()).find("timed out") != std::string::npos) {
-        status = absl::UnavailableError(absl::StrCat(
-            endpoint_, " did not answer within ", absl::FormatDuration(timeout_)));
-      } else {
-        status = absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr()));
-      }
+      // timeoutAfter's own exception says "operation timed out".
+      status = absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr(),
+                                                   " (timeout ", absl::FormatDuration(timeout_),
+                                                   ")"));
     }
     return status;
   }
@@ -251,14 +249,7 @@ class ClientImpl final : public Client {
   kj::AsyncIoContext& io_;
   kj::Own<kj::AsyncIoStream> stream_;
   kj::Own<capnp::TwoPartyClient> rpc_;
-  struct NodeRef {
-    schema::Node::Client* operator->() { return &*cap; }
-    NodeRef& operator=(schema::Node::Client c) {
-      cap = std::make_unique<schema::Node::Client>(kj::mv(c));
-      return *this;
-    }
-    std::unique_ptr<schema::Node::Client> cap;
-  } node_;
+  std::unique_ptr<schema::Node::Client> node_;  // set once connected
 };
 
 }  // namespace
