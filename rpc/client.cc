@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "rpc/client.capnp.h"
+#include "rpc/buffered_stream.h"
 #include "rpc/convert.h"
 
 namespace walship::rpc {
@@ -52,6 +53,13 @@ void ReleaseLoop() {
   if (--thread_loop.clients == 0) thread_loop.io.reset();
 }
 
+// A size hint for a write request, so Cap'n Proto allocates one fitting segment.
+capnp::MessageSize WriteSize(const std::vector<engine::WriteOp>& ops) {
+  uint64_t words = 16;
+  for (const auto& op : ops) words += 8 + (op.key.size() + op.value.size()) / 8 + 2;
+  return capnp::MessageSize{words, 0};
+}
+
 class ClientImpl final : public Client {
  public:
   ClientImpl(std::string endpoint, absl::Duration timeout)
@@ -71,7 +79,7 @@ class ClientImpl final : public Client {
                          return p.attach(kj::mv(addr));
                        });
     absl::Status s = Wait(kj::mv(connect), [this](kj::Own<kj::AsyncIoStream> stream) {
-      stream_ = kj::mv(stream);
+      stream_ = kj::heap<BufferedStream>(kj::mv(stream));
       rpc_ = kj::heap<capnp::TwoPartyClient>(*stream_);
       node_ =
           std::make_unique<schema::Node::Client>(rpc_->bootstrap().castAs<schema::Node>());
@@ -85,7 +93,7 @@ class ClientImpl final : public Client {
   const std::string& endpoint() const override { return endpoint_; }
 
   absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) override {
-    auto req = node_->writeRequest();
+    auto req = node_->writeRequest(WriteSize(ops));
     ToCapnp(ops, req.initOps(ops.size()));
     req.setMode(schema::WriteMode::CLUSTER_DEFAULT);
     absl::StatusOr<WriteResult> out;
@@ -110,7 +118,7 @@ class ClientImpl final : public Client {
     std::function<kj::Promise<void>()> lane = [&]() -> kj::Promise<void> {
       if (next >= writes.size() || !first_error.ok()) return kj::READY_NOW;
       size_t i = next++;
-      auto req = node_->writeRequest();
+      auto req = node_->writeRequest(WriteSize(writes[i]));
       ToCapnp(writes[i], req.initOps(writes[i].size()));
       // The KJ timer's now() is cached per loop turn; latency needs the real clock.
       auto start = std::chrono::steady_clock::now();
