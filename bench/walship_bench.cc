@@ -44,6 +44,7 @@ struct Options {
   uint64_t catchup_keys = 200000;
   size_t value_size = 100;
   std::vector<size_t> depths = {1, 64};
+  std::vector<size_t> batches = {64};  // W1 "per batch" variant: N puts in one write, 1 in flight
   double cap_s = 12;  // one-per-round-trip runs stop after this (as the peers' harness)
   std::string cluster;
   std::string json = "";
@@ -237,59 +238,82 @@ struct Row {
   std::map<std::string, double> counters;  // p50_us, lag_p99_ms/n2, ...
 };
 
-// One put per write; "depth 64" sends 64 such writes in flight (as Redis's pipeline of 64).
+// Keys start..start+n-1 as writes of `batch` puts each (the last may hold fewer). "depth 64"
+// sends 64 one-put writes in flight (as Redis's pipeline of 64); "batch 64" sends writes of
+// 64 puts one at a time (as PostgreSQL's 64 rows per transaction).
 std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n,
-                                                   size_t value_size) {
+                                                   size_t value_size, size_t batch = 1) {
   std::vector<std::vector<engine::WriteOp>> out;
-  out.reserve(n);
+  out.reserve(n / batch + 1);
   for (uint64_t i = start; i < start + n; ++i) {
-    out.push_back({{engine::OpType::kPut, Key(i), Value(i, value_size)}});
+    if ((i - start) % batch == 0) out.emplace_back();
+    out.back().push_back({engine::OpType::kPut, Key(i), Value(i, value_size)});
   }
   return out;
 }
 
-Row RunW1(const std::string& label, const std::string& leader, const Options& o, size_t depth,
+struct W1Variant {
+  size_t depth = 1;  // writes in flight
+  size_t batch = 1;  // puts per write
+  std::string Name() const {
+    return batch > 1 ? absl::StrCat("batch:", batch) : absl::StrCat("depth:", depth);
+  }
+};
+
+std::vector<W1Variant> Variants(const Options& o) {
+  std::vector<W1Variant> v;
+  for (size_t d : o.depths) v.push_back({d, 1});
+  for (size_t b : o.batches) v.push_back({1, b});
+  return v;
+}
+
+Row RunW1(const std::string& label, const std::string& leader, const Options& o, W1Variant v,
           LagProbe* probe, std::vector<double>* latencies_us) {
   auto client = rpc::Client::Connect(leader, absl::Seconds(10));
   if (!client.ok()) {
     std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
     std::exit(3);
   }
-  auto writes = W1Writes(0, o.keys, o.value_size);
+  auto writes = W1Writes(0, o.keys, o.value_size, v.batch);
   std::vector<int64_t> lat;
+  uint64_t ops = 0;
   auto t0 = Clock::now();
   // Chunks keep a progress line alive and let one-per-trip runs stop at the cap.
-  size_t chunk = depth == 1 ? 2000 : 20000;
+  size_t chunk = v.depth == 1 && v.batch == 1 ? 2000 : 20000 / v.batch + 1;
   for (size_t i = 0; i < writes.size(); i += chunk) {
     std::vector<std::vector<engine::WriteOp>> part(
         writes.begin() + i, writes.begin() + std::min(writes.size(), i + chunk));
-    auto r = (*client)->WriteMany(part, depth);
+    auto r = (*client)->WriteMany(part, v.depth);
     if (!r.ok()) {
       std::fprintf(stderr, "\nwrite failed: %s\n", r.status().ToString().c_str());
       std::exit(3);
     }
     lat.insert(lat.end(), r->begin(), r->end());
-    Progress(label, lat.size(), writes.size());
-    if (depth == 1 && std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) break;
+    for (size_t k = 0; k < r->size(); ++k) ops += part[k].size();
+    Progress(label, ops, o.keys);
+    if (v.depth == 1 && v.batch == 1 &&
+        std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {
+      break;
+    }
   }
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   std::fprintf(stderr, "\n");
   Row row;
   row.name = label;
-  row.ops = lat.size();
+  row.ops = ops;
   row.seconds = secs;
-  row.ops_per_s = lat.size() / secs;
-  std::vector<double> us;
+  row.ops_per_s = ops / secs;
+  std::vector<double> us;  // per write request
   for (int64_t ns : lat) us.push_back(ns / 1000.0);
   row.counters["p50_us"] = Percentile(us, 50);
   row.counters["p99_us"] = Percentile(us, 99);
   if (latencies_us != nullptr) *latencies_us = us;
   if (probe != nullptr) {
     probe->Stop();
-    for (auto& [id, v] : probe->lags) {
-      row.counters["lag_p50_ms/" + id] = Percentile(v, 50);
-      row.counters["lag_p99_ms/" + id] = Percentile(v, 99);
-      row.counters["lag_max_ms/" + id] = Percentile(v, 100);
+    for (auto& [id, samples] : probe->lags) {
+      row.counters["lag_p50_ms/" + id] = Percentile(samples, 50);
+      row.counters["lag_p99_ms/" + id] = Percentile(samples, 99);
+      row.counters["lag_max_ms/" + id] = Percentile(samples, 100);
       row.counters["lag_unseen/" + id] = probe->unseen[id];
     }
   }
@@ -440,6 +464,10 @@ int main(int argc, char** argv) {
   app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")
       ->capture_default_str();
   app.add_option("--value-size", o.value_size, "value bytes")->capture_default_str();
+  app.add_option("--batch", o.batches,
+                 "W1 variant with N puts per write, one write in flight; repeatable "
+                 "(0 for none)")
+      ->capture_default_str();
   app.add_option("--depth", o.depths, "writes in flight per client; repeatable")
       ->capture_default_str();
   app.add_option("--cap-s", o.cap_s, "one-per-round-trip runs stop after this many seconds")
@@ -451,6 +479,8 @@ int main(int argc, char** argv) {
   app.add_option("--plots", o.plot_dir, "write lag and latency plots (SVG, gnuplot) here");
   app.add_flag("!--no-baselines", o.baselines, "skip bare RocksDB and one-node walship");
   CLI11_PARSE(app, argc, argv);
+  std::erase(o.batches, 0);
+  std::erase(o.depths, 0);
   if (o.plot_dir.empty() && !o.json.empty()) o.plot_dir = fs::path(o.json).parent_path() / "plots";
   if (o.plot_dir.empty()) o.plot_dir = "bench-plots";
 
@@ -465,9 +495,9 @@ int main(int argc, char** argv) {
     rows.push_back(RunBareEngine(o));
     LocalCluster single(walshipd, 1);
     single.StartAll();
-    for (size_t depth : o.depths) {
-      std::string label = absl::StrCat("W1/depth:", depth, "/walship-1node");
-      rows.push_back(RunW1(label, single.addr("n1"), o, depth, nullptr, nullptr));
+    for (const W1Variant& v : Variants(o)) {
+      std::string label = absl::StrCat("W1/", v.Name(), "/walship-1node");
+      rows.push_back(RunW1(label, single.addr("n1"), o, v, nullptr, nullptr));
     }
   }
   std::unique_ptr<LocalCluster> cluster;
@@ -492,14 +522,15 @@ int main(int argc, char** argv) {
     }
   }
   if (w1) {
-    for (size_t depth : o.depths) {
+    std::string where = o.cluster.empty() ? "walship-3node" : "walship-cluster";
+    for (const W1Variant& v : Variants(o)) {
       // Fresh keyspace per run is not needed: puts of the same keys cost the same.
       auto probe = std::make_unique<LagProbe>(leader, followers);
-      std::string label = absl::StrCat("W1/depth:", depth, "/walship-3node");
+      std::string label = absl::StrCat("W1/", v.Name(), "/", where);
       std::vector<double> lat;
-      rows.push_back(RunW1(label, leader, o, depth, probe.get(), &lat));
-      latencies[absl::StrCat("depth ", depth, ", 3 nodes")] = std::move(lat);
-      if (depth == 1 || last_probe == nullptr) last_probe = std::move(probe);
+      rows.push_back(RunW1(label, leader, o, v, probe.get(), &lat));
+      latencies[absl::StrCat(v.Name(), ", ", where)] = std::move(lat);
+      if ((v.depth == 1 && v.batch == 1) || last_probe == nullptr) last_probe = std::move(probe);
     }
   }
   if (w4) rows.push_back(RunW4(*cluster, o));
