@@ -22,6 +22,8 @@
 #include <sstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,6 +53,9 @@ struct Options {
   std::string plot_dir = "";
   bool baselines = true;
   int reps = 1;
+  bool peers = false;          // run shared/peers/run-peers.sh first and compare
+  std::string peers_script;    // default: <repo>/../shared/peers/run-peers.sh
+  std::string peers_json;      // compare with an existing run-peers.sh result instead
 };
 
 std::string Key(uint64_t i) { return absl::StrFormat("key%012d", i); }
@@ -157,9 +162,11 @@ class LocalCluster {
   std::map<std::string, pid_t> pids_;
 };
 
-void Progress(const std::string& what, uint64_t done, uint64_t total) {
+// The live progress line: writes done, and the lag the probe saw last (when there is one).
+void Progress(const std::string& what, uint64_t done, uint64_t total, double lag_ms = -1) {
   std::fprintf(stderr, "\r  %-40s %8llu / %llu", what.c_str(),
                static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+  if (lag_ms >= 0) std::fprintf(stderr, "   follower lag %7.2f ms", lag_ms);
   std::fflush(stderr);
 }
 
@@ -180,6 +187,10 @@ class LagProbe {
   std::map<std::string, std::vector<double>> lags;
   std::map<std::string, std::vector<std::pair<double, double>>> series;
   std::map<std::string, int> unseen;
+  // The lag walship itself reports (leader status, lag_ms per follower), sampled per marker.
+  std::map<std::string, std::vector<double>> status_lags;
+  // The last measured lag of any follower, for the progress line (-1 before the first).
+  std::atomic<double> last_lag_ms{-1};
 
  private:
   void Run() {
@@ -217,8 +228,12 @@ class LagProbe {
         }
         double lag_ms = std::chrono::duration<double, std::milli>(Clock::now() - acked).count();
         lags[id].push_back(lag_ms);
+        last_lag_ms = lag_ms;
         series[id].push_back(
             {std::chrono::duration<double>(acked - t0).count(), lag_ms});
+      }
+      if (auto st = (*leader)->Status(); st.ok()) {
+        for (const auto& f : st->followers) status_lags[f.id].push_back(f.lag_ms);
       }
       std::this_thread::sleep_until(next);
     }
@@ -290,7 +305,7 @@ Row RunW1(const std::string& label, const std::string& leader, const Options& o,
     }
     lat.insert(lat.end(), r->begin(), r->end());
     for (size_t k = 0; k < r->size(); ++k) ops += part[k].size();
-    Progress(label, ops, o.keys);
+    Progress(label, ops, o.keys, probe != nullptr ? probe->last_lag_ms.load() : -1);
     if (v.depth == 1 && v.batch == 1 &&
         std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {
       break;
@@ -310,11 +325,17 @@ Row RunW1(const std::string& label, const std::string& leader, const Options& o,
   if (latencies_us != nullptr) *latencies_us = us;
   if (probe != nullptr) {
     probe->Stop();
+    double worst_p99 = 0;
     for (auto& [id, samples] : probe->lags) {
       row.counters["lag_p50_ms/" + id] = Percentile(samples, 50);
       row.counters["lag_p99_ms/" + id] = Percentile(samples, 99);
       row.counters["lag_max_ms/" + id] = Percentile(samples, 100);
       row.counters["lag_unseen/" + id] = probe->unseen[id];
+      worst_p99 = std::max(worst_p99, Percentile(samples, 99));
+    }
+    if (!probe->lags.empty()) row.counters["lag_p99_ms/worst"] = worst_p99;
+    for (auto& [id, samples] : probe->status_lags) {
+      row.counters["status_lag_p99_ms/" + id] = Percentile(samples, 99);
     }
   }
   return row;
@@ -383,27 +404,145 @@ Row RunW4(LocalCluster& cluster, const Options& o) {
   return row;
 }
 
-std::string JsonRows(const std::vector<Row>& rows) {
-  std::ostringstream j;
+// One row's figures across repetitions.
+struct Aggregate {
+  std::string name;
+  std::vector<double> ops_per_s;
+  std::map<std::string, std::vector<double>> counters;
+};
+
+std::vector<Aggregate> AggregateRuns(const std::vector<std::vector<Row>>& runs) {
+  std::vector<Aggregate> out;
+  for (const auto& rows : runs) {
+    for (const Row& r : rows) {
+      auto it = std::find_if(out.begin(), out.end(),
+                             [&](const Aggregate& a) { return a.name == r.name; });
+      if (it == out.end()) it = out.insert(out.end(), Aggregate{r.name, {}, {}});
+      it->ops_per_s.push_back(r.ops_per_s);
+      for (const auto& [k, v] : r.counters) it->counters[k].push_back(v);
+    }
+  }
+  return out;
+}
+
+double Median(const std::vector<double>& v) { return Percentile(v, 50); }
+
+// Google Benchmark's schema: one "iteration" row per repetition, then a "median" aggregate,
+// so that compare.py can compare two runs of walship-bench.
+nlohmann::json ToJson(const std::vector<std::vector<Row>>& runs,
+                      const std::vector<Aggregate>& aggregates) {
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
-  j << "{\n  \"context\": {\"executable\": \"walship-bench\", \"host_name\": \"" << host
-    << "\", \"num_cpus\": " << std::thread::hardware_concurrency()
-    << ", \"library_build_type\": \"release\"},\n  \"benchmarks\": [\n";
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const Row& r = rows[i];
-    double ns_per_op = r.ops > 0 ? r.seconds * 1e9 / r.ops : 0;
-    j << "    {\"name\": \"" << r.name << "\", \"run_name\": \"" << r.name
-      << "\", \"run_type\": \"iteration\", \"repetitions\": 1, \"repetition_index\": 0, "
-         "\"threads\": 1, \"iterations\": "
-      << std::max<uint64_t>(1, r.ops) << ", \"real_time\": " << ns_per_op
-      << ", \"cpu_time\": " << ns_per_op << ", \"time_unit\": \"ns\"";
-    if (r.ops_per_s > 0) j << ", \"items_per_second\": " << r.ops_per_s;
-    for (const auto& [k, v] : r.counters) j << ", \"" << k << "\": " << v;
-    j << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+  nlohmann::json j;
+  j["context"] = {{"executable", "walship-bench"},
+                  {"host_name", host},
+                  {"num_cpus", std::thread::hardware_concurrency()},
+                  {"library_build_type", "release"}};
+  auto row_json = [](const std::string& name, const std::string& run_type, double ops,
+                     double seconds, double ops_per_s, const std::map<std::string, double>& c) {
+    double ns_per_op = ops > 0 ? seconds * 1e9 / ops : 0;
+    nlohmann::json b = {{"name", name},         {"run_name", name},
+                        {"run_type", run_type}, {"threads", 1},
+                        {"iterations", std::max<double>(1, ops)},
+                        {"real_time", ns_per_op}, {"cpu_time", ns_per_op},
+                        {"time_unit", "ns"}};
+    if (ops_per_s > 0) b["items_per_second"] = ops_per_s;
+    for (const auto& [k, v] : c) b[k] = v;
+    return b;
+  };
+  nlohmann::json benchmarks = nlohmann::json::array();
+  for (size_t rep = 0; rep < runs.size(); ++rep) {
+    for (const Row& r : runs[rep]) {
+      nlohmann::json b = row_json(r.name, "iteration", r.ops, r.seconds, r.ops_per_s, r.counters);
+      b["repetitions"] = runs.size();
+      b["repetition_index"] = rep;
+      benchmarks.push_back(b);
+    }
   }
-  j << "  ]\n}\n";
-  return j.str();
+  if (runs.size() > 1) {
+    for (const Aggregate& a : aggregates) {
+      std::map<std::string, double> c;
+      for (const auto& [k, v] : a.counters) c[k] = Median(v);
+      double ops_per_s = Median(a.ops_per_s);
+      nlohmann::json b = row_json(a.name + "_median", "aggregate", 1,
+                                  ops_per_s > 0 ? 1 / ops_per_s : 0, ops_per_s, c);
+      b["run_name"] = a.name;
+      b["aggregate_name"] = "median";
+      b["repetitions"] = runs.size();
+      benchmarks.push_back(b);
+    }
+  }
+  j["benchmarks"] = benchmarks;
+  return j;
+}
+
+// One line of the comparison with the peers: a walship figure and the peer rows it is set
+// beside (shared/peers/peers.py's table: system, workload, variant, metric).
+struct PeerMatch {
+  std::string walship_row;     // aggregate name
+  std::string walship_metric;  // "ops_per_s" or a counter
+  std::string workload;        // peer workload
+  std::string variant_has;     // substring of the peer variant
+  std::string metric;          // peer metric
+  bool higher_is_better;
+};
+
+const std::vector<PeerMatch>& PeerMatches() {
+  static const std::vector<PeerMatch> kMatches = {
+      {"W1/depth:1/walship-3node", "ops_per_s", "W1", "1 row", "throughput", true},
+      {"W1/depth:1/walship-3node", "ops_per_s", "W1", "no pipelining", "throughput", true},
+      {"W1/depth:64/walship-3node", "ops_per_s", "W1", "pipeline depth 64", "throughput", true},
+      {"W1/batch:64/walship-3node", "ops_per_s", "W1", "64 rows/txn", "throughput", true},
+      {"W1/depth:1/walship-3node", "lag_p99_ms/worst", "W2", "during W1 single", "lag p99",
+       false},
+      {"W1/depth:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 pipe64", "lag p99",
+       false},
+      {"W1/batch:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 batch64", "lag p99",
+       false},
+      {"W4/catch-up/200000-writes", "catchup_s", "W4", "", "catch-up", false},
+  };
+  return kMatches;
+}
+
+// Prints walship's medians beside the peers' medians of the same workload, with ratios.
+void PrintPeerComparison(const nlohmann::json& peers, const std::vector<Aggregate>& aggs) {
+  std::printf("\nSide by side with the peers (medians; ratio = walship / peer):\n");
+  std::printf("%-28s %-18s %12s   %-6s %-42s %12s %8s\n", "walship row", "metric", "walship",
+              "peer", "peer variant", "peer", "ratio");
+  for (const PeerMatch& m : PeerMatches()) {
+    auto a = std::find_if(aggs.begin(), aggs.end(),
+                          [&](const Aggregate& x) { return x.name == m.walship_row; });
+    if (a == aggs.end()) continue;
+    double ours = 0;
+    if (m.walship_metric == "ops_per_s") {
+      ours = Median(a->ops_per_s);
+    } else if (auto c = a->counters.find(m.walship_metric); c != a->counters.end()) {
+      ours = Median(c->second);
+    } else {
+      continue;
+    }
+    // The worst replica's figure, as walship's "worst" follower.
+    std::map<std::pair<std::string, std::string>, double> peer_value;
+    for (const auto& row : peers.value("table", nlohmann::json::array())) {
+      std::string variant = row.value("variant", "");
+      if (row.value("workload", "") != m.workload || row.value("metric", "") != m.metric ||
+          variant.find(m.variant_has) == std::string::npos || !row["median"].is_number()) {
+        continue;
+      }
+      std::string system = row.value("system", "");
+      // Per-replica rows ("replica 1, ...") fold into one per system: the worst.
+      std::string key = variant.rfind("replica ", 0) == 0 ? variant.substr(variant.find(',') + 2)
+                                                         : variant;
+      double v = row["median"].get<double>();
+      auto [it, fresh] = peer_value.try_emplace({system, key}, v);
+      if (!fresh) it->second = m.higher_is_better ? std::min(it->second, v) : std::max(it->second, v);
+    }
+    for (const auto& [sv, v] : peer_value) {
+      std::printf("%-28s %-18s %12.3f   %-6s %-42s %12.3f %8.2f%s\n", m.walship_row.c_str(),
+                  m.walship_metric.c_str(), ours, sv.first.c_str(), sv.second.substr(0, 42).c_str(),
+                  v, Ratio(ours, v), m.higher_is_better ? "" : " (lower is better)");
+    }
+  }
 }
 
 void WritePlots(const std::string& dir, const LagProbe* probe,
@@ -449,6 +588,72 @@ void WritePlots(const std::string& dir, const LagProbe* probe,
   if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "gnuplot failed: %s\n", cmd.c_str());
 }
 
+struct RunResult {
+  std::vector<Row> rows;
+  std::map<std::string, std::vector<double>> latencies;  // per W1 variant, for the plot
+  std::unique_ptr<LagProbe> probe;                       // the one-per-trip run's, for the plot
+  std::string error;
+};
+
+// One repetition of every selected workload, each baseline first.
+RunResult RunOnce(const Options& o, const std::string& walshipd) {
+  RunResult out;
+  bool w1 = o.workload == "all" || o.workload == "W1" || o.workload == "W2";
+  bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
+  if (w1 && o.baselines && o.cluster.empty()) {
+    out.rows.push_back(RunBareEngine(o));
+    LocalCluster single(walshipd, 1);
+    single.StartAll();
+    for (const W1Variant& v : Variants(o)) {
+      std::string label = absl::StrCat("W1/", v.Name(), "/walship-1node");
+      out.rows.push_back(RunW1(label, single.addr("n1"), o, v, nullptr, nullptr));
+    }
+  }
+  std::unique_ptr<LocalCluster> cluster;
+  std::string leader;
+  std::vector<std::pair<std::string, std::string>> followers;
+  if (o.cluster.empty()) {
+    cluster = std::make_unique<LocalCluster>(walshipd, 3);
+    cluster->StartAll();
+    leader = cluster->addr("n1");
+    for (size_t i = 1; i < cluster->ids().size(); ++i) {
+      followers.push_back({cluster->ids()[i], cluster->addr(cluster->ids()[i])});
+    }
+  } else {
+    auto cfg = walship::tools::LoadConfig(o.cluster);
+    if (!cfg.ok()) {
+      out.error = std::string(cfg.status().message());
+      return out;
+    }
+    leader = cfg->Leader()->listen;
+    for (const auto& n : cfg->nodes) {
+      if (n.role != "leader") followers.push_back({n.id, n.listen});
+    }
+  }
+  if (w1) {
+    std::string where = o.cluster.empty() ? "walship-3node" : "walship-cluster";
+    for (const W1Variant& v : Variants(o)) {
+      // Fresh keyspace per run is not needed: puts of the same keys cost the same.
+      auto probe = std::make_unique<LagProbe>(leader, followers);
+      std::string label = absl::StrCat("W1/", v.Name(), "/", where);
+      std::vector<double> lat;
+      out.rows.push_back(RunW1(label, leader, o, v, probe.get(), &lat));
+      out.latencies[absl::StrCat(v.Name(), ", ", where)] = std::move(lat);
+      if ((v.depth == 1 && v.batch == 1) || out.probe == nullptr) out.probe = std::move(probe);
+    }
+  }
+  if (w4) out.rows.push_back(RunW4(*cluster, o));
+  // Ratios against the bare-RocksDB baseline of this repetition.
+  double bare = 0;
+  for (const Row& r : out.rows) {
+    if (r.name == "W1/bare-rocksdb-engine/one-write-per-op") bare = r.ops_per_s;
+  }
+  for (Row& r : out.rows) {
+    if (r.ops_per_s > 0 && bare > 0) r.counters["ratio_to_bare_rocksdb"] = Ratio(r.ops_per_s, bare);
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace walship::bench
 
@@ -478,86 +683,84 @@ int main(int argc, char** argv) {
   app.add_option("--json", o.json, "write results in Google Benchmark's JSON schema here");
   app.add_option("--plots", o.plot_dir, "write lag and latency plots (SVG, gnuplot) here");
   app.add_flag("!--no-baselines", o.baselines, "skip bare RocksDB and one-node walship");
+  app.add_option("--reps", o.reps, "repeat everything N times; the table shows medians")
+      ->capture_default_str();
+  app.add_flag("--peers", o.peers,
+               "first run shared/peers/run-peers.sh (Redis and PostgreSQL, ~6 min, root) and "
+               "print walship beside them");
+  app.add_option("--peers-script", o.peers_script, "path of run-peers.sh");
+  app.add_option("--peers-json", o.peers_json,
+                 "compare with this earlier run-peers.sh JSON instead of running it");
   CLI11_PARSE(app, argc, argv);
   std::erase(o.batches, 0);
   std::erase(o.depths, 0);
   if (o.plot_dir.empty() && !o.json.empty()) o.plot_dir = fs::path(o.json).parent_path() / "plots";
   if (o.plot_dir.empty()) o.plot_dir = "bench-plots";
 
-  std::string walshipd = (fs::path(argv[0]).parent_path() / ".." / "tools" / "walshipd").string();
-  bool w1 = o.workload == "all" || o.workload == "W1" || o.workload == "W2";
-  bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
-  std::vector<Row> rows;
-  std::map<std::string, std::vector<double>> latencies;
-  std::unique_ptr<LagProbe> last_probe;
+  fs::path build_dir = fs::path(argv[0]).parent_path() / "..";
+  std::string walshipd = (build_dir / "tools" / "walshipd").string();
 
-  if (w1 && o.baselines && o.cluster.empty()) {
-    rows.push_back(RunBareEngine(o));
-    LocalCluster single(walshipd, 1);
-    single.StartAll();
-    for (const W1Variant& v : Variants(o)) {
-      std::string label = absl::StrCat("W1/", v.Name(), "/walship-1node");
-      rows.push_back(RunW1(label, single.addr("n1"), o, v, nullptr, nullptr));
+  nlohmann::json peers;
+  if (o.peers || !o.peers_json.empty()) {
+    if (o.peers_json.empty()) {
+      std::string script = o.peers_script.empty()
+                               ? (build_dir / ".." / ".." / "shared" / "peers" / "run-peers.sh")
+                                     .lexically_normal()
+                                     .string()
+                               : o.peers_script;
+      o.peers_json = (fs::temp_directory_path() / "walship-bench-peers.json").string();
+      std::fprintf(stderr, "running %s (Redis and PostgreSQL, about 6 minutes)\n", script.c_str());
+      std::string cmd = "bash '" + script + "' '" + o.peers_json + "' >&2";
+      if (std::system(cmd.c_str()) != 0) {
+        std::fprintf(stderr, "the peers' harness failed: %s\n", cmd.c_str());
+        return 3;
+      }
     }
-  }
-  std::unique_ptr<LocalCluster> cluster;
-  std::string leader;
-  std::vector<std::pair<std::string, std::string>> followers;
-  if (o.cluster.empty()) {
-    cluster = std::make_unique<LocalCluster>(walshipd, 3);
-    cluster->StartAll();
-    leader = cluster->addr("n1");
-    for (size_t i = 1; i < cluster->ids().size(); ++i) {
-      followers.push_back({cluster->ids()[i], cluster->addr(cluster->ids()[i])});
-    }
-  } else {
-    auto cfg = walship::tools::LoadConfig(o.cluster);
-    if (!cfg.ok()) {
-      std::fprintf(stderr, "%s\n", std::string(cfg.status().message()).c_str());
+    std::ifstream in(o.peers_json);
+    peers = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (peers.is_discarded()) {
+      std::fprintf(stderr, "%s is not valid JSON\n", o.peers_json.c_str());
       return 2;
     }
-    leader = cfg->Leader()->listen;
-    for (const auto& n : cfg->nodes) {
-      if (n.role != "leader") followers.push_back({n.id, n.listen});
-    }
   }
-  if (w1) {
-    std::string where = o.cluster.empty() ? "walship-3node" : "walship-cluster";
-    for (const W1Variant& v : Variants(o)) {
-      // Fresh keyspace per run is not needed: puts of the same keys cost the same.
-      auto probe = std::make_unique<LagProbe>(leader, followers);
-      std::string label = absl::StrCat("W1/", v.Name(), "/", where);
-      std::vector<double> lat;
-      rows.push_back(RunW1(label, leader, o, v, probe.get(), &lat));
-      latencies[absl::StrCat(v.Name(), ", ", where)] = std::move(lat);
-      if ((v.depth == 1 && v.batch == 1) || last_probe == nullptr) last_probe = std::move(probe);
-    }
-  }
-  if (w4) rows.push_back(RunW4(*cluster, o));
 
-  // Ratios against the baselines of this run.
-  std::map<std::string, double> by_name;
-  for (const Row& r : rows) by_name[r.name] = r.ops_per_s;
-  std::printf("\n%-44s %12s %10s %10s  %s\n", "benchmark", "ops/s", "p50 us", "p99 us",
-              "other");
-  for (Row& r : rows) {
-    if (r.ops_per_s > 0 && by_name.count("W1/bare-rocksdb-engine/one-write-per-op")) {
-      r.counters["ratio_to_bare_rocksdb"] =
-          r.ops_per_s / by_name["W1/bare-rocksdb-engine/one-write-per-op"];
+  std::vector<std::vector<Row>> runs;
+  RunResult last;
+  for (int rep = 0; rep < std::max(1, o.reps); ++rep) {
+    if (o.reps > 1) std::fprintf(stderr, "repetition %d of %d\n", rep + 1, o.reps);
+    last = RunOnce(o, walshipd);
+    if (!last.error.empty()) {
+      std::fprintf(stderr, "%s\n", last.error.c_str());
+      return 2;
     }
-    std::string other;
-    for (const auto& [k, v] : r.counters) {
-      if (k != "p50_us" && k != "p99_us") other += absl::StrFormat("%s=%.3g ", k, v);
-    }
-    std::printf("%-44s %12.0f %10.1f %10.1f  %s\n", r.name.c_str(), r.ops_per_s,
-                r.counters.count("p50_us") ? r.counters["p50_us"] : 0.0,
-                r.counters.count("p99_us") ? r.counters["p99_us"] : 0.0, other.c_str());
+    runs.push_back(last.rows);
   }
+  std::vector<Aggregate> aggs = AggregateRuns(runs);
+
+  std::printf("\n%-44s %12s %-21s %10s %10s  %s\n", "benchmark (median of runs)", "ops/s",
+              "[min-max]", "p50 us", "p99 us", "other");
+  for (Aggregate& a : aggs) {
+    auto med = [&](const std::string& k) {
+      auto c = a.counters.find(k);
+      return c == a.counters.end() ? 0.0 : Median(c->second);
+    };
+    std::string other;
+    for (const auto& [k, v] : a.counters) {
+      if (k != "p50_us" && k != "p99_us") other += absl::StrFormat("%s=%.3g ", k, Median(v));
+    }
+    auto [lo, hi] = std::minmax_element(a.ops_per_s.begin(), a.ops_per_s.end());
+    std::printf("%-44s %12.0f %-21s %10.1f %10.1f  %s\n", a.name.c_str(), Median(a.ops_per_s),
+                absl::StrFormat("[%.0f-%.0f]", *lo, *hi).c_str(), med("p50_us"), med("p99_us"),
+                other.c_str());
+  }
+  if (!peers.is_null()) PrintPeerComparison(peers, aggs);
   if (!o.json.empty()) {
-    std::ofstream(o.json) << JsonRows(rows);
+    nlohmann::json j = ToJson(runs, aggs);
+    if (!peers.is_null()) j["peers"] = peers.value("table", nlohmann::json::array());
+    std::ofstream(o.json) << j.dump(2) << "\n";
     std::printf("JSON: %s\n", o.json.c_str());
   }
-  WritePlots(o.plot_dir, last_probe.get(), latencies);
+  WritePlots(o.plot_dir, last.probe.get(), last.latencies);
   std::printf("plots: %s/lag.svg %s/latency.svg\n", o.plot_dir.c_str(), o.plot_dir.c_str());
   return 0;
 }
