@@ -48,6 +48,8 @@ struct Options {
   std::vector<size_t> depths = {1, 64};
   std::vector<size_t> batches = {64};  // W1 "per batch" variant: N puts in one write, 1 in flight
   double cap_s = 12;  // one-per-round-trip runs stop after this (as the peers' harness)
+  size_t clients = 1;  // concurrent client connections, each with `depth` writes in flight
+  std::string mode = "async";
   std::string cluster;
   std::string json = "";
   std::string plot_dir = "";
@@ -270,47 +272,63 @@ std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n,
 struct W1Variant {
   size_t depth = 1;  // writes in flight
   size_t batch = 1;  // puts per write
+  size_t clients = 1;
   std::string Name() const {
-    return batch > 1 ? absl::StrCat("batch:", batch) : absl::StrCat("depth:", depth);
+    std::string name =
+        batch > 1 ? absl::StrCat("batch:", batch) : absl::StrCat("depth:", depth);
+    if (clients > 1) absl::StrAppend(&name, ",clients:", clients);
+    return name;
   }
 };
 
 std::vector<W1Variant> Variants(const Options& o) {
   std::vector<W1Variant> v;
-  for (size_t d : o.depths) v.push_back({d, 1});
-  for (size_t b : o.batches) v.push_back({1, b});
+  for (size_t d : o.depths) v.push_back({d, 1, o.clients});
+  for (size_t b : o.batches) v.push_back({1, b, o.clients});
   return v;
 }
 
 Row RunW1(const std::string& label, const std::string& leader, const Options& o, W1Variant v,
           LagProbe* probe, std::vector<double>* latencies_us) {
-  auto client = rpc::Client::Connect(leader, absl::Seconds(10));
-  if (!client.ok()) {
-    std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
-    std::exit(3);
-  }
   auto writes = W1Writes(0, o.keys, o.value_size, v.batch);
-  std::vector<int64_t> lat;
-  uint64_t ops = 0;
+  size_t clients = std::max<size_t>(1, o.clients);
+  std::vector<std::vector<int64_t>> lat(clients);
+  std::atomic<uint64_t> ops{0};
   auto t0 = Clock::now();
-  // Chunks keep a progress line alive and let one-per-trip runs stop at the cap.
-  size_t chunk = v.depth == 1 && v.batch == 1 ? 2000 : 20000 / v.batch + 1;
-  for (size_t i = 0; i < writes.size(); i += chunk) {
-    std::vector<std::vector<engine::WriteOp>> part(
-        writes.begin() + i, writes.begin() + std::min(writes.size(), i + chunk));
-    auto r = (*client)->WriteMany(part, v.depth);
-    if (!r.ok()) {
-      std::fprintf(stderr, "\nwrite failed: %s\n", r.status().ToString().c_str());
+  // Client c sends writes c, c + clients, ... on its own connection and thread (each thread
+  // has its own KJ loop). Chunks keep the progress line alive and let one-per-trip runs stop
+  // at the cap.
+  auto drive = [&](size_t c) {
+    auto client = rpc::Client::Connect(leader, absl::Seconds(10));
+    if (!client.ok()) {
+      std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
       std::exit(3);
     }
-    lat.insert(lat.end(), r->begin(), r->end());
-    for (size_t k = 0; k < r->size(); ++k) ops += part[k].size();
-    Progress(label, ops, o.keys, probe != nullptr ? probe->last_lag_ms.load() : -1);
-    if (v.depth == 1 && v.batch == 1 &&
-        std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {
-      break;
+    size_t chunk = v.depth == 1 && v.batch == 1 ? 2000 : 20000 / v.batch + 1;
+    std::vector<std::vector<engine::WriteOp>> part;
+    for (size_t i = c; i < writes.size();) {
+      part.clear();
+      for (; i < writes.size() && part.size() < chunk; i += clients) part.push_back(writes[i]);
+      auto r = (*client)->WriteMany(part, v.depth);
+      if (!r.ok()) {
+        std::fprintf(stderr, "\nwrite failed: %s\n", r.status().ToString().c_str());
+        std::exit(3);
+      }
+      lat[c].insert(lat[c].end(), r->begin(), r->end());
+      uint64_t n = 0;
+      for (size_t k = 0; k < r->size(); ++k) n += part[k].size();
+      ops += n;
+      if (c == 0) Progress(label, ops, o.keys, probe != nullptr ? probe->last_lag_ms.load() : -1);
+      if (v.depth == 1 && v.batch == 1 &&
+          std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {
+        break;
+      }
     }
-  }
+  };
+  std::vector<std::thread> threads;
+  for (size_t c = 1; c < clients; ++c) threads.emplace_back(drive, c);
+  drive(0);
+  for (std::thread& t : threads) t.join();
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   std::fprintf(stderr, "\n");
   Row row;
@@ -319,7 +337,9 @@ Row RunW1(const std::string& label, const std::string& leader, const Options& o,
   row.seconds = secs;
   row.ops_per_s = ops / secs;
   std::vector<double> us;  // per write request
-  for (int64_t ns : lat) us.push_back(ns / 1000.0);
+  for (const auto& per_client : lat) {
+    for (int64_t ns : per_client) us.push_back(ns / 1000.0);
+  }
   row.counters["p50_us"] = Percentile(us, 50);
   row.counters["p99_us"] = Percentile(us, 99);
   if (latencies_us != nullptr) *latencies_us = us;
@@ -675,6 +695,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--depth", o.depths, "writes in flight per client; repeatable")
       ->capture_default_str();
+  app.add_option("--clients", o.clients,
+                 "concurrent client connections (threads), each with --depth in flight")
+      ->capture_default_str();
+  app.add_option("--mode", o.mode,
+                 "replication mode of the writes; only async exists so far (semi-sync and "
+                 "sync are refused by the nodes)")
+      ->capture_default_str();
   app.add_option("--cap-s", o.cap_s, "one-per-round-trip runs stop after this many seconds")
       ->capture_default_str();
   app.add_option("--cluster", o.cluster,
@@ -692,6 +719,11 @@ int main(int argc, char** argv) {
   app.add_option("--peers-json", o.peers_json,
                  "compare with this earlier run-peers.sh JSON instead of running it");
   CLI11_PARSE(app, argc, argv);
+  if (o.mode != "async") {
+    std::fprintf(stderr, "--mode %s: walship implements only async replication so far\n",
+                 o.mode.c_str());
+    return 2;
+  }
   std::erase(o.batches, 0);
   std::erase(o.depths, 0);
   if (o.plot_dir.empty() && !o.json.empty()) o.plot_dir = fs::path(o.json).parent_path() / "plots";
