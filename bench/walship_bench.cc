@@ -31,6 +31,7 @@
 #include "engine/engine.h"
 #include "rpc/client.h"
 #include "tools/config.h"
+#include "tools/free_port.h"
 
 extern char** environ;
 
@@ -78,15 +79,12 @@ std::string Value(uint64_t i, size_t size) {
 }
 
 int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+  auto port = walship::tools::FreeLoopbackPort();
+  if (!port.ok()) {
+    std::fprintf(stderr, "%s\n", port.status().ToString().c_str());
+    std::exit(3);
+  }
+  return *port;
 }
 
 // A cluster of walshipd processes the benchmark starts and stops itself.

@@ -16,6 +16,7 @@
 #include "rpc/client.h"
 #include "rpc/convert.h"
 #include "rpc/node_server.h"
+#include "tools/free_port.h"
 
 namespace walship::rpc {
 namespace {
@@ -25,15 +26,9 @@ using engine::OpType;
 using engine::WriteOp;
 
 int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+  auto port = tools::FreeLoopbackPort();
+  EXPECT_TRUE(port.ok()) << port.status();
+  return port.ok() ? *port : 0;
 }
 
 // Runs a node on its own thread until Stop().
