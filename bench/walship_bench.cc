@@ -51,6 +51,7 @@ struct Options {
   double cap_s = 12;  // one-per-round-trip runs stop after this (as the peers' harness)
   size_t clients = 1;  // concurrent client connections, each with `depth` writes in flight
   std::string mode = "async";
+  std::vector<std::string> replication;  // "key=value" for the [replication] table
   std::string cluster;
   std::string json = "";
   std::string plot_dir = "";
@@ -90,12 +91,16 @@ int FreePort() {
 // A cluster of walshipd processes the benchmark starts and stops itself.
 class LocalCluster {
  public:
-  LocalCluster(const std::string& walshipd, int nodes) : walshipd_(walshipd) {
+  // `replication` lines ("key = value") go into the config's [replication] table.
+  LocalCluster(const std::string& walshipd, int nodes,
+               const std::vector<std::string>& replication)
+      : walshipd_(walshipd) {
     dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", nodes);
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     std::ofstream c(dir_ / "cluster.toml");
-    c << "[cluster]\nname = \"bench\"\n\n[replication]\nheartbeat_interval_ms = 100\n";
+    c << "[cluster]\nname = \"bench\"\n\n[replication]\n";
+    for (const std::string& line : replication) c << line << "\n";
     for (int i = 1; i <= nodes; ++i) {
       std::string id = absl::StrCat("n", i);
       std::string addr = absl::StrCat("127.0.0.1:", FreePort());
@@ -620,7 +625,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
   bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
   if (w1 && o.baselines && o.cluster.empty()) {
     out.rows.push_back(RunBareEngine(o));
-    LocalCluster single(walshipd, 1);
+    LocalCluster single(walshipd, 1, o.replication);
     single.StartAll();
     for (const W1Variant& v : Variants(o)) {
       std::string label = absl::StrCat("W1/", v.Name(), "/walship-1node");
@@ -631,7 +636,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
   std::string leader;
   std::vector<std::pair<std::string, std::string>> followers;
   if (o.cluster.empty()) {
-    cluster = std::make_unique<LocalCluster>(walshipd, 3);
+    cluster = std::make_unique<LocalCluster>(walshipd, 3, o.replication);
     cluster->StartAll();
     leader = cluster->addr("n1");
     for (size_t i = 1; i < cluster->ids().size(); ++i) {
@@ -700,6 +705,9 @@ int main(int argc, char** argv) {
                  "replication mode of the writes; only async exists so far (semi-sync and "
                  "sync are refused by the nodes)")
       ->capture_default_str();
+  app.add_option("--replication", o.replication,
+                 "KEY=VALUE for the [replication] table of the clusters the benchmark starts "
+                 "(docs/config.md); repeatable, e.g. --replication max_inflight_ships=1");
   app.add_option("--cap-s", o.cap_s, "one-per-round-trip runs stop after this many seconds")
       ->capture_default_str();
   app.add_option("--cluster", o.cluster,
@@ -721,6 +729,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--mode %s: walship implements only async replication so far\n",
                  o.mode.c_str());
     return 2;
+  }
+  for (std::string& kv : o.replication) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "--replication %s: expected KEY=VALUE\n", kv.c_str());
+      return 2;
+    }
+    kv = kv.substr(0, eq) + " = " + kv.substr(eq + 1);
   }
   std::erase(o.batches, 0);
   std::erase(o.depths, 0);

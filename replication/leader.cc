@@ -152,10 +152,13 @@ void Leader::OnLocalWrite(engine::Batch batch, int64_t leader_time_us) {
                  static_cast<unsigned long long>(latest_));
   latest_ = batch.last_seq();
   tail_bytes_ += batch.data.size();
+  written_bytes_ += batch.data.size();
   tail_.push_back(ShippedBatch{std::move(batch), leader_time_us});
+  tail_end_bytes_.push_back(written_bytes_);
   while (tail_bytes_ > options_.max_tail_bytes && tail_.size() > 1) {
     tail_bytes_ -= tail_.front().batch.data.size();
     tail_.pop_front();
+    tail_end_bytes_.pop_front();
   }
 }
 
@@ -169,6 +172,20 @@ bool Leader::HasWork(uint64_t session) const {
   const Record* rec = FindSession(session);
   return rec != nullptr && rec->info.state == FollowerState::kConnected &&
          rec->next_seq <= latest_;
+}
+
+uint64_t Leader::PendingBytes(uint64_t session) const {
+  const Record* rec = FindSession(session);
+  if (rec == nullptr || rec->next_seq > latest_) return 0;
+  if (tail_.empty() || tail_.front().batch.first_seq > rec->next_seq) return UINT64_MAX;
+  auto it = std::lower_bound(
+      tail_.begin(), tail_.end(), rec->next_seq,
+      [](const ShippedBatch& b, SequenceNumber s) { return b.batch.first_seq < s; });
+  if (it == tail_.end()) return 0;
+  size_t i = static_cast<size_t>(it - tail_.begin());
+  uint64_t sent_end = i == 0 ? tail_end_bytes_[0] - tail_[0].batch.data.size()
+                             : tail_end_bytes_[i - 1];
+  return written_bytes_ - sent_end;
 }
 
 std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {

@@ -79,6 +79,12 @@ class Leader {
   // True when the session exists and has batches to send.
   bool HasWork(uint64_t session) const;
 
+  // Batch bytes the session has yet to be sent, when its position is in the memory tail;
+  // UINT64_MAX when it is older than the tail (it is served from the WAL: catching up).
+  // The transport uses it to keep one message in flight to a caught-up follower (so that
+  // writes arriving meanwhile travel together) and a full window to one catching up.
+  uint64_t PendingBytes(uint64_t session) const;
+
   std::vector<FollowerInfo> Followers();
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
@@ -106,7 +112,9 @@ class Leader {
   uint64_t next_session_ = 1;
   std::map<std::string, Record> followers_;  // by follower id
   std::deque<ShippedBatch> tail_;            // recent batches, contiguous, ascending
+  std::deque<uint64_t> tail_end_bytes_;      // for each tail_ entry: written_bytes_ at its end
   uint64_t tail_bytes_ = 0;
+  uint64_t written_bytes_ = 0;               // batch bytes written since the leader started
 };
 
 }  // namespace walship::replication

@@ -508,6 +508,40 @@ TEST(LeaderTest, FollowerWhosePositionWasPurgedIsToldToReseed) {
   EXPECT_EQ(f.engine->LatestSequence(), 1u);
 }
 
+TEST(LeaderTest, PendingBytesCountsWhatIsNotYetSentAndFlagsWalCatchUp) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_ship_bytes = 1;  // one batch per message
+  LeaderNode l(dir, &clock, options);
+  FollowerNode f(dir, "f1", &clock);
+  std::vector<Batch> written;
+  for (int i = 0; i < 3; ++i) written.push_back(l.Write(2));
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  uint64_t all = 0;
+  for (const Batch& b : written) all += b.data.size();
+  EXPECT_EQ(l.leader->PendingBytes(h.session), all);
+  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
+  EXPECT_EQ(l.leader->PendingBytes(h.session), all - written[0].data.size());
+  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
+  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
+  EXPECT_EQ(l.leader->PendingBytes(h.session), 0u);
+  EXPECT_EQ(l.leader->PendingBytes(0), 0u);
+
+  // A follower whose position is older than the memory tail is catching up from the WAL.
+  LeaderOptions small = DefaultLeaderOptions();
+  small.max_tail_bytes = 1;  // keeps only the newest batch
+  TempDir dir2;
+  LeaderNode l2(dir2, &clock, small);
+  FollowerNode f2(dir2, "f2", &clock);
+  l2.Write(1);
+  l2.Write(1);
+  Handshake h2 = Connect(*l2.leader, *f2.follower);
+  ASSERT_TRUE(h2.status.ok()) << h2.status;
+  EXPECT_EQ(l2.leader->PendingBytes(h2.session), UINT64_MAX);
+}
+
 TEST(LeaderTest, LagIsLatestMinusApplied) {
   TempDir dir;
   FakeClock clock;
