@@ -48,6 +48,7 @@ struct Options {
   size_t value_size = 100;
   std::vector<size_t> depths = {1, 64};
   std::vector<size_t> batches = {64};  // W1 "per batch" variant: N puts in one write, 1 in flight
+  std::vector<size_t> pipelines = {64};  // W1 "pipeline" variant: N one-put writes per message
   double cap_s = 12;  // one-per-round-trip runs stop after this (as the peers' harness)
   size_t clients = 1;  // concurrent client connections, each with `depth` writes in flight
   std::string mode = "async";
@@ -258,9 +259,13 @@ struct Row {
   std::map<std::string, double> counters;  // p50_us, lag_p99_ms/n2, ...
 };
 
-// Keys start..start+n-1 as writes of `batch` puts each (the last may hold fewer). "depth 64"
-// sends 64 one-put writes in flight (as Redis's pipeline of 64); "batch 64" sends writes of
-// 64 puts one at a time (as PostgreSQL's 64 rows per transaction).
+// Keys start..start+n-1 as writes of `batch` puts each (the last may hold fewer). Three
+// shapes of "64 writes in flight or per batch":
+// - "pipeline 64": 64 independent one-put writes in one message (writeMany), then wait for
+//   the 64 replies; exactly what Redis's pipeline of 64 in shared/peers/kvbench.c does;
+// - "depth 64": 64 one-put writes in flight as separate calls, each reply starting the next;
+// - "batch 64": writes of 64 puts (atomic), one at a time, as PostgreSQL's 64 rows per
+//   transaction.
 std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n,
                                                    size_t value_size, size_t batch = 1) {
   std::vector<std::vector<engine::WriteOp>> out;
@@ -272,13 +277,35 @@ std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n,
   return out;
 }
 
+// Sends `writes` as pipelines of `size` writes, one pipeline at a time, and returns one
+// latency per pipeline (send to last reply), as kvbench.c does for Redis's pipelines.
+absl::StatusOr<std::vector<int64_t>> Pipelined(
+    rpc::Client& client, const std::vector<std::vector<engine::WriteOp>>& writes, size_t size) {
+  std::vector<int64_t> latency_ns;
+  std::vector<std::vector<engine::WriteOp>> one;
+  for (size_t i = 0; i < writes.size(); i += size) {
+    one.assign(writes.begin() + i, writes.begin() + std::min(writes.size(), i + size));
+    auto start = Clock::now();
+    auto r = client.WritePipeline(one);
+    if (!r.ok()) return r.status();
+    for (const auto& w : *r) {
+      if (!w.ok()) return w.status();
+    }
+    latency_ns.push_back(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+  }
+  return latency_ns;
+}
+
 struct W1Variant {
-  size_t depth = 1;  // writes in flight
-  size_t batch = 1;  // puts per write
+  size_t depth = 1;     // writes in flight
+  size_t batch = 1;     // puts per write
   size_t clients = 1;
+  size_t pipeline = 0;  // > 0: writes per writeMany message, one message in flight
   std::string Name() const {
-    std::string name =
-        batch > 1 ? absl::StrCat("batch:", batch) : absl::StrCat("depth:", depth);
+    std::string name = pipeline > 0 ? absl::StrCat("pipeline:", pipeline)
+                       : batch > 1  ? absl::StrCat("batch:", batch)
+                                    : absl::StrCat("depth:", depth);
     if (clients > 1) absl::StrAppend(&name, ",clients:", clients);
     return name;
   }
@@ -287,6 +314,7 @@ struct W1Variant {
 std::vector<W1Variant> Variants(const Options& o) {
   std::vector<W1Variant> v;
   for (size_t d : o.depths) v.push_back({d, 1, o.clients});
+  for (size_t p : o.pipelines) v.push_back({1, 1, o.clients, p});
   for (size_t b : o.batches) v.push_back({1, b, o.clients});
   return v;
 }
@@ -307,22 +335,26 @@ Row RunW1(const std::string& label, const std::string& leader, const Options& o,
       std::fprintf(stderr, "%s\n", client.status().ToString().c_str());
       std::exit(3);
     }
-    size_t chunk = v.depth == 1 && v.batch == 1 ? 2000 : 20000 / v.batch + 1;
+    bool one_per_trip = v.depth == 1 && v.batch == 1 && v.pipeline == 0;
+    size_t chunk = one_per_trip   ? 2000
+                   : v.pipeline   ? (20000 / v.pipeline + 1) * v.pipeline
+                                  : 20000 / v.batch + 1;
     std::vector<std::vector<engine::WriteOp>> part;
     for (size_t i = c; i < writes.size();) {
       part.clear();
       for (; i < writes.size() && part.size() < chunk; i += clients) part.push_back(writes[i]);
-      auto r = (*client)->WriteMany(part, v.depth);
+      auto r = v.pipeline > 0 ? Pipelined(**client, part, v.pipeline)
+                              : (*client)->WriteMany(part, v.depth);
       if (!r.ok()) {
         std::fprintf(stderr, "\nwrite failed: %s\n", r.status().ToString().c_str());
         std::exit(3);
       }
       lat[c].insert(lat[c].end(), r->begin(), r->end());
       uint64_t n = 0;
-      for (size_t k = 0; k < r->size(); ++k) n += part[k].size();
+      for (const auto& w : part) n += w.size();  // every write of `part` succeeded
       ops += n;
       if (c == 0) Progress(label, ops, o.keys, probe != nullptr ? probe->last_lag_ms.load() : -1);
-      if (v.depth == 1 && v.batch == 1 &&
+      if (one_per_trip &&
           std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {
         break;
       }
@@ -514,10 +546,14 @@ const std::vector<PeerMatch>& PeerMatches() {
   static const std::vector<PeerMatch> kMatches = {
       {"W1/depth:1/walship-3node", "ops_per_s", "W1", "1 row", "throughput", true},
       {"W1/depth:1/walship-3node", "ops_per_s", "W1", "no pipelining", "throughput", true},
+      {"W1/pipeline:64/walship-3node", "ops_per_s", "W1", "pipeline depth 64", "throughput",
+       true},
       {"W1/depth:64/walship-3node", "ops_per_s", "W1", "pipeline depth 64", "throughput", true},
       {"W1/batch:64/walship-3node", "ops_per_s", "W1", "64 rows/txn", "throughput", true},
       {"W1/depth:1/walship-3node", "lag_p99_ms/worst", "W2", "during W1 single", "lag p99",
        false},
+      {"W1/pipeline:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 pipe64",
+       "lag p99", false},
       {"W1/depth:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 pipe64", "lag p99",
        false},
       {"W1/batch:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 batch64", "lag p99",
@@ -662,7 +698,8 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
       std::vector<double> lat;
       out.rows.push_back(RunW1(label, leader, o, v, probe.get(), &lat));
       out.latencies[absl::StrCat(v.Name(), ", ", where)] = std::move(lat);
-      if ((v.depth == 1 && v.batch == 1) || out.probe == nullptr) out.probe = std::move(probe);
+      bool one_per_trip = v.depth == 1 && v.batch == 1 && v.pipeline == 0;
+      if (one_per_trip || out.probe == nullptr) out.probe = std::move(probe);
     }
   }
   if (w4) out.rows.push_back(RunW4(*cluster, o));
@@ -697,6 +734,10 @@ int main(int argc, char** argv) {
                  "(0 for none)")
       ->capture_default_str();
   app.add_option("--depth", o.depths, "writes in flight per client; repeatable")
+      ->capture_default_str();
+  app.add_option("--pipeline", o.pipelines,
+                 "W1 variant with N independent writes per message (writeMany), one message "
+                 "in flight, as Redis's pipeline; repeatable (0 for none)")
       ->capture_default_str();
   app.add_option("--clients", o.clients,
                  "concurrent client connections (threads), each with --depth in flight")
@@ -740,6 +781,7 @@ int main(int argc, char** argv) {
   }
   std::erase(o.batches, 0);
   std::erase(o.depths, 0);
+  std::erase(o.pipelines, 0);
   if (o.plot_dir.empty() && !o.json.empty()) o.plot_dir = fs::path(o.json).parent_path() / "plots";
   if (o.plot_dir.empty()) o.plot_dir = "bench-plots";
 

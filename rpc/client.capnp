@@ -45,6 +45,17 @@ enum WriteMode {
   sync @3;               # after every follower (not yet implemented: unimplemented error)
 }
 
+struct WriteRequest {
+  ops @0 :List(Op);
+  mode @1 :WriteMode;
+}
+
+struct WriteReply {
+  error @0 :Error;
+  firstSeq @1 :UInt64;
+  lastSeq @2 :UInt64;
+}
+
 struct KeyValue {
   key @0 :Data;
   value @1 :Data;
@@ -102,6 +113,12 @@ interface KvService {
   # Keys >= start having the prefix, in order, at most limit (capped at 100000).
 
   status @3 () -> (status :NodeStatus);
+
+  writeMany @4 (writes :List(WriteRequest)) -> (replies :List(WriteReply));
+  # A pipeline: independent writes in one message, like Redis's pipelined commands. Each
+  # write is applied atomically on its own, in the order given, exactly as if sent with
+  # `write` one after another; replies[i] answers writes[i], and one write failing does not
+  # stop the others. At most 10000 writes per message (more: invalidArgument for all).
 }
 
 interface Node extends(KvService, Peer.PeerService) {

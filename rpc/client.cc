@@ -143,6 +143,36 @@ class ClientImpl final : public Client {
     return latency_ns;
   }
 
+  absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
+      const std::vector<std::vector<engine::WriteOp>>& writes) override {
+    uint64_t words = 16;
+    for (const auto& w : writes) words += 4 + WriteSize(w).wordCount;
+    auto req = node_->writeManyRequest(capnp::MessageSize{words, 0});
+    auto list = req.initWrites(writes.size());
+    for (size_t i = 0; i < writes.size(); ++i) {
+      ToCapnp(writes[i], list[i].initOps(writes[i].size()));
+      list[i].setMode(schema::WriteMode::CLUSTER_DEFAULT);
+    }
+    std::vector<absl::StatusOr<WriteResult>> out;
+    absl::Status s =
+        Wait(req.send(), [&](capnp::Response<schema::KvService::WriteManyResults> r) {
+          for (auto reply : r.getReplies()) {
+            absl::Status e = FromCapnp(reply.getError());
+            if (e.ok()) {
+              out.emplace_back(WriteResult{reply.getFirstSeq(), reply.getLastSeq()});
+            } else {
+              out.emplace_back(std::move(e));
+            }
+          }
+        });
+    if (!s.ok()) return s;
+    if (out.size() != writes.size()) {
+      return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ", writes.size(),
+                                              " writes got ", out.size(), " replies"));
+    }
+    return out;
+  }
+
   absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
     auto req = node_->getRequest();
     req.setKey(ToData(key));

@@ -64,6 +64,12 @@ class Client {
   // error.
   virtual absl::StatusOr<std::vector<int64_t>> WriteMany(
       const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) = 0;
+  // Sends `writes` as one pipeline (one message, one round trip): independent writes, each
+  // applied atomically on its own in the order given, like Redis's pipelined commands.
+  // Returns one result per write, in order; one failing does not stop the others. The outer
+  // status fails only when the pipeline itself did not get through (unreachable, timeout).
+  virtual absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
+      const std::vector<std::vector<engine::WriteOp>>& writes) = 0;
   // kNotFound when absent.
   virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
   virtual absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,

@@ -40,12 +40,15 @@ constexpr uint32_t kMaxScanLimit = 100000;
 constexpr uint32_t kConnectTimeoutMs = 2000;
 constexpr uint32_t kRetireConnectionMs = 5000;
 constexpr size_t kMaxQueuedPushes = 64;
+constexpr size_t kMaxPipelineWrites = 10000;
 // Words for a reply holding an Error and a few numbers (message sizes in 8-byte words).
 constexpr capnp::MessageSize kSmallReply{32, 0};  // above the largest max_inflight_ships (64)
 
 int64_t NowUs() { return replication::RealClock()->NowMicros(); }
 
 using WriteContext = capnp::CallContext<schema::KvService::WriteParams, schema::KvService::WriteResults>;
+using WriteManyContext =
+    capnp::CallContext<schema::KvService::WriteManyParams, schema::KvService::WriteManyResults>;
 using GetContext = capnp::CallContext<schema::KvService::GetParams, schema::KvService::GetResults>;
 using ScanContext = capnp::CallContext<schema::KvService::ScanParams, schema::KvService::ScanResults>;
 using StatusContext =
@@ -93,33 +96,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   kj::Promise<void> Write(WriteContext ctx) {
     auto params = ctx.getParams();
-    auto fail = [&](const absl::Status& s) {
-      ToCapnp(s, ctx.getResults(kSmallReply).initError());
-      return kj::READY_NOW;
-    };
-    if (leader_ == nullptr) return fail(NotLeaderError(options_.leader_address));
-    switch (params.getMode()) {
-      case schema::WriteMode::CLUSTER_DEFAULT:
-      case schema::WriteMode::ASYNC: break;
-      default:
-        return fail(absl::UnimplementedError(
-            "semi-synchronous and synchronous writes are not implemented yet; use async"));
-    }
-    std::vector<engine::WriteOp> ops = FromCapnp(params.getOps());
-    if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
-    for (const engine::WriteOp& op : ops) {
-      if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
-        return fail(absl::InvalidArgumentError("delete range: begin key sorts after end key"));
-      }
-    }
-    if (pending_.size() >= options_.max_pending_writes) {
-      return fail(absl::UnavailableError(absl::StrCat(
-          "write queue full (", options_.max_pending_writes, " writes waiting); retry")));
-    }
-    auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
-    pending_.push_back(PendingWrite{std::move(ops), kj::mv(paf.fulfiller)});
-    ScheduleFlush();
-    return paf.promise.then([ctx](WriteOutcome o) mutable {
+    return Enqueue(params.getOps(), params.getMode()).then([ctx](WriteOutcome o) mutable {
       // A size hint: without one Cap'n Proto allocates and zeroes an 8 KiB first segment
       // for every reply, which showed in the write path's profile.
       auto results = ctx.getResults(kSmallReply);
@@ -127,6 +104,31 @@ class Core final : public kj::TaskSet::ErrorHandler {
       results.setFirstSeq(o.first_seq);
       results.setLastSeq(o.last_seq);
     });
+  }
+
+  // A pipeline of independent writes: each enters the write queue as if sent on its own.
+  kj::Promise<void> WriteMany(WriteManyContext ctx) {
+    auto writes = ctx.getParams().getWrites();
+    if (writes.size() > kMaxPipelineWrites) {
+      auto replies = ctx.getResults().initReplies(writes.size());
+      absl::Status s = absl::InvalidArgumentError(absl::StrCat(
+          "a pipeline holds at most ", kMaxPipelineWrites, " writes; this one has ",
+          writes.size()));
+      for (auto reply : replies) ToCapnp(s, reply.initError());
+      return kj::READY_NOW;
+    }
+    auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(writes.size());
+    for (auto w : writes) outcomes.add(Enqueue(w.getOps(), w.getMode()));
+    return kj::joinPromises(outcomes.finish())
+        .then([ctx](kj::Array<WriteOutcome> done) mutable {
+          auto replies =
+              ctx.getResults(capnp::MessageSize{8 + done.size() * 8, 0}).initReplies(done.size());
+          for (size_t i = 0; i < done.size(); ++i) {
+            ToCapnp(done[i].status, replies[i].initError());
+            replies[i].setFirstSeq(done[i].first_seq);
+            replies[i].setLastSeq(done[i].last_seq);
+          }
+        });
   }
 
   kj::Promise<void> Get(GetContext ctx) {
@@ -304,6 +306,38 @@ class Core final : public kj::TaskSet::ErrorHandler {
     if (min_seq <= latest) return absl::OkStatus();
     return absl::UnavailableError(absl::StrCat("this node has applied up to seq ", latest,
                                                "; the read asked for at least seq ", min_seq));
+  }
+
+  // Checks one client write and queues it for the next group commit; the promise resolves
+  // once it is written (or at once with the error that refused it).
+  kj::Promise<WriteOutcome> Enqueue(capnp::List<schema::Op>::Reader wire_ops,
+                                    schema::WriteMode mode) {
+    auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> {
+      return WriteOutcome{std::move(s)};
+    };
+    if (leader_ == nullptr) return fail(NotLeaderError(options_.leader_address));
+    switch (mode) {
+      case schema::WriteMode::CLUSTER_DEFAULT:
+      case schema::WriteMode::ASYNC: break;
+      default:
+        return fail(absl::UnimplementedError(
+            "semi-synchronous and synchronous writes are not implemented yet; use async"));
+    }
+    std::vector<engine::WriteOp> ops = FromCapnp(wire_ops);
+    if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
+    for (const engine::WriteOp& op : ops) {
+      if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
+        return fail(absl::InvalidArgumentError("delete range: begin key sorts after end key"));
+      }
+    }
+    if (pending_.size() >= options_.max_pending_writes) {
+      return fail(absl::UnavailableError(absl::StrCat(
+          "write queue full (", options_.max_pending_writes, " writes waiting); retry")));
+    }
+    auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
+    pending_.push_back(PendingWrite{std::move(ops), kj::mv(paf.fulfiller)});
+    ScheduleFlush();
+    return kj::mv(paf.promise);
   }
 
   // Group commit: writes that arrive together (in the same event-loop turn) become one
@@ -676,6 +710,7 @@ class NodeImpl final : public schema::Node::Server {
  public:
   explicit NodeImpl(Core& core) : core_(core) {}
   kj::Promise<void> write(WriteContext ctx) override { return core_.Write(ctx); }
+  kj::Promise<void> writeMany(WriteManyContext ctx) override { return core_.WriteMany(ctx); }
   kj::Promise<void> get(GetContext ctx) override { return core_.Get(ctx); }
   kj::Promise<void> scan(ScanContext ctx) override { return core_.Scan(ctx); }
   kj::Promise<void> status(StatusContext ctx) override { return core_.Status(ctx); }

@@ -150,6 +150,63 @@ TEST_F(RpcTest, ClientApiOnLeaderAndFollower) {
   f.reset();
 }
 
+// A pipeline's writes are independent: each gets its own result and sequence range, in the
+// order sent; a bad one fails alone; a pipeline over the limit is refused whole.
+TEST_F(RpcTest, PipelineWritesAreIndependentAndOrdered) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+
+  std::vector<std::vector<WriteOp>> writes;
+  for (int i = 0; i < 100; ++i) {
+    writes.push_back({{OpType::kPut, "k" + std::to_string(i), "v" + std::to_string(i)}});
+  }
+  writes[50] = {{OpType::kDeleteRange, "z", "a"}};  // invalid: begin sorts after end
+  writes[60] = {{OpType::kPut, "m1", "1"}, {OpType::kDelete, "k0", ""}};  // two ops, atomic
+  auto r = c->WritePipeline(writes);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->size(), writes.size());
+  uint64_t next = 1;
+  for (size_t i = 0; i < writes.size(); ++i) {
+    if (i == 50) {
+      EXPECT_TRUE(absl::IsInvalidArgument((*r)[i].status())) << (*r)[i].status();
+      continue;
+    }
+    ASSERT_TRUE((*r)[i].ok()) << i << ": " << (*r)[i].status();
+    EXPECT_EQ((*r)[i]->first_seq, next) << i;
+    EXPECT_EQ((*r)[i]->last_seq, next + writes[i].size() - 1) << i;
+    next += writes[i].size();
+  }
+  EXPECT_EQ(c->Status()->latest_seq, next - 1);
+  EXPECT_TRUE(absl::IsNotFound(c->Get("k0").status()));  // write 60 came after write 0
+  EXPECT_EQ(*c->Get("k99"), "v99");
+  EXPECT_EQ(*c->Get("m1"), "1");
+  EXPECT_TRUE(absl::IsNotFound(c->Get("k50").status()));
+
+  std::vector<std::vector<WriteOp>> too_many(10001, {{OpType::kPut, "x", "y"}});
+  auto big = c->WritePipeline(too_many);
+  ASSERT_TRUE(big.ok()) << big.status();
+  for (const auto& w : *big) EXPECT_TRUE(absl::IsInvalidArgument(w.status()));
+  EXPECT_TRUE(absl::IsNotFound(c->Get("x").status()));
+  EXPECT_EQ(c->Status()->latest_seq, next - 1);
+
+  // On a follower every write of a pipeline is refused with the leader's address.
+  NodeServerOptions fo = Options("n2", false, lo.listen);
+  RunningNode follower(fo);
+  auto f = ConnectOrDie(fo.listen);
+  ASSERT_NE(f, nullptr);
+  auto refused = f->WritePipeline({{{OpType::kPut, "a", "1"}}, {{OpType::kPut, "b", "2"}}});
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_EQ(refused->size(), 2u);
+  for (const auto& w : *refused) {
+    EXPECT_TRUE(IsNotLeader(w.status())) << w.status();
+    EXPECT_EQ(LeaderHint(w.status()), lo.listen);
+  }
+  c.reset();
+  f.reset();
+}
+
 }  // namespace
 }  // namespace walship::rpc
 
