@@ -10,4 +10,4 @@ set logscale x
 set xlabel 'latency (us)'
 set ylabel 'fraction of writes'
 set key bottom right
-plot 'bench-plots/latency-0.dat' using 1:2 with lines title 'batch:64, walship-3node', 'bench-plots/latency-1.dat' using 1:2 with lines title 'depth:64, walship-3node', 'bench-plots/latency-2.dat' using 1:2 with lines title 'pipeline:64, walship-3node'
+plot 'bench-plots/latency-0.dat' using 1:2 with lines title 'pipeline:64, walship-3node'

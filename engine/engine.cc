@@ -18,6 +18,12 @@ namespace {
 
 constexpr size_t kBatchHeaderBytes = 12;  // fixed64 sequence + fixed32 count
 constexpr uint64_t kMaxScanLimit = 100000;
+// The write-time record Write() puts first in a batch: RocksDB's LogData record (type byte
+// kTypeLogData = 0x03, varint32 length, blob), whose blob is the tag "wsT1" and a fixed64 of
+// microseconds since the epoch.
+constexpr char kLogDataType = 0x03;
+constexpr char kWriteTimeTag[] = "wsT1";
+constexpr size_t kWriteTimeBlobBytes = 4 + 8;
 
 uint64_t DecodeFixed64(const char* p) {
   uint64_t v;
@@ -231,6 +237,13 @@ class EngineImpl final : public Engine {
     }
     if (ops.empty()) return absl::InvalidArgumentError("a write needs at least one op");
     rocksdb::WriteBatch wb;
+    if (options.write_time_us > 0) {
+      char blob[kWriteTimeBlobBytes];
+      std::memcpy(blob, kWriteTimeTag, 4);
+      EncodeFixed64(blob + 4, static_cast<uint64_t>(options.write_time_us));
+      rocksdb::Status s = wb.PutLogData(rocksdb::Slice(blob, sizeof blob));
+      if (!s.ok()) return FromRocks(s);
+    }
     for (const WriteOp& op : ops) {
       rocksdb::Status s;
       switch (op.type) {
@@ -426,6 +439,17 @@ absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches) {
   ptrs.reserve(batches.size());
   for (const Batch& b : batches) ptrs.push_back(&b);
   return ConcatBatches(absl::MakeConstSpan(ptrs));
+}
+
+int64_t BatchWriteTime(const Batch& batch) {
+  const std::string& d = batch.data;
+  constexpr size_t kAt = kBatchHeaderBytes;
+  if (d.size() < kAt + 2 + kWriteTimeBlobBytes || d[kAt] != kLogDataType ||
+      d[kAt + 1] != static_cast<char>(kWriteTimeBlobBytes) ||
+      std::memcmp(d.data() + kAt + 2, kWriteTimeTag, 4) != 0) {
+    return 0;
+  }
+  return static_cast<int64_t>(DecodeFixed64(d.data() + kAt + 2 + 4));
 }
 
 absl::StatusOr<std::vector<WriteOp>> DecodeBatch(const Batch& batch) {

@@ -49,6 +49,10 @@ struct WriteOptions {
   // write that sets this is refused with kInvalidArgument. It exists so that the refusal is
   // explicit and tested rather than a missing knob someone adds later.
   bool disable_wal = false;
+  // When > 0, Write() puts this time (µs since the epoch) into the batch as a LogData record
+  // placed first: it travels with the batch through the WAL and replication, consumes no
+  // sequence number and is not visible to reads. BatchWriteTime() reads it back.
+  int64_t write_time_us = 0;
 };
 
 struct KeyValue {
@@ -141,6 +145,11 @@ class Engine {
 // or malformed.
 absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch* const> batches);
 absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch> batches);
+
+// The write time Write() stored in the batch (WriteOptions::write_time_us), or 0 when it
+// carries none. For concatenated batches, the time of the first. Reads a fixed place of the
+// bytes; does not walk the batch.
+int64_t BatchWriteTime(const Batch& batch);
 
 // Decodes a batch's bytes back into operations (tests, debugging, the CLI). kDataLoss when the
 // bytes are malformed.

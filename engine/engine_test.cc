@@ -241,6 +241,48 @@ TEST(EngineTest, ApplyReplicatedChecksContinuityAndFraming) {
   EXPECT_TRUE(SameContents(*leader, *follower));
 }
 
+// The write time rides in the batch: through the WAL, through a follower's apply and its own
+// WAL, and through concatenation (the first batch's), without consuming a sequence number.
+TEST(EngineTest, WriteTimeTravelsInsideTheBatch) {
+  TempDir dir;
+  auto leader = OpenOrDie(dir.Sub("leader"));
+  auto follower = OpenOrDie(dir.Sub("follower"));
+  WriteOptions timed;
+  timed.write_time_us = 1'700'000'000'123'456;
+  auto b1 = *leader->Write(std::vector<WriteOp>{{OpType::kPut, "a", "1"}}, timed);
+  auto b2 = *leader->Write(std::vector<WriteOp>{{OpType::kPut, "b", "2"}}, {});
+  timed.write_time_us += 5;
+  auto b3 = *leader->Write(
+      std::vector<WriteOp>{{OpType::kPut, "c", "3"}, {OpType::kDelete, "a", ""}}, timed);
+  EXPECT_EQ(leader->LatestSequence(), 4u);  // the time record consumed no sequence number
+  EXPECT_EQ(BatchWriteTime(b1), 1'700'000'000'123'456);
+  EXPECT_EQ(BatchWriteTime(b2), 0);
+  EXPECT_EQ(BatchWriteTime(b3), 1'700'000'000'123'461);
+  EXPECT_EQ(DecodeBatch(b3)->size(), 2u);  // not an op
+  EXPECT_TRUE(absl::IsNotFound(leader->Get("wsT1").status()));
+
+  auto cursor = *leader->NewWalCursor(1);
+  std::vector<Batch> from_wal;
+  for (int i = 0; i < 3; ++i) from_wal.push_back(**cursor->Next());
+  EXPECT_EQ(BatchWriteTime(from_wal[0]), BatchWriteTime(b1));
+  EXPECT_EQ(BatchWriteTime(from_wal[1]), 0);
+  EXPECT_EQ(BatchWriteTime(from_wal[2]), BatchWriteTime(b3));
+
+  auto joined = ConcatBatches(from_wal);
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(BatchWriteTime(*joined), BatchWriteTime(b1));
+  ASSERT_TRUE(follower->ApplyReplicated(*joined, {}).ok());
+  EXPECT_EQ(follower->LatestSequence(), 4u);
+  EXPECT_TRUE(SameContents(*leader, *follower));
+  auto fcursor = *follower->NewWalCursor(1);
+  EXPECT_EQ(BatchWriteTime(**fcursor->Next()), BatchWriteTime(b1));
+
+  // A record that only looks like ours (another tag) is not taken for a time.
+  Batch forged = b1;
+  forged.data[12 + 2] = 'x';
+  EXPECT_EQ(BatchWriteTime(forged), 0);
+}
+
 TEST(EngineTest, ConcatenatedBatchesEndAtTheSameSequenceWithTheSameContents) {
   TempDir dir;
   auto leader = OpenOrDie(dir.Sub("leader"));

@@ -11,7 +11,7 @@ using SequenceNumber = uint64_t;
 
 // One write batch as it sits in the WAL. `data` is RocksDB's WriteBatch representation: a
 // 12-byte header (fixed64 sequence, fixed32 count) and then the records, documented in
-// RocksDB's db/write_batch.cc and in docs/wire-format.md.
+// RocksDB's db/write_batch.cc and in docs/protocol.md.
 struct Batch {
   SequenceNumber first_seq = 0;
   uint64_t count = 0;

@@ -9,6 +9,8 @@
 namespace walship::replication {
 
 namespace {
+constexpr size_t kMaxShippedTimes = 1024;
+
 class SystemClock final : public Clock {
  public:
   int64_t NowMicros() override {
@@ -136,6 +138,8 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   rec.session = next_session_++;
   rec.next_seq = hello.last_applied + 1;
   rec.cursor.reset();
+  rec.shipped_times.clear();
+  rec.applied_time_us = 0;
   rec.info.state = FollowerState::kConnected;
   rec.info.message.clear();
   rec.info.sent = hello.last_applied;
@@ -234,11 +238,17 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
     if (!next->has_value()) break;
     bytes += (*next)->data.size();
     rec->next_seq = (*next)->next_seq();
-    ship.batches.push_back(ShippedBatch{std::move(**next), 0});
+    int64_t write_time_us = engine::BatchWriteTime(**next);
+    ship.batches.push_back(ShippedBatch{std::move(**next), write_time_us});
   }
   if (ship.batches.empty() && !heartbeat) return std::nullopt;
   rec->info.bytes_shipped += bytes;
-  if (!ship.batches.empty()) rec->info.sent = ship.batches.back().batch.last_seq();
+  if (!ship.batches.empty()) {
+    rec->info.sent = ship.batches.back().batch.last_seq();
+    rec->shipped_times.emplace_back(ship.batches.front().batch.first_seq,
+                                    ship.batches.front().leader_time_us);
+    if (rec->shipped_times.size() > kMaxShippedTimes) rec->shipped_times.pop_front();
+  }
   return ship;
 }
 
@@ -257,6 +267,13 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
   rec->info.received = std::max(rec->info.received, ack.received);
   rec->info.durable = std::max(rec->info.durable, ack.durable);
   rec->info.applied = std::max(rec->info.applied, ack.applied);
+  // Forget the times of messages the follower has applied in full.
+  auto& times = rec->shipped_times;
+  while (!times.empty() && (rec->info.applied >= rec->info.sent ||
+                            (times.size() > 1 && times[1].first <= rec->info.applied + 1))) {
+    rec->applied_time_us = times.front().second;
+    times.pop_front();
+  }
   switch (ack.outcome) {
     case AckOutcome::kOk: break;
     case AckOutcome::kGap:
@@ -264,6 +281,7 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
       // its position. Never skip forward.
       rec->next_seq = rec->info.applied + 1;
       rec->cursor.reset();
+      rec->shipped_times.clear();
       break;
     case AckOutcome::kStale:
     case AckOutcome::kFailed:
@@ -277,12 +295,25 @@ void Leader::OnDisconnect(uint64_t session) {
   if (rec == nullptr) return;
   rec->session = 0;
   rec->cursor.reset();
+  rec->shipped_times.clear();
   if (rec->info.state == FollowerState::kConnected) {
     rec->info.state = FollowerState::kDisconnected;
   }
 }
 
-int64_t Leader::WriteTimeOf(SequenceNumber seq) const {
+// The write time of the batch holding `seq` (the follower's first unapplied one), or an
+// earlier time when it is not known, so that lag is never understated:
+// - a message in flight holds it: that message's first batch's time (batches read from the
+//   WAL carry theirs);
+// - the memory tail holds it: its own time;
+// - else (older than the tail, nothing in flight): the time of the last message the follower
+//   applied in full, and failing that the oldest time in the tail (a lower bound).
+int64_t Leader::WriteTimeOf(const Record& rec, SequenceNumber seq) const {
+  if (!rec.shipped_times.empty() && rec.shipped_times.front().first <= seq) {
+    return rec.shipped_times.front().second;
+  }
+  bool in_tail = !tail_.empty() && tail_.front().batch.first_seq <= seq;
+  if (!in_tail && rec.applied_time_us > 0) return rec.applied_time_us;
   if (tail_.empty()) return 0;
   auto it = std::upper_bound(
       tail_.begin(), tail_.end(), seq,
@@ -298,7 +329,7 @@ std::vector<FollowerInfo> Leader::Followers() {
     FollowerInfo info = rec.info;
     info.lag_seq = latest_ > info.applied ? latest_ - info.applied : 0;
     if (info.lag_seq > 0) {
-      int64_t t = WriteTimeOf(info.applied + 1);
+      int64_t t = WriteTimeOf(rec, info.applied + 1);
       info.lag_ms = t > 0 ? std::max<int64_t>(0, (now - t) / 1000) : 0;
     }
     out.push_back(std::move(info));

@@ -44,7 +44,10 @@ struct FollowerInfo {
   SequenceNumber durable = 0;
   SequenceNumber applied = 0;
   uint64_t lag_seq = 0;         // leader latest - applied
-  int64_t lag_ms = 0;           // age of the oldest write the follower has not applied
+  int64_t lag_ms = 0;           // age of the oldest write the follower has not applied; when
+                                // that write is older than the memory tail and not in flight,
+                                // the age of its last applied message (never understated),
+                                // or failing that of the oldest batch in memory
   uint64_t bytes_shipped = 0;   // batch bytes sent since the leader started
   int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
   std::string message;          // why it needs a snapshot or was refused
@@ -96,13 +99,17 @@ class Leader {
     uint64_t session = 0;
     SequenceNumber next_seq = 1;  // next batch to ship
     std::unique_ptr<engine::WalCursor> cursor;
+    // For each message in flight: its first batch's position and write time, ascending; so
+    // that lag_ms is known for batches read from the WAL too (bounded: kMaxShippedTimes).
+    std::deque<std::pair<SequenceNumber, int64_t>> shipped_times;
+    int64_t applied_time_us = 0;  // first batch time of the last message applied in full
   };
 
   Record* FindSession(uint64_t session);
   const Record* FindSession(uint64_t session) const;
   std::string CheckHistory(const Hello& hello) const;
   void MarkNeedsSnapshot(Record& rec, const std::string& why);
-  int64_t WriteTimeOf(SequenceNumber seq) const;
+  int64_t WriteTimeOf(const Record& rec, SequenceNumber seq) const;
 
   LeaderOptions options_;
   engine::Engine* engine_;

@@ -77,9 +77,11 @@ struct LeaderNode {
       value.push_back(static_cast<char>(0xff));
       ops.push_back({OpType::kPut, "key" + std::to_string(counter++ % 37), value});
     }
-    auto batch = engine->Write(ops, {});
+    engine::WriteOptions wo;
+    wo.write_time_us = clock->NowMicros();  // as rpc/ writes: the time inside the batch
+    auto batch = engine->Write(ops, wo);
     EXPECT_TRUE(batch.ok()) << batch.status();
-    leader->OnLocalWrite(*batch, clock->NowMicros());
+    leader->OnLocalWrite(*batch, engine::BatchWriteTime(*batch));
     return *batch;
   }
 
@@ -600,6 +602,47 @@ TEST(LeaderTest, LagIsLatestMinusApplied) {
   infos = l.leader->Followers();
   EXPECT_EQ(infos[0].state, FollowerState::kDisconnected);
   EXPECT_EQ(infos[0].lag_seq, 2u);
+}
+
+// Batches older than the memory tail are read from the WAL, and their write time travels
+// inside them: the leader's and the follower's lag_ms are right while it catches up.
+TEST(LeaderTest, LagOfBatchesServedFromTheWalUsesTheirWriteTime) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_ship_bytes = 1;  // one batch per message
+  options.max_tail_bytes = 1;  // the memory tail keeps only the newest batch
+  LeaderNode l(dir, &clock, options);
+  FollowerNode f(dir, "f1", &clock);
+  int64_t t0 = clock.NowMicros();
+  for (int i = 0; i < 5; ++i) {
+    clock.Set(t0 + i * 1000'000);  // one batch per second
+    l.Write(2);
+  }
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  clock.Set(t0 + 20'000'000);
+  for (int i = 0; i < 4; ++i) {  // the four batches older than the tail
+    auto ship = l.leader->NextShip(h.session, false);
+    ASSERT_TRUE(ship.has_value());
+    ASSERT_EQ(ship->batches.size(), 1u);
+    EXPECT_EQ(ship->batches[0].leader_time_us, t0 + i * 1000'000) << i;
+    // In flight, not acked: the leader reports the age of the batch the follower lacks.
+    EXPECT_EQ(l.leader->Followers()[0].lag_ms, 20'000 - i * 1000) << i;
+    auto ack = f.follower->OnShip(*ship, {});
+    ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+    l.leader->OnAck(h.session, *ack);
+    // The follower's own lag: the age of its last applied batch while it is behind.
+    EXPECT_EQ(f.follower->Status().lag_ms, 20'000 - i * 1000) << i;
+    if (i < 3) {
+      // Applied up to batch i, nothing in flight, the next batch only in the WAL: the leader
+      // does not know its time yet and gives the age of batch i, never less than the truth.
+      EXPECT_EQ(l.leader->Followers()[0].lag_ms, 20'000 - i * 1000) << i;
+    } else {
+      // The next batch is the one in the memory tail: its own age.
+      EXPECT_EQ(l.leader->Followers()[0].lag_ms, 20'000 - 4 * 1000);
+    }
+  }
 }
 
 // A reconnect ends the earlier session: whatever still arrives for it (acks, the old

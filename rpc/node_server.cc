@@ -369,10 +369,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       pending_.pop_front();
     }
+    // The write time travels inside the batch (a LogData record), so followers and the
+    // leader's status know it for batches read back from the WAL too.
+    int64_t write_time_us = NowUs();
     if (!options_.fsync_writes) {
       // On the loop thread unless RocksDB would stall (then it answers at once).
       engine::WriteOptions wo;
       wo.no_slowdown = true;
+      wo.write_time_us = write_time_us;
       absl::StatusOr<engine::Batch> r = engine_.Write(ops, wo);
       if (!absl::IsResourceExhausted(r.status())) {
         Complete(group, std::move(r));
@@ -382,6 +386,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     writer_busy_ = true;
     engine::WriteOptions wo;
     wo.sync = options_.fsync_writes;
+    wo.write_time_us = write_time_us;
     tasks_.add(pool_.Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
                    .then([this, group = std::move(group)](
                              absl::StatusOr<engine::Batch> r) mutable {
@@ -396,7 +401,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
       for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
     } else {
       SequenceNumber seq = r->first_seq;
-      leader_->OnLocalWrite(std::move(*r), NowUs());
+      int64_t write_time_us = engine::BatchWriteTime(*r);
+      leader_->OnLocalWrite(std::move(*r), write_time_us);
       for (GroupMember& m : group) {
         m.fulfiller->fulfill(WriteOutcome{absl::OkStatus(), seq, seq + m.ops - 1});
         seq += m.ops;
