@@ -223,7 +223,8 @@ class WalCursorImpl final : public WalCursor {
 
 class EngineImpl final : public Engine {
  public:
-  explicit EngineImpl(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+  EngineImpl(std::unique_ptr<rocksdb::DB> db, uint64_t wal_retention_bytes)
+      : db_(std::move(db)), wal_retention_bytes_(wal_retention_bytes) {}
   ~EngineImpl() override {
     rocksdb::Status s = db_->Close();
     (void)s;  // nothing more to do on close failure; the WAL already holds every write
@@ -356,6 +357,30 @@ class EngineImpl final : public Engine {
 
   absl::Status SyncWal() override { return FromRocks(db_->SyncWAL()); }
 
+  absl::StatusOr<WalTrim> TrimWalArchive() override {
+    WalTrim trim;
+    if (wal_retention_bytes_ == 0) return trim;
+    rocksdb::VectorLogPtr files;
+    rocksdb::Status s = db_->GetSortedWalFiles(files);  // oldest first
+    if (!s.ok()) return FromRocks(s);
+    for (const auto& f : files) {
+      if (f->Type() == rocksdb::kArchivedLogFile) trim.archived_bytes += f->SizeFileBytes();
+    }
+    for (const auto& f : files) {
+      if (trim.archived_bytes <= wal_retention_bytes_) break;
+      if (f->Type() != rocksdb::kArchivedLogFile) continue;
+      s = db_->DeleteFile(f->PathName());
+      if (!s.ok()) {
+        return absl::InternalError(absl::StrCat("deleting archived WAL file ", f->PathName(),
+                                                ": ", s.ToString()));
+      }
+      trim.archived_bytes -= f->SizeFileBytes();
+      trim.deleted_bytes += f->SizeFileBytes();
+      ++trim.deleted_files;
+    }
+    return trim;
+  }
+
  private:
   static rocksdb::WriteOptions ToRocks(const WriteOptions& options) {
     rocksdb::WriteOptions wo;
@@ -366,6 +391,7 @@ class EngineImpl final : public Engine {
   }
 
   std::unique_ptr<rocksdb::DB> db_;
+  const uint64_t wal_retention_bytes_;
 };
 
 }  // namespace
@@ -401,7 +427,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     }
     return FromRocks(s);
   }
-  return std::unique_ptr<Engine>(new EngineImpl(std::unique_ptr<rocksdb::DB>(raw)));
+  return std::unique_ptr<Engine>(
+      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options.wal_retention_bytes));
 }
 
 absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch* const> batches) {

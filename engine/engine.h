@@ -28,8 +28,9 @@ struct EngineOptions {
   // Directory of the RocksDB database. Created when missing and create_if_missing is set.
   std::string path;
   bool create_if_missing = true;
-  // Archived WAL kept for followers that are behind, in bytes (RocksDB WAL_size_limit_MB,
-  // rounded up to whole MiB); 0 means no size limit. RocksDB enforces it only every 10 min.
+  // Archived WAL kept for followers that are behind, in bytes; 0 means no size limit.
+  // RocksDB (WAL_size_limit_MB, whole MiB) enforces it only every 10 minutes, so callers
+  // enforce it promptly with TrimWalArchive().
   uint64_t wal_retention_bytes = uint64_t{1} << 30;
   // Archived WAL files older than this are deleted (RocksDB WAL_ttl_seconds); 0 means no age
   // limit. With no size limit, RocksDB checks every wal_retention_seconds / 2. At least one
@@ -53,6 +54,12 @@ struct WriteOptions {
   // placed first: it travels with the batch through the WAL and replication, consumes no
   // sequence number and is not visible to reads. BatchWriteTime() reads it back.
   int64_t write_time_us = 0;
+};
+
+struct WalTrim {
+  uint64_t deleted_files = 0;
+  uint64_t deleted_bytes = 0;
+  uint64_t archived_bytes = 0;  // what the archive holds afterwards
 };
 
 struct KeyValue {
@@ -135,6 +142,12 @@ class Engine {
 
   // Fsyncs the WAL.
   virtual absl::Status SyncWal() = 0;
+
+  // Deletes the oldest archived WAL files until the archive holds at most
+  // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes). Readers
+  // that needed a deleted file then get kOutOfRange (a gap) from their cursor. Does nothing
+  // when wal_retention_bytes is 0. Takes a directory listing: call it every second or so.
+  virtual absl::StatusOr<WalTrim> TrimWalArchive() = 0;
 
  protected:
   Engine() = default;

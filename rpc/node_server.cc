@@ -41,6 +41,7 @@ constexpr uint32_t kConnectTimeoutMs = 2000;
 constexpr uint32_t kRetireConnectionMs = 5000;
 constexpr size_t kMaxQueuedPushes = 64;
 constexpr size_t kMaxPipelineWrites = 10000;
+constexpr uint32_t kWalTrimIntervalMs = 1000;
 // Words for a reply holding an Error and a few numbers (message sizes in 8-byte words).
 constexpr capnp::MessageSize kSmallReply{32, 0};  // above the largest max_inflight_ships (64)
 
@@ -81,6 +82,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   }
 
   void Start() {
+    tasks_.add(WalTrimLoop());
     if (leader_ != nullptr) {
       tasks_.add(HeartbeatLoop());
     } else {
@@ -598,6 +600,28 @@ class Core final : public kj::TaskSet::ErrorHandler {
         });
   }
 
+  // Keeps the archived WAL within wal_retention_bytes every second (RocksDB alone would
+  // check every 10 minutes). On every node: a follower's WAL is the log it serves once it
+  // leads. A follower whose position goes is told it needs a snapshot when next served.
+  kj::Promise<void> WalTrimLoop() {
+    return io_.provider->getTimer()
+        .afterDelay(kWalTrimIntervalMs * kj::MILLISECONDS)
+        .then([this]() { return pool_.Run([e = &engine_]() { return e->TrimWalArchive(); }); })
+        .then([](absl::StatusOr<engine::WalTrim> trim) {
+          if (!trim.ok()) {
+            spdlog::error("trimming the WAL archive: {}", trim.status().ToString());
+          } else if (trim->deleted_files > 0) {
+            spdlog::info("deleted {} archived WAL files ({} bytes) to keep the archive within "
+                         "wal_retention_bytes; it holds {} bytes",
+                         trim->deleted_files, trim->deleted_bytes, trim->archived_bytes);
+          }
+        })
+        .catch_([](kj::Exception&& e) {  // the worker queue was full: try again next time
+          spdlog::warn("WAL archive trim skipped: {}", e.getDescription().cStr());
+        })
+        .then([this]() { return WalTrimLoop(); });
+  }
+
   // Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
   kj::Promise<void> FsyncLoop() {
     return io_.provider->getTimer()
@@ -614,6 +638,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
                 synced_seq_ = seq;
                 follower_->MarkDurable(seq);
               });
+        })
+        .catch_([](kj::Exception&& e) {  // the worker queue was full: try again next time
+          spdlog::warn("WAL fsync skipped: {}", e.getDescription().cStr());
         })
         .then([this]() { return FsyncLoop(); });
   }

@@ -107,8 +107,17 @@ class ReplicationTest(unittest.TestCase):
 
 class PurgedWalTest(unittest.TestCase):
     def test_follower_behind_a_purged_wal_needs_snapshot(self):
-        c = Cluster(n=3, replication={"wal_retention_bytes": 0, "wal_retention_seconds": 1,
-                                      "write_buffer_bytes": 65536, "max_tail_bytes": 4096})
+        # Age bound: RocksDB deletes archived WAL older than 1 s.
+        self.check_needs_snapshot({"wal_retention_bytes": 0, "wal_retention_seconds": 1})
+
+    def test_follower_past_the_wal_size_bound_needs_snapshot(self):
+        # Size bound: walship trims the archive to 64 KiB within about a second.
+        self.check_needs_snapshot({"wal_retention_bytes": 65536, "wal_retention_seconds": 0},
+                                  leader_log="archived WAL files")
+
+    def check_needs_snapshot(self, retention, leader_log=None):
+        c = Cluster(n=3, replication=dict(retention, write_buffer_bytes=65536,
+                                          max_tail_bytes=4096))
         try:
             c.start_all()
             c.load("n1", 200, seed=7)
@@ -132,6 +141,8 @@ class PurgedWalTest(unittest.TestCase):
             n3 = next(f for f in lst["followers"] if f["id"] == "n3")
             self.assertEqual(n3["state"], "needs_snapshot")
             self.assertIn("NEEDS SNAPSHOT", c.log("n3"))
+            if leader_log is not None:
+                self.assertIn(leader_log, c.log("n1"))
         finally:
             c.close()
 
