@@ -90,6 +90,29 @@ int FreePort() {
 }
 
 // A cluster of walshipd processes the benchmark starts and stops itself.
+// Waits (at most 30 s, else exits) until the leader at `leader` has `followers` followers
+// connected with everything applied, so that a run starts from a formed, idle cluster and
+// not while followers are still connecting or applying the previous run.
+void WaitCaughtUp(const std::string& leader, size_t followers) {
+  auto deadline = Clock::now() + std::chrono::seconds(30);
+  std::string last = "cannot reach the leader";
+  while (Clock::now() < deadline) {
+    auto c = rpc::Client::Connect(leader, absl::Seconds(1));
+    auto st = c.ok() ? (*c)->Status() : absl::StatusOr<rpc::NodeStatusInfo>(c.status());
+    if (st.ok()) {
+      size_t ready = 0;
+      for (const auto& f : st->followers) {
+        if (f.state == "connected" && f.applied_seq == st->latest_seq) ++ready;
+      }
+      if (ready >= followers) return;
+      last = absl::StrCat(ready, " of ", followers, " followers connected and caught up");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::fprintf(stderr, "the cluster did not settle within 30 s: %s\n", last.c_str());
+  std::exit(3);
+}
+
 class LocalCluster {
  public:
   // `replication` lines ("key = value") go into the config's [replication] table.
@@ -139,6 +162,7 @@ class LocalCluster {
   void StartAll() {
     for (const auto& id : ids_) Start(id);
     for (const auto& id : ids_) WaitReachable(id);
+    WaitCaughtUp(addr_[ids_.front()], ids_.size() - 1);
   }
   void Stop(const std::string& id, int sig = SIGTERM) {
     auto it = pids_.find(id);
@@ -693,6 +717,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
     std::string where = o.cluster.empty() ? "walship-3node" : "walship-cluster";
     for (const W1Variant& v : Variants(o)) {
       // Fresh keyspace per run is not needed: puts of the same keys cost the same.
+      WaitCaughtUp(leader, followers.size());
       auto probe = std::make_unique<LagProbe>(leader, followers);
       std::string label = absl::StrCat("W1/", v.Name(), "/", where);
       std::vector<double> lat;
