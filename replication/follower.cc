@@ -25,6 +25,8 @@ Follower::Follower(FollowerOptions options, engine::Engine* engine, NodeState st
 }
 
 Hello Follower::MakeHello() const {
+  // No apply in progress: last_applied is then the engine's latest at a batch boundary.
+  absl::MutexLock apply_lock(&apply_mu_);
   absl::MutexLock lock(&mu_);
   Hello hello;
   hello.cluster = options_.cluster;
@@ -37,6 +39,7 @@ Hello Follower::MakeHello() const {
 }
 
 absl::Status Follower::OnHelloReply(const HelloReply& reply) {
+  absl::MutexLock apply_lock(&apply_mu_);
   absl::MutexLock lock(&mu_);
   status_.leader_latest = reply.leader_latest;
   status_.last_contact_us = clock_->NowMicros();
@@ -93,7 +96,41 @@ Ack Follower::MakeAck(AckOutcome outcome, std::string message) {
 }
 
 absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOptions& write) {
+  absl::MutexLock apply_lock(&apply_mu_);
+  std::vector<const engine::Batch*> run;
+  {
+    absl::MutexLock lock(&mu_);
+    std::optional<Ack> refused = Admit(ship, &run);
+    if (refused.has_value()) return *refused;
+  }
+  // Outside mu_ (status stays answerable): only OnShip writes, and apply_mu_ is held.
+  // Consecutive batches applied as one consume the same sequence numbers. Joining them is
+  // the one copy of the bytes on this path; the engine takes the joined batch by move.
+  absl::StatusOr<engine::Batch> joined = engine::ConcatBatches(absl::MakeConstSpan(run));
+  absl::Status s = joined.status();
+  SequenceNumber joined_last = 0;
+  size_t joined_bytes = 0;
+  engine::WriteOptions options = write;
+  options.sync = options.sync || options_.fsync_apply;
+  if (joined.ok()) {
+    joined_last = joined->last_seq();
+    joined_bytes = joined->data.size();
+    s = engine_->ApplyReplicated(std::move(*joined), options);
+  }
   absl::MutexLock lock(&mu_);
+  if (!joined.ok()) return MakeAck(AckOutcome::kFailed, std::string(s.message()));
+  if (absl::IsResourceExhausted(s) && write.no_slowdown) return s;
+  if (!s.ok()) {
+    return MakeAck(AckOutcome::kFailed, absl::StrCat("apply failed: ", s.message()));
+  }
+  status_.applied = joined_last;
+  if (options.sync) status_.durable = status_.applied;
+  status_.bytes_applied += joined_bytes;
+  last_applied_time_us_ = ship.batches.back().leader_time_us;
+  return MakeAck(AckOutcome::kOk, "");
+}
+
+std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const engine::Batch*>* run) {
   if (status_.phase == FollowerPhase::kNeedsSnapshot) {
     return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + status_.message);
   }
@@ -128,36 +165,18 @@ absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOption
                    absl::StrCat("batch starts at seq ", head.first_seq, " but the follower "
                                 "has applied up to ", applied));
   }
-  std::vector<const engine::Batch*> run;
-  run.reserve(ship.batches.size() - first);
+  run->reserve(ship.batches.size() - first);
   for (size_t i = first; i < ship.batches.size(); ++i) {
     const engine::Batch& b = ship.batches[i].batch;
-    if (!run.empty() && b.first_seq != run.back()->next_seq()) {
+    if (!run->empty() && b.first_seq != run->back()->next_seq()) {
       return MakeAck(AckOutcome::kFailed,
                      absl::StrCat("batches in one message are not contiguous: seq ",
-                                  b.first_seq, " follows ", run.back()->last_seq()));
+                                  b.first_seq, " follows ", run->back()->last_seq()));
     }
-    run.push_back(&b);
+    run->push_back(&b);
   }
-  received_ = std::max(received_, run.back()->last_seq());
-  // Consecutive batches applied as one consume the same sequence numbers. Joining them is
-  // the one copy of the bytes on this path; the engine takes the joined batch by move.
-  absl::StatusOr<engine::Batch> joined = engine::ConcatBatches(absl::MakeConstSpan(run));
-  if (!joined.ok()) return MakeAck(AckOutcome::kFailed, std::string(joined.status().message()));
-  const SequenceNumber joined_last = joined->last_seq();
-  const size_t joined_bytes = joined->data.size();
-  engine::WriteOptions options = write;
-  options.sync = options.sync || options_.fsync_apply;
-  absl::Status s = engine_->ApplyReplicated(std::move(*joined), options);
-  if (absl::IsResourceExhausted(s) && write.no_slowdown) return s;
-  if (!s.ok()) {
-    return MakeAck(AckOutcome::kFailed, absl::StrCat("apply failed: ", s.message()));
-  }
-  status_.applied = joined_last;
-  if (options.sync) status_.durable = status_.applied;
-  status_.bytes_applied += joined_bytes;
-  last_applied_time_us_ = ship.batches.back().leader_time_us;
-  return MakeAck(AckOutcome::kOk, "");
+  received_ = std::max(received_, run->back()->last_seq());
+  return std::nullopt;
 }
 
 void Follower::MarkDurable(SequenceNumber seq) {

@@ -1,12 +1,15 @@
 // The follower's side of replication: the handshake, the continuity and epoch checks, and
 // applying shipped batches to the local engine unchanged.
 //
-// Thread safety: all methods may be called from any thread; an internal mutex serialises
-// them, so one apply runs at a time (the engine's single-writer rule).
+// Thread safety: all methods may be called from any thread. One apply runs at a time (the
+// engine's single-writer rule); Status(), epoch() and MarkDurable() never wait for an apply
+// in progress, so the event loop can answer status while a large batch applies on a worker.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -77,10 +80,18 @@ class Follower {
 
  private:
   Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The checks of OnShip: the ack that refuses `ship`, or std::nullopt with the batches to
+  // apply (those past applied, contiguous) in `run`.
+  std::optional<Ack> Admit(const Ship& ship, std::vector<const engine::Batch*>* run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const FollowerOptions options_;
   engine::Engine* const engine_;
   Clock* const clock_;
+  // Held for a whole OnShip (and the handshake, which must not adopt a new epoch while a
+  // batch of the old connection is being applied). Taken before mu_.
+  mutable absl::Mutex apply_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // Guards the fields below; held briefly, never across an engine write.
   mutable absl::Mutex mu_;
   NodeState state_ ABSL_GUARDED_BY(mu_);
   FollowerStatus status_ ABSL_GUARDED_BY(mu_);

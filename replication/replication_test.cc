@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "engine/engine.h"
 #include "engine/test_util.h"
 #include "replication/clock.h"
@@ -602,6 +603,82 @@ TEST(LeaderTest, LagIsLatestMinusApplied) {
   infos = l.leader->Followers();
   EXPECT_EQ(infos[0].state, FollowerState::kDisconnected);
   EXPECT_EQ(infos[0].lag_seq, 2u);
+}
+
+// An engine whose ApplyReplicated waits until released: a stand-in for a large apply.
+class SlowApplyEngine final : public Engine {
+ public:
+  explicit SlowApplyEngine(Engine* inner) : inner_(inner) {}
+  void Release() { release_.Notify(); }
+  absl::Notification entered;
+
+  absl::Status ApplyReplicated(Batch batch, const engine::WriteOptions& options) override {
+    entered.Notify();
+    release_.WaitForNotificationWithTimeout(absl::Seconds(10));
+    return inner_->ApplyReplicated(std::move(batch), options);
+  }
+  absl::StatusOr<Batch> Write(absl::Span<const WriteOp> ops,
+                              const engine::WriteOptions& options) override {
+    return inner_->Write(ops, options);
+  }
+  absl::StatusOr<std::string> Get(std::string_view key) override { return inner_->Get(key); }
+  absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& o) override {
+    return inner_->Scan(o);
+  }
+  SequenceNumber LatestSequence() override { return inner_->LatestSequence(); }
+  absl::StatusOr<std::unique_ptr<engine::WalCursor>> NewWalCursor(SequenceNumber s) override {
+    return inner_->NewWalCursor(s);
+  }
+  absl::StatusOr<SequenceNumber> CreateCheckpoint(const std::string& dir) override {
+    return inner_->CreateCheckpoint(dir);
+  }
+  absl::Status IngestExternalFiles(const std::vector<std::string>& files) override {
+    return inner_->IngestExternalFiles(files);
+  }
+  absl::Status Flush() override { return inner_->Flush(); }
+  uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
+  absl::Status SyncWal() override { return inner_->SyncWal(); }
+  absl::StatusOr<engine::WalTrim> TrimWalArchive() override { return inner_->TrimWalArchive(); }
+
+ private:
+  Engine* inner_;
+  absl::Notification release_;
+};
+
+// Status (which the follower's event loop serves) does not wait for an apply running on a
+// worker thread; the apply's result shows once it is done.
+TEST(FollowerTest, StatusDoesNotWaitForAnApplyInProgress) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  auto inner = OpenOrDie(dir.Sub("f1"));
+  SlowApplyEngine slow(inner.get());
+  FollowerOptions options;
+  options.cluster = kCluster;
+  options.node_id = "f1";
+  options.state_path = dir.Sub("f1.state");
+  Follower follower(options, &slow, NodeState{}, &clock);
+  l.Write(5);
+  Handshake h = Connect(*l.leader, follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  auto ship = l.leader->NextShip(h.session, false);
+  ASSERT_TRUE(ship.has_value());
+  std::thread applier([&] {
+    auto ack = follower.OnShip(*ship, {});
+    EXPECT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  });
+  ASSERT_TRUE(slow.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // The apply is blocked inside the engine; status answers at once, from before it.
+  auto start = std::chrono::steady_clock::now();
+  FollowerStatus during = follower.Status();
+  EXPECT_EQ(follower.epoch(), 1u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  EXPECT_EQ(during.applied, 0u);
+  EXPECT_EQ(during.lag_seq, 5u);
+  slow.Release();
+  applier.join();
+  EXPECT_EQ(follower.Status().applied, 5u);
+  EXPECT_EQ(follower.Status().lag_seq, 0u);
 }
 
 // Batches older than the memory tail are read from the WAL, and their write time travels
