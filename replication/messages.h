@@ -65,6 +65,9 @@ struct Ship {
   // Non-empty: the leader cannot serve this follower any more (the WAL holding its position
   // is gone); the follower stops and reports needs-snapshot with this reason.
   std::string needs_snapshot;
+  // The follower may hold its ack up to this long, so that one ack answers several messages
+  // (fewer messages and wake-ups); 0: ack at once. A leader that waits on an ack asks for 0.
+  uint32_t max_ack_delay_us = 0;
 };
 
 enum class AckOutcome {

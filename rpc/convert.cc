@@ -66,6 +66,7 @@ replication::Ship FromCapnp(schema::Ship::Reader r) {
   m.leader_latest = r.getLeaderLatest();
   m.leader_time_us = r.getLeaderTimeUs();
   m.needs_snapshot = r.getNeedsSnapshot();
+  m.max_ack_delay_us = r.getMaxAckDelayUs();
   auto batches = r.getBatches();
   m.batches.reserve(batches.size());
   for (auto b : batches) {
@@ -84,6 +85,7 @@ void ToCapnp(const replication::Ship& m, schema::Ship::Builder b) {
   b.setLeaderLatest(m.leader_latest);
   b.setLeaderTimeUs(m.leader_time_us);
   b.setNeedsSnapshot(m.needs_snapshot);
+  b.setMaxAckDelayUs(m.max_ack_delay_us);
   auto list = b.initBatches(m.batches.size());
   for (size_t i = 0; i < m.batches.size(); ++i) {
     const auto& sb = m.batches[i];

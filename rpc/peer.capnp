@@ -54,6 +54,8 @@ struct Ship {
   leaderLatest @2 :UInt64;    # the leader's latest sequence number when sent
   leaderTimeUs @3 :Int64;     # leader wall clock when sent
   needsSnapshot @4 :Text;     # non-empty: the leader can no longer serve this follower
+  maxAckDelayUs @5 :UInt32;   # the follower may hold its ack this long, so that one ack
+                              # answers several messages; 0: ack at once
 }
 
 enum AckOutcome {

@@ -150,6 +150,71 @@ TEST_F(RpcTest, ClientApiOnLeaderAndFollower) {
   f.reset();
 }
 
+// Reads the leader's view of follower n2's applied position.
+uint64_t LeaderSeesApplied(Client& leader) {
+  auto st = leader.Status();
+  if (!st.ok() || st->followers.empty()) return 0;
+  return st->followers[0].applied_seq;
+}
+
+// Waits (bounded) until `f` is true; returns whether it became true.
+template <typename F>
+bool WaitFor(F f, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!f()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+// Delayed acks: a follower holds the ack of a message up to ack_delay_us (the leader's view
+// of its position lags), and answers at once when the message that fills the leader's
+// window asks for it, so a full window never waits out the delay.
+TEST_F(RpcTest, FollowerHoldsAcksUpToTheDelayUnlessTheLeaderAsks) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.ack_delay_us = 2'000'000;
+  lo.max_inflight_ships = 2;
+  lo.heartbeat_timeout_ms = 20'000;  // above the delay (the config requires it)
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  NodeServerOptions fo = Options("n2", false, lo.listen);
+  fo.heartbeat_timeout_ms = 20'000;
+  RunningNode follower(fo);
+  auto f = ConnectOrDie(fo.listen);
+  ASSERT_NE(f, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return c->Status()->followers.size() == 1 &&
+                                   c->Status()->followers[0].state == "connected"; },
+                      std::chrono::seconds(10)));
+  // Let a heartbeat (acked at once) settle, so the next message is the only one in flight.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+  auto w1 = c->Write({{OpType::kPut, "a", "1"}});
+  ASSERT_TRUE(w1.ok()) << w1.status();
+  ASSERT_TRUE(WaitFor([&] { return f->Get("a", w1->last_seq).ok(); }, std::chrono::seconds(5)));
+  // Applied on the follower; its ack is held (first message in a window of 2).
+  EXPECT_LT(LeaderSeesApplied(*c), w1->last_seq);
+  // The delay expires and the ack goes out on its own.
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WaitFor([&] { return LeaderSeesApplied(*c) >= w1->last_seq; },
+                      std::chrono::seconds(10)));
+  EXPECT_GT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+
+  // Two messages in quick succession: the second fills the window and asks for a prompt
+  // ack, which releases the held one too; the leader sees both long before the delay.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto w2 = c->Write({{OpType::kPut, "b", "2"}});
+  auto w3 = c->Write({{OpType::kPut, "c", "3"}});
+  ASSERT_TRUE(w2.ok() && w3.ok());
+  t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WaitFor([&] { return LeaderSeesApplied(*c) >= w3->last_seq; },
+                      std::chrono::seconds(10)));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1000));
+  c.reset();
+  f.reset();
+}
+
 // A pipeline's writes are independent: each gets its own result and sequence range, in the
 // order sent; a bad one fails alone; a pipeline over the limit is refused whole.
 TEST_F(RpcTest, PipelineWritesAreIndependentAndOrdered) {

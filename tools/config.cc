@@ -52,6 +52,8 @@ const std::vector<Tunable>& ReplicationTunables() {
        [](O& o, uint64_t v) { o.leader.max_tail_bytes = v; }, 0, 1ull << 34},
       {"max_ship_bytes", Tunable::kUint,
        [](O& o, uint64_t v) { o.leader.max_ship_bytes = v; }, 1024, 32ull << 20},
+      {"ack_delay_us", Tunable::kUint,
+       [](O& o, uint64_t v) { o.ack_delay_us = static_cast<uint32_t>(v); }, 0, 1000000},
       {"max_inflight_ships", Tunable::kUint,
        [](O& o, uint64_t v) { o.max_inflight_ships = static_cast<uint32_t>(v); }, 1, 64},
       {"heartbeat_interval_ms", Tunable::kUint,
@@ -264,6 +266,12 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   }
   if (d.reconnect_min_ms > d.reconnect_max_ms) {
     return err.File("reconnect_min_ms is larger than reconnect_max_ms");
+  }
+  // A held ack keeps a message in flight, and the leader sends no heartbeat meanwhile.
+  if (uint64_t{d.ack_delay_us} * 4 > uint64_t{d.heartbeat_timeout_ms} * 1000) {
+    return err.File(absl::StrCat("ack_delay_us (", d.ack_delay_us,
+                                 ") must be at most a quarter of heartbeat_timeout_ms (",
+                                 d.heartbeat_timeout_ms, " ms), or followers would time out"));
   }
   return config;
 }

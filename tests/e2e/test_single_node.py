@@ -158,6 +158,11 @@ class BadConfigTest(unittest.TestCase):
         self.check(self.good().replace('role = "leader"', 'role = "follower"'), None,
                    "leader")
 
+    def test_ack_delay_too_long_for_the_heartbeat_timeout(self):
+        self.check(self.good().replace('[[node]]', '[replication]\nack_delay_us = 600000\n'
+                                       'heartbeat_timeout_ms = 2000\n\n[[node]]', 1),
+                   None, "ack_delay_us", contains="heartbeat_timeout_ms")
+
     def test_syntax_error(self):
         self.check(self.good().replace('name = "x"', 'name = "x'), 2, "syntax")
 
