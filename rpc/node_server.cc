@@ -850,6 +850,14 @@ class NodeServerImpl final : public NodeServer {
     if (absl::Status s = engine_->SyncWal(); !s.ok()) {
       spdlog::error("final WAL fsync failed: {}", s.ToString());
     }
+    // Like PostgreSQL's shutdown checkpoint: with the memtables in SSTables, the next start
+    // opens at once instead of replaying up to write_buffer_bytes of WAL (W4 measured the
+    // restart at 0.26 s after a million writes). The WAL is synced already, so a failure
+    // here loses nothing.
+    if (absl::Status s = engine_->Flush(); !s.ok()) {
+      spdlog::warn("flushing memtables at shutdown failed: {}; the next start replays the WAL",
+                   s.ToString());
+    }
     spdlog::info("node '{}' stopped at seq {}", options_.node_id, engine_->LatestSequence());
     return absl::OkStatus();
   }
