@@ -89,7 +89,6 @@ int FreePort() {
   return *port;
 }
 
-// A cluster of walshipd processes the benchmark starts and stops itself.
 // Waits (at most 30 s, else exits) until the leader at `leader` has `followers` followers
 // connected with everything applied, so that a run starts from a formed, idle cluster and
 // not while followers are still connecting or applying the previous run.
@@ -113,6 +112,7 @@ void WaitCaughtUp(const std::string& leader, size_t followers) {
   std::exit(3);
 }
 
+// A cluster of walshipd processes the benchmark starts and stops itself.
 class LocalCluster {
  public:
   // `replication` lines ("key = value") go into the config's [replication] table.

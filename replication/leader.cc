@@ -139,7 +139,6 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   rec.next_seq = hello.last_applied + 1;
   rec.cursor.reset();
   rec.shipped_times.clear();
-  rec.applied_time_us = 0;
   rec.info.state = FollowerState::kConnected;
   rec.info.message.clear();
   rec.info.sent = hello.last_applied;
@@ -271,7 +270,6 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
   auto& times = rec->shipped_times;
   while (!times.empty() && (rec->info.applied >= rec->info.sent ||
                             (times.size() > 1 && times[1].first <= rec->info.applied + 1))) {
-    rec->applied_time_us = times.front().second;
     times.pop_front();
   }
   switch (ack.outcome) {
@@ -301,19 +299,18 @@ void Leader::OnDisconnect(uint64_t session) {
   }
 }
 
-// The write time of the batch holding `seq` (the follower's first unapplied one), or an
-// earlier time when it is not known, so that lag is never understated:
+// The write time of the batch holding `seq` (the follower's first unapplied one); 0 when
+// unknown:
 // - a message in flight holds it: that message's first batch's time (batches read from the
-//   WAL carry theirs);
+//   WAL carry theirs), at most one message early;
 // - the memory tail holds it: its own time;
-// - else (older than the tail, nothing in flight): the time of the last message the follower
-//   applied in full, and failing that the oldest time in the tail (a lower bound).
+// - else (older than the tail, nothing in flight, or a batch written without a time): the
+//   oldest time in the tail, a lower bound.
 int64_t Leader::WriteTimeOf(const Record& rec, SequenceNumber seq) const {
-  if (!rec.shipped_times.empty() && rec.shipped_times.front().first <= seq) {
+  if (!rec.shipped_times.empty() && rec.shipped_times.front().first <= seq &&
+      rec.shipped_times.front().second > 0) {
     return rec.shipped_times.front().second;
   }
-  bool in_tail = !tail_.empty() && tail_.front().batch.first_seq <= seq;
-  if (!in_tail && rec.applied_time_us > 0) return rec.applied_time_us;
   if (tail_.empty()) return 0;
   auto it = std::upper_bound(
       tail_.begin(), tail_.end(), seq,

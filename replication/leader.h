@@ -45,9 +45,8 @@ struct FollowerInfo {
   SequenceNumber applied = 0;
   uint64_t lag_seq = 0;         // leader latest - applied
   int64_t lag_ms = 0;           // age of the oldest write the follower has not applied; when
-                                // that write is older than the memory tail and not in flight,
-                                // the age of its last applied message (never understated),
-                                // or failing that of the oldest batch in memory
+                                // that write is neither in flight nor in the memory tail, the
+                                // age of the oldest batch in memory (a lower bound)
   uint64_t bytes_shipped = 0;   // batch bytes sent since the leader started
   int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
   std::string message;          // why it needs a snapshot or was refused
@@ -102,7 +101,6 @@ class Leader {
     // For each message in flight: its first batch's position and write time, ascending; so
     // that lag_ms is known for batches read from the WAL too (bounded: kMaxShippedTimes).
     std::deque<std::pair<SequenceNumber, int64_t>> shipped_times;
-    int64_t applied_time_us = 0;  // first batch time of the last message applied in full
   };
 
   Record* FindSession(uint64_t session);

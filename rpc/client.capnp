@@ -114,11 +114,12 @@ interface KvService {
 
   status @3 () -> (status :NodeStatus);
 
-  writeMany @4 (writes :List(WriteRequest)) -> (replies :List(WriteReply));
+  writeMany @4 (writes :List(WriteRequest)) -> (error :Error, replies :List(WriteReply));
   # A pipeline: independent writes in one message, like Redis's pipelined commands. Each
   # write is applied atomically on its own, in the order given, exactly as if sent with
   # `write` one after another; replies[i] answers writes[i], and one write failing does not
-  # stop the others. At most 10000 writes per message (more: invalidArgument for all).
+  # stop the others. A pipeline refused as a whole (this node is not the leader, or it holds
+  # more than 10000 writes) gets `error` and no replies.
 }
 
 interface Node extends(KvService, Peer.PeerService) {

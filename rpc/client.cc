@@ -154,8 +154,12 @@ class ClientImpl final : public Client {
       list[i].setMode(schema::WriteMode::CLUSTER_DEFAULT);
     }
     std::vector<absl::StatusOr<WriteResult>> out;
-    absl::Status s =
-        Wait(req.send(), [&](capnp::Response<schema::KvService::WriteManyResults> r) {
+    absl::Status refused;
+    // A pipeline waits for all its writes: the budget grows with its length, as WriteMany's.
+    absl::Duration budget = timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
+    absl::Status s = Wait(
+        req.send(), budget, [&](capnp::Response<schema::KvService::WriteManyResults> r) {
+          refused = FromCapnp(r.getError());
           for (auto reply : r.getReplies()) {
             absl::Status e = FromCapnp(reply.getError());
             if (e.ok()) {
@@ -166,6 +170,7 @@ class ClientImpl final : public Client {
           }
         });
     if (!s.ok()) return s;
+    if (!refused.ok()) return refused;
     if (out.size() != writes.size()) {
       return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ", writes.size(),
                                               " writes got ", out.size(), " replies"));
@@ -267,16 +272,20 @@ class ClientImpl final : public Client {
     return absl::OkStatus();
   }
 
-  // Waits for `p` at most timeout_, then hands its value to `f`.
+  // Waits for `p` at most timeout_ (or `budget`), then hands its value to `f`.
   template <typename T, typename F>
   absl::Status Wait(kj::Promise<T> p, F&& f) {
+    return Wait(kj::mv(p), timeout_, std::forward<F>(f));
+  }
+  template <typename T, typename F>
+  absl::Status Wait(kj::Promise<T> p, absl::Duration budget, F&& f) {
     auto bounded = io_.provider->getTimer().timeoutAfter(
-        absl::ToInt64Milliseconds(timeout_) * kj::MILLISECONDS, kj::mv(p));
+        absl::ToInt64Milliseconds(budget) * kj::MILLISECONDS, kj::mv(p));
     absl::Status status;
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { f(bounded.wait(io_.waitScope)); })) {
       // timeoutAfter's own exception says "operation timed out".
       status = absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr(),
-                                                   " (timeout ", absl::FormatDuration(timeout_),
+                                                   " (timeout ", absl::FormatDuration(budget),
                                                    ")"));
     }
     return status;

@@ -67,7 +67,10 @@ class Client {
   // Sends `writes` as one pipeline (one message, one round trip): independent writes, each
   // applied atomically on its own in the order given, like Redis's pipelined commands.
   // Returns one result per write, in order; one failing does not stop the others. The outer
-  // status fails only when the pipeline itself did not get through (unreachable, timeout).
+  // status fails when the pipeline was refused whole (a not-leader error on a follower,
+  // kInvalidArgument past 10000 writes) or got no answer: kUnavailable (unreachable, or no
+  // answer within the timeout times 1 + size / 64), and then any of its writes may or may not
+  // have been applied.
   virtual absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
       const std::vector<std::vector<engine::WriteOp>>& writes) = 0;
   // kNotFound when absent.

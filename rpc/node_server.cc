@@ -112,20 +112,25 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // A pipeline of independent writes: each enters the write queue as if sent on its own.
   kj::Promise<void> WriteMany(WriteManyContext ctx) {
     auto writes = ctx.getParams().getWrites();
+    // Refused whole, with one error: the reply is never sized by an untrusted count.
+    if (leader_ == nullptr) {
+      ToCapnp(NotLeaderError(options_.leader_address), ctx.getResults().initError());
+      return kj::READY_NOW;
+    }
     if (writes.size() > kMaxPipelineWrites) {
-      auto replies = ctx.getResults().initReplies(writes.size());
-      absl::Status s = absl::InvalidArgumentError(absl::StrCat(
-          "a pipeline holds at most ", kMaxPipelineWrites, " writes; this one has ",
-          writes.size()));
-      for (auto reply : replies) ToCapnp(s, reply.initError());
+      ToCapnp(absl::InvalidArgumentError(absl::StrCat("a pipeline holds at most ",
+                                                      kMaxPipelineWrites, " writes; this one has ",
+                                                      writes.size())),
+              ctx.getResults().initError());
       return kj::READY_NOW;
     }
     auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(writes.size());
     for (auto w : writes) outcomes.add(Enqueue(w.getOps(), w.getMode()));
     return kj::joinPromises(outcomes.finish())
         .then([ctx](kj::Array<WriteOutcome> done) mutable {
-          auto replies =
-              ctx.getResults(capnp::MessageSize{8 + done.size() * 8, 0}).initReplies(done.size());
+          auto results = ctx.getResults(capnp::MessageSize{16 + done.size() * 8, 0});
+          ToCapnp(absl::OkStatus(), results.initError());
+          auto replies = results.initReplies(done.size());
           for (size_t i = 0; i < done.size(); ++i) {
             ToCapnp(done[i].status, replies[i].initError());
             replies[i].setFirstSeq(done[i].first_seq);
@@ -504,6 +509,15 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // ---- Follower: connection to the leader ----
 
   void Connect() {
+    if (apply_running_) {
+      // The hello names our position, which is only settled once the apply of the old
+      // connection finishes on its worker; asking now would block this loop on it.
+      uint64_t waiting = conn_generation_;
+      tasks_.add(io_.provider->getTimer().afterDelay(5 * kj::MILLISECONDS).then([this, waiting]() {
+        if (waiting == conn_generation_) Connect();
+      }));
+      return;
+    }
     uint64_t gen = ++conn_generation_;
     auto& network = io_.provider->getNetwork();
     auto attempt =
@@ -570,6 +584,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     handshake_done_ = false;
     apply_queue_.clear();  // their promises reject; the leader resends after the handshake
     held_acks_.clear();
+    ack_timer_ = nullptr;  // cancels it
     follower_->OnDisconnect();
     // Close the socket now (the leader sees the disconnect), but keep the connection objects
     // a while: calls still in flight on it hold references into them.
@@ -679,16 +694,21 @@ class Core final : public kj::TaskSet::ErrorHandler {
       PendingApply item = std::move(front);
       apply_queue_.pop_front();
       uint32_t max_ack_delay_us = item.ship.max_ack_delay_us;
+      uint64_t gen = conn_generation_;
       tasks_.add(
           pool_.Run([f = follower_, ship = std::move(item.ship)]() {
                 return f->OnShip(ship, engine::WriteOptions{});
               })
-              .then([this, fulfiller = kj::mv(item.fulfiller),
-                     max_ack_delay_us](absl::StatusOr<Ack> r) mutable {
+              .then([this, fulfiller = kj::mv(item.fulfiller), max_ack_delay_us,
+                     gen](absl::StatusOr<Ack> r) mutable {
                 apply_running_ = false;
-                if (r.ok()) {
+                if (gen != conn_generation_) {
+                  // Its connection is gone: the ack goes nowhere and must not be held among
+                  // the new connection's.
+                } else if (r.ok()) {
                   Answer(kj::mv(fulfiller), std::move(*r), max_ack_delay_us);
                 } else {
+                  ReleaseHeldAcks();  // earlier messages' acks go first
                   fulfiller->reject(KJ_EXCEPTION(FAILED, r.status().ToString()));
                 }
                 CheckNeedsSnapshot();
@@ -701,17 +721,21 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // Sends an ack, or holds it up to `max_delay_us` so that one later ack answers several
   // messages. Held acks all go out with the first ack that cannot wait (the leader asked for
   // it promptly, or it is not OK), when kMaxHeldAcks are held, or when the delay expires.
+  // The delay comes from the leader's message: it is capped at a quarter of our heartbeat
+  // timeout (as the config requires of ack_delay_us), so that a leader asking for more
+  // cannot keep messages in flight, and so its heartbeats away, until we time out.
   void Answer(kj::Own<kj::PromiseFulfiller<Ack>> fulfiller, Ack ack, uint32_t max_delay_us) {
-    if (ack.outcome == replication::AckOutcome::kOk && max_delay_us > 0 &&
+    uint64_t delay_us =
+        std::min<uint64_t>(max_delay_us, uint64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
+    if (ack.outcome == replication::AckOutcome::kOk && delay_us > 0 &&
         held_acks_.size() + 1 < kMaxHeldAcks) {
       held_acks_.push_back(HeldAck{kj::mv(fulfiller), std::move(ack)});
       if (held_acks_.size() == 1) {
-        uint64_t gen = ++held_acks_generation_;
-        tasks_.add(io_.provider->getTimer()
-                       .afterDelay(max_delay_us * kj::MICROSECONDS)
-                       .then([this, gen]() {
-                         if (gen == held_acks_generation_) ReleaseHeldAcks();
-                       }));
+        // One timer at a time; releasing early cancels it (ReleaseHeldAcks).
+        ack_timer_ = io_.provider->getTimer()
+                         .afterDelay(delay_us * kj::MICROSECONDS)
+                         .then([this]() { FulfillHeldAcks(); })
+                         .eagerlyEvaluate(nullptr);
       }
       return;
     }
@@ -720,7 +744,11 @@ class Core final : public kj::TaskSet::ErrorHandler {
   }
 
   void ReleaseHeldAcks() {
-    ++held_acks_generation_;  // the pending timer, if any, has nothing to do
+    ack_timer_ = nullptr;  // cancels the timer (never called from the timer itself)
+    FulfillHeldAcks();
+  }
+
+  void FulfillHeldAcks() {
     for (HeldAck& h : held_acks_) h.fulfiller->fulfill(std::move(h.ack));
     held_acks_.clear();
   }
@@ -777,7 +805,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   std::deque<PendingApply> apply_queue_;  // bounded by the leader's in-flight window
   bool apply_running_ = false;
   std::vector<HeldAck> held_acks_;  // in message order; fewer than kMaxHeldAcks
-  uint64_t held_acks_generation_ = 0;
+  kj::Promise<void> ack_timer_ = nullptr;  // releases held_acks_ when their delay ends
   bool handshake_done_ = false;  // the current connection's subscribe reply was taken
   bool needs_snapshot_logged_ = false;
 };

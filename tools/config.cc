@@ -267,11 +267,15 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   if (d.reconnect_min_ms > d.reconnect_max_ms) {
     return err.File("reconnect_min_ms is larger than reconnect_max_ms");
   }
-  // A held ack keeps a message in flight, and the leader sends no heartbeat meanwhile.
-  if (uint64_t{d.ack_delay_us} * 4 > uint64_t{d.heartbeat_timeout_ms} * 1000) {
-    return err.File(absl::StrCat("ack_delay_us (", d.ack_delay_us,
-                                 ") must be at most a quarter of heartbeat_timeout_ms (",
-                                 d.heartbeat_timeout_ms, " ms), or followers would time out"));
+  // A held ack keeps a message in flight, and the leader sends no heartbeat meanwhile: the
+  // longest silence a follower sees is about the ack delay plus the heartbeat interval.
+  if (uint64_t{d.ack_delay_us} * 4 > uint64_t{d.heartbeat_timeout_ms} * 1000 ||
+      uint64_t{d.ack_delay_us} + uint64_t{d.heartbeat_interval_ms} * 1000 >=
+          uint64_t{d.heartbeat_timeout_ms} * 1000) {
+    return err.File(absl::StrCat(
+        "ack_delay_us (", d.ack_delay_us, ") must be at most a quarter of heartbeat_timeout_ms (",
+        d.heartbeat_timeout_ms, " ms), and with heartbeat_interval_ms (",
+        d.heartbeat_interval_ms, " ms) below it, or followers would time out"));
   }
   return config;
 }
