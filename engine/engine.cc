@@ -372,9 +372,9 @@ class EngineImpl final : public Engine {
       if (f->Type() != rocksdb::kArchivedLogFile) continue;
       s = db_->DeleteFile(f->PathName());
       if (!s.ok() && std::filesystem::exists(db_->GetName() + f->PathName())) {
-        return absl::InternalError(absl::StrCat(
-            "deleting archived WAL file ", f->PathName(), ": ", s.ToString(), " (", trim.deleted_files,
-            " files deleted before it)"));
+        return absl::InternalError(absl::StrCat("deleting archived WAL file ", f->PathName(),
+                                                ": ", s.ToString(), " (", trim.deleted_files,
+                                                " files deleted before it)"));
       }
       // Deleted, or already gone (RocksDB's own purge may have run meanwhile).
       trim.archived_bytes -= f->SizeFileBytes();
