@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -361,6 +362,14 @@ class EngineImpl final : public Engine {
   absl::StatusOr<WalTrim> TrimWalArchive() override {
     WalTrim trim;
     if (wal_retention_bytes_ == 0) return trim;
+    // Files enter the archive by rename, which changes its mtime: while that stays, the last
+    // trim's answer holds and the WAL files need not be listed again.
+    std::error_code ec;
+    auto archive_mtime = std::filesystem::last_write_time(db_->GetName() + "/archive", ec);
+    if (!ec && trimmed_archive_mtime_.has_value() && *trimmed_archive_mtime_ == archive_mtime) {
+      trim.archived_bytes = trimmed_archive_bytes_;
+      return trim;
+    }
     rocksdb::VectorLogPtr files;
     rocksdb::Status s = db_->GetSortedWalFiles(files);  // oldest first
     if (!s.ok()) return FromRocks(s);
@@ -381,6 +390,12 @@ class EngineImpl final : public Engine {
       trim.deleted_bytes += f->SizeFileBytes();
       ++trim.deleted_files;
     }
+    // Our own deletions changed the mtime too: take it after them.
+    archive_mtime = std::filesystem::last_write_time(db_->GetName() + "/archive", ec);
+    if (!ec) {
+      trimmed_archive_mtime_ = archive_mtime;
+      trimmed_archive_bytes_ = trim.archived_bytes;
+    }
     return trim;
   }
 
@@ -395,6 +410,9 @@ class EngineImpl final : public Engine {
 
   std::unique_ptr<rocksdb::DB> db_;
   const uint64_t wal_retention_bytes_;
+  // The archive's mtime when TrimWalArchive last listed it, and what it held then.
+  std::optional<std::filesystem::file_time_type> trimmed_archive_mtime_;
+  uint64_t trimmed_archive_bytes_ = 0;
 };
 
 }  // namespace

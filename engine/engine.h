@@ -146,7 +146,8 @@ class Engine {
   // Deletes the oldest archived WAL files until the archive holds at most
   // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes). Readers
   // that needed a deleted file then get kOutOfRange (a gap) from their cursor. Does nothing
-  // when wal_retention_bytes is 0. Takes a directory listing: call it every second or so.
+  // when wal_retention_bytes is 0. Lists the WAL files only when the archive changed since
+  // the last call. One call at a time (it is not thread-safe with itself).
   virtual absl::StatusOr<WalTrim> TrimWalArchive() = 0;
 
  protected:
