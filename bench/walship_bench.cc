@@ -306,11 +306,9 @@ std::vector<std::vector<engine::WriteOp>> W1Writes(uint64_t start, uint64_t n,
 absl::StatusOr<std::vector<int64_t>> Pipelined(
     rpc::Client& client, const std::vector<std::vector<engine::WriteOp>>& writes, size_t size) {
   std::vector<int64_t> latency_ns;
-  std::vector<std::vector<engine::WriteOp>> one;
   for (size_t i = 0; i < writes.size(); i += size) {
-    one.assign(writes.begin() + i, writes.begin() + std::min(writes.size(), i + size));
     auto start = Clock::now();
-    auto r = client.WritePipeline(one);
+    auto r = client.WritePipeline(absl::MakeConstSpan(writes).subspan(i, size));
     if (!r.ok()) return r.status();
     for (const auto& w : *r) {
       if (!w.ok()) return w.status();

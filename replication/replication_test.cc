@@ -169,31 +169,19 @@ TEST(NodeStateTest, SaveThenLoadRoundTrips) {
 TEST(NodeStateTest, MalformedFileIsDataLossNamingFileAndLine) {
   TempDir dir;
   std::string path = dir.Sub("state");
-  {
-    std::ofstream out(path);
-    out << "walship-node-state 1\ndatabase_id abc\nepoch seven\n";
-  }
-  auto loaded = LoadNodeState(path);
-  ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
-  EXPECT_NE(loaded.status().message().find(path + ":3:"), std::string::npos)
-      << loaded.status();
-
-  {
-    std::ofstream out(path);
-    out << "not a state file\n";
-  }
-  loaded = LoadNodeState(path);
-  ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
-  EXPECT_NE(loaded.status().message().find(path + ":1:"), std::string::npos)
-      << loaded.status();
-
-  {
-    std::ofstream out(path);
-    out << "walship-node-state 1\nepoch 2\nhistory 2 1\nhistory 1 5\n";
-  }
-  loaded = LoadNodeState(path);
-  ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
-  EXPECT_NE(loaded.status().message().find(path), std::string::npos) << loaded.status();
+  // Writes `contents` as the state file and expects DataLoss naming `where`.
+  auto expect_data_loss = [&](const std::string& contents, const std::string& where) {
+    {
+      std::ofstream out(path);
+      out << contents;
+    }
+    auto loaded = LoadNodeState(path);
+    ASSERT_TRUE(absl::IsDataLoss(loaded.status())) << contents << ": " << loaded.status();
+    EXPECT_NE(loaded.status().message().find(where), std::string::npos) << loaded.status();
+  };
+  expect_data_loss("walship-node-state 1\ndatabase_id abc\nepoch seven\n", path + ":3:");
+  expect_data_loss("not a state file\n", path + ":1:");
+  expect_data_loss("walship-node-state 1\nepoch 2\nhistory 2 1\nhistory 1 5\n", path);
 }
 
 TEST(NodeStateTest, MissingFileIsAnEmptyState) {

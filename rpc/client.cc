@@ -144,7 +144,7 @@ class ClientImpl final : public Client {
   }
 
   absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
-      const std::vector<std::vector<engine::WriteOp>>& writes) override {
+      absl::Span<const std::vector<engine::WriteOp>> writes) override {
     uint64_t words = 16;
     for (const auto& w : writes) words += 4 + WriteSize(w).wordCount;
     auto req = node_->writeManyRequest(capnp::MessageSize{words, 0});

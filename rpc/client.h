@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "engine/engine.h"
 
 namespace walship::rpc {
@@ -72,7 +73,7 @@ class Client {
   // answer within the timeout times 1 + size / 64), and then any of its writes may or may not
   // have been applied.
   virtual absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
-      const std::vector<std::vector<engine::WriteOp>>& writes) = 0;
+      absl::Span<const std::vector<engine::WriteOp>> writes) = 0;
   // kNotFound when absent.
   virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
   virtual absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,

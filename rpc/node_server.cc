@@ -391,7 +391,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
       wo.write_time_us = write_time_us;
       absl::StatusOr<engine::Batch> r = engine_.Write(ops, wo);
       if (!absl::IsResourceExhausted(r.status())) {
-        Complete(group, std::move(r));
+        Complete(group, std::move(r), write_time_us);
         return;
       }
     }
@@ -400,20 +400,21 @@ class Core final : public kj::TaskSet::ErrorHandler {
     wo.sync = options_.fsync_writes;
     wo.write_time_us = write_time_us;
     tasks_.add(pool_.Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
-                   .then([this, group = std::move(group)](
+                   .then([this, group = std::move(group), write_time_us](
                              absl::StatusOr<engine::Batch> r) mutable {
                      writer_busy_ = false;
-                     Complete(group, std::move(r));
+                     Complete(group, std::move(r), write_time_us);
                    }));
   }
 
-  void Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r) {
+  // `write_time_us` is the time FlushWrites put into the batch.
+  void Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
+                int64_t write_time_us) {
     if (!r.ok()) {
       spdlog::error("write of {} requests failed: {}", group.size(), r.status().ToString());
       for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
     } else {
       SequenceNumber seq = r->first_seq;
-      int64_t write_time_us = engine::BatchWriteTime(*r);
       leader_->OnLocalWrite(std::move(*r), write_time_us);
       for (GroupMember& m : group) {
         m.fulfiller->fulfill(WriteOutcome{absl::OkStatus(), seq, seq + m.ops - 1});
