@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "rpc/client.capnp.h"
 #include "rpc/buffered_stream.h"
+#include "rpc/fd_stream.h"
 #include "rpc/convert.h"
 
 namespace walship::rpc {
@@ -79,7 +80,7 @@ class ClientImpl final : public Client {
                          return p.attach(kj::mv(addr));
                        });
     absl::Status s = Wait(kj::mv(connect), [this](kj::Own<kj::AsyncIoStream> stream) {
-      stream_ = kj::heap<BufferedStream>(kj::mv(stream));
+      stream_ = kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(stream), io_.unixEventPort));
       rpc_ = kj::heap<capnp::TwoPartyClient>(*stream_);
       node_ =
           std::make_unique<schema::Node::Client>(rpc_->bootstrap().castAs<schema::Node>());

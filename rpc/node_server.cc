@@ -24,6 +24,7 @@
 #include "rpc/client.capnp.h"
 #include "rpc/buffered_stream.h"
 #include "rpc/convert.h"
+#include "rpc/fd_stream.h"
 #include "rpc/worker_pool.h"
 
 namespace walship::rpc {
@@ -305,8 +306,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     Ack ack;
   };
   struct LeaderConnection {
-    explicit LeaderConnection(kj::Own<kj::AsyncIoStream> s)
-        : stream(kj::heap<BufferedStream>(kj::mv(s))),
+    LeaderConnection(kj::Own<kj::AsyncIoStream> s, kj::UnixEventPort& port)
+        : stream(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(s), port))),
           client(*stream),
           node(client.bootstrap().castAs<schema::Node>()) {}
     kj::Own<kj::AsyncIoStream> stream;
@@ -528,7 +529,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
               return connected.attach(kj::mv(addr));
             })
             .then([this, gen](kj::Own<kj::AsyncIoStream> stream) {
-              conn_ = kj::heap<LeaderConnection>(kj::mv(stream));
+              conn_ = kj::heap<LeaderConnection>(kj::mv(stream), io_.unixEventPort);
               auto req = conn_->node.subscribeRequest();
               ToCapnp(follower_->MakeHello(), req.initHello());
               req.setSink(kj::heap<SinkImpl>(*this, gen));
@@ -826,7 +827,8 @@ class NodeImpl final : public schema::Node::Server {
   Core& core_;
 };
 
-kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener);
+kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
+                             kj::UnixEventPort& port);
 
 class NodeServerImpl final : public NodeServer {
  public:
@@ -857,7 +859,7 @@ class NodeServerImpl final : public NodeServer {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
-      auto serving = AcceptLoop(server, *listener).eagerlyEvaluate([](kj::Exception&& e) {
+      auto serving = AcceptLoop(server, *listener, io.unixEventPort).eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("listener failed: {}", e.getDescription().cStr());
       });
       spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
@@ -899,12 +901,14 @@ class NodeServerImpl final : public NodeServer {
   std::unique_ptr<replication::Follower> follower_;
 };
 
-// TwoPartyServer::listen() with every connection wrapped in a BufferedStream.
-kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener) {
-  return listener.accept().then([&server, &listener](kj::Own<kj::AsyncIoStream> connection) {
-    server.accept(kj::heap<BufferedStream>(kj::mv(connection)));
-    return AcceptLoop(server, listener);
-  });
+// TwoPartyServer::listen() with every connection an FdStream inside a BufferedStream.
+kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
+                             kj::UnixEventPort& port) {
+  return listener.accept().then(
+      [&server, &listener, &port](kj::Own<kj::AsyncIoStream> connection) {
+        server.accept(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), port)));
+        return AcceptLoop(server, listener, port);
+      });
 }
 
 absl::StatusOr<int> LockDataDir(const std::string& data_dir) {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CPU time per write of each process of a three-node cluster, during W1 one write per round
+# trip. CPU per write moves far less between runs on this shared machine than ops/s does, so
+# it is the figure to compare when a change should make a node cheaper.
+#
+#   bench/cpu-per-write.sh [LABEL] [WRITES]      (run from the repository, after a build)
+#
+# Starts a fresh cluster of three walshipd (127.0.0.1:7301-7303) in a temporary directory,
+# warms it with 10k writes, then runs walship-bench against it for WRITES writes (default
+# 40000) and prints one line: ops/s, the worst follower's lag p99, and µs of CPU (user +
+# system, from /proc/<pid>/stat and time(1)) per write for the benchmark client and each node.
+# Extra walshipd environment passes through.
+set -euo pipefail
+label=${1:-run}
+writes=${2:-40000}
+bin=build
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+cat > "$dir/cluster.toml" <<EOF
+[cluster]
+name = "cpu-per-write"
+[[node]]
+id = "n1"
+listen = "127.0.0.1:7301"
+data_dir = "n1"
+role = "leader"
+[[node]]
+id = "n2"
+listen = "127.0.0.1:7302"
+data_dir = "n2"
+role = "follower"
+[[node]]
+id = "n3"
+listen = "127.0.0.1:7303"
+data_dir = "n3"
+role = "follower"
+EOF
+for n in n1 n2 n3; do
+  "$bin/tools/walshipd" --config "$dir/cluster.toml" --node "$n" 2> "$dir/$n.log" &
+  pids+=($!)
+done
+bench=("$bin/bench/walship-bench" --cluster "$dir/cluster.toml" --workload W1 --depth 1
+       --batch 0 --pipeline 0 --no-baselines --plots "$dir/plots")
+"${bench[@]}" --keys 10000 > /dev/null 2>&1  # also waits for the followers to stream
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A before
+for p in "${pids[@]}"; do before[$p]=$(ticks "$p"); done
+out=$({ /usr/bin/time -f "client-cpu-s %U %S" "${bench[@]}" --keys "$writes" --cap-s 120; } 2>&1)
+hz=$(getconf CLK_TCK)
+line="$label $(echo "$out" | awk '/^W1\// {print "ops/s=" $2}')"
+line+=" $(echo "$out" | grep -o 'lag_p99_ms/worst=[0-9.]*' | head -n 1)"
+line+=" client=$(echo "$out" | awk -v n="$writes" '/^client-cpu-s/ {printf "%.1fus", ($2 + $3) * 1e6 / n}')"
+for i in 0 1 2; do
+  p=${pids[$i]}
+  line+=" n$((i + 1))=$(awk -v d=$(($(ticks "$p") - ${before[$p]})) -v hz="$hz" -v n="$writes" \
+    'BEGIN {printf "%.1fus", d / hz * 1e6 / n}')"
+done
+echo "$line"
