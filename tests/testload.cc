@@ -1,5 +1,6 @@
 // walship-testload: writes seeded random batches (puts with binary values, deletes, range
-// deletes; 1-8 ops each) to a node, one batch per call, for the multi-process tests.
+// deletes; 1-8 ops each) to a node, one batch per call, for the multi-process tests. Values
+// are 8-127 bytes, or exactly --value-bytes.
 // Prints "last_seq N" and the number of batches acknowledged. Stops at the first error
 // (exit 3) after printing what was acknowledged so far.
 #include <CLI/CLI.hpp>
@@ -12,11 +13,12 @@
 int main(int argc, char** argv) {
   CLI::App app{"walship-testload: random write batches for tests"};
   std::string endpoint;
-  uint64_t batches = 1000, seed = 1, keys = 2000;
+  uint64_t batches = 1000, seed = 1, keys = 2000, value_bytes = 0;
   app.add_option("--endpoint", endpoint)->required();
   app.add_option("--batches", batches);
   app.add_option("--seed", seed);
   app.add_option("--keys", keys, "key space");
+  app.add_option("--value-bytes", value_bytes, "size of every put's value (0: 8-127 bytes)");
   CLI11_PARSE(app, argc, argv);
 
   auto client = walship::rpc::Client::Connect(endpoint, absl::Seconds(5));
@@ -38,7 +40,8 @@ int main(int argc, char** argv) {
       } else if (kind < 4) {
         ops.push_back({walship::engine::OpType::kDelete, key, ""});
       } else {
-        std::string value(8 + rng() % 120, '\0');
+        size_t size = 8 + rng() % 120;
+        std::string value(value_bytes > 0 ? value_bytes : size, '\0');
         for (char& c : value) c = static_cast<char>(rng());
         ops.push_back({walship::engine::OpType::kPut, key, value});
       }

@@ -130,10 +130,10 @@ class Cluster:
     def scan_all(self, nid):
         return self.cli("--node", nid, "scan", "--limit", "100000").stdout
 
-    def load(self, nid, batches, seed, check=True, timeout=300):
+    def load(self, nid, batches, seed, check=True, timeout=300, value_bytes=0):
         r = subprocess.run([TESTLOAD, "--endpoint", self.addr[nid], "--batches", str(batches),
-                            "--seed", str(seed)], capture_output=True, text=True,
-                           timeout=timeout)
+                            "--seed", str(seed), "--value-bytes", str(value_bytes)],
+                           capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"testload failed: {r.stdout}{r.stderr}")
         return r

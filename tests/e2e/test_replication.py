@@ -104,6 +104,28 @@ class ReplicationTest(unittest.TestCase):
             c.resume("n3")
         self.assert_identical()
 
+    def test_crashes_during_a_catch_up_of_large_messages(self):
+        # A follower about 19 MB behind catches up in 1 MiB messages, which it applies on a worker
+        # thread (more than 256 KiB). Meanwhile the leader is killed and restarted twice and
+        # the follower once: connections drop while an apply runs on the worker, and its
+        # completion arrives for a connection that is gone. Nothing may be skipped or applied
+        # twice: the end state is identical on every node.
+        c = self.c
+        c.load("n1", 100, seed=20, value_bytes=3000)
+        c.wait_converged()
+        c.stop("n2")
+        c.load("n1", 1800, seed=21, value_bytes=3000)
+        c.start("n2")
+        for victim, pause in (("n1", 0.05), ("n2", 0.1), ("n1", 0.15)):
+            time.sleep(pause)
+            c.stop(victim, signal.SIGKILL)
+            c.start(victim)
+        c.load("n1", 50, seed=22, value_bytes=3000)
+        c.wait_converged(timeout=120)
+        self.assert_identical()
+        for nid in ("n2", "n3"):
+            self.assertEqual(c.status(nid)["replication_state"], "streaming", c.log(nid))
+
 
 class PurgedWalTest(unittest.TestCase):
     def test_follower_behind_a_purged_wal_needs_snapshot(self):
