@@ -81,6 +81,11 @@ class ReplicationTest(unittest.TestCase):
         c = self.c
         c.load("n1", 200, seed=5)
         c.wait_converged()
+        # The same load with every follower up, as the baseline of the time bound.
+        t = time.monotonic()
+        c.load("n1", 6000, seed=60, timeout=120)
+        baseline = time.monotonic() - t
+        c.wait_converged()
         c.pause("n3")
         try:
             rss_before = rss_kib(c.procs["n1"].pid)
@@ -88,6 +93,12 @@ class ReplicationTest(unittest.TestCase):
             r = c.load("n1", 6000, seed=6, timeout=120)
             took = time.monotonic() - t
             self.assertIn("acked 6000", r.stdout)
+            # Bound (README): a stopped follower does not slow the leader's writes; 2x the
+            # baseline plus 0.5 s absorbs this machine's noise, while a leader that waited
+            # on the stopped follower (heartbeat timeouts, a full window) would be far slower.
+            self.assertLess(took, 2 * baseline + 0.5,
+                            f"writes took {took:.2f}s with a stopped follower, "
+                            f"{baseline:.2f}s with none")
             rss_after = rss_kib(c.procs["n1"].pid)
             # Bound: the memory tail (max_tail_bytes, 64 MiB by default) plus the in-flight
             # window; the load writes ~2 MB, so growth must stay far below that.
@@ -95,7 +106,8 @@ class ReplicationTest(unittest.TestCase):
             # nothing there; the plain build checks the bound.
             if not os.environ.get("WALSHIP_SANITIZED"):
                 self.assertLess(rss_after - rss_before, 96 * 1024, "leader memory grew")
-            print(f"\n6000 writes with a stopped follower: {took:.2f}s, leader RSS "
+            print(f"\n6000 writes with a stopped follower: {took:.2f}s ({baseline:.2f}s with "
+                  f"none), leader RSS "
                   f"{rss_before} -> {rss_after} KiB")
             st = c.status("n1")
             n3 = next(f for f in st["followers"] if f["id"] == "n3")
