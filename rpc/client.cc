@@ -80,7 +80,7 @@ class ClientImpl final : public Client {
                          return p.attach(kj::mv(addr));
                        });
     absl::Status s = Wait(kj::mv(connect), [this](kj::Own<kj::AsyncIoStream> stream) {
-      stream_ = kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(stream), io_.unixEventPort));
+      stream_ = kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(stream), io_));
       rpc_ = kj::heap<capnp::TwoPartyClient>(*stream_);
       node_ =
           std::make_unique<schema::Node::Client>(rpc_->bootstrap().castAs<schema::Node>());

@@ -11,14 +11,30 @@
 namespace walship::rpc {
 namespace {
 
+// The peer or the network went away: DISCONNECTED, which Cap'n Proto treats as a lost
+// connection. Anything else (a bad descriptor, a bad buffer) is a bug: FAILED.
 kj::Exception SocketError(const char* call, int error) {
-  return KJ_EXCEPTION(DISCONNECTED, "socket", call, strerror(error));
+  switch (error) {
+    case ECONNRESET:
+    case ECONNABORTED:
+    case ECONNREFUSED:
+    case EPIPE:
+    case ETIMEDOUT:
+    case ENOTCONN:
+    case EHOSTUNREACH:
+    case EHOSTDOWN:
+    case ENETUNREACH:
+    case ENETDOWN:
+      return KJ_EXCEPTION(DISCONNECTED, "socket", call, strerror(error));
+    default:
+      return KJ_EXCEPTION(FAILED, "socket", call, strerror(error));
+  }
 }
 
 }  // namespace
 
 kj::Own<kj::AsyncIoStream> FdStream::Wrap(kj::Own<kj::AsyncIoStream> stream,
-                                          kj::UnixEventPort& port) {
+                                          kj::AsyncIoContext& io) {
   int fd = -1;
   KJ_IF_MAYBE(f, stream->getFd()) { fd = *f; }
   if (fd < 0) return stream;
@@ -27,11 +43,13 @@ kj::Own<kj::AsyncIoStream> FdStream::Wrap(kj::Own<kj::AsyncIoStream> stream,
   int own = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (own < 0) return stream;
   stream = nullptr;
-  return kj::heap<FdStream>(own, port);
+  return kj::heap<FdStream>(own, io.unixEventPort, io.provider->getTimer());
 }
 
-FdStream::FdStream(int fd, kj::UnixEventPort& port)
-    : fd_(fd), observer_(port, fd, kj::UnixEventPort::FdObserver::OBSERVE_READ_WRITE) {}
+FdStream::FdStream(int fd, kj::UnixEventPort& port, kj::Timer& timer)
+    : fd_(fd),
+      observer_(port, fd, kj::UnixEventPort::FdObserver::OBSERVE_READ_WRITE),
+      timer_(timer) {}
 
 kj::Promise<size_t> FdStream::tryRead(void* buffer, size_t min_bytes, size_t max_bytes) {
   return Read(static_cast<kj::byte*>(buffer), min_bytes, max_bytes, 0);
@@ -65,11 +83,15 @@ kj::Promise<size_t> FdStream::ReadNow(kj::byte* buffer, size_t min_bytes, size_t
   size_t got = static_cast<size_t>(n);
   // A short read took everything the socket held, so the next bytes raise a new readiness
   // edge: wait for it now, in this turn of the loop, before the loop polls and could let it
-  // pass unobserved. Unless the peer already closed: then no edge comes, and read() says so.
+  // pass unobserved. Only when the observer knows the peer has not closed (then no edge
+  // would come), and bounded in time (see the header).
   if (got < max_bytes) {
-    bool at_end = false;
-    KJ_IF_MAYBE(end, observer_.atEndHint()) { at_end = *end; }
-    if (!at_end) readable_ = observer_.whenBecomesReadable();
+    bool open = false;
+    KJ_IF_MAYBE(end, observer_.atEndHint()) { open = !*end; }
+    if (open) {
+      readable_ = observer_.whenBecomesReadable().exclusiveJoin(
+          timer_.afterDelay(kReadinessRecheck));
+    }
   }
   if (got >= min_bytes) return done + got;
   return Read(buffer + got, min_bytes - got, max_bytes - got, done + got);
@@ -109,7 +131,13 @@ kj::Promise<void> FdStream::write(kj::ArrayPtr<const kj::ArrayPtr<const kj::byte
   return WriteFrom(start, total).attach(kj::mv(joined));
 }
 
-kj::Promise<void> FdStream::whenWriteDisconnected() { return observer_.whenWriteDisconnected(); }
+kj::Promise<void> FdStream::whenWriteDisconnected() {
+  if (write_disconnected_ == nullptr) {
+    write_disconnected_ = observer_.whenWriteDisconnected().fork();
+  }
+  KJ_IF_MAYBE(forked, write_disconnected_) { return forked->addBranch(); }
+  KJ_UNREACHABLE;
+}
 
 void FdStream::shutdownWrite() {
   if (::shutdown(fd_.get(), SHUT_WR) != 0 && errno != ENOTCONN) {

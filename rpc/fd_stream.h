@@ -8,6 +8,13 @@
 // socket's buffer was drained then) and waits for the socket to become readable before the
 // next read() -- the rule KJ's FdObserver documents for edge-triggered readiness.
 //
+// A short read only nearly proves the socket empty: TCP also stops a read at an urgent mark
+// (a peer's MSG_OOB), and KJ's own stream dropped the rule for kernel quirks. So that such a
+// read can never stall a connection, the wait after a short read is bounded: after
+// kReadinessRecheck the stream calls read() anyway (a failed read then proves the socket
+// empty, and the wait after it is not bounded). Only a connection idle for longer pays that
+// one extra wake-up.
+//
 // Thread safety: like every KJ object, it belongs to the event loop that created it.
 #pragma once
 
@@ -19,13 +26,15 @@ namespace walship::rpc {
 
 class FdStream final : public kj::AsyncIoStream {
  public:
+  static constexpr auto kReadinessRecheck = 50 * kj::MILLISECONDS;
+
   // Takes over the socket of `stream` (KJ's own, from connect() or accept()). Streams
   // without a file descriptor (in-memory pipes) are returned unchanged.
   static kj::Own<kj::AsyncIoStream> Wrap(kj::Own<kj::AsyncIoStream> stream,
-                                         kj::UnixEventPort& port);
+                                         kj::AsyncIoContext& io);
 
   // Owns `fd`, a connected non-blocking socket.
-  FdStream(int fd, kj::UnixEventPort& port);
+  FdStream(int fd, kj::UnixEventPort& port, kj::Timer& timer);
 
   kj::Promise<size_t> tryRead(void* buffer, size_t min_bytes, size_t max_bytes) override;
   kj::Promise<void> write(const void* buffer, size_t size) override;
@@ -46,8 +55,11 @@ class FdStream final : public kj::AsyncIoStream {
 
   kj::AutoCloseFd fd_;  // closed after the observer has left epoll
   kj::UnixEventPort::FdObserver observer_;
-  // Set while the socket is known to be drained: resolves once bytes (or the end) arrive.
+  kj::Timer& timer_;
+  // Set while the socket is believed drained: resolves once bytes (or the end) arrive.
   kj::Maybe<kj::Promise<void>> readable_;
+  // The observer keeps one waiter for this; every caller gets a branch.
+  kj::Maybe<kj::ForkedPromise<void>> write_disconnected_;
   uint64_t read_calls_ = 0;
 };
 

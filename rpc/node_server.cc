@@ -306,8 +306,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     Ack ack;
   };
   struct LeaderConnection {
-    LeaderConnection(kj::Own<kj::AsyncIoStream> s, kj::UnixEventPort& port)
-        : stream(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(s), port))),
+    LeaderConnection(kj::Own<kj::AsyncIoStream> s, kj::AsyncIoContext& io)
+        : stream(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(s), io))),
           client(*stream),
           node(client.bootstrap().castAs<schema::Node>()) {}
     kj::Own<kj::AsyncIoStream> stream;
@@ -529,7 +529,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
               return connected.attach(kj::mv(addr));
             })
             .then([this, gen](kj::Own<kj::AsyncIoStream> stream) {
-              conn_ = kj::heap<LeaderConnection>(kj::mv(stream), io_.unixEventPort);
+              conn_ = kj::heap<LeaderConnection>(kj::mv(stream), io_);
               auto req = conn_->node.subscribeRequest();
               ToCapnp(follower_->MakeHello(), req.initHello());
               req.setSink(kj::heap<SinkImpl>(*this, gen));
@@ -828,7 +828,7 @@ class NodeImpl final : public schema::Node::Server {
 };
 
 kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
-                             kj::UnixEventPort& port);
+                             kj::AsyncIoContext& io);
 
 class NodeServerImpl final : public NodeServer {
  public:
@@ -859,7 +859,7 @@ class NodeServerImpl final : public NodeServer {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
-      auto serving = AcceptLoop(server, *listener, io.unixEventPort).eagerlyEvaluate([](kj::Exception&& e) {
+      auto serving = AcceptLoop(server, *listener, io).eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("listener failed: {}", e.getDescription().cStr());
       });
       spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
@@ -903,11 +903,11 @@ class NodeServerImpl final : public NodeServer {
 
 // TwoPartyServer::listen() with every connection an FdStream inside a BufferedStream.
 kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
-                             kj::UnixEventPort& port) {
+                             kj::AsyncIoContext& io) {
   return listener.accept().then(
-      [&server, &listener, &port](kj::Own<kj::AsyncIoStream> connection) {
-        server.accept(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), port)));
-        return AcceptLoop(server, listener, port);
+      [&server, &listener, &io](kj::Own<kj::AsyncIoStream> connection) {
+        server.accept(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), io)));
+        return AcceptLoop(server, listener, io);
       });
 }
 
