@@ -9,8 +9,9 @@
 // next read() -- the rule KJ's FdObserver documents for edge-triggered readiness.
 //
 // A short read only nearly proves the socket empty: TCP also stops a read at an urgent mark
-// (a peer's MSG_OOB), and KJ's own stream dropped the rule for kernel quirks. So that such a
-// read can never stall a connection, the wait after a short read is bounded: after
+// (a peer's MSG_OOB), and a signal arriving during a non-blocking read can cut it short with
+// data left behind (kernel bug 199131, the reason KJ's own stream gave the rule up). So that
+// such a read can never stall a connection, the wait after a short read is bounded: after
 // kReadinessRecheck the stream calls read() anyway (a failed read then proves the socket
 // empty, and the wait after it is not bounded). Only a connection idle for longer pays that
 // one extra wake-up.
