@@ -1,4 +1,5 @@
 """One real walshipd driven by the real walship CLI (issue 2)."""
+import glob
 import os
 import signal
 import subprocess
@@ -60,7 +61,13 @@ class SingleNodeTest(unittest.TestCase):
         c.load("n1", 500, seed=11)
         before = c.scan_all("n1")
         seq = c.status("n1")["latest_seq"]
+
+        def ssts():
+            return glob.glob(os.path.join(c.data_dir("n1"), "db", "*.sst"))
+        self.assertEqual(ssts(), [], "500 small writes fill no 64 MiB memtable")
         self.assertEqual(c.stop("n1"), 0)  # SIGTERM: clean stop
+        # A clean stop flushes the memtable, so the next start replays no WAL.
+        self.assertNotEqual(ssts(), [], "the clean stop flushed nothing")
         c.start("n1")
         self.assertEqual(c.scan_all("n1"), before)
         self.assertEqual(c.status("n1")["latest_seq"], seq)
