@@ -118,8 +118,10 @@ TEST(FdStreamTest, ReaderWaitingAfterAShortReadSeesEveryLaterByte) {
   std::string expected;
   for (int i = 0; i < 300; ++i) expected += "chunk " + std::to_string(i) + ";";
   std::string got(expected.size(), '\0');
-  // A short read first: the reader is now waiting for readiness.
+  // A short read first, once the loop has seen the socket readable (so the reader knows the
+  // peer is open): the reader then waits for readiness.
   Wait(io, p.A().write("x", 1));
+  io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
   char one;
   ASSERT_EQ(Wait(io, p.B().tryRead(&one, 1, 1000)), 1u);
   auto reading = p.B().tryRead(got.data(), got.size(), got.size());
