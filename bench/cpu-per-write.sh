@@ -45,6 +45,10 @@ for n in n1 n2 n3; do
   "$bin/tools/walshipd" --config "$dir/cluster.toml" --node "$n" 2> "$dir/$n.log" &
   pids+=($!)
 done
+for _ in $(seq 100); do  # every node answers within 10 s
+  "$bin/tools/walship" --cluster "$dir/cluster.toml" status --all > /dev/null 2>&1 && break
+  sleep 0.1
+done
 bench=("$bin/bench/walship-bench" --cluster "$dir/cluster.toml" --workload W1 --depth 1
        --batch 0 --pipeline 0 --no-baselines --plots "$dir/plots")
 "${bench[@]}" --keys 10000 > /dev/null 2>&1  # also waits for the followers to stream
