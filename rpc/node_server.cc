@@ -513,11 +513,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
   void Connect() {
     if (apply_running_) {
       // The hello names our position, which is only settled once the apply of the old
-      // connection finishes on its worker; asking now would block this loop on it.
-      uint64_t waiting = conn_generation_;
-      tasks_.add(io_.provider->getTimer().afterDelay(5 * kj::MILLISECONDS).then([this, waiting]() {
-        if (waiting == conn_generation_) Connect();
-      }));
+      // connection finishes on its worker; asking now would block this loop on it. The
+      // apply's completion connects.
+      connect_after_apply_ = true;
       return;
     }
     uint64_t gen = ++conn_generation_;
@@ -704,6 +702,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
               .then([this, fulfiller = kj::mv(item.fulfiller), max_ack_delay_us,
                      gen](absl::StatusOr<Ack> r) mutable {
                 apply_running_ = false;
+                if (connect_after_apply_) {
+                  connect_after_apply_ = false;
+                  Connect();  // a new generation: this completion's ack goes nowhere
+                }
                 if (gen != conn_generation_) {
                   // Its connection is gone: the ack goes nowhere and must not be held among
                   // the new connection's.
@@ -806,6 +808,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   SequenceNumber synced_seq_ = 0;
   std::deque<PendingApply> apply_queue_;  // bounded by the leader's in-flight window
   bool apply_running_ = false;
+  bool connect_after_apply_ = false;  // Connect() came while an apply ran on a worker
   std::vector<HeldAck> held_acks_;  // in message order; fewer than kMaxHeldAcks
   kj::Promise<void> ack_timer_ = nullptr;  // releases held_acks_ when their delay ends
   bool handshake_done_ = false;  // the current connection's subscribe reply was taken
