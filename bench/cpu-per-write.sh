@@ -8,8 +8,12 @@
 # Starts a fresh cluster of three walshipd (127.0.0.1:7301-7303) in a temporary directory,
 # warms it with 10k writes, then runs walship-bench against it for WRITES writes (default
 # 40000) and prints one line: ops/s, the worst follower's lag p99, and µs of CPU (user +
-# system, from /proc/<pid>/stat and time(1)) per write for the benchmark client and each node.
-# Extra walshipd environment passes through.
+# system, from /proc/<pid>/stat and time(1)) per write for the benchmark client and each node,
+# each node's followed by its context switches per write (all threads, /proc/<pid>/task) and
+# its write() calls per write (/proc/<pid>/io syscw): nearly all are WAL appends, one per
+# RocksDB write, so on a follower it is the messages it applied per client write.
+# Extra walshipd environment passes through; CPW_REPLICATION holds extra lines for the config's
+# [replication] table (say CPW_REPLICATION=$'ack_delay_us = 0\nmax_inflight_ships = 1').
 set -euo pipefail
 label=${1:-run}
 writes=${2:-40000}
@@ -25,6 +29,8 @@ trap cleanup EXIT
 cat > "$dir/cluster.toml" <<EOF
 [cluster]
 name = "cpu-per-write"
+[replication]
+${CPW_REPLICATION:-}
 [[node]]
 id = "n1"
 listen = "127.0.0.1:7301"
@@ -53,8 +59,12 @@ bench=("$bin/bench/walship-bench" --cluster "$dir/cluster.toml" --workload W1 --
        --batch 0 --pipeline 0 --no-baselines --plots "$dir/plots")
 "${bench[@]}" --keys 10000 > /dev/null 2>&1  # also waits for the followers to stream
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A before
-for p in "${pids[@]}"; do before[$p]=$(ticks "$p"); done
+# Context switches of every thread: on this paravirtualized guest a switch costs several µs of
+# kernel time, more than half of a node's CPU per write (perf), so wake-ups are worth counting.
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
+iow() { awk '/syscw/ {print $2}' /proc/"$1"/io; }
+declare -A before before_cs before_w
+for p in "${pids[@]}"; do before[$p]=$(ticks "$p"); before_cs[$p]=$(switches "$p"); before_w[$p]=$(iow "$p"); done
 out=$({ /usr/bin/time -f "client-cpu-s %U %S" "${bench[@]}" --keys "$writes" --cap-s 120; } 2>&1)
 hz=$(getconf CLK_TCK)
 line="$label $(echo "$out" | awk '/^W1\// {print "ops/s=" $2}')"
@@ -64,5 +74,8 @@ for i in 0 1 2; do
   p=${pids[$i]}
   line+=" n$((i + 1))=$(awk -v d=$(($(ticks "$p") - ${before[$p]})) -v hz="$hz" -v n="$writes" \
     'BEGIN {printf "%.1fus", d / hz * 1e6 / n}')"
+  line+="/$(awk -v d=$(($(switches "$p") - ${before_cs[$p]})) -v n="$writes" \
+    'BEGIN {printf "%.2fcs", d / n}')"
+  line+="/$(awk -v d=$(($(iow "$p") - ${before_w[$p]})) -v n="$writes" 'BEGIN {printf "%.2fw", d / n}')"
 done
 echo "$line"
