@@ -533,6 +533,41 @@ TEST(LeaderTest, PendingBytesCountsWhatIsNotYetSentAndFlagsWalCatchUp) {
   EXPECT_EQ(l2.leader->PendingBytes(h2.session), UINT64_MAX);
 }
 
+// The transport holds later writes back while a message is in flight to a caught-up
+// follower, for at most max_ship_hold_us after the oldest of them was written.
+TEST(LeaderTest, PendingSinceIsTheWriteTimeOfTheOldestUnsentBatch) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_ship_bytes = 1;  // one batch per message
+  LeaderNode l(dir, &clock, options);
+  FollowerNode f(dir, "f1", &clock);
+  const int64_t t0 = clock.NowMicros();
+  l.Write();
+  clock.Set(t0 + 300);
+  l.Write();
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  EXPECT_EQ(l.leader->PendingSinceUs(h.session), t0);
+  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
+  EXPECT_EQ(l.leader->PendingSinceUs(h.session), t0 + 300);
+  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
+  EXPECT_EQ(l.leader->PendingSinceUs(h.session), 0);  // nothing left to send
+  EXPECT_EQ(l.leader->PendingSinceUs(0), 0);          // no such session
+
+  // Older than the memory tail: served from the WAL, never held back.
+  LeaderOptions small = DefaultLeaderOptions();
+  small.max_tail_bytes = 1;  // keeps only the newest batch
+  TempDir dir2;
+  LeaderNode l2(dir2, &clock, small);
+  FollowerNode f2(dir2, "f2", &clock);
+  l2.Write();
+  l2.Write();
+  Handshake h2 = Connect(*l2.leader, *f2.follower);
+  ASSERT_TRUE(h2.status.ok()) << h2.status;
+  EXPECT_EQ(l2.leader->PendingSinceUs(h2.session), 0);
+}
+
 TEST(LeaderTest, LagIsLatestMinusApplied) {
   TempDir dir;
   FakeClock clock;

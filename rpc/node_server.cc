@@ -431,19 +431,25 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // ---- Leader: shipping ----
 
   // Sends what the follower of `sid` lacks, up to max_inflight_ships messages in flight.
+  // With prompt acks (ack_delay_us = 0, the default) a caught-up follower gets one message in
+  // flight, and writes arriving meanwhile wait for its ack and travel together in the next
+  // one: with one write per round trip, followers then apply about one message per two
+  // writes instead of nearly one per write with delayed acks, which costs them less CPU
+  // (bench/RESULTS.md, session 4). A write waits so at most max_ship_hold_us (checked when
+  // later writes or acks come; else it waits for the ack): past that it goes at once within
+  // the window, which keeps the lag of heavy pipelines, whose acks come slowly, low. A follower catching up (a full message pending)
+  // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s).
   // With delayed acks (ack_delay_us > 0) every message may hold its ack except the one that
   // fills the window, which asks for a prompt ack: one ack then answers several messages,
-  // and nothing waits on an ack while the window has room. With prompt acks a caught-up
-  // follower gets one message in flight, so that writes arriving meanwhile travel together
-  // (measured before delayed acks: raised W1 one-per-trip from 6.8k to 8.2k ops/s), and one
-  // catching up gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s).
+  // and nothing waits on an ack while the window has room.
   void Pump(uint64_t sid) {
     auto it = sessions_.find(sid);
     const uint32_t window = options_.max_inflight_ships;
     const bool delayed_acks = options_.ack_delay_us > 0;
     while (it != sessions_.end() && it->second.inflight < window &&
            (delayed_acks || it->second.inflight == 0 ||
-            leader_->PendingBytes(sid) >= options_.leader.max_ship_bytes)) {
+            leader_->PendingBytes(sid) >= options_.leader.max_ship_bytes ||
+            HeldTooLong(sid))) {
       std::optional<Ship> ship = leader_->NextShip(sid, false);
       if (!ship.has_value()) break;
       if (delayed_acks && it->second.inflight + 1 < window) {
@@ -451,6 +457,12 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       Send(it->second, std::move(*ship));
     }
+  }
+
+  // The oldest write the follower of `sid` lacks has waited max_ship_hold_us.
+  bool HeldTooLong(uint64_t sid) const {
+    int64_t since = leader_->PendingSinceUs(sid);
+    return since != 0 && NowUs() - since >= int64_t{options_.max_ship_hold_us};
   }
 
   void Send(Session& s, Ship ship) {

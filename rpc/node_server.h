@@ -33,10 +33,13 @@ struct NodeServerOptions {
   bool fsync_apply = false;                 // follower: fsync each apply before acking
 
   uint32_t max_inflight_ships = 4;          // per follower
-  // > 0: followers may hold acks this long (one ack answers several messages) and the leader
-  // keeps up to max_inflight_ships in flight to every follower, asking for a prompt ack on
-  // the message that fills the window. 0: prompt acks, one message in flight when caught up.
-  uint32_t ack_delay_us = 1000;
+  // 0: prompt acks; a caught-up follower gets one message in flight, and later writes wait
+  // for its ack (at most max_ship_hold_us) to travel together. > 0: followers may hold acks
+  // this long (one ack answers several messages) and the leader keeps up to
+  // max_inflight_ships in flight to every follower, asking for a prompt ack on the message
+  // that fills the window.
+  uint32_t ack_delay_us = 0;
+  uint32_t max_ship_hold_us = 500;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

@@ -1,6 +1,7 @@
 // The client API in-process: NodeServer instances on loopback in threads of this process,
 // driven through rpc::Client.
 #include <gtest/gtest.h>
+#include <capnp/rpc-twoparty.h>
 #include <kj/async-unix.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -10,12 +11,14 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <mutex>
 #include <random>
 #include <thread>
 
 #include "rpc/client.h"
 #include "rpc/convert.h"
 #include "rpc/node_server.h"
+#include "rpc/peer.capnp.h"
 #include "tools/free_port.h"
 
 namespace walship::rpc {
@@ -221,6 +224,154 @@ TEST_F(RpcTest, FollowerHoldsAcksUpToTheDelayUnlessTheLeaderAsks) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1000));
   c.reset();
   f.reset();
+}
+
+// Plays a follower over the real node-to-node protocol, on its own thread and event loop:
+// subscribes as a fresh follower, records every push and acks them only when the test says.
+class ScriptedFollower {
+ public:
+  explicit ScriptedFollower(const std::string& leader) {
+    thread_ = std::thread([this, leader] { Run(leader); });
+    std::unique_lock lock(mu_);
+    ready_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return executor_ != nullptr; });
+  }
+  ~ScriptedFollower() {
+    if (executor_ != nullptr) executor_->executeSync([this] { stop_->fulfill(); });
+    thread_.join();
+  }
+
+  bool subscribed() {
+    std::lock_guard lock(mu_);
+    return subscribed_;
+  }
+  // Each push received so far, as the [first, last] sequence numbers it covers.
+  std::vector<std::pair<uint64_t, uint64_t>> Pushes() {
+    std::lock_guard lock(mu_);
+    return pushes_;
+  }
+  // Acks every push received so far as applied, as a real follower would.
+  void AckAll() {
+    executor_->executeSync([this] {
+      for (auto& f : unacked_) f->fulfill();
+      unacked_.clear();
+    });
+  }
+
+ private:
+  class Sink final : public schema::BatchSink::Server {
+   public:
+    explicit Sink(ScriptedFollower& f) : f_(f) {}
+    kj::Promise<void> push(PushContext ctx) override {
+      replication::Ship ship = FromCapnp(ctx.getParams().getShip());
+      if (ship.batches.empty()) return kj::READY_NOW;  // a heartbeat: acked by returning
+      uint64_t first = ship.batches.front().batch.first_seq;
+      uint64_t last = ship.batches.back().batch.first_seq + ship.batches.back().batch.count - 1;
+      {
+        std::lock_guard lock(f_.mu_);
+        f_.pushes_.push_back({first, last});
+      }
+      auto paf = kj::newPromiseAndFulfiller<void>();
+      f_.unacked_.push_back(kj::mv(paf.fulfiller));
+      return paf.promise.then([ctx, epoch = ship.epoch, last]() mutable {
+        replication::Ack ack;
+        ack.epoch = epoch;
+        ack.received = ack.durable = ack.applied = last;
+        ToCapnp(ack, ctx.getResults().initAck());
+      });
+    }
+
+   private:
+    ScriptedFollower& f_;
+  };
+
+  // Keeps the connection (and so the subscription) until the loop ends.
+  void Subscribe(kj::AsyncIoContext& io, const std::string& leader) {
+    addr_ = io.provider->getNetwork().parseAddress(leader).wait(io.waitScope);
+    stream_ = addr_->connect().wait(io.waitScope);
+    client_ = kj::heap<capnp::TwoPartyClient>(*stream_);
+    auto req = client_->bootstrap().castAs<schema::Node>().subscribeRequest();
+    replication::Hello hello;
+    hello.cluster = "rpc";
+    hello.follower_id = "scripted";
+    ToCapnp(hello, req.initHello());
+    req.setSink(kj::heap<Sink>(*this));
+    auto reply = req.send().wait(io.waitScope);
+    std::lock_guard lock(mu_);
+    subscribed_ = reply.getReply().getOutcome() == schema::HelloOutcome::ACCEPTED;
+  }
+
+  void Run(const std::string& leader) {
+    auto io = kj::setupAsyncIo();
+    auto stop = kj::newPromiseAndFulfiller<void>();
+    stop_ = kj::mv(stop.fulfiller);
+    {
+      std::lock_guard lock(mu_);
+      executor_ = &kj::getCurrentThreadExecutor();
+    }
+    ready_cv_.notify_all();
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] { Subscribe(io, leader); })) {
+      ADD_FAILURE() << "scripted follower: " << e->getDescription().cStr();
+    }
+    stop.promise.wait(io.waitScope);
+    unacked_.clear();
+    client_ = nullptr;
+    stream_ = nullptr;
+    addr_ = nullptr;
+  }
+
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable ready_cv_;
+  const kj::Executor* executor_ = nullptr;                 // set once, under mu_
+  kj::Own<kj::PromiseFulfiller<void>> stop_;               // loop thread only
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> unacked_;  // loop thread only
+  kj::Own<kj::NetworkAddress> addr_;                       // loop thread only
+  kj::Own<kj::AsyncIoStream> stream_;
+  kj::Own<capnp::TwoPartyClient> client_;
+  std::vector<std::pair<uint64_t, uint64_t>> pushes_;     // under mu_
+  bool subscribed_ = false;                                // under mu_
+};
+
+// Prompt acks (the default): while a message is in flight to a caught-up follower, later
+// writes wait for its ack and then travel together in one message; a write that has waited
+// max_ship_hold_us goes without the ack (within the window) once the next write comes.
+TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.ack_delay_us = 0;
+  lo.max_ship_hold_us = 300'000;
+  lo.heartbeat_interval_ms = 10'000;  // no heartbeat takes a place in flight
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  ScriptedFollower f(lo.listen);
+  ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(f.Pushes().empty());
+
+  auto w1 = c->Write({{OpType::kPut, "a", "1"}});
+  ASSERT_TRUE(w1.ok()) << w1.status();
+  // Nothing was in flight: it goes at once.
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
+  auto w2 = c->Write({{OpType::kPut, "b", "2"}});
+  auto w3 = c->Write({{OpType::kPut, "c", "3"}});
+  ASSERT_TRUE(w2.ok() && w3.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(f.Pushes().size(), 1u);  // held: the first message is unacknowledged
+  f.AckAll();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(5)));
+  EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w3->last_seq));  // one message
+
+  // Message 2 stays unacknowledged. w4 waits for it; once w4 is older than the hold time,
+  // the next write sends both.
+  auto w4 = c->Write({{OpType::kPut, "d", "4"}});
+  ASSERT_TRUE(w4.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(f.Pushes().size(), 2u);
+  auto w5 = c->Write({{OpType::kPut, "e", "5"}});
+  ASSERT_TRUE(w5.ok());
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(5)));
+  EXPECT_EQ(f.Pushes()[2], std::make_pair(w4->first_seq, w5->last_seq));
+  c.reset();
 }
 
 // A pipeline's writes are independent: each gets its own result and sequence range, in the
