@@ -499,28 +499,40 @@ TEST(LeaderTest, FollowerWhosePositionWasPurgedIsToldToReseed) {
   EXPECT_EQ(f.engine->LatestSequence(), 1u);
 }
 
-TEST(LeaderTest, PendingBytesCountsWhatIsNotYetSentAndFlagsWalCatchUp) {
+// What the transport's shipping policy reads: the bytes a session has yet to be sent (a full
+// message pending gets the whole window), and the write time of the oldest of them (later
+// writes wait for the ack in flight at most max_ship_hold_us after it).
+TEST(LeaderTest, PendingBytesAndSinceDescribeWhatIsNotYetSentAndFlagWalCatchUp) {
   TempDir dir;
   FakeClock clock;
   LeaderOptions options = DefaultLeaderOptions();
   options.max_ship_bytes = 1;  // one batch per message
   LeaderNode l(dir, &clock, options);
   FollowerNode f(dir, "f1", &clock);
+  const int64_t t0 = clock.NowMicros();
   std::vector<Batch> written;
-  for (int i = 0; i < 3; ++i) written.push_back(l.Write(2));
+  for (int i = 0; i < 3; ++i) {
+    clock.Set(t0 + 100 * i);
+    written.push_back(l.Write(2));
+  }
   Handshake h = Connect(*l.leader, *f.follower);
   ASSERT_TRUE(h.status.ok()) << h.status;
   uint64_t all = 0;
   for (const Batch& b : written) all += b.data.size();
   EXPECT_EQ(l.leader->PendingBytes(h.session), all);
+  EXPECT_EQ(l.leader->PendingSinceUs(h.session), t0);
   ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
   EXPECT_EQ(l.leader->PendingBytes(h.session), all - written[0].data.size());
+  EXPECT_EQ(l.leader->PendingSinceUs(h.session), t0 + 100);
   ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
   ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
   EXPECT_EQ(l.leader->PendingBytes(h.session), 0u);
-  EXPECT_EQ(l.leader->PendingBytes(0), 0u);
+  EXPECT_EQ(l.leader->PendingSinceUs(h.session), 0);  // nothing left to send
+  EXPECT_EQ(l.leader->PendingBytes(0), 0u);           // no such session
+  EXPECT_EQ(l.leader->PendingSinceUs(0), 0);
 
-  // A follower whose position is older than the memory tail is catching up from the WAL.
+  // A follower whose position is older than the memory tail is catching up from the WAL:
+  // it gets the whole window, never held back.
   LeaderOptions small = DefaultLeaderOptions();
   small.max_tail_bytes = 1;  // keeps only the newest batch
   TempDir dir2;
@@ -531,40 +543,6 @@ TEST(LeaderTest, PendingBytesCountsWhatIsNotYetSentAndFlagsWalCatchUp) {
   Handshake h2 = Connect(*l2.leader, *f2.follower);
   ASSERT_TRUE(h2.status.ok()) << h2.status;
   EXPECT_EQ(l2.leader->PendingBytes(h2.session), UINT64_MAX);
-}
-
-// The transport holds later writes back while a message is in flight to a caught-up
-// follower, for at most max_ship_hold_us after the oldest of them was written.
-TEST(LeaderTest, PendingSinceIsTheWriteTimeOfTheOldestUnsentBatch) {
-  TempDir dir;
-  FakeClock clock;
-  LeaderOptions options = DefaultLeaderOptions();
-  options.max_ship_bytes = 1;  // one batch per message
-  LeaderNode l(dir, &clock, options);
-  FollowerNode f(dir, "f1", &clock);
-  const int64_t t0 = clock.NowMicros();
-  l.Write();
-  clock.Set(t0 + 300);
-  l.Write();
-  Handshake h = Connect(*l.leader, *f.follower);
-  ASSERT_TRUE(h.status.ok()) << h.status;
-  EXPECT_EQ(l.leader->PendingSinceUs(h.session), t0);
-  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
-  EXPECT_EQ(l.leader->PendingSinceUs(h.session), t0 + 300);
-  ASSERT_TRUE(l.leader->NextShip(h.session, false).has_value());
-  EXPECT_EQ(l.leader->PendingSinceUs(h.session), 0);  // nothing left to send
-  EXPECT_EQ(l.leader->PendingSinceUs(0), 0);          // no such session
-
-  // Older than the memory tail: served from the WAL, never held back.
-  LeaderOptions small = DefaultLeaderOptions();
-  small.max_tail_bytes = 1;  // keeps only the newest batch
-  TempDir dir2;
-  LeaderNode l2(dir2, &clock, small);
-  FollowerNode f2(dir2, "f2", &clock);
-  l2.Write();
-  l2.Write();
-  Handshake h2 = Connect(*l2.leader, *f2.follower);
-  ASSERT_TRUE(h2.status.ok()) << h2.status;
   EXPECT_EQ(l2.leader->PendingSinceUs(h2.session), 0);
 }
 
