@@ -13,7 +13,7 @@
 # its write() calls per write (/proc/<pid>/io syscw): nearly all are WAL appends, one per
 # RocksDB write, so on a follower it is the messages it applied per client write.
 # Extra walshipd environment passes through; CPW_REPLICATION holds extra lines for the config's
-# [replication] table (say CPW_REPLICATION=$'ack_delay_us = 0\nmax_inflight_ships = 1').
+# [replication] table (say CPW_REPLICATION=$'ack_delay_us = 1000\nmax_inflight_ships = 8').
 set -euo pipefail
 label=${1:-run}
 writes=${2:-40000}
@@ -61,8 +61,12 @@ bench=("$bin/bench/walship-bench" --cluster "$dir/cluster.toml" --workload W1 --
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Context switches of every thread: on this paravirtualized guest a switch costs several µs of
 # kernel time, more than half of a node's CPU per write (perf), so wake-ups are worth counting.
-switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
-iow() { awk '/syscw/ {print $2}' /proc/"$1"/io; }
+# (A thread may end between the glob and the read: its file is then skipped.)
+switches() {
+  { cat /proc/"$1"/task/*/status 2>/dev/null || true; } |
+    awk '/ctxt_switches/ {s += $2} END {print s + 0}'
+}
+iow() { awk '/syscw/ {n = $2} END {print n + 0}' /proc/"$1"/io 2>/dev/null || echo 0; }
 declare -A before before_cs before_w
 for p in "${pids[@]}"; do before[$p]=$(ticks "$p"); before_cs[$p]=$(switches "$p"); before_w[$p]=$(iow "$p"); done
 out=$({ /usr/bin/time -f "client-cpu-s %U %S" "${bench[@]}" --keys "$writes" --cap-s 120; } 2>&1)

@@ -177,29 +177,18 @@ bool Leader::HasWork(uint64_t session) const {
          rec->next_seq <= latest_;
 }
 
-std::optional<size_t> Leader::FirstUnsent(uint64_t session) const {
+uint64_t Leader::PendingBytes(uint64_t session) const {
   const Record* rec = FindSession(session);
-  if (rec == nullptr || rec->next_seq > latest_) return tail_.size();
-  if (tail_.empty() || tail_.front().batch.first_seq > rec->next_seq) return std::nullopt;
+  if (rec == nullptr || rec->next_seq > latest_) return 0;
+  if (tail_.empty() || tail_.front().batch.first_seq > rec->next_seq) return UINT64_MAX;
   auto it = std::lower_bound(
       tail_.begin(), tail_.end(), rec->next_seq,
       [](const ShippedBatch& b, SequenceNumber s) { return b.batch.first_seq < s; });
-  return static_cast<size_t>(it - tail_.begin());
-}
-
-uint64_t Leader::PendingBytes(uint64_t session) const {
-  std::optional<size_t> first = FirstUnsent(session);
-  if (!first.has_value()) return UINT64_MAX;
-  size_t i = *first;
-  if (i == tail_.size()) return 0;
+  if (it == tail_.end()) return 0;
+  size_t i = static_cast<size_t>(it - tail_.begin());
   uint64_t sent_end = i == 0 ? tail_end_bytes_[0] - tail_[0].batch.data.size()
                              : tail_end_bytes_[i - 1];
   return written_bytes_ - sent_end;
-}
-
-int64_t Leader::PendingSinceUs(uint64_t session) const {
-  std::optional<size_t> first = FirstUnsent(session);
-  return first.has_value() && *first < tail_.size() ? tail_[*first].leader_time_us : 0;
 }
 
 std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {

@@ -87,11 +87,6 @@ class Leader {
   // writes arriving meanwhile travel together) and a full window to one catching up.
   uint64_t PendingBytes(uint64_t session) const;
 
-  // Write time (leader clock, µs) of the oldest batch the session has yet to be sent, when
-  // its position is in the memory tail; 0 when it has nothing to send or is older than the
-  // tail.
-  int64_t PendingSinceUs(uint64_t session) const;
-
   std::vector<FollowerInfo> Followers();
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
@@ -110,9 +105,6 @@ class Leader {
 
   Record* FindSession(uint64_t session);
   const Record* FindSession(uint64_t session) const;
-  // Index in tail_ of the first batch the session has yet to be sent: tail_.size() when it
-  // has nothing to send (or no session), nullopt when its position is older than the tail.
-  std::optional<size_t> FirstUnsent(uint64_t session) const;
   std::string CheckHistory(const Hello& hello) const;
   void MarkNeedsSnapshot(Record& rec, const std::string& why);
   int64_t WriteTimeOf(const Record& rec, SequenceNumber seq) const;

@@ -259,7 +259,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       it = it->second.follower_id == hello.follower_id ? sessions_.erase(it) : std::next(it);
     }
-    sessions_.emplace(sid, Session{sid, hello.follower_id, params.getSink(), 0, NowUs()});
+    sessions_.emplace(sid, Session{sid, hello.follower_id, params.getSink(), 0, NowUs(), false,
+                                   false, nullptr});
     tasks_.add(kj::evalLater([this, sid]() { Pump(sid); }));
     return kj::READY_NOW;
   }
@@ -296,6 +297,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
     schema::BatchSink::Client sink;
     uint32_t inflight = 0;
     int64_t last_send_us = 0;
+    // Prompt acks: writes held back by the message in flight wait at most max_ship_hold_us.
+    bool hold_armed = false;    // hold_timer runs
+    bool hold_expired = false;  // it ran out: send what is pending within the window
+    kj::Promise<void> hold_timer = nullptr;
   };
   struct PendingApply {
     Ship ship;
@@ -435,34 +440,46 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // flight, and writes arriving meanwhile wait for its ack and travel together in the next
   // one: with one write per round trip, followers then apply about one message per two
   // writes instead of nearly one per write with delayed acks, which costs them less CPU
-  // (bench/RESULTS.md, session 4). A write waits so at most max_ship_hold_us (checked when
-  // later writes or acks come; else it waits for the ack): past that it goes at once within
-  // the window, which keeps the lag of heavy pipelines, whose acks come slowly, low. A follower catching up (a full message pending)
-  // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s).
-  // With delayed acks (ack_delay_us > 0) every message may hold its ack except the one that
-  // fills the window, which asks for a prompt ack: one ack then answers several messages,
-  // and nothing waits on an ack while the window has room.
+  // (bench/RESULTS.md, session 4). The wait is bounded: max_ship_hold_us after the first
+  // write was held back, a timer sends what is pending within the window, which keeps the
+  // lag of heavy pipelines, whose acks come slowly, low. A follower catching up (a full
+  // message pending) gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to
+  // 0.57 s). With delayed acks (ack_delay_us > 0) every message may hold its ack except the
+  // one that fills the window, which asks for a prompt ack: one ack then answers several
+  // messages, and nothing waits on an ack while the window has room.
   void Pump(uint64_t sid) {
     auto it = sessions_.find(sid);
+    if (it == sessions_.end()) return;
+    Session& s = it->second;
     const uint32_t window = options_.max_inflight_ships;
     const bool delayed_acks = options_.ack_delay_us > 0;
-    while (it != sessions_.end() && it->second.inflight < window &&
-           (delayed_acks || it->second.inflight == 0 ||
-            leader_->PendingBytes(sid) >= options_.leader.max_ship_bytes ||
-            HeldTooLong(sid))) {
+    while (s.inflight < window &&
+           (delayed_acks || s.inflight == 0 || s.hold_expired ||
+            leader_->PendingBytes(sid) >= options_.leader.max_ship_bytes)) {
       std::optional<Ship> ship = leader_->NextShip(sid, false);
-      if (!ship.has_value()) break;
-      if (delayed_acks && it->second.inflight + 1 < window) {
+      if (!ship.has_value()) return;
+      if (delayed_acks && s.inflight + 1 < window) {
         ship->max_ack_delay_us = options_.ack_delay_us;
       }
-      Send(it->second, std::move(*ship));
+      Send(s, std::move(*ship));
     }
-  }
-
-  // The oldest write the follower of `sid` lacks has waited max_ship_hold_us.
-  bool HeldTooLong(uint64_t sid) const {
-    int64_t since = leader_->PendingSinceUs(sid);
-    return since != 0 && NowUs() - since >= int64_t{options_.max_ship_hold_us};
+    if (!delayed_acks && !s.hold_armed && s.inflight < window && leader_->HasWork(sid)) {
+      // Held back by the message in flight: send anyway once the hold is over. Send cancels
+      // the timer; the timer only marks the hold over, and Pumps from a later turn (a
+      // promise must not be destroyed from its own continuation).
+      s.hold_armed = true;
+      s.hold_timer = io_.provider->getTimer()
+                         .afterDelay(options_.max_ship_hold_us * kj::MICROSECONDS)
+                         .then([this, sid]() {
+                           tasks_.add(kj::evalLater([this, sid]() {
+                             auto found = sessions_.find(sid);
+                             if (found == sessions_.end()) return;
+                             found->second.hold_expired = true;
+                             Pump(sid);
+                           }));
+                         })
+                         .eagerlyEvaluate(nullptr);
+    }
   }
 
   void Send(Session& s, Ship ship) {
@@ -471,6 +488,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
     ToCapnp(ship, req.initShip());
     ++s.inflight;
     s.last_send_us = NowUs();
+    // What was held back goes now; later writes start a new hold.
+    s.hold_armed = false;
+    s.hold_expired = false;
+    s.hold_timer = nullptr;
     bool final = !ship.needs_snapshot.empty();
     if (final) {
       spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);

@@ -34,11 +34,13 @@ struct NodeServerOptions {
 
   uint32_t max_inflight_ships = 4;          // per follower
   // 0: prompt acks; a caught-up follower gets one message in flight, and later writes wait
-  // for its ack (at most max_ship_hold_us) to travel together. > 0: followers may hold acks
+  // for its ack, at most max_ship_hold_us, to travel together. > 0: followers may hold acks
   // this long (one ack answers several messages) and the leader keeps up to
   // max_inflight_ships in flight to every follower, asking for a prompt ack on the message
   // that fills the window.
   uint32_t ack_delay_us = 0;
+  // Prompt acks: writes held back by the message in flight are sent without its ack once the
+  // first of them has waited this long (within max_inflight_ships).
   uint32_t max_ship_hold_us = 500;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <condition_variable>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -233,10 +234,10 @@ class ScriptedFollower {
   explicit ScriptedFollower(const std::string& leader) {
     thread_ = std::thread([this, leader] { Run(leader); });
     std::unique_lock lock(mu_);
-    ready_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return executor_ != nullptr; });
+    ready_cv_.wait(lock, [&] { return executor_ != nullptr; });  // set before any blocking
   }
   ~ScriptedFollower() {
-    if (executor_ != nullptr) executor_->executeSync([this] { stop_->fulfill(); });
+    executor_->executeSync([this] { stop_->fulfill(); });
     thread_.join();
   }
 
@@ -286,8 +287,14 @@ class ScriptedFollower {
 
   // Keeps the connection (and so the subscription) until the loop ends.
   void Subscribe(kj::AsyncIoContext& io, const std::string& leader) {
-    addr_ = io.provider->getNetwork().parseAddress(leader).wait(io.waitScope);
-    stream_ = addr_->connect().wait(io.waitScope);
+    // Bounded, so that the destructor's join cannot wait on a leader that never answers.
+    auto bounded = [&]<typename T>(kj::Promise<T> promise) {
+      return io.provider->getTimer()
+          .timeoutAfter(10 * kj::SECONDS, kj::mv(promise))
+          .wait(io.waitScope);
+    };
+    addr_ = bounded(io.provider->getNetwork().parseAddress(leader));
+    stream_ = bounded(addr_->connect());
     client_ = kj::heap<capnp::TwoPartyClient>(*stream_);
     auto req = client_->bootstrap().castAs<schema::Node>().subscribeRequest();
     replication::Hello hello;
@@ -295,7 +302,8 @@ class ScriptedFollower {
     hello.follower_id = "scripted";
     ToCapnp(hello, req.initHello());
     req.setSink(kj::heap<Sink>(*this));
-    auto reply = req.send().wait(io.waitScope);
+    auto reply = bounded(kj::Promise<capnp::Response<schema::PeerService::SubscribeResults>>(
+        req.send()));
     std::lock_guard lock(mu_);
     subscribed_ = reply.getReply().getOutcome() == schema::HelloOutcome::ACCEPTED;
   }
@@ -333,44 +341,55 @@ class ScriptedFollower {
 };
 
 // Prompt acks (the default): while a message is in flight to a caught-up follower, later
-// writes wait for its ack and then travel together in one message; a write that has waited
-// max_ship_hold_us goes without the ack (within the window) once the next write comes.
+// writes wait for its ack and then travel together in one message; once they have waited
+// max_ship_hold_us they go without the ack, within the window (max_inflight_ships).
 TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
+  using std::chrono::milliseconds;
   NodeServerOptions lo = Options("n1", true, "");
   lo.ack_delay_us = 0;
-  lo.max_ship_hold_us = 300'000;
-  lo.heartbeat_interval_ms = 10'000;  // no heartbeat takes a place in flight
+  lo.max_ship_hold_us = 1'000'000;
+  lo.max_inflight_ships = 2;
+  lo.heartbeat_interval_ms = 60'000;  // no heartbeat takes a place in flight
   RunningNode leader(lo);
   auto c = ConnectOrDie(lo.listen);
   ASSERT_NE(c, nullptr);
   ScriptedFollower f(lo.listen);
   ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(milliseconds(50));
   EXPECT_TRUE(f.Pushes().empty());
 
   auto w1 = c->Write({{OpType::kPut, "a", "1"}});
   ASSERT_TRUE(w1.ok()) << w1.status();
   // Nothing was in flight: it goes at once.
   ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
+  auto held_from = std::chrono::steady_clock::now();
   auto w2 = c->Write({{OpType::kPut, "b", "2"}});
   auto w3 = c->Write({{OpType::kPut, "c", "3"}});
   ASSERT_TRUE(w2.ok() && w3.ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(f.Pushes().size(), 1u);  // held: the first message is unacknowledged
+  std::this_thread::sleep_for(milliseconds(200));
+  if (std::chrono::steady_clock::now() - held_from < milliseconds(900)) {
+    EXPECT_EQ(f.Pushes().size(), 1u);  // held: the first message is unacknowledged
+  }  // else this machine stalled past the hold, and they may have gone
   f.AckAll();
   ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(5)));
   EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w3->last_seq));  // one message
 
-  // Message 2 stays unacknowledged. w4 waits for it; once w4 is older than the hold time,
-  // the next write sends both.
+  // Message 2 stays unacknowledged: w4 waits for it, then goes when the hold is over.
   auto w4 = c->Write({{OpType::kPut, "d", "4"}});
   ASSERT_TRUE(w4.ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  EXPECT_EQ(f.Pushes().size(), 2u);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(10)));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, milliseconds(800));
+  EXPECT_EQ(f.Pushes()[2], std::make_pair(w4->first_seq, w4->last_seq));
+
+  // Two messages in flight fill the window of 2: w5 waits past the hold, until an ack.
   auto w5 = c->Write({{OpType::kPut, "e", "5"}});
   ASSERT_TRUE(w5.ok());
-  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(5)));
-  EXPECT_EQ(f.Pushes()[2], std::make_pair(w4->first_seq, w5->last_seq));
+  std::this_thread::sleep_for(milliseconds(1500));
+  EXPECT_EQ(f.Pushes().size(), 3u);
+  f.AckAll();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 4; }, std::chrono::seconds(5)));
+  EXPECT_EQ(f.Pushes()[3], std::make_pair(w5->first_seq, w5->last_seq));
   c.reset();
 }
 
