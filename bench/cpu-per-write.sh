@@ -68,7 +68,9 @@ switches() {
 }
 iow() { awk '/syscw/ {n = $2} END {print n + 0}' /proc/"$1"/io 2>/dev/null || echo 0; }
 declare -A before before_cs before_w
-for p in "${pids[@]}"; do before[$p]=$(ticks "$p"); before_cs[$p]=$(switches "$p"); before_w[$p]=$(iow "$p"); done
+for p in "${pids[@]}"; do
+  before[$p]=$(ticks "$p") before_cs[$p]=$(switches "$p") before_w[$p]=$(iow "$p")
+done
 out=$({ /usr/bin/time -f "client-cpu-s %U %S" "${bench[@]}" --keys "$writes" --cap-s 120; } 2>&1)
 hz=$(getconf CLK_TCK)
 line="$label $(echo "$out" | awk '/^W1\// {print "ops/s=" $2}')"
@@ -80,6 +82,7 @@ for i in 0 1 2; do
     'BEGIN {printf "%.1fus", d / hz * 1e6 / n}')"
   line+="/$(awk -v d=$(($(switches "$p") - ${before_cs[$p]})) -v n="$writes" \
     'BEGIN {printf "%.2fcs", d / n}')"
-  line+="/$(awk -v d=$(($(iow "$p") - ${before_w[$p]})) -v n="$writes" 'BEGIN {printf "%.2fw", d / n}')"
+  line+="/$(awk -v d=$(($(iow "$p") - ${before_w[$p]})) -v n="$writes" \
+    'BEGIN {printf "%.2fw", d / n}')"
 done
 echo "$line"

@@ -438,8 +438,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // Sends what the follower of `sid` lacks, up to max_inflight_ships messages in flight.
   // With prompt acks (ack_delay_us = 0, the default) a caught-up follower gets one message in
   // flight, and writes arriving meanwhile wait for its ack and travel together in the next
-  // one: with one write per round trip, followers then apply about one message per two
-  // writes instead of nearly one per write with delayed acks, which costs them less CPU
+  // one: with one write per round trip, followers then apply 0.4-0.7 messages per write
+  // instead of about 0.9 with delayed acks, which costs them less CPU
   // (bench/RESULTS.md, session 4). The wait is bounded: max_ship_hold_us after the first
   // write was held back, a timer sends what is pending within the window, which keeps the
   // lag of heavy pipelines, whose acks come slowly, low. A follower catching up (a full
