@@ -453,8 +453,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
     Session& s = it->second;
     const uint32_t window = options_.max_inflight_ships;
     const bool delayed_acks = options_.ack_delay_us > 0;
+    const bool no_hold = options_.max_ship_hold_us == 0;
     while (s.inflight < window &&
-           (delayed_acks || s.inflight == 0 || s.hold_expired ||
+           (delayed_acks || s.inflight == 0 || s.hold_expired || no_hold ||
             leader_->PendingBytes(sid) >= options_.leader.max_ship_bytes)) {
       std::optional<Ship> ship = leader_->NextShip(sid, false);
       if (!ship.has_value()) return;

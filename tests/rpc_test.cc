@@ -393,6 +393,37 @@ TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
   c.reset();
 }
 
+// max_ship_hold_us = 0: nothing waits for an ack while the window has room.
+TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.ack_delay_us = 0;
+  lo.max_ship_hold_us = 0;
+  lo.max_inflight_ships = 2;
+  lo.heartbeat_interval_ms = 60'000;  // no heartbeat takes a place in flight
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  ScriptedFollower f(lo.listen);
+  ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+
+  auto w1 = c->Write({{OpType::kPut, "a", "1"}});
+  ASSERT_TRUE(w1.ok()) << w1.status();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
+  auto w2 = c->Write({{OpType::kPut, "b", "2"}});
+  ASSERT_TRUE(w2.ok());
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(5)));
+  EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w2->last_seq));
+  // The window of 2 is full: w3 waits for an ack.
+  auto w3 = c->Write({{OpType::kPut, "c", "3"}});
+  ASSERT_TRUE(w3.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(f.Pushes().size(), 2u);
+  f.AckAll();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(5)));
+  EXPECT_EQ(f.Pushes()[2], std::make_pair(w3->first_seq, w3->last_seq));
+  c.reset();
+}
+
 // A pipeline's writes are independent: each gets its own result and sequence range, in the
 // order sent; a bad one fails alone; a pipeline over the limit is refused whole.
 TEST_F(RpcTest, PipelineWritesAreIndependentAndOrdered) {
