@@ -9,9 +9,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <filesystem>
-#include <condition_variable>
 #include <mutex>
 #include <random>
 #include <thread>
