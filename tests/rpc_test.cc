@@ -94,6 +94,16 @@ class RpcTest : public ::testing::Test {
     return o;
   }
 
+  // A leader with prompt acks, a window of 2 and the given hold, for a ScriptedFollower.
+  NodeServerOptions PromptAckLeader(uint32_t hold_us) {
+    NodeServerOptions o = Options("n1", true, "");
+    o.ack_delay_us = 0;
+    o.max_ship_hold_us = hold_us;
+    o.max_inflight_ships = 2;
+    o.heartbeat_interval_ms = 60'000;  // no heartbeat takes a place in flight
+    return o;
+  }
+
   fs::path dir_;
 };
 
@@ -340,16 +350,23 @@ class ScriptedFollower {
   bool subscribed_ = false;                                // under mu_
 };
 
+// With the window full, `w` stays unsent for `watch` (`sent` messages are out), however long
+// the hold, and goes alone once an ack frees a place.
+void ExpectHeldUntilAnAck(ScriptedFollower& f, size_t sent, const WriteResult& w,
+                          std::chrono::milliseconds watch) {
+  std::this_thread::sleep_for(watch);
+  EXPECT_EQ(f.Pushes().size(), sent);
+  f.AckAll();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == sent + 1; }, std::chrono::seconds(5)));
+  EXPECT_EQ(f.Pushes()[sent], std::make_pair(w.first_seq, w.last_seq));
+}
+
 // Prompt acks (the default): while a message is in flight to a caught-up follower, later
 // writes wait for its ack and then travel together in one message; once they have waited
 // max_ship_hold_us they go without the ack, within the window (max_inflight_ships).
 TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
   using std::chrono::milliseconds;
-  NodeServerOptions lo = Options("n1", true, "");
-  lo.ack_delay_us = 0;
-  lo.max_ship_hold_us = 1'000'000;
-  lo.max_inflight_ships = 2;
-  lo.heartbeat_interval_ms = 60'000;  // no heartbeat takes a place in flight
+  NodeServerOptions lo = PromptAckLeader(1'000'000);
   RunningNode leader(lo);
   auto c = ConnectOrDie(lo.listen);
   ASSERT_NE(c, nullptr);
@@ -385,21 +402,13 @@ TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
   // Two messages in flight fill the window of 2: w5 waits past the hold, until an ack.
   auto w5 = c->Write({{OpType::kPut, "e", "5"}});
   ASSERT_TRUE(w5.ok());
-  std::this_thread::sleep_for(milliseconds(1500));
-  EXPECT_EQ(f.Pushes().size(), 3u);
-  f.AckAll();
-  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 4; }, std::chrono::seconds(5)));
-  EXPECT_EQ(f.Pushes()[3], std::make_pair(w5->first_seq, w5->last_seq));
+  ExpectHeldUntilAnAck(f, 3, *w5, milliseconds(1500));
   c.reset();
 }
 
 // max_ship_hold_us = 0: nothing waits for an ack while the window has room.
 TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
-  NodeServerOptions lo = Options("n1", true, "");
-  lo.ack_delay_us = 0;
-  lo.max_ship_hold_us = 0;
-  lo.max_inflight_ships = 2;
-  lo.heartbeat_interval_ms = 60'000;  // no heartbeat takes a place in flight
+  NodeServerOptions lo = PromptAckLeader(0);
   RunningNode leader(lo);
   auto c = ConnectOrDie(lo.listen);
   ASSERT_NE(c, nullptr);
@@ -416,11 +425,7 @@ TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
   // The window of 2 is full: w3 waits for an ack.
   auto w3 = c->Write({{OpType::kPut, "c", "3"}});
   ASSERT_TRUE(w3.ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_EQ(f.Pushes().size(), 2u);
-  f.AckAll();
-  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(5)));
-  EXPECT_EQ(f.Pushes()[2], std::make_pair(w3->first_seq, w3->last_seq));
+  ExpectHeldUntilAnAck(f, 2, *w3, std::chrono::milliseconds(200));
   c.reset();
 }
 
