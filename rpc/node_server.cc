@@ -259,8 +259,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       it = it->second.follower_id == hello.follower_id ? sessions_.erase(it) : std::next(it);
     }
-    sessions_.emplace(sid, Session{sid, hello.follower_id, params.getSink(), 0, NowUs(), false,
-                                   false, nullptr});
+    sessions_.emplace(sid, Session(sid, hello.follower_id, params.getSink(), NowUs()));
     tasks_.add(kj::evalLater([this, sid]() { Pump(sid); }));
     return kj::READY_NOW;
   }
@@ -292,15 +291,20 @@ class Core final : public kj::TaskSet::ErrorHandler {
     kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
   };
   struct Session {
+    Session(uint64_t session, std::string follower, schema::BatchSink::Client follower_sink,
+            int64_t now_us)
+        : id(session),
+          follower_id(std::move(follower)),
+          sink(kj::mv(follower_sink)),
+          last_send_us(now_us) {}
     uint64_t id = 0;
     std::string follower_id;
     schema::BatchSink::Client sink;
     uint32_t inflight = 0;
     int64_t last_send_us = 0;
     // Prompt acks: writes held back by the message in flight wait at most max_ship_hold_us.
-    bool hold_armed = false;    // hold_timer runs
+    kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait
     bool hold_expired = false;  // it ran out: send what is pending within the window
-    kj::Promise<void> hold_timer = nullptr;
   };
   struct PendingApply {
     Ship ship;
@@ -464,11 +468,11 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       Send(s, std::move(*ship));
     }
-    if (!delayed_acks && !s.hold_armed && s.inflight < window && leader_->HasWork(sid)) {
+    if (!delayed_acks && s.hold_timer == nullptr && s.inflight < window &&
+        leader_->HasWork(sid)) {
       // Held back by the message in flight: send anyway once the hold is over. Send cancels
       // the timer; the timer only marks the hold over, and Pumps from a later turn (a
       // promise must not be destroyed from its own continuation).
-      s.hold_armed = true;
       s.hold_timer = io_.provider->getTimer()
                          .afterDelay(options_.max_ship_hold_us * kj::MICROSECONDS)
                          .then([this, sid]() {
@@ -490,9 +494,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     ++s.inflight;
     s.last_send_us = NowUs();
     // What was held back goes now; later writes start a new hold.
-    s.hold_armed = false;
-    s.hold_expired = false;
     s.hold_timer = nullptr;
+    s.hold_expired = false;
     bool final = !ship.needs_snapshot.empty();
     if (final) {
       spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);
