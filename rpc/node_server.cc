@@ -305,6 +305,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
     // Prompt acks: writes held back by the message in flight wait at most max_ship_hold_us.
     kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait
     bool hold_expired = false;  // it ran out: send what is pending within the window
+    // Answered pushes, kept until the next Pump: releasing one sends its Finish, which then
+    // shares a socket write with the next message instead of taking one of its own.
+    std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
   };
   struct PendingApply {
     Ship ship;
@@ -432,12 +435,33 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       writes_accepted_ += group.size();
       ++write_groups_;
-      for (auto& [sid, s] : sessions_) Pump(sid);
+      SchedulePump();
     }
     ScheduleFlush();
   }
 
   // ---- Leader: shipping ----
+
+  // Ships to every follower at the end of this event-loop turn, after the turn's group commit
+  // and after the replies to its writers have gone out: a writer waiting for its reply does
+  // not also wait for the messages to the followers, which are sent while it works on its
+  // next request, and an ack read in the same turn as a write lets that write travel in the
+  // message the ack frees. (KJ runs the evalLast callbacks of one turn newest first, so the
+  // group commit and the replies' socket flushes, scheduled after this, run before it.)
+  void SchedulePump() {
+    if (pump_scheduled_) return;
+    pump_scheduled_ = true;
+    tasks_.add(kj::evalLast([this]() {
+      pump_scheduled_ = false;
+      if (!pending_.empty() && !writer_busy_) {
+        // A group commit of this turn has not run yet: run it first; its completion
+        // schedules the pump again, behind the replies.
+        FlushWrites();
+        if (pump_scheduled_) return;
+      }
+      for (auto& [sid, s] : sessions_) Pump(sid);
+    }));
+  }
 
   // Sends what the follower of `sid` lacks, up to max_inflight_ships messages in flight.
   // With prompt acks (ack_delay_us = 0, the default) a caught-up follower gets one message in
@@ -455,6 +479,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     auto it = sessions_.find(sid);
     if (it == sessions_.end()) return;
     Session& s = it->second;
+    s.answered.clear();
     const uint32_t window = options_.max_inflight_ships;
     const bool delayed_acks = options_.ack_delay_us > 0;
     const bool no_hold = options_.max_ship_hold_us == 0;
@@ -516,7 +541,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
             sessions_.erase(it);
             return;
           }
-          Pump(sid);
+          it->second.answered.push_back(kj::mv(resp));
+          SchedulePump();
         },
         [this, sid](kj::Exception&& e) {
           auto it = sessions_.find(sid);
@@ -832,6 +858,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // Leader write path.
   std::deque<PendingWrite> pending_;
   bool flush_scheduled_ = false;
+  bool pump_scheduled_ = false;
   bool writer_busy_ = false;  // a write group is on a worker; later groups wait
   uint64_t writes_accepted_ = 0;
   uint64_t write_groups_ = 0;
