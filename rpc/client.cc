@@ -2,6 +2,7 @@
 
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
+#include <kj/time.h>
 
 #include <chrono>
 #include <functional>
@@ -264,9 +265,16 @@ class ClientImpl final : public Client {
   }
 
  private:
+  // `budget` from now. Not the loop timer's afterDelay: its now() is the time of the loop's
+  // last turn, which for a client idle since then lies in the past (after an idle spell
+  // longer than the budget every call timed out at once).
+  static kj::TimePoint Deadline(absl::Duration budget) {
+    return kj::systemPreciseMonotonicClock().now() +
+           absl::ToInt64Microseconds(budget) * kj::MICROSECONDS;
+  }
+
   absl::Status WaitFor(kj::Promise<void> p, absl::Duration budget) {
-    auto bounded = io_.provider->getTimer().timeoutAfter(
-        absl::ToInt64Milliseconds(budget) * kj::MILLISECONDS, kj::mv(p));
+    auto bounded = io_.provider->getTimer().timeoutAt(Deadline(budget), kj::mv(p));
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { bounded.wait(io_.waitScope); })) {
       return absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr()));
     }
@@ -280,8 +288,7 @@ class ClientImpl final : public Client {
   }
   template <typename T, typename F>
   absl::Status Wait(kj::Promise<T> p, absl::Duration budget, F&& f) {
-    auto bounded = io_.provider->getTimer().timeoutAfter(
-        absl::ToInt64Milliseconds(budget) * kj::MILLISECONDS, kj::mv(p));
+    auto bounded = io_.provider->getTimer().timeoutAt(Deadline(budget), kj::mv(p));
     absl::Status status;
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { f(bounded.wait(io_.waitScope)); })) {
       // timeoutAfter's own exception says "operation timed out".

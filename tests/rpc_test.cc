@@ -107,6 +107,21 @@ class RpcTest : public ::testing::Test {
   fs::path dir_;
 };
 
+// A client idle for longer than its timeout still gets its next call answered: every call is
+// bounded from when it is made, not from the last time the client's event loop ran.
+TEST_F(RpcTest, ACallAfterAnIdleSpellLongerThanTheTimeoutIsAnswered) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);  // the node is up
+  auto c = Client::Connect(lo.listen, absl::Milliseconds(500));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE((*c)->Write({{OpType::kPut, "a", "1"}}).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  auto w = (*c)->Write({{OpType::kPut, "b", "2"}});
+  EXPECT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE((*c)->Get("b").ok());
+}
+
 TEST_F(RpcTest, ClientApiOnLeaderAndFollower) {
   NodeServerOptions lo = Options("n1", true, "");
   RunningNode leader(lo);
