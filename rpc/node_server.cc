@@ -302,9 +302,12 @@ class Core final : public kj::TaskSet::ErrorHandler {
     schema::BatchSink::Client sink;
     uint32_t inflight = 0;
     int64_t last_send_us = 0;
-    // Prompt acks: writes held back by the message in flight wait at most max_ship_hold_us.
-    kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait
-    bool hold_expired = false;  // it ran out: send what is pending within the window
+    // Prompt acks: writes not sent at once wait for the ack in flight, or for the pacing
+    // interval, at most max_ship_hold_us (ShipDueAt). Monotonic, from the loop's timer.
+    kj::TimePoint last_ship_at = kj::origin<kj::TimePoint>();
+    kj::Maybe<kj::TimePoint> held_since;    // the first write held back, while any wait
+    kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait: Pumps at hold_timer_at
+    kj::TimePoint hold_timer_at = kj::origin<kj::TimePoint>();
     // Answered pushes, kept until the next Pump: releasing one sends its Finish, which then
     // shares a socket write with the next message instead of taking one of its own.
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
@@ -464,17 +467,19 @@ class Core final : public kj::TaskSet::ErrorHandler {
   }
 
   // Sends what the follower of `sid` lacks, up to max_inflight_ships messages in flight.
+  //
   // With prompt acks (ack_delay_us = 0, the default) a caught-up follower gets one message in
-  // flight, and writes arriving meanwhile wait for its ack and travel together in the next
-  // one: with one write per round trip, followers then apply 0.4-0.7 messages per write
-  // instead of about 0.9 with delayed acks, which costs them less CPU
-  // (bench/RESULTS.md, session 4). The wait is bounded: max_ship_hold_us after the first
-  // write was held back, a timer sends what is pending within the window, which keeps the
-  // lag of heavy pipelines, whose acks come slowly, low. A follower catching up (a full
-  // message pending) gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to
-  // 0.57 s). With delayed acks (ack_delay_us > 0) every message may hold its ack except the
-  // one that fills the window, which asks for a prompt ack: one ack then answers several
-  // messages, and nothing waits on an ack while the window has room.
+  // flight, and at most one per min_ship_interval_us: writes arriving meanwhile wait and
+  // travel together in the next message, which costs both ends far less per write than a
+  // message each (bench/RESULTS.md, sessions 4 and 5). The wait is bounded: max_ship_hold_us
+  // after the first write was held back, what is pending goes within the window without the
+  // ack, which keeps the lag of heavy pipelines, whose acks come slowly, low. A timer Pumps
+  // when the wait ends. A follower catching up (a full message pending) is never held and
+  // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s).
+  //
+  // With delayed acks (ack_delay_us > 0) every message may hold its ack except the one that
+  // fills the window, which asks for a prompt ack: one ack then answers several messages,
+  // and nothing waits on an ack while the window has room.
   void Pump(uint64_t sid) {
     auto it = sessions_.find(sid);
     if (it == sessions_.end()) return;
@@ -482,10 +487,16 @@ class Core final : public kj::TaskSet::ErrorHandler {
     s.answered.clear();
     const uint32_t window = options_.max_inflight_ships;
     const bool delayed_acks = options_.ack_delay_us > 0;
-    const bool no_hold = options_.max_ship_hold_us == 0;
-    while (s.inflight < window &&
-           (delayed_acks || s.inflight == 0 || s.hold_expired || no_hold ||
-            leader_->PendingBytes(sid) >= options_.leader.max_ship_bytes)) {
+    while (s.inflight < window && leader_->HasWork(sid)) {
+      if (!delayed_acks) {
+        kj::TimePoint now = io_.provider->getTimer().now();
+        if (s.held_since == nullptr) s.held_since = now;
+        kj::TimePoint due = ShipDueAt(s);
+        if (now < due && leader_->PendingBytes(sid) < options_.leader.max_ship_bytes) {
+          ArmHoldTimer(s, due);
+          return;
+        }
+      }
       std::optional<Ship> ship = leader_->NextShip(sid, false);
       if (!ship.has_value()) return;
       if (delayed_acks && s.inflight + 1 < window) {
@@ -493,23 +504,39 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       Send(s, std::move(*ship));
     }
-    if (!delayed_acks && s.hold_timer == nullptr && s.inflight < window &&
-        leader_->HasWork(sid)) {
-      // Held back by the message in flight: send anyway once the hold is over. Send cancels
-      // the timer; the timer only marks the hold over, and Pumps from a later turn (a
-      // promise must not be destroyed from its own continuation).
-      s.hold_timer = io_.provider->getTimer()
-                         .afterDelay(options_.max_ship_hold_us * kj::MICROSECONDS)
-                         .then([this, sid]() {
-                           tasks_.add(kj::evalLater([this, sid]() {
-                             auto found = sessions_.find(sid);
-                             if (found == sessions_.end()) return;
-                             found->second.hold_expired = true;
-                             Pump(sid);
-                           }));
-                         })
-                         .eagerlyEvaluate(nullptr);
+  }
+
+  // Prompt acks: when the writes held back for `s` may go. While a message is in flight,
+  // after its ack (Pump runs then) or max_ship_hold_us after the first of them was held back;
+  // with none in flight, min_ship_interval_us after the last message, within the same bound.
+  kj::TimePoint ShipDueAt(const Session& s) const {
+    kj::TimePoint due = KJ_ASSERT_NONNULL(s.held_since) +
+                        options_.max_ship_hold_us * kj::MICROSECONDS;
+    if (s.inflight == 0) {
+      due = std::min(due, s.last_ship_at + options_.min_ship_interval_us * kj::MICROSECONDS);
     }
+    return due;
+  }
+
+  // Pumps `s` at `due` unless its timer already does by then. The timer Pumps from a later
+  // turn (Send destroys the timer, and a promise must not be destroyed from its own
+  // continuation), which also lets go of it unless a later timer took its place.
+  void ArmHoldTimer(Session& s, kj::TimePoint due) {
+    if (s.hold_timer != nullptr && s.hold_timer_at <= due) return;
+    s.hold_timer_at = due;
+    s.hold_timer = io_.provider->getTimer()
+                       .atTime(due)
+                       .then([this, sid = s.id, due]() {
+                         tasks_.add(kj::evalLater([this, sid, due]() {
+                           auto found = sessions_.find(sid);
+                           if (found == sessions_.end()) return;
+                           if (found->second.hold_timer_at == due) {
+                             found->second.hold_timer = nullptr;
+                           }
+                           Pump(sid);
+                         }));
+                       })
+                       .eagerlyEvaluate(nullptr);
   }
 
   void Send(Session& s, Ship ship) {
@@ -518,9 +545,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
     ToCapnp(ship, req.initShip());
     ++s.inflight;
     s.last_send_us = NowUs();
+    s.last_ship_at = io_.provider->getTimer().now();
     // What was held back goes now; later writes start a new hold.
+    s.held_since = nullptr;
     s.hold_timer = nullptr;
-    s.hold_expired = false;
     bool final = !ship.needs_snapshot.empty();
     if (final) {
       spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);

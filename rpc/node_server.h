@@ -33,8 +33,9 @@ struct NodeServerOptions {
   bool fsync_apply = false;                 // follower: fsync each apply before acking
 
   uint32_t max_inflight_ships = 4;          // per follower
-  // 0: prompt acks; a caught-up follower gets one message in flight, and later writes wait
-  // for its ack, at most max_ship_hold_us, to travel together. > 0: followers may hold acks
+  // 0: prompt acks; a caught-up follower gets one message in flight, at most one per
+  // min_ship_interval_us, and later writes wait for its ack and the interval, at most
+  // max_ship_hold_us, to travel together. > 0: followers may hold acks
   // this long (one ack answers several messages) and the leader keeps up to
   // max_inflight_ships in flight to every follower, asking for a prompt ack on the message
   // that fills the window.
@@ -42,6 +43,10 @@ struct NodeServerOptions {
   // Prompt acks: writes held back by the message in flight are sent without its ack once the
   // first of them has waited this long (within max_inflight_ships).
   uint32_t max_ship_hold_us = 500;
+  // Prompt acks: a caught-up follower gets at most one message per this interval (a
+  // catching-up one is not paced), so that writes arriving meanwhile travel together. A write
+  // waits at most the smaller of this and max_ship_hold_us for it.
+  uint32_t min_ship_interval_us = 300;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

@@ -444,6 +444,47 @@ TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
   c.reset();
 }
 
+// Pacing (prompt acks): a caught-up follower gets at most one message per
+// min_ship_interval_us. Writes arriving within it travel together once it ends, even with
+// nothing in flight; a write after a quiet spell of an interval goes at once.
+TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
+  using std::chrono::milliseconds;
+  using Clock = std::chrono::steady_clock;
+  NodeServerOptions lo = PromptAckLeader(4'000'000);  // the hold outlasts the interval
+  lo.min_ship_interval_us = 2'000'000;
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  ScriptedFollower f(lo.listen);
+  ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+
+  auto w1 = c->Write({{OpType::kPut, "a", "1"}});
+  ASSERT_TRUE(w1.ok()) << w1.status();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
+  auto shipped = Clock::now();
+  f.AckAll();  // nothing in flight: only the interval holds what follows
+  auto w2 = c->Write({{OpType::kPut, "b", "2"}});
+  auto w3 = c->Write({{OpType::kPut, "c", "3"}});
+  ASSERT_TRUE(w2.ok() && w3.ok());
+  std::this_thread::sleep_for(milliseconds(500));
+  if (Clock::now() - shipped < milliseconds(1800)) {
+    EXPECT_EQ(f.Pushes().size(), 1u);  // held: the interval has not passed
+  }  // else this machine stalled past the interval, and they may have gone
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(10)));
+  EXPECT_GE(Clock::now() - shipped, milliseconds(1800));
+  EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w3->last_seq));  // one message
+
+  f.AckAll();
+  std::this_thread::sleep_for(milliseconds(2100));  // a quiet spell of an interval
+  auto t0 = Clock::now();
+  auto w4 = c->Write({{OpType::kPut, "d", "4"}});
+  ASSERT_TRUE(w4.ok()) << w4.status();
+  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(10)));
+  EXPECT_LT(Clock::now() - t0, milliseconds(1500));  // not held for another interval
+  EXPECT_EQ(f.Pushes()[2], std::make_pair(w4->first_seq, w4->last_seq));
+  c.reset();
+}
+
 // A pipeline's writes are independent: each gets its own result and sequence range, in the
 // order sent; a bad one fails alone; a pipeline over the limit is refused whole.
 TEST_F(RpcTest, PipelineWritesAreIndependentAndOrdered) {

@@ -56,6 +56,8 @@ const std::vector<Tunable>& ReplicationTunables() {
        [](O& o, uint64_t v) { o.ack_delay_us = static_cast<uint32_t>(v); }, 0, 1000000},
       {"max_ship_hold_us", Tunable::kUint,
        [](O& o, uint64_t v) { o.max_ship_hold_us = static_cast<uint32_t>(v); }, 0, 1000000},
+      {"min_ship_interval_us", Tunable::kUint,
+       [](O& o, uint64_t v) { o.min_ship_interval_us = static_cast<uint32_t>(v); }, 0, 1000000},
       {"max_inflight_ships", Tunable::kUint,
        [](O& o, uint64_t v) { o.max_inflight_ships = static_cast<uint32_t>(v); }, 1, 64},
       {"heartbeat_interval_ms", Tunable::kUint,

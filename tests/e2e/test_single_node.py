@@ -139,9 +139,10 @@ class BadConfigTest(unittest.TestCase):
                                        '\n[[node]]', 1), 5, "replication.heartbeat_interval_ms")
 
     def test_tunable_out_of_range(self):
-        self.check(self.good().replace('[[node]]', '[replication]\nmax_ship_hold_us = 2000000\n'
-                                       '\n[[node]]', 1), 5, "replication.max_ship_hold_us",
-                   contains="out of range [0, 1000000]")
+        for key in ("max_ship_hold_us", "min_ship_interval_us"):
+            self.check(self.good().replace('[[node]]', f'[replication]\n{key} = 2000000\n'
+                                           '\n[[node]]', 1), 5, f"replication.{key}",
+                       contains="out of range [0, 1000000]")
 
     def test_duplicate_id(self):
         self.check(self.good().replace('id = "n2"', 'id = "n1"'), 11, "node[2].id",
