@@ -309,7 +309,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait: Pumps at hold_timer_at
     kj::TimePoint hold_timer_at = kj::origin<kj::TimePoint>();
     // Answered pushes, kept until the next Pump: releasing one sends its Finish, which then
-    // shares a socket write with the next message instead of taking one of its own.
+    // shares a socket write with the next message, when that Pump sends one, instead of
+    // taking one of its own.
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
   };
   struct PendingApply {
@@ -446,11 +447,12 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // ---- Leader: shipping ----
 
   // Ships to every follower at the end of this event-loop turn, after the turn's group commit
-  // and after the replies to its writers have gone out: a writer waiting for its reply does
-  // not also wait for the messages to the followers, which are sent while it works on its
-  // next request, and an ack read in the same turn as a write lets that write travel in the
-  // message the ack frees. (KJ runs the evalLast callbacks of one turn newest first, so the
-  // group commit and the replies' socket flushes, scheduled after this, run before it.)
+  // and, as a rule, after the replies to its writers have gone out: a writer waiting for its
+  // reply does not also wait for the messages to the followers, which are sent while it
+  // works on its next request, and an ack or a hold timer in the same turn as a write lets
+  // that write travel in the message they free. (KJ runs the evalLast callbacks of one turn
+  // newest first, so the group commit and the replies' socket flushes, scheduled after this,
+  // run before it.)
   void SchedulePump() {
     if (pump_scheduled_) return;
     pump_scheduled_ = true;
@@ -473,7 +475,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // travel together in the next message, which costs both ends far less per write than a
   // message each (bench/RESULTS.md, sessions 4 and 5). The wait is bounded: max_ship_hold_us
   // after the first write was held back, what is pending goes within the window without the
-  // ack, which keeps the lag of heavy pipelines, whose acks come slowly, low. A timer Pumps
+  // ack, which keeps the lag of heavy pipelines, whose acks come slowly, low. A timer pumps
   // when the wait ends. A follower catching up (a full message pending) is never held and
   // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s).
   //
@@ -518,25 +520,17 @@ class Core final : public kj::TaskSet::ErrorHandler {
     return due;
   }
 
-  // Pumps `s` at `due` unless its timer already does by then. The timer Pumps from a later
-  // turn (Send destroys the timer, and a promise must not be destroyed from its own
-  // continuation), which also lets go of it unless a later timer took its place.
+  // Pumps `s` at `due` unless its timer already does by then. A timer that has fired (its
+  // time is past) no longer counts; Pump replaces it. The timer schedules the end-of-turn
+  // pump, so that a write read in the same wake-up travels in the message it frees, and
+  // so that no promise is destroyed from its own continuation (Send destroys the timer).
   void ArmHoldTimer(Session& s, kj::TimePoint due) {
-    if (s.hold_timer != nullptr && s.hold_timer_at <= due) return;
+    kj::Timer& timer = io_.provider->getTimer();
+    if (s.hold_timer != nullptr && s.hold_timer_at <= due && s.hold_timer_at > timer.now()) {
+      return;
+    }
     s.hold_timer_at = due;
-    s.hold_timer = io_.provider->getTimer()
-                       .atTime(due)
-                       .then([this, sid = s.id, due]() {
-                         tasks_.add(kj::evalLater([this, sid, due]() {
-                           auto found = sessions_.find(sid);
-                           if (found == sessions_.end()) return;
-                           if (found->second.hold_timer_at == due) {
-                             found->second.hold_timer = nullptr;
-                           }
-                           Pump(sid);
-                         }));
-                       })
-                       .eagerlyEvaluate(nullptr);
+    s.hold_timer = timer.atTime(due).then([this]() { SchedulePump(); }).eagerlyEvaluate(nullptr);
   }
 
   void Send(Session& s, Ship ship) {

@@ -113,10 +113,10 @@ TEST_F(RpcTest, ACallAfterAnIdleSpellLongerThanTheTimeoutIsAnswered) {
   NodeServerOptions lo = Options("n1", true, "");
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);  // the node is up
-  auto c = Client::Connect(lo.listen, absl::Milliseconds(500));
+  auto c = Client::Connect(lo.listen, absl::Seconds(1));
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_TRUE((*c)->Write({{OpType::kPut, "a", "1"}}).ok());
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   auto w = (*c)->Write({{OpType::kPut, "b", "2"}});
   EXPECT_TRUE(w.ok()) << w.status();
   EXPECT_TRUE((*c)->Get("b").ok());
@@ -445,8 +445,8 @@ TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
 }
 
 // Pacing (prompt acks): a caught-up follower gets at most one message per
-// min_ship_interval_us. Writes arriving within it travel together once it ends, even with
-// nothing in flight; a write after a quiet spell of an interval goes at once.
+// min_ship_interval_us. Writes arriving within it travel together once it ends, whether the
+// ack came before them or after; a write after a quiet spell of an interval goes at once.
 TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
   using std::chrono::milliseconds;
   using Clock = std::chrono::steady_clock;
@@ -457,12 +457,22 @@ TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
   ASSERT_NE(c, nullptr);
   ScriptedFollower f(lo.listen);
   ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+  // Waits (bounded) for the n-th push, which must come between `low` and `high` after `from`.
+  auto pushes_within = [&](size_t n, Clock::time_point from, milliseconds low,
+                           milliseconds high) {
+    if (!WaitFor([&] { return f.Pushes().size() == n; }, std::chrono::seconds(10))) return false;
+    EXPECT_GE(Clock::now() - from, low);
+    EXPECT_LT(Clock::now() - from, high);
+    return true;
+  };
 
   auto w1 = c->Write({{OpType::kPut, "a", "1"}});
   ASSERT_TRUE(w1.ok()) << w1.status();
   ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
   auto shipped = Clock::now();
-  f.AckAll();  // nothing in flight: only the interval holds what follows
+  f.AckAll();  // and the leader sees it: nothing in flight, only the interval holds w2, w3
+  ASSERT_TRUE(WaitFor([&] { return LeaderSeesApplied(*c) >= w1->last_seq; },
+                      std::chrono::seconds(5)));
   auto w2 = c->Write({{OpType::kPut, "b", "2"}});
   auto w3 = c->Write({{OpType::kPut, "c", "3"}});
   ASSERT_TRUE(w2.ok() && w3.ok());
@@ -470,19 +480,73 @@ TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
   if (Clock::now() - shipped < milliseconds(1800)) {
     EXPECT_EQ(f.Pushes().size(), 1u);  // held: the interval has not passed
   }  // else this machine stalled past the interval, and they may have gone
-  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(10)));
-  EXPECT_GE(Clock::now() - shipped, milliseconds(1800));
+  ASSERT_TRUE(pushes_within(2, shipped, milliseconds(1800), milliseconds(3500)));
   EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w3->last_seq));  // one message
+
+  // w4 comes while message 2 is unacknowledged: it waits for the ack, with the 4 s hold as
+  // its bound. The ack comes after 300 ms; then the interval, 2 s after message 2, is the
+  // earlier bound, and the leader's timer moves to it.
+  shipped = Clock::now();
+  auto w4 = c->Write({{OpType::kPut, "d", "4"}});
+  ASSERT_TRUE(w4.ok());
+  std::this_thread::sleep_for(milliseconds(300));
+  f.AckAll();
+  ASSERT_TRUE(pushes_within(3, shipped, milliseconds(1800), milliseconds(3500)));
+  EXPECT_EQ(f.Pushes()[2], std::make_pair(w4->first_seq, w4->last_seq));
 
   f.AckAll();
   std::this_thread::sleep_for(milliseconds(2100));  // a quiet spell of an interval
-  auto t0 = Clock::now();
-  auto w4 = c->Write({{OpType::kPut, "d", "4"}});
-  ASSERT_TRUE(w4.ok()) << w4.status();
-  ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 3; }, std::chrono::seconds(10)));
-  EXPECT_LT(Clock::now() - t0, milliseconds(1500));  // not held for another interval
-  EXPECT_EQ(f.Pushes()[2], std::make_pair(w4->first_seq, w4->last_seq));
+  auto w5 = c->Write({{OpType::kPut, "e", "5"}});
+  ASSERT_TRUE(w5.ok());
+  ASSERT_TRUE(pushes_within(4, Clock::now(), milliseconds(0), milliseconds(1500)));  // at once
+  EXPECT_EQ(f.Pushes()[3], std::make_pair(w5->first_seq, w5->last_seq));
   c.reset();
+}
+
+// Pacing gives way: to a hold shorter than the interval, to delayed acks (which never pace),
+// and to a follower with a full message pending (catching up). In each, a write right after
+// an acknowledged message goes well before the 2 s interval would let it.
+TEST_F(RpcTest, PacingGivesWayToAShorterHoldDelayedAcksAndCatchingUp) {
+  using std::chrono::milliseconds;
+  using Clock = std::chrono::steady_clock;
+  auto second_write_goes_at_once = [&](NodeServerOptions lo, size_t value_bytes,
+                                       const std::string& dir) {
+    lo.data_dir = (dir_ / dir).string();  // a fresh database for each case
+    lo.min_ship_interval_us = 2'000'000;
+    RunningNode leader(lo);
+    auto c = ConnectOrDie(lo.listen);
+    ASSERT_NE(c, nullptr);
+    ScriptedFollower f(lo.listen);
+    ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+    auto w1 = c->Write({{OpType::kPut, "a", std::string(value_bytes, 'x')}});
+    ASSERT_TRUE(w1.ok()) << w1.status();
+    ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
+    f.AckAll();
+    ASSERT_TRUE(WaitFor([&] { return LeaderSeesApplied(*c) >= w1->last_seq; },
+                        std::chrono::seconds(5)));
+    auto t0 = Clock::now();
+    auto w2 = c->Write({{OpType::kPut, "b", std::string(value_bytes, 'y')}});
+    ASSERT_TRUE(w2.ok()) << w2.status();
+    ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(10)));
+    EXPECT_LT(Clock::now() - t0, milliseconds(1500));
+    c.reset();
+  };
+  {
+    SCOPED_TRACE("a 100 ms hold");
+    second_write_goes_at_once(PromptAckLeader(100'000), 1, "short-hold");
+  }
+  {
+    SCOPED_TRACE("delayed acks");
+    NodeServerOptions lo = PromptAckLeader(4'000'000);
+    lo.ack_delay_us = 1000;
+    second_write_goes_at_once(lo, 1, "delayed-acks");
+  }
+  {
+    SCOPED_TRACE("a full message pending");
+    NodeServerOptions lo = PromptAckLeader(4'000'000);
+    lo.leader.max_ship_bytes = 1024;
+    second_write_goes_at_once(lo, 2048, "catching-up");
+  }
 }
 
 // A pipeline's writes are independent: each gets its own result and sequence range, in the
