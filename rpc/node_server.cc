@@ -477,7 +477,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // after the first write was held back, what is pending goes within the window without the
   // ack, which keeps the lag of heavy pipelines, whose acks come slowly, low. A timer pumps
   // when the wait ends. A follower catching up (a full message pending) is never held and
-  // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s).
+  // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s). Pacing
+  // and the hold suit asynchronous writes, the only kind so far: a write that waits for
+  // followers' acks (semi-synchronous, synchronous) must not be held, or the wait adds to
+  // its commit latency.
   //
   // With delayed acks (ack_delay_us > 0) every message may hold its ack except the one that
   // fills the window, which asks for a prompt ack: one ack then answers several messages,
