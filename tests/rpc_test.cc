@@ -365,6 +365,19 @@ class ScriptedFollower {
   bool subscribed_ = false;                                // under mu_
 };
 
+// A leader started with `lo`, a client of it, and a ScriptedFollower subscribed to it.
+struct ScriptedPair {
+  explicit ScriptedPair(const NodeServerOptions& lo)
+      : leader(lo), c(ConnectOrDie(lo.listen)), f(lo.listen) {}
+  // The client connected and the follower subscribed (bounded).
+  bool Ready() {
+    return c != nullptr && WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10));
+  }
+  RunningNode leader;
+  std::unique_ptr<Client> c;
+  ScriptedFollower f;
+};
+
 // With the window full, `w` stays unsent for `watch` (`sent` messages are out), however long
 // the hold, and goes alone once an ack frees a place.
 void ExpectHeldUntilAnAck(ScriptedFollower& f, size_t sent, const WriteResult& w,
@@ -382,11 +395,10 @@ void ExpectHeldUntilAnAck(ScriptedFollower& f, size_t sent, const WriteResult& w
 TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
   using std::chrono::milliseconds;
   NodeServerOptions lo = PromptAckLeader(1'000'000);
-  RunningNode leader(lo);
-  auto c = ConnectOrDie(lo.listen);
-  ASSERT_NE(c, nullptr);
-  ScriptedFollower f(lo.listen);
-  ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+  ScriptedPair pair(lo);
+  ASSERT_TRUE(pair.Ready());
+  auto& c = pair.c;
+  ScriptedFollower& f = pair.f;
   std::this_thread::sleep_for(milliseconds(50));
   EXPECT_TRUE(f.Pushes().empty());
 
@@ -424,11 +436,10 @@ TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
 // max_ship_hold_us = 0: nothing waits for an ack while the window has room.
 TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
   NodeServerOptions lo = PromptAckLeader(0);
-  RunningNode leader(lo);
-  auto c = ConnectOrDie(lo.listen);
-  ASSERT_NE(c, nullptr);
-  ScriptedFollower f(lo.listen);
-  ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+  ScriptedPair pair(lo);
+  ASSERT_TRUE(pair.Ready());
+  auto& c = pair.c;
+  ScriptedFollower& f = pair.f;
 
   auto w1 = c->Write({{OpType::kPut, "a", "1"}});
   ASSERT_TRUE(w1.ok()) << w1.status();
@@ -452,11 +463,10 @@ TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
   using Clock = std::chrono::steady_clock;
   NodeServerOptions lo = PromptAckLeader(4'000'000);  // the hold outlasts the interval
   lo.min_ship_interval_us = 2'000'000;
-  RunningNode leader(lo);
-  auto c = ConnectOrDie(lo.listen);
-  ASSERT_NE(c, nullptr);
-  ScriptedFollower f(lo.listen);
-  ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+  ScriptedPair pair(lo);
+  ASSERT_TRUE(pair.Ready());
+  auto& c = pair.c;
+  ScriptedFollower& f = pair.f;
   // Waits (bounded) for the n-th push, which must come between `low` and `high` after `from`.
   auto pushes_within = [&](size_t n, Clock::time_point from, milliseconds low,
                            milliseconds high) {
@@ -513,11 +523,10 @@ TEST_F(RpcTest, PacingGivesWayToAShorterHoldDelayedAcksAndCatchingUp) {
                                        const std::string& dir) {
     lo.data_dir = (dir_ / dir).string();  // a fresh database for each case
     lo.min_ship_interval_us = 2'000'000;
-    RunningNode leader(lo);
-    auto c = ConnectOrDie(lo.listen);
-    ASSERT_NE(c, nullptr);
-    ScriptedFollower f(lo.listen);
-    ASSERT_TRUE(WaitFor([&] { return f.subscribed(); }, std::chrono::seconds(10)));
+    ScriptedPair pair(lo);
+    ASSERT_TRUE(pair.Ready());
+    auto& c = pair.c;
+    ScriptedFollower& f = pair.f;
     auto w1 = c->Write({{OpType::kPut, "a", std::string(value_bytes, 'x')}});
     ASSERT_TRUE(w1.ok()) << w1.status();
     ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
