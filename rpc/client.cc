@@ -291,7 +291,7 @@ class ClientImpl final : public Client {
     auto bounded = io_.provider->getTimer().timeoutAt(Deadline(budget), kj::mv(p));
     absl::Status status;
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { f(bounded.wait(io_.waitScope)); })) {
-      // timeoutAfter's own exception says "operation timed out".
+      // timeoutAt's own exception says "operation timed out".
       status = absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr(),
                                                    " (timeout ", absl::FormatDuration(budget),
                                                    ")"));

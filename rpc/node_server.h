@@ -40,12 +40,13 @@ struct NodeServerOptions {
   // max_inflight_ships in flight to every follower, asking for a prompt ack on the message
   // that fills the window.
   uint32_t ack_delay_us = 0;
-  // Prompt acks: writes held back by the message in flight are sent without its ack once the
-  // first of them has waited this long (within max_inflight_ships).
+  // Prompt acks: writes held back (by the message in flight or by min_ship_interval_us) are
+  // sent, without the ack, once the first of them has waited this long (within
+  // max_inflight_ships).
   uint32_t max_ship_hold_us = 500;
   // Prompt acks: a caught-up follower gets at most one message per this interval (a
-  // catching-up one is not paced), so that writes arriving meanwhile travel together. A write
-  // waits at most the smaller of this and max_ship_hold_us for it.
+  // catching-up one is not paced), so that writes arriving meanwhile travel together;
+  // max_ship_hold_us bounds the wait.
   uint32_t min_ship_interval_us = 300;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
