@@ -14,6 +14,7 @@
 # RocksDB write, so on a follower it is the messages it applied per client write.
 # Extra walshipd environment passes through; CPW_REPLICATION holds extra lines for the config's
 # [replication] table (say CPW_REPLICATION=$'ack_delay_us = 1000\nmax_inflight_ships = 8').
+# CPW_NODES=1 runs the leader alone (no followers, no lag figure), for the request path's cost.
 set -euo pipefail
 label=${1:-run}
 writes=${2:-40000}
@@ -26,29 +27,19 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-cat > "$dir/cluster.toml" <<EOF
-[cluster]
-name = "cpu-per-write"
-[replication]
-${CPW_REPLICATION:-}
-[[node]]
-id = "n1"
-listen = "127.0.0.1:7301"
-data_dir = "n1"
-role = "leader"
-[[node]]
-id = "n2"
-listen = "127.0.0.1:7302"
-data_dir = "n2"
-role = "follower"
-[[node]]
-id = "n3"
-listen = "127.0.0.1:7303"
-data_dir = "n3"
-role = "follower"
-EOF
-for n in n1 n2 n3; do
-  "$bin/tools/walshipd" --config "$dir/cluster.toml" --node "$n" 2> "$dir/$n.log" &
+nodes=${CPW_NODES:-3}
+case "$nodes" in 1|2|3) ;; *) echo "CPW_NODES must be 1, 2 or 3, not '$nodes'" >&2; exit 2 ;; esac
+{
+  printf '[cluster]\nname = "cpu-per-write"\n[replication]\n%s\n' "${CPW_REPLICATION:-}"
+  for i in $(seq "$nodes"); do
+    role=follower
+    [ "$i" = 1 ] && role=leader
+    printf '[[node]]\nid = "n%d"\nlisten = "127.0.0.1:730%d"\ndata_dir = "n%d"\nrole = "%s"\n' \
+      "$i" "$i" "$i" "$role"
+  done
+} > "$dir/cluster.toml"
+for i in $(seq "$nodes"); do
+  "$bin/tools/walshipd" --config "$dir/cluster.toml" --node "n$i" 2> "$dir/n$i.log" &
   pids+=($!)
 done
 for _ in $(seq 100); do  # every node answers within 10 s
@@ -74,9 +65,9 @@ done
 out=$({ /usr/bin/time -f "client-cpu-s %U %S" "${bench[@]}" --keys "$writes" --cap-s 120; } 2>&1)
 hz=$(getconf CLK_TCK)
 line="$label $(echo "$out" | awk '/^W1\// {print "ops/s=" $2}')"
-line+=" $(echo "$out" | grep -o 'lag_p99_ms/worst=[0-9.]*' | head -n 1)"
+line+=" $(echo "$out" | grep -o 'lag_p99_ms/worst=[0-9.]*' | head -n 1 || true)"
 line+=" client=$(echo "$out" | awk -v n="$writes" '/^client-cpu-s/ {printf "%.1fus", ($2 + $3) * 1e6 / n}')"
-for i in 0 1 2; do
+for i in $(seq 0 $((nodes - 1))); do
   p=${pids[$i]}
   line+=" n$((i + 1))=$(awk -v d=$(($(ticks "$p") - ${before[$p]})) -v hz="$hz" -v n="$writes" \
     'BEGIN {printf "%.1fus", d / hz * 1e6 / n}')"
