@@ -259,7 +259,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       it = it->second.follower_id == hello.follower_id ? sessions_.erase(it) : std::next(it);
     }
-    sessions_.emplace(sid, Session(sid, hello.follower_id, params.getSink(), NowUs()));
+    sessions_.emplace(sid, Session(sid, hello.follower_id, params.getSink(),
+                                   io_.provider->getTimer().now()));
     tasks_.add(kj::evalLater([this, sid]() { Pump(sid); }));
     return kj::READY_NOW;
   }
@@ -292,19 +293,20 @@ class Core final : public kj::TaskSet::ErrorHandler {
   };
   struct Session {
     Session(uint64_t session, std::string follower, schema::BatchSink::Client follower_sink,
-            int64_t now_us)
+            kj::TimePoint now)
         : id(session),
           follower_id(std::move(follower)),
           sink(kj::mv(follower_sink)),
-          last_send_us(now_us) {}
+          last_ship_at(now) {}
     uint64_t id = 0;
     std::string follower_id;
     schema::BatchSink::Client sink;
     uint32_t inflight = 0;
-    int64_t last_send_us = 0;
+    // The last message sent (or the subscription), on the loop timer's monotonic clock: for
+    // heartbeats and for pacing.
+    kj::TimePoint last_ship_at;
     // Prompt acks: writes not sent at once wait for the ack in flight, or for the pacing
-    // interval, at most max_ship_hold_us (ShipDueAt). Monotonic, from the loop's timer.
-    kj::TimePoint last_ship_at = kj::origin<kj::TimePoint>();
+    // interval, at most max_ship_hold_us (ShipDueAt).
     kj::Maybe<kj::TimePoint> held_since;    // the first write held back, while any wait
     kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait: Pumps at hold_timer_at
     kj::TimePoint hold_timer_at = kj::origin<kj::TimePoint>();
@@ -541,7 +543,6 @@ class Core final : public kj::TaskSet::ErrorHandler {
     auto req = s.sink.pushRequest(capnp::MessageSize{words, 0});
     ToCapnp(ship, req.initShip());
     ++s.inflight;
-    s.last_send_us = NowUs();
     s.last_ship_at = io_.provider->getTimer().now();
     // What was held back goes now; later writes start a new hold.
     s.held_since = nullptr;
@@ -583,10 +584,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
     return io_.provider->getTimer()
         .afterDelay(options_.heartbeat_interval_ms * kj::MILLISECONDS)
         .then([this]() {
-          int64_t now = NowUs();
+          kj::TimePoint now = io_.provider->getTimer().now();
           for (auto& [sid, s] : sessions_) {
             if (s.inflight != 0 ||
-                now - s.last_send_us < int64_t{options_.heartbeat_interval_ms} * 1000) {
+                now - s.last_ship_at < options_.heartbeat_interval_ms * kj::MILLISECONDS) {
               continue;
             }
             std::optional<Ship> ship = leader_->NextShip(sid, true);
