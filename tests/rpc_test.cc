@@ -200,6 +200,29 @@ bool WaitFor(F f, std::chrono::milliseconds limit) {
   return true;
 }
 
+// An idle follower still hears from the leader every heartbeat_interval_ms and acks it, so
+// the leader's view of it stays fresh (and it has no silence to reconnect over).
+TEST_F(RpcTest, AnIdleFollowerIsHeardFromEveryHeartbeat) {
+  NodeServerOptions lo = Options("n1", true, "");  // heartbeats every 20 ms
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  RunningNode follower(Options("n2", false, lo.listen));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto st = c->Status();
+        return st.ok() && st->followers.size() == 1 && st->followers[0].state == "connected";
+      },
+      std::chrono::seconds(10)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // nothing written
+  auto st = c->Status();
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_EQ(st->followers.size(), 1u);
+  EXPECT_EQ(st->followers[0].state, "connected");
+  EXPECT_GE(st->followers[0].last_ack_ago_ms, 0);  // acked at least once
+  EXPECT_LT(st->followers[0].last_ack_ago_ms, 1000);  // without heartbeats: over 1500
+}
+
 // Delayed acks: a follower holds the ack of a message up to ack_delay_us (the leader's view
 // of its position lags), and answers at once when the message that fills the leader's
 // window asks for it, so a full window never waits out the delay.
