@@ -18,7 +18,7 @@
 set -euo pipefail
 label=${1:-run}
 writes=${2:-40000}
-bin=build
+bin=${CPW_BIN:-build}  # CPW_BIN: another build directory, for A/B runs
 dir=$(mktemp -d)
 pids=()
 cleanup() {

@@ -20,6 +20,8 @@ void BufferedStream::taskFailed(kj::Exception&& e) {
     (*f)->reject(kj::cp(e));
     flushed_ = nullptr;
   }
+  for (auto& d : drained_) d->reject(kj::cp(e));
+  drained_.clear();
   // The socket may already be gone; nothing more to do then.
   auto ignored = kj::runCatchingExceptions([this]() { inner_->abortRead(); });
   (void)ignored;
@@ -45,6 +47,34 @@ kj::Promise<size_t> BufferedStream::tryRead(void* buffer, size_t min_bytes, size
           return n + more;
         });
       });
+}
+
+kj::Promise<kj::ArrayPtr<const kj::byte>> BufferedStream::Peek(size_t n) {
+  KJ_REQUIRE(n <= kReadBufferBytes, "peek too large", n);
+  auto* buf = reinterpret_cast<kj::byte*>(read_buf_.data());
+  size_t have = read_end_ - read_start_;
+  if (have >= n) return kj::ArrayPtr<const kj::byte>(buf + read_start_, have);
+  std::memmove(buf, buf + read_start_, have);
+  read_start_ = 0;
+  read_end_ = have;
+  return inner_->tryRead(buf + read_end_, 1, read_buf_.size() - read_end_)
+      .then([this, n](size_t got) -> kj::Promise<kj::ArrayPtr<const kj::byte>> {
+        read_end_ += got;
+        if (got == 0) {  // the end of the stream
+          return kj::ArrayPtr<const kj::byte>(
+              reinterpret_cast<kj::byte*>(read_buf_.data()) + read_start_, read_end_);
+        }
+        return Peek(n);
+      });
+}
+
+kj::Promise<void> BufferedStream::Flushed() {
+  KJ_IF_MAYBE(e, write_error_) { return kj::cp(*e); }
+  if (!writing_ && out_.empty()) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  drained_.push_back(kj::mv(paf.fulfiller));
+  ScheduleFlush();
+  return kj::mv(paf.promise);
 }
 
 kj::Promise<void> BufferedStream::write(const void* buffer, size_t size) {
@@ -99,7 +129,12 @@ kj::Promise<void> BufferedStream::Flush() {
       (*f)->fulfill();
       flushed_ = nullptr;
     }
-    if (!out_.empty() || shutdown_pending_) ScheduleFlush();
+    if (!out_.empty() || shutdown_pending_) {
+      ScheduleFlush();
+    } else {
+      for (auto& d : drained_) d->fulfill();
+      drained_.clear();
+    }
   });
 }
 

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace walship::rpc {
 
@@ -33,6 +34,12 @@ class BufferedStream final : public kj::AsyncIoStream, private kj::TaskSet::Erro
   kj::Promise<void> whenWriteDisconnected() override;
   void shutdownWrite() override;
   void abortRead() override;
+
+  // Waits until `n` (at most kReadBufferBytes) bytes are buffered, or the stream ends, and
+  // returns the buffered bytes without consuming them: fewer than `n` only at the end.
+  kj::Promise<kj::ArrayPtr<const kj::byte>> Peek(size_t n);
+  // Resolves once every byte written so far has been handed to the socket.
+  kj::Promise<void> Flushed();
 
  private:
   void taskFailed(kj::Exception&& e) override;
@@ -53,6 +60,7 @@ class BufferedStream final : public kj::AsyncIoStream, private kj::TaskSet::Erro
   bool shutdown_pending_ = false;
   kj::Maybe<kj::Exception> write_error_;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> flushed_;  // a writer waiting for room
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> drained_;  // Flushed() callers
   kj::TaskSet tasks_;
 };
 

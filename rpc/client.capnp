@@ -1,5 +1,5 @@
-# The client API of a walship node, and the Node interface every node serves (client API +
-# node-to-node protocol on one port). See docs/protocol.md.
+# The client protocol of a walship node, and the Node interface every node serves to the
+# others (both on one port). See docs/protocol.md.
 @0xe7c4a2d9b3f18a55;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -99,29 +99,78 @@ struct NodeStatus {
   writeGroups @18 :UInt64;     # RocksDB writes they were grouped into
 }
 
-interface KvService {
-  write @0 (ops :List(Op), mode :WriteMode) -> (error :Error, firstSeq :UInt64, lastSeq :UInt64);
-  # Applies ops atomically as one batch. On success the ops consumed [firstSeq, lastSeq]; a
-  # read with minSeq = lastSeq then sees this write (read-your-writes).
-
-  get @1 (key :Data, minSeq :UInt64) -> (error :Error, value :Data, seq :UInt64);
-  # error.code = notFound when absent. minSeq > 0: refused with unavailable unless this node
-  # has applied at least minSeq. seq: the node's latest sequence number at the read.
-
-  scan @2 (start :Data, prefix :Data, limit :UInt32, minSeq :UInt64)
-      -> (error :Error, items :List(KeyValue), seq :UInt64);
-  # Keys >= start having the prefix, in order, at most limit (capped at 100000).
-
-  status @3 () -> (status :NodeStatus);
-
-  writeMany @4 (writes :List(WriteRequest)) -> (error :Error, replies :List(WriteReply));
-  # A pipeline: independent writes in one message, like Redis's pipelined commands. Each
-  # write is applied atomically on its own, in the order given, exactly as if sent with
-  # `write` one after another; replies[i] answers writes[i], and one write failing does not
-  # stop the others. A pipeline refused as a whole (this node is not the leader, or it holds
-  # more than 10000 writes) gets `error` and no replies.
+struct GetRequest {
+  key @0 :Data;
+  minSeq @1 :UInt64;     # > 0: refused with unavailable unless this node has applied minSeq
 }
 
-interface Node extends(KvService, Peer.PeerService) {
-  # What every walship node serves on its listen address.
+struct GetReply {
+  error @0 :Error;       # notFound when the key is absent
+  value @1 :Data;
+  seq @2 :UInt64;        # the node's latest sequence number at the read
+}
+
+struct ScanRequest {
+  start @0 :Data;        # keys >= start ...
+  prefix @1 :Data;       # ... having this prefix, in order
+  limit @2 :UInt32;      # at most this many (0: 1000; capped at 100000)
+  minSeq @3 :UInt64;
+}
+
+struct ScanReply {
+  error @0 :Error;
+  items @1 :List(KeyValue);
+  seq @2 :UInt64;
+}
+
+struct WriteManyRequest {
+  writes @0 :List(WriteRequest);
+}
+
+struct WriteManyReply {
+  error @0 :Error;       # the pipeline refused whole: then no replies
+  replies @1 :List(WriteReply);
+}
+
+# The client protocol. A client opens a TCP connection to any node, sends the 8 bytes of
+# `clientPreamble`, then Cap'n Proto messages (standard stream framing), each a Request. The
+# node answers every Request with one Reply, in the order the requests came, and serves
+# requests of one connection concurrently (a client may pipeline). See docs/protocol.md.
+const clientPreamble :Text = "WALSHIP1";
+
+struct Request {
+  union {
+    write @0 :WriteRequest;
+    # Applies ops atomically as one batch. On success the ops consumed [firstSeq, lastSeq]; a
+    # read with minSeq = lastSeq then sees this write (read-your-writes).
+    writeMany @1 :WriteManyRequest;
+    # A pipeline: independent writes in one message, like Redis's pipelined commands. Each
+    # write is applied atomically on its own, in the order given, exactly as if sent with
+    # `write` one after another; replies[i] answers writes[i], and one write failing does not
+    # stop the others. A pipeline refused as a whole (this node is not the leader, or it holds
+    # more than 10000 writes) gets `error` and no replies.
+    get @2 :GetRequest;
+    scan @3 :ScanRequest;
+    status @4 :Void;
+  }
+}
+
+struct Reply {
+  union {
+    write @0 :WriteReply;
+    writeMany @1 :WriteManyReply;
+    get @2 :GetReply;
+    scan @3 :ScanReply;
+    status @4 :NodeStatus;
+    refused @5 :Error;
+    # The request could not be served as sent: a kind of request this node does not know
+    # (unimplemented; the connection stays open), or a malformed message (invalidArgument;
+    # the node then closes the connection).
+  }
+}
+
+interface Node extends(Peer.PeerService) {
+  # What every walship node serves over Cap'n Proto RPC on its listen address, to the other
+  # nodes. Clients speak the client protocol above on the same address; the preamble tells
+  # the two apart.
 }

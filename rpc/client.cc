@@ -1,18 +1,25 @@
 #include "rpc/client.h"
 
-#include <capnp/rpc-twoparty.h>
-#include <kj/async-io.h>
-#include <kj/time.h>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
-#include <functional>
+#include <cstring>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "rpc/client.capnp.h"
-#include "rpc/buffered_stream.h"
-#include "rpc/fd_stream.h"
 #include "rpc/convert.h"
 
 namespace walship::rpc {
@@ -37,142 +44,106 @@ std::string JsonString(const std::string& s) {
   return out + "\"";
 }
 
-// KJ allows one event loop per thread; every Client of a thread shares it.
-struct ThreadLoop {
-  std::unique_ptr<kj::AsyncIoContext> io;
-  int clients = 0;
-};
-thread_local ThreadLoop thread_loop;
-
-kj::AsyncIoContext& AcquireLoop() {
-  if (thread_loop.clients++ == 0) {
-    thread_loop.io = std::make_unique<kj::AsyncIoContext>(kj::setupAsyncIo());
-  }
-  return *thread_loop.io;
-}
-
-void ReleaseLoop() {
-  if (--thread_loop.clients == 0) thread_loop.io.reset();
-}
-
 // A size hint for a write request, so Cap'n Proto allocates one fitting segment.
-capnp::MessageSize WriteSize(const std::vector<engine::WriteOp>& ops) {
-  uint64_t words = 16;
+uint64_t WriteWords(const std::vector<engine::WriteOp>& ops) {
+  uint64_t words = 8;
   for (const auto& op : ops) words += 8 + (op.key.size() + op.value.size()) / 8 + 2;
-  return capnp::MessageSize{words, 0};
+  return words;
 }
 
+const char* ReplyKindName(schema::Reply::Which w) {
+  switch (w) {
+    case schema::Reply::WRITE: return "write";
+    case schema::Reply::WRITE_MANY: return "writeMany";
+    case schema::Reply::GET: return "get";
+    case schema::Reply::SCAN: return "scan";
+    case schema::Reply::STATUS: return "status";
+    case schema::Reply::REFUSED: return "refused";
+  }
+  return "unknown";
+}
+
+// The client protocol (rpc/client.capnp) over a blocking socket: a request is one write()
+// and its reply, as a rule, one read() that sleeps until it arrives -- two system calls,
+// where an event loop needs a third to wait. The socket's SO_RCVTIMEO bounds each read, and
+// every call has a deadline.
+//
+// Requests in flight never deadlock on full socket buffers: the node reads requests while it
+// writes replies (it is event-driven), and this client writes a request only after taking
+// every reply it has already received (WriteMany), so neither side waits on the other.
+//
+// A failed call (a timeout, a broken connection, a reply that makes no sense) closes the
+// connection, since replies still in flight would be taken for the next call's; the next call
+// connects again.
 class ClientImpl final : public Client {
  public:
   ClientImpl(std::string endpoint, absl::Duration timeout)
-      : endpoint_(std::move(endpoint)), timeout_(timeout), io_(AcquireLoop()) {}
-  ~ClientImpl() noexcept override {
-    node_.reset();
-    rpc_ = nullptr;
-    stream_ = nullptr;
-    ReleaseLoop();
-  }
+      : endpoint_(std::move(endpoint)), timeout_(timeout) {}
+  ~ClientImpl() override { Close(); }
 
-  absl::Status Init() {
-    auto connect = io_.provider->getNetwork()
-                       .parseAddress(endpoint_)
-                       .then([](kj::Own<kj::NetworkAddress> addr) {
-                         auto p = addr->connect();
-                         return p.attach(kj::mv(addr));
-                       });
-    absl::Status s = Wait(kj::mv(connect), [this](kj::Own<kj::AsyncIoStream> stream) {
-      stream_ = kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(stream), io_));
-      rpc_ = kj::heap<capnp::TwoPartyClient>(*stream_);
-      node_ =
-          std::make_unique<schema::Node::Client>(rpc_->bootstrap().castAs<schema::Node>());
-    });
-    if (!s.ok()) {
-      return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status Init() { return Open(); }
 
   const std::string& endpoint() const override { return endpoint_; }
 
   absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) override {
-    auto req = node_->writeRequest(WriteSize(ops));
-    ToCapnp(ops, req.initOps(ops.size()));
-    req.setMode(schema::WriteMode::CLUSTER_DEFAULT);
-    absl::StatusOr<WriteResult> out;
-    absl::Status s = Wait(req.send(), [&](capnp::Response<schema::KvService::WriteResults> r) {
-      absl::Status e = FromCapnp(r.getError());
-      if (!e.ok()) {
-        out = e;
-      } else {
-        out = WriteResult{r.getFirstSeq(), r.getLastSeq()};
-      }
-    });
-    if (!s.ok()) return s;
-    return out;
+    capnp::MallocMessageBuilder m(WriteWords(ops));
+    BuildWrite(ops, m.initRoot<schema::Request>().initWrite());
+    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::WRITE);
+    if (!r.ok()) return r.status();
+    return ToResult(r->getWrite());
   }
 
   absl::StatusOr<std::vector<int64_t>> WriteMany(
       const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) override {
+    depth = std::max<size_t>(1, depth);
+    absl::Time deadline = absl::Now() + timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
+    if (absl::Status s = EnsureOpen(); !s.ok()) return s;
     std::vector<int64_t> latency_ns(writes.size(), 0);
+    std::vector<std::chrono::steady_clock::time_point> sent(writes.size());
     absl::Status first_error;
     size_t next = 0, done = 0;
-    // Each completed write starts the next one, so `depth` stay in flight.
-    std::function<kj::Promise<void>()> lane = [&]() -> kj::Promise<void> {
-      if (next >= writes.size() || !first_error.ok()) return kj::READY_NOW;
-      size_t i = next++;
-      auto req = node_->writeRequest(WriteSize(writes[i]));
-      ToCapnp(writes[i], req.initOps(writes[i].size()));
-      // The KJ timer's now() is cached per loop turn; latency needs the real clock.
-      auto start = std::chrono::steady_clock::now();
-      return req.send().then(
-          [&, i, start](capnp::Response<schema::KvService::WriteResults> r) {
-            latency_ns[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                std::chrono::steady_clock::now() - start)
-                                .count();
-            ++done;
-            absl::Status e = FromCapnp(r.getError());
-            if (!e.ok() && first_error.ok()) first_error = e;
-            return lane();
-          });
-    };
-    kj::Vector<kj::Promise<void>> lanes;
-    for (size_t k = 0; k < std::max<size_t>(1, depth); ++k) lanes.add(lane());
-    absl::Duration budget = timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
-    absl::Status s = WaitFor(kj::joinPromises(lanes.releaseAsArray()), budget);
-    if (!s.ok()) return s;
+    // Each reply lets one more write go, so `depth` stay in flight. Replies that arrived
+    // together are all taken before the writes they free go out, in one send().
+    while (done < writes.size()) {
+      while (first_error.ok() && next < writes.size() && next - done < depth) {
+        capnp::MallocMessageBuilder m(WriteWords(writes[next]));
+        BuildWrite(writes[next], m.initRoot<schema::Request>().initWrite());
+        Append(m);
+        sent[next++] = std::chrono::steady_clock::now();
+      }
+      if (done == next) break;  // stopped by an error, every reply taken
+      if (!HasReply()) {
+        if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
+      }
+      absl::StatusOr<schema::Reply::Reader> r = Receive(deadline, schema::Reply::WRITE);
+      if (!r.ok()) return Fail(r.status());
+      latency_ns[done] = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - sent[done])
+                             .count();
+      ++done;
+      absl::StatusOr<WriteResult> w = ToResult(r->getWrite());
+      if (!w.ok() && first_error.ok()) first_error = w.status();
+    }
     if (!first_error.ok()) return first_error;
-    latency_ns.resize(done);
     return latency_ns;
   }
 
   absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
       absl::Span<const std::vector<engine::WriteOp>> writes) override {
     uint64_t words = 16;
-    for (const auto& w : writes) words += 4 + WriteSize(w).wordCount;
-    auto req = node_->writeManyRequest(capnp::MessageSize{words, 0});
-    auto list = req.initWrites(writes.size());
-    for (size_t i = 0; i < writes.size(); ++i) {
-      ToCapnp(writes[i], list[i].initOps(writes[i].size()));
-      list[i].setMode(schema::WriteMode::CLUSTER_DEFAULT);
-    }
-    std::vector<absl::StatusOr<WriteResult>> out;
-    absl::Status refused;
+    for (const auto& w : writes) words += 4 + WriteWords(w);
+    capnp::MallocMessageBuilder m(words);
+    auto list = m.initRoot<schema::Request>().initWriteMany().initWrites(writes.size());
+    for (size_t i = 0; i < writes.size(); ++i) BuildWrite(writes[i], list[i]);
     // A pipeline waits for all its writes: the budget grows with its length, as WriteMany's.
-    absl::Duration budget = timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
-    absl::Status s = Wait(
-        req.send(), budget, [&](capnp::Response<schema::KvService::WriteManyResults> r) {
-          refused = FromCapnp(r.getError());
-          for (auto reply : r.getReplies()) {
-            absl::Status e = FromCapnp(reply.getError());
-            if (e.ok()) {
-              out.emplace_back(WriteResult{reply.getFirstSeq(), reply.getLastSeq()});
-            } else {
-              out.emplace_back(std::move(e));
-            }
-          }
-        });
-    if (!s.ok()) return s;
-    if (!refused.ok()) return refused;
+    absl::StatusOr<schema::Reply::Reader> r =
+        Call(m, timeout_ * static_cast<int64_t>(1 + writes.size() / 64),
+             schema::Reply::WRITE_MANY);
+    if (!r.ok()) return r.status();
+    auto reply = r->getWriteMany();
+    if (absl::Status refused = FromCapnp(reply.getError()); !refused.ok()) return refused;
+    std::vector<absl::StatusOr<WriteResult>> out;
+    for (auto w : reply.getReplies()) out.push_back(ToResult(w));
     if (out.size() != writes.size()) {
       return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ", writes.size(),
                                               " writes got ", out.size(), " replies"));
@@ -181,130 +152,326 @@ class ClientImpl final : public Client {
   }
 
   absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
-    auto req = node_->getRequest();
-    req.setKey(ToData(key));
-    req.setMinSeq(min_seq);
-    absl::StatusOr<std::string> out;
-    absl::Status s = Wait(req.send(), [&](capnp::Response<schema::KvService::GetResults> r) {
-      absl::Status e = FromCapnp(r.getError());
-      if (e.ok()) {
-        out = ToString(r.getValue());
-      } else {
-        out = e;
-      }
-    });
-    if (!s.ok()) return s;
-    return out;
+    capnp::MallocMessageBuilder m(8 + key.size() / 8 + 1);
+    auto get = m.initRoot<schema::Request>().initGet();
+    get.setKey(ToData(key));
+    get.setMinSeq(min_seq);
+    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::GET);
+    if (!r.ok()) return r.status();
+    auto reply = r->getGet();
+    if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
+    return ToString(reply.getValue());
   }
 
   absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
                                                      uint64_t min_seq) override {
-    auto req = node_->scanRequest();
+    capnp::MallocMessageBuilder m(16 + (scan.start.size() + scan.prefix.size()) / 8);
+    auto req = m.initRoot<schema::Request>().initScan();
     req.setStart(ToData(scan.start));
     req.setPrefix(ToData(scan.prefix));
     req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(scan.limit, UINT32_MAX)));
     req.setMinSeq(min_seq);
-    absl::StatusOr<std::vector<engine::KeyValue>> out;
-    absl::Status s = Wait(req.send(), [&](capnp::Response<schema::KvService::ScanResults> r) {
-      absl::Status e = FromCapnp(r.getError());
-      if (!e.ok()) {
-        out = e;
-        return;
-      }
-      std::vector<engine::KeyValue> kvs;
-      for (auto item : r.getItems()) {
-        kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
-      }
-      out = std::move(kvs);
-    });
-    if (!s.ok()) return s;
-    return out;
+    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::SCAN);
+    if (!r.ok()) return r.status();
+    auto reply = r->getScan();
+    if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
+    std::vector<engine::KeyValue> kvs;
+    for (auto item : reply.getItems()) {
+      kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
+    }
+    return kvs;
   }
 
   absl::StatusOr<NodeStatusInfo> Status() override {
+    capnp::MallocMessageBuilder m(8);
+    m.initRoot<schema::Request>().setStatus();
+    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::STATUS);
+    if (!r.ok()) return r.status();
+    auto st = r->getStatus();
     NodeStatusInfo out;
-    absl::Status s = Wait(node_->statusRequest().send(),
-                          [&](capnp::Response<schema::KvService::StatusResults> r) {
-                            auto st = r.getStatus();
-                            out.node = st.getNode();
-                            out.cluster = st.getCluster();
-                            out.role = st.getRole();
-                            out.latest_seq = st.getLatestSeq();
-                            out.data_bytes = st.getDataBytes();
-                            out.epoch = st.getEpoch();
-                            out.database_id = st.getDatabaseId();
-                            out.listen = st.getListen();
-                            out.leader_id = st.getLeaderId();
-                            out.leader_address = st.getLeaderAddress();
-                            for (auto f : st.getFollowers()) {
-                              FollowerStatusInfo fi;
-                              fi.id = f.getId();
-                              fi.state = f.getState();
-                              fi.sent_seq = f.getSentSeq();
-                              fi.received_seq = f.getReceivedSeq();
-                              fi.durable_seq = f.getDurableSeq();
-                              fi.applied_seq = f.getAppliedSeq();
-                              fi.lag_seq = f.getLagSeq();
-                              fi.lag_ms = f.getLagMs();
-                              fi.bytes_shipped = f.getBytesShipped();
-                              fi.last_ack_ago_ms = f.getLastAckAgoMs();
-                              fi.message = f.getMessage();
-                              out.followers.push_back(std::move(fi));
-                            }
-                            out.replication_state = st.getReplicationState();
-                            out.applied_seq = st.getAppliedSeq();
-                            out.leader_latest_seq = st.getLeaderLatestSeq();
-                            out.lag_seq = st.getLagSeq();
-                            out.lag_ms = st.getLagMs();
-                            out.message = st.getMessage();
-                            out.writes_accepted = st.getWritesAccepted();
-                            out.write_groups = st.getWriteGroups();
-                          });
-    if (!s.ok()) return s;
+    out.node = st.getNode();
+    out.cluster = st.getCluster();
+    out.role = st.getRole();
+    out.latest_seq = st.getLatestSeq();
+    out.data_bytes = st.getDataBytes();
+    out.epoch = st.getEpoch();
+    out.database_id = st.getDatabaseId();
+    out.listen = st.getListen();
+    out.leader_id = st.getLeaderId();
+    out.leader_address = st.getLeaderAddress();
+    for (auto f : st.getFollowers()) {
+      FollowerStatusInfo fi;
+      fi.id = f.getId();
+      fi.state = f.getState();
+      fi.sent_seq = f.getSentSeq();
+      fi.received_seq = f.getReceivedSeq();
+      fi.durable_seq = f.getDurableSeq();
+      fi.applied_seq = f.getAppliedSeq();
+      fi.lag_seq = f.getLagSeq();
+      fi.lag_ms = f.getLagMs();
+      fi.bytes_shipped = f.getBytesShipped();
+      fi.last_ack_ago_ms = f.getLastAckAgoMs();
+      fi.message = f.getMessage();
+      out.followers.push_back(std::move(fi));
+    }
+    out.replication_state = st.getReplicationState();
+    out.applied_seq = st.getAppliedSeq();
+    out.leader_latest_seq = st.getLeaderLatestSeq();
+    out.lag_seq = st.getLagSeq();
+    out.lag_ms = st.getLagMs();
+    out.message = st.getMessage();
+    out.writes_accepted = st.getWritesAccepted();
+    out.write_groups = st.getWriteGroups();
     return out;
   }
 
  private:
-  // `budget` from now. Not the loop timer's afterDelay: its now() is the time of the loop's
-  // last turn, which for a client idle since then lies in the past (after an idle spell
-  // longer than the budget every call timed out at once).
-  static kj::TimePoint Deadline(absl::Duration budget) {
-    return kj::systemPreciseMonotonicClock().now() +
-           absl::ToInt64Microseconds(budget) * kj::MICROSECONDS;
+  // Frames larger than this are taken for a corrupt stream, not allocated.
+  static constexpr uint64_t kMaxReplyWords = uint64_t{1} << 27;  // 1 GiB
+
+  static void BuildWrite(const std::vector<engine::WriteOp>& ops,
+                         schema::WriteRequest::Builder b) {
+    ToCapnp(ops, b.initOps(ops.size()));
+    b.setMode(schema::WriteMode::CLUSTER_DEFAULT);
   }
 
-  absl::Status WaitFor(kj::Promise<void> p, absl::Duration budget) {
-    auto bounded = io_.provider->getTimer().timeoutAt(Deadline(budget), kj::mv(p));
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { bounded.wait(io_.waitScope); })) {
-      return absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr()));
+  static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
+    if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
+    return WriteResult{r.getFirstSeq(), r.getLastSeq()};
+  }
+
+  // One request and its reply, within `budget`.
+  absl::StatusOr<schema::Reply::Reader> Call(capnp::MessageBuilder& request,
+                                             absl::Duration budget,
+                                             schema::Reply::Which expected) {
+    absl::Time deadline = absl::Now() + budget;
+    if (absl::Status s = EnsureOpen(); !s.ok()) return s;
+    Append(request);
+    if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
+    absl::StatusOr<schema::Reply::Reader> r = Receive(deadline, expected);
+    if (!r.ok()) return Fail(r.status());
+    return r;
+  }
+
+  absl::Status EnsureOpen() { return fd_ >= 0 ? absl::OkStatus() : Open(); }
+
+  absl::Status Open() {
+    Close();
+    absl::Status s = Connect(absl::Now() + timeout_);
+    if (!s.ok()) {
+      Close();
+      return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
     }
+    // The preamble goes out with the first request.
+    out_.assign(schema::CLIENT_PREAMBLE.get().cStr(), schema::CLIENT_PREAMBLE.get().size());
     return absl::OkStatus();
   }
 
-  // Waits for `p` at most timeout_ (or `budget`), then hands its value to `f`.
-  template <typename T, typename F>
-  absl::Status Wait(kj::Promise<T> p, F&& f) {
-    return Wait(kj::mv(p), timeout_, std::forward<F>(f));
-  }
-  template <typename T, typename F>
-  absl::Status Wait(kj::Promise<T> p, absl::Duration budget, F&& f) {
-    auto bounded = io_.provider->getTimer().timeoutAt(Deadline(budget), kj::mv(p));
-    absl::Status status;
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { f(bounded.wait(io_.waitScope)); })) {
-      // timeoutAt's own exception says "operation timed out".
-      status = absl::UnavailableError(absl::StrCat(endpoint_, ": ", e->getDescription().cStr(),
-                                                   " (timeout ", absl::FormatDuration(budget),
-                                                   ")"));
+  absl::Status Connect(absl::Time deadline) {
+    size_t colon = endpoint_.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == endpoint_.size()) {
+      return absl::InvalidArgumentError("expected host:port");
     }
-    return status;
+    std::string host = endpoint_.substr(0, colon), port = endpoint_.substr(colon + 1);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    if (int e = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); e != 0) {
+      return absl::UnavailableError(::gai_strerror(e));
+    }
+    std::string why = "no address";
+    for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+      absl::Status s = ConnectTo(*a, deadline);
+      if (s.ok()) break;
+      why = std::string(s.message());
+      Close();
+    }
+    ::freeaddrinfo(found);
+    if (fd_ < 0) return absl::UnavailableError(why);
+    int one = 1;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    SetTimeout(SO_SNDTIMEO, timeout_);
+    SetTimeout(SO_RCVTIMEO, timeout_);
+    recv_timeout_ = timeout_;
+    return absl::OkStatus();
+  }
+
+  absl::Status ConnectTo(const addrinfo& a, absl::Time deadline) {
+    fd_ = ::socket(a.ai_family, a.ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a.ai_protocol);
+    if (fd_ < 0) return absl::UnavailableError(std::strerror(errno));
+    if (::connect(fd_, a.ai_addr, a.ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) return absl::UnavailableError(std::strerror(errno));
+      pollfd p{fd_, POLLOUT, 0};
+      int ms = static_cast<int>(
+          std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+      int n = ::poll(&p, 1, ms);
+      if (n == 0) return absl::UnavailableError("connect timed out");
+      if (n < 0) return absl::UnavailableError(std::strerror(errno));
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err != 0) return absl::UnavailableError(std::strerror(err));
+    }
+    int flags = ::fcntl(fd_, F_GETFL);
+    ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
+    return absl::OkStatus();
+  }
+
+  void SetTimeout(int option, absl::Duration d) {
+    // 0 would mean "wait forever": the shortest bound is 1 ms.
+    timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
+    ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof tv);
+  }
+
+  void Close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    out_.clear();
+    in_begin_ = in_end_ = 0;
+    taken_ = 0;
+  }
+
+  // Closes the connection after a failed call and returns why it failed.
+  absl::Status Fail(absl::Status s) {
+    Close();
+    return s;
+  }
+
+  void Append(capnp::MessageBuilder& m) {
+    kj::Array<capnp::word> flat = capnp::messageToFlatArray(m);
+    auto bytes = flat.asChars();
+    out_.append(bytes.begin(), bytes.size());
+  }
+
+  // Sends every appended request.
+  absl::Status Flush(absl::Time deadline) {
+    size_t sent = 0;
+    while (sent < out_.size()) {
+      ssize_t n = ::send(fd_, out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && absl::Now() < deadline) continue;
+      return absl::UnavailableError(absl::StrCat(
+          endpoint_, ": ",
+          n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? "send timed out" : std::strerror(errno)));
+    }
+    out_.clear();
+    return absl::OkStatus();
+  }
+
+  // The size in bytes of the complete reply at the front of the buffer, or 0 if not all of it
+  // is here yet.
+  size_t BufferedReplyBytes() const {
+    size_t have = in_end_ - in_begin_;
+    if (have < sizeof(capnp::word)) return 0;
+    auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
+                              have / sizeof(capnp::word));
+    size_t need = capnp::expectedSizeInWordsFromPrefix(words) * sizeof(capnp::word);
+    return need <= have ? need : 0;
+  }
+
+  bool HasReply() {
+    DropTaken();
+    return BufferedReplyBytes() > 0;
+  }
+
+  // Forgets the reply handed out last (its reader's memory is reused from here on).
+  void DropTaken() {
+    in_begin_ += taken_;
+    taken_ = 0;
+    if (in_begin_ == in_end_) in_begin_ = in_end_ = 0;
+  }
+
+  // The next reply, valid until the next Receive; a `refused` reply becomes its error.
+  absl::StatusOr<schema::Reply::Reader> Receive(absl::Time deadline,
+                                               schema::Reply::Which expected) {
+    DropTaken();
+    size_t bytes;
+    while ((bytes = BufferedReplyBytes()) == 0) {
+      if (absl::Status s = Fill(deadline); !s.ok()) return s;
+    }
+    taken_ = bytes;
+    auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
+                              bytes / sizeof(capnp::word));
+    reader_.emplace(words);
+    schema::Reply::Reader reply = reader_->getRoot<schema::Reply>();
+    if (reply.which() == expected) return reply;
+    if (reply.isRefused()) {
+      absl::Status e = FromCapnp(reply.getRefused());
+      return e.ok() ? absl::DataLossError(absl::StrCat(endpoint_, ": refused without an error"))
+                    : e;
+    }
+    return absl::DataLossError(absl::StrCat(endpoint_, ": a ", ReplyKindName(expected),
+                                            " request got a ", ReplyKindName(reply.which()),
+                                            " reply"));
+  }
+
+  // Reads more of the replies into the buffer, waiting until `deadline` at most.
+  absl::Status Fill(absl::Time deadline) {
+    size_t have = in_end_ - in_begin_;
+    size_t need = sizeof(capnp::word);
+    if (have >= need) {
+      auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
+                                have / sizeof(capnp::word));
+      uint64_t want = capnp::expectedSizeInWordsFromPrefix(words);
+      if (want > kMaxReplyWords) {
+        return absl::DataLossError(absl::StrCat(endpoint_, ": a reply claims ", want * 8,
+                                                " bytes; the stream is corrupt"));
+      }
+      need = want * sizeof(capnp::word);
+    }
+    // Room for the whole reply, with its start kept word-aligned.
+    if (in_begin_ > 0 && (in_.size() * sizeof(capnp::word) - in_begin_ < need + 4096)) {
+      std::memmove(in_.begin(), in_.begin() + in_begin_ / sizeof(capnp::word), have);
+      in_begin_ = 0;
+      in_end_ = have;
+    }
+    size_t capacity = in_.size() * sizeof(capnp::word);
+    if (capacity - in_begin_ < need + 4096) {
+      auto bigger = kj::heapArray<capnp::word>((in_begin_ + need) / sizeof(capnp::word) + 8192);
+      std::memcpy(bigger.begin(), in_.begin(), in_end_);
+      in_ = kj::mv(bigger);
+      capacity = in_.size() * sizeof(capnp::word);
+    }
+    for (;;) {
+      absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        return absl::UnavailableError(absl::StrCat(endpoint_, ": no reply within the timeout"));
+      }
+      // SO_RCVTIMEO bounds one read: keep it near what is left, without a system call for
+      // it on every read.
+      if (recv_timeout_ > left + absl::Milliseconds(10) || recv_timeout_ < left / 2) {
+        SetTimeout(SO_RCVTIMEO, left);
+        recv_timeout_ = left;
+      }
+      ssize_t n = ::recv(fd_, reinterpret_cast<char*>(in_.begin()) + in_end_, capacity - in_end_, 0);
+      if (n > 0) {
+        in_end_ += static_cast<size_t>(n);
+        return absl::OkStatus();
+      }
+      if (n == 0) return absl::UnavailableError(absl::StrCat(endpoint_, ": connection closed"));
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
+      return absl::UnavailableError(absl::StrCat(endpoint_, ": ", std::strerror(errno)));
+    }
   }
 
   std::string endpoint_;
   absl::Duration timeout_;
-  kj::AsyncIoContext& io_;
-  kj::Own<kj::AsyncIoStream> stream_;
-  kj::Own<capnp::TwoPartyClient> rpc_;
-  std::unique_ptr<schema::Node::Client> node_;  // set once connected
+  int fd_ = -1;
+  absl::Duration recv_timeout_;  // SO_RCVTIMEO as last set
+  std::string out_;              // requests appended, not yet sent
+  // Replies received: bytes [in_begin_, in_end_) of in_; in_begin_ is a whole number of
+  // words, so a reply's reader needs no copy.
+  kj::Array<capnp::word> in_ = kj::heapArray<capnp::word>(8192);
+  size_t in_begin_ = 0, in_end_ = 0;
+  size_t taken_ = 0;  // bytes of the reply handed out last, dropped at the next Receive
+  std::optional<capnp::FlatArrayMessageReader> reader_;
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <capnp/message.h>
 #include <capnp/rpc-twoparty.h>
+#include <capnp/serialize-async.h>
 #include <fcntl.h>
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
@@ -44,18 +45,12 @@ constexpr size_t kMaxQueuedPushes = 64;
 constexpr size_t kMaxPipelineWrites = 10000;
 constexpr size_t kMaxHeldAcks = 16;
 constexpr uint32_t kWalTrimIntervalMs = 1000;
-// Words for a reply holding an Error and a few numbers (message sizes in 8-byte words).
-constexpr capnp::MessageSize kSmallReply{32, 0};  // above the largest max_inflight_ships (64)
+// Words of a client reply's first segment: enough for a write's (an Error and two numbers);
+// larger replies grow more segments.
+constexpr capnp::MessageSize kSmallReply{32, 0};
 
 int64_t NowUs() { return replication::RealClock()->NowMicros(); }
 
-using WriteContext = capnp::CallContext<schema::KvService::WriteParams, schema::KvService::WriteResults>;
-using WriteManyContext =
-    capnp::CallContext<schema::KvService::WriteManyParams, schema::KvService::WriteManyResults>;
-using GetContext = capnp::CallContext<schema::KvService::GetParams, schema::KvService::GetResults>;
-using ScanContext = capnp::CallContext<schema::KvService::ScanParams, schema::KvService::ScanResults>;
-using StatusContext =
-    capnp::CallContext<schema::KvService::StatusParams, schema::KvService::StatusResults>;
 using SubscribeContext =
     capnp::CallContext<schema::PeerService::SubscribeParams, schema::PeerService::SubscribeResults>;
 
@@ -64,6 +59,12 @@ struct WriteOutcome {
   SequenceNumber first_seq = 0;
   SequenceNumber last_seq = 0;
 };
+
+void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
+  ToCapnp(o.status, b.initError());
+  b.setFirstSeq(o.first_seq);
+  b.setLastSeq(o.last_seq);
+}
 
 // Everything a running node owns that lives on the event loop.
 class Core final : public kj::TaskSet::ErrorHandler {
@@ -98,80 +99,81 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   // ---- Client API ----
 
-  kj::Promise<void> Write(WriteContext ctx) {
-    auto params = ctx.getParams();
-    return Enqueue(params.getOps(), params.getMode()).then([ctx](WriteOutcome o) mutable {
-      // A size hint: without one Cap'n Proto allocates and zeroes an 8 KiB first segment
-      // for every reply, which showed in the write path's profile.
-      auto results = ctx.getResults(kSmallReply);
-      ToCapnp(o.status, results.initError());
-      results.setFirstSeq(o.first_seq);
-      results.setLastSeq(o.last_seq);
-    });
+  // Answers one client request into `reply`, which the caller keeps until the promise
+  // resolves. `request` is read before Serve returns and may be dropped then.
+  kj::Promise<void> Serve(schema::Request::Reader request, schema::Reply::Builder reply) {
+    switch (request.which()) {
+      case schema::Request::WRITE: {
+        auto w = request.getWrite();
+        return Enqueue(w.getOps(), w.getMode()).then([reply](WriteOutcome o) mutable {
+          ToReply(o, reply.initWrite());
+        });
+      }
+      case schema::Request::WRITE_MANY: return WriteMany(request.getWriteMany(), reply);
+      case schema::Request::GET: Get(request.getGet(), reply.initGet()); return kj::READY_NOW;
+      case schema::Request::SCAN: return Scan(request.getScan(), reply);
+      case schema::Request::STATUS: Status(reply.initStatus()); return kj::READY_NOW;
+    }
+    ToCapnp(absl::UnimplementedError(absl::StrCat(
+                "unknown request kind ", static_cast<int>(request.which()),
+                "; the client is newer than this node")),
+            reply.initRefused());
+    return kj::READY_NOW;
   }
 
   // A pipeline of independent writes: each enters the write queue as if sent on its own.
-  kj::Promise<void> WriteMany(WriteManyContext ctx) {
-    auto writes = ctx.getParams().getWrites();
+  kj::Promise<void> WriteMany(schema::WriteManyRequest::Reader request,
+                              schema::Reply::Builder reply) {
+    auto writes = request.getWrites();
     // Refused whole, with one error: the reply is never sized by an untrusted count.
     if (leader_ == nullptr) {
-      ToCapnp(NotLeaderError(options_.leader_address), ctx.getResults().initError());
+      ToCapnp(NotLeaderError(options_.leader_address), reply.initWriteMany().initError());
       return kj::READY_NOW;
     }
     if (writes.size() > kMaxPipelineWrites) {
       ToCapnp(absl::InvalidArgumentError(absl::StrCat("a pipeline holds at most ",
                                                       kMaxPipelineWrites, " writes; this one has ",
                                                       writes.size())),
-              ctx.getResults().initError());
+              reply.initWriteMany().initError());
       return kj::READY_NOW;
     }
     auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(writes.size());
     for (auto w : writes) outcomes.add(Enqueue(w.getOps(), w.getMode()));
     return kj::joinPromises(outcomes.finish())
-        .then([ctx](kj::Array<WriteOutcome> done) mutable {
-          auto results = ctx.getResults(capnp::MessageSize{16 + done.size() * 8, 0});
+        .then([reply](kj::Array<WriteOutcome> done) mutable {
+          auto results = reply.initWriteMany();
           ToCapnp(absl::OkStatus(), results.initError());
           auto replies = results.initReplies(done.size());
-          for (size_t i = 0; i < done.size(); ++i) {
-            ToCapnp(done[i].status, replies[i].initError());
-            replies[i].setFirstSeq(done[i].first_seq);
-            replies[i].setLastSeq(done[i].last_seq);
-          }
+          for (size_t i = 0; i < done.size(); ++i) ToReply(done[i], replies[i]);
         });
   }
 
-  kj::Promise<void> Get(GetContext ctx) {
-    auto params = ctx.getParams();
+  void Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply) {
     SequenceNumber latest = engine_.LatestSequence();
-    absl::StatusOr<std::string> value = absl::NotFoundError("");
-    absl::Status min_seq = CheckMinSeq(params.getMinSeq(), latest);
-    if (min_seq.ok()) value = engine_.Get(ToString(params.getKey()));
-    size_t value_bytes = value.ok() ? value->size() : 0;
-    auto results = ctx.getResults(
-        capnp::MessageSize{kSmallReply.wordCount + value_bytes / 8 + 1, 0});
-    results.setSeq(latest);
-    if (!min_seq.ok()) {
-      ToCapnp(min_seq, results.initError());
-      return kj::READY_NOW;
+    reply.setSeq(latest);
+    if (absl::Status s = CheckMinSeq(request.getMinSeq(), latest); !s.ok()) {
+      ToCapnp(s, reply.initError());
+      return;
     }
-    ToCapnp(value.status(), results.initError());
-    if (value.ok()) results.setValue(ToData(*value));
-    return kj::READY_NOW;
+    absl::StatusOr<std::string> value = engine_.Get(ToString(request.getKey()));
+    ToCapnp(value.status(), reply.initError());
+    if (value.ok()) reply.setValue(ToData(*value));
   }
 
-  kj::Promise<void> Scan(ScanContext ctx) {
-    auto params = ctx.getParams();
+  kj::Promise<void> Scan(schema::ScanRequest::Reader request, schema::Reply::Builder reply) {
     SequenceNumber latest = engine_.LatestSequence();
-    if (absl::Status s = CheckMinSeq(params.getMinSeq(), latest); !s.ok()) {
-      ToCapnp(s, ctx.getResults().initError());
+    if (absl::Status s = CheckMinSeq(request.getMinSeq(), latest); !s.ok()) {
+      auto results = reply.initScan();
+      results.setSeq(latest);
+      ToCapnp(s, results.initError());
       return kj::READY_NOW;
     }
     engine::ScanOptions scan;
-    scan.start = ToString(params.getStart());
-    scan.prefix = ToString(params.getPrefix());
-    scan.limit = std::min(params.getLimit() == 0 ? 1000u : params.getLimit(), kMaxScanLimit);
-    auto reply = [ctx, latest](absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
-      auto results = ctx.getResults();
+    scan.start = ToString(request.getStart());
+    scan.prefix = ToString(request.getPrefix());
+    scan.limit = std::min(request.getLimit() == 0 ? 1000u : request.getLimit(), kMaxScanLimit);
+    auto answer = [reply, latest](absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
+      auto results = reply.initScan();
       results.setSeq(latest);
       ToCapnp(kvs.status(), results.initError());
       if (!kvs.ok()) return;
@@ -182,14 +184,13 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
     };
     if (scan.limit <= kInlineScanLimit) {
-      reply(engine_.Scan(scan));
+      answer(engine_.Scan(scan));
       return kj::READY_NOW;
     }
-    return pool_.Run([e = &engine_, scan]() { return e->Scan(scan); }).then(kj::mv(reply));
+    return pool_.Run([e = &engine_, scan]() { return e->Scan(scan); }).then(kj::mv(answer));
   }
 
-  kj::Promise<void> Status(StatusContext ctx) {
-    auto st = ctx.getResults().initStatus();
+  void Status(schema::NodeStatus::Builder st) {
     st.setNode(options_.node_id);
     st.setCluster(options_.cluster);
     st.setRole(leader_ != nullptr ? "leader" : "follower");
@@ -231,7 +232,6 @@ class Core final : public kj::TaskSet::ErrorHandler {
       st.setLagMs(fs.lag_ms);
       st.setMessage(fs.message);
     }
-    return kj::READY_NOW;
   }
 
   // ---- Leader: followers subscribing ----
@@ -909,19 +909,140 @@ class Core final : public kj::TaskSet::ErrorHandler {
 class NodeImpl final : public schema::Node::Server {
  public:
   explicit NodeImpl(Core& core) : core_(core) {}
-  kj::Promise<void> write(WriteContext ctx) override { return core_.Write(ctx); }
-  kj::Promise<void> writeMany(WriteManyContext ctx) override { return core_.WriteMany(ctx); }
-  kj::Promise<void> get(GetContext ctx) override { return core_.Get(ctx); }
-  kj::Promise<void> scan(ScanContext ctx) override { return core_.Scan(ctx); }
-  kj::Promise<void> status(StatusContext ctx) override { return core_.Status(ctx); }
   kj::Promise<void> subscribe(SubscribeContext ctx) override { return core_.Subscribe(ctx); }
 
  private:
   Core& core_;
 };
 
-kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
-                             kj::AsyncIoContext& io);
+// One client connection (the client protocol of rpc/client.capnp, after its preamble): reads
+// Requests, has Core serve them, and writes the Replies in the order the requests came.
+// Requests are served concurrently, so the writes of a pipelining client share group commits.
+// Past kMaxClientInflight requests waiting for their replies it stops reading until those are
+// out: a client that never reads its replies is held back by TCP, not by the node's memory.
+class ClientConnection {
+ public:
+  static constexpr size_t kMaxClientInflight = 1024;
+
+  ClientConnection(Core& core, kj::Own<BufferedStream> stream)
+      : core_(core), stream_(kj::mv(stream)) {}
+
+  // Resolves when the client has closed the connection and every reply is out, and fails
+  // when the connection breaks or a request is malformed.
+  kj::Promise<void> Run() {
+    kj::Promise<void> room = kj::READY_NOW;
+    if (inflight_ >= kMaxClientInflight) {
+      auto replies = kj::mv(tail_).fork();
+      tail_ = replies.addBranch();
+      room = replies.addBranch();
+    }
+    return room.then([this]() { return capnp::tryReadMessage(*stream_); })
+        .then([this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
+          KJ_IF_MAYBE(m, message) {
+            if (Dispatch(**m)) return Run();
+            // A malformed request: its refusal goes out, then the connection closes.
+            return kj::mv(tail_).then([this]() { return stream_->Flushed(); });
+          }
+          return kj::mv(tail_).then([this]() { return stream_->Flushed(); });
+        });
+  }
+
+ private:
+  // Starts serving one request and queues its reply behind the earlier ones. False when the
+  // request could not be read: it is refused, and nothing more is read from this client.
+  bool Dispatch(capnp::MessageReader& message) {
+    auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
+    schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
+    kj::Promise<void> served = nullptr;
+    bool readable = true;
+    // Reading a malformed message (a pointer out of bounds, a nesting too deep) throws.
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+                  served = core_.Serve(message.getRoot<schema::Request>(), reply);
+                })) {
+      spdlog::warn("closing a client connection after a malformed request: {}",
+                   e->getDescription().cStr());
+      ToCapnp(absl::InvalidArgumentError(
+                  absl::StrCat("malformed request: ", e->getDescription().cStr())),
+              reply.initRefused());
+      served = kj::READY_NOW;
+      readable = false;
+    }
+    served = served.catch_([reply](kj::Exception&& e) mutable {
+      ToCapnp(absl::InternalError(e.getDescription().cStr()), reply.initRefused());
+    });
+    ++inflight_;
+    tail_ = tail_.then([served = kj::mv(served)]() mutable { return kj::mv(served); })
+                .then([this, builder = kj::mv(builder)]() mutable {
+                  --inflight_;
+                  return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
+                })
+                .eagerlyEvaluate(nullptr);
+    return readable;
+  }
+
+  Core& core_;
+  kj::Own<BufferedStream> stream_;
+  kj::Promise<void> tail_ = kj::READY_NOW;  // the last reply queued has been written
+  size_t inflight_ = 0;                    // requests whose reply is not written yet
+};
+
+// Accepts connections on the listen address and tells clients from nodes by the first bytes:
+// a client sends the client protocol's preamble; a node speaks Cap'n Proto RPC, whose first
+// word (a segment count below 512) can never spell it.
+class Listener final : private kj::TaskSet::ErrorHandler {
+ public:
+  Listener(Core& core, capnp::TwoPartyServer& peers, kj::ConnectionReceiver& receiver,
+           kj::AsyncIoContext& io)
+      : core_(core), peers_(peers), receiver_(receiver), io_(io), connections_(*this) {}
+
+  kj::Promise<void> AcceptLoop() {
+    return receiver_.accept().then([this](kj::Own<kj::AsyncIoStream> connection) {
+      connections_.add(Route(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), io_))));
+      return AcceptLoop();
+    });
+  }
+
+ private:
+  void taskFailed(kj::Exception&& e) override {
+    // A client going away mid-request is routine; a refused request was logged already.
+    spdlog::debug("client connection ended: {}", e.getDescription().cStr());
+  }
+
+  kj::Promise<void> Route(kj::Own<BufferedStream> stream) {
+    BufferedStream& s = *stream;
+    return s.Peek(kPreambleBytes).then([this, stream = kj::mv(stream)](
+                                           kj::ArrayPtr<const kj::byte> head) mutable
+                                       -> kj::Promise<void> {
+      if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed before a word
+      kj::StringPtr preamble = schema::CLIENT_PREAMBLE;
+      auto text = head.slice(0, kPreambleBytes).asChars();
+      if (text == preamble.asArray()) {
+        kj::byte skipped[kPreambleBytes];
+        BufferedStream& client = *stream;
+        return client.tryRead(skipped, kPreambleBytes, kPreambleBytes)
+            .then([this, stream = kj::mv(stream)](size_t) mutable {
+              auto connection = kj::heap<ClientConnection>(core_, kj::mv(stream));
+              auto run = connection->Run();
+              return run.attach(kj::mv(connection));
+            });
+      }
+      if (text.slice(0, 7) == preamble.asArray().slice(0, 7)) {
+        spdlog::warn("refused a client speaking protocol '{}'; this node speaks '{}'",
+                     std::string(text.begin(), text.size()), preamble.cStr());
+        return kj::READY_NOW;
+      }
+      peers_.accept(kj::mv(stream));
+      return kj::READY_NOW;
+    });
+  }
+
+  static constexpr size_t kPreambleBytes = 8;
+  Core& core_;
+  capnp::TwoPartyServer& peers_;
+  kj::ConnectionReceiver& receiver_;
+  kj::AsyncIoContext& io_;
+  kj::TaskSet connections_;
+};
 
 class NodeServerImpl final : public NodeServer {
  public:
@@ -952,7 +1073,8 @@ class NodeServerImpl final : public NodeServer {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
-      auto serving = AcceptLoop(server, *listener, io).eagerlyEvaluate([](kj::Exception&& e) {
+      Listener accepting(core, server, *listener, io);
+      auto serving = accepting.AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("listener failed: {}", e.getDescription().cStr());
       });
       spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
@@ -993,16 +1115,6 @@ class NodeServerImpl final : public NodeServer {
   std::unique_ptr<replication::Leader> leader_;
   std::unique_ptr<replication::Follower> follower_;
 };
-
-// TwoPartyServer::listen() with every connection an FdStream inside a BufferedStream.
-kj::Promise<void> AcceptLoop(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
-                             kj::AsyncIoContext& io) {
-  return listener.accept().then(
-      [&server, &listener, &io](kj::Own<kj::AsyncIoStream> connection) {
-        server.accept(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), io)));
-        return AcceptLoop(server, listener, io);
-      });
-}
 
 absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
   std::error_code ec;
