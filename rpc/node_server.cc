@@ -917,9 +917,16 @@ class NodeImpl final : public schema::Node::Server {
 
 // One client connection (the client protocol of rpc/client.capnp, after its preamble): reads
 // Requests, has Core serve them, and writes the Replies in the order the requests came.
-// Requests are served concurrently, so the writes of a pipelining client share group commits.
-// Past kMaxClientInflight requests waiting for their replies it stops reading until those are
-// out: a client that never reads its replies is held back by TCP, not by the node's memory.
+//
+// Requests take effect in the order sent, as if served one after another: a read sees every
+// write sent before it on this connection. Writes are served as they arrive, so those of a
+// pipelining client share group commits (they enter the write queue in order); a read that
+// follows a write still in flight, and everything after that read, waits until the replies
+// before it are out.
+//
+// Past kMaxClientInflight requests waiting for their replies the connection stops reading
+// until those are out: a client that never reads its replies is held back by TCP, not by the
+// node's memory.
 class ClientConnection {
  public:
   static constexpr size_t kMaxClientInflight = 1024;
@@ -927,63 +934,91 @@ class ClientConnection {
   ClientConnection(Core& core, kj::Own<BufferedStream> stream)
       : core_(core), stream_(kj::mv(stream)) {}
 
-  // Resolves when the client has closed the connection and every reply is out, and fails
-  // when the connection breaks or a request is malformed.
+  // Resolves when the client has closed the connection (or sent a malformed request) and
+  // every reply is out; fails when the connection breaks.
   kj::Promise<void> Run() {
     kj::Promise<void> room = kj::READY_NOW;
-    if (inflight_ >= kMaxClientInflight) {
-      auto replies = kj::mv(tail_).fork();
-      tail_ = replies.addBranch();
-      room = replies.addBranch();
-    }
+    if (inflight_ >= kMaxClientInflight) room = AfterQueuedReplies();
     return room.then([this]() { return capnp::tryReadMessage(*stream_); })
         .then([this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
           KJ_IF_MAYBE(m, message) {
-            if (Dispatch(**m)) return Run();
+            if (Dispatch(kj::mv(*m))) return Run();
             // A malformed request: its refusal goes out, then the connection closes.
-            return kj::mv(tail_).then([this]() { return stream_->Flushed(); });
           }
-          return kj::mv(tail_).then([this]() { return stream_->Flushed(); });
+          return AfterQueuedReplies().then([this]() { return stream_->Flushed(); });
         });
   }
 
  private:
-  // Starts serving one request and queues its reply behind the earlier ones. False when the
-  // request could not be read: it is refused, and nothing more is read from this client.
-  bool Dispatch(capnp::MessageReader& message) {
+  // Resolves once every reply queued so far is written.
+  kj::Promise<void> AfterQueuedReplies() {
+    auto replies = kj::mv(tail_).fork();
+    tail_ = replies.addBranch();
+    return replies.addBranch();
+  }
+
+  // Serves one request, now or after the replies before it, and queues its reply behind
+  // theirs. False when the request is malformed: it is refused, and nothing more is read.
+  bool Dispatch(kj::Own<capnp::MessageReader> message) {
     auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
     schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
-    kj::Promise<void> served = nullptr;
-    bool readable = true;
-    // Reading a malformed message (a pointer out of bounds, a nesting too deep) throws.
+    schema::Request::Reader request;
+    // Every pointer of the message is checked here, once (totalSize() walks them all), so
+    // serving it cannot meet a malformed one later.
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                  served = core_.Serve(message.getRoot<schema::Request>(), reply);
+                  request = message->getRoot<schema::Request>();
+                  request.totalSize();
                 })) {
       spdlog::warn("closing a client connection after a malformed request: {}",
                    e->getDescription().cStr());
       ToCapnp(absl::InvalidArgumentError(
                   absl::StrCat("malformed request: ", e->getDescription().cStr())),
               reply.initRefused());
-      served = kj::READY_NOW;
-      readable = false;
+      Queue(kj::READY_NOW, kj::mv(builder));
+      return false;
     }
-    served = served.catch_([reply](kj::Exception&& e) mutable {
+    bool write = request.isWrite() || request.isWriteMany();
+    if (deferred_ > 0 || (!write && writes_inflight_ > 0)) {
+      // After the replies before it, so that it sees their writes.
+      ++deferred_;
+      auto served = tail_.then([this, message = kj::mv(message), reply]() mutable {
+        --deferred_;
+        return Serve(message->getRoot<schema::Request>(), reply);
+      });
+      tail_ = kj::READY_NOW;
+      Queue(kj::mv(served), kj::mv(builder), write);
+      return true;
+    }
+    Queue(Serve(request, reply), kj::mv(builder), write);
+    return true;
+  }
+
+  kj::Promise<void> Serve(schema::Request::Reader request, schema::Reply::Builder reply) {
+    return core_.Serve(request, reply).catch_([reply](kj::Exception&& e) mutable {
       ToCapnp(absl::InternalError(e.getDescription().cStr()), reply.initRefused());
     });
+  }
+
+  // Writes the reply in `builder` once `served` resolves and the replies before it are out.
+  void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
+             bool write = false) {
     ++inflight_;
-    tail_ = tail_.then([served = kj::mv(served)]() mutable { return kj::mv(served); })
-                .then([this, builder = kj::mv(builder)]() mutable {
+    if (write) ++writes_inflight_;
+    tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
+                .then([this, builder = kj::mv(builder), write]() mutable {
                   --inflight_;
+                  if (write) --writes_inflight_;
                   return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
                 })
                 .eagerlyEvaluate(nullptr);
-    return readable;
   }
 
   Core& core_;
   kj::Own<BufferedStream> stream_;
-  kj::Promise<void> tail_ = kj::READY_NOW;  // the last reply queued has been written
-  size_t inflight_ = 0;                    // requests whose reply is not written yet
+  kj::Promise<void> tail_ = kj::READY_NOW;  // every reply queued so far is written
+  size_t inflight_ = 0;         // requests whose reply is not written yet
+  size_t writes_inflight_ = 0;  // of them, writes
+  size_t deferred_ = 0;         // of them, those waiting to be served
 };
 
 // Accepts connections on the listen address and tells clients from nodes by the first bytes:

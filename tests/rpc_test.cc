@@ -1,7 +1,9 @@
 // The client API in-process: NodeServer instances on loopback in threads of this process,
 // driven through rpc::Client.
 #include <gtest/gtest.h>
+#include <capnp/any.h>
 #include <capnp/rpc-twoparty.h>
+#include <capnp/serialize.h>
 #include <kj/async-unix.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -19,6 +21,7 @@
 #include "rpc/client.h"
 #include "rpc/convert.h"
 #include "rpc/node_server.h"
+#include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
 #include "tools/free_port.h"
 
@@ -631,6 +634,196 @@ TEST_F(RpcTest, PipelineWritesAreIndependentAndOrdered) {
   EXPECT_EQ(LeaderHint(refused.status()), lo.listen);
   c.reset();
   f.reset();
+}
+
+// A client of the client protocol written by hand, for what rpc::Client never sends: requests
+// pipelined in one write, unknown kinds, malformed messages, other preambles.
+class RawConnection {
+ public:
+  explicit RawConnection(const std::string& endpoint) {
+    int port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    timeval tv{5, 0};  // every read below is bounded
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~RawConnection() { ::close(fd_); }
+
+  // Queues bytes, or a message, to go out together at Send().
+  void Add(std::string_view bytes) { out_.append(bytes); }
+  void Add(capnp::MessageBuilder& m) {
+    auto flat = capnp::messageToFlatArray(m);
+    out_.append(flat.asChars().begin(), flat.asChars().size());
+  }
+  void Send() {
+    ASSERT_EQ(::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(out_.size()));
+    out_.clear();
+  }
+  std::unique_ptr<capnp::MessageReader> Receive() {
+    return std::make_unique<capnp::StreamFdMessageReader>(fd_);
+  }
+  // True when the node has closed the connection (reads end) within 5 s.
+  bool Closed() {
+    char c;
+    return ::recv(fd_, &c, 1, 0) == 0;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string out_;
+};
+
+const std::string kPreamble = schema::CLIENT_PREAMBLE.get().cStr();
+
+// Requests pipelined on one connection take effect in the order sent: each read sees the
+// writes sent before it, although writes are served as they arrive and reads at once.
+TEST_F(RpcTest, PipelinedRequestsTakeEffectInTheOrderSent) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  auto write = [&](const std::string& value) {
+    capnp::MallocMessageBuilder m;
+    auto ops = m.initRoot<schema::Request>().initWrite().initOps(1);
+    ops[0].setType(schema::OpType::PUT);
+    ops[0].setKey(ToData("a"));
+    ops[0].setValue(ToData(value));
+    c.Add(m);
+  };
+  auto get = [&]() {
+    capnp::MallocMessageBuilder m;
+    m.initRoot<schema::Request>().initGet().setKey(ToData("a"));
+    c.Add(m);
+  };
+  for (int round = 0; round < 20; ++round) {
+    write("w" + std::to_string(round));
+    get();
+    write("x" + std::to_string(round));
+    write("y" + std::to_string(round));
+    get();
+  }
+  capnp::MallocMessageBuilder status;
+  status.initRoot<schema::Request>().setStatus();
+  c.Add(status);
+  c.Send();
+  uint64_t seq = 0;
+  for (int round = 0; round < 20; ++round) {
+    for (const char* expected : {"w", "x", "y"}) {
+      auto r = c.Receive();
+      auto reply = r->getRoot<schema::Reply>();
+      ASSERT_TRUE(reply.isWrite()) << round;
+      ASSERT_TRUE(FromCapnp(reply.getWrite().getError()).ok());
+      EXPECT_EQ(reply.getWrite().getFirstSeq(), ++seq);
+      if (*expected == 'x') continue;  // its get comes after y
+      auto g = c.Receive();
+      auto got = g->getRoot<schema::Reply>();
+      ASSERT_TRUE(got.isGet()) << round;
+      ASSERT_TRUE(FromCapnp(got.getGet().getError()).ok()) << round;
+      EXPECT_EQ(ToString(got.getGet().getValue()), expected + std::to_string(round));
+      EXPECT_EQ(got.getGet().getSeq(), seq);
+    }
+  }
+  auto last = c.Receive();
+  ASSERT_TRUE(last->getRoot<schema::Reply>().isStatus());
+  EXPECT_EQ(last->getRoot<schema::Reply>().getStatus().getLatestSeq(), 60u);
+}
+
+TEST_F(RpcTest, AnUnknownKindOfRequestIsRefusedAndTheConnectionStaysOpen) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  capnp::MallocMessageBuilder unknown;
+  auto request = unknown.initRoot<schema::Request>();
+  request.setStatus();
+  // A kind from a newer client: the union's tag (the first 16 bits of the data) set past the
+  // last kind this schema knows.
+  auto data = capnp::toAny(request).getDataSection();
+  ASSERT_GE(data.size(), 2u);
+  data[0] = 99;
+  data[1] = 0;
+  c.Add(unknown);
+  capnp::MallocMessageBuilder status;
+  status.initRoot<schema::Request>().setStatus();
+  c.Add(status);
+  c.Send();
+  auto r = c.Receive();
+  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
+  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  EXPECT_TRUE(absl::IsUnimplemented(refused)) << refused;
+  auto s = c.Receive();
+  ASSERT_TRUE(s->getRoot<schema::Reply>().isStatus());
+  EXPECT_EQ(std::string(s->getRoot<schema::Reply>().getStatus().getNode().cStr()), "n1");
+}
+
+TEST_F(RpcTest, AMalformedRequestIsRefusedAndClosesItsConnectionOnly) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  auto good = ConnectOrDie(lo.listen);
+  ASSERT_NE(good, nullptr);
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  // One segment of two words: a root struct pointer whose target lies far outside it.
+  const uint32_t table[2] = {0, 2};
+  const uint64_t words[2] = {uint64_t{1000} << 2 | uint64_t{1} << 32, 0};  // 1 data word
+  c.Add(std::string_view(reinterpret_cast<const char*>(table), sizeof table));
+  c.Add(std::string_view(reinterpret_cast<const char*>(words), sizeof words));
+  c.Send();
+  auto r = c.Receive();
+  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
+  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_NE(refused.message().find("malformed request"), std::string_view::npos) << refused;
+  EXPECT_TRUE(c.Closed());
+  EXPECT_TRUE(good->Write({{OpType::kPut, "k", "v"}}).ok());  // others are served on
+}
+
+TEST_F(RpcTest, AnotherProtocolVersionIsRefusedWithoutAReply) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  RawConnection c(lo.listen);
+  c.Add("WALSHIP9");
+  capnp::MallocMessageBuilder status;
+  status.initRoot<schema::Request>().setStatus();
+  c.Add(status);
+  c.Send();
+  EXPECT_TRUE(c.Closed());
+  EXPECT_NE(ConnectOrDie(lo.listen), nullptr);
+}
+
+// Every call is bounded by the client's timeout, also when the other end accepts the
+// connection and never answers; the next call connects again and is bounded the same way.
+TEST_F(RpcTest, ACallToAPeerThatNeverAnswersFailsWithinItsTimeout) {
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(listener, 8), 0);  // connections complete in the backlog; none is read
+  socklen_t len = sizeof a;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len);
+  std::string endpoint = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  auto c = Client::Connect(endpoint, absl::Milliseconds(300));
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (int call = 0; call < 2; ++call) {
+    auto start = std::chrono::steady_clock::now();
+    auto s = (*c)->Status();
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::steady_clock::now() - start)
+                  .count();
+    EXPECT_TRUE(absl::IsUnavailable(s.status())) << s.status();
+    EXPECT_GE(ms, 290) << call;
+    EXPECT_LT(ms, 1500) << call;
+  }
+  ::close(listener);
 }
 
 }  // namespace
