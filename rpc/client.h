@@ -1,9 +1,10 @@
-// A blocking client for one walship node, used by the CLI, tests and benchmarks.
+// A blocking client for one walship node, used by the CLI, tests and benchmarks. It speaks
+// the client protocol of rpc/client.capnp over one TCP connection (docs/protocol.md).
 //
-// Thread safety: a Client belongs to the thread that created it; the Clients of one thread
-// share that thread's KJ event loop (KJ allows one per thread), so a thread must not run
-// another KJ loop of its own while it has Clients. Every call is bounded by the timeout
-// given to Connect().
+// Thread safety: none; a Client is used by one thread at a time. It runs no event loop, so a
+// thread may also run a KJ loop of its own (a node, in tests). Every call is bounded by the
+// timeout given to Connect(). A failed call closes the connection, and the next call
+// connects again.
 #pragma once
 
 #include <cstdint>
