@@ -138,6 +138,13 @@ struct WriteManyReply {
 # requests of one connection concurrently (a client may pipeline). See docs/protocol.md.
 const clientPreamble :Text = "WALSHIP1";
 
+const maxRequestBytes :UInt64 = 67108864;
+# A larger Request is refused (invalidArgument) and closes its connection. 64 MiB.
+
+const maxRequestsAhead :UInt32 = 1024;
+# A node reads at most this many requests of one connection ahead of their replies (and at
+# most 64 MiB of them); a client keeping more in flight waits for replies before it can send.
+
 struct Request {
   union {
     write @0 :WriteRequest;
@@ -164,8 +171,9 @@ struct Reply {
     status @4 :NodeStatus;
     refused @5 :Error;
     # The request could not be served as sent: a kind of request this node does not know
-    # (unimplemented; the connection stays open), or a malformed message (invalidArgument;
-    # the node then closes the connection).
+    # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
+    # cannot take now (unavailable) -- the connection stays open after these -- or a
+    # malformed or oversized message (invalidArgument; the node then closes the connection).
   }
 }
 

@@ -14,7 +14,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -63,65 +62,84 @@ const char* ReplyKindName(schema::Reply::Which w) {
   return "unknown";
 }
 
-// The client protocol (rpc/client.capnp) over a blocking socket: a request is one write()
-// and its reply, as a rule, one read() that sleeps until it arrives -- two system calls,
-// where an event loop needs a third to wait. The socket's SO_RCVTIMEO bounds each read, and
-// every call has a deadline.
+// The client protocol (rpc/client.capnp) over a blocking socket: a request is one send()
+// and its reply, as a rule, one recv() that sleeps until it arrives -- two system calls,
+// where an event loop needs a third to wait. SO_SNDTIMEO and SO_RCVTIMEO bound each system
+// call, kept near the call's deadline.
 //
-// Requests in flight never deadlock on full socket buffers: the node reads requests while it
-// writes replies (it is event-driven), and this client writes a request only after taking
-// every reply it has already received (WriteMany), so neither side waits on the other.
+// Requests in flight cannot deadlock on full socket buffers: the node reads requests while it
+// writes replies (it is event-driven) and reads up to kMaxInflight requests ahead, and
+// WriteMany keeps at most that many in flight, sending more only after taking every reply
+// already received.
 //
 // A failed call (a timeout, a broken connection, a reply that makes no sense) closes the
 // connection, since replies still in flight would be taken for the next call's; the next call
 // connects again.
 class ClientImpl final : public Client {
  public:
+  // The node reads this many requests of a connection ahead of their replies.
+  static constexpr size_t kMaxInflight = schema::MAX_REQUESTS_AHEAD;
+  // Requests above this size are refused here; the node refuses them too.
+  static constexpr uint64_t kMaxRequestWords = schema::MAX_REQUEST_BYTES / sizeof(capnp::word);
+  // Replies larger than this are taken for a corrupt stream, not allocated.
+  static constexpr uint64_t kMaxReplyWords = uint64_t{1} << 27;  // 1 GiB
+
   ClientImpl(std::string endpoint, absl::Duration timeout)
       : endpoint_(std::move(endpoint)), timeout_(timeout) {}
   ~ClientImpl() override { Close(); }
 
-  absl::Status Init() { return Open(); }
+  absl::Status Init() { return Open(absl::Now() + timeout_); }
 
   const std::string& endpoint() const override { return endpoint_; }
 
   absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) override {
     capnp::MallocMessageBuilder m(WriteWords(ops));
     BuildWrite(ops, m.initRoot<schema::Request>().initWrite());
-    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::WRITE);
-    if (!r.ok()) return r.status();
-    return ToResult(r->getWrite());
+    return Call<WriteResult>(m, timeout_, schema::Reply::WRITE,
+                             [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
   }
 
   absl::StatusOr<std::vector<int64_t>> WriteMany(
       const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) override {
-    depth = std::max<size_t>(1, depth);
+    depth = std::clamp<size_t>(depth, 1, kMaxInflight);
     absl::Time deadline = absl::Now() + timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
-    if (absl::Status s = EnsureOpen(); !s.ok()) return s;
+    if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
     std::vector<int64_t> latency_ns(writes.size(), 0);
     std::vector<std::chrono::steady_clock::time_point> sent(writes.size());
     absl::Status first_error;
-    size_t next = 0, done = 0;
+    // Writes [0, done) are answered, [done, flushed) sent, [flushed, next) waiting in out_.
+    size_t next = 0, flushed = 0, done = 0;
     // Each reply lets one more write go, so `depth` stay in flight. Replies that arrived
     // together are all taken before the writes they free go out, in one send().
-    while (done < writes.size()) {
+    while (true) {
       while (first_error.ok() && next < writes.size() && next - done < depth) {
         capnp::MallocMessageBuilder m(WriteWords(writes[next]));
         BuildWrite(writes[next], m.initRoot<schema::Request>().initWrite());
-        Append(m);
-        sent[next++] = std::chrono::steady_clock::now();
+        if (absl::Status s = Append(m); !s.ok()) {
+          first_error = s;
+          break;
+        }
+        ++next;
       }
-      if (done == next) break;  // stopped by an error, every reply taken
-      if (!HasReply()) {
+      if (!first_error.ok() && flushed < next) {
+        out_.clear();  // stop at the first error: what was not sent stays unsent
+        next = flushed;
+      }
+      if (done == next) break;
+      if (flushed < next && !HasReply()) {
+        auto now = std::chrono::steady_clock::now();
+        for (size_t i = flushed; i < next; ++i) sent[i] = now;
         if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
+        flushed = next;
       }
-      absl::StatusOr<schema::Reply::Reader> r = Receive(deadline, schema::Reply::WRITE);
-      if (!r.ok()) return Fail(r.status());
+      absl::StatusOr<WriteResult> w = Receive<WriteResult>(
+          deadline, schema::Reply::WRITE,
+          [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
+      if (IsTransportError(w.status())) return Fail(w.status());
       latency_ns[done] = std::chrono::duration_cast<std::chrono::nanoseconds>(
                              std::chrono::steady_clock::now() - sent[done])
                              .count();
       ++done;
-      absl::StatusOr<WriteResult> w = ToResult(r->getWrite());
       if (!w.ok() && first_error.ok()) first_error = w.status();
     }
     if (!first_error.ok()) return first_error;
@@ -135,20 +153,22 @@ class ClientImpl final : public Client {
     capnp::MallocMessageBuilder m(words);
     auto list = m.initRoot<schema::Request>().initWriteMany().initWrites(writes.size());
     for (size_t i = 0; i < writes.size(); ++i) BuildWrite(writes[i], list[i]);
+    using Results = std::vector<absl::StatusOr<WriteResult>>;
     // A pipeline waits for all its writes: the budget grows with its length, as WriteMany's.
-    absl::StatusOr<schema::Reply::Reader> r =
-        Call(m, timeout_ * static_cast<int64_t>(1 + writes.size() / 64),
-             schema::Reply::WRITE_MANY);
-    if (!r.ok()) return r.status();
-    auto reply = r->getWriteMany();
-    if (absl::Status refused = FromCapnp(reply.getError()); !refused.ok()) return refused;
-    std::vector<absl::StatusOr<WriteResult>> out;
-    for (auto w : reply.getReplies()) out.push_back(ToResult(w));
-    if (out.size() != writes.size()) {
-      return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ", writes.size(),
-                                              " writes got ", out.size(), " replies"));
-    }
-    return out;
+    return Call<Results>(
+        m, timeout_ * static_cast<int64_t>(1 + writes.size() / 64), schema::Reply::WRITE_MANY,
+        [&](schema::Reply::Reader r) -> absl::StatusOr<Results> {
+          auto reply = r.getWriteMany();
+          if (absl::Status refused = FromCapnp(reply.getError()); !refused.ok()) return refused;
+          Results out;
+          for (auto w : reply.getReplies()) out.push_back(ToResult(w));
+          if (out.size() != writes.size()) {
+            return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ",
+                                                    writes.size(), " writes got ", out.size(),
+                                                    " replies"));
+          }
+          return out;
+        });
   }
 
   absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
@@ -156,11 +176,14 @@ class ClientImpl final : public Client {
     auto get = m.initRoot<schema::Request>().initGet();
     get.setKey(ToData(key));
     get.setMinSeq(min_seq);
-    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::GET);
-    if (!r.ok()) return r.status();
-    auto reply = r->getGet();
-    if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
-    return ToString(reply.getValue());
+    return Call<std::string>(m, timeout_, schema::Reply::GET,
+                             [](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
+                               auto reply = r.getGet();
+                               if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
+                                 return e;
+                               }
+                               return ToString(reply.getValue());
+                             });
   }
 
   absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
@@ -171,23 +194,40 @@ class ClientImpl final : public Client {
     req.setPrefix(ToData(scan.prefix));
     req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(scan.limit, UINT32_MAX)));
     req.setMinSeq(min_seq);
-    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::SCAN);
-    if (!r.ok()) return r.status();
-    auto reply = r->getScan();
-    if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
-    std::vector<engine::KeyValue> kvs;
-    for (auto item : reply.getItems()) {
-      kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
-    }
-    return kvs;
+    using Items = std::vector<engine::KeyValue>;
+    return Call<Items>(m, timeout_, schema::Reply::SCAN,
+                       [](schema::Reply::Reader r) -> absl::StatusOr<Items> {
+                         auto reply = r.getScan();
+                         if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
+                         Items kvs;
+                         for (auto item : reply.getItems()) {
+                           kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
+                         }
+                         return kvs;
+                       });
   }
 
   absl::StatusOr<NodeStatusInfo> Status() override {
     capnp::MallocMessageBuilder m(8);
     m.initRoot<schema::Request>().setStatus();
-    absl::StatusOr<schema::Reply::Reader> r = Call(m, timeout_, schema::Reply::STATUS);
-    if (!r.ok()) return r.status();
-    auto st = r->getStatus();
+    return Call<NodeStatusInfo>(m, timeout_, schema::Reply::STATUS, [](schema::Reply::Reader r) {
+      return absl::StatusOr<NodeStatusInfo>(FromCapnp(r.getStatus()));
+    });
+  }
+
+ private:
+  static void BuildWrite(const std::vector<engine::WriteOp>& ops,
+                         schema::WriteRequest::Builder b) {
+    ToCapnp(ops, b.initOps(ops.size()));
+    b.setMode(schema::WriteMode::CLUSTER_DEFAULT);
+  }
+
+  static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
+    if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
+    return WriteResult{r.getFirstSeq(), r.getLastSeq()};
+  }
+
+  static NodeStatusInfo FromCapnp(schema::NodeStatus::Reader st) {
     NodeStatusInfo out;
     out.node = st.getNode();
     out.cluster = st.getCluster();
@@ -224,40 +264,38 @@ class ClientImpl final : public Client {
     out.write_groups = st.getWriteGroups();
     return out;
   }
+  static absl::Status FromCapnp(schema::Error::Reader e) { return rpc::FromCapnp(e); }
 
- private:
-  // Frames larger than this are taken for a corrupt stream, not allocated.
-  static constexpr uint64_t kMaxReplyWords = uint64_t{1} << 27;  // 1 GiB
-
-  static void BuildWrite(const std::vector<engine::WriteOp>& ops,
-                         schema::WriteRequest::Builder b) {
-    ToCapnp(ops, b.initOps(ops.size()));
-    b.setMode(schema::WriteMode::CLUSTER_DEFAULT);
+  // The statuses that leave the connection unusable: the call failed on the way, not at the
+  // node. Errors made by the node carry its own codes; these are marked with a payload.
+  static bool IsTransportError(const absl::Status& s) {
+    return s.GetPayload(kTransportErrorUrl).has_value();
+  }
+  static absl::Status TransportError(absl::Status s) {
+    s.SetPayload(kTransportErrorUrl, absl::Cord("1"));
+    return s;
   }
 
-  static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
-    if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
-    return WriteResult{r.getFirstSeq(), r.getLastSeq()};
-  }
-
-  // One request and its reply, within `budget`.
-  absl::StatusOr<schema::Reply::Reader> Call(capnp::MessageBuilder& request,
-                                             absl::Duration budget,
-                                             schema::Reply::Which expected) {
+  // One request and its reply, within `budget`; `decode` turns the reply into the result.
+  template <typename T, typename F>
+  absl::StatusOr<T> Call(capnp::MessageBuilder& request, absl::Duration budget,
+                         schema::Reply::Which expected, F&& decode) {
     absl::Time deadline = absl::Now() + budget;
-    if (absl::Status s = EnsureOpen(); !s.ok()) return s;
-    Append(request);
+    if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
+    if (absl::Status s = Append(request); !s.ok()) return s;
     if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
-    absl::StatusOr<schema::Reply::Reader> r = Receive(deadline, expected);
-    if (!r.ok()) return Fail(r.status());
+    absl::StatusOr<T> r = Receive<T>(deadline, expected, std::forward<F>(decode));
+    if (IsTransportError(r.status())) return Fail(r.status());
     return r;
   }
 
-  absl::Status EnsureOpen() { return fd_ >= 0 ? absl::OkStatus() : Open(); }
+  absl::Status EnsureOpen(absl::Time deadline) {
+    return fd_ >= 0 ? absl::OkStatus() : Open(deadline);
+  }
 
-  absl::Status Open() {
+  absl::Status Open(absl::Time deadline) {
     Close();
-    absl::Status s = Connect(absl::Now() + timeout_);
+    absl::Status s = Connect(deadline);
     if (!s.ok()) {
       Close();
       return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
@@ -293,9 +331,8 @@ class ClientImpl final : public Client {
     if (fd_ < 0) return absl::UnavailableError(why);
     int one = 1;
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    SetTimeout(SO_SNDTIMEO, timeout_);
-    SetTimeout(SO_RCVTIMEO, timeout_);
-    recv_timeout_ = timeout_;
+    SetTimeout(SO_SNDTIMEO, timeout_, send_timeout_);
+    SetTimeout(SO_RCVTIMEO, timeout_, recv_timeout_);
     return absl::OkStatus();
   }
 
@@ -304,12 +341,16 @@ class ClientImpl final : public Client {
     if (fd_ < 0) return absl::UnavailableError(std::strerror(errno));
     if (::connect(fd_, a.ai_addr, a.ai_addrlen) != 0) {
       if (errno != EINPROGRESS) return absl::UnavailableError(std::strerror(errno));
-      pollfd p{fd_, POLLOUT, 0};
-      int ms = static_cast<int>(
-          std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
-      int n = ::poll(&p, 1, ms);
-      if (n == 0) return absl::UnavailableError("connect timed out");
-      if (n < 0) return absl::UnavailableError(std::strerror(errno));
+      while (true) {
+        pollfd p{fd_, POLLOUT, 0};
+        int ms = static_cast<int>(
+            std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+        int n = ::poll(&p, 1, ms);
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0) return absl::UnavailableError("connect timed out");
+        if (n < 0) return absl::UnavailableError(std::strerror(errno));
+        break;
+      }
       int err = 0;
       socklen_t len = sizeof err;
       ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -320,10 +361,24 @@ class ClientImpl final : public Client {
     return absl::OkStatus();
   }
 
-  void SetTimeout(int option, absl::Duration d) {
+  void SetTimeout(int option, absl::Duration d, absl::Duration& current) {
     // 0 would mean "wait forever": the shortest bound is 1 ms.
-    timeval tv = absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
+    d = std::max(d, absl::Milliseconds(1));
+    timeval tv = absl::ToTimeval(d);
     ::setsockopt(fd_, SOL_SOCKET, option, &tv, sizeof tv);
+    current = d;
+  }
+
+  // Before a blocking system call: false when the deadline has passed; otherwise the socket's
+  // timeout `option` bounds the call near the time left, without a system call of its own
+  // on every call.
+  bool BoundByDeadline(int option, absl::Time deadline, absl::Duration& current) {
+    absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return false;
+    if (current > left + absl::Milliseconds(10) || current < left / 2) {
+      SetTimeout(option, left, current);
+    }
+    return true;
   }
 
   void Close() {
@@ -337,29 +392,38 @@ class ClientImpl final : public Client {
   // Closes the connection after a failed call and returns why it failed.
   absl::Status Fail(absl::Status s) {
     Close();
+    s.ErasePayload(kTransportErrorUrl);
     return s;
   }
 
-  void Append(capnp::MessageBuilder& m) {
+  absl::Status Append(capnp::MessageBuilder& m) {
+    size_t words = capnp::computeSerializedSizeInWords(m);
+    if (words > kMaxRequestWords) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
+          schema::MAX_REQUEST_BYTES, " (send fewer or smaller writes at a time)"));
+    }
     kj::Array<capnp::word> flat = capnp::messageToFlatArray(m);
     auto bytes = flat.asChars();
     out_.append(bytes.begin(), bytes.size());
+    return absl::OkStatus();
   }
 
   // Sends every appended request.
   absl::Status Flush(absl::Time deadline) {
     size_t sent = 0;
     while (sent < out_.size()) {
+      if (!BoundByDeadline(SO_SNDTIMEO, deadline, send_timeout_)) {
+        return absl::UnavailableError(absl::StrCat(endpoint_, ": sending timed out"));
+      }
       ssize_t n = ::send(fd_, out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL);
       if (n > 0) {
         sent += static_cast<size_t>(n);
-        continue;
+      } else if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+        continue;  // the deadline decides
+      } else {
+        return absl::UnavailableError(absl::StrCat(endpoint_, ": ", std::strerror(errno)));
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && absl::Now() < deadline) continue;
-      return absl::UnavailableError(absl::StrCat(
-          endpoint_, ": ",
-          n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? "send timed out" : std::strerror(errno)));
     }
     out_.clear();
     return absl::OkStatus();
@@ -388,28 +452,42 @@ class ClientImpl final : public Client {
     if (in_begin_ == in_end_) in_begin_ = in_end_ = 0;
   }
 
-  // The next reply, valid until the next Receive; a `refused` reply becomes its error.
-  absl::StatusOr<schema::Reply::Reader> Receive(absl::Time deadline,
-                                               schema::Reply::Which expected) {
+  // Waits for the next reply and decodes it with `decode` (a `refused` reply becomes its
+  // error). Statuses marked as transport errors mean the connection must be closed.
+  template <typename T, typename F>
+  absl::StatusOr<T> Receive(absl::Time deadline, schema::Reply::Which expected, F&& decode) {
     DropTaken();
     size_t bytes;
     while ((bytes = BufferedReplyBytes()) == 0) {
-      if (absl::Status s = Fill(deadline); !s.ok()) return s;
+      if (absl::Status s = Fill(deadline); !s.ok()) return TransportError(s);
     }
     taken_ = bytes;
     auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
                               bytes / sizeof(capnp::word));
-    reader_.emplace(words);
-    schema::Reply::Reader reply = reader_->getRoot<schema::Reply>();
-    if (reply.which() == expected) return reply;
-    if (reply.isRefused()) {
-      absl::Status e = FromCapnp(reply.getRefused());
-      return e.ok() ? absl::DataLossError(absl::StrCat(endpoint_, ": refused without an error"))
-                    : e;
+    absl::StatusOr<T> out;
+    // Reading a malformed reply throws.
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+                  capnp::ReaderOptions options;
+                  options.traversalLimitInWords = kMaxReplyWords;
+                  capnp::FlatArrayMessageReader reader(words, options);
+                  auto reply = reader.getRoot<schema::Reply>();
+                  if (reply.which() == expected) {
+                    out = decode(reply);
+                  } else if (reply.isRefused()) {
+                    absl::Status refused = FromCapnp(reply.getRefused());
+                    out = refused.ok() ? TransportError(absl::DataLossError(absl::StrCat(
+                                             endpoint_, ": refused without an error")))
+                                       : refused;
+                  } else {
+                    out = TransportError(absl::DataLossError(
+                        absl::StrCat(endpoint_, ": a ", ReplyKindName(expected),
+                                     " request got a ", ReplyKindName(reply.which()), " reply")));
+                  }
+                })) {
+      out = TransportError(absl::DataLossError(
+          absl::StrCat(endpoint_, ": malformed reply: ", e->getDescription().cStr())));
     }
-    return absl::DataLossError(absl::StrCat(endpoint_, ": a ", ReplyKindName(expected),
-                                            " request got a ", ReplyKindName(reply.which()),
-                                            " reply"));
+    return out;
   }
 
   // Reads more of the replies into the buffer, waiting until `deadline` at most.
@@ -439,18 +517,12 @@ class ClientImpl final : public Client {
       in_ = kj::mv(bigger);
       capacity = in_.size() * sizeof(capnp::word);
     }
-    for (;;) {
-      absl::Duration left = deadline - absl::Now();
-      if (left <= absl::ZeroDuration()) {
+    while (true) {
+      if (!BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_)) {
         return absl::UnavailableError(absl::StrCat(endpoint_, ": no reply within the timeout"));
       }
-      // SO_RCVTIMEO bounds one read: keep it near what is left, without a system call for
-      // it on every read.
-      if (recv_timeout_ > left + absl::Milliseconds(10) || recv_timeout_ < left / 2) {
-        SetTimeout(SO_RCVTIMEO, left);
-        recv_timeout_ = left;
-      }
-      ssize_t n = ::recv(fd_, reinterpret_cast<char*>(in_.begin()) + in_end_, capacity - in_end_, 0);
+      ssize_t n = ::recv(fd_, reinterpret_cast<char*>(in_.begin()) + in_end_,
+                         capacity - in_end_, 0);
       if (n > 0) {
         in_end_ += static_cast<size_t>(n);
         return absl::OkStatus();
@@ -461,17 +533,18 @@ class ClientImpl final : public Client {
     }
   }
 
+  static constexpr char kTransportErrorUrl[] = "walship/client-transport";
+
   std::string endpoint_;
   absl::Duration timeout_;
   int fd_ = -1;
-  absl::Duration recv_timeout_;  // SO_RCVTIMEO as last set
-  std::string out_;              // requests appended, not yet sent
+  absl::Duration send_timeout_, recv_timeout_;  // SO_SNDTIMEO, SO_RCVTIMEO as last set
+  std::string out_;                             // requests appended, not yet sent
   // Replies received: bytes [in_begin_, in_end_) of in_; in_begin_ is a whole number of
   // words, so a reply's reader needs no copy.
   kj::Array<capnp::word> in_ = kj::heapArray<capnp::word>(8192);
   size_t in_begin_ = 0, in_end_ = 0;
   size_t taken_ = 0;  // bytes of the reply handed out last, dropped at the next Receive
-  std::optional<capnp::FlatArrayMessageReader> reader_;
 };
 
 }  // namespace

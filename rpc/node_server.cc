@@ -3,6 +3,7 @@
 #include <capnp/message.h>
 #include <capnp/rpc-twoparty.h>
 #include <capnp/serialize-async.h>
+#include <capnp/serialize.h>
 #include <fcntl.h>
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
@@ -160,6 +161,16 @@ class Core final : public kj::TaskSet::ErrorHandler {
     if (value.ok()) reply.setValue(ToData(*value));
   }
 
+  // The requests Serve hands to a worker thread (large scans): they read the database later
+  // than the loop turn in which they came.
+  static bool ServesOnWorker(schema::Request::Reader request) {
+    return request.isScan() && ScanLimit(request.getScan()) > kInlineScanLimit;
+  }
+
+  static uint32_t ScanLimit(schema::ScanRequest::Reader request) {
+    return std::min(request.getLimit() == 0 ? 1000u : request.getLimit(), kMaxScanLimit);
+  }
+
   kj::Promise<void> Scan(schema::ScanRequest::Reader request, schema::Reply::Builder reply) {
     SequenceNumber latest = engine_.LatestSequence();
     if (absl::Status s = CheckMinSeq(request.getMinSeq(), latest); !s.ok()) {
@@ -171,7 +182,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     engine::ScanOptions scan;
     scan.start = ToString(request.getStart());
     scan.prefix = ToString(request.getPrefix());
-    scan.limit = std::min(request.getLimit() == 0 ? 1000u : request.getLimit(), kMaxScanLimit);
+    scan.limit = ScanLimit(request);
     auto answer = [reply, latest](absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
       auto results = reply.initScan();
       results.setSeq(latest);
@@ -918,38 +929,59 @@ class NodeImpl final : public schema::Node::Server {
 // One client connection (the client protocol of rpc/client.capnp, after its preamble): reads
 // Requests, has Core serve them, and writes the Replies in the order the requests came.
 //
-// Requests take effect in the order sent, as if served one after another: a read sees every
-// write sent before it on this connection. Writes are served as they arrive, so those of a
-// pipelining client share group commits (they enter the write queue in order); a read that
-// follows a write still in flight, and everything after that read, waits until the replies
-// before it are out.
+// Requests take effect in the order sent, as if served one after another. Writes are served
+// as they arrive, so those of a pipelining client share group commits (they enter the write
+// queue in order), and small reads are served at once. A read that follows a write still in
+// flight, a write that follows a scan still running on a worker, and everything after such a
+// request wait until the replies before them are out.
 //
-// Past kMaxClientInflight requests waiting for their replies the connection stops reading
-// until those are out: a client that never reads its replies is held back by TCP, not by the
-// node's memory.
+// The connection reads at most maxRequestsAhead requests, and about 64 MiB of deferred
+// requests and unsent read replies, ahead of the replies going out; past either it stops
+// reading until they are out. A client that never reads its replies is thus held back by TCP,
+// not by the node's memory.
 class ClientConnection {
  public:
-  static constexpr size_t kMaxClientInflight = 1024;
+  static constexpr size_t kMaxRequestsAhead = schema::MAX_REQUESTS_AHEAD;
+  static constexpr uint64_t kMaxHeldBytes = 64 << 20;
+  static constexpr uint64_t kMaxRequestWords = schema::MAX_REQUEST_BYTES / sizeof(capnp::word);
 
   ClientConnection(Core& core, kj::Own<BufferedStream> stream)
       : core_(core), stream_(kj::mv(stream)) {}
 
-  // Resolves when the client has closed the connection (or sent a malformed request) and
-  // every reply is out; fails when the connection breaks.
+  // Resolves when the client has closed the connection (or broken the protocol) and every
+  // reply is out; fails when the connection breaks.
   kj::Promise<void> Run() {
     kj::Promise<void> room = kj::READY_NOW;
-    if (inflight_ >= kMaxClientInflight) room = AfterQueuedReplies();
-    return room.then([this]() { return capnp::tryReadMessage(*stream_); })
-        .then([this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
-          KJ_IF_MAYBE(m, message) {
-            if (Dispatch(kj::mv(*m))) return Run();
-            // A malformed request: its refusal goes out, then the connection closes.
-          }
-          return AfterQueuedReplies().then([this]() { return stream_->Flushed(); });
-        });
+    if (inflight_ >= kMaxRequestsAhead || held_bytes_ >= kMaxHeldBytes) {
+      room = AfterQueuedReplies();
+    }
+    capnp::ReaderOptions options;
+    // Dispatch checks a request's size (once); serving reads it again.
+    options.traversalLimitInWords = 2 * kMaxRequestWords + 1024;
+    return room.then([this, options]() { return capnp::tryReadMessage(*stream_, options); })
+        .then(
+            [this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
+              KJ_IF_MAYBE(m, message) {
+                if (Dispatch(kj::mv(*m))) return Run();
+              }
+              return Close();  // the end of the stream, or a malformed request
+            },
+            [this](kj::Exception&& e) -> kj::Promise<void> {
+              if (e.getType() == kj::Exception::Type::DISCONNECTED) return kj::mv(e);
+              // The framing itself is broken (too many segments, too large): say so, close.
+              Refuse(absl::InvalidArgumentError(
+                  absl::StrCat("malformed request: ", e.getDescription().cStr())));
+              return Close();
+            });
   }
 
  private:
+  enum class Kind { kWrite, kRead, kWorkerRead };
+
+  kj::Promise<void> Close() {
+    return AfterQueuedReplies().then([this]() { return stream_->Flushed(); });
+  }
+
   // Resolves once every reply queued so far is written.
   kj::Promise<void> AfterQueuedReplies() {
     auto replies = kj::mv(tail_).fork();
@@ -957,57 +989,97 @@ class ClientConnection {
     return replies.addBranch();
   }
 
+  // Queues a refusal of the request just read; the connection then closes.
+  void Refuse(absl::Status why) {
+    spdlog::warn("closing a client connection: {}", std::string(why.message()));
+    auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
+    ToCapnp(why, builder->initRoot<schema::Reply>().initRefused());
+    Queue(kj::READY_NOW, kj::mv(builder), Kind::kRead);
+  }
+
   // Serves one request, now or after the replies before it, and queues its reply behind
   // theirs. False when the request is malformed: it is refused, and nothing more is read.
   bool Dispatch(kj::Own<capnp::MessageReader> message) {
-    auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
-    schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
     schema::Request::Reader request;
+    uint64_t words = 0;
     // Every pointer of the message is checked here, once (totalSize() walks them all), so
-    // serving it cannot meet a malformed one later.
+    // serving it meets no pointer out of bounds later.
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
                   request = message->getRoot<schema::Request>();
-                  request.totalSize();
+                  words = request.totalSize().wordCount;
                 })) {
-      spdlog::warn("closing a client connection after a malformed request: {}",
-                   e->getDescription().cStr());
-      ToCapnp(absl::InvalidArgumentError(
-                  absl::StrCat("malformed request: ", e->getDescription().cStr())),
-              reply.initRefused());
-      Queue(kj::READY_NOW, kj::mv(builder));
+      Refuse(absl::InvalidArgumentError(
+          absl::StrCat("malformed request: ", e->getDescription().cStr())));
       return false;
     }
-    bool write = request.isWrite() || request.isWriteMany();
-    if (deferred_ > 0 || (!write && writes_inflight_ > 0)) {
-      // After the replies before it, so that it sees their writes.
-      ++deferred_;
-      auto served = tail_.then([this, message = kj::mv(message), reply]() mutable {
-        --deferred_;
-        return Serve(message->getRoot<schema::Request>(), reply);
-      });
-      tail_ = kj::READY_NOW;
-      Queue(kj::mv(served), kj::mv(builder), write);
+    if (words > kMaxRequestWords) {
+      Refuse(absl::InvalidArgumentError(
+          absl::StrCat("a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
+                       schema::MAX_REQUEST_BYTES)));
+      return false;
+    }
+    Kind kind = request.isWrite() || request.isWriteMany() ? Kind::kWrite
+                : Core::ServesOnWorker(request)          ? Kind::kWorkerRead
+                                                         : Kind::kRead;
+    auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
+    schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
+    bool wait = deferred_ > 0 || (kind == Kind::kWrite ? worker_reads_ > 0 : writes_ > 0);
+    if (!wait) {
+      Queue(Serve(request, reply), kj::mv(builder), kind);
       return true;
     }
-    Queue(Serve(request, reply), kj::mv(builder), write);
+    // After the replies before it, so that it sees their writes (or they do not see it).
+    uint64_t bytes = words * sizeof(capnp::word);
+    ++deferred_;
+    held_bytes_ += bytes;
+    auto served = tail_.then([this, message = kj::mv(message), reply, bytes]() mutable {
+      --deferred_;
+      held_bytes_ -= bytes;
+      return Serve(message->getRoot<schema::Request>(), reply);
+    });
+    tail_ = kj::READY_NOW;
+    Queue(kj::mv(served), kj::mv(builder), kind);
     return true;
   }
 
+  // Core::Serve, with a request that fails to decode or to be served answered `refused`.
   kj::Promise<void> Serve(schema::Request::Reader request, schema::Reply::Builder reply) {
-    return core_.Serve(request, reply).catch_([reply](kj::Exception&& e) mutable {
-      ToCapnp(absl::InternalError(e.getDescription().cStr()), reply.initRefused());
-    });
+    return kj::evalNow([&]() { return core_.Serve(request, reply); })
+        .catch_([reply](kj::Exception&& e) mutable {
+          absl::Status why;
+          switch (e.getType()) {
+            case kj::Exception::Type::OVERLOADED:
+            case kj::Exception::Type::DISCONNECTED:
+              why = absl::UnavailableError(e.getDescription().cStr());
+              break;
+            default:  // a field of the wrong type: the request, not the node, is at fault
+              why = absl::InvalidArgumentError(
+                  absl::StrCat("malformed request: ", e.getDescription().cStr()));
+          }
+          ToCapnp(why, reply.initRefused());
+        });
   }
 
   // Writes the reply in `builder` once `served` resolves and the replies before it are out.
   void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
-             bool write = false) {
+             Kind kind) {
     ++inflight_;
-    if (write) ++writes_inflight_;
+    if (kind == Kind::kWrite) ++writes_;
+    if (kind == Kind::kWorkerRead) ++worker_reads_;
+    // A read's reply may be large: it counts against kMaxHeldBytes until it is written.
+    auto held = kj::heap<uint64_t>(0);
+    served = served.then([this, kind, b = builder.get(), h = held.get()]() {
+      if (kind == Kind::kWorkerRead) --worker_reads_;
+      if (kind != Kind::kWrite) {
+        *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
+        held_bytes_ += *h;
+      }
+    });
     tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
-                .then([this, builder = kj::mv(builder), write]() mutable {
+                .then([this, builder = kj::mv(builder), held = kj::mv(held), kind]() mutable {
                   --inflight_;
-                  if (write) --writes_inflight_;
+                  if (kind == Kind::kWrite) --writes_;
+                  held_bytes_ -= *held;
                   return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
                 })
                 .eagerlyEvaluate(nullptr);
@@ -1016,9 +1088,11 @@ class ClientConnection {
   Core& core_;
   kj::Own<BufferedStream> stream_;
   kj::Promise<void> tail_ = kj::READY_NOW;  // every reply queued so far is written
-  size_t inflight_ = 0;         // requests whose reply is not written yet
-  size_t writes_inflight_ = 0;  // of them, writes
-  size_t deferred_ = 0;         // of them, those waiting to be served
+  size_t inflight_ = 0;      // requests whose reply is not written yet
+  size_t writes_ = 0;        // of them, writes
+  size_t worker_reads_ = 0;  // of them, scans running on a worker
+  size_t deferred_ = 0;      // of them, those waiting to be served
+  uint64_t held_bytes_ = 0;  // deferred requests and read replies not yet written
 };
 
 // Accepts connections on the listen address and tells clients from nodes by the first bytes:

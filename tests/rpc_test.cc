@@ -785,6 +785,89 @@ TEST_F(RpcTest, AMalformedRequestIsRefusedAndClosesItsConnectionOnly) {
   EXPECT_TRUE(good->Write({{OpType::kPut, "k", "v"}}).ok());  // others are served on
 }
 
+// A scan large enough to run on a worker still takes effect before the writes sent after it.
+TEST_F(RpcTest, AWriteSentAfterAScanOnAWorkerIsNotSeenByIt) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  auto client = ConnectOrDie(lo.listen);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Write({{OpType::kPut, "k", "0"}}).ok());
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  for (int round = 1; round <= 20; ++round) {
+    capnp::MallocMessageBuilder scan;
+    auto s = scan.initRoot<schema::Request>().initScan();
+    s.setPrefix(ToData("k"));
+    s.setLimit(5000);  // above what a node scans on its loop thread
+    c.Add(scan);
+    capnp::MallocMessageBuilder write;
+    auto ops = write.initRoot<schema::Request>().initWrite().initOps(1);
+    ops[0].setType(schema::OpType::PUT);
+    ops[0].setKey(ToData("k" + std::to_string(round)));
+    ops[0].setValue(ToData("v"));
+    c.Add(write);
+  }
+  c.Send();
+  for (int round = 1; round <= 20; ++round) {
+    auto r = c.Receive();
+    auto reply = r->getRoot<schema::Reply>();
+    ASSERT_TRUE(reply.isScan()) << round;
+    EXPECT_EQ(reply.getScan().getItems().size(), static_cast<size_t>(round)) << round;
+    auto w = c.Receive();
+    ASSERT_TRUE(w->getRoot<schema::Reply>().isWrite()) << round;
+  }
+}
+
+TEST_F(RpcTest, AFieldOfTheWrongTypeIsRefusedAndTheConnectionStaysOpen) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  capnp::MallocMessageBuilder bad;
+  auto get = bad.initRoot<schema::Request>().initGet();
+  // The key (Data) pointer made to point at a struct.
+  capnp::toAny(get).getPointerSection()[0].initAs<schema::Error>().setMessage("not a key");
+  c.Add(bad);
+  capnp::MallocMessageBuilder status;
+  status.initRoot<schema::Request>().setStatus();
+  c.Add(status);
+  c.Send();
+  auto r = c.Receive();
+  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
+  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_TRUE(c.Receive()->getRoot<schema::Reply>().isStatus());
+}
+
+TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  auto client = ConnectOrDie(lo.listen);
+  ASSERT_NE(client, nullptr);
+  std::string big(schema::MAX_REQUEST_BYTES + 1024, 'x');
+  // The client refuses to send it, and its connection is still good.
+  auto w = client->Write({{OpType::kPut, "big", big}});
+  EXPECT_TRUE(absl::IsInvalidArgument(w.status())) << w.status();
+  EXPECT_TRUE(client->Write({{OpType::kPut, "small", "v"}}).ok());
+  // A client that sends it anyway is refused, and that connection closes.
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  capnp::MallocMessageBuilder m;
+  auto ops = m.initRoot<schema::Request>().initWrite().initOps(1);
+  ops[0].setType(schema::OpType::PUT);
+  ops[0].setKey(ToData("big"));
+  ops[0].setValue(ToData(big));
+  c.Add(m);
+  c.Send();
+  auto r = c.Receive();
+  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
+  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_TRUE(c.Closed());
+  EXPECT_TRUE(absl::IsNotFound(client->Get("big").status()));
+}
+
 TEST_F(RpcTest, AnotherProtocolVersionIsRefusedWithoutAReply) {
   NodeServerOptions lo = Options("n1", true, "");
   RunningNode leader(lo);
