@@ -659,6 +659,26 @@ class RawConnection {
     auto flat = capnp::messageToFlatArray(m);
     out_.append(flat.asChars().begin(), flat.asChars().size());
   }
+  void AddStatus() {
+    capnp::MallocMessageBuilder m;
+    m.initRoot<schema::Request>().setStatus();
+    Add(m);
+  }
+  void AddPut(const std::string& key, const std::string& value) {
+    capnp::MallocMessageBuilder m;
+    auto ops = m.initRoot<schema::Request>().initWrite().initOps(1);
+    ops[0].setType(schema::OpType::PUT);
+    ops[0].setKey(ToData(key));
+    ops[0].setValue(ToData(value));
+    Add(m);
+  }
+  // The error of the next reply, which must be a refusal.
+  absl::Status NextRefusal() {
+    auto r = Receive();
+    auto reply = r->getRoot<schema::Reply>();
+    if (!reply.isRefused()) return absl::InternalError("the reply is not a refusal");
+    return FromCapnp(reply.getRefused());
+  }
   void Send() {
     ASSERT_EQ(::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL),
               static_cast<ssize_t>(out_.size()));
@@ -688,14 +708,7 @@ TEST_F(RpcTest, PipelinedRequestsTakeEffectInTheOrderSent) {
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
   RawConnection c(lo.listen);
   c.Add(kPreamble);
-  auto write = [&](const std::string& value) {
-    capnp::MallocMessageBuilder m;
-    auto ops = m.initRoot<schema::Request>().initWrite().initOps(1);
-    ops[0].setType(schema::OpType::PUT);
-    ops[0].setKey(ToData("a"));
-    ops[0].setValue(ToData(value));
-    c.Add(m);
-  };
+  auto write = [&](const std::string& value) { c.AddPut("a", value); };
   auto get = [&]() {
     capnp::MallocMessageBuilder m;
     m.initRoot<schema::Request>().initGet().setKey(ToData("a"));
@@ -708,9 +721,7 @@ TEST_F(RpcTest, PipelinedRequestsTakeEffectInTheOrderSent) {
     write("y" + std::to_string(round));
     get();
   }
-  capnp::MallocMessageBuilder status;
-  status.initRoot<schema::Request>().setStatus();
-  c.Add(status);
+  c.AddStatus();
   c.Send();
   uint64_t seq = 0;
   for (int round = 0; round < 20; ++round) {
@@ -750,13 +761,9 @@ TEST_F(RpcTest, AnUnknownKindOfRequestIsRefusedAndTheConnectionStaysOpen) {
   data[0] = 99;
   data[1] = 0;
   c.Add(unknown);
-  capnp::MallocMessageBuilder status;
-  status.initRoot<schema::Request>().setStatus();
-  c.Add(status);
+  c.AddStatus();
   c.Send();
-  auto r = c.Receive();
-  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
-  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  absl::Status refused = c.NextRefusal();
   EXPECT_TRUE(absl::IsUnimplemented(refused)) << refused;
   auto s = c.Receive();
   ASSERT_TRUE(s->getRoot<schema::Reply>().isStatus());
@@ -776,9 +783,7 @@ TEST_F(RpcTest, AMalformedRequestIsRefusedAndClosesItsConnectionOnly) {
   c.Add(std::string_view(reinterpret_cast<const char*>(table), sizeof table));
   c.Add(std::string_view(reinterpret_cast<const char*>(words), sizeof words));
   c.Send();
-  auto r = c.Receive();
-  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
-  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  absl::Status refused = c.NextRefusal();
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   EXPECT_NE(refused.message().find("malformed request"), std::string_view::npos) << refused;
   EXPECT_TRUE(c.Closed());
@@ -800,12 +805,7 @@ TEST_F(RpcTest, AWriteSentAfterAScanOnAWorkerIsNotSeenByIt) {
     s.setPrefix(ToData("k"));
     s.setLimit(5000);  // above what a node scans on its loop thread
     c.Add(scan);
-    capnp::MallocMessageBuilder write;
-    auto ops = write.initRoot<schema::Request>().initWrite().initOps(1);
-    ops[0].setType(schema::OpType::PUT);
-    ops[0].setKey(ToData("k" + std::to_string(round)));
-    ops[0].setValue(ToData("v"));
-    c.Add(write);
+    c.AddPut("k" + std::to_string(round), "v");
   }
   c.Send();
   for (int round = 1; round <= 20; ++round) {
@@ -829,13 +829,9 @@ TEST_F(RpcTest, AFieldOfTheWrongTypeIsRefusedAndTheConnectionStaysOpen) {
   // The key (Data) pointer made to point at a struct.
   capnp::toAny(get).getPointerSection()[0].initAs<schema::Error>().setMessage("not a key");
   c.Add(bad);
-  capnp::MallocMessageBuilder status;
-  status.initRoot<schema::Request>().setStatus();
-  c.Add(status);
+  c.AddStatus();
   c.Send();
-  auto r = c.Receive();
-  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
-  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  absl::Status refused = c.NextRefusal();
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   EXPECT_TRUE(c.Receive()->getRoot<schema::Reply>().isStatus());
 }
@@ -853,16 +849,9 @@ TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {
   // A client that sends it anyway is refused, and that connection closes.
   RawConnection c(lo.listen);
   c.Add(kPreamble);
-  capnp::MallocMessageBuilder m;
-  auto ops = m.initRoot<schema::Request>().initWrite().initOps(1);
-  ops[0].setType(schema::OpType::PUT);
-  ops[0].setKey(ToData("big"));
-  ops[0].setValue(ToData(big));
-  c.Add(m);
+  c.AddPut("big", big);
   c.Send();
-  auto r = c.Receive();
-  ASSERT_TRUE(r->getRoot<schema::Reply>().isRefused());
-  absl::Status refused = FromCapnp(r->getRoot<schema::Reply>().getRefused());
+  absl::Status refused = c.NextRefusal();
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   EXPECT_TRUE(c.Closed());
   EXPECT_TRUE(absl::IsNotFound(client->Get("big").status()));
@@ -874,9 +863,7 @@ TEST_F(RpcTest, AnotherProtocolVersionIsRefusedWithoutAReply) {
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
   RawConnection c(lo.listen);
   c.Add("WALSHIP9");
-  capnp::MallocMessageBuilder status;
-  status.initRoot<schema::Request>().setStatus();
-  c.Add(status);
+  c.AddStatus();
   c.Send();
   EXPECT_TRUE(c.Closed());
   EXPECT_NE(ConnectOrDie(lo.listen), nullptr);
