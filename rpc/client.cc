@@ -106,23 +106,27 @@ class ClientImpl final : public Client {
     if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
     std::vector<int64_t> latency_ns(writes.size(), 0);
     std::vector<std::chrono::steady_clock::time_point> sent(writes.size());
-    absl::Status first_error;
-    // Writes [0, done) are answered, [done, flushed) sent, [flushed, next) waiting in out_.
-    size_t next = 0, flushed = 0, done = 0;
+    absl::Status first_error;  // a write the node refused: later ones are not sent
+    absl::Status too_large;    // a write this client will not send: earlier ones still go
+    // Writes [0, done) are answered, [done, flushed) sent, [flushed, next) waiting in out_
+    // from byte `unsent` on (before it, out_ may hold the preamble of a new connection).
+    size_t next = 0, flushed = 0, done = 0, unsent = out_.size();
     // Each reply lets one more write go, so `depth` stay in flight. Replies that arrived
     // together are all taken before the writes they free go out, in one send().
     while (true) {
-      while (first_error.ok() && next < writes.size() && next - done < depth) {
+      while (first_error.ok() && too_large.ok() && next < writes.size() &&
+             next - done < depth) {
+        if (next == flushed) unsent = out_.size();
         capnp::MallocMessageBuilder m(WriteWords(writes[next]));
         BuildWrite(writes[next], m.initRoot<schema::Request>().initWrite());
         if (absl::Status s = Append(m); !s.ok()) {
-          first_error = s;
+          too_large = s;
           break;
         }
         ++next;
       }
       if (!first_error.ok() && flushed < next) {
-        out_.clear();  // stop at the first error: what was not sent stays unsent
+        out_.resize(unsent);  // stop at the first error: what was not sent stays unsent
         next = flushed;
       }
       if (done == next) break;
@@ -143,6 +147,7 @@ class ClientImpl final : public Client {
       if (!w.ok() && first_error.ok()) first_error = w.status();
     }
     if (!first_error.ok()) return first_error;
+    if (!too_large.ok()) return too_large;
     return latency_ns;
   }
 

@@ -1018,9 +1018,12 @@ class ClientConnection {
                        schema::MAX_REQUEST_BYTES)));
       return false;
     }
-    Kind kind = request.isWrite() || request.isWriteMany() ? Kind::kWrite
-                : Core::ServesOnWorker(request)          ? Kind::kWorkerRead
-                                                         : Kind::kRead;
+    Kind kind = request.isWrite() || request.isWriteMany() ? Kind::kWrite : Kind::kRead;
+    // A scan's fields may be of the wrong type: then it is no worker's (Serve refuses it).
+    auto ignored = kj::runCatchingExceptions([&]() {
+      if (Core::ServesOnWorker(request)) kind = Kind::kWorkerRead;
+    });
+    (void)ignored;
     auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
     schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
     bool wait = deferred_ > 0 || (kind == Kind::kWrite ? worker_reads_ > 0 : writes_ > 0);

@@ -636,6 +636,39 @@ TEST_F(RpcTest, PipelineWritesAreIndependentAndOrdered) {
   f.reset();
 }
 
+// WriteMany keeps `depth` writes in flight and stops sending at the first error: a write the
+// node refuses stops the writes after it, one the client will not send (too large) still lets
+// the earlier ones go; either way the connection stays usable.
+TEST_F(RpcTest, WriteManyStopsAtTheFirstErrorAndKeepsItsConnection) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  std::vector<std::vector<WriteOp>> writes;
+  for (int i = 0; i < 40; ++i) writes.push_back({{OpType::kPut, "k" + std::to_string(i), "v"}});
+  writes[5] = {{OpType::kDeleteRange, "z", "a"}};  // refused by the node
+  auto c = Client::Connect(lo.listen, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto r = (*c)->WriteMany(writes, 4);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE((*c)->Get("k" + std::to_string(i)).ok()) << i;
+  EXPECT_TRUE(absl::IsNotFound((*c)->Get("k39").status()));
+
+  // The first call of a new connection: its preamble must survive the refusal.
+  auto fresh = Client::Connect(lo.listen, absl::Seconds(5));
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  std::vector<std::vector<WriteOp>> local = {
+      {{OpType::kPut, "a0", "v"}},
+      {{OpType::kPut, "a1", "v"}},
+      {{OpType::kPut, "a2", std::string(schema::MAX_REQUEST_BYTES, 'x')}},
+      {{OpType::kPut, "a3", "v"}}};
+  auto t = (*fresh)->WriteMany(local, 4);
+  EXPECT_TRUE(absl::IsInvalidArgument(t.status())) << t.status();
+  EXPECT_TRUE((*fresh)->Write({{OpType::kPut, "after", "v"}}).ok());
+  EXPECT_TRUE((*fresh)->Get("a0").ok());
+  EXPECT_TRUE((*fresh)->Get("a1").ok());
+  EXPECT_TRUE(absl::IsNotFound((*fresh)->Get("a3").status()));
+}
+
 // A client of the client protocol written by hand, for what rpc::Client never sends: requests
 // pipelined in one write, unknown kinds, malformed messages, other preambles.
 class RawConnection {
@@ -829,10 +862,18 @@ TEST_F(RpcTest, AFieldOfTheWrongTypeIsRefusedAndTheConnectionStaysOpen) {
   // The key (Data) pointer made to point at a struct.
   capnp::toAny(get).getPointerSection()[0].initAs<schema::Error>().setMessage("not a key");
   c.Add(bad);
+  // A scan whose request (a struct) is a list of numbers.
+  capnp::MallocMessageBuilder bad_scan;
+  auto request = bad_scan.initRoot<schema::Request>();
+  request.initScan();
+  capnp::toAny(request).getPointerSection()[0].initAs<capnp::List<uint64_t>>(3);
+  c.Add(bad_scan);
   c.AddStatus();
   c.Send();
-  absl::Status refused = c.NextRefusal();
-  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  for (int i = 0; i < 2; ++i) {
+    absl::Status refused = c.NextRefusal();
+    EXPECT_TRUE(absl::IsInvalidArgument(refused)) << i << ": " << refused;
+  }
   EXPECT_TRUE(c.Receive()->getRoot<schema::Reply>().isStatus());
 }
 
