@@ -61,9 +61,11 @@ class Client {
   // Errors: a not-leader error (IsNotLeader / LeaderHint in rpc/convert.h) on a follower,
   // kUnavailable when the node cannot be reached in time.
   virtual absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) = 0;
-  // Sends every write of `writes`, keeping up to `depth` in flight on this connection, and
-  // returns each one's latency in nanoseconds (send to reply), in order. Stops at the first
-  // error.
+  // Sends every write of `writes`, keeping up to `depth` (at most 1024) in flight on this
+  // connection, and returns each one's latency in nanoseconds (send to reply), in order.
+  // Stops at the first error: after a write the node refused, no more are sent (those
+  // already in flight may be applied); a write above the request size limit is not sent,
+  // and the call returns kInvalidArgument once the writes before it are answered.
   virtual absl::StatusOr<std::vector<int64_t>> WriteMany(
       const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) = 0;
   // Sends `writes` as one pipeline (one message, one round trip): independent writes, each
