@@ -931,9 +931,9 @@ class NodeImpl final : public schema::Node::Server {
 //
 // Requests take effect in the order sent, as if served one after another. Writes are served
 // as they arrive, so those of a pipelining client share group commits (they enter the write
-// queue in order), and small reads are served at once. A read that follows a write still in
-// flight, a write that follows a scan still running on a worker, and everything after such a
-// request wait until the replies before them are out.
+// queue in order), and small reads are served at once. A read that follows a write not yet
+// applied, a write that follows a scan still running on a worker, and everything after such
+// a request wait in order until the requests before them allow (Drain).
 //
 // The connection reads at most maxRequestsAhead requests, and about 64 MiB of deferred
 // requests and unsent read replies, ahead of the replies going out; past either it stops
@@ -1026,23 +1026,47 @@ class ClientConnection {
     (void)ignored;
     auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
     schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
-    bool wait = deferred_ > 0 || (kind == Kind::kWrite ? worker_reads_ > 0 : writes_ > 0);
-    if (!wait) {
-      Queue(Serve(request, reply), kj::mv(builder), kind);
+    if (deferred_.empty() && !MustWait(kind)) {
+      Queue(Start(request, reply, kind), kj::mv(builder), kind);
       return true;
     }
-    // After the replies before it, so that it sees their writes (or they do not see it).
+    // Its turn comes in Drain(), once the requests before it allow.
     uint64_t bytes = words * sizeof(capnp::word);
-    ++deferred_;
     held_bytes_ += bytes;
-    auto served = tail_.then([this, message = kj::mv(message), reply, bytes]() mutable {
-      --deferred_;
-      held_bytes_ -= bytes;
-      return Serve(message->getRoot<schema::Request>(), reply);
-    });
-    tail_ = kj::READY_NOW;
-    Queue(kj::mv(served), kj::mv(builder), kind);
+    auto paf = kj::newPromiseAndFulfiller<kj::Promise<void>>();
+    deferred_.push_back(Deferred{kj::mv(message), reply, kind, bytes, kj::mv(paf.fulfiller)});
+    Queue(kj::mv(paf.promise), kj::mv(builder), kind);
     return true;
+  }
+
+  // Whether a request of `kind` must wait for those served before it: a read for their writes
+  // to be applied, a write for their scans on a worker to have read.
+  bool MustWait(Kind kind) const {
+    return kind == Kind::kWrite ? worker_reads_ > 0 : writes_ > 0;
+  }
+
+  // Serves the deferred requests whose turn has come, in order. Writes that become free
+  // together are served together, so they share a group commit.
+  void Drain() {
+    while (!deferred_.empty() && !MustWait(deferred_.front().kind)) {
+      Deferred d = kj::mv(deferred_.front());
+      deferred_.pop_front();
+      held_bytes_ -= d.bytes;
+      auto request = d.message->getRoot<schema::Request>();
+      d.served->fulfill(Start(request, d.reply, d.kind).attach(kj::mv(d.message)));
+    }
+  }
+
+  // Serves a request whose turn has come; counts it until it is served.
+  kj::Promise<void> Start(schema::Request::Reader request, schema::Reply::Builder reply,
+                          Kind kind) {
+    if (kind == Kind::kWrite) ++writes_;
+    if (kind == Kind::kWorkerRead) ++worker_reads_;
+    return Serve(request, reply).then([this, kind]() {
+      if (kind == Kind::kWrite) --writes_;
+      if (kind == Kind::kWorkerRead) --worker_reads_;
+      if (kind != Kind::kRead) Drain();
+    });
   }
 
   // Core::Serve, with a request that fails to decode or to be served answered `refused`.
@@ -1067,34 +1091,39 @@ class ClientConnection {
   void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
              Kind kind) {
     ++inflight_;
-    if (kind == Kind::kWrite) ++writes_;
-    if (kind == Kind::kWorkerRead) ++worker_reads_;
     // A read's reply may be large: it counts against kMaxHeldBytes until it is written.
     auto held = kj::heap<uint64_t>(0);
-    served = served.then([this, kind, b = builder.get(), h = held.get()]() {
-      if (kind == Kind::kWorkerRead) --worker_reads_;
-      if (kind != Kind::kWrite) {
+    if (kind != Kind::kWrite) {
+      served = served.then([this, b = builder.get(), h = held.get()]() {
         *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
         held_bytes_ += *h;
-      }
-    });
+      });
+    }
     tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
-                .then([this, builder = kj::mv(builder), held = kj::mv(held), kind]() mutable {
+                .then([this, builder = kj::mv(builder), held = kj::mv(held)]() mutable {
                   --inflight_;
-                  if (kind == Kind::kWrite) --writes_;
                   held_bytes_ -= *held;
                   return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
                 })
                 .eagerlyEvaluate(nullptr);
   }
 
+  // A request waiting for its turn; `served` takes the promise of its serving.
+  struct Deferred {
+    kj::Own<capnp::MessageReader> message;
+    schema::Reply::Builder reply;
+    Kind kind;
+    uint64_t bytes;
+    kj::Own<kj::PromiseFulfiller<kj::Promise<void>>> served;
+  };
+
   Core& core_;
   kj::Own<BufferedStream> stream_;
+  std::deque<Deferred> deferred_;  // in the order sent (destroyed after tail_)
   kj::Promise<void> tail_ = kj::READY_NOW;  // every reply queued so far is written
   size_t inflight_ = 0;      // requests whose reply is not written yet
-  size_t writes_ = 0;        // of them, writes
-  size_t worker_reads_ = 0;  // of them, scans running on a worker
-  size_t deferred_ = 0;      // of them, those waiting to be served
+  size_t writes_ = 0;        // writes being served (not yet applied)
+  size_t worker_reads_ = 0;  // scans running on a worker
   uint64_t held_bytes_ = 0;  // deferred requests and read replies not yet written
 };
 
