@@ -945,8 +945,12 @@ class ClientConnection {
   static constexpr uint64_t kMaxHeldBytes = 64 << 20;
   static constexpr uint64_t kMaxRequestWords = schema::MAX_REQUEST_BYTES / sizeof(capnp::word);
 
-  ClientConnection(Core& core, kj::Own<BufferedStream> stream)
-      : core_(core), stream_(kj::mv(stream)) {}
+  // After refusing a malformed request, how long the node reads and discards what the client
+  // still sends before it closes (see Linger).
+  static constexpr auto kLinger = 2 * kj::SECONDS;
+
+  ClientConnection(Core& core, kj::Own<BufferedStream> stream, kj::Timer& timer)
+      : core_(core), stream_(kj::mv(stream)), timer_(timer) {}
 
   // Resolves when the client has closed the connection (or broken the protocol) and every
   // reply is out; fails when the connection breaks.
@@ -963,15 +967,16 @@ class ClientConnection {
             [this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
               KJ_IF_MAYBE(m, message) {
                 if (Dispatch(kj::mv(*m))) return Run();
+                return Linger();  // a malformed request
               }
-              return Close();  // the end of the stream, or a malformed request
+              return Close();  // the end of the stream
             },
             [this](kj::Exception&& e) -> kj::Promise<void> {
               if (e.getType() == kj::Exception::Type::DISCONNECTED) return kj::mv(e);
               // The framing itself is broken (too many segments, too large): say so, close.
               Refuse(absl::InvalidArgumentError(
                   absl::StrCat("malformed request: ", e.getDescription().cStr())));
-              return Close();
+              return Linger();
             });
   }
 
@@ -980,6 +985,23 @@ class ClientConnection {
 
   kj::Promise<void> Close() {
     return AfterQueuedReplies().then([this]() { return stream_->Flushed(); });
+  }
+
+  // Closes after a refusal without losing it: closing a socket with unread bytes makes TCP
+  // reset the connection, and the client may then never read the refusal. So the node sends
+  // every reply, shuts its side, and reads and discards until the client closes, at most
+  // kLinger (a "lingering close").
+  kj::Promise<void> Linger() {
+    return Close().then([this]() {
+      stream_->shutdownWrite();
+      return timer_.timeoutAfter(kLinger, Discard()).catch_([](kj::Exception&&) {});
+    });
+  }
+
+  kj::Promise<void> Discard() {
+    return stream_->tryRead(discard_, 1, sizeof discard_).then([this](size_t n) {
+      return n == 0 ? kj::Promise<void>(kj::READY_NOW) : Discard();
+    });
   }
 
   // Resolves once every reply queued so far is written.
@@ -1119,6 +1141,8 @@ class ClientConnection {
 
   Core& core_;
   kj::Own<BufferedStream> stream_;
+  kj::Timer& timer_;
+  kj::byte discard_[4096];  // Discard() reads into it
   std::deque<Deferred> deferred_;  // in the order sent (destroyed after tail_)
   kj::Promise<void> tail_ = kj::READY_NOW;  // every reply queued so far is written
   size_t inflight_ = 0;      // requests whose reply is not written yet
@@ -1162,7 +1186,8 @@ class Listener final : private kj::TaskSet::ErrorHandler {
         BufferedStream& client = *stream;
         return client.tryRead(skipped, kPreambleBytes, kPreambleBytes)
             .then([this, stream = kj::mv(stream)](size_t) mutable {
-              auto connection = kj::heap<ClientConnection>(core_, kj::mv(stream));
+              auto connection = kj::heap<ClientConnection>(core_, kj::mv(stream),
+                                                           io_.provider->getTimer());
               auto run = connection->Run();
               return run.attach(kj::mv(connection));
             });

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -713,8 +714,11 @@ class RawConnection {
     return FromCapnp(reply.getRefused());
   }
   void Send() {
-    ASSERT_EQ(::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(out_.size()));
+    for (size_t sent = 0; sent < out_.size();) {
+      ssize_t n = ::send(fd_, out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL);
+      ASSERT_GT(n, 0) << std::strerror(errno);
+      sent += static_cast<size_t>(n);
+    }
     out_.clear();
   }
   std::unique_ptr<capnp::MessageReader> Receive() {
@@ -929,6 +933,26 @@ TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   EXPECT_TRUE(c.Closed());
   EXPECT_TRUE(absl::IsNotFound(client->Get("big").status()));
+}
+
+// The refusal reaches a client that sent more after the malformed request: the node does not
+// close with unread bytes (which makes TCP reset the connection and drop the reply) but
+// shuts its side, then reads and discards until the client closes, for a bounded time.
+TEST_F(RpcTest, ARefusalIsDeliveredEvenWithMoreBytesBehindTheMalformedRequest) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  RawConnection c(lo.listen);
+  c.Add(kPreamble);
+  const uint32_t table[2] = {0, 2};
+  const uint64_t words[2] = {uint64_t{1000} << 2 | uint64_t{1} << 32, 0};
+  c.Add(std::string_view(reinterpret_cast<const char*>(table), sizeof table));
+  c.Add(std::string_view(reinterpret_cast<const char*>(words), sizeof words));
+  c.Add(std::string(1 << 20, '\0'));  // more than the node reads ahead
+  c.Send();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the node has acted
+  absl::Status refused = c.NextRefusal();
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
 }
 
 TEST_F(RpcTest, AnotherProtocolVersionIsRefusedWithoutAReply) {
