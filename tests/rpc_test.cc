@@ -674,7 +674,8 @@ TEST_F(RpcTest, WriteManyStopsAtTheFirstErrorAndKeepsItsConnection) {
 // pipelined in one write, unknown kinds, malformed messages, other preambles.
 class RawConnection {
  public:
-  explicit RawConnection(const std::string& endpoint) {
+  // Connects to a node and queues the client preamble, unless told not to.
+  explicit RawConnection(const std::string& endpoint, bool preamble = true) {
     int port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
@@ -684,6 +685,7 @@ class RawConnection {
     EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
     timeval tv{5, 0};  // every read below is bounded
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (preamble) out_ = schema::CLIENT_PREAMBLE.get().cStr();
   }
   ~RawConnection() { ::close(fd_); }
 
@@ -735,7 +737,6 @@ class RawConnection {
   std::string out_;
 };
 
-const std::string kPreamble = schema::CLIENT_PREAMBLE.get().cStr();
 
 // Requests pipelined on one connection take effect in the order sent: each read sees the
 // writes sent before it, although writes are served as they arrive and reads at once.
@@ -744,7 +745,6 @@ TEST_F(RpcTest, PipelinedRequestsTakeEffectInTheOrderSent) {
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   auto write = [&](const std::string& value) { c.AddPut("a", value); };
   auto get = [&]() {
     capnp::MallocMessageBuilder m;
@@ -791,7 +791,6 @@ TEST_F(RpcTest, WritesBehindAWaitingReadStillShareGroupCommits) {
   ASSERT_NE(client, nullptr);
   uint64_t groups_before = client->Status()->write_groups;
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   c.AddPut("a", "0");
   capnp::MallocMessageBuilder get;
   get.initRoot<schema::Request>().initGet().setKey(ToData("a"));
@@ -820,7 +819,6 @@ TEST_F(RpcTest, AnUnknownKindOfRequestIsRefusedAndTheConnectionStaysOpen) {
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   capnp::MallocMessageBuilder unknown;
   auto request = unknown.initRoot<schema::Request>();
   request.setStatus();
@@ -846,7 +844,6 @@ TEST_F(RpcTest, AMalformedRequestIsRefusedAndClosesItsConnectionOnly) {
   auto good = ConnectOrDie(lo.listen);
   ASSERT_NE(good, nullptr);
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   // One segment of two words: a root struct pointer whose target lies far outside it.
   const uint32_t table[2] = {0, 2};
   const uint64_t words[2] = {uint64_t{1000} << 2 | uint64_t{1} << 32, 0};  // 1 data word
@@ -868,7 +865,6 @@ TEST_F(RpcTest, AWriteSentAfterAScanOnAWorkerIsNotSeenByIt) {
   ASSERT_NE(client, nullptr);
   ASSERT_TRUE(client->Write({{OpType::kPut, "k", "0"}}).ok());
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   for (int round = 1; round <= 20; ++round) {
     capnp::MallocMessageBuilder scan;
     auto s = scan.initRoot<schema::Request>().initScan();
@@ -893,7 +889,6 @@ TEST_F(RpcTest, AFieldOfTheWrongTypeIsRefusedAndTheConnectionStaysOpen) {
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   capnp::MallocMessageBuilder bad;
   auto get = bad.initRoot<schema::Request>().initGet();
   // The key (Data) pointer made to point at a struct.
@@ -926,7 +921,6 @@ TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {
   EXPECT_TRUE(client->Write({{OpType::kPut, "small", "v"}}).ok());
   // A client that sends it anyway is refused, and that connection closes.
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   c.AddPut("big", big);
   c.Send();
   absl::Status refused = c.NextRefusal();
@@ -943,7 +937,6 @@ TEST_F(RpcTest, ARefusalIsDeliveredEvenWithMoreBytesBehindTheMalformedRequest) {
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
   RawConnection c(lo.listen);
-  c.Add(kPreamble);
   const uint32_t table[2] = {0, 2};
   const uint64_t words[2] = {uint64_t{1000} << 2 | uint64_t{1} << 32, 0};
   c.Add(std::string_view(reinterpret_cast<const char*>(table), sizeof table));
@@ -959,7 +952,7 @@ TEST_F(RpcTest, AnotherProtocolVersionIsRefusedWithoutAReply) {
   NodeServerOptions lo = Options("n1", true, "");
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
-  RawConnection c(lo.listen);
+  RawConnection c(lo.listen, /*preamble=*/false);
   c.Add("WALSHIP9");
   c.AddStatus();
   c.Send();
