@@ -737,7 +737,6 @@ class RawConnection {
   std::string out_;
 };
 
-
 // Requests pipelined on one connection take effect in the order sent: each read sees the
 // writes sent before it, although writes are served as they arrive and reads at once.
 TEST_F(RpcTest, PipelinedRequestsTakeEffectInTheOrderSent) {
