@@ -962,22 +962,24 @@ class ClientConnection {
     capnp::ReaderOptions options;
     // Dispatch checks a request's size (once); serving reads it again.
     options.traversalLimitInWords = 2 * kMaxRequestWords + 1024;
-    return room.then([this, options]() { return capnp::tryReadMessage(*stream_, options); })
-        .then(
-            [this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
-              KJ_IF_MAYBE(m, message) {
-                if (Dispatch(kj::mv(*m))) return Run();
-                return Linger();  // a malformed request
-              }
-              return Close();  // the end of the stream
-            },
-            [this](kj::Exception&& e) -> kj::Promise<void> {
-              if (e.getType() == kj::Exception::Type::DISCONNECTED) return kj::mv(e);
-              // The framing itself is broken (too many segments, too large): say so, close.
-              Refuse(absl::InvalidArgumentError(
-                  absl::StrCat("malformed request: ", e.getDescription().cStr())));
-              return Linger();
-            });
+    return room.then([this, options]() {
+      return capnp::tryReadMessage(*stream_, options)
+          .then(
+              [this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
+                KJ_IF_MAYBE(m, message) {
+                  if (Dispatch(kj::mv(*m))) return Run();
+                  return Linger();  // a malformed request
+                }
+                return Close();  // the end of the stream
+              },
+              [this](kj::Exception&& e) -> kj::Promise<void> {
+                if (e.getType() == kj::Exception::Type::DISCONNECTED) return kj::mv(e);
+                // The framing itself is broken (too many segments, too large): say so.
+                Refuse(absl::InvalidArgumentError(
+                    absl::StrCat("malformed request: ", e.getDescription().cStr())));
+                return Linger();
+              });
+    });
   }
 
  private:
@@ -989,13 +991,12 @@ class ClientConnection {
 
   // Closes after a refusal without losing it: closing a socket with unread bytes makes TCP
   // reset the connection, and the client may then never read the refusal. So the node sends
-  // every reply, shuts its side, and reads and discards until the client closes, at most
-  // kLinger (a "lingering close").
+  // every reply and shuts its side while it reads and discards until the client closes, all
+  // within kLinger (a "lingering close").
   kj::Promise<void> Linger() {
-    return Close().then([this]() {
-      stream_->shutdownWrite();
-      return timer_.timeoutAfter(kLinger, Discard()).catch_([](kj::Exception&&) {});
-    });
+    auto replies = Close().then([this]() { stream_->shutdownWrite(); });
+    auto both = kj::joinPromises(kj::arr(kj::mv(replies), Discard()));
+    return timer_.timeoutAfter(kLinger, kj::mv(both)).catch_([](kj::Exception&&) {});
   }
 
   kj::Promise<void> Discard() {
@@ -1028,7 +1029,10 @@ class ClientConnection {
     // serving it meets no pointer out of bounds later.
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
                   request = message->getRoot<schema::Request>();
-                  words = request.totalSize().wordCount;
+                  request.totalSize();
+                  // What the message holds in memory, segments its root does not reach
+                  // included (valid only after getRoot(), which sets up the segments).
+                  words = message->sizeInWords();
                 })) {
       Refuse(absl::InvalidArgumentError(
           absl::StrCat("malformed request: ", e->getDescription().cStr())));
@@ -1084,11 +1088,15 @@ class ClientConnection {
                           Kind kind) {
     if (kind == Kind::kWrite) ++writes_;
     if (kind == Kind::kWorkerRead) ++worker_reads_;
-    return Serve(request, reply).then([this, kind]() {
-      if (kind == Kind::kWrite) --writes_;
-      if (kind == Kind::kWorkerRead) --worker_reads_;
-      if (kind != Kind::kRead) Drain();
-    });
+    // Eager: the counts must drop when the request is served, not when the reply queue
+    // reaches it (a continuation in KJ runs only when its promise is waited on).
+    return Serve(request, reply)
+        .then([this, kind]() {
+          if (kind == Kind::kWrite) --writes_;
+          if (kind == Kind::kWorkerRead) --worker_reads_;
+          if (kind != Kind::kRead) Drain();
+        })
+        .eagerlyEvaluate(nullptr);
   }
 
   // Core::Serve, with a request that fails to decode or to be served answered `refused`.
@@ -1116,10 +1124,12 @@ class ClientConnection {
     // A read's reply may be large: it counts against kMaxHeldBytes until it is written.
     auto held = kj::heap<uint64_t>(0);
     if (kind != Kind::kWrite) {
-      served = served.then([this, b = builder.get(), h = held.get()]() {
-        *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
-        held_bytes_ += *h;
-      });
+      served = served
+                   .then([this, b = builder.get(), h = held.get()]() {
+                     *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
+                     held_bytes_ += *h;
+                   })
+                   .eagerlyEvaluate(nullptr);  // counted once built, not once sent
     }
     tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
                 .then([this, builder = kj::mv(builder), held = kj::mv(held)]() mutable {

@@ -63,13 +63,17 @@ class RunningNode {
 
 std::unique_ptr<Client> ConnectOrDie(const std::string& endpoint) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  absl::Status last;
   while (true) {
     auto c = Client::Connect(endpoint, absl::Seconds(2));
+    last = c.status();
     if (c.ok()) {
-      if ((*c)->Status().ok()) return std::move(*c);
+      auto s = (*c)->Status();
+      if (s.ok()) return std::move(*c);
+      last = s.status();
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      ADD_FAILURE() << "cannot connect to " << endpoint;
+      ADD_FAILURE() << "cannot connect to " << endpoint << ": " << last;
       return nullptr;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -918,6 +922,23 @@ TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {
   auto w = client->Write({{OpType::kPut, "big", big}});
   EXPECT_TRUE(absl::IsInvalidArgument(w.status())) << w.status();
   EXPECT_TRUE(client->Write({{OpType::kPut, "small", "v"}}).ok());
+  // A message is measured by what it holds, not by what its root reaches: a status request
+  // with a second, unreferenced segment of 65 MiB is refused too.
+  {
+    RawConnection c(lo.listen);
+    capnp::MallocMessageBuilder status;
+    status.initRoot<schema::Request>().setStatus();
+    auto flat = capnp::messageToFlatArray(status);  // one segment: table word, then words
+    uint32_t segment0 = static_cast<uint32_t>(flat.size() - 1);
+    uint32_t segment1 = static_cast<uint32_t>(schema::MAX_REQUEST_BYTES / 8 + 1024);
+    const uint32_t table[4] = {1, segment0, segment1, 0};
+    c.Add(std::string_view(reinterpret_cast<const char*>(table), sizeof table));
+    c.Add(std::string_view(reinterpret_cast<const char*>(flat.begin() + 1), segment0 * 8));
+    c.Add(std::string(size_t{segment1} * 8, '\0'));
+    c.Send();
+    absl::Status refused = c.NextRefusal();
+    EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  }
   // A client that sends it anyway is refused, and that connection closes.
   RawConnection c(lo.listen);
   c.AddPut("big", big);
