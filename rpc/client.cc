@@ -216,7 +216,7 @@ class ClientImpl final : public Client {
     capnp::MallocMessageBuilder m(8);
     m.initRoot<schema::Request>().setStatus();
     return Call<NodeStatusInfo>(m, timeout_, schema::Reply::STATUS, [](schema::Reply::Reader r) {
-      return absl::StatusOr<NodeStatusInfo>(FromCapnp(r.getStatus()));
+      return absl::StatusOr<NodeStatusInfo>(ToStatusInfo(r.getStatus()));
     });
   }
 
@@ -232,7 +232,7 @@ class ClientImpl final : public Client {
     return WriteResult{r.getFirstSeq(), r.getLastSeq()};
   }
 
-  static NodeStatusInfo FromCapnp(schema::NodeStatus::Reader st) {
+  static NodeStatusInfo ToStatusInfo(schema::NodeStatus::Reader st) {
     NodeStatusInfo out;
     out.node = st.getNode();
     out.cluster = st.getCluster();
@@ -269,7 +269,6 @@ class ClientImpl final : public Client {
     out.write_groups = st.getWriteGroups();
     return out;
   }
-  static absl::Status FromCapnp(schema::Error::Reader e) { return rpc::FromCapnp(e); }
 
   // The statuses that leave the connection unusable: the call failed on the way, not at the
   // node. Errors made by the node carry its own codes; these are marked with a payload.

@@ -996,6 +996,8 @@ class ClientConnection {
   kj::Promise<void> Linger() {
     auto replies = Close().then([this]() { stream_->shutdownWrite(); });
     auto both = kj::joinPromises(kj::arr(kj::mv(replies), Discard()));
+    // Either end -- the time is up, or the client reset the connection -- ends the lingering,
+    // and the connection is closed either way: nothing to report.
     return timer_.timeoutAfter(kLinger, kj::mv(both)).catch_([](kj::Exception&&) {});
   }
 
@@ -1026,7 +1028,8 @@ class ClientConnection {
     schema::Request::Reader request;
     uint64_t words = 0;
     // Every pointer of the message is checked here, once (totalSize() walks them all), so
-    // serving it meets no pointer out of bounds later.
+    // serving it meets no pointer out of bounds later: a pipeline is never applied in part
+    // and then found malformed.
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
                   request = message->getRoot<schema::Request>();
                   request.totalSize();
@@ -1086,6 +1089,7 @@ class ClientConnection {
   // Serves a request whose turn has come; counts it until it is served.
   kj::Promise<void> Start(schema::Request::Reader request, schema::Reply::Builder reply,
                           Kind kind) {
+    if (kind == Kind::kRead) return Serve(request, reply);  // nothing waits on it
     if (kind == Kind::kWrite) ++writes_;
     if (kind == Kind::kWorkerRead) ++worker_reads_;
     // Eager: the counts must drop when the request is served, not when the reply queue
@@ -1094,7 +1098,7 @@ class ClientConnection {
         .then([this, kind]() {
           if (kind == Kind::kWrite) --writes_;
           if (kind == Kind::kWorkerRead) --worker_reads_;
-          if (kind != Kind::kRead) Drain();
+          Drain();
         })
         .eagerlyEvaluate(nullptr);
   }
@@ -1121,9 +1125,11 @@ class ClientConnection {
   void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
              Kind kind) {
     ++inflight_;
-    // A read's reply may be large: it counts against kMaxHeldBytes until it is written.
-    auto held = kj::heap<uint64_t>(0);
+    // A read's reply may be large: it counts against kMaxHeldBytes until it is written. (A
+    // write's is a few words, and writes are bounded by the write queue.)
+    kj::Own<uint64_t> held;
     if (kind != Kind::kWrite) {
+      held = kj::heap<uint64_t>(0);
       served = served
                    .then([this, b = builder.get(), h = held.get()]() {
                      *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
@@ -1134,7 +1140,7 @@ class ClientConnection {
     tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
                 .then([this, builder = kj::mv(builder), held = kj::mv(held)]() mutable {
                   --inflight_;
-                  held_bytes_ -= *held;
+                  if (held.get() != nullptr) held_bytes_ -= *held;
                   return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
                 })
                 .eagerlyEvaluate(nullptr);
