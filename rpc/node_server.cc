@@ -46,6 +46,9 @@ constexpr size_t kMaxQueuedPushes = 64;
 constexpr size_t kMaxPipelineWrites = 10000;
 constexpr size_t kMaxHeldAcks = 16;
 constexpr uint32_t kWalTrimIntervalMs = 1000;
+// The node's own work queued at once: one write group, one apply, one WAL trim and one fsync
+// at most; the bound leaves room to spare.
+constexpr size_t kMaxNodeTasks = 16;
 // Words of a client reply's first segment: enough for a write's (an Error and two numbers);
 // larger replies grow more segments.
 constexpr capnp::MessageSize kSmallReply{32, 0};
@@ -78,7 +81,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
         follower_(follower),
         io_(io),
         tasks_(*this),
-        pool_(options.worker_threads, options.max_queued_tasks),
+        client_pool_(options.worker_threads, options.max_queued_tasks),
+        node_pool_(1, kMaxNodeTasks),
         backoff_ms_(options.reconnect_min_ms) {}
 
   void taskFailed(kj::Exception&& e) override {
@@ -198,7 +202,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
       answer(engine_.Scan(scan));
       return kj::READY_NOW;
     }
-    return pool_.Run([e = &engine_, scan]() { return e->Scan(scan); }).then(kj::mv(answer));
+    return client_pool_.Run([e = &engine_, scan]() { return e->Scan(scan); })
+        .then(kj::mv(answer));
   }
 
   void Status(schema::NodeStatus::Builder st) {
@@ -429,12 +434,21 @@ class Core final : public kj::TaskSet::ErrorHandler {
     engine::WriteOptions wo;
     wo.sync = options_.fsync_writes;
     wo.write_time_us = write_time_us;
-    tasks_.add(pool_.Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
-                   .then([this, group = std::move(group), write_time_us](
-                             absl::StatusOr<engine::Batch> r) mutable {
-                     writer_busy_ = false;
-                     Complete(group, std::move(r), write_time_us);
-                   }));
+    tasks_.add(
+        node_pool_.Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
+            .then(
+                [](absl::StatusOr<engine::Batch> r) { return r; },
+                [](kj::Exception&& e) -> absl::StatusOr<engine::Batch> {
+                  // Never expected (the node's queue is sized for its own work); if it comes,
+                  // the group fails and the writer is free again, so nothing wedges.
+                  return absl::InternalError(
+                      absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                })
+            .then([this, group = std::move(group),
+                   write_time_us](absl::StatusOr<engine::Batch> r) mutable {
+              writer_busy_ = false;
+              Complete(group, std::move(r), write_time_us);
+            }));
   }
 
   // `write_time_us` is the time FlushWrites put into the batch.
@@ -734,7 +748,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   kj::Promise<void> WalTrimLoop() {
     return io_.provider->getTimer()
         .afterDelay(kWalTrimIntervalMs * kj::MILLISECONDS)
-        .then([this]() { return pool_.Run([e = &engine_]() { return e->TrimWalArchive(); }); })
+        .then([this]() { return node_pool_.Run([e = &engine_]() { return e->TrimWalArchive(); }); })
         .then([](absl::StatusOr<engine::WalTrim> trim) {
           if (!trim.ok()) {
             spdlog::error("trimming the WAL archive: {}", trim.status().ToString());
@@ -757,7 +771,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
         .then([this]() -> kj::Promise<void> {
           SequenceNumber seq = engine_.LatestSequence();
           if (seq == synced_seq_) return kj::READY_NOW;
-          return pool_.Run([e = &engine_]() { return e->SyncWal(); })
+          return node_pool_.Run([e = &engine_]() { return e->SyncWal(); })
               .then([this, seq](absl::Status s) {
                 if (!s.ok()) {
                   spdlog::error("WAL fsync failed: {}", s.ToString());
@@ -796,9 +810,15 @@ class Core final : public kj::TaskSet::ErrorHandler {
       uint32_t max_ack_delay_us = item.ship.max_ack_delay_us;
       uint64_t gen = conn_generation_;
       tasks_.add(
-          pool_.Run([f = follower_, ship = std::move(item.ship)]() {
+          node_pool_
+              .Run([f = follower_, ship = std::move(item.ship)]() {
                 return f->OnShip(ship, engine::WriteOptions{});
               })
+              .then([](absl::StatusOr<Ack> r) { return r; },
+                    [](kj::Exception&& e) -> absl::StatusOr<Ack> {  // as in FlushWrites
+                      return absl::InternalError(
+                          absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                    })
               .then([this, fulfiller = kj::mv(item.fulfiller), max_ack_delay_us,
                      gen](absl::StatusOr<Ack> r) mutable {
                 apply_running_ = false;
