@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "base/check.h"
 
 namespace walship::replication {
@@ -84,6 +85,11 @@ std::string Leader::CheckHistory(const Hello& hello) const {
                       " under which the follower wrote seq ", hello.last_applied);
 }
 
+bool Leader::IsMember(const std::string& id) const {
+  return std::find(options_.members.begin(), options_.members.end(), id) !=
+         options_.members.end();
+}
+
 HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   HelloReply reply;
   reply.epoch = state_.epoch;
@@ -91,17 +97,31 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   reply.history = state_.history;
   reply.leader_latest = latest_;
   *session = 0;
+  if (!options_.members.empty() && !IsMember(hello.follower_id)) {
+    reply.outcome = HelloOutcome::kRefused;
+    reply.message = absl::StrCat("node '", hello.follower_id, "' is not a follower in the "
+                                 "configuration of cluster '", options_.cluster, "' (followers: ",
+                                 absl::StrJoin(options_.members, ", "), ")");
+    return reply;
+  }
   if (followers_.size() >= options_.max_followers && !followers_.count(hello.follower_id)) {
     reply.outcome = HelloOutcome::kRefused;
     reply.message = absl::StrCat("the leader already tracks ", followers_.size(),
                                  " followers (max_followers)");
     return reply;
   }
-  Record& rec = followers_[hello.follower_id];
-  rec.info.id = hello.follower_id;
   auto refuse = [&](HelloOutcome outcome, std::string why) {
     reply.outcome = outcome;
     reply.message = why;
+    auto it = followers_.find(hello.follower_id);
+    // For status, a configured member's record shows why it was refused, unless a live
+    // session of that id streams on: a refused hello must not cut it.
+    if (!IsMember(hello.follower_id) ||
+        (it != followers_.end() && it->second.info.state == FollowerState::kConnected)) {
+      return reply;
+    }
+    Record& rec = followers_[hello.follower_id];
+    rec.info.id = hello.follower_id;
     rec.info.message = std::move(why);
     rec.info.state = outcome == HelloOutcome::kNeedsSnapshot ? FollowerState::kNeedsSnapshot
                                                              : FollowerState::kRefused;
@@ -134,6 +154,8 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   if (std::string why = CheckHistory(hello); !why.empty()) {
     return refuse(HelloOutcome::kNeedsSnapshot, why);
   }
+  Record& rec = followers_[hello.follower_id];
+  rec.info.id = hello.follower_id;
   reply.outcome = HelloOutcome::kAccepted;
   rec.session = next_session_++;
   rec.next_seq = hello.last_applied + 1;

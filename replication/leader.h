@@ -27,6 +27,10 @@ struct LeaderOptions {
   uint64_t max_tail_bytes = 64ull << 20;
   // Upper bound of the batch bytes in one Ship message (a message is at most 64 MiB).
   uint64_t max_ship_bytes = 1ull << 20;
+  // The ids that may follow this leader (the cluster config's other nodes). A hello from
+  // any other id is refused and leaves no record. Empty: any id may follow (tests and
+  // embedding), and refused hellos leave no record.
+  std::vector<std::string> members;
   // Followers the leader keeps a record of (connected or not); hellos from further ids are
   // refused, so a misconfigured peer cannot grow the leader's state without bound.
   size_t max_followers = 64;
@@ -59,7 +63,9 @@ class Leader {
   Leader(LeaderOptions options, engine::Engine* engine, NodeState state, Clock* clock);
 
   // Handshake. On kAccepted the follower gets a new session id (returned through
-  // `session`); earlier sessions of the same follower are ended.
+  // `session`); earlier sessions of the same follower are ended. A refused hello never ends
+  // a session: it is recorded (for status) only in the record of a configured member that
+  // has no live session, and leaves no state behind otherwise.
   HelloReply OnHello(const Hello& hello, uint64_t* session);
 
   // Records a batch this node has just written (in sequence order, one writer).
@@ -106,6 +112,7 @@ class Leader {
   Record* FindSession(uint64_t session);
   const Record* FindSession(uint64_t session) const;
   std::string CheckHistory(const Hello& hello) const;
+  bool IsMember(const std::string& id) const;
   void MarkNeedsSnapshot(Record& rec, const std::string& why);
   int64_t WriteTimeOf(const Record& rec, SequenceNumber seq) const;
 

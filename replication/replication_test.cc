@@ -56,6 +56,7 @@ LeaderOptions DefaultLeaderOptions() {
   LeaderOptions options;
   options.cluster = kCluster;
   options.node_id = "leader";
+  options.members = {"f1", "f2"};
   return options;
 }
 
@@ -229,6 +230,54 @@ TEST(HandshakeTest, FollowersBeyondMaxFollowersAreRefusedWithoutARecord) {
   EXPECT_EQ(l.leader->Followers().size(), 1u);
   // A follower the leader already knows may always come back.
   EXPECT_EQ(Connect(*l.leader, *f1.follower).reply.outcome, HelloOutcome::kAccepted);
+}
+
+// Only configured followers may subscribe; hellos naming other ids leave no record, so any
+// number of them never lock out a real follower.
+TEST(HandshakeTest, IdsOutsideTheConfigurationAreRefusedWithoutARecord) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_followers = 2;
+  LeaderNode l(dir, &clock, options);
+  for (int i = 0; i < 10; ++i) {  // more than max_followers
+    FollowerNode stranger(dir, "stranger" + std::to_string(i), &clock);
+    Handshake h = Connect(*l.leader, *stranger.follower);
+    ASSERT_EQ(h.reply.outcome, HelloOutcome::kRefused);
+    EXPECT_EQ(h.session, 0u);
+    EXPECT_NE(h.reply.message.find("not a follower in the configuration"), std::string::npos)
+        << h.reply.message;
+    EXPECT_NE(h.reply.message.find("f1, f2"), std::string::npos) << h.reply.message;
+  }
+  EXPECT_TRUE(l.leader->Followers().empty());
+  FollowerNode f1(dir, "f1", &clock);
+  EXPECT_EQ(Connect(*l.leader, *f1.follower).reply.outcome, HelloOutcome::kAccepted);
+}
+
+// A refused hello that names a streaming follower's id (another cluster, another database)
+// leaves that follower's session and record alone.
+TEST(HandshakeTest, ARefusedHelloNeverEndsALiveSession) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  FollowerNode f(dir, "f1", &clock);
+  Handshake live = Connect(*l.leader, *f.follower);
+  ASSERT_EQ(live.reply.outcome, HelloOutcome::kAccepted);
+  TempDir elsewhere;
+  FollowerNode imposter(elsewhere, "f1", &clock, std::nullopt, "elsewhere");
+  Handshake h = Connect(*l.leader, *imposter.follower);
+  ASSERT_EQ(h.reply.outcome, HelloOutcome::kRefused);
+  l.Write(2);
+  EXPECT_TRUE(l.leader->HasWork(live.session));
+  auto ship = l.leader->NextShip(live.session, false);
+  ASSERT_TRUE(ship.has_value());
+  auto ack = f.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  l.leader->OnAck(live.session, *ack);
+  auto infos = l.leader->Followers();
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_EQ(infos[0].state, FollowerState::kConnected);
+  EXPECT_EQ(infos[0].applied, l.leader->latest());
 }
 
 TEST(HandshakeTest, DifferentDatabaseIsRefused) {

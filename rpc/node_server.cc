@@ -910,7 +910,11 @@ class Core final : public kj::TaskSet::ErrorHandler {
   replication::Follower* const follower_;
   kj::AsyncIoContext& io_;
   kj::TaskSet tasks_;
-  WorkerPool pool_;
+  // Client work (large scans) may fill its queue and be refused; the node's own work (write
+  // groups, applies, WAL trims and fsyncs: at most one of each at a time) has a thread and a
+  // queue of its own, so that no client can stop writes or replication.
+  WorkerPool client_pool_;
+  WorkerPool node_pool_;
 
   // Leader write path.
   std::deque<PendingWrite> pending_;
@@ -1133,12 +1137,28 @@ class ClientConnection {
             case kj::Exception::Type::DISCONNECTED:
               why = absl::UnavailableError(e.getDescription().cStr());
               break;
-            default:  // a field of the wrong type: the request, not the node, is at fault
-              why = absl::InvalidArgumentError(
-                  absl::StrCat("malformed request: ", e.getDescription().cStr()));
+            default:
+              if (IsDecodeError(e)) {  // a field of the wrong type: the client's fault
+                why = absl::InvalidArgumentError(
+                    absl::StrCat("malformed request: ", e.getDescription().cStr()));
+              } else {  // the node's own fault: say so, and log it
+                spdlog::error("internal error serving a client request: {}",
+                              e.getDescription().cStr());
+                why = absl::InternalError(absl::StrCat("internal error in the node: ",
+                                                       e.getDescription().cStr()));
+              }
           }
           ToCapnp(why, reply.initRefused());
         });
+  }
+
+  // Whether `e` was thrown by Cap'n Proto while decoding the request (a pointer of the wrong
+  // kind, out of bounds, too deep): Dispatch has checked the message's framing and bounds, so
+  // what is left are the checks of its layout code, in capnp/layout.c++. Anything else
+  // thrown while serving is the node's fault, not the client's.
+  static bool IsDecodeError(const kj::Exception& e) {
+    kj::StringPtr file = e.getFile();
+    return file.endsWith("capnp/layout.c++") || file.endsWith("capnp/arena.c++");
   }
 
   // Writes the reply in `builder` once `served` resolves and the replies before it are out.

@@ -291,6 +291,9 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.listen = node.listen;
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
+  for (const NodeConfig& n : config.nodes) {
+    if (n.id != node.id) o.leader.members.push_back(n.id);  // who may follow it
+  }
   if (const NodeConfig* leader = config.Leader(); leader != nullptr && !o.is_leader) {
     o.leader_id = leader->id;
     o.leader_address = leader->listen;
