@@ -195,10 +195,23 @@ FollowerStatus Follower::Status() const {
   s.database_id = state_.database_id;
   s.lag_seq = s.leader_latest > s.applied ? s.leader_latest - s.applied : 0;
   s.lag_ms = 0;
-  if (s.lag_seq > 0 && last_applied_time_us_ > 0) {
-    s.lag_ms = std::max<int64_t>(0, (clock_->NowMicros() - last_applied_time_us_) / 1000);
+  if (s.last_contact_us == 0) {
+    s.lag_ms = -1;  // no word from a leader since start: how far behind is unknown
+  } else if (s.lag_seq > 0) {
+    s.lag_ms = last_applied_time_us_ > 0
+                   ? std::max<int64_t>(0, (clock_->NowMicros() - last_applied_time_us_) / 1000)
+                   : -1;  // behind, but nothing applied since start tells by how long
   }
   return s;
+}
+
+std::string Follower::ReadRefusal() const {
+  absl::MutexLock lock(&mu_);
+  if (status_.phase != FollowerPhase::kNeedsSnapshot) return "";
+  return absl::StrCat("this follower needs a snapshot and refuses reads: its data stops at seq ",
+                      status_.applied, " and the leader (at seq ", status_.leader_latest,
+                      ") can no longer serve it (", status_.message,
+                      "); re-seed it from a checkpoint, or read from another node");
 }
 
 Epoch Follower::epoch() const {

@@ -610,8 +610,13 @@ std::string StatusToText(const NodeStatusInfo& s) {
     }
   } else {
     o << "  leader " << s.leader_id << " at " << s.leader_address << ": "
-      << s.replication_state << ", applied " << s.applied_seq << " of " << s.leader_latest_seq
-      << ", lag " << s.lag_seq << " seq / " << s.lag_ms << " ms\n";
+      << s.replication_state << ", applied " << s.applied_seq;
+    if (s.leader_latest_seq == 0 && s.lag_ms < 0) {
+      o << "; no word from the leader since this node started, so its lag is unknown\n";
+    } else {
+      o << " of " << s.leader_latest_seq << ", lag " << s.lag_seq << " seq / "
+        << (s.lag_ms < 0 ? std::string("unknown") : absl::StrCat(s.lag_ms, " ms")) << "\n";
+    }
     if (!s.message.empty()) o << "  " << s.message << "\n";
   }
   return o.str();

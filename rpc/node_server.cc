@@ -156,7 +156,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   void Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply) {
     SequenceNumber latest = engine_.LatestSequence();
     reply.setSeq(latest);
-    if (absl::Status s = CheckMinSeq(request.getMinSeq(), latest); !s.ok()) {
+    if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
       ToCapnp(s, reply.initError());
       return;
     }
@@ -177,7 +177,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   kj::Promise<void> Scan(schema::ScanRequest::Reader request, schema::Reply::Builder reply) {
     SequenceNumber latest = engine_.LatestSequence();
-    if (absl::Status s = CheckMinSeq(request.getMinSeq(), latest); !s.ok()) {
+    if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
       auto results = reply.initScan();
       results.setSeq(latest);
       ToCapnp(s, results.initError());
@@ -349,7 +349,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
     schema::Node::Client node;
   };
 
-  static absl::Status CheckMinSeq(SequenceNumber min_seq, SequenceNumber latest) {
+  // Whether a read may be served here: not on a follower that needs a snapshot (its data is
+  // stale with no way to catch up), and only once `min_seq` is applied.
+  absl::Status CheckReadable(SequenceNumber min_seq, SequenceNumber latest) const {
+    if (follower_ != nullptr) {
+      if (std::string why = follower_->ReadRefusal(); !why.empty()) {
+        return absl::FailedPreconditionError(why);
+      }
+    }
     if (min_seq <= latest) return absl::OkStatus();
     return absl::UnavailableError(absl::StrCat("this node has applied up to seq ", latest,
                                                "; the read asked for at least seq ", min_seq));

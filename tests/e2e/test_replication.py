@@ -157,7 +157,6 @@ class PurgedWalTest(unittest.TestCase):
             c.load("n1", 200, seed=7)
             c.wait_converged()
             c.stop("n3")
-            held = c.scan_all("n2")
             seq = c.status("n2")["latest_seq"]
             # Enough writes to fill and flush many 64 KiB memtables, over more than the 1 s
             # retention, so the WAL holding n3's position is deleted.
@@ -170,8 +169,17 @@ class PurgedWalTest(unittest.TestCase):
             self.assertIn("WAL", st["message"])
             # It applied nothing past its position.
             self.assertEqual(st["latest_seq"], seq)
-            self.assertEqual(c.scan_all("n3"), held)
             lst = c.status("n1")
+            # Its lag is told truthfully: the leader's position, and an age it cannot know
+            # after a restart (-1), never "0 ms behind".
+            self.assertEqual(st["leader_latest_seq"], lst["latest_seq"])
+            self.assertEqual(st["lag_seq"], lst["latest_seq"] - seq)
+            self.assertEqual(st["lag_ms"], -1)
+            # Its data is stale with no way to catch up: reads are refused, saying why.
+            for read in (["get", "k"], ["scan"]):
+                r = c.cli("--node", "n3", *read, check=False)
+                self.assertNotEqual(r.returncode, 0, read)
+                self.assertIn("needs a snapshot", r.stdout + r.stderr)
             n3 = next(f for f in lst["followers"] if f["id"] == "n3")
             self.assertEqual(n3["state"], "needs_snapshot")
             self.assertIn("NEEDS SNAPSHOT", c.log("n3"))
