@@ -81,6 +81,7 @@ kj::Promise<size_t> FdStream::ReadNow(kj::byte* buffer, size_t min_bytes, size_t
   }
   if (n == 0) return done;  // end of stream
   size_t got = static_cast<size_t>(n);
+  bytes_read_ += got;
   // A short read took everything the socket held, so the next bytes raise a new readiness
   // edge: wait for it now, in this turn of the loop, before the loop polls and could let it
   // pass unobserved. Only when the observer knows the peer has not closed (then no edge

@@ -47,6 +47,9 @@ class FdStream final : public kj::AsyncIoStream {
 
   // read() system calls made so far, failed ones included (tests check that none is wasted).
   uint64_t read_calls() const { return read_calls_; }
+  // Bytes read so far: a peer that is sending a large message shows progress before the
+  // message is whole.
+  uint64_t bytes_read() const { return bytes_read_; }
 
  private:
   kj::Promise<size_t> Read(kj::byte* buffer, size_t min_bytes, size_t max_bytes, size_t done);
@@ -62,6 +65,7 @@ class FdStream final : public kj::AsyncIoStream {
   // The observer keeps one waiter for this; every caller gets a branch.
   kj::Maybe<kj::ForkedPromise<void>> write_disconnected_;
   uint64_t read_calls_ = 0;
+  uint64_t bytes_read_ = 0;
 };
 
 }  // namespace walship::rpc

@@ -55,6 +55,40 @@ constexpr capnp::MessageSize kSmallReply{32, 0};
 
 int64_t NowUs() { return replication::RealClock()->NowMicros(); }
 
+// The largest node-to-node message: a Ship of batches up to max_ship_bytes (at most 32 MiB)
+// plus the batch that crosses it, which may be a whole WAL record: one write of up to a
+// request (64 MiB), since a group of several writes stays within 4 MiB. Both ends of a peer
+// connection read (and Cap'n Proto sends) messages up to this size, so that every record a
+// leader can write reaches its followers.
+constexpr uint64_t kMaxPeerMessageBytes = 160ull << 20;
+static_assert(kMaxPeerMessageBytes >= (32ull << 20) + schema::MAX_REQUEST_BYTES + (16ull << 20));
+
+capnp::ReaderOptions PeerReaderOptions() {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = kMaxPeerMessageBytes / sizeof(capnp::word);
+  return options;
+}
+
+// The bootstrap capability of the other side of a two-party RPC connection.
+capnp::Capability::Client Bootstrap(capnp::RpcSystem<capnp::rpc::twoparty::VatId>& rpc) {
+  capnp::MallocMessageBuilder message(8);
+  auto vat = message.initRoot<capnp::rpc::twoparty::VatId>();
+  vat.setSide(capnp::rpc::twoparty::Side::SERVER);
+  return rpc.bootstrap(vat);
+}
+
+// A node's RPC connection accepted from a peer, served with the peer read limit until it
+// ends. (Cap'n Proto's TwoPartyServer takes no reader options in 0.9.)
+struct PeerConnection {
+  PeerConnection(kj::Own<BufferedStream> s, capnp::Capability::Client bootstrap)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, PeerReaderOptions()),
+        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
+  kj::Own<BufferedStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+};
+
 using SubscribeContext =
     capnp::CallContext<schema::PeerService::SubscribeParams, schema::PeerService::SubscribeResults>;
 
@@ -301,6 +335,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
  private:
   struct PendingWrite {
     std::vector<engine::WriteOp> ops;
+    uint64_t bytes = 0;  // of its keys and values
     kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
   };
   struct GroupMember {
@@ -339,13 +374,23 @@ class Core final : public kj::TaskSet::ErrorHandler {
     kj::Own<kj::PromiseFulfiller<Ack>> fulfiller;
     Ack ack;
   };
+  // The follower's RPC connection to its leader, with the peer read limit.
   struct LeaderConnection {
     LeaderConnection(kj::Own<kj::AsyncIoStream> s, kj::AsyncIoContext& io)
-        : stream(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(s), io))),
-          client(*stream),
-          node(client.bootstrap().castAs<schema::Node>()) {}
-    kj::Own<kj::AsyncIoStream> stream;
-    capnp::TwoPartyClient client;
+        : socket(FdStream::Wrap(kj::mv(s), io)),
+          fd_stream(dynamic_cast<FdStream*>(socket.get())),
+          stream(kj::heap<BufferedStream>(kj::mv(socket))),
+          network(*stream, capnp::rpc::twoparty::Side::CLIENT, PeerReaderOptions()),
+          rpc(capnp::makeRpcClient(network)),
+          node(Bootstrap(rpc).castAs<schema::Node>()) {}
+    // Bytes received so far (0 when the stream has no socket).
+    uint64_t bytes_read() const { return fd_stream == nullptr ? 0 : fd_stream->bytes_read(); }
+
+    kj::Own<kj::AsyncIoStream> socket;  // moved into `stream`
+    FdStream* fd_stream;                // owned by `stream`, or null
+    kj::Own<BufferedStream> stream;
+    capnp::TwoPartyVatNetwork network;
+    capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
     schema::Node::Client node;
   };
 
@@ -388,8 +433,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
       return fail(absl::UnavailableError(absl::StrCat(
           "write queue full (", options_.max_pending_writes, " writes waiting); retry")));
     }
+    uint64_t bytes = 0;
+    for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
     auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
-    pending_.push_back(PendingWrite{std::move(ops), kj::mv(paf.fulfiller)});
+    pending_.push_back(PendingWrite{std::move(ops), bytes, kj::mv(paf.fulfiller)});
     ScheduleFlush();
     return kj::mv(paf.promise);
   }
@@ -410,17 +457,18 @@ class Core final : public kj::TaskSet::ErrorHandler {
     std::vector<GroupMember> group;
     std::vector<engine::WriteOp> ops;
     size_t bytes = 0;
+    // A group stays within max_write_group_ops and max_write_group_bytes, counting the write
+    // it would add; only a single write may be larger (up to a request, 64 MiB), so one WAL
+    // record is never larger than the largest request and the peers can always read it.
     while (!pending_.empty()) {
       PendingWrite& w = pending_.front();
       if (!group.empty() && (ops.size() + w.ops.size() > options_.max_write_group_ops ||
-                             bytes >= options_.max_write_group_bytes)) {
+                             bytes + w.bytes > options_.max_write_group_bytes)) {
         break;
       }
       group.push_back(GroupMember{w.ops.size(), kj::mv(w.fulfiller)});
-      for (engine::WriteOp& op : w.ops) {
-        bytes += op.key.size() + op.value.size();
-        ops.push_back(std::move(op));
-      }
+      bytes += w.bytes;
+      for (engine::WriteOp& op : w.ops) ops.push_back(std::move(op));
       pending_.pop_front();
     }
     // The write time travels inside the batch (a LogData record), so followers and the
@@ -679,7 +727,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
       last_push_us_ = NowUs();
       handshake_done_ = true;
       DrainApply();  // pushes that overtook the subscribe reply
-      tasks_.add(conn_->client.onDisconnect().then([this, gen]() {
+      tasks_.add(conn_->network.onDisconnect().then([this, gen]() {
         if (gen != conn_generation_) return;
         spdlog::warn("lost the connection to leader '{}' at {}", options_.leader_id,
                      options_.leader_address);
@@ -737,6 +785,16 @@ class Core final : public kj::TaskSet::ErrorHandler {
     return io_.provider->getTimer()
         .afterDelay(std::max(1u, options_.heartbeat_timeout_ms / 4) * kj::MILLISECONDS)
         .then([this]() {
+          // Silence is only silence while the leader could send: bytes of a large message
+          // still arriving, or messages waiting for our apply (the leader's window is full
+          // until we ack them), are no sign of a dead leader.
+          if (conn_.get() != nullptr) {
+            uint64_t read = conn_->bytes_read();
+            if (read != watched_bytes_read_ || apply_running_ || !apply_queue_.empty()) {
+              watched_bytes_read_ = read;
+              last_push_us_ = NowUs();
+            }
+          }
           if (conn_.get() != nullptr &&
               follower_->Status().phase == replication::FollowerPhase::kStreaming &&
               NowUs() - last_push_us_ > int64_t{options_.heartbeat_timeout_ms} * 1000) {
@@ -935,7 +993,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // Follower side.
   kj::Own<LeaderConnection> conn_;
   uint64_t conn_generation_ = 0;
-  int64_t last_push_us_ = 0;
+  int64_t last_push_us_ = 0;  // the last sign of life from the leader (see WatchdogLoop)
+  uint64_t watched_bytes_read_ = 0;  // conn_'s bytes_read() at the watchdog's last look
   uint32_t backoff_ms_;
   SequenceNumber synced_seq_ = 0;
   std::deque<PendingApply> apply_queue_;  // bounded by the leader's in-flight window
@@ -975,6 +1034,7 @@ class ClientConnection {
   static constexpr size_t kMaxRequestsAhead = schema::MAX_REQUESTS_AHEAD;
   static constexpr uint64_t kMaxHeldBytes = 64 << 20;
   static constexpr uint64_t kMaxRequestWords = schema::MAX_REQUEST_BYTES / sizeof(capnp::word);
+  static constexpr uint kMaxSegments = 512;  // Cap'n Proto reads no message with more
 
   // After refusing a malformed request, how long the node reads and discards what the client
   // still sends before it closes (see Linger).
@@ -991,8 +1051,9 @@ class ClientConnection {
       room = AfterQueuedReplies();
     }
     capnp::ReaderOptions options;
-    // Dispatch checks a request's size (once); serving reads it again.
-    options.traversalLimitInWords = 2 * kMaxRequestWords + 1024;
+    // A frame whose segment table declares more than a request may hold is refused before
+    // its body is read (Dispatch gives the request a traversal budget of its own).
+    options.traversalLimitInWords = kMaxRequestWords;
     return room.then([this, options]() {
       return capnp::tryReadMessage(*stream_, options)
           .then(
@@ -1005,6 +1066,13 @@ class ClientConnection {
               },
               [this](kj::Exception&& e) -> kj::Promise<void> {
                 if (e.getType() == kj::Exception::Type::DISCONNECTED) return kj::mv(e);
+                if (std::string_view(e.getDescription().cStr()).find("Message is too large") !=
+                    std::string_view::npos) {
+                  Refuse(absl::InvalidArgumentError(absl::StrCat(
+                      "a request whose frame declares more than the limit of ",
+                      schema::MAX_REQUEST_BYTES, " bytes")));
+                  return Linger();
+                }
                 // The framing itself is broken (too many segments, too large): say so.
                 Refuse(absl::InvalidArgumentError(
                     absl::StrCat("malformed request: ", e.getDescription().cStr())));
@@ -1055,27 +1123,41 @@ class ClientConnection {
 
   // Serves one request, now or after the replies before it, and queues its reply behind
   // theirs. False when the request is malformed: it is refused, and nothing more is read.
-  bool Dispatch(kj::Own<capnp::MessageReader> message) {
-    schema::Request::Reader request;
+  bool Dispatch(kj::Own<capnp::MessageReader> framed) {
+    // What the message holds, segments its root does not reach included. (Cap'n Proto 0.9's
+    // own sizeInWords() counts the first segment twice.)
     uint64_t words = 0;
+    uint segment_count = 0;
+    while (segment_count < kMaxSegments && framed->getSegment(segment_count).begin() != nullptr) {
+      words += framed->getSegment(segment_count++).size();
+    }
+    if (words > kMaxRequestWords) {  // Run's framing limit refuses these before they are read
+      Refuse(absl::InvalidArgumentError(
+          absl::StrCat("a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
+                       schema::MAX_REQUEST_BYTES)));
+      return false;
+    }
+    // Checking the message below and serving it read it twice, more than a traversal budget
+    // of its size (the framing limit) allows: both read it through a reader of the same
+    // segments with a budget of its own.
+    auto segments = kj::heapArrayBuilder<kj::ArrayPtr<const capnp::word>>(segment_count);
+    for (uint i = 0; i < segment_count; ++i) segments.add(framed->getSegment(i));
+    auto list = segments.finish();
+    capnp::ReaderOptions budget;
+    budget.traversalLimitInWords = 2 * words + 1024;
+    kj::Own<capnp::MessageReader> message =
+        kj::heap<capnp::SegmentArrayMessageReader>(list.asPtr(), budget)
+            .attach(kj::mv(list), kj::mv(framed));
+    schema::Request::Reader request;
     // Every pointer of the message is checked here, once (totalSize() walks them all), so
     // serving it meets no pointer out of bounds later: a pipeline is never applied in part
     // and then found malformed.
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
                   request = message->getRoot<schema::Request>();
                   request.totalSize();
-                  // What the message holds in memory, segments its root does not reach
-                  // included (valid only after getRoot(), which sets up the segments).
-                  words = message->sizeInWords();
                 })) {
       Refuse(absl::InvalidArgumentError(
           absl::StrCat("malformed request: ", e->getDescription().cStr())));
-      return false;
-    }
-    if (words > kMaxRequestWords) {
-      Refuse(absl::InvalidArgumentError(
-          absl::StrCat("a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
-                       schema::MAX_REQUEST_BYTES)));
       return false;
     }
     Kind kind = request.isWrite() || request.isWriteMany() ? Kind::kWrite : Kind::kRead;
@@ -1219,9 +1301,9 @@ class ClientConnection {
 // word (a segment count below 512) can never spell it.
 class Listener final : private kj::TaskSet::ErrorHandler {
  public:
-  Listener(Core& core, capnp::TwoPartyServer& peers, kj::ConnectionReceiver& receiver,
+  Listener(Core& core, capnp::Capability::Client node, kj::ConnectionReceiver& receiver,
            kj::AsyncIoContext& io)
-      : core_(core), peers_(peers), receiver_(receiver), io_(io), connections_(*this) {}
+      : core_(core), node_(kj::mv(node)), receiver_(receiver), io_(io), connections_(*this) {}
 
   kj::Promise<void> AcceptLoop() {
     return receiver_.accept().then([this](kj::Own<kj::AsyncIoStream> connection) {
@@ -1260,14 +1342,15 @@ class Listener final : private kj::TaskSet::ErrorHandler {
                      std::string(text.begin(), text.size()), preamble.cStr());
         return kj::READY_NOW;
       }
-      peers_.accept(kj::mv(stream));
-      return kj::READY_NOW;
+      auto peer = kj::heap<PeerConnection>(kj::mv(stream), node_);
+      auto ended = peer->network.onDisconnect();
+      return ended.attach(kj::mv(peer));
     });
   }
 
   static constexpr size_t kPreambleBytes = 8;
   Core& core_;
-  capnp::TwoPartyServer& peers_;
+  capnp::Capability::Client node_;  // what peers bootstrap: the node's RPC face
   kj::ConnectionReceiver& receiver_;
   kj::AsyncIoContext& io_;
   kj::TaskSet connections_;
@@ -1295,14 +1378,14 @@ class NodeServerImpl final : public NodeServer {
     try {
       auto io = kj::setupAsyncIo();
       Core core(options_, *engine_, leader_.get(), follower_.get(), io);
-      capnp::TwoPartyServer server(kj::heap<NodeImpl>(core));
+      capnp::Capability::Client node = kj::heap<NodeImpl>(core);
       auto addr = io.provider->getNetwork().parseAddress(options_.listen).wait(io.waitScope);
       kj::Own<kj::ConnectionReceiver> listener;
       KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { listener = addr->listen(); })) {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
-      Listener accepting(core, server, *listener, io);
+      Listener accepting(core, kj::mv(node), *listener, io);
       auto serving = accepting.AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("listener failed: {}", e.getDescription().cStr());
       });

@@ -115,6 +115,67 @@ TEST_F(OverloadTest, AFullWorkerQueueNeverStopsWritesOrApplies) {
                       std::chrono::seconds(20)));
 }
 
+// The largest writes a client may send reach every follower, however the leader groups and
+// ships them: three writes of nearly 64 MiB at once (with fsync_writes the two behind the
+// first share a group commit), then two of nearly 32 MiB with max_ship_bytes at its maximum,
+// which a follower catching up from the WAL gets in one message. Before the peer read limit
+// and the group bound, the leader refused to send such messages and the follower reconnected
+// forever; a follower also took a large message in progress for a dead leader.
+TEST_F(OverloadTest, TheLargestWritesReachEveryFollower) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.fsync_writes = true;
+  lo.leader.max_ship_bytes = 32 << 20;
+  RunningNode leader(lo);
+  NodeServerOptions o2 = Options("n2", false, lo.listen);
+  RunningNode n2(o2);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  // The largest value one request can carry, with room for the request's own words.
+  const std::string huge(schema::MAX_REQUEST_BYTES - 4096, 'h');
+  std::vector<std::thread> writers;
+  std::atomic<int> written = 0;
+  for (int i = 0; i < 3; ++i) {
+    writers.emplace_back([&, i] {
+      auto w = Client::Connect(lo.listen, absl::Seconds(120));
+      ASSERT_TRUE(w.ok()) << w.status();
+      auto r = (*w)->Write({{OpType::kPut, "huge" + std::to_string(i), huge}});
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (r.ok()) ++written;
+    });
+  }
+  for (auto& t : writers) t.join();
+  ASSERT_EQ(written, 3);
+  const std::string large((32 << 20) - 150, 'l');
+  for (int i = 0; i < 2; ++i) {
+    auto r = c->Write({{OpType::kPut, "large" + std::to_string(i), large}});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  uint64_t latest = LatestSeq(lo.listen);
+  ASSERT_EQ(latest, 5u);
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(o2.listen) == latest; }, std::chrono::seconds(120)));
+  // A follower that joins now catches up from the leader's WAL.
+  NodeServerOptions o3 = Options("n3", false, lo.listen);
+  RunningNode n3(o3);
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(o3.listen) == latest; }, std::chrono::seconds(120)));
+  for (const std::string& follower : {o2.listen, o3.listen}) {
+    auto f = Client::Connect(follower, absl::Seconds(60));
+    ASSERT_TRUE(f.ok()) << f.status();
+    auto v = (*f)->Get("huge2");
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(v->size(), huge.size());
+    auto l = (*f)->Get("large1");
+    ASSERT_TRUE(l.ok()) << l.status();
+    EXPECT_EQ(*l, large);
+  }
+  // Every byte went once to each follower: no resends after a reconnect taken for a dead
+  // leader (the followers' heartbeat time-out is the default 2 s).
+  auto st = c->Status();
+  ASSERT_TRUE(st.ok()) << st.status();
+  for (const auto& f : st->followers) {
+    EXPECT_LT(f.bytes_shipped, 3 * huge.size() + 2 * large.size() + (1 << 20)) << f.id;
+  }
+}
+
 }  // namespace
 }  // namespace walship::rpc
 

@@ -793,6 +793,42 @@ TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {
   EXPECT_TRUE(absl::IsNotFound(client->Get("big").status()));
 }
 
+// A frame whose segment table declares more than the limit is refused before its body
+// comes (the node neither waits for nor buffers it); a one-segment request of 40 MiB, below
+// the limit, is measured right and served.
+TEST_F(RpcTest, AFrameDeclaringMoreThanTheLimitIsRefusedBeforeItsBody) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  {
+    RawConnection c(lo.listen);
+    const uint32_t table[2] = {0, static_cast<uint32_t>(schema::MAX_REQUEST_BYTES / 8 + 1)};
+    c.Add(std::string_view(reinterpret_cast<const char*>(table), sizeof table));
+    c.Add(std::string(4096, '\0'));  // a little of the body, never all of it
+    c.Send();
+    absl::Status refused = c.NextRefusal();  // within the connection's 5 s read bound
+    EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+    EXPECT_NE(refused.message().find(std::to_string(schema::MAX_REQUEST_BYTES)),
+              std::string_view::npos)
+        << refused;
+  }
+  RawConnection c(lo.listen);
+  const size_t value_bytes = 40 << 20;
+  capnp::MallocMessageBuilder m(value_bytes / 8 + 64);  // one segment holds it all
+  auto ops = m.initRoot<schema::Request>().initWrite().initOps(1);
+  ops[0].setType(schema::OpType::PUT);
+  ops[0].setKey(ToData("big"));
+  ops[0].setValue(ToData(std::string(value_bytes, 'v')));
+  ASSERT_EQ(m.getSegmentsForOutput().size(), 1u);
+  c.Add(m);
+  c.Send();
+  auto r = c.Receive();
+  auto reply = r->getRoot<schema::Reply>();
+  ASSERT_TRUE(reply.isWrite()) << (reply.isRefused() ? FromCapnp(reply.getRefused()).ToString()
+                                                     : std::string("?"));
+  EXPECT_TRUE(FromCapnp(reply.getWrite().getError()).ok());
+}
+
 // The refusal reaches a client that sent more after the malformed request: the node does not
 // close with unread bytes (which makes TCP reset the connection and drop the reply) but
 // shuts its side, then reads and discards until the client closes, for a bounded time.
