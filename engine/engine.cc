@@ -421,6 +421,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   rocksdb::Options ro;
   ro.create_if_missing = options.create_if_missing;
   ro.write_buffer_size = options.write_buffer_bytes;
+  ro.max_open_files = options.max_open_files;
   // Keep obsolete WAL files in <db>/archive, where GetUpdatesSince still finds them.
   // RocksDB checks these limits every WAL_ttl_seconds / 2 when only the age limit is set, and
   // only every 10 minutes once a size limit is set.

@@ -38,6 +38,9 @@ struct EngineOptions {
   uint64_t wal_retention_seconds = 0;
   // Size of one memtable; when full it is flushed to an SSTable and the WAL switches file.
   uint64_t write_buffer_bytes = 64 << 20;
+  // Files RocksDB keeps open (SSTables); -1 keeps every one open. The node sets it so that
+  // RocksDB's files and its connections fit the process's file-descriptor limit together.
+  int max_open_files = -1;
 };
 
 struct WriteOptions {

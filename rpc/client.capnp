@@ -97,6 +97,10 @@ struct NodeStatus {
   message @16 :Text;
   writesAccepted @17 :UInt64;  # client write requests acknowledged since start
   writeGroups @18 :UInt64;     # RocksDB writes they were grouped into
+  clientConnections @19 :UInt32;  # being served now
+  peerConnections @20 :UInt32;    # node-to-node connections open now
+  connectionsRefused @21 :UInt64; # since start: over max_client_connections or other caps
+  acceptFailures @22 :UInt64;     # since start: accept() failed (descriptors ran out, ...)
 }
 
 struct GetRequest {

@@ -267,6 +267,10 @@ class ClientImpl final : public Client {
     out.message = st.getMessage();
     out.writes_accepted = st.getWritesAccepted();
     out.write_groups = st.getWriteGroups();
+    out.client_connections = st.getClientConnections();
+    out.peer_connections = st.getPeerConnections();
+    out.connections_refused = st.getConnectionsRefused();
+    out.accept_failures = st.getAcceptFailures();
     return out;
   }
 
@@ -566,7 +570,11 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     << ",\"role\":" << JsonString(s.role) << ",\"listen\":" << JsonString(s.listen)
     << ",\"latest_seq\":" << s.latest_seq << ",\"data_bytes\":" << s.data_bytes
     << ",\"epoch\":" << s.epoch << ",\"database_id\":" << JsonString(s.database_id)
-    << ",\"writes_accepted\":" << s.writes_accepted << ",\"write_groups\":" << s.write_groups;
+    << ",\"writes_accepted\":" << s.writes_accepted << ",\"write_groups\":" << s.write_groups
+    << ",\"client_connections\":" << s.client_connections
+    << ",\"peer_connections\":" << s.peer_connections
+    << ",\"connections_refused\":" << s.connections_refused
+    << ",\"accept_failures\":" << s.accept_failures;
   if (s.role == "leader") {
     o << ",\"followers\":[";
     for (size_t i = 0; i < s.followers.size(); ++i) {
@@ -594,7 +602,10 @@ std::string StatusToText(const NodeStatusInfo& s) {
   std::ostringstream o;
   o << "node " << s.node << " (" << s.role << ") of cluster " << s.cluster << " at " << s.listen
     << "\n  latest seq " << s.latest_seq << ", epoch " << s.epoch << ", data "
-    << s.data_bytes << " bytes\n";
+    << s.data_bytes << " bytes\n"
+    << "  connections: " << s.client_connections << " clients, " << s.peer_connections
+    << " nodes; since start " << s.connections_refused << " refused, " << s.accept_failures
+    << " failed accepts\n";
   if (s.role == "leader") {
     o << "  writes accepted " << s.writes_accepted << " in " << s.write_groups
       << " RocksDB writes\n";

@@ -43,6 +43,8 @@ struct NodeStatusInfo {
   int64_t lag_ms = 0;
   std::string message;
   uint64_t writes_accepted = 0, write_groups = 0;
+  uint32_t client_connections = 0, peer_connections = 0;
+  uint64_t connections_refused = 0, accept_failures = 0;
 };
 
 // One JSON object (fields as in docs/cli.md).

@@ -9,6 +9,7 @@
 #include <kj/async-unix.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -135,6 +136,16 @@ class Core final : public kj::TaskSet::ErrorHandler {
   }
 
   bool writer_busy() const { return writer_busy_; }
+  const NodeServerOptions& options() const { return options_; }
+
+  // What the listener counts, for status.
+  struct ConnectionStats {
+    uint32_t clients = 0;  // client connections being served
+    uint32_t peers = 0;    // node connections being served
+    uint64_t refused = 0;  // since start, over a cap
+    uint64_t accept_failures = 0;
+  };
+  ConnectionStats& connection_stats() { return connection_stats_; }
 
   // ---- Client API ----
 
@@ -249,6 +260,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
     st.setListen(options_.listen);
     st.setWritesAccepted(writes_accepted_);
     st.setWriteGroups(write_groups_);
+    st.setClientConnections(connection_stats_.clients);
+    st.setPeerConnections(connection_stats_.peers);
+    st.setConnectionsRefused(connection_stats_.refused);
+    st.setAcceptFailures(connection_stats_.accept_failures);
     if (leader_ != nullptr) {
       st.setEpoch(leader_->epoch());
       st.setDatabaseId(leader_->state().database_id);
@@ -988,6 +1003,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   bool writer_busy_ = false;  // a write group is on a worker; later groups wait
   uint64_t writes_accepted_ = 0;
   uint64_t write_groups_ = 0;
+  ConnectionStats connection_stats_;
   std::map<uint64_t, Session> sessions_;
 
   // Follower side.
@@ -1043,8 +1059,14 @@ class ClientConnection {
   ClientConnection(Core& core, kj::Own<BufferedStream> stream, kj::Timer& timer)
       : core_(core), stream_(kj::mv(stream)), timer_(timer) {}
 
-  // Resolves when the client has closed the connection (or broken the protocol) and every
-  // reply is out; fails when the connection breaks.
+  // Answers the first request with `why` and closes: the node takes no more clients.
+  kj::Promise<void> RunRefused(absl::Status why) {
+    Refuse(std::move(why));
+    return Linger();
+  }
+
+  // Resolves when the client has closed the connection (or broken the protocol, or been idle
+  // for client_idle_timeout_ms) and every reply is out; fails when the connection breaks.
   kj::Promise<void> Run() {
     kj::Promise<void> room = kj::READY_NOW;
     if (inflight_ >= kMaxRequestsAhead || held_bytes_ >= kMaxHeldBytes) {
@@ -1055,8 +1077,13 @@ class ClientConnection {
     // its body is read (Dispatch gives the request a traversal budget of its own).
     options.traversalLimitInWords = kMaxRequestWords;
     return room.then([this, options]() {
-      return capnp::tryReadMessage(*stream_, options)
-          .then(
+      auto next = capnp::tryReadMessage(*stream_, options);
+      if (core_.options().client_idle_timeout_ms > 0) {
+        next = next.exclusiveJoin(IdleTimeout().then([]() {
+          return kj::Maybe<kj::Own<capnp::MessageReader>>(nullptr);  // closes as at the end
+        }));
+      }
+      return kj::mv(next).then(
               [this](kj::Maybe<kj::Own<capnp::MessageReader>> message) -> kj::Promise<void> {
                 KJ_IF_MAYBE(m, message) {
                   if (Dispatch(kj::mv(*m))) return Run();
@@ -1086,6 +1113,18 @@ class ClientConnection {
 
   kj::Promise<void> Close() {
     return AfterQueuedReplies().then([this]() { return stream_->Flushed(); });
+  }
+
+  // Resolves once the connection has been idle for client_idle_timeout_ms: no request came,
+  // and no reply was owed, for that long.
+  kj::Promise<void> IdleTimeout() {
+    uint32_t idle_ms = core_.options().client_idle_timeout_ms;
+    return timer_.afterDelay(idle_ms * kj::MILLISECONDS).then([this, idle_ms]() {
+      if (inflight_ > 0) return IdleTimeout();  // a reply is owed: not idle
+      spdlog::info("closing a client connection idle for {} ms (client_idle_timeout_ms)",
+                   idle_ms);
+      return kj::Promise<void>(kj::READY_NOW);
+    });
   }
 
   // Closes after a refusal without losing it: closing a socket with unread bytes makes TCP
@@ -1305,11 +1344,42 @@ class Listener final : private kj::TaskSet::ErrorHandler {
            kj::AsyncIoContext& io)
       : core_(core), node_(kj::mv(node)), receiver_(receiver), io_(io), connections_(*this) {}
 
+  // Unidentified connections allowed beside a full house of clients, so that a peer can
+  // still connect (and be told apart) when every client place is taken.
+  static constexpr uint32_t kSpareUnrouted = 16;
+
+  // Accepts until the node stops. A failed accept() (EMFILE and ENFILE when descriptors run
+  // out, ENOBUFS, ENOMEM) ends nothing: the listener waits, longer after each failure in a
+  // row, and accepts again; connections wait in the backlog meanwhile.
   kj::Promise<void> AcceptLoop() {
-    return receiver_.accept().then([this](kj::Own<kj::AsyncIoStream> connection) {
-      connections_.add(Route(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), io_))));
-      return AcceptLoop();
-    });
+    // kj::evalNow: KJ's accept() throws at once when the listening socket was readable.
+    return kj::evalNow([this]() { return receiver_.accept(); })
+        .then(
+        [this](kj::Own<kj::AsyncIoStream> connection) {
+          accept_backoff_ms_ = 0;
+          auto& stats = core_.connection_stats();
+          if (unrouted_ + stats.clients >= core_.options().max_client_connections + kSpareUnrouted) {
+            ++stats.refused;
+            // Closed at once (dropping it closes it): without a free place it would only
+            // hold a descriptor until its preamble time-out.
+            LogRarely("refused a connection: the node holds as many as it may (",
+                      stats.clients, " clients and ", unrouted_, " not yet identified)");
+            return AcceptLoop();
+          }
+          ++unrouted_;
+          connections_.add(
+              Route(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), io_))));
+          return AcceptLoop();
+        },
+        [this](kj::Exception&& e) {
+          ++core_.connection_stats().accept_failures;
+          accept_backoff_ms_ = std::clamp<uint32_t>(accept_backoff_ms_ * 2, 10, 1000);
+          LogRarely("accepting a connection failed (", e.getDescription().cStr(),
+                    "); accepting again in ", accept_backoff_ms_, " ms");
+          return io_.provider->getTimer()
+              .afterDelay(accept_backoff_ms_ * kj::MILLISECONDS)
+              .then([this]() { return AcceptLoop(); });
+        });
   }
 
  private:
@@ -1318,12 +1388,26 @@ class Listener final : private kj::TaskSet::ErrorHandler {
     spdlog::debug("client connection ended: {}", e.getDescription().cStr());
   }
 
+  // Logs at most once a second: a flood must not fill the disk with the same line.
+  template <typename... Args>
+  void LogRarely(const Args&... args) {
+    int64_t now = NowUs();
+    if (now - last_refusal_log_us_ < 1'000'000) return;
+    last_refusal_log_us_ = now;
+    spdlog::warn("{}", absl::StrCat(args...));
+  }
+
   kj::Promise<void> Route(kj::Own<BufferedStream> stream) {
     BufferedStream& s = *stream;
-    return s.Peek(kPreambleBytes).then([this, stream = kj::mv(stream)](
-                                           kj::ArrayPtr<const kj::byte> head) mutable
-                                       -> kj::Promise<void> {
-      if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed before a word
+    // A connection that does not say what it speaks within the bound is closed.
+    auto first_bytes = s.Peek(kPreambleBytes).exclusiveJoin(
+        io_.provider->getTimer()
+            .afterDelay(core_.options().preamble_timeout_ms * kj::MILLISECONDS)
+            .then([]() { return kj::ArrayPtr<const kj::byte>(); }));
+    return first_bytes.then([this, stream = kj::mv(stream)](
+                         kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
+      --unrouted_;
+      if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed or silent
       kj::StringPtr preamble = schema::CLIENT_PREAMBLE;
       auto text = head.slice(0, kPreambleBytes).asChars();
       if (text == preamble.asArray()) {
@@ -1333,8 +1417,21 @@ class Listener final : private kj::TaskSet::ErrorHandler {
             .then([this, stream = kj::mv(stream)](size_t) mutable {
               auto connection = kj::heap<ClientConnection>(core_, kj::mv(stream),
                                                            io_.provider->getTimer());
+              uint32_t limit = core_.options().max_client_connections;
+              auto& stats = core_.connection_stats();
+              if (stats.clients >= limit) {
+                ++stats.refused;
+                LogRarely("refused a client: ", stats.clients, " client connections are open ",
+                          "(max_client_connections)");
+                auto refused = connection->RunRefused(absl::UnavailableError(absl::StrCat(
+                    "the node serves ", limit, " client connections already "
+                    "(max_client_connections); retry later")));
+                return refused.attach(kj::mv(connection));
+              }
+              ++stats.clients;
               auto run = connection->Run();
-              return run.attach(kj::mv(connection));
+              return run.attach(kj::mv(connection),
+                                kj::defer([this]() { --core_.connection_stats().clients; }));
             });
       }
       if (text.slice(0, 7) == preamble.asArray().slice(0, 7)) {
@@ -1342,9 +1439,17 @@ class Listener final : private kj::TaskSet::ErrorHandler {
                      std::string(text.begin(), text.size()), preamble.cStr());
         return kj::READY_NOW;
       }
+      auto& stats = core_.connection_stats();
+      if (stats.peers >= kMaxPeerConnections) {
+        ++stats.refused;
+        LogRarely("refused a node connection: ", stats.peers, " are open");
+        return kj::READY_NOW;
+      }
+      ++stats.peers;
       auto peer = kj::heap<PeerConnection>(kj::mv(stream), node_);
       auto ended = peer->network.onDisconnect();
-      return ended.attach(kj::mv(peer));
+      return ended.attach(kj::mv(peer),
+                          kj::defer([this]() { --core_.connection_stats().peers; }));
     });
   }
 
@@ -1353,7 +1458,10 @@ class Listener final : private kj::TaskSet::ErrorHandler {
   capnp::Capability::Client node_;  // what peers bootstrap: the node's RPC face
   kj::ConnectionReceiver& receiver_;
   kj::AsyncIoContext& io_;
-  kj::TaskSet connections_;
+  uint32_t accept_backoff_ms_ = 0;  // after a failed accept(); 0 after a good one
+  uint32_t unrouted_ = 0;           // accepted, protocol not yet known
+  int64_t last_refusal_log_us_ = 0;
+  kj::TaskSet connections_;  // last: destroyed first, while the counts above still exist
 };
 
 class NodeServerImpl final : public NodeServer {
@@ -1428,6 +1536,43 @@ class NodeServerImpl final : public NodeServer {
   std::unique_ptr<replication::Follower> follower_;
 };
 
+// Raises the soft RLIMIT_NOFILE to the hard limit and fits the node's descriptors within it:
+// client connections, peer connections and unidentified ones, a spare for the node's and
+// RocksDB's own files (listen socket, epoll, lock, WAL, manifest), and SSTables
+// (max_open_files, at least kMinSstFiles). max_client_connections is lowered, with a warning,
+// when the limit cannot hold it; a limit too low for any client is an error.
+absl::Status FitFileLimit(NodeServerOptions& options) {
+  constexpr uint64_t kSpareFiles = 64;
+  constexpr uint64_t kMinSstFiles = 64;
+  constexpr uint64_t kMinClients = 8;
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    return absl::InternalError(absl::StrCat("getrlimit(RLIMIT_NOFILE): ", std::strerror(errno)));
+  }
+  if (lim.rlim_cur < lim.rlim_max) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  uint64_t files = lim.rlim_cur == RLIM_INFINITY ? (uint64_t{1} << 20) : lim.rlim_cur;
+  uint64_t fixed = kMaxPeerConnections + Listener::kSpareUnrouted + kSpareFiles;
+  if (files < fixed + kMinSstFiles + kMinClients) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the file-descriptor limit (RLIMIT_NOFILE) is ", files, "; a node needs at least ",
+        fixed + kMinSstFiles + kMinClients, ": raise it (ulimit -n)"));
+  }
+  uint64_t room = files - fixed - kMinSstFiles;
+  if (options.max_client_connections > room) {
+    spdlog::warn("max_client_connections lowered from {} to {}: the file-descriptor limit "
+                 "(RLIMIT_NOFILE) is {}; raise it (ulimit -n) to serve more",
+                 options.max_client_connections, room, files);
+    options.max_client_connections = static_cast<uint32_t>(room);
+  }
+  uint64_t sst = files - fixed - options.max_client_connections;
+  options.engine.max_open_files = sst >= (uint64_t{1} << 30) ? -1 : static_cast<int>(sst);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
@@ -1458,6 +1603,7 @@ absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions options) {
+  if (absl::Status s = FitFileLimit(options); !s.ok()) return s;
   absl::StatusOr<int> lock_fd = LockDataDir(options.data_dir);
   if (!lock_fd.ok()) return lock_fd.status();
   auto fail = [&](absl::Status s) {

@@ -58,7 +58,18 @@ struct NodeServerOptions {
   uint32_t max_write_group_bytes = 4u << 20;
   uint32_t worker_threads = 2;
   uint32_t max_queued_tasks = 1024;
+  // Client connections served at once; one more is refused with an error and closed. Nodes
+  // connect beside them (up to kMaxPeerConnections), so a full node still hears its peers.
+  // Lowered at start, with a warning, when the file-descriptor limit cannot hold it.
+  uint32_t max_client_connections = 1024;
+  // A connection that has not said which protocol it speaks within this is closed.
+  uint32_t preamble_timeout_ms = 5000;
+  // A client connection with no request for this long is closed; 0: never.
+  uint32_t client_idle_timeout_ms = 0;
 };
+
+// Peer (node-to-node) connections a node accepts at once, beside its clients.
+inline constexpr uint32_t kMaxPeerConnections = 128;
 
 class NodeServer {
  public:

@@ -2,6 +2,7 @@
 // and the node keeps serving everyone else. Nodes run in-process on loopback.
 #include <gtest/gtest.h>
 #include <kj/async-unix.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
@@ -174,6 +175,162 @@ TEST_F(OverloadTest, TheLargestWritesReachEveryFollower) {
   for (const auto& f : st->followers) {
     EXPECT_LT(f.bytes_shipped, 3 * huge.size() + 2 * large.size() + (1 << 20)) << f.id;
   }
+}
+
+size_t OpenDescriptors() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : fs::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A connection to `endpoint`'s port on 127.0.0.1, or -1 when this process has no descriptor
+// left (or the connect fails).
+int ConnectRaw(const std::string& endpoint) {
+  int port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// When descriptors run out, accept() fails (EMFILE) while connections wait in the backlog.
+// The node survives it: once descriptors are free again it serves new clients, and a
+// restarted follower. (The nodes run in this process, so the test's own sockets and the
+// node's accepted ones share one descriptor table and one limit.)
+TEST_F(OverloadTest, RunningOutOfDescriptorsStopsNoNodeForGood) {
+  NodeServerOptions lo = Options("n1", true, "");
+  RunningNode leader(lo);
+  NodeServerOptions o2 = Options("n2", false, lo.listen);
+  auto n2 = std::make_unique<RunningNode>(o2);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->Write({{OpType::kPut, "a", "1"}}).ok());
+  ASSERT_TRUE(WaitFor([&] { return LatestSeq(o2.listen) == 1; }, std::chrono::seconds(10)));
+
+  // Lower this process's descriptor limit (restored on every way out), then connect until
+  // no descriptor is left: the node's accept() then fails while connections wait.
+  struct RestoreLimit {
+    rlimit saved{};
+    ~RestoreLimit() { ::setrlimit(RLIMIT_NOFILE, &saved); }
+  } restore;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &restore.saved), 0);
+  rlimit low = restore.saved;
+  low.rlim_cur = OpenDescriptors() + 32;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> sockets;
+  bool exhausted = false;
+  for (int i = 0; i < 200 && !exhausted; ++i) {  // the node accepts about half of these
+    int fd = ConnectRaw(lo.listen);
+    if (fd < 0) {
+      exhausted = errno == EMFILE;
+    } else {
+      sockets.push_back(fd);
+    }
+  }
+  ASSERT_TRUE(exhausted) << "the descriptor limit was never reached";
+  // Each round frees one of ours for one more connection, which waits in the backlog for
+  // an accept() that finds no descriptor; the established client sees the count.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto st = c->Status();
+        if (st.ok() && st->accept_failures > 0) return true;
+        if (!sockets.empty()) {
+          ::close(sockets.back());
+          sockets.pop_back();
+          if (int fd = ConnectRaw(lo.listen); fd >= 0) sockets.push_back(fd);
+        }
+        return false;
+      },
+      std::chrono::seconds(10)));
+  for (int fd : sockets) ::close(fd);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &restore.saved), 0);
+
+  auto again = ConnectOrDie(lo.listen);  // within 10 s
+  ASSERT_NE(again, nullptr);
+  auto w = again->Write({{OpType::kPut, "b", "2"}});
+  ASSERT_TRUE(w.ok()) << w.status();
+  n2.reset();  // a follower restarted now is served too
+  n2 = std::make_unique<RunningNode>(o2);
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(o2.listen) == w->last_seq; },
+                      std::chrono::seconds(20)));
+}
+
+// Client connections are capped: one past max_client_connections is refused with
+// `unavailable` naming the key, a follower still connects beside them, and once some close
+// the node serves new clients again.
+TEST_F(OverloadTest, ClientConnectionsAreCappedAndPeersStillConnect) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.max_client_connections = 8;
+  RunningNode leader(lo);
+  // Up, and the connection that found it so closed again (it alone is served).
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto probe = Client::Connect(lo.listen, absl::Seconds(2));
+        auto st = probe.ok() ? (*probe)->Status() : probe.status();
+        return st.ok() && st->client_connections == 1;
+      },
+      std::chrono::seconds(10)));
+  std::vector<std::unique_ptr<RawConnection>> held;
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(std::make_unique<RawConnection>(lo.listen));
+    held.back()->AddStatus();
+    held.back()->Send();
+    ASSERT_TRUE(held.back()->Receive()->getRoot<schema::Reply>().isStatus()) << i;
+  }
+  {
+    RawConnection extra(lo.listen);
+    extra.AddStatus();
+    extra.Send();
+    absl::Status refused = extra.NextRefusal();
+    EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
+    EXPECT_NE(refused.message().find("max_client_connections"), std::string_view::npos)
+        << refused;
+    EXPECT_TRUE(extra.Closed());
+  }
+  NodeServerOptions o2 = Options("n2", false, lo.listen);
+  RunningNode n2(o2);
+  held[0]->AddPut("k", "v");
+  held[0]->Send();
+  auto w = held[0]->Receive();
+  ASSERT_TRUE(w->getRoot<schema::Reply>().isWrite());
+  uint64_t seq = w->getRoot<schema::Reply>().getWrite().getLastSeq();
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(o2.listen) == seq; }, std::chrono::seconds(10)));
+  held.resize(4);
+  EXPECT_NE(ConnectOrDie(lo.listen), nullptr);
+}
+
+// A connection that never says what it speaks is closed after preamble_timeout_ms, and a
+// client idle for client_idle_timeout_ms too; a client that keeps asking stays.
+TEST_F(OverloadTest, SilentAndIdleConnectionsAreClosed) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.preamble_timeout_ms = 200;
+  lo.client_idle_timeout_ms = 500;
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  RawConnection silent(lo.listen, /*preamble=*/false);
+  RawConnection idle(lo.listen);
+  idle.AddStatus();
+  idle.Send();
+  ASSERT_TRUE(idle.Receive()->getRoot<schema::Reply>().isStatus());
+  RawConnection busy(lo.listen);
+  for (int i = 0; i < 10; ++i) {  // 1.5 s of a request every 150 ms
+    busy.AddStatus();
+    busy.Send();
+    ASSERT_TRUE(busy.Receive()->getRoot<schema::Reply>().isStatus()) << i;
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  }
+  EXPECT_TRUE(silent.Closed());  // each within the 5 s read bound of RawConnection
+  EXPECT_TRUE(idle.Closed());
+  busy.AddStatus();
+  busy.Send();
+  EXPECT_TRUE(busy.Receive()->getRoot<schema::Reply>().isStatus());
 }
 
 }  // namespace
