@@ -217,6 +217,11 @@ class ScriptedFollower {
     std::lock_guard lock(mu_);
     return pushes_;
   }
+  // When each push arrived.
+  std::vector<std::chrono::steady_clock::time_point> PushTimes() {
+    std::lock_guard lock(mu_);
+    return push_times_;
+  }
   // Acks every push received so far as applied, as a real follower would.
   void AckAll() {
     executor_->executeSync([this] {
@@ -237,6 +242,7 @@ class ScriptedFollower {
       {
         std::lock_guard lock(f_.mu_);
         f_.pushes_.push_back({first, last});
+        f_.push_times_.push_back(std::chrono::steady_clock::now());
       }
       auto paf = kj::newPromiseAndFulfiller<void>();
       f_.unacked_.push_back(kj::mv(paf.fulfiller));
@@ -304,6 +310,7 @@ class ScriptedFollower {
   kj::Own<kj::AsyncIoStream> stream_;
   kj::Own<capnp::TwoPartyClient> client_;
   std::vector<std::pair<uint64_t, uint64_t>> pushes_;     // under mu_
+  std::vector<std::chrono::steady_clock::time_point> push_times_;  // under mu_
   bool subscribed_ = false;                                // under mu_
 };
 
@@ -348,16 +355,17 @@ TEST_F(RpcTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
   ASSERT_TRUE(w1.ok()) << w1.status();
   // Nothing was in flight: it goes at once.
   ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
+  // The leader holds w2 from when it reads it, which is after this.
   auto held_from = std::chrono::steady_clock::now();
   auto w2 = c->Write({{OpType::kPut, "b", "2"}});
   auto w3 = c->Write({{OpType::kPut, "c", "3"}});
   ASSERT_TRUE(w2.ok() && w3.ok());
   std::this_thread::sleep_for(milliseconds(200));
-  if (std::chrono::steady_clock::now() - held_from < milliseconds(900)) {
-    EXPECT_EQ(f.Pushes().size(), 1u);  // held: the first message is unacknowledged
-  }  // else this machine stalled past the hold, and they may have gone
+  auto acked_at = std::chrono::steady_clock::now();
   f.AckAll();
   ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 2; }, std::chrono::seconds(5)));
+  // Held: nothing went before the ack or the end of the 1 s hold, however slow the machine.
+  EXPECT_GE(f.PushTimes()[1], std::min(acked_at, held_from + milliseconds(1000)));
   EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w3->last_seq));  // one message
 
   // Message 2 stays unacknowledged: w4 waits for it, then goes when the hold is over.
@@ -418,6 +426,7 @@ TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
     return true;
   };
 
+  auto w1_sent = Clock::now();  // message 1 went after this, so the interval ends after
   auto w1 = c->Write({{OpType::kPut, "a", "1"}});
   ASSERT_TRUE(w1.ok()) << w1.status();
   ASSERT_TRUE(WaitFor([&] { return f.Pushes().size() == 1; }, std::chrono::seconds(5)));
@@ -428,11 +437,9 @@ TEST_F(RpcTest, ACaughtUpFollowerGetsAtMostOneMessagePerInterval) {
   auto w2 = c->Write({{OpType::kPut, "b", "2"}});
   auto w3 = c->Write({{OpType::kPut, "c", "3"}});
   ASSERT_TRUE(w2.ok() && w3.ok());
-  std::this_thread::sleep_for(milliseconds(500));
-  if (Clock::now() - shipped < milliseconds(1800)) {
-    EXPECT_EQ(f.Pushes().size(), 1u);  // held: the interval has not passed
-  }  // else this machine stalled past the interval, and they may have gone
   ASSERT_TRUE(pushes_within(2, shipped, milliseconds(1800), milliseconds(3500)));
+  // Held for the interval, however slow the machine: not sent before it passed.
+  EXPECT_GE(f.PushTimes()[1], w1_sent + milliseconds(2000));
   EXPECT_EQ(f.Pushes()[1], std::make_pair(w2->first_seq, w3->last_seq));  // one message
 
   // w4 comes while message 2 is unacknowledged: it waits for the ack, with the 4 s hold as
