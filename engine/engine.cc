@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/transaction_log.h>
 #include <rocksdb/utilities/checkpoint.h>
@@ -11,7 +12,9 @@
 #include <optional>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "base/check.h"
 #include "engine/rocks_status.h"
 
@@ -223,10 +226,53 @@ class WalCursorImpl final : public WalCursor {
   std::unique_ptr<rocksdb::TransactionLogIterator> iter_;  // null or was valid once
 };
 
+// Records the background error that stops RocksDB's writes, and its end.
+//
+// Thread safety: RocksDB calls it from its background threads; Get() from any thread.
+class StorageErrorListener final : public rocksdb::EventListener {
+ public:
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* error) override {
+    if (error == nullptr || error->ok()) return;
+    absl::MutexLock lock(&mu_);
+    error_ = absl::StrCat(ReasonName(reason), ": ", error->ToString());
+  }
+  void OnErrorRecoveryEnd(const rocksdb::BackgroundErrorRecoveryInfo& info) override {
+    if (info.new_bg_error.ok()) Clear();
+  }
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    error_.clear();
+  }
+  std::string Get() const {
+    absl::MutexLock lock(&mu_);
+    return error_;
+  }
+
+ private:
+  static const char* ReasonName(rocksdb::BackgroundErrorReason reason) {
+    switch (reason) {
+      case rocksdb::BackgroundErrorReason::kFlush: return "flushing a memtable";
+      case rocksdb::BackgroundErrorReason::kCompaction: return "compacting";
+      case rocksdb::BackgroundErrorReason::kWriteCallback: return "writing the WAL";
+      case rocksdb::BackgroundErrorReason::kMemTable: return "writing a memtable";
+      case rocksdb::BackgroundErrorReason::kManifestWrite: return "writing the manifest";
+      case rocksdb::BackgroundErrorReason::kFlushNoWAL: return "flushing a memtable";
+      case rocksdb::BackgroundErrorReason::kManifestWriteNoWAL: return "writing the manifest";
+    }
+    return "in the background";
+  }
+
+  mutable absl::Mutex mu_;
+  std::string error_ ABSL_GUARDED_BY(mu_);
+};
+
 class EngineImpl final : public Engine {
  public:
-  EngineImpl(std::unique_ptr<rocksdb::DB> db, uint64_t wal_retention_bytes)
-      : db_(std::move(db)), wal_retention_bytes_(wal_retention_bytes) {}
+  EngineImpl(std::unique_ptr<rocksdb::DB> db, uint64_t wal_retention_bytes,
+             std::shared_ptr<StorageErrorListener> errors)
+      : db_(std::move(db)),
+        wal_retention_bytes_(wal_retention_bytes),
+        errors_(std::move(errors)) {}
   ~EngineImpl() override {
     rocksdb::Status s = db_->Close();
     (void)s;  // nothing more to do on close failure; the WAL already holds every write
@@ -359,6 +405,25 @@ class EngineImpl final : public Engine {
 
   absl::Status SyncWal() override { return FromRocks(db_->SyncWAL()); }
 
+  absl::Status StorageError() override {
+    std::string error = errors_->Get();
+    if (error.empty()) return absl::OkStatus();
+    return absl::UnavailableError(absl::StrCat("the storage failed ", error,
+                                               "; RocksDB refuses writes until it recovers"));
+  }
+
+  absl::Status Resume() override {
+    if (errors_->Get().empty()) return absl::OkStatus();
+    rocksdb::Status s = db_->Resume();
+    if (s.IsBusy()) {
+      return absl::UnavailableError(absl::StrCat(
+          "RocksDB is recovering by itself from: ", errors_->Get()));
+    }
+    if (!s.ok()) return FromRocks(s);
+    errors_->Clear();
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<WalTrim> TrimWalArchive() override {
     WalTrim trim;
     if (wal_retention_bytes_ == 0) return trim;
@@ -410,6 +475,7 @@ class EngineImpl final : public Engine {
 
   std::unique_ptr<rocksdb::DB> db_;
   const uint64_t wal_retention_bytes_;
+  std::shared_ptr<StorageErrorListener> errors_;
   // The archive's mtime when TrimWalArchive last listed it, and what it held then.
   std::optional<std::filesystem::file_time_type> trimmed_archive_mtime_;
   uint64_t trimmed_archive_bytes_ = 0;
@@ -440,6 +506,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   ro.two_write_queues = false;
   ro.keep_log_file_num = 4;
   ro.max_background_jobs = 2;
+  auto errors = std::make_shared<StorageErrorListener>();
+  ro.listeners.push_back(errors);
+  if (options.env != nullptr) ro.env = options.env;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(ro, options.path, &raw);
   if (!s.ok()) {
@@ -450,7 +519,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     return FromRocks(s);
   }
   return std::unique_ptr<Engine>(
-      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options.wal_retention_bytes));
+      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options.wal_retention_bytes,
+                     std::move(errors)));
 }
 
 absl::StatusOr<Batch> ConcatBatches(absl::Span<const Batch* const> batches) {

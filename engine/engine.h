@@ -22,6 +22,10 @@
 #include "absl/types/span.h"
 #include "engine/types.h"
 
+namespace rocksdb {
+class Env;
+}  // namespace rocksdb
+
 namespace walship::engine {
 
 struct EngineOptions {
@@ -41,6 +45,9 @@ struct EngineOptions {
   // Files RocksDB keeps open (SSTables); -1 keeps every one open. The node sets it so that
   // RocksDB's files and its connections fit the process's file-descriptor limit together.
   int max_open_files = -1;
+  // Tests only: the RocksDB Env (file system) to run on, to inject I/O errors; null is the
+  // default. Not owned; must outlive the engine.
+  rocksdb::Env* env = nullptr;
 };
 
 struct WriteOptions {
@@ -145,6 +152,15 @@ class Engine {
 
   // Fsyncs the WAL.
   virtual absl::Status SyncWal() = 0;
+
+  // The error that stopped RocksDB's writes (a failed flush or compaction, a full disk, a
+  // failed WAL write), or OK. While it is set RocksDB refuses every write with it.
+  virtual absl::Status StorageError() = 0;
+
+  // Asks RocksDB to recover from the storage error once its cause is gone (DB::Resume). OK
+  // when writes work again (also when there was no error); kUnavailable while RocksDB is
+  // recovering by itself (a full disk); otherwise the error that remains.
+  virtual absl::Status Resume() = 0;
 
   // Deletes the oldest archived WAL files until the archive holds at most
   // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes). Readers

@@ -1,4 +1,5 @@
 #include "engine/engine.h"
+#include "engine/fault_env.h"
 #include "engine/test_util.h"
 
 #include <gtest/gtest.h>
@@ -380,6 +381,39 @@ TEST(EngineTest, CheckpointSequenceIsTheOpenedCopysOwn) {
   }
   EXPECT_EQ(copy->LatestSequence(), e->LatestSequence());
   EXPECT_TRUE(SameContents(*e, *copy));
+}
+
+// A failed flush stops RocksDB's writes: the engine says why, and once the cause is gone
+// Resume() makes writes work again with nothing lost.
+TEST(EngineTest, AStorageErrorIsReportedAndResumedOnceItsCauseIsGone) {
+  TempDir dir;
+  testing::FailingEnv failing;
+  EngineOptions options;
+  options.env = failing.env.get();
+  auto e = OpenOrDie(dir.Sub("db"), options);
+  ASSERT_NE(e, nullptr);
+  EXPECT_TRUE(e->StorageError().ok());
+  ASSERT_TRUE(e->Write({{OpType::kPut, "a", "1"}}, {}).ok());
+  failing.fs->set_failing(true);
+  EXPECT_FALSE(e->Flush().ok());
+  absl::Status error = e->StorageError();
+  EXPECT_TRUE(absl::IsUnavailable(error)) << error;
+  EXPECT_NE(error.message().find("flushing a memtable"), std::string_view::npos) << error;
+  EXPECT_NE(error.message().find("injected"), std::string_view::npos) << error;
+  EXPECT_FALSE(e->Write({{OpType::kPut, "b", "2"}}, {}).ok());
+  failing.fs->set_failing(false);
+  // RocksDB may be recovering by itself (a full disk): Resume() says so until it is done.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  absl::Status resumed;
+  while ((!(resumed = e->Resume()).ok() || !e->StorageError().ok()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(resumed.ok()) << resumed;
+  EXPECT_TRUE(e->StorageError().ok()) << e->StorageError();
+  ASSERT_TRUE(e->Write({{OpType::kPut, "b", "2"}}, {}).ok());
+  EXPECT_EQ(*e->Get("a"), "1");
+  EXPECT_EQ(*e->Get("b"), "2");
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
 
@@ -121,8 +122,10 @@ absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOption
   if (!joined.ok()) return MakeAck(AckOutcome::kFailed, std::string(s.message()));
   if (absl::IsResourceExhausted(s) && write.no_slowdown) return s;
   if (!s.ok()) {
-    return MakeAck(AckOutcome::kFailed, absl::StrCat("apply failed: ", s.message()));
+    status_.message = absl::StrCat("apply failed: ", s.message());
+    return absl::Status(s.code(), status_.message);
   }
+  if (absl::StartsWith(status_.message, "apply failed: ")) status_.message.clear();
   status_.applied = joined_last;
   if (options.sync) status_.durable = status_.applied;
   status_.bytes_applied += joined_bytes;

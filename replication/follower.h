@@ -68,7 +68,9 @@ class Follower {
   // Applies a message from the leader and returns the ack to send back. Duplicated batches
   // are skipped, a message that starts past applied + 1 is answered with kGap and nothing is
   // applied. kResourceExhausted (and nothing applied) when `write.no_slowdown` is set and the
-  // engine would stall: call again without it, off the event loop.
+  // engine would stall: call again without it, off the event loop. Any other error: the engine
+  // could not apply the batches (a storage error, say), nothing was applied, and the caller
+  // should stop taking messages for a while (the leader resends them after a reconnect).
   absl::StatusOr<Ack> OnShip(const Ship& ship, const engine::WriteOptions& write);
 
   // Records that the WAL was fsynced after `seq` was applied.

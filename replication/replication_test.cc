@@ -675,6 +675,8 @@ class SlowApplyEngine final : public Engine {
   absl::Status Flush() override { return inner_->Flush(); }
   uint64_t ApproximateSizeBytes() override { return inner_->ApproximateSizeBytes(); }
   absl::Status SyncWal() override { return inner_->SyncWal(); }
+  absl::Status StorageError() override { return inner_->StorageError(); }
+  absl::Status Resume() override { return inner_->Resume(); }
   absl::StatusOr<engine::WalTrim> TrimWalArchive() override { return inner_->TrimWalArchive(); }
 
  private:

@@ -101,6 +101,7 @@ struct NodeStatus {
   peerConnections @20 :UInt32;    # node-to-node connections open now
   connectionsRefused @21 :UInt64; # since start: over max_client_connections or other caps
   acceptFailures @22 :UInt64;     # since start: accept() failed (descriptors ran out, ...)
+  storageError @23 :Text;         # why RocksDB refuses writes (disk full, I/O error); "" if not
 }
 
 struct GetRequest {

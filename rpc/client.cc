@@ -271,6 +271,7 @@ class ClientImpl final : public Client {
     out.peer_connections = st.getPeerConnections();
     out.connections_refused = st.getConnectionsRefused();
     out.accept_failures = st.getAcceptFailures();
+    out.storage_error = st.getStorageError();
     return out;
   }
 
@@ -574,7 +575,8 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     << ",\"client_connections\":" << s.client_connections
     << ",\"peer_connections\":" << s.peer_connections
     << ",\"connections_refused\":" << s.connections_refused
-    << ",\"accept_failures\":" << s.accept_failures;
+    << ",\"accept_failures\":" << s.accept_failures
+    << ",\"storage_error\":" << JsonString(s.storage_error);
   if (s.role == "leader") {
     o << ",\"followers\":[";
     for (size_t i = 0; i < s.followers.size(); ++i) {
@@ -606,6 +608,7 @@ std::string StatusToText(const NodeStatusInfo& s) {
     << "  connections: " << s.client_connections << " clients, " << s.peer_connections
     << " nodes; since start " << s.connections_refused << " refused, " << s.accept_failures
     << " failed accepts\n";
+  if (!s.storage_error.empty()) o << "  STORAGE ERROR: " << s.storage_error << "\n";
   if (s.role == "leader") {
     o << "  writes accepted " << s.writes_accepted << " in " << s.write_groups
       << " RocksDB writes\n";

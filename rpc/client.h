@@ -45,6 +45,7 @@ struct NodeStatusInfo {
   uint64_t writes_accepted = 0, write_groups = 0;
   uint32_t client_connections = 0, peer_connections = 0;
   uint64_t connections_refused = 0, accept_failures = 0;
+  std::string storage_error;  // why the node's storage refuses writes; empty when it does not
 };
 
 // One JSON object (fields as in docs/cli.md).

@@ -47,6 +47,8 @@ constexpr size_t kMaxQueuedPushes = 64;
 constexpr size_t kMaxPipelineWrites = 10000;
 constexpr size_t kMaxHeldAcks = 16;
 constexpr uint32_t kWalTrimIntervalMs = 1000;
+constexpr uint32_t kStorageCheckIntervalMs = 1000;
+constexpr uint32_t kMaxResumeIntervalMs = 30000;
 // The node's own work queued at once: one write group, one apply, one WAL trim and one fsync
 // at most; the bound leaves room to spare.
 constexpr size_t kMaxNodeTasks = 16;
@@ -126,6 +128,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   void Start() {
     tasks_.add(WalTrimLoop());
+    tasks_.add(StorageLoop());
     if (leader_ != nullptr) {
       tasks_.add(HeartbeatLoop());
     } else {
@@ -264,6 +267,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     st.setPeerConnections(connection_stats_.peers);
     st.setConnectionsRefused(connection_stats_.refused);
     st.setAcceptFailures(connection_stats_.accept_failures);
+    if (absl::Status e = engine_.StorageError(); !e.ok()) st.setStorageError(e.message().data());
     if (leader_ != nullptr) {
       st.setEpoch(leader_->epoch());
       st.setDatabaseId(leader_->state().database_id);
@@ -525,7 +529,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
   void Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
                 int64_t write_time_us) {
     if (!r.ok()) {
-      spdlog::error("write of {} requests failed: {}", group.size(), r.status().ToString());
+      // While RocksDB refuses writes after a storage error, that error says why (and
+      // StorageLoop has logged it once).
+      if (absl::Status e = engine_.StorageError(); !e.ok()) {
+        r = e;
+        spdlog::debug("write of {} requests refused: {}", group.size(), e.ToString());
+      } else {
+        spdlog::error("write of {} requests failed: {}", group.size(), r.status().ToString());
+      }
       for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
     } else {
       SequenceNumber seq = r->first_seq;
@@ -738,7 +749,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
       spdlog::info("streaming from leader '{}' at {} (epoch {}), from seq {}; leader at {}",
                    options_.leader_id, options_.leader_address, reply.epoch,
                    engine_.LatestSequence() + 1, reply.leader_latest);
-      backoff_ms_ = options_.reconnect_min_ms;
+      // The pause grows on: only an apply that works shows the follower can take messages.
+      if (apply_failures_ == 0) backoff_ms_ = options_.reconnect_min_ms;
       last_push_us_ = NowUs();
       handshake_done_ = true;
       DrainApply();  // pushes that overtook the subscribe reply
@@ -844,6 +856,41 @@ class Core final : public kj::TaskSet::ErrorHandler {
         .then([this]() { return WalTrimLoop(); });
   }
 
+  // Watches for a storage error (a failed flush or compaction, a full disk: RocksDB then
+  // refuses every write) every second: logs it, shows it in status, and asks RocksDB to
+  // resume once its cause is gone, at most every kMaxResumeIntervalMs while it persists.
+  kj::Promise<void> StorageLoop() {
+    return io_.provider->getTimer()
+        .afterDelay(kStorageCheckIntervalMs * kj::MILLISECONDS)
+        .then([this]() -> kj::Promise<void> {
+          absl::Status error = engine_.StorageError();
+          if (error.ok()) {
+            if (storage_failed_) spdlog::info("storage recovered; writes are accepted again");
+            storage_failed_ = false;
+            return kj::READY_NOW;
+          }
+          int64_t now = NowUs();
+          if (!storage_failed_) {
+            spdlog::error("STORAGE ERROR: {}", std::string(error.message()));
+            storage_failed_ = true;
+            resume_interval_ms_ = kStorageCheckIntervalMs;
+          } else if (now < next_resume_us_) {
+            return kj::READY_NOW;
+          }
+          next_resume_us_ = now + int64_t{resume_interval_ms_} * 1000;
+          resume_interval_ms_ = std::min(resume_interval_ms_ * 2, kMaxResumeIntervalMs);
+          return node_pool_.Run([e = &engine_]() { return e->Resume(); })
+              .then([](absl::Status s) {
+                if (s.ok()) return;
+                spdlog::warn("storage not recovered yet: {}", s.ToString());
+              });
+        })
+        .catch_([](kj::Exception&& e) {
+          spdlog::warn("storage check skipped: {}", e.getDescription().cStr());
+        })
+        .then([this]() { return StorageLoop(); });
+  }
+
   // Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
   kj::Promise<void> FsyncLoop() {
     return io_.provider->getTimer()
@@ -877,10 +924,15 @@ class Core final : public kj::TaskSet::ErrorHandler {
         wo.no_slowdown = true;
         absl::StatusOr<Ack> r = follower_->OnShip(front.ship, wo);
         if (r.ok()) {
+          apply_failures_ = 0;
           Answer(kj::mv(front.fulfiller), std::move(*r), front.ship.max_ack_delay_us);
           apply_queue_.pop_front();
           CheckNeedsSnapshot();
           continue;
+        }
+        if (!absl::IsResourceExhausted(r.status())) {
+          ApplyFailed(kj::mv(front.fulfiller), r.status());
+          return;
         }
         // Would stall: apply on a worker, keeping later messages queued behind it.
       }
@@ -910,16 +962,34 @@ class Core final : public kj::TaskSet::ErrorHandler {
                   // Its connection is gone: the ack goes nowhere and must not be held among
                   // the new connection's.
                 } else if (r.ok()) {
+                  apply_failures_ = 0;
                   Answer(kj::mv(fulfiller), std::move(*r), max_ack_delay_us);
                 } else {
-                  ReleaseHeldAcks();  // earlier messages' acks go first
-                  fulfiller->reject(KJ_EXCEPTION(FAILED, r.status().ToString()));
+                  ApplyFailed(kj::mv(fulfiller), r.status());
+                  return;
                 }
                 CheckNeedsSnapshot();
                 DrainApply();
               }));
       return;
     }
+  }
+
+  // This follower could not apply a message (a storage error: RocksDB refuses writes). It
+  // stops taking messages and reconnects after a pause that doubles with each failure in a
+  // row, so that the leader does not resend and see it fail in a tight loop; StorageLoop
+  // meanwhile asks RocksDB to resume.
+  void ApplyFailed(kj::Own<kj::PromiseFulfiller<Ack>> fulfiller, const absl::Status& why) {
+    ReleaseHeldAcks();  // earlier messages' acks go first
+    fulfiller->reject(KJ_EXCEPTION(FAILED, why.ToString()));
+    ++apply_failures_;
+    backoff_ms_ = std::min<uint64_t>(uint64_t{options_.reconnect_min_ms}
+                                         << std::min<uint32_t>(apply_failures_, 20),
+                                     options_.reconnect_max_ms);
+    spdlog::error("cannot apply what leader '{}' sent ({} failures in a row): {}",
+                  options_.leader_id, apply_failures_, why.ToString());
+    DropConnection();
+    ScheduleReconnect();
   }
 
   // Sends an ack, or holds it up to `max_delay_us` so that one later ack answers several
@@ -1006,6 +1076,11 @@ class Core final : public kj::TaskSet::ErrorHandler {
   ConnectionStats connection_stats_;
   std::map<uint64_t, Session> sessions_;
 
+  // Storage errors (StorageLoop).
+  bool storage_failed_ = false;
+  uint32_t resume_interval_ms_ = 0;
+  int64_t next_resume_us_ = 0;
+
   // Follower side.
   kj::Own<LeaderConnection> conn_;
   uint64_t conn_generation_ = 0;
@@ -1019,6 +1094,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   std::vector<HeldAck> held_acks_;  // in message order; fewer than kMaxHeldAcks
   kj::Promise<void> ack_timer_ = nullptr;  // releases held_acks_ when their delay ends
   bool handshake_done_ = false;  // the current connection's subscribe reply was taken
+  uint32_t apply_failures_ = 0;   // applies that failed in a row (ApplyFailed)
   bool needs_snapshot_logged_ = false;
 };
 

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/fault_env.h"
 #include "rpc/client.capnp.h"
 #include "rpc/client.h"
 #include "rpc/convert.h"
@@ -331,6 +332,76 @@ TEST_F(OverloadTest, SilentAndIdleConnectionsAreClosed) {
   busy.AddStatus();
   busy.Send();
   EXPECT_TRUE(busy.Receive()->getRoot<schema::Reply>().isStatus());
+}
+
+// A storage error (here: no space for a flush's SSTables) stops RocksDB's writes. On a
+// follower: its status says so, it backs off instead of taking the leader's resends in a tight
+// loop, and it catches up by itself once the disk has room. On the leader: writes are refused
+// with that error, status says so, and writes work again by themselves once it has room.
+TEST_F(OverloadTest, StorageErrorsAreToldAndRecoveredFrom) {
+  engine::testing::FailingEnv leader_disk, follower_disk;
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.engine.env = leader_disk.env.get();
+  lo.engine.write_buffer_bytes = 64 << 10;  // a flush every 64 KiB
+  RunningNode leader(lo);
+  NodeServerOptions fo = Options("n2", false, lo.listen);
+  fo.engine.env = follower_disk.env.get();
+  fo.engine.write_buffer_bytes = 64 << 10;
+  RunningNode follower(fo);
+  auto c = ConnectOrDie(lo.listen);
+  auto f = ConnectOrDie(fo.listen);
+  ASSERT_TRUE(c != nullptr && f != nullptr);
+  const std::string value(16 << 10, 'v');
+  uint64_t last = 0;
+  auto write_some = [&](int n, const std::string& prefix) {
+    for (int i = 0; i < n; ++i) {
+      auto w = c->Write({{OpType::kPut, prefix + std::to_string(i), value}});
+      ASSERT_TRUE(w.ok()) << w.status();
+      last = w->last_seq;
+    }
+  };
+  write_some(4, "a");
+  ASSERT_TRUE(WaitFor([&] { return LatestSeq(fo.listen) == last; }, std::chrono::seconds(10)));
+
+  follower_disk.fs->set_failing(true);
+  write_some(16, "b");  // 256 KiB: the follower's flushes fail
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto st = f->Status();
+        return st.ok() && st->storage_error.find("no space") != std::string::npos;
+      },
+      std::chrono::seconds(20)));
+  // No tight loop of resend and fail: over 2 s, a few resends at most.
+  auto shipped = [&] {
+    auto st = c->Status();
+    return st.ok() && !st->followers.empty() ? st->followers[0].bytes_shipped : 0;
+  };
+  uint64_t before = shipped();
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_LT(shipped() - before, 16 * 20 * value.size());
+  follower_disk.fs->set_failing(false);
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(fo.listen) == last; }, std::chrono::seconds(60)));
+  auto fst = f->Status();
+  ASSERT_TRUE(fst.ok());
+  EXPECT_EQ(fst->storage_error, "");
+
+  leader_disk.fs->set_failing(true);
+  absl::Status refused;
+  for (int i = 0; i < 64 && refused.ok(); ++i) {  // 1 MiB at most: a flush fails first
+    refused = c->Write({{OpType::kPut, "c" + std::to_string(i), value}}).status();
+  }
+  EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
+  EXPECT_NE(refused.message().find("storage"), std::string_view::npos) << refused;
+  auto lst = c->Status();
+  ASSERT_TRUE(lst.ok());
+  EXPECT_NE(lst->storage_error.find("no space"), std::string::npos) << lst->storage_error;
+  leader_disk.fs->set_failing(false);
+  ASSERT_TRUE(WaitFor([&] { return c->Write({{OpType::kPut, "d", "1"}}).ok(); },
+                      std::chrono::seconds(60)));
+  auto again = c->Write({{OpType::kPut, "e", "1"}});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(fo.listen) == again->last_seq; },
+                      std::chrono::seconds(20)));
 }
 
 }  // namespace
