@@ -352,8 +352,11 @@ class EngineImpl final : public Engine {
     std::vector<KeyValue> out;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
     const std::string& seek = options.start > options.prefix ? options.start : options.prefix;
+    uint64_t bytes = 0;
     for (it->Seek(seek); it->Valid() && out.size() < limit; it->Next()) {
+      if (options.max_bytes > 0 && bytes >= options.max_bytes) break;
       if (!it->key().starts_with(options.prefix)) break;
+      bytes += it->key().size() + it->value().size();
       out.push_back(KeyValue{it->key().ToString(), it->value().ToString()});
     }
     if (!it->status().ok()) return FromRocks(it->status());

@@ -81,6 +81,9 @@ struct ScanOptions {
   std::string start;   // first key at or after this
   std::string prefix;  // only keys with this prefix; empty for all
   uint64_t limit = 1000;
+  // Stop once the keys and values taken reach this many bytes (0: no bound); the item that
+  // crosses it is included, so a scan always makes progress.
+  uint64_t max_bytes = 0;
 };
 
 // Reads whole batches from the WAL in sequence order, starting exactly at a batch boundary

@@ -126,7 +126,13 @@ struct ScanReply {
   error @0 :Error;
   items @1 :List(KeyValue);
   seq @2 :UInt64;
+  truncated @3 :Bool;    # cut short by the reply's byte bound (maxScanReplyBytes) before the
+                         # limit: more keys may follow; ask again from nextStart
+  nextStart @4 :Data;    # when truncated: the start of the next scan (the last key + 0x00)
 }
+
+const maxScanReplyBytes :UInt64 = 16777216;
+# A scan reply holds keys and values up to this many bytes, and the one that crosses it.
 
 struct WriteManyRequest {
   writes @0 :List(WriteRequest);

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -191,25 +192,39 @@ class ClientImpl final : public Client {
                              });
   }
 
+  // A node's reply holds at most maxScanReplyBytes (and the item crossing it): a reply cut
+  // short names where to go on, and the next call asks from there, until the limit.
   absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
                                                      uint64_t min_seq) override {
-    capnp::MallocMessageBuilder m(16 + (scan.start.size() + scan.prefix.size()) / 8);
-    auto req = m.initRoot<schema::Request>().initScan();
-    req.setStart(ToData(scan.start));
-    req.setPrefix(ToData(scan.prefix));
-    req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(scan.limit, UINT32_MAX)));
-    req.setMinSeq(min_seq);
     using Items = std::vector<engine::KeyValue>;
-    return Call<Items>(m, timeout_, schema::Reply::SCAN,
-                       [](schema::Reply::Reader r) -> absl::StatusOr<Items> {
-                         auto reply = r.getScan();
-                         if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
-                         Items kvs;
-                         for (auto item : reply.getItems()) {
-                           kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
-                         }
-                         return kvs;
-                       });
+    Items kvs;
+    std::string start = scan.start;
+    uint64_t limit = scan.limit == 0 ? 1000 : scan.limit;
+    while (true) {
+      capnp::MallocMessageBuilder m(16 + (start.size() + scan.prefix.size()) / 8);
+      auto req = m.initRoot<schema::Request>().initScan();
+      req.setStart(ToData(start));
+      req.setPrefix(ToData(scan.prefix));
+      req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(limit - kvs.size(), UINT32_MAX)));
+      req.setMinSeq(min_seq);
+      std::optional<std::string> next;
+      auto page = Call<bool>(m, timeout_, schema::Reply::SCAN,
+                             [&](schema::Reply::Reader r) -> absl::StatusOr<bool> {
+                               auto reply = r.getScan();
+                               if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
+                                 return e;
+                               }
+                               for (auto item : reply.getItems()) {
+                                 kvs.push_back(
+                                     {ToString(item.getKey()), ToString(item.getValue())});
+                               }
+                               if (reply.getTruncated()) next = ToString(reply.getNextStart());
+                               return true;
+                             });
+      if (!page.ok()) return page.status();
+      if (!next.has_value() || kvs.size() >= limit) return kvs;
+      start = std::move(*next);
+    }
   }
 
   absl::StatusOr<NodeStatusInfo> Status() override {

@@ -82,6 +82,9 @@ class Client {
       absl::Span<const std::vector<engine::WriteOp>> writes) = 0;
   // kNotFound when absent.
   virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
+  // Up to scan.limit keys in order. A node answers at most 16 MiB of keys and values per
+  // reply (maxScanReplyBytes); past it this asks again from where the reply stopped, so a
+  // large scan is several reads, each of the database as it is then.
   virtual absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
                                                              uint64_t min_seq = 0) = 0;
   virtual absl::StatusOr<NodeStatusInfo> Status() = 0;

@@ -141,6 +141,20 @@ class Core final : public kj::TaskSet::ErrorHandler {
   bool writer_busy() const { return writer_busy_; }
   const NodeServerOptions& options() const { return options_; }
 
+  // The node's budget for scan replies in flight (built or being built, not yet written):
+  // each scan reserves maxScanReplyBytes until its reply is written; past the budget scans
+  // are refused `unavailable`. So scan replies hold at most this much memory (plus, for each,
+  // the one key and value that crosses its bound).
+  static constexpr uint64_t kMaxScanReplyBytesReserved = 8 * schema::MAX_SCAN_REPLY_BYTES;
+  bool ReserveScanReply() {
+    if (scan_reply_bytes_reserved_ + schema::MAX_SCAN_REPLY_BYTES > kMaxScanReplyBytesReserved) {
+      return false;
+    }
+    scan_reply_bytes_reserved_ += schema::MAX_SCAN_REPLY_BYTES;
+    return true;
+  }
+  void ReleaseScanReply() { scan_reply_bytes_reserved_ -= schema::MAX_SCAN_REPLY_BYTES; }
+
   // What the listener counts, for status.
   struct ConnectionStats {
     uint32_t clients = 0;  // client connections being served
@@ -235,15 +249,23 @@ class Core final : public kj::TaskSet::ErrorHandler {
     scan.start = ToString(request.getStart());
     scan.prefix = ToString(request.getPrefix());
     scan.limit = ScanLimit(request);
-    auto answer = [reply, latest](absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
+    scan.max_bytes = schema::MAX_SCAN_REPLY_BYTES;
+    auto answer = [reply, latest, limit = scan.limit](
+                      absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
       auto results = reply.initScan();
       results.setSeq(latest);
       ToCapnp(kvs.status(), results.initError());
       if (!kvs.ok()) return;
       auto items = results.initItems(kvs->size());
+      uint64_t bytes = 0;
       for (size_t i = 0; i < kvs->size(); ++i) {
         items[i].setKey(ToData((*kvs)[i].key));
         items[i].setValue(ToData((*kvs)[i].value));
+        bytes += (*kvs)[i].key.size() + (*kvs)[i].value.size();
+      }
+      if (kvs->size() < limit && bytes >= schema::MAX_SCAN_REPLY_BYTES) {
+        results.setTruncated(true);
+        results.setNextStart(ToData(kvs->back().key + std::string(1, '\0')));
       }
     };
     if (scan.limit <= kInlineScanLimit) {
@@ -454,6 +476,13 @@ class Core final : public kj::TaskSet::ErrorHandler {
     }
     uint64_t bytes = 0;
     for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
+    // Bounded in bytes too; a write alone is always taken (it is at most a request).
+    if (!pending_.empty() && pending_bytes_ + bytes > options_.max_pending_write_bytes) {
+      return fail(absl::UnavailableError(absl::StrCat(
+          "write queue full (", pending_bytes_, " bytes waiting, max_pending_write_bytes ",
+          options_.max_pending_write_bytes, "); retry")));
+    }
+    pending_bytes_ += bytes;
     auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
     pending_.push_back(PendingWrite{std::move(ops), bytes, kj::mv(paf.fulfiller)});
     ScheduleFlush();
@@ -487,6 +516,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       group.push_back(GroupMember{w.ops.size(), kj::mv(w.fulfiller)});
       bytes += w.bytes;
+      pending_bytes_ -= w.bytes;
       for (engine::WriteOp& op : w.ops) ops.push_back(std::move(op));
       pending_.pop_front();
     }
@@ -1068,12 +1098,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   // Leader write path.
   std::deque<PendingWrite> pending_;
+  uint64_t pending_bytes_ = 0;  // of the keys and values in pending_
   bool flush_scheduled_ = false;
   bool pump_scheduled_ = false;
   bool writer_busy_ = false;  // a write group is on a worker; later groups wait
   uint64_t writes_accepted_ = 0;
   uint64_t write_groups_ = 0;
   ConnectionStats connection_stats_;
+  uint64_t scan_reply_bytes_reserved_ = 0;  // ReserveScanReply
   std::map<uint64_t, Session> sessions_;
 
   // Storage errors (StorageLoop).
@@ -1187,6 +1219,13 @@ class ClientConnection {
  private:
   enum class Kind { kWrite, kRead, kWorkerRead };
 
+  // A scan's share of the node's scan budget, given back when destroyed.
+  struct ScanReservation {
+    explicit ScanReservation(Core& c) : core(c) {}
+    ~ScanReservation() { core.ReleaseScanReply(); }
+    Core& core;
+  };
+
   kj::Promise<void> Close() {
     return AfterQueuedReplies().then([this]() { return stream_->Flushed(); });
   }
@@ -1283,8 +1322,26 @@ class ClientConnection {
     (void)ignored;
     auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
     schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
+    // A scan's reply may be large: its bound is reserved from the node's budget (and counted
+    // against this connection's) now, before it is built, so that neither many scans in
+    // flight on one connection nor scans on many connections outgrow it.
+    uint64_t reserved = 0;
+    kj::Own<ScanReservation> reservation;
+    if (request.isScan()) {
+      if (!core_.ReserveScanReply()) {
+        ToCapnp(absl::UnavailableError(absl::StrCat(
+                    "the node is busy with large scans (", Core::kMaxScanReplyBytesReserved,
+                    " bytes of replies in flight); retry")),
+                reply.initRefused());
+        Queue(kj::READY_NOW, kj::mv(builder), Kind::kRead);
+        return true;
+      }
+      reservation = kj::heap<ScanReservation>(core_);
+      reserved = schema::MAX_SCAN_REPLY_BYTES;
+      held_bytes_ += reserved;
+    }
     if (deferred_.empty() && !MustWait(kind)) {
-      Queue(Start(request, reply, kind), kj::mv(builder), kind);
+      Queue(Start(request, reply, kind), kj::mv(builder), kind, reserved, kj::mv(reservation));
       return true;
     }
     // Its turn comes in Drain(), once the requests before it allow.
@@ -1292,7 +1349,7 @@ class ClientConnection {
     held_bytes_ += bytes;
     auto paf = kj::newPromiseAndFulfiller<kj::Promise<void>>();
     deferred_.push_back(Deferred{kj::mv(message), reply, kind, bytes, kj::mv(paf.fulfiller)});
-    Queue(kj::mv(paf.promise), kj::mv(builder), kind);
+    Queue(kj::mv(paf.promise), kj::mv(builder), kind, reserved, kj::mv(reservation));
     return true;
   }
 
@@ -1366,8 +1423,11 @@ class ClientConnection {
   }
 
   // Writes the reply in `builder` once `served` resolves and the replies before it are out.
+  // `reserved`: the bytes Dispatch reserved for a scan's reply (0 for other requests); they
+  // count against kMaxHeldBytes until the reply is built, and the node's scan budget until it
+  // is written.
   void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
-             Kind kind) {
+             Kind kind, uint64_t reserved = 0, kj::Own<ScanReservation> reservation = {}) {
     ++inflight_;
     // A read's reply may be large: it counts against kMaxHeldBytes until it is written. (A
     // write's is a few words, and writes are bounded by the write queue.)
@@ -1375,17 +1435,21 @@ class ClientConnection {
     if (kind != Kind::kWrite) {
       held = kj::heap<uint64_t>(0);
       served = served
-                   .then([this, b = builder.get(), h = held.get()]() {
+                   .then([this, b = builder.get(), h = held.get(), reserved]() {
                      *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
                      held_bytes_ += *h;
+                     held_bytes_ -= reserved;
                    })
                    .eagerlyEvaluate(nullptr);  // counted once built, not once sent
     }
     tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
-                .then([this, builder = kj::mv(builder), held = kj::mv(held)]() mutable {
+                .then([this, builder = kj::mv(builder), held = kj::mv(held),
+                       reservation = kj::mv(reservation)]() mutable {
                   --inflight_;
                   if (held.get() != nullptr) held_bytes_ -= *held;
-                  return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
+                  // The reservation ends once the reply is written, or with the connection.
+                  return capnp::writeMessage(*stream_, *builder)
+                      .attach(kj::mv(builder), kj::mv(reservation));
                 })
                 .eagerlyEvaluate(nullptr);
   }

@@ -54,6 +54,7 @@ struct NodeServerOptions {
   uint32_t reconnect_max_ms = 2000;
   uint32_t follower_fsync_interval_ms = 1000;  // follower fsyncs its WAL this often
   uint32_t max_pending_writes = 65536;      // queued client writes; more are refused
+  uint64_t max_pending_write_bytes = 256ull << 20;  // and their keys and values, in bytes
   uint32_t max_write_group_ops = 4096;      // ops in one grouped RocksDB write
   uint32_t max_write_group_bytes = 4u << 20;
   uint32_t worker_threads = 2;

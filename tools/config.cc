@@ -73,6 +73,8 @@ const std::vector<Tunable>& ReplicationTunables() {
        600000},
       {"max_pending_writes", Tunable::kUint,
        [](O& o, uint64_t v) { o.max_pending_writes = static_cast<uint32_t>(v); }, 1, 1u << 24},
+      {"max_pending_write_bytes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.max_pending_write_bytes = v; }, 1ull << 20, 1ull << 36},
       {"max_write_group_ops", Tunable::kUint,
        [](O& o, uint64_t v) { o.max_write_group_ops = static_cast<uint32_t>(v); }, 1, 1u << 20},
       {"worker_threads", Tunable::kUint,
