@@ -338,19 +338,19 @@ class EngineImpl final : public Engine {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::string> Get(std::string_view key) override {
+  absl::StatusOr<std::string> Get(std::string_view key, const ReadOptions& read) override {
     std::string value;
-    rocksdb::Status s =
-        db_->Get(rocksdb::ReadOptions(), db_->DefaultColumnFamily(),
-                 rocksdb::Slice(key.data(), key.size()), &value);
-    if (!s.ok()) return FromRocks(s);
+    rocksdb::Status s = db_->Get(ToRocks(read), db_->DefaultColumnFamily(),
+                                 rocksdb::Slice(key.data(), key.size()), &value);
+    if (!s.ok()) return FromRead(s);
     return value;
   }
 
-  absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options) override {
+  absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options,
+                                             const ReadOptions& read) override {
     uint64_t limit = std::min(options.limit, kMaxScanLimit);
     std::vector<KeyValue> out;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ToRocks(read)));
     const std::string& seek = options.start > options.prefix ? options.start : options.prefix;
     uint64_t bytes = 0;
     for (it->Seek(seek); it->Valid() && out.size() < limit; it->Next()) {
@@ -359,8 +359,12 @@ class EngineImpl final : public Engine {
       bytes += it->key().size() + it->value().size();
       out.push_back(KeyValue{it->key().ToString(), it->value().ToString()});
     }
-    if (!it->status().ok()) return FromRocks(it->status());
+    if (!it->status().ok()) return FromRead(it->status());
     return out;
+  }
+
+  std::shared_ptr<const Snapshot> GetSnapshot() override {
+    return std::make_shared<SnapshotImpl>(db_.get());
   }
 
   SequenceNumber LatestSequence() override { return db_->GetLatestSequenceNumber(); }
@@ -468,6 +472,35 @@ class EngineImpl final : public Engine {
   }
 
  private:
+  class SnapshotImpl final : public Snapshot {
+   public:
+    explicit SnapshotImpl(rocksdb::DB* db) : db_(db), snapshot_(db->GetSnapshot()) {}
+    ~SnapshotImpl() override { db_->ReleaseSnapshot(snapshot_); }
+    SequenceNumber seq() const override { return snapshot_->GetSequenceNumber(); }
+    const rocksdb::Snapshot* get() const { return snapshot_; }
+
+   private:
+    rocksdb::DB* db_;
+    const rocksdb::Snapshot* snapshot_;
+  };
+
+  static rocksdb::ReadOptions ToRocks(const ReadOptions& read) {
+    rocksdb::ReadOptions ro;
+    if (read.snapshot != nullptr) {
+      ro.snapshot = static_cast<const SnapshotImpl*>(read.snapshot)->get();
+    }
+    if (read.cache_only) ro.read_tier = rocksdb::kBlockCacheTier;
+    return ro;
+  }
+
+  // A read that needed a file while cache_only (RocksDB: Incomplete) is kResourceExhausted.
+  static absl::Status FromRead(const rocksdb::Status& s) {
+    if (s.IsIncomplete()) {
+      return absl::ResourceExhaustedError("the read needs the disk: " + s.ToString());
+    }
+    return FromRocks(s);
+  }
+
   static rocksdb::WriteOptions ToRocks(const WriteOptions& options) {
     rocksdb::WriteOptions wo;
     wo.sync = options.sync;

@@ -86,6 +86,23 @@ struct ScanOptions {
   uint64_t max_bytes = 0;
 };
 
+// A consistent view of the database at one sequence number, for a read served later (on
+// another thread) that must see exactly what was there when it was asked. Destroying it lets
+// RocksDB drop what only it kept. Thread-safe; may outlive nothing but its Engine.
+class Snapshot {
+ public:
+  virtual ~Snapshot() = default;
+  virtual SequenceNumber seq() const = 0;
+};
+
+struct ReadOptions {
+  const Snapshot* snapshot = nullptr;  // null: the latest data
+  // Serve the read only from memory (memtables and RocksDB's block cache): a read that would
+  // have to read a file returns kResourceExhausted and nothing. Meant for the event-loop
+  // thread, which must never wait for the disk; the caller retries without it elsewhere.
+  bool cache_only = false;
+};
+
 // Reads whole batches from the WAL in sequence order, starting exactly at a batch boundary
 // and never across a gap. Not thread-safe; one reader at a time.
 class WalCursor {
@@ -128,9 +145,19 @@ class Engine {
   // Takes the batch by value so that a caller that moves it in pays no copy.
   virtual absl::Status ApplyReplicated(Batch batch, const WriteOptions& options) = 0;
 
-  // Point read. kNotFound when absent.
-  virtual absl::StatusOr<std::string> Get(std::string_view key) = 0;
-  virtual absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options) = 0;
+  // Point read. kNotFound when absent; kResourceExhausted when read.cache_only and the value
+  // is not in memory.
+  virtual absl::StatusOr<std::string> Get(std::string_view key, const ReadOptions& read) = 0;
+  absl::StatusOr<std::string> Get(std::string_view key) { return Get(key, ReadOptions{}); }
+  // kResourceExhausted as for Get.
+  virtual absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options,
+                                                     const ReadOptions& read) = 0;
+  absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options) {
+    return Scan(options, ReadOptions{});
+  }
+
+  // A view of the database as it is now (see Snapshot).
+  virtual std::shared_ptr<const Snapshot> GetSnapshot() = 0;
 
   // Sequence number of the last op written or applied (0 for an empty database).
   virtual SequenceNumber LatestSequence() = 0;

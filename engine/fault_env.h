@@ -1,4 +1,5 @@
-// A RocksDB file system that fails on command, for tests of storage errors (tests only).
+// A RocksDB file system for tests (tests only): it fails on command, and it records which
+// threads read files.
 #pragma once
 
 #include <rocksdb/env.h>
@@ -6,18 +7,33 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 
 namespace walship::engine::testing {
 
 // Fails the creation of new SSTables (what a memtable flush or a compaction writes) while
-// failing() is set, with "no space left", as a full disk would.
+// failing() is set, with "no space left", as a full disk would. Records every thread that
+// opens a file for reading or reads one (SSTables, WAL files, the manifest), so a test can
+// check that a thread never waits for the disk.
 class FailingFileSystem final : public rocksdb::FileSystemWrapper {
  public:
   FailingFileSystem() : rocksdb::FileSystemWrapper(rocksdb::FileSystem::Default()) {}
   const char* Name() const override { return "FailingFileSystem"; }
 
   void set_failing(bool failing) { failing_ = failing; }
+
+  // Whether `thread` has opened or read a file since the last ForgetReaders().
+  bool HasRead(std::thread::id thread) {
+    std::lock_guard lock(mu_);
+    return readers_.count(thread) > 0;
+  }
+  void ForgetReaders() {
+    std::lock_guard lock(mu_);
+    readers_.clear();
+  }
 
   rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
                                     std::unique_ptr<rocksdb::FSWritableFile>* file,
@@ -28,8 +44,71 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
     return target()->NewWritableFile(name, options, file, dbg);
   }
 
+  rocksdb::IOStatus NewRandomAccessFile(const std::string& name,
+                                        const rocksdb::FileOptions& options,
+                                        std::unique_ptr<rocksdb::FSRandomAccessFile>* file,
+                                        rocksdb::IODebugContext* dbg) override {
+    Note();
+    std::unique_ptr<rocksdb::FSRandomAccessFile> inner;
+    rocksdb::IOStatus s = target()->NewRandomAccessFile(name, options, &inner, dbg);
+    if (s.ok()) file->reset(new RandomAccess(std::move(inner), *this));
+    return s;
+  }
+
+  rocksdb::IOStatus NewSequentialFile(const std::string& name, const rocksdb::FileOptions& options,
+                                      std::unique_ptr<rocksdb::FSSequentialFile>* file,
+                                      rocksdb::IODebugContext* dbg) override {
+    Note();
+    std::unique_ptr<rocksdb::FSSequentialFile> inner;
+    rocksdb::IOStatus s = target()->NewSequentialFile(name, options, &inner, dbg);
+    if (s.ok()) file->reset(new Sequential(std::move(inner), *this));
+    return s;
+  }
+
  private:
+  void Note() {
+    std::lock_guard lock(mu_);
+    readers_.insert(std::this_thread::get_id());
+  }
+
+  class RandomAccess final : public rocksdb::FSRandomAccessFileOwnerWrapper {
+   public:
+    RandomAccess(std::unique_ptr<rocksdb::FSRandomAccessFile> inner, FailingFileSystem& fs)
+        : rocksdb::FSRandomAccessFileOwnerWrapper(std::move(inner)), fs_(fs) {}
+    rocksdb::IOStatus Read(uint64_t offset, size_t n, const rocksdb::IOOptions& options,
+                           rocksdb::Slice* result, char* scratch,
+                           rocksdb::IODebugContext* dbg) const override {
+      fs_.Note();
+      return target()->Read(offset, n, options, result, scratch, dbg);
+    }
+    rocksdb::IOStatus MultiRead(rocksdb::FSReadRequest* reqs, size_t num_reqs,
+                                const rocksdb::IOOptions& options,
+                                rocksdb::IODebugContext* dbg) override {
+      fs_.Note();
+      return target()->MultiRead(reqs, num_reqs, options, dbg);
+    }
+
+   private:
+    FailingFileSystem& fs_;
+  };
+
+  class Sequential final : public rocksdb::FSSequentialFileOwnerWrapper {
+   public:
+    Sequential(std::unique_ptr<rocksdb::FSSequentialFile> inner, FailingFileSystem& fs)
+        : rocksdb::FSSequentialFileOwnerWrapper(std::move(inner)), fs_(fs) {}
+    rocksdb::IOStatus Read(size_t n, const rocksdb::IOOptions& options, rocksdb::Slice* result,
+                           char* scratch, rocksdb::IODebugContext* dbg) override {
+      fs_.Note();
+      return target()->Read(n, options, result, scratch, dbg);
+    }
+
+   private:
+    FailingFileSystem& fs_;
+  };
+
   std::atomic<bool> failing_ = false;
+  std::mutex mu_;
+  std::set<std::thread::id> readers_;  // under mu_
 };
 
 // An Env running on a FailingFileSystem; keep both alive as long as any engine using it.

@@ -160,6 +160,8 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   rec.session = next_session_++;
   rec.next_seq = hello.last_applied + 1;
   rec.cursor.reset();
+  rec.read_ahead.clear();
+  rec.wal_read_pending = false;
   rec.shipped_times.clear();
   rec.info.state = FollowerState::kConnected;
   rec.info.message.clear();
@@ -213,13 +215,89 @@ uint64_t Leader::PendingBytes(uint64_t session) const {
   return written_bytes_ - sent_end;
 }
 
-std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
-  Record* rec = FindSession(session);
-  if (rec == nullptr || rec->info.state != FollowerState::kConnected) return std::nullopt;
+Ship Leader::NewShip() const {
   Ship ship;
   ship.epoch = state_.epoch;
   ship.leader_latest = latest_;
   ship.leader_time_us = clock_->NowMicros();
+  return ship;
+}
+
+bool Leader::OlderThanTail(SequenceNumber seq) const {
+  return tail_.empty() || tail_.front().batch.first_seq > seq;
+}
+
+void WalRead::Run() {
+  if (cursor == nullptr || cursor->next_seq() != from_seq) {
+    auto opened = engine->NewWalCursor(from_seq);
+    if (!opened.ok()) {
+      status = opened.status();
+      return;
+    }
+    cursor = std::move(*opened);
+  }
+  uint64_t bytes = 0;
+  while (bytes < max_bytes) {
+    auto next = cursor->Next();
+    if (!next.ok()) {
+      status = next.status();
+      return;
+    }
+    if (!next->has_value()) return;
+    bytes += (*next)->data.size();
+    int64_t write_time_us = engine::BatchWriteTime(**next);
+    batches.push_back(ShippedBatch{std::move(**next), write_time_us});
+  }
+}
+
+std::optional<WalRead> Leader::TakeWalRead(uint64_t session) {
+  Record* rec = FindSession(session);
+  if (rec == nullptr) return std::nullopt;
+  if (!rec->read_ahead.empty() && rec->read_ahead.front().batch.first_seq != rec->next_seq) {
+    rec->read_ahead.clear();  // left behind by a rewind
+  }
+  if (rec->info.state != FollowerState::kConnected || rec->wal_read_pending ||
+      !rec->read_ahead.empty() || rec->next_seq > latest_ || !OlderThanTail(rec->next_seq)) {
+    return std::nullopt;
+  }
+  rec->wal_read_pending = true;
+  WalRead read;
+  read.session = session;
+  read.from_seq = rec->next_seq;
+  read.max_bytes = options_.max_wal_read_bytes;
+  read.engine = engine_;
+  if (rec->cursor != nullptr && rec->cursor->next_seq() == rec->next_seq) {
+    read.cursor = std::move(rec->cursor);
+  }
+  rec->cursor.reset();
+  return read;
+}
+
+std::optional<Ship> Leader::OnWalRead(WalRead read) {
+  Record* rec = FindSession(read.session);
+  if (rec == nullptr || !rec->wal_read_pending) return std::nullopt;
+  rec->wal_read_pending = false;
+  if (rec->info.state != FollowerState::kConnected || read.from_seq != rec->next_seq) {
+    return std::nullopt;  // the session moved on meanwhile (a gap rewound it, say)
+  }
+  if (!read.status.ok()) {
+    if (absl::IsOutOfRange(read.status) || absl::IsInvalidArgument(read.status)) {
+      MarkNeedsSnapshot(*rec, std::string(read.status.message()));
+      Ship ship = NewShip();
+      ship.needs_snapshot = rec->info.message;
+      return ship;
+    }
+    rec->info.message = absl::StrCat("reading the WAL: ", read.status.message());
+  }
+  for (ShippedBatch& b : read.batches) rec->read_ahead.push_back(std::move(b));
+  rec->cursor = std::move(read.cursor);
+  return std::nullopt;
+}
+
+std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
+  Record* rec = FindSession(session);
+  if (rec == nullptr || rec->info.state != FollowerState::kConnected) return std::nullopt;
+  Ship ship = NewShip();
   uint64_t bytes = 0;
   while (rec->next_seq <= latest_ && bytes < options_.max_ship_bytes) {
     if (!tail_.empty() && tail_.front().batch.first_seq <= rec->next_seq) {
@@ -233,11 +311,24 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
         return ship;
       }
       rec->cursor.reset();
+      rec->read_ahead.clear();  // the tail serves it now
       for (; it != tail_.end() && bytes < options_.max_ship_bytes; ++it) {
         bytes += it->batch.data.size();
         ship.batches.push_back(*it);
         rec->next_seq = it->batch.next_seq();
       }
+      continue;
+    }
+    if (!options_.read_wal_inline) {
+      // Only what a WalRead brought: the event loop never reads the WAL itself.
+      if (rec->read_ahead.empty() || rec->read_ahead.front().batch.first_seq != rec->next_seq) {
+        rec->read_ahead.clear();
+        break;
+      }
+      bytes += rec->read_ahead.front().batch.data.size();
+      rec->next_seq = rec->read_ahead.front().batch.next_seq();
+      ship.batches.push_back(std::move(rec->read_ahead.front()));
+      rec->read_ahead.pop_front();
       continue;
     }
     if (rec->cursor == nullptr || rec->cursor->next_seq() != rec->next_seq) {
@@ -301,6 +392,7 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
       // its position. Never skip forward.
       rec->next_seq = rec->info.applied + 1;
       rec->cursor.reset();
+      rec->read_ahead.clear();
       rec->shipped_times.clear();
       break;
     case AckOutcome::kStale:
@@ -315,6 +407,8 @@ void Leader::OnDisconnect(uint64_t session) {
   if (rec == nullptr) return;
   rec->session = 0;
   rec->cursor.reset();
+  rec->read_ahead.clear();
+  rec->wal_read_pending = false;
   rec->shipped_times.clear();
   if (rec->info.state == FollowerState::kConnected) {
     rec->info.state = FollowerState::kDisconnected;

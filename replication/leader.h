@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "engine/engine.h"
 #include "replication/clock.h"
 #include "replication/messages.h"
@@ -31,6 +32,13 @@ struct LeaderOptions {
   // any other id is refused and leaves no record. Empty: any id may follow (tests and
   // embedding), and refused hellos leave no record.
   std::vector<std::string> members;
+  // true: NextShip reads the WAL itself when a follower is older than the memory tail (the
+  // simulation). false: it never touches the WAL; the transport reads it on another thread
+  // through TakeWalRead / WalRead::Run / OnWalRead, so that the event loop never waits for
+  // the disk.
+  bool read_wal_inline = true;
+  // With read_wal_inline = false: batch bytes one WAL read takes ahead for a follower.
+  uint64_t max_wal_read_bytes = 4ull << 20;
   // Followers the leader keeps a record of (connected or not); hellos from further ids are
   // refused, so a misconfigured peer cannot grow the leader's state without bound.
   size_t max_followers = 64;
@@ -56,6 +64,24 @@ struct FollowerInfo {
   std::string message;          // why it needs a snapshot or was refused
 };
 
+// A read of the leader's WAL for one follower, done off the leader's thread (see
+// LeaderOptions::read_wal_inline): TakeWalRead hands it out, Run reads, OnWalRead takes the
+// result back.
+struct WalRead {
+  uint64_t session = 0;
+  SequenceNumber from_seq = 0;
+  uint64_t max_bytes = 0;
+  engine::Engine* engine = nullptr;
+  std::unique_ptr<engine::WalCursor> cursor;  // at from_seq, or null: Run opens one
+  // Results of Run.
+  std::vector<ShippedBatch> batches;  // contiguous from from_seq
+  absl::Status status;                // kOutOfRange / kInvalidArgument: the position is gone
+
+  // Reads whole batches from from_seq until max_bytes or the end of the log. Touches only
+  // this object and the engine (which is thread-safe), so it may run on any thread.
+  void Run();
+};
+
 class Leader {
  public:
   // `engine` must outlive the Leader. `state` is the leader's persisted state for its current
@@ -77,6 +103,17 @@ class Leader {
   // When the position cannot be served (WAL purged or the follower's history diverged) the
   // message carries needs_snapshot and the follower's state becomes kNeedsSnapshot.
   std::optional<Ship> NextShip(uint64_t session, bool heartbeat);
+
+  // With read_wal_inline = false: when the session's next batch is older than the memory
+  // tail and no read of it is under way or read ahead, the WAL read it needs (one at a time
+  // per session); else std::nullopt.
+  std::optional<WalRead> TakeWalRead(uint64_t session);
+
+  // The result of a WalRead: its batches are kept for NextShip. A read for an ended session,
+  // or for a position the session has left, is dropped. When the position is gone from the
+  // WAL, the follower needs a snapshot: the message to tell it is returned (send it, as a
+  // NextShip message).
+  std::optional<Ship> OnWalRead(WalRead read);
 
   // An ack for a message of `session`. Acks of ended sessions are ignored.
   void OnAck(uint64_t session, const Ack& ack);
@@ -104,12 +141,18 @@ class Leader {
     uint64_t session = 0;
     SequenceNumber next_seq = 1;  // next batch to ship
     std::unique_ptr<engine::WalCursor> cursor;
+    // read_wal_inline = false: batches read from the WAL ahead of next_seq, and whether a
+    // read is under way.
+    std::deque<ShippedBatch> read_ahead;
+    bool wal_read_pending = false;
     // For each message in flight: its first batch's position and write time, ascending; so
     // that lag_ms is known for batches read from the WAL too (bounded: kMaxShippedTimes).
     std::deque<std::pair<SequenceNumber, int64_t>> shipped_times;
   };
 
   Record* FindSession(uint64_t session);
+  Ship NewShip() const;
+  bool OlderThanTail(SequenceNumber seq) const;
   const Record* FindSession(uint64_t session) const;
   std::string CheckHistory(const Hello& hello) const;
   bool IsMember(const std::string& id) const;

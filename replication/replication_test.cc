@@ -548,6 +548,55 @@ TEST(LeaderTest, FollowerWhosePositionWasPurgedIsToldToReseed) {
   EXPECT_EQ(f.engine->LatestSequence(), 1u);
 }
 
+// With read_wal_inline = false the leader never reads its WAL in NextShip: a follower older
+// than the memory tail is served from WalReads run elsewhere (one at a time), and catches up
+// with identical contents. A read for a session that has ended is dropped.
+TEST(LeaderTest, WalReadsOffTheLeadersThreadCatchAFollowerUp) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_tail_bytes = 1;  // the memory tail keeps only the newest batch
+  options.read_wal_inline = false;
+  options.max_wal_read_bytes = 256;  // a few batches per read
+  LeaderNode l(dir, &clock, options);
+  FollowerNode f(dir, "f1", &clock);
+  for (int i = 0; i < 50; ++i) l.Write(3);
+  Handshake h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  ASSERT_TRUE(l.leader->HasWork(h.session));
+  EXPECT_FALSE(l.leader->NextShip(h.session, false).has_value());  // no read yet
+
+  // A read for a session that ends meanwhile is dropped.
+  auto stale = l.leader->TakeWalRead(h.session);
+  ASSERT_TRUE(stale.has_value());
+  l.leader->OnDisconnect(h.session);
+  h = Connect(*l.leader, *f.follower);
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  stale->Run();
+  EXPECT_FALSE(l.leader->OnWalRead(std::move(*stale)).has_value());
+  EXPECT_FALSE(l.leader->NextShip(h.session, false).has_value());
+
+  int reads = 0;
+  for (int round = 0; round < 1000 && l.leader->HasWork(h.session); ++round) {
+    if (auto read = l.leader->TakeWalRead(h.session); read.has_value()) {
+      EXPECT_FALSE(l.leader->TakeWalRead(h.session).has_value());  // one at a time
+      read->Run();
+      ASSERT_TRUE(read->status.ok()) << read->status;
+      ++reads;
+      ASSERT_FALSE(l.leader->OnWalRead(std::move(*read)).has_value());
+    }
+    auto ship = l.leader->NextShip(h.session, false);
+    if (!ship.has_value()) continue;
+    auto ack = f.follower->OnShip(*ship, {});
+    ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack.status();
+    l.leader->OnAck(h.session, *ack);
+  }
+  EXPECT_GT(reads, 5);
+  EXPECT_FALSE(l.leader->HasWork(h.session));
+  EXPECT_EQ(f.engine->LatestSequence(), l.engine->LatestSequence());
+  EXPECT_TRUE(SameContents(*l.engine, *f.engine));
+}
+
 TEST(LeaderTest, PendingBytesCountsWhatIsNotYetSentAndFlagsWalCatchUp) {
   TempDir dir;
   FakeClock clock;
@@ -658,9 +707,15 @@ class SlowApplyEngine final : public Engine {
                               const engine::WriteOptions& options) override {
     return inner_->Write(ops, options);
   }
-  absl::StatusOr<std::string> Get(std::string_view key) override { return inner_->Get(key); }
-  absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& o) override {
-    return inner_->Scan(o);
+  absl::StatusOr<std::string> Get(std::string_view key, const engine::ReadOptions& r) override {
+    return inner_->Get(key, r);
+  }
+  absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& o,
+                                                     const engine::ReadOptions& r) override {
+    return inner_->Scan(o, r);
+  }
+  std::shared_ptr<const engine::Snapshot> GetSnapshot() override {
+    return inner_->GetSnapshot();
   }
   SequenceNumber LatestSequence() override { return inner_->LatestSequence(); }
   absl::StatusOr<std::unique_ptr<engine::WalCursor>> NewWalCursor(SequenceNumber s) override {

@@ -52,6 +52,9 @@ constexpr uint32_t kMaxResumeIntervalMs = 30000;
 // The node's own work queued at once: one write group, one apply, one WAL trim and one fsync
 // at most; the bound leaves room to spare.
 constexpr size_t kMaxNodeTasks = 16;
+// WAL reads queued at once: one per follower at most (max_followers is at most 64).
+constexpr size_t kMaxWalReads = 128;
+constexpr uint32_t kWalReadRetryMs = 100;
 // Words of a client reply's first segment: enough for a write's (an Error and two numbers);
 // larger replies grow more segments.
 constexpr capnp::MessageSize kSmallReply{32, 0};
@@ -120,6 +123,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
         tasks_(*this),
         client_pool_(options.worker_threads, options.max_queued_tasks),
         node_pool_(1, kMaxNodeTasks),
+        wal_pool_(1, kMaxWalReads),
         backoff_ms_(options.reconnect_min_ms) {}
 
   void taskFailed(kj::Exception&& e) override {
@@ -177,7 +181,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
         });
       }
       case schema::Request::WRITE_MANY: return WriteMany(request.getWriteMany(), reply);
-      case schema::Request::GET: Get(request.getGet(), reply.initGet()); return kj::READY_NOW;
+      case schema::Request::GET: return Get(request.getGet(), reply.initGet());
       case schema::Request::SCAN: return Scan(request.getScan(), reply);
       case schema::Request::STATUS: Status(reply.initStatus()); return kj::READY_NOW;
     }
@@ -215,20 +219,40 @@ class Core final : public kj::TaskSet::ErrorHandler {
         });
   }
 
-  void Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply) {
+  // Reads served on the loop thread come from memory only: a read that needs the disk goes
+  // to a worker with a snapshot taken here and now, so that it sees exactly what it would
+  // have seen here, whatever is written meanwhile, and the loop never waits for the disk.
+  kj::Promise<void> Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply) {
     SequenceNumber latest = engine_.LatestSequence();
     reply.setSeq(latest);
     if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
       ToCapnp(s, reply.initError());
-      return;
+      return kj::READY_NOW;
     }
-    absl::StatusOr<std::string> value = engine_.Get(ToString(request.getKey()));
-    ToCapnp(value.status(), reply.initError());
-    if (value.ok()) reply.setValue(ToData(*value));
+    auto answer = [reply](absl::StatusOr<std::string> value) mutable {
+      ToCapnp(value.status(), reply.initError());
+      if (value.ok()) reply.setValue(ToData(*value));
+    };
+    std::string key = ToString(request.getKey());
+    engine::ReadOptions cached;
+    cached.cache_only = true;
+    absl::StatusOr<std::string> value = engine_.Get(key, cached);
+    if (!absl::IsResourceExhausted(value.status())) {
+      answer(std::move(value));
+      return kj::READY_NOW;
+    }
+    return client_pool_
+        .Run([e = &engine_, key = std::move(key), at = engine_.GetSnapshot()]() {
+          engine::ReadOptions read;
+          read.snapshot = at.get();
+          return e->Get(key, read);
+        })
+        .then(kj::mv(answer));
   }
 
-  // The requests Serve hands to a worker thread (large scans): they read the database later
-  // than the loop turn in which they came.
+  // The requests Serve always hands to a worker thread (large scans). They read at a
+  // snapshot of the turn in which they came; the connection still serves the writes sent
+  // after them only once they have read, which keeps the reply order simple.
   static bool ServesOnWorker(schema::Request::Reader request) {
     return request.isScan() && ScanLimit(request.getScan()) > kInlineScanLimit;
   }
@@ -268,11 +292,22 @@ class Core final : public kj::TaskSet::ErrorHandler {
         results.setNextStart(ToData(kvs->back().key + std::string(1, '\0')));
       }
     };
+    // As for Get: small scans from memory here, the rest on a worker at a snapshot of now.
     if (scan.limit <= kInlineScanLimit) {
-      answer(engine_.Scan(scan));
-      return kj::READY_NOW;
+      engine::ReadOptions cached;
+      cached.cache_only = true;
+      auto kvs = engine_.Scan(scan, cached);
+      if (!absl::IsResourceExhausted(kvs.status())) {
+        answer(std::move(kvs));
+        return kj::READY_NOW;
+      }
     }
-    return client_pool_.Run([e = &engine_, scan]() { return e->Scan(scan); })
+    return client_pool_
+        .Run([e = &engine_, scan, at = engine_.GetSnapshot()]() {
+          engine::ReadOptions read;
+          read.snapshot = at.get();
+          return e->Scan(scan, read);
+        })
         .then(kj::mv(answer));
   }
 
@@ -631,6 +666,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     const uint32_t window = options_.max_inflight_ships;
     const bool delayed_acks = options_.ack_delay_us > 0;
     while (s.inflight < window && leader_->HasWork(sid)) {
+      ReadWalFor(s);  // when the follower is older than the memory tail: read ahead
       if (!delayed_acks) {
         kj::TimePoint now = io_.provider->getTimer().now();
         if (s.held_since == nullptr) s.held_since = now;
@@ -647,6 +683,46 @@ class Core final : public kj::TaskSet::ErrorHandler {
       }
       Send(s, std::move(*ship));
     }
+  }
+
+  // Starts the WAL read the leader needs for `s` (its follower is older than the memory
+  // tail), on the WAL thread, so that the loop never waits for the disk; its end pumps again.
+  // After a failed read (an I/O error) the next waits kWalReadRetryMs.
+  void ReadWalFor(Session& s) {
+    std::optional<replication::WalRead> read = leader_->TakeWalRead(s.id);
+    if (!read.has_value()) return;
+    uint64_t sid = s.id;
+    SequenceNumber from_seq = read->from_seq;
+    tasks_.add(
+        wal_pool_
+            .Run([read = std::move(*read)]() mutable {
+              read.Run();
+              return std::move(read);
+            })
+            .then([](replication::WalRead done) { return done; },
+                  [sid, from_seq](kj::Exception&& e) {  // the queue was full: as a failure
+                    replication::WalRead failed;
+                    failed.session = sid;
+                    failed.from_seq = from_seq;
+                    failed.status = absl::UnavailableError(e.getDescription().cStr());
+                    return failed;
+                  })
+            .then([this, sid](replication::WalRead done) -> kj::Promise<void> {
+              bool failed = !done.status.ok();
+              std::optional<Ship> final_ship = leader_->OnWalRead(std::move(done));
+              auto it = sessions_.find(sid);
+              if (final_ship.has_value() && it != sessions_.end()) {
+                Send(it->second, std::move(*final_ship));  // needs a snapshot
+                return kj::READY_NOW;
+              }
+              if (!failed) {
+                SchedulePump();
+                return kj::READY_NOW;
+              }
+              return io_.provider->getTimer()
+                  .afterDelay(kWalReadRetryMs * kj::MILLISECONDS)
+                  .then([this]() { SchedulePump(); });
+            }));
   }
 
   // Prompt acks: when the writes held back for `s` may go. While a message is in flight,
@@ -1095,6 +1171,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // queue of its own, so that no client can stop writes or replication.
   WorkerPool client_pool_;
   WorkerPool node_pool_;
+  // The leader's WAL reads for followers catching up (ReadWalFor): a thread of their own, so
+  // that a long read neither waits behind nor delays the node's writes.
+  WorkerPool wal_pool_;
 
   // Leader write path.
   std::deque<PendingWrite> pending_;
@@ -1772,6 +1851,9 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
     if (absl::Status s = replication::SaveNodeState(state_path, *state); !s.ok()) return fail(s);
     options.leader.cluster = options.cluster;
     options.leader.node_id = options.node_id;
+    options.leader.read_wal_inline = false;  // ReadWalFor reads it off the loop
+    options.leader.max_wal_read_bytes =
+        options.leader.max_ship_bytes * std::max<uint32_t>(1, options.max_inflight_ships);
     leader = std::make_unique<replication::Leader>(options.leader, engine->get(),
                                                    std::move(*state), replication::RealClock());
   } else {

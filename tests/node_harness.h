@@ -47,6 +47,8 @@ class RunningNode {
     thread_ = std::thread([this] { EXPECT_TRUE(server_->Run().ok()); });
   }
   ~RunningNode() { Stop(); }
+  // The thread that runs the node's event loop.
+  std::thread::id loop_thread() const { return thread_.get_id(); }
   void Stop() {
     if (!thread_.joinable()) return;
     pthread_kill(thread_.native_handle(), SIGTERM);

@@ -565,6 +565,56 @@ TEST_F(OverloadTest, QueuedWritesAreBoundedInBytes) {
   }
 }
 
+// The event loop never waits for the disk to serve a read: reads of data that is only in
+// SSTables (not in memory) go to a worker, at a snapshot of when they came. The file system
+// records every thread that reads a file; the loop thread must not be one, and every read
+// must still return what was written.
+TEST_F(OverloadTest, ReadsNeverWaitForTheDiskOnTheEventLoop) {
+  engine::testing::FailingEnv disk;
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.engine.env = disk.env.get();
+  lo.engine.write_buffer_bytes = 64 << 10;  // most of the data goes to SSTables
+  lo.leader.max_tail_bytes = 64 << 10;      // a new follower catches up from the WAL
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  auto value_of = [](int i) { return std::string(16 << 10, static_cast<char>('a' + i % 26)); };
+  for (int i = 0; i < 200; ++i) {
+    char key[8];
+    std::snprintf(key, sizeof key, "k%03d", i);
+    ASSERT_TRUE(c->Write({{OpType::kPut, key, value_of(i)}}).ok());
+  }
+  disk.fs->ForgetReaders();
+  for (int i = 0; i < 200; ++i) {
+    char key[8];
+    std::snprintf(key, sizeof key, "k%03d", i);
+    auto v = c->Get(key);
+    ASSERT_TRUE(v.ok()) << key << ": " << v.status();
+    EXPECT_EQ(*v, value_of(i)) << key;
+  }
+  for (uint64_t limit : {50, 5000}) {  // served on the loop when in memory, and on a worker
+    engine::ScanOptions scan;
+    scan.prefix = "k";
+    scan.limit = limit;
+    auto kvs = c->Scan(scan);
+    ASSERT_TRUE(kvs.ok()) << kvs.status();
+    EXPECT_EQ(kvs->size(), std::min<uint64_t>(limit, 200));
+  }
+  EXPECT_FALSE(disk.fs->HasRead(leader.loop_thread()))
+      << "the event loop read a file to serve a client";
+  // A follower that joins now is served from the leader's WAL, read off the loop too.
+  NodeServerOptions fo = Options("n2", false, lo.listen);
+  RunningNode follower(fo);
+  EXPECT_TRUE(WaitFor([&] { return LatestSeq(fo.listen) == 200; }, std::chrono::seconds(30)));
+  EXPECT_FALSE(disk.fs->HasRead(leader.loop_thread()))
+      << "the event loop read the WAL for a follower";
+  auto f = ConnectOrDie(fo.listen);
+  ASSERT_NE(f, nullptr);
+  auto copied = f->Get("k007");
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  EXPECT_EQ(*copied, value_of(7));
+}
+
 }  // namespace
 }  // namespace walship::rpc
 
