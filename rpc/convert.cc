@@ -1,5 +1,7 @@
 #include "rpc/convert.h"
 
+#include <kj/debug.h>
+
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
@@ -38,7 +40,12 @@ replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
   m.message = r.getMessage();
   m.epoch = r.getEpoch();
   m.database_id = r.getDatabaseId();
-  for (auto e : r.getHistory()) m.history.push_back({e.getEpoch(), e.getStartSeq()});
+  auto history = r.getHistory();
+  // A peer connection's read limit is fixed (160 MiB), so a tiny message could declare a list
+  // of millions of empty entries: bounded before anything is copied.
+  KJ_REQUIRE(history.size() <= kMaxHistoryEntries, "an epoch history longer than the limit",
+             history.size(), kMaxHistoryEntries);
+  for (auto e : history) m.history.push_back({e.getEpoch(), e.getStartSeq()});
   m.leader_latest = r.getLeaderLatest();
   return m;
 }
@@ -68,8 +75,11 @@ replication::Ship FromCapnp(schema::Ship::Reader r) {
   m.needs_snapshot = r.getNeedsSnapshot();
   m.max_ack_delay_us = r.getMaxAckDelayUs();
   auto batches = r.getBatches();
-  m.batches.reserve(batches.size());
+  // As for the history: a list of millions of empty batches is refused at its first element,
+  // before anything is copied (every real batch holds at least its 12-byte header).
   for (auto b : batches) {
+    KJ_REQUIRE(b.getData().size() >= kBatchHeaderBytes, "a shipped batch shorter than its header",
+               b.getData().size());
     replication::ShippedBatch sb;
     sb.batch.first_seq = b.getFirstSeq();
     sb.batch.count = b.getCount();

@@ -14,6 +14,11 @@
 
 namespace walship::rpc {
 
+// Conversions of peer messages throw (KJ_REQUIRE, bad peer input) on a history longer than
+// kMaxHistoryEntries and on a shipped batch shorter than its header.
+inline constexpr size_t kMaxHistoryEntries = 65536;
+inline constexpr size_t kBatchHeaderBytes = 12;
+
 replication::Hello FromCapnp(schema::Hello::Reader r);
 void ToCapnp(const replication::Hello& m, schema::Hello::Builder b);
 replication::HelloReply FromCapnp(schema::HelloReply::Reader r);

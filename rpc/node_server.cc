@@ -28,6 +28,7 @@
 #include "rpc/buffered_stream.h"
 #include "rpc/convert.h"
 #include "rpc/fd_stream.h"
+#include "rpc/wire_limits.h"
 #include "rpc/worker_pool.h"
 
 namespace walship::rpc {
@@ -60,20 +61,6 @@ constexpr uint32_t kWalReadRetryMs = 100;
 constexpr capnp::MessageSize kSmallReply{32, 0};
 
 int64_t NowUs() { return replication::RealClock()->NowMicros(); }
-
-// The largest node-to-node message: a Ship of batches up to max_ship_bytes (at most 32 MiB)
-// plus the batch that crosses it, which may be a whole WAL record: one write of up to a
-// request (64 MiB), since a group of several writes stays within 4 MiB. Both ends of a peer
-// connection read (and Cap'n Proto sends) messages up to this size, so that every record a
-// leader can write reaches its followers.
-constexpr uint64_t kMaxPeerMessageBytes = 160ull << 20;
-static_assert(kMaxPeerMessageBytes >= (32ull << 20) + schema::MAX_REQUEST_BYTES + (16ull << 20));
-
-capnp::ReaderOptions PeerReaderOptions() {
-  capnp::ReaderOptions options;
-  options.traversalLimitInWords = kMaxPeerMessageBytes / sizeof(capnp::word);
-  return options;
-}
 
 // The bootstrap capability of the other side of a two-party RPC connection.
 capnp::Capability::Client Bootstrap(capnp::RpcSystem<capnp::rpc::twoparty::VatId>& rpc) {
@@ -1236,8 +1223,6 @@ class ClientConnection {
  public:
   static constexpr size_t kMaxRequestsAhead = schema::MAX_REQUESTS_AHEAD;
   static constexpr uint64_t kMaxHeldBytes = 64 << 20;
-  static constexpr uint64_t kMaxRequestWords = schema::MAX_REQUEST_BYTES / sizeof(capnp::word);
-  static constexpr uint kMaxSegments = 512;  // Cap'n Proto reads no message with more
 
   // After refusing a malformed request, how long the node reads and discards what the client
   // still sends before it closes (see Linger).
@@ -1259,10 +1244,9 @@ class ClientConnection {
     if (inflight_ >= kMaxRequestsAhead || held_bytes_ >= kMaxHeldBytes) {
       room = AfterQueuedReplies();
     }
-    capnp::ReaderOptions options;
     // A frame whose segment table declares more than a request may hold is refused before
-    // its body is read (Dispatch gives the request a traversal budget of its own).
-    options.traversalLimitInWords = kMaxRequestWords;
+    // its body is read (CheckRequest gives the request a traversal budget of its own).
+    capnp::ReaderOptions options = RequestFramingOptions();
     return room.then([this, options]() {
       auto next = capnp::tryReadMessage(*stream_, options);
       if (core_.options().client_idle_timeout_ms > 0) {
@@ -1357,42 +1341,14 @@ class ClientConnection {
   // Serves one request, now or after the replies before it, and queues its reply behind
   // theirs. False when the request is malformed: it is refused, and nothing more is read.
   bool Dispatch(kj::Own<capnp::MessageReader> framed) {
-    // What the message holds, segments its root does not reach included. (Cap'n Proto 0.9's
-    // own sizeInWords() counts the first segment twice.)
-    uint64_t words = 0;
-    uint segment_count = 0;
-    while (segment_count < kMaxSegments && framed->getSegment(segment_count).begin() != nullptr) {
-      words += framed->getSegment(segment_count++).size();
-    }
-    if (words > kMaxRequestWords) {  // Run's framing limit refuses these before they are read
-      Refuse(absl::InvalidArgumentError(
-          absl::StrCat("a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
-                       schema::MAX_REQUEST_BYTES)));
+    absl::StatusOr<CheckedRequest> checked = CheckRequest(kj::mv(framed));
+    if (!checked.ok()) {
+      Refuse(checked.status());
       return false;
     }
-    // Checking the message below and serving it read it twice, more than a traversal budget
-    // of its size (the framing limit) allows: both read it through a reader of the same
-    // segments with a budget of its own.
-    auto segments = kj::heapArrayBuilder<kj::ArrayPtr<const capnp::word>>(segment_count);
-    for (uint i = 0; i < segment_count; ++i) segments.add(framed->getSegment(i));
-    auto list = segments.finish();
-    capnp::ReaderOptions budget;
-    budget.traversalLimitInWords = 2 * words + 1024;
-    kj::Own<capnp::MessageReader> message =
-        kj::heap<capnp::SegmentArrayMessageReader>(list.asPtr(), budget)
-            .attach(kj::mv(list), kj::mv(framed));
-    schema::Request::Reader request;
-    // Every pointer of the message is checked here, once (totalSize() walks them all), so
-    // serving it meets no pointer out of bounds later: a pipeline is never applied in part
-    // and then found malformed.
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                  request = message->getRoot<schema::Request>();
-                  request.totalSize();
-                })) {
-      Refuse(absl::InvalidArgumentError(
-          absl::StrCat("malformed request: ", e->getDescription().cStr())));
-      return false;
-    }
+    kj::Own<capnp::MessageReader> message = kj::mv(checked->message);
+    uint64_t words = checked->bytes / sizeof(capnp::word);
+    schema::Request::Reader request = message->getRoot<schema::Request>();
     Kind kind = request.isWrite() || request.isWriteMany() ? Kind::kWrite : Kind::kRead;
     // A scan's fields may be of the wrong type: then it is no worker's (Serve refuses it).
     auto ignored = kj::runCatchingExceptions([&]() {

@@ -3,6 +3,7 @@
 # Idempotent: a second run with nothing changed takes seconds.
 #   WALSHIP_BUILD_DIR  build directory (default: build)
 #   WALSHIP_SANITIZE=1 build with AddressSanitizer + UndefinedBehaviorSanitizer
+#   WALSHIP_SETUP_ONLY=1 install the packages, build nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+[[ "${WALSHIP_SETUP_ONLY:-0}" == 1 ]] && exit 0  # packages only (scripts/fuzz.sh)
 
 build=${WALSHIP_BUILD_DIR:-build}
 sanitize=OFF

@@ -1,0 +1,56 @@
+// The conversions of peer messages refuse what a hostile peer could send to make a node copy
+// far more than the message holds (found by the peer-message fuzz target).
+#include <capnp/any.h>
+#include <capnp/message.h>
+#include <gtest/gtest.h>
+#include <kj/exception.h>
+
+#include "rpc/convert.h"
+#include "rpc/peer.capnp.h"
+
+namespace walship::rpc {
+namespace {
+
+// A Ship whose batch list is 4 million empty elements: a few words on the wire, but read
+// within the peer limit, since Cap'n Proto charges an empty element one word.
+TEST(ConvertTest, AShipOfMillionsOfEmptyBatchesIsRefusedBeforeCopying) {
+  capnp::MallocMessageBuilder m;
+  auto ship = m.initRoot<schema::Ship>();
+  ship.setEpoch(1);
+  capnp::toAny(ship).getPointerSection()[0].initAs<capnp::List<capnp::Void>>(4 << 20);
+  auto reader = m.getRoot<schema::Ship>().asReader();
+  ASSERT_EQ(reader.getBatches().size(), 4u << 20);
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { (void)FromCapnp(reader); })) {
+    EXPECT_NE(std::string(e->getDescription().cStr()).find("shorter than its header"),
+              std::string::npos)
+        << e->getDescription().cStr();
+  } else {
+    ADD_FAILURE() << "an amplified batch list was converted";
+  }
+}
+
+TEST(ConvertTest, AnEpochHistoryLongerThanTheLimitIsRefused) {
+  capnp::MallocMessageBuilder m;
+  auto reply = m.initRoot<schema::HelloReply>();
+  capnp::toAny(reply).getPointerSection()[2].initAs<capnp::List<capnp::Void>>(4 << 20);
+  auto reader = m.getRoot<schema::HelloReply>().asReader();
+  ASSERT_EQ(reader.getHistory().size(), 4u << 20);
+  EXPECT_TRUE(kj::runCatchingExceptions([&]() { (void)FromCapnp(reader); }) != nullptr);
+}
+
+TEST(ConvertTest, ARealShipConverts) {
+  capnp::MallocMessageBuilder m;
+  auto ship = m.initRoot<schema::Ship>();
+  auto batches = ship.initBatches(1);
+  batches[0].setFirstSeq(5);
+  batches[0].setCount(1);
+  std::string data(17, 'x');
+  batches[0].setData(ToData(data));
+  replication::Ship converted = FromCapnp(m.getRoot<schema::Ship>().asReader());
+  ASSERT_EQ(converted.batches.size(), 1u);
+  EXPECT_EQ(converted.batches[0].batch.first_seq, 5u);
+  EXPECT_EQ(converted.batches[0].batch.data, data);
+}
+
+}  // namespace
+}  // namespace walship::rpc
