@@ -72,21 +72,19 @@ class BatchChecker : public rocksdb::WriteBatch::Handler {
     return rocksdb::Status::Corruption("blob index records are not used by walship");
   }
   void LogData(const rocksdb::Slice&) override {}
-  rocksdb::Status MarkBeginPrepare(bool) override {
-    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
-  }
-  rocksdb::Status MarkEndPrepare(const rocksdb::Slice&) override {
-    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
-  }
-  rocksdb::Status MarkCommit(const rocksdb::Slice&) override {
-    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
-  }
-  rocksdb::Status MarkRollback(const rocksdb::Slice&) override {
-    return rocksdb::Status::Corruption("two-phase-commit records are not allowed");
-  }
+  // RocksDB asserts that these markers' handlers succeed (write_batch.cc, and Debian's
+  // RocksDB is built with assertions): refusing one there would abort the process on a
+  // peer's bytes. So they succeed, note the refusal and stop the walk (Continue).
+  rocksdb::Status MarkBeginPrepare(bool) override { return RefuseTwoPhase(); }
+  rocksdb::Status MarkEndPrepare(const rocksdb::Slice&) override { return RefuseTwoPhase(); }
+  rocksdb::Status MarkCommit(const rocksdb::Slice&) override { return RefuseTwoPhase(); }
+  rocksdb::Status MarkRollback(const rocksdb::Slice&) override { return RefuseTwoPhase(); }
   rocksdb::Status MarkNoop(bool) override { return rocksdb::Status::OK(); }
+  bool Continue() override { return refusal_.empty(); }
 
   uint64_t records() const { return records_; }
+  // Why the walk stopped early, or "".
+  const std::string& refusal() const { return refusal_; }
 
  private:
   rocksdb::Status Record(uint32_t cf, OpType type, const rocksdb::Slice& a,
@@ -100,8 +98,14 @@ class BatchChecker : public rocksdb::WriteBatch::Handler {
     return rocksdb::Status::OK();
   }
 
+  rocksdb::Status RefuseTwoPhase() {
+    refusal_ = "two-phase-commit records are not allowed";
+    return rocksdb::Status::OK();
+  }
+
   std::vector<WriteOp>* ops_;
   uint64_t records_ = 0;
+  std::string refusal_;
 };
 
 // Checks a batch's header against its first_seq/count.
@@ -120,14 +124,85 @@ absl::Status CheckHeader(const Batch& batch) {
   return absl::OkStatus();
 }
 
+// Reads a varint32 at `*p` (before `end`), advancing `*p`; false when it runs past `end`.
+bool GetVarint32(const char** p, const char* end, uint32_t* value) {
+  uint32_t result = 0;
+  for (uint32_t shift = 0; shift <= 28 && *p < end; shift += 7) {
+    uint32_t byte = static_cast<unsigned char>(*(*p)++);
+    result |= (byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) {
+      *value = result;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Reads a length-prefixed string into `out`; false when it runs past `end`.
+bool GetLengthPrefixed(const char** p, const char* end, std::string_view* out) {
+  uint32_t n = 0;
+  if (!GetVarint32(p, end, &n) || static_cast<size_t>(end - *p) < n) return false;
+  *out = std::string_view(*p, n);
+  *p += n;
+  return true;
+}
+
+// Checks the record framing of a batch's bytes (after its 12-byte header) and that every
+// record is of a type walship writes: put (0x01), delete (0x00), single delete (0x07),
+// range delete (0x0F, begin <= end), log data (0x03) and no-op (0x0D), all in the default
+// column family.
+// It runs before RocksDB's own walk (WriteBatch::Iterate), which asserts on some malformed
+// records of other types (a commit with an empty timestamp, say) instead of returning an
+// error: with Debian's assertions on, a peer's bytes could abort the process.
+absl::Status CheckRecordTypes(const std::string& data) {
+  const char* p = data.data() + kBatchHeaderBytes;
+  const char* end = data.data() + data.size();
+  while (p < end) {
+    unsigned char tag = static_cast<unsigned char>(*p++);
+    int strings = 0;
+    switch (tag) {
+      case 0x01: strings = 2; break;        // put: key, value
+      case 0x00: case 0x07: strings = 1; break;  // delete, single delete: key
+      case 0x0F: strings = 2; break;        // range delete: begin, end
+      case 0x03: strings = 1; break;        // log data: blob
+      case 0x0D: strings = 0; break;        // no-op
+      default:
+        return absl::DataLossError(absl::StrCat(
+            "record of type ", static_cast<int>(tag), " at byte ", p - 1 - data.data(),
+            ": walship writes only puts, deletes, range deletes and log data in the default "
+            "column family"));
+    }
+    std::string_view fields[2];
+    for (int i = 0; i < strings; ++i) {
+      if (!GetLengthPrefixed(&p, end, &fields[i])) {
+        return absl::DataLossError(absl::StrCat("record of type ", static_cast<int>(tag),
+                                                " runs past the end of the batch"));
+      }
+    }
+    // RocksDB refuses such a range only when inserting it into the memtable, after the batch
+    // is in the WAL and has consumed its sequence numbers: caught here, before anything.
+    if (tag == 0x0F && fields[0] > fields[1]) {
+      return absl::DataLossError("a range delete whose end key sorts before its begin key");
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Walks the records of `wb` (whose header was checked) and counts them against `count`.
 absl::Status CheckRecords(const rocksdb::WriteBatch& wb, SequenceNumber first_seq,
                           uint64_t count, std::vector<WriteOp>* ops) {
+  if (absl::Status s = CheckRecordTypes(wb.Data()); !s.ok()) {
+    return absl::DataLossError(absl::StrCat("batch at seq ", first_seq, ": ", s.message()));
+  }
   BatchChecker checker(ops);
   rocksdb::Status s = wb.Iterate(&checker);
   if (!s.ok()) {
     return absl::DataLossError(
         absl::StrCat("batch at seq ", first_seq, " is malformed: ", s.ToString()));
+  }
+  if (!checker.refusal().empty()) {
+    return absl::DataLossError(
+        absl::StrCat("batch at seq ", first_seq, " is refused: ", checker.refusal()));
   }
   if (checker.records() != count) {
     return absl::DataLossError(absl::StrCat("batch at seq ", first_seq, " holds ",

@@ -4,6 +4,7 @@
 // well-formed batches; DecodeBatch and ConcatBatches must never read out of bounds.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -54,7 +55,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint64_t before = db.LatestSequence();
   absl::Status applied = db.ApplyReplicated(batch, {});
   // Applied whole or not at all.
-  if (applied.ok() != (db.LatestSequence() == before + count && count > 0)) std::abort();
+  if (applied.ok() != (db.LatestSequence() == before + count && count > 0)) {
+    std::fprintf(stderr, "applied: %s; latest %llu, before %llu, count %u\n",
+                 applied.ToString().c_str(), (unsigned long long)db.LatestSequence(),
+                 (unsigned long long)before, count);
+    std::abort();
+  }
   if (!applied.ok() && db.LatestSequence() != before) std::abort();
   return 0;
 }
