@@ -23,6 +23,23 @@ Follower::Follower(FollowerOptions options, engine::Engine* engine, NodeState st
   status_.epoch = state_.epoch;
   status_.applied = engine_->LatestSequence();
   received_ = status_.applied;
+  if (!state_.needs_snapshot.empty()) {  // told so before a restart: it stays so
+    status_.phase = FollowerPhase::kNeedsSnapshot;
+    status_.message = state_.needs_snapshot;
+  }
+}
+
+void Follower::MarkNeedsSnapshot(const std::string& why) {
+  status_.phase = FollowerPhase::kNeedsSnapshot;
+  status_.message = why;
+  if (state_.needs_snapshot.empty()) {
+    // Persisted, so that a restart (or a later leader accepting the hello) cannot make the
+    // stale data readable again. If the save fails the node still refuses reads until it
+    // restarts.
+    NodeState next = state_;
+    next.needs_snapshot = why;
+    if (SaveNodeState(options_.state_path, next).ok()) state_ = std::move(next);
+  }
 }
 
 Hello Follower::MakeHello() const {
@@ -44,10 +61,14 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   absl::MutexLock lock(&mu_);
   status_.leader_latest = reply.leader_latest;
   status_.last_contact_us = clock_->NowMicros();
+  if (status_.phase == FollowerPhase::kNeedsSnapshot) {
+    // Whatever the leader says now, what this node holds was found unservable: it needs
+    // re-seeding first.
+    return absl::FailedPreconditionError(status_.message);
+  }
   switch (reply.outcome) {
     case HelloOutcome::kNeedsSnapshot:
-      status_.phase = FollowerPhase::kNeedsSnapshot;
-      status_.message = reply.message;
+      MarkNeedsSnapshot(reply.message);
       return absl::FailedPreconditionError(reply.message);
     case HelloOutcome::kRefused:
       status_.phase = FollowerPhase::kConnecting;
@@ -150,8 +171,7 @@ std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const engine::B
   status_.last_contact_us = clock_->NowMicros();
   status_.leader_latest = std::max(status_.leader_latest, ship.leader_latest);
   if (!ship.needs_snapshot.empty()) {
-    status_.phase = FollowerPhase::kNeedsSnapshot;
-    status_.message = ship.needs_snapshot;
+    MarkNeedsSnapshot(ship.needs_snapshot);
     return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + ship.needs_snapshot);
   }
   SequenceNumber applied = engine_->LatestSequence();

@@ -62,7 +62,8 @@ class Follower {
 
   // Takes the leader's answer. OK: streaming may start (epoch, database id and history are
   // adopted and persisted). kFailedPrecondition: needs snapshot (phase becomes
-  // kNeedsSnapshot). kPermissionDenied: refused (wrong cluster or database, stale leader).
+  // kNeedsSnapshot, persisted: it stays so, whatever later leaders answer, until the node is
+  // re-seeded). kPermissionDenied: refused (wrong cluster or database, stale leader).
   absl::Status OnHelloReply(const HelloReply& reply);
 
   // Applies a message from the leader and returns the ack to send back. Duplicated batches
@@ -89,6 +90,8 @@ class Follower {
 
  private:
   Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Enters kNeedsSnapshot for good: persisted in the node state.
+  void MarkNeedsSnapshot(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The checks of OnShip: the ack that refuses `ship`, or std::nullopt with the batches to
   // apply (those past applied, contiguous) in `run`.
   std::optional<Ack> Admit(const Ship& ship, std::vector<const engine::Batch*>* run)

@@ -97,11 +97,13 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   reply.history = state_.history;
   reply.leader_latest = latest_;
   *session = 0;
-  if (!options_.members.empty() && !IsMember(hello.follower_id)) {
+  if (options_.members_only && !IsMember(hello.follower_id)) {
     reply.outcome = HelloOutcome::kRefused;
     reply.message = absl::StrCat("node '", hello.follower_id, "' is not a follower in the "
                                  "configuration of cluster '", options_.cluster, "' (followers: ",
-                                 absl::StrJoin(options_.members, ", "), ")");
+                                 options_.members.empty() ? std::string("none")
+                                                          : absl::StrJoin(options_.members, ", "),
+                                 ")");
     return reply;
   }
   if (followers_.size() >= options_.max_followers && !followers_.count(hello.follower_id)) {

@@ -28,9 +28,11 @@ struct LeaderOptions {
   uint64_t max_tail_bytes = 64ull << 20;
   // Upper bound of the batch bytes in one Ship message (a message is at most 64 MiB).
   uint64_t max_ship_bytes = 1ull << 20;
-  // The ids that may follow this leader (the cluster config's other nodes). A hello from
-  // any other id is refused and leaves no record. Empty: any id may follow (tests and
-  // embedding), and refused hellos leave no record.
+  // With members_only, only these ids may follow this leader (the cluster config's other
+  // nodes; none in a one-node cluster): a hello from any other id is refused and leaves no
+  // record. Without it any id may follow (tests and embedding), and refused hellos leave no
+  // record.
+  bool members_only = false;
   std::vector<std::string> members;
   // true: NextShip reads the WAL itself when a follower is older than the memory tail (the
   // simulation). false: it never touches the WAL; the transport reads it on another thread

@@ -3,12 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/check.h"
@@ -91,6 +93,10 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
       if (line != kMagic) return bad(absl::StrCat("expected '", kMagic, "'"));
       continue;
     }
+    if (absl::StartsWith(line, "needs_snapshot ")) {
+      state.needs_snapshot = line.substr(std::string("needs_snapshot ").size());
+      continue;
+    }
     std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
     if (f.empty()) continue;
     auto num = [&](const std::string& s, uint64_t* out) {
@@ -127,6 +133,11 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
   out << "epoch " << state.epoch << "\n";
   for (const EpochEntry& e : state.history) {
     out << "history " << e.epoch << " " << e.start_seq << "\n";
+  }
+  if (!state.needs_snapshot.empty()) {
+    std::string why = state.needs_snapshot;
+    std::replace(why.begin(), why.end(), '\n', ' ');
+    out << "needs_snapshot " << why << "\n";
   }
   std::string text = out.str();
   std::string tmp = path + ".tmp";

@@ -16,6 +16,9 @@ struct NodeState {
   std::string database_id;  // empty until the node is created as leader or seeded
   Epoch epoch = 0;
   std::vector<EpochEntry> history;
+  // Non-empty once a leader said it can no longer serve this follower (why): its data is
+  // stale, and it stays so, across restarts, until the node is re-seeded.
+  std::string needs_snapshot;
 
   // Epoch under which `seq` was written according to this history (0 when unknown).
   Epoch EpochOf(SequenceNumber seq) const;

@@ -56,6 +56,7 @@ LeaderOptions DefaultLeaderOptions() {
   LeaderOptions options;
   options.cluster = kCluster;
   options.node_id = "leader";
+  options.members_only = true;
   options.members = {"f1", "f2"};
   return options;
 }

@@ -56,6 +56,8 @@ constexpr size_t kMaxNodeTasks = 16;
 // WAL reads queued at once: one per follower at most (max_followers is at most 64).
 constexpr size_t kMaxWalReads = 128;
 constexpr uint32_t kWalReadRetryMs = 100;
+// A WAL read takes a window's worth of messages ahead, but no more than this per follower.
+constexpr uint64_t kMaxWalReadBytes = 64ull << 20;
 // Words of a client reply's first segment: enough for a write's (an Error and two numbers);
 // larger replies grow more segments.
 constexpr capnp::MessageSize kSmallReply{32, 0};
@@ -69,18 +71,6 @@ capnp::Capability::Client Bootstrap(capnp::RpcSystem<capnp::rpc::twoparty::VatId
   vat.setSide(capnp::rpc::twoparty::Side::SERVER);
   return rpc.bootstrap(vat);
 }
-
-// A node's RPC connection accepted from a peer, served with the peer read limit until it
-// ends. (Cap'n Proto's TwoPartyServer takes no reader options in 0.9.)
-struct PeerConnection {
-  PeerConnection(kj::Own<BufferedStream> s, capnp::Capability::Client bootstrap)
-      : stream(kj::mv(s)),
-        network(*stream, capnp::rpc::twoparty::Side::SERVER, PeerReaderOptions()),
-        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {}
-  kj::Own<BufferedStream> stream;
-  capnp::TwoPartyVatNetwork network;
-  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
-};
 
 using SubscribeContext =
     capnp::CallContext<schema::PeerService::SubscribeParams, schema::PeerService::SubscribeResults>;
@@ -132,10 +122,11 @@ class Core final : public kj::TaskSet::ErrorHandler {
   bool writer_busy() const { return writer_busy_; }
   const NodeServerOptions& options() const { return options_; }
 
-  // The node's budget for scan replies in flight (built or being built, not yet written):
-  // each scan reserves maxScanReplyBytes until its reply is written; past the budget scans
-  // are refused `unavailable`. So scan replies hold at most this much memory (plus, for each,
-  // the one key and value that crosses its bound).
+  // The node's budget for scan replies being built: each scan reserves maxScanReplyBytes
+  // from when it is read until its reply is built (then its connection's 64 MiB bound holds
+  // the reply until it is written); past the budget scans are refused `unavailable`. So scans
+  // in progress hold at most this much memory (plus, for each, the one key and value that
+  // crosses its bound), and a client that never reads holds none of it.
   static constexpr uint64_t kMaxScanReplyBytesReserved = 8 * schema::MAX_SCAN_REPLY_BYTES;
   bool ReserveScanReply() {
     if (scan_reply_bytes_reserved_ + schema::MAX_SCAN_REPLY_BYTES > kMaxScanReplyBytesReserved) {
@@ -163,7 +154,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     switch (request.which()) {
       case schema::Request::WRITE: {
         auto w = request.getWrite();
-        return Enqueue(w.getOps(), w.getMode()).then([reply](WriteOutcome o) mutable {
+        return Enqueue(FromCapnp(w.getOps()), w.getMode()).then([reply](WriteOutcome o) mutable {
           ToReply(o, reply.initWrite());
         });
       }
@@ -195,8 +186,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
               reply.initWriteMany().initError());
       return kj::READY_NOW;
     }
-    auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(writes.size());
-    for (auto w : writes) outcomes.add(Enqueue(w.getOps(), w.getMode()));
+    // Every write is decoded before any is queued: a field of the wrong type in one of them
+    // refuses the pipeline whole (the exception reaches the connection), never after some
+    // of it was applied.
+    std::vector<std::pair<std::vector<engine::WriteOp>, schema::WriteMode>> decoded;
+    decoded.reserve(writes.size());
+    for (auto w : writes) decoded.emplace_back(FromCapnp(w.getOps()), w.getMode());
+    auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(decoded.size());
+    for (auto& [ops, mode] : decoded) outcomes.add(Enqueue(std::move(ops), mode));
     return kj::joinPromises(outcomes.finish())
         .then([reply](kj::Array<WriteOutcome> done) mutable {
           auto results = reply.initWriteMany();
@@ -349,7 +346,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   // ---- Leader: followers subscribing ----
 
-  kj::Promise<void> Subscribe(SubscribeContext ctx) {
+  // `accepted` is set when the follower is accepted (a session starts).
+  kj::Promise<void> Subscribe(SubscribeContext ctx, bool* accepted) {
     auto params = ctx.getParams();
     replication::Hello hello = FromCapnp(params.getHello());
     replication::HelloReply reply;
@@ -367,6 +365,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
                    replication::HelloOutcomeName(reply.outcome), reply.message);
       return kj::READY_NOW;
     }
+    *accepted = true;
     spdlog::info("follower '{}' subscribed from seq {} (leader at {})", hello.follower_id,
                  hello.last_applied + 1, leader_->latest());
     for (auto it = sessions_.begin(); it != sessions_.end();) {
@@ -428,6 +427,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     // shares a socket write with the next message, when that Pump sends one, instead of
     // taking one of its own.
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
+    // After a failed WAL read, the next waits until then (ReadWalFor).
+    kj::TimePoint wal_retry_at = kj::origin<kj::TimePoint>();
   };
   struct PendingApply {
     Ship ship;
@@ -472,8 +473,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   // Checks one client write and queues it for the next group commit; the promise resolves
   // once it is written (or at once with the error that refused it).
-  kj::Promise<WriteOutcome> Enqueue(capnp::List<schema::Op>::Reader wire_ops,
-                                    schema::WriteMode mode) {
+  kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops, schema::WriteMode mode) {
     auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> {
       return WriteOutcome{std::move(s)};
     };
@@ -485,7 +485,6 @@ class Core final : public kj::TaskSet::ErrorHandler {
         return fail(absl::UnimplementedError(
             "semi-synchronous and synchronous writes are not implemented yet; use async"));
     }
-    std::vector<engine::WriteOp> ops = FromCapnp(wire_ops);
     if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
     for (const engine::WriteOp& op : ops) {
       if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
@@ -676,6 +675,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // tail), on the WAL thread, so that the loop never waits for the disk; its end pumps again.
   // After a failed read (an I/O error) the next waits kWalReadRetryMs.
   void ReadWalFor(Session& s) {
+    if (io_.provider->getTimer().now() < s.wal_retry_at) return;  // after a failed read
     std::optional<replication::WalRead> read = leader_->TakeWalRead(s.id);
     if (!read.has_value()) return;
     uint64_t sid = s.id;
@@ -705,6 +705,10 @@ class Core final : public kj::TaskSet::ErrorHandler {
               if (!failed) {
                 SchedulePump();
                 return kj::READY_NOW;
+              }
+              if (it != sessions_.end()) {
+                it->second.wal_retry_at =
+                    io_.provider->getTimer().now() + kWalReadRetryMs * kj::MILLISECONDS;
               }
               return io_.provider->getTimer()
                   .afterDelay(kWalReadRetryMs * kj::MILLISECONDS)
@@ -1199,11 +1203,29 @@ class Core final : public kj::TaskSet::ErrorHandler {
 // The Cap'n Proto face of a node: forwards to Core.
 class NodeImpl final : public schema::Node::Server {
  public:
-  explicit NodeImpl(Core& core) : core_(core) {}
-  kj::Promise<void> subscribe(SubscribeContext ctx) override { return core_.Subscribe(ctx); }
+  // `subscribed` is set once a subscribe on this connection is accepted.
+  NodeImpl(Core& core, bool* subscribed) : core_(core), subscribed_(subscribed) {}
+  kj::Promise<void> subscribe(SubscribeContext ctx) override {
+    return core_.Subscribe(ctx, subscribed_);
+  }
 
  private:
   Core& core_;
+  bool* subscribed_;
+};
+
+// A node's RPC connection accepted from a peer, served with the peer read limit until it
+// ends. (Cap'n Proto's TwoPartyServer takes no reader options in 0.9.) Each has its own
+// bootstrap, which notes whether a follower subscribed on it.
+struct PeerConnection {
+  PeerConnection(kj::Own<BufferedStream> s, Core& core)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, PeerReaderOptions()),
+        rpc(capnp::makeRpcServer(network, kj::heap<NodeImpl>(core, &subscribed))) {}
+  bool subscribed = false;  // first: the bootstrap, destroyed with `rpc`, points to it
+  kj::Own<BufferedStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
 };
 
 // One client connection (the client protocol of rpc/client.capnp, after its preamble): reads
@@ -1228,12 +1250,14 @@ class ClientConnection {
   // still sends before it closes (see Linger).
   static constexpr auto kLinger = 2 * kj::SECONDS;
 
-  ClientConnection(Core& core, kj::Own<BufferedStream> stream, kj::Timer& timer)
-      : core_(core), stream_(kj::mv(stream)), timer_(timer) {}
+  // `socket` (owned by `stream`, may be null) tells the idle time-out of bytes arriving.
+  ClientConnection(Core& core, kj::Own<BufferedStream> stream, kj::Timer& timer,
+                   const FdStream* socket)
+      : core_(core), stream_(kj::mv(stream)), timer_(timer), socket_(socket) {}
 
   // Answers the first request with `why` and closes: the node takes no more clients.
   kj::Promise<void> RunRefused(absl::Status why) {
-    Refuse(std::move(why));
+    Refuse(std::move(why), /*log=*/false);  // the listener logs these, at most once a second
     return Linger();
   }
 
@@ -1294,11 +1318,14 @@ class ClientConnection {
   }
 
   // Resolves once the connection has been idle for client_idle_timeout_ms: no request came,
-  // and no reply was owed, for that long.
+  // no bytes of one arrived, and no reply was owed, for that long.
   kj::Promise<void> IdleTimeout() {
     uint32_t idle_ms = core_.options().client_idle_timeout_ms;
     return timer_.afterDelay(idle_ms * kj::MILLISECONDS).then([this, idle_ms]() {
-      if (inflight_ > 0) return IdleTimeout();  // a reply is owed: not idle
+      uint64_t read = socket_ == nullptr ? 0 : socket_->bytes_read();
+      bool arriving = read != idle_bytes_read_;
+      idle_bytes_read_ = read;
+      if (inflight_ > 0 || arriving) return IdleTimeout();  // not idle
       spdlog::info("closing a client connection idle for {} ms (client_idle_timeout_ms)",
                    idle_ms);
       return kj::Promise<void>(kj::READY_NOW);
@@ -1331,8 +1358,8 @@ class ClientConnection {
   }
 
   // Queues a refusal of the request just read; the connection then closes.
-  void Refuse(absl::Status why) {
-    spdlog::warn("closing a client connection: {}", std::string(why.message()));
+  void Refuse(absl::Status why, bool log = true) {
+    if (log) spdlog::warn("closing a client connection: {}", std::string(why.message()));
     auto builder = kj::heap<capnp::MallocMessageBuilder>(kSmallReply.wordCount);
     ToCapnp(why, builder->initRoot<schema::Reply>().initRefused());
     Queue(kj::READY_NOW, kj::mv(builder), Kind::kRead);
@@ -1459,8 +1486,8 @@ class ClientConnection {
 
   // Writes the reply in `builder` once `served` resolves and the replies before it are out.
   // `reserved`: the bytes Dispatch reserved for a scan's reply (0 for other requests); they
-  // count against kMaxHeldBytes until the reply is built, and the node's scan budget until it
-  // is written.
+  // count against kMaxHeldBytes, and `reservation` holds the node's scan budget, until the
+  // reply is built; the built reply counts against kMaxHeldBytes until it is written.
   void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
              Kind kind, uint64_t reserved = 0, kj::Own<ScanReservation> reservation = {}) {
     ++inflight_;
@@ -1470,21 +1497,22 @@ class ClientConnection {
     if (kind != Kind::kWrite) {
       held = kj::heap<uint64_t>(0);
       served = served
-                   .then([this, b = builder.get(), h = held.get(), reserved]() {
+                   .then([this, b = builder.get(), h = held.get(), reserved,
+                          reservation = kj::mv(reservation)]() mutable {
                      *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
                      held_bytes_ += *h;
                      held_bytes_ -= reserved;
+                     // Built: from here the connection's bound holds the reply, so a client
+                     // that reads slowly keeps no share of the node's scan budget.
+                     reservation = nullptr;
                    })
                    .eagerlyEvaluate(nullptr);  // counted once built, not once sent
     }
     tail_ = kj::joinPromises(kj::arr(kj::mv(tail_), kj::mv(served)))
-                .then([this, builder = kj::mv(builder), held = kj::mv(held),
-                       reservation = kj::mv(reservation)]() mutable {
+                .then([this, builder = kj::mv(builder), held = kj::mv(held)]() mutable {
                   --inflight_;
                   if (held.get() != nullptr) held_bytes_ -= *held;
-                  // The reservation ends once the reply is written, or with the connection.
-                  return capnp::writeMessage(*stream_, *builder)
-                      .attach(kj::mv(builder), kj::mv(reservation));
+                  return capnp::writeMessage(*stream_, *builder).attach(kj::mv(builder));
                 })
                 .eagerlyEvaluate(nullptr);
   }
@@ -1501,6 +1529,8 @@ class ClientConnection {
   Core& core_;
   kj::Own<BufferedStream> stream_;
   kj::Timer& timer_;
+  const FdStream* socket_;        // in stream_, or null
+  uint64_t idle_bytes_read_ = 0;  // socket_->bytes_read() at IdleTimeout's last look
   kj::byte discard_[4096];  // Discard() reads into it
   std::deque<Deferred> deferred_;  // in the order sent (destroyed after tail_)
   kj::Promise<void> tail_ = kj::READY_NOW;  // every reply queued so far is written
@@ -1515,9 +1545,8 @@ class ClientConnection {
 // word (a segment count below 512) can never spell it.
 class Listener final : private kj::TaskSet::ErrorHandler {
  public:
-  Listener(Core& core, capnp::Capability::Client node, kj::ConnectionReceiver& receiver,
-           kj::AsyncIoContext& io)
-      : core_(core), node_(kj::mv(node)), receiver_(receiver), io_(io), connections_(*this) {}
+  Listener(Core& core, kj::ConnectionReceiver& receiver, kj::AsyncIoContext& io)
+      : core_(core), receiver_(receiver), io_(io), connections_(*this) {}
 
   // Unidentified connections allowed beside a full house of clients, so that a peer can
   // still connect (and be told apart) when every client place is taken.
@@ -1541,9 +1570,10 @@ class Listener final : private kj::TaskSet::ErrorHandler {
                       stats.clients, " clients and ", unrouted_, " not yet identified)");
             return AcceptLoop();
           }
-          ++unrouted_;
-          connections_.add(
-              Route(kj::heap<BufferedStream>(FdStream::Wrap(kj::mv(connection), io_))));
+          auto socket = FdStream::Wrap(kj::mv(connection), io_);
+          const FdStream* fd = dynamic_cast<const FdStream*>(socket.get());
+          connections_.add(Route(kj::heap<BufferedStream>(kj::mv(socket)), fd,
+                                 kj::heap<Unrouted>(unrouted_)));
           return AcceptLoop();
         },
         [this](kj::Exception&& e) {
@@ -1572,16 +1602,33 @@ class Listener final : private kj::TaskSet::ErrorHandler {
     spdlog::warn("{}", absl::StrCat(args...));
   }
 
-  kj::Promise<void> Route(kj::Own<BufferedStream> stream) {
+  // Counts a connection as not yet identified while it lives, unless Release()d first: so
+  // the count drops whether routing ends well, fails (a reset before the preamble) or is
+  // cancelled.
+  class Unrouted {
+   public:
+    explicit Unrouted(uint32_t& count) : count_(&count) { ++*count_; }
+    ~Unrouted() { Release(); }
+    void Release() {
+      if (count_ != nullptr) --*count_;
+      count_ = nullptr;
+    }
+
+   private:
+    uint32_t* count_;
+  };
+
+  kj::Promise<void> Route(kj::Own<BufferedStream> stream, const FdStream* socket,
+                          kj::Own<Unrouted> unrouted) {
     BufferedStream& s = *stream;
     // A connection that does not say what it speaks within the bound is closed.
     auto first_bytes = s.Peek(kPreambleBytes).exclusiveJoin(
         io_.provider->getTimer()
             .afterDelay(core_.options().preamble_timeout_ms * kj::MILLISECONDS)
             .then([]() { return kj::ArrayPtr<const kj::byte>(); }));
-    return first_bytes.then([this, stream = kj::mv(stream)](
-                         kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
-      --unrouted_;
+    return first_bytes.then([this, stream = kj::mv(stream), socket,
+                             unrouted = kj::mv(unrouted)](
+                                kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
       if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed or silent
       kj::StringPtr preamble = schema::CLIENT_PREAMBLE;
       auto text = head.slice(0, kPreambleBytes).asChars();
@@ -1589,20 +1636,24 @@ class Listener final : private kj::TaskSet::ErrorHandler {
         kj::byte skipped[kPreambleBytes];
         BufferedStream& client = *stream;
         return client.tryRead(skipped, kPreambleBytes, kPreambleBytes)
-            .then([this, stream = kj::mv(stream)](size_t) mutable {
+            .then([this, stream = kj::mv(stream), socket,
+                   unrouted = kj::mv(unrouted)](size_t) mutable -> kj::Promise<void> {
               auto connection = kj::heap<ClientConnection>(core_, kj::mv(stream),
-                                                           io_.provider->getTimer());
+                                                           io_.provider->getTimer(), socket);
               uint32_t limit = core_.options().max_client_connections;
               auto& stats = core_.connection_stats();
               if (stats.clients >= limit) {
                 ++stats.refused;
                 LogRarely("refused a client: ", stats.clients, " client connections are open ",
                           "(max_client_connections)");
+                // Counted as not identified until its refusal is out (Linger, 2 s at
+                // most), so that refused connections too stay within the bounds.
                 auto refused = connection->RunRefused(absl::UnavailableError(absl::StrCat(
                     "the node serves ", limit, " client connections already "
                     "(max_client_connections); retry later")));
-                return refused.attach(kj::mv(connection));
+                return refused.attach(kj::mv(connection), kj::mv(unrouted));
               }
+              unrouted->Release();
               ++stats.clients;
               auto run = connection->Run();
               return run.attach(kj::mv(connection),
@@ -1614,6 +1665,7 @@ class Listener final : private kj::TaskSet::ErrorHandler {
                      std::string(text.begin(), text.size()), preamble.cStr());
         return kj::READY_NOW;
       }
+      unrouted->Release();
       auto& stats = core_.connection_stats();
       if (stats.peers >= kMaxPeerConnections) {
         ++stats.refused;
@@ -1621,16 +1673,26 @@ class Listener final : private kj::TaskSet::ErrorHandler {
         return kj::READY_NOW;
       }
       ++stats.peers;
-      auto peer = kj::heap<PeerConnection>(kj::mv(stream), node_);
+      auto peer = kj::heap<PeerConnection>(kj::mv(stream), core_);
       auto ended = peer->network.onDisconnect();
-      return ended.attach(kj::mv(peer),
-                          kj::defer([this]() { --core_.connection_stats().peers; }));
+      // Nodes connect to subscribe: a connection on which no follower has subscribed within
+      // preamble_timeout_ms is closed, so that made-up peers cannot hold the places of real
+      // ones.
+      auto deadline =
+          io_.provider->getTimer()
+              .afterDelay(core_.options().preamble_timeout_ms * kj::MILLISECONDS)
+              .then([p = peer.get()]() -> kj::Promise<void> {
+                if (p->subscribed) return kj::NEVER_DONE;
+                spdlog::warn("closing a node connection on which nothing subscribed");
+                return kj::READY_NOW;
+              });
+      return ended.exclusiveJoin(kj::mv(deadline))
+          .attach(kj::mv(peer), kj::defer([this]() { --core_.connection_stats().peers; }));
     });
   }
 
   static constexpr size_t kPreambleBytes = 8;
   Core& core_;
-  capnp::Capability::Client node_;  // what peers bootstrap: the node's RPC face
   kj::ConnectionReceiver& receiver_;
   kj::AsyncIoContext& io_;
   uint32_t accept_backoff_ms_ = 0;  // after a failed accept(); 0 after a good one
@@ -1661,14 +1723,13 @@ class NodeServerImpl final : public NodeServer {
     try {
       auto io = kj::setupAsyncIo();
       Core core(options_, *engine_, leader_.get(), follower_.get(), io);
-      capnp::Capability::Client node = kj::heap<NodeImpl>(core);
       auto addr = io.provider->getNetwork().parseAddress(options_.listen).wait(io.waitScope);
       kj::Own<kj::ConnectionReceiver> listener;
       KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { listener = addr->listen(); })) {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
-      Listener accepting(core, kj::mv(node), *listener, io);
+      Listener accepting(core, *listener, io);
       auto serving = accepting.AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
         spdlog::error("listener failed: {}", e.getDescription().cStr());
       });
@@ -1808,8 +1869,9 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
     options.leader.cluster = options.cluster;
     options.leader.node_id = options.node_id;
     options.leader.read_wal_inline = false;  // ReadWalFor reads it off the loop
-    options.leader.max_wal_read_bytes =
-        options.leader.max_ship_bytes * std::max<uint32_t>(1, options.max_inflight_ships);
+    options.leader.max_wal_read_bytes = std::min<uint64_t>(
+        options.leader.max_ship_bytes * std::max<uint32_t>(1, options.max_inflight_ships),
+        kMaxWalReadBytes);
     leader = std::make_unique<replication::Leader>(options.leader, engine->get(),
                                                    std::move(*state), replication::RealClock());
   } else {

@@ -36,18 +36,23 @@ absl::StatusOr<CheckedRequest> CheckRequest(kj::Own<capnp::MessageReader> framed
   auto segments = kj::heapArrayBuilder<kj::ArrayPtr<const capnp::word>>(segment_count);
   for (uint i = 0; i < segment_count; ++i) segments.add(framed->getSegment(i));
   auto list = segments.finish();
+  // Checking reads the message through one reader and serving through another, each with a
+  // traversal budget of twice the message: enough for what it holds, and proportional to it,
+  // so that a small message cannot make the node read far more (aliased pointers).
   capnp::ReaderOptions budget;
   budget.traversalLimitInWords = 2 * words + 1024;
+  {
+    capnp::SegmentArrayMessageReader check(list.asPtr(), budget);
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions(
+                       [&]() { check.getRoot<schema::Request>().totalSize(); })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("malformed request: ", e->getDescription().cStr()));
+    }
+  }
   CheckedRequest checked;
   checked.bytes = words * sizeof(capnp::word);
   checked.message = kj::heap<capnp::SegmentArrayMessageReader>(list.asPtr(), budget)
                         .attach(kj::mv(list), kj::mv(framed));
-  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                checked.message->getRoot<schema::Request>().totalSize();
-              })) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("malformed request: ", e->getDescription().cStr()));
-  }
   return checked;
 }
 

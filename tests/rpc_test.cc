@@ -754,13 +754,27 @@ TEST_F(RpcTest, AFieldOfTheWrongTypeIsRefusedAndTheConnectionStaysOpen) {
   request.initScan();
   capnp::toAny(request).getPointerSection()[0].initAs<capnp::List<uint64_t>>(3);
   c.Add(bad_scan);
+  // A pipeline whose second write has a key of the wrong type: refused whole, its first
+  // write not applied either.
+  capnp::MallocMessageBuilder bad_many;
+  auto many = bad_many.initRoot<schema::Request>().initWriteMany().initWrites(2);
+  auto ok_op = many[0].initOps(1);
+  ok_op[0].setType(schema::OpType::PUT);
+  ok_op[0].setKey(ToData("first"));
+  ok_op[0].setValue(ToData("1"));
+  auto bad_op = many[1].initOps(1);
+  bad_op[0].setType(schema::OpType::PUT);
+  capnp::toAny(bad_op[0]).getPointerSection()[0].initAs<schema::Error>().setMessage("no key");
+  c.Add(bad_many);
   c.AddStatus();
   c.Send();
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < 3; ++i) {
     absl::Status refused = c.NextRefusal();
     EXPECT_TRUE(absl::IsInvalidArgument(refused)) << i << ": " << refused;
   }
-  EXPECT_TRUE(c.Receive()->getRoot<schema::Reply>().isStatus());
+  auto status = c.Receive();
+  ASSERT_TRUE(status->getRoot<schema::Reply>().isStatus());
+  EXPECT_EQ(status->getRoot<schema::Reply>().getStatus().getLatestSeq(), 0u);
 }
 
 TEST_F(RpcTest, ARequestAboveTheSizeLimitIsRefusedOnBothEnds) {

@@ -301,8 +301,9 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.listen = node.listen;
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
+  o.leader.members_only = true;  // only the other nodes of the file may follow it
   for (const NodeConfig& n : config.nodes) {
-    if (n.id != node.id) o.leader.members.push_back(n.id);  // who may follow it
+    if (n.id != node.id) o.leader.members.push_back(n.id);
   }
   if (const NodeConfig* leader = config.Leader(); leader != nullptr && !o.is_leader) {
     o.leader_id = leader->id;

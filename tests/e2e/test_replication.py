@@ -185,6 +185,15 @@ class PurgedWalTest(unittest.TestCase):
             self.assertIn("NEEDS SNAPSHOT", c.log("n3"))
             if leader_log is not None:
                 self.assertIn(leader_log, c.log("n1"))
+            # It stays so across a restart, with no leader to ask: its data is still stale.
+            c.stop("n1")
+            c.stop("n3")
+            c.start("n3")
+            st = c.status("n3")
+            self.assertEqual(st["replication_state"], "needs_snapshot")
+            r = c.cli("--node", "n3", "get", "k", check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("needs a snapshot", r.stdout + r.stderr)
         finally:
             c.close()
 

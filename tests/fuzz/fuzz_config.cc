@@ -13,12 +13,14 @@
 #include "tools/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path = [] {
+  // Never destroyed, so that the exit handler that removes the file can still name it.
+  static const std::string& path = *[] {
     std::random_device rd;
     auto p = std::filesystem::temp_directory_path() /
              ("walship-fuzz-config-" + std::to_string(rd()) + ".toml");
+    auto* name = new std::string(p.string());
     std::atexit([] { std::filesystem::remove(path); });
-    return p.string();
+    return name;
   }();
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);

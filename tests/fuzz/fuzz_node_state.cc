@@ -11,11 +11,12 @@
 #include "replication/node_state.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::filesystem::path dir = [] {
+  // Never destroyed, so that the exit handler that removes the folder can still name it.
+  static const std::filesystem::path& dir = *[] {
     std::random_device rd;
-    auto d = std::filesystem::temp_directory_path() /
-             ("walship-fuzz-state-" + std::to_string(rd()));
-    std::filesystem::create_directories(d);
+    auto* d = new std::filesystem::path(std::filesystem::temp_directory_path() /
+                                        ("walship-fuzz-state-" + std::to_string(rd())));
+    std::filesystem::create_directories(*d);
     std::atexit([] { std::filesystem::remove_all(dir); });
     return d;
   }();
