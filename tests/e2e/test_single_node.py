@@ -92,6 +92,33 @@ class SingleNodeTest(unittest.TestCase):
         self.assertLess(time.monotonic() - t, 10)
 
 
+class FileLimitTest(unittest.TestCase):
+    """At start the node raises its soft descriptor limit to the hard one, and fits its client
+    connections within what it can hold."""
+
+    def test_soft_limit_is_raised_and_clients_fit_a_low_limit(self):
+        import resource
+        c = Cluster(n=1, replication={"max_client_connections": 100000})
+        try:
+            def low_soft_limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (64, 600))
+            log = open(os.path.join(c.dir, "n1.log"), "ab")
+            c.logs["n1"] = log.name
+            c.procs["n1"] = subprocess.Popen(
+                [WALSHIPD, "--config", c.config, "--node", "n1"], stdout=log, stderr=log,
+                preexec_fn=low_soft_limit)
+            log.close()
+            from cluster import wait_until
+            wait_until(lambda: c.reachable("n1"), 20, "n1 to answer")
+            with open(f"/proc/{c.procs['n1'].pid}/limits") as f:
+                line = next(l for l in f if l.startswith("Max open files"))
+            self.assertEqual(line.split()[3:5], ["600", "600"], line)
+            self.assertIn("max_client_connections lowered from 100000", c.log("n1"))
+            c.cli("put", "k", "v")
+        finally:
+            c.close()
+
+
 class BadConfigTest(unittest.TestCase):
     """Each bad config: non-zero exit, one line naming file, line and key; data untouched."""
 
