@@ -656,11 +656,3 @@ TEST_F(OverloadTest, ReadsNeverWaitForTheDiskOnTheEventLoop) {
 
 }  // namespace
 }  // namespace walship::rpc
-
-int main(int argc, char** argv) {
-  // Before any thread starts, so every thread blocks these and the node loops get them.
-  kj::UnixEventPort::captureSignal(SIGTERM);
-  kj::UnixEventPort::captureSignal(SIGINT);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}
