@@ -1454,34 +1454,13 @@ class ClientConnection {
   kj::Promise<void> Serve(schema::Request::Reader request, schema::Reply::Builder reply) {
     return kj::evalNow([&]() { return core_.Serve(request, reply); })
         .catch_([reply](kj::Exception&& e) mutable {
-          absl::Status why;
-          switch (e.getType()) {
-            case kj::Exception::Type::OVERLOADED:
-            case kj::Exception::Type::DISCONNECTED:
-              why = absl::UnavailableError(e.getDescription().cStr());
-              break;
-            default:
-              if (IsDecodeError(e)) {  // a field of the wrong type: the client's fault
-                why = absl::InvalidArgumentError(
-                    absl::StrCat("malformed request: ", e.getDescription().cStr()));
-              } else {  // the node's own fault: say so, and log it
-                spdlog::error("internal error serving a client request: {}",
-                              e.getDescription().cStr());
-                why = absl::InternalError(absl::StrCat("internal error in the node: ",
-                                                       e.getDescription().cStr()));
-              }
+          absl::Status why = RefusalOf(e);
+          if (absl::IsInternal(why)) {  // the node's own fault: logged too
+            spdlog::error("internal error serving a client request: {}",
+                          e.getDescription().cStr());
           }
           ToCapnp(why, reply.initRefused());
         });
-  }
-
-  // Whether `e` was thrown by Cap'n Proto while decoding the request (a pointer of the wrong
-  // kind, out of bounds, too deep): Dispatch has checked the message's framing and bounds, so
-  // what is left are the checks of its layout code, in capnp/layout.c++. Anything else
-  // thrown while serving is the node's fault, not the client's.
-  static bool IsDecodeError(const kj::Exception& e) {
-    kj::StringPtr file = e.getFile();
-    return file.endsWith("capnp/layout.c++") || file.endsWith("capnp/arena.c++");
   }
 
   // Writes the reply in `builder` once `served` resolves and the replies before it are out.

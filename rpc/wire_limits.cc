@@ -56,4 +56,21 @@ absl::StatusOr<CheckedRequest> CheckRequest(kj::Own<capnp::MessageReader> framed
   return checked;
 }
 
+absl::Status RefusalOf(const kj::Exception& e) {
+  switch (e.getType()) {
+    case kj::Exception::Type::OVERLOADED:
+    case kj::Exception::Type::DISCONNECTED:
+      return absl::UnavailableError(e.getDescription().cStr());
+    default: break;
+  }
+  // Cap'n Proto's decoding checks live in its layout and arena code.
+  kj::StringPtr file = e.getFile();
+  if (file.endsWith("capnp/layout.c++") || file.endsWith("capnp/arena.c++")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed request: ", e.getDescription().cStr()));
+  }
+  return absl::InternalError(
+      absl::StrCat("internal error in the node: ", e.getDescription().cStr()));
+}
+
 }  // namespace walship::rpc

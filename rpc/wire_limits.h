@@ -4,6 +4,7 @@
 #pragma once
 
 #include <capnp/message.h>
+#include <kj/exception.h>
 #include <kj/memory.h>
 
 #include <cstdint>
@@ -41,5 +42,11 @@ struct CheckedRequest {
 // them all), so that serving it meets no pointer out of bounds: a pipeline is never applied
 // in part and then found malformed. kInvalidArgument naming the fault otherwise.
 absl::StatusOr<CheckedRequest> CheckRequest(kj::Own<capnp::MessageReader> framed);
+
+// What a client is told when serving its request threw `e`: `unavailable` for overload or a
+// lost connection; `invalidArgument` ("malformed request") when Cap'n Proto's decoding threw
+// (a pointer of the wrong kind, out of bounds, too deep: the client's fault, since
+// CheckRequest has checked the framing); `internal` for anything else, the node's own fault.
+absl::Status RefusalOf(const kj::Exception& e);
 
 }  // namespace walship::rpc

@@ -3,10 +3,12 @@
 #include <capnp/any.h>
 #include <capnp/message.h>
 #include <gtest/gtest.h>
+#include <kj/debug.h>
 #include <kj/exception.h>
 
 #include "rpc/convert.h"
 #include "rpc/peer.capnp.h"
+#include "rpc/wire_limits.h"
 
 namespace walship::rpc {
 namespace {
@@ -50,6 +52,28 @@ TEST(ConvertTest, ARealShipConverts) {
   ASSERT_EQ(converted.batches.size(), 1u);
   EXPECT_EQ(converted.batches[0].batch.first_seq, 5u);
   EXPECT_EQ(converted.batches[0].batch.data, data);
+}
+
+// Who is at fault when serving a request throws: Cap'n Proto's decoding of a field of the
+// wrong type is the client's (invalidArgument); overload is unavailable; anything else is
+// the node's own (internal), never reported as the client's.
+TEST(ConvertTest, ARefusalNamesWhoIsAtFault) {
+  capnp::MallocMessageBuilder m;
+  auto get = m.initRoot<schema::Request>().initGet();
+  capnp::toAny(get).getPointerSection()[0].initAs<schema::Error>().setMessage("not a key");
+  auto reader = m.getRoot<schema::Request>().asReader();
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { (void)reader.getGet().getKey(); })) {
+    absl::Status s = RefusalOf(*e);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find("malformed request"), std::string_view::npos) << s;
+  } else {
+    ADD_FAILURE() << "reading a struct as a key did not throw";
+  }
+  EXPECT_TRUE(absl::IsUnavailable(RefusalOf(KJ_EXCEPTION(OVERLOADED, "worker queue full"))));
+  // The fault the full worker queue once caused: a promise the node dropped.
+  absl::Status ours = RefusalOf(
+      KJ_EXCEPTION(FAILED, "PromiseFulfiller was destroyed without fulfilling the promise"));
+  EXPECT_TRUE(absl::IsInternal(ours)) << ours;
 }
 
 }  // namespace
