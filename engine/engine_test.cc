@@ -408,7 +408,7 @@ TEST(EngineTest, ABatchWithRecordsWalshipNeverWritesIsRefusedNotACrash) {
   // refused before RocksDB sees the batch.
   const std::string records[] = {std::string("\x15\x00\x00", 3),
                                  std::string("\x05\x01\x01k\x01v", 6),
-                                 std::string("\x0f\x01c\x01a", 5)};
+                                 std::string("\x0f\x01" "c" "\x01" "a", 5)};
   for (const std::string& record : records) {
     std::string data(12, '\0');
     data[0] = 1;

@@ -1,6 +1,7 @@
 #include "replication/follower.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -29,16 +30,24 @@ Follower::Follower(FollowerOptions options, engine::Engine* engine, NodeState st
   }
 }
 
-void Follower::MarkNeedsSnapshot(const std::string& why) {
+std::optional<NodeState> Follower::MarkNeedsSnapshot(const std::string& why) {
   status_.phase = FollowerPhase::kNeedsSnapshot;
-  status_.message = why;
-  if (state_.needs_snapshot.empty()) {
-    // Persisted, so that a restart (or a later leader accepting the hello) cannot make the
-    // stale data readable again. If the save fails the node still refuses reads until it
-    // restarts.
-    NodeState next = state_;
-    next.needs_snapshot = why;
-    if (SaveNodeState(options_.state_path, next).ok()) state_ = std::move(next);
+  status_.message = why.empty() ? "the leader cannot serve this follower's position" : why;
+  if (!state_.needs_snapshot.empty()) return std::nullopt;  // persisted already
+  NodeState next = state_;
+  next.needs_snapshot = status_.message;
+  return next;
+}
+
+void Follower::PersistNeedsSnapshot(NodeState next) {
+  // Persisted, so that a restart (or a later leader accepting the hello) cannot make the
+  // stale data readable again. apply_mu_ is held, so nothing else changes state_ meanwhile.
+  absl::Status saved = SaveNodeState(options_.state_path, next);
+  absl::MutexLock lock(&mu_);
+  if (saved.ok()) {
+    state_ = std::move(next);
+  } else {  // still refused until a restart; status says the verdict was not kept
+    status_.message = absl::StrCat(status_.message, " (not saved: ", saved.message(), ")");
   }
 }
 
@@ -68,8 +77,11 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   }
   switch (reply.outcome) {
     case HelloOutcome::kNeedsSnapshot:
-      MarkNeedsSnapshot(reply.message);
-      return absl::FailedPreconditionError(reply.message);
+      if (std::optional<NodeState> next = MarkNeedsSnapshot(reply.message); next.has_value()) {
+        // On the loop thread, like adopting an epoch below: once per leader change.
+        if (SaveNodeState(options_.state_path, *next).ok()) state_ = std::move(*next);
+      }
+      return absl::FailedPreconditionError(status_.message);
     case HelloOutcome::kRefused:
       status_.phase = FollowerPhase::kConnecting;
       status_.message = reply.message;
@@ -120,11 +132,15 @@ Ack Follower::MakeAck(AckOutcome outcome, std::string message) {
 absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOptions& write) {
   absl::MutexLock apply_lock(&apply_mu_);
   std::vector<const engine::Batch*> run;
+  std::optional<Ack> refused;
+  std::optional<NodeState> to_persist;
   {
     absl::MutexLock lock(&mu_);
-    std::optional<Ack> refused = Admit(ship, &run);
-    if (refused.has_value()) return *refused;
+    refused = Admit(ship, &run);
+    to_persist = std::exchange(to_persist_, std::nullopt);
   }
+  if (to_persist.has_value()) PersistNeedsSnapshot(std::move(*to_persist));
+  if (refused.has_value()) return *refused;
   // Outside mu_ (status stays answerable): only OnShip writes, and apply_mu_ is held.
   // Consecutive batches applied as one consume the same sequence numbers. Joining them is
   // the one copy of the bytes on this path; the engine takes the joined batch by move.
@@ -171,7 +187,7 @@ std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const engine::B
   status_.last_contact_us = clock_->NowMicros();
   status_.leader_latest = std::max(status_.leader_latest, ship.leader_latest);
   if (!ship.needs_snapshot.empty()) {
-    MarkNeedsSnapshot(ship.needs_snapshot);
+    to_persist_ = MarkNeedsSnapshot(ship.needs_snapshot);  // saved by OnShip, outside mu_
     return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + ship.needs_snapshot);
   }
   SequenceNumber applied = engine_->LatestSequence();

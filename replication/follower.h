@@ -90,8 +90,13 @@ class Follower {
 
  private:
   Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Enters kNeedsSnapshot for good: persisted in the node state.
-  void MarkNeedsSnapshot(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Enters kNeedsSnapshot for good. Returns the node state to persist (PersistNeedsSnapshot),
+  // or std::nullopt when it is persisted already.
+  std::optional<NodeState> MarkNeedsSnapshot(const std::string& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves `next` (from MarkNeedsSnapshot) without holding mu_, so status and reads go on.
+  void PersistNeedsSnapshot(NodeState next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The checks of OnShip: the ack that refuses `ship`, or std::nullopt with the batches to
   // apply (those past applied, contiguous) in `run`.
   std::optional<Ack> Admit(const Ship& ship, std::vector<const engine::Batch*>* run)
@@ -109,6 +114,8 @@ class Follower {
   FollowerStatus status_ ABSL_GUARDED_BY(mu_);
   SequenceNumber received_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_applied_time_us_ ABSL_GUARDED_BY(mu_) = 0;
+  // Set by Admit when a message made this follower need a snapshot; OnShip saves it.
+  std::optional<NodeState> to_persist_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace walship::replication

@@ -113,9 +113,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
     if (leader_ != nullptr) {
       tasks_.add(HeartbeatLoop());
     } else {
-      Connect();
       tasks_.add(WatchdogLoop());
       tasks_.add(FsyncLoop());
+      if (follower_->Status().phase == replication::FollowerPhase::kNeedsSnapshot) {
+        // Told so before it stopped: asking a leader again would change nothing.
+        CheckNeedsSnapshot(/*connected=*/false);
+      } else {
+        Connect();
+      }
     }
   }
 
@@ -346,8 +351,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
 
   // ---- Leader: followers subscribing ----
 
-  // `accepted` is set when the follower is accepted (a session starts).
-  kj::Promise<void> Subscribe(SubscribeContext ctx, bool* accepted) {
+  // `connection_sessions` counts the live sessions of the connection it came on: one more
+  // while the session this starts, if accepted, lives.
+  kj::Promise<void> Subscribe(SubscribeContext ctx, std::shared_ptr<uint32_t> connection_sessions) {
     auto params = ctx.getParams();
     replication::Hello hello = FromCapnp(params.getHello());
     replication::HelloReply reply;
@@ -365,14 +371,16 @@ class Core final : public kj::TaskSet::ErrorHandler {
                    replication::HelloOutcomeName(reply.outcome), reply.message);
       return kj::READY_NOW;
     }
-    *accepted = true;
     spdlog::info("follower '{}' subscribed from seq {} (leader at {})", hello.follower_id,
                  hello.last_applied + 1, leader_->latest());
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       it = it->second.follower_id == hello.follower_id ? sessions_.erase(it) : std::next(it);
     }
-    sessions_.emplace(sid, Session(sid, hello.follower_id, params.getSink(),
-                                   io_.provider->getTimer().now()));
+    auto session = sessions_.emplace(sid, Session(sid, hello.follower_id, params.getSink(),
+                                                  io_.provider->getTimer().now()));
+    ++*connection_sessions;
+    session.first->second.live_on_connection = std::shared_ptr<void>(
+        nullptr, [n = std::move(connection_sessions)](void*) { --*n; });
     tasks_.add(kj::evalLater([this, sid]() { Pump(sid); }));
     return kj::READY_NOW;
   }
@@ -429,6 +437,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
     // After a failed WAL read, the next waits until then (ReadWalFor).
     kj::TimePoint wal_retry_at = kj::origin<kj::TimePoint>();
+    // Counts this session in its connection's live sessions until it ends (Subscribe).
+    std::shared_ptr<void> live_on_connection;
   };
   struct PendingApply {
     Ship ship;
@@ -1125,8 +1135,8 @@ class Core final : public kj::TaskSet::ErrorHandler {
   }
 
   // The leader said it can no longer serve us: stop replicating, loudly.
-  void CheckNeedsSnapshot() {
-    if (!handshake_done_) return;
+  void CheckNeedsSnapshot(bool connected = true) {
+    if (connected && !handshake_done_) return;
     replication::FollowerStatus st = follower_->Status();
     if (st.phase != replication::FollowerPhase::kNeedsSnapshot) return;
     if (needs_snapshot_logged_) return;
@@ -1203,15 +1213,16 @@ class Core final : public kj::TaskSet::ErrorHandler {
 // The Cap'n Proto face of a node: forwards to Core.
 class NodeImpl final : public schema::Node::Server {
  public:
-  // `subscribed` is set once a subscribe on this connection is accepted.
-  NodeImpl(Core& core, bool* subscribed) : core_(core), subscribed_(subscribed) {}
+  // `sessions` counts the follower sessions of this connection that live.
+  NodeImpl(Core& core, std::shared_ptr<uint32_t> sessions)
+      : core_(core), sessions_(std::move(sessions)) {}
   kj::Promise<void> subscribe(SubscribeContext ctx) override {
-    return core_.Subscribe(ctx, subscribed_);
+    return core_.Subscribe(ctx, sessions_);
   }
 
  private:
   Core& core_;
-  bool* subscribed_;
+  std::shared_ptr<uint32_t> sessions_;
 };
 
 // A node's RPC connection accepted from a peer, served with the peer read limit until it
@@ -1221,8 +1232,10 @@ struct PeerConnection {
   PeerConnection(kj::Own<BufferedStream> s, Core& core)
       : stream(kj::mv(s)),
         network(*stream, capnp::rpc::twoparty::Side::SERVER, PeerReaderOptions()),
-        rpc(capnp::makeRpcServer(network, kj::heap<NodeImpl>(core, &subscribed))) {}
-  bool subscribed = false;  // first: the bootstrap, destroyed with `rpc`, points to it
+        rpc(capnp::makeRpcServer(network, kj::heap<NodeImpl>(core, sessions))) {}
+  // Follower sessions of this connection that live (shared with them: a session may end
+  // after its connection).
+  std::shared_ptr<uint32_t> sessions = std::make_shared<uint32_t>(0);
   kj::Own<BufferedStream> stream;
   capnp::TwoPartyVatNetwork network;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
@@ -1321,10 +1334,9 @@ class ClientConnection {
   // no bytes of one arrived, and no reply was owed, for that long.
   kj::Promise<void> IdleTimeout() {
     uint32_t idle_ms = core_.options().client_idle_timeout_ms;
-    return timer_.afterDelay(idle_ms * kj::MILLISECONDS).then([this, idle_ms]() {
-      uint64_t read = socket_ == nullptr ? 0 : socket_->bytes_read();
-      bool arriving = read != idle_bytes_read_;
-      idle_bytes_read_ = read;
+    uint64_t armed_at = socket_ == nullptr ? 0 : socket_->bytes_read();
+    return timer_.afterDelay(idle_ms * kj::MILLISECONDS).then([this, idle_ms, armed_at]() {
+      bool arriving = socket_ != nullptr && socket_->bytes_read() != armed_at;
       if (inflight_ > 0 || arriving) return IdleTimeout();  // not idle
       spdlog::info("closing a client connection idle for {} ms (client_idle_timeout_ms)",
                    idle_ms);
@@ -1508,8 +1520,7 @@ class ClientConnection {
   Core& core_;
   kj::Own<BufferedStream> stream_;
   kj::Timer& timer_;
-  const FdStream* socket_;        // in stream_, or null
-  uint64_t idle_bytes_read_ = 0;  // socket_->bytes_read() at IdleTimeout's last look
+  const FdStream* socket_;  // in stream_, or null
   kj::byte discard_[4096];  // Discard() reads into it
   std::deque<Deferred> deferred_;  // in the order sent (destroyed after tail_)
   kj::Promise<void> tail_ = kj::READY_NOW;  // every reply queued so far is written
@@ -1530,18 +1541,26 @@ class Listener final : private kj::TaskSet::ErrorHandler {
   // Unidentified connections allowed beside a full house of clients, so that a peer can
   // still connect (and be told apart) when every client place is taken.
   static constexpr uint32_t kSpareUnrouted = 16;
+  // Clients past max_client_connections being told so at once (each for up to 2 s).
+  static constexpr uint32_t kMaxRefusing = 16;
 
   // Accepts until the node stops. A failed accept() (EMFILE and ENFILE when descriptors run
   // out, ENOBUFS, ENOMEM) ends nothing: the listener waits, longer after each failure in a
   // row, and accepts again; connections wait in the backlog meanwhile.
   kj::Promise<void> AcceptLoop() {
-    // kj::evalNow: KJ's accept() throws at once when the listening socket was readable.
-    return kj::evalNow([this]() { return receiver_.accept(); })
-        .then(
+    // KJ's accept() throws at once when the listening socket was readable; caught here
+    // rather than with kj::evalNow, whose broken-promise node UBSan's vptr check takes for
+    // an object of the wrong type (it is built in libkj).
+    kj::Promise<kj::Own<kj::AsyncIoStream>> accepted = nullptr;
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { accepted = receiver_.accept(); })) {
+      return AcceptFailed(kj::mv(*e));
+    }
+    return accepted.then(
         [this](kj::Own<kj::AsyncIoStream> connection) {
           accept_backoff_ms_ = 0;
           auto& stats = core_.connection_stats();
-          if (unrouted_ + stats.clients >= core_.options().max_client_connections + kSpareUnrouted) {
+          if (unrouted_ + stats.clients >=
+              core_.options().max_client_connections + kSpareUnrouted) {
             ++stats.refused;
             // Closed at once (dropping it closes it): without a free place it would only
             // hold a descriptor until its preamble time-out.
@@ -1555,21 +1574,37 @@ class Listener final : private kj::TaskSet::ErrorHandler {
                                  kj::heap<Unrouted>(unrouted_)));
           return AcceptLoop();
         },
-        [this](kj::Exception&& e) {
-          ++core_.connection_stats().accept_failures;
-          accept_backoff_ms_ = std::clamp<uint32_t>(accept_backoff_ms_ * 2, 10, 1000);
-          LogRarely("accepting a connection failed (", e.getDescription().cStr(),
-                    "); accepting again in ", accept_backoff_ms_, " ms");
-          return io_.provider->getTimer()
-              .afterDelay(accept_backoff_ms_ * kj::MILLISECONDS)
-              .then([this]() { return AcceptLoop(); });
-        });
+        [this](kj::Exception&& e) { return AcceptFailed(kj::mv(e)); });
+  }
+
+  // After a failed accept(): counted, logged at most once a second, and accepted again after
+  // a pause that doubles with each failure in a row, up to 1 s.
+  kj::Promise<void> AcceptFailed(kj::Exception&& e) {
+    ++core_.connection_stats().accept_failures;
+    accept_backoff_ms_ = std::clamp<uint32_t>(accept_backoff_ms_ * 2, 10, 1000);
+    LogRarely("accepting a connection failed (", e.getDescription().cStr(),
+              "); accepting again in ", accept_backoff_ms_, " ms");
+    return io_.provider->getTimer()
+        .afterDelay(accept_backoff_ms_ * kj::MILLISECONDS)
+        .then([this]() { return AcceptLoop(); });
   }
 
  private:
   void taskFailed(kj::Exception&& e) override {
     // A client going away mid-request is routine; a refused request was logged already.
     spdlog::debug("client connection ended: {}", e.getDescription().cStr());
+  }
+
+  // Resolves when the connection counting its sessions in `sessions` has had none at a look
+  // every preamble_timeout_ms.
+  kj::Promise<void> ClosesWithoutSession(std::shared_ptr<uint32_t> sessions) {
+    return io_.provider->getTimer()
+        .afterDelay(core_.options().preamble_timeout_ms * kj::MILLISECONDS)
+        .then([this, sessions = std::move(sessions)]() mutable -> kj::Promise<void> {
+          if (*sessions > 0) return ClosesWithoutSession(std::move(sessions));
+          LogRarely("closing a node connection with no follower session on it");
+          return kj::READY_NOW;
+        });
   }
 
   // Logs at most once a second: a flood must not fill the disk with the same line.
@@ -1623,14 +1658,18 @@ class Listener final : private kj::TaskSet::ErrorHandler {
               auto& stats = core_.connection_stats();
               if (stats.clients >= limit) {
                 ++stats.refused;
+                unrouted->Release();
                 LogRarely("refused a client: ", stats.clients, " client connections are open ",
                           "(max_client_connections)");
-                // Counted as not identified until its refusal is out (Linger, 2 s at
-                // most), so that refused connections too stay within the bounds.
+                // The refusal goes out (Linger, 2 s at most) for at most kMaxRefusing
+                // connections at once, counted apart from the places peers need; past
+                // that, the connection just closes.
+                if (refusing_ >= kMaxRefusing) return kj::READY_NOW;
+                ++refusing_;
                 auto refused = connection->RunRefused(absl::UnavailableError(absl::StrCat(
                     "the node serves ", limit, " client connections already "
                     "(max_client_connections); retry later")));
-                return refused.attach(kj::mv(connection), kj::mv(unrouted));
+                return refused.attach(kj::mv(connection), kj::defer([this]() { --refusing_; }));
               }
               unrouted->Release();
               ++stats.clients;
@@ -1654,17 +1693,11 @@ class Listener final : private kj::TaskSet::ErrorHandler {
       ++stats.peers;
       auto peer = kj::heap<PeerConnection>(kj::mv(stream), core_);
       auto ended = peer->network.onDisconnect();
-      // Nodes connect to subscribe: a connection on which no follower has subscribed within
-      // preamble_timeout_ms is closed, so that made-up peers cannot hold the places of real
-      // ones.
-      auto deadline =
-          io_.provider->getTimer()
-              .afterDelay(core_.options().preamble_timeout_ms * kj::MILLISECONDS)
-              .then([p = peer.get()]() -> kj::Promise<void> {
-                if (p->subscribed) return kj::NEVER_DONE;
-                spdlog::warn("closing a node connection on which nothing subscribed");
-                return kj::READY_NOW;
-              });
+      // Nodes connect to subscribe: a connection with no live follower session for
+      // preamble_timeout_ms (none began, or it was replaced by a session of the same id on
+      // another connection) is closed, so that made-up peers cannot hold the places of real
+      // ones: the live ones are at most one per configured follower.
+      auto deadline = ClosesWithoutSession(peer->sessions);
       return ended.exclusiveJoin(kj::mv(deadline))
           .attach(kj::mv(peer), kj::defer([this]() { --core_.connection_stats().peers; }));
     });
@@ -1676,6 +1709,7 @@ class Listener final : private kj::TaskSet::ErrorHandler {
   kj::AsyncIoContext& io_;
   uint32_t accept_backoff_ms_ = 0;  // after a failed accept(); 0 after a good one
   uint32_t unrouted_ = 0;           // accepted, protocol not yet known
+  uint32_t refusing_ = 0;           // clients being told the node is full
   int64_t last_refusal_log_us_ = 0;
   kj::TaskSet connections_;  // last: destroyed first, while the counts above still exist
 };
@@ -1770,7 +1804,8 @@ absl::Status FitFileLimit(NodeServerOptions& options) {
     if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
   }
   uint64_t files = lim.rlim_cur == RLIM_INFINITY ? (uint64_t{1} << 20) : lim.rlim_cur;
-  uint64_t fixed = kMaxPeerConnections + Listener::kSpareUnrouted + kSpareFiles;
+  uint64_t fixed =
+      kMaxPeerConnections + Listener::kSpareUnrouted + Listener::kMaxRefusing + kSpareFiles;
   if (files < fixed + kMinSstFiles + kMinClients) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the file-descriptor limit (RLIMIT_NOFILE) is ", files, "; a node needs at least ",
@@ -1834,6 +1869,11 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
   std::unique_ptr<replication::Leader> leader;
   std::unique_ptr<replication::Follower> follower;
   SequenceNumber latest = (*engine)->LatestSequence();
+  if (options.is_leader && !state->needs_snapshot.empty()) {
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "node '", options.node_id, "' may not lead: as a follower it was told its data is "
+        "stale (", state->needs_snapshot, ", in ", state_path, "); re-seed it first")));
+  }
   if (options.is_leader) {
     // Each start as leader begins a new epoch at the next sequence number. An epoch in which
     // nothing was written is replaced rather than kept, so restarts do not grow the history.

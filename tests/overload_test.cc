@@ -152,8 +152,10 @@ TEST_F(OverloadTest, TheLargestWritesReachEveryFollower) {
   for (auto& t : writers) t.join();
   ASSERT_EQ(written, 3);
   const std::string large((32 << 20) - 150, 'l');
+  auto patient = Client::Connect(lo.listen, absl::Seconds(120));  // fsyncs of 32 MiB
+  ASSERT_TRUE(patient.ok()) << patient.status();
   for (int i = 0; i < 2; ++i) {
-    auto r = c->Write({{OpType::kPut, "large" + std::to_string(i), large}});
+    auto r = (*patient)->Write({{OpType::kPut, "large" + std::to_string(i), large}});
     ASSERT_TRUE(r.ok()) << r.status();
   }
   uint64_t latest = LatestSeq(lo.listen);

@@ -405,6 +405,29 @@ TEST_F(RpcTest, WithoutAHoldEveryWriteGoesWhileTheWindowHasRoom) {
   c.reset();
 }
 
+// A node connection holds its place only while a follower session lives on it: when a
+// subscribe with the same follower id on another connection replaces its session, the old
+// connection is closed within preamble_timeout_ms, so made-up subscribers cannot pile up.
+TEST_F(RpcTest, AConnectionWhoseSessionWasReplacedIsClosed) {
+  NodeServerOptions lo = PromptAckLeader(0);
+  lo.preamble_timeout_ms = 200;
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  auto peers = [&] {
+    auto st = c->Status();
+    return st.ok() ? st->peer_connections : 99u;
+  };
+  ScriptedFollower first(lo.listen);
+  ASSERT_TRUE(WaitFor([&] { return first.subscribed(); }, std::chrono::seconds(10)));
+  ScriptedFollower second(lo.listen);  // the same follower id: it replaces the first
+  ASSERT_TRUE(WaitFor([&] { return second.subscribed(); }, std::chrono::seconds(10)));
+  EXPECT_TRUE(WaitFor([&] { return peers() == 1; }, std::chrono::seconds(10))) << peers();
+  auto w = c->Write({{OpType::kPut, "k", "v"}});
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE(WaitFor([&] { return !second.Pushes().empty(); }, std::chrono::seconds(10)));
+}
+
 // Pacing (prompt acks): a caught-up follower gets at most one message per
 // min_ship_interval_us. Writes arriving within it travel together once it ends, whether the
 // ack came before them or after; a write after a quiet spell of an interval goes at once.
