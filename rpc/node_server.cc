@@ -1548,9 +1548,8 @@ class Listener final : private kj::TaskSet::ErrorHandler {
   // out, ENOBUFS, ENOMEM) ends nothing: the listener waits, longer after each failure in a
   // row, and accepts again; connections wait in the backlog meanwhile.
   kj::Promise<void> AcceptLoop() {
-    // KJ's accept() throws at once when the listening socket was readable; caught here
-    // rather than with kj::evalNow, whose broken-promise node UBSan's vptr check takes for
-    // an object of the wrong type (it is built in libkj).
+    // KJ's accept() throws at once when the listening socket was readable, and later (a
+    // rejected promise) when it had to wait: both failures are handled alike.
     kj::Promise<kj::Own<kj::AsyncIoStream>> accepted = nullptr;
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { accepted = receiver_.accept(); })) {
       return AcceptFailed(kj::mv(*e));
