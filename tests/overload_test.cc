@@ -549,7 +549,7 @@ TEST_F(OverloadTest, ScanRepliesAreBoundedInBytes) {
   std::printf("peak memory grew by %llu MiB during the scans\n",
               static_cast<unsigned long long>(grown >> 20));
   // The scan budget (128 MiB), each reply's copy while it is built, the replies being read
-  // by the four scanners, and the allocator's slack (measured: 250-270 MiB in all; unbounded,
+  // by the four scanners, and the allocator's slack (measured: 210-280 MiB in all; unbounded,
   // 160 replies of 24 MiB grew the peak by 860-920 MiB).
   if (kMemoryIsMeasurable) {
     EXPECT_LT(grown, uint64_t{512} << 20);
