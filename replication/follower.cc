@@ -44,6 +44,10 @@ void Follower::PersistNeedsSnapshot(NodeState next) {
   // stale data readable again. apply_mu_ is held, so nothing else changes state_ meanwhile.
   absl::Status saved = SaveNodeState(options_.state_path, next);
   absl::MutexLock lock(&mu_);
+  KeepNeedsSnapshot(saved, std::move(next));
+}
+
+void Follower::KeepNeedsSnapshot(const absl::Status& saved, NodeState next) {
   if (saved.ok()) {
     state_ = std::move(next);
   } else {  // still refused until a restart; status says the verdict was not kept
@@ -78,8 +82,9 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   switch (reply.outcome) {
     case HelloOutcome::kNeedsSnapshot:
       if (std::optional<NodeState> next = MarkNeedsSnapshot(reply.message); next.has_value()) {
-        // On the loop thread, like adopting an epoch below: once per leader change.
-        if (SaveNodeState(options_.state_path, *next).ok()) state_ = std::move(*next);
+        // Saved under mu_, on the loop thread, as adopting an epoch below: once per leader
+        // change.
+        KeepNeedsSnapshot(SaveNodeState(options_.state_path, *next), std::move(*next));
       }
       return absl::FailedPreconditionError(status_.message);
     case HelloOutcome::kRefused:

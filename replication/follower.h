@@ -97,6 +97,9 @@ class Follower {
   // Saves `next` (from MarkNeedsSnapshot) without holding mu_, so status and reads go on.
   void PersistNeedsSnapshot(NodeState next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Adopts `next` once saved; else notes in the status message that the verdict was not kept.
+  void KeepNeedsSnapshot(const absl::Status& saved, NodeState next)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The checks of OnShip: the ack that refuses `ship`, or std::nullopt with the batches to
   // apply (those past applied, contiguous) in `run`.
   std::optional<Ack> Admit(const Ship& ship, std::vector<const engine::Batch*>* run)

@@ -437,7 +437,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
     // After a failed WAL read, the next waits until then (ReadWalFor).
     kj::TimePoint wal_retry_at = kj::origin<kj::TimePoint>();
-    // Counts this session in its connection's live sessions until it ends (Subscribe).
+    // While this follower's stream lives, it counts in its connection's (Subscribe).
     std::shared_ptr<void> live_on_connection;
   };
   struct PendingApply {
@@ -1399,7 +1399,6 @@ class ClientConnection {
     // A scan's reply may be large: its bound is reserved from the node's budget (and counted
     // against this connection's) now, before it is built, so that neither many scans in
     // flight on one connection nor scans on many connections outgrow it.
-    uint64_t reserved = 0;
     kj::Own<ScanReservation> reservation;
     if (request.isScan()) {
       if (!core_.ReserveScanReply()) {
@@ -1411,11 +1410,10 @@ class ClientConnection {
         return true;
       }
       reservation = kj::heap<ScanReservation>(core_);
-      reserved = schema::MAX_SCAN_REPLY_BYTES;
-      held_bytes_ += reserved;
+      held_bytes_ += schema::MAX_SCAN_REPLY_BYTES;
     }
     if (deferred_.empty() && !MustWait(kind)) {
-      Queue(Start(request, reply, kind), kj::mv(builder), kind, reserved, kj::mv(reservation));
+      Queue(Start(request, reply, kind), kj::mv(builder), kind, kj::mv(reservation));
       return true;
     }
     // Its turn comes in Drain(), once the requests before it allow.
@@ -1423,7 +1421,7 @@ class ClientConnection {
     held_bytes_ += bytes;
     auto paf = kj::newPromiseAndFulfiller<kj::Promise<void>>();
     deferred_.push_back(Deferred{kj::mv(message), reply, kind, bytes, kj::mv(paf.fulfiller)});
-    Queue(kj::mv(paf.promise), kj::mv(builder), kind, reserved, kj::mv(reservation));
+    Queue(kj::mv(paf.promise), kj::mv(builder), kind, kj::mv(reservation));
     return true;
   }
 
@@ -1476,11 +1474,11 @@ class ClientConnection {
   }
 
   // Writes the reply in `builder` once `served` resolves and the replies before it are out.
-  // `reserved`: the bytes Dispatch reserved for a scan's reply (0 for other requests); they
-  // count against kMaxHeldBytes, and `reservation` holds the node's scan budget, until the
-  // reply is built; the built reply counts against kMaxHeldBytes until it is written.
+  // `reservation` (a scan's; null for other requests) holds the node's scan budget, and its
+  // maxScanReplyBytes count against kMaxHeldBytes, until the reply is built; the built reply
+  // counts against kMaxHeldBytes until it is written.
   void Queue(kj::Promise<void> served, kj::Own<capnp::MallocMessageBuilder> builder,
-             Kind kind, uint64_t reserved = 0, kj::Own<ScanReservation> reservation = {}) {
+             Kind kind, kj::Own<ScanReservation> reservation = {}) {
     ++inflight_;
     // A read's reply may be large: it counts against kMaxHeldBytes until it is written. (A
     // write's is a few words, and writes are bounded by the write queue.)
@@ -1488,11 +1486,11 @@ class ClientConnection {
     if (kind != Kind::kWrite) {
       held = kj::heap<uint64_t>(0);
       served = served
-                   .then([this, b = builder.get(), h = held.get(), reserved,
+                   .then([this, b = builder.get(), h = held.get(),
                           reservation = kj::mv(reservation)]() mutable {
                      *h = capnp::computeSerializedSizeInWords(*b) * sizeof(capnp::word);
                      held_bytes_ += *h;
-                     held_bytes_ -= reserved;
+                     if (reservation.get() != nullptr) held_bytes_ -= schema::MAX_SCAN_REPLY_BYTES;
                      // Built: from here the connection's bound holds the reply, so a client
                      // that reads slowly keeps no share of the node's scan budget.
                      reservation = nullptr;
