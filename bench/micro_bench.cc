@@ -330,7 +330,7 @@ absl::StatusOr<FollowerNode> MakeFollower() {
   absl::StatusOr<std::unique_ptr<engine::Engine>> e = OpenEngine(node.dir->Sub("db"));
   if (!e.ok()) return e.status();
   node.engine = *std::move(e);
-  const std::vector<replication::EpochEntry> history = {{kEpoch, 1}};
+  const std::vector<replication::EpochEntry> history = {{kEpoch, 1, "leader"}};
   replication::NodeState state;
   state.database_id = kDatabaseId;
   state.epoch = kEpoch;

@@ -65,7 +65,10 @@ Hello Follower::MakeHello() const {
   hello.follower_id = options_.node_id;
   hello.epoch = state_.epoch;
   hello.last_applied = engine_->LatestSequence();
-  hello.last_applied_epoch = state_.EpochOf(hello.last_applied);
+  if (const EpochEntry* e = state_.EntryOf(hello.last_applied); e != nullptr) {
+    hello.last_applied_epoch = e->epoch;
+    hello.last_applied_leader = e->leader;
+  }
   return hello;
 }
 
@@ -74,6 +77,13 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   absl::MutexLock lock(&mu_);
   status_.leader_latest = reply.leader_latest;
   status_.last_contact_us = clock_->NowMicros();
+  if (reply.version != kPeerProtocolVersion) {
+    status_.phase = FollowerPhase::kConnecting;
+    status_.message = absl::StrCat("the leader speaks peer protocol version ", reply.version,
+                                   "; this follower speaks version ", kPeerProtocolVersion,
+                                   ": run one walship version in a cluster");
+    return absl::PermissionDeniedError(status_.message);
+  }
   if (status_.phase == FollowerPhase::kNeedsSnapshot) {
     // Whatever the leader says now, what this node holds was found unservable: it needs
     // re-seeding first.
@@ -103,6 +113,20 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
                        state_.database_id);
   } else if (absl::Status s = ValidateHistory(reply.history); !s.ok()) {
     why = absl::StrCat("leader sent a bad epoch history: ", s.message());
+  } else if (reply.history.empty() || reply.history.back().epoch != reply.epoch) {
+    why = absl::StrCat("leader's epoch history does not end with its epoch ", reply.epoch);
+  } else {
+    // Two nodes must never lead the same epoch: should it happen (two nodes both started as
+    // leader from the same state), say so rather than mix their histories.
+    for (const EpochEntry& ours : state_.history) {
+      for (const EpochEntry& theirs : reply.history) {
+        if (ours.epoch == theirs.epoch && !ours.SameEpoch(theirs)) {
+          why = absl::StrCat("epoch ", ours.epoch, " was begun by '", theirs.leader,
+                             "' according to this leader and by '", ours.leader,
+                             "' according to this follower: two nodes led the same epoch");
+        }
+      }
+    }
   }
   if (!why.empty()) {
     status_.message = why;
@@ -136,7 +160,7 @@ Ack Follower::MakeAck(AckOutcome outcome, std::string message) {
 
 absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOptions& write) {
   absl::MutexLock apply_lock(&apply_mu_);
-  std::vector<const engine::Batch*> run;
+  std::vector<const ShippedBatch*> run;
   std::optional<Ack> refused;
   std::optional<NodeState> to_persist;
   {
@@ -147,35 +171,41 @@ absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOption
   if (to_persist.has_value()) PersistNeedsSnapshot(std::move(*to_persist));
   if (refused.has_value()) return *refused;
   // Outside mu_ (status stays answerable): only OnShip writes, and apply_mu_ is held.
-  // Consecutive batches applied as one consume the same sequence numbers. Joining them is
-  // the one copy of the bytes on this path; the engine takes the joined batch by move.
-  absl::StatusOr<engine::Batch> joined = engine::ConcatBatches(absl::MakeConstSpan(run));
-  absl::Status s = joined.status();
-  SequenceNumber joined_last = 0;
-  size_t joined_bytes = 0;
+  // Each batch is applied as its own write, so this node's WAL holds the leader's records
+  // with the same boundaries: once it leads, it serves any follower's position (always the
+  // end of a leader batch) from its own WAL. Only the last write of a message is fsynced
+  // when fsync_apply asks for it; that fsync covers the ones before it.
   engine::WriteOptions options = write;
-  options.sync = options.sync || options_.fsync_apply;
-  if (joined.ok()) {
-    joined_last = joined->last_seq();
-    joined_bytes = joined->data.size();
-    s = engine_->ApplyReplicated(std::move(*joined), options);
+  const bool sync = options.sync || options_.fsync_apply;
+  absl::Status s;
+  size_t done = 0;
+  uint64_t bytes = 0;
+  for (; done < run.size(); ++done) {
+    options.sync = sync && done + 1 == run.size();
+    s = engine_->ApplyReplicated(run[done]->batch, options);
+    if (!s.ok()) break;
+    bytes += run[done]->batch.data.size();
   }
   absl::MutexLock lock(&mu_);
-  if (!joined.ok()) return MakeAck(AckOutcome::kFailed, std::string(s.message()));
+  if (done > 0) {
+    // What was applied counts, even when a later batch of the message failed: the next
+    // message (or this one again) continues after it.
+    status_.applied = run[done - 1]->batch.last_seq();
+    status_.bytes_applied += bytes;
+    last_applied_time_us_ = run[done - 1]->leader_time_us;
+  }
+  if (s.ok() && sync) status_.durable = status_.applied;
+  if (absl::IsInvalidArgument(s)) return MakeAck(AckOutcome::kFailed, std::string(s.message()));
   if (absl::IsResourceExhausted(s) && write.no_slowdown) return s;
   if (!s.ok()) {
     status_.message = absl::StrCat("apply failed: ", s.message());
     return absl::Status(s.code(), status_.message);
   }
   if (absl::StartsWith(status_.message, "apply failed: ")) status_.message.clear();
-  status_.applied = joined_last;
-  if (options.sync) status_.durable = status_.applied;
-  status_.bytes_applied += joined_bytes;
-  last_applied_time_us_ = ship.batches.back().leader_time_us;
   return MakeAck(AckOutcome::kOk, "");
 }
 
-std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const engine::Batch*>* run) {
+std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const ShippedBatch*>* run) {
   if (status_.phase == FollowerPhase::kNeedsSnapshot) {
     return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + status_.message);
   }
@@ -212,14 +242,14 @@ std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const engine::B
   run->reserve(ship.batches.size() - first);
   for (size_t i = first; i < ship.batches.size(); ++i) {
     const engine::Batch& b = ship.batches[i].batch;
-    if (!run->empty() && b.first_seq != run->back()->next_seq()) {
+    if (!run->empty() && b.first_seq != run->back()->batch.next_seq()) {
       return MakeAck(AckOutcome::kFailed,
                      absl::StrCat("batches in one message are not contiguous: seq ",
-                                  b.first_seq, " follows ", run->back()->last_seq()));
+                                  b.first_seq, " follows ", run->back()->batch.last_seq()));
     }
-    run->push_back(&b);
+    run->push_back(&ship.batches[i]);
   }
-  received_ = std::max(received_, run->back()->last_seq());
+  received_ = std::max(received_, run->back()->batch.last_seq());
   return std::nullopt;
 }
 

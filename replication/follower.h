@@ -66,12 +66,14 @@ class Follower {
   // re-seeded). kPermissionDenied: refused (wrong cluster or database, stale leader).
   absl::Status OnHelloReply(const HelloReply& reply);
 
-  // Applies a message from the leader and returns the ack to send back. Duplicated batches
-  // are skipped, a message that starts past applied + 1 is answered with kGap and nothing is
-  // applied. kResourceExhausted (and nothing applied) when `write.no_slowdown` is set and the
-  // engine would stall: call again without it, off the event loop. Any other error: the engine
-  // could not apply the batches (a storage error, say), nothing was applied, and the caller
-  // should stop taking messages for a while (the leader resends them after a reconnect).
+  // Applies a message from the leader and returns the ack to send back. Each batch becomes
+  // its own write, so this node's WAL keeps the leader's record boundaries. Duplicated
+  // batches are skipped, a message that starts past applied + 1 is answered with kGap and
+  // nothing is applied. kResourceExhausted when `write.no_slowdown` is set and the engine
+  // would stall: call again without it, off the event loop (the batches applied before the
+  // stall are skipped then). Any other error: the engine could not apply a batch (a storage
+  // error, say); the batches before it stay applied, and the caller should stop taking
+  // messages for a while (the leader resends the rest after a reconnect).
   absl::StatusOr<Ack> OnShip(const Ship& ship, const engine::WriteOptions& write);
 
   // Records that the WAL was fsynced after `seq` was applied.
@@ -102,7 +104,7 @@ class Follower {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The checks of OnShip: the ack that refuses `ship`, or std::nullopt with the batches to
   // apply (those past applied, contiguous) in `run`.
-  std::optional<Ack> Admit(const Ship& ship, std::vector<const engine::Batch*>* run)
+  std::optional<Ack> Admit(const Ship& ship, std::vector<const ShippedBatch*>* run)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const FollowerOptions options_;

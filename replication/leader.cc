@@ -60,7 +60,8 @@ const Leader::Record* Leader::FindSession(uint64_t session) const {
   return const_cast<Leader*>(this)->FindSession(session);
 }
 
-// Returns why the follower's history is not a prefix of ours, or "" when it is.
+// Returns why the follower's history is not a prefix of ours, or "" when it is: its last
+// batch must lie in the range our history gives the same epoch (same number, same leader).
 std::string Leader::CheckHistory(const Hello& hello) const {
   if (hello.last_applied > latest_) {
     return absl::StrCat("follower has applied up to seq ", hello.last_applied,
@@ -68,9 +69,16 @@ std::string Leader::CheckHistory(const Hello& hello) const {
                         ": its history diverged from the leader's");
   }
   if (hello.last_applied == 0) return "";
+  EpochEntry theirs{hello.last_applied_epoch, 0, hello.last_applied_leader};
   const auto& h = state_.history;
   for (size_t i = 0; i < h.size(); ++i) {
     if (h[i].epoch != hello.last_applied_epoch) continue;
+    if (!h[i].SameEpoch(theirs)) {
+      return absl::StrCat("follower's last batch (seq ", hello.last_applied, ") was written in "
+                          "epoch ", hello.last_applied_epoch, " begun by '",
+                          hello.last_applied_leader, "', but this leader's epoch ", h[i].epoch,
+                          " was begun by '", h[i].leader, "': its history diverged");
+    }
     SequenceNumber end = i + 1 < h.size() ? h[i + 1].start_seq - 1 : latest_;
     if (hello.last_applied < h[i].start_seq || hello.last_applied > end) {
       return absl::StrCat("follower's last batch (seq ", hello.last_applied, ", epoch ",
@@ -97,6 +105,13 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   reply.history = state_.history;
   reply.leader_latest = latest_;
   *session = 0;
+  if (hello.version != kPeerProtocolVersion) {
+    reply.outcome = HelloOutcome::kRefused;
+    reply.message = absl::StrCat("follower '", hello.follower_id, "' speaks peer protocol version ",
+                                 hello.version, "; this leader speaks version ",
+                                 kPeerProtocolVersion, ": run one walship version in a cluster");
+    return reply;
+  }
   if (options_.members_only && !IsMember(hello.follower_id)) {
     reply.outcome = HelloOutcome::kRefused;
     reply.message = absl::StrCat("node '", hello.follower_id, "' is not a follower in the "

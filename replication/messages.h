@@ -17,22 +17,39 @@ namespace walship::replication {
 using engine::SequenceNumber;
 using Epoch = uint64_t;
 
-// The first sequence number written under `epoch`. A node's epoch history is the list of
-// these in increasing order; it tells where two nodes' histories part after a failover.
+// The version of the node-to-node protocol this build speaks. Carried in Hello and
+// HelloReply (the handshake starts every stream); a node meeting another version refuses
+// the handshake with a message naming both. Version 2: epoch entries name the node that
+// began them, and followers keep the leader's WAL record boundaries. (Nodes before
+// versions were carried send none: they read as 0.)
+constexpr uint32_t kPeerProtocolVersion = 2;
+
+// The first sequence number written under `epoch`, and the node that began it. A node's epoch
+// history is the list of these in increasing order; it tells where two nodes' histories part
+// after a failover. The epoch number and its leader together name an epoch: a node begins a
+// new epoch only above every epoch it has seen, and should two nodes ever begin the same
+// number, their entries still differ by leader, so neither history is taken for the other.
 struct EpochEntry {
   Epoch epoch = 0;
   SequenceNumber start_seq = 0;
+  std::string leader;  // the node id that began the epoch; empty: unknown (older state files)
   bool operator==(const EpochEntry&) const = default;
+  // The same epoch: the same number begun by the same node (an unknown leader matches any).
+  bool SameEpoch(const EpochEntry& o) const {
+    return epoch == o.epoch && (leader.empty() || o.leader.empty() || leader == o.leader);
+  }
 };
 
 // Follower -> leader, once per connection.
 struct Hello {
+  uint32_t version = kPeerProtocolVersion;
   std::string cluster;
   std::string database_id;  // empty for a follower that has never been seeded
   std::string follower_id;
   Epoch epoch = 0;                      // the follower's current epoch
   SequenceNumber last_applied = 0;      // end of the last batch it applied
   Epoch last_applied_epoch = 0;         // epoch under which that batch was written (0: none)
+  std::string last_applied_leader;      // the node that began that epoch ("": unknown)
 };
 
 enum class HelloOutcome {
@@ -43,6 +60,7 @@ enum class HelloOutcome {
 
 // Leader -> follower, in answer to Hello.
 struct HelloReply {
+  uint32_t version = kPeerProtocolVersion;
   HelloOutcome outcome = HelloOutcome::kRefused;
   std::string message;
   Epoch epoch = 0;

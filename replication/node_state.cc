@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/check.h"
@@ -18,7 +19,9 @@
 namespace walship::replication {
 namespace {
 
-constexpr char kMagic[] = "walship-node-state 1";
+constexpr char kMagic[] = "walship-node-state";
+// A history entry's leader when it is unknown (read from a version 1 file).
+constexpr char kUnknownLeader[] = "-";
 
 absl::Status Errno(const std::string& what, const std::string& path) {
   return absl::UnavailableError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
@@ -55,11 +58,29 @@ const char* AckOutcomeName(AckOutcome outcome) {
 }
 
 Epoch NodeState::EpochOf(SequenceNumber seq) const {
-  Epoch found = 0;
+  const EpochEntry* e = EntryOf(seq);
+  return e == nullptr ? 0 : e->epoch;
+}
+
+const EpochEntry* NodeState::EntryOf(SequenceNumber seq) const {
+  const EpochEntry* found = nullptr;
   for (const EpochEntry& e : history) {
-    if (e.start_seq <= seq) found = e.epoch;
+    if (e.start_seq <= seq) found = &e;
   }
   return found;
+}
+
+Epoch NodeState::HighestEpoch() const {
+  return std::max(epoch, history.empty() ? Epoch{0} : history.back().epoch);
+}
+
+void BeginEpoch(NodeState& state, SequenceNumber next_seq, const std::string& leader_id) {
+  Epoch epoch = state.HighestEpoch() + 1;
+  while (!state.history.empty() && state.history.back().start_seq >= next_seq) {
+    state.history.pop_back();
+  }
+  state.history.push_back({epoch, next_seq, leader_id});
+  state.epoch = epoch;
 }
 
 absl::Status ValidateHistory(const std::vector<EpochEntry>& history) {
@@ -71,6 +92,16 @@ absl::Status ValidateHistory(const std::vector<EpochEntry>& history) {
           history[i - 1].start_seq, ") then (", history[i].epoch, ", ", history[i].start_seq,
           ")"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateState(const NodeState& state) {
+  if (absl::Status s = ValidateHistory(state.history); !s.ok()) return s;
+  if (!state.history.empty() && state.epoch < state.history.back().epoch) {
+    return absl::InvalidArgumentError(absl::StrCat("current epoch ", state.epoch,
+                                                   " is below the history's last epoch ",
+                                                   state.history.back().epoch));
   }
   return absl::OkStatus();
 }
@@ -87,10 +118,20 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
   auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat(path, ":", line_no, ": ", why));
   };
+  int version = 0;
   while (std::getline(in, line)) {
     ++line_no;
     if (line_no == 1) {
-      if (line != kMagic) return bad(absl::StrCat("expected '", kMagic, "'"));
+      std::vector<std::string> f = absl::StrSplit(line, ' ');
+      if (f.size() != 2 || f[0] != kMagic || !absl::SimpleAtoi(f[1], &version)) {
+        return bad(absl::StrCat("not a walship node-state file (expected '", kMagic,
+                                " <version>')"));
+      }
+      if (version < 1 || version > kNodeStateVersion) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            path, " has node-state format version ", version, "; this walship reads versions 1 "
+            "to ", kNodeStateVersion, " (written by a newer walship? run that version)"));
+      }
       continue;
     }
     if (absl::StartsWith(line, "needs_snapshot ")) {
@@ -109,30 +150,42 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
       state.database_id = f[1];
     } else if (f[0] == "epoch" && f.size() == 2) {
       if (!num(f[1], &state.epoch)) return bad("epoch is not a number");
-    } else if (f[0] == "history" && f.size() == 3) {
+    } else if (f[0] == "history" && f.size() == (version == 1 ? 3u : 4u)) {
       EpochEntry e;
       if (!num(f[1], &e.epoch) || !num(f[2], &e.start_seq)) {
-        return bad("history needs two numbers");
+        return bad("history needs an epoch and a sequence number");
       }
+      if (version >= 2 && f[3] != kUnknownLeader) e.leader = f[3];
       state.history.push_back(e);
     } else {
       return bad(absl::StrCat("unknown line '", line, "'"));
     }
   }
   if (line_no == 0) return absl::DataLossError(absl::StrCat(path, ": empty state file"));
-  if (absl::Status s = ValidateHistory(state.history); !s.ok()) {
-    return absl::DataLossError(absl::StrCat(path, ": ", s.message()));
+  if (absl::Status s = ValidateState(state); !s.ok()) {
+    return absl::DataLossError(absl::StrCat(path, " is damaged: ", s.message()));
   }
   return state;
 }
 
 absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
+  if (absl::Status s = ValidateState(state); !s.ok()) {
+    return absl::InternalError(absl::StrCat("refusing to save ", path, ": ", s.message()));
+  }
+  for (const EpochEntry& e : state.history) {
+    if (e.leader.find_first_of(" \n") != std::string::npos || e.leader == kUnknownLeader) {
+      return absl::InternalError(absl::StrCat("refusing to save ", path, ": epoch ", e.epoch,
+                                              " names leader '", e.leader,
+                                              "', which the file cannot hold"));
+    }
+  }
   std::ostringstream out;
-  out << kMagic << "\n";
+  out << kMagic << " " << kNodeStateVersion << "\n";
   if (!state.database_id.empty()) out << "database_id " << state.database_id << "\n";
   out << "epoch " << state.epoch << "\n";
   for (const EpochEntry& e : state.history) {
-    out << "history " << e.epoch << " " << e.start_seq << "\n";
+    out << "history " << e.epoch << " " << e.start_seq << " "
+        << (e.leader.empty() ? kUnknownLeader : e.leader) << "\n";
   }
   if (!state.needs_snapshot.empty()) {
     std::string why = state.needs_snapshot;

@@ -22,13 +22,32 @@ struct NodeState {
 
   // Epoch under which `seq` was written according to this history (0 when unknown).
   Epoch EpochOf(SequenceNumber seq) const;
+  // The history entry under which `seq` was written, or null when unknown.
+  const EpochEntry* EntryOf(SequenceNumber seq) const;
+  // The highest epoch this node has seen: its current epoch, or a later history entry's.
+  Epoch HighestEpoch() const;
 };
 
+// The format version of the node-state file this build writes; it reads 1 (history entries
+// without their leader) and 2.
+constexpr int kNodeStateVersion = 2;
+
+// Begins a new epoch led by `leader_id` at `next_seq` (the node's latest sequence + 1): its
+// number is above every epoch the node has seen, so a node never begins an epoch it has
+// already known. History entries that start past next_seq name writes this node does not
+// hold (it adopted a leader's history and stopped before applying them) and are dropped; an
+// entry that starts at next_seq (an epoch in which this node wrote nothing) is replaced, so
+// that restarts do not grow the history.
+void BeginEpoch(NodeState& state, SequenceNumber next_seq, const std::string& leader_id);
+
 // Reads the state file; a missing file gives an empty NodeState. kDataLoss, naming the file
-// and line, when the file is malformed.
+// and line, when the file is malformed or its history is out of order; kFailedPrecondition,
+// naming both versions, when it was written in a format version this build cannot read.
 absl::StatusOr<NodeState> LoadNodeState(const std::string& path);
 
-// Replaces the state file atomically and durably.
+// Replaces the state file atomically and durably, after checking `state` (ValidateState):
+// a state that does not hold together is refused (kInternal, naming the file) and the file
+// is left as it was.
 absl::Status SaveNodeState(const std::string& path, const NodeState& state);
 
 // A new random database identity (128 bits as hex).
@@ -36,5 +55,8 @@ std::string NewDatabaseId();
 
 // Checks that a history is strictly increasing in epoch and non-decreasing in start_seq.
 absl::Status ValidateHistory(const std::vector<EpochEntry>& history);
+
+// ValidateHistory, and that the current epoch is not below the history's last entry.
+absl::Status ValidateState(const NodeState& state);
 
 }  // namespace walship::replication

@@ -116,7 +116,7 @@ class Simulation {
     NodeState state;
     state.database_id = "sim-db";
     state.epoch = 1;
-    state.history = {{1, 1}};
+    state.history = {{1, 1, "leader"}};
     LeaderOptions options;
     options.cluster = "sim";
     options.node_id = "leader";

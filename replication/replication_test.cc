@@ -48,7 +48,7 @@ NodeState LeaderState(Epoch epoch = 1) {
   NodeState state;
   state.database_id = kDatabase;
   state.epoch = epoch;
-  for (Epoch e = 1; e <= epoch; ++e) state.history.push_back({e, 1});
+  for (Epoch e = 1; e <= epoch; ++e) state.history.push_back({e, 1, "leader"});
   return state;
 }
 
@@ -147,7 +147,7 @@ TEST(NodeStateTest, SaveThenLoadRoundTrips) {
   NodeState state;
   state.database_id = NewDatabaseId();
   state.epoch = 7;
-  state.history = {{1, 1}, {4, 120}, {7, 120}, };
+  state.history = {{1, 1, "n1"}, {4, 120, "n2"}, {7, 120, "n1"}};
   ASSERT_TRUE(SaveNodeState(dir.Sub("state"), state).ok());
   auto loaded = LoadNodeState(dir.Sub("state"));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -159,7 +159,7 @@ TEST(NodeStateTest, SaveThenLoadRoundTrips) {
   EXPECT_EQ(loaded->EpochOf(120), 7u);
   // Saving again replaces the file.
   state.epoch = 8;
-  state.history.push_back({8, 200});
+  state.history.push_back({8, 200, "n3"});
   ASSERT_TRUE(SaveNodeState(dir.Sub("state"), state).ok());
   loaded = LoadNodeState(dir.Sub("state"));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -184,6 +184,97 @@ TEST(NodeStateTest, MalformedFileIsDataLossNamingFileAndLine) {
   expect_data_loss("walship-node-state 1\ndatabase_id abc\nepoch seven\n", path + ":3:");
   expect_data_loss("not a state file\n", path + ":1:");
   expect_data_loss("walship-node-state 1\nepoch 2\nhistory 2 1\nhistory 1 5\n", path);
+}
+
+// Files written before epoch entries named their leader still load (leaders unknown), and
+// are rewritten in the current format.
+TEST(NodeStateTest, VersionOneFilesLoadWithUnknownLeaders) {
+  TempDir dir;
+  std::string path = dir.Sub("state");
+  {
+    std::ofstream out(path);
+    out << "walship-node-state 1\ndatabase_id abc\nepoch 3\nhistory 1 1\nhistory 3 40\n";
+  }
+  auto loaded = LoadNodeState(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->history, (std::vector<EpochEntry>{{1, 1, ""}, {3, 40, ""}}));
+  ASSERT_TRUE(SaveNodeState(path, *loaded).ok());
+  std::ifstream in(path);
+  std::string first;
+  std::getline(in, first);
+  EXPECT_EQ(first, "walship-node-state " + std::to_string(kNodeStateVersion));
+  auto again = LoadNodeState(path);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->history, loaded->history);
+}
+
+TEST(NodeStateTest, ANewerFormatIsRefusedNamingBothVersions) {
+  TempDir dir;
+  std::string path = dir.Sub("state");
+  {
+    std::ofstream out(path);
+    out << "walship-node-state 9\nepoch 3\nsomething new\n";
+  }
+  auto loaded = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsFailedPrecondition(loaded.status())) << loaded.status();
+  std::string message(loaded.status().message());
+  EXPECT_NE(message.find(path), std::string::npos) << message;
+  EXPECT_NE(message.find("version 9"), std::string::npos) << message;
+  EXPECT_NE(message.find("versions 1 to " + std::to_string(kNodeStateVersion)),
+            std::string::npos)
+      << message;
+}
+
+// A state that does not hold together is never written: the file keeps the last good one.
+TEST(NodeStateTest, SaveRefusesAStateOutOfOrderAndKeepsTheFile) {
+  TempDir dir;
+  std::string path = dir.Sub("state");
+  NodeState good = LeaderState(2);
+  ASSERT_TRUE(SaveNodeState(path, good).ok());
+  NodeState bad = good;
+  bad.epoch = 3;
+  bad.history = {{1, 1, "a"}, {2, 50, "b"}, {3, 10, "c"}};  // epoch 3 starts before epoch 2
+  absl::Status s = SaveNodeState(path, bad);
+  EXPECT_TRUE(absl::IsInternal(s)) << s;
+  EXPECT_NE(s.message().find(path), std::string::npos) << s;
+  NodeState behind = good;
+  behind.epoch = 1;  // below the history's last epoch
+  EXPECT_TRUE(absl::IsInternal(SaveNodeState(path, behind)));
+  NodeState spaced = good;
+  spaced.history.back().leader = "two words";
+  EXPECT_TRUE(absl::IsInternal(SaveNodeState(path, spaced)));
+  auto loaded = LoadNodeState(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->history, good.history);
+  EXPECT_EQ(loaded->epoch, good.epoch);
+}
+
+// The epoch rule: a new epoch is above every epoch the node has seen, and its history stays
+// in order whatever the node held, including a history adopted from a leader whose last
+// epoch starts past what this node applied (which once produced a file the node then refused
+// to start from).
+TEST(EpochTest, BeginEpochIsAboveEverythingSeenAndKeepsTheHistoryInOrder) {
+  NodeState state;
+  BeginEpoch(state, 1, "n1");
+  EXPECT_EQ(state.epoch, 1u);
+  EXPECT_EQ(state.history, (std::vector<EpochEntry>{{1, 1, "n1"}}));
+  // Restarted with nothing written: the empty epoch is replaced.
+  BeginEpoch(state, 1, "n1");
+  EXPECT_EQ(state.epoch, 2u);
+  EXPECT_EQ(state.history, (std::vector<EpochEntry>{{2, 1, "n1"}}));
+  // A follower adopted (5, n2) starting at 100 but applied only up to 60.
+  state.epoch = 5;
+  state.history = {{2, 1, "n1"}, {5, 100, "n2"}};
+  BeginEpoch(state, 61, "n3");
+  EXPECT_EQ(state.epoch, 6u);
+  EXPECT_EQ(state.history, (std::vector<EpochEntry>{{2, 1, "n1"}, {6, 61, "n3"}}));
+  EXPECT_TRUE(ValidateState(state).ok());
+  // The epoch is above the history's too, should the current epoch lag behind it.
+  state.epoch = 1;
+  state.history = {{9, 1, "n2"}};
+  BeginEpoch(state, 10, "n1");
+  EXPECT_EQ(state.epoch, 10u);
+  EXPECT_TRUE(ValidateState(state).ok());
 }
 
 TEST(NodeStateTest, MissingFileIsAnEmptyState) {
@@ -312,6 +403,75 @@ TEST(HandshakeTest, FollowerWithANewerEpochRefusesTheStaleLeader) {
   EXPECT_FALSE(l.leader->NextShip(h.session, true).has_value());
 }
 
+// A mixed-version cluster fails loudly: each side names both versions.
+TEST(HandshakeTest, AnotherProtocolVersionIsRefusedNamingBothVersions) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock);
+  FollowerNode f(dir, "f1", &clock);
+  Hello old = f.follower->MakeHello();
+  old.version = 0;
+  uint64_t session = 0;
+  HelloReply reply = l.leader->OnHello(old, &session);
+  EXPECT_EQ(reply.outcome, HelloOutcome::kRefused);
+  EXPECT_EQ(session, 0u);
+  EXPECT_NE(reply.message.find("version 0"), std::string::npos) << reply.message;
+  EXPECT_NE(reply.message.find("version " + std::to_string(kPeerProtocolVersion)),
+            std::string::npos)
+      << reply.message;
+  // And a follower refuses a leader of another version, even one that accepts it.
+  reply = l.leader->OnHello(f.follower->MakeHello(), &session);
+  ASSERT_EQ(reply.outcome, HelloOutcome::kAccepted);
+  reply.version = kPeerProtocolVersion + 1;
+  absl::Status s = f.follower->OnHelloReply(reply);
+  EXPECT_TRUE(absl::IsPermissionDenied(s)) << s;
+  EXPECT_NE(s.message().find("version " + std::to_string(kPeerProtocolVersion + 1)),
+            std::string::npos)
+      << s;
+  EXPECT_EQ(f.follower->Status().phase, FollowerPhase::kConnecting);
+  EXPECT_FALSE(fs::exists(f.state_path)) << "a refused follower must not adopt anything";
+}
+
+// Epochs are named by number and leader: a follower whose last batch was written in epoch 2
+// begun by another node has diverged, even though the leader has an epoch 2 covering that
+// position.
+TEST(HandshakeTest, TheSameEpochNumberFromAnotherLeaderIsADivergence) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(2));  // (2, "leader") from 1
+  l.Write(5);
+  NodeState other = LeaderState(1);
+  other.epoch = 2;
+  other.history.push_back({2, 1, "rogue"});
+  other.history.erase(other.history.begin());
+  FollowerNode f(dir, "f1", &clock, other);
+  ASSERT_TRUE(f.engine->Write(std::vector<WriteOp>{{OpType::kPut, "a", "1"}}, {}).ok());
+  Handshake h = Connect(*l.leader, *f.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kNeedsSnapshot) << h.reply.message;
+  EXPECT_NE(h.reply.message.find("'rogue'"), std::string::npos) << h.reply.message;
+  EXPECT_NE(h.reply.message.find("'leader'"), std::string::npos) << h.reply.message;
+}
+
+// A follower that holds nothing of the other leader's epoch still refuses to follow a leader
+// that claims an epoch it knows as begun by someone else: two leaders of one epoch are said
+// out loud, never mixed.
+TEST(HandshakeTest, TwoLeadersOfOneEpochAreRefusedByTheFollower) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(2));
+  NodeState known = LeaderState(1);
+  known.epoch = 2;
+  known.history.push_back({2, 1, "rogue"});
+  FollowerNode f(dir, "f1", &clock, known);
+  Handshake h = Connect(*l.leader, *f.follower);
+  EXPECT_TRUE(absl::IsPermissionDenied(h.status)) << h.status;
+  EXPECT_NE(h.status.message().find("two nodes led the same epoch"), std::string::npos)
+      << h.status;
+  auto saved = LoadNodeState(f.state_path);
+  ASSERT_TRUE(saved.ok());
+  EXPECT_EQ(saved->history, known.history) << "a refused follower must not adopt anything";
+}
+
 TEST(HandshakeTest, FollowerBeyondTheLeadersLogNeedsASnapshot) {
   TempDir dir;
   FakeClock clock;
@@ -392,6 +552,54 @@ struct FollowerFixture {
   std::vector<Batch> batches;
   uint64_t session = 0;
 };
+
+// A follower keeps the leader's WAL record boundaries: batches shipped together are still
+// separate records in its WAL, so once it leads it serves a follower whose position lies
+// between them from its own WAL, and that follower ends with identical contents.
+TEST(FollowerTest, KeepsTheLeadersRecordBoundariesSoItCanServeOthersOnceItLeads) {
+  FollowerFixture fx;  // batches at 1-2, 3-4, 5-6, 7-8, 9-10; f1 applied nothing
+  auto ack = fx.f.follower->OnShip(ShipOf(1, fx.batches), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack.status();
+  ASSERT_EQ(fx.f.engine->LatestSequence(), 10u);
+  auto cursor = fx.f.engine->NewWalCursor(1);
+  ASSERT_TRUE(cursor.ok()) << cursor.status();
+  for (const Batch& want : fx.batches) {
+    auto got = (*cursor)->Next();
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->has_value());
+    EXPECT_EQ((*got)->first_seq, want.first_seq);
+    EXPECT_EQ((*got)->count, want.count);
+    EXPECT_EQ((*got)->data, want.data);
+  }
+  // f2 applied the first two batches (up to seq 4).
+  FollowerNode f2(fx.dir, "f2", &fx.clock);
+  Handshake h2 = Connect(*fx.l.leader, *f2.follower);
+  ASSERT_TRUE(h2.status.ok()) << h2.status;
+  ack = f2.follower->OnShip(ShipOf(1, {fx.batches[0], fx.batches[1]}), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk);
+  f2.follower->OnDisconnect();
+  // f1 leads, from its own WAL only (an empty memory tail).
+  auto f1_state = LoadNodeState(fx.f.state_path);
+  ASSERT_TRUE(f1_state.ok()) << f1_state.status();
+  BeginEpoch(*f1_state, fx.f.engine->LatestSequence() + 1, "f1");
+  LeaderOptions options = DefaultLeaderOptions();
+  options.node_id = "f1";
+  options.members = {"f2"};
+  Leader promoted(options, fx.f.engine.get(), *f1_state, &fx.clock);
+  Handshake h = Connect(promoted, *f2.follower);
+  ASSERT_EQ(h.reply.outcome, HelloOutcome::kAccepted) << h.reply.message;
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  for (int i = 0; i < 10 && promoted.HasWork(h.session); ++i) {
+    auto ship = promoted.NextShip(h.session, false);
+    ASSERT_TRUE(ship.has_value());
+    ASSERT_TRUE(ship->needs_snapshot.empty()) << ship->needs_snapshot;
+    ack = f2.follower->OnShip(*ship, {});
+    ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack->message;
+    promoted.OnAck(h.session, *ack);
+  }
+  EXPECT_EQ(f2.engine->LatestSequence(), 10u);
+  EXPECT_TRUE(SameContents(*fx.l.engine, *f2.engine));
+}
 
 TEST(FollowerTest, RefusesAShipFromAnOlderEpoch) {
   FollowerFixture fx(2);

@@ -12,26 +12,31 @@ using replication::HelloOutcome;
 
 replication::Hello FromCapnp(schema::Hello::Reader r) {
   replication::Hello m;
+  m.version = r.getVersion();
   m.cluster = r.getCluster();
   m.database_id = r.getDatabaseId();
   m.follower_id = r.getFollowerId();
   m.epoch = r.getEpoch();
   m.last_applied = r.getLastApplied();
   m.last_applied_epoch = r.getLastAppliedEpoch();
+  m.last_applied_leader = r.getLastAppliedLeader();
   return m;
 }
 
 void ToCapnp(const replication::Hello& m, schema::Hello::Builder b) {
+  b.setVersion(m.version);
   b.setCluster(m.cluster);
   b.setDatabaseId(m.database_id);
   b.setFollowerId(m.follower_id);
   b.setEpoch(m.epoch);
   b.setLastApplied(m.last_applied);
   b.setLastAppliedEpoch(m.last_applied_epoch);
+  b.setLastAppliedLeader(m.last_applied_leader);
 }
 
 replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
   replication::HelloReply m;
+  m.version = r.getVersion();
   switch (r.getOutcome()) {
     case schema::HelloOutcome::ACCEPTED: m.outcome = HelloOutcome::kAccepted; break;
     case schema::HelloOutcome::NEEDS_SNAPSHOT: m.outcome = HelloOutcome::kNeedsSnapshot; break;
@@ -45,12 +50,13 @@ replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
   // of millions of empty entries: bounded before anything is copied.
   KJ_REQUIRE(history.size() <= kMaxHistoryEntries, "an epoch history longer than the limit",
              history.size(), kMaxHistoryEntries);
-  for (auto e : history) m.history.push_back({e.getEpoch(), e.getStartSeq()});
+  for (auto e : history) m.history.push_back({e.getEpoch(), e.getStartSeq(), e.getLeader()});
   m.leader_latest = r.getLeaderLatest();
   return m;
 }
 
 void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b) {
+  b.setVersion(m.version);
   switch (m.outcome) {
     case HelloOutcome::kAccepted: b.setOutcome(schema::HelloOutcome::ACCEPTED); break;
     case HelloOutcome::kNeedsSnapshot: b.setOutcome(schema::HelloOutcome::NEEDS_SNAPSHOT); break;
@@ -63,6 +69,7 @@ void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b) {
   for (size_t i = 0; i < m.history.size(); ++i) {
     h[i].setEpoch(m.history[i].epoch);
     h[i].setStartSeq(m.history[i].start_seq);
+    h[i].setLeader(m.history[i].leader);
   }
   b.setLeaderLatest(m.leader_latest);
 }

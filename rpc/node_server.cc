@@ -1872,15 +1872,9 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
         "stale (", state->needs_snapshot, ", in ", state_path, "); re-seed it first")));
   }
   if (options.is_leader) {
-    // Each start as leader begins a new epoch at the next sequence number. An epoch in which
-    // nothing was written is replaced rather than kept, so restarts do not grow the history.
+    // Each start as leader begins a new epoch at the next sequence number (BeginEpoch).
     if (state->database_id.empty()) state->database_id = replication::NewDatabaseId();
-    state->epoch += 1;
-    if (!state->history.empty() && state->history.back().start_seq == latest + 1) {
-      state->history.back().epoch = state->epoch;
-    } else {
-      state->history.push_back({state->epoch, latest + 1});
-    }
+    replication::BeginEpoch(*state, latest + 1, options.node_id);
     if (absl::Status s = replication::SaveNodeState(state_path, *state); !s.ok()) return fail(s);
     options.leader.cluster = options.cluster;
     options.leader.node_id = options.node_id;

@@ -12,16 +12,21 @@ $Cxx.namespace("walship::rpc::schema");
 struct EpochEntry {
   epoch @0 :UInt64;      # a leader epoch
   startSeq @1 :UInt64;   # first sequence number written in that epoch
+  leader @2 :Text;       # the node id that began the epoch (empty: unknown)
 }
 
 struct Hello {
-  # Sent by a follower when it connects to the leader.
+  # Sent by a follower when it connects to the leader. A leader refuses a hello of another
+  # protocol version (`refused`, naming both versions).
   cluster @0 :Text;             # must equal the leader's cluster name
   databaseId @1 :Text;          # the database the follower holds; empty if never seeded
   followerId @2 :Text;          # the follower's node id from the config
   epoch @3 :UInt64;             # the follower's current epoch
   lastApplied @4 :UInt64;       # end of the last batch it applied (0: empty database)
   lastAppliedEpoch @5 :UInt64;  # epoch under which that batch was written (0: unknown)
+  lastAppliedLeader @6 :Text;   # the node that began that epoch (empty: unknown)
+  version @7 :UInt32;           # the peer protocol version the follower speaks (now 2;
+                                # nodes from before versions were carried send none: 0)
 }
 
 enum HelloOutcome {
@@ -37,6 +42,8 @@ struct HelloReply {
   databaseId @3 :Text;         # the leader's database id (a fresh follower adopts it)
   history @4 :List(EpochEntry);  # the leader's epoch history, ascending
   leaderLatest @5 :UInt64;     # the leader's latest sequence number
+  version @6 :UInt32;          # the peer protocol version the leader speaks; a follower
+                               # refuses any other, naming both
 }
 
 struct Batch {

@@ -221,6 +221,13 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     NodeConfig n;
     auto id = RequiredString(err, t, t.source(), prefix, "id");
     if (!id.ok()) return id.status();
+    if (id->empty() || id->size() > 64 ||
+        id->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+            std::string::npos ||
+        *id == "-") {
+      return err.At(t.get("id")->source(), prefix + ".id",
+                    "must be 1 to 64 letters, digits, '.', '_' or '-' (and not \"-\" alone)");
+    }
     n.id = *id;
     auto listen = RequiredString(err, t, t.source(), prefix, "listen");
     if (!listen.ok()) return listen.status();
