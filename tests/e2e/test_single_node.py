@@ -171,6 +171,11 @@ class BadConfigTest(unittest.TestCase):
                                            '\n[[node]]', 1), 5, f"replication.{key}",
                        contains="out of range [0, 1000000]")
 
+    def test_id_with_a_space(self):
+        # A node id is written into epoch histories, one word per field.
+        self.check(self.good().replace('id = "n2"', 'id = "n 2"'), 11, "node[2].id",
+                   contains="letters, digits")
+
     def test_duplicate_id(self):
         self.check(self.good().replace('id = "n2"', 'id = "n1"'), 11, "node[2].id",
                    contains="duplicate")
