@@ -136,6 +136,7 @@ class Leader {
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
   const NodeState& state() const { return state_; }
+  const LeaderOptions& options() const { return options_; }
 
  private:
   struct Record {

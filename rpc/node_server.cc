@@ -24,6 +24,7 @@
 #include "base/check.h"
 #include "replication/follower.h"
 #include "replication/node_state.h"
+#include "replication/shipper.h"
 #include "rpc/client.capnp.h"
 #include "rpc/buffered_stream.h"
 #include "rpc/convert.h"
@@ -55,7 +56,6 @@ constexpr uint32_t kMaxResumeIntervalMs = 30000;
 constexpr size_t kMaxNodeTasks = 16;
 // WAL reads queued at once: one per follower at most (max_followers is at most 64).
 constexpr size_t kMaxWalReads = 128;
-constexpr uint32_t kWalReadRetryMs = 100;
 // A WAL read takes a window's worth of messages ahead, but no more than this per follower.
 constexpr uint64_t kMaxWalReadBytes = 64ull << 20;
 // Words of a client reply's first segment: enough for a write's (an Error and two numbers);
@@ -101,7 +101,17 @@ class Core final : public kj::TaskSet::ErrorHandler {
         client_pool_(options.worker_threads, options.max_queued_tasks),
         node_pool_(1, kMaxNodeTasks),
         wal_pool_(1, kMaxWalReads),
-        backoff_ms_(options.reconnect_min_ms) {}
+        backoff_ms_(options.reconnect_min_ms) {
+    if (leader_ != nullptr) {
+      replication::ShipperOptions so;
+      so.max_inflight_ships = options.max_inflight_ships;
+      so.ack_delay_us = options.ack_delay_us;
+      so.max_ship_hold_us = options.max_ship_hold_us;
+      so.min_ship_interval_us = options.min_ship_interval_us;
+      so.heartbeat_interval_ms = options.heartbeat_interval_ms;
+      shipper_ = std::make_unique<replication::Shipper>(*leader_, so);
+    }
+  }
 
   void taskFailed(kj::Exception&& e) override {
     spdlog::warn("background task failed: {}", e.getDescription().cStr());
@@ -111,7 +121,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
     tasks_.add(WalTrimLoop());
     tasks_.add(StorageLoop());
     if (leader_ != nullptr) {
-      tasks_.add(HeartbeatLoop());
+      SchedulePump();  // heartbeats start from the first pump
     } else {
       tasks_.add(WatchdogLoop());
       tasks_.add(FsyncLoop());
@@ -357,13 +367,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
     auto params = ctx.getParams();
     replication::Hello hello = FromCapnp(params.getHello());
     replication::HelloReply reply;
+    replication::Outbox out;
     uint64_t sid = 0;
     if (leader_ == nullptr) {
       reply.outcome = replication::HelloOutcome::kRefused;
       reply.message = absl::StrCat("node ", options_.node_id, " is not the leader");
       reply.epoch = follower_->epoch();
     } else {
-      reply = leader_->OnHello(hello, &sid);
+      reply = shipper_->OnHello(hello, &sid, MonoNowUs(), &out);
     }
     ToCapnp(reply, ctx.getResults().initReply());
     if (sid == 0) {
@@ -373,15 +384,12 @@ class Core final : public kj::TaskSet::ErrorHandler {
     }
     spdlog::info("follower '{}' subscribed from seq {} (leader at {})", hello.follower_id,
                  hello.last_applied + 1, leader_->latest());
-    for (auto it = sessions_.begin(); it != sessions_.end();) {
-      it = it->second.follower_id == hello.follower_id ? sessions_.erase(it) : std::next(it);
-    }
-    auto session = sessions_.emplace(sid, Session(sid, hello.follower_id, params.getSink(),
-                                                  io_.provider->getTimer().now()));
+    Carry(std::move(out));  // the follower's earlier streams end
+    auto stream = streams_.emplace(sid, Stream{hello.follower_id, params.getSink(), {}, nullptr});
     ++*connection_sessions;
-    session.first->second.live_on_connection = std::shared_ptr<void>(
+    stream.first->second.live_on_connection = std::shared_ptr<void>(
         nullptr, [n = std::move(connection_sessions)](void*) { --*n; });
-    tasks_.add(kj::evalLater([this, sid]() { Pump(sid); }));
+    SchedulePump();
     return kj::READY_NOW;
   }
 
@@ -412,31 +420,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
     size_t ops = 0;
     kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
   };
-  struct Session {
-    Session(uint64_t session, std::string follower, schema::BatchSink::Client follower_sink,
-            kj::TimePoint now)
-        : id(session),
-          follower_id(std::move(follower)),
-          sink(kj::mv(follower_sink)),
-          last_ship_at(now) {}
-    uint64_t id = 0;
+  // The transport of one follower's stream (the Shipper keeps its policy state).
+  struct Stream {
     std::string follower_id;
     schema::BatchSink::Client sink;
-    uint32_t inflight = 0;
-    // The last message sent (or the subscription), on the loop timer's monotonic clock: for
-    // heartbeats and for pacing.
-    kj::TimePoint last_ship_at;
-    // Prompt acks: writes not sent at once wait for the ack in flight, or for the pacing
-    // interval, at most max_ship_hold_us (ShipDueAt).
-    kj::Maybe<kj::TimePoint> held_since;    // the first write held back, while any wait
-    kj::Maybe<kj::Promise<void>> hold_timer;  // set while they wait: Pumps at hold_timer_at
-    kj::TimePoint hold_timer_at = kj::origin<kj::TimePoint>();
-    // Answered pushes, kept until the next Pump: releasing one sends its Finish, which then
-    // shares a socket write with the next message, when that Pump sends one, instead of
+    // Answered pushes, kept until the next pump: releasing one sends its Finish, which then
+    // shares a socket write with the next message, when that pump sends one, instead of
     // taking one of its own.
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
-    // After a failed WAL read, the next waits until then (ReadWalFor).
-    kj::TimePoint wal_retry_at = kj::origin<kj::TimePoint>();
     // While this follower's stream lives, it counts in its connection's (Subscribe).
     std::shared_ptr<void> live_on_connection;
   };
@@ -614,14 +605,17 @@ class Core final : public kj::TaskSet::ErrorHandler {
   }
 
   // ---- Leader: shipping ----
+  //
+  // What goes to each follower and when is the Shipper's decision (replication/shipper.h);
+  // here its outbox is carried out: messages sent, WAL reads run on the WAL thread, ended
+  // streams closed, and one timer armed for its next wake-up.
 
-  // Ships to every follower at the end of this event-loop turn, after the turn's group commit
-  // and, as a rule, after the replies to its writers have gone out: a writer waiting for its
-  // reply does not also wait for the messages to the followers, which are sent while it
-  // works on its next request, and an ack or a hold timer in the same turn as a write lets
-  // that write travel in the message they free. (KJ runs the evalLast callbacks of one turn
-  // newest first, so the group commit and the replies' socket flushes, scheduled after this,
-  // run before it.)
+  // Pumps at the end of this event-loop turn, after the turn's group commit and, as a rule,
+  // after the replies to its writers have gone out: a writer waiting for its reply does not
+  // also wait for the messages to the followers, which are sent while it works on its next
+  // request, and an ack or a wake-up in the same turn as a write lets that write travel in
+  // the message they free. (KJ runs the evalLast callbacks of one turn newest first, so the
+  // group commit and the replies' socket flushes, scheduled after this, run before it.)
   void SchedulePump() {
     if (pump_scheduled_) return;
     pump_scheduled_ = true;
@@ -633,66 +627,51 @@ class Core final : public kj::TaskSet::ErrorHandler {
         FlushWrites();
         if (pump_scheduled_) return;
       }
-      for (auto& [sid, s] : sessions_) Pump(sid);
+      // Answered pushes are released now: each sends its Finish, which then shares a socket
+      // write with the next message instead of taking one of its own.
+      for (auto& [sid, stream] : streams_) stream.answered.clear();
+      replication::Outbox out;
+      shipper_->Pump(MonoNowUs(), &out);
+      Carry(std::move(out));
+      ArmWakeUp();
     }));
   }
 
-  // Sends what the follower of `sid` lacks, up to max_inflight_ships messages in flight.
-  //
-  // With prompt acks (ack_delay_us = 0, the default) a caught-up follower gets one message in
-  // flight, and at most one per min_ship_interval_us: writes arriving meanwhile wait and
-  // travel together in the next message, which costs both ends far less per write than a
-  // message each (bench/RESULTS.md, sessions 4 and 5). The wait is bounded: max_ship_hold_us
-  // after the first write was held back, what is pending goes within the window without the
-  // ack, which keeps the lag of heavy pipelines, whose acks come slowly, low. A timer pumps
-  // when the wait ends. A follower catching up (a full message pending) is never held and
-  // gets the whole window (1 in flight slowed W4 catch-up from 0.34 s to 0.57 s). Pacing
-  // and the hold suit asynchronous writes, the only kind so far: a write that waits for
-  // followers' acks (semi-synchronous, synchronous) must not be held, or the wait adds to
-  // its commit latency.
-  //
-  // With delayed acks (ack_delay_us > 0) every message may hold its ack except the one that
-  // fills the window, which asks for a prompt ack: one ack then answers several messages,
-  // and nothing waits on an ack while the window has room.
-  void Pump(uint64_t sid) {
-    auto it = sessions_.find(sid);
-    if (it == sessions_.end()) return;
-    Session& s = it->second;
-    s.answered.clear();
-    const uint32_t window = options_.max_inflight_ships;
-    const bool delayed_acks = options_.ack_delay_us > 0;
-    while (s.inflight < window && leader_->HasWork(sid)) {
-      ReadWalFor(s);  // when the follower is older than the memory tail: read ahead
-      if (!delayed_acks) {
-        kj::TimePoint now = io_.provider->getTimer().now();
-        if (s.held_since == nullptr) s.held_since = now;
-        kj::TimePoint due = ShipDueAt(s);
-        if (now < due && leader_->PendingBytes(sid) < options_.leader.max_ship_bytes) {
-          ArmHoldTimer(s, due);
-          return;
-        }
-      }
-      std::optional<Ship> ship = leader_->NextShip(sid, false);
-      if (!ship.has_value()) return;
-      if (delayed_acks && s.inflight + 1 < window) {
-        ship->max_ack_delay_us = options_.ack_delay_us;
-      }
-      Send(s, std::move(*ship));
-    }
+  int64_t MonoNowUs() const {
+    return (io_.provider->getTimer().now() - kj::origin<kj::TimePoint>()) / kj::MICROSECONDS;
   }
 
-  // Starts the WAL read the leader needs for `s` (its follower is older than the memory
-  // tail), on the WAL thread, so that the loop never waits for the disk; its end pumps again.
-  // After a failed read (an I/O error) the next waits kWalReadRetryMs.
-  void ReadWalFor(Session& s) {
-    if (io_.provider->getTimer().now() < s.wal_retry_at) return;  // after a failed read
-    std::optional<replication::WalRead> read = leader_->TakeWalRead(s.id);
-    if (!read.has_value()) return;
-    uint64_t sid = s.id;
-    SequenceNumber from_seq = read->from_seq;
+  // One timer for the Shipper's next wake-up; an earlier one already armed stays.
+  void ArmWakeUp() {
+    int64_t at = shipper_->NextWakeUp();
+    if (at == replication::kNever) return;
+    int64_t now = MonoNowUs();
+    if (wake_armed_ && wake_at_us_ <= at && wake_at_us_ > now) return;
+    wake_armed_ = true;
+    wake_at_us_ = at;
+    wake_timer_ = io_.provider->getTimer()
+                      .afterDelay(std::max<int64_t>(0, at - now) * kj::MICROSECONDS)
+                      .then([this]() {
+                        wake_armed_ = false;
+                        SchedulePump();
+                      })
+                      .eagerlyEvaluate(nullptr);
+  }
+
+  void Carry(replication::Outbox out) {
+    for (uint64_t sid : out.ended) streams_.erase(sid);
+    for (auto& send : out.sends) Send(send.session, std::move(send.ship));
+    for (auto& read : out.wal_reads) RunWalRead(std::move(read));
+  }
+
+  // Runs a WAL read the Shipper asked for on the WAL thread, so that the loop never waits for
+  // the disk; its end goes back to the Shipper and pumps again.
+  void RunWalRead(replication::WalRead read) {
+    uint64_t sid = read.session;
+    SequenceNumber from_seq = read.from_seq;
     tasks_.add(
         wal_pool_
-            .Run([read = std::move(*read)]() mutable {
+            .Run([read = std::move(read)]() mutable {
               read.Run();
               return std::move(read);
             })
@@ -704,110 +683,51 @@ class Core final : public kj::TaskSet::ErrorHandler {
                     failed.status = absl::UnavailableError(e.getDescription().cStr());
                     return failed;
                   })
-            .then([this, sid](replication::WalRead done) -> kj::Promise<void> {
-              bool failed = !done.status.ok();
-              std::optional<Ship> final_ship = leader_->OnWalRead(std::move(done));
-              auto it = sessions_.find(sid);
-              if (final_ship.has_value() && it != sessions_.end()) {
-                Send(it->second, std::move(*final_ship));  // needs a snapshot
-                return kj::READY_NOW;
+            .then([this](replication::WalRead done) {
+              if (!done.status.ok() && !absl::IsOutOfRange(done.status)) {
+                spdlog::warn("reading the WAL from seq {} failed: {}", done.from_seq,
+                             done.status.ToString());
               }
-              if (!failed) {
-                SchedulePump();
-                return kj::READY_NOW;
-              }
-              if (it != sessions_.end()) {
-                it->second.wal_retry_at =
-                    io_.provider->getTimer().now() + kWalReadRetryMs * kj::MILLISECONDS;
-              }
-              return io_.provider->getTimer()
-                  .afterDelay(kWalReadRetryMs * kj::MILLISECONDS)
-                  .then([this]() { SchedulePump(); });
+              replication::Outbox out;
+              shipper_->OnWalRead(std::move(done), MonoNowUs(), &out);
+              Carry(std::move(out));
+              SchedulePump();
             }));
   }
 
-  // Prompt acks: when the writes held back for `s` may go. While a message is in flight,
-  // after its ack (Pump runs then) or max_ship_hold_us after the first of them was held back;
-  // with none in flight, min_ship_interval_us after the last message, within the same bound.
-  kj::TimePoint ShipDueAt(const Session& s) const {
-    kj::TimePoint due = KJ_ASSERT_NONNULL(s.held_since) +
-                        options_.max_ship_hold_us * kj::MICROSECONDS;
-    if (s.inflight == 0) {
-      due = std::min(due, s.last_ship_at + options_.min_ship_interval_us * kj::MICROSECONDS);
-    }
-    return due;
-  }
-
-  // Pumps `s` at `due` unless its timer already does by then. A timer that has fired (its
-  // time is past) no longer counts; Pump replaces it. The timer schedules the end-of-turn
-  // pump, so that a write read in the same wake-up travels in the message it frees, and
-  // so that no promise is destroyed from its own continuation (Send destroys the timer).
-  void ArmHoldTimer(Session& s, kj::TimePoint due) {
-    kj::Timer& timer = io_.provider->getTimer();
-    if (s.hold_timer != nullptr && s.hold_timer_at <= due && s.hold_timer_at > timer.now()) {
-      return;
-    }
-    s.hold_timer_at = due;
-    s.hold_timer = timer.atTime(due).then([this]() { SchedulePump(); }).eagerlyEvaluate(nullptr);
-  }
-
-  void Send(Session& s, Ship ship) {
+  void Send(uint64_t sid, Ship ship) {
+    auto it = streams_.find(sid);
+    if (it == streams_.end()) return;
+    Stream& s = it->second;
     size_t words = ShipBytes(ship) / 8 + ship.batches.size() * 8 + 64;
     auto req = s.sink.pushRequest(capnp::MessageSize{words, 0});
     ToCapnp(ship, req.initShip());
-    ++s.inflight;
-    s.last_ship_at = io_.provider->getTimer().now();
-    // What was held back goes now; later writes start a new hold.
-    s.held_since = nullptr;
-    s.hold_timer = nullptr;
-    bool final = !ship.needs_snapshot.empty();
-    if (final) {
+    if (!ship.needs_snapshot.empty()) {
       spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);
     }
-    uint64_t sid = s.id;
     tasks_.add(req.send().then(
-        [this, sid, final](capnp::Response<schema::BatchSink::PushResults> resp) {
-          auto it = sessions_.find(sid);
-          if (it == sessions_.end()) return;
-          --it->second.inflight;
+        [this, sid](capnp::Response<schema::BatchSink::PushResults> resp) {
+          if (streams_.find(sid) == streams_.end()) return;
           Ack ack = FromCapnp(resp.getAck());
           if (ack.outcome != replication::AckOutcome::kOk) {
-            spdlog::warn("follower '{}' answered {}: {}", it->second.follower_id,
+            spdlog::warn("follower '{}' answered {}: {}", streams_.at(sid).follower_id,
                          replication::AckOutcomeName(ack.outcome), ack.message);
           }
-          leader_->OnAck(sid, ack);
-          if (final) {
-            sessions_.erase(it);
-            return;
-          }
-          it->second.answered.push_back(kj::mv(resp));
+          replication::Outbox out;
+          shipper_->OnAck(sid, ack, &out);
+          Carry(std::move(out));
+          auto live = streams_.find(sid);
+          if (live != streams_.end()) live->second.answered.push_back(kj::mv(resp));
           SchedulePump();
         },
         [this, sid](kj::Exception&& e) {
-          auto it = sessions_.find(sid);
-          if (it == sessions_.end()) return;
-          spdlog::warn("lost follower '{}': {}", it->second.follower_id,
+          auto lost = streams_.find(sid);
+          if (lost == streams_.end()) return;
+          spdlog::warn("lost follower '{}': {}", lost->second.follower_id,
                        e.getDescription().cStr());
-          leader_->OnDisconnect(sid);
-          sessions_.erase(it);
+          shipper_->OnLost(sid);
+          streams_.erase(lost);
         }));
-  }
-
-  kj::Promise<void> HeartbeatLoop() {
-    return io_.provider->getTimer()
-        .afterDelay(options_.heartbeat_interval_ms * kj::MILLISECONDS)
-        .then([this]() {
-          kj::TimePoint now = io_.provider->getTimer().now();
-          for (auto& [sid, s] : sessions_) {
-            if (s.inflight != 0 ||
-                now - s.last_ship_at < options_.heartbeat_interval_ms * kj::MILLISECONDS) {
-              continue;
-            }
-            std::optional<Ship> ship = leader_->NextShip(sid, true);
-            if (ship.has_value()) Send(s, std::move(*ship));
-          }
-          return HeartbeatLoop();
-        });
   }
 
   // ---- Follower: connection to the leader ----
@@ -1186,7 +1106,11 @@ class Core final : public kj::TaskSet::ErrorHandler {
   uint64_t write_groups_ = 0;
   ConnectionStats connection_stats_;
   uint64_t scan_reply_bytes_reserved_ = 0;  // ReserveScanReply
-  std::map<uint64_t, Session> sessions_;
+  std::unique_ptr<replication::Shipper> shipper_;  // set on a leader
+  std::map<uint64_t, Stream> streams_;             // by session
+  bool wake_armed_ = false;       // wake_timer_ pumps at wake_at_us_ (ArmWakeUp)
+  int64_t wake_at_us_ = 0;
+  kj::Promise<void> wake_timer_ = nullptr;
 
   // Storage errors (StorageLoop).
   bool storage_failed_ = false;
