@@ -24,6 +24,7 @@
 #include "base/check.h"
 #include "replication/follower.h"
 #include "replication/node_state.h"
+#include "replication/follower_link.h"
 #include "replication/shipper.h"
 #include "rpc/client.capnp.h"
 #include "rpc/buffered_stream.h"
@@ -39,15 +40,11 @@ using engine::SequenceNumber;
 using replication::Ack;
 using replication::Ship;
 
-// Applies and scans up to this size run on the loop thread; larger ones go to a worker.
-constexpr size_t kInlineApplyBytes = 256 << 10;
+// Scans up to this size run on the loop thread; larger ones go to a worker.
 constexpr uint32_t kInlineScanLimit = 1000;
 constexpr uint32_t kMaxScanLimit = 100000;
-constexpr uint32_t kConnectTimeoutMs = 2000;
 constexpr uint32_t kRetireConnectionMs = 5000;
-constexpr size_t kMaxQueuedPushes = 64;
 constexpr size_t kMaxPipelineWrites = 10000;
-constexpr size_t kMaxHeldAcks = 16;
 constexpr uint32_t kWalTrimIntervalMs = 1000;
 constexpr uint32_t kStorageCheckIntervalMs = 1000;
 constexpr uint32_t kMaxResumeIntervalMs = 30000;
@@ -100,8 +97,7 @@ class Core final : public kj::TaskSet::ErrorHandler {
         tasks_(*this),
         client_pool_(options.worker_threads, options.max_queued_tasks),
         node_pool_(1, kMaxNodeTasks),
-        wal_pool_(1, kMaxWalReads),
-        backoff_ms_(options.reconnect_min_ms) {
+        wal_pool_(1, kMaxWalReads) {
     if (leader_ != nullptr) {
       replication::ShipperOptions so;
       so.max_inflight_ships = options.max_inflight_ships;
@@ -110,6 +106,13 @@ class Core final : public kj::TaskSet::ErrorHandler {
       so.min_ship_interval_us = options.min_ship_interval_us;
       so.heartbeat_interval_ms = options.heartbeat_interval_ms;
       shipper_ = std::make_unique<replication::Shipper>(*leader_, so);
+    } else {
+      replication::FollowerLinkOptions lo;
+      lo.heartbeat_timeout_ms = options.heartbeat_timeout_ms;
+      lo.reconnect_min_ms = options.reconnect_min_ms;
+      lo.reconnect_max_ms = options.reconnect_max_ms;
+      lo.fsync_interval_ms = options.follower_fsync_interval_ms;
+      link_ = std::make_unique<replication::FollowerLink>(*follower_, lo, options.leader_id);
     }
   }
 
@@ -123,14 +126,9 @@ class Core final : public kj::TaskSet::ErrorHandler {
     if (leader_ != nullptr) {
       SchedulePump();  // heartbeats start from the first pump
     } else {
-      tasks_.add(WatchdogLoop());
-      tasks_.add(FsyncLoop());
-      if (follower_->Status().phase == replication::FollowerPhase::kNeedsSnapshot) {
-        // Told so before it stopped: asking a leader again would change nothing.
-        CheckNeedsSnapshot(/*connected=*/false);
-      } else {
-        Connect();
-      }
+      replication::LinkOutbox out;
+      link_->Start(MonoNowUs(), &out);
+      CarryLink(std::move(out));
     }
   }
 
@@ -396,17 +394,19 @@ class Core final : public kj::TaskSet::ErrorHandler {
   // ---- Follower: batches pushed by the leader ----
 
   kj::Promise<Ack> OnPush(uint64_t generation, Ship ship) {
-    if (generation != conn_generation_ || follower_ == nullptr) {
+    if (follower_ == nullptr || generation != link_->generation()) {
       return KJ_EXCEPTION(DISCONNECTED, "push on a connection this follower has dropped");
     }
-    if (apply_queue_.size() >= kMaxQueuedPushes) {
-      // A leader keeps max_inflight_ships in flight; more means it ignores flow control.
-      return KJ_EXCEPTION(OVERLOADED, "follower apply queue full; the leader exceeds its window");
-    }
-    last_push_us_ = NowUs();
+    uint64_t push = ++last_push_;
     auto paf = kj::newPromiseAndFulfiller<Ack>();
-    apply_queue_.push_back(PendingApply{std::move(ship), kj::mv(paf.fulfiller)});
-    DrainApply();
+    pushes_.emplace(push, kj::mv(paf.fulfiller));
+    replication::LinkOutbox out;
+    std::string why;
+    if (!link_->OnPush(generation, push, std::move(ship), MonoNowUs(), &out, &why)) {
+      pushes_.erase(push);
+      return KJ_EXCEPTION(OVERLOADED, why);
+    }
+    CarryLink(std::move(out));
     return kj::mv(paf.promise);
   }
 
@@ -430,14 +430,6 @@ class Core final : public kj::TaskSet::ErrorHandler {
     std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
     // While this follower's stream lives, it counts in its connection's (Subscribe).
     std::shared_ptr<void> live_on_connection;
-  };
-  struct PendingApply {
-    Ship ship;
-    kj::Own<kj::PromiseFulfiller<Ack>> fulfiller;
-  };
-  struct HeldAck {
-    kj::Own<kj::PromiseFulfiller<Ack>> fulfiller;
-    Ack ack;
   };
   // The follower's RPC connection to its leader, with the peer read limit.
   struct LeaderConnection {
@@ -730,85 +722,109 @@ class Core final : public kj::TaskSet::ErrorHandler {
         }));
   }
 
-  // ---- Follower: connection to the leader ----
+  // ---- Follower: the stream from the leader ----
+  //
+  // The FollowerLink (replication/follower_link.h) decides when to connect, what to apply
+  // where, when to ack and when the leader is silent; here its outbox is carried out.
 
-  void Connect() {
-    if (apply_running_) {
-      // The hello names our position, which is only settled once the apply of the old
-      // connection finishes on its worker; asking now would block this loop on it. The
-      // apply's completion connects.
-      connect_after_apply_ = true;
-      return;
+  void CarryLink(replication::LinkOutbox out) {
+    for (auto& [level, text] : out.logs) {
+      switch (level) {
+        case replication::LogLevel::kInfo: spdlog::info("{}", text); break;
+        case replication::LogLevel::kWarn: spdlog::warn("{}", text); break;
+        case replication::LogLevel::kError: spdlog::error("{}", text); break;
+      }
     }
-    uint64_t gen = ++conn_generation_;
-    auto& network = io_.provider->getNetwork();
+    if (out.drop) DropConnection();
+    for (auto& answer : out.answers) {
+      auto it = pushes_.find(answer.push);
+      if (it == pushes_.end()) continue;
+      it->second->fulfill(std::move(answer.ack));
+      pushes_.erase(it);
+    }
+    for (auto& reject : out.rejects) {
+      auto it = pushes_.find(reject.push);
+      if (it == pushes_.end()) continue;
+      it->second->reject(KJ_EXCEPTION(FAILED, reject.why));
+      pushes_.erase(it);
+    }
+    if (out.apply.has_value()) RunApply(std::move(*out.apply));
+    if (out.fsync.has_value()) RunFsync(*out.fsync);
+    if (out.connect.has_value()) Connect(std::move(*out.connect));
+    ArmLinkTimer();
+  }
+
+  // One timer for the link's next wake-up; an earlier one already armed stays.
+  void ArmLinkTimer() {
+    int64_t at = link_->NextWakeUp();
+    if (at == replication::kNever) return;
+    int64_t now = MonoNowUs();
+    if (link_armed_ && link_at_us_ <= at && link_at_us_ > now) return;
+    link_armed_ = true;
+    link_at_us_ = at;
+    link_timer_ = io_.provider->getTimer()
+                      .afterDelay(std::max<int64_t>(0, at - now) * kj::MICROSECONDS)
+                      .then([this]() {
+                        link_armed_ = false;
+                        // A task of its own: what Tick carries out may replace this timer.
+                        tasks_.add(kj::evalLater([this]() {
+                          replication::LinkOutbox out;
+                          link_->Tick(MonoNowUs(), conn_.get() == nullptr ? 0 : conn_->bytes_read(),
+                                      &out);
+                          CarryLink(std::move(out));
+                        }));
+                      })
+                      .eagerlyEvaluate(nullptr);
+  }
+
+  void Connect(replication::LinkOutbox::Connect c) {
+    uint64_t gen = c.generation;
     auto attempt =
-        network.parseAddress(options_.leader_address)
+        io_.provider->getNetwork()
+            .parseAddress(options_.leader_address)
             .then([](kj::Own<kj::NetworkAddress> addr) {
               auto connected = addr->connect();
               return connected.attach(kj::mv(addr));
             })
-            .then([this, gen](kj::Own<kj::AsyncIoStream> stream) {
+            .then([this, gen, hello = std::move(c.hello)](kj::Own<kj::AsyncIoStream> stream) {
               conn_ = kj::heap<LeaderConnection>(kj::mv(stream), io_);
               auto req = conn_->node.subscribeRequest();
-              ToCapnp(follower_->MakeHello(), req.initHello());
+              ToCapnp(hello, req.initHello());
               req.setSink(kj::heap<SinkImpl>(*this, gen));
               return req.send().then(
                   [this, gen](capnp::Response<schema::PeerService::SubscribeResults> resp) {
                     OnSubscribed(gen, FromCapnp(resp.getReply()));
                   });
+            })
+            .catch_([this, gen](kj::Exception&& e) {
+              replication::LinkOutbox out;
+              link_->OnConnectionLost(gen, e.getDescription().cStr(), MonoNowUs(), &out);
+              CarryLink(std::move(out));
             });
-    tasks_.add(io_.provider->getTimer()
-                   .timeoutAfter(kConnectTimeoutMs * kj::MILLISECONDS, kj::mv(attempt))
-                   .catch_([this, gen](kj::Exception&& e) {
-                     if (gen != conn_generation_) return;
-                     spdlog::warn("cannot reach leader '{}' at {}: {}", options_.leader_id,
-                                  options_.leader_address, e.getDescription().cStr());
-                     DropConnection();
-                     ScheduleReconnect();
-                   }));
+    connect_attempt_ = attempt.eagerlyEvaluate(nullptr);
   }
 
   void OnSubscribed(uint64_t gen, const replication::HelloReply& reply) {
-    if (gen != conn_generation_) return;
-    absl::Status s = follower_->OnHelloReply(reply);
-    if (s.ok()) {
-      spdlog::info("streaming from leader '{}' at {} (epoch {}), from seq {}; leader at {}",
-                   options_.leader_id, options_.leader_address, reply.epoch,
-                   engine_.LatestSequence() + 1, reply.leader_latest);
-      // The pause grows on: only an apply that works shows the follower can take messages.
-      if (apply_failures_ == 0) backoff_ms_ = options_.reconnect_min_ms;
-      last_push_us_ = NowUs();
-      handshake_done_ = true;
-      DrainApply();  // pushes that overtook the subscribe reply
-      tasks_.add(conn_->network.onDisconnect().then([this, gen]() {
-        if (gen != conn_generation_) return;
-        spdlog::warn("lost the connection to leader '{}' at {}", options_.leader_id,
-                     options_.leader_address);
-        DropConnection();
-        ScheduleReconnect();
-      }));
-      return;
-    }
-    DropConnection();
-    if (absl::IsFailedPrecondition(s)) {
-      spdlog::error("NEEDS SNAPSHOT: leader '{}' cannot serve this follower: {}. Replication "
-                    "stopped; re-seed this node from a checkpoint.",
-                    options_.leader_id, std::string(s.message()));
-      return;
-    }
-    spdlog::error("leader '{}' refused this follower: {}", options_.leader_id,
-                  std::string(s.message()));
-    ScheduleReconnect();
+    replication::LinkOutbox out;
+    link_->OnHelloReply(gen, reply, MonoNowUs(), &out);
+    CarryLink(std::move(out));
+    if (gen != link_->generation() || !link_->streaming()) return;
+    spdlog::info("streaming from leader '{}' at {}, from seq {}", options_.leader_id,
+                 options_.leader_address, engine_.LatestSequence() + 1);
+    tasks_.add(conn_->network.onDisconnect().then([this, gen]() {
+      replication::LinkOutbox lost;
+      link_->OnConnectionLost(gen, "the leader closed the connection", MonoNowUs(), &lost);
+      CarryLink(std::move(lost));
+    }));
   }
 
+  // Closes the connection to the leader; pushes not answered yet are forgotten (their
+  // promises reject), and a connection attempt under way is cancelled.
   void DropConnection() {
-    ++conn_generation_;
-    handshake_done_ = false;
-    apply_queue_.clear();  // their promises reject; the leader resends after the handshake
-    held_acks_.clear();
-    ack_timer_ = nullptr;  // cancels it
-    follower_->OnDisconnect();
+    pushes_.clear();
+    // Destroyed in a later turn: this may run inside the attempt's own continuation.
+    tasks_.add(kj::evalLater([attempt = kj::mv(connect_attempt_)]() mutable {}));
+    connect_attempt_ = nullptr;
     // Close the socket now (the leader sees the disconnect), but keep the connection objects
     // a while: calls still in flight on it hold references into them.
     if (conn_.get() != nullptr) {
@@ -824,41 +840,36 @@ class Core final : public kj::TaskSet::ErrorHandler {
     }
   }
 
-  void ScheduleReconnect() {
-    uint32_t delay = backoff_ms_;
-    backoff_ms_ = std::min(backoff_ms_ * 2, options_.reconnect_max_ms);
-    spdlog::info("reconnecting to leader '{}' at {} in {} ms", options_.leader_id,
-                 options_.leader_address, delay);
-    uint64_t gen = conn_generation_;
-    tasks_.add(io_.provider->getTimer().afterDelay(delay * kj::MILLISECONDS).then([this, gen]() {
-      if (gen == conn_generation_) Connect();
-    }));
+  // An apply the link handed out: on the node's own thread.
+  void RunApply(replication::LinkOutbox::Apply apply) {
+    uint64_t push = apply.push;
+    tasks_.add(node_pool_
+                   .Run([f = follower_, ship = std::move(apply.ship)]() {
+                     return f->OnShip(ship, engine::WriteOptions{});
+                   })
+                   .then([](absl::StatusOr<Ack> r) { return r; },
+                         [](kj::Exception&& e) -> absl::StatusOr<Ack> {  // as in FlushWrites
+                           return absl::InternalError(
+                               absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                         })
+                   .then([this, push](absl::StatusOr<Ack> r) {
+                     replication::LinkOutbox out;
+                     link_->OnApplied(push, std::move(r), MonoNowUs(), &out);
+                     CarryLink(std::move(out));
+                   }));
   }
 
-  kj::Promise<void> WatchdogLoop() {
-    return io_.provider->getTimer()
-        .afterDelay(std::max(1u, options_.heartbeat_timeout_ms / 4) * kj::MILLISECONDS)
-        .then([this]() {
-          // Silence is only silence while the leader could send: bytes of a large message
-          // still arriving, or messages waiting for our apply (the leader's window is full
-          // until we ack them), are no sign of a dead leader.
-          if (conn_.get() != nullptr) {
-            uint64_t read = conn_->bytes_read();
-            if (read != watched_bytes_read_ || apply_running_ || !apply_queue_.empty()) {
-              watched_bytes_read_ = read;
-              last_push_us_ = NowUs();
-            }
-          }
-          if (conn_.get() != nullptr &&
-              follower_->Status().phase == replication::FollowerPhase::kStreaming &&
-              NowUs() - last_push_us_ > int64_t{options_.heartbeat_timeout_ms} * 1000) {
-            spdlog::warn("no message from leader '{}' for {} ms; reconnecting",
-                         options_.leader_id, options_.heartbeat_timeout_ms);
-            DropConnection();
-            ScheduleReconnect();
-          }
-          return WatchdogLoop();
-        });
+  // Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
+  void RunFsync(SequenceNumber seq) {
+    tasks_.add(node_pool_.Run([e = &engine_]() { return e->SyncWal(); })
+                   .catch_([](kj::Exception&& e) {  // the worker queue was full
+                     return absl::UnavailableError(e.getDescription().cStr());
+                   })
+                   .then([this, seq](absl::Status s) {
+                     replication::LinkOutbox out;
+                     link_->OnSynced(seq, s, &out);
+                     CarryLink(std::move(out));
+                   }));
   }
 
   // Keeps the archived WAL within wal_retention_bytes every second (RocksDB alone would
@@ -918,154 +929,6 @@ class Core final : public kj::TaskSet::ErrorHandler {
         .then([this]() { return StorageLoop(); });
   }
 
-  // Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
-  kj::Promise<void> FsyncLoop() {
-    return io_.provider->getTimer()
-        .afterDelay(options_.follower_fsync_interval_ms * kj::MILLISECONDS)
-        .then([this]() -> kj::Promise<void> {
-          SequenceNumber seq = engine_.LatestSequence();
-          if (seq == synced_seq_) return kj::READY_NOW;
-          return node_pool_.Run([e = &engine_]() { return e->SyncWal(); })
-              .then([this, seq](absl::Status s) {
-                if (!s.ok()) {
-                  spdlog::error("WAL fsync failed: {}", s.ToString());
-                  return;
-                }
-                synced_seq_ = seq;
-                follower_->MarkDurable(seq);
-              });
-        })
-        .catch_([](kj::Exception&& e) {  // the worker queue was full: try again next time
-          spdlog::warn("WAL fsync skipped: {}", e.getDescription().cStr());
-        })
-        .then([this]() { return FsyncLoop(); });
-  }
-
-  // Applies queued pushes in order. The leader's first push can overtake the subscribe reply
-  // (its continuation runs later than the incoming call), so pushes wait for the handshake.
-  void DrainApply() {
-    while (handshake_done_ && !apply_running_ && !apply_queue_.empty()) {
-      PendingApply& front = apply_queue_.front();
-      if (ShipBytes(front.ship) <= kInlineApplyBytes) {
-        engine::WriteOptions wo;
-        wo.no_slowdown = true;
-        absl::StatusOr<Ack> r = follower_->OnShip(front.ship, wo);
-        if (r.ok()) {
-          apply_failures_ = 0;
-          Answer(kj::mv(front.fulfiller), std::move(*r), front.ship.max_ack_delay_us);
-          apply_queue_.pop_front();
-          CheckNeedsSnapshot();
-          continue;
-        }
-        if (!absl::IsResourceExhausted(r.status())) {
-          ApplyFailed(kj::mv(front.fulfiller), r.status());
-          return;
-        }
-        // Would stall: apply on a worker, keeping later messages queued behind it.
-      }
-      apply_running_ = true;
-      PendingApply item = std::move(front);
-      apply_queue_.pop_front();
-      uint32_t max_ack_delay_us = item.ship.max_ack_delay_us;
-      uint64_t gen = conn_generation_;
-      tasks_.add(
-          node_pool_
-              .Run([f = follower_, ship = std::move(item.ship)]() {
-                return f->OnShip(ship, engine::WriteOptions{});
-              })
-              .then([](absl::StatusOr<Ack> r) { return r; },
-                    [](kj::Exception&& e) -> absl::StatusOr<Ack> {  // as in FlushWrites
-                      return absl::InternalError(
-                          absl::StrCat("node work queue: ", e.getDescription().cStr()));
-                    })
-              .then([this, fulfiller = kj::mv(item.fulfiller), max_ack_delay_us,
-                     gen](absl::StatusOr<Ack> r) mutable {
-                apply_running_ = false;
-                if (connect_after_apply_) {
-                  connect_after_apply_ = false;
-                  Connect();  // a new generation: this completion's ack goes nowhere
-                }
-                if (gen != conn_generation_) {
-                  // Its connection is gone: the ack goes nowhere and must not be held among
-                  // the new connection's.
-                } else if (r.ok()) {
-                  apply_failures_ = 0;
-                  Answer(kj::mv(fulfiller), std::move(*r), max_ack_delay_us);
-                } else {
-                  ApplyFailed(kj::mv(fulfiller), r.status());
-                  return;
-                }
-                CheckNeedsSnapshot();
-                DrainApply();
-              }));
-      return;
-    }
-  }
-
-  // This follower could not apply a message (a storage error: RocksDB refuses writes). It
-  // stops taking messages and reconnects after a pause that doubles with each failure in a
-  // row, so that the leader does not resend and see it fail in a tight loop; StorageLoop
-  // meanwhile asks RocksDB to resume.
-  void ApplyFailed(kj::Own<kj::PromiseFulfiller<Ack>> fulfiller, const absl::Status& why) {
-    ReleaseHeldAcks();  // earlier messages' acks go first
-    fulfiller->reject(KJ_EXCEPTION(FAILED, why.ToString()));
-    ++apply_failures_;
-    backoff_ms_ = std::min<uint64_t>(uint64_t{options_.reconnect_min_ms}
-                                         << std::min<uint32_t>(apply_failures_, 20),
-                                     options_.reconnect_max_ms);
-    spdlog::error("cannot apply what leader '{}' sent ({} failures in a row): {}",
-                  options_.leader_id, apply_failures_, why.ToString());
-    DropConnection();
-    ScheduleReconnect();
-  }
-
-  // Sends an ack, or holds it up to `max_delay_us` so that one later ack answers several
-  // messages. Held acks all go out with the first ack that cannot wait (the leader asked for
-  // it promptly, or it is not OK), when kMaxHeldAcks are held, or when the delay expires.
-  // The delay comes from the leader's message: it is capped at a quarter of our heartbeat
-  // timeout (as the config requires of ack_delay_us), so that a leader asking for more
-  // cannot keep messages in flight, and so its heartbeats away, until we time out.
-  void Answer(kj::Own<kj::PromiseFulfiller<Ack>> fulfiller, Ack ack, uint32_t max_delay_us) {
-    uint64_t delay_us =
-        std::min<uint64_t>(max_delay_us, uint64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
-    if (ack.outcome == replication::AckOutcome::kOk && delay_us > 0 &&
-        held_acks_.size() + 1 < kMaxHeldAcks) {
-      held_acks_.push_back(HeldAck{kj::mv(fulfiller), std::move(ack)});
-      if (held_acks_.size() == 1) {
-        // One timer at a time; releasing early cancels it (ReleaseHeldAcks).
-        ack_timer_ = io_.provider->getTimer()
-                         .afterDelay(delay_us * kj::MICROSECONDS)
-                         .then([this]() { FulfillHeldAcks(); })
-                         .eagerlyEvaluate(nullptr);
-      }
-      return;
-    }
-    ReleaseHeldAcks();
-    fulfiller->fulfill(std::move(ack));
-  }
-
-  void ReleaseHeldAcks() {
-    ack_timer_ = nullptr;  // cancels the timer (never called from the timer itself)
-    FulfillHeldAcks();
-  }
-
-  void FulfillHeldAcks() {
-    for (HeldAck& h : held_acks_) h.fulfiller->fulfill(std::move(h.ack));
-    held_acks_.clear();
-  }
-
-  // The leader said it can no longer serve us: stop replicating, loudly.
-  void CheckNeedsSnapshot(bool connected = true) {
-    if (connected && !handshake_done_) return;
-    replication::FollowerStatus st = follower_->Status();
-    if (st.phase != replication::FollowerPhase::kNeedsSnapshot) return;
-    if (needs_snapshot_logged_) return;
-    needs_snapshot_logged_ = true;
-    spdlog::error("NEEDS SNAPSHOT: leader '{}' cannot serve this follower: {}. Replication "
-                  "stopped at seq {}; re-seed this node from a checkpoint.",
-                  options_.leader_id, st.message, st.applied);
-  }
-
   class SinkImpl final : public schema::BatchSink::Server {
    public:
     SinkImpl(Core& core, uint64_t generation) : core_(core), generation_(generation) {}
@@ -1118,20 +981,14 @@ class Core final : public kj::TaskSet::ErrorHandler {
   int64_t next_resume_us_ = 0;
 
   // Follower side.
+  std::unique_ptr<replication::FollowerLink> link_;  // set on a follower
   kj::Own<LeaderConnection> conn_;
-  uint64_t conn_generation_ = 0;
-  int64_t last_push_us_ = 0;  // the last sign of life from the leader (see WatchdogLoop)
-  uint64_t watched_bytes_read_ = 0;  // conn_'s bytes_read() at the watchdog's last look
-  uint32_t backoff_ms_;
-  SequenceNumber synced_seq_ = 0;
-  std::deque<PendingApply> apply_queue_;  // bounded by the leader's in-flight window
-  bool apply_running_ = false;
-  bool connect_after_apply_ = false;  // Connect() came while an apply ran on a worker
-  std::vector<HeldAck> held_acks_;  // in message order; fewer than kMaxHeldAcks
-  kj::Promise<void> ack_timer_ = nullptr;  // releases held_acks_ when their delay ends
-  bool handshake_done_ = false;  // the current connection's subscribe reply was taken
-  uint32_t apply_failures_ = 0;   // applies that failed in a row (ApplyFailed)
-  bool needs_snapshot_logged_ = false;
+  kj::Promise<void> connect_attempt_ = nullptr;
+  std::map<uint64_t, kj::Own<kj::PromiseFulfiller<Ack>>> pushes_;  // not yet answered
+  uint64_t last_push_ = 0;
+  bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
+  int64_t link_at_us_ = 0;
+  kj::Promise<void> link_timer_ = nullptr;
 };
 
 // The Cap'n Proto face of a node: forwards to Core.

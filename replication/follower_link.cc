@@ -1,0 +1,299 @@
+#include "replication/follower_link.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace walship::replication {
+namespace {
+
+size_t BatchBytes(const Ship& ship) {
+  size_t bytes = 0;
+  for (const ShippedBatch& b : ship.batches) bytes += b.batch.data.size();
+  return bytes;
+}
+
+}  // namespace
+
+FollowerLink::FollowerLink(Follower& follower, FollowerLinkOptions options,
+                           std::string leader_id)
+    : follower_(follower),
+      options_(options),
+      leader_id_(std::move(leader_id)),
+      backoff_ms_(options.reconnect_min_ms) {}
+
+void FollowerLink::Log(LinkOutbox* out, LogLevel level, std::string text) {
+  out->logs.emplace_back(level, std::move(text));
+}
+
+void FollowerLink::Start(int64_t now_us, LinkOutbox* out) {
+  next_fsync_us_ = now_us + int64_t{options_.fsync_interval_ms} * 1000;
+  if (follower_.Status().phase == FollowerPhase::kNeedsSnapshot) {
+    // Told so before it stopped: asking a leader again would change nothing.
+    stopped_ = true;
+    CheckNeedsSnapshot(out);
+    return;
+  }
+  Connect(now_us, out);
+}
+
+void FollowerLink::Connect(int64_t now_us, LinkOutbox* out) {
+  reconnect_at_us_ = kNever;
+  if (stopped_) return;
+  if (apply_out_) {
+    // The hello names our position, which is only settled once the apply handed out ends.
+    connect_after_apply_ = true;
+    return;
+  }
+  ++generation_;
+  connecting_ = true;
+  connect_deadline_us_ = now_us + int64_t{options_.connect_timeout_ms} * 1000;
+  out->connect = LinkOutbox::Connect{generation_, follower_.MakeHello()};
+}
+
+void FollowerLink::Drop(LinkOutbox* out) {
+  ++generation_;  // whatever comes on the old connection is ignored
+  connecting_ = false;
+  connect_deadline_us_ = kNever;
+  handshake_done_ = false;
+  queue_.clear();  // the transport forgets them; the leader resends after the handshake
+  held_.clear();
+  held_until_us_ = kNever;
+  follower_.OnDisconnect();
+  out->drop = true;
+}
+
+void FollowerLink::ScheduleReconnect(int64_t now_us, LinkOutbox* out) {
+  if (stopped_) return;
+  uint32_t delay = backoff_ms_;
+  backoff_ms_ = std::min(backoff_ms_ * 2, options_.reconnect_max_ms);
+  reconnect_at_us_ = now_us + int64_t{delay} * 1000;
+  Log(out, LogLevel::kInfo, absl::StrCat("reconnecting to leader '", leader_id_, "' in ", delay,
+                                         " ms"));
+}
+
+void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, int64_t now_us,
+                                LinkOutbox* out) {
+  if (generation != generation_ || !connecting_) return;
+  connecting_ = false;
+  connect_deadline_us_ = kNever;
+  absl::Status s = follower_.OnHelloReply(reply);
+  if (s.ok()) {
+    Log(out, LogLevel::kInfo,
+        absl::StrCat("streaming from leader '", leader_id_, "' (epoch ", reply.epoch,
+                     "); leader at ", reply.leader_latest));
+    // The pause grows on: only an apply that works shows the follower can take messages.
+    if (apply_failures_ == 0) backoff_ms_ = options_.reconnect_min_ms;
+    last_contact_us_ = now_us;
+    next_watch_us_ = now_us + std::max<int64_t>(1, int64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
+    handshake_done_ = true;
+    Drain(now_us, out);  // pushes that overtook the reply
+    return;
+  }
+  Drop(out);
+  if (absl::IsFailedPrecondition(s)) {
+    stopped_ = true;
+    CheckNeedsSnapshot(out);
+    return;
+  }
+  Log(out, LogLevel::kError,
+      absl::StrCat("leader '", leader_id_, "' refused this follower: ", s.message()));
+  ScheduleReconnect(now_us, out);
+}
+
+void FollowerLink::OnConnectionLost(uint64_t generation, const std::string& why,
+                                    int64_t now_us, LinkOutbox* out) {
+  if (generation != generation_) return;
+  Log(out, LogLevel::kWarn,
+      absl::StrCat(handshake_done_ ? "lost the connection to leader '"
+                                   : "cannot reach leader '",
+                   leader_id_, "': ", why));
+  Drop(out);
+  ScheduleReconnect(now_us, out);
+}
+
+bool FollowerLink::OnPush(uint64_t generation, uint64_t push, Ship ship, int64_t now_us,
+                          LinkOutbox* out, std::string* why) {
+  if (generation != generation_) {
+    *why = "push on a connection this follower has dropped";
+    return false;
+  }
+  if (queue_.size() >= options_.max_queued_pushes) {
+    *why = "follower apply queue full; the leader exceeds its window";
+    return false;
+  }
+  last_contact_us_ = now_us;
+  queue_.push_back(Queued{push, std::move(ship)});
+  Drain(now_us, out);
+  return true;
+}
+
+// Applies queued pushes in order. The leader's first push can overtake the hello reply, so
+// pushes wait for the handshake.
+void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
+  while (handshake_done_ && !apply_out_ && !queue_.empty()) {
+    Queued& front = queue_.front();
+    if (BatchBytes(front.ship) <= options_.inline_apply_bytes) {
+      engine::WriteOptions wo;
+      wo.no_slowdown = true;
+      absl::StatusOr<Ack> r = follower_.OnShip(front.ship, wo);
+      if (r.ok()) {
+        apply_failures_ = 0;
+        Queued done = std::move(front);
+        queue_.pop_front();
+        Answer(done.push, std::move(*r), done.ship.max_ack_delay_us, now_us, out);
+        CheckNeedsSnapshot(out);
+        continue;
+      }
+      if (!absl::IsResourceExhausted(r.status())) {
+        uint64_t push = front.push;
+        queue_.pop_front();
+        ApplyFailed(push, r.status(), now_us, out);
+        return;
+      }
+      // It would stall: handed out, later messages stay queued behind it.
+    }
+    apply_out_ = true;
+    apply_out_push_ = front.push;
+    apply_out_generation_ = generation_;
+    apply_out_max_delay_us_ = front.ship.max_ack_delay_us;
+    out->apply = LinkOutbox::Apply{front.push, std::move(front.ship)};
+    queue_.pop_front();
+    return;
+  }
+}
+
+void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t now_us,
+                             LinkOutbox* out) {
+  if (!apply_out_ || push != apply_out_push_) return;
+  apply_out_ = false;
+  if (connect_after_apply_) {
+    connect_after_apply_ = false;
+    Connect(now_us, out);  // a new generation: this apply's ack goes nowhere
+  }
+  if (apply_out_generation_ != generation_) {
+    // Its connection is gone: the ack goes nowhere and must not be held among the new
+    // connection's.
+  } else if (result.ok()) {
+    apply_failures_ = 0;
+    Answer(push, std::move(*result), apply_out_max_delay_us_, now_us, out);
+  } else {
+    ApplyFailed(push, result.status(), now_us, out);
+    return;
+  }
+  CheckNeedsSnapshot(out);
+  Drain(now_us, out);
+}
+
+// Sends an ack, or holds it up to `max_delay_us` so that one later ack answers several
+// messages. Held acks all go out with the first ack that cannot wait (the leader asked for it
+// promptly, or it is not OK), when max_held_acks are held, or when the delay expires. The
+// delay comes from the leader's message: it is capped at a quarter of our heartbeat timeout,
+// so that a leader asking for more cannot keep messages in flight, and so its heartbeats
+// away, until we time out.
+void FollowerLink::Answer(uint64_t push, Ack ack, uint32_t max_delay_us, int64_t now_us,
+                          LinkOutbox* out) {
+  uint64_t delay_us = std::min<uint64_t>(max_delay_us,
+                                         uint64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
+  if (ack.outcome == AckOutcome::kOk && delay_us > 0 && held_.size() + 1 < options_.max_held_acks) {
+    if (held_.empty()) held_until_us_ = now_us + static_cast<int64_t>(delay_us);
+    held_.push_back(Held{push, std::move(ack)});
+    return;
+  }
+  ReleaseHeld(out);
+  out->answers.push_back(LinkOutbox::Answer{push, std::move(ack)});
+}
+
+void FollowerLink::ReleaseHeld(LinkOutbox* out) {
+  for (Held& h : held_) out->answers.push_back(LinkOutbox::Answer{h.push, std::move(h.ack)});
+  held_.clear();
+  held_until_us_ = kNever;
+}
+
+// This follower could not apply a message (a storage error: RocksDB refuses writes). It
+// stops taking messages and reconnects after a pause that doubles with each failure in a
+// row, so that the leader does not resend and see it fail in a tight loop.
+void FollowerLink::ApplyFailed(uint64_t push, const absl::Status& why, int64_t now_us,
+                               LinkOutbox* out) {
+  ReleaseHeld(out);  // earlier messages' acks go first
+  out->rejects.push_back(LinkOutbox::Reject{push, why.ToString()});
+  ++apply_failures_;
+  backoff_ms_ = static_cast<uint32_t>(std::min<uint64_t>(
+      uint64_t{options_.reconnect_min_ms} << std::min<uint32_t>(apply_failures_, 20),
+      options_.reconnect_max_ms));
+  Log(out, LogLevel::kError,
+      absl::StrCat("cannot apply what leader '", leader_id_, "' sent (", apply_failures_,
+                   " failures in a row): ", why.ToString()));
+  Drop(out);
+  ScheduleReconnect(now_us, out);
+}
+
+void FollowerLink::OnSynced(SequenceNumber seq, const absl::Status& status, LinkOutbox* out) {
+  fsync_out_ = false;
+  if (!status.ok()) {
+    Log(out, LogLevel::kError, absl::StrCat("WAL fsync failed: ", status.ToString()));
+    return;
+  }
+  synced_ = std::max(synced_, seq);
+  follower_.MarkDurable(seq);
+}
+
+// The leader said it can no longer serve us: stop replicating, loudly (once).
+void FollowerLink::CheckNeedsSnapshot(LinkOutbox* out) {
+  FollowerStatus st = follower_.Status();
+  if (st.phase != FollowerPhase::kNeedsSnapshot || needs_snapshot_logged_) return;
+  needs_snapshot_logged_ = true;
+  stopped_ = true;
+  reconnect_at_us_ = kNever;
+  Log(out, LogLevel::kError,
+      absl::StrCat("NEEDS SNAPSHOT: leader '", leader_id_, "' cannot serve this follower: ",
+                   st.message, ". Replication stopped at seq ", st.applied,
+                   "; re-seed this node from a checkpoint."));
+}
+
+void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out) {
+  // Silence is only silence while the leader could send: bytes of a large message still
+  // arriving, or messages waiting for our apply (the leader's window is full until we ack
+  // them), are no sign of a dead leader.
+  if (bytes_received != watched_bytes_ || apply_out_ || !queue_.empty()) {
+    watched_bytes_ = bytes_received;
+    last_contact_us_ = std::max(last_contact_us_, now_us);
+  }
+  // It looks four times per time-out, so that bytes still arriving are seen.
+  next_watch_us_ = now_us + std::max<int64_t>(1, int64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
+  if (handshake_done_ &&
+      now_us - last_contact_us_ > int64_t{options_.heartbeat_timeout_ms} * 1000) {
+    Log(out, LogLevel::kWarn,
+        absl::StrCat("no message from leader '", leader_id_, "' for ",
+                     options_.heartbeat_timeout_ms, " ms; reconnecting"));
+    Drop(out);
+    ScheduleReconnect(now_us, out);
+  }
+  if (connecting_ && now_us >= connect_deadline_us_) {
+    Log(out, LogLevel::kWarn,
+        absl::StrCat("cannot reach leader '", leader_id_, "': no answer within ",
+                     options_.connect_timeout_ms, " ms"));
+    Drop(out);
+    ScheduleReconnect(now_us, out);
+  }
+  if (now_us >= held_until_us_) ReleaseHeld(out);
+  if (now_us >= reconnect_at_us_) Connect(now_us, out);
+  if (now_us >= next_fsync_us_) {
+    next_fsync_us_ = now_us + int64_t{options_.fsync_interval_ms} * 1000;
+    SequenceNumber applied = follower_.Status().applied;
+    if (!fsync_out_ && applied > synced_) {
+      fsync_out_ = true;
+      out->fsync = applied;
+    }
+  }
+}
+
+int64_t FollowerLink::NextWakeUp() const {
+  int64_t at = std::min({reconnect_at_us_, held_until_us_, next_fsync_us_});
+  if (connecting_) at = std::min(at, connect_deadline_us_);
+  if (handshake_done_) at = std::min(at, next_watch_us_);
+  return at;
+}
+
+}  // namespace walship::replication

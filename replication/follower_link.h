@@ -1,0 +1,174 @@
+// The follower's side of a stream, as policy: when to connect and reconnect (with backoff),
+// when the leader counts as silent, which pushed messages to apply and where (on the caller's
+// thread when small, else elsewhere), when to answer each with its ack or hold the ack so one
+// answers several, when to fsync the WAL, and when to stop because the leader can no longer
+// serve this follower.
+//
+// Event in, actions out, as the Shipper on the leader: the transport reports what happened
+// (connected and answered, a push, an apply done, a lost connection) with monotonic times
+// handed in, and carries out the LinkOutbox it gets back; Tick runs the timers by
+// NextWakeUp. The link calls the Follower (which applies and persists) itself for small
+// applies; large ones come out as actions so the transport can run them on a worker.
+//
+// Thread safety: none; one thread at a time. (Applies handed out run elsewhere and touch
+// only the Follower, which is thread-safe.)
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "replication/follower.h"
+#include "replication/messages.h"
+#include "replication/shipper.h"
+
+namespace walship::replication {
+
+struct FollowerLinkOptions {
+  // With nothing from the leader for this long (no message, no bytes of one arriving, no
+  // message waiting for our apply) the connection is dropped and made again.
+  uint32_t heartbeat_timeout_ms = 2000;
+  // A connection and handshake that take longer than this fail.
+  uint32_t connect_timeout_ms = 2000;
+  // Pause before reconnecting: doubles from min to max with each failure in a row.
+  uint32_t reconnect_min_ms = 50;
+  uint32_t reconnect_max_ms = 2000;
+  // The WAL is fsynced this often when something was applied since (durable acks).
+  uint32_t fsync_interval_ms = 1000;
+  // Pushes queued for apply; a leader keeps its window in flight, so more means it ignores
+  // flow control and the push is refused.
+  size_t max_queued_pushes = 64;
+  // Acks held at once (see OnApplied).
+  size_t max_held_acks = 16;
+  // Applies of up to this many batch bytes run on the caller's thread; larger ones, and any
+  // that would stall, are handed out.
+  size_t inline_apply_bytes = 256 << 10;
+};
+
+enum class LogLevel { kInfo, kWarn, kError };
+
+struct LinkOutbox {
+  // Open a connection to the leader and subscribe with `hello`; report the result with
+  // `generation`.
+  struct Connect {
+    uint64_t generation = 0;
+    Hello hello;
+  };
+  std::optional<Connect> connect;
+  // Close the current connection. The transport forgets every push it has not answered; the
+  // leader resends them after the next handshake.
+  bool drop = false;
+  // Apply `ship` elsewhere (Follower::OnShip without no_slowdown) and report OnApplied.
+  struct Apply {
+    uint64_t push = 0;
+    Ship ship;
+  };
+  std::optional<Apply> apply;
+  struct Answer {
+    uint64_t push = 0;
+    Ack ack;
+  };
+  std::vector<Answer> answers;  // in push order
+  struct Reject {
+    uint64_t push = 0;
+    std::string why;
+  };
+  std::vector<Reject> rejects;
+  // Fsync the WAL, then report OnSynced(seq).
+  std::optional<SequenceNumber> fsync;
+  std::vector<std::pair<LogLevel, std::string>> logs;
+};
+
+class FollowerLink {
+ public:
+  // `follower` must outlive the link. `leader_id` names the leader in logs.
+  FollowerLink(Follower& follower, FollowerLinkOptions options, std::string leader_id);
+
+  // Starts: connects, unless this follower needs a snapshot (then it only says so).
+  void Start(int64_t now_us, LinkOutbox* out);
+
+  // The connection of `generation` is up and the leader answered the hello.
+  void OnHelloReply(uint64_t generation, const HelloReply& reply, int64_t now_us,
+                    LinkOutbox* out);
+  // The connection of `generation` failed (before or after the handshake).
+  void OnConnectionLost(uint64_t generation, const std::string& why, int64_t now_us,
+                        LinkOutbox* out);
+
+  // A message pushed by the leader on `generation`. Returns false (refuse it: the push
+  // fails) for a dropped connection or a full queue, with why; else it is queued and
+  // answered later by an Answer or Reject of `push`.
+  bool OnPush(uint64_t generation, uint64_t push, Ship ship, int64_t now_us, LinkOutbox* out,
+              std::string* why);
+
+  // An Apply handed out is done.
+  void OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t now_us, LinkOutbox* out);
+
+  // A fsync handed out is done.
+  void OnSynced(SequenceNumber seq, const absl::Status& status, LinkOutbox* out);
+
+  // Runs what is due by now_us. `bytes_received` is the transport's count of bytes read from
+  // the leader so far: bytes of a large message still arriving show the leader is alive.
+  void Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out);
+
+  // When Tick must run next; kNever when nothing waits.
+  int64_t NextWakeUp() const;
+
+  uint64_t generation() const { return generation_; }
+  bool streaming() const { return handshake_done_; }
+
+ private:
+  struct Queued {
+    uint64_t push = 0;
+    Ship ship;
+  };
+  struct Held {
+    uint64_t push = 0;
+    Ack ack;
+  };
+
+  void Connect(int64_t now_us, LinkOutbox* out);
+  void Drop(LinkOutbox* out);
+  void ScheduleReconnect(int64_t now_us, LinkOutbox* out);
+  void Drain(int64_t now_us, LinkOutbox* out);
+  void Answer(uint64_t push, Ack ack, uint32_t max_delay_us, int64_t now_us, LinkOutbox* out);
+  void ReleaseHeld(LinkOutbox* out);
+  void ApplyFailed(uint64_t push, const absl::Status& why, int64_t now_us, LinkOutbox* out);
+  void CheckNeedsSnapshot(LinkOutbox* out);
+  static void Log(LinkOutbox* out, LogLevel level, std::string text);
+
+  Follower& follower_;
+  const FollowerLinkOptions options_;
+  const std::string leader_id_;
+
+  uint64_t generation_ = 0;
+  bool connecting_ = false;         // a Connect is out, no answer yet
+  int64_t connect_deadline_us_ = kNever;
+  bool handshake_done_ = false;     // the current connection's hello was accepted
+  int64_t reconnect_at_us_ = kNever;
+  bool connect_after_apply_ = false;  // connect once the apply handed out ends
+  uint32_t backoff_ms_;
+  uint32_t apply_failures_ = 0;     // in a row
+  bool stopped_ = false;            // needs a snapshot: never connects again
+
+  int64_t last_contact_us_ = 0;     // the last sign of life from the leader
+  uint64_t watched_bytes_ = 0;      // bytes_received at the last Tick
+  int64_t next_watch_us_ = kNever;  // the watchdog's next look
+
+  std::deque<Queued> queue_;
+  bool apply_out_ = false;          // an Apply is handed out
+  uint64_t apply_out_push_ = 0;
+  uint64_t apply_out_generation_ = 0;
+  uint32_t apply_out_max_delay_us_ = 0;
+  std::vector<Held> held_;
+  int64_t held_until_us_ = kNever;
+
+  int64_t next_fsync_us_ = kNever;
+  bool fsync_out_ = false;
+  SequenceNumber synced_ = 0;
+  bool needs_snapshot_logged_ = false;
+};
+
+}  // namespace walship::replication
