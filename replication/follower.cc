@@ -94,7 +94,9 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
       if (std::optional<NodeState> next = MarkNeedsSnapshot(reply.message); next.has_value()) {
         // Saved under mu_, on the loop thread, as adopting an epoch below: once per leader
         // change.
-        KeepNeedsSnapshot(SaveNodeState(options_.state_path, *next), std::move(*next));
+        // Saved before it is moved: in one call, the move could come first.
+        absl::Status saved = SaveNodeState(options_.state_path, *next);
+        KeepNeedsSnapshot(saved, std::move(*next));
       }
       return absl::FailedPreconditionError(status_.message);
     case HelloOutcome::kRefused:
@@ -136,8 +138,11 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   next.epoch = reply.epoch;
   next.database_id = reply.database_id;
   next.history = reply.history;
+  next.role = "follower";
+  if (!reply.history.back().leader.empty()) next.leader = reply.history.back().leader;
   if (next.epoch != state_.epoch || next.database_id != state_.database_id ||
-      next.history != state_.history) {
+      next.history != state_.history || next.role != state_.role ||
+      next.leader != state_.leader) {
     if (absl::Status s = SaveNodeState(options_.state_path, next); !s.ok()) return s;
     state_ = std::move(next);
   }
@@ -286,6 +291,11 @@ std::string Follower::ReadRefusal() const {
                       status_.applied, " and the leader (at seq ", status_.leader_latest,
                       ") can no longer serve it (", status_.message,
                       "); re-seed it from a checkpoint, or read from another node");
+}
+
+NodeState Follower::state() const {
+  absl::MutexLock lock(&mu_);
+  return state_;
 }
 
 Epoch Follower::epoch() const {

@@ -89,6 +89,7 @@ class Follower {
   // no way to catch up until it is re-seeded.
   std::string ReadRefusal() const;
   Epoch epoch() const;
+  NodeState state() const;
 
  private:
   Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

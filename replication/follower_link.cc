@@ -49,7 +49,7 @@ void FollowerLink::Connect(int64_t now_us, LinkOutbox* out) {
   ++generation_;
   connecting_ = true;
   connect_deadline_us_ = now_us + int64_t{options_.connect_timeout_ms} * 1000;
-  out->connect = LinkOutbox::Connect{generation_, follower_.MakeHello()};
+  out->connect = LinkOutbox::Connect{generation_, leader_id_, follower_.MakeHello()};
 }
 
 void FollowerLink::Drop(LinkOutbox* out) {
@@ -95,6 +95,17 @@ void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, in
   if (absl::IsFailedPrecondition(s)) {
     stopped_ = true;
     CheckNeedsSnapshot(out);
+    return;
+  }
+  if (!reply.leader_hint.empty() && reply.leader_hint != leader_id_ &&
+      reply.leader_hint != options_.node_id) {
+    // It does not lead, and names who does (a handover moved leadership): follow that one.
+    Log(out, LogLevel::kInfo,
+        absl::StrCat("'", leader_id_, "' does not lead; following '", reply.leader_hint,
+                     "', which it names as leader"));
+    leader_id_ = reply.leader_hint;
+    backoff_ms_ = options_.reconnect_min_ms;
+    ScheduleReconnect(now_us, out);
     return;
   }
   Log(out, LogLevel::kError,

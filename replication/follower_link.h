@@ -28,6 +28,7 @@
 namespace walship::replication {
 
 struct FollowerLinkOptions {
+  std::string node_id;  // this node
   // With nothing from the leader for this long (no message, no bytes of one arriving, no
   // message waiting for our apply) the connection is dropped and made again.
   uint32_t heartbeat_timeout_ms = 2000;
@@ -55,6 +56,7 @@ struct LinkOutbox {
   // `generation`.
   struct Connect {
     uint64_t generation = 0;
+    std::string leader_id;  // whom to connect to
     Hello hello;
   };
   std::optional<Connect> connect;
@@ -117,6 +119,9 @@ class FollowerLink {
   int64_t NextWakeUp() const;
 
   uint64_t generation() const { return generation_; }
+  // The node this follower follows (or tries to): the config's or saved leader at first, then
+  // whichever node a refusing peer names as leader.
+  const std::string& leader_id() const { return leader_id_; }
   bool streaming() const { return handshake_done_; }
 
  private:
@@ -141,7 +146,7 @@ class FollowerLink {
 
   Follower& follower_;
   const FollowerLinkOptions options_;
-  const std::string leader_id_;
+  std::string leader_id_;
 
   uint64_t generation_ = 0;
   bool connecting_ = false;         // a Connect is out, no answer yet

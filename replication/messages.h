@@ -67,6 +67,9 @@ struct HelloReply {
   std::string database_id;
   std::vector<EpochEntry> history;
   SequenceNumber leader_latest = 0;
+  // A node that does not lead (kRefused) names the node it believes leads, so that a
+  // follower whose leader stepped down finds the new one; empty when it knows none.
+  std::string leader_hint;
 };
 
 struct ShippedBatch {
@@ -103,6 +106,21 @@ struct Ack {
   SequenceNumber durable = 0;   // highest sequence fsynced on the follower
   SequenceNumber applied = 0;   // highest sequence applied (readable) on the follower
   std::string message;
+};
+
+// Leader -> the follower it hands leadership to, once that follower has applied everything
+// the leader wrote and the leader accepts no more writes.
+struct TakeOver {
+  uint32_t version = kPeerProtocolVersion;
+  std::string from;             // the leader handing over
+  Epoch epoch = 0;              // its epoch
+  SequenceNumber latest = 0;    // its last sequence number: the new epoch starts after it
+};
+
+struct TakeOverReply {
+  bool accepted = false;
+  std::string message;          // why not, when refused
+  Epoch epoch = 0;              // the epoch the new leader began
 };
 
 const char* HelloOutcomeName(HelloOutcome outcome);

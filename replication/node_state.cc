@@ -98,6 +98,13 @@ absl::Status ValidateHistory(const std::vector<EpochEntry>& history) {
 
 absl::Status ValidateState(const NodeState& state) {
   if (absl::Status s = ValidateHistory(state.history); !s.ok()) return s;
+  if (!state.role.empty() && state.role != "leader" && state.role != "follower") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown role '", state.role, "'"));
+  }
+  if (state.leader.find_first_of(" \n") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("leader id '", state.leader,
+                                                   "' holds a space"));
+  }
   if (!state.history.empty() && state.epoch < state.history.back().epoch) {
     return absl::InvalidArgumentError(absl::StrCat("current epoch ", state.epoch,
                                                    " is below the history's last epoch ",
@@ -148,6 +155,10 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
     };
     if (f[0] == "database_id" && f.size() == 2) {
       state.database_id = f[1];
+    } else if (f[0] == "role" && f.size() == 2 && (f[1] == "leader" || f[1] == "follower")) {
+      state.role = f[1];
+    } else if (f[0] == "leader" && f.size() == 2) {
+      state.leader = f[1];
     } else if (f[0] == "epoch" && f.size() == 2) {
       if (!num(f[1], &state.epoch)) return bad("epoch is not a number");
     } else if (f[0] == "history" && f.size() == (version == 1 ? 3u : 4u)) {
@@ -183,6 +194,8 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
   out << kMagic << " " << kNodeStateVersion << "\n";
   if (!state.database_id.empty()) out << "database_id " << state.database_id << "\n";
   out << "epoch " << state.epoch << "\n";
+  if (!state.role.empty()) out << "role " << state.role << "\n";
+  if (!state.leader.empty()) out << "leader " << state.leader << "\n";
   for (const EpochEntry& e : state.history) {
     out << "history " << e.epoch << " " << e.start_seq << " "
         << (e.leader.empty() ? kUnknownLeader : e.leader) << "\n";

@@ -19,6 +19,11 @@ struct NodeState {
   // Non-empty once a leader said it can no longer serve this follower (why): its data is
   // stale, and it stays so, across restarts, until the node is re-seeded.
   std::string needs_snapshot;
+  // The role this node last took ("leader" or "follower"; empty: none yet, the config's role
+  // seeds it), and for a follower the node it follows. Saved before a role takes effect, so
+  // after a restart the saved role wins over the config file's.
+  std::string role;
+  std::string leader;
 
   // Epoch under which `seq` was written according to this history (0 when unknown).
   Epoch EpochOf(SequenceNumber seq) const;
