@@ -10,12 +10,30 @@ NodeState StateForLeading(NodeState state, SequenceNumber latest, const std::str
   BeginEpoch(state, latest + 1, self);
   state.role = "leader";
   state.leader.clear();
+  state.handover_to.clear();
   return state;
 }
 
 NodeState StateForFollowing(NodeState state, const std::string& leader) {
   state.role = "follower";
   state.leader = leader;
+  state.handover_to.clear();
+  return state;
+}
+
+NodeState StateForHandingOver(NodeState state, const std::string& target) {
+  state.handover_to = target;
+  return state;
+}
+
+NodeState StateAfterHandover(NodeState state, const std::string& target,
+                             const TakeOver& request, const TakeOverReply& reply) {
+  state = StateForFollowing(std::move(state), target);
+  if (reply.accepted && reply.epoch > state.HighestEpoch()) {
+    BeginEpoch(state, request.latest + 1, target);
+    state.epoch = reply.epoch;
+    state.history.back().epoch = reply.epoch;
+  }
   return state;
 }
 
@@ -63,11 +81,7 @@ TakeOverReply AnswerTakeOver(const NodeState& state, SequenceNumber applied,
   return reply;
 }
 
-bool ResumesHandover(const NodeState& state, const std::string& self) {
-  return state.role == "follower" && !state.leader.empty() && state.leader != self &&
-         !state.history.empty() && state.history.back().leader == self &&
-         state.history.back().epoch == state.epoch;
-}
+bool ResumesHandover(const NodeState& state) { return !state.handover_to.empty(); }
 
 Handover::Handover(std::string target, int64_t now_us, int64_t timeout_us)
     : target_(std::move(target)), deadline_us_(now_us + timeout_us) {}

@@ -4,13 +4,15 @@
 // A handover, as the leader sees it:
 //   1. Asked to hand over to follower T, the leader accepts no more writes: writes not yet
 //      written are refused with an error that names T (in-flight ones finish).
-//   2. Once T has applied everything the leader wrote, the leader saves "follower of T" in
-//      its node state (from then on it never leads again by itself) and asks T to take over.
+//   2. Once T has applied everything the leader wrote, the leader saves "handing over to T"
+//      in its node state (StateForHandingOver: from then on it never takes a write by itself)
+//      and asks T to take over, again and again until T answers, across restarts too.
 //   3. T checks that it follows this leader in this epoch and holds everything it wrote, saves
 //      a new epoch above every epoch it has seen with itself as leader, answers, and leads.
-//   4. The leader steps down and follows T. A refusal from T (it was not caught up, it
-//      follows another leader) puts the leader back as it was; no answer leaves it following
-//      T, since T may have taken over.
+//   4. The leader saves "follower of T" (StateAfterHandover) and follows T. A clear refusal
+//      from T (it was not caught up; it knows no newer epoch) makes the leader lead on, in a
+//      new epoch; a refusal naming a newer epoch makes it follow T, whose refusals of its
+//      hello name whoever leads.
 // The other followers lose their stream; the old leader's refusal of their next hello names
 // T, and they follow T from where they are, since T's WAL keeps the leader's record
 // boundaries.
@@ -31,6 +33,13 @@ namespace walship::replication {
 NodeState StateForLeading(NodeState state, SequenceNumber latest, const std::string& self);
 // The node state a node saves before it follows `leader`.
 NodeState StateForFollowing(NodeState state, const std::string& leader);
+// The node state a leader saves before it asks `target` to take over.
+NodeState StateForHandingOver(NodeState state, const std::string& target);
+// The node state a leader saves once `reply` from `target` makes it step down
+// (Handover::StepsDown): it follows `target`. When `target` took over, the epoch it began
+// at request.latest + 1 is recorded as `target`'s, as the follower's first hello will find.
+NodeState StateAfterHandover(NodeState state, const std::string& target,
+                             const TakeOver& request, const TakeOverReply& reply);
 
 // A follower's answer to a take-over request. `*take_over` is set when the follower must
 // now take over: save StateForLeading(state, applied, self), lead, and answer with that
@@ -42,11 +51,10 @@ NodeState StateForFollowing(NodeState state, const std::string& leader);
 TakeOverReply AnswerTakeOver(const NodeState& state, SequenceNumber applied,
                              const std::string& self, const TakeOver& request, bool* take_over);
 
-// A node that saved "follower of T" while it still led the latest epoch it knows was
-// handing over to T when it stopped, and cannot know whether T took over: it resumes the
-// handover (Handover::Resumed) and asks T again, rather than follow a T that may be waiting
-// for it. (Once it follows T, T's newer epoch ends its history, and this no longer holds.)
-bool ResumesHandover(const NodeState& state, const std::string& self);
+// A node that stopped while handing over (its state says "handing over to T") cannot know
+// whether T took over: it resumes the handover (Handover::Resumed) and asks T again, taking
+// no writes, rather than lead beside T or follow a T that may be waiting for it.
+bool ResumesHandover(const NodeState& state);
 
 class Handover {
  public:

@@ -101,9 +101,10 @@ absl::Status ValidateState(const NodeState& state) {
   if (!state.role.empty() && state.role != "leader" && state.role != "follower") {
     return absl::InvalidArgumentError(absl::StrCat("unknown role '", state.role, "'"));
   }
-  if (state.leader.find_first_of(" \n") != std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("leader id '", state.leader,
-                                                   "' holds a space"));
+  for (const std::string* id : {&state.leader, &state.handover_to}) {
+    if (id->find_first_of(" \n") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("node id '", *id, "' holds a space"));
+    }
   }
   if (!state.history.empty() && state.epoch < state.history.back().epoch) {
     return absl::InvalidArgumentError(absl::StrCat("current epoch ", state.epoch,
@@ -159,6 +160,8 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
       state.role = f[1];
     } else if (f[0] == "leader" && f.size() == 2) {
       state.leader = f[1];
+    } else if (f[0] == "handover_to" && f.size() == 2) {
+      state.handover_to = f[1];
     } else if (f[0] == "epoch" && f.size() == 2) {
       if (!num(f[1], &state.epoch)) return bad("epoch is not a number");
     } else if (f[0] == "history" && f.size() == (version == 1 ? 3u : 4u)) {
@@ -196,6 +199,7 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
   out << "epoch " << state.epoch << "\n";
   if (!state.role.empty()) out << "role " << state.role << "\n";
   if (!state.leader.empty()) out << "leader " << state.leader << "\n";
+  if (!state.handover_to.empty()) out << "handover_to " << state.handover_to << "\n";
   for (const EpochEntry& e : state.history) {
     out << "history " << e.epoch << " " << e.start_seq << " "
         << (e.leader.empty() ? kUnknownLeader : e.leader) << "\n";

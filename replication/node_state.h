@@ -24,6 +24,10 @@ struct NodeState {
   // after a restart the saved role wins over the config file's.
   std::string role;
   std::string leader;
+  // Set while this node hands leadership to that node (from the moment it asks it to take
+  // over until it hears the answer): it must not lead by itself, and on a restart it asks
+  // again (replication/handover.h).
+  std::string handover_to;
 
   // Epoch under which `seq` was written according to this history (0 when unknown).
   Epoch EpochOf(SequenceNumber seq) const;

@@ -1151,12 +1151,23 @@ TEST(HandoverTest, TheLeaderLeadsOnOnlyAfterAClearRefusal) {
   EXPECT_FALSE(h.StepsDown(refused)) << "nothing changed there: lead on";
   refused.epoch = 4;
   EXPECT_TRUE(h.StepsDown(refused)) << "a newer epoch exists: someone else may lead";
-  // A node that saved "follower of n1" while it led the last epoch was handing over.
-  NodeState handing = StateForFollowing(LeaderState(2), "n1");
-  handing.history.back().leader = "n0";
-  EXPECT_TRUE(ResumesHandover(handing, "n0"));
-  NodeState following = FollowingState(3, "n1");
-  EXPECT_FALSE(ResumesHandover(following, "n0"));
+  // A node that saved "handing over" resumes the handover after a restart; once the answer
+  // is in, it follows, recording the epoch the target began.
+  NodeState handing = StateForHandingOver(LeaderState(2), "n1");
+  EXPECT_TRUE(ResumesHandover(handing));
+  TakeOverReply took;
+  took.accepted = true;
+  took.epoch = 5;
+  NodeState after = StateAfterHandover(handing, "n1", h.request(), took);
+  EXPECT_FALSE(ResumesHandover(after));
+  EXPECT_EQ(after.role, "follower");
+  EXPECT_EQ(after.leader, "n1");
+  EXPECT_EQ(after.epoch, 5u);
+  EXPECT_EQ(after.history.back(), (EpochEntry{5, 91, "n1"}));
+  EXPECT_TRUE(ValidateState(after).ok());
+  NodeState led_on = StateForLeading(handing, 90, "n0");
+  EXPECT_FALSE(ResumesHandover(led_on));
+  EXPECT_EQ(led_on.epoch, 3u);
 }
 
 TEST(HandoverTest, WritesAreRefusedNamingTheNewLeaderUntilItCaughtUp) {

@@ -254,21 +254,38 @@ class Cluster {
                    static_cast<unsigned long long>(n.engine->LatestSequence()), have.c_str());
     }
     CheckHistoryKept(i, *state);
-    if (ResumesHandover(*state, NodeId(i))) {
-      TakeOver again;
-      again.from = NodeId(i);
-      again.epoch = state->epoch;
-      again.latest = n.engine->LatestSequence();
-      std::string target = state->leader;
-      BecomeLeader(i, *state);
-      n.handover.emplace(Handover::Resumed(target, again));
-      AskTakeOver(i);
-    } else if (state->role == "leader") {
+    if (state->role == "leader" && !ResumesHandover(*state)) {
+      // As a node does at start (rpc/node_server.cc): each start as leader, a new epoch.
       NodeState next = StateForLeading(*state, n.engine->LatestSequence(), NodeId(i));
       if (!Check(SaveNodeState(StatePath(i), next).ok(), "leader state saved")) return;
-      BecomeLeader(i, next);
+      *state = next;
+    }
+    BecomeFromState(i, *state);
+  }
+
+  // The role a saved state gives, as rpc::Node::MakeRole chooses it: at start and at every
+  // role change, which both go through the saved state.
+  void BecomeFromState(int i, const NodeState& state) {
+    Node& n = nodes_[i];
+    std::vector<uint64_t> conns;
+    for (auto& [sid, conn] : n.conn_of_session) conns.push_back(conn);
+    for (uint64_t conn : conns) conns_[conn].session = 0;
+    n.conn_of_session.clear();
+    for (uint64_t conn : conns) Break(conn);  // a role that ends closes its followers' streams
+    if (n.conn != 0) Break(n.conn);
+    n.conn = 0;
+    if (ResumesHandover(state)) {
+      TakeOver again;
+      again.from = NodeId(i);
+      again.epoch = state.epoch;
+      again.latest = n.engine->LatestSequence();
+      BecomeLeader(i, state);
+      n.handover.emplace(Handover::Resumed(state.handover_to, again));
+      AskTakeOver(i);
+    } else if (state.role == "leader") {
+      BecomeLeader(i, state);
     } else {
-      BecomeFollower(i, *state);
+      BecomeFollower(i, state);
     }
   }
 
@@ -679,8 +696,8 @@ class Cluster {
       ScheduleTick(i, std::min(h.deadline_us(), clock_.now_us + 1'000));
       return;
     }
-    // The commit point: from here this node never leads again by itself.
-    NodeState next = StateForFollowing(n.leader->state(), h.target());
+    // The commit point: from here this node takes no write by itself until it is answered.
+    NodeState next = StateForHandingOver(n.leader->state(), h.target());
     if (!Check(SaveNodeState(StatePath(i), next).ok(), "handover state saved")) return;
     // Now and then the target's machine fails just before the request reaches it: it comes
     // back without what it had not fsynced, and must refuse to take over.
@@ -720,9 +737,7 @@ class Cluster {
     if (take_over) {
       NodeState next = StateForLeading(state, applied, NodeId(c.from));
       if (!Check(SaveNodeState(StatePath(c.from), next).ok(), "take-over state saved")) return;
-      if (n.conn != 0) Break(n.conn);
-      n.conn = 0;
-      BecomeLeader(c.from, next);
+      BecomeFromState(c.from, next);
       reply.epoch = next.epoch;
       ++stats_.handovers;
     }
@@ -737,7 +752,10 @@ class Cluster {
     Node& n = nodes_[c.to];
     if (!n.handover.has_value() || n.handover->phase() != Handover::Phase::kAsked) return;
     if (n.handover->StepsDown(reply)) {
-      StepDown(c.to);
+      NodeState next = StateAfterHandover(n.leader->state(), n.handover->target(),
+                                          n.handover->request(), reply);
+      if (!Check(SaveNodeState(StatePath(c.to), next).ok(), "step-down state saved")) return;
+      BecomeFromState(c.to, next);
       return;
     }
     // A clear refusal and no newer epoch there: nothing changed on the target; lead on, in a
@@ -745,29 +763,13 @@ class Cluster {
     // before a crash under the same epoch).
     NodeState next = StateForLeading(n.leader->state(), n.engine->LatestSequence(), NodeId(c.to));
     if (!Check(SaveNodeState(StatePath(c.to), next).ok(), "handover undone")) return;
-    std::vector<uint64_t> conns;
-    for (auto& [sid, conn] : n.conn_of_session) conns.push_back(conn);
-    n.conn_of_session.clear();
-    for (uint64_t conn : conns) Break(conn);  // followers come back in the new epoch
-    BecomeLeader(c.to, next);
+    BecomeFromState(c.to, next);
   }
 
   // No answer yet: ask again (the target may have taken over; the request is never dropped).
   void HandoverUnanswered(int i) {
     Node& n = nodes_[i];
     if (n.handover.has_value() && n.handover->phase() == Handover::Phase::kAsked) AskTakeOver(i);
-  }
-
-  void StepDown(int i) {
-    Node& n = nodes_[i];
-    for (auto& [sid, conn] : n.conn_of_session) conns_[conn].session = 0;
-    std::vector<uint64_t> conns;
-    for (auto& [sid, conn] : n.conn_of_session) conns.push_back(conn);
-    n.conn_of_session.clear();
-    for (uint64_t conn : conns) Break(conn);
-    auto state = LoadNodeState(StatePath(i));
-    if (!Check(state.ok(), "state after handover")) return;
-    BecomeFollower(i, *state);
   }
 
   // ---- Writes and faults ----

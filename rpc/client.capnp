@@ -22,7 +22,8 @@ enum ErrorCode {
 struct Error {
   code @0 :ErrorCode;
   message @1 :Text;
-  leaderHint @2 :Text;   # with notLeader: "host:port" of the leader when known, else empty
+  leaderHint @2 :Text;   # with notLeader: "host:port" of the leader when known, else empty;
+                         # with unavailable while a handover runs: the coming leader's
 }
 
 enum OpType {
@@ -79,7 +80,7 @@ struct FollowerStatus {
 struct NodeStatus {
   node @0 :Text;           # node id
   cluster @1 :Text;
-  role @2 :Text;           # leader | follower
+  role @2 :Text;           # leader | follower (it changes at run time: handover)
   latestSeq @3 :UInt64;    # latest sequence number of the local database
   dataBytes @4 :UInt64;    # SSTables + memtables, estimated
   epoch @5 :UInt64;
@@ -102,6 +103,7 @@ struct NodeStatus {
   connectionsRefused @21 :UInt64; # since start: over max_client_connections or other caps
   acceptFailures @22 :UInt64;     # since start: accept() failed (descriptors ran out, ...)
   storageError @23 :Text;         # why RocksDB refuses writes (disk full, I/O error); "" if not
+  handoverTo @24 :Text;           # leader: the follower it is handing leadership to; "" if none
 }
 
 struct GetRequest {
@@ -170,7 +172,23 @@ struct Request {
     get @2 :GetRequest;
     scan @3 :ScanRequest;
     status @4 :Void;
+    handover @5 :HandoverRequest;
+    # Sent to the leader: hands leadership to a follower (the manual switchover). Answered
+    # once it is done (the follower leads; this node follows it) or has failed.
   }
+}
+
+struct HandoverRequest {
+  target @0 :Text;       # the node id of the follower to lead
+  timeoutMs @1 :UInt32;  # how long the follower may take to catch up (0: 10000)
+}
+
+struct HandoverReply {
+  error @0 :Error;       # why not: notLeader, invalidArgument (no such follower),
+                         # unavailable (it did not catch up in time; writes go on here),
+                         # failedPrecondition (it refused)
+  leader @1 :Text;       # the node that leads now
+  epoch @2 :UInt64;      # the epoch it began
 }
 
 struct Reply {
@@ -181,6 +199,7 @@ struct Reply {
     scan @3 :ScanReply;
     status @4 :NodeStatus;
     refused @5 :Error;
+    handover @6 :HandoverReply;
     # The request could not be served as sent: a kind of request this node does not know
     # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
     # cannot take now (unavailable) -- the connection stays open after these -- or a

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <sstream>
 
@@ -59,6 +60,7 @@ const char* ReplyKindName(schema::Reply::Which w) {
     case schema::Reply::SCAN: return "scan";
     case schema::Reply::STATUS: return "status";
     case schema::Reply::REFUSED: return "refused";
+    case schema::Reply::HANDOVER: return "handover";
   }
   return "unknown";
 }
@@ -227,6 +229,23 @@ class ClientImpl final : public Client {
     }
   }
 
+  absl::StatusOr<HandoverResult> Handover(const std::string& target,
+                                          absl::Duration catch_up) override {
+    capnp::MallocMessageBuilder m(16);
+    auto h = m.initRoot<schema::Request>().initHandover();
+    h.setTarget(target);
+    h.setTimeoutMs(static_cast<uint32_t>(std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(catch_up), 1, std::numeric_limits<uint32_t>::max())));
+    // The node answers once the target leads: the catch-up, then the take-over call.
+    return Call<HandoverResult>(
+        m, timeout_ + catch_up + absl::Seconds(5), schema::Reply::HANDOVER,
+        [](schema::Reply::Reader r) -> absl::StatusOr<HandoverResult> {
+          auto reply = r.getHandover();
+          if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
+          return HandoverResult{reply.getLeader(), reply.getEpoch()};
+        });
+  }
+
   absl::StatusOr<NodeStatusInfo> Status() override {
     capnp::MallocMessageBuilder m(8);
     m.initRoot<schema::Request>().setStatus();
@@ -259,6 +278,7 @@ class ClientImpl final : public Client {
     out.listen = st.getListen();
     out.leader_id = st.getLeaderId();
     out.leader_address = st.getLeaderAddress();
+    out.handover_to = st.getHandoverTo();
     for (auto f : st.getFollowers()) {
       FollowerStatusInfo fi;
       fi.id = f.getId();
@@ -604,6 +624,7 @@ std::string StatusToJson(const NodeStatusInfo& s) {
         << f.last_ack_ago_ms << ",\"message\":" << JsonString(f.message) << "}";
     }
     o << "]";
+    o << ",\"handover_to\":" << JsonString(s.handover_to);
   } else {
     o << ",\"leader\":" << JsonString(s.leader_id) << ",\"leader_address\":"
       << JsonString(s.leader_address) << ",\"replication_state\":"
@@ -627,6 +648,9 @@ std::string StatusToText(const NodeStatusInfo& s) {
   if (s.role == "leader") {
     o << "  writes accepted " << s.writes_accepted << " in " << s.write_groups
       << " RocksDB writes\n";
+    if (!s.handover_to.empty()) {
+      o << "  HANDING LEADERSHIP TO " << s.handover_to << ": writes are refused\n";
+    }
     if (s.followers.empty()) o << "  no followers have connected\n";
     for (const auto& f : s.followers) {
       o << absl::StrFormat(

@@ -46,6 +46,12 @@ struct NodeStatusInfo {
   uint32_t client_connections = 0, peer_connections = 0;
   uint64_t connections_refused = 0, accept_failures = 0;
   std::string storage_error;  // why the node's storage refuses writes; empty when it does not
+  std::string handover_to;    // leader: the follower it is handing leadership to, or empty
+};
+
+struct HandoverResult {
+  std::string leader;  // the node that leads now
+  uint64_t epoch = 0;  // the epoch it began
 };
 
 // One JSON object (fields as in docs/cli.md).
@@ -88,6 +94,12 @@ class Client {
   virtual absl::StatusOr<std::vector<engine::KeyValue>> Scan(const engine::ScanOptions& scan,
                                                              uint64_t min_seq = 0) = 0;
   virtual absl::StatusOr<NodeStatusInfo> Status() = 0;
+  // Asks the leader this client is connected to to hand leadership to node `target` (the
+  // manual switchover), allowing it `catch_up` to apply everything first. Returns once the
+  // target leads; errors name why not (not the leader, no such node, not caught up in time:
+  // the old leader leads on).
+  virtual absl::StatusOr<HandoverResult> Handover(const std::string& target,
+                                                  absl::Duration catch_up) = 0;
   virtual const std::string& endpoint() const = 0;
 
  protected:

@@ -52,6 +52,7 @@ replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
              history.size(), kMaxHistoryEntries);
   for (auto e : history) m.history.push_back({e.getEpoch(), e.getStartSeq(), e.getLeader()});
   m.leader_latest = r.getLeaderLatest();
+  m.leader_hint = r.getLeaderHint();
   return m;
 }
 
@@ -72,6 +73,37 @@ void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b) {
     h[i].setLeader(m.history[i].leader);
   }
   b.setLeaderLatest(m.leader_latest);
+  b.setLeaderHint(m.leader_hint);
+}
+
+replication::TakeOver FromCapnp(schema::TakeOver::Reader r) {
+  replication::TakeOver m;
+  m.version = r.getVersion();
+  m.from = r.getFrom();
+  m.epoch = r.getEpoch();
+  m.latest = r.getLatest();
+  return m;
+}
+
+void ToCapnp(const replication::TakeOver& m, schema::TakeOver::Builder b) {
+  b.setVersion(m.version);
+  b.setFrom(m.from);
+  b.setEpoch(m.epoch);
+  b.setLatest(m.latest);
+}
+
+replication::TakeOverReply FromCapnp(schema::TakeOverReply::Reader r) {
+  replication::TakeOverReply m;
+  m.accepted = r.getAccepted();
+  m.message = r.getMessage();
+  m.epoch = r.getEpoch();
+  return m;
+}
+
+void ToCapnp(const replication::TakeOverReply& m, schema::TakeOverReply::Builder b) {
+  b.setAccepted(m.accepted);
+  b.setMessage(m.message);
+  b.setEpoch(m.epoch);
 }
 
 replication::Ship FromCapnp(schema::Ship::Reader r) {
@@ -195,12 +227,16 @@ std::string LeaderHint(const absl::Status& s) {
   return p.has_value() ? std::string(*p) : "";
 }
 
+namespace {
+absl::Status FromCapnpCode(schema::Error::Reader r);
+}  // namespace
+
 void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
   using C = absl::StatusCode;
   schema::ErrorCode code = schema::ErrorCode::INTERNAL;
+  b.setLeaderHint(LeaderHint(s));  // with notLeader, and while a handover runs
   if (IsNotLeader(s)) {
     code = schema::ErrorCode::NOT_LEADER;
-    b.setLeaderHint(LeaderHint(s));
   } else {
     switch (s.code()) {
       case C::kOk: code = schema::ErrorCode::OK; break;
@@ -222,6 +258,15 @@ void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
 }
 
 absl::Status FromCapnp(schema::Error::Reader r) {
+  absl::Status s = FromCapnpCode(r);
+  if (!s.ok() && r.getLeaderHint().size() > 0) {
+    s.SetPayload(kLeaderHintUrl, absl::Cord(std::string(r.getLeaderHint())));
+  }
+  return s;
+}
+
+namespace {
+absl::Status FromCapnpCode(schema::Error::Reader r) {
   std::string msg = r.getMessage();
   switch (r.getCode()) {
     case schema::ErrorCode::OK: return absl::OkStatus();
@@ -230,9 +275,6 @@ absl::Status FromCapnp(schema::Error::Reader r) {
     case schema::ErrorCode::NOT_LEADER: {
       absl::Status s = absl::FailedPreconditionError(msg);
       s.SetPayload(kNotLeaderUrl, absl::Cord("1"));
-      if (r.getLeaderHint().size() > 0) {
-        s.SetPayload(kLeaderHintUrl, absl::Cord(std::string(r.getLeaderHint())));
-      }
       return s;
     }
     case schema::ErrorCode::UNAVAILABLE: return absl::UnavailableError(msg);
@@ -242,5 +284,6 @@ absl::Status FromCapnp(schema::Error::Reader r) {
     default: return absl::InternalError(msg);
   }
 }
+}  // namespace
 
 }  // namespace walship::rpc

@@ -1,5 +1,8 @@
-// A walship node: the engine, the leader or follower state machine, and the Cap'n Proto
-// server that serves clients and peers on one address.
+// A walship node: the engine, its current role (leader or follower, switched at run time),
+// and the Cap'n Proto server that serves clients and peers on one address. The parts:
+// rpc/node.h (the node, its role and its background work), rpc/client_service.h (the client
+// API and group commit), rpc/leader_role.h and rpc/follower_role.h (replication, carried
+// out for replication/), rpc/connections.h (the listener and the connections).
 //
 // Thread safety: Open() may run on any thread; Run() runs the KJ event loop on the calling
 // thread and every RPC object lives there. Blocking RocksDB work goes to a bounded worker
@@ -8,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -23,9 +27,13 @@ struct NodeServerOptions {
   std::string node_id;
   std::string listen;    // host:port
   std::string data_dir;  // holds db/ (RocksDB) and node-state
+  // The role the config gives: it seeds a data dir whose node state holds no role yet; after
+  // that the saved role wins (it changes at run time: handover).
   bool is_leader = false;
   std::string leader_id;       // followers: the leader's id and address
   std::string leader_address;
+  // Every other node of the cluster: id -> address (followers connect to whichever leads).
+  std::map<std::string, std::string> peers;
 
   engine::EngineOptions engine;             // path is filled in from data_dir
   replication::LeaderOptions leader;        // cluster and node_id are filled in

@@ -44,6 +44,24 @@ struct HelloReply {
   leaderLatest @5 :UInt64;     # the leader's latest sequence number
   version @6 :UInt32;          # the peer protocol version the leader speaks; a follower
                                # refuses any other, naming both
+  leaderHint @7 :Text;         # refused by a node that does not lead: the node it names as
+                               # leader (the follower follows that one)
+}
+
+struct TakeOver {
+  # Leader -> the follower it hands leadership to, once that follower has applied all it wrote
+  # and it accepts no more writes.
+  version @0 :UInt32;
+  from @1 :Text;               # the leader's node id
+  epoch @2 :UInt64;            # its epoch
+  latest @3 :UInt64;           # its last sequence number
+}
+
+struct TakeOverReply {
+  accepted @0 :Bool;
+  message @1 :Text;            # why not
+  epoch @2 :UInt64;            # accepted: the epoch the new leader began; refused: the
+                               # highest epoch the node has seen
 }
 
 struct Batch {
@@ -93,4 +111,9 @@ interface PeerService {
   # hears nothing (no batch, no heartbeat) for its heartbeat timeout, reconnects and says
   # hello again with its own position.
   subscribe @0 (hello :Hello, sink :BatchSink) -> (reply :HelloReply);
+
+  takeOver @1 (request :TakeOver) -> (reply :TakeOverReply);
+  # A handover (see replication/handover.h): the follower takes over when it follows the
+  # caller in its epoch and holds all it wrote; asked again after a lost answer, a node that
+  # took over answers accepted again.
 }

@@ -310,7 +310,9 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.is_leader = node.role == "leader";
   o.leader.members_only = true;  // only the other nodes of the file may follow it
   for (const NodeConfig& n : config.nodes) {
-    if (n.id != node.id) o.leader.members.push_back(n.id);
+    if (n.id == node.id) continue;
+    o.leader.members.push_back(n.id);
+    o.peers[n.id] = n.listen;
   }
   if (const NodeConfig* leader = config.Leader(); leader != nullptr && !o.is_leader) {
     o.leader_id = leader->id;

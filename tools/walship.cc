@@ -84,6 +84,29 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
   return 0;
 }
 
+// Asks the leader to hand leadership to `target`; with --cluster, a follower's hint is
+// followed once (the config's leader may have handed over before).
+int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms) {
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto client = ConnectTo(t, *endpoint);
+  if (!client.ok()) return Fail(client.status());
+  auto r = (*client)->Handover(target, absl::Milliseconds(catch_up_ms));
+  if (!r.ok() && walship::rpc::IsNotLeader(r.status()) && t.config.has_value() &&
+      !walship::rpc::LeaderHint(r.status()).empty()) {
+    std::string hint = walship::rpc::LeaderHint(r.status());
+    std::fprintf(stderr, "walship: %s is not the leader; asking %s\n", endpoint->c_str(),
+                 hint.c_str());
+    client = ConnectTo(t, hint);
+    if (!client.ok()) return Fail(client.status());
+    r = (*client)->Handover(target, absl::Milliseconds(catch_up_ms));
+  }
+  if (!r.ok()) return Fail(r.status());
+  std::printf("OK %s leads, epoch %llu\n", r->leader.c_str(),
+              static_cast<unsigned long long>(r->epoch));
+  return 0;
+}
+
 // Parses `walship write` input: one op per line, blank lines and # comments skipped.
 absl::StatusOr<std::vector<WriteOp>> ParseBatch(std::istream& in) {
   std::vector<WriteOp> ops;
@@ -173,7 +196,18 @@ int main(int argc, char** argv) {
   bool json = false, all = false;
   status->add_flag("--json", json, "one JSON object per node");
   status->add_flag("--all", all, "with --cluster: every node of the file");
+  auto* handover = app.add_subcommand(
+      "handover", "hand leadership to follower NODE: the leader stops taking writes, waits "
+                  "until NODE has applied everything, and NODE leads in a new epoch");
+  std::string target;
+  uint32_t catch_up_ms = 10000;
+  handover->add_option("NODE", target, "the node id of the follower to lead")->required();
+  handover->add_option("--catch-up-ms", catch_up_ms,
+                       "how long NODE may take to catch up; past it the leader leads on")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+
+  if (handover->parsed()) return DoHandover(t, target, catch_up_ms);
 
   if (put->parsed() || del->parsed() || delrange->parsed()) {
     auto k = Arg(key);

@@ -138,10 +138,15 @@ class Cluster:
             raise AssertionError(f"testload failed: {r.stdout}{r.stderr}")
         return r
 
-    def load_async(self, nid, batches, seed):
+    def load_async(self, nid, batches, seed, follow=False):
         return subprocess.Popen([TESTLOAD, "--endpoint", self.addr[nid], "--batches",
-                                 str(batches), "--seed", str(seed)],
+                                 str(batches), "--seed", str(seed)]
+                                + (["--follow"] if follow else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def leaders(self):
+        """The running nodes that say they lead."""
+        return [nid for nid in self.procs if self.status(nid)["role"] == "leader"]
 
     def wait_converged(self, timeout=60):
         """Waits until every running node has the leader's latest sequence number."""

@@ -77,6 +77,64 @@ class ReplicationTest(unittest.TestCase):
                    "follower to adopt the new epoch")
         self.assertIn("lost the connection to leader", c.log("n2"))
 
+    def test_handover_both_ways_under_write_load(self):
+        c = self.c
+        epoch = c.status("n1")["epoch"]
+        load = c.load_async("n1", 8000, seed=11, follow=True)
+        wait_until(lambda: c.status("n1")["latest_seq"] > 3000, 60, "writes under way on n1")
+        r = c.cli("--node", "n1", "handover", "n2", timeout=60)
+        self.assertIn("OK n2 leads", r.stdout)
+        st2 = c.status("n2")
+        self.assertEqual(st2["role"], "leader")
+        self.assertGreater(st2["epoch"], epoch)
+        st1 = c.status("n1")
+        self.assertEqual(st1["role"], "follower")
+        self.assertEqual(st1["leader"], "n2")
+        # n3 learns the new leader from the old one's refusal, and follows it from where it
+        # is: no snapshot.
+        wait_until(lambda: c.status("n3")["leader"] == "n2"
+                   and c.status("n3")["replication_state"] == "streaming", 20, "n3 to follow n2")
+        self.assertEqual(c.leaders(), ["n2"])
+        # And back, while the writes go on (they follow the leader).
+        wait_until(lambda: c.status("n2")["latest_seq"] > st2["latest_seq"] + 500, 60,
+                   "writes under way on n2")
+        r = c.cli("--node", "n2", "handover", "n1", timeout=60)
+        self.assertIn("OK n1 leads", r.stdout)
+        out, err = load.communicate(timeout=300)
+        self.assertEqual(load.returncode, 0, out + err)
+        self.assertIn("acked 8000", out)
+        self.assertNotIn("followed 0", out)
+        self.assertEqual(c.leaders(), ["n1"])
+        self.assert_identical()
+        for nid in ("n2", "n3"):
+            self.assertEqual(c.status(nid)["replication_state"], "streaming")
+        # Each handover began an epoch above every one before it, on every node.
+        self.assertGreater(c.status("n1")["epoch"], st2["epoch"])
+        self.assertEqual(c.status("n3")["epoch"], c.status("n1")["epoch"])
+
+    def test_a_restarted_old_leader_follows_the_new_one(self):
+        c = self.c
+        c.load("n1", 500, seed=12)
+        c.cli("--node", "n1", "handover", "n3", timeout=60)
+        # The config still says n1 leads; its saved role says it follows n3, and wins.
+        c.stop("n1", signal.SIGKILL)
+        c.start("n1")
+        st1 = c.status("n1")
+        self.assertEqual(st1["role"], "follower")
+        self.assertEqual(st1["leader"], "n3")
+        self.assertIn("the config's role (leader) only seeds a new data dir", c.log("n1"))
+        self.assertEqual(c.leaders(), ["n3"])
+        r = c.cli("--node", "n2", "put", "after", "handover")  # follows n2's hint to n3
+        self.assertIn("retrying at " + c.addr["n3"], r.stderr)
+        c.wait_converged()
+        leader = c.scan_all("n3")
+        for nid in ("n1", "n2"):
+            self.assertEqual(c.scan_all(nid), leader, f"{nid} differs from n3")
+        # A handover to a node that is not in the cluster, or from a follower, is refused.
+        r = c.cli("--node", "n3", "handover", "n9", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("'n9' is not a node of cluster", r.stderr)
+
     def test_stopped_follower_does_not_block_the_leader_or_grow_its_memory(self):
         c = self.c
         c.load("n1", 200, seed=5)

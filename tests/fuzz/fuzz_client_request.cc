@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "rpc/client.capnp.h"
 #include "rpc/convert.h"
@@ -47,6 +48,10 @@ void Decode(schema::Request::Reader request) {
       break;
     }
     case schema::Request::STATUS: break;
+    case schema::Request::HANDOVER:
+      (void)std::string(request.getHandover().getTarget().cStr());
+      (void)request.getHandover().getTimeoutMs();
+      break;
   }
 }
 

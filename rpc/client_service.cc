@@ -1,0 +1,382 @@
+#include "rpc/client_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "rpc/convert.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+namespace {
+
+using engine::SequenceNumber;
+
+// Scans up to this size run on the loop thread; larger ones go to a worker.
+constexpr uint32_t kInlineScanLimit = 1000;
+constexpr uint32_t kMaxScanLimit = 100000;
+constexpr size_t kMaxPipelineWrites = 10000;
+constexpr uint32_t kDefaultHandoverTimeoutMs = 10000;
+
+uint32_t ScanLimit(schema::ScanRequest::Reader request) {
+  return std::min(request.getLimit() == 0 ? 1000u : request.getLimit(), kMaxScanLimit);
+}
+
+void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
+  ToCapnp(o.status, b.initError());
+  b.setFirstSeq(o.first_seq);
+  b.setLastSeq(o.last_seq);
+}
+
+}  // namespace
+
+ClientService::ClientService(Node& node) : node_(node), engine_(node.engine()), tasks_(*this) {}
+
+void ClientService::taskFailed(kj::Exception&& e) {
+  spdlog::warn("write task failed: {}", e.getDescription().cStr());
+}
+
+bool ClientService::ServesOnWorker(schema::Request::Reader request) {
+  return request.isScan() && ScanLimit(request.getScan()) > kInlineScanLimit;
+}
+
+bool ClientService::ReserveScanReply() {
+  if (scan_reply_bytes_reserved_ + schema::MAX_SCAN_REPLY_BYTES > kMaxScanReplyBytesReserved) {
+    return false;
+  }
+  scan_reply_bytes_reserved_ += schema::MAX_SCAN_REPLY_BYTES;
+  return true;
+}
+
+kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
+                                       schema::Reply::Builder reply) {
+  switch (request.which()) {
+    case schema::Request::WRITE: {
+      auto w = request.getWrite();
+      return Enqueue(FromCapnp(w.getOps()), w.getMode()).then([reply](WriteOutcome o) mutable {
+        ToReply(o, reply.initWrite());
+      });
+    }
+    case schema::Request::WRITE_MANY: return WriteMany(request.getWriteMany(), reply);
+    case schema::Request::GET: return Get(request.getGet(), reply.initGet());
+    case schema::Request::SCAN: return Scan(request.getScan(), reply);
+    case schema::Request::STATUS: Status(reply.initStatus()); return kj::READY_NOW;
+    case schema::Request::HANDOVER: return Handover(request.getHandover(), reply.initHandover());
+  }
+  ToCapnp(absl::UnimplementedError(absl::StrCat(
+              "unknown request kind ", static_cast<int>(request.which()),
+              "; the client is newer than this node")),
+          reply.initRefused());
+  return kj::READY_NOW;
+}
+
+// A pipeline of independent writes: each enters the write queue as if sent on its own.
+kj::Promise<void> ClientService::WriteMany(schema::WriteManyRequest::Reader request,
+                                           schema::Reply::Builder reply) {
+  auto writes = request.getWrites();
+  // Refused whole, with one error: the reply is never sized by an untrusted count.
+  if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) {
+    ToCapnp(refused, reply.initWriteMany().initError());
+    return kj::READY_NOW;
+  }
+  if (writes.size() > kMaxPipelineWrites) {
+    ToCapnp(absl::InvalidArgumentError(absl::StrCat("a pipeline holds at most ",
+                                                    kMaxPipelineWrites, " writes; this one has ",
+                                                    writes.size())),
+            reply.initWriteMany().initError());
+    return kj::READY_NOW;
+  }
+  // Every write is decoded before any is queued: a field of the wrong type in one of them
+  // refuses the pipeline whole (the exception reaches the connection), never after some of
+  // it was applied.
+  std::vector<std::pair<std::vector<engine::WriteOp>, schema::WriteMode>> decoded;
+  decoded.reserve(writes.size());
+  for (auto w : writes) decoded.emplace_back(FromCapnp(w.getOps()), w.getMode());
+  auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(decoded.size());
+  for (auto& [ops, mode] : decoded) outcomes.add(Enqueue(std::move(ops), mode));
+  return kj::joinPromises(outcomes.finish()).then([reply](kj::Array<WriteOutcome> done) mutable {
+    auto results = reply.initWriteMany();
+    ToCapnp(absl::OkStatus(), results.initError());
+    auto replies = results.initReplies(done.size());
+    for (size_t i = 0; i < done.size(); ++i) ToReply(done[i], replies[i]);
+  });
+}
+
+// Reads served on the loop thread come from memory only: a read that needs the disk goes to
+// a worker with a snapshot taken here and now, so that it sees exactly what it would have
+// seen here, whatever is written meanwhile, and the loop never waits for the disk.
+kj::Promise<void> ClientService::Get(schema::GetRequest::Reader request,
+                                     schema::GetReply::Builder reply) {
+  SequenceNumber latest = engine_.LatestSequence();
+  reply.setSeq(latest);
+  if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
+    ToCapnp(s, reply.initError());
+    return kj::READY_NOW;
+  }
+  auto answer = [reply](absl::StatusOr<std::string> value) mutable {
+    ToCapnp(value.status(), reply.initError());
+    if (value.ok()) reply.setValue(ToData(*value));
+  };
+  std::string key = ToString(request.getKey());
+  engine::ReadOptions cached;
+  cached.cache_only = true;
+  absl::StatusOr<std::string> value = engine_.Get(key, cached);
+  if (!absl::IsResourceExhausted(value.status())) {
+    answer(std::move(value));
+    return kj::READY_NOW;
+  }
+  return node_.client_pool()
+      .Run([e = &engine_, key = std::move(key), at = engine_.GetSnapshot()]() {
+        engine::ReadOptions read;
+        read.snapshot = at.get();
+        return e->Get(key, read);
+      })
+      .then(kj::mv(answer));
+}
+
+kj::Promise<void> ClientService::Scan(schema::ScanRequest::Reader request,
+                                      schema::Reply::Builder reply) {
+  SequenceNumber latest = engine_.LatestSequence();
+  if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
+    auto results = reply.initScan();
+    results.setSeq(latest);
+    ToCapnp(s, results.initError());
+    return kj::READY_NOW;
+  }
+  engine::ScanOptions scan;
+  scan.start = ToString(request.getStart());
+  scan.prefix = ToString(request.getPrefix());
+  scan.limit = ScanLimit(request);
+  scan.max_bytes = schema::MAX_SCAN_REPLY_BYTES;
+  auto answer = [reply, latest, limit = scan.limit](
+                    absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
+    auto results = reply.initScan();
+    results.setSeq(latest);
+    ToCapnp(kvs.status(), results.initError());
+    if (!kvs.ok()) return;
+    auto items = results.initItems(kvs->size());
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < kvs->size(); ++i) {
+      items[i].setKey(ToData((*kvs)[i].key));
+      items[i].setValue(ToData((*kvs)[i].value));
+      bytes += (*kvs)[i].key.size() + (*kvs)[i].value.size();
+    }
+    if (kvs->size() < limit && bytes >= schema::MAX_SCAN_REPLY_BYTES) {
+      results.setTruncated(true);
+      results.setNextStart(ToData(kvs->back().key + std::string(1, '\0')));
+    }
+  };
+  // As for Get: small scans from memory here, the rest on a worker at a snapshot of now.
+  if (scan.limit <= kInlineScanLimit) {
+    engine::ReadOptions cached;
+    cached.cache_only = true;
+    auto kvs = engine_.Scan(scan, cached);
+    if (!absl::IsResourceExhausted(kvs.status())) {
+      answer(std::move(kvs));
+      return kj::READY_NOW;
+    }
+  }
+  return node_.client_pool()
+      .Run([e = &engine_, scan, at = engine_.GetSnapshot()]() {
+        engine::ReadOptions read;
+        read.snapshot = at.get();
+        return e->Scan(scan, read);
+      })
+      .then(kj::mv(answer));
+}
+
+void ClientService::Status(schema::NodeStatus::Builder st) {
+  const NodeServerOptions& options = node_.options();
+  const ConnectionStats& stats = node_.connection_stats();
+  st.setNode(options.node_id);
+  st.setCluster(options.cluster);
+  st.setRole(node_.role().name());
+  st.setLatestSeq(engine_.LatestSequence());
+  st.setDataBytes(engine_.ApproximateSizeBytes());
+  st.setListen(options.listen);
+  st.setWritesAccepted(writes_accepted_);
+  st.setWriteGroups(write_groups_);
+  st.setClientConnections(stats.clients);
+  st.setPeerConnections(stats.peers);
+  st.setConnectionsRefused(stats.refused);
+  st.setAcceptFailures(stats.accept_failures);
+  if (absl::Status e = engine_.StorageError(); !e.ok()) st.setStorageError(e.message().data());
+  node_.role().FillStatus(st);
+}
+
+kj::Promise<void> ClientService::Handover(schema::HandoverRequest::Reader request,
+                                          schema::HandoverReply::Builder reply) {
+  uint32_t timeout_ms = request.getTimeoutMs() == 0 ? kDefaultHandoverTimeoutMs
+                                                    : request.getTimeoutMs();
+  return node_.role()
+      .HandOver(std::string(request.getTarget().cStr()), timeout_ms)
+      .then([reply](HandoverOutcome outcome) mutable {
+        ToCapnp(outcome.status, reply.initError());
+        reply.setLeader(outcome.leader);
+        reply.setEpoch(outcome.epoch);
+      });
+}
+
+// Whether a read may be served here (the role may refuse: a follower that needs a snapshot
+// holds stale data with no way to catch up), and only once `min_seq` is applied.
+absl::Status ClientService::CheckReadable(SequenceNumber min_seq, SequenceNumber latest) const {
+  if (std::string why = node_.role().ReadRefusal(); !why.empty()) {
+    return absl::FailedPreconditionError(why);
+  }
+  if (min_seq <= latest) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("this node has applied up to seq ", latest,
+                                             "; the read asked for at least seq ", min_seq));
+}
+
+// Checks one client write and queues it for the next group commit; the promise resolves once
+// it is written (or at once with the error that refused it).
+kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> ops,
+                                                 schema::WriteMode mode) {
+  auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> { return WriteOutcome{std::move(s)}; };
+  if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) return fail(refused);
+  switch (mode) {
+    case schema::WriteMode::CLUSTER_DEFAULT:
+    case schema::WriteMode::ASYNC: break;
+    default:
+      return fail(absl::UnimplementedError(
+          "semi-synchronous and synchronous writes are not implemented yet; use async"));
+  }
+  if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
+  for (const engine::WriteOp& op : ops) {
+    if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
+      return fail(absl::InvalidArgumentError("delete range: begin key sorts after end key"));
+    }
+  }
+  const NodeServerOptions& options = node_.options();
+  if (pending_.size() >= options.max_pending_writes) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "write queue full (", options.max_pending_writes, " writes waiting); retry")));
+  }
+  uint64_t bytes = 0;
+  for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
+  // Bounded in bytes too; a write alone is always taken (it is at most a request).
+  if (!pending_.empty() && pending_bytes_ + bytes > options.max_pending_write_bytes) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "write queue full (", pending_bytes_, " bytes waiting, max_pending_write_bytes ",
+        options.max_pending_write_bytes, "); retry")));
+  }
+  pending_bytes_ += bytes;
+  auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
+  pending_.push_back(PendingWrite{std::move(ops), bytes, kj::mv(paf.fulfiller)});
+  ScheduleFlush();
+  return kj::mv(paf.promise);
+}
+
+// Group commit: writes that arrive together (in the same event-loop turn) become one RocksDB
+// write and one WAL record. evalLast runs when the loop has nothing else ready.
+void ClientService::ScheduleFlush() {
+  if (flush_scheduled_ || writer_busy_ || pending_.empty()) return;
+  flush_scheduled_ = true;
+  tasks_.add(kj::evalLast([this]() {
+    flush_scheduled_ = false;
+    FlushWrites();
+  }));
+}
+
+bool ClientService::FlushPending() {
+  if (pending_.empty() || writer_busy_) return false;
+  FlushWrites();
+  return true;
+}
+
+void ClientService::FailPending(const absl::Status& why) {
+  for (PendingWrite& w : pending_) w.fulfiller->fulfill(WriteOutcome{why});
+  pending_.clear();
+  pending_bytes_ = 0;
+}
+
+void ClientService::FlushWrites() {
+  if (writer_busy_ || pending_.empty()) return;
+  // The role may have stopped taking writes since these were queued (a handover).
+  if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) {
+    FailPending(refused);
+    return;
+  }
+  const NodeServerOptions& options = node_.options();
+  std::vector<GroupMember> group;
+  std::vector<engine::WriteOp> ops;
+  size_t bytes = 0;
+  // A group stays within max_write_group_ops and max_write_group_bytes, counting the write
+  // it would add; only a single write may be larger (up to a request, 64 MiB), so one WAL
+  // record is never larger than the largest request and the peers can always read it.
+  while (!pending_.empty()) {
+    PendingWrite& w = pending_.front();
+    if (!group.empty() && (ops.size() + w.ops.size() > options.max_write_group_ops ||
+                           bytes + w.bytes > options.max_write_group_bytes)) {
+      break;
+    }
+    group.push_back(GroupMember{w.ops.size(), kj::mv(w.fulfiller)});
+    bytes += w.bytes;
+    pending_bytes_ -= w.bytes;
+    for (engine::WriteOp& op : w.ops) ops.push_back(std::move(op));
+    pending_.pop_front();
+  }
+  // The write time travels inside the batch (a LogData record), so followers and the
+  // leader's status know it for batches read back from the WAL too.
+  int64_t write_time_us = replication::RealClock()->NowMicros();
+  if (!options.fsync_writes) {
+    // On the loop thread unless RocksDB would stall (then it answers at once).
+    engine::WriteOptions wo;
+    wo.no_slowdown = true;
+    wo.write_time_us = write_time_us;
+    absl::StatusOr<engine::Batch> r = engine_.Write(ops, wo);
+    if (!absl::IsResourceExhausted(r.status())) {
+      Complete(group, std::move(r), write_time_us);
+      return;
+    }
+  }
+  writer_busy_ = true;
+  engine::WriteOptions wo;
+  wo.sync = options.fsync_writes;
+  wo.write_time_us = write_time_us;
+  tasks_.add(node_.node_pool()
+                 .Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
+                 .then([](absl::StatusOr<engine::Batch> r) { return r; },
+                       [](kj::Exception&& e) -> absl::StatusOr<engine::Batch> {
+                         // Never expected (the node's queue is sized for its own work); if it
+                         // comes, the group fails and the writer is free again: nothing wedges.
+                         return absl::InternalError(
+                             absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                       })
+                 .then([this, group = std::move(group),
+                        write_time_us](absl::StatusOr<engine::Batch> r) mutable {
+                   writer_busy_ = false;
+                   Complete(group, std::move(r), write_time_us);
+                 }));
+}
+
+// `write_time_us` is the time FlushWrites put into the batch.
+void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
+                             int64_t write_time_us) {
+  if (!r.ok()) {
+    // While RocksDB refuses writes after a storage error, that error says why (and the
+    // node's storage check has logged it once).
+    if (absl::Status e = engine_.StorageError(); !e.ok()) {
+      r = e;
+      spdlog::debug("write of {} requests refused: {}", group.size(), e.ToString());
+    } else {
+      spdlog::error("write of {} requests failed: {}", group.size(), r.status().ToString());
+    }
+    for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
+  } else {
+    SequenceNumber seq = r->first_seq;
+    node_.role().OnWritten(std::move(*r), write_time_us);
+    for (GroupMember& m : group) {
+      m.fulfiller->fulfill(WriteOutcome{absl::OkStatus(), seq, seq + m.ops - 1});
+      seq += m.ops;
+    }
+    writes_accepted_ += group.size();
+    ++write_groups_;
+  }
+  ScheduleFlush();
+}
+
+}  // namespace walship::rpc

@@ -1,0 +1,98 @@
+// The client API of a node (rpc/client.capnp): writes with group commit, reads from memory on
+// the loop or at a snapshot on a worker, scans within the node's scan budget, status, and the
+// operator's handover request. Writes and reads are admitted by the node's current role.
+//
+// Thread safety: lives on the event-loop thread.
+#pragma once
+
+#include <kj/async.h>
+
+#include <cstdint>
+#include <deque>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/engine.h"
+#include "rpc/client.capnp.h"
+
+namespace walship::rpc {
+
+class Node;
+
+struct WriteOutcome {
+  absl::Status status;
+  engine::SequenceNumber first_seq = 0;
+  engine::SequenceNumber last_seq = 0;
+};
+
+class ClientService final : public kj::TaskSet::ErrorHandler {
+ public:
+  explicit ClientService(Node& node);
+
+  // Answers one client request into `reply`, which the caller keeps until the promise
+  // resolves. `request` is read before Serve returns and may be dropped then.
+  kj::Promise<void> Serve(schema::Request::Reader request, schema::Reply::Builder reply);
+
+  // The requests Serve always hands to a worker thread (large scans). They read at a
+  // snapshot of the turn in which they came; the connection still serves the writes sent
+  // after them only once they have read, which keeps the reply order simple.
+  static bool ServesOnWorker(schema::Request::Reader request);
+
+  // The node's budget for scan replies being built: each scan reserves maxScanReplyBytes
+  // from when it is read until its reply is built (then its connection's 64 MiB bound holds
+  // the reply until it is written); past the budget scans are refused `unavailable`. So scans
+  // in progress hold at most this much memory (plus, for each, the one key and value that
+  // crosses its bound), and a client that never reads holds none of it.
+  static constexpr uint64_t kMaxScanReplyBytesReserved = 8 * schema::MAX_SCAN_REPLY_BYTES;
+  bool ReserveScanReply();
+  void ReleaseScanReply() { scan_reply_bytes_reserved_ -= schema::MAX_SCAN_REPLY_BYTES; }
+
+  // Group commit, as the leader's role needs it: whether no write is queued or being written;
+  // runs the queued group commit now (true when one ran); refuses every queued write.
+  bool writes_idle() const { return pending_.empty() && !writer_busy_; }
+  bool writer_busy() const { return writer_busy_; }
+  bool FlushPending();
+  void FailPending(const absl::Status& why);
+
+  void taskFailed(kj::Exception&& e) override;
+
+ private:
+  struct PendingWrite {
+    std::vector<engine::WriteOp> ops;
+    uint64_t bytes = 0;  // of its keys and values
+    kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
+  };
+  struct GroupMember {
+    size_t ops = 0;
+    kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
+  };
+
+  kj::Promise<void> WriteMany(schema::WriteManyRequest::Reader request,
+                              schema::Reply::Builder reply);
+  kj::Promise<void> Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply);
+  kj::Promise<void> Scan(schema::ScanRequest::Reader request, schema::Reply::Builder reply);
+  void Status(schema::NodeStatus::Builder st);
+  kj::Promise<void> Handover(schema::HandoverRequest::Reader request,
+                             schema::HandoverReply::Builder reply);
+  absl::Status CheckReadable(engine::SequenceNumber min_seq,
+                             engine::SequenceNumber latest) const;
+  kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops, schema::WriteMode mode);
+  void ScheduleFlush();
+  void FlushWrites();
+  void Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
+                int64_t write_time_us);
+
+  Node& node_;
+  engine::Engine& engine_;
+  std::deque<PendingWrite> pending_;
+  uint64_t pending_bytes_ = 0;  // of the keys and values in pending_
+  bool flush_scheduled_ = false;
+  bool writer_busy_ = false;  // a write group is on a worker; later groups wait
+  uint64_t writes_accepted_ = 0;
+  uint64_t write_groups_ = 0;
+  uint64_t scan_reply_bytes_reserved_ = 0;  // ReserveScanReply
+  kj::TaskSet tasks_;
+};
+
+}  // namespace walship::rpc

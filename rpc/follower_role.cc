@@ -1,0 +1,324 @@
+#include "rpc/follower_role.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "replication/handover.h"
+#include "rpc/convert.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+namespace {
+
+using engine::SequenceNumber;
+using replication::Ack;
+using replication::Ship;
+
+constexpr uint32_t kRetireConnectionMs = 5000;
+
+replication::FollowerOptions FollowerOptionsFor(const Node& node) {
+  const NodeServerOptions& o = const_cast<Node&>(node).options();
+  replication::FollowerOptions fo;
+  fo.cluster = o.cluster;
+  fo.node_id = o.node_id;
+  fo.state_path = o.data_dir + "/node-state";
+  fo.fsync_apply = o.fsync_apply;
+  return fo;
+}
+
+replication::FollowerLinkOptions LinkOptionsFor(const NodeServerOptions& o) {
+  replication::FollowerLinkOptions lo;
+  lo.node_id = o.node_id;
+  lo.heartbeat_timeout_ms = o.heartbeat_timeout_ms;
+  lo.reconnect_min_ms = o.reconnect_min_ms;
+  lo.reconnect_max_ms = o.reconnect_max_ms;
+  lo.fsync_interval_ms = o.follower_fsync_interval_ms;
+  return lo;
+}
+
+std::string LeaderOf(const replication::NodeState& state, const NodeServerOptions& o) {
+  return state.leader.empty() ? o.leader_id : state.leader;
+}
+
+// The follower's side of a stream: each push is answered with its ack.
+class SinkImpl final : public schema::BatchSink::Server {
+ public:
+  SinkImpl(FollowerRole& role, uint64_t generation) : role_(role), generation_(generation) {}
+  kj::Promise<void> push(PushContext ctx) override {
+    Ship ship = FromCapnp(ctx.getParams().getShip());
+    return role_.OnPush(generation_, std::move(ship)).then([ctx](Ack ack) mutable {
+      ToCapnp(ack, ctx.getResults().initAck());
+    });
+  }
+
+ private:
+  FollowerRole& role_;
+  uint64_t generation_;
+};
+
+}  // namespace
+
+FollowerRole::FollowerRole(Node& node, replication::NodeState state)
+    : node_(node),
+      follower_(std::make_shared<replication::Follower>(FollowerOptionsFor(node), &node.engine(),
+                                                        state, replication::RealClock())),
+      link_(*follower_, LinkOptionsFor(node.options()), LeaderOf(state, node.options())),
+      tasks_(*this) {}
+
+FollowerRole::~FollowerRole() noexcept(false) {
+  pushes_.clear();
+  if (conn_.get() != nullptr) conn_->Close();
+}
+
+void FollowerRole::taskFailed(kj::Exception&& e) {
+  spdlog::warn("follower task failed: {}", e.getDescription().cStr());
+}
+
+void FollowerRole::Start() {
+  replication::LinkOutbox out;
+  link_.Start(node_.MonoNowUs(), &out);
+  CarryLink(std::move(out));
+}
+
+absl::Status FollowerRole::WriteRefusal() const {
+  return NotLeaderError(node_.AddressOf(link_.leader_id()));
+}
+
+void FollowerRole::OnWritten(engine::Batch batch, int64_t) {
+  // Never expected: writes are refused here, and a handover waits for writes in progress.
+  spdlog::error("a follower wrote a client batch at seq {}", batch.first_seq);
+}
+
+void FollowerRole::FillStatus(schema::NodeStatus::Builder st) {
+  replication::FollowerStatus fs = follower_->Status();
+  st.setEpoch(fs.epoch);
+  st.setDatabaseId(fs.database_id);
+  st.setLeaderId(link_.leader_id());
+  st.setLeaderAddress(node_.AddressOf(link_.leader_id()));
+  st.setReplicationState(replication::FollowerPhaseName(fs.phase));
+  st.setAppliedSeq(fs.applied);
+  st.setLeaderLatestSeq(fs.leader_latest);
+  st.setLagSeq(fs.lag_seq);
+  st.setLagMs(fs.lag_ms);
+  st.setMessage(fs.message);
+}
+
+kj::Promise<void> FollowerRole::Subscribe(SubscribeContext ctx, std::shared_ptr<PeerSessions>) {
+  replication::Hello hello = FromCapnp(ctx.getParams().getHello());
+  replication::HelloReply reply;
+  reply.outcome = replication::HelloOutcome::kRefused;
+  reply.message = absl::StrCat("node '", node_.options().node_id, "' is not the leader");
+  reply.epoch = follower_->epoch();
+  reply.leader_hint = link_.leader_id();  // the follower follows that one
+  ToCapnp(reply, ctx.getResults().initReply());
+  spdlog::info("refused follower '{}': not the leader; named '{}'", hello.follower_id,
+               reply.leader_hint);
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> FollowerRole::TakeOver(TakeOverContext ctx) {
+  replication::TakeOver request = FromCapnp(ctx.getParams().getRequest());
+  replication::NodeState state = follower_->state();
+  SequenceNumber applied = node_.engine().LatestSequence();
+  bool take_over = false;
+  replication::TakeOverReply reply = replication::AnswerTakeOver(
+      state, applied, node_.options().node_id, request, &take_over);
+  if (take_over) {
+    replication::NodeState next =
+        replication::StateForLeading(state, applied, node_.options().node_id);
+    if (absl::Status s = replication::SaveNodeState(node_.state_path(), next); !s.ok()) {
+      reply.accepted = false;
+      reply.message = absl::StrCat("cannot save the node state: ", s.message());
+    } else {
+      spdlog::warn("taking over from '{}' at seq {}: leading epoch {}", request.from, applied,
+                   next.epoch);
+      reply.epoch = next.epoch;
+      node_.SwitchRole(std::move(next));
+    }
+  } else if (!reply.accepted) {
+    spdlog::warn("refused to take over from '{}': {}", request.from, reply.message);
+  }
+  ToCapnp(reply, ctx.getResults().initReply());
+  return kj::READY_NOW;
+}
+
+kj::Promise<HandoverOutcome> FollowerRole::HandOver(std::string, uint32_t) {
+  return HandoverOutcome{NotLeaderError(node_.AddressOf(link_.leader_id())), link_.leader_id(),
+                         follower_->epoch()};
+}
+
+kj::Promise<Ack> FollowerRole::OnPush(uint64_t generation, Ship ship) {
+  if (generation != link_.generation()) {
+    return KJ_EXCEPTION(DISCONNECTED, "push on a connection this follower has dropped");
+  }
+  uint64_t push = ++last_push_;
+  auto paf = kj::newPromiseAndFulfiller<Ack>();
+  pushes_.emplace(push, kj::mv(paf.fulfiller));
+  replication::LinkOutbox out;
+  std::string why;
+  if (!link_.OnPush(generation, push, std::move(ship), node_.MonoNowUs(), &out, &why)) {
+    pushes_.erase(push);
+    return KJ_EXCEPTION(OVERLOADED, why);
+  }
+  CarryLink(std::move(out));
+  return kj::mv(paf.promise);
+}
+
+// ---- The stream from the leader ----
+//
+// The FollowerLink (replication/follower_link.h) decides when to connect and to whom, what to
+// apply where, when to ack and when the leader is silent; here its outbox is carried out.
+
+void FollowerRole::CarryLink(replication::LinkOutbox out) {
+  for (auto& [level, text] : out.logs) {
+    switch (level) {
+      case replication::LogLevel::kInfo: spdlog::info("{}", text); break;
+      case replication::LogLevel::kWarn: spdlog::warn("{}", text); break;
+      case replication::LogLevel::kError: spdlog::error("{}", text); break;
+    }
+  }
+  if (out.drop) DropConnection();
+  for (auto& answer : out.answers) {
+    auto it = pushes_.find(answer.push);
+    if (it == pushes_.end()) continue;
+    it->second->fulfill(std::move(answer.ack));
+    pushes_.erase(it);
+  }
+  for (auto& reject : out.rejects) {
+    auto it = pushes_.find(reject.push);
+    if (it == pushes_.end()) continue;
+    it->second->reject(KJ_EXCEPTION(FAILED, reject.why));
+    pushes_.erase(it);
+  }
+  if (out.apply.has_value()) RunApply(std::move(*out.apply));
+  if (out.fsync.has_value()) RunFsync(*out.fsync);
+  if (out.connect.has_value()) Connect(std::move(*out.connect));
+  ArmLinkTimer();
+}
+
+// One timer for the link's next wake-up; an earlier one already armed stays.
+void FollowerRole::ArmLinkTimer() {
+  int64_t at = link_.NextWakeUp();
+  if (at == replication::kNever) return;
+  int64_t now = node_.MonoNowUs();
+  if (link_armed_ && link_at_us_ <= at && link_at_us_ > now) return;
+  link_armed_ = true;
+  link_at_us_ = at;
+  link_timer_ = node_.io()
+                    .provider->getTimer()
+                    .afterDelay(std::max<int64_t>(0, at - now) * kj::MICROSECONDS)
+                    .then([this]() {
+                      link_armed_ = false;
+                      // A task of its own: what Tick carries out may replace this timer.
+                      tasks_.add(kj::evalLater([this]() {
+                        replication::LinkOutbox out;
+                        link_.Tick(node_.MonoNowUs(),
+                                   conn_.get() == nullptr ? 0 : conn_->bytes_read(), &out);
+                        CarryLink(std::move(out));
+                      }));
+                    })
+                    .eagerlyEvaluate(nullptr);
+}
+
+void FollowerRole::Connect(replication::LinkOutbox::Connect c) {
+  uint64_t gen = c.generation;
+  std::string address = node_.AddressOf(c.leader_id);
+  if (address.empty()) {
+    tasks_.add(kj::evalLater([this, gen, id = c.leader_id]() {
+      replication::LinkOutbox out;
+      link_.OnConnectionLost(gen, absl::StrCat("no address is known for node '", id,
+                                               "' (it is not in the config)"),
+                             node_.MonoNowUs(), &out);
+      CarryLink(std::move(out));
+    }));
+    return;
+  }
+  auto attempt =
+      ConnectToPeer(node_.io(), address)
+          .then([this, gen, hello = std::move(c.hello)](kj::Own<PeerClient> conn) {
+            conn_ = kj::mv(conn);
+            auto req = conn_->node.subscribeRequest();
+            ToCapnp(hello, req.initHello());
+            req.setSink(kj::heap<SinkImpl>(*this, gen));
+            return req.send().then(
+                [this, gen](capnp::Response<schema::PeerService::SubscribeResults> resp) {
+                  OnSubscribed(gen, FromCapnp(resp.getReply()));
+                });
+          })
+          .catch_([this, gen](kj::Exception&& e) {
+            replication::LinkOutbox out;
+            link_.OnConnectionLost(gen, e.getDescription().cStr(), node_.MonoNowUs(), &out);
+            CarryLink(std::move(out));
+          });
+  connect_attempt_ = attempt.eagerlyEvaluate(nullptr);
+}
+
+void FollowerRole::OnSubscribed(uint64_t gen, const replication::HelloReply& reply) {
+  replication::LinkOutbox out;
+  link_.OnHelloReply(gen, reply, node_.MonoNowUs(), &out);
+  CarryLink(std::move(out));
+  if (gen != link_.generation() || !link_.streaming()) return;
+  spdlog::info("streaming from leader '{}' at {}, from seq {}", link_.leader_id(),
+               node_.AddressOf(link_.leader_id()), node_.engine().LatestSequence() + 1);
+  tasks_.add(conn_->network.onDisconnect().then([this, gen]() {
+    replication::LinkOutbox lost;
+    link_.OnConnectionLost(gen, "the leader closed the connection", node_.MonoNowUs(), &lost);
+    CarryLink(std::move(lost));
+  }));
+}
+
+// Closes the connection to the leader; pushes not answered yet are forgotten (their promises
+// reject), and a connection attempt under way is cancelled.
+void FollowerRole::DropConnection() {
+  pushes_.clear();
+  // Destroyed in a later turn: this may run inside the attempt's own continuation.
+  tasks_.add(kj::evalLater([attempt = kj::mv(connect_attempt_)]() mutable {}));
+  connect_attempt_ = nullptr;
+  // Close the socket now (the leader sees the disconnect), but keep the connection objects a
+  // while: calls still in flight on it hold references into them.
+  if (conn_.get() != nullptr) {
+    conn_->Close();
+    tasks_.add(node_.io()
+                   .provider->getTimer()
+                   .afterDelay(kRetireConnectionMs * kj::MILLISECONDS)
+                   .then([c = kj::mv(conn_)]() {}));
+  }
+}
+
+// An apply the link handed out: on the node's own thread.
+void FollowerRole::RunApply(replication::LinkOutbox::Apply apply) {
+  uint64_t push = apply.push;
+  tasks_.add(node_.node_pool()
+                 .Run([f = follower_, ship = std::move(apply.ship)]() {
+                   return f->OnShip(ship, engine::WriteOptions{});
+                 })
+                 .then([](absl::StatusOr<Ack> r) { return r; },
+                       [](kj::Exception&& e) -> absl::StatusOr<Ack> {  // the queue was full
+                         return absl::InternalError(
+                             absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                       })
+                 .then([this, push](absl::StatusOr<Ack> r) {
+                   replication::LinkOutbox out;
+                   link_.OnApplied(push, std::move(r), node_.MonoNowUs(), &out);
+                   CarryLink(std::move(out));
+                 }));
+}
+
+// Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
+void FollowerRole::RunFsync(SequenceNumber seq) {
+  tasks_.add(node_.node_pool()
+                 .Run([e = &node_.engine()]() { return e->SyncWal(); })
+                 .catch_([](kj::Exception&& e) {  // the worker queue was full
+                   return absl::UnavailableError(e.getDescription().cStr());
+                 })
+                 .then([this, seq](absl::Status s) {
+                   replication::LinkOutbox out;
+                   link_.OnSynced(seq, s, &out);
+                   CarryLink(std::move(out));
+                 }));
+}
+
+}  // namespace walship::rpc

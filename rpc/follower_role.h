@@ -1,0 +1,68 @@
+// The follower's role in a node: replication's Follower and FollowerLink carried out over
+// Cap'n Proto (the connection to whichever node leads, pushes answered with acks, applies
+// and fsyncs on the node's thread, one wake-up timer), and the answer to a take-over.
+//
+// Thread safety: lives on the event-loop thread (applies handed out run on the node's
+// thread and touch only the Follower, which is thread-safe).
+#pragma once
+
+#include <kj/async.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "replication/follower.h"
+#include "replication/follower_link.h"
+#include "rpc/peer_client.h"
+#include "rpc/role.h"
+
+namespace walship::rpc {
+
+class Node;
+
+class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
+ public:
+  // `state` is saved already; the node follows state.leader (or the config's leader).
+  FollowerRole(Node& node, replication::NodeState state);
+  ~FollowerRole() noexcept(false) override;
+
+  const char* name() const override { return "follower"; }
+  void Start() override;
+  absl::Status WriteRefusal() const override;
+  void OnWritten(engine::Batch batch, int64_t write_time_us) override;
+  std::string ReadRefusal() const override { return follower_->ReadRefusal(); }
+  void FillStatus(schema::NodeStatus::Builder st) override;
+  kj::Promise<void> Subscribe(SubscribeContext ctx,
+                              std::shared_ptr<PeerSessions> sessions) override;
+  kj::Promise<void> TakeOver(TakeOverContext ctx) override;
+  kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
+
+  // A push from the leader on the connection of `generation` (BatchSink).
+  kj::Promise<replication::Ack> OnPush(uint64_t generation, replication::Ship ship);
+
+ private:
+  void taskFailed(kj::Exception&& e) override;
+  void CarryLink(replication::LinkOutbox out);
+  void ArmLinkTimer();
+  void Connect(replication::LinkOutbox::Connect c);
+  void OnSubscribed(uint64_t gen, const replication::HelloReply& reply);
+  void DropConnection();
+  void RunApply(replication::LinkOutbox::Apply apply);
+  void RunFsync(engine::SequenceNumber seq);
+
+  Node& node_;
+  // Shared with applies running on the node's thread, which may outlive this role.
+  std::shared_ptr<replication::Follower> follower_;
+  replication::FollowerLink link_;
+  kj::Own<PeerClient> conn_;
+  kj::Promise<void> connect_attempt_ = nullptr;
+  std::map<uint64_t, kj::Own<kj::PromiseFulfiller<replication::Ack>>> pushes_;  // unanswered
+  uint64_t last_push_ = 0;
+  bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
+  int64_t link_at_us_ = 0;
+  kj::Promise<void> link_timer_ = nullptr;
+  kj::TaskSet tasks_;  // last: destroyed first
+};
+
+}  // namespace walship::rpc

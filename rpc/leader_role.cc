@@ -1,0 +1,423 @@
+#include "rpc/leader_role.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "rpc/client_service.h"
+#include "rpc/convert.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+namespace {
+
+using engine::SequenceNumber;
+using replication::Ack;
+using replication::Ship;
+
+// A WAL read takes a window's worth of messages ahead, but no more than this per follower.
+constexpr uint64_t kMaxWalReadBytes = 64ull << 20;
+// A take-over call that got no answer is made again after this long.
+constexpr uint32_t kAskAgainMs = 500;
+
+replication::LeaderOptions LeaderOptionsFor(const NodeServerOptions& o) {
+  replication::LeaderOptions lo = o.leader;
+  lo.cluster = o.cluster;
+  lo.node_id = o.node_id;
+  lo.read_wal_inline = false;  // RunWalRead reads it off the loop
+  lo.max_wal_read_bytes = std::min<uint64_t>(
+      lo.max_ship_bytes * std::max<uint32_t>(1, o.max_inflight_ships), kMaxWalReadBytes);
+  return lo;
+}
+
+replication::ShipperOptions ShipperOptionsFor(const NodeServerOptions& o) {
+  replication::ShipperOptions so;
+  so.max_inflight_ships = o.max_inflight_ships;
+  so.ack_delay_us = o.ack_delay_us;
+  so.max_ship_hold_us = o.max_ship_hold_us;
+  so.min_ship_interval_us = o.min_ship_interval_us;
+  so.heartbeat_interval_ms = o.heartbeat_interval_ms;
+  return so;
+}
+
+}  // namespace
+
+LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_handover)
+    : node_(node),
+      leader_(LeaderOptionsFor(node.options()), &node.engine(), std::move(state),
+              replication::RealClock()),
+      shipper_(leader_, ShipperOptionsFor(node.options())),
+      tasks_(*this) {
+  if (resume_handover) {
+    replication::TakeOver again;
+    again.from = node.options().node_id;
+    again.epoch = leader_.epoch();
+    again.latest = leader_.latest();
+    handover_.emplace(replication::Handover::Resumed(leader_.state().handover_to, again));
+  }
+}
+
+LeaderRole::~LeaderRole() noexcept(false) {
+  if (handover_done_.get() != nullptr) {
+    handover_done_->fulfill(HandoverOutcome{absl::AbortedError("the node stopped"), "", 0});
+  }
+}
+
+void LeaderRole::taskFailed(kj::Exception&& e) {
+  spdlog::warn("leader task failed: {}", e.getDescription().cStr());
+}
+
+void LeaderRole::Start() {
+  SchedulePump();  // heartbeats start from the first pump
+  if (handover_.has_value()) {
+    spdlog::warn("this node stopped while handing leadership to '{}'; asking it again whether "
+                 "it took over (no writes meanwhile)", handover_->target());
+    AskTakeOver();
+  }
+}
+
+absl::Status LeaderRole::WriteRefusal() const {
+  if (!handover_.has_value()) return absl::OkStatus();
+  absl::Status s = handover_->WriteRefusal();
+  std::string address = node_.AddressOf(handover_->target());
+  if (!address.empty()) s.SetPayload(kLeaderHintUrl, absl::Cord(address));
+  return s;
+}
+
+void LeaderRole::OnWritten(engine::Batch batch, int64_t write_time_us) {
+  leader_.OnLocalWrite(std::move(batch), write_time_us);
+  SchedulePump();
+}
+
+void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
+  st.setEpoch(leader_.epoch());
+  st.setDatabaseId(leader_.state().database_id);
+  if (handover_.has_value()) st.setHandoverTo(handover_->target());
+  auto infos = leader_.Followers();
+  auto list = st.initFollowers(infos.size());
+  int64_t now = replication::RealClock()->NowMicros();
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const auto& f = infos[i];
+    list[i].setId(f.id);
+    list[i].setState(replication::FollowerStateName(f.state));
+    list[i].setSentSeq(f.sent);
+    list[i].setReceivedSeq(f.received);
+    list[i].setDurableSeq(f.durable);
+    list[i].setAppliedSeq(f.applied);
+    list[i].setLagSeq(f.lag_seq);
+    list[i].setLagMs(f.lag_ms);
+    list[i].setBytesShipped(f.bytes_shipped);
+    list[i].setLastAckAgoMs(f.last_ack_us == 0 ? -1 : (now - f.last_ack_us) / 1000);
+    list[i].setMessage(f.message);
+  }
+}
+
+// ---- Followers subscribing ----
+
+kj::Promise<void> LeaderRole::Subscribe(SubscribeContext ctx,
+                                        std::shared_ptr<PeerSessions> sessions) {
+  auto params = ctx.getParams();
+  replication::Hello hello = FromCapnp(params.getHello());
+  replication::Outbox out;
+  uint64_t sid = 0;
+  replication::HelloReply reply = shipper_.OnHello(hello, &sid, node_.MonoNowUs(), &out);
+  ToCapnp(reply, ctx.getResults().initReply());
+  if (sid == 0) {
+    spdlog::warn("follower '{}' {}: {}", hello.follower_id,
+                 replication::HelloOutcomeName(reply.outcome), reply.message);
+    return kj::READY_NOW;
+  }
+  spdlog::info("follower '{}' subscribed from seq {} (leader at {})", hello.follower_id,
+               hello.last_applied + 1, leader_.latest());
+  // Counted before the follower's earlier streams end: one of them may live on this very
+  // connection, which must stay open.
+  ++sessions->live;
+  auto live = std::shared_ptr<void>(nullptr, [sessions](void*) {
+    if (--sessions->live == 0 && sessions->close.get() != nullptr) sessions->close->fulfill();
+  });
+  streams_.emplace(sid, Stream{hello.follower_id, params.getSink(), {}, std::move(live)});
+  Carry(std::move(out));
+  SchedulePump();
+  return kj::READY_NOW;
+}
+
+// ---- Shipping ----
+//
+// What goes to each follower and when is the Shipper's decision (replication/shipper.h);
+// here its outbox is carried out: messages sent, WAL reads run on the WAL thread, ended
+// streams closed, and one timer armed for its next wake-up.
+
+// Pumps at the end of this event-loop turn, after the turn's group commit and, as a rule,
+// after the replies to its writers have gone out: a writer waiting for its reply does not
+// also wait for the messages to the followers, which are sent while it works on its next
+// request, and an ack or a wake-up in the same turn as a write lets that write travel in
+// the message they free. (KJ runs the evalLast callbacks of one turn newest first, so the
+// group commit and the replies' socket flushes, scheduled after this, run before it.)
+void LeaderRole::SchedulePump() {
+  if (pump_scheduled_) return;
+  pump_scheduled_ = true;
+  tasks_.add(kj::evalLast([this]() {
+    pump_scheduled_ = false;
+    // A group commit of this turn has not run yet: run it first; its completion schedules
+    // the pump again, behind the replies.
+    if (node_.clients().FlushPending() && pump_scheduled_) return;
+    // Answered pushes are released now: each sends its Finish, which then shares a socket
+    // write with the next message instead of taking one of its own.
+    for (auto& [sid, stream] : streams_) stream.answered.clear();
+    replication::Outbox out;
+    shipper_.Pump(node_.MonoNowUs(), &out);
+    Carry(std::move(out));
+    if (handover_.has_value()) PollHandover();
+    ArmWakeUp();
+  }));
+}
+
+// One timer for the next wake-up (the Shipper's, or a handover's deadline); an earlier one
+// already armed stays.
+void LeaderRole::ArmWakeUp() {
+  int64_t at = shipper_.NextWakeUp();
+  if (handover_.has_value() && handover_->phase() == replication::Handover::Phase::kCatchingUp) {
+    at = std::min(at, handover_->deadline_us());
+  }
+  if (at == replication::kNever) return;
+  int64_t now = node_.MonoNowUs();
+  if (wake_armed_ && wake_at_us_ <= at && wake_at_us_ > now) return;
+  wake_armed_ = true;
+  wake_at_us_ = at;
+  wake_timer_ = node_.io()
+                    .provider->getTimer()
+                    .afterDelay(std::max<int64_t>(0, at - now) * kj::MICROSECONDS)
+                    .then([this]() {
+                      wake_armed_ = false;
+                      SchedulePump();
+                    })
+                    .eagerlyEvaluate(nullptr);
+}
+
+void LeaderRole::Carry(replication::Outbox out) {
+  for (uint64_t sid : out.ended) streams_.erase(sid);
+  for (auto& send : out.sends) Send(send.session, std::move(send.ship));
+  for (auto& read : out.wal_reads) RunWalRead(std::move(read));
+}
+
+// Runs a WAL read the Shipper asked for on the WAL thread, so that the loop never waits for
+// the disk; its end goes back to the Shipper and pumps again.
+void LeaderRole::RunWalRead(replication::WalRead read) {
+  uint64_t sid = read.session;
+  SequenceNumber from_seq = read.from_seq;
+  tasks_.add(
+      node_.wal_pool()
+          .Run([read = std::move(read)]() mutable {
+            read.Run();
+            return std::move(read);
+          })
+          .then([](replication::WalRead done) { return done; },
+                [sid, from_seq](kj::Exception&& e) {  // the queue was full: as a failure
+                  replication::WalRead failed;
+                  failed.session = sid;
+                  failed.from_seq = from_seq;
+                  failed.status = absl::UnavailableError(e.getDescription().cStr());
+                  return failed;
+                })
+          .then([this](replication::WalRead done) {
+            if (!done.status.ok() && !absl::IsOutOfRange(done.status)) {
+              spdlog::warn("reading the WAL from seq {} failed: {}", done.from_seq,
+                           done.status.ToString());
+            }
+            replication::Outbox out;
+            shipper_.OnWalRead(std::move(done), node_.MonoNowUs(), &out);
+            Carry(std::move(out));
+            SchedulePump();
+          }));
+}
+
+void LeaderRole::Send(uint64_t sid, Ship ship) {
+  auto it = streams_.find(sid);
+  if (it == streams_.end()) return;
+  Stream& s = it->second;
+  size_t words = ShipBytes(ship) / 8 + ship.batches.size() * 8 + 64;
+  auto req = s.sink.pushRequest(capnp::MessageSize{words, 0});
+  ToCapnp(ship, req.initShip());
+  if (!ship.needs_snapshot.empty()) {
+    spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);
+  }
+  tasks_.add(req.send().then(
+      [this, sid](capnp::Response<schema::BatchSink::PushResults> resp) {
+        if (streams_.find(sid) == streams_.end()) return;
+        Ack ack = FromCapnp(resp.getAck());
+        if (ack.outcome != replication::AckOutcome::kOk) {
+          spdlog::warn("follower '{}' answered {}: {}", streams_.at(sid).follower_id,
+                       replication::AckOutcomeName(ack.outcome), ack.message);
+        }
+        replication::Outbox out;
+        shipper_.OnAck(sid, ack, &out);
+        Carry(std::move(out));
+        auto live = streams_.find(sid);
+        if (live != streams_.end()) live->second.answered.push_back(kj::mv(resp));
+        SchedulePump();
+      },
+      [this, sid](kj::Exception&& e) {
+        auto lost = streams_.find(sid);
+        if (lost == streams_.end()) return;
+        spdlog::warn("lost follower '{}': {}", lost->second.follower_id, e.getDescription().cStr());
+        shipper_.OnLost(sid);
+        streams_.erase(lost);
+      }));
+}
+
+// ---- Handover ----
+
+kj::Promise<HandoverOutcome> LeaderRole::HandOver(std::string target, uint32_t timeout_ms) {
+  const std::string& self = node_.options().node_id;
+  auto refuse = [&](absl::Status s) -> kj::Promise<HandoverOutcome> {
+    return HandoverOutcome{std::move(s), self, leader_.epoch()};
+  };
+  if (target == self) {
+    return refuse(absl::InvalidArgumentError(absl::StrCat("node '", self, "' leads already")));
+  }
+  if (node_.AddressOf(target).empty()) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("'", target, "' is not a node of cluster '", node_.options().cluster, "'")));
+  }
+  if (handover_.has_value()) {
+    return refuse(absl::UnavailableError(
+        absl::StrCat("a handover to '", handover_->target(), "' is under way")));
+  }
+  spdlog::warn("handing leadership to '{}': writes are refused from now on", target);
+  handover_.emplace(target, node_.MonoNowUs(), int64_t{timeout_ms} * 1000);
+  node_.clients().FailPending(WriteRefusal());
+  auto paf = kj::newPromiseAndFulfiller<HandoverOutcome>();
+  handover_done_ = kj::mv(paf.fulfiller);
+  SchedulePump();
+  return kj::mv(paf.promise);
+}
+
+void LeaderRole::FinishHandover(HandoverOutcome outcome) {
+  if (handover_done_.get() != nullptr) {
+    handover_done_->fulfill(kj::mv(outcome));
+    handover_done_ = nullptr;
+  }
+}
+
+void LeaderRole::PollHandover() {
+  replication::Handover& h = *handover_;
+  if (h.phase() != replication::Handover::Phase::kCatchingUp) return;
+  int64_t now = node_.MonoNowUs();
+  if (h.TimedOut(now)) {
+    spdlog::warn("'{}' did not catch up in time; this node leads on and takes writes again",
+                 h.target());
+    FinishHandover(HandoverOutcome{
+        absl::UnavailableError(absl::StrCat("'", h.target(), "' did not catch up in time (",
+                                            leader_.latest(), " written here); ",
+                                            node_.options().node_id, " leads on")),
+        node_.options().node_id, leader_.epoch()});
+    handover_.reset();
+    return;
+  }
+  std::optional<replication::TakeOver> ask = h.Poll(leader_, node_.clients().writes_idle(), now);
+  if (!ask.has_value()) return;
+  // The commit point: from here this node takes no write by itself, across restarts too,
+  // until the target answers.
+  replication::NodeState handing = replication::StateForHandingOver(leader_.state(), h.target());
+  if (absl::Status s = replication::SaveNodeState(node_.state_path(), handing); !s.ok()) {
+    FinishHandover(HandoverOutcome{s, node_.options().node_id, leader_.epoch()});
+    handover_.reset();
+    return;
+  }
+  spdlog::info("'{}' has applied everything up to seq {}; asking it to take over", h.target(),
+               ask->latest);
+  AskTakeOver();
+}
+
+// Calls takeOver on the target, again every kAskAgainMs until an answer comes: a request
+// that may have been taken is never abandoned.
+void LeaderRole::AskTakeOver() {
+  if (asking_) return;
+  asking_ = true;
+  std::string target = handover_->target();
+  replication::TakeOver request = handover_->request();
+  auto call = ConnectToPeer(node_.io(), node_.AddressOf(target))
+                  .then([this, request](kj::Own<PeerClient> conn) {
+                    take_over_conn_ = kj::mv(conn);
+                    auto req = take_over_conn_->node.takeOverRequest();
+                    ToCapnp(request, req.initRequest());
+                    return req.send().then(
+                        [](capnp::Response<schema::PeerService::TakeOverResults> resp) {
+                          return FromCapnp(resp.getReply());
+                        });
+                  });
+  tasks_.add(node_.io()
+                 .provider->getTimer()
+                 .timeoutAfter(kAskAgainMs * kj::MILLISECONDS, kj::mv(call))
+                 .then(
+                     [this](replication::TakeOverReply reply) {
+                       asking_ = false;
+                       OnTakeOverReply(reply);
+                     },
+                     [this, target](kj::Exception&& e) {
+                       asking_ = false;
+                       spdlog::warn("no answer from '{}' to the take-over ({}); asking again",
+                                    target, e.getDescription().cStr());
+                       tasks_.add(node_.io()
+                                      .provider->getTimer()
+                                      .afterDelay(kAskAgainMs * kj::MILLISECONDS)
+                                      .then([this]() { AskTakeOver(); }));
+                     }));
+}
+
+void LeaderRole::OnTakeOverReply(const replication::TakeOverReply& reply) {
+  if (take_over_conn_.get() != nullptr) take_over_conn_->Close();
+  const std::string target = handover_->target();
+  if (handover_->StepsDown(reply)) {
+    replication::NodeState following =
+        replication::StateAfterHandover(leader_.state(), target, handover_->request(), reply);
+    if (absl::Status s = replication::SaveNodeState(node_.state_path(), following); !s.ok()) {
+      // Still "handing over" on disk, which a restart resolves by asking again.
+      spdlog::error("cannot save the node state to follow '{}': {}", target, s.ToString());
+    }
+    if (reply.accepted) {
+      spdlog::info("'{}' took over (epoch {}); this node follows it", target, reply.epoch);
+      FinishHandover(HandoverOutcome{absl::OkStatus(), target, reply.epoch});
+    } else {
+      spdlog::warn("'{}' refused to take over but has seen epoch {}, newer than ours: this "
+                   "node follows it and whichever node it names", target, reply.epoch);
+      FinishHandover(HandoverOutcome{
+          absl::FailedPreconditionError(absl::StrCat("'", target, "' refused: ", reply.message,
+                                                     "; it knows a newer epoch (", reply.epoch,
+                                                     "), so this node follows")),
+          target, reply.epoch});
+    }
+    node_.SwitchRole(std::move(following));
+    return;
+  }
+  // A clear refusal, and no newer epoch there: nothing changed on the target; lead on, in a
+  // new epoch (as after any restart).
+  replication::NodeState next = replication::StateForLeading(leader_.state(), leader_.latest(),
+                                                             node_.options().node_id);
+  absl::Status saved = replication::SaveNodeState(node_.state_path(), next);
+  spdlog::warn("'{}' refused to take over: {}; this node leads on", target, reply.message);
+  FinishHandover(HandoverOutcome{
+      absl::FailedPreconditionError(absl::StrCat("'", target, "' refused to take over: ",
+                                                 reply.message, "; ", node_.options().node_id,
+                                                 " leads on")),
+      node_.options().node_id, next.epoch});
+  if (!saved.ok()) {
+    // Neither state is saved for sure: stay as we are (no writes) rather than guess.
+    spdlog::error("cannot save the node state to lead on: {}", saved.ToString());
+    return;
+  }
+  node_.SwitchRole(std::move(next));
+}
+
+kj::Promise<void> LeaderRole::TakeOver(TakeOverContext ctx) {
+  replication::TakeOver request = FromCapnp(ctx.getParams().getRequest());
+  bool take_over = false;
+  replication::TakeOverReply reply = replication::AnswerTakeOver(
+      leader_.state(), leader_.latest(), node_.options().node_id, request, &take_over);
+  ToCapnp(reply, ctx.getResults().initReply());
+  return kj::READY_NOW;
+}
+
+}  // namespace walship::rpc

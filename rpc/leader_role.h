@@ -1,0 +1,87 @@
+// The leader's role in a node: replication's Leader and Shipper carried out over Cap'n Proto
+// (streams to the followers, WAL reads on the WAL thread, one wake-up timer), and the
+// handover of leadership to a follower (replication/handover.h) with the take-over call.
+//
+// Thread safety: lives on the event-loop thread.
+#pragma once
+
+#include <kj/async.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "replication/handover.h"
+#include "replication/leader.h"
+#include "replication/shipper.h"
+#include "rpc/peer_client.h"
+#include "rpc/role.h"
+
+namespace walship::rpc {
+
+class Node;
+
+class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
+ public:
+  // `state` is saved already and ends with this node's epoch. With `resume_handover` the node
+  // stopped while handing over (replication::ResumesHandover): it asks the target again and
+  // takes no writes meanwhile.
+  LeaderRole(Node& node, replication::NodeState state, bool resume_handover);
+  ~LeaderRole() noexcept(false) override;
+
+  const char* name() const override { return "leader"; }
+  void Start() override;
+  absl::Status WriteRefusal() const override;
+  void OnWritten(engine::Batch batch, int64_t write_time_us) override;
+  std::string ReadRefusal() const override { return ""; }
+  void FillStatus(schema::NodeStatus::Builder st) override;
+  kj::Promise<void> Subscribe(SubscribeContext ctx,
+                              std::shared_ptr<PeerSessions> sessions) override;
+  kj::Promise<void> TakeOver(TakeOverContext ctx) override;
+  kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
+
+ private:
+  // The transport of one follower's stream (the Shipper keeps its policy state).
+  struct Stream {
+    std::string follower_id;
+    schema::BatchSink::Client sink;
+    // Answered pushes, kept until the next pump: releasing one sends its Finish, which then
+    // shares a socket write with the next message, when that pump sends one, instead of
+    // taking one of its own.
+    std::vector<capnp::Response<schema::BatchSink::PushResults>> answered;
+    // While this stream lives, it counts in its connection's sessions; the connection closes
+    // when none is left (the role ended, the session was replaced or ended).
+    std::shared_ptr<void> live_on_connection;
+  };
+
+  void taskFailed(kj::Exception&& e) override;
+  void SchedulePump();
+  void ArmWakeUp();
+  void Carry(replication::Outbox out);
+  void RunWalRead(replication::WalRead read);
+  void Send(uint64_t sid, replication::Ship ship);
+  void PollHandover();
+  void AskTakeOver();
+  void OnTakeOverReply(const replication::TakeOverReply& reply);
+  void FinishHandover(HandoverOutcome outcome);
+
+  Node& node_;
+  replication::Leader leader_;
+  replication::Shipper shipper_;
+  std::map<uint64_t, Stream> streams_;  // by session
+  bool pump_scheduled_ = false;
+  bool wake_armed_ = false;  // wake_timer_ pumps at wake_at_us_ (ArmWakeUp)
+  int64_t wake_at_us_ = 0;
+  kj::Promise<void> wake_timer_ = nullptr;
+  // A handover under way, the operator's request waiting for its outcome, and the call to
+  // the target.
+  std::optional<replication::Handover> handover_;
+  kj::Own<kj::PromiseFulfiller<HandoverOutcome>> handover_done_;
+  kj::Own<PeerClient> take_over_conn_;
+  bool asking_ = false;
+  kj::TaskSet tasks_;  // last: destroyed first
+};
+
+}  // namespace walship::rpc

@@ -1,0 +1,137 @@
+#include "rpc/node.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "replication/handover.h"
+#include "rpc/client_service.h"
+#include "rpc/follower_role.h"
+#include "rpc/leader_role.h"
+
+namespace walship::rpc {
+namespace {
+
+constexpr uint32_t kWalTrimIntervalMs = 1000;
+constexpr uint32_t kStorageCheckIntervalMs = 1000;
+constexpr uint32_t kMaxResumeIntervalMs = 30000;
+// The node's own work queued at once: one write group, one apply, one WAL trim and one fsync
+// at most; the bound leaves room to spare.
+constexpr size_t kMaxNodeTasks = 16;
+// WAL reads queued at once: one per follower at most (max_followers is at most 64).
+constexpr size_t kMaxWalReads = 128;
+
+}  // namespace
+
+Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIoContext& io,
+           replication::NodeState state)
+    : options_(options),
+      engine_(engine),
+      io_(io),
+      client_pool_(options.worker_threads, options.max_queued_tasks),
+      node_pool_(1, kMaxNodeTasks),
+      wal_pool_(1, kMaxWalReads),
+      clients_(std::make_unique<ClientService>(*this)),
+      initial_state_(std::move(state)),
+      tasks_(*this) {}
+
+Node::~Node() = default;
+
+void Node::taskFailed(kj::Exception&& e) {
+  spdlog::warn("background task failed: {}", e.getDescription().cStr());
+}
+
+void Node::Start() {
+  tasks_.add(WalTrimLoop());
+  tasks_.add(StorageLoop());
+  role_ = MakeRole(std::move(initial_state_));
+  role_->Start();
+}
+
+std::string Node::AddressOf(const std::string& id) const {
+  auto it = options_.peers.find(id);
+  if (it != options_.peers.end()) return it->second;
+  return id == options_.leader_id ? options_.leader_address : "";
+}
+
+int64_t Node::MonoNowUs() const {
+  return (io_.provider->getTimer().now() - kj::origin<kj::TimePoint>()) / kj::MICROSECONDS;
+}
+
+std::unique_ptr<Role> Node::MakeRole(replication::NodeState state) {
+  if (replication::ResumesHandover(state)) {
+    return std::make_unique<LeaderRole>(*this, std::move(state), /*resume_handover=*/true);
+  }
+  if (state.role == "leader") return std::make_unique<LeaderRole>(*this, std::move(state), false);
+  return std::make_unique<FollowerRole>(*this, std::move(state));
+}
+
+void Node::SwitchRole(replication::NodeState state) {
+  tasks_.add(kj::evalLater([this, state = std::move(state)]() mutable {
+    std::unique_ptr<Role> next = MakeRole(std::move(state));
+    spdlog::info("node '{}' is now {}", options_.node_id, next->name());
+    role_ = std::move(next);  // the old role ends here
+    role_->Start();
+  }));
+}
+
+// Keeps the archived WAL within wal_retention_bytes every second (RocksDB alone would check
+// every 10 minutes). On every node: a follower's WAL is the log it serves once it leads. A
+// follower whose position goes is told it needs a snapshot when next served.
+kj::Promise<void> Node::WalTrimLoop() {
+  return io_.provider->getTimer()
+      .afterDelay(kWalTrimIntervalMs * kj::MILLISECONDS)
+      .then([this]() { return node_pool_.Run([e = &engine_]() { return e->TrimWalArchive(); }); })
+      .then([](absl::StatusOr<engine::WalTrim> trim) {
+        if (!trim.ok()) {
+          spdlog::error("trimming the WAL archive: {}", trim.status().ToString());
+        } else if (trim->deleted_files > 0) {
+          spdlog::info("deleted {} archived WAL files ({} bytes) to keep the archive within "
+                       "wal_retention_bytes; it holds {} bytes",
+                       trim->deleted_files, trim->deleted_bytes, trim->archived_bytes);
+        }
+      })
+      .catch_([](kj::Exception&& e) {  // the worker queue was full: try again next time
+        spdlog::warn("WAL archive trim skipped: {}", e.getDescription().cStr());
+      })
+      .then([this]() { return WalTrimLoop(); });
+}
+
+// Watches for a storage error (a failed flush or compaction, a full disk: RocksDB then refuses
+// every write) every second: logs it, shows it in status, and asks RocksDB to resume once its
+// cause is gone, at most every kMaxResumeIntervalMs while it persists.
+kj::Promise<void> Node::StorageLoop() {
+  return io_.provider->getTimer()
+      .afterDelay(kStorageCheckIntervalMs * kj::MILLISECONDS)
+      .then([this]() -> kj::Promise<void> {
+        absl::Status error = engine_.StorageError();
+        if (error.ok()) {
+          if (storage_failed_) spdlog::info("storage recovered; writes are accepted again");
+          storage_failed_ = false;
+          return kj::READY_NOW;
+        }
+        int64_t now = replication::RealClock()->NowMicros();
+        if (!storage_failed_) {
+          spdlog::error("STORAGE ERROR: {}", std::string(error.message()));
+          storage_failed_ = true;
+          resume_interval_ms_ = kStorageCheckIntervalMs;
+        } else if (now < next_resume_us_) {
+          return kj::READY_NOW;
+        }
+        next_resume_us_ = now + int64_t{resume_interval_ms_} * 1000;
+        resume_interval_ms_ = std::min(resume_interval_ms_ * 2, kMaxResumeIntervalMs);
+        return node_pool_.Run([e = &engine_]() { return e->Resume(); })
+            .then([](absl::Status s) {
+              if (s.ok()) return;
+              spdlog::warn("storage not recovered yet: {}", s.ToString());
+            });
+      })
+      .catch_([](kj::Exception&& e) {
+        spdlog::warn("storage check skipped: {}", e.getDescription().cStr());
+      })
+      .then([this]() { return StorageLoop(); });
+}
+
+}  // namespace walship::rpc

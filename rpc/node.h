@@ -1,0 +1,93 @@
+// A running node: the engine, the worker pools, the client service, the node's current role
+// and the background work every node does (WAL archive trims, storage-error checks). It holds
+// exactly one role at a time and replaces it at run time (SwitchRole) after the new role was
+// saved in the node state; the rest of the node reaches the role only through Role.
+//
+// Thread safety: everything here lives on the event-loop thread.
+#pragma once
+
+#include <kj/async-io.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/engine.h"
+#include "replication/node_state.h"
+#include "rpc/node_server.h"
+#include "rpc/role.h"
+#include "rpc/worker_pool.h"
+
+namespace walship::rpc {
+
+class ClientService;
+
+// What the listener counts, for status.
+struct ConnectionStats {
+  uint32_t clients = 0;  // client connections being served
+  uint32_t peers = 0;    // node connections being served
+  uint64_t refused = 0;  // since start, over a cap
+  uint64_t accept_failures = 0;
+};
+
+class Node final : public kj::TaskSet::ErrorHandler {
+ public:
+  // `state` is the saved node state the node starts in (Open prepared it).
+  Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIoContext& io,
+       replication::NodeState state);
+  ~Node();
+
+  // Starts the background work and the role.
+  void Start();
+
+  const NodeServerOptions& options() const { return options_; }
+  engine::Engine& engine() { return engine_; }
+  kj::AsyncIoContext& io() { return io_; }
+  ClientService& clients() { return *clients_; }
+  Role& role() { return *role_; }
+  ConnectionStats& connection_stats() { return connection_stats_; }
+  // Client work (large scans) may fill its queue and be refused; the node's own work (write
+  // groups, applies, WAL trims and fsyncs: at most one of each at a time) has a thread and a
+  // queue of its own, so that no client can stop writes or replication; the leader's WAL
+  // reads for followers catching up have a third, so that a long read neither waits behind
+  // nor delays the node's writes.
+  WorkerPool& client_pool() { return client_pool_; }
+  WorkerPool& node_pool() { return node_pool_; }
+  WorkerPool& wal_pool() { return wal_pool_; }
+
+  std::string state_path() const { return options_.data_dir + "/node-state"; }
+  // The listen address of node `id` (from the config's peers, or the config's leader), or ""
+  // when it is not a peer.
+  std::string AddressOf(const std::string& id) const;
+  // The event loop's monotonic clock, in microseconds (what replication/ is handed).
+  int64_t MonoNowUs() const;
+
+  // Makes `state` (saved already) the node's role, in a later turn: the current role may be
+  // the caller, and is destroyed then. Roles that end close their followers' connections.
+  void SwitchRole(replication::NodeState state);
+
+  void taskFailed(kj::Exception&& e) override;
+
+ private:
+  std::unique_ptr<Role> MakeRole(replication::NodeState state);
+  kj::Promise<void> WalTrimLoop();
+  kj::Promise<void> StorageLoop();
+
+  const NodeServerOptions& options_;
+  engine::Engine& engine_;
+  kj::AsyncIoContext& io_;
+  WorkerPool client_pool_;
+  WorkerPool node_pool_;
+  WorkerPool wal_pool_;
+  ConnectionStats connection_stats_;
+  std::unique_ptr<ClientService> clients_;
+  replication::NodeState initial_state_;
+  std::unique_ptr<Role> role_;
+  // Storage errors (StorageLoop).
+  bool storage_failed_ = false;
+  uint32_t resume_interval_ms_ = 0;
+  int64_t next_resume_us_ = 0;
+  kj::TaskSet tasks_;  // last: destroyed first
+};
+
+}  // namespace walship::rpc

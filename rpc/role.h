@@ -1,0 +1,67 @@
+// What a node does in its current role, as the rest of the node sees it. A node holds one
+// role at a time (LeaderRole or FollowerRole) and replaces it at run time (Node::SwitchRole);
+// nothing outside the roles asks which one it holds.
+#pragma once
+
+#include <kj/async.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "engine/types.h"
+#include "rpc/client.capnp.h"
+#include "rpc/peer.capnp.h"
+
+namespace walship::rpc {
+
+using SubscribeContext =
+    capnp::CallContext<schema::PeerService::SubscribeParams, schema::PeerService::SubscribeResults>;
+using TakeOverContext =
+    capnp::CallContext<schema::PeerService::TakeOverParams, schema::PeerService::TakeOverResults>;
+
+// The follower sessions living on one node connection. When the last one ends, the
+// connection is closed (its follower then reconnects at once, to whichever node leads).
+struct PeerSessions {
+  uint32_t live = 0;
+  kj::Own<kj::PromiseFulfiller<void>> close;  // fulfilled: close the connection
+};
+
+// The outcome of an admin handover request.
+struct HandoverOutcome {
+  absl::Status status;
+  std::string leader;  // the node that leads now
+  uint64_t epoch = 0;
+};
+
+class Role {
+ public:
+  virtual ~Role() noexcept(false) = default;  // roles hold kj::TaskSets
+
+  virtual const char* name() const = 0;
+
+  // Starts the role's work (streams, connections, timers). Called once it is the node's role.
+  virtual void Start() = 0;
+
+  // OK when client writes are taken here; else the error that refuses them (not the leader,
+  // with a hint to it; or leadership being handed over).
+  virtual absl::Status WriteRefusal() const = 0;
+  // A group of client writes this node has just written (only while WriteRefusal is OK).
+  virtual void OnWritten(engine::Batch batch, int64_t write_time_us) = 0;
+  // Why reads must not be served here, or "".
+  virtual std::string ReadRefusal() const = 0;
+
+  virtual void FillStatus(schema::NodeStatus::Builder status) = 0;
+
+  // A follower subscribes (rpc/peer.capnp); `sessions` counts the live sessions of the
+  // connection it came on.
+  virtual kj::Promise<void> Subscribe(SubscribeContext ctx,
+                                      std::shared_ptr<PeerSessions> sessions) = 0;
+  // A leader asks this node to take over (a handover).
+  virtual kj::Promise<void> TakeOver(TakeOverContext ctx) = 0;
+  // An operator asks this node to hand leadership to `target`.
+  virtual kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) = 0;
+};
+
+}  // namespace walship::rpc
