@@ -1,0 +1,107 @@
+// walship status as JSON (docs/cli.md lists the fields) and as text.
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "rpc/client.h"
+
+namespace walship::rpc {
+namespace {
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+std::string StatusToJson(const NodeStatusInfo& s) {
+  std::ostringstream o;
+  o << "{\"node\":" << JsonString(s.node) << ",\"cluster\":" << JsonString(s.cluster)
+    << ",\"role\":" << JsonString(s.role) << ",\"listen\":" << JsonString(s.listen)
+    << ",\"latest_seq\":" << s.latest_seq << ",\"data_bytes\":" << s.data_bytes
+    << ",\"epoch\":" << s.epoch << ",\"database_id\":" << JsonString(s.database_id)
+    << ",\"writes_accepted\":" << s.writes_accepted << ",\"write_groups\":" << s.write_groups
+    << ",\"client_connections\":" << s.client_connections
+    << ",\"peer_connections\":" << s.peer_connections
+    << ",\"connections_refused\":" << s.connections_refused
+    << ",\"accept_failures\":" << s.accept_failures
+    << ",\"storage_error\":" << JsonString(s.storage_error);
+  if (s.role == "leader") {
+    o << ",\"followers\":[";
+    for (size_t i = 0; i < s.followers.size(); ++i) {
+      const auto& f = s.followers[i];
+      o << (i ? "," : "") << "{\"id\":" << JsonString(f.id) << ",\"state\":"
+        << JsonString(f.state) << ",\"sent_seq\":" << f.sent_seq << ",\"received_seq\":"
+        << f.received_seq << ",\"durable_seq\":" << f.durable_seq << ",\"applied_seq\":"
+        << f.applied_seq << ",\"lag_seq\":" << f.lag_seq << ",\"lag_ms\":" << f.lag_ms
+        << ",\"bytes_shipped\":" << f.bytes_shipped << ",\"last_ack_ago_ms\":"
+        << f.last_ack_ago_ms << ",\"message\":" << JsonString(f.message) << "}";
+    }
+    o << "]";
+    o << ",\"handover_to\":" << JsonString(s.handover_to);
+  } else {
+    o << ",\"leader\":" << JsonString(s.leader_id) << ",\"leader_address\":"
+      << JsonString(s.leader_address) << ",\"replication_state\":"
+      << JsonString(s.replication_state) << ",\"applied_seq\":" << s.applied_seq
+      << ",\"leader_latest_seq\":" << s.leader_latest_seq << ",\"lag_seq\":" << s.lag_seq
+      << ",\"lag_ms\":" << s.lag_ms << ",\"message\":" << JsonString(s.message);
+  }
+  o << "}";
+  return o.str();
+}
+
+std::string StatusToText(const NodeStatusInfo& s) {
+  std::ostringstream o;
+  o << "node " << s.node << " (" << s.role << ") of cluster " << s.cluster << " at " << s.listen
+    << "\n  latest seq " << s.latest_seq << ", epoch " << s.epoch << ", data "
+    << s.data_bytes << " bytes\n"
+    << "  connections: " << s.client_connections << " clients, " << s.peer_connections
+    << " nodes; since start " << s.connections_refused << " refused, " << s.accept_failures
+    << " failed accepts\n";
+  if (!s.storage_error.empty()) o << "  STORAGE ERROR: " << s.storage_error << "\n";
+  if (s.role == "leader") {
+    o << "  writes accepted " << s.writes_accepted << " in " << s.write_groups
+      << " RocksDB writes\n";
+    if (!s.handover_to.empty()) {
+      o << "  HANDING LEADERSHIP TO " << s.handover_to << ": writes are refused\n";
+    }
+    if (s.followers.empty()) o << "  no followers have connected\n";
+    for (const auto& f : s.followers) {
+      o << absl::StrFormat(
+          "  follower %-8s %-14s applied %d (received %d, durable %d), lag %d seq / %d ms, "
+          "shipped %d bytes",
+          f.id, f.state, f.applied_seq, f.received_seq, f.durable_seq, f.lag_seq, f.lag_ms,
+          f.bytes_shipped);
+      if (!f.message.empty()) o << "\n    " << f.message;
+      o << "\n";
+    }
+  } else {
+    o << "  leader " << s.leader_id << " at " << s.leader_address << ": "
+      << s.replication_state << ", applied " << s.applied_seq;
+    if (s.leader_latest_seq == 0 && s.lag_ms < 0) {
+      o << "; no word from the leader since this node started, so its lag is unknown\n";
+    } else {
+      o << " of " << s.leader_latest_seq << ", lag " << s.lag_seq << " seq / "
+        << (s.lag_ms < 0 ? std::string("unknown") : absl::StrCat(s.lag_ms, " ms")) << "\n";
+    }
+    if (!s.message.empty()) o << "  " << s.message << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace walship::rpc
