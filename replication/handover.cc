@@ -55,7 +55,7 @@ TakeOverReply AnswerTakeOver(const NodeState& state, SequenceNumber applied,
     for (const EpochEntry& e : state.history) {
       if (e.leader == self && e.start_seq == request.latest + 1 && e.epoch > request.epoch) {
         reply.accepted = true;
-        reply.epoch = state.epoch;
+        reply.epoch = e.epoch;
         return reply;
       }
     }

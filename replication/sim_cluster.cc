@@ -569,12 +569,6 @@ class Cluster {
 
   void CarryLink(int i, LinkOutbox out) {
     Node& n = nodes_[i];
-    if (out.drop && n.conn != 0) {
-      uint64_t conn = n.conn;
-      n.conn = 0;
-      n.pushes.clear();
-      Break(conn);
-    }
     for (auto& a : out.answers) {
       auto it = n.pushes.find(a.push);
       if (it == n.pushes.end()) continue;
@@ -593,6 +587,13 @@ class Cluster {
       if (it == n.pushes.end()) continue;
       uint64_t conn = it->second.first;
       n.pushes.erase(it);
+      Break(conn);
+    }
+    // As rpc::FollowerRole does: answers and refusals go out before the connection closes.
+    if (out.drop && n.conn != 0) {
+      uint64_t conn = n.conn;
+      n.conn = 0;
+      n.pushes.clear();
       Break(conn);
     }
     if (out.apply.has_value()) {
@@ -696,7 +697,9 @@ class Cluster {
       ScheduleTick(i, std::min(h.deadline_us(), clock_.now_us + 1'000));
       return;
     }
-    // The commit point: from here this node takes no write by itself until it is answered.
+    // As rpc::LeaderRole does: the WAL fsynced, then the commit point: from here this node
+    // takes no write by itself until it is answered.
+    if (!Check(n.engine->SyncWal().ok(), "handover fsync")) return;
     NodeState next = StateForHandingOver(n.leader->state(), h.target());
     if (!Check(SaveNodeState(StatePath(i), next).ok(), "handover state saved")) return;
     // Now and then the target's machine fails just before the request reaches it: it comes
@@ -735,6 +738,8 @@ class Cluster {
     bool take_over = false;
     TakeOverReply reply = AnswerTakeOver(state, applied, NodeId(c.from), t, &take_over);
     if (take_over) {
+      // As rpc::FollowerRole does: the WAL is fsynced before the new epoch is saved.
+      if (!Check(n.engine->SyncWal().ok(), "take-over fsync")) return;
       NodeState next = StateForLeading(state, applied, NodeId(c.from));
       if (!Check(SaveNodeState(StatePath(c.from), next).ok(), "take-over state saved")) return;
       BecomeFromState(c.from, next);
@@ -744,6 +749,9 @@ class Cluster {
     Message m(MsgType::kTakeOverReply);
     m.take_over_reply = reply;
     Send(conn_id, false, std::move(m));
+    // Now and then the new leader's machine fails at once: it must come back holding
+    // everything it took over (the old leader follows it and must not find it behind).
+    if (take_over && !quiet_ && Chance(0.1)) Crash(c.from, /*machine=*/true);
   }
 
   void OnTakeOverReply(uint64_t conn_id, const TakeOverReply& reply) {

@@ -119,30 +119,54 @@ kj::Promise<void> FollowerRole::Subscribe(SubscribeContext ctx, std::shared_ptr<
   return kj::READY_NOW;
 }
 
+// Takes over when replication::AnswerTakeOver says so, after the WAL is fsynced: the new
+// leader's epoch must start after writes that survive its machine failing. A node state that
+// cannot be saved is no answer (the call fails and the leader asks again), never a refusal:
+// the file may hold the new role already.
 kj::Promise<void> FollowerRole::TakeOver(TakeOverContext ctx) {
   replication::TakeOver request = FromCapnp(ctx.getParams().getRequest());
-  replication::NodeState state = follower_->state();
-  SequenceNumber applied = node_.engine().LatestSequence();
   bool take_over = false;
-  replication::TakeOverReply reply = replication::AnswerTakeOver(
-      state, applied, node_.options().node_id, request, &take_over);
-  if (take_over) {
-    replication::NodeState next =
-        replication::StateForLeading(state, applied, node_.options().node_id);
-    if (absl::Status s = replication::SaveNodeState(node_.state_path(), next); !s.ok()) {
-      reply.accepted = false;
-      reply.message = absl::StrCat("cannot save the node state: ", s.message());
-    } else {
-      spdlog::warn("taking over from '{}' at seq {}: leading epoch {}", request.from, applied,
-                   next.epoch);
-      reply.epoch = next.epoch;
-      node_.SwitchRole(std::move(next));
+  replication::TakeOverReply reply =
+      replication::AnswerTakeOver(follower_->state(), node_.engine().LatestSequence(),
+                                  node_.options().node_id, request, &take_over);
+  if (!take_over) {
+    if (!reply.accepted) {
+      spdlog::warn("refused to take over from '{}': {}", request.from, reply.message);
     }
-  } else if (!reply.accepted) {
-    spdlog::warn("refused to take over from '{}': {}", request.from, reply.message);
+    ToCapnp(reply, ctx.getResults().initReply());
+    return kj::READY_NOW;
   }
-  ToCapnp(reply, ctx.getResults().initReply());
-  return kj::READY_NOW;
+  if (taking_over_) return KJ_EXCEPTION(OVERLOADED, "a take-over is under way; ask again");
+  taking_over_ = true;
+  return node_.node_pool()
+      .Run([e = &node_.engine()]() { return e->SyncWal(); })
+      .then([this, ctx, request](absl::Status synced) mutable -> kj::Promise<void> {
+        taking_over_ = false;
+        if (!synced.ok()) {
+          return KJ_EXCEPTION(FAILED, absl::StrCat("cannot fsync the WAL to take over: ",
+                                                   synced.message()));
+        }
+        // Asked again on what it holds now, durably.
+        replication::NodeState state = follower_->state();
+        SequenceNumber applied = node_.engine().LatestSequence();
+        bool still = false;
+        replication::TakeOverReply answer = replication::AnswerTakeOver(
+            state, applied, node_.options().node_id, request, &still);
+        if (still) {
+          replication::NodeState next =
+              replication::StateForLeading(state, applied, node_.options().node_id);
+          if (absl::Status s = replication::SaveNodeState(node_.state_path(), next); !s.ok()) {
+            return KJ_EXCEPTION(FAILED, absl::StrCat("cannot save the node state to take "
+                                                     "over: ", s.message()));
+          }
+          spdlog::warn("taking over from '{}' at seq {}: leading epoch {}", request.from,
+                       applied, next.epoch);
+          answer.epoch = next.epoch;
+          node_.SwitchRole(std::move(next));
+        }
+        ToCapnp(answer, ctx.getResults().initReply());
+        return kj::READY_NOW;
+      });
 }
 
 kj::Promise<HandoverOutcome> FollowerRole::HandOver(std::string, uint32_t) {
@@ -180,7 +204,8 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
       case replication::LogLevel::kError: spdlog::error("{}", text); break;
     }
   }
-  if (out.drop) DropConnection();
+  // Answers first: the acks an apply failure releases, and its refusal, go out before the
+  // connection closes.
   for (auto& answer : out.answers) {
     auto it = pushes_.find(answer.push);
     if (it == pushes_.end()) continue;
@@ -193,6 +218,7 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
     it->second->reject(KJ_EXCEPTION(FAILED, reject.why));
     pushes_.erase(it);
   }
+  if (out.drop) DropConnection();
   if (out.apply.has_value()) RunApply(std::move(*out.apply));
   if (out.fsync.has_value()) RunFsync(*out.fsync);
   if (out.connect.has_value()) Connect(std::move(*out.connect));
@@ -238,7 +264,8 @@ void FollowerRole::Connect(replication::LinkOutbox::Connect c) {
   }
   auto attempt =
       ConnectToPeer(node_.io(), address)
-          .then([this, gen, hello = std::move(c.hello)](kj::Own<PeerClient> conn) {
+          .then([this, gen, hello = std::move(c.hello)](kj::Own<PeerClient> conn) -> kj::Promise<void> {
+            if (gen != link_.generation()) return kj::READY_NOW;  // dropped meanwhile
             conn_ = kj::mv(conn);
             auto req = conn_->node.subscribeRequest();
             ToCapnp(hello, req.initHello());

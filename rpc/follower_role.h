@@ -59,6 +59,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> connect_attempt_ = nullptr;
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<replication::Ack>>> pushes_;  // unanswered
   uint64_t last_push_ = 0;
+  bool taking_over_ = false;  // a take-over waits for its WAL fsync
   bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
   int64_t link_at_us_ = 0;
   kj::Promise<void> link_timer_ = nullptr;

@@ -178,7 +178,10 @@ void LeaderRole::SchedulePump() {
 // already armed stays.
 void LeaderRole::ArmWakeUp() {
   int64_t at = shipper_.NextWakeUp();
-  if (handover_.has_value() && handover_->phase() == replication::Handover::Phase::kCatchingUp) {
+  if (handover_.has_value() &&
+      (handover_->phase() == replication::Handover::Phase::kCatchingUp ||
+       handover_done_.get() != nullptr) &&
+      handover_->deadline_us() > node_.MonoNowUs()) {
     at = std::min(at, handover_->deadline_us());
   }
   if (at == replication::kNever) return;
@@ -303,8 +306,18 @@ void LeaderRole::FinishHandover(HandoverOutcome outcome) {
 
 void LeaderRole::PollHandover() {
   replication::Handover& h = *handover_;
-  if (h.phase() != replication::Handover::Phase::kCatchingUp) return;
   int64_t now = node_.MonoNowUs();
+  if (h.phase() != replication::Handover::Phase::kCatchingUp) {
+    // Asked: the operator hears how it stands by the deadline; the asking goes on.
+    if (h.TimedOut(now) && handover_done_.get() != nullptr) {
+      FinishHandover(HandoverOutcome{
+          absl::UnavailableError(absl::StrCat(
+              "asked '", h.target(), "' to take over; no answer yet. This node takes no "
+              "writes until it answers (it asks again every ", kAskAgainMs, " ms)")),
+          h.target(), leader_.epoch()});
+    }
+    return;
+  }
   if (h.TimedOut(now)) {
     spdlog::warn("'{}' did not catch up in time; this node leads on and takes writes again",
                  h.target());
@@ -318,17 +331,33 @@ void LeaderRole::PollHandover() {
   }
   std::optional<replication::TakeOver> ask = h.Poll(leader_, node_.clients().writes_idle(), now);
   if (!ask.has_value()) return;
-  // The commit point: from here this node takes no write by itself, across restarts too,
-  // until the target answers.
-  replication::NodeState handing = replication::StateForHandingOver(leader_.state(), h.target());
-  if (absl::Status s = replication::SaveNodeState(node_.state_path(), handing); !s.ok()) {
-    FinishHandover(HandoverOutcome{s, node_.options().node_id, leader_.epoch()});
-    handover_.reset();
-    return;
-  }
   spdlog::info("'{}' has applied everything up to seq {}; asking it to take over", h.target(),
                ask->latest);
-  AskTakeOver();
+  // The WAL is fsynced first, so that after a restart this node still holds what it asks the
+  // target to start after; then the commit point: from here it takes no write by itself,
+  // across restarts too, until the target answers.
+  tasks_.add(node_.node_pool()
+                 .Run([e = &node_.engine()]() { return e->SyncWal(); })
+                 .catch_([](kj::Exception&& e) {
+                   return absl::UnavailableError(e.getDescription().cStr());
+                 })
+                 .then([this](absl::Status synced) {
+                   const std::string target = handover_->target();
+                   absl::Status s = synced;
+                   if (s.ok()) {
+                     s = replication::SaveNodeState(
+                         node_.state_path(),
+                         replication::StateForHandingOver(leader_.state(), target));
+                   }
+                   if (!s.ok()) {
+                     spdlog::error("handover to '{}' given up: {}", target, s.ToString());
+                     FinishHandover(HandoverOutcome{s, node_.options().node_id, leader_.epoch()});
+                     handover_.reset();
+                     SchedulePump();
+                     return;
+                   }
+                   AskTakeOver();
+                 }));
 }
 
 // Calls takeOver on the target, again every kAskAgainMs until an answer comes: a request
@@ -404,8 +433,14 @@ void LeaderRole::OnTakeOverReply(const replication::TakeOverReply& reply) {
                                                  " leads on")),
       node_.options().node_id, next.epoch});
   if (!saved.ok()) {
-    // Neither state is saved for sure: stay as we are (no writes) rather than guess.
-    spdlog::error("cannot save the node state to lead on: {}", saved.ToString());
+    // Still "handing over" on disk: take no writes, and ask again (the target refuses
+    // again, and the save is tried again).
+    spdlog::error("cannot save the node state to lead on: {}; asking '{}' again",
+                  saved.ToString(), target);
+    tasks_.add(node_.io()
+                   .provider->getTimer()
+                   .afterDelay(kAskAgainMs * kj::MILLISECONDS)
+                   .then([this]() { AskTakeOver(); }));
     return;
   }
   node_.SwitchRole(std::move(next));
