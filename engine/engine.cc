@@ -8,6 +8,7 @@
 #include <rocksdb/write_batch.h>
 
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <optional>
 #include <utility>
@@ -212,6 +213,66 @@ absl::Status CheckRecords(const rocksdb::WriteBatch& wb, SequenceNumber first_se
   return absl::OkStatus();
 }
 
+// Splits one WAL record back into the writes it joined. Every batch a walship leader writes
+// begins with its write-time record, and a follower applies the batches of a message joined
+// under one header (one WAL record, one write) with those records kept in place: so each
+// write-time record after the first one starts the next of the leader's batches, and a
+// follower's WAL serves the leader's batch boundaries as the leader's own does. A record
+// with at most one write time (a leader's own writes) comes back whole, without a copy.
+// Unknown or malformed framing also comes back whole (the apply path refuses those).
+std::vector<Batch> SplitAtWriteTimes(Batch batch) {
+  const std::string& d = batch.data;
+  const char* begin = d.data();
+  const char* p = begin + kBatchHeaderBytes;
+  const char* end = begin + d.size();
+  std::vector<size_t> starts;  // offsets of the records that start a part
+  std::vector<uint64_t> counts(1, 0);
+  bool any_record = false;
+  while (p < end) {
+    const char* record = p;
+    unsigned char tag = static_cast<unsigned char>(*p++);
+    int strings = 0;
+    bool consumes = true;
+    switch (tag) {
+      case 0x01: case 0x0F: strings = 2; break;
+      case 0x00: case 0x07: strings = 1; break;
+      case 0x03: strings = 1; consumes = false; break;
+      case 0x0D: consumes = false; break;
+      default: return {std::move(batch)};
+    }
+    std::string_view fields[2];
+    for (int i = 0; i < strings; ++i) {
+      if (!GetLengthPrefixed(&p, end, &fields[i])) return {std::move(batch)};
+    }
+    bool write_time = tag == 0x03 && fields[0].size() == kWriteTimeBlobBytes &&
+                      std::memcmp(fields[0].data(), kWriteTimeTag, 4) == 0;
+    if (write_time && any_record) {
+      starts.push_back(static_cast<size_t>(record - begin));
+      counts.push_back(0);
+    }
+    any_record = true;
+    if (consumes) ++counts.back();
+  }
+  if (starts.empty()) return {std::move(batch)};
+  starts.insert(starts.begin(), kBatchHeaderBytes);
+  starts.push_back(d.size());
+  std::vector<Batch> parts;
+  SequenceNumber seq = batch.first_seq;
+  for (size_t i = 0; i + 1 < starts.size(); ++i) {
+    Batch part;
+    part.first_seq = seq;
+    part.count = counts[i];
+    part.data.reserve(kBatchHeaderBytes + starts[i + 1] - starts[i]);
+    part.data.resize(kBatchHeaderBytes);
+    EncodeFixed64(part.data.data(), seq);
+    EncodeFixed32(part.data.data() + 8, static_cast<uint32_t>(part.count));
+    part.data.append(d, starts[i], starts[i + 1] - starts[i]);
+    seq += part.count;
+    parts.push_back(std::move(part));
+  }
+  return parts;
+}
+
 class WalCursorImpl final : public WalCursor {
  public:
   WalCursorImpl(rocksdb::DB* db, SequenceNumber from_seq) : db_(db), next_seq_(from_seq) {}
@@ -219,6 +280,12 @@ class WalCursorImpl final : public WalCursor {
   SequenceNumber next_seq() const override { return next_seq_; }
 
   absl::StatusOr<std::optional<Batch>> Next() override {
+    if (!parts_.empty()) {  // the rest of a record that joined several batches
+      Batch part = std::move(parts_.front());
+      parts_.pop_front();
+      next_seq_ = part.next_seq();
+      return part;
+    }
     if (iter_ != nullptr) {
       // iter_ was valid once (we never keep one that was not), so Next() is safe: it
       // advances past the batch we returned, or picks up writes appended since the end.
@@ -263,20 +330,29 @@ class WalCursorImpl final : public WalCursor {
       SequenceNumber seq = br.sequence;
       uint64_t count = br.writeBatchPtr->Count();
       if (count != 0) {
-        if (seq == next_seq_) {
-          Batch batch{seq, count, br.writeBatchPtr->Data()};
-          next_seq_ = batch.next_seq();
-          return batch;
-        }
         if (seq > next_seq_) {
           iter_.reset();
           return Gap(seq);
         }
         if (seq + count > next_seq_) {
-          iter_.reset();
-          return absl::InvalidArgumentError(
-              absl::StrCat("WAL position ", next_seq_, " is inside the batch [", seq, ", ",
-                           seq + count, "); positions must be batch boundaries"));
+          // A follower's record may join several of the leader's batches: split it, and
+          // serve the part that starts at next_seq_ and then the parts after it.
+          std::vector<Batch> parts =
+              SplitAtWriteTimes(Batch{seq, count, br.writeBatchPtr->Data()});
+          size_t at = 0;
+          while (at < parts.size() && parts[at].first_seq < next_seq_) ++at;
+          if (at == parts.size() || parts[at].first_seq != next_seq_) {
+            iter_.reset();
+            return absl::InvalidArgumentError(
+                absl::StrCat("WAL position ", next_seq_, " is inside the batch [", seq, ", ",
+                             seq + count, "); positions must be batch boundaries"));
+          }
+          for (size_t i = at + 1; i < parts.size(); ++i) {
+            if (parts[i].count > 0) parts_.push_back(std::move(parts[i]));
+          }
+          Batch batch = std::move(parts[at]);
+          next_seq_ = batch.next_seq();
+          return batch;
         }
       }
       iter_->Next();
@@ -299,6 +375,7 @@ class WalCursorImpl final : public WalCursor {
   rocksdb::DB* db_;
   SequenceNumber next_seq_;
   std::unique_ptr<rocksdb::TransactionLogIterator> iter_;  // null or was valid once
+  std::deque<Batch> parts_;  // the parts of iter_'s record not yet returned, in order
 };
 
 // Records the background error that stops RocksDB's writes, and its end.

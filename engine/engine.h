@@ -104,7 +104,10 @@ struct ReadOptions {
 };
 
 // Reads whole batches from the WAL in sequence order, starting exactly at a batch boundary
-// and never across a gap. Not thread-safe; one reader at a time.
+// and never across a gap. A WAL record that joins several batches written with a write time
+// (a follower applies a message's batches as one record) is split again at each batch's
+// write-time record, so the batches come back as they were written; a batch written without
+// a write time has no boundary inside a joined record. Not thread-safe; one reader at a time.
 class WalCursor {
  public:
   virtual ~WalCursor() = default;

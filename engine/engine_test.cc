@@ -352,6 +352,47 @@ TEST(EngineTest, ConcatenatedBatchesEndAtTheSameSequenceWithTheSameContents) {
   EXPECT_TRUE(absl::IsInvalidArgument(ConcatBatches(gapped).status()));
 }
 
+// A follower applies a message's batches joined as one WAL record; its WAL cursor gives them
+// back as the leader wrote them, from every boundary, byte for byte, across several joined
+// records (with their write times: every batch a walship leader writes has one).
+TEST(EngineTest, WalCursorSplitsJoinedRecordsAtTheLeadersBatches) {
+  TempDir dir;
+  auto leader = OpenOrDie(dir.Sub("leader"));
+  auto follower = OpenOrDie(dir.Sub("follower"));
+  std::mt19937_64 rng(11);
+  std::vector<Batch> batches;
+  for (int i = 0; i < 40; ++i) {
+    WriteOptions wo;
+    wo.write_time_us = 1'700'000'000'000'000 + i;
+    batches.push_back(*leader->Write(RandomOps(rng), wo));
+  }
+  for (size_t i = 0; i < batches.size(); i += 7) {
+    size_t n = std::min<size_t>(7, batches.size() - i);
+    auto joined = ConcatBatches(absl::MakeConstSpan(batches).subspan(i, n));
+    ASSERT_TRUE(joined.ok()) << joined.status();
+    ASSERT_TRUE(follower->ApplyReplicated(*joined, {}).ok());
+  }
+  for (size_t from = 0; from < batches.size(); ++from) {
+    auto cursor = follower->NewWalCursor(batches[from].first_seq);
+    ASSERT_TRUE(cursor.ok()) << cursor.status();
+    for (size_t i = from; i < batches.size(); ++i) {
+      auto got = (*cursor)->Next();
+      ASSERT_TRUE(got.ok() && got->has_value()) << "from batch " << from << ", batch " << i;
+      EXPECT_EQ((*got)->first_seq, batches[i].first_seq);
+      EXPECT_EQ((*got)->count, batches[i].count);
+      EXPECT_EQ((*got)->data, batches[i].data) << "batch " << i;
+      EXPECT_EQ(BatchWriteTime(**got), BatchWriteTime(batches[i]));
+    }
+    auto end = (*cursor)->Next();
+    ASSERT_TRUE(end.ok());
+    EXPECT_FALSE(end->has_value());
+  }
+  // A position inside one of the leader's batches is still refused.
+  ASSERT_GT(batches[3].count, 1u);
+  auto inside = (*follower->NewWalCursor(batches[3].first_seq + 1))->Next();
+  EXPECT_TRUE(absl::IsInvalidArgument(inside.status())) << inside.status();
+}
+
 TEST(EngineTest, CheckpointSequenceIsTheOpenedCopysOwn) {
   TempDir dir;
   auto e = OpenOrDie(dir.Sub("db"));

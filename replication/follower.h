@@ -66,14 +66,14 @@ class Follower {
   // re-seeded). kPermissionDenied: refused (wrong cluster or database, stale leader).
   absl::Status OnHelloReply(const HelloReply& reply);
 
-  // Applies a message from the leader and returns the ack to send back. Each batch becomes
-  // its own write, so this node's WAL keeps the leader's record boundaries. Duplicated
-  // batches are skipped, a message that starts past applied + 1 is answered with kGap and
-  // nothing is applied. kResourceExhausted when `write.no_slowdown` is set and the engine
-  // would stall: call again without it, off the event loop (the batches applied before the
-  // stall are skipped then). Any other error: the engine could not apply a batch (a storage
-  // error, say); the batches before it stay applied, and the caller should stop taking
-  // messages for a while (the leader resends the rest after a reconnect).
+  // Applies a message from the leader and returns the ack to send back. Its new batches
+  // become one write; their boundaries stay in this node's WAL (each begins with its write
+  // time, where engine::WalCursor splits them again). Duplicated batches are skipped, a
+  // message that starts past applied + 1 is answered with kGap and nothing is applied.
+  // kResourceExhausted (and nothing applied) when `write.no_slowdown` is set and the engine
+  // would stall: call again without it, off the event loop. Any other error: the engine
+  // could not apply the batches (a storage error, say), nothing was applied, and the caller
+  // should stop taking messages for a while (the leader resends them after a reconnect).
   absl::StatusOr<Ack> OnShip(const Ship& ship, const engine::WriteOptions& write);
 
   // Records that the WAL was fsynced after `seq` was applied.
