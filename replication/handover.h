@@ -4,17 +4,19 @@
 // A handover, as the leader sees it:
 //   1. Asked to hand over to follower T, the leader accepts no more writes: writes not yet
 //      written are refused with an error that names T (in-flight ones finish).
-//   2. Once T has applied everything the leader wrote, the leader saves "handing over to T"
-//      in its node state (StateForHandingOver: from then on it never takes a write by itself)
-//      and asks T to take over, again and again until T answers, across restarts too.
-//   3. T checks that it follows this leader in this epoch and holds everything it wrote, saves
-//      a new epoch above every epoch it has seen with itself as leader, answers, and leads.
+//   2. Once T has applied everything the leader wrote, the leader fsyncs its WAL, saves
+//      "handing over to T" in its node state (StateForHandingOver: from then on it never
+//      takes a write by itself) and asks T to take over, again and again until T answers,
+//      across restarts too.
+//   3. T checks that it follows this leader in this epoch and holds everything it wrote,
+//      fsyncs its WAL, saves a new epoch above every epoch it has seen with itself as leader,
+//      answers, and leads. A state it cannot save is no answer, never a refusal.
 //   4. The leader saves "follower of T" (StateAfterHandover) and follows T. A clear refusal
 //      from T (it was not caught up; it knows no newer epoch) makes the leader lead on, in a
 //      new epoch; a refusal naming a newer epoch makes it follow T, whose refusals of its
 //      hello name whoever leads.
 // The other followers lose their stream; the old leader's refusal of their next hello names
-// T, and they follow T from where they are, since T's WAL keeps the leader's record
+// T, and they follow T from where they are, since T's WAL keeps the leader's batch
 // boundaries.
 #pragma once
 
@@ -72,7 +74,7 @@ class Handover {
   // The error for a write refused while the handover runs.
   absl::Status WriteRefusal() const;
 
-  // While catching up: the TakeOver to send (after saving StateForFollowing) once the target
+  // While catching up: the TakeOver to send (after saving StateForHandingOver) once the target
   // has applied everything and no write is in progress (`writes_idle`); else std::nullopt.
   // Once asked, the same request is sent again (request()) until an answer comes: a request
   // that may have been taken is never abandoned.

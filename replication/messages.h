@@ -20,7 +20,7 @@ using Epoch = uint64_t;
 // The version of the node-to-node protocol this build speaks. Carried in Hello and
 // HelloReply (the handshake starts every stream); a node meeting another version refuses
 // the handshake with a message naming both. Version 2: epoch entries name the node that
-// began them, and followers keep the leader's WAL record boundaries. (Nodes before
+// began them, and followers keep the leader's batch boundaries. (Nodes before
 // versions were carried send none: they read as 0.)
 constexpr uint32_t kPeerProtocolVersion = 2;
 

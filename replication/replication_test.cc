@@ -47,8 +47,8 @@ struct FollowerFixture {
   uint64_t session = 0;
 };
 
-// A follower keeps the leader's WAL record boundaries: batches shipped together are still
-// separate records in its WAL, so once it leads it serves a follower whose position lies
+// A follower keeps the leader's batch boundaries: batches shipped together come back from its
+// WAL as the leader wrote them, so once it leads it serves a follower whose position lies
 // between them from its own WAL, and that follower ends with identical contents.
 TEST(FollowerTest, KeepsTheLeadersRecordBoundariesSoItCanServeOthersOnceItLeads) {
   FollowerFixture fx;  // batches at 1-2, 3-4, 5-6, 7-8, 9-10; f1 applied nothing
