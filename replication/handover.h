@@ -60,6 +60,10 @@ bool ResumesHandover(const NodeState& state);
 
 class Handover {
  public:
+  // A take-over request with no answer (none came, or the call failed) is sent again after
+  // this long.
+  static constexpr int64_t kAskAgainUs = 500'000;
+
   enum class Phase {
     kCatchingUp,  // writes refused; waiting for the target to apply everything
     kAsked,       // TakeOver sent; waiting for its answer

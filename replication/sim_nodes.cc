@@ -500,7 +500,7 @@ void Cluster::AskTakeOver(int i) {
   Event again(Kind::kHandoverAsk);
   again.node = i;
   again.incarnation = n.incarnation;
-  Schedule(std::move(again), 50'000);
+  Schedule(std::move(again), Handover::kAskAgainUs);
 }
 
 void Cluster::OnTakeOver(uint64_t conn_id, const TakeOver& t) {

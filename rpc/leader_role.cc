@@ -19,8 +19,7 @@ using replication::Ship;
 
 // A WAL read takes a window's worth of messages ahead, but no more than this per follower.
 constexpr uint64_t kMaxWalReadBytes = 64ull << 20;
-// A take-over call that got no answer is made again after this long.
-constexpr uint32_t kAskAgainMs = 500;
+constexpr int64_t kAskAgainMs = replication::Handover::kAskAgainUs / 1000;
 
 replication::LeaderOptions LeaderOptionsFor(const NodeServerOptions& o) {
   replication::LeaderOptions lo = o.leader;

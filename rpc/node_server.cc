@@ -183,9 +183,11 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
     state->role = config_role;
     if (!options.is_leader) state->leader = options.leader_id;
   } else if (state->role != config_role) {
-    spdlog::warn("node '{}' starts as {} (following '{}'), as its node state {} says; the "
-                 "config's role ({}) only seeds a new data dir",
-                 self, state->role, state->leader, state_path, config_role);
+    spdlog::warn("node '{}' starts as {}{}, as its node state {} says; the config's role ({}) "
+                 "only seeds a new data dir",
+                 self, state->role,
+                 state->leader.empty() ? "" : absl::StrCat(" of '", state->leader, "'"),
+                 state_path, config_role);
   }
   bool resumes = replication::ResumesHandover(*state);
   if ((state->role == "leader" || resumes) && !state->needs_snapshot.empty()) {
