@@ -1,0 +1,239 @@
+// Unit tests of the replication policies driven by events and times handed in: the leader's
+// Shipper (window, pacing, heartbeats, wake-ups) and the follower's FollowerLink (connects,
+// backoff, the silence time-out, held acks, retargeting on a refusal's hint).
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "replication/follower_link.h"
+#include "replication/shipper.h"
+#include "replication/test_fixtures.h"
+
+namespace walship::replication {
+namespace {
+
+using namespace ::walship::replication::testing;  // NOLINT: the fixtures of these tests
+
+constexpr int64_t kT0 = 1'000'000;
+
+// A leader with a Shipper and one subscribed follower session.
+struct ShipperFixture {
+  explicit ShipperFixture(ShipperOptions so)
+      : l(dir, &clock), shipper(*l.leader, so), f(dir, "f1", &clock) {
+    Outbox out;
+    HelloReply reply = shipper.OnHello(f.follower->MakeHello(), &session, kT0, &out);
+    EXPECT_EQ(reply.outcome, HelloOutcome::kAccepted) << reply.message;
+    EXPECT_TRUE(f.follower->OnHelloReply(reply).ok());
+  }
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l;
+  Shipper shipper;
+  FollowerNode f;
+  uint64_t session = 0;
+};
+
+ShipperOptions Paced() {
+  ShipperOptions so;
+  so.max_inflight_ships = 2;
+  so.min_ship_interval_us = 300;
+  so.max_ship_hold_us = 500;
+  so.heartbeat_interval_ms = 100;
+  return so;
+}
+
+// A caught-up follower gets one message in flight; writes behind it wait for its ack or for
+// max_ship_hold_us, and the wake-up says when.
+TEST(ShipperTest, WritesWaitForTheAckInFlightAtMostTheHoldTime) {
+  ShipperFixture fx(Paced());
+  fx.l.Write();
+  Outbox out;
+  fx.shipper.Pump(kT0 + 1'000, &out);  // the interval since the subscription has passed
+  ASSERT_EQ(out.sends.size(), 1u);
+  fx.l.Write();
+  Outbox held;
+  fx.shipper.Pump(kT0 + 1'010, &held);
+  EXPECT_TRUE(held.sends.empty()) << "a write behind the message in flight waits";
+  EXPECT_EQ(fx.shipper.NextWakeUp(), kT0 + 1'010 + 500);
+  Outbox due;
+  fx.shipper.Pump(kT0 + 1'510, &due);
+  ASSERT_EQ(due.sends.size(), 1u) << "the hold ends: it goes without the ack";
+  EXPECT_EQ(due.sends[0].ship.batches.size(), 1u);
+  // The window is full now: nothing more goes until an ack.
+  fx.l.Write();
+  Outbox full;
+  fx.shipper.Pump(kT0 + 5'000, &full);
+  EXPECT_TRUE(full.sends.empty());
+  auto ack = fx.f.follower->OnShip(out.sends[0].ship, {});
+  ASSERT_TRUE(ack.ok());
+  Outbox after;
+  fx.shipper.OnAck(fx.session, *ack, &after);
+  fx.shipper.Pump(kT0 + 5'001, &after);
+  EXPECT_TRUE(after.sends.empty()) << "the other message is still in flight: it waits";
+  EXPECT_EQ(fx.shipper.NextWakeUp(), kT0 + 5'001 + 500);
+  fx.shipper.Pump(kT0 + 5'501, &after);
+  EXPECT_EQ(after.sends.size(), 1u) << "the ack made room in the window";
+}
+
+// An idle follower gets a heartbeat every heartbeat_interval_ms, and the wake-up is always
+// later than the pump that computed it (a transport waking at it never spins).
+TEST(ShipperTest, HeartbeatsComeEveryIntervalAndWakeUpsAreAlwaysAhead) {
+  ShipperFixture fx(Paced());
+  int64_t now = kT0;
+  int beats = 0;
+  for (int i = 0; i < 50; ++i) {
+    Outbox out;
+    fx.shipper.Pump(now, &out);
+    for (auto& s : out.sends) {
+      EXPECT_TRUE(s.ship.batches.empty());
+      ++beats;
+      auto ack = fx.f.follower->OnShip(s.ship, {});
+      ASSERT_TRUE(ack.ok());
+      Outbox acked;
+      fx.shipper.OnAck(s.session, *ack, &acked);
+      fx.shipper.Pump(now, &acked);  // as a transport does after every event
+    }
+    int64_t wake = fx.shipper.NextWakeUp();
+    ASSERT_GT(wake, now);
+    ASSERT_LE(wake, now + 100'000);
+    now = wake;
+  }
+  EXPECT_GE(beats, 20);
+  EXPECT_LE(now - kT0, 50 * 100'000 + 100'000);
+}
+
+// A stream that ends (a lost connection) is forgotten: no more sends, no wake-ups for it.
+TEST(ShipperTest, ALostStreamIsForgotten) {
+  ShipperFixture fx(Paced());
+  fx.shipper.OnLost(fx.session);
+  fx.l.Write();
+  Outbox out;
+  fx.shipper.Pump(kT0 + 1'000'000, &out);
+  EXPECT_TRUE(out.sends.empty());
+  EXPECT_EQ(fx.shipper.NextWakeUp(), kNever);
+  EXPECT_EQ(fx.shipper.sessions(), 0u);
+}
+
+struct LinkFixture {
+  LinkFixture() : l(dir, &clock), f(dir, "f1", &clock), link(*f.follower, Options(), "leader") {}
+  static FollowerLinkOptions Options() {
+    FollowerLinkOptions lo;
+    lo.node_id = "f1";
+    lo.heartbeat_timeout_ms = 1000;
+    lo.connect_timeout_ms = 200;
+    lo.reconnect_min_ms = 10;
+    lo.reconnect_max_ms = 80;
+    return lo;
+  }
+  // Starts the link and completes its handshake with the leader at `now`.
+  void Stream(int64_t now) {
+    LinkOutbox out;
+    link.Start(now, &out);
+    ASSERT_TRUE(out.connect.has_value());
+    uint64_t sid = 0;
+    HelloReply reply = l.leader->OnHello(out.connect->hello, &sid);
+    LinkOutbox answered;
+    link.OnHelloReply(out.connect->generation, reply, now, &answered);
+    ASSERT_TRUE(link.streaming()) << reply.message;
+  }
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l;
+  FollowerNode f;
+  FollowerLink link;
+};
+
+// Failed connections back off, doubling up to the maximum; a connection that takes longer
+// than connect_timeout_ms fails too.
+TEST(FollowerLinkTest, ReconnectsBackOffUpToTheMaximum) {
+  LinkFixture fx;
+  LinkOutbox out;
+  fx.link.Start(kT0, &out);
+  ASSERT_TRUE(out.connect.has_value());
+  EXPECT_EQ(out.connect->leader_id, "leader");
+  int64_t now = kT0;
+  std::vector<int64_t> pauses;
+  for (int i = 0; i < 5; ++i) {
+    LinkOutbox lost;
+    fx.link.OnConnectionLost(fx.link.generation(), "refused", now, &lost);
+    EXPECT_TRUE(lost.drop);
+    int64_t at = fx.link.NextWakeUp();
+    pauses.push_back(at - now);
+    LinkOutbox again;
+    fx.link.Tick(at, 0, &again);
+    ASSERT_TRUE(again.connect.has_value()) << "reconnects when the pause ends";
+    now = at;
+  }
+  EXPECT_EQ(pauses, (std::vector<int64_t>{10'000, 20'000, 40'000, 80'000, 80'000}));
+  LinkOutbox slow;
+  fx.link.Tick(now + 200'000, 0, &slow);
+  EXPECT_TRUE(slow.drop) << "no answer within connect_timeout_ms";
+}
+
+// Silence past heartbeat_timeout_ms drops the connection; bytes of a large message still
+// arriving count as life.
+TEST(FollowerLinkTest, SilenceDropsTheConnectionButArrivingBytesDoNot) {
+  LinkFixture fx;
+  fx.Stream(kT0);
+  uint64_t bytes = 0;
+  for (int64_t t = kT0 + 250'000; t <= kT0 + 3'000'000; t += 250'000) {
+    LinkOutbox out;
+    fx.link.Tick(t, bytes += 4096, &out);
+    ASSERT_FALSE(out.drop) << "bytes arrived in every look, at " << t - kT0 << " us";
+  }
+  int64_t quiet_from = kT0 + 3'000'000;
+  LinkOutbox quiet;
+  fx.link.Tick(quiet_from + 900'000, bytes, &quiet);
+  EXPECT_FALSE(quiet.drop);
+  fx.link.Tick(quiet_from + 1'100'000, bytes, &quiet);
+  EXPECT_TRUE(quiet.drop) << "1.1 s of silence";
+  EXPECT_FALSE(fx.link.streaming());
+}
+
+// Acks may be held as long as the leader allows (capped at a quarter of the time-out); an
+// ack that may not wait releases every held one first, in order.
+TEST(FollowerLinkTest, HeldAcksGoOutInOrderWithTheFirstThatCannotWait) {
+  LinkFixture fx;
+  fx.Stream(kT0);
+  std::vector<Batch> batches;
+  for (int i = 0; i < 3; ++i) batches.push_back(fx.l.Write());
+  LinkOutbox out;
+  for (int i = 0; i < 2; ++i) {
+    Ship ship = ShipOf(fx.l.leader->epoch(), {batches[i]});
+    ship.max_ack_delay_us = 10'000'000;  // more than the cap: held at most 250 ms
+    std::string why;
+    ASSERT_TRUE(fx.link.OnPush(fx.link.generation(), 1 + i, ship, kT0 + 10, &out, &why)) << why;
+  }
+  EXPECT_TRUE(out.answers.empty()) << "both held";
+  EXPECT_LE(fx.link.NextWakeUp(), kT0 + 10 + 250'000) << "released within the cap";
+  Ship prompt = ShipOf(fx.l.leader->epoch(), {batches[2]});
+  std::string why;
+  ASSERT_TRUE(fx.link.OnPush(fx.link.generation(), 3, prompt, kT0 + 20, &out, &why)) << why;
+  ASSERT_EQ(out.answers.size(), 3u);
+  for (uint64_t i = 0; i < 3; ++i) EXPECT_EQ(out.answers[i].push, i + 1);
+  EXPECT_EQ(out.answers.back().ack.applied, batches[2].last_seq());
+}
+
+// A node that does not lead names the one it follows; the link follows that name, at once.
+TEST(FollowerLinkTest, ARefusalNamingTheLeaderIsFollowed) {
+  LinkFixture fx;
+  LinkOutbox out;
+  fx.link.Start(kT0, &out);
+  HelloReply refused;
+  refused.outcome = HelloOutcome::kRefused;
+  refused.message = "not the leader";
+  refused.leader_hint = "n2";
+  LinkOutbox answered;
+  fx.link.OnHelloReply(out.connect->generation, refused, kT0, &answered);
+  EXPECT_TRUE(answered.drop);
+  EXPECT_EQ(fx.link.leader_id(), "n2");
+  LinkOutbox next;
+  fx.link.Tick(fx.link.NextWakeUp(), 0, &next);
+  ASSERT_TRUE(next.connect.has_value());
+  EXPECT_EQ(next.connect->leader_id, "n2");
+  EXPECT_LE(fx.link.NextWakeUp() - kT0, 200'000 + 10'000);
+}
+
+}  // namespace
+}  // namespace walship::replication
