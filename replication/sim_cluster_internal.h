@@ -147,6 +147,8 @@ class Cluster {
   // The role a saved state gives, as rpc::Node::MakeRole chooses it: at start and at every
   // role change, which both go through the saved state.
   void BecomeFromState(int i, const NodeState& state);
+  // Drops whatever role objects the node holds.
+  void EndRole(Node& n);
   void BecomeLeader(int i, NodeState state);
   void BecomeFollower(int i, const NodeState& state);
 

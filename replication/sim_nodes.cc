@@ -76,12 +76,18 @@ void Cluster::BecomeFromState(int i, const NodeState& state) {
   }
 }
 
-void Cluster::BecomeLeader(int i, NodeState state) {
-  Node& n = nodes_[i];
-  n.follower.reset();
+void Cluster::EndRole(Node& n) {
+  n.shipper.reset();
+  n.leader.reset();
   n.link.reset();
+  n.follower.reset();
   n.handover.reset();
   n.conn_of_session.clear();
+}
+
+void Cluster::BecomeLeader(int i, NodeState state) {
+  Node& n = nodes_[i];
+  EndRole(n);
   LeaderOptions lo;
   lo.cluster = "sim";
   lo.node_id = NodeId(i);
@@ -105,10 +111,7 @@ void Cluster::BecomeLeader(int i, NodeState state) {
 
 void Cluster::BecomeFollower(int i, const NodeState& state) {
   Node& n = nodes_[i];
-  n.leader.reset();
-  n.shipper.reset();
-  n.conn_of_session.clear();
-  n.handover.reset();
+  EndRole(n);
   FollowerOptions fo;
   fo.cluster = "sim";
   fo.node_id = NodeId(i);
@@ -137,12 +140,7 @@ void Cluster::Crash(int i, bool machine) {
     if (c.open && (c.from == i || c.to == i)) Break(id);
   }
   n.up = false;
-  n.shipper.reset();
-  n.leader.reset();
-  n.link.reset();
-  n.follower.reset();
-  n.conn_of_session.clear();
-  n.handover.reset();
+  EndRole(n);
   n.pushes.clear();
   if (machine) n.env->fs->Crash();
   n.engine.reset();
