@@ -1,5 +1,6 @@
 // walship: the client and admin command line.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -63,44 +64,47 @@ absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
 
 absl::StatusOr<std::string> Arg(const std::string& text) { return walship::tools::Unescape(text); }
 
-int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
+// With --cluster, a node that is not the leader names the one it follows; the hints are
+// followed up to kMaxHops times, never to an endpoint already asked (a node that restarted
+// may still name the leader it followed before, which names the current one).
+constexpr int kMaxHops = 3;
+
+template <typename Call>
+auto FollowingHints(Target& t, const char* verb, Call call) -> decltype(call(
+    std::declval<walship::rpc::Client&>())) {
   auto endpoint = Resolve(t);
-  if (!endpoint.ok()) return Fail(endpoint.status());
-  auto client = ConnectTo(t, *endpoint);
-  if (!client.ok()) return Fail(client.status());
-  auto r = (*client)->Write(ops);
-  // A follower names its leader; with --cluster, follow that hint once.
-  if (!r.ok() && walship::rpc::IsNotLeader(r.status()) && t.config.has_value() &&
-      !walship::rpc::LeaderHint(r.status()).empty()) {
+  if (!endpoint.ok()) return endpoint.status();
+  std::vector<std::string> asked = {*endpoint};
+  for (int hop = 0;; ++hop) {
+    auto client = ConnectTo(t, asked.back());
+    if (!client.ok()) return client.status();
+    auto r = call(**client);
+    if (r.ok() || !walship::rpc::IsNotLeader(r.status()) || !t.config.has_value()) return r;
     std::string hint = walship::rpc::LeaderHint(r.status());
-    std::fprintf(stderr, "walship: %s is not the leader; retrying at %s\n", endpoint->c_str(),
+    if (hint.empty() || hop == kMaxHops ||
+        std::find(asked.begin(), asked.end(), hint) != asked.end()) {
+      return r;
+    }
+    std::fprintf(stderr, "walship: %s is not the leader; %s %s\n", asked.back().c_str(), verb,
                  hint.c_str());
-    client = ConnectTo(t, hint);
-    if (!client.ok()) return Fail(client.status());
-    r = (*client)->Write(ops);
+    asked.push_back(hint);
   }
+}
+
+int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
+  auto r = FollowingHints(t, "retrying at",
+                          [&](walship::rpc::Client& c) { return c.Write(ops); });
   if (!r.ok()) return Fail(r.status());
   std::printf("OK seq %llu\n", static_cast<unsigned long long>(r->last_seq));
   return 0;
 }
 
-// Asks the leader to hand leadership to `target`; with --cluster, a follower's hint is
-// followed once (the config's leader may have handed over before).
+// Asks the leader to hand leadership to `target` (the config's leader may have handed over
+// before, so hints are followed as for writes).
 int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms) {
-  auto endpoint = Resolve(t);
-  if (!endpoint.ok()) return Fail(endpoint.status());
-  auto client = ConnectTo(t, *endpoint);
-  if (!client.ok()) return Fail(client.status());
-  auto r = (*client)->Handover(target, absl::Milliseconds(catch_up_ms));
-  if (!r.ok() && walship::rpc::IsNotLeader(r.status()) && t.config.has_value() &&
-      !walship::rpc::LeaderHint(r.status()).empty()) {
-    std::string hint = walship::rpc::LeaderHint(r.status());
-    std::fprintf(stderr, "walship: %s is not the leader; asking %s\n", endpoint->c_str(),
-                 hint.c_str());
-    client = ConnectTo(t, hint);
-    if (!client.ok()) return Fail(client.status());
-    r = (*client)->Handover(target, absl::Milliseconds(catch_up_ms));
-  }
+  auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
+    return c.Handover(target, absl::Milliseconds(catch_up_ms));
+  });
   if (!r.ok()) return Fail(r.status());
   std::printf("OK %s leads, epoch %llu\n", r->leader.c_str(),
               static_cast<unsigned long long>(r->epoch));
