@@ -60,6 +60,7 @@ void FollowerLink::Drop(LinkOutbox* out) {
   queue_.clear();  // the transport forgets them; the leader resends after the handshake
   held_.clear();
   held_until_us_ = kNever;
+  awaiting_sync_.clear();
   follower_.OnDisconnect();
   out->drop = true;
 }
@@ -153,7 +154,8 @@ void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
         apply_failures_ = 0;
         Queued done = std::move(front);
         queue_.pop_front();
-        Answer(done.push, std::move(*r), done.ship.max_ack_delay_us, now_us, out);
+        Answer(done.push, std::move(*r), done.ship.max_ack_delay_us, done.ship.flush, now_us,
+               out);
         CheckNeedsSnapshot(out);
         continue;
       }
@@ -169,6 +171,7 @@ void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
     apply_out_push_ = front.push;
     apply_out_generation_ = generation_;
     apply_out_max_delay_us_ = front.ship.max_ack_delay_us;
+    apply_out_flush_ = front.ship.flush;
     out->apply = LinkOutbox::Apply{front.push, std::move(front.ship)};
     queue_.pop_front();
     return;
@@ -188,7 +191,7 @@ void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t 
     // connection's.
   } else if (result.ok()) {
     apply_failures_ = 0;
-    Answer(push, std::move(*result), apply_out_max_delay_us_, now_us, out);
+    Answer(push, std::move(*result), apply_out_max_delay_us_, apply_out_flush_, now_us, out);
   } else {
     ApplyFailed(push, result.status(), now_us, out);
     return;
@@ -202,9 +205,16 @@ void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t 
 // promptly, or it is not OK), when max_held_acks are held, or when the delay expires. The
 // delay comes from the leader's message: it is capped at a quarter of our heartbeat timeout,
 // so that a leader asking for more cannot keep messages in flight, and so its heartbeats
-// away, until we time out.
-void FollowerLink::Answer(uint64_t push, Ack ack, uint32_t max_delay_us, int64_t now_us,
-                          LinkOutbox* out) {
+// away, until we time out. A message that asks for a flush is answered once the WAL is
+// fsynced past it: the fsync starts at once, and acks arriving while one runs wait for the
+// next, which covers them all (one fsync for a group, as PostgreSQL's walreceiver does).
+void FollowerLink::Answer(uint64_t push, Ack ack, uint32_t max_delay_us, bool flush,
+                          int64_t now_us, LinkOutbox* out) {
+  if (flush && ack.outcome == AckOutcome::kOk && ack.durable < ack.applied) {
+    awaiting_sync_.push_back(Held{push, std::move(ack)});
+    RequestFsync(out);
+    return;
+  }
   uint64_t delay_us = std::min<uint64_t>(max_delay_us,
                                          uint64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
   if (ack.outcome == AckOutcome::kOk && delay_us > 0 && held_.size() + 1 < options_.max_held_acks) {
@@ -240,14 +250,42 @@ void FollowerLink::ApplyFailed(uint64_t push, const absl::Status& why, int64_t n
   ScheduleReconnect(now_us, out);
 }
 
+void FollowerLink::RequestFsync(LinkOutbox* out) {
+  if (fsync_out_) {
+    fsync_again_ = true;  // once this one is done: it may have begun before the last apply
+    return;
+  }
+  fsync_out_ = true;
+  fsync_again_ = false;
+  out->fsync = follower_.Status().applied;
+}
+
 void FollowerLink::OnSynced(SequenceNumber seq, const absl::Status& status, LinkOutbox* out) {
   fsync_out_ = false;
   if (!status.ok()) {
     Log(out, LogLevel::kError, absl::StrCat("WAL fsync failed: ", status.ToString()));
+    // The acks waiting for it go as they are (not durable): the leader asks again.
+    for (Held& h : awaiting_sync_) out->answers.push_back(LinkOutbox::Answer{h.push, std::move(h.ack)});
+    awaiting_sync_.clear();
+    fsync_again_ = false;
     return;
   }
   synced_ = std::max(synced_, seq);
   follower_.MarkDurable(seq);
+  std::vector<Held> still;
+  for (Held& h : awaiting_sync_) {
+    if (h.ack.applied <= synced_) {
+      h.ack.durable = std::max(h.ack.durable, synced_);
+      out->answers.push_back(LinkOutbox::Answer{h.push, std::move(h.ack)});
+    } else {
+      still.push_back(std::move(h));
+    }
+  }
+  awaiting_sync_ = std::move(still);
+  if (fsync_again_ || !awaiting_sync_.empty()) {
+    fsync_again_ = false;
+    if (follower_.Status().applied > synced_) RequestFsync(out);
+  }
 }
 
 // The leader said it can no longer serve us: stop replicating, loudly (once).
@@ -265,9 +303,10 @@ void FollowerLink::CheckNeedsSnapshot(LinkOutbox* out) {
 
 void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out) {
   // Silence is only silence while the leader could send: bytes of a large message still
-  // arriving, or messages waiting for our apply (the leader's window is full until we ack
-  // them), are no sign of a dead leader.
-  if (bytes_received != watched_bytes_ || apply_out_ || !queue_.empty()) {
+  // arriving, or messages waiting for our apply or fsync (the leader's window is full until
+  // we ack them), are no sign of a dead leader.
+  if (bytes_received != watched_bytes_ || apply_out_ || !queue_.empty() ||
+      !awaiting_sync_.empty()) {
     watched_bytes_ = bytes_received;
     last_contact_us_ = std::max(last_contact_us_, now_us);
   }
@@ -292,11 +331,7 @@ void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out
   if (now_us >= reconnect_at_us_) Connect(now_us, out);
   if (now_us >= next_fsync_us_) {
     next_fsync_us_ = now_us + int64_t{options_.fsync_interval_ms} * 1000;
-    SequenceNumber applied = follower_.Status().applied;
-    if (!fsync_out_ && applied > synced_) {
-      fsync_out_ = true;
-      out->fsync = applied;
-    }
+    if (!fsync_out_ && follower_.Status().applied > synced_) RequestFsync(out);
   }
 }
 

@@ -37,7 +37,8 @@ struct FollowerLinkOptions {
   // Pause before reconnecting: doubles from min to max with each failure in a row.
   uint32_t reconnect_min_ms = 50;
   uint32_t reconnect_max_ms = 2000;
-  // The WAL is fsynced this often when something was applied since (durable acks).
+  // The WAL is fsynced this often when something was applied since (durable acks), and at
+  // once for a message that asks for a flush (Ship::flush).
   uint32_t fsync_interval_ms = 1000;
   // Pushes queued for apply; a leader keeps its window in flight, so more means it ignores
   // flow control and the push is refused.
@@ -73,7 +74,7 @@ struct LinkOutbox {
     uint64_t push = 0;
     Ack ack;
   };
-  std::vector<Answer> answers;  // in push order
+  std::vector<Answer> answers;  // in any order (each answers its own push)
   struct Reject {
     uint64_t push = 0;
     std::string why;
@@ -138,7 +139,9 @@ class FollowerLink {
   void Drop(LinkOutbox* out);
   void ScheduleReconnect(int64_t now_us, LinkOutbox* out);
   void Drain(int64_t now_us, LinkOutbox* out);
-  void Answer(uint64_t push, Ack ack, uint32_t max_delay_us, int64_t now_us, LinkOutbox* out);
+  void Answer(uint64_t push, Ack ack, uint32_t max_delay_us, bool flush, int64_t now_us,
+              LinkOutbox* out);
+  void RequestFsync(LinkOutbox* out);
   void ReleaseHeld(LinkOutbox* out);
   void ApplyFailed(uint64_t push, const absl::Status& why, int64_t now_us, LinkOutbox* out);
   void CheckNeedsSnapshot(LinkOutbox* out);
@@ -167,11 +170,14 @@ class FollowerLink {
   uint64_t apply_out_push_ = 0;
   uint64_t apply_out_generation_ = 0;
   uint32_t apply_out_max_delay_us_ = 0;
+  bool apply_out_flush_ = false;
   std::vector<Held> held_;
   int64_t held_until_us_ = kNever;
 
   int64_t next_fsync_us_ = kNever;
   bool fsync_out_ = false;
+  bool fsync_again_ = false;      // fsync again once the one out is done
+  std::vector<Held> awaiting_sync_;  // acks of messages that asked for a flush
   SequenceNumber synced_ = 0;
   bool needs_snapshot_logged_ = false;
 };

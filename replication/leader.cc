@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -465,6 +467,45 @@ std::vector<FollowerInfo> Leader::Followers() {
     out.push_back(std::move(info));
   }
   return out;
+}
+
+namespace {
+SequenceNumber At(const FollowerInfo& f, AckLevel level) {
+  switch (level) {
+    case AckLevel::kReceived: return f.received;
+    case AckLevel::kFlushed: return f.durable;
+    case AckLevel::kApplied: return std::min(f.durable, f.applied);
+  }
+  return 0;
+}
+}  // namespace
+
+std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
+  std::vector<SequenceNumber> at;
+  if (options_.members_only) {
+    for (const std::string& id : options_.members) {
+      auto it = followers_.find(id);
+      at.push_back(it == followers_.end() ? 0 : At(it->second.info, level));
+    }
+  } else {
+    for (const auto& [id, rec] : followers_) at.push_back(At(rec.info, level));
+  }
+  std::sort(at.begin(), at.end(), std::greater<>());
+  return at;
+}
+
+size_t Leader::voters() const {
+  return options_.members_only ? options_.members.size() : followers_.size();
+}
+
+SequenceNumber Leader::PositionOf(uint64_t session, AckLevel level) const {
+  const Record* rec = FindSession(session);
+  return rec == nullptr ? 0 : At(rec->info, level);
+}
+
+SequenceNumber Leader::NextToShip(uint64_t session) const {
+  const Record* rec = FindSession(session);
+  return rec == nullptr ? std::numeric_limits<SequenceNumber>::max() : rec->next_seq;
 }
 
 }  // namespace walship::replication

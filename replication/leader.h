@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "engine/engine.h"
 #include "replication/clock.h"
+#include "replication/durability.h"
 #include "replication/messages.h"
 #include "replication/node_state.h"
 
@@ -133,6 +134,17 @@ class Leader {
   uint64_t PendingBytes(uint64_t session) const;
 
   std::vector<FollowerInfo> Followers();
+
+  // The voting followers' acknowledged positions at `level`, highest first: the configured
+  // members (members_only), else every follower that ever subscribed. One not heard from in
+  // this leader's epoch counts 0. `applied` counts only what is also flushed there.
+  std::vector<SequenceNumber> VoterPositions(AckLevel level) const;
+  size_t voters() const;
+  // The acknowledged position of one session's follower at `level` (0 for an ended session).
+  SequenceNumber PositionOf(uint64_t session, AckLevel level) const;
+  // The first sequence number the session's next message starts at (UINT64_MAX for an ended
+  // session).
+  SequenceNumber NextToShip(uint64_t session) const;
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
   const NodeState& state() const { return state_; }

@@ -20,9 +20,10 @@ using Epoch = uint64_t;
 // The version of the node-to-node protocol this build speaks. Carried in Hello and
 // HelloReply (the handshake starts every stream); a node meeting another version refuses
 // the handshake with a message naming both. Version 2: epoch entries name the node that
-// began them, and followers keep the leader's batch boundaries. (Nodes before
-// versions were carried send none: they read as 0.)
-constexpr uint32_t kPeerProtocolVersion = 2;
+// began them, and followers keep the leader's batch boundaries. Version 3: a message may ask
+// the follower to fsync before it acks (Ship::flush). (Nodes before versions were carried
+// send none: they read as 0.)
+constexpr uint32_t kPeerProtocolVersion = 3;
 
 // The first sequence number written under `epoch`, and the node that began it. A node's epoch
 // history is the list of these in increasing order; it tells where two nodes' histories part
@@ -89,6 +90,9 @@ struct Ship {
   // The follower may hold its ack up to this long, so that one ack answers several messages
   // (fewer messages and wake-ups); 0: ack at once. A leader that waits on an ack asks for 0.
   uint32_t max_ack_delay_us = 0;
+  // The follower fsyncs its WAL before it acks this message (a write waits for `flushed`), so
+  // the ack carries durable >= the message's last batch.
+  bool flush = false;
 };
 
 enum class AckOutcome {

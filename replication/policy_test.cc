@@ -235,5 +235,79 @@ TEST(FollowerLinkTest, ARefusalNamingTheLeaderIsFollowed) {
   EXPECT_LE(fx.link.NextWakeUp() - kT0, 200'000 + 10'000);
 }
 
+// A message that asks for a flush is answered only after an fsync past it; messages arriving
+// while that fsync runs wait for the next one, which covers them together.
+TEST(FollowerLinkTest, AFlushAskedForIsDoneBeforeTheAckAndGroupsLaterOnes) {
+  LinkFixture fx;
+  fx.Stream(kT0);
+  std::vector<Batch> batches;
+  for (int i = 0; i < 3; ++i) batches.push_back(fx.l.Write());
+  auto push = [&](uint64_t id, const Batch& b, LinkOutbox* out) {
+    Ship ship = ShipOf(fx.l.leader->epoch(), {b});
+    ship.flush = true;
+    std::string why;
+    ASSERT_TRUE(fx.link.OnPush(fx.link.generation(), id, ship, kT0 + 10, out, &why)) << why;
+  };
+  LinkOutbox first;
+  push(1, batches[0], &first);
+  EXPECT_TRUE(first.answers.empty()) << "not before the fsync";
+  ASSERT_TRUE(first.fsync.has_value());
+  EXPECT_EQ(*first.fsync, batches[0].last_seq());
+  LinkOutbox during;
+  push(2, batches[1], &during);
+  push(3, batches[2], &during);
+  EXPECT_FALSE(during.fsync.has_value()) << "one fsync at a time";
+  EXPECT_TRUE(during.answers.empty());
+  LinkOutbox synced;
+  fx.link.OnSynced(batches[0].last_seq(), absl::OkStatus(), &synced);
+  ASSERT_EQ(synced.answers.size(), 1u);
+  EXPECT_EQ(synced.answers[0].push, 1u);
+  EXPECT_EQ(synced.answers[0].ack.durable, batches[0].last_seq());
+  ASSERT_TRUE(synced.fsync.has_value()) << "the next fsync covers both later messages";
+  EXPECT_EQ(*synced.fsync, batches[2].last_seq());
+  LinkOutbox again;
+  fx.link.OnSynced(batches[2].last_seq(), absl::OkStatus(), &again);
+  ASSERT_EQ(again.answers.size(), 2u);
+  for (const auto& a : again.answers) EXPECT_EQ(a.ack.durable, batches[2].last_seq());
+  EXPECT_FALSE(again.fsync.has_value());
+}
+
+// Batches a write waits for go at once, whatever the pacing, with a prompt ack and the flush
+// it asks for; a follower that holds them unflushed is asked for the flush.
+TEST(ShipperTest, AwaitedBatchesAreNotHeldAndAskForTheFlush) {
+  ShipperFixture fx(Paced());
+  fx.l.Write();
+  Outbox first;
+  fx.shipper.Pump(kT0 + 1'000, &first);
+  ASSERT_EQ(first.sends.size(), 1u);
+  EXPECT_FALSE(first.sends[0].ship.flush);
+  SequenceNumber awaited = fx.l.Write().last_seq();
+  Outbox held;
+  fx.shipper.Pump(kT0 + 1'010, &held);
+  EXPECT_TRUE(held.sends.empty()) << "without a demand the write waits behind the message";
+  Outbox now;
+  fx.shipper.Pump(kT0 + 1'010, &now, Demand{awaited, true});
+  ASSERT_EQ(now.sends.size(), 1u) << "a write waits for it: sent within the window at once";
+  EXPECT_TRUE(now.sends[0].ship.flush);
+  EXPECT_EQ(now.sends[0].ship.max_ack_delay_us, 0u);
+  // Both acked as received but not flushed: an empty message asks for the flush.
+  Ack ack;
+  ack.epoch = fx.l.leader->epoch();
+  ack.received = ack.applied = awaited;
+  Outbox acked;
+  fx.shipper.OnAck(fx.session, ack, &acked);
+  fx.shipper.OnAck(fx.session, ack, &acked);
+  Outbox ask;
+  fx.shipper.Pump(kT0 + 2'000, &ask, Demand{awaited, true});
+  ASSERT_EQ(ask.sends.size(), 1u);
+  EXPECT_TRUE(ask.sends[0].ship.batches.empty());
+  EXPECT_TRUE(ask.sends[0].ship.flush);
+  ack.durable = awaited;
+  fx.shipper.OnAck(fx.session, ack, &acked);
+  Outbox done;
+  fx.shipper.Pump(kT0 + 3'000, &done, Demand{awaited, true});
+  EXPECT_TRUE(done.sends.empty()) << "flushed: nothing more to ask";
+}
+
 }  // namespace
 }  // namespace walship::replication

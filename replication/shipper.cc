@@ -65,9 +65,9 @@ const std::string* Shipper::FollowerOf(uint64_t session) const {
   return it == sessions_.end() ? nullptr : &it->second.follower_id;
 }
 
-void Shipper::Pump(int64_t now_us, Outbox* out) {
+void Shipper::Pump(int64_t now_us, Outbox* out, const Demand& demand) {
   next_wake_up_us_ = kNever;
-  for (auto& [sid, s] : sessions_) PumpSession(sid, s, now_us, out);
+  for (auto& [sid, s] : sessions_) PumpSession(sid, s, now_us, demand, out);
 }
 
 // With prompt acks (ack_delay_us = 0) a caught-up follower gets one message in flight, and
@@ -78,14 +78,17 @@ void Shipper::Pump(int64_t now_us, Outbox* out) {
 // low. A follower catching up (a full message pending) is never held and gets the whole
 // window. With delayed acks every message may hold its ack except the one that fills the
 // window, which asks for a prompt ack: one ack then answers several messages, and nothing
-// waits on an ack while the window has room.
-void Shipper::PumpSession(uint64_t sid, Session& s, int64_t now_us, Outbox* out) {
+// waits on an ack while the window has room. Batches that a write waits for (`demand`) are
+// neither held nor their acks delayed: the write's latency is what the pacing would save.
+void Shipper::PumpSession(uint64_t sid, Session& s, int64_t now_us, const Demand& demand,
+                          Outbox* out) {
   if (s.final_sent) return;
   const uint32_t window = options_.max_inflight_ships;
   const bool delayed_acks = options_.ack_delay_us > 0;
   while (s.inflight < window && leader_.HasWork(sid)) {
     ReadWalFor(sid, s, now_us, out);  // when the follower is older than the memory tail
-    if (!delayed_acks) {
+    const bool awaited = demand.upto >= leader_.NextToShip(sid);
+    if (!delayed_acks && !awaited) {
       if (!s.held_since_us.has_value()) s.held_since_us = now_us;
       int64_t due = ShipDueAt(s);
       if (now_us < due && leader_.PendingBytes(sid) < leader_.options().max_ship_bytes) {
@@ -96,9 +99,32 @@ void Shipper::PumpSession(uint64_t sid, Session& s, int64_t now_us, Outbox* out)
     }
     std::optional<Ship> ship = leader_.NextShip(sid, false);
     if (!ship.has_value()) break;  // a WAL read is under way: its end pumps again
-    if (delayed_acks && s.inflight + 1 < window) ship->max_ack_delay_us = options_.ack_delay_us;
+    if (awaited) {
+      ship->flush = demand.flush;
+    } else if (delayed_acks && s.inflight + 1 < window) {
+      ship->max_ack_delay_us = options_.ack_delay_us;
+    }
     Send(sid, s, std::move(*ship), now_us, out);
     if (s.final_sent) return;
+  }
+  // It holds batches a write waits for, sent before that write asked for a flush (a committed
+  // read, a follower that reconnected): ask for the flush with an empty message, at most once
+  // per max_ship_hold_us (a follower whose fsync fails answers at once).
+  if (demand.flush && s.inflight == 0 &&
+      leader_.PositionOf(sid, AckLevel::kFlushed) <
+          std::min(demand.upto, leader_.PositionOf(sid, AckLevel::kReceived))) {
+    int64_t due = s.flush_asked_us + options_.max_ship_hold_us;
+    if (now_us >= due) {
+      std::optional<Ship> ask = leader_.NextShip(sid, true);
+      if (ask.has_value()) {
+        ask->flush = true;
+        s.flush_asked_us = now_us;
+        Send(sid, s, std::move(*ask), now_us, out);
+        return;
+      }
+    } else {
+      NoteWakeUp(due);
+    }
   }
   if (s.wal_retry_us > now_us && leader_.HasWork(sid)) NoteWakeUp(s.wal_retry_us);
   const int64_t heartbeat_us = int64_t{options_.heartbeat_interval_ms} * 1000;

@@ -63,6 +63,14 @@ struct Outbox {
 
 inline constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 
+// What writes waiting for their followers (CommitWait) need from the shipping: the batches up
+// to `upto` sent at once and acknowledged promptly, and with `flush` fsynced by the follower
+// before it acks.
+struct Demand {
+  SequenceNumber upto = 0;  // 0: nothing waits
+  bool flush = false;
+};
+
 class Shipper {
  public:
   // `leader` must outlive the Shipper. With read_wal_inline = false in the leader's options,
@@ -84,8 +92,10 @@ class Shipper {
   void OnWalRead(WalRead read, int64_t now_us, Outbox* out);
 
   // Sends what each follower may be sent now: its batches within the window and the pacing,
-  // a heartbeat when it is idle, and the WAL reads it needs.
-  void Pump(int64_t now_us, Outbox* out);
+  // a heartbeat when it is idle, and the WAL reads it needs. Batches that writes wait for
+  // (`demand`) are never held back nor their acks delayed; a follower that holds them but has
+  // not flushed them, when a flush is asked, gets an empty message asking for it.
+  void Pump(int64_t now_us, Outbox* out, const Demand& demand = {});
 
   // When Pump must run again although no event comes (a hold ends, a heartbeat is due, a WAL
   // read may be retried), as of the last Pump; kNever when nothing waits. Always later than
@@ -105,9 +115,11 @@ class Shipper {
     int64_t hold_until_us = kNever;        // while held: when the hold ends
     int64_t wal_retry_us = 0;     // after a failed WAL read: the next not before this
     bool final_sent = false;      // a needs-snapshot message went; its ack ends the stream
+    int64_t flush_asked_us = 0;   // the last empty message that asked for a flush
   };
 
-  void PumpSession(uint64_t sid, Session& s, int64_t now_us, Outbox* out);
+  void PumpSession(uint64_t sid, Session& s, int64_t now_us, const Demand& demand,
+                   Outbox* out);
   void Send(uint64_t sid, Session& s, Ship ship, int64_t now_us, Outbox* out);
   void ReadWalFor(uint64_t sid, Session& s, int64_t now_us, Outbox* out);
   int64_t ShipDueAt(const Session& s) const;

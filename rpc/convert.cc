@@ -113,6 +113,7 @@ replication::Ship FromCapnp(schema::Ship::Reader r) {
   m.leader_time_us = r.getLeaderTimeUs();
   m.needs_snapshot = r.getNeedsSnapshot();
   m.max_ack_delay_us = r.getMaxAckDelayUs();
+  m.flush = r.getFlush();
   auto batches = r.getBatches();
   // As for the history: a list of millions of empty batches is refused at its first element,
   // before anything is copied (every real batch holds at least its 12-byte header).
@@ -135,6 +136,7 @@ void ToCapnp(const replication::Ship& m, schema::Ship::Builder b) {
   b.setLeaderTimeUs(m.leader_time_us);
   b.setNeedsSnapshot(m.needs_snapshot);
   b.setMaxAckDelayUs(m.max_ack_delay_us);
+  b.setFlush(m.flush);
   auto list = b.initBatches(m.batches.size());
   for (size_t i = 0; i < m.batches.size(); ++i) {
     const auto& sb = m.batches[i];

@@ -81,6 +81,8 @@ struct Ship {
   needsSnapshot @4 :Text;     # non-empty: the leader can no longer serve this follower
   maxAckDelayUs @5 :UInt32;   # the follower may hold its ack this long, so that one ack
                               # answers several messages; 0: ack at once
+  flush @6 :Bool;             # fsync the WAL before acking (a write waits for `flushed`);
+                              # the ack then carries durable >= its batches
 }
 
 enum AckOutcome {
