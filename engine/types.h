@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace walship::engine {
@@ -27,6 +28,13 @@ struct WriteOp {
   OpType type = OpType::kPut;
   std::string key;    // for kDeleteRange: begin key (inclusive)
   std::string value;  // for kDeleteRange: end key (exclusive); empty for kDelete
+};
+
+// A condition on one key for a conditional write: the key holds exactly `value`, or, with no
+// value, is absent.
+struct Condition {
+  std::string key;
+  std::optional<std::string> value;
 };
 
 }  // namespace walship::engine

@@ -17,6 +17,11 @@ enum ErrorCode {
   dataLoss @6;           # corruption detected
   internal @7;
   unimplemented @8;      # the request asks for a feature this node does not have yet
+  notReplicated @9;      # the write is committed on the leader (firstSeq..lastSeq) but its
+                         # followers did not acknowledge it as asked in time (or the leader
+                         # stopped leading first): whether it survives a failover is in doubt.
+                         # Do not retry it blindly; read to learn its outcome.
+  conditionFailed @10;   # a conditional write's condition did not hold: nothing was written
 }
 
 struct Error {
@@ -39,22 +44,46 @@ struct Op {
 }
 
 enum WriteMode {
-  # How many followers must have a write before it is acknowledged.
-  clusterDefault @0;     # the cluster's configured mode
+  # How many followers must have a write before it is acknowledged (docs/replication.md).
+  clusterDefault @0;     # the cluster's configured mode (semiSync when acks > 0)
   async @1;              # acknowledged after the leader's local write
-  semiSync @2;           # after k followers (not yet implemented: unimplemented error)
-  sync @3;               # after every follower (not yet implemented: unimplemented error)
+  semiSync @2;           # after `acks` followers, any of them, have it at `level`
+  sync @3;               # after every voting follower has it at `level`
+}
+
+enum AckLevel {
+  # How far a follower has taken a write when it acknowledges it.
+  clusterDefault @0;     # the cluster's configured level
+  received @1;           # written to its database (OS buffers): survives its process crashing
+  flushed @2;            # and its WAL fsynced: survives its machine losing power
+  applied @3;            # flushed and visible to reads on it (PostgreSQL's remote_apply)
+}
+
+struct Condition {
+  # The write is applied only if `key` holds exactly `value` (or, with `absent`, has no value)
+  # when the leader writes it; else nothing is written and the reply is conditionFailed.
+  key @0 :Data;
+  union {
+    value @1 :Data;
+    absent @2 :Void;
+  }
 }
 
 struct WriteRequest {
   ops @0 :List(Op);
   mode @1 :WriteMode;
+  acks @2 :UInt32;       # semiSync: how many followers (0: the cluster's)
+  level @3 :AckLevel;
+  condition @4 :Condition;
+  hasCondition @5 :Bool;
 }
 
 struct WriteReply {
   error @0 :Error;
-  firstSeq @1 :UInt64;
+  firstSeq @1 :UInt64;   # also set with notReplicated: where the write is on the leader
   lastSeq @2 :UInt64;
+  degraded @3 :Bool;     # acknowledged without the followers it asked for: the leader runs
+                         # async for now (sync timeout policy `degrade`)
 }
 
 struct KeyValue {
@@ -104,11 +133,25 @@ struct NodeStatus {
   acceptFailures @22 :UInt64;     # since start: accept() failed (descriptors ran out, ...)
   storageError @23 :Text;         # why RocksDB refuses writes (disk full, I/O error); "" if not
   handoverTo @24 :Text;           # leader: the follower it is handing leadership to; "" if none
+  # The cluster's replication (docs/replication.md), as configured:
+  replicationMode @25 :Text;      # async | semi-sync | sync
+  replicationAcks @26 :UInt32;    # semi-sync: k
+  ackLevel @27 :Text;             # received | flushed | applied
+  syncTimeoutMs @28 :UInt32;
+  onSyncTimeout @29 :Text;        # fail | degrade
+  # Leader only:
+  degradedForMs @30 :Int64;       # -1: not degraded; else running async for this long
+  writesWaiting @31 :UInt32;      # writes and committed reads waiting for followers now
+  writesNotReplicated @32 :UInt64;  # since start: writes answered notReplicated
+  writesDegraded @33 :UInt64;     # since start: writes acknowledged degraded
 }
 
 struct GetRequest {
   key @0 :Data;
   minSeq @1 :UInt64;     # > 0: refused with unavailable unless this node has applied minSeq
+  committed @2 :Bool;    # leader only: answer once everything the read sees has reached the
+                         # cluster's replication level (a majority read), within the sync
+                         # timeout, else unavailable
 }
 
 struct GetReply {
@@ -122,6 +165,7 @@ struct ScanRequest {
   prefix @1 :Data;       # ... having this prefix, in order
   limit @2 :UInt32;      # at most this many (0: 1000; capped at 100000)
   minSeq @3 :UInt64;
+  committed @4 :Bool;    # as GetRequest.committed
 }
 
 struct ScanReply {

@@ -78,14 +78,15 @@ class ClientImpl final : public Client {
   absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) override {
     capnp::MallocMessageBuilder m(WriteWords(ops));
     BuildWrite(ops, m.initRoot<schema::Request>().initWrite());
-    return Call<WriteResult>(m, timeout_, schema::Reply::WRITE,
+    return Call<WriteResult>(m, timeout_ + write_options_.wait, schema::Reply::WRITE,
                              [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
   }
 
   absl::StatusOr<std::vector<int64_t>> WriteMany(
       const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) override {
     depth = std::clamp<size_t>(depth, 1, kMaxInflight);
-    absl::Time deadline = absl::Now() + timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
+    absl::Time deadline = absl::Now() + write_options_.wait +
+                          timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
     if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
     std::vector<int64_t> latency_ns(writes.size(), 0);
     std::vector<std::chrono::steady_clock::time_point> sent(writes.size());
@@ -144,7 +145,8 @@ class ClientImpl final : public Client {
     using Results = std::vector<absl::StatusOr<WriteResult>>;
     // A pipeline waits for all its writes: the budget grows with its length, as WriteMany's.
     return Call<Results>(
-        m, timeout_ * static_cast<int64_t>(1 + writes.size() / 64), schema::Reply::WRITE_MANY,
+        m, write_options_.wait + timeout_ * static_cast<int64_t>(1 + writes.size() / 64),
+        schema::Reply::WRITE_MANY,
         [&](schema::Reply::Reader r) -> absl::StatusOr<Results> {
           auto reply = r.getWriteMany();
           if (absl::Status refused = FromCapnp(reply.getError()); !refused.ok()) return refused;
@@ -164,7 +166,8 @@ class ClientImpl final : public Client {
     auto get = m.initRoot<schema::Request>().initGet();
     get.setKey(ToData(key));
     get.setMinSeq(min_seq);
-    return Call<std::string>(m, timeout_, schema::Reply::GET,
+    get.setCommitted(committed_reads_);
+    return Call<std::string>(m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()), schema::Reply::GET,
                              [](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
                                auto reply = r.getGet();
                                if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
@@ -189,8 +192,9 @@ class ClientImpl final : public Client {
       req.setPrefix(ToData(scan.prefix));
       req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(limit - kvs.size(), UINT32_MAX)));
       req.setMinSeq(min_seq);
+      req.setCommitted(committed_reads_);
       std::optional<std::string> next;
-      auto page = Call<bool>(m, timeout_, schema::Reply::SCAN,
+      auto page = Call<bool>(m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()), schema::Reply::SCAN,
                              [&](schema::Reply::Reader r) -> absl::StatusOr<bool> {
                                auto reply = r.getScan();
                                if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
@@ -234,16 +238,43 @@ class ClientImpl final : public Client {
     });
   }
 
+  void SetWriteOptions(const WriteOptions& options) override { write_options_ = options; }
+  void SetCommittedReads(bool committed) override { committed_reads_ = committed; }
+
  private:
-  static void BuildWrite(const std::vector<engine::WriteOp>& ops,
-                         schema::WriteRequest::Builder b) {
+  void BuildWrite(const std::vector<engine::WriteOp>& ops, schema::WriteRequest::Builder b) const {
     ToCapnp(ops, b.initOps(ops.size()));
-    b.setMode(schema::WriteMode::CLUSTER_DEFAULT);
+    const WriteOptions& o = write_options_;
+    using replication::AckLevel;
+    using replication::ReplicationMode;
+    schema::WriteMode mode = schema::WriteMode::CLUSTER_DEFAULT;
+    if (o.mode.has_value()) {
+      mode = *o.mode == ReplicationMode::kAsync      ? schema::WriteMode::ASYNC
+             : *o.mode == ReplicationMode::kSemiSync ? schema::WriteMode::SEMI_SYNC
+                                                     : schema::WriteMode::SYNC;
+    }
+    b.setMode(mode);
+    b.setAcks(o.acks);
+    if (o.level.has_value()) {
+      b.setLevel(*o.level == AckLevel::kReceived  ? schema::AckLevel::RECEIVED
+                 : *o.level == AckLevel::kFlushed ? schema::AckLevel::FLUSHED
+                                                  : schema::AckLevel::APPLIED);
+    }
+    if (o.condition.has_value()) {
+      b.setHasCondition(true);
+      auto c = b.initCondition();
+      c.setKey(ToData(o.condition->key));
+      if (o.condition->value.has_value()) {
+        c.setValue(ToData(*o.condition->value));
+      } else {
+        c.setAbsent();
+      }
+    }
   }
 
   static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
     if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
-    return WriteResult{r.getFirstSeq(), r.getLastSeq()};
+    return WriteResult{r.getFirstSeq(), r.getLastSeq(), r.getDegraded()};
   }
 
   static NodeStatusInfo ToStatusInfo(schema::NodeStatus::Reader st) {
@@ -259,6 +290,15 @@ class ClientImpl final : public Client {
     out.leader_id = st.getLeaderId();
     out.leader_address = st.getLeaderAddress();
     out.handover_to = st.getHandoverTo();
+    out.replication_mode = st.getReplicationMode();
+    out.replication_acks = st.getReplicationAcks();
+    out.ack_level = st.getAckLevel();
+    out.sync_timeout_ms = st.getSyncTimeoutMs();
+    out.on_sync_timeout = st.getOnSyncTimeout();
+    out.degraded_for_ms = st.getDegradedForMs();
+    out.writes_waiting = st.getWritesWaiting();
+    out.writes_not_replicated = st.getWritesNotReplicated();
+    out.writes_degraded = st.getWritesDegraded();
     for (auto f : st.getFollowers()) {
       FollowerStatusInfo fi;
       fi.id = f.getId();
@@ -561,6 +601,8 @@ class ClientImpl final : public Client {
 
   std::string endpoint_;
   absl::Duration timeout_;
+  WriteOptions write_options_;
+  bool committed_reads_ = false;
   int fd_ = -1;
   absl::Duration send_timeout_, recv_timeout_;  // SO_SNDTIMEO, SO_RCVTIMEO as last set
   std::string out_;                             // requests appended, not yet sent

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,12 +18,30 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "engine/engine.h"
+#include "replication/durability.h"
 
 namespace walship::rpc {
 
 struct WriteResult {
   uint64_t first_seq = 0;
   uint64_t last_seq = 0;
+  bool degraded = false;  // acknowledged without the followers it asked for (the leader runs
+                          // async for now: sync timeout policy `degrade`)
+};
+
+// What each write sent from now on asks of replication (docs/replication.md); by default the
+// cluster's configured mode and level.
+struct WriteOptions {
+  std::optional<replication::ReplicationMode> mode;  // unset: the cluster's
+  uint32_t acks = 0;  // semi-sync: how many followers; 0: the cluster's. > 0 without a mode
+                      // asks for semi-sync
+  std::optional<replication::AckLevel> level;  // unset: the cluster's
+  // Applied only if this holds when the leader writes it; else kFailedPrecondition with
+  // IsConditionFailed (rpc/convert.h) and nothing is written.
+  std::optional<engine::Condition> condition;
+  // How long a write may wait for its followers beyond the client's timeout (the cluster's
+  // sync_timeout_ms, so that its verdict arrives before the client gives up).
+  absl::Duration wait = absl::ZeroDuration();
 };
 
 struct FollowerStatusInfo {
@@ -47,6 +66,11 @@ struct NodeStatusInfo {
   uint64_t connections_refused = 0, accept_failures = 0;
   std::string storage_error;  // why the node's storage refuses writes; empty when it does not
   std::string handover_to;    // leader: the follower it is handing leadership to, or empty
+  // The cluster's replication as configured, and on a leader how it stands.
+  std::string replication_mode, ack_level, on_sync_timeout;
+  uint32_t replication_acks = 0, sync_timeout_ms = 0, writes_waiting = 0;
+  int64_t degraded_for_ms = -1;
+  uint64_t writes_not_replicated = 0, writes_degraded = 0;
 };
 
 struct HandoverResult {
@@ -67,8 +91,16 @@ class Client {
                                                           absl::Duration timeout);
   virtual ~Client() = default;
 
+  // What the writes sent from now on ask for (replication, condition).
+  virtual void SetWriteOptions(const WriteOptions& options) = 0;
+  // true: reads sent from now on are committed reads (served by the leader once its
+  // followers hold everything they see, as the cluster's replication asks).
+  virtual void SetCommittedReads(bool committed) = 0;
+
   // Errors: a not-leader error (IsNotLeader / LeaderHint in rpc/convert.h) on a follower,
-  // kUnavailable when the node cannot be reached in time.
+  // kUnavailable when the node cannot be reached in time, a not-replicated error
+  // (IsNotReplicated) when its followers did not acknowledge it as asked: it is written on
+  // the leader, and its fate after a failover is in doubt.
   virtual absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) = 0;
   // Sends every write of `writes`, keeping up to `depth` (at most 1024) in flight on this
   // connection, and returns each one's latency in nanoseconds (send to reply), in order.

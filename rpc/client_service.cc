@@ -29,6 +29,48 @@ void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
   ToCapnp(o.status, b.initError());
   b.setFirstSeq(o.first_seq);
   b.setLastSeq(o.last_seq);
+  b.setDegraded(o.degraded);
+}
+
+// Why `condition` does not hold once `written` (the ops of the group before it) are applied
+// over the database, or OK when it holds.
+absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::WriteOp>& written,
+                            const engine::Condition& condition) {
+  std::optional<std::string> now;
+  bool known = false;
+  for (auto op = written.rbegin(); op != written.rend() && !known; ++op) {
+    switch (op->type) {
+      case engine::OpType::kPut:
+        if (op->key == condition.key) {
+          now = op->value;
+          known = true;
+        }
+        break;
+      case engine::OpType::kDelete: known = op->key == condition.key; break;
+      case engine::OpType::kDeleteRange:
+        known = op->key <= condition.key && condition.key < op->value;
+        break;
+    }
+  }
+  if (!known) {
+    absl::StatusOr<std::string> value = engine.Get(condition.key, engine::ReadOptions{});
+    if (value.ok()) {
+      now = std::move(*value);
+    } else if (!absl::IsNotFound(value.status())) {
+      return absl::UnavailableError(absl::StrCat("reading the condition's key failed: ",
+                                                 value.status().message()));
+    }
+  }
+  if (now == condition.value) return absl::OkStatus();
+  if (!condition.value.has_value()) {
+    return ConditionFailedError("condition failed: the key exists (the write asked for it "
+                                "to be absent); nothing was written");
+  }
+  return ConditionFailedError(
+      now.has_value()
+          ? absl::StrCat("condition failed: the key holds another value (", now->size(),
+                         " bytes); nothing was written")
+          : std::string("condition failed: the key is absent; nothing was written"));
 }
 
 }  // namespace
@@ -56,7 +98,7 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
   switch (request.which()) {
     case schema::Request::WRITE: {
       auto w = request.getWrite();
-      return Enqueue(FromCapnp(w.getOps()), w.getMode()).then([reply](WriteOutcome o) mutable {
+      return Enqueue(FromCapnp(w.getOps()), SpecOf(w)).then([reply](WriteOutcome o) mutable {
         ToReply(o, reply.initWrite());
       });
     }
@@ -92,11 +134,11 @@ kj::Promise<void> ClientService::WriteMany(schema::WriteManyRequest::Reader requ
   // Every write is decoded before any is queued: a field of the wrong type in one of them
   // refuses the pipeline whole (the exception reaches the connection), never after some of
   // it was applied.
-  std::vector<std::pair<std::vector<engine::WriteOp>, schema::WriteMode>> decoded;
+  std::vector<std::pair<std::vector<engine::WriteOp>, absl::StatusOr<WriteSpec>>> decoded;
   decoded.reserve(writes.size());
-  for (auto w : writes) decoded.emplace_back(FromCapnp(w.getOps()), w.getMode());
+  for (auto w : writes) decoded.emplace_back(FromCapnp(w.getOps()), SpecOf(w));
   auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(decoded.size());
-  for (auto& [ops, mode] : decoded) outcomes.add(Enqueue(std::move(ops), mode));
+  for (auto& [ops, spec] : decoded) outcomes.add(Enqueue(std::move(ops), std::move(spec)));
   return kj::joinPromises(outcomes.finish()).then([reply](kj::Array<WriteOutcome> done) mutable {
     auto results = reply.initWriteMany();
     ToCapnp(absl::OkStatus(), results.initError());
@@ -121,6 +163,24 @@ kj::Promise<void> ClientService::Get(schema::GetRequest::Reader request,
     if (value.ok()) reply.setValue(ToData(*value));
   };
   std::string key = ToString(request.getKey());
+  if (request.getCommitted()) {
+    // What it sees now, answered once the followers hold all of it.
+    return node_.role().AwaitCommitted(latest).then(
+        [this, key = std::move(key), at = engine_.GetSnapshot(),
+         answer](absl::Status s) mutable -> kj::Promise<void> {
+          if (!s.ok()) {
+            answer(std::move(s));
+            return kj::READY_NOW;
+          }
+          return node_.client_pool()
+              .Run([e = &engine_, key = std::move(key), at]() {
+                engine::ReadOptions read;
+                read.snapshot = at.get();
+                return e->Get(key, read);
+              })
+              .then(kj::mv(answer));
+        });
+  }
   engine::ReadOptions cached;
   cached.cache_only = true;
   absl::StatusOr<std::string> value = engine_.Get(key, cached);
@@ -169,6 +229,23 @@ kj::Promise<void> ClientService::Scan(schema::ScanRequest::Reader request,
       results.setNextStart(ToData(kvs->back().key + std::string(1, '\0')));
     }
   };
+  if (request.getCommitted()) {
+    return node_.role().AwaitCommitted(latest).then(
+        [this, scan, at = engine_.GetSnapshot(),
+         answer](absl::Status s) mutable -> kj::Promise<void> {
+          if (!s.ok()) {
+            answer(std::move(s));
+            return kj::READY_NOW;
+          }
+          return node_.client_pool()
+              .Run([e = &engine_, scan, at]() {
+                engine::ReadOptions read;
+                read.snapshot = at.get();
+                return e->Scan(scan, read);
+              })
+              .then(kj::mv(answer));
+        });
+  }
   // As for Get: small scans from memory here, the rest on a worker at a snapshot of now.
   if (scan.limit <= kInlineScanLimit) {
     engine::ReadOptions cached;
@@ -204,6 +281,15 @@ void ClientService::Status(schema::NodeStatus::Builder st) {
   st.setConnectionsRefused(stats.refused);
   st.setAcceptFailures(stats.accept_failures);
   if (absl::Status e = engine_.StorageError(); !e.ok()) st.setStorageError(e.message().data());
+  const replication::CommitWaitOptions& commit = options.commit;
+  st.setReplicationMode(replication::ModeName(commit.cluster.mode));
+  st.setReplicationAcks(commit.cluster.mode == replication::ReplicationMode::kSemiSync
+                            ? commit.cluster.acks
+                            : 0);
+  st.setAckLevel(replication::AckLevelName(commit.cluster.level));
+  st.setSyncTimeoutMs(commit.timeout_ms);
+  st.setOnSyncTimeout(replication::PolicyName(commit.on_timeout));
+  st.setDegradedForMs(-1);
   node_.role().FillStatus(st);
 }
 
@@ -234,16 +320,11 @@ absl::Status ClientService::CheckReadable(SequenceNumber min_seq, SequenceNumber
 // Checks one client write and queues it for the next group commit; the promise resolves once
 // it is written (or at once with the error that refused it).
 kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> ops,
-                                                 schema::WriteMode mode) {
+                                                 absl::StatusOr<WriteSpec> spec) {
   auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> { return WriteOutcome{std::move(s)}; };
   if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) return fail(refused);
-  switch (mode) {
-    case schema::WriteMode::CLUSTER_DEFAULT:
-    case schema::WriteMode::ASYNC: break;
-    default:
-      return fail(absl::UnimplementedError(
-          "semi-synchronous and synchronous writes are not implemented yet; use async"));
-  }
+  if (!spec.ok()) return fail(spec.status());
+  if (absl::Status s = node_.role().CheckDurability(spec->need); !s.ok()) return fail(s);
   if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
   for (const engine::WriteOp& op : ops) {
     if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
@@ -265,7 +346,7 @@ kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> op
   }
   pending_bytes_ += bytes;
   auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
-  pending_.push_back(PendingWrite{std::move(ops), bytes, kj::mv(paf.fulfiller)});
+  pending_.push_back(PendingWrite{std::move(ops), bytes, std::move(*spec), kj::mv(paf.fulfiller)});
   ScheduleFlush();
   return kj::mv(paf.promise);
 }
@@ -304,6 +385,7 @@ void ClientService::FlushWrites() {
   std::vector<GroupMember> group;
   std::vector<engine::WriteOp> ops;
   size_t bytes = 0;
+  bool conditional = false;
   // A group stays within max_write_group_ops and max_write_group_bytes, counting the write
   // it would add; only a single write may be larger (up to a request, 64 MiB), so one WAL
   // record is never larger than the largest request and the peers can always read it.
@@ -313,7 +395,8 @@ void ClientService::FlushWrites() {
                            bytes + w.bytes > options.max_write_group_bytes)) {
       break;
     }
-    group.push_back(GroupMember{w.ops.size(), kj::mv(w.fulfiller)});
+    conditional |= w.spec.condition.has_value();
+    group.push_back(GroupMember{w.ops.size(), std::move(w.spec), kj::mv(w.fulfiller)});
     bytes += w.bytes;
     pending_bytes_ -= w.bytes;
     for (engine::WriteOp& op : w.ops) ops.push_back(std::move(op));
@@ -322,6 +405,10 @@ void ClientService::FlushWrites() {
   // The write time travels inside the batch (a LogData record), so followers and the
   // leader's status know it for batches read back from the WAL too.
   int64_t write_time_us = replication::RealClock()->NowMicros();
+  if (conditional) {
+    FlushConditional(std::move(group), std::move(ops), write_time_us);
+    return;
+  }
   if (!options.fsync_writes) {
     // On the loop thread unless RocksDB would stall (then it answers at once).
     engine::WriteOptions wo;
@@ -353,6 +440,71 @@ void ClientService::FlushWrites() {
                  }));
 }
 
+// A group with conditional writes goes to the writer thread whole: each condition is checked
+// there against the database and the group's earlier writes, and the writes whose conditions
+// hold are written as one batch. No other write runs meanwhile (the writer is busy), so each
+// check and its write are one atomic step.
+void ClientService::FlushConditional(std::vector<GroupMember> group,
+                                     std::vector<engine::WriteOp> ops, int64_t write_time_us) {
+  std::vector<size_t> counts;
+  std::vector<std::optional<engine::Condition>> ifs;
+  for (const GroupMember& m : group) {
+    counts.push_back(m.ops);
+    ifs.push_back(m.spec.condition);
+  }
+  engine::WriteOptions wo;
+  wo.sync = node_.options().fsync_writes;
+  wo.write_time_us = write_time_us;
+  writer_busy_ = true;
+  tasks_.add(node_.node_pool()
+                 .Run([e = &engine_, ops = std::move(ops), counts = std::move(counts),
+                       ifs = std::move(ifs), wo]() {
+                   return WriteConditional(*e, ops, counts, ifs, wo);
+                 })
+                 .then([](ConditionalGroup g) { return g; },
+                       [n = group.size()](kj::Exception&& e) {
+                         ConditionalGroup g;
+                         g.refused.assign(n, absl::InternalError(absl::StrCat(
+                                                 "node work queue: ", e.getDescription().cStr())));
+                         return g;
+                       })
+                 .then([this, group = std::move(group),
+                        write_time_us](ConditionalGroup g) mutable {
+                   writer_busy_ = false;
+                   std::vector<GroupMember> written;
+                   for (size_t i = 0; i < group.size(); ++i) {
+                     if (g.refused[i].ok()) {
+                       written.push_back(std::move(group[i]));
+                     } else {
+                       group[i].fulfiller->fulfill(WriteOutcome{g.refused[i]});
+                     }
+                   }
+                   if (!g.batch.has_value()) {
+                     ScheduleFlush();
+                     return;
+                   }
+                   Complete(written, std::move(*g.batch), write_time_us);
+                 }));
+}
+
+ClientService::ConditionalGroup ClientService::WriteConditional(
+    engine::Engine& engine, const std::vector<engine::WriteOp>& ops,
+    const std::vector<size_t>& counts, const std::vector<std::optional<engine::Condition>>& ifs,
+    const engine::WriteOptions& wo) {
+  ConditionalGroup g;
+  std::vector<engine::WriteOp> kept;
+  size_t at = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    auto first = ops.begin() + static_cast<std::ptrdiff_t>(at);
+    at += counts[i];
+    absl::Status s = ifs[i].has_value() ? CheckCondition(engine, kept, *ifs[i]) : absl::OkStatus();
+    g.refused.push_back(s);
+    if (s.ok()) kept.insert(kept.end(), first, first + static_cast<std::ptrdiff_t>(counts[i]));
+  }
+  if (!kept.empty()) g.batch = engine.Write(kept, wo);
+  return g;
+}
+
 // `write_time_us` is the time FlushWrites put into the batch.
 void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
                              int64_t write_time_us) {
@@ -370,13 +522,82 @@ void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<eng
     SequenceNumber seq = r->first_seq;
     node_.role().OnWritten(std::move(*r), write_time_us);
     for (GroupMember& m : group) {
-      m.fulfiller->fulfill(WriteOutcome{absl::OkStatus(), seq, seq + m.ops - 1});
+      WriteOutcome written{absl::OkStatus(), seq, seq + m.ops - 1};
       seq += m.ops;
+      if (m.spec.need.mode == replication::ReplicationMode::kAsync) {
+        m.fulfiller->fulfill(std::move(written));
+      } else {
+        AwaitFollowers(m, std::move(written));
+      }
     }
     writes_accepted_ += group.size();
     ++write_groups_;
   }
   ScheduleFlush();
+}
+
+// A write that asked for followers is answered once they hold it as asked (or with why not:
+// its first and last sequence numbers go with a not-replicated error too).
+void ClientService::AwaitFollowers(GroupMember& m, WriteOutcome written) {
+  tasks_.add(node_.role()
+                 .AwaitReplicated(written.last_seq, m.spec.need, m.spec.pinned)
+                 .then([written, done = kj::mv(m.fulfiller)](ReplicationOutcome r) mutable {
+                   written.status = std::move(r.status);
+                   written.degraded = r.degraded;
+                   done->fulfill(std::move(written));
+                 }));
+}
+
+// The replication a write asks for, resolved against the cluster's configured one.
+absl::StatusOr<WriteSpec> ClientService::SpecOf(schema::WriteRequest::Reader request) const {
+  using replication::AckLevel;
+  using replication::ReplicationMode;
+  const replication::Durability& cluster = node_.options().commit.cluster;
+  WriteSpec spec;
+  spec.need = cluster;
+  const uint32_t acks = request.getAcks();
+  spec.pinned = request.getMode() != schema::WriteMode::CLUSTER_DEFAULT || acks != 0 ||
+                request.getLevel() != schema::AckLevel::CLUSTER_DEFAULT;
+  switch (request.getMode()) {
+    case schema::WriteMode::CLUSTER_DEFAULT:
+      if (acks > 0) spec.need.mode = ReplicationMode::kSemiSync;
+      break;
+    case schema::WriteMode::ASYNC: spec.need.mode = ReplicationMode::kAsync; break;
+    case schema::WriteMode::SEMI_SYNC: spec.need.mode = ReplicationMode::kSemiSync; break;
+    case schema::WriteMode::SYNC: spec.need.mode = ReplicationMode::kSync; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown write mode ", static_cast<int>(request.getMode()), "; the client is newer "
+          "than this node"));
+  }
+  if (acks > 0 && spec.need.mode != ReplicationMode::kSemiSync) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "acks (", acks, ") applies to semi-sync writes; this write asks for ",
+        replication::ModeName(spec.need.mode)));
+  }
+  if (acks > 0) {
+    spec.need.acks = acks;
+  } else if (cluster.mode != ReplicationMode::kSemiSync) {
+    spec.need.acks = 1;  // semi-sync asked of an async or sync cluster: one follower
+  }
+  switch (request.getLevel()) {
+    case schema::AckLevel::CLUSTER_DEFAULT: break;
+    case schema::AckLevel::RECEIVED: spec.need.level = AckLevel::kReceived; break;
+    case schema::AckLevel::FLUSHED: spec.need.level = AckLevel::kFlushed; break;
+    case schema::AckLevel::APPLIED: spec.need.level = AckLevel::kApplied; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown ack level ", static_cast<int>(request.getLevel()), "; the client is newer "
+          "than this node"));
+  }
+  if (request.getHasCondition()) {
+    auto c = request.getCondition();
+    engine::Condition condition;
+    condition.key = ToString(c.getKey());
+    if (c.isValue()) condition.value = ToString(c.getValue());
+    spec.condition = std::move(condition);
+  }
+  return spec;
 }
 
 }  // namespace walship::rpc

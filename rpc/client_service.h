@@ -9,11 +9,13 @@
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "engine/engine.h"
+#include "replication/durability.h"
 #include "rpc/client.capnp.h"
 
 namespace walship::rpc {
@@ -22,8 +24,16 @@ class Node;
 
 struct WriteOutcome {
   absl::Status status;
-  engine::SequenceNumber first_seq = 0;
+  engine::SequenceNumber first_seq = 0;  // also with a not-replicated error
   engine::SequenceNumber last_seq = 0;
+  bool degraded = false;
+};
+
+// What one client write asks for beyond its ops.
+struct WriteSpec {
+  replication::Durability need;  // resolved against the cluster's
+  bool pinned = false;           // it named its own mode: never degraded
+  std::optional<engine::Condition> condition;
 };
 
 class ClientService final : public kj::TaskSet::ErrorHandler {
@@ -61,11 +71,20 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   struct PendingWrite {
     std::vector<engine::WriteOp> ops;
     uint64_t bytes = 0;  // of its keys and values
+    WriteSpec spec;
     kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
   };
   struct GroupMember {
     size_t ops = 0;
+    WriteSpec spec;
     kj::Own<kj::PromiseFulfiller<WriteOutcome>> fulfiller;
+  };
+  // A group with conditional writes, checked and written on the writer thread: `refused[i]`
+  // is why member i was not written (its condition did not hold), OK when its ops are in
+  // `batch`. `batch` is unset when no member was written.
+  struct ConditionalGroup {
+    std::optional<absl::StatusOr<engine::Batch>> batch;
+    std::vector<absl::Status> refused;
   };
 
   kj::Promise<void> WriteMany(schema::WriteManyRequest::Reader request,
@@ -77,7 +96,16 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
                              schema::HandoverReply::Builder reply);
   absl::Status CheckReadable(engine::SequenceNumber min_seq,
                              engine::SequenceNumber latest) const;
-  kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops, schema::WriteMode mode);
+  absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;
+  kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops,
+                                    absl::StatusOr<WriteSpec> spec);
+  static ConditionalGroup WriteConditional(
+      engine::Engine& engine, const std::vector<engine::WriteOp>& ops,
+      const std::vector<size_t>& counts, const std::vector<std::optional<engine::Condition>>& ifs,
+      const engine::WriteOptions& wo);
+  void AwaitFollowers(GroupMember& m, WriteOutcome written);
+  void FlushConditional(std::vector<GroupMember> group, std::vector<engine::WriteOp> ops,
+                        int64_t write_time_us);
   void ScheduleFlush();
   void FlushWrites();
   void Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,

@@ -229,6 +229,26 @@ std::string LeaderHint(const absl::Status& s) {
   return p.has_value() ? std::string(*p) : "";
 }
 
+absl::Status NotReplicatedError(const std::string& message) {
+  absl::Status s = absl::DeadlineExceededError(message);
+  s.SetPayload(kNotReplicatedUrl, absl::Cord("1"));
+  return s;
+}
+
+bool IsNotReplicated(const absl::Status& s) {
+  return s.GetPayload(kNotReplicatedUrl).has_value();
+}
+
+absl::Status ConditionFailedError(const std::string& message) {
+  absl::Status s = absl::FailedPreconditionError(message);
+  s.SetPayload(kConditionFailedUrl, absl::Cord("1"));
+  return s;
+}
+
+bool IsConditionFailed(const absl::Status& s) {
+  return s.GetPayload(kConditionFailedUrl).has_value();
+}
+
 namespace {
 absl::Status FromCapnpCode(schema::Error::Reader r);
 }  // namespace
@@ -239,6 +259,10 @@ void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
   b.setLeaderHint(LeaderHint(s));  // with notLeader, and while a handover runs
   if (IsNotLeader(s)) {
     code = schema::ErrorCode::NOT_LEADER;
+  } else if (IsNotReplicated(s)) {
+    code = schema::ErrorCode::NOT_REPLICATED;
+  } else if (IsConditionFailed(s)) {
+    code = schema::ErrorCode::CONDITION_FAILED;
   } else {
     switch (s.code()) {
       case C::kOk: code = schema::ErrorCode::OK; break;
@@ -283,6 +307,8 @@ absl::Status FromCapnpCode(schema::Error::Reader r) {
     case schema::ErrorCode::FAILED_PRECONDITION: return absl::FailedPreconditionError(msg);
     case schema::ErrorCode::DATA_LOSS: return absl::DataLossError(msg);
     case schema::ErrorCode::UNIMPLEMENTED: return absl::UnimplementedError(msg);
+    case schema::ErrorCode::NOT_REPLICATED: return NotReplicatedError(msg);
+    case schema::ErrorCode::CONDITION_FAILED: return ConditionFailedError(msg);
     default: return absl::InternalError(msg);
   }
 }

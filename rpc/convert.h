@@ -52,6 +52,17 @@ bool IsNotLeader(const absl::Status& s);
 // The leader's address carried by a not-leader error, or "".
 std::string LeaderHint(const absl::Status& s);
 
+// A write committed on the leader that its followers did not acknowledge as it asked
+// (notReplicated on the wire; kDeadlineExceeded here): its outcome after a failover is in
+// doubt.
+inline constexpr char kNotReplicatedUrl[] = "walship/not-replicated";
+absl::Status NotReplicatedError(const std::string& message);
+bool IsNotReplicated(const absl::Status& s);
+// A conditional write whose condition did not hold (conditionFailed; kFailedPrecondition).
+inline constexpr char kConditionFailedUrl[] = "walship/condition-failed";
+absl::Status ConditionFailedError(const std::string& message);
+bool IsConditionFailed(const absl::Status& s);
+
 inline std::string ToString(capnp::Data::Reader d) {
   return std::string(reinterpret_cast<const char*>(d.begin()), d.size());
 }

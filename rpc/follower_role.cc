@@ -92,6 +92,25 @@ void FollowerRole::OnWritten(engine::Batch batch, int64_t) {
   spdlog::error("a follower wrote a client batch at seq {}", batch.first_seq);
 }
 
+kj::Promise<ReplicationOutcome> FollowerRole::AwaitReplicated(engine::SequenceNumber seq,
+                                                             const replication::Durability&,
+                                                             bool) {
+  // Never expected, as OnWritten.
+  return ReplicationOutcome{NotReplicatedError(absl::StrCat(
+      "seq ", seq, " was written while this node followed; nothing waits for followers here"))};
+}
+
+// Only the leader knows what its followers acknowledged: a committed read goes there.
+kj::Promise<absl::Status> FollowerRole::AwaitCommitted(engine::SequenceNumber) {
+  absl::Status s = NotLeaderError(node_.AddressOf(link_.leader_id()));
+  absl::Status refused(s.code(), absl::StrCat("committed reads are served by the leader; ",
+                                              s.message()));
+  s.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) {
+    refused.SetPayload(url, payload);
+  });
+  return refused;
+}
+
 void FollowerRole::FillStatus(schema::NodeStatus::Builder st) {
   replication::FollowerStatus fs = follower_->Status();
   st.setEpoch(fs.epoch);

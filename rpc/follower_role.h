@@ -31,6 +31,13 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   void Start() override;
   absl::Status WriteRefusal() const override;
   void OnWritten(engine::Batch batch, int64_t write_time_us) override;
+  absl::Status CheckDurability(const replication::Durability&) const override {
+    return absl::OkStatus();  // writes are refused here anyway
+  }
+  kj::Promise<ReplicationOutcome> AwaitReplicated(engine::SequenceNumber seq,
+                                                  const replication::Durability& need,
+                                                  bool pinned) override;
+  kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
   std::string ReadRefusal() const override { return follower_->ReadRefusal(); }
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,

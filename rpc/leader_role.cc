@@ -48,6 +48,7 @@ LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_han
       leader_(LeaderOptionsFor(node.options()), &node.engine(), std::move(state),
               replication::RealClock()),
       shipper_(leader_, ShipperOptionsFor(node.options())),
+      commit_wait_(node.options().commit),
       tasks_(*this) {
   if (resume_handover) {
     replication::TakeOver again;
@@ -59,6 +60,24 @@ LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_han
 }
 
 LeaderRole::~LeaderRole() noexcept(false) {
+  // Writes still waiting for their followers are in doubt: written here, not known to be
+  // replicated as they asked. (No continuation of these promises touches this role.)
+  std::vector<replication::Released> ended;
+  commit_wait_.EndAll(&ended);
+  for (const replication::Released& r : ended) {
+    auto it = waits_.find(r.id);
+    if (it == waits_.end()) continue;
+    Waiter& w = it->second;
+    std::string what = replication::Describe(w.need);
+    w.done->fulfill(ReplicationOutcome{
+        w.read ? absl::UnavailableError(absl::StrCat(
+                     "this node stopped leading before its followers acknowledged seq ", w.seq,
+                     " as ", what, "; read again from the leader"))
+               : NotReplicatedError(absl::StrCat(
+                     "written here at seq ", w.seq, ", but this node stopped leading before its "
+                     "followers acknowledged it as ", what, ": whether it survives is in "
+                     "doubt; read it back from the leader"))});
+  }
   if (handover_done_.get() != nullptr) {
     handover_done_->fulfill(HandoverOutcome{absl::AbortedError("the node stopped"), "", 0});
   }
@@ -86,13 +105,98 @@ absl::Status LeaderRole::WriteRefusal() const {
 }
 
 void LeaderRole::OnWritten(engine::Batch batch, int64_t write_time_us) {
+  commit_wait_.OnWritten(batch.last_seq(), node_.MonoNowUs());
   leader_.OnLocalWrite(std::move(batch), write_time_us);
   SchedulePump();
+}
+
+// ---- Waiting for followers ----
+//
+// Which acknowledgements release which writes, timeouts and the degraded state are
+// CommitWait's decisions (replication/commit_wait.h); here its waits become promises.
+
+absl::Status LeaderRole::CheckDurability(const replication::Durability& need) const {
+  return replication::CommitWait::Check(need, leader_.voters());
+}
+
+kj::Promise<ReplicationOutcome> LeaderRole::AwaitReplicated(SequenceNumber seq,
+                                                            const replication::Durability& need,
+                                                            bool pinned) {
+  return Wait(seq, need, pinned, false);
+}
+
+kj::Promise<absl::Status> LeaderRole::AwaitCommitted(SequenceNumber seq) {
+  return Wait(seq, commit_wait_.options().cluster, true, true)
+      .then([](ReplicationOutcome o) { return o.status; });
+}
+
+kj::Promise<ReplicationOutcome> LeaderRole::Wait(SequenceNumber seq,
+                                                 const replication::Durability& need,
+                                                 bool pinned, bool read) {
+  uint64_t id = next_wait_++;
+  std::optional<replication::WaitOutcome> now =
+      commit_wait_.Add(id, seq, need, pinned, leader_, node_.MonoNowUs());
+  if (now.has_value()) {
+    bool degraded = *now == replication::WaitOutcome::kDegraded;
+    if (degraded) ++writes_degraded_;
+    return ReplicationOutcome{absl::OkStatus(), degraded};
+  }
+  auto paf = kj::newPromiseAndFulfiller<ReplicationOutcome>();
+  waits_.emplace(id, Waiter{seq, need, read, kj::mv(paf.fulfiller)});
+  SchedulePump();  // the batches it waits for go at once, and its timeout is armed
+  return kj::mv(paf.promise);
+}
+
+void LeaderRole::Release(std::vector<replication::Released> released, bool was_degraded) {
+  const uint32_t timeout_ms = commit_wait_.options().timeout_ms;
+  for (const replication::Released& r : released) {
+    auto it = waits_.find(r.id);
+    if (it == waits_.end()) continue;
+    Waiter& w = it->second;
+    ReplicationOutcome outcome;
+    switch (r.outcome) {
+      case replication::WaitOutcome::kReplicated: break;
+      case replication::WaitOutcome::kDegraded:
+        outcome.degraded = true;
+        ++writes_degraded_;
+        break;
+      case replication::WaitOutcome::kTimedOut:
+        if (w.read) {
+          outcome.status = absl::UnavailableError(absl::StrCat(
+              "the followers did not acknowledge seq ", w.seq, " as ",
+              replication::Describe(w.need), " within ", timeout_ms,
+              " ms; a committed read answers only once they have"));
+        } else {
+          ++writes_not_replicated_;
+          outcome.status = NotReplicatedError(absl::StrCat(
+              "written here at seq ", w.seq, ", but not acknowledged as ",
+              replication::Describe(w.need), " within ", timeout_ms,
+              " ms: it may be lost if this leader fails; read it back to learn its outcome"));
+        }
+        break;
+    }
+    w.done->fulfill(kj::mv(outcome));
+    waits_.erase(it);
+  }
+  if (commit_wait_.degraded() && !was_degraded) {
+    spdlog::warn("replication DEGRADED to async: no {} acknowledgement within {} ms; writes are "
+                 "acknowledged after this node's own write until the followers are back",
+                 replication::Describe(commit_wait_.options().cluster), timeout_ms);
+  } else if (!commit_wait_.degraded() && was_degraded) {
+    spdlog::warn("replication back to {}: the followers caught up",
+                 replication::Describe(commit_wait_.options().cluster));
+  }
 }
 
 void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
   st.setEpoch(leader_.epoch());
   st.setDatabaseId(leader_.state().database_id);
+  st.setDegradedForMs(commit_wait_.degraded()
+                          ? (node_.MonoNowUs() - commit_wait_.degraded_since_us()) / 1000
+                          : -1);
+  st.setWritesWaiting(static_cast<uint32_t>(waits_.size()));
+  st.setWritesNotReplicated(writes_not_replicated_);
+  st.setWritesDegraded(writes_degraded_);
   if (handover_.has_value()) st.setHandoverTo(handover_->target());
   auto infos = leader_.Followers();
   auto list = st.initFollowers(infos.size());
@@ -165,8 +269,15 @@ void LeaderRole::SchedulePump() {
     // Answered pushes are released now: each sends its Finish, which then shares a socket
     // write with the next message instead of taking one of its own.
     for (auto& [sid, stream] : streams_) stream.answered.clear();
+    int64_t now = node_.MonoNowUs();
+    if (!waits_.empty()) {
+      bool was_degraded = commit_wait_.degraded();
+      std::vector<replication::Released> released;
+      commit_wait_.Tick(leader_, now, &released);
+      Release(std::move(released), was_degraded);
+    }
     replication::Outbox out;
-    shipper_.Pump(node_.MonoNowUs(), &out);
+    shipper_.Pump(now, &out, commit_wait_.demand());
     Carry(std::move(out));
     if (handover_.has_value()) PollHandover();
     ArmWakeUp();
@@ -176,7 +287,7 @@ void LeaderRole::SchedulePump() {
 // One timer for the next wake-up (the Shipper's, or a handover's deadline); an earlier one
 // already armed stays.
 void LeaderRole::ArmWakeUp() {
-  int64_t at = shipper_.NextWakeUp();
+  int64_t at = std::min(shipper_.NextWakeUp(), commit_wait_.NextWakeUp());
   if (handover_.has_value() &&
       (handover_->phase() == replication::Handover::Phase::kCatchingUp ||
        handover_done_.get() != nullptr) &&
@@ -256,6 +367,12 @@ void LeaderRole::Send(uint64_t sid, Ship ship) {
         replication::Outbox out;
         shipper_.OnAck(sid, ack, &out);
         Carry(std::move(out));
+        if (!waits_.empty() || commit_wait_.degraded()) {
+          bool was_degraded = commit_wait_.degraded();
+          std::vector<replication::Released> released;
+          commit_wait_.OnProgress(leader_, node_.MonoNowUs(), &released);
+          Release(std::move(released), was_degraded);
+        }
         auto live = streams_.find(sid);
         if (live != streams_.end()) live->second.answered.push_back(kj::mv(resp));
         SchedulePump();

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "replication/commit_wait.h"
 #include "replication/handover.h"
 #include "replication/leader.h"
 #include "replication/shipper.h"
@@ -35,6 +36,11 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   void Start() override;
   absl::Status WriteRefusal() const override;
   void OnWritten(engine::Batch batch, int64_t write_time_us) override;
+  absl::Status CheckDurability(const replication::Durability& need) const override;
+  kj::Promise<ReplicationOutcome> AwaitReplicated(engine::SequenceNumber seq,
+                                                  const replication::Durability& need,
+                                                  bool pinned) override;
+  kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
   std::string ReadRefusal() const override { return ""; }
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
@@ -66,10 +72,27 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   void AskTakeOver();
   void OnTakeOverReply(const replication::TakeOverReply& reply);
   void FinishHandover(HandoverOutcome outcome);
+  // Waits for followers: start one, carry out what CommitWait released, note a change of the
+  // degraded state.
+  kj::Promise<ReplicationOutcome> Wait(engine::SequenceNumber seq,
+                                       const replication::Durability& need, bool pinned,
+                                       bool read);
+  void Release(std::vector<replication::Released> released, bool was_degraded);
 
   Node& node_;
   replication::Leader leader_;
   replication::Shipper shipper_;
+  replication::CommitWait commit_wait_;
+  struct Waiter {
+    engine::SequenceNumber seq = 0;
+    replication::Durability need;
+    bool read = false;  // a committed read, not a write
+    kj::Own<kj::PromiseFulfiller<ReplicationOutcome>> done;
+  };
+  std::map<uint64_t, Waiter> waits_;  // by CommitWait id
+  uint64_t next_wait_ = 1;
+  uint64_t writes_not_replicated_ = 0;
+  uint64_t writes_degraded_ = 0;
   std::map<uint64_t, Stream> streams_;  // by session
   bool pump_scheduled_ = false;
   bool wake_armed_ = false;  // wake_timer_ pumps at wake_at_us_ (ArmWakeUp)

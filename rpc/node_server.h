@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "replication/commit_wait.h"
 #include "replication/leader.h"
 
 namespace walship::rpc {
@@ -37,6 +38,9 @@ struct NodeServerOptions {
 
   engine::EngineOptions engine;             // path is filled in from data_dir
   replication::LeaderOptions leader;        // cluster and node_id are filled in
+  // What a write promises by default (mode, acks, level), and how long it waits for its
+  // followers before the timeout policy applies (docs/replication.md).
+  replication::CommitWaitOptions commit;
   bool fsync_writes = false;                // leader: fsync each write group before acking
   bool fsync_apply = false;                 // follower: fsync each apply before acking
 

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "engine/types.h"
+#include "replication/durability.h"
 #include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
 
@@ -26,6 +27,12 @@ using TakeOverContext =
 struct PeerSessions {
   uint32_t live = 0;
   kj::Own<kj::PromiseFulfiller<void>> close;  // fulfilled: close the connection
+};
+
+// How a write's wait for its followers ended.
+struct ReplicationOutcome {
+  absl::Status status;
+  bool degraded = false;  // acknowledged without them: the leader runs async for now
 };
 
 // The outcome of an admin handover request.
@@ -49,6 +56,18 @@ class Role {
   virtual absl::Status WriteRefusal() const = 0;
   // A group of client writes this node has just written (only while WriteRefusal is OK).
   virtual void OnWritten(engine::Batch batch, int64_t write_time_us) = 0;
+  // Whether a write may ask for `need` here (semi-sync for more followers than vote is
+  // refused), checked before it is written.
+  virtual absl::Status CheckDurability(const replication::Durability& need) const = 0;
+  // A write this node has written up to `seq` (OnWritten) waits until its followers hold it
+  // as `need` asks; `pinned` (the write named its mode) never degrades. OK, or OK with
+  // `degraded`, or a not-replicated error (rpc/convert.h) saying why.
+  virtual kj::Promise<ReplicationOutcome> AwaitReplicated(engine::SequenceNumber seq,
+                                                          const replication::Durability& need,
+                                                          bool pinned) = 0;
+  // A committed read that sees the database up to `seq`: resolves once the cluster's
+  // configured replication holds for `seq` (OK), or with the error that refuses the read.
+  virtual kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) = 0;
   // Why reads must not be served here, or "".
   virtual std::string ReadRefusal() const = 0;
 

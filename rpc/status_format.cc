@@ -40,8 +40,16 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     << ",\"peer_connections\":" << s.peer_connections
     << ",\"connections_refused\":" << s.connections_refused
     << ",\"accept_failures\":" << s.accept_failures
-    << ",\"storage_error\":" << JsonString(s.storage_error);
+    << ",\"storage_error\":" << JsonString(s.storage_error)
+    << ",\"replication_mode\":" << JsonString(s.replication_mode)
+    << ",\"replication_acks\":" << s.replication_acks
+    << ",\"ack_level\":" << JsonString(s.ack_level)
+    << ",\"sync_timeout_ms\":" << s.sync_timeout_ms
+    << ",\"on_sync_timeout\":" << JsonString(s.on_sync_timeout);
   if (s.role == "leader") {
+    o << ",\"degraded_for_ms\":" << s.degraded_for_ms << ",\"writes_waiting\":"
+      << s.writes_waiting << ",\"writes_not_replicated\":" << s.writes_not_replicated
+      << ",\"writes_degraded\":" << s.writes_degraded;
     o << ",\"followers\":[";
     for (size_t i = 0; i < s.followers.size(); ++i) {
       const auto& f = s.followers[i];
@@ -74,9 +82,22 @@ std::string StatusToText(const NodeStatusInfo& s) {
     << " nodes; since start " << s.connections_refused << " refused, " << s.accept_failures
     << " failed accepts\n";
   if (!s.storage_error.empty()) o << "  STORAGE ERROR: " << s.storage_error << "\n";
+  o << "  replication " << s.replication_mode;
+  if (s.replication_mode != "async") {
+    if (s.replication_mode == "semi-sync") o << " (" << s.replication_acks << " of the followers)";
+    o << ", ack level " << s.ack_level << ", on no ack within " << s.sync_timeout_ms
+      << " ms: " << s.on_sync_timeout;
+  }
+  o << "\n";
   if (s.role == "leader") {
     o << "  writes accepted " << s.writes_accepted << " in " << s.write_groups
-      << " RocksDB writes\n";
+      << " RocksDB writes; " << s.writes_waiting << " waiting for followers; since start "
+      << s.writes_not_replicated << " not replicated in time, " << s.writes_degraded
+      << " acknowledged degraded\n";
+    if (s.degraded_for_ms >= 0) {
+      o << "  DEGRADED to async for " << s.degraded_for_ms
+        << " ms: too few followers acknowledge in time; writes do not wait for them\n";
+    }
     if (!s.handover_to.empty()) {
       o << "  HANDING LEADERSHIP TO " << s.handover_to << ": writes are refused\n";
     }

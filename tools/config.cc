@@ -31,13 +31,27 @@ class ConfigError {
   std::string path_;
 };
 
-// One tunable: its key, and how to store an integer or boolean into the options.
+// One tunable: its key, and how to store an integer, boolean or word into the options.
 struct Tunable {
   const char* key;
-  enum Kind { kUint, kBool } kind;
+  enum Kind { kUint, kBool, kWord } kind;
   std::function<void(rpc::NodeServerOptions&, uint64_t)> set;
   uint64_t min = 0, max = UINT64_MAX;
+  // kWord: stores the word, or says why it is not one of the allowed.
+  std::function<absl::Status(rpc::NodeServerOptions&, const std::string&)> set_word = nullptr;
 };
+
+// A kWord tunable parsed by `parse` into the field `field` picks of the options.
+template <typename Parse, typename Field>
+Tunable Word(const char* key, Parse parse, Field field) {
+  return Tunable{key, Tunable::kWord, nullptr, 0, 0,
+                 [parse, field](rpc::NodeServerOptions& o, const std::string& w) {
+                   auto v = parse(w);
+                   if (!v.ok()) return v.status();
+                   field(o) = *v;
+                   return absl::OkStatus();
+                 }};
+}
 
 const std::vector<Tunable>& ReplicationTunables() {
   using O = rpc::NodeServerOptions;
@@ -89,6 +103,15 @@ const std::vector<Tunable>& ReplicationTunables() {
        86400000},
       {"fsync_writes", Tunable::kBool, [](O& o, uint64_t v) { o.fsync_writes = v != 0; }},
       {"fsync_apply", Tunable::kBool, [](O& o, uint64_t v) { o.fsync_apply = v != 0; }},
+      Word("mode", replication::ParseMode, [](O& o) -> auto& { return o.commit.cluster.mode; }),
+      {"acks", Tunable::kUint,
+       [](O& o, uint64_t v) { o.commit.cluster.acks = static_cast<uint32_t>(v); }, 1, 1000},
+      Word("ack_level", replication::ParseAckLevel,
+           [](O& o) -> auto& { return o.commit.cluster.level; }),
+      {"sync_timeout_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.commit.timeout_ms = static_cast<uint32_t>(v); }, 1, 3600000},
+      Word("on_sync_timeout", replication::ParsePolicy,
+           [](O& o) -> auto& { return o.commit.on_timeout; }),
   };
   return kTunables;
 }
@@ -115,6 +138,13 @@ absl::Status ReadTunables(const ConfigError& err, const toml::table& table,
       if (key == cand.key) t = &cand;
     }
     if (t == nullptr) return err.At(k.source(), full, "unknown key");
+    if (t->kind == Tunable::kWord) {
+      if (!v.is_string()) return err.At(v.source(), full, "must be a string");
+      if (absl::Status s = t->set_word(options, *v.value<std::string>()); !s.ok()) {
+        return err.At(v.source(), full, std::string(s.message()));
+      }
+      continue;
+    }
     if (t->kind == Tunable::kBool) {
       if (!v.is_boolean()) return err.At(v.source(), full, "must be true or false");
       t->set(options, *v.value<bool>() ? 1 : 0);
@@ -284,6 +314,14 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     return err.File(
         "wal_retention_bytes and wal_retention_seconds are both 0; set at least one so lagging "
         "followers can catch up from the WAL");
+  }
+  const size_t followers = config.nodes.size() - 1;
+  if (d.commit.cluster.mode == replication::ReplicationMode::kSemiSync &&
+      d.commit.cluster.acks > followers) {
+    return err.File(absl::StrCat("replication.acks = ", d.commit.cluster.acks,
+                                 " but the cluster has ", followers,
+                                 followers == 1 ? " follower" : " followers",
+                                 ": semi-sync could never acknowledge a write"));
   }
   if (d.reconnect_min_ms > d.reconnect_max_ms) {
     return err.File("reconnect_min_ms is larger than reconnect_max_ms");

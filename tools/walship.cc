@@ -23,6 +23,8 @@ using walship::engine::WriteOp;
 constexpr int kExitNotFound = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitError = 3;
+constexpr int kExitConditionFailed = 4;
+constexpr int kExitNotReplicated = 5;
 
 struct Target {
   std::string cluster_path;
@@ -30,12 +32,16 @@ struct Target {
   std::string endpoint;
   int timeout_ms = 3000;
   std::optional<walship::tools::ClusterConfig> config;
+  walship::rpc::WriteOptions write;  // for writes
+  bool committed = false;            // for reads
 };
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "walship: %s\n", std::string(s.message()).c_str());
   if (absl::IsNotFound(s)) return kExitNotFound;
   if (absl::IsInvalidArgument(s)) return kExitUsage;
+  if (walship::rpc::IsConditionFailed(s)) return kExitConditionFailed;
+  if (walship::rpc::IsNotReplicated(s)) return kExitNotReplicated;
   return kExitError;
 }
 
@@ -58,8 +64,19 @@ absl::StatusOr<std::string> Resolve(Target& t) {
 }
 
 absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
-                                                                 const std::string& endpoint) {
-  return walship::rpc::Client::Connect(endpoint, absl::Milliseconds(t.timeout_ms));
+                                                                const std::string& endpoint) {
+  auto client = walship::rpc::Client::Connect(endpoint, absl::Milliseconds(t.timeout_ms));
+  if (client.ok()) {
+    walship::rpc::WriteOptions write = t.write;
+    // A write (or committed read) may wait for the followers up to the cluster's sync
+    // timeout: the node's verdict comes before the client gives up.
+    if (t.config.has_value()) {
+      write.wait = absl::Milliseconds(t.config->defaults.commit.timeout_ms);
+    }
+    (*client)->SetWriteOptions(write);
+    (*client)->SetCommittedReads(t.committed);
+  }
+  return client;
 }
 
 absl::StatusOr<std::string> Arg(const std::string& text) { return walship::tools::Unescape(text); }
@@ -95,7 +112,8 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
   auto r = FollowingHints(t, "retrying at",
                           [&](walship::rpc::Client& c) { return c.Write(ops); });
   if (!r.ok()) return Fail(r.status());
-  std::printf("OK seq %llu\n", static_cast<unsigned long long>(r->last_seq));
+  std::printf("OK seq %llu%s\n", static_cast<unsigned long long>(r->last_seq),
+              r->degraded ? " (degraded: not waited for the followers)" : "");
   return 0;
 }
 
@@ -173,6 +191,21 @@ int main(int argc, char** argv) {
   app.add_option("--timeout-ms", t.timeout_ms, "bound on connecting and on each call")
       ->capture_default_str();
   app.require_subcommand(1);
+  std::string mode, level, if_key, if_value;
+  bool if_absent = false;
+  auto* write_opts = app.add_option_group("write options", "for put, del, delrange and write");
+  write_opts->add_option("--mode", mode, "async | semi-sync | sync (default: the cluster's)");
+  write_opts->add_option("--acks", t.write.acks,
+                         "semi-sync: acknowledged once N followers have the write");
+  write_opts->add_option("--level", level,
+                         "received | flushed | applied: how far each follower must have taken "
+                         "it (default: the cluster's)");
+  write_opts->add_option("--if-key", if_key,
+                         "the key the condition is on (default: the command's KEY)");
+  auto* if_value_opt = write_opts->add_option(
+      "--if-value", if_value, "write only if the key holds exactly this value (exit 4 if not)");
+  write_opts->add_flag("--if-absent", if_absent, "write only if the key is absent (exit 4 if not)")
+      ->excludes(if_value_opt);
 
   std::string key, value, end;
   auto* put = app.add_subcommand("put", "write KEY = VALUE");
@@ -182,6 +215,9 @@ int main(int argc, char** argv) {
   get->add_option("KEY", key)->required();
   uint64_t min_seq = 0;
   get->add_option("--min-seq", min_seq, "refuse unless the node has applied this sequence");
+  get->add_flag("--committed", t.committed,
+                "leader: answer once the followers hold what the read sees (the cluster's "
+                "replication level)");
   auto* del = app.add_subcommand("del", "delete KEY");
   del->add_option("KEY", key)->required();
   auto* delrange = app.add_subcommand("delrange", "delete keys in [BEGIN, END)");
@@ -193,6 +229,7 @@ int main(int argc, char** argv) {
   scan->add_option("--prefix", prefix, "only keys starting with P");
   scan->add_option("--start", start, "first key at or after K");
   scan->add_option("--limit", limit, "at most N keys (up to 100000)")->capture_default_str();
+  scan->add_flag("--committed", t.committed, "as get --committed");
   auto* write = app.add_subcommand(
       "write", "apply a batch read from stdin atomically: one 'put KEY VALUE', 'del KEY' or "
                "'delrange BEGIN END' per line");
@@ -212,6 +249,32 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (handover->parsed()) return DoHandover(t, target, catch_up_ms);
+
+  if (!mode.empty()) {
+    auto m = walship::replication::ParseMode(mode);
+    if (!m.ok()) return Fail(m.status());
+    t.write.mode = *m;
+  }
+  if (!level.empty()) {
+    auto l = walship::replication::ParseAckLevel(level);
+    if (!l.ok()) return Fail(l.status());
+    t.write.level = *l;
+  }
+  if (if_value_opt->count() > 0 || if_absent) {
+    if ((write->parsed() || delrange->parsed()) && if_key.empty()) {
+      return Fail(absl::InvalidArgumentError("a condition on write or delrange needs --if-key"));
+    }
+    auto k = Arg(if_key.empty() ? key : if_key);
+    if (!k.ok()) return Fail(k.status());
+    walship::engine::Condition c;
+    c.key = *k;
+    if (!if_absent) {
+      auto v = Arg(if_value);
+      if (!v.ok()) return Fail(v.status());
+      c.value = *v;
+    }
+    t.write.condition = std::move(c);
+  }
 
   if (put->parsed() || del->parsed() || delrange->parsed()) {
     auto k = Arg(key);

@@ -61,7 +61,11 @@ class Cluster:
     def write_config(self, path, name, repl, nodes=None):
         lines = ["[cluster]", f'name = "{name}"', "", "[replication]"]
         for k, v in repl.items():
-            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+            if isinstance(v, bool):
+                v = str(v).lower()
+            elif isinstance(v, str):
+                v = f'"{v}"'
+            lines.append(f"{k} = {v}")
         for i, nid in enumerate(nodes or self.ids):
             lines += ["", "[[node]]", f'id = "{nid}"', f'listen = "{self.addr[nid]}"',
                       f'data_dir = "data/{nid}"',

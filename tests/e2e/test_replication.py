@@ -1,5 +1,5 @@
 """Three real walshipd processes on loopback: replication, crashes, restarts, purged WAL,
-refusals and a stopped follower (issue 3)."""
+refusals and a stopped follower."""
 import os
 import signal
 import time

@@ -1,4 +1,4 @@
-"""One real walshipd driven by the real walship CLI (issue 2)."""
+"""One real walshipd driven by the real walship CLI."""
 import glob
 import os
 import signal
