@@ -83,6 +83,9 @@ TEST(ReplicationSimTest, ReplicasConvergeUnderNetworkFaultsCrashesAndHandovers) 
   EXPECT_GT(total.leader_restarts, 0u);
   EXPECT_GT(total.handovers, 0u);
   EXPECT_GT(total.worker_applies, 0u);
+  EXPECT_GT(total.replicated, 0u);
+  EXPECT_GT(total.degraded, 0u);
+  EXPECT_GT(total.not_replicated, 0u);
 }
 
 // A WAL archive of 24 KiB: followers away for long are told they need a snapshot, and must

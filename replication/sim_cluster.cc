@@ -19,6 +19,7 @@ void Stats::Add(const Stats& o) {
   lost_bytes += o.lost_bytes, leader_restarts += o.leader_restarts;
   handovers += o.handovers, needs_snapshot += o.needs_snapshot;
   worker_applies += o.worker_applies;
+  replicated += o.replicated, degraded += o.degraded, not_replicated += o.not_replicated;
 }
 
 std::ostream& operator<<(std::ostream& out, const Stats& s) {
@@ -30,12 +31,14 @@ std::ostream& operator<<(std::ostream& out, const Stats& s) {
              << " machine_crashes=" << s.machine_crashes << " lost_bytes=" << s.lost_bytes
              << " leader_restarts=" << s.leader_restarts << " handovers=" << s.handovers
              << " needs_snapshot=" << s.needs_snapshot
-             << " worker_applies=" << s.worker_applies;
+             << " worker_applies=" << s.worker_applies << " replicated=" << s.replicated
+             << " degraded=" << s.degraded << " not_replicated=" << s.not_replicated;
 }
 
 namespace detail {
 
 RunResult Cluster::Run() {
+  ChooseReplication();
   for (int i = 0; i < kNodes; ++i) {
     NodeState seed;
     if (i == 0) {
@@ -137,6 +140,7 @@ void Cluster::Write() {
     auto batch = n.engine->Write(RandomOps(), wo);
     if (!Check(batch.ok(), "leader write")) return;
     n.leader->OnLocalWrite(*batch, clock_.now_us);
+    AwaitFollowers(l, batch->last_seq());
     max_leader_latest_ = std::max(max_leader_latest_, batch->last_seq());
     ++writes_done_;
     ++stats_.writes;
@@ -323,6 +327,7 @@ void Cluster::FinalChecks() {
     }
     Check(same, absl::StrCat(NodeId(i), "'s contents differ from the leader's"));
   }
+  CheckAckedWrites();
 }
 
 }  // namespace detail

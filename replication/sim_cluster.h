@@ -13,6 +13,12 @@
 // a WAL archive kept so small that a follower that was away must be told it needs a
 // snapshot.
 //
+// Writes ask, per run and per write, for async, semi-sync or sync at one of the ack levels
+// (replication/commit_wait.h), with either timeout policy. A write acknowledged as replicated
+// must be held, at the end, by every follower that had acknowledged it at its level: at
+// flushed or applied whatever crashed meanwhile, at received unless that follower's machine
+// crashed since.
+//
 // Invariants checked after every event: a follower never goes backwards (but across a
 // machine crash, and then never below what it acknowledged as durable) and never passes what
 // the leader wrote; every node's highest epoch only grows; the epoch history entries under
@@ -47,6 +53,8 @@ struct Stats {
   uint64_t reorders = 0, discarded = 0, gaps = 0, wal_batches = 0, tail_batches = 0;
   uint64_t reconnects = 0, process_crashes = 0, machine_crashes = 0, lost_bytes = 0;
   uint64_t leader_restarts = 0, handovers = 0, needs_snapshot = 0, worker_applies = 0;
+  // Writes that waited for followers: acknowledged as replicated, degraded, timed out.
+  uint64_t replicated = 0, degraded = 0, not_replicated = 0;
 
   void Add(const Stats& o);
 };

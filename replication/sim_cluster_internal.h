@@ -16,6 +16,7 @@
 #include "engine/crash_fs.h"
 #include "engine/engine.h"
 #include "replication/clock.h"
+#include "replication/commit_wait.h"
 #include "replication/follower.h"
 #include "replication/follower_link.h"
 #include "replication/handover.h"
@@ -115,6 +116,8 @@ class Cluster {
     std::unique_ptr<Shipper> shipper;
     std::map<uint64_t, uint64_t> conn_of_session;
     std::optional<Handover> handover;
+    std::unique_ptr<CommitWait> commit_wait;
+    std::map<uint64_t, std::pair<SequenceNumber, Durability>> waiting;  // by wait id
     // Follower role.
     std::unique_ptr<Follower> follower;
     std::unique_ptr<FollowerLink> link;
@@ -202,6 +205,18 @@ class Cluster {
   void InjectFaults();
   void Handle(Event e);
 
+  // ---- Writes that wait for followers (sim_commits.cc) ----
+
+  // The run's replication: mode, acks, level, timeout and policy, from the seed.
+  void ChooseReplication();
+  // Leader `i` wrote up to `seq`: the write asks for the run's replication or its own.
+  void AwaitFollowers(int i, SequenceNumber seq);
+  // What CommitWait released on leader `i`; the replicated ones are recorded with the
+  // followers that held them.
+  void OnReleased(int i, const std::vector<Released>& released);
+  // Every write acknowledged as replicated is still held as its level promises.
+  void CheckAckedWrites();
+
   // ---- Checks ----
 
   // The history entries under which node `i` holds data never change.
@@ -227,6 +242,17 @@ class Cluster {
   uint64_t next_msg_id_ = 1;
   int writes_done_ = 0;
   SequenceNumber max_leader_latest_ = 0;
+  CommitWaitOptions commit_;
+  uint64_t next_wait_ = 1;
+  uint64_t machine_crash_count_[kNodes] = {0, 0, 0};
+  // A write acknowledged as replicated, and the followers that held it at its level then
+  // (with how many machine crashes each had had).
+  struct AckedWrite {
+    SequenceNumber seq = 0;
+    Durability need;
+    std::vector<std::pair<int, uint64_t>> holders;
+  };
+  std::vector<AckedWrite> acked_;
   bool quiet_ = false;
   Stats stats_;
   std::string failure_;

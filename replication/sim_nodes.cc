@@ -83,6 +83,8 @@ void Cluster::EndRole(Node& n) {
   n.follower.reset();
   n.handover.reset();
   n.conn_of_session.clear();
+  n.commit_wait.reset();  // writes still waiting are in doubt: never acknowledged
+  n.waiting.clear();
 }
 
 void Cluster::BecomeLeader(int i, NodeState state) {
@@ -105,6 +107,7 @@ void Cluster::BecomeLeader(int i, NodeState state) {
   so.ack_delay_us = Chance(0.3) ? 2000 : 0;
   so.heartbeat_interval_ms = 20;
   n.shipper = std::make_unique<Shipper>(*n.leader, so);
+  n.commit_wait = std::make_unique<CommitWait>(commit_);
   n.highest_epoch = std::max(n.highest_epoch, n.leader->epoch());
   LeaderPump(i);
 }
@@ -147,6 +150,7 @@ void Cluster::Crash(int i, bool machine) {
   if (machine) {
     stats_.lost_bytes += n.env->fs->LoseUnsynced();
     ++stats_.machine_crashes;
+    ++machine_crash_count_[i];
     machine_crashed_[i] = true;
   } else {
     n.env->fs->Restart();
@@ -275,6 +279,9 @@ void Cluster::OnAck(uint64_t conn_id, uint64_t ship_id, const Ack& ack) {
   Outbox out;
   n.shipper->OnAck(c.session, ack, &out);
   CarryLeader(c.to, std::move(out));
+  std::vector<Released> released;
+  n.commit_wait->OnProgress(*n.leader, clock_.now_us, &released);
+  OnReleased(c.to, released);
   LeaderPump(c.to);
 }
 
@@ -310,11 +317,16 @@ void Cluster::CarryLeader(int i, Outbox out) {
 void Cluster::LeaderPump(int i) {
   Node& n = nodes_[i];
   if (!n.shipper) return;
+  std::vector<Released> released;
+  n.commit_wait->Tick(*n.leader, clock_.now_us, &released);
+  OnReleased(i, released);
   Outbox out;
-  n.shipper->Pump(clock_.now_us, &out);
+  n.shipper->Pump(clock_.now_us, &out, n.commit_wait->demand());
   CarryLeader(i, std::move(out));
   if (n.handover.has_value()) PollHandover(i);
-  if (n.shipper) ScheduleTick(i, n.shipper->NextWakeUp());
+  if (n.shipper) {
+    ScheduleTick(i, std::min(n.shipper->NextWakeUp(), n.commit_wait->NextWakeUp()));
+  }
 }
 
 void Cluster::OnHelloReply(uint64_t conn_id, const HelloReply& reply) {

@@ -1,0 +1,101 @@
+// The simulated cluster's writes that wait for followers (replication/sim_cluster.h says what
+// the simulation is): the run's replication, each write's own, what CommitWait releases, and
+// the checks that what it acknowledged is still held as promised.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "replication/sim_cluster_internal.h"
+
+namespace walship::replication::sim::detail {
+namespace {
+
+const AckLevel kLevels[] = {AckLevel::kReceived, AckLevel::kFlushed, AckLevel::kApplied};
+
+SequenceNumber At(const FollowerInfo& f, AckLevel level) {
+  switch (level) {
+    case AckLevel::kReceived: return f.received;
+    case AckLevel::kFlushed: return f.durable;
+    case AckLevel::kApplied: return std::min(f.durable, f.applied);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void Cluster::ChooseReplication() {
+  Durability& d = commit_.cluster;
+  int64_t mode = Uniform(0, 3);
+  d.mode = mode == 0 ? ReplicationMode::kAsync
+           : mode == 3 ? ReplicationMode::kSync
+                       : ReplicationMode::kSemiSync;
+  d.acks = static_cast<uint32_t>(Uniform(1, kNodes - 1));
+  d.level = kLevels[Uniform(0, 2)];
+  commit_.timeout_ms = static_cast<uint32_t>(Uniform(20, 200));
+  commit_.on_timeout = Chance(0.5) ? SyncTimeoutPolicy::kFail : SyncTimeoutPolicy::kDegrade;
+}
+
+void Cluster::AwaitFollowers(int i, SequenceNumber seq) {
+  Node& n = nodes_[i];
+  n.commit_wait->OnWritten(seq, clock_.now_us);
+  Durability need = commit_.cluster;
+  bool pinned = Chance(0.2);
+  if (pinned) {  // a write that names its own
+    int64_t mode = Uniform(0, 2);
+    need.mode = mode == 0 ? ReplicationMode::kAsync
+                : mode == 1 ? ReplicationMode::kSemiSync
+                            : ReplicationMode::kSync;
+    need.acks = static_cast<uint32_t>(Uniform(1, kNodes - 1));
+    need.level = kLevels[Uniform(0, 2)];
+  }
+  uint64_t id = next_wait_++;
+  std::optional<WaitOutcome> now = n.commit_wait->Add(id, seq, need, pinned, *n.leader,
+                                                      clock_.now_us);
+  n.waiting[id] = {seq, need};
+  if (now.has_value()) OnReleased(i, {Released{id, *now}});
+}
+
+void Cluster::OnReleased(int i, const std::vector<Released>& released) {
+  Node& n = nodes_[i];
+  for (const Released& r : released) {
+    auto it = n.waiting.find(r.id);
+    if (!Check(it != n.waiting.end(), absl::StrCat("released an unknown wait ", r.id))) return;
+    auto [seq, need] = it->second;
+    n.waiting.erase(it);
+    if (r.outcome == WaitOutcome::kDegraded) ++stats_.degraded;
+    if (r.outcome == WaitOutcome::kTimedOut) ++stats_.not_replicated;
+    if (r.outcome != WaitOutcome::kReplicated || need.mode == ReplicationMode::kAsync) continue;
+    ++stats_.replicated;
+    AckedWrite w;
+    w.seq = seq;
+    w.need = need;
+    for (const FollowerInfo& f : n.leader->Followers()) {
+      int h = NodeIndex(f.id);
+      if (At(f, need.level) >= seq) w.holders.emplace_back(h, machine_crash_count_[h]);
+    }
+    size_t wanted = need.mode == ReplicationMode::kSync ? kNodes - 1 : need.acks;
+    Check(w.holders.size() >= wanted,
+          absl::StrCat("seq ", seq, " acknowledged as ", Describe(need), " with ",
+                       w.holders.size(), " followers holding it"));
+    acked_.push_back(std::move(w));
+  }
+}
+
+// At the end every node is up. A follower that acknowledged a write as flushed (or applied)
+// holds it whatever crashed since; one that acknowledged it as received, unless its machine
+// crashed since (the OS buffers the write was in are gone then).
+void Cluster::CheckAckedWrites() {
+  for (const AckedWrite& w : acked_) {
+    for (auto [h, crashes] : w.holders) {
+      if (w.need.level == AckLevel::kReceived && machine_crash_count_[h] != crashes) continue;
+      SequenceNumber held = nodes_[h].engine->LatestSequence();
+      if (!Check(held >= w.seq, absl::StrCat(NodeId(h), " acknowledged seq ", w.seq, " as ",
+                                             AckLevelName(w.need.level), " (",
+                                             Describe(w.need), ") but holds only up to ",
+                                             held))) {
+        return;
+      }
+    }
+  }
+}
+
+}  // namespace walship::replication::sim::detail
