@@ -30,7 +30,7 @@ NodeState StateAfterHandover(NodeState state, const std::string& target,
                              const TakeOver& request, const TakeOverReply& reply) {
   state = StateForFollowing(std::move(state), target);
   if (reply.accepted && reply.epoch > state.HighestEpoch()) {
-    BeginEpoch(state, request.latest + 1, target);
+    BeginEpoch(state, reply.start_seq != 0 ? reply.start_seq : request.latest + 1, target);
     state.epoch = reply.epoch;
     state.history.back().epoch = reply.epoch;
   }
@@ -53,9 +53,10 @@ TakeOverReply AnswerTakeOver(const NodeState& state, SequenceNumber applied,
   if (state.role == "leader") {
     // Taken over from this request before (the answer was lost)?
     for (const EpochEntry& e : state.history) {
-      if (e.leader == self && e.start_seq == request.latest + 1 && e.epoch > request.epoch) {
+      if (e.leader == self && e.start_seq > request.latest && e.epoch > request.epoch) {
         reply.accepted = true;
         reply.epoch = e.epoch;
+        reply.start_seq = e.start_seq;
         return reply;
       }
     }
@@ -72,12 +73,15 @@ TakeOverReply AnswerTakeOver(const NodeState& state, SequenceNumber applied,
     return refuse(absl::StrCat("this node does not follow '", request.from, "' in epoch ",
                                request.epoch));
   }
-  if (applied != request.latest) {
+  // More than the leader holds is the tail the leader lost (its machine lost power with its
+  // own fsync off, see replication/recovery.h): this node takes over from where it is.
+  if (applied < request.latest) {
     return refuse(absl::StrCat("this node has applied up to seq ", applied,
                                ", the leader wrote up to ", request.latest));
   }
   *take_over = true;
   reply.accepted = true;
+  reply.start_seq = applied + 1;
   return reply;
 }
 

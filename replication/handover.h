@@ -45,8 +45,9 @@ NodeState StateAfterHandover(NodeState state, const std::string& target,
 
 // A follower's answer to a take-over request. `*take_over` is set when the follower must
 // now take over: save StateForLeading(state, applied, self), lead, and answer with that
-// epoch. It may when it follows `request.from` in `request.epoch` and holds exactly what that
-// leader wrote. A node that took over from this very request already (an answer was lost and
+// epoch (reply.start_seq is its first sequence number). It may when it follows `request.from`
+// in `request.epoch` and holds at least what that leader holds: exactly that after a handover,
+// more when the leader lost the tail of its log (replication/recovery.h). A node that took over from this very request already (an answer was lost and
 // the leader asks again) is answered as accepted again, with its epoch. A refusal carries
 // the highest epoch the node has seen: a leader may lead on after a refusal only when no
 // epoch above its own exists there.

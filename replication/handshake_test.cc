@@ -211,13 +211,16 @@ TEST(HandshakeTest, TwoLeadersOfOneEpochAreRefusedByTheFollower) {
   EXPECT_EQ(saved->history, known.history) << "a refused follower must not adopt anything";
 }
 
+// Past the leader's log in an earlier epoch: the leader's history does not have those writes
+// (the leader that wrote them lost them, and a later epoch began before them). Writes past
+// the log in the leader's own current epoch are another matter (recovery_test.cc).
 TEST(HandshakeTest, FollowerBeyondTheLeadersLogNeedsASnapshot) {
   TempDir dir;
   FakeClock clock;
-  LeaderNode l(dir, &clock);
-  l.Write(2);  // leader ends at seq 2
-  FollowerNode f(dir, "f1", &clock, LeaderState());
-  // The follower holds seq 1..5 (written while it was a leader that lost its place).
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(2));
+  l.Write(2);  // leader ends at seq 2, in epoch 2
+  FollowerNode f(dir, "f1", &clock, LeaderState(1));
+  // The follower holds seq 1..5, of epoch 1.
   ASSERT_TRUE(f.engine->Write(std::vector<WriteOp>{{OpType::kPut, "a", "1"},
                                                    {OpType::kPut, "b", "2"},
                                                    {OpType::kPut, "c", "3"},

@@ -170,6 +170,17 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
                   absl::StrCat("follower holds database ", hello.database_id,
                                ", this leader database ", state_.database_id));
   }
+  if (hello.last_applied > latest_ && hello.last_applied_epoch == state_.epoch &&
+      state_.history.back().SameEpoch(
+          EpochEntry{hello.last_applied_epoch, 0, hello.last_applied_leader})) {
+    // Not the follower's fault: this leader lost writes of its own epoch that it had shipped
+    // (its machine lost power with its own fsync off). It must not lead; the follower is
+    // refused, never told to re-seed, and holds them for the node that leads next.
+    return refuse(HelloOutcome::kRefused,
+                  absl::StrCat("follower holds seq ", hello.last_applied, " of this leader's "
+                               "epoch ", state_.epoch, ", past this leader's log (it ends at ",
+                               latest_, "): this leader lost writes it had shipped"));
+  }
   if (std::string why = CheckHistory(hello); !why.empty()) {
     return refuse(HelloOutcome::kNeedsSnapshot, why);
   }

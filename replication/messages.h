@@ -125,6 +125,8 @@ struct TakeOverReply {
   bool accepted = false;
   std::string message;          // why not, when refused
   Epoch epoch = 0;              // the epoch the new leader began
+  SequenceNumber start_seq = 0;  // accepted: that epoch's first sequence number (the
+                                 // target's log end + 1; 0 from nodes before it was sent)
 };
 
 const char* HelloOutcomeName(HelloOutcome outcome);

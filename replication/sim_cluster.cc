@@ -20,6 +20,7 @@ void Stats::Add(const Stats& o) {
   handovers += o.handovers, needs_snapshot += o.needs_snapshot;
   worker_applies += o.worker_applies;
   replicated += o.replicated, degraded += o.degraded, not_replicated += o.not_replicated;
+  recoveries += o.recoveries, recovery_handovers += o.recovery_handovers;
 }
 
 std::ostream& operator<<(std::ostream& out, const Stats& s) {
@@ -32,7 +33,8 @@ std::ostream& operator<<(std::ostream& out, const Stats& s) {
              << " leader_restarts=" << s.leader_restarts << " handovers=" << s.handovers
              << " needs_snapshot=" << s.needs_snapshot
              << " worker_applies=" << s.worker_applies << " replicated=" << s.replicated
-             << " degraded=" << s.degraded << " not_replicated=" << s.not_replicated;
+             << " degraded=" << s.degraded << " not_replicated=" << s.not_replicated
+             << " recoveries=" << s.recoveries << " recovery_handovers=" << s.recovery_handovers;
 }
 
 namespace detail {
@@ -225,6 +227,7 @@ void Cluster::Handle(Event e) {
     }
     case Kind::kHandover: StartHandover(); break;
     case Kind::kHandoverAsk: HandoverUnanswered(e.node); break;
+    case Kind::kRecoveryAsk: AskPositions(e.node); break;
   }
 }
 
@@ -267,7 +270,10 @@ void Cluster::CheckInvariants() {
                        max_leader_latest_, ")"));
     n.last_latest = latest;
     max_leader_latest_ = std::max(max_leader_latest_, n.leader ? latest : 0);
-    Epoch epoch = n.leader ? n.leader->epoch() : n.follower ? n.follower->epoch() : 0;
+    Epoch epoch = n.leader     ? n.leader->epoch()
+                  : n.follower ? n.follower->epoch()
+                  : n.recovery ? n.recovery->state().epoch
+                               : 0;
     Check(epoch >= n.highest_epoch || n.follower != nullptr,
           absl::StrCat(NodeId(i), "'s epoch went back"));
     n.highest_epoch = std::max(n.highest_epoch, epoch);

@@ -55,6 +55,8 @@ struct Stats {
   uint64_t leader_restarts = 0, handovers = 0, needs_snapshot = 0, worker_applies = 0;
   // Writes that waited for followers: acknowledged as replicated, degraded, timed out.
   uint64_t replicated = 0, degraded = 0, not_replicated = 0;
+  // Restarted leaders that asked their peers first, and those that then handed over.
+  uint64_t recoveries = 0, recovery_handovers = 0;
 
   void Add(const Stats& o);
 };

@@ -22,6 +22,7 @@
 #include "replication/handover.h"
 #include "replication/leader.h"
 #include "replication/node_state.h"
+#include "replication/recovery.h"
 #include "replication/shipper.h"
 #include "replication/sim_cluster.h"
 
@@ -39,6 +40,8 @@ inline constexpr int64_t kQuietDelayUs = 500;
 inline constexpr uint64_t kMaxEvents = 3'000'000;
 inline constexpr int kFlushOneInWrites = 150;
 inline constexpr int64_t kHandoverTimeoutUs = 2'000'000;
+inline constexpr int64_t kRecoveryWaitUs = 500'000;
+inline constexpr int64_t kRecoveryAskUs = 20'000;
 
 // Time for replication/: the simulation's clock, one for wall and monotonic time.
 class SimClock final : public Clock {
@@ -66,9 +69,11 @@ class Cluster {
  private:
   enum class Kind {
     kWrite, kDeliver, kTick, kRestart, kApplyDone, kSyncDone, kWalReadDone, kConnectFailed,
-    kHandover, kHandoverAsk
+    kHandover, kHandoverAsk, kRecoveryAsk
   };
-  enum class MsgType { kHello, kHelloReply, kShip, kAck, kTakeOver, kTakeOverReply };
+  enum class MsgType {
+    kHello, kHelloReply, kShip, kAck, kTakeOver, kTakeOverReply, kPosition, kPositionReply
+  };
   struct Message {
     explicit Message(MsgType t) : type(t) {}
     MsgType type = MsgType::kHello;
@@ -80,6 +85,7 @@ class Cluster {
     Ack ack;
     TakeOver take_over;
     TakeOverReply take_over_reply;
+    PeerPosition position;
   };
   struct Event {
     explicit Event(Kind k) : kind(k) {}
@@ -117,6 +123,8 @@ class Cluster {
     std::map<uint64_t, uint64_t> conn_of_session;
     std::optional<Handover> handover;
     std::unique_ptr<CommitWait> commit_wait;
+    // Restarted as leader: asking its peers before it leads again (no role meanwhile).
+    std::optional<Recovery> recovery;
     std::map<uint64_t, std::pair<SequenceNumber, Durability>> waiting;  // by wait id
     // Follower role.
     std::unique_ptr<Follower> follower;
@@ -198,6 +206,19 @@ class Cluster {
   // No answer yet: ask again (the target may have taken over; the request is never dropped).
   void HandoverUnanswered(int i);
 
+  // ---- A restarted leader's recovery (sim_recovery.cc) ----
+
+  // Node `i` led before it stopped: it asks its peers how far they are. False when it has
+  // nothing to ask (a new database, or no history).
+  bool StartRecovery(int i, const NodeState& state);
+  // Asks the peers that have not answered, and decides when it may.
+  void AskPositions(int i);
+  void OnPosition(uint64_t conn_id);
+  void OnPositionReply(uint64_t conn_id, const PeerPosition& p);
+  void DecideRecovery(int i);
+  // The position node `i` answers with, in whatever role it is.
+  PeerPosition PositionOfNode(int i) const;
+
   // ---- Writes and faults ----
 
   std::vector<WriteOp> RandomOps();
@@ -251,6 +272,7 @@ class Cluster {
     SequenceNumber seq = 0;
     Durability need;
     std::vector<std::pair<int, uint64_t>> holders;
+    EpochEntry epoch;  // the leader's history entry it was written under
   };
   std::vector<AckedWrite> acked_;
   bool quiet_ = false;

@@ -68,6 +68,7 @@ void Cluster::OnReleased(int i, const std::vector<Released>& released) {
     AckedWrite w;
     w.seq = seq;
     w.need = need;
+    if (const EpochEntry* e = n.leader->state().EntryOf(seq); e != nullptr) w.epoch = *e;
     for (const FollowerInfo& f : n.leader->Followers()) {
       int h = NodeIndex(f.id);
       if (At(f, need.level) >= seq) w.holders.emplace_back(h, machine_crash_count_[h]);
@@ -82,9 +83,22 @@ void Cluster::OnReleased(int i, const std::vector<Released>& released) {
 
 // At the end every node is up. A follower that acknowledged a write as flushed (or applied)
 // holds it whatever crashed since; one that acknowledged it as received, unless its machine
-// crashed since (the OS buffers the write was in are gone then).
+// crashed since (the OS buffers the write was in are gone then). And the leader holds every
+// write acknowledged as flushed, in the history it was written in: a leader that lost it never
+// leads with less (replication/recovery.h).
 void Cluster::CheckAckedWrites() {
+  const Node& leader = nodes_[LeaderIndex()];
   for (const AckedWrite& w : acked_) {
+    if (w.need.level != AckLevel::kReceived) {
+      const EpochEntry* e = leader.leader->state().EntryOf(w.seq);
+      bool held = leader.leader->latest() >= w.seq && e != nullptr && *e == w.epoch;
+      if (!Check(held, absl::StrCat("the leader lost seq ", w.seq, ", acknowledged as ",
+                                    Describe(w.need), " in epoch ", w.epoch.epoch, " of '",
+                                    w.epoch.leader, "'; it holds up to ",
+                                    leader.leader->latest()))) {
+        return;
+      }
+    }
     for (auto [h, crashes] : w.holders) {
       if (w.need.level == AckLevel::kReceived && machine_crash_count_[h] != crashes) continue;
       SequenceNumber held = nodes_[h].engine->LatestSequence();

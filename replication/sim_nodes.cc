@@ -43,6 +43,7 @@ void Cluster::Start(int i) {
                  static_cast<unsigned long long>(n.engine->LatestSequence()), have.c_str());
   }
   CheckHistoryKept(i, *state);
+  if (state->role == "leader" && !ResumesHandover(*state) && StartRecovery(i, *state)) return;
   if (state->role == "leader" && !ResumesHandover(*state)) {
     // As a node does at start (rpc/node_server.cc): each start as leader, a new epoch.
     NodeState next = StateForLeading(*state, n.engine->LatestSequence(), NodeId(i));
@@ -85,6 +86,7 @@ void Cluster::EndRole(Node& n) {
   n.conn_of_session.clear();
   n.commit_wait.reset();  // writes still waiting are in doubt: never acknowledged
   n.waiting.clear();
+  n.recovery.reset();
 }
 
 void Cluster::BecomeLeader(int i, NodeState state) {
@@ -232,7 +234,7 @@ void Cluster::Deliver(Event& e) {
   }
   Message& m = e.msg;
   bool to_follower = m.type == MsgType::kHelloReply || m.type == MsgType::kShip ||
-                     m.type == MsgType::kTakeOver;
+                     m.type == MsgType::kTakeOver || m.type == MsgType::kPosition;
   int dir = to_follower ? 0 : 1;
   if (m.send_idx + 1 < c.delivered_max[dir]) ++stats_.reorders;
   c.delivered_max[dir] = std::max(c.delivered_max[dir], m.send_idx + 1);
@@ -243,6 +245,8 @@ void Cluster::Deliver(Event& e) {
     case MsgType::kAck: OnAck(e.conn, m.msg_id, m.ack); break;
     case MsgType::kTakeOver: OnTakeOver(e.conn, m.take_over); break;
     case MsgType::kTakeOverReply: OnTakeOverReply(e.conn, m.take_over_reply); break;
+    case MsgType::kPosition: OnPosition(e.conn); break;
+    case MsgType::kPositionReply: OnPositionReply(e.conn, m.position); break;
   }
 }
 
@@ -517,7 +521,10 @@ void Cluster::OnTakeOver(uint64_t conn_id, const TakeOver& t) {
   Conn& c = conns_[conn_id];
   Node& n = nodes_[c.from];
   if (!n.up) return;
-  NodeState state = n.follower ? n.follower->state() : n.leader->state();
+  NodeState state = n.follower   ? n.follower->state()
+                    : n.leader   ? n.leader->state()
+                    : n.recovery ? n.recovery->state()
+                                 : NodeState{};
   SequenceNumber applied = n.engine->LatestSequence();
   bool take_over = false;
   TakeOverReply reply = AnswerTakeOver(state, applied, NodeId(c.from), t, &take_over);

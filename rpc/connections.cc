@@ -38,6 +38,10 @@ class NodeImpl final : public schema::Node::Server {
     return node_.role().Subscribe(ctx, sessions_);
   }
   kj::Promise<void> takeOver(TakeOverContext ctx) override { return node_.role().TakeOver(ctx); }
+  kj::Promise<void> position(PositionContext ctx) override {
+    ToCapnp(node_.role().Position(), ctx.getResults().initPosition());
+    return kj::READY_NOW;
+  }
 
  private:
   Node& node_;

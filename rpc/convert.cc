@@ -97,6 +97,7 @@ replication::TakeOverReply FromCapnp(schema::TakeOverReply::Reader r) {
   m.accepted = r.getAccepted();
   m.message = r.getMessage();
   m.epoch = r.getEpoch();
+  m.start_seq = r.getStartSeq();
   return m;
 }
 
@@ -104,6 +105,7 @@ void ToCapnp(const replication::TakeOverReply& m, schema::TakeOverReply::Builder
   b.setAccepted(m.accepted);
   b.setMessage(m.message);
   b.setEpoch(m.epoch);
+  b.setStartSeq(m.start_seq);
 }
 
 replication::Ship FromCapnp(schema::Ship::Reader r) {
@@ -210,6 +212,28 @@ void ToCapnp(const std::vector<engine::WriteOp>& ops, capnp::List<schema::Op>::B
     b[i].setKey(ToData(ops[i].key));
     b[i].setValue(ToData(ops[i].value));
   }
+}
+
+replication::PeerPosition FromCapnp(schema::Position::Reader r) {
+  replication::PeerPosition m;
+  m.node = r.getNode();
+  m.database_id = r.getDatabaseId();
+  m.highest_epoch = r.getHighestEpoch();
+  m.last_applied = r.getLastApplied();
+  m.last_applied_epoch = r.getLastAppliedEpoch();
+  m.last_applied_leader = r.getLastAppliedLeader();
+  m.needs_snapshot = r.getNeedsSnapshot();
+  return m;
+}
+
+void ToCapnp(const replication::PeerPosition& m, schema::Position::Builder b) {
+  b.setNode(m.node);
+  b.setDatabaseId(m.database_id);
+  b.setHighestEpoch(m.highest_epoch);
+  b.setLastApplied(m.last_applied);
+  b.setLastAppliedEpoch(m.last_applied_epoch);
+  b.setLastAppliedLeader(m.last_applied_leader);
+  b.setNeedsSnapshot(m.needs_snapshot);
 }
 
 absl::Status NotLeaderError(const std::string& leader_address) {

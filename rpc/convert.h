@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "engine/types.h"
 #include "replication/messages.h"
+#include "replication/recovery.h"
 #include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
 
@@ -46,6 +47,9 @@ inline constexpr char kLeaderHintUrl[] = "walship/leader-hint";
 inline constexpr char kNotLeaderUrl[] = "walship/not-leader";
 
 // A "not the leader" error naming the leader's address when known.
+replication::PeerPosition FromCapnp(schema::Position::Reader r);
+void ToCapnp(const replication::PeerPosition& m, schema::Position::Builder b);
+
 absl::Status NotLeaderError(const std::string& leader_address);
 // True for an error made by NotLeaderError (also after a round trip over the wire).
 bool IsNotLeader(const absl::Status& s);

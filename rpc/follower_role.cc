@@ -100,6 +100,11 @@ kj::Promise<ReplicationOutcome> FollowerRole::AwaitReplicated(engine::SequenceNu
       "seq ", seq, " was written while this node followed; nothing waits for followers here"))};
 }
 
+replication::PeerPosition FollowerRole::Position() const {
+  return replication::PositionOf(follower_->state(), follower_->Status().applied,
+                                 node_.options().node_id);
+}
+
 // Only the leader knows what its followers acknowledged: a committed read goes there.
 kj::Promise<absl::Status> FollowerRole::AwaitCommitted(engine::SequenceNumber) {
   absl::Status s = NotLeaderError(node_.AddressOf(link_.leader_id()));

@@ -44,6 +44,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
                               std::shared_ptr<PeerSessions> sessions) override;
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
+  replication::PeerPosition Position() const override;
 
   // A push from the leader on the connection of `generation` (BatchSink).
   kj::Promise<replication::Ack> OnPush(uint64_t generation, replication::Ship ship);

@@ -47,6 +47,9 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
                               std::shared_ptr<PeerSessions> sessions) override;
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
+  replication::PeerPosition Position() const override {
+    return replication::PositionOf(leader_.state(), leader_.latest(), leader_.options().node_id);
+  }
 
  private:
   // The transport of one follower's stream (the Shipper keeps its policy state).

@@ -10,6 +10,7 @@
 #include "rpc/client_service.h"
 #include "rpc/follower_role.h"
 #include "rpc/leader_role.h"
+#include "rpc/recovering_role.h"
 
 namespace walship::rpc {
 namespace {
@@ -26,7 +27,7 @@ constexpr size_t kMaxWalReads = 128;
 }  // namespace
 
 Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIoContext& io,
-           replication::NodeState state)
+           replication::NodeState state, bool recover)
     : options_(options),
       engine_(engine),
       io_(io),
@@ -35,6 +36,7 @@ Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIo
       wal_pool_(1, kMaxWalReads),
       clients_(std::make_unique<ClientService>(*this)),
       initial_state_(std::move(state)),
+      recover_(recover),
       tasks_(*this) {}
 
 Node::~Node() = default;
@@ -46,7 +48,11 @@ void Node::taskFailed(kj::Exception&& e) {
 void Node::Start() {
   tasks_.add(WalTrimLoop());
   tasks_.add(StorageLoop());
-  role_ = MakeRole(std::move(initial_state_));
+  if (recover_) {
+    role_ = std::make_unique<RecoveringRole>(*this, std::move(initial_state_));
+  } else {
+    role_ = MakeRole(std::move(initial_state_));
+  }
   role_->Start();
 }
 

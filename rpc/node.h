@@ -32,9 +32,11 @@ struct ConnectionStats {
 
 class Node final : public kj::TaskSet::ErrorHandler {
  public:
-  // `state` is the saved node state the node starts in (Open prepared it).
+  // `state` is the saved node state the node starts in (Open prepared it). With `recover`, the
+  // node led before it stopped and first asks its peers whether they hold writes it lost
+  // (RecoveringRole).
   Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIoContext& io,
-       replication::NodeState state);
+       replication::NodeState state, bool recover);
   ~Node();
 
   // Starts the background work and the role.
@@ -82,6 +84,7 @@ class Node final : public kj::TaskSet::ErrorHandler {
   ConnectionStats connection_stats_;
   std::unique_ptr<ClientService> clients_;
   replication::NodeState initial_state_;
+  bool recover_ = false;
   std::unique_ptr<Role> role_;
   // Storage errors (StorageLoop).
   bool storage_failed_ = false;

@@ -29,11 +29,12 @@ using engine::SequenceNumber;
 class NodeServerImpl final : public NodeServer {
  public:
   NodeServerImpl(NodeServerOptions options, int lock_fd, std::unique_ptr<engine::Engine> engine,
-                 replication::NodeState state)
+                 replication::NodeState state, bool recover)
       : options_(std::move(options)),
         lock_fd_(lock_fd),
         engine_(std::move(engine)),
-        state_(std::move(state)) {}
+        state_(std::move(state)),
+        recover_(recover) {}
 
   ~NodeServerImpl() override {
     engine_.reset();
@@ -43,7 +44,7 @@ class NodeServerImpl final : public NodeServer {
   absl::Status Run() override {
     try {
       auto io = kj::setupAsyncIo();
-      Node node(options_, *engine_, io, state_);
+      Node node(options_, *engine_, io, state_, recover_);
       auto addr = io.provider->getNetwork().parseAddress(options_.listen).wait(io.waitScope);
       kj::Own<kj::ConnectionReceiver> receiver;
       KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { receiver = addr->listen(); })) {
@@ -90,6 +91,7 @@ class NodeServerImpl final : public NodeServer {
   int lock_fd_;
   std::unique_ptr<engine::Engine> engine_;
   replication::NodeState state_;  // as the node starts
+  bool recover_;                  // it led: RecoveringRole first
 };
 
 // Raises the soft RLIMIT_NOFILE to the hard limit and fits the node's descriptors within it:
@@ -195,16 +197,25 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
         "node '", self, "' may not lead: as a follower it was told its data is stale (",
         state->needs_snapshot, ", in ", state_path, "); re-seed it first")));
   }
+  bool recover = false;
   if (state->role == "leader" && !resumes) {
-    // Each start as leader begins a new epoch at the next sequence number (BeginEpoch).
     if (state->database_id.empty()) state->database_id = replication::NewDatabaseId();
-    *state = replication::StateForLeading(std::move(*state), latest, self);
+    if (state->history.empty() || options.peers.empty()) {
+      // A new database, or no peer that could hold more: a new epoch at the next sequence
+      // number (BeginEpoch) at once.
+      *state = replication::StateForLeading(std::move(*state), latest, self);
+    } else {
+      // It led before: its peers may hold writes it lost (replication/recovery.h). The new
+      // epoch begins once they have answered (RecoveringRole).
+      recover = true;
+    }
   } else if (state->role == "follower" && state->leader.empty()) {
     state->leader = options.leader_id;
   }
   if (absl::Status s = replication::SaveNodeState(state_path, *state); !s.ok()) return fail(s);
   return std::unique_ptr<NodeServer>(
-      new NodeServerImpl(std::move(options), *lock_fd, std::move(*engine), std::move(*state)));
+      new NodeServerImpl(std::move(options), *lock_fd, std::move(*engine), std::move(*state),
+                         recover));
 }
 
 }  // namespace walship::rpc

@@ -60,6 +60,10 @@ struct NodeServerOptions {
   // catching-up one is not paced), so that writes arriving meanwhile travel together;
   // max_ship_hold_us bounds the wait.
   uint32_t min_ship_interval_us = 300;
+  // A node that led before it stopped asks every peer how far it is before it leads again,
+  // for up to this long; past it, it decides on the answers the cluster's mode needs
+  // (replication/recovery.h).
+  uint32_t leader_recovery_wait_ms = 5000;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

@@ -62,6 +62,7 @@ struct TakeOverReply {
   message @1 :Text;            # why not
   epoch @2 :UInt64;            # accepted: the epoch the new leader began; refused: the
                                # highest epoch the node has seen
+  startSeq @3 :UInt64;         # accepted: the new epoch's first sequence number
 }
 
 struct Batch {
@@ -102,6 +103,18 @@ struct Ack {
   message @5 :Text;
 }
 
+struct Position {
+  # How far a node is (see replication/recovery.h): asked by a leader that restarts, before it
+  # leads again.
+  node @0 :Text;
+  databaseId @1 :Text;
+  highestEpoch @2 :UInt64;
+  lastApplied @3 :UInt64;        # its log's end
+  lastAppliedEpoch @4 :UInt64;   # the epoch entry that sequence number was written under
+  lastAppliedLeader @5 :Text;
+  needsSnapshot @6 :Bool;
+}
+
 interface BatchSink {
   # Implemented by the follower and handed to the leader in subscribe(). The leader keeps a
   # bounded number of pushes in flight per follower (flow control); each reply is the ack.
@@ -115,6 +128,8 @@ interface PeerService {
   subscribe @0 (hello :Hello, sink :BatchSink) -> (reply :HelloReply);
 
   takeOver @1 (request :TakeOver) -> (reply :TakeOverReply);
+  position @2 () -> (position :Position);
+  # Any node answers with its own position, whatever its role.
   # A handover (see replication/handover.h): the follower takes over when it follows the
   # caller in its epoch and holds all it wrote; asked again after a lost answer, a node that
   # took over answers accepted again.

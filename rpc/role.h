@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/types.h"
 #include "replication/durability.h"
+#include "replication/recovery.h"
 #include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
 
@@ -79,6 +80,8 @@ class Role {
                                       std::shared_ptr<PeerSessions> sessions) = 0;
   // A leader asks this node to take over (a handover).
   virtual kj::Promise<void> TakeOver(TakeOverContext ctx) = 0;
+  // How far this node is (PeerService.position), for a leader that restarts.
+  virtual replication::PeerPosition Position() const = 0;
   // An operator asks this node to hand leadership to `target`.
   virtual kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) = 0;
 };

@@ -111,6 +111,8 @@ std::string StatusToText(const NodeStatusInfo& s) {
       if (!f.message.empty()) o << "\n    " << f.message;
       o << "\n";
     }
+  } else if (s.role == "recovering") {
+    o << "  " << s.message << "\n";
   } else {
     o << "  leader " << s.leader_id << " at " << s.leader_address << ": "
       << s.replication_state << ", applied " << s.applied_seq;

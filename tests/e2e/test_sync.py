@@ -178,6 +178,53 @@ class SyncTest(unittest.TestCase):
         self.assertEqual(r.returncode, 3)
         self.assertIn("committed reads are served by the leader", r.stderr)
 
+    def test_a_leader_that_lost_its_wal_tail_hands_over_to_a_follower_holding_it(self):
+        """As after a power loss with the leader's own fsync off: its WAL loses a tail its
+        followers hold. It must not lead with less; it hands leadership to one of them."""
+        c = self.cluster(mode="semi-sync", acks=1, ack_level="flushed")
+        c.load("n1", 400, seed=21)
+        c.wait_converged()
+        before = c.scan_all("n2")
+        latest = c.status("n2")["latest_seq"]
+        c.stop("n1", signal.SIGKILL)
+        db = os.path.join(c.data_dir("n1"), "db")
+        logs = sorted((f for f in os.listdir(db) if f.endswith(".log")),
+                      key=lambda f: os.path.getsize(os.path.join(db, f)))
+        newest = os.path.join(db, logs[-1])
+        size = os.path.getsize(newest)
+        self.assertGreater(size, 4096)
+        os.truncate(newest, size // 2)
+        c.start("n1")
+        try:
+            wait_until(lambda: c.status("n1")["role"] == "follower", 30, "n1 to follow")
+        except AssertionError:
+            raise AssertionError(c.log("n1")[-3000:])
+        self.assertIn("hands leadership to", c.log("n1"))
+        [leader] = c.leaders()
+        self.assertIn(leader, ("n2", "n3"))
+        self.assertGreaterEqual(c.status(leader)["latest_seq"], latest)
+        wait_until(lambda: all(c.status(n)["latest_seq"] == c.status(leader)["latest_seq"]
+                               for n in c.ids), 30, "every node at the new leader's seq")
+        for nid in c.ids:
+            self.assertEqual(c.scan_all(nid), before, f"{nid} differs")
+            if nid != leader:
+                self.assertEqual(c.status(nid)["replication_state"], "streaming")
+        r = c.cli("put", "after", "1")  # the CLI follows the hint from n1 to the leader
+        self.assertEqual(r.returncode, 0)
+
+    def test_a_restarted_leader_holding_everything_leads_again(self):
+        c = self.cluster()
+        c.load("n1", 200, seed=22)
+        c.wait_converged()
+        epoch = c.status("n1")["epoch"]
+        c.stop("n1", signal.SIGKILL)
+        c.start("n1")
+        wait_until(lambda: c.status("n1")["role"] == "leader", 30, "n1 to lead again")
+        self.assertIn("leads again", c.log("n1"))
+        self.assertGreater(c.status("n1")["epoch"], epoch)
+        c.cli("put", "x", "1")
+        c.wait_converged()
+
 
 if __name__ == "__main__":
     unittest.main()
