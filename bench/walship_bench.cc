@@ -27,19 +27,18 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/bench_cluster.h"
 #include "bench/stats.h"
+#include "bench/w3_sync.h"
 #include "engine/engine.h"
 #include "rpc/client.h"
 #include "tools/config.h"
 #include "tools/free_port.h"
 
-extern char** environ;
-
 namespace walship::bench {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::string workload = "all";  // W1, W2 (runs with W1), W4, all
@@ -51,7 +50,6 @@ struct Options {
   std::vector<size_t> pipelines = {64};  // W1 "pipeline" variant: N one-put writes per message
   double cap_s = 12;  // one-per-round-trip runs stop after this (as the peers' harness)
   size_t clients = 1;  // concurrent client connections, each with `depth` writes in flight
-  std::string mode = "async";
   std::vector<std::string> replication;  // "key=value" for the [replication] table
   std::string cluster;
   std::string json = "";
@@ -61,135 +59,6 @@ struct Options {
   bool peers = false;          // run shared/peers/run-peers.sh first and compare
   std::string peers_script;    // default: <repo>/../shared/peers/run-peers.sh
   std::string peers_json;      // compare with an existing run-peers.sh result instead
-};
-
-std::string Key(uint64_t i) { return absl::StrFormat("key%012d", i); }
-
-// 100 pseudo-random bytes from splitmix64 seeded by i (shared/peers/kvbench.c).
-std::string Value(uint64_t i, size_t size) {
-  uint64_t x = 0x5EED ^ (i * 0xD1B54A32D192ED03ull);
-  std::string v(size, '\0');
-  for (size_t o = 0; o < size; o += 8) {
-    x += 0x9E3779B97F4A7C15ull;
-    uint64_t z = x;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    std::memcpy(v.data() + o, &z, std::min<size_t>(8, size - o));
-  }
-  return v;
-}
-
-int FreePort() {
-  auto port = walship::tools::FreeLoopbackPort();
-  if (!port.ok()) {
-    std::fprintf(stderr, "%s\n", port.status().ToString().c_str());
-    std::exit(3);
-  }
-  return *port;
-}
-
-// Waits (at most 30 s, else exits) until the leader at `leader` has `followers` followers
-// connected with everything applied, so that a run starts from a formed, idle cluster and
-// not while followers are still connecting or applying the previous run.
-void WaitCaughtUp(const std::string& leader, size_t followers) {
-  auto deadline = Clock::now() + std::chrono::seconds(30);
-  std::string last = "cannot reach the leader";
-  while (Clock::now() < deadline) {
-    auto c = rpc::Client::Connect(leader, absl::Seconds(1));
-    auto st = c.ok() ? (*c)->Status() : absl::StatusOr<rpc::NodeStatusInfo>(c.status());
-    if (st.ok()) {
-      size_t ready = 0;
-      for (const auto& f : st->followers) {
-        if (f.state == "connected" && f.applied_seq == st->latest_seq) ++ready;
-      }
-      if (ready >= followers) return;
-      last = absl::StrCat(ready, " of ", followers, " followers connected and caught up");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  std::fprintf(stderr, "the cluster did not settle within 30 s: %s\n", last.c_str());
-  std::exit(3);
-}
-
-// A cluster of walshipd processes the benchmark starts and stops itself.
-class LocalCluster {
- public:
-  // `replication` lines ("key = value") go into the config's [replication] table.
-  LocalCluster(const std::string& walshipd, int nodes,
-               const std::vector<std::string>& replication)
-      : walshipd_(walshipd) {
-    dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", nodes);
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    std::ofstream c(dir_ / "cluster.toml");
-    c << "[cluster]\nname = \"bench\"\n\n[replication]\n";
-    for (const std::string& line : replication) c << line << "\n";
-    for (int i = 1; i <= nodes; ++i) {
-      std::string id = absl::StrCat("n", i);
-      std::string addr = absl::StrCat("127.0.0.1:", FreePort());
-      addr_[id] = addr;
-      ids_.push_back(id);
-      c << "\n[[node]]\nid = \"" << id << "\"\nlisten = \"" << addr << "\"\ndata_dir = \"data/"
-        << id << "\"\nrole = \"" << (i == 1 ? "leader" : "follower") << "\"\n";
-    }
-  }
-  ~LocalCluster() {
-    while (!pids_.empty()) Stop(pids_.begin()->first, SIGKILL);
-    fs::remove_all(dir_);
-  }
-  std::string config() const { return (dir_ / "cluster.toml").string(); }
-  const std::vector<std::string>& ids() const { return ids_; }
-  const std::string& addr(const std::string& id) { return addr_[id]; }
-
-  void Start(const std::string& id) {
-    std::string log = (dir_ / (id + ".log")).string();
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    std::string cfg = config();
-    const char* argv[] = {walshipd_.c_str(), "--config", cfg.c_str(), "--node", id.c_str(),
-                          nullptr};
-    pid_t pid;
-    if (posix_spawn(&pid, walshipd_.c_str(), &fa, nullptr, const_cast<char**>(argv), environ) !=
-        0) {
-      std::fprintf(stderr, "cannot start %s\n", walshipd_.c_str());
-      std::exit(3);
-    }
-    posix_spawn_file_actions_destroy(&fa);
-    pids_[id] = pid;
-  }
-  void StartAll() {
-    for (const auto& id : ids_) Start(id);
-    for (const auto& id : ids_) WaitReachable(id);
-    WaitCaughtUp(addr_[ids_.front()], ids_.size() - 1);
-  }
-  void Stop(const std::string& id, int sig = SIGTERM) {
-    auto it = pids_.find(id);
-    if (it == pids_.end()) return;
-    ::kill(it->second, sig);
-    int st;
-    ::waitpid(it->second, &st, 0);
-    pids_.erase(it);
-  }
-  void WaitReachable(const std::string& id) {
-    auto deadline = Clock::now() + std::chrono::seconds(20);
-    while (Clock::now() < deadline) {
-      auto c = rpc::Client::Connect(addr_[id], absl::Seconds(1));
-      if (c.ok() && (*c)->Status().ok()) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    std::fprintf(stderr, "node %s did not start; see %s\n", id.c_str(),
-                 (dir_ / (id + ".log")).c_str());
-    std::exit(3);
-  }
-
- private:
-  std::string walshipd_;
-  fs::path dir_;
-  std::vector<std::string> ids_;
-  std::map<std::string, std::string> addr_;
-  std::map<std::string, pid_t> pids_;
 };
 
 // The live progress line: writes done, and the lag the probe saw last (when there is one).
@@ -273,14 +142,6 @@ class LagProbe {
   std::vector<std::pair<std::string, std::string>> followers_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
-};
-
-struct Row {
-  std::string name;      // e.g. "W1/depth:64/walship-3node"
-  double ops_per_s = 0;  // 0 when not a throughput row
-  double seconds = 0;
-  uint64_t ops = 0;
-  std::map<std::string, double> counters;  // p50_us, lag_p99_ms/n2, ...
 };
 
 // Keys start..start+n-1 as writes of `batch` puts each (the last may hold fewer). Three
@@ -586,6 +447,18 @@ const std::vector<PeerMatch>& PeerMatches() {
       {"W1/batch:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 batch64", "lag p99",
        false},
       {"W4/catch-up/200000-writes", "catchup_s", "W4", "", "catch-up", false},
+      {"W3/semi-sync:1,received/walship-3node", "ops_per_s", "W3", "SET + WAIT 1 0",
+       "throughput", true},
+      {"W3/semi-sync:1,received/walship-3node", "p50_us", "W3", "SET + WAIT 1 0",
+       "latency p50", false},
+      {"W3/semi-sync:1,flushed,leader-fsync/walship-3node", "ops_per_s", "W3",
+       "synchronous_commit=on", "throughput", true},
+      {"W3/semi-sync:1,flushed,leader-fsync/walship-3node", "p50_us", "W3",
+       "synchronous_commit=on", "latency p50", false},
+      {"W3/semi-sync:1,applied,leader-fsync/walship-3node", "ops_per_s", "W3",
+       "synchronous_commit=remote_apply", "throughput", true},
+      {"W3/semi-sync:1,applied,leader-fsync/walship-3node", "p50_us", "W3",
+       "synchronous_commit=remote_apply", "latency p50", false},
   };
   return kMatches;
 }
@@ -686,6 +559,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
   RunResult out;
   bool w1 = o.workload == "all" || o.workload == "W1" || o.workload == "W2";
   bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
+  bool w3 = (o.workload == "all" || o.workload == "W3") && o.cluster.empty();
   if (w1 && o.baselines && o.cluster.empty()) {
     out.rows.push_back(RunBareEngine(o));
     LocalCluster single(walshipd, 1, o.replication);
@@ -698,14 +572,14 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
   std::unique_ptr<LocalCluster> cluster;
   std::string leader;
   std::vector<std::pair<std::string, std::string>> followers;
-  if (o.cluster.empty()) {
+  if (o.cluster.empty() && (w1 || w4)) {
     cluster = std::make_unique<LocalCluster>(walshipd, 3, o.replication);
     cluster->StartAll();
     leader = cluster->addr("n1");
     for (size_t i = 1; i < cluster->ids().size(); ++i) {
       followers.push_back({cluster->ids()[i], cluster->addr(cluster->ids()[i])});
     }
-  } else {
+  } else if (!o.cluster.empty()) {
     auto cfg = walship::tools::LoadConfig(o.cluster);
     if (!cfg.ok()) {
       out.error = std::string(cfg.status().message());
@@ -731,6 +605,15 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
     }
   }
   if (w4) out.rows.push_back(RunW4(*cluster, o));
+  if (w3) {
+    cluster.reset();  // one cluster at a time on the machine
+    W3Options w3o;
+    w3o.keys = o.keys;
+    w3o.value_size = o.value_size;
+    w3o.cap_s = o.cap_s;
+    w3o.replication = o.replication;
+    for (Row& r : RunW3(walshipd, w3o)) out.rows.push_back(std::move(r));
+  }
   // Ratios against the bare-RocksDB baseline of this repetition.
   double bare = 0;
   for (const Row& r : out.rows) {
@@ -751,7 +634,8 @@ int main(int argc, char** argv) {
   CLI::App app{
       "walship-bench: throughput and replication lag of walship, with the workloads of "
       "shared/WORKLOADS.md, beside bare RocksDB and a one-node walship measured in the same run"};
-  app.add_option("--workload", o.workload, "W1 (with the W2 lag probe), W4, or all")
+  app.add_option("--workload", o.workload,
+                 "W1 (with the W2 lag probe), W3 (writes waiting for followers), W4, or all")
       ->capture_default_str();
   app.add_option("--keys", o.keys, "writes per W1 run (keys 0..N-1)")->capture_default_str();
   app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")
@@ -769,10 +653,6 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--clients", o.clients,
                  "concurrent client connections (threads), each with --depth in flight")
-      ->capture_default_str();
-  app.add_option("--mode", o.mode,
-                 "replication mode of the writes; only async exists so far (semi-sync and "
-                 "sync are refused by the nodes)")
       ->capture_default_str();
   app.add_option("--replication", o.replication,
                  "KEY=VALUE for the [replication] table of the clusters the benchmark starts "
@@ -794,11 +674,6 @@ int main(int argc, char** argv) {
   app.add_option("--peers-json", o.peers_json,
                  "compare with this earlier run-peers.sh JSON instead of running it");
   CLI11_PARSE(app, argc, argv);
-  if (o.mode != "async") {
-    std::fprintf(stderr, "--mode %s: walship implements only async replication so far\n",
-                 o.mode.c_str());
-    return 2;
-  }
   for (std::string& kv : o.replication) {
     size_t eq = kv.find('=');
     if (eq == std::string::npos) {

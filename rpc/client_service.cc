@@ -409,8 +409,9 @@ void ClientService::FlushWrites() {
     FlushConditional(std::move(group), std::move(ops), write_time_us);
     return;
   }
-  if (!options.fsync_writes) {
-    // On the loop thread unless RocksDB would stall (then it answers at once).
+  {
+    // On the loop thread unless RocksDB would stall (then it answers at once). With
+    // fsync_writes the fsync comes after (LocalSync), while the batch is already shipped.
     engine::WriteOptions wo;
     wo.no_slowdown = true;
     wo.write_time_us = write_time_us;
@@ -422,7 +423,6 @@ void ClientService::FlushWrites() {
   }
   writer_busy_ = true;
   engine::WriteOptions wo;
-  wo.sync = options.fsync_writes;
   wo.write_time_us = write_time_us;
   tasks_.add(node_.node_pool()
                  .Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
@@ -453,7 +453,6 @@ void ClientService::FlushConditional(std::vector<GroupMember> group,
     ifs.push_back(m.spec.condition);
   }
   engine::WriteOptions wo;
-  wo.sync = node_.options().fsync_writes;
   wo.write_time_us = write_time_us;
   writer_busy_ = true;
   tasks_.add(node_.node_pool()
@@ -520,14 +519,16 @@ void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<eng
     for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
   } else {
     SequenceNumber seq = r->first_seq;
-    node_.role().OnWritten(std::move(*r), write_time_us);
+    SequenceNumber last = r->last_seq();
+    node_.role().OnWritten(std::move(*r), write_time_us);  // shipped from here on
+    const bool local_sync = node_.options().fsync_writes;
     for (GroupMember& m : group) {
       WriteOutcome written{absl::OkStatus(), seq, seq + m.ops - 1};
       seq += m.ops;
-      if (m.spec.need.mode == replication::ReplicationMode::kAsync) {
+      if (m.spec.need.mode == replication::ReplicationMode::kAsync && !local_sync) {
         m.fulfiller->fulfill(std::move(written));
       } else {
-        AwaitFollowers(m, std::move(written));
+        AwaitDurable(m, std::move(written), local_sync ? last : 0);
       }
     }
     writes_accepted_ += group.size();
@@ -536,15 +537,68 @@ void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<eng
   ScheduleFlush();
 }
 
-// A write that asked for followers is answered once they hold it as asked (or with why not:
-// its first and last sequence numbers go with a not-replicated error too).
-void ClientService::AwaitFollowers(GroupMember& m, WriteOutcome written) {
-  tasks_.add(node_.role()
-                 .AwaitReplicated(written.last_seq, m.spec.need, m.spec.pinned)
+// A write is answered once it is as durable as asked: on the leader's disk when
+// fsync_writes is on (`synced_through` > 0: the group's last sequence number), and on its
+// followers as its mode asks. Both run at once: the batch was shipped before the leader's own
+// fsync began, as PostgreSQL's walsender does. Why not, when not (its first and last sequence
+// numbers go with the error too).
+void ClientService::AwaitDurable(GroupMember& m, WriteOutcome written,
+                                 SequenceNumber synced_through) {
+  kj::Promise<absl::Status> local =
+      synced_through == 0 ? kj::Promise<absl::Status>(absl::OkStatus()) : LocalSync(synced_through);
+  kj::Promise<ReplicationOutcome> followers =
+      m.spec.need.mode == replication::ReplicationMode::kAsync
+          ? kj::Promise<ReplicationOutcome>(ReplicationOutcome{})
+          : node_.role().AwaitReplicated(written.last_seq, m.spec.need, m.spec.pinned);
+  tasks_.add(followers.then([local = kj::mv(local)](ReplicationOutcome r) mutable {
+                      return local.then([r = std::move(r)](absl::Status s) mutable {
+                        if (!s.ok()) r.status = s;
+                        return r;
+                      });
+                    })
                  .then([written, done = kj::mv(m.fulfiller)](ReplicationOutcome r) mutable {
                    written.status = std::move(r.status);
                    written.degraded = r.degraded;
                    done->fulfill(std::move(written));
+                 }));
+}
+
+// Group fsync on the leader: one fsync of the WAL at a time, covering everything written
+// before it began; writes arriving while it runs share the next.
+kj::Promise<absl::Status> ClientService::LocalSync(SequenceNumber seq) {
+  if (seq <= synced_) return absl::OkStatus();
+  auto paf = kj::newPromiseAndFulfiller<absl::Status>();
+  sync_waiters_.emplace_back(seq, kj::mv(paf.fulfiller));
+  if (!sync_running_) StartLocalSync();
+  return kj::mv(paf.promise);
+}
+
+void ClientService::StartLocalSync() {
+  sync_running_ = true;
+  SequenceNumber target = engine_.LatestSequence();
+  tasks_.add(node_.node_pool()
+                 .Run([e = &engine_]() { return e->SyncWal(); })
+                 .catch_([](kj::Exception&& e) {
+                   return absl::UnavailableError(e.getDescription().cStr());
+                 })
+                 .then([this, target](absl::Status s) {
+                   sync_running_ = false;
+                   if (s.ok()) synced_ = std::max(synced_, target);
+                   std::deque<std::pair<SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
+                       still;
+                   for (auto& [seq, done] : sync_waiters_) {
+                     if (!s.ok()) {
+                       done->fulfill(NotReplicatedError(absl::StrCat(
+                           "written at seq ", seq, " but the leader's fsync failed (", s.message(),
+                           "): whether it survives a power loss is in doubt")));
+                     } else if (seq <= synced_) {
+                       done->fulfill(absl::OkStatus());
+                     } else {
+                       still.emplace_back(seq, kj::mv(done));
+                     }
+                   }
+                   sync_waiters_ = std::move(still);
+                   if (!sync_waiters_.empty()) StartLocalSync();
                  }));
 }
 

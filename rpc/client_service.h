@@ -103,7 +103,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
       engine::Engine& engine, const std::vector<engine::WriteOp>& ops,
       const std::vector<size_t>& counts, const std::vector<std::optional<engine::Condition>>& ifs,
       const engine::WriteOptions& wo);
-  void AwaitFollowers(GroupMember& m, WriteOutcome written);
+  void AwaitDurable(GroupMember& m, WriteOutcome written, engine::SequenceNumber synced_through);
+  kj::Promise<absl::Status> LocalSync(engine::SequenceNumber seq);
+  void StartLocalSync();
   void FlushConditional(std::vector<GroupMember> group, std::vector<engine::WriteOp> ops,
                         int64_t write_time_us);
   void ScheduleFlush();
@@ -120,6 +122,11 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   uint64_t writes_accepted_ = 0;
   uint64_t write_groups_ = 0;
   uint64_t scan_reply_bytes_reserved_ = 0;  // ReserveScanReply
+  // fsync_writes: the leader's WAL is fsynced through synced_; writes wait for it in order.
+  engine::SequenceNumber synced_ = 0;
+  bool sync_running_ = false;
+  std::deque<std::pair<engine::SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
+      sync_waiters_;
   kj::TaskSet tasks_;
 };
 

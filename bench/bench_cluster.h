@@ -1,0 +1,63 @@
+// The pieces the cluster benchmark's workloads share: keys and values of the workloads'
+// shape, a cluster of walshipd processes started on 127.0.0.1, and one result row.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace walship::bench {
+
+using Clock = std::chrono::steady_clock;
+
+// "key" and 12 digits.
+std::string Key(uint64_t i);
+// `size` pseudo-random bytes from splitmix64 seeded by i (shared/peers/kvbench.c).
+std::string Value(uint64_t i, size_t size);
+// A free loopback port; exits when there is none.
+int FreePort();
+
+// Waits (at most 30 s, else exits) until the leader at `leader` has `followers` followers
+// connected with everything applied, so that a run starts from a formed, idle cluster and
+// not while followers are still connecting or applying the previous run.
+void WaitCaughtUp(const std::string& leader, size_t followers);
+
+// A cluster of walshipd processes the benchmark starts and stops itself.
+class LocalCluster {
+ public:
+  // `replication` lines ("key = value") go into the config's [replication] table.
+  LocalCluster(const std::string& walshipd, int nodes,
+               const std::vector<std::string>& replication);
+  ~LocalCluster();
+  std::string config() const { return (dir_ / "cluster.toml").string(); }
+  const std::vector<std::string>& ids() const { return ids_; }
+  const std::string& addr(const std::string& id) { return addr_[id]; }
+
+  void Start(const std::string& id);
+  void StartAll();
+  void Stop(const std::string& id, int sig = SIGTERM);
+  void WaitReachable(const std::string& id);
+
+ private:
+  std::string walshipd_;
+  std::filesystem::path dir_;
+  std::vector<std::string> ids_;
+  std::map<std::string, std::string> addr_;
+  std::map<std::string, pid_t> pids_;
+};
+
+struct Row {
+  std::string name;      // e.g. "W1/depth:64/walship-3node"
+  double ops_per_s = 0;  // 0 when not a throughput row
+  double seconds = 0;
+  uint64_t ops = 0;
+  std::map<std::string, double> counters;  // p50_us, lag_p99_ms/n2, ...
+};
+
+}  // namespace walship::bench
