@@ -15,8 +15,10 @@ for node in n1 n2 n3; do
   "$bin/walshipd" --config "$config" --node "$node" 2> "examples/$node.log" &
   pids+=($!)
 done
+# The leader answers status at once; after a restart it leads once its followers have told
+# it how far they are (docs/replication.md).
 for _ in $(seq 100); do
-  "$bin/walship" --cluster "$config" status >/dev/null 2>&1 && break
+  "$bin/walship" --cluster "$config" status --json 2>/dev/null | grep -q '"role":"leader"' && break
   sleep 0.1
 done
 
@@ -27,6 +29,12 @@ printf 'put fruit:apple red\nput fruit:banana yellow\nput fruit:cherry dark\\sre
 echo "\$ walship write < batch   # $(wc -l < /tmp/walship-demo-batch) ops, applied atomically"
 "$bin/walship" --cluster "$config" write < /tmp/walship-demo-batch
 w get greeting
+w --mode async put fast 1         # this write does not wait for a follower
+w del counter
+w --if-absent put counter 1       # conditional writes: compare-and-set
+w --if-value 1 put counter 2
+w --if-value 1 put counter 3 || echo "(exit $?: counter no longer holds 1; nothing written)"
+w get --committed counter         # only what a follower holds, as the cluster's mode asks
 w --node n2 put via-follower 1    # refused by the follower; the CLI follows the leader hint
 sleep 0.3
 w --node n3 scan --prefix fruit:  # read from a follower
