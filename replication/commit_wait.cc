@@ -42,7 +42,12 @@ std::optional<WaitOutcome> CommitWait::Add(uint64_t id, SequenceNumber seq,
   Queue& q = queues_[Key{need, pinned}];
   q.need = need;
   q.pinned = pinned;
-  q.waits.push_back(Wait{id, seq, now_us + int64_t{options_.timeout_ms} * 1000});
+  // In seq order: a committed read may wait for a seq above writes of a group whose waits
+  // come after it (written on a worker meanwhile). Their deadlines then differ by that much.
+  Wait w{id, seq, now_us + int64_t{options_.timeout_ms} * 1000};
+  auto at = std::upper_bound(q.waits.begin(), q.waits.end(), seq,
+                             [](SequenceNumber s, const Wait& x) { return s < x.seq; });
+  q.waits.insert(at, w);
   return std::nullopt;
 }
 
@@ -141,7 +146,8 @@ int64_t CommitWait::NextWakeUp() const {
   for (const auto& [key, q] : queues_) {
     if (!q.waits.empty()) at = std::min(at, q.waits.front().deadline_us);
   }
-  return at;
+  return at;  // a wait behind the front may time out later than its own deadline, by the
+              // few microseconds a group's write took
 }
 
 Demand CommitWait::demand() const {

@@ -303,10 +303,10 @@ void FollowerLink::CheckNeedsSnapshot(LinkOutbox* out) {
 
 void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out) {
   // Silence is only silence while the leader could send: bytes of a large message still
-  // arriving, or messages waiting for our apply or fsync (the leader's window is full until
-  // we ack them), are no sign of a dead leader.
-  if (bytes_received != watched_bytes_ || apply_out_ || !queue_.empty() ||
-      !awaiting_sync_.empty()) {
+  // arriving, or messages waiting for our apply (the leader's window is full until we ack
+  // them), are no sign of a dead leader. (An fsync that hangs past the time-out is no sign of
+  // life either: the connection is made again, and the leader asks for the flush again.)
+  if (bytes_received != watched_bytes_ || apply_out_ || !queue_.empty()) {
     watched_bytes_ = bytes_received;
     last_contact_us_ = std::max(last_contact_us_, now_us);
   }

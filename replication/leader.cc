@@ -95,6 +95,25 @@ std::string Leader::CheckHistory(const Hello& hello) const {
                       " under which the follower wrote seq ", hello.last_applied);
 }
 
+// Whether the follower's last batch lies past this leader's log in an epoch of its history
+// that no later epoch has closed within the log: writes this leader wrote (or followed) and
+// lost. An epoch begun after the loss starts at latest + 1 and closes the ones before it:
+// writes past it there are no longer of this history (the follower diverged).
+bool Leader::LostWritesOf(const Hello& hello) const {
+  if (hello.last_applied <= latest_) return false;
+  const EpochEntry theirs{hello.last_applied_epoch, 0, hello.last_applied_leader};
+  const auto& h = state_.history;
+  for (size_t i = 0; i < h.size(); ++i) {
+    if (h[i].epoch != hello.last_applied_epoch) continue;
+    if (!h[i].SameEpoch(theirs)) return false;
+    for (size_t j = i + 1; j < h.size(); ++j) {
+      if (h[j].start_seq <= latest_ + 1) return false;
+    }
+    return true;
+  }
+  return false;
+}
+
 bool Leader::IsMember(const std::string& id) const {
   return std::find(options_.members.begin(), options_.members.end(), id) !=
          options_.members.end();
@@ -170,16 +189,15 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
                   absl::StrCat("follower holds database ", hello.database_id,
                                ", this leader database ", state_.database_id));
   }
-  if (hello.last_applied > latest_ && hello.last_applied_epoch == state_.epoch &&
-      state_.history.back().SameEpoch(
-          EpochEntry{hello.last_applied_epoch, 0, hello.last_applied_leader})) {
-    // Not the follower's fault: this leader lost writes of its own epoch that it had shipped
-    // (its machine lost power with its own fsync off). It must not lead; the follower is
-    // refused, never told to re-seed, and holds them for the node that leads next.
+  if (LostWritesOf(hello)) {
+    // Not the follower's fault: this leader lost writes of its own history that it had
+    // shipped (its machine lost power). It must not lead; the follower is refused, never
+    // told to re-seed, and holds them for the node that leads next (replication/recovery.h).
     return refuse(HelloOutcome::kRefused,
-                  absl::StrCat("follower holds seq ", hello.last_applied, " of this leader's "
-                               "epoch ", state_.epoch, ", past this leader's log (it ends at ",
-                               latest_, "): this leader lost writes it had shipped"));
+                  absl::StrCat("follower holds seq ", hello.last_applied, " of epoch ",
+                               hello.last_applied_epoch, " of this leader's history, past this "
+                               "leader's log (it ends at ", latest_, "): this leader lost "
+                               "writes it had shipped"));
   }
   if (std::string why = CheckHistory(hello); !why.empty()) {
     return refuse(HelloOutcome::kNeedsSnapshot, why);
@@ -481,9 +499,12 @@ std::vector<FollowerInfo> Leader::Followers() {
 }
 
 namespace {
+// A follower writes what it receives to its RocksDB in the same step as it applies it, so
+// `received` (in its OS buffers) is its applied position; its `received` field may run ahead
+// of what it wrote (a message it could not apply).
 SequenceNumber At(const FollowerInfo& f, AckLevel level) {
   switch (level) {
-    case AckLevel::kReceived: return f.received;
+    case AckLevel::kReceived: return f.applied;
     case AckLevel::kFlushed: return f.durable;
     case AckLevel::kApplied: return std::min(f.durable, f.applied);
   }

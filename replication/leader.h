@@ -171,6 +171,7 @@ class Leader {
   const Record* FindSession(uint64_t session) const;
   std::string CheckHistory(const Hello& hello) const;
   bool IsMember(const std::string& id) const;
+  bool LostWritesOf(const Hello& hello) const;
   void MarkNeedsSnapshot(Record& rec, const std::string& why);
   int64_t WriteTimeOf(const Record& rec, SequenceNumber seq) const;
 

@@ -134,5 +134,40 @@ TEST(RecoveryTest, ALeaderRefusesAFollowerHoldingWritesItLost) {
   EXPECT_EQ(infos[0].state, FollowerState::kRefused);
 }
 
+// The same for writes of an earlier epoch of its history, when the epochs after it begin past
+// the leader's log (they were lost with it); once an epoch begins within the log, writes past
+// it in an earlier one are no longer of this history.
+TEST(RecoveryTest, ALeaderRefusesWritesOfAnEarlierEpochItLostButNotOfAClosedOne) {
+  TempDir dir;
+  FakeClock clock;
+  NodeState state;
+  state.database_id = kDatabase;
+  state.epoch = 3;
+  state.history = {{1, 1, "leader"}, {2, 10, "n2"}, {3, 20, "leader"}};
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), state);
+  l.Write(8);  // its log ends at 8: it lost 9.. (epoch 2 from 10, epoch 3 from 20)
+  Hello hello;
+  hello.cluster = kCluster;
+  hello.database_id = kDatabase;
+  hello.follower_id = "f1";
+  hello.epoch = 3;
+  hello.last_applied = 15;
+  hello.last_applied_epoch = 2;
+  hello.last_applied_leader = "n2";
+  uint64_t session = 0;
+  EXPECT_EQ(l.leader->OnHello(hello, &session).outcome, HelloOutcome::kRefused);
+
+  TempDir dir2;
+  state.history = {{1, 1, "leader"}, {2, 9, "leader"}};  // epoch 2 began after the loss, at 9
+  state.epoch = 2;
+  LeaderNode led_on(dir2, &clock, DefaultLeaderOptions(), state);
+  led_on.Write(8);
+  hello.epoch = 1;
+  hello.last_applied = 12;
+  hello.last_applied_epoch = 1;
+  hello.last_applied_leader = "leader";
+  EXPECT_EQ(led_on.leader->OnHello(hello, &session).outcome, HelloOutcome::kNeedsSnapshot);
+}
+
 }  // namespace
 }  // namespace walship::replication

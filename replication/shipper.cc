@@ -4,6 +4,9 @@
 #include <utility>
 
 namespace walship::replication {
+namespace {
+constexpr int64_t kFlushAskIntervalUs = 10'000;
+}  // namespace
 
 Shipper::Shipper(Leader& leader, ShipperOptions options)
     : leader_(leader), options_(options) {}
@@ -109,11 +112,11 @@ void Shipper::PumpSession(uint64_t sid, Session& s, int64_t now_us, const Demand
   }
   // It holds batches a write waits for, sent before that write asked for a flush (a committed
   // read, a follower that reconnected): ask for the flush with an empty message, at most once
-  // per max_ship_hold_us (a follower whose fsync fails answers at once).
+  // per kFlushAskIntervalUs (a follower whose fsync fails answers at once).
   if (demand.flush && s.inflight == 0 &&
       leader_.PositionOf(sid, AckLevel::kFlushed) <
           std::min(demand.upto, leader_.PositionOf(sid, AckLevel::kReceived))) {
-    int64_t due = s.flush_asked_us + options_.max_ship_hold_us;
+    int64_t due = s.flush_asked_us + kFlushAskIntervalUs;
     if (now_us >= due) {
       std::optional<Ship> ask = leader_.NextShip(sid, true);
       if (ask.has_value()) {

@@ -13,7 +13,7 @@ const AckLevel kLevels[] = {AckLevel::kReceived, AckLevel::kFlushed, AckLevel::k
 
 SequenceNumber At(const FollowerInfo& f, AckLevel level) {
   switch (level) {
-    case AckLevel::kReceived: return f.received;
+    case AckLevel::kReceived: return f.applied;  // as the Leader counts it
     case AckLevel::kFlushed: return f.durable;
     case AckLevel::kApplied: return std::min(f.durable, f.applied);
   }

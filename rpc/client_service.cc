@@ -164,9 +164,12 @@ kj::Promise<void> ClientService::Get(schema::GetRequest::Reader request,
   };
   std::string key = ToString(request.getKey());
   if (request.getCommitted()) {
-    // What it sees now, answered once the followers hold all of it.
-    return node_.role().AwaitCommitted(latest).then(
-        [this, key = std::move(key), at = engine_.GetSnapshot(),
+    // What it sees now, answered once the followers hold all of it: the snapshot first, then
+    // the latest sequence number, which covers it (a group written on a worker may land
+    // between the two).
+    auto at = engine_.GetSnapshot();
+    return node_.role().AwaitCommitted(engine_.LatestSequence()).then(
+        [this, key = std::move(key), at = std::move(at),
          answer](absl::Status s) mutable -> kj::Promise<void> {
           if (!s.ok()) {
             answer(std::move(s));
@@ -230,8 +233,9 @@ kj::Promise<void> ClientService::Scan(schema::ScanRequest::Reader request,
     }
   };
   if (request.getCommitted()) {
-    return node_.role().AwaitCommitted(latest).then(
-        [this, scan, at = engine_.GetSnapshot(),
+    auto at = engine_.GetSnapshot();  // then the latest seq, as for Get
+    return node_.role().AwaitCommitted(engine_.LatestSequence()).then(
+        [this, scan, at = std::move(at),
          answer](absl::Status s) mutable -> kj::Promise<void> {
           if (!s.ok()) {
             answer(std::move(s));
