@@ -1,6 +1,8 @@
 // The client API of a node (rpc/client.capnp): writes with group commit, reads from memory on
 // the loop or at a snapshot on a worker, scans within the node's scan budget, status, and the
 // operator's handover request. Writes and reads are admitted by the node's current role.
+// The requests and reads are in client_service.cc; the write path (checks, group commit,
+// conditions, waiting until a write is as durable as it asked) in client_writes.cc.
 //
 // Thread safety: lives on the event-loop thread.
 #pragma once

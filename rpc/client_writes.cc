@@ -1,0 +1,401 @@
+// The write path of the client API (rpc/client_service.h): checks, group commit, conditional
+// writes, and the wait until a write is as durable as it asked (the leader's own fsync and its
+// followers).
+#include "rpc/client_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "rpc/convert.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+namespace {
+
+using engine::SequenceNumber;
+
+// Why `condition` does not hold once `written` (the ops of the group before it) are applied
+// over the database, or OK when it holds.
+absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::WriteOp>& written,
+                            const engine::Condition& condition) {
+  std::optional<std::string> now;
+  bool known = false;
+  for (auto op = written.rbegin(); op != written.rend() && !known; ++op) {
+    switch (op->type) {
+      case engine::OpType::kPut:
+        if (op->key == condition.key) {
+          now = op->value;
+          known = true;
+        }
+        break;
+      case engine::OpType::kDelete: known = op->key == condition.key; break;
+      case engine::OpType::kDeleteRange:
+        known = op->key <= condition.key && condition.key < op->value;
+        break;
+    }
+  }
+  if (!known) {
+    absl::StatusOr<std::string> value = engine.Get(condition.key, engine::ReadOptions{});
+    if (value.ok()) {
+      now = std::move(*value);
+    } else if (!absl::IsNotFound(value.status())) {
+      return absl::UnavailableError(absl::StrCat("reading the condition's key failed: ",
+                                                 value.status().message()));
+    }
+  }
+  if (now == condition.value) return absl::OkStatus();
+  if (!condition.value.has_value()) {
+    return ConditionFailedError("condition failed: the key exists (the write asked for it "
+                                "to be absent); nothing was written");
+  }
+  return ConditionFailedError(
+      now.has_value()
+          ? absl::StrCat("condition failed: the key holds another value (", now->size(),
+                         " bytes); nothing was written")
+          : std::string("condition failed: the key is absent; nothing was written"));
+}
+
+}  // namespace
+
+// Checks one client write and queues it for the next group commit; the promise resolves once
+// it is written (or at once with the error that refused it).
+kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> ops,
+                                                 absl::StatusOr<WriteSpec> spec) {
+  auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> { return WriteOutcome{std::move(s)}; };
+  if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) return fail(refused);
+  if (!spec.ok()) return fail(spec.status());
+  if (absl::Status s = node_.role().CheckDurability(spec->need); !s.ok()) return fail(s);
+  if (ops.empty()) return fail(absl::InvalidArgumentError("a write needs at least one op"));
+  for (const engine::WriteOp& op : ops) {
+    if (op.type == engine::OpType::kDeleteRange && op.key > op.value) {
+      return fail(absl::InvalidArgumentError("delete range: begin key sorts after end key"));
+    }
+  }
+  const NodeServerOptions& options = node_.options();
+  if (pending_.size() >= options.max_pending_writes) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "write queue full (", options.max_pending_writes, " writes waiting); retry")));
+  }
+  uint64_t bytes = 0;
+  for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
+  // Bounded in bytes too; a write alone is always taken (it is at most a request).
+  if (!pending_.empty() && pending_bytes_ + bytes > options.max_pending_write_bytes) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "write queue full (", pending_bytes_, " bytes waiting, max_pending_write_bytes ",
+        options.max_pending_write_bytes, "); retry")));
+  }
+  pending_bytes_ += bytes;
+  auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
+  pending_.push_back(PendingWrite{std::move(ops), bytes, std::move(*spec), kj::mv(paf.fulfiller)});
+  ScheduleFlush();
+  return kj::mv(paf.promise);
+}
+
+// Group commit: writes that arrive together (in the same event-loop turn) become one RocksDB
+// write and one WAL record. evalLast runs when the loop has nothing else ready.
+void ClientService::ScheduleFlush() {
+  if (flush_scheduled_ || writer_busy_ || pending_.empty()) return;
+  flush_scheduled_ = true;
+  tasks_.add(kj::evalLast([this]() {
+    flush_scheduled_ = false;
+    FlushWrites();
+  }));
+}
+
+bool ClientService::FlushPending() {
+  if (pending_.empty() || writer_busy_) return false;
+  FlushWrites();
+  return true;
+}
+
+void ClientService::FailPending(const absl::Status& why) {
+  for (PendingWrite& w : pending_) w.fulfiller->fulfill(WriteOutcome{why});
+  pending_.clear();
+  pending_bytes_ = 0;
+}
+
+void ClientService::FlushWrites() {
+  if (writer_busy_ || pending_.empty()) return;
+  // The role may have stopped taking writes since these were queued (a handover).
+  if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) {
+    FailPending(refused);
+    return;
+  }
+  const NodeServerOptions& options = node_.options();
+  std::vector<GroupMember> group;
+  std::vector<engine::WriteOp> ops;
+  size_t bytes = 0;
+  bool conditional = false;
+  // A group stays within max_write_group_ops and max_write_group_bytes, counting the write
+  // it would add; only a single write may be larger (up to a request, 64 MiB), so one WAL
+  // record is never larger than the largest request and the peers can always read it.
+  while (!pending_.empty()) {
+    PendingWrite& w = pending_.front();
+    if (!group.empty() && (ops.size() + w.ops.size() > options.max_write_group_ops ||
+                           bytes + w.bytes > options.max_write_group_bytes)) {
+      break;
+    }
+    conditional |= w.spec.condition.has_value();
+    group.push_back(GroupMember{w.ops.size(), std::move(w.spec), kj::mv(w.fulfiller)});
+    bytes += w.bytes;
+    pending_bytes_ -= w.bytes;
+    for (engine::WriteOp& op : w.ops) ops.push_back(std::move(op));
+    pending_.pop_front();
+  }
+  // The write time travels inside the batch (a LogData record), so followers and the
+  // leader's status know it for batches read back from the WAL too.
+  int64_t write_time_us = replication::RealClock()->NowMicros();
+  if (conditional) {
+    FlushConditional(std::move(group), std::move(ops), write_time_us);
+    return;
+  }
+  {
+    // On the loop thread unless RocksDB would stall (then it answers at once). With
+    // fsync_writes the fsync comes after (LocalSync), while the batch is already shipped.
+    engine::WriteOptions wo;
+    wo.no_slowdown = true;
+    wo.write_time_us = write_time_us;
+    absl::StatusOr<engine::Batch> r = engine_.Write(ops, wo);
+    if (!absl::IsResourceExhausted(r.status())) {
+      Complete(group, std::move(r), write_time_us);
+      return;
+    }
+  }
+  writer_busy_ = true;
+  engine::WriteOptions wo;
+  wo.write_time_us = write_time_us;
+  tasks_.add(node_.node_pool()
+                 .Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
+                 .then([](absl::StatusOr<engine::Batch> r) { return r; },
+                       [](kj::Exception&& e) -> absl::StatusOr<engine::Batch> {
+                         // Never expected (the node's queue is sized for its own work); if it
+                         // comes, the group fails and the writer is free again: nothing wedges.
+                         return absl::InternalError(
+                             absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                       })
+                 .then([this, group = std::move(group),
+                        write_time_us](absl::StatusOr<engine::Batch> r) mutable {
+                   writer_busy_ = false;
+                   Complete(group, std::move(r), write_time_us);
+                 }));
+}
+
+// A group with conditional writes goes to the writer thread whole: each condition is checked
+// there against the database and the group's earlier writes, and the writes whose conditions
+// hold are written as one batch. No other write runs meanwhile (the writer is busy), so each
+// check and its write are one atomic step.
+void ClientService::FlushConditional(std::vector<GroupMember> group,
+                                     std::vector<engine::WriteOp> ops, int64_t write_time_us) {
+  std::vector<size_t> counts;
+  std::vector<std::optional<engine::Condition>> ifs;
+  for (const GroupMember& m : group) {
+    counts.push_back(m.ops);
+    ifs.push_back(m.spec.condition);
+  }
+  engine::WriteOptions wo;
+  wo.write_time_us = write_time_us;
+  writer_busy_ = true;
+  tasks_.add(node_.node_pool()
+                 .Run([e = &engine_, ops = std::move(ops), counts = std::move(counts),
+                       ifs = std::move(ifs), wo]() {
+                   return WriteConditional(*e, ops, counts, ifs, wo);
+                 })
+                 .then([](ConditionalGroup g) { return g; },
+                       [n = group.size()](kj::Exception&& e) {
+                         ConditionalGroup g;
+                         g.refused.assign(n, absl::InternalError(absl::StrCat(
+                                                 "node work queue: ", e.getDescription().cStr())));
+                         return g;
+                       })
+                 .then([this, group = std::move(group),
+                        write_time_us](ConditionalGroup g) mutable {
+                   writer_busy_ = false;
+                   std::vector<GroupMember> written;
+                   for (size_t i = 0; i < group.size(); ++i) {
+                     if (g.refused[i].ok()) {
+                       written.push_back(std::move(group[i]));
+                     } else {
+                       group[i].fulfiller->fulfill(WriteOutcome{g.refused[i]});
+                     }
+                   }
+                   if (!g.batch.has_value()) {
+                     ScheduleFlush();
+                     return;
+                   }
+                   Complete(written, std::move(*g.batch), write_time_us);
+                 }));
+}
+
+ClientService::ConditionalGroup ClientService::WriteConditional(
+    engine::Engine& engine, const std::vector<engine::WriteOp>& ops,
+    const std::vector<size_t>& counts, const std::vector<std::optional<engine::Condition>>& ifs,
+    const engine::WriteOptions& wo) {
+  ConditionalGroup g;
+  std::vector<engine::WriteOp> kept;
+  size_t at = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    auto first = ops.begin() + static_cast<std::ptrdiff_t>(at);
+    at += counts[i];
+    absl::Status s = ifs[i].has_value() ? CheckCondition(engine, kept, *ifs[i]) : absl::OkStatus();
+    g.refused.push_back(s);
+    if (s.ok()) kept.insert(kept.end(), first, first + static_cast<std::ptrdiff_t>(counts[i]));
+  }
+  if (!kept.empty()) g.batch = engine.Write(kept, wo);
+  return g;
+}
+
+// `write_time_us` is the time FlushWrites put into the batch.
+void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
+                             int64_t write_time_us) {
+  if (!r.ok()) {
+    // While RocksDB refuses writes after a storage error, that error says why (and the
+    // node's storage check has logged it once).
+    if (absl::Status e = engine_.StorageError(); !e.ok()) {
+      r = e;
+      spdlog::debug("write of {} requests refused: {}", group.size(), e.ToString());
+    } else {
+      spdlog::error("write of {} requests failed: {}", group.size(), r.status().ToString());
+    }
+    for (GroupMember& m : group) m.fulfiller->fulfill(WriteOutcome{r.status()});
+  } else {
+    SequenceNumber seq = r->first_seq;
+    SequenceNumber last = r->last_seq();
+    node_.role().OnWritten(std::move(*r), write_time_us);  // shipped from here on
+    const bool local_sync = node_.options().fsync_writes;
+    for (GroupMember& m : group) {
+      WriteOutcome written{absl::OkStatus(), seq, seq + m.ops - 1};
+      seq += m.ops;
+      if (m.spec.need.mode == replication::ReplicationMode::kAsync && !local_sync) {
+        m.fulfiller->fulfill(std::move(written));
+      } else {
+        AwaitDurable(m, std::move(written), local_sync ? last : 0);
+      }
+    }
+    writes_accepted_ += group.size();
+    ++write_groups_;
+  }
+  ScheduleFlush();
+}
+
+// A write is answered once it is as durable as asked: on the leader's disk when
+// fsync_writes is on (`synced_through` > 0: the group's last sequence number), and on its
+// followers as its mode asks. Both run at once: the batch was shipped before the leader's own
+// fsync began, as PostgreSQL's walsender does. Why not, when not (its first and last sequence
+// numbers go with the error too).
+void ClientService::AwaitDurable(GroupMember& m, WriteOutcome written,
+                                 SequenceNumber synced_through) {
+  kj::Promise<absl::Status> local =
+      synced_through == 0 ? kj::Promise<absl::Status>(absl::OkStatus()) : LocalSync(synced_through);
+  kj::Promise<ReplicationOutcome> followers =
+      m.spec.need.mode == replication::ReplicationMode::kAsync
+          ? kj::Promise<ReplicationOutcome>(ReplicationOutcome{})
+          : node_.role().AwaitReplicated(written.last_seq, m.spec.need, m.spec.pinned);
+  tasks_.add(followers.then([local = kj::mv(local)](ReplicationOutcome r) mutable {
+                      return local.then([r = std::move(r)](absl::Status s) mutable {
+                        if (!s.ok()) r.status = s;
+                        return r;
+                      });
+                    })
+                 .then([written, done = kj::mv(m.fulfiller)](ReplicationOutcome r) mutable {
+                   written.status = std::move(r.status);
+                   written.degraded = r.degraded;
+                   done->fulfill(std::move(written));
+                 }));
+}
+
+// Group fsync on the leader: one fsync of the WAL at a time, covering everything written
+// before it began; writes arriving while it runs share the next.
+kj::Promise<absl::Status> ClientService::LocalSync(SequenceNumber seq) {
+  if (seq <= synced_) return absl::OkStatus();
+  auto paf = kj::newPromiseAndFulfiller<absl::Status>();
+  sync_waiters_.emplace_back(seq, kj::mv(paf.fulfiller));
+  if (!sync_running_) StartLocalSync();
+  return kj::mv(paf.promise);
+}
+
+void ClientService::StartLocalSync() {
+  sync_running_ = true;
+  SequenceNumber target = engine_.LatestSequence();
+  tasks_.add(node_.node_pool()
+                 .Run([e = &engine_]() { return e->SyncWal(); })
+                 .catch_([](kj::Exception&& e) {
+                   return absl::UnavailableError(e.getDescription().cStr());
+                 })
+                 .then([this, target](absl::Status s) {
+                   sync_running_ = false;
+                   if (s.ok()) synced_ = std::max(synced_, target);
+                   std::deque<std::pair<SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
+                       still;
+                   for (auto& [seq, done] : sync_waiters_) {
+                     if (!s.ok()) {
+                       done->fulfill(NotReplicatedError(absl::StrCat(
+                           "written at seq ", seq, " but the leader's fsync failed (", s.message(),
+                           "): whether it survives a power loss is in doubt")));
+                     } else if (seq <= synced_) {
+                       done->fulfill(absl::OkStatus());
+                     } else {
+                       still.emplace_back(seq, kj::mv(done));
+                     }
+                   }
+                   sync_waiters_ = std::move(still);
+                   if (!sync_waiters_.empty()) StartLocalSync();
+                 }));
+}
+
+// The replication a write asks for, resolved against the cluster's configured one.
+absl::StatusOr<WriteSpec> ClientService::SpecOf(schema::WriteRequest::Reader request) const {
+  using replication::AckLevel;
+  using replication::ReplicationMode;
+  const replication::Durability& cluster = node_.options().commit.cluster;
+  WriteSpec spec;
+  spec.need = cluster;
+  const uint32_t acks = request.getAcks();
+  spec.pinned = request.getMode() != schema::WriteMode::CLUSTER_DEFAULT || acks != 0 ||
+                request.getLevel() != schema::AckLevel::CLUSTER_DEFAULT;
+  switch (request.getMode()) {
+    case schema::WriteMode::CLUSTER_DEFAULT:
+      if (acks > 0) spec.need.mode = ReplicationMode::kSemiSync;
+      break;
+    case schema::WriteMode::ASYNC: spec.need.mode = ReplicationMode::kAsync; break;
+    case schema::WriteMode::SEMI_SYNC: spec.need.mode = ReplicationMode::kSemiSync; break;
+    case schema::WriteMode::SYNC: spec.need.mode = ReplicationMode::kSync; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown write mode ", static_cast<int>(request.getMode()), "; the client is newer "
+          "than this node"));
+  }
+  if (acks > 0 && spec.need.mode != ReplicationMode::kSemiSync) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "acks (", acks, ") applies to semi-sync writes; this write asks for ",
+        replication::ModeName(spec.need.mode)));
+  }
+  if (acks > 0) {
+    spec.need.acks = acks;
+  } else if (cluster.mode != ReplicationMode::kSemiSync) {
+    spec.need.acks = 1;  // semi-sync asked of an async or sync cluster: one follower
+  }
+  switch (request.getLevel()) {
+    case schema::AckLevel::CLUSTER_DEFAULT: break;
+    case schema::AckLevel::RECEIVED: spec.need.level = AckLevel::kReceived; break;
+    case schema::AckLevel::FLUSHED: spec.need.level = AckLevel::kFlushed; break;
+    case schema::AckLevel::APPLIED: spec.need.level = AckLevel::kApplied; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown ack level ", static_cast<int>(request.getLevel()), "; the client is newer "
+          "than this node"));
+  }
+  if (request.getHasCondition()) {
+    auto c = request.getCondition();
+    engine::Condition condition;
+    condition.key = ToString(c.getKey());
+    if (c.isValue()) condition.value = ToString(c.getValue());
+    spec.condition = std::move(condition);
+  }
+  return spec;
+}
+
+}  // namespace walship::rpc
