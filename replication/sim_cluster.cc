@@ -163,9 +163,10 @@ void Cluster::Write() {
 
 void Cluster::InjectFaults() {
   if (Chance(faults_.crash_chance)) {
-    int l = LeaderIndex();
+    // A follower: a node that leads, hands over or asks its peers before leading is the
+    // leader faults' to crash (its machine crashing may cost its WAL files).
     int f = static_cast<int>(Uniform(0, kNodes - 1));
-    if (f != l) Crash(f, Chance(0.5));
+    if (nodes_[f].follower != nullptr) Crash(f, Chance(0.5));
   }
   if (Chance(faults_.leader_restart_chance)) {
     int l = LeaderIndex();

@@ -125,7 +125,12 @@ class Cluster {
     std::unique_ptr<CommitWait> commit_wait;
     // Restarted as leader: asking its peers before it leads again (no role meanwhile).
     std::optional<Recovery> recovery;
-    std::map<uint64_t, std::pair<SequenceNumber, Durability>> waiting;  // by wait id
+    struct Waiting {
+      SequenceNumber seq = 0;
+      Durability need;
+      std::vector<uint64_t> machine_crashes;  // of every node when it was written
+    };
+    std::map<uint64_t, Waiting> waiting;  // by wait id
     // Follower role.
     std::unique_ptr<Follower> follower;
     std::unique_ptr<FollowerLink> link;
@@ -267,7 +272,8 @@ class Cluster {
   uint64_t next_wait_ = 1;
   uint64_t machine_crash_count_[kNodes] = {0, 0, 0};
   // A write acknowledged as replicated, and the followers that held it at its level then
-  // (with how many machine crashes each had had).
+  // (with how many machine crashes each had had when the write was written: one that crashed
+  // since may have acknowledged it before and lost it with its OS buffers).
   struct AckedWrite {
     SequenceNumber seq = 0;
     Durability need;

@@ -50,7 +50,7 @@ void Cluster::AwaitFollowers(int i, SequenceNumber seq) {
   uint64_t id = next_wait_++;
   std::optional<WaitOutcome> now = n.commit_wait->Add(id, seq, need, pinned, *n.leader,
                                                       clock_.now_us);
-  n.waiting[id] = {seq, need};
+  n.waiting[id] = {seq, need, {machine_crash_count_, machine_crash_count_ + kNodes}};
   if (now.has_value()) OnReleased(i, {Released{id, *now}});
 }
 
@@ -59,7 +59,9 @@ void Cluster::OnReleased(int i, const std::vector<Released>& released) {
   for (const Released& r : released) {
     auto it = n.waiting.find(r.id);
     if (!Check(it != n.waiting.end(), absl::StrCat("released an unknown wait ", r.id))) return;
-    auto [seq, need] = it->second;
+    const SequenceNumber seq = it->second.seq;
+    const Durability need = it->second.need;
+    const std::vector<uint64_t> crashes = std::move(it->second.machine_crashes);
     n.waiting.erase(it);
     if (r.outcome == WaitOutcome::kDegraded) ++stats_.degraded;
     if (r.outcome == WaitOutcome::kTimedOut) ++stats_.not_replicated;
@@ -71,7 +73,7 @@ void Cluster::OnReleased(int i, const std::vector<Released>& released) {
     if (const EpochEntry* e = n.leader->state().EntryOf(seq); e != nullptr) w.epoch = *e;
     for (const FollowerInfo& f : n.leader->Followers()) {
       int h = NodeIndex(f.id);
-      if (At(f, need.level) >= seq) w.holders.emplace_back(h, machine_crash_count_[h]);
+      if (At(f, need.level) >= seq) w.holders.emplace_back(h, crashes[h]);
     }
     size_t wanted = need.mode == ReplicationMode::kSync ? kNodes - 1 : need.acks;
     Check(w.holders.size() >= wanted,
