@@ -176,6 +176,9 @@ class Cluster {
   // ---- Network ----
 
   void Send(uint64_t conn_id, bool to_follower, Message m);
+  // A connection of its own from node `i` to node `peer` for one call (a take-over, a
+  // position), answered "to the leader" on it; closed when `peer` is down.
+  uint64_t OpenCall(int i, int peer);
 
   // A connection breaks: both ends are told (if still up), what was in flight is lost.
   void Break(uint64_t conn_id);
@@ -235,6 +238,7 @@ class Cluster {
 
   // The run's replication: mode, acks, level, timeout and policy, from the seed.
   void ChooseReplication();
+  Durability RandomDurability();
   // Leader `i` wrote up to `seq`: the write asks for the run's replication or its own.
   void AwaitFollowers(int i, SequenceNumber seq);
   // What CommitWait released on leader `i`; the replicated ones are recorded with the

@@ -22,14 +22,19 @@ SequenceNumber At(const FollowerInfo& f, AckLevel level) {
 
 }  // namespace
 
-void Cluster::ChooseReplication() {
-  Durability& d = commit_.cluster;
-  int64_t mode = Uniform(0, 3);
+Durability Cluster::RandomDurability() {
+  Durability d;
+  int64_t mode = Uniform(0, 3);  // semi-sync twice as often
   d.mode = mode == 0 ? ReplicationMode::kAsync
            : mode == 3 ? ReplicationMode::kSync
                        : ReplicationMode::kSemiSync;
   d.acks = static_cast<uint32_t>(Uniform(1, kNodes - 1));
   d.level = kLevels[Uniform(0, 2)];
+  return d;
+}
+
+void Cluster::ChooseReplication() {
+  commit_.cluster = RandomDurability();
   commit_.timeout_ms = static_cast<uint32_t>(Uniform(20, 200));
   commit_.on_timeout = Chance(0.5) ? SyncTimeoutPolicy::kFail : SyncTimeoutPolicy::kDegrade;
 }
@@ -37,16 +42,8 @@ void Cluster::ChooseReplication() {
 void Cluster::AwaitFollowers(int i, SequenceNumber seq) {
   Node& n = nodes_[i];
   n.commit_wait->OnWritten(seq, clock_.now_us);
-  Durability need = commit_.cluster;
-  bool pinned = Chance(0.2);
-  if (pinned) {  // a write that names its own
-    int64_t mode = Uniform(0, 2);
-    need.mode = mode == 0 ? ReplicationMode::kAsync
-                : mode == 1 ? ReplicationMode::kSemiSync
-                            : ReplicationMode::kSync;
-    need.acks = static_cast<uint32_t>(Uniform(1, kNodes - 1));
-    need.level = kLevels[Uniform(0, 2)];
-  }
+  bool pinned = Chance(0.2);  // a write that names its own
+  Durability need = pinned ? RandomDurability() : commit_.cluster;
   uint64_t id = next_wait_++;
   std::optional<WaitOutcome> now = n.commit_wait->Add(id, seq, need, pinned, *n.leader,
                                                       clock_.now_us);

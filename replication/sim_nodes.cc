@@ -498,19 +498,22 @@ void Cluster::PollHandover(int i) {
   AskTakeOver(i);
 }
 
-void Cluster::AskTakeOver(int i) {
-  Node& n = nodes_[i];
-  int t = NodeIndex(n.handover->target());
+uint64_t Cluster::OpenCall(int i, int peer) {
   uint64_t id = ++next_conn_;
   Conn& conn = conns_[id];
-  conn.from = t;  // the target answers "to the leader" on this connection
+  conn.from = peer;  // the peer answers "to the leader" on this connection
   conn.to = i;
-  conn.from_inc = nodes_[t].incarnation;
-  conn.to_inc = n.incarnation;
-  conn.open = nodes_[t].up;
+  conn.from_inc = nodes_[peer].incarnation;
+  conn.to_inc = nodes_[i].incarnation;
+  conn.open = nodes_[peer].up;
+  return id;
+}
+
+void Cluster::AskTakeOver(int i) {
+  Node& n = nodes_[i];
   Message m(MsgType::kTakeOver);
   m.take_over = n.handover->request();
-  Send(id, true, std::move(m));
+  Send(OpenCall(i, NodeIndex(n.handover->target())), true, std::move(m));
   Event again(Kind::kHandoverAsk);
   again.node = i;
   again.incarnation = n.incarnation;

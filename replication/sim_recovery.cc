@@ -29,15 +29,7 @@ void Cluster::AskPositions(int i) {
   DecideRecovery(i);
   if (!n.recovery.has_value()) return;
   for (const std::string& peer : n.recovery->Unanswered()) {
-    int p = NodeIndex(peer);
-    uint64_t id = ++next_conn_;
-    Conn& conn = conns_[id];
-    conn.from = p;  // the peer answers "to the leader" on this connection
-    conn.to = i;
-    conn.from_inc = nodes_[p].incarnation;
-    conn.to_inc = n.incarnation;
-    conn.open = nodes_[p].up;
-    Send(id, true, Message(MsgType::kPosition));
+    Send(OpenCall(i, NodeIndex(peer)), true, Message(MsgType::kPosition));
   }
   Event again(Kind::kRecoveryAsk);
   again.node = i;

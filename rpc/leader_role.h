@@ -92,7 +92,9 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
     bool read = false;  // a committed read, not a write
     kj::Own<kj::PromiseFulfiller<ReplicationOutcome>> done;
   };
-  std::map<uint64_t, Waiter> waits_;  // by CommitWait id
+  // By CommitWait id. Bounded by the requests the node reads ahead (maxRequestsAhead per
+  // connection, max_client_connections), and each by sync_timeout_ms.
+  std::map<uint64_t, Waiter> waits_;
   uint64_t next_wait_ = 1;
   uint64_t writes_not_replicated_ = 0;
   uint64_t writes_degraded_ = 0;
