@@ -173,9 +173,10 @@ class StorageErrorListener final : public rocksdb::EventListener {
 class EngineImpl final : public Engine {
  public:
   EngineImpl(std::unique_ptr<rocksdb::DB> db, uint64_t wal_retention_bytes,
-             std::shared_ptr<StorageErrorListener> errors)
+             uint64_t wal_pinned_max_bytes, std::shared_ptr<StorageErrorListener> errors)
       : db_(std::move(db)),
         wal_retention_bytes_(wal_retention_bytes),
+        wal_pinned_max_bytes_(wal_pinned_max_bytes),
         errors_(std::move(errors)) {}
   ~EngineImpl() override {
     rocksdb::Status s = db_->Close();
@@ -285,12 +286,7 @@ class EngineImpl final : public Engine {
     if (!s.ok()) return FromRocks(s);
     // The figure CreateCheckpoint could report is a lower bound while writes go on; the
     // opened copy's own latest sequence is exact.
-    rocksdb::Options options;
-    rocksdb::DB* ro = nullptr;
-    s = rocksdb::DB::OpenForReadOnly(options, dir, &ro);
-    if (!s.ok()) return FromRocks(s);
-    std::unique_ptr<rocksdb::DB> copy(ro);
-    return copy->GetLatestSequenceNumber();
+    return CheckpointSequence(dir);
   }
 
   absl::Status IngestExternalFiles(const std::vector<std::string>&) override {
@@ -333,16 +329,15 @@ class EngineImpl final : public Engine {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<WalTrim> TrimWalArchive() override {
+  absl::StatusOr<WalTrim> TrimWalArchive(SequenceNumber keep_from) override {
     WalTrim trim;
-    if (wal_retention_bytes_ == 0) return trim;
-    // Files enter the archive by rename, which changes its mtime: while that stays, the last
-    // trim's answer holds and the WAL files need not be listed again.
+    // Files enter the archive by rename, which changes its mtime: while that and keep_from
+    // stay, the last trim's answer holds and the WAL files need not be listed again.
     std::error_code ec;
     auto archive_mtime = std::filesystem::last_write_time(db_->GetName() + "/archive", ec);
-    if (!ec && trimmed_archive_mtime_.has_value() && *trimmed_archive_mtime_ == archive_mtime) {
-      trim.archived_bytes = trimmed_archive_bytes_;
-      return trim;
+    if (!ec && trimmed_archive_mtime_.has_value() && *trimmed_archive_mtime_ == archive_mtime &&
+        trimmed_keep_from_ == keep_from) {
+      return trimmed_;
     }
     rocksdb::VectorLogPtr files;
     rocksdb::Status s = db_->GetSortedWalFiles(files);  // oldest first
@@ -350,9 +345,16 @@ class EngineImpl final : public Engine {
     for (const auto& f : files) {
       if (f->Type() == rocksdb::kArchivedLogFile) trim.archived_bytes += f->SizeFileBytes();
     }
-    for (const auto& f : files) {
+    std::vector<bool> deleted(files.size(), false);
+    for (size_t i = 0; i < files.size() && wal_retention_bytes_ > 0; ++i) {
+      const auto& f = files[i];
       if (trim.archived_bytes <= wal_retention_bytes_) break;
       if (f->Type() != rocksdb::kArchivedLogFile) continue;
+      // The file holds [its start, the next file's start): needed when that reaches keep_from.
+      bool needed = i + 1 == files.size() || files[i + 1]->StartSequence() > keep_from;
+      if (needed && trim.archived_bytes <= std::max(wal_pinned_max_bytes_, wal_retention_bytes_)) {
+        break;
+      }
       s = db_->DeleteFile(f->PathName());
       if (!s.ok() && std::filesystem::exists(db_->GetName() + f->PathName())) {
         return absl::InternalError(absl::StrCat("deleting archived WAL file ", f->PathName(),
@@ -363,12 +365,22 @@ class EngineImpl final : public Engine {
       trim.archived_bytes -= f->SizeFileBytes();
       trim.deleted_bytes += f->SizeFileBytes();
       ++trim.deleted_files;
+      deleted[i] = true;
+    }
+    for (size_t i = 0; i < files.size(); ++i) {
+      if (deleted[i]) continue;
+      trim.files.push_back(WalFileSpan{files[i]->StartSequence(), files[i]->SizeFileBytes()});
+    }
+    if (wal_retention_bytes_ > 0 && trim.archived_bytes > wal_retention_bytes_) {
+      trim.pinned_bytes = trim.archived_bytes - wal_retention_bytes_;
     }
     // Our own deletions changed the mtime too: take it after them.
     archive_mtime = std::filesystem::last_write_time(db_->GetName() + "/archive", ec);
     if (!ec) {
       trimmed_archive_mtime_ = archive_mtime;
-      trimmed_archive_bytes_ = trim.archived_bytes;
+      trimmed_keep_from_ = keep_from;
+      trimmed_ = trim;
+      trimmed_.deleted_files = trimmed_.deleted_bytes = 0;
     }
     return trim;
   }
@@ -413,13 +425,36 @@ class EngineImpl final : public Engine {
 
   std::unique_ptr<rocksdb::DB> db_;
   const uint64_t wal_retention_bytes_;
+  const uint64_t wal_pinned_max_bytes_;
   std::shared_ptr<StorageErrorListener> errors_;
   // The archive's mtime when TrimWalArchive last listed it, and what it held then.
   std::optional<std::filesystem::file_time_type> trimmed_archive_mtime_;
-  uint64_t trimmed_archive_bytes_ = 0;
+  SequenceNumber trimmed_keep_from_ = 0;
+  WalTrim trimmed_;  // what that trim left
 };
 
 }  // namespace
+
+uint64_t WalBytesFrom(const std::vector<WalFileSpan>& files, SequenceNumber seq) {
+  uint64_t bytes = 0;
+  for (size_t i = files.size(); i-- > 0;) {
+    bytes += files[i].bytes;
+    if (files[i].start_seq <= seq) break;
+  }
+  return bytes;
+}
+
+absl::StatusOr<SequenceNumber> Engine::CheckpointSequence(const std::string& dir) {
+  rocksdb::Options options;
+  rocksdb::DB* ro = nullptr;
+  rocksdb::Status s = rocksdb::DB::OpenForReadOnly(options, dir, &ro);
+  if (!s.ok()) {
+    return absl::DataLossError(absl::StrCat("cannot open the database in ", dir, ": ",
+                                            s.ToString()));
+  }
+  std::unique_ptr<rocksdb::DB> copy(ro);
+  return copy->GetLatestSequenceNumber();
+}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
   rocksdb::Options ro;
@@ -434,7 +469,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
         "WAL retention needs a size or an age limit; with neither, RocksDB deletes obsolete WAL "
         "files at once and lagging followers could never catch up");
   }
-  ro.WAL_size_limit_MB = (options.wal_retention_bytes + (1 << 20) - 1) >> 20;
+  uint64_t limit = options.wal_retention_bytes == 0
+                       ? 0
+                       : std::max(options.wal_retention_bytes, options.wal_pinned_max_bytes);
+  ro.WAL_size_limit_MB = (limit + (1 << 20) - 1) >> 20;
   ro.WAL_ttl_seconds = options.wal_retention_seconds;
   ro.manual_wal_flush = false;
   ro.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
@@ -458,7 +496,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   }
   return std::unique_ptr<Engine>(
       new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options.wal_retention_bytes,
-                     std::move(errors)));
+                     options.wal_pinned_max_bytes, std::move(errors)));
 }
 
 }  // namespace walship::engine

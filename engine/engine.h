@@ -33,9 +33,13 @@ struct EngineOptions {
   std::string path;
   bool create_if_missing = true;
   // Archived WAL kept for followers that are behind, in bytes; 0 means no size limit.
-  // RocksDB (WAL_size_limit_MB, whole MiB) enforces it only every 10 minutes, so callers
-  // enforce it promptly with TrimWalArchive().
+  // Callers enforce it promptly with TrimWalArchive() (RocksDB checks its own limit only
+  // every 10 minutes).
   uint64_t wal_retention_bytes = uint64_t{1} << 30;
+  // How large the archive may grow to keep the WAL that known readers still need
+  // (TrimWalArchive's keep_from), beyond wal_retention_bytes; 0: never beyond. RocksDB's own
+  // size limit (WAL_size_limit_MB, whole MiB) is the larger of the two.
+  uint64_t wal_pinned_max_bytes = uint64_t{4} << 30;
   // Archived WAL files older than this are deleted (RocksDB WAL_ttl_seconds); 0 means no age
   // limit. With no size limit, RocksDB checks every wal_retention_seconds / 2. At least one
   // of the two limits must be set (else kInvalidArgument).
@@ -66,11 +70,23 @@ struct WriteOptions {
   int64_t write_time_us = 0;
 };
 
+struct WalFileSpan {
+  SequenceNumber start_seq = 0;  // the first sequence number the file holds
+  uint64_t bytes = 0;
+};
+
 struct WalTrim {
   uint64_t deleted_files = 0;
   uint64_t deleted_bytes = 0;
   uint64_t archived_bytes = 0;  // what the archive holds afterwards
+  uint64_t pinned_bytes = 0;    // of those, kept past wal_retention_bytes for keep_from
+  // Every WAL file left (archived and live), oldest first: how much WAL a reader at a given
+  // position holds back (WalBytesFrom).
+  std::vector<WalFileSpan> files;
 };
+
+// The bytes of WAL from the file that holds `seq` to the end of `files`.
+uint64_t WalBytesFrom(const std::vector<WalFileSpan>& files, SequenceNumber seq);
 
 struct KeyValue {
   std::string key;
@@ -196,11 +212,18 @@ class Engine {
   virtual absl::Status Resume() = 0;
 
   // Deletes the oldest archived WAL files until the archive holds at most
-  // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes). Readers
-  // that needed a deleted file then get kOutOfRange (a gap) from their cursor. Does nothing
-  // when wal_retention_bytes is 0. Lists the WAL files only when the archive changed since
-  // the last call. One call at a time (it is not thread-safe with itself).
-  virtual absl::StatusOr<WalTrim> TrimWalArchive() = 0;
+  // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes), except
+  // files holding sequence numbers at or after `keep_from` (what the readers still need),
+  // which are kept until the archive would pass wal_pinned_max_bytes. Readers that needed a
+  // deleted file then get kOutOfRange (a gap) from their cursor. Deletes nothing when
+  // wal_retention_bytes is 0. Lists the WAL files again only when the archive or keep_from
+  // changed since the last call. One call at a time (it is not thread-safe with itself).
+  virtual absl::StatusOr<WalTrim> TrimWalArchive(SequenceNumber keep_from) = 0;
+  absl::StatusOr<WalTrim> TrimWalArchive() { return TrimWalArchive(UINT64_MAX); }
+
+  // The sequence number of a checkpoint directory's database (opened read-only), or the
+  // error that opening it gives (naming the directory).
+  static absl::StatusOr<SequenceNumber> CheckpointSequence(const std::string& dir);
 
  protected:
   Engine() = default;

@@ -189,6 +189,12 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
                   absl::StrCat("follower holds database ", hello.database_id,
                                ", this leader database ", state_.database_id));
   }
+  if (options_.seed_new_followers && hello.database_id.empty() && hello.last_applied == 0 &&
+      latest_ > 0) {
+    return refuse(HelloOutcome::kNeedsSnapshot,
+                  absl::StrCat("a new follower is seeded from a checkpoint (the leader holds ",
+                               latest_, " writes)"));
+  }
   if (LostWritesOf(hello)) {
     // Not the follower's fault: this leader lost writes of its own history that it had
     // shipped (its machine lost power). It must not lead; the follower is refused, never
@@ -511,6 +517,17 @@ SequenceNumber At(const FollowerInfo& f, AckLevel level) {
   return 0;
 }
 }  // namespace
+
+SequenceNumber Leader::WalNeededFrom() const {
+  SequenceNumber from = UINT64_MAX;
+  for (const auto& [id, rec] : followers_) {
+    if (rec.info.state == FollowerState::kConnected ||
+        rec.info.state == FollowerState::kDisconnected) {
+      from = std::min(from, rec.info.applied + 1);
+    }
+  }
+  return from;
+}
 
 std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
   std::vector<SequenceNumber> at;

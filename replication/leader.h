@@ -42,6 +42,11 @@ struct LeaderOptions {
   bool read_wal_inline = true;
   // With read_wal_inline = false: batch bytes one WAL read takes ahead for a follower.
   uint64_t max_wal_read_bytes = 4ull << 20;
+  // A follower with no data (no database id, nothing applied) that subscribes to a leader
+  // holding writes is told to seed itself from a checkpoint (kNeedsSnapshot), as PostgreSQL
+  // and Redis seed new replicas, rather than replaying the whole log. false: it streams from
+  // seq 1 while the WAL holds it.
+  bool seed_new_followers = false;
   // Followers the leader keeps a record of (connected or not); hellos from further ids are
   // refused, so a misconfigured peer cannot grow the leader's state without bound.
   size_t max_followers = 64;
@@ -134,6 +139,11 @@ class Leader {
   uint64_t PendingBytes(uint64_t session) const;
 
   std::vector<FollowerInfo> Followers();
+
+  // The first sequence number a follower the leader knows still needs from the WAL: the
+  // lowest applied + 1 over followers that are connected or away (not those told to re-seed
+  // or refused); UINT64_MAX when there is none. The WAL archive keeps it (up to its cap).
+  SequenceNumber WalNeededFrom() const;
 
   // The voting followers' acknowledged positions at `level`, highest first: the configured
   // members (members_only), else every follower that ever subscribed. One not heard from in

@@ -21,9 +21,10 @@ using Epoch = uint64_t;
 // HelloReply (the handshake starts every stream); a node meeting another version refuses
 // the handshake with a message naming both. Version 2: epoch entries name the node that
 // began them, and followers keep the leader's batch boundaries. Version 3: a message may ask
-// the follower to fsync before it acks (Ship::flush). (Nodes before versions were carried
-// send none: they read as 0.)
-constexpr uint32_t kPeerProtocolVersion = 3;
+// the follower to fsync before it acks (Ship::flush). Version 4: a node serves checkpoints
+// (PeerService.snapshot) and a new follower of a leader with data is seeded from one. (Nodes
+// before versions were carried send none: they read as 0.)
+constexpr uint32_t kPeerProtocolVersion = 4;
 
 // The first sequence number written under `epoch`, and the node that began it. A node's epoch
 // history is the list of these in increasing order; it tells where two nodes' histories part

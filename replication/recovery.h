@@ -33,6 +33,10 @@ struct PeerPosition {
   Epoch last_applied_epoch = 0;         // the epoch entry that seq was written under
   std::string last_applied_leader;
   bool needs_snapshot = false;
+  // The first sequence number its WAL holds (0: not known), and whether it leads: what a
+  // node restored from a checkpoint asks its leader before it installs it.
+  SequenceNumber wal_oldest = 0;
+  bool leads = false;
 };
 
 // The position of node `self` holding `state` and a log ending at `latest`.

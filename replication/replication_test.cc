@@ -435,7 +435,9 @@ class SlowApplyEngine final : public Engine {
   absl::Status SyncWal() override { return inner_->SyncWal(); }
   absl::Status StorageError() override { return inner_->StorageError(); }
   absl::Status Resume() override { return inner_->Resume(); }
-  absl::StatusOr<engine::WalTrim> TrimWalArchive() override { return inner_->TrimWalArchive(); }
+  absl::StatusOr<engine::WalTrim> TrimWalArchive(engine::SequenceNumber keep_from) override {
+    return inner_->TrimWalArchive(keep_from);
+  }
 
  private:
   Engine* inner_;

@@ -104,6 +104,7 @@ struct FollowerStatus {
   bytesShipped @8 :UInt64; # batch bytes sent since the leader started
   lastAckAgoMs @9 :Int64;  # -1: never acked
   message @10 :Text;       # why it needs a snapshot or was refused
+  walPinnedBytes @11 :UInt64;  # WAL bytes the leader keeps for it (from its position on)
 }
 
 struct NodeStatus {
@@ -144,6 +145,15 @@ struct NodeStatus {
   writesWaiting @31 :UInt32;      # writes and committed reads waiting for followers now
   writesNotReplicated @32 :UInt64;  # since start: writes answered notReplicated
   writesDegraded @33 :UInt64;     # since start: writes acknowledged degraded
+  # Follower only: where it is on its way to serving reads (docs/checkpoints.md):
+  phase @34 :Text;    # "snapshot: copying 43% (180 MiB of 420 MiB, 95 MiB/s) from n1",
+                      # "catching up: lag 12345", "ready", "needs_snapshot", "connecting"
+  ready @35 :Bool;    # streaming within ready_lag of its leader
+  seedDoneBytes @36 :UInt64;   # being seeded: bytes of the checkpoint verified so far
+  seedTotalBytes @37 :UInt64;  # and in all
+  # Every node:
+  walBytes @38 :UInt64;        # WAL files held (archived and live)
+  snapshotsServing @39 :UInt32;  # checkpoints being read from this node now
 }
 
 struct GetRequest {

@@ -38,8 +38,14 @@ class NodeImpl final : public schema::Node::Server {
     return node_.role().Subscribe(ctx, sessions_);
   }
   kj::Promise<void> takeOver(TakeOverContext ctx) override { return node_.role().TakeOver(ctx); }
+  kj::Promise<void> snapshot(SnapshotContext ctx) override {
+    return node_.snapshots().Serve(ctx);
+  }
   kj::Promise<void> position(PositionContext ctx) override {
-    ToCapnp(node_.role().Position(), ctx.getResults().initPosition());
+    replication::PeerPosition p = node_.role().Position();
+    if (!node_.wal_files().empty()) p.wal_oldest = node_.wal_files().front().start_seq;
+    p.leads = node_.role().WriteRefusal().ok();
+    ToCapnp(p, ctx.getResults().initPosition());
     return kj::READY_NOW;
   }
 

@@ -223,6 +223,8 @@ replication::PeerPosition FromCapnp(schema::Position::Reader r) {
   m.last_applied_epoch = r.getLastAppliedEpoch();
   m.last_applied_leader = r.getLastAppliedLeader();
   m.needs_snapshot = r.getNeedsSnapshot();
+  m.wal_oldest = r.getWalOldest();
+  m.leads = r.getLeads();
   return m;
 }
 
@@ -234,6 +236,8 @@ void ToCapnp(const replication::PeerPosition& m, schema::Position::Builder b) {
   b.setLastAppliedEpoch(m.last_applied_epoch);
   b.setLastAppliedLeader(m.last_applied_leader);
   b.setNeedsSnapshot(m.needs_snapshot);
+  b.setWalOldest(m.wal_oldest);
+  b.setLeads(m.leads);
 }
 
 absl::Status NotLeaderError(const std::string& leader_address) {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "replication/clock.h"
 #include "replication/handover.h"
+#include "replication/seeding.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
 
@@ -118,6 +119,13 @@ kj::Promise<absl::Status> FollowerRole::AwaitCommitted(engine::SequenceNumber) {
 
 void FollowerRole::FillStatus(schema::NodeStatus::Builder st) {
   replication::FollowerStatus fs = follower_->Status();
+  bool streaming = fs.phase == replication::FollowerPhase::kStreaming;
+  bool ready = streaming && replication::IsReady(fs.applied, fs.leader_latest,
+                                                 node_.options().ready_lag);
+  st.setReady(ready);
+  st.setPhase(ready ? "ready"
+                    : streaming ? absl::StrCat("catching up: lag ", fs.lag_seq)
+                                : replication::FollowerPhaseName(fs.phase));
   st.setEpoch(fs.epoch);
   st.setDatabaseId(fs.database_id);
   st.setLeaderId(link_.leader_id());
@@ -247,6 +255,28 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
   if (out.fsync.has_value()) RunFsync(*out.fsync);
   if (out.connect.has_value()) Connect(std::move(*out.connect));
   ArmLinkTimer();
+  if (node_.options().reseed == replication::ReseedPolicy::kAutomatic &&
+      follower_->Status().phase == replication::FollowerPhase::kNeedsSnapshot) {
+    (void)StartReseed();  // until the verdict is saved: the next turn tries again
+  }
+}
+
+// Once the leader said it cannot serve this follower and the verdict is saved, the node
+// re-seeds itself (the seeding role), keeping its data until the new copy is verified.
+absl::Status FollowerRole::StartReseed() {
+  if (reseeding_) return absl::OkStatus();
+  if (follower_->Status().phase != replication::FollowerPhase::kNeedsSnapshot) {
+    return absl::FailedPreconditionError(
+        "this follower streams from its leader: only one that needs a snapshot is re-seeded");
+  }
+  absl::StatusOr<replication::NodeState> saved = replication::LoadNodeState(node_.state_path());
+  if (!saved.ok()) return saved.status();
+  if (saved->needs_snapshot.empty()) {
+    return absl::UnavailableError("the needs-snapshot verdict is not saved yet; retry");
+  }
+  reseeding_ = true;
+  node_.SwitchToSeeding(std::move(*saved));
+  return absl::OkStatus();
 }
 
 // One timer for the link's next wake-up; an earlier one already armed stays.

@@ -45,6 +45,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   replication::PeerPosition Position() const override;
+  absl::Status Reseed() override { return StartReseed(); }
 
   // A push from the leader on the connection of `generation` (BatchSink).
   kj::Promise<replication::Ack> OnPush(uint64_t generation, replication::Ship ship);
@@ -58,6 +59,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   void DropConnection();
   void RunApply(replication::LinkOutbox::Apply apply);
   void RunFsync(engine::SequenceNumber seq);
+  absl::Status StartReseed();
 
   Node& node_;
   // Shared with applies running on the node's thread, which may outlive this role.
@@ -67,7 +69,8 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> connect_attempt_ = nullptr;
   std::map<uint64_t, kj::Own<kj::PromiseFulfiller<replication::Ack>>> pushes_;  // unanswered
   uint64_t last_push_ = 0;
-  bool taking_over_ = false;  // a take-over waits for its WAL fsync
+  bool taking_over_ = false;
+  bool reseeding_ = false;   // the seeding role takes over  // a take-over waits for its WAL fsync
   bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
   int64_t link_at_us_ = 0;
   kj::Promise<void> link_timer_ = nullptr;

@@ -47,6 +47,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
                               std::shared_ptr<PeerSessions> sessions) override;
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
+  engine::SequenceNumber WalNeededFrom() const override { return leader_.WalNeededFrom(); }
   replication::PeerPosition Position() const override {
     return replication::PositionOf(leader_.state(), leader_.latest(), leader_.options().node_id);
   }

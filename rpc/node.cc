@@ -11,6 +11,7 @@
 #include "rpc/follower_role.h"
 #include "rpc/leader_role.h"
 #include "rpc/recovering_role.h"
+#include "rpc/seeding_role.h"
 
 namespace walship::rpc {
 namespace {
@@ -37,7 +38,16 @@ Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIo
       clients_(std::make_unique<ClientService>(*this)),
       initial_state_(std::move(state)),
       recover_(recover),
-      tasks_(*this) {}
+      snapshots_(std::make_unique<SnapshotSource>(*this)),
+      tasks_(*this) {
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  restart_promise_ = kj::mv(paf.promise);
+  restart_ = kj::mv(paf.fulfiller);
+}
+
+void Node::RequestRestart() {
+  if (restart_->isWaiting()) restart_->fulfill();
+}
 
 Node::~Node() = default;
 
@@ -46,6 +56,7 @@ void Node::taskFailed(kj::Exception&& e) {
 }
 
 void Node::Start() {
+  snapshots_->RemoveStale();
   tasks_.add(WalTrimLoop());
   tasks_.add(StorageLoop());
   if (recover_) {
@@ -71,7 +82,20 @@ std::unique_ptr<Role> Node::MakeRole(replication::NodeState state) {
     return std::make_unique<LeaderRole>(*this, std::move(state), /*resume_handover=*/true);
   }
   if (state.role == "leader") return std::make_unique<LeaderRole>(*this, std::move(state), false);
+  if (!state.needs_snapshot.empty() && options_.reseed == replication::ReseedPolicy::kAutomatic) {
+    return std::make_unique<SeedingRole>(*this, std::move(state));
+  }
   return std::make_unique<FollowerRole>(*this, std::move(state));
+}
+
+absl::Status Node::Reseed() { return role_->Reseed(); }
+
+void Node::SwitchToSeeding(replication::NodeState state) {
+  tasks_.add(kj::evalLater([this, state = std::move(state)]() mutable {
+    role_ = std::make_unique<SeedingRole>(*this, std::move(state));
+    spdlog::info("node '{}' is now {}", options_.node_id, role_->name());
+    role_->Start();
+  }));
 }
 
 void Node::SwitchRole(replication::NodeState state) {
@@ -84,19 +108,30 @@ void Node::SwitchRole(replication::NodeState state) {
 }
 
 // Keeps the archived WAL within wal_retention_bytes every second (RocksDB alone would check
-// every 10 minutes). On every node: a follower's WAL is the log it serves once it leads. A
+// every 10 minutes), and up to wal_pinned_max_bytes what followers and checkpoints being
+// served still need. On every node: a follower's WAL is the log it serves once it leads. A
 // follower whose position goes is told it needs a snapshot when next served.
 kj::Promise<void> Node::WalTrimLoop() {
   return io_.provider->getTimer()
       .afterDelay(kWalTrimIntervalMs * kj::MILLISECONDS)
-      .then([this]() { return node_pool_.Run([e = &engine_]() { return e->TrimWalArchive(); }); })
-      .then([](absl::StatusOr<engine::WalTrim> trim) {
+      .then([this]() {
+        engine::SequenceNumber keep_from =
+            std::min(role_ == nullptr ? UINT64_MAX : role_->WalNeededFrom(),
+                     snapshots_->PinnedFrom());
+        return node_pool_.Run([e = &engine_, keep_from]() { return e->TrimWalArchive(keep_from); });
+      })
+      .then([this](absl::StatusOr<engine::WalTrim> trim) {
         if (!trim.ok()) {
           spdlog::error("trimming the WAL archive: {}", trim.status().ToString());
-        } else if (trim->deleted_files > 0) {
+          return;
+        }
+        wal_files_ = std::move(trim->files);
+        if (trim->deleted_files > 0) {
           spdlog::info("deleted {} archived WAL files ({} bytes) to keep the archive within "
-                       "wal_retention_bytes; it holds {} bytes",
-                       trim->deleted_files, trim->deleted_bytes, trim->archived_bytes);
+                       "wal_retention_bytes (wal_pinned_max_bytes for WAL followers still "
+                       "need); it holds {} bytes, {} of them for followers",
+                       trim->deleted_files, trim->deleted_bytes, trim->archived_bytes,
+                       trim->pinned_bytes);
         }
       })
       .catch_([](kj::Exception&& e) {  // the worker queue was full: try again next time

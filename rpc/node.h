@@ -16,6 +16,7 @@
 #include "replication/node_state.h"
 #include "rpc/node_server.h"
 #include "rpc/role.h"
+#include "rpc/snapshot_source.h"
 #include "rpc/worker_pool.h"
 
 namespace walship::rpc {
@@ -66,7 +67,23 @@ class Node final : public kj::TaskSet::ErrorHandler {
 
   // Makes `state` (saved already) the node's role, in a later turn: the current role may be
   // the caller, and is destroyed then. Roles that end close their followers' connections.
+  // A follower that needs a snapshot gets the seeding role when it re-seeds by itself.
   void SwitchRole(replication::NodeState state);
+  // An operator's `walship reseed`: the current role starts re-seeding, or says why not.
+  absl::Status Reseed();
+  // Starts re-seeding from the leader, whatever the reseed policy (after Reseed()).
+  void SwitchToSeeding(replication::NodeState state);
+
+  // Checkpoints served from here (PeerService.snapshot).
+  SnapshotSource& snapshots() { return *snapshots_; }
+  // The WAL files as the last archive trim left them (oldest first).
+  const std::vector<engine::WalFileSpan>& wal_files() const { return wal_files_; }
+
+  // Ends this Node so that the server opens the database again and starts a new one: a
+  // checkpoint staged in DATA_DIR/seed is then installed in place of the database. Resolves
+  // Restarting().
+  void RequestRestart();
+  kj::Promise<void> Restarting() { return kj::mv(restart_promise_); }
 
   void taskFailed(kj::Exception&& e) override;
 
@@ -86,6 +103,10 @@ class Node final : public kj::TaskSet::ErrorHandler {
   replication::NodeState initial_state_;
   bool recover_ = false;
   std::unique_ptr<Role> role_;
+  std::unique_ptr<SnapshotSource> snapshots_;
+  std::vector<engine::WalFileSpan> wal_files_;
+  kj::Promise<void> restart_promise_ = nullptr;
+  kj::Own<kj::PromiseFulfiller<void>> restart_;
   // Storage errors (StorageLoop).
   bool storage_failed_ = false;
   uint32_t resume_interval_ms_ = 0;

@@ -17,14 +17,22 @@
 #include "absl/strings/str_cat.h"
 #include "replication/handover.h"
 #include "replication/node_state.h"
+#include "rpc/checkpoint_files.h"
 #include "rpc/client_service.h"
 #include "rpc/connections.h"
+#include "rpc/convert.h"
+#include "rpc/peer_client.h"
 #include "rpc/node.h"
 
 namespace walship::rpc {
 namespace {
 
 using engine::SequenceNumber;
+
+// The node a follower in `state` follows.
+std::string LeaderOf(const replication::NodeState& state, const NodeServerOptions& options) {
+  return state.leader.empty() ? options.leader_id : state.leader;
+}
 
 class NodeServerImpl final : public NodeServer {
  public:
@@ -44,29 +52,42 @@ class NodeServerImpl final : public NodeServer {
   absl::Status Run() override {
     try {
       auto io = kj::setupAsyncIo();
-      Node node(options_, *engine_, io, state_, recover_);
       auto addr = io.provider->getNetwork().parseAddress(options_.listen).wait(io.waitScope);
       kj::Own<kj::ConnectionReceiver> receiver;
       KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { receiver = addr->listen(); })) {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
-      kj::Own<Listener> listener = Listener::Create(node, *receiver, io);
-      auto serving = listener->AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
-        spdlog::error("listener failed: {}", e.getDescription().cStr());
-      });
-      spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
-                   options_.node_id, state_.role, options_.cluster, options_.listen,
-                   engine_->LatestSequence());
-      node.Start();
       auto term = io.unixEventPort.onSignal(SIGTERM);
       auto intr = io.unixEventPort.onSignal(SIGINT);
-      siginfo_t info = term.exclusiveJoin(kj::mv(intr)).wait(io.waitScope);
-      spdlog::info("received {}; stopping", info.si_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-      // A write group on a worker finishes before the pool is destroyed with the node;
-      // writes still queued were never written and never acknowledged.
-      for (int i = 0; i < 10000 && node.clients().writer_busy(); ++i) {
-        io.provider->getTimer().afterDelay(1 * kj::MILLISECONDS).wait(io.waitScope);
+      auto stop = term.exclusiveJoin(kj::mv(intr))
+                      .then([](siginfo_t info) {
+                        spdlog::info("received {}; stopping",
+                                     info.si_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+                      })
+                      .fork();
+      for (;;) {
+        bool restart = false;
+        {
+          Node node(options_, *engine_, io, state_, recover_);
+          kj::Own<Listener> listener = Listener::Create(node, *receiver, io);
+          auto serving = listener->AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
+            spdlog::error("listener failed: {}", e.getDescription().cStr());
+          });
+          spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
+                       options_.node_id, state_.role, options_.cluster, options_.listen,
+                       engine_->LatestSequence());
+          node.Start();
+          auto restarting = node.Restarting().then([&restart]() { restart = true; });
+          stop.addBranch().exclusiveJoin(kj::mv(restarting)).wait(io.waitScope);
+          // A write group on a worker finishes before the pool is destroyed with the node;
+          // writes still queued were never written and never acknowledged.
+          for (int i = 0; i < 10000 && node.clients().writer_busy(); ++i) {
+            io.provider->getTimer().afterDelay(1 * kj::MILLISECONDS).wait(io.waitScope);
+          }
+        }
+        if (!restart) break;
+        if (absl::Status s = Reopen(); !s.ok()) return s;
       }
     } catch (kj::Exception& e) {
       return absl::UnavailableError(e.getDescription().cStr());
@@ -87,6 +108,30 @@ class NodeServerImpl final : public NodeServer {
   }
 
  private:
+  // After a seeding role received a checkpoint: closes the database, installs the seed in
+  // its place, and opens it again as the node state now says.
+  absl::Status Reopen() {
+    engine_.reset();
+    std::string state_path = options_.data_dir + "/node-state";
+    absl::StatusOr<std::optional<replication::SnapshotManifest>> installed =
+        InstallStagedSeed(options_.data_dir, state_path, LeaderOf(state_, options_));
+    if (!installed.ok()) return installed.status();
+    absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);
+    if (!state.ok()) return state.status();
+    auto engine = engine::Engine::Open(options_.engine);
+    if (!engine.ok()) return engine.status();
+    engine_ = std::move(*engine);
+    state_ = std::move(*state);
+    recover_ = false;
+    if (installed->has_value()) {
+      spdlog::info("node '{}' holds the checkpoint of '{}' at seq {} (database {}) and follows "
+                   "'{}' from there",
+                   options_.node_id, (*installed)->source, engine_->LatestSequence(),
+                   state_.database_id, state_.leader);
+    }
+    return absl::OkStatus();
+  }
+
   NodeServerOptions options_;
   int lock_fd_;
   std::unique_ptr<engine::Engine> engine_;
@@ -159,6 +204,78 @@ absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
   return fd;
 }
 
+// Asks `address` for its position, within a few seconds.
+absl::StatusOr<replication::PeerPosition> AskPosition(const std::string& address) {
+  auto io = kj::setupAsyncIo();
+  auto asked = ConnectToPeer(io, address).then([](kj::Own<PeerClient> conn) {
+    auto sent = conn->node.positionRequest().send();
+    return sent.then([](capnp::Response<schema::PeerService::PositionResults> r) {
+                 return absl::StatusOr<replication::PeerPosition>(FromCapnp(r.getPosition()));
+               })
+        .attach(kj::mv(conn));
+  });
+  auto timeout = io.provider->getTimer().afterDelay(3 * kj::SECONDS).then([address]() {
+    return absl::StatusOr<replication::PeerPosition>(
+        absl::UnavailableError(absl::StrCat("no answer from ", address, " within 3 s")));
+  });
+  absl::StatusOr<replication::PeerPosition> out = absl::UnavailableError("");
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+                out = asked.exclusiveJoin(kj::mv(timeout)).wait(io.waitScope);
+              })) {
+    return absl::UnavailableError(absl::StrCat("cannot reach ", address, ": ",
+                                               e->getDescription().cStr()));
+  }
+  return out;
+}
+
+// walshipd --restore-from DIR: checks the checkpoint in DIR (every file's checksum, the
+// database opening at its sequence number), that it belongs to this cluster and database,
+// that this node follows, and that the leader's WAL still holds what follows the checkpoint;
+// then copies it into DATA_DIR/seed, for InstallStagedSeed. Any fault leaves the data dir
+// as it was.
+absl::Status StageRestore(const NodeServerOptions& options, const replication::NodeState& state) {
+  const std::string& dir = options.restore_from;
+  auto refuse = [&](absl::string_view why) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot restore from ", dir, ": ", why, "; ", options.data_dir,
+                     " is left as it was"));
+  };
+  absl::StatusOr<replication::SnapshotManifest> m = VerifyCheckpointDir(dir);
+  if (!m.ok()) return refuse(m.status().message());
+  if (absl::Status s = replication::CheckSeedFor(*m, options.cluster, state); !s.ok()) {
+    return refuse(s.message());
+  }
+  std::string role = state.role.empty() ? (options.is_leader ? "leader" : "follower") : state.role;
+  if (role != "follower") {
+    return refuse(absl::StrCat("this node is ", role, "; a checkpoint seeds a follower, which "
+                               "then catches up from its leader"));
+  }
+  std::string leader = LeaderOf(state, options);
+  std::string address = leader == options.leader_id ? options.leader_address
+                                                    : options.peers.count(leader)
+                                                          ? options.peers.at(leader)
+                                                          : std::string();
+  absl::StatusOr<replication::PeerPosition> at =
+      address.empty() ? absl::StatusOr<replication::PeerPosition>(
+                            absl::NotFoundError("its address is not in the config"))
+                      : AskPosition(address);
+  if (!at.ok()) {
+    spdlog::warn("restoring from {} without asking leader '{}' whether it can serve seq {} on: "
+                 "{}; if it cannot, this follower is re-seeded from it",
+                 dir, leader, m->seq + 1, at.status().ToString());
+  } else if (at->database_id != m->database_id) {
+    return refuse(absl::StrCat("the checkpoint holds database ", m->database_id, ", leader '",
+                               leader, "' database ", at->database_id));
+  } else if (at->leads && at->wal_oldest > m->seq + 1) {
+    return refuse(absl::StrCat("it ends at seq ", m->seq, " and leader '", leader,
+                               "' keeps its WAL only from seq ", at->wal_oldest,
+                               ": take a newer checkpoint"));
+  }
+  spdlog::info("restoring from {}: the checkpoint of '{}' at seq {}, {} in {} files", dir,
+               m->source, m->seq, replication::HumanBytes(m->TotalBytes()), m->files.size());
+  return StageCheckpoint(dir, options.data_dir);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions options) {
@@ -172,6 +289,20 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
   std::string state_path = options.data_dir + "/node-state";
   absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);
   if (!state.ok()) return fail(state.status());
+  if (!options.restore_from.empty()) {
+    if (absl::Status s = StageRestore(options, *state); !s.ok()) return fail(s);
+  }
+  // A checkpoint received in full before the process stopped (or staged just now) goes in
+  // place of the database before it opens.
+  absl::StatusOr<std::optional<replication::SnapshotManifest>> installed =
+      InstallStagedSeed(options.data_dir, state_path, LeaderOf(*state, options));
+  if (!installed.ok()) return fail(installed.status());
+  if (installed->has_value()) {
+    spdlog::info("installed the checkpoint of '{}' at seq {} in {}/db", (*installed)->source,
+                 (*installed)->seq, options.data_dir);
+    state = replication::LoadNodeState(state_path);
+    if (!state.ok()) return fail(state.status());
+  }
   options.engine.path = options.data_dir + "/db";
   auto engine = engine::Engine::Open(options.engine);
   if (!engine.ok()) return fail(engine.status());

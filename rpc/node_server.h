@@ -20,6 +20,7 @@
 #include "engine/engine.h"
 #include "replication/commit_wait.h"
 #include "replication/leader.h"
+#include "replication/seeding.h"
 
 namespace walship::rpc {
 
@@ -79,6 +80,17 @@ struct NodeServerOptions {
   // connect beside them (up to kMaxPeerConnections), so a full node still hears its peers.
   // Lowered at start, with a warning, when the file-descriptor limit cannot hold it.
   uint32_t max_client_connections = 1024;
+  // Checkpoints served to followers being seeded and to `walship checkpoint` are read at most
+  // this fast, all together (0: no bound), so that serving one leaves the disk to the writes.
+  uint64_t snapshot_max_bytes_per_sec = 0;
+  // A follower told it needs a snapshot re-seeds itself at once, or waits for `walship reseed`.
+  replication::ReseedPolicy reseed = replication::ReseedPolicy::kAutomatic;
+  // A follower counts as ready (status) within this many sequence numbers of its leader.
+  uint64_t ready_lag = 1000;
+  // Seed this node's data dir from this checkpoint directory before it starts (walshipd
+  // --restore-from): verified, checked against the cluster and the leader's WAL, then
+  // installed in place of the data it holds, which stays untouched if anything is wrong.
+  std::string restore_from;
   // A connection that has not said which protocol it speaks within this is closed.
   uint32_t preamble_timeout_ms = 5000;
   // A client connection with no request for this long is closed; 0: never.

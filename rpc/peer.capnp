@@ -25,7 +25,7 @@ struct Hello {
   lastApplied @4 :UInt64;       # end of the last batch it applied (0: empty database)
   lastAppliedEpoch @5 :UInt64;  # epoch under which that batch was written (0: unknown)
   lastAppliedLeader @6 :Text;   # the node that began that epoch (empty: unknown)
-  version @7 :UInt32;           # the peer protocol version the follower speaks (now 2;
+  version @7 :UInt32;           # the peer protocol version the follower speaks (now 4;
                                 # nodes from before versions were carried send none: 0)
 }
 
@@ -113,6 +113,24 @@ struct Position {
   lastAppliedEpoch @4 :UInt64;   # the epoch entry that sequence number was written under
   lastAppliedLeader @5 :Text;
   needsSnapshot @6 :Bool;
+  walOldest @7 :UInt64;          # the first sequence number its WAL holds (0: not known)
+  leads @8 :Bool;                # it is the leader now
+}
+
+struct SnapshotRequest {
+  # Asks a node for a checkpoint of its database (a follower seeding itself, or
+  # `walship checkpoint`).
+  version @0 :UInt32;          # the peer protocol version the asker speaks
+  cluster @1 :Text;            # must equal the node's cluster name
+  requester @2 :Text;          # the asking node's id; empty for a tool
+}
+
+interface SnapshotReader {
+  # The files of one checkpoint, held on the serving node until this capability is dropped.
+  # The asker keeps a bounded number of reads in flight (flow control); the node answers at
+  # most its configured snapshot rate, and each reply at most 1 MiB.
+  read @0 (file :UInt32, offset :UInt64, maxBytes :UInt32) -> (data :Data);
+  # `file` indexes the manifest's file lines; a read at or past the file's end answers empty.
 }
 
 interface BatchSink {
@@ -129,6 +147,12 @@ interface PeerService {
 
   takeOver @1 (request :TakeOver) -> (reply :TakeOverReply);
   position @2 () -> (position :Position);
+  snapshot @3 (request :SnapshotRequest) -> (manifest :Text, reader :SnapshotReader);
+  # A consistent checkpoint of this node's database: its manifest (the text format of
+  # replication/seeding.h: cluster, database id, sequence number, epoch history, every file
+  # with its size and CRC-32) and a reader of its files. A leader keeps its WAL from the
+  # checkpoint's sequence number while the reader lives, and a while after, so the asker can
+  # catch up from there. Refused (an exception naming why) for another cluster or version.
   # Any node answers with its own position, whatever its role.
   # A handover (see replication/handover.h): the follower takes over when it follows the
   # caller in its epoch and holds all it wrote; asked again after a lost answer, a node that

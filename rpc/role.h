@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "engine/types.h"
 #include "replication/durability.h"
 #include "replication/recovery.h"
@@ -84,6 +85,16 @@ class Role {
   virtual replication::PeerPosition Position() const = 0;
   // An operator asks this node to hand leadership to `target`.
   virtual kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) = 0;
+  // The first sequence number this role's readers still need from the WAL (a leader's
+  // followers); UINT64_MAX when none.
+  virtual engine::SequenceNumber WalNeededFrom() const { return UINT64_MAX; }
+  // An operator asks this node to re-seed itself from its leader's checkpoint: OK when it
+  // starts to, else why not (only a follower told it needs a snapshot re-seeds).
+  virtual absl::Status Reseed() {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this node is ", name(), ": only a follower that needs a snapshot is "
+                     "re-seeded"));
+  }
 };
 
 }  // namespace walship::rpc

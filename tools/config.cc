@@ -1,5 +1,7 @@
 #include "tools/config.h"
 
+#include "replication/seeding.h"
+
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -115,6 +117,12 @@ const std::vector<Tunable>& ReplicationTunables() {
        [](O& o, uint64_t v) { o.commit.timeout_ms = static_cast<uint32_t>(v); }, 1, 3600000},
       Word("on_sync_timeout", replication::ParsePolicy,
            [](O& o) -> auto& { return o.commit.on_timeout; }),
+      {"wal_pinned_max_bytes", Tunable::kUint,
+       [](O& o, uint64_t v) { o.engine.wal_pinned_max_bytes = v; }},
+      {"snapshot_max_bytes_per_sec", Tunable::kUint,
+       [](O& o, uint64_t v) { o.snapshot_max_bytes_per_sec = v; }},
+      Word("reseed", replication::ParseReseedPolicy, [](O& o) -> auto& { return o.reseed; }),
+      {"ready_lag", Tunable::kUint, [](O& o, uint64_t v) { o.ready_lag = v; }},
   };
   return kTunables;
 }
@@ -350,6 +358,7 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
   o.leader.members_only = true;  // only the other nodes of the file may follow it
+  o.leader.seed_new_followers = true;  // a new follower starts from a checkpoint
   for (const NodeConfig& n : config.nodes) {
     if (n.id == node.id) continue;
     o.leader.members.push_back(n.id);

@@ -23,6 +23,11 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--node", node_id, "id of the node to run, as in the config's [[node]] id")
       ->required();
+  std::string restore_from;
+  app.add_option("--restore-from", restore_from,
+                 "seed this follower's data dir from a checkpoint directory (walship checkpoint "
+                 "--out DIR) before it starts: verified, then put in place of its data, which "
+                 "stays as it was if the checkpoint is refused");
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_color_mt("walshipd");
@@ -42,7 +47,9 @@ int main(int argc, char** argv) {
                  config_path.c_str(), node_id.c_str(), ids.c_str());
     return 2;
   }
-  auto server = walship::rpc::NodeServer::Open(walship::tools::ServerOptionsFor(*config, *node));
+  walship::rpc::NodeServerOptions options = walship::tools::ServerOptionsFor(*config, *node);
+  options.restore_from = restore_from;
+  auto server = walship::rpc::NodeServer::Open(std::move(options));
   if (!server.ok()) {
     spdlog::error("cannot start: {}", server.status().ToString());
     return 1;

@@ -1,0 +1,69 @@
+// The role of a follower being seeded from its leader's checkpoint: it asks the leader for a
+// checkpoint (PeerService.snapshot), receives it into DATA_DIR/seed (rpc/snapshot_fetch.h),
+// and once it is complete and verified has the node restart on it (Node::RequestRestart: the
+// server installs the seed in place of the database and starts the follower again, which
+// catches up from the checkpoint's sequence number). A transfer that fails is tried again,
+// with a growing pause, from the files already verified. Meanwhile the node takes no writes,
+// refuses reads (its data is stale or empty), refuses followers and take-overs, and shows its
+// progress in status.
+//
+// Thread safety: lives on the event-loop thread.
+#pragma once
+
+#include <kj/async.h>
+
+#include <memory>
+#include <string>
+
+#include "replication/node_state.h"
+#include "replication/seeding.h"
+#include "rpc/peer_client.h"
+#include "rpc/role.h"
+
+namespace walship::rpc {
+
+class Node;
+
+class SeedingRole final : public Role, private kj::TaskSet::ErrorHandler {
+ public:
+  // `state` is the saved state (it names the leader to seed from).
+  SeedingRole(Node& node, replication::NodeState state);
+  ~SeedingRole() noexcept(false) override = default;
+
+  const char* name() const override { return "seeding"; }
+  void Start() override;
+  absl::Status WriteRefusal() const override;
+  void OnWritten(engine::Batch batch, int64_t write_time_us) override;
+  absl::Status CheckDurability(const replication::Durability&) const override {
+    return absl::OkStatus();
+  }
+  kj::Promise<ReplicationOutcome> AwaitReplicated(engine::SequenceNumber seq,
+                                                  const replication::Durability& need,
+                                                  bool pinned) override;
+  kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
+  std::string ReadRefusal() const override;
+  void FillStatus(schema::NodeStatus::Builder st) override;
+  kj::Promise<void> Subscribe(SubscribeContext ctx,
+                              std::shared_ptr<PeerSessions> sessions) override;
+  kj::Promise<void> TakeOver(TakeOverContext ctx) override;
+  kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
+  replication::PeerPosition Position() const override;
+  absl::Status Reseed() override { return absl::OkStatus(); }  // under way already
+
+ private:
+  void taskFailed(kj::Exception&& e) override;
+  void Attempt();
+  void Retry(const absl::Status& why);
+  void RetireConnection();
+  std::string LeaderId() const;
+
+  Node& node_;
+  replication::NodeState state_;
+  replication::SeedProgress progress_;
+  uint32_t pause_ms_ = 0;  // before the next attempt; grows with each failure
+  uint32_t attempts_ = 0;
+  kj::Own<PeerClient> conn_;
+  kj::TaskSet tasks_;  // last: destroyed first
+};
+
+}  // namespace walship::rpc

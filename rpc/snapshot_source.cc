@@ -1,0 +1,204 @@
+#include "rpc/snapshot_source.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "replication/clock.h"
+#include "replication/messages.h"
+#include "replication/node_state.h"
+#include "replication/seeding.h"
+#include "rpc/checkpoint_files.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+namespace {
+
+namespace fs = std::filesystem;
+using replication::SnapshotFile;
+
+// The largest read answered at once.
+constexpr uint32_t kMaxReadBytes = 1 << 20;
+
+struct Taken {
+  std::string manifest;
+  std::vector<SnapshotFile> files;
+  engine::SequenceNumber seq = 0;
+};
+
+// Takes the checkpoint into `dir` and describes it (on a worker).
+absl::StatusOr<Taken> TakeCheckpoint(engine::Engine& engine, const std::string& dir,
+                                     const std::string& state_path, const std::string& cluster,
+                                     const std::string& self) {
+  absl::StatusOr<engine::SequenceNumber> seq = engine.CreateCheckpoint(dir);
+  if (!seq.ok()) return seq.status();
+  absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);
+  if (!state.ok()) return state.status();
+  if (state->database_id.empty()) {
+    return absl::FailedPreconditionError("this node holds no database yet (it was never seeded)");
+  }
+  replication::SnapshotManifest m;
+  m.cluster = cluster;
+  m.database_id = state->database_id;
+  m.source = self;
+  m.seq = *seq;
+  m.epoch = state->epoch;
+  m.history = state->history;
+  m.taken_unix_ms = replication::RealClock()->NowMicros() / 1000;
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    names.push_back(entry.path().filename().string());
+  }
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    absl::StatusOr<SnapshotFile> f = ChecksumFile(dir + "/" + name);
+    if (!f.ok()) return f.status();
+    m.files.push_back(std::move(*f));
+  }
+  Taken t;
+  t.manifest = replication::FormatManifest(m);
+  t.files = std::move(m.files);
+  t.seq = *seq;
+  return t;
+}
+
+class ReaderImpl final : public schema::SnapshotReader::Server {
+ public:
+  ReaderImpl(Node& node, uint64_t id, std::string dir, Taken taken)
+      : node_(node), id_(id), dir_(std::move(dir)), taken_(std::move(taken)) {}
+  ~ReaderImpl() {
+    node_.snapshots().Released(id_, taken_.seq);
+    std::error_code ec;
+    fs::remove_all(dir_, ec);  // hard links: quick
+    if (ec) spdlog::warn("cannot delete checkpoint {}: {}", dir_, ec.message());
+  }
+
+  kj::Promise<void> read(ReadContext ctx) override {
+    auto p = ctx.getParams();
+    KJ_REQUIRE(p.getFile() < taken_.files.size(), "no such file in this checkpoint",
+               p.getFile());
+    const SnapshotFile& f = taken_.files[p.getFile()];
+    uint64_t offset = p.getOffset();
+    uint64_t n = offset >= f.size ? 0 : std::min<uint64_t>(f.size - offset, p.getMaxBytes());
+    n = std::min<uint64_t>(n, kMaxReadBytes);
+    int64_t wait_us = node_.snapshots().ReserveRate(n);
+    std::string path = dir_ + "/" + f.name;
+    return node_.io()
+        .provider->getTimer()
+        .afterDelay(wait_us * kj::MICROSECONDS)
+        .then([this, path, offset, n]() {
+          return node_.client_pool().Run([path, offset, n]() -> absl::StatusOr<std::string> {
+            std::string buf(n, '\0');
+            int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+            if (fd < 0) return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+            size_t got = 0;
+            while (got < n) {
+              ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(offset + got));
+              if (r < 0 && errno == EINTR) continue;
+              if (r <= 0) break;
+              got += static_cast<size_t>(r);
+            }
+            ::close(fd);
+            buf.resize(got);
+            return buf;
+          });
+        })
+        .then([ctx](absl::StatusOr<std::string> data) mutable {
+          KJ_REQUIRE(data.ok(), "reading the checkpoint failed", data.status().ToString());
+          ctx.getResults().setData(
+              kj::arrayPtr(reinterpret_cast<const kj::byte*>(data->data()), data->size()));
+        });
+  }
+
+ private:
+  Node& node_;
+  uint64_t id_;
+  std::string dir_;
+  Taken taken_;
+};
+
+}  // namespace
+
+SnapshotSource::SnapshotSource(Node& node) : node_(node) {}
+SnapshotSource::~SnapshotSource() = default;
+
+void SnapshotSource::RemoveStale() {
+  std::error_code ec;
+  fs::remove_all(node_.options().data_dir + "/checkpoints", ec);
+  if (ec) spdlog::warn("cannot delete old checkpoints: {}", ec.message());
+}
+
+kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx) {
+  auto req = ctx.getParams().getRequest();
+  const NodeServerOptions& o = node_.options();
+  std::string who = req.getRequester().size() == 0 ? std::string("a tool")
+                                                   : absl::StrCat("node '", req.getRequester().cStr(), "'");
+  KJ_REQUIRE(req.getVersion() == replication::kPeerProtocolVersion,
+             "the asker speaks another peer protocol version: run one walship version in a "
+             "cluster", req.getVersion(), replication::kPeerProtocolVersion);
+  KJ_REQUIRE(std::string(req.getCluster().cStr()) == o.cluster,
+             "the asker belongs to another cluster", req.getCluster().cStr(), o.cluster.c_str());
+  uint64_t id = next_id_++;
+  std::string dir = absl::StrCat(o.data_dir, "/checkpoints/", id);
+  std::error_code ec;
+  fs::create_directories(o.data_dir + "/checkpoints", ec);
+  ++serving_;
+  live_[id] = 0;  // pins the whole WAL until the checkpoint's sequence number is known
+  spdlog::info("taking a checkpoint for {}", who);
+  return node_.client_pool()
+      .Run([e = &node_.engine(), dir, state = node_.state_path(), cluster = o.cluster,
+            self = o.node_id]() { return TakeCheckpoint(*e, dir, state, cluster, self); })
+      .then([this, ctx, id, dir, who](absl::StatusOr<Taken> taken) mutable {
+        if (!taken.ok()) {
+          Released(id, 0);
+          std::error_code gone;
+          fs::remove_all(dir, gone);
+          KJ_FAIL_REQUIRE("cannot take a checkpoint", taken.status().ToString());
+        }
+        live_[id] = taken->seq;
+        spdlog::info("checkpoint {} at seq {} ({} in {} files) serves {}", id, taken->seq,
+                     replication::HumanBytes([&] {
+                       uint64_t n = 0;
+                       for (const SnapshotFile& f : taken->files) n += f.size;
+                       return n;
+                     }()),
+                     taken->files.size(), who);
+        auto results = ctx.getResults();
+        results.setManifest(taken->manifest);
+        results.setReader(kj::heap<ReaderImpl>(node_, id, dir, std::move(*taken)));
+      });
+}
+
+void SnapshotSource::Released(uint64_t id, engine::SequenceNumber seq) {
+  if (live_.erase(id) == 0) return;
+  --serving_;
+  if (seq > 0) after_.emplace(node_.MonoNowUs() + kPinAfterUs, seq);
+}
+
+engine::SequenceNumber SnapshotSource::PinnedFrom() {
+  int64_t now = node_.MonoNowUs();
+  while (!after_.empty() && after_.begin()->first <= now) after_.erase(after_.begin());
+  engine::SequenceNumber from = UINT64_MAX;
+  for (const auto& [id, seq] : live_) from = std::min(from, seq + 1);
+  for (const auto& [until, seq] : after_) from = std::min(from, seq + 1);
+  return from;
+}
+
+int64_t SnapshotSource::ReserveRate(uint64_t bytes) {
+  uint64_t rate = node_.options().snapshot_max_bytes_per_sec;
+  if (rate == 0 || bytes == 0) return 0;
+  int64_t now = node_.MonoNowUs();
+  int64_t start = std::max(now, rate_free_us_);
+  rate_free_us_ = start + static_cast<int64_t>(bytes * 1'000'000 / rate);
+  return start - now;
+}
+
+}  // namespace walship::rpc
