@@ -265,6 +265,58 @@ TEST(EngineTest, TrimWalArchiveKeepsTheArchiveWithinItsSizeBound) {
   EXPECT_LE(later->archived_bytes, options.wal_retention_bytes);
 }
 
+// What readers still need (keep_from) stays past wal_retention_bytes, up to
+// wal_pinned_max_bytes; the files left are listed with their first sequence numbers.
+TEST(EngineTest, TrimWalArchiveKeepsWhatReadersNeedUpToTheCap) {
+  TempDir dir;
+  EngineOptions options;
+  options.wal_retention_bytes = 256 << 10;
+  options.wal_pinned_max_bytes = 600 << 10;
+  auto e = OpenOrDie(dir.Sub("db"), options);
+  std::string value(1000, 'v');
+  std::vector<SequenceNumber> file_starts;
+  auto fill = [&](int files) {
+    for (int file = 0; file < files; ++file) {  // WAL files of about 100 KB each
+      file_starts.push_back(e->LatestSequence() + 1);
+      for (int i = 0; i < 100; ++i) {
+        ASSERT_TRUE(
+            e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}}, {})
+                .ok());
+      }
+      ASSERT_TRUE(e->Flush().ok());
+    }
+  };
+  fill(5);
+  // A reader at the second file's second batch: the second file on are kept, the first goes.
+  SequenceNumber reader = file_starts[1] + 1;
+  auto trim = e->TrimWalArchive(reader);
+  ASSERT_TRUE(trim.ok()) << trim.status();
+  EXPECT_EQ(trim->deleted_files, 1u);
+  EXPECT_GT(trim->archived_bytes, options.wal_retention_bytes);
+  EXPECT_EQ(trim->pinned_bytes, trim->archived_bytes - options.wal_retention_bytes);
+  auto at = (*e->NewWalCursor(reader))->Next();
+  ASSERT_TRUE(at.ok()) << at.status();
+  ASSERT_FALSE(trim->files.empty());
+  EXPECT_EQ(trim->files.front().start_seq, file_starts[1]);
+  uint64_t total = 0;
+  for (const WalFileSpan& f : trim->files) total += f.bytes;
+  EXPECT_GE(total, trim->archived_bytes);
+  EXPECT_EQ(WalBytesFrom(trim->files, reader), total);
+  EXPECT_LT(WalBytesFrom(trim->files, file_starts[3]), total);
+  // Past the cap the oldest needed file goes too: the reader meets a gap.
+  fill(4);
+  auto capped = e->TrimWalArchive(reader);
+  ASSERT_TRUE(capped.ok()) << capped.status();
+  EXPECT_LE(capped->archived_bytes, options.wal_pinned_max_bytes);
+  auto gone = (*e->NewWalCursor(reader))->Next();
+  EXPECT_TRUE(absl::IsOutOfRange(gone.status())) << gone.status();
+  // The reader gone, the archive falls back to wal_retention_bytes.
+  auto released = e->TrimWalArchive(UINT64_MAX);
+  ASSERT_TRUE(released.ok());
+  EXPECT_LE(released->archived_bytes, options.wal_retention_bytes);
+  EXPECT_EQ(released->pinned_bytes, 0u);
+}
+
 TEST(EngineTest, ApplyReplicatedChecksContinuityAndFraming) {
   TempDir dir;
   auto leader = OpenOrDie(dir.Sub("leader"));

@@ -233,7 +233,7 @@ std::string DescribeProgress(const SeedProgress& p) {
   std::string from = p.source.empty() ? "" : absl::StrCat(" from ", p.source);
   switch (p.phase) {
     case SeedProgress::Phase::kConnecting:
-      return absl::StrCat("snapshot: asking", from.empty() ? " the leader" : from,
+      return absl::StrCat("snapshot: asking ", p.source.empty() ? "the leader" : p.source,
                           p.error.empty() ? "" : absl::StrCat(" (last attempt: ", p.error, ")"));
     case SeedProgress::Phase::kCopying: {
       uint64_t pct = p.total_bytes == 0 ? 100 : p.done_bytes * 100 / p.total_bytes;

@@ -229,6 +229,9 @@ struct Request {
     handover @5 :HandoverRequest;
     # Sent to the leader: hands leadership to a follower (the manual switchover). Answered
     # once it is done (the follower leads; this node follows it) or has failed.
+    reseed @6 :Void;
+    # Sent to a follower that needs a snapshot (with reseed = "operator"): it starts to seed
+    # itself from its leader's checkpoint. Answered at once; status shows the progress.
   }
 }
 
@@ -254,6 +257,7 @@ struct Reply {
     status @4 :NodeStatus;
     refused @5 :Error;
     handover @6 :HandoverReply;
+    reseed @7 :Error;      # ok: seeding has started (or was under way)
     # The request could not be served as sent: a kind of request this node does not know
     # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
     # cannot take now (unavailable) -- the connection stays open after these -- or a

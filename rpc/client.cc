@@ -41,6 +41,7 @@ const char* ReplyKindName(schema::Reply::Which w) {
     case schema::Reply::STATUS: return "status";
     case schema::Reply::REFUSED: return "refused";
     case schema::Reply::HANDOVER: return "handover";
+    case schema::Reply::RESEED: return "reseed";
   }
   return "unknown";
 }
@@ -230,6 +231,17 @@ class ClientImpl final : public Client {
         });
   }
 
+  absl::Status Reseed() override {
+    capnp::MallocMessageBuilder m(8);
+    m.initRoot<schema::Request>().setReseed();
+    return Call<bool>(m, timeout_, schema::Reply::RESEED,
+                      [](schema::Reply::Reader r) -> absl::StatusOr<bool> {
+                        if (absl::Status e = FromCapnp(r.getReseed()); !e.ok()) return e;
+                        return true;
+                      })
+        .status();
+  }
+
   absl::StatusOr<NodeStatusInfo> Status() override {
     capnp::MallocMessageBuilder m(8);
     m.initRoot<schema::Request>().setStatus();
@@ -312,6 +324,7 @@ class ClientImpl final : public Client {
       fi.bytes_shipped = f.getBytesShipped();
       fi.last_ack_ago_ms = f.getLastAckAgoMs();
       fi.message = f.getMessage();
+      fi.wal_pinned_bytes = f.getWalPinnedBytes();
       out.followers.push_back(std::move(fi));
     }
     out.replication_state = st.getReplicationState();
@@ -327,6 +340,12 @@ class ClientImpl final : public Client {
     out.connections_refused = st.getConnectionsRefused();
     out.accept_failures = st.getAcceptFailures();
     out.storage_error = st.getStorageError();
+    out.phase = st.getPhase();
+    out.ready = st.getReady();
+    out.seed_done_bytes = st.getSeedDoneBytes();
+    out.seed_total_bytes = st.getSeedTotalBytes();
+    out.wal_bytes = st.getWalBytes();
+    out.snapshots_serving = st.getSnapshotsServing();
     return out;
   }
 

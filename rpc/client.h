@@ -51,6 +51,7 @@ struct FollowerStatusInfo {
   uint64_t bytes_shipped = 0;
   int64_t last_ack_ago_ms = -1;
   std::string message;
+  uint64_t wal_pinned_bytes = 0;  // WAL the leader keeps for it
 };
 
 struct NodeStatusInfo {
@@ -71,6 +72,13 @@ struct NodeStatusInfo {
   uint32_t replication_acks = 0, sync_timeout_ms = 0, writes_waiting = 0;
   int64_t degraded_for_ms = -1;
   uint64_t writes_not_replicated = 0, writes_degraded = 0;
+  // Followers: on the way to serving reads ("snapshot: copying ...", "catching up: lag N",
+  // "ready"), and while seeded the checkpoint's bytes verified and in all.
+  std::string phase;
+  bool ready = false;
+  uint64_t seed_done_bytes = 0, seed_total_bytes = 0;
+  uint64_t wal_bytes = 0;          // WAL files this node holds
+  uint32_t snapshots_serving = 0;  // checkpoints being read from it
 };
 
 struct HandoverResult {
@@ -132,6 +140,9 @@ class Client {
   // the old leader leads on).
   virtual absl::StatusOr<HandoverResult> Handover(const std::string& target,
                                                   absl::Duration catch_up) = 0;
+  // Asks the follower this client is connected to to re-seed itself from its leader's
+  // checkpoint (it needs a snapshot); OK once it has started.
+  virtual absl::Status Reseed() = 0;
   virtual const std::string& endpoint() const = 0;
 
  protected:

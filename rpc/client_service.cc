@@ -66,6 +66,7 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
     case schema::Request::SCAN: return Scan(request.getScan(), reply);
     case schema::Request::STATUS: Status(reply.initStatus()); return kj::READY_NOW;
     case schema::Request::HANDOVER: return Handover(request.getHandover(), reply.initHandover());
+    case schema::Request::RESEED: ToCapnp(node_.Reseed(), reply.initReseed()); return kj::READY_NOW;
   }
   ToCapnp(absl::UnimplementedError(absl::StrCat(
               "unknown request kind ", static_cast<int>(request.which()),
@@ -253,6 +254,10 @@ void ClientService::Status(schema::NodeStatus::Builder st) {
   st.setSyncTimeoutMs(commit.timeout_ms);
   st.setOnSyncTimeout(replication::PolicyName(commit.on_timeout));
   st.setDegradedForMs(-1);
+  uint64_t wal_bytes = 0;
+  for (const engine::WalFileSpan& f : node_.wal_files()) wal_bytes += f.bytes;
+  st.setWalBytes(wal_bytes);
+  st.setSnapshotsServing(static_cast<uint32_t>(node_.snapshots().serving()));
   node_.role().FillStatus(st);
 }
 

@@ -214,6 +214,10 @@ void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
     list[i].setBytesShipped(f.bytes_shipped);
     list[i].setLastAckAgoMs(f.last_ack_us == 0 ? -1 : (now - f.last_ack_us) / 1000);
     list[i].setMessage(f.message);
+    if (f.state == replication::FollowerState::kConnected ||
+        f.state == replication::FollowerState::kDisconnected) {
+      list[i].setWalPinnedBytes(engine::WalBytesFrom(node_.wal_files(), f.applied + 1));
+    }
   }
 }
 

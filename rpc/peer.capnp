@@ -121,7 +121,8 @@ struct SnapshotRequest {
   # Asks a node for a checkpoint of its database (a follower seeding itself, or
   # `walship checkpoint`).
   version @0 :UInt32;          # the peer protocol version the asker speaks
-  cluster @1 :Text;            # must equal the node's cluster name
+  cluster @1 :Text;            # must equal the node's cluster name (empty: a tool that does
+                               # not know it; the manifest names it)
   requester @2 :Text;          # the asking node's id; empty for a tool
 }
 

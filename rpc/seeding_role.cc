@@ -55,7 +55,16 @@ void SeedingRole::Attempt() {
   fo.requester = node_.options().node_id;
   fo.source = absl::StrCat("'", leader, "' (", address, ")");
   fo.state = state_;
-  fo.progress = [this](const replication::SeedProgress& p) {
+  fo.progress = [this, logged = false](const replication::SeedProgress& p) mutable {
+    if (p.phase == replication::SeedProgress::Phase::kCopying && !logged) {
+      logged = true;
+      spdlog::info("copying a checkpoint of {} from '{}'{}", replication::HumanBytes(p.total_bytes),
+                   LeaderId(),
+                   p.done_bytes == 0
+                       ? std::string()
+                       : absl::StrCat("; resuming: ", replication::HumanBytes(p.done_bytes),
+                                      " of it verified by an earlier attempt"));
+    }
     progress_ = p;
     progress_.source = LeaderId();
   };

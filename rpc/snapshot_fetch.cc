@@ -236,7 +236,7 @@ kj::Promise<absl::StatusOr<SnapshotManifest>> FetchCheckpoint(kj::Timer& timer,
             t->manifest_text, absl::StrCat("the manifest from ", t->options.source));
         if (!m.ok()) return m.status();
         t->manifest = std::move(*m);
-        if (t->manifest.cluster != t->options.cluster) {
+        if (!t->options.cluster.empty() && t->manifest.cluster != t->options.cluster) {
           return absl::FailedPreconditionError(absl::StrCat(
               t->options.source, " belongs to cluster '", t->manifest.cluster, "', not '",
               t->options.cluster, "'"));

@@ -144,7 +144,7 @@ kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx) {
   KJ_REQUIRE(req.getVersion() == replication::kPeerProtocolVersion,
              "the asker speaks another peer protocol version: run one walship version in a "
              "cluster", req.getVersion(), replication::kPeerProtocolVersion);
-  KJ_REQUIRE(std::string(req.getCluster().cStr()) == o.cluster,
+  KJ_REQUIRE(req.getCluster().size() == 0 || std::string(req.getCluster().cStr()) == o.cluster,
              "the asker belongs to another cluster", req.getCluster().cStr(), o.cluster.c_str());
   uint64_t id = next_id_++;
   std::string dir = absl::StrCat(o.data_dir, "/checkpoints/", id);

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "replication/seeding.h"
 #include "rpc/client.h"
 
 namespace walship::rpc {
@@ -45,7 +46,8 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     << ",\"replication_acks\":" << s.replication_acks
     << ",\"ack_level\":" << JsonString(s.ack_level)
     << ",\"sync_timeout_ms\":" << s.sync_timeout_ms
-    << ",\"on_sync_timeout\":" << JsonString(s.on_sync_timeout);
+    << ",\"on_sync_timeout\":" << JsonString(s.on_sync_timeout)
+    << ",\"wal_bytes\":" << s.wal_bytes << ",\"snapshots_serving\":" << s.snapshots_serving;
   if (s.role == "leader") {
     o << ",\"degraded_for_ms\":" << s.degraded_for_ms << ",\"writes_waiting\":"
       << s.writes_waiting << ",\"writes_not_replicated\":" << s.writes_not_replicated
@@ -58,7 +60,8 @@ std::string StatusToJson(const NodeStatusInfo& s) {
         << f.received_seq << ",\"durable_seq\":" << f.durable_seq << ",\"applied_seq\":"
         << f.applied_seq << ",\"lag_seq\":" << f.lag_seq << ",\"lag_ms\":" << f.lag_ms
         << ",\"bytes_shipped\":" << f.bytes_shipped << ",\"last_ack_ago_ms\":"
-        << f.last_ack_ago_ms << ",\"message\":" << JsonString(f.message) << "}";
+        << f.last_ack_ago_ms << ",\"wal_pinned_bytes\":" << f.wal_pinned_bytes
+        << ",\"message\":" << JsonString(f.message) << "}";
     }
     o << "]";
     o << ",\"handover_to\":" << JsonString(s.handover_to);
@@ -67,7 +70,11 @@ std::string StatusToJson(const NodeStatusInfo& s) {
       << JsonString(s.leader_address) << ",\"replication_state\":"
       << JsonString(s.replication_state) << ",\"applied_seq\":" << s.applied_seq
       << ",\"leader_latest_seq\":" << s.leader_latest_seq << ",\"lag_seq\":" << s.lag_seq
-      << ",\"lag_ms\":" << s.lag_ms << ",\"message\":" << JsonString(s.message);
+      << ",\"lag_ms\":" << s.lag_ms << ",\"phase\":" << JsonString(s.phase)
+      << ",\"ready\":" << (s.ready ? "true" : "false")
+      << ",\"seed_done_bytes\":" << s.seed_done_bytes
+      << ",\"seed_total_bytes\":" << s.seed_total_bytes
+      << ",\"message\":" << JsonString(s.message);
   }
   o << "}";
   return o.str();
@@ -80,7 +87,10 @@ std::string StatusToText(const NodeStatusInfo& s) {
     << s.data_bytes << " bytes\n"
     << "  connections: " << s.client_connections << " clients, " << s.peer_connections
     << " nodes; since start " << s.connections_refused << " refused, " << s.accept_failures
-    << " failed accepts\n";
+    << " failed accepts\n"
+    << "  WAL " << replication::HumanBytes(s.wal_bytes);
+  if (s.snapshots_serving > 0) o << "; serving " << s.snapshots_serving << " checkpoint(s)";
+  o << "\n";
   if (!s.storage_error.empty()) o << "  STORAGE ERROR: " << s.storage_error << "\n";
   o << "  replication " << s.replication_mode;
   if (s.replication_mode != "async") {
@@ -105,14 +115,16 @@ std::string StatusToText(const NodeStatusInfo& s) {
     for (const auto& f : s.followers) {
       o << absl::StrFormat(
           "  follower %-8s %-14s applied %d (received %d, durable %d), lag %d seq / %d ms, "
-          "shipped %d bytes",
+          "shipped %d bytes, pins %s of WAL",
           f.id, f.state, f.applied_seq, f.received_seq, f.durable_seq, f.lag_seq, f.lag_ms,
-          f.bytes_shipped);
+          f.bytes_shipped, replication::HumanBytes(f.wal_pinned_bytes));
       if (!f.message.empty()) o << "\n    " << f.message;
       o << "\n";
     }
   } else if (s.role == "recovering") {
     o << "  " << s.message << "\n";
+  } else if (s.role == "seeding") {
+    o << "  leader " << s.leader_id << " at " << s.leader_address << "\n  " << s.message << "\n";
   } else {
     o << "  leader " << s.leader_id << " at " << s.leader_address << ": "
       << s.replication_state << ", applied " << s.applied_seq;
@@ -122,6 +134,7 @@ std::string StatusToText(const NodeStatusInfo& s) {
       o << " of " << s.leader_latest_seq << ", lag " << s.lag_seq << " seq / "
         << (s.lag_ms < 0 ? std::string("unknown") : absl::StrCat(s.lag_ms, " ms")) << "\n";
     }
+    if (!s.phase.empty()) o << "  " << s.phase << "\n";
     if (!s.message.empty()) o << "  " << s.message << "\n";
   }
   return o.str();

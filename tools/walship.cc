@@ -5,6 +5,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,7 @@
 #include "absl/time/time.h"
 #include "rpc/client.h"
 #include "rpc/convert.h"
+#include "tools/checkpoint.h"
 #include "tools/config.h"
 #include "tools/escape.h"
 
@@ -114,6 +116,22 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
   if (!r.ok()) return Fail(r.status());
   std::printf("OK seq %llu%s\n", static_cast<unsigned long long>(r->last_seq),
               r->degraded ? " (degraded: not waited for the followers)" : "");
+  return 0;
+}
+
+// Streams a checkpoint of the node into `out` (walship checkpoint).
+int DoCheckpoint(Target& t, const std::string& out) {
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
+                                       : walship::tools::ProgressStyle::kLines;
+  auto m = walship::tools::FetchCheckpointTo(
+      *endpoint, t.config.has_value() ? t.config->name : "", out, style);
+  if (!m.ok()) return Fail(m.status());
+  std::printf("OK checkpoint of %s at seq %llu: %s in %zu files, in %s\n", m->source.c_str(),
+              static_cast<unsigned long long>(m->seq),
+              walship::replication::HumanBytes(m->TotalBytes()).c_str(), m->files.size(),
+              out.c_str());
   return 0;
 }
 
@@ -246,9 +264,19 @@ int main(int argc, char** argv) {
   handover->add_option("--catch-up-ms", catch_up_ms,
                        "how long NODE may take to catch up; past it the leader leads on")
       ->capture_default_str();
+  auto* checkpoint = app.add_subcommand(
+      "checkpoint", "stream a consistent checkpoint of a node (the leader, or --node) into DIR "
+                    "on this machine, with a manifest; a copy cut off resumes when run again");
+  std::string out_dir;
+  checkpoint->add_option("--out", out_dir, "the directory to write (must not hold a checkpoint)")
+      ->required();
+  auto* reseed = app.add_subcommand(
+      "reseed", "have follower --node (told it needs a snapshot) seed itself again from its "
+                "leader's checkpoint; its data stays until the new copy is verified");
   CLI11_PARSE(app, argc, argv);
 
   if (handover->parsed()) return DoHandover(t, target, catch_up_ms);
+  if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
 
   if (!mode.empty()) {
     auto m = walship::replication::ParseMode(mode);
@@ -354,6 +382,12 @@ int main(int argc, char** argv) {
       std::cout << walship::tools::Escape(kv.key) << "\t" << walship::tools::Escape(kv.value)
                 << "\n";
     }
+    return 0;
+  }
+  if (reseed->parsed()) {
+    if (absl::Status s = (*client)->Reseed(); !s.ok()) return Fail(s);
+    std::printf("OK seeding from the leader; `walship --node %s status` shows the progress\n",
+                t.node.empty() ? endpoint->c_str() : t.node.c_str());
     return 0;
   }
   if (status->parsed()) {

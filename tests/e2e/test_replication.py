@@ -198,18 +198,55 @@ class ReplicationTest(unittest.TestCase):
 
 
 class PurgedWalTest(unittest.TestCase):
+    # With reseed = "operator" a follower told its position is gone waits, refusing reads,
+    # until `walship reseed`; with the default it re-seeds itself.
+
     def test_follower_behind_a_purged_wal_needs_snapshot(self):
         # Age bound: RocksDB deletes archived WAL older than 1 s.
         self.check_needs_snapshot({"wal_retention_bytes": 0, "wal_retention_seconds": 1})
 
     def test_follower_past_the_wal_size_bound_needs_snapshot(self):
-        # Size bound: walship trims the archive to 64 KiB within about a second.
-        self.check_needs_snapshot({"wal_retention_bytes": 65536, "wal_retention_seconds": 0},
+        # Size bound: walship trims the archive to 64 KiB within about a second (and keeps
+        # nothing beyond it for followers away).
+        self.check_needs_snapshot({"wal_retention_bytes": 65536, "wal_retention_seconds": 0,
+                                   "wal_pinned_max_bytes": 0},
                                   leader_log="archived WAL files")
+
+    def test_follower_behind_a_purged_wal_reseeds_itself(self):
+        c = self.purged_cluster({"wal_retention_bytes": 65536, "wal_pinned_max_bytes": 0},
+                                reseed="automatic")
+        try:
+            c.start("n3")
+            c.wait_converged(timeout=60)
+            leader = c.scan_all("n1")
+            for nid in ("n2", "n3"):
+                self.assertEqual(c.scan_all(nid), leader, nid)
+            self.assertIn("is now seeding", c.log("n3"))
+            st = c.status("n3")
+            self.assertEqual(st["role"], "follower")
+            self.assertEqual(st["replication_state"], "streaming")
+        finally:
+            c.close()
+
+    def purged_cluster(self, retention, reseed):
+        """Three nodes; n3 is stopped while the leader writes past the WAL retention, so its
+        position is gone when it comes back (not started again here)."""
+        c = Cluster(n=3, replication=dict(retention, write_buffer_bytes=65536,
+                                          max_tail_bytes=4096, reseed=reseed))
+        c.start_all()
+        c.load("n1", 200, seed=7)
+        c.wait_converged()
+        c.stop("n3")
+        # Enough writes to fill and flush many 64 KiB memtables, over more than the 1 s
+        # retention, so the WAL holding n3's position is deleted.
+        for i in range(4):
+            c.load("n1", 1500, seed=100 + i)
+            time.sleep(0.6)
+        return c
 
     def check_needs_snapshot(self, retention, leader_log=None):
         c = Cluster(n=3, replication=dict(retention, write_buffer_bytes=65536,
-                                          max_tail_bytes=4096))
+                                          max_tail_bytes=4096, reseed="operator"))
         try:
             c.start_all()
             c.load("n1", 200, seed=7)
@@ -252,6 +289,16 @@ class PurgedWalTest(unittest.TestCase):
             r = c.cli("--node", "n3", "get", "k", check=False)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("needs a snapshot", r.stdout + r.stderr)
+            # The operator re-seeds it; it converges on the leader's contents.
+            c.start("n1")
+            r = c.cli("--node", "n3", "reseed")
+            self.assertIn("OK seeding", r.stdout)
+            c.wait_converged(timeout=60)
+            self.assertEqual(c.scan_all("n3"), c.scan_all("n1"))
+            # A node that streams has nothing to re-seed.
+            r = c.cli("--node", "n3", "reseed", check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("only one that needs a snapshot", r.stderr)
         finally:
             c.close()
 
