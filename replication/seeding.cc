@@ -194,6 +194,14 @@ FetchPlan PlanFetch(const SnapshotManifest& m, const std::vector<SnapshotFile>& 
   return plan;
 }
 
+bool ResumesPartial(const SnapshotManifest* previous, const SnapshotFile& f) {
+  if (previous == nullptr) return false;
+  for (const SnapshotFile& p : previous->files) {
+    if (p.name == f.name) return p == f;
+  }
+  return false;
+}
+
 NodeState StateAfterSeed(const NodeState& old, const SnapshotManifest& m,
                          const std::string& leader) {
   NodeState s;

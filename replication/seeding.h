@@ -77,6 +77,12 @@ struct FetchPlan {
 };
 FetchPlan PlanFetch(const SnapshotManifest& m, const std::vector<SnapshotFile>& verified);
 
+// Whether the staged bytes of `f`, a file being fetched when an earlier transfer was cut off,
+// may be kept and the fetch continue after them: the earlier transfer's manifest
+// (`previous`, null when unknown) listed the file identically, so those bytes are a prefix of
+// the same file (the whole file's checksum still decides at its end).
+bool ResumesPartial(const SnapshotManifest* previous, const SnapshotFile& f);
+
 // The node state a node seeded from `m` starts with: the checkpoint's database and epoch
 // history, following `leader`, with no needs-snapshot verdict and no handover. The epoch
 // never goes below what the node had seen (its highest epoch), so a seeded node never

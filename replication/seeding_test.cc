@@ -89,6 +89,17 @@ TEST(SeedingTest, ResumeKeepsOnlyIdenticalFiles) {
   EXPECT_EQ(plan.remove, (std::vector<std::string>{"CURRENT", "000009.sst"}));
 }
 
+TEST(SeedingTest, APartlyFetchedFileResumesOnlyWhenListedAlike) {
+  SnapshotManifest before = Sample();
+  SnapshotFile same = before.files[0];
+  EXPECT_TRUE(ResumesPartial(&before, same));
+  SnapshotFile rewritten = same;
+  rewritten.crc += 1;  // a file of that name with other bytes
+  EXPECT_FALSE(ResumesPartial(&before, rewritten));
+  EXPECT_FALSE(ResumesPartial(&before, SnapshotFile{"000099.sst", 10, 1}));
+  EXPECT_FALSE(ResumesPartial(nullptr, same));
+}
+
 TEST(SeedingTest, SeedMustComeFromTheSameClusterAndDatabase) {
   SnapshotManifest m = Sample();
   NodeState fresh;

@@ -27,13 +27,18 @@ absl::Status Errno(const char* what, const std::string& path) {
   return absl::UnavailableError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
 }
 
-absl::StatusOr<std::string> ReadWhole(const std::string& path) {
+}  // namespace
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Errno("cannot read", path);
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
 }
+
+namespace {
+absl::StatusOr<std::string> ReadWhole(const std::string& path) { return ReadWholeFile(path); }
 
 absl::Status FsyncPath(const std::string& path, bool dir) {
   int fd = ::open(path.c_str(), (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);

@@ -23,11 +23,15 @@ namespace walship::rpc {
 
 inline constexpr char kManifestFile[] = "MANIFEST.walship";
 inline constexpr char kVerifiedFile[] = "verified";
+// The manifest of the transfer under way (the files not yet verified may be partly there).
+inline constexpr char kFetchingFile[] = "fetching";
 
 // CRC-32 (zlib) of bytes, continuing from `crc` (0 to start).
 uint32_t Crc32(uint32_t crc, const void* data, size_t n);
 // The size and CRC-32 of a whole file.
 absl::StatusOr<replication::SnapshotFile> ChecksumFile(const std::string& path);
+// The text of a whole file.
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
 
 // Writes `contents` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
 absl::Status WriteFileDurably(const std::string& path, const std::string& contents);

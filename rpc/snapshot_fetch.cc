@@ -46,6 +46,8 @@ struct Transfer {
   SnapshotManifest manifest;
   schema::SnapshotReader::Client reader = nullptr;
   std::vector<uint32_t> files;      // manifest indexes to fetch, in order
+  // Per file to fetch: the bytes already staged by a transfer cut off (kept), and their CRC.
+  std::vector<std::pair<uint64_t, uint32_t>> starts;
   std::vector<Chunk> chunks;        // every read, in order
   size_t next_chunk = 0;            // the next read to send
   size_t next_file = 0;             // index into `files` of the file being written
@@ -82,14 +84,16 @@ struct Transfer {
     while (fd < 0 && next_file < files.size()) {
       const SnapshotFile& f = manifest.files[files[next_file]];
       std::string path = db_dir() + "/" + f.name;
-      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (fd < 0) {
+      auto [start, start_crc] = starts[next_file];
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | (start == 0 ? O_TRUNC : 0) | O_CLOEXEC, 0644);
+      if (fd < 0 || (start > 0 && (::ftruncate(fd, static_cast<off_t>(start)) != 0 ||
+                                   ::lseek(fd, static_cast<off_t>(start), SEEK_SET) < 0))) {
         return absl::UnavailableError(absl::StrCat("cannot create ", path, ": ",
                                                    std::strerror(errno)));
       }
-      written = 0;
-      crc = 0;
-      if (f.size == 0) {
+      written = start;
+      crc = start_crc;
+      if (written == f.size) {
         if (absl::Status s = FinishFile(); !s.ok()) return s;
       }
     }
@@ -180,8 +184,25 @@ absl::Status Prepare(Transfer& t) {
   absl::StatusOr<std::vector<SnapshotFile>> verified = ReadVerified(t.options.dir);
   if (!verified.ok()) return verified.status();
   replication::FetchPlan plan = replication::PlanFetch(t.manifest, *verified);
+  // The manifest of the transfer cut off, if any: a file it listed as this one does, and was
+  // fetching, continues after the bytes staged.
+  std::optional<SnapshotManifest> previous;
+  std::string fetching = t.options.dir + "/" + kFetchingFile;
+  if (absl::StatusOr<std::string> text = ReadWholeFile(fetching); text.ok()) {
+    absl::StatusOr<SnapshotManifest> m = replication::ParseManifest(*text, fetching);
+    if (m.ok()) previous = std::move(*m);
+  }
   std::map<std::string, bool> keep;
   for (const SnapshotFile& f : plan.keep) keep[f.name] = true;
+  std::map<std::string, std::pair<uint64_t, uint32_t>> partial;
+  for (const SnapshotFile& f : plan.fetch) {
+    if (!replication::ResumesPartial(previous ? &*previous : nullptr, f)) continue;
+    absl::StatusOr<SnapshotFile> staged = ChecksumFile(t.db_dir() + "/" + f.name);
+    if (staged.ok() && staged->size > 0 && staged->size <= f.size) {
+      partial[f.name] = {staged->size, staged->crc};
+      keep[f.name] = true;
+    }
+  }
   for (const auto& entry : fs::directory_iterator(t.db_dir(), ec)) {
     if (!keep.count(entry.path().filename().string())) fs::remove(entry.path(), ec);
   }
@@ -190,6 +211,7 @@ absl::Status Prepare(Transfer& t) {
   if (absl::Status s = WriteFileDurably(t.options.dir + "/" + kVerifiedFile, kept); !s.ok()) {
     return s;
   }
+  if (absl::Status s = WriteFileDurably(fetching, t.manifest_text); !s.ok()) return s;
   absl::StatusOr<uint64_t> free = FreeBytes(t.options.dir);
   if (!free.ok()) return free.status();
   if (*free < plan.fetch_bytes) {
@@ -200,17 +222,23 @@ absl::Status Prepare(Transfer& t) {
   }
   std::map<std::string, uint32_t> index;
   for (uint32_t i = 0; i < t.manifest.files.size(); ++i) index[t.manifest.files[i].name] = i;
+  uint64_t staged_bytes = 0;
   for (const SnapshotFile& f : plan.fetch) {
     uint32_t i = index[f.name];
     t.files.push_back(i);
-    for (uint64_t off = 0; off < f.size; off += t.options.chunk_bytes) {
+    auto it = partial.find(f.name);
+    std::pair<uint64_t, uint32_t> start = it == partial.end() ? std::pair<uint64_t, uint32_t>{0, 0}
+                                                              : it->second;
+    t.starts.push_back(start);
+    staged_bytes += start.first;
+    for (uint64_t off = start.first; off < f.size; off += t.options.chunk_bytes) {
       t.chunks.push_back(Chunk{i, off, static_cast<uint32_t>(
                                            std::min<uint64_t>(t.options.chunk_bytes, f.size - off))});
     }
   }
   t.progress.phase = SeedProgress::Phase::kCopying;
   t.progress.total_bytes = t.manifest.TotalBytes();
-  t.progress.done_bytes = plan.kept_bytes;
+  t.progress.done_bytes = plan.kept_bytes + staged_bytes;
   return t.OpenNext();  // files of no bytes at the front
 }
 
@@ -270,6 +298,7 @@ kj::Promise<absl::StatusOr<SnapshotManifest>> FetchCheckpoint(kj::Timer& timer,
             !w.ok()) {
           return t->Fail(w);
         }
+        ::unlink((t->options.dir + "/" + kFetchingFile).c_str());  // complete: not needed
         return t->manifest;
       },
       [t](kj::Exception&& e) -> absl::StatusOr<SnapshotManifest> {

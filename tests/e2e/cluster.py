@@ -160,7 +160,10 @@ class Cluster:
 
         def same():
             seqs.clear()
-            seqs.update({nid: self.status(nid)["latest_seq"] for nid in self.procs})
+            try:
+                seqs.update({nid: self.status(nid)["latest_seq"] for nid in self.procs})
+            except AssertionError:  # a node restarting (seeded from a checkpoint)
+                return False
             return len(set(seqs.values())) == 1
         try:
             return wait_until(same, timeout, "all nodes at the leader's sequence")
