@@ -298,7 +298,7 @@ void FollowerLink::CheckNeedsSnapshot(LinkOutbox* out) {
   Log(out, LogLevel::kError,
       absl::StrCat("NEEDS SNAPSHOT: leader '", leader_id_, "' cannot serve this follower: ",
                    st.message, ". Replication stopped at seq ", st.applied,
-                   "; re-seed this node from a checkpoint."));
+                   "; re-seed this node from a checkpoint (it does so by itself unless reseed = \"operator\")."));
 }
 
 void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out) {
