@@ -38,6 +38,7 @@ class LocalCluster {
   std::string config() const { return (dir_ / "cluster.toml").string(); }
   const std::vector<std::string>& ids() const { return ids_; }
   const std::string& addr(const std::string& id) { return addr_[id]; }
+  std::filesystem::path data_dir(const std::string& id) const { return dir_ / "data" / id; }
 
   void Start(const std::string& id);
   void StartAll();

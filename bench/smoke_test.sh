@@ -5,7 +5,7 @@ set -euo pipefail
 bench=$1
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-"$bench" --keys 2000 --catchup-keys 2000 --cap-s 5 --json "$out/run.json" --plots "$out/plots"
+"$bench" --keys 2000 --catchup-keys 2000 --w5-keys 2000 --cap-s 5 --json "$out/run.json" --plots "$out/plots"
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d['benchmarks']) >= 6, d" "$out/run.json"
 compare=$(ls /usr/share/benchmark/compare.py /usr/lib/python3/dist-packages/benchmark/compare.py 2>/dev/null | head -n 1 || true)
 if [[ -z "$compare" ]]; then compare=$(dpkg -L libbenchmark-tools | grep '/compare.py$' | head -n 1); fi

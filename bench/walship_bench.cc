@@ -31,6 +31,7 @@
 #include "bench/report.h"
 #include "bench/stats.h"
 #include "bench/w3_sync.h"
+#include "bench/w5_seed.h"
 #include "engine/engine.h"
 #include "rpc/client.h"
 #include "tools/config.h"
@@ -45,6 +46,7 @@ struct Options {
   std::string workload = "all";  // W1, W2 (runs with W1), W4, all
   uint64_t keys = 200000;
   uint64_t catchup_keys = 200000;
+  uint64_t w5_keys = 1000000;
   size_t value_size = 100;
   std::vector<size_t> depths = {1, 64};
   std::vector<size_t> batches = {64};  // W1 "per batch" variant: N puts in one write, 1 in flight
@@ -404,6 +406,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
   bool w1 = o.workload == "all" || o.workload == "W1" || o.workload == "W2";
   bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
   bool w3 = (o.workload == "all" || o.workload == "W3") && o.cluster.empty();
+  bool w5 = (o.workload == "all" || o.workload == "W5") && o.cluster.empty();
   if (w1 && o.baselines && o.cluster.empty()) {
     out.rows.push_back(RunBareEngine(o));
     LocalCluster single(walshipd, 1, o.replication);
@@ -458,6 +461,14 @@ RunResult RunOnce(const Options& o, const std::string& walshipd) {
     w3o.replication = o.replication;
     for (Row& r : RunW3(walshipd, w3o)) out.rows.push_back(std::move(r));
   }
+  if (w5) {
+    cluster.reset();
+    W5Options w5o;
+    w5o.keys = o.w5_keys;
+    w5o.value_size = o.value_size;
+    w5o.replication = o.replication;
+    for (Row& r : RunW5(walshipd, w5o)) out.rows.push_back(std::move(r));
+  }
   // Ratios against the bare-RocksDB baseline of this repetition.
   double bare = 0;
   for (const Row& r : out.rows) {
@@ -479,10 +490,13 @@ int main(int argc, char** argv) {
       "walship-bench: throughput and replication lag of walship, with the workloads of "
       "shared/WORKLOADS.md, beside bare RocksDB and a one-node walship measured in the same run"};
   app.add_option("--workload", o.workload,
-                 "W1 (with the W2 lag probe), W3 (writes waiting for followers), W4, or all")
+                 "W1 (with the W2 lag probe), W3 (writes waiting for followers), W4, W5 (a new "
+                 "follower from a checkpoint), or all")
       ->capture_default_str();
   app.add_option("--keys", o.keys, "writes per W1 run (keys 0..N-1)")->capture_default_str();
   app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")
+      ->capture_default_str();
+  app.add_option("--w5-keys", o.w5_keys, "W5: keys on the leader when the follower joins")
       ->capture_default_str();
   app.add_option("--value-size", o.value_size, "value bytes")->capture_default_str();
   app.add_option("--batch", o.batches,

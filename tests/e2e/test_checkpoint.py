@@ -124,6 +124,50 @@ class CheckpointTest(unittest.TestCase):
         self.assertIn("resuming:", log)
         self.assertFalse(os.path.exists(os.path.join(c.data_dir("n2"), "seed")))
 
+    def test_leader_killed_during_a_transfer(self):
+        # The follower retries with a growing pause, and finishes from the restarted leader's
+        # new checkpoint.
+        self.c = c = Cluster(n=2, replication=SLOW)
+        c.start("n1")
+        c.load("n1", 3000, seed=9, value_bytes=600)
+        c.start("n2")
+        self.wait_seeding("n2", at_least=0.3)
+        c.stop("n1", signal.SIGKILL)
+        wait_until(lambda: "seeding from 'n1' failed" in c.log("n2"), 20,
+                   "n2 to see the transfer fail")
+        st = c.status("n2")
+        self.assertEqual(st["role"], "seeding")
+        self.assertIn("last failure", st["message"])
+        c.start("n1")
+        c.load("n1", 100, seed=10)
+        self.assert_identical(["n2"])
+        # (The restarted leader replays its WAL into a memtable that its next checkpoint
+        # flushes, so the files may all differ; resuming is test_transfer_cut_midway_resumes's.)
+        self.assertGreaterEqual(c.log("n2").count("copying a checkpoint"), 2)
+
+    def test_a_disk_too_small_for_the_checkpoint_is_refused_before_copying(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root to mount a small tmpfs as the follower's data dir")
+        self.c = c = Cluster(n=2, replication=REPL)
+        c.start("n1")
+        c.load("n1", 3000, seed=11, value_bytes=600)
+        d = c.data_dir("n2")
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", d], check=True)
+        try:
+            c.start("n2")
+            wait_until(lambda: "not enough disk space" in c.log("n2"), 30,
+                       "n2 to refuse the transfer for want of space")
+            st = c.status("n2")
+            self.assertEqual(st["role"], "seeding")
+            self.assertIn("not enough disk space", st["message"])
+            # Nothing was copied, and the leader writes on.
+            self.assertFalse(os.listdir(os.path.join(d, "seed", "db")))
+            c.load("n1", 100, seed=12)
+            c.stop("n2", signal.SIGKILL)
+        finally:
+            subprocess.run(["umount", d], check=False)
+
     def test_restore_from_a_checkpoint_dir_and_refusals(self):
         self.c = c = Cluster(n=3, replication=REPL)
         c.start("n1")
