@@ -352,7 +352,7 @@ class EngineImpl final : public Engine {
       if (f->Type() != rocksdb::kArchivedLogFile) continue;
       // The file holds [its start, the next file's start): needed when that reaches keep_from.
       bool needed = i + 1 == files.size() || files[i + 1]->StartSequence() > keep_from;
-      if (needed && trim.archived_bytes <= std::max(wal_pinned_max_bytes_, wal_retention_bytes_)) {
+      if (needed && trim.archived_bytes <= wal_retention_bytes_ + wal_pinned_max_bytes_) {
         break;
       }
       s = db_->DeleteFile(f->PathName());
@@ -471,7 +471,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   }
   uint64_t limit = options.wal_retention_bytes == 0
                        ? 0
-                       : std::max(options.wal_retention_bytes, options.wal_pinned_max_bytes);
+                       : options.wal_retention_bytes + options.wal_pinned_max_bytes;
   ro.WAL_size_limit_MB = (limit + (1 << 20) - 1) >> 20;
   ro.WAL_ttl_seconds = options.wal_retention_seconds;
   ro.manual_wal_flush = false;

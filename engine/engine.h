@@ -36,9 +36,9 @@ struct EngineOptions {
   // Callers enforce it promptly with TrimWalArchive() (RocksDB checks its own limit only
   // every 10 minutes).
   uint64_t wal_retention_bytes = uint64_t{1} << 30;
-  // How large the archive may grow to keep the WAL that known readers still need
-  // (TrimWalArchive's keep_from), beyond wal_retention_bytes; 0: never beyond. RocksDB's own
-  // size limit (WAL_size_limit_MB, whole MiB) is the larger of the two.
+  // How far beyond wal_retention_bytes the archive may grow to keep the WAL that known
+  // readers still need (TrimWalArchive's keep_from); 0: never beyond. RocksDB's own size
+  // limit (WAL_size_limit_MB, whole MiB) is the sum of the two.
   uint64_t wal_pinned_max_bytes = uint64_t{4} << 30;
   // Archived WAL files older than this are deleted (RocksDB WAL_ttl_seconds); 0 means no age
   // limit. With no size limit, RocksDB checks every wal_retention_seconds / 2. At least one
@@ -214,7 +214,7 @@ class Engine {
   // Deletes the oldest archived WAL files until the archive holds at most
   // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes), except
   // files holding sequence numbers at or after `keep_from` (what the readers still need),
-  // which are kept until the archive would pass wal_pinned_max_bytes. Readers that needed a
+  // which are kept until the archive would pass wal_retention_bytes + wal_pinned_max_bytes. Readers that needed a
   // deleted file then get kOutOfRange (a gap) from their cursor. Deletes nothing when
   // wal_retention_bytes is 0. Lists the WAL files again only when the archive or keep_from
   // changed since the last call. One call at a time (it is not thread-safe with itself).

@@ -273,5 +273,63 @@ TEST(HandshakeTest, FreshFollowerIsAcceptedAndAdoptsTheLeadersIdentity) {
   EXPECT_TRUE(SameContents(*l.engine, *f.engine));
 }
 
+// With seed_new_followers (the node's setting), a follower holding nothing is told to seed
+// itself from a checkpoint once the leader holds writes; one that holds data streams on, and
+// an empty leader streams to it from seq 1.
+TEST(HandshakeTest, ANewFollowerOfALeaderWithWritesIsSeededFromACheckpoint) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderOptions options = DefaultLeaderOptions();
+  options.seed_new_followers = true;
+  LeaderNode l(dir, &clock, options, LeaderState(2));
+  FollowerNode early(dir, "f1", &clock);
+  ASSERT_EQ(Connect(*l.leader, *early.follower).reply.outcome, HelloOutcome::kAccepted);
+  l.Write(3);
+  FollowerNode fresh(dir, "f2", &clock);
+  Handshake h = Connect(*l.leader, *fresh.follower);
+  EXPECT_EQ(h.reply.outcome, HelloOutcome::kNeedsSnapshot);
+  EXPECT_NE(h.reply.message.find("seeded from a checkpoint"), std::string::npos)
+      << h.reply.message;
+  EXPECT_EQ(fresh.follower->Status().phase, FollowerPhase::kNeedsSnapshot);
+  // The one that streamed before comes back and streams on.
+  auto ship = l.leader->NextShip(Connect(*l.leader, *early.follower).session, false);
+  ASSERT_TRUE(ship.has_value());
+  EXPECT_EQ(ship->batches.front().batch.first_seq, 1u);
+}
+
+// The WAL a leader keeps for its followers starts at the lowest applied + 1 among those
+// connected or away; followers told to re-seed, or refused, pin nothing.
+TEST(HandshakeTest, TheWalNeededFromIsTheSlowestKnownFollowersNextSeq) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(2));
+  EXPECT_EQ(l.leader->WalNeededFrom(), UINT64_MAX);
+  FollowerNode f1(dir, "f1", &clock);
+  FollowerNode f2(dir, "f2", &clock);
+  Handshake h1 = Connect(*l.leader, *f1.follower);
+  Handshake h2 = Connect(*l.leader, *f2.follower);
+  ASSERT_EQ(h1.reply.outcome, HelloOutcome::kAccepted);
+  ASSERT_EQ(h2.reply.outcome, HelloOutcome::kAccepted);
+  EXPECT_EQ(l.leader->WalNeededFrom(), 1u);
+  l.Write(4);
+  auto ship = l.leader->NextShip(h1.session, false);
+  ASSERT_TRUE(ship.has_value());
+  auto ack = f1.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok());
+  l.leader->OnAck(h1.session, *ack);
+  EXPECT_EQ(l.leader->WalNeededFrom(), 1u) << "f2 still needs seq 1";
+  l.leader->OnDisconnect(h2.session);
+  EXPECT_EQ(l.leader->WalNeededFrom(), 1u) << "a follower away still pins its position";
+  Handshake back = Connect(*l.leader, *f2.follower);
+  ASSERT_EQ(back.reply.outcome, HelloOutcome::kAccepted);
+  ship = l.leader->NextShip(back.session, false);
+  ASSERT_TRUE(ship.has_value());
+  ack = f2.follower->OnShip(*ship, {});
+  ASSERT_TRUE(ack.ok());
+  l.leader->OnAck(back.session, *ack);
+  // Both at the leader's latest: the WAL after it.
+  EXPECT_EQ(l.leader->WalNeededFrom(), l.leader->latest() + 1);
+}
+
 }  // namespace
 }  // namespace walship::replication

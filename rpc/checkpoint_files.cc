@@ -216,14 +216,41 @@ absl::StatusOr<std::optional<SnapshotManifest>> InstallStagedSeed(const std::str
                                                                   const std::string& leader) {
   std::string seed = data_dir + "/seed";
   std::string manifest_path = seed + "/" + kManifestFile;
-  if (::access(manifest_path.c_str(), F_OK) != 0) return std::optional<SnapshotManifest>();
+  std::string db = data_dir + "/db", old = data_dir + "/db.old";
+  std::error_code ec;
+  bool complete = ::access(manifest_path.c_str(), F_OK) == 0;
+  if (!complete) {
+    // An install cut off after it moved the old database aside, with its seed lost since
+    // (a restore that replaced it failed): the old database goes back.
+    if (!fs::exists(db, ec) && fs::exists(old, ec)) {
+      spdlog::warn("{} is missing and {} holds the database an install moved aside; putting it "
+                   "back", db, old);
+      if (absl::Status s = Rename(old, db); !s.ok()) return s;
+      if (absl::Status s = SyncDir(data_dir); !s.ok()) return s;
+    } else if (fs::exists(db, ec) && fs::exists(old, ec)) {
+      if (absl::Status s = RemoveAll(old); !s.ok()) return s;  // left by a finished install
+    }
+    return std::optional<SnapshotManifest>();
+  }
   absl::StatusOr<std::string> text = ReadWhole(manifest_path);
   if (!text.ok()) return text.status();
   absl::StatusOr<SnapshotManifest> m = replication::ParseManifest(*text, manifest_path);
   if (!m.ok()) return m.status();
-  std::string db = data_dir + "/db", old = data_dir + "/db.old";
-  std::error_code ec;
-  if (fs::exists(seed + "/db", ec)) {
+  bool staged = fs::exists(seed + "/db", ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot look at ", seed, "/db: ", ec.message()));
+  if (staged) {
+    // Every listed file is there at its size (their checksums were checked as they came):
+    // else the seed is not complete after all (a crash lost a name), and is fetched again.
+    for (const SnapshotFile& f : m->files) {
+      std::error_code size_ec;
+      if (fs::file_size(seed + "/db/" + f.name, size_ec) != f.size || size_ec) {
+        spdlog::error("the checkpoint staged in {} lacks {} (or it is cut short); it is not "
+                      "installed and will be fetched again", seed, f.name);
+        ::unlink(manifest_path.c_str());
+        if (absl::Status s = SyncDir(seed); !s.ok()) return s;
+        return std::optional<SnapshotManifest>();
+      }
+    }
     if (fs::exists(db, ec)) {
       // db.old here is left from an install that finished before: db is the newer.
       if (absl::Status s = RemoveAll(old); !s.ok()) return s;
@@ -231,6 +258,10 @@ absl::StatusOr<std::optional<SnapshotManifest>> InstallStagedSeed(const std::str
     }
     if (absl::Status s = Rename(seed + "/db", db); !s.ok()) return s;
     if (absl::Status s = SyncDir(data_dir); !s.ok()) return s;
+  } else if (!fs::exists(db, ec)) {
+    return absl::DataLossError(absl::StrCat(
+        "the checkpoint in ", seed, " was being installed, but neither ", seed, "/db nor ", db,
+        " exists; the previous database may be in ", old));
   }
   // The new database is in place (now, or by an install a crash cut short): name it.
   absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);

@@ -39,7 +39,7 @@ class NodeImpl final : public schema::Node::Server {
   }
   kj::Promise<void> takeOver(TakeOverContext ctx) override { return node_.role().TakeOver(ctx); }
   kj::Promise<void> snapshot(SnapshotContext ctx) override {
-    return node_.snapshots().Serve(ctx);
+    return node_.snapshots().Serve(ctx, std::make_shared<PeerSessionHold>(sessions_));
   }
   kj::Promise<void> position(PositionContext ctx) override {
     replication::PeerPosition p = node_.role().Position();

@@ -113,8 +113,11 @@ class NodeServerImpl final : public NodeServer {
   absl::Status Reopen() {
     engine_.reset();
     std::string state_path = options_.data_dir + "/node-state";
+    // The leader as saved now (a handover may have moved it since the process started).
+    absl::StatusOr<replication::NodeState> saved = replication::LoadNodeState(state_path);
+    if (!saved.ok()) return saved.status();
     absl::StatusOr<std::optional<replication::SnapshotManifest>> installed =
-        InstallStagedSeed(options_.data_dir, state_path, LeaderOf(state_, options_));
+        InstallStagedSeed(options_.data_dir, state_path, LeaderOf(*saved, options_));
     if (!installed.ok()) return installed.status();
     absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);
     if (!state.ok()) return state.status();
@@ -250,6 +253,18 @@ absl::Status StageRestore(const NodeServerOptions& options, const replication::N
     return refuse(absl::StrCat("this node is ", role, "; a checkpoint seeds a follower, which "
                                "then catches up from its leader"));
   }
+  // A checkpoint older than what the node holds would drop writes it has acknowledged.
+  std::error_code ec;
+  if (std::filesystem::exists(options.data_dir + "/db/CURRENT", ec)) {
+    absl::StatusOr<engine::SequenceNumber> held =
+        engine::Engine::CheckpointSequence(options.data_dir + "/db");
+    if (!held.ok()) return refuse(held.status().message());
+    if (*held > m->seq) {
+      return refuse(absl::StrCat("this node holds writes up to seq ", *held, ", past the "
+                                 "checkpoint's ", m->seq, ": restoring would drop writes it "
+                                 "acknowledged (move its data dir away to restore anyway)"));
+    }
+  }
   std::string leader = LeaderOf(state, options);
   std::string address = leader == options.leader_id ? options.leader_address
                                                     : options.peers.count(leader)
@@ -266,10 +281,15 @@ absl::Status StageRestore(const NodeServerOptions& options, const replication::N
   } else if (at->database_id != m->database_id) {
     return refuse(absl::StrCat("the checkpoint holds database ", m->database_id, ", leader '",
                                leader, "' database ", at->database_id));
-  } else if (at->leads && at->wal_oldest > m->seq + 1) {
-    return refuse(absl::StrCat("it ends at seq ", m->seq, " and leader '", leader,
+  } else if (at->wal_oldest > m->seq + 1) {
+    return refuse(absl::StrCat("it ends at seq ", m->seq, " and '", leader,
                                "' keeps its WAL only from seq ", at->wal_oldest,
                                ": take a newer checkpoint"));
+  } else if (!at->leads || at->wal_oldest == 0) {
+    spdlog::warn("restoring from {}: '{}' {}, so whether the leader can serve seq {} on is not "
+                 "known; if it cannot, this follower is re-seeded from it",
+                 dir, leader, at->leads ? "has not listed its WAL yet" : "does not lead",
+                 m->seq + 1);
   }
   spdlog::info("restoring from {}: the checkpoint of '{}' at seq {}, {} in {} files", dir,
                m->source, m->seq, replication::HumanBytes(m->TotalBytes()), m->files.size());
@@ -289,19 +309,22 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
   std::string state_path = options.data_dir + "/node-state";
   absl::StatusOr<replication::NodeState> state = replication::LoadNodeState(state_path);
   if (!state.ok()) return fail(state.status());
-  if (!options.restore_from.empty()) {
-    if (absl::Status s = StageRestore(options, *state); !s.ok()) return fail(s);
-  }
-  // A checkpoint received in full before the process stopped (or staged just now) goes in
-  // place of the database before it opens.
-  absl::StatusOr<std::optional<replication::SnapshotManifest>> installed =
-      InstallStagedSeed(options.data_dir, state_path, LeaderOf(*state, options));
-  if (!installed.ok()) return fail(installed.status());
-  if (installed->has_value()) {
-    spdlog::info("installed the checkpoint of '{}' at seq {} in {}/db", (*installed)->source,
-                 (*installed)->seq, options.data_dir);
-    state = replication::LoadNodeState(state_path);
-    if (!state.ok()) return fail(state.status());
+  // A checkpoint received in full before the process stopped goes in place of the database
+  // before it opens (an install a crash cut short is finished); then one to restore from.
+  for (bool restoring : {false, true}) {
+    if (restoring) {
+      if (options.restore_from.empty()) break;
+      if (absl::Status s = StageRestore(options, *state); !s.ok()) return fail(s);
+    }
+    absl::StatusOr<std::optional<replication::SnapshotManifest>> installed =
+        InstallStagedSeed(options.data_dir, state_path, LeaderOf(*state, options));
+    if (!installed.ok()) return fail(installed.status());
+    if (installed->has_value()) {
+      spdlog::info("installed the checkpoint of '{}' at seq {} in {}/db", (*installed)->source,
+                   (*installed)->seq, options.data_dir);
+      state = replication::LoadNodeState(state_path);
+      if (!state.ok()) return fail(state.status());
+    }
   }
   options.engine.path = options.data_dir + "/db";
   auto engine = engine::Engine::Open(options.engine);

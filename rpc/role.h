@@ -31,6 +31,21 @@ struct PeerSessions {
   kj::Own<kj::PromiseFulfiller<void>> close;  // fulfilled: close the connection
 };
 
+// Counts one session on a connection while it lives (a checkpoint being taken or read), so
+// that the connection is not closed as one without sessions; the last to end closes it.
+class PeerSessionHold {
+ public:
+  explicit PeerSessionHold(std::shared_ptr<PeerSessions> s) : s_(std::move(s)) { ++s_->live; }
+  ~PeerSessionHold() {
+    if (--s_->live == 0 && s_->close.get() != nullptr) s_->close->fulfill();
+  }
+  PeerSessionHold(const PeerSessionHold&) = delete;
+  PeerSessionHold& operator=(const PeerSessionHold&) = delete;
+
+ private:
+  std::shared_ptr<PeerSessions> s_;
+};
+
 // How a write's wait for its followers ended.
 struct ReplicationOutcome {
   absl::Status status;

@@ -183,6 +183,12 @@ absl::Status Prepare(Transfer& t) {
   if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", t.db_dir(), ": ", ec.message()));
   absl::StatusOr<std::vector<SnapshotFile>> verified = ReadVerified(t.options.dir);
   if (!verified.ok()) return verified.status();
+  // A file listed as verified but gone or cut short (a crash before its name reached the
+  // disk) is not kept.
+  std::erase_if(*verified, [&](const SnapshotFile& f) {
+    std::error_code size_ec;
+    return fs::file_size(t.db_dir() + "/" + f.name, size_ec) != f.size || size_ec;
+  });
   replication::FetchPlan plan = replication::PlanFetch(t.manifest, *verified);
   // The manifest of the transfer cut off, if any: a file it listed as this one does, and was
   // fetching, continues after the bytes staged.
@@ -293,6 +299,8 @@ kj::Promise<absl::StatusOr<SnapshotManifest>> FetchCheckpoint(kj::Timer& timer,
               "the checkpoint from ", t->options.source, " opens at seq ", *seq,
               "; its manifest says ", t->manifest.seq)));
         }
+        // The files' names must be durable before the manifest says they are all there.
+        if (absl::Status d = SyncDir(t->db_dir()); !d.ok()) return t->Fail(d);
         if (absl::Status w = WriteFileDurably(t->options.dir + "/" + kManifestFile,
                                               t->manifest_text);
             !w.ok()) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -70,10 +71,33 @@ absl::StatusOr<Taken> TakeCheckpoint(engine::Engine& engine, const std::string& 
   return t;
 }
 
+// A checkpoint being taken: released (its pin dropped, its directory deleted) when the asker
+// goes away before it is handed to a reader, however that happens (the call cancelled, the
+// worker queue full, the checkpoint failing).
+struct Pending {
+  Pending(SnapshotSource& s, uint64_t i, std::string d) : source(s), id(i), dir(std::move(d)) {}
+  ~Pending() {
+    if (handed) return;
+    *cancelled = true;  // a checkpoint the worker still writes is deleted there (TakeCheckpoint)
+    source.Released(id, 0);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  SnapshotSource& source;
+  uint64_t id;
+  std::string dir;
+  bool handed = false;
+  std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
+};
+
 class ReaderImpl final : public schema::SnapshotReader::Server {
  public:
-  ReaderImpl(Node& node, uint64_t id, std::string dir, Taken taken)
-      : node_(node), id_(id), dir_(std::move(dir)), taken_(std::move(taken)) {}
+  // Lives while the asker holds the reader, and the connection with it (`hold`). Readers
+  // die with their connections, which the listener ends before the Node goes.
+  ReaderImpl(Node& node, uint64_t id, std::string dir, Taken taken,
+             std::shared_ptr<PeerSessionHold> hold)
+      : node_(node), id_(id), dir_(std::move(dir)), taken_(std::move(taken)),
+        hold_(std::move(hold)) {}
   ~ReaderImpl() {
     node_.snapshots().Released(id_, taken_.seq);
     std::error_code ec;
@@ -123,6 +147,7 @@ class ReaderImpl final : public schema::SnapshotReader::Server {
   uint64_t id_;
   std::string dir_;
   Taken taken_;
+  std::shared_ptr<PeerSessionHold> hold_;
 };
 
 }  // namespace
@@ -136,7 +161,8 @@ void SnapshotSource::RemoveStale() {
   if (ec) spdlog::warn("cannot delete old checkpoints: {}", ec.message());
 }
 
-kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx) {
+kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx,
+                                        std::shared_ptr<PeerSessionHold> hold) {
   auto req = ctx.getParams().getRequest();
   const NodeServerOptions& o = node_.options();
   std::string who = req.getRequester().size() == 0 ? std::string("a tool")
@@ -153,16 +179,22 @@ kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx) {
   ++serving_;
   live_[id] = 0;  // pins the whole WAL until the checkpoint's sequence number is known
   spdlog::info("taking a checkpoint for {}", who);
+  auto pending = std::make_shared<Pending>(*this, id, dir);
   return node_.client_pool()
       .Run([e = &node_.engine(), dir, state = node_.state_path(), cluster = o.cluster,
-            self = o.node_id]() { return TakeCheckpoint(*e, dir, state, cluster, self); })
-      .then([this, ctx, id, dir, who](absl::StatusOr<Taken> taken) mutable {
-        if (!taken.ok()) {
-          Released(id, 0);
+            self = o.node_id, cancelled = pending->cancelled]() {
+        absl::StatusOr<Taken> t = TakeCheckpoint(*e, dir, state, cluster, self);
+        if (*cancelled) {  // the asker went away meanwhile: nobody deletes it later
           std::error_code gone;
           fs::remove_all(dir, gone);
+        }
+        return t;
+      })
+      .then([this, ctx, id, dir, who, pending, hold](absl::StatusOr<Taken> taken) mutable {
+        if (!taken.ok()) {
           KJ_FAIL_REQUIRE("cannot take a checkpoint", taken.status().ToString());
         }
+        pending->handed = true;
         live_[id] = taken->seq;
         spdlog::info("checkpoint {} at seq {} ({} in {} files) serves {}", id, taken->seq,
                      replication::HumanBytes([&] {
@@ -173,7 +205,7 @@ kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx) {
                      taken->files.size(), who);
         auto results = ctx.getResults();
         results.setManifest(taken->manifest);
-        results.setReader(kj::heap<ReaderImpl>(node_, id, dir, std::move(*taken)));
+        results.setReader(kj::heap<ReaderImpl>(node_, id, dir, std::move(*taken), hold));
       });
 }
 

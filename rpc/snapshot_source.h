@@ -16,6 +16,7 @@
 
 #include "engine/types.h"
 #include "rpc/peer.capnp.h"
+#include "rpc/role.h"
 
 namespace walship::rpc {
 
@@ -34,7 +35,9 @@ class SnapshotSource {
 
   // Deletes checkpoints a previous process left behind.
   void RemoveStale();
-  kj::Promise<void> Serve(SnapshotContext ctx);
+  // Serves PeerService.snapshot. `hold` keeps the connection it came on open while the
+  // checkpoint is taken and read.
+  kj::Promise<void> Serve(SnapshotContext ctx, std::shared_ptr<class PeerSessionHold> hold);
   // The lowest sequence number a checkpoint served here still needs from the WAL (the one
   // after its own), or UINT64_MAX when none does.
   engine::SequenceNumber PinnedFrom();

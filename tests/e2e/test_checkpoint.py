@@ -10,10 +10,11 @@ import unittest
 
 from cluster import WALSHIPD, Cluster, wait_until
 
-# Small memtables make many SSTables (several files to resume from); a bounded snapshot rate
-# makes the transfer last long enough to watch and to cut.
+# Small memtables make many SSTables; a bounded snapshot rate makes the transfer last long
+# enough to watch and to cut. A node closes a peer connection with no session on it after
+# preamble_timeout_ms: a transfer must count as one, and lasts longer than that here.
 REPL = {"write_buffer_bytes": 65536}
-SLOW = dict(REPL, snapshot_max_bytes_per_sec=400 * 1024)
+SLOW = dict(REPL, snapshot_max_bytes_per_sec=400 * 1024, preamble_timeout_ms=1000)
 
 
 def read(path):
@@ -63,7 +64,7 @@ class CheckpointTest(unittest.TestCase):
         c.start("n1")
         c.start("n2")
         c.load("n1", 2500, seed=1, value_bytes=600)
-        load = c.load_async("n1", 6000, seed=2)
+        load = c.load_async("n1", 30000, seed=2)
         try:
             c.start("n3")  # an empty data dir: it is seeded from a checkpoint
             st = self.wait_seeding("n3")
@@ -73,19 +74,25 @@ class CheckpointTest(unittest.TestCase):
             r = c.cli("--node", "n3", "get", "key00000001", check=False)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("being seeded", r.stdout + r.stderr)
+            # The leader serves the checkpoint meanwhile (n3 copying before and after the
+            # leader's answer means the copy ran through it).
+            serving = c.status("n1")["snapshots_serving"]
+            again = status_of(c, "n3")
+            if again is not None and again["role"] == "seeding" and \
+                    again["seed_done_bytes"] < again["seed_total_bytes"]:
+                self.assertGreaterEqual(serving, 1)
             # The leader's writes never stall while it serves the checkpoint: every half
-            # second of the transfer it acknowledged more of them.
+            # second of the transfer it acknowledged more of them (while the load runs).
             samples = []
             while status_of(c, "n3") is not None and status_of(c, "n3")["role"] == "seeding":
-                samples.append(c.status("n1")["writes_accepted"])
+                samples.append((c.status("n1")["writes_accepted"], load.poll() is None))
                 if len(samples) >= 6 or load.poll() is not None:
                     break
                 time.sleep(0.5)
             self.assertGreaterEqual(len(samples), 2, "the transfer ended before it was watched")
-            for before, after in zip(samples, samples[1:]):
-                if load.poll() is None:
+            for (before, _), (after, running) in zip(samples, samples[1:]):
+                if running:
                     self.assertGreater(after, before, f"leader writes stalled: {samples}")
-            self.assertGreater(c.status("n1")["snapshots_serving"] + 1, 0)
         finally:
             out, err = load.communicate(timeout=300)
         self.assertEqual(load.returncode, 0, out + err)
@@ -96,6 +103,8 @@ class CheckpointTest(unittest.TestCase):
         self.assertEqual(st["phase"], "ready")
         self.assertEqual(st["database_id"], c.status("n1")["database_id"])
         self.assertIn("received and verified", c.log("n3"))
+        # One transfer, never cut (it outlived the peer connections' idle time-out).
+        self.assertEqual(c.log("n3").count("copying a checkpoint"), 1, c.log("n3")[-3000:])
         self.assertIn("taking a checkpoint for node 'n3'", c.log("n1"))
         # The leader dropped the checkpoint once it was read.
         wait_until(lambda: c.status("n1")["snapshots_serving"] == 0, 10, "the checkpoint freed")
@@ -118,7 +127,9 @@ class CheckpointTest(unittest.TestCase):
         c.stop("n2", signal.SIGKILL)
         self.assertTrue(os.path.exists(os.path.join(c.data_dir("n2"), "seed", "verified")))
         c.start("n2")
-        c.load("n1", 200, seed=4)
+        wait_until(lambda: (status_of(c, "n2") or {}).get("role") == "follower", 60,
+                   "n2 to finish seeding")
+        c.load("n1", 200, seed=4)  # after: writes before its checkpoint could replace files
         self.assert_identical(["n2"])
         log = c.log("n2")
         self.assertIn("resuming:", log)
