@@ -108,8 +108,8 @@ void Node::SwitchRole(replication::NodeState state) {
 }
 
 // Keeps the archived WAL within wal_retention_bytes every second (RocksDB alone would check
-// every 10 minutes), and up to wal_pinned_max_bytes what followers and checkpoints being
-// served still need. On every node: a follower's WAL is the log it serves once it leads. A
+// every 10 minutes), plus, up to wal_pinned_max_bytes more, what followers and checkpoints
+// being served still need. On every node: a follower's WAL is the log it serves once it leads. A
 // follower whose position goes is told it needs a snapshot when next served.
 kj::Promise<void> Node::WalTrimLoop() {
   return io_.provider->getTimer()
