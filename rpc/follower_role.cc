@@ -257,7 +257,9 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
   ArmLinkTimer();
   if (node_.options().reseed == replication::ReseedPolicy::kAutomatic &&
       follower_->Status().phase == replication::FollowerPhase::kNeedsSnapshot) {
-    (void)StartReseed();  // until the verdict is saved: the next turn tries again
+    if (absl::Status s = StartReseed(); !s.ok()) {
+      spdlog::error("cannot start re-seeding this follower: {}", s.ToString());
+    }
   }
 }
 
@@ -272,7 +274,9 @@ absl::Status FollowerRole::StartReseed() {
   absl::StatusOr<replication::NodeState> saved = replication::LoadNodeState(node_.state_path());
   if (!saved.ok()) return saved.status();
   if (saved->needs_snapshot.empty()) {
-    return absl::UnavailableError("the needs-snapshot verdict is not saved yet; retry");
+    // Not saved (yet, or its save failed and was logged): the seeding goes ahead all the same;
+    // should the process stop before it ends, the leader gives the verdict again.
+    saved->needs_snapshot = follower_->Status().message;
   }
   reseeding_ = true;
   node_.SwitchToSeeding(std::move(*saved));
