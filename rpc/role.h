@@ -32,13 +32,12 @@ struct PeerSessions {
 };
 
 // Counts one session on a connection while it lives (a checkpoint being taken or read), so
-// that the connection is not closed as one without sessions; the last to end closes it.
+// that the connection is not closed as one without sessions. Its end closes nothing (a
+// refusal must reach the asker): the connection's idle check closes it later.
 class PeerSessionHold {
  public:
   explicit PeerSessionHold(std::shared_ptr<PeerSessions> s) : s_(std::move(s)) { ++s_->live; }
-  ~PeerSessionHold() {
-    if (--s_->live == 0 && s_->close.get() != nullptr) s_->close->fulfill();
-  }
+  ~PeerSessionHold() { --s_->live; }
   PeerSessionHold(const PeerSessionHold&) = delete;
   PeerSessionHold& operator=(const PeerSessionHold&) = delete;
 

@@ -172,6 +172,8 @@ kj::Promise<void> SnapshotSource::Serve(SnapshotContext ctx,
              "cluster", req.getVersion(), replication::kPeerProtocolVersion);
   KJ_REQUIRE(req.getCluster().size() == 0 || std::string(req.getCluster().cStr()) == o.cluster,
              "the asker belongs to another cluster", req.getCluster().cStr(), o.cluster.c_str());
+  KJ_REQUIRE(serving_ < kMaxServing, "this node serves the most checkpoints it serves at once; "
+             "ask again later", serving_);
   uint64_t id = next_id_++;
   std::string dir = absl::StrCat(o.data_dir, "/checkpoints/", id);
   std::error_code ec;

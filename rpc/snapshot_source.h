@@ -29,6 +29,9 @@ class SnapshotSource {
  public:
   // How long a checkpoint's sequence number pins the WAL after its reader is dropped.
   static constexpr int64_t kPinAfterUs = 120'000'000;
+  // Checkpoints served at once (each holds hard links to the SSTables it lists, and costs a
+  // CRC pass over them); one more is refused, and the asker tries again later.
+  static constexpr size_t kMaxServing = 4;
 
   explicit SnapshotSource(Node& node);
   ~SnapshotSource();

@@ -179,6 +179,24 @@ class CheckpointTest(unittest.TestCase):
         finally:
             subprocess.run(["umount", d], check=False)
 
+    def test_at_most_four_checkpoints_are_served_at_once(self):
+        self.c = c = Cluster(n=1, replication=SLOW)
+        c.start("n1")
+        c.load("n1", 1500, seed=13, value_bytes=600)
+        from cluster import WALSHIP
+        runs = [subprocess.Popen([WALSHIP, "--cluster", c.config, "--timeout-ms", "60000",
+                                  "checkpoint", "--out", os.path.join(c.dir, f"cp{i}")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for i in range(6)]
+        results = [p.communicate(timeout=120) for p in runs]
+        refused = [err for p, (out, err) in zip(runs, results) if p.returncode != 0]
+        done = [out for p, (out, err) in zip(runs, results) if p.returncode == 0]
+        self.assertGreaterEqual(len(done), 4, results)
+        self.assertGreaterEqual(len(refused), 1, results)
+        for err in refused:
+            self.assertIn("ask again later", err)
+        wait_until(lambda: c.status("n1")["snapshots_serving"] == 0, 10, "the checkpoints freed")
+
     def test_restore_from_a_checkpoint_dir_and_refusals(self):
         self.c = c = Cluster(n=3, replication=REPL)
         c.start("n1")
