@@ -210,8 +210,15 @@ absl::Status Prepare(Transfer& t) {
     }
   }
   for (const auto& entry : fs::directory_iterator(t.db_dir(), ec)) {
-    if (!keep.count(entry.path().filename().string())) fs::remove(entry.path(), ec);
+    if (keep.count(entry.path().filename().string())) continue;
+    // A stale file left in place would be installed beside the checkpoint's own.
+    std::error_code gone;
+    if (!fs::remove(entry.path(), gone) && gone) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot delete ", entry.path().string(), ": ", gone.message()));
+    }
   }
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot list ", t.db_dir(), ": ", ec.message()));
   std::string kept;
   for (const SnapshotFile& f : plan.keep) kept += replication::FormatVerified(f);
   if (absl::Status s = WriteFileDurably(t.options.dir + "/" + kVerifiedFile, kept); !s.ok()) {
