@@ -160,6 +160,7 @@ Ack Follower::MakeAck(AckOutcome outcome, std::string message) {
   ack.durable = status_.durable;
   ack.applied = status_.applied;
   ack.message = std::move(message);
+  ack.membership_version = state_.membership.version;
   return ack;
 }
 
@@ -168,13 +169,20 @@ absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOption
   std::vector<const ShippedBatch*> run;
   std::optional<Ack> refused;
   std::optional<NodeState> to_persist;
+  std::optional<Membership> membership;
   {
     absl::MutexLock lock(&mu_);
     refused = Admit(ship, &run);
     to_persist = std::exchange(to_persist_, std::nullopt);
+    membership = std::exchange(membership_to_save_, std::nullopt);
   }
   if (to_persist.has_value()) PersistNeedsSnapshot(std::move(*to_persist));
-  if (refused.has_value()) return *refused;
+  if (membership.has_value()) SaveMembership(std::move(*membership));
+  if (refused.has_value()) {
+    absl::MutexLock lock(&mu_);
+    refused->membership_version = state_.membership.version;
+    return *refused;
+  }
   // Outside mu_ (status stays answerable): only OnShip writes, and apply_mu_ is held.
   // Consecutive batches applied as one consume the same sequence numbers, and cost one write
   // (one WAL record, one system call) instead of one each. The leader's batch boundaries
@@ -230,6 +238,10 @@ std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const ShippedBa
   }
   status_.last_contact_us = clock_->NowMicros();
   status_.leader_latest = std::max(status_.leader_latest, ship.leader_latest);
+  // The leader's membership is the cluster's: saved by OnShip, outside mu_, before the ack.
+  if (ship.membership.has_value() && *ship.membership != state_.membership) {
+    membership_to_save_ = ship.membership;
+  }
   if (!ship.needs_snapshot.empty()) {
     to_persist_ = MarkNeedsSnapshot(ship.needs_snapshot);  // saved by OnShip, outside mu_
     return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + ship.needs_snapshot);
@@ -260,6 +272,25 @@ std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const ShippedBa
   }
   received_ = std::max(received_, run->back()->batch.last_seq());
   return std::nullopt;
+}
+
+void Follower::SaveMembership(Membership m) {
+  NodeState next = state();
+  next.membership = m;
+  absl::Status s = ValidateMembership(m);
+  if (s.ok()) s = SaveNodeState(options_.state_path, next);
+  absl::MutexLock lock(&mu_);
+  if (s.ok()) {
+    state_.membership = std::move(m);
+  } else {
+    status_.message = absl::StrCat("cannot keep the membership (version ", m.version,
+                                   ") the leader sent: ", s.message());
+  }
+}
+
+Membership Follower::membership() const {
+  absl::MutexLock lock(&mu_);
+  return state_.membership;
 }
 
 void Follower::MarkDurable(SequenceNumber seq) {

@@ -90,6 +90,8 @@ class Follower {
   std::string ReadRefusal() const;
   Epoch epoch() const;
   NodeState state() const;
+  // The cluster's membership as the leader last sent it (saved in the node state).
+  Membership membership() const;
 
  private:
   Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -99,6 +101,11 @@ class Follower {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Saves `next` (from MarkNeedsSnapshot) without holding mu_, so status and reads go on.
   void PersistNeedsSnapshot(NodeState next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Saves the membership a leader sent, then adopts it; else notes in the status message why
+  // it was not kept (the ack then carries the old version, and the leader sends it again on
+  // the next session).
+  void SaveMembership(Membership m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Adopts `next` once saved; else notes in the status message that the verdict was not kept.
   void KeepNeedsSnapshot(const absl::Status& saved, NodeState next)
@@ -122,6 +129,8 @@ class Follower {
   int64_t last_applied_time_us_ ABSL_GUARDED_BY(mu_) = 0;
   // Set by Admit when a message made this follower need a snapshot; OnShip saves it.
   std::optional<NodeState> to_persist_ ABSL_GUARDED_BY(mu_);
+  // Set by Admit when a message carried a membership this node does not hold; OnShip saves it.
+  std::optional<Membership> membership_to_save_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace walship::replication

@@ -76,9 +76,9 @@ TEST(HandshakeTest, IdsOutsideTheConfigurationAreRefusedWithoutARecord) {
     Handshake h = Connect(*l.leader, *stranger.follower);
     ASSERT_EQ(h.reply.outcome, HelloOutcome::kRefused);
     EXPECT_EQ(h.session, 0u);
-    EXPECT_NE(h.reply.message.find("not a follower in the configuration"), std::string::npos)
+    EXPECT_NE(h.reply.message.find("is not a member of cluster"), std::string::npos)
         << h.reply.message;
-    EXPECT_NE(h.reply.message.find("f1, f2"), std::string::npos) << h.reply.message;
+    EXPECT_NE(h.reply.message.find("f1 voter, f2 voter"), std::string::npos) << h.reply.message;
   }
   EXPECT_TRUE(l.leader->Followers().empty());
   FollowerNode f1(dir, "f1", &clock);

@@ -46,6 +46,11 @@ Leader::Leader(LeaderOptions options, engine::Engine* engine, NodeState state, C
       clock_(clock),
       latest_(engine->LatestSequence()) {
   WALSHIP_CHECK(!state_.history.empty() && state_.history.back().epoch == state_.epoch);
+  if (options_.members_only && state_.membership.version == 0) {
+    std::vector<Member> members{{options_.node_id, "", true}};
+    for (const std::string& id : options_.members) members.push_back({id, "", true});
+    state_.membership = MembershipOf(std::move(members), 0);
+  }
 }
 
 Leader::Record* Leader::FindSession(uint64_t session) {
@@ -114,11 +119,6 @@ bool Leader::LostWritesOf(const Hello& hello) const {
   return false;
 }
 
-bool Leader::IsMember(const std::string& id) const {
-  return std::find(options_.members.begin(), options_.members.end(), id) !=
-         options_.members.end();
-}
-
 HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   HelloReply reply;
   reply.epoch = state_.epoch;
@@ -135,11 +135,10 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   }
   if (options_.members_only && !IsMember(hello.follower_id)) {
     reply.outcome = HelloOutcome::kRefused;
-    reply.message = absl::StrCat("node '", hello.follower_id, "' is not a follower in the "
-                                 "configuration of cluster '", options_.cluster, "' (followers: ",
-                                 options_.members.empty() ? std::string("none")
-                                                          : absl::StrJoin(options_.members, ", "),
-                                 ")");
+    reply.message = absl::StrCat("node '", hello.follower_id, "' is not a member of cluster '",
+                                 options_.cluster, "' (membership version ",
+                                 state_.membership.version, ": ", Describe(state_.membership),
+                                 "); add it with walship add-follower");
     return reply;
   }
   if (followers_.size() >= options_.max_followers && !followers_.count(hello.follower_id)) {
@@ -217,6 +216,8 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   rec.read_ahead.clear();
   rec.wal_read_pending = false;
   rec.shipped_times.clear();
+  rec.membership_sent.reset();
+  rec.info.membership_acked = 0;
   rec.info.state = FollowerState::kConnected;
   rec.info.message.clear();
   rec.info.sent = hello.last_applied;
@@ -252,8 +253,9 @@ void Leader::MarkNeedsSnapshot(Record& rec, const std::string& why) {
 bool Leader::HasWork(uint64_t session) const {
   const Record* rec = FindSession(session);
   return rec != nullptr && rec->info.state == FollowerState::kConnected &&
-         rec->next_seq <= latest_;
+         (rec->next_seq <= latest_ || MembershipDue(*rec));
 }
+
 
 uint64_t Leader::PendingBytes(uint64_t session) const {
   const Record* rec = FindSession(session);
@@ -407,7 +409,12 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
     int64_t write_time_us = engine::BatchWriteTime(**next);
     ship.batches.push_back(ShippedBatch{std::move(**next), write_time_us});
   }
-  if (ship.batches.empty() && !heartbeat) return std::nullopt;
+  const bool membership_due = MembershipDue(*rec);
+  if (ship.batches.empty() && !heartbeat && !membership_due) return std::nullopt;
+  if (membership_due) {
+    ship.membership = state_.membership;
+    rec->membership_sent = state_.membership.version;
+  }
   rec->info.bytes_shipped += bytes;
   if (!ship.batches.empty()) {
     rec->info.sent = ship.batches.back().batch.last_seq();
@@ -433,6 +440,7 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
   rec->info.received = std::max(rec->info.received, ack.received);
   rec->info.durable = std::max(rec->info.durable, ack.durable);
   rec->info.applied = std::max(rec->info.applied, ack.applied);
+  rec->info.membership_acked = std::max(rec->info.membership_acked, ack.membership_version);
   // Forget the times of messages the follower has applied in full.
   auto& times = rec->shipped_times;
   while (!times.empty() && (rec->info.applied >= rec->info.sent ||
@@ -494,6 +502,7 @@ std::vector<FollowerInfo> Leader::Followers() {
   int64_t now = clock_->NowMicros();
   for (auto& [id, rec] : followers_) {
     FollowerInfo info = rec.info;
+    info.voter = IsVoter(id);
     info.lag_seq = latest_ > info.applied ? latest_ - info.applied : 0;
     if (info.lag_seq > 0) {
       int64_t t = WriteTimeOf(rec, info.applied + 1);
@@ -532,7 +541,7 @@ SequenceNumber Leader::WalNeededFrom() const {
 std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
   std::vector<SequenceNumber> at;
   if (options_.members_only) {
-    for (const std::string& id : options_.members) {
+    for (const std::string& id : state_.membership.VotersExcept(options_.node_id)) {
       auto it = followers_.find(id);
       at.push_back(it == followers_.end() ? 0 : At(it->second.info, level));
     }
@@ -544,8 +553,10 @@ std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
 }
 
 size_t Leader::voters() const {
-  return options_.members_only ? options_.members.size() : followers_.size();
+  return options_.members_only ? state_.membership.VotersExcept(options_.node_id).size()
+                               : followers_.size();
 }
+
 
 SequenceNumber Leader::PositionOf(uint64_t session, AckLevel level) const {
   const Record* rec = FindSession(session);

@@ -29,12 +29,17 @@ struct LeaderOptions {
   uint64_t max_tail_bytes = 64ull << 20;
   // Upper bound of the batch bytes in one Ship message (a message is at most 64 MiB).
   uint64_t max_ship_bytes = 1ull << 20;
-  // With members_only, only these ids may follow this leader (the cluster config's other
-  // nodes; none in a one-node cluster): a hello from any other id is refused and leaves no
-  // record. Without it any id may follow (tests and embedding), and refused hellos leave no
-  // record.
+  // With members_only, only the members of the cluster's membership may follow this leader
+  // (NodeState::membership; a node keeps the config file's nodes there, then what changed at
+  // run time): a hello from any other id is refused and leaves no record. A state without a
+  // membership (version 0) takes `members` (the other nodes, all voting) as its first one.
+  // Without members_only any id may follow (tests and embedding), every follower counts as a
+  // voter, and refused hellos leave no record.
   bool members_only = false;
   std::vector<std::string> members;
+  // A learner within this many sequence numbers of the leader's log is ready to vote
+  // (DuePromotion).
+  uint64_t ready_lag = 1000;
   // true: NextShip reads the WAL itself when a follower is older than the memory tail (the
   // simulation). false: it never touches the WAL; the transport reads it on another thread
   // through TakeWalRead / WalRead::Run / OnWalRead, so that the event loop never waits for
@@ -70,6 +75,8 @@ struct FollowerInfo {
   uint64_t bytes_shipped = 0;   // batch bytes sent since the leader started
   int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
   std::string message;          // why it needs a snapshot or was refused
+  bool voter = true;            // false: a learner (members_only)
+  uint64_t membership_acked = 0;  // the membership version it has acknowledged
 };
 
 // A read of the leader's WAL for one follower, done off the leader's thread (see
@@ -155,6 +162,23 @@ class Leader {
   // The first sequence number the session's next message starts at (UINT64_MAX for an ended
   // session).
   SequenceNumber NextToShip(uint64_t session) const;
+  // ---- Membership (replication/membership.h) ----
+  const Membership& membership() const { return state_.membership; }
+  // Whether the last change is held by a majority of the voters (this leader counts), so that
+  // another may begin. Always true without members_only or a membership.
+  bool MembershipSettled() const;
+  // The voters that have not acknowledged the current membership yet ("" when settled).
+  std::string MembershipWaitingFor() const;
+  // Takes a membership the caller has saved in the node state (ApplyChange of the current
+  // one). Followers are sent it with their next message; the records of nodes that are no
+  // longer members are dropped, and their sessions end (Shipper::Pump closes them).
+  void SetMembership(Membership next);
+  // A learner that is ready to vote: connected, holding the current membership and within
+  // ready_lag of this leader's log, while the membership is settled; std::nullopt when none.
+  std::optional<MembershipChange> DuePromotion() const;
+  // Whether `session` is one this leader serves (a removed member's is not).
+  bool Serves(uint64_t session) const { return FindSession(session) != nullptr; }
+
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
   const NodeState& state() const { return state_; }
@@ -173,6 +197,8 @@ class Leader {
     // For each message in flight: its first batch's position and write time, ascending; so
     // that lag_ms is known for batches read from the WAL too (bounded: kMaxShippedTimes).
     std::deque<std::pair<SequenceNumber, int64_t>> shipped_times;
+    // The membership version sent on this session (it is sent once per session and change).
+    std::optional<uint64_t> membership_sent;
   };
 
   Record* FindSession(uint64_t session);
@@ -184,6 +210,8 @@ class Leader {
   bool LostWritesOf(const Hello& hello) const;
   void MarkNeedsSnapshot(Record& rec, const std::string& why);
   int64_t WriteTimeOf(const Record& rec, SequenceNumber seq) const;
+  bool MembershipDue(const Record& rec) const;
+  bool IsVoter(const std::string& id) const;
 
   LeaderOptions options_;
   engine::Engine* engine_;

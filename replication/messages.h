@@ -7,10 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/types.h"
+#include "replication/membership.h"
 
 namespace walship::replication {
 
@@ -22,9 +24,10 @@ using Epoch = uint64_t;
 // the handshake with a message naming both. Version 2: epoch entries name the node that
 // began them, and followers keep the leader's batch boundaries. Version 3: a message may ask
 // the follower to fsync before it acks (Ship::flush). Version 4: a node serves checkpoints
-// (PeerService.snapshot) and a new follower of a leader with data is seeded from one. (Nodes
+// (PeerService.snapshot) and a new follower of a leader with data is seeded from one.
+// Version 5: the leader ships the cluster's membership and followers acknowledge it. (Nodes
 // before versions were carried send none: they read as 0.)
-constexpr uint32_t kPeerProtocolVersion = 4;
+constexpr uint32_t kPeerProtocolVersion = 5;
 
 // The first sequence number written under `epoch`, and the node that began it. A node's epoch
 // history is the list of these in increasing order; it tells where two nodes' histories part
@@ -94,6 +97,9 @@ struct Ship {
   // The follower fsyncs its WAL before it acks this message (a write waits for `flushed`), so
   // the ack carries durable >= the message's last batch.
   bool flush = false;
+  // The cluster's membership, sent once per session and after each change until the follower
+  // acknowledges its version; the follower saves it before it acks (replication/membership.h).
+  std::optional<Membership> membership;
 };
 
 enum class AckOutcome {
@@ -111,6 +117,7 @@ struct Ack {
   SequenceNumber durable = 0;   // highest sequence fsynced on the follower
   SequenceNumber applied = 0;   // highest sequence applied (readable) on the follower
   std::string message;
+  uint64_t membership_version = 0;  // the membership version the follower has saved
 };
 
 // Leader -> the follower it hands leadership to, once that follower has applied everything

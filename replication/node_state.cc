@@ -20,7 +20,8 @@ namespace walship::replication {
 namespace {
 
 constexpr char kMagic[] = "walship-node-state";
-// A history entry's leader when it is unknown (read from a version 1 file).
+// A history entry's leader when it is unknown (read from a version 1 file), and a member's
+// address when it is not known.
 constexpr char kUnknownLeader[] = "-";
 
 absl::Status Errno(const std::string& what, const std::string& path) {
@@ -106,6 +107,7 @@ absl::Status ValidateState(const NodeState& state) {
       return absl::InvalidArgumentError(absl::StrCat("node id '", *id, "' holds a space"));
     }
   }
+  if (absl::Status s = ValidateMembership(state.membership); !s.ok()) return s;
   if (!state.history.empty() && state.epoch < state.history.back().epoch) {
     return absl::InvalidArgumentError(absl::StrCat("current epoch ", state.epoch,
                                                    " is below the history's last epoch ",
@@ -164,6 +166,12 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
       state.handover_to = f[1];
     } else if (f[0] == "epoch" && f.size() == 2) {
       if (!num(f[1], &state.epoch)) return bad("epoch is not a number");
+    } else if (f[0] == "membership" && f.size() == 2 && version >= 3) {
+      if (!num(f[1], &state.membership.version)) return bad("membership is not a number");
+    } else if (f[0] == "member" && f.size() == 4 && version >= 3 &&
+               (f[3] == "voter" || f[3] == "learner")) {
+      state.membership.members.push_back(
+          Member{f[1], f[2] == kUnknownLeader ? "" : f[2], f[3] == "voter"});
     } else if (f[0] == "history" && f.size() == (version == 1 ? 3u : 4u)) {
       EpochEntry e;
       if (!num(f[1], &e.epoch) || !num(f[2], &e.start_seq)) {
@@ -203,6 +211,13 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
   for (const EpochEntry& e : state.history) {
     out << "history " << e.epoch << " " << e.start_seq << " "
         << (e.leader.empty() ? kUnknownLeader : e.leader) << "\n";
+  }
+  if (state.membership.version > 0) {
+    out << "membership " << state.membership.version << "\n";
+    for (const Member& m : state.membership.members) {
+      out << "member " << m.id << " " << (m.address.empty() ? kUnknownLeader : m.address) << " "
+          << (m.voter ? "voter" : "learner") << "\n";
+    }
   }
   if (!state.needs_snapshot.empty()) {
     std::string why = state.needs_snapshot;

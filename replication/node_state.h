@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "replication/membership.h"
 #include "replication/messages.h"
 
 namespace walship::replication {
@@ -28,6 +29,9 @@ struct NodeState {
   // over until it hears the answer): it must not lead by itself, and on a restart it asks
   // again (replication/handover.h).
   std::string handover_to;
+  // The cluster's members as this node last knew them (replication/membership.h): the config
+  // file's nodes at first, then what the leader changed at run time.
+  Membership membership;
 
   // Epoch under which `seq` was written according to this history (0 when unknown).
   Epoch EpochOf(SequenceNumber seq) const;
@@ -38,8 +42,8 @@ struct NodeState {
 };
 
 // The format version of the node-state file this build writes; it reads 1 (history entries
-// without their leader) and 2.
-constexpr int kNodeStateVersion = 2;
+// without their leader), 2 (no membership) and 3.
+constexpr int kNodeStateVersion = 3;
 
 // Begins a new epoch led by `leader_id` at `next_seq` (the node's latest sequence + 1): its
 // number is above every epoch the node has seen, so a node never begins an epoch it has

@@ -210,6 +210,7 @@ NodeState StateAfterSeed(const NodeState& old, const SnapshotManifest& m,
   s.epoch = std::max(m.epoch, old.HighestEpoch());
   s.role = "follower";
   s.leader = leader;
+  s.membership = old.membership;  // who belongs to the cluster is not the checkpoint's to say
   return s;
 }
 

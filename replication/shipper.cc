@@ -70,6 +70,15 @@ const std::string* Shipper::FollowerOf(uint64_t session) const {
 
 void Shipper::Pump(int64_t now_us, Outbox* out, const Demand& demand) {
   next_wake_up_us_ = kNever;
+  // Sessions the leader no longer serves (a member removed, a hello refused) end here.
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (leader_.Serves(it->first)) {
+      ++it;
+    } else {
+      out->ended.push_back(it->first);
+      it = sessions_.erase(it);
+    }
+  }
   for (auto& [sid, s] : sessions_) PumpSession(sid, s, now_us, demand, out);
 }
 

@@ -91,7 +91,8 @@ class Shipper {
   // A WAL read from Outbox::wal_reads, done.
   void OnWalRead(WalRead read, int64_t now_us, Outbox* out);
 
-  // Sends what each follower may be sent now: its batches within the window and the pacing,
+  // Sends what each follower may be sent now (and ends the streams of sessions the leader no
+  // longer serves, such as a removed member's): its batches within the window and the pacing,
   // a heartbeat when it is idle, and the WAL reads it needs. Batches that writes wait for
   // (`demand`) are never held back nor their acks delayed; a follower that holds them but has
   // not flushed them, when a flush is asked, gets an empty message asking for it.

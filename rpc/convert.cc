@@ -116,6 +116,18 @@ replication::Ship FromCapnp(schema::Ship::Reader r) {
   m.needs_snapshot = r.getNeedsSnapshot();
   m.max_ack_delay_us = r.getMaxAckDelayUs();
   m.flush = r.getFlush();
+  if (r.hasMembership()) {
+    auto ms = r.getMembership();
+    auto members = ms.getMembers();
+    KJ_REQUIRE(members.size() <= kMaxMembers, "a membership of more nodes than a cluster holds",
+               members.size());
+    replication::Membership mm;
+    mm.version = ms.getVersion();
+    for (auto n : members) {
+      mm.members.push_back(replication::Member{n.getId(), n.getAddress(), n.getVoter()});
+    }
+    m.membership = std::move(mm);
+  }
   auto batches = r.getBatches();
   // As for the history: a list of millions of empty batches is refused at its first element,
   // before anything is copied (every real batch holds at least its 12-byte header).
@@ -139,6 +151,17 @@ void ToCapnp(const replication::Ship& m, schema::Ship::Builder b) {
   b.setNeedsSnapshot(m.needs_snapshot);
   b.setMaxAckDelayUs(m.max_ack_delay_us);
   b.setFlush(m.flush);
+  if (m.membership.has_value()) {
+    auto ms = b.initMembership();
+    ms.setVersion(m.membership->version);
+    auto members = ms.initMembers(m.membership->members.size());
+    for (size_t i = 0; i < m.membership->members.size(); ++i) {
+      const replication::Member& n = m.membership->members[i];
+      members[i].setId(n.id);
+      members[i].setAddress(n.address);
+      members[i].setVoter(n.voter);
+    }
+  }
   auto list = b.initBatches(m.batches.size());
   for (size_t i = 0; i < m.batches.size(); ++i) {
     const auto& sb = m.batches[i];
@@ -168,6 +191,7 @@ replication::Ack FromCapnp(schema::Ack::Reader r) {
   m.durable = r.getDurable();
   m.applied = r.getApplied();
   m.message = r.getMessage();
+  m.membership_version = r.getMembershipVersion();
   return m;
 }
 
@@ -183,6 +207,7 @@ void ToCapnp(const replication::Ack& m, schema::Ack::Builder b) {
   b.setDurable(m.durable);
   b.setApplied(m.applied);
   b.setMessage(m.message);
+  b.setMembershipVersion(m.membership_version);
 }
 
 std::vector<engine::WriteOp> FromCapnp(capnp::List<schema::Op>::Reader ops) {

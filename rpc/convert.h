@@ -19,6 +19,8 @@ namespace walship::rpc {
 // kMaxHistoryEntries and on a shipped batch shorter than its header.
 inline constexpr size_t kMaxHistoryEntries = 65536;
 inline constexpr size_t kBatchHeaderBytes = 12;
+// A membership from a peer holding more nodes is refused before it is copied.
+inline constexpr size_t kMaxMembers = 1024;
 
 replication::Hello FromCapnp(schema::Hello::Reader r);
 void ToCapnp(const replication::Hello& m, schema::Hello::Builder b);

@@ -25,7 +25,7 @@ struct Hello {
   lastApplied @4 :UInt64;       # end of the last batch it applied (0: empty database)
   lastAppliedEpoch @5 :UInt64;  # epoch under which that batch was written (0: unknown)
   lastAppliedLeader @6 :Text;   # the node that began that epoch (empty: unknown)
-  version @7 :UInt32;           # the peer protocol version the follower speaks (now 4;
+  version @7 :UInt32;           # the peer protocol version the follower speaks (now 5;
                                 # nodes from before versions were carried send none: 0)
 }
 
@@ -73,6 +73,19 @@ struct Batch {
   leaderTimeUs @3 :Int64;     # leader wall clock at write, µs since 1970 (0: unknown)
 }
 
+struct Member {
+  id @0 :Text;
+  address @1 :Text;     # host:port it listens on
+  voter @2 :Bool;       # false: a learner (not waited for, not counted in majorities)
+}
+
+struct Membership {
+  # Who belongs to the cluster (replication/membership.h); changed through the leader only,
+  # one node at a time.
+  version @0 :UInt64;
+  members @1 :List(Member);  # every node, the leader too, in id order
+}
+
 struct Ship {
   # Leader -> follower. Batches are contiguous; none is a heartbeat.
   epoch @0 :UInt64;
@@ -84,6 +97,8 @@ struct Ship {
                               # answers several messages; 0: ack at once
   flush @6 :Bool;             # fsync the WAL before acking (a write waits for `flushed`);
                               # the ack then carries durable >= its batches
+  membership @7 :Membership;  # set once per stream and after each change, until acked: the
+                              # follower saves it before it acks
 }
 
 enum AckOutcome {
@@ -101,6 +116,7 @@ struct Ack {
   durable @3 :UInt64;    # highest sequence number fsynced
   applied @4 :UInt64;    # highest sequence number applied (readable)
   message @5 :Text;
+  membershipVersion @6 :UInt64;  # the membership version the follower has saved
 }
 
 struct Position {

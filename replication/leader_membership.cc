@@ -1,0 +1,65 @@
+// The leader's side of membership changes (replication/membership.h): who may follow, who
+// votes, when a change is held by enough voters for the next, and which learner is ready to
+// vote.
+#include <algorithm>
+
+#include "absl/strings/str_join.h"
+#include "replication/leader.h"
+#include "replication/seeding.h"
+
+namespace walship::replication {
+
+bool Leader::IsMember(const std::string& id) const {
+  return options_.members_only && id != options_.node_id &&
+         state_.membership.Find(id) != nullptr;
+}
+
+bool Leader::IsVoter(const std::string& id) const {
+  if (!options_.members_only) return true;
+  const Member* m = state_.membership.Find(id);
+  return m != nullptr && m->voter;
+}
+
+bool Leader::MembershipDue(const Record& rec) const {
+  return options_.members_only && state_.membership.version > 0 &&
+         rec.membership_sent != state_.membership.version;
+}
+
+bool Leader::MembershipSettled() const { return MembershipWaitingFor().empty(); }
+
+std::string Leader::MembershipWaitingFor() const {
+  const Membership& m = state_.membership;
+  if (!options_.members_only || m.version == 0) return "";
+  size_t holding = IsVoter(options_.node_id) ? 1 : 0;
+  std::vector<std::string> waiting;
+  for (const std::string& id : m.VotersExcept(options_.node_id)) {
+    auto it = followers_.find(id);
+    if (it != followers_.end() && it->second.info.membership_acked >= m.version) {
+      ++holding;
+    } else {
+      waiting.push_back(id);
+    }
+  }
+  return holding >= m.Majority() ? "" : absl::StrJoin(waiting, ", ");
+}
+
+void Leader::SetMembership(Membership next) {
+  state_.membership = std::move(next);
+  if (!options_.members_only) return;
+  std::erase_if(followers_, [&](const auto& entry) { return !IsMember(entry.first); });
+}
+
+std::optional<MembershipChange> Leader::DuePromotion() const {
+  if (!options_.members_only || !MembershipSettled()) return std::nullopt;
+  for (const auto& [id, rec] : followers_) {
+    const Member* m = state_.membership.Find(id);
+    if (m != nullptr && !m->voter && rec.info.state == FollowerState::kConnected &&
+        rec.info.membership_acked >= state_.membership.version &&
+        IsReady(rec.info.applied, latest_, options_.ready_lag)) {
+      return MembershipChange{MembershipOp::kPromote, id, ""};
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace walship::replication
