@@ -105,6 +105,7 @@ struct FollowerStatus {
   lastAckAgoMs @9 :Int64;  # -1: never acked
   message @10 :Text;       # why it needs a snapshot or was refused
   walPinnedBytes @11 :UInt64;  # WAL bytes the leader keeps for it (from its position on)
+  voter @12 :Bool;         # false: a learner (not waited for by sync modes, no vote)
 }
 
 struct NodeStatus {
@@ -154,6 +155,11 @@ struct NodeStatus {
   # Every node:
   walBytes @38 :UInt64;        # WAL files held (archived and live)
   snapshotsServing @39 :UInt32;  # checkpoints being read from this node now
+  # The cluster's membership as this node knows it (docs/membership.md):
+  membershipVersion @40 :UInt64;
+  members @41 :List(Peer.Member);
+  membershipWaitingFor @42 :Text;  # leader: voters that do not hold the last change yet,
+                                   # while fewer than a majority do ("" once settled)
 }
 
 struct GetRequest {
@@ -232,7 +238,28 @@ struct Request {
     reseed @6 :Void;
     # Sent to a follower that needs a snapshot (with reseed = "operator"): it starts to seed
     # itself from its leader's checkpoint. Answered at once; status shows the progress.
+    changeMembership @7 :MembershipRequest;
+    # Sent to the leader: adds a node as a learner, or removes one (docs/membership.md).
+    # Answered once the leader has saved the new membership; followers get it next.
   }
+}
+
+enum MembershipOp {
+  addLearner @0;   # a node not in the cluster joins; it votes once it is ready
+  remove @1;       # a member leaves (not the leader)
+}
+
+struct MembershipRequest {
+  op @0 :MembershipOp;
+  id @1 :Text;        # the node id
+  address @2 :Text;   # addLearner: the host:port it listens on
+}
+
+struct MembershipReply {
+  error @0 :Error;    # notLeader, invalidArgument (the change does not apply), unavailable
+                      # (the last change is not held by a majority of the voters yet)
+  version @1 :UInt64;
+  members @2 :List(Peer.Member);
 }
 
 struct HandoverRequest {
@@ -258,6 +285,7 @@ struct Reply {
     refused @5 :Error;
     handover @6 :HandoverReply;
     reseed @7 :Error;      # ok: seeding has started (or was under way)
+    changeMembership @8 :MembershipReply;
     # The request could not be served as sent: a kind of request this node does not know
     # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
     # cannot take now (unavailable) -- the connection stays open after these -- or a

@@ -42,6 +42,7 @@ const char* ReplyKindName(schema::Reply::Which w) {
     case schema::Reply::REFUSED: return "refused";
     case schema::Reply::HANDOVER: return "handover";
     case schema::Reply::RESEED: return "reseed";
+    case schema::Reply::CHANGE_MEMBERSHIP: return "changeMembership";
   }
   return "unknown";
 }
@@ -242,11 +243,29 @@ class ClientImpl final : public Client {
         .status();
   }
 
+  absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,
+                                                     const std::string& id,
+                                                     const std::string& address) override {
+    capnp::MallocMessageBuilder m(16);
+    auto req = m.initRoot<schema::Request>().initChangeMembership();
+    req.setOp(op == replication::MembershipOp::kRemove ? schema::MembershipOp::REMOVE
+                                                       : schema::MembershipOp::ADD_LEARNER);
+    req.setId(id);
+    req.setAddress(address);
+    return Call<MembershipResult>(
+        m, timeout_, schema::Reply::CHANGE_MEMBERSHIP,
+        [](schema::Reply::Reader r) -> absl::StatusOr<MembershipResult> {
+          auto reply = r.getChangeMembership();
+          if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
+          return MembershipResult{reply.getVersion(), FromCapnp(reply.getMembers())};
+        });
+  }
+
   absl::StatusOr<NodeStatusInfo> Status() override {
     capnp::MallocMessageBuilder m(8);
     m.initRoot<schema::Request>().setStatus();
     return Call<NodeStatusInfo>(m, timeout_, schema::Reply::STATUS, [](schema::Reply::Reader r) {
-      return absl::StatusOr<NodeStatusInfo>(ToStatusInfo(r.getStatus()));
+      return absl::StatusOr<NodeStatusInfo>(StatusFromCapnp(r.getStatus()));
     });
   }
 
@@ -287,66 +306,6 @@ class ClientImpl final : public Client {
   static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
     if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
     return WriteResult{r.getFirstSeq(), r.getLastSeq(), r.getDegraded()};
-  }
-
-  static NodeStatusInfo ToStatusInfo(schema::NodeStatus::Reader st) {
-    NodeStatusInfo out;
-    out.node = st.getNode();
-    out.cluster = st.getCluster();
-    out.role = st.getRole();
-    out.latest_seq = st.getLatestSeq();
-    out.data_bytes = st.getDataBytes();
-    out.epoch = st.getEpoch();
-    out.database_id = st.getDatabaseId();
-    out.listen = st.getListen();
-    out.leader_id = st.getLeaderId();
-    out.leader_address = st.getLeaderAddress();
-    out.handover_to = st.getHandoverTo();
-    out.replication_mode = st.getReplicationMode();
-    out.replication_acks = st.getReplicationAcks();
-    out.ack_level = st.getAckLevel();
-    out.sync_timeout_ms = st.getSyncTimeoutMs();
-    out.on_sync_timeout = st.getOnSyncTimeout();
-    out.degraded_for_ms = st.getDegradedForMs();
-    out.writes_waiting = st.getWritesWaiting();
-    out.writes_not_replicated = st.getWritesNotReplicated();
-    out.writes_degraded = st.getWritesDegraded();
-    for (auto f : st.getFollowers()) {
-      FollowerStatusInfo fi;
-      fi.id = f.getId();
-      fi.state = f.getState();
-      fi.sent_seq = f.getSentSeq();
-      fi.received_seq = f.getReceivedSeq();
-      fi.durable_seq = f.getDurableSeq();
-      fi.applied_seq = f.getAppliedSeq();
-      fi.lag_seq = f.getLagSeq();
-      fi.lag_ms = f.getLagMs();
-      fi.bytes_shipped = f.getBytesShipped();
-      fi.last_ack_ago_ms = f.getLastAckAgoMs();
-      fi.message = f.getMessage();
-      fi.wal_pinned_bytes = f.getWalPinnedBytes();
-      out.followers.push_back(std::move(fi));
-    }
-    out.replication_state = st.getReplicationState();
-    out.applied_seq = st.getAppliedSeq();
-    out.leader_latest_seq = st.getLeaderLatestSeq();
-    out.lag_seq = st.getLagSeq();
-    out.lag_ms = st.getLagMs();
-    out.message = st.getMessage();
-    out.writes_accepted = st.getWritesAccepted();
-    out.write_groups = st.getWriteGroups();
-    out.client_connections = st.getClientConnections();
-    out.peer_connections = st.getPeerConnections();
-    out.connections_refused = st.getConnectionsRefused();
-    out.accept_failures = st.getAcceptFailures();
-    out.storage_error = st.getStorageError();
-    out.phase = st.getPhase();
-    out.ready = st.getReady();
-    out.seed_done_bytes = st.getSeedDoneBytes();
-    out.seed_total_bytes = st.getSeedTotalBytes();
-    out.wal_bytes = st.getWalBytes();
-    out.snapshots_serving = st.getSnapshotsServing();
-    return out;
   }
 
   // The statuses that leave the connection unusable: the call failed on the way, not at the

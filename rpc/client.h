@@ -19,6 +19,7 @@
 #include "absl/types/span.h"
 #include "engine/engine.h"
 #include "replication/durability.h"
+#include "replication/membership.h"
 
 namespace walship::rpc {
 
@@ -52,6 +53,7 @@ struct FollowerStatusInfo {
   int64_t last_ack_ago_ms = -1;
   std::string message;
   uint64_t wal_pinned_bytes = 0;  // WAL the leader keeps for it
+  bool voter = true;              // false: a learner
 };
 
 struct NodeStatusInfo {
@@ -79,6 +81,16 @@ struct NodeStatusInfo {
   uint64_t seed_done_bytes = 0, seed_total_bytes = 0;
   uint64_t wal_bytes = 0;          // WAL files this node holds
   uint32_t snapshots_serving = 0;  // checkpoints being read from it
+  // The cluster's membership as this node knows it; on a leader, the voters that do not hold
+  // its last change yet while fewer than a majority do.
+  uint64_t membership_version = 0;
+  std::vector<replication::Member> members;
+  std::string membership_waiting_for;
+};
+
+struct MembershipResult {
+  uint64_t version = 0;
+  std::vector<replication::Member> members;
 };
 
 struct HandoverResult {
@@ -143,6 +155,11 @@ class Client {
   // Asks the follower this client is connected to to re-seed itself from its leader's
   // checkpoint (it needs a snapshot); OK once it has started.
   virtual absl::Status Reseed() = 0;
+  // Asks the leader to add node `id` (listening on `address`) as a learner, or to remove it
+  // (walship add-follower / remove-follower). Returns the membership it saved.
+  virtual absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,
+                                                            const std::string& id,
+                                                            const std::string& address) = 0;
   virtual const std::string& endpoint() const = 0;
 
  protected:

@@ -67,6 +67,9 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
     case schema::Request::STATUS: Status(reply.initStatus()); return kj::READY_NOW;
     case schema::Request::HANDOVER: return Handover(request.getHandover(), reply.initHandover());
     case schema::Request::RESEED: ToCapnp(node_.Reseed(), reply.initReseed()); return kj::READY_NOW;
+    case schema::Request::CHANGE_MEMBERSHIP:
+      ChangeMembership(request.getChangeMembership(), reply.initChangeMembership());
+      return kj::READY_NOW;
   }
   ToCapnp(absl::UnimplementedError(absl::StrCat(
               "unknown request kind ", static_cast<int>(request.which()),
@@ -258,7 +261,25 @@ void ClientService::Status(schema::NodeStatus::Builder st) {
   for (const engine::WalFileSpan& f : node_.wal_files()) wal_bytes += f.bytes;
   st.setWalBytes(wal_bytes);
   st.setSnapshotsServing(static_cast<uint32_t>(node_.snapshots().serving()));
+  const replication::Membership& membership = node_.membership();
+  st.setMembershipVersion(membership.version);
+  ToCapnp(membership.members, st.initMembers(membership.members.size()));
   node_.role().FillStatus(st);
+}
+
+void ClientService::ChangeMembership(schema::MembershipRequest::Reader request,
+                                     schema::MembershipReply::Builder reply) {
+  replication::MembershipChange change;
+  change.op = request.getOp() == schema::MembershipOp::REMOVE
+                  ? replication::MembershipOp::kRemove
+                  : replication::MembershipOp::kAddLearner;
+  change.id = request.getId();
+  change.address = request.getAddress();
+  absl::StatusOr<replication::Membership> done = node_.role().ChangeMembership(change);
+  ToCapnp(done.status(), reply.initError());
+  if (!done.ok()) return;
+  reply.setVersion(done->version);
+  ToCapnp(done->members, reply.initMembers(done->members.size()));
 }
 
 kj::Promise<void> ClientService::Handover(schema::HandoverRequest::Reader request,

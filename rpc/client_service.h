@@ -96,6 +96,8 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   void Status(schema::NodeStatus::Builder st);
   kj::Promise<void> Handover(schema::HandoverRequest::Reader request,
                              schema::HandoverReply::Builder reply);
+  void ChangeMembership(schema::MembershipRequest::Reader request,
+                        schema::MembershipReply::Builder reply);
   absl::Status CheckReadable(engine::SequenceNumber min_seq,
                              engine::SequenceNumber latest) const;
   absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;

@@ -108,6 +108,23 @@ void ToCapnp(const replication::TakeOverReply& m, schema::TakeOverReply::Builder
   b.setStartSeq(m.start_seq);
 }
 
+void ToCapnp(const std::vector<replication::Member>& m, capnp::List<schema::Member>::Builder b) {
+  for (size_t i = 0; i < m.size(); ++i) {
+    b[i].setId(m[i].id);
+    b[i].setAddress(m[i].address);
+    b[i].setVoter(m[i].voter);
+  }
+}
+
+std::vector<replication::Member> FromCapnp(capnp::List<schema::Member>::Reader r) {
+  KJ_REQUIRE(r.size() <= kMaxMembers, "a membership of more nodes than a cluster holds",
+             r.size());
+  std::vector<replication::Member> out;
+  out.reserve(r.size());
+  for (auto n : r) out.push_back(replication::Member{n.getId(), n.getAddress(), n.getVoter()});
+  return out;
+}
+
 replication::Ship FromCapnp(schema::Ship::Reader r) {
   replication::Ship m;
   m.epoch = r.getEpoch();
@@ -117,15 +134,9 @@ replication::Ship FromCapnp(schema::Ship::Reader r) {
   m.max_ack_delay_us = r.getMaxAckDelayUs();
   m.flush = r.getFlush();
   if (r.hasMembership()) {
-    auto ms = r.getMembership();
-    auto members = ms.getMembers();
-    KJ_REQUIRE(members.size() <= kMaxMembers, "a membership of more nodes than a cluster holds",
-               members.size());
     replication::Membership mm;
-    mm.version = ms.getVersion();
-    for (auto n : members) {
-      mm.members.push_back(replication::Member{n.getId(), n.getAddress(), n.getVoter()});
-    }
+    mm.version = r.getMembership().getVersion();
+    mm.members = FromCapnp(r.getMembership().getMembers());
     m.membership = std::move(mm);
   }
   auto batches = r.getBatches();
@@ -154,13 +165,7 @@ void ToCapnp(const replication::Ship& m, schema::Ship::Builder b) {
   if (m.membership.has_value()) {
     auto ms = b.initMembership();
     ms.setVersion(m.membership->version);
-    auto members = ms.initMembers(m.membership->members.size());
-    for (size_t i = 0; i < m.membership->members.size(); ++i) {
-      const replication::Member& n = m.membership->members[i];
-      members[i].setId(n.id);
-      members[i].setAddress(n.address);
-      members[i].setVoter(n.voter);
-    }
+    ToCapnp(m.membership->members, ms.initMembers(m.membership->members.size()));
   }
   auto list = b.initBatches(m.batches.size());
   for (size_t i = 0; i < m.batches.size(); ++i) {

@@ -10,6 +10,7 @@
 #include "engine/types.h"
 #include "replication/messages.h"
 #include "replication/recovery.h"
+#include "rpc/client.h"
 #include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
 
@@ -23,6 +24,10 @@ inline constexpr size_t kBatchHeaderBytes = 12;
 inline constexpr size_t kMaxMembers = 1024;
 
 replication::Hello FromCapnp(schema::Hello::Reader r);
+void ToCapnp(const std::vector<replication::Member>& m, capnp::List<schema::Member>::Builder b);
+// A status as a node sends it (rpc/status_format.cc).
+NodeStatusInfo StatusFromCapnp(schema::NodeStatus::Reader st);
+std::vector<replication::Member> FromCapnp(capnp::List<schema::Member>::Reader r);
 void ToCapnp(const replication::Hello& m, schema::Hello::Builder b);
 replication::HelloReply FromCapnp(schema::HelloReply::Reader r);
 void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b);

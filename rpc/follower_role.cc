@@ -236,6 +236,11 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
       case replication::LogLevel::kError: spdlog::error("{}", text); break;
     }
   }
+  // A membership the leader sent and the Follower saved: the node learns the new addresses.
+  if (uint64_t saves = follower_->membership_saves(); saves != membership_saves_) {
+    membership_saves_ = saves;
+    node_.AdoptMembership(follower_->membership());
+  }
   // Answers first: the acks an apply failure releases, and its refusal, go out before the
   // connection closes.
   for (auto& answer : out.answers) {

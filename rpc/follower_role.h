@@ -46,6 +46,10 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   replication::PeerPosition Position() const override;
   absl::Status Reseed() override { return StartReseed(); }
+  absl::StatusOr<replication::Membership> ChangeMembership(
+      const replication::MembershipChange&) override {
+    return WriteRefusal();  // not the leader: names it
+  }
 
   // A push from the leader on the connection of `generation` (BatchSink).
   kj::Promise<replication::Ack> OnPush(uint64_t generation, replication::Ship ship);
@@ -71,6 +75,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   uint64_t last_push_ = 0;
   bool taking_over_ = false;
   bool reseeding_ = false;   // the seeding role takes over  // a take-over waits for its WAL fsync
+  uint64_t membership_saves_ = 0;  // the Follower's count last seen (AdoptMembership)
   bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
   int64_t link_at_us_ = 0;
   kj::Promise<void> link_timer_ = nullptr;

@@ -48,6 +48,8 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   engine::SequenceNumber WalNeededFrom() const override { return leader_.WalNeededFrom(); }
+  absl::StatusOr<replication::Membership> ChangeMembership(
+      const replication::MembershipChange& change) override;
   replication::PeerPosition Position() const override {
     return replication::PositionOf(leader_.state(), leader_.latest(), leader_.options().node_id);
   }
@@ -82,6 +84,11 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
                                        const replication::Durability& need, bool pinned,
                                        bool read);
   void Release(std::vector<replication::Released> released, bool was_degraded);
+  // Saves `next` (the membership after `change`) in the node state, then makes it the
+  // leader's: followers get it with their next message.
+  absl::StatusOr<replication::Membership> SaveMembership(
+      replication::Membership next, const replication::MembershipChange& change);
+  void PromoteReadyLearner();
 
   Node& node_;
   replication::Leader leader_;
@@ -110,6 +117,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Own<kj::PromiseFulfiller<HandoverOutcome>> handover_done_;
   kj::Own<PeerClient> take_over_conn_;
   bool asking_ = false;
+  int64_t promote_again_us_ = 0;  // a failed promotion is tried again from then
   kj::TaskSet tasks_;  // last: destroyed first
 };
 

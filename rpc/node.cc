@@ -39,6 +39,7 @@ Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIo
       initial_state_(std::move(state)),
       recover_(recover),
       snapshots_(std::make_unique<SnapshotSource>(*this)),
+      membership_(initial_state_.membership),
       tasks_(*this) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   restart_promise_ = kj::mv(paf.promise);
@@ -68,9 +69,26 @@ void Node::Start() {
 }
 
 std::string Node::AddressOf(const std::string& id) const {
+  if (const replication::Member* m = membership_.Find(id); m != nullptr && !m->address.empty()) {
+    return m->address;
+  }
   auto it = options_.peers.find(id);
   if (it != options_.peers.end()) return it->second;
   return id == options_.leader_id ? options_.leader_address : "";
+}
+
+std::vector<std::string> Node::PeerIds() const {
+  std::vector<std::string> ids;
+  for (const replication::Member& m : membership_.members) {
+    if (m.id != options_.node_id) ids.push_back(m.id);
+  }
+  return ids;
+}
+
+void Node::AdoptMembership(replication::Membership m) {
+  if (m == membership_) return;
+  spdlog::info("membership version {}: {}", m.version, replication::Describe(m));
+  membership_ = std::move(m);
 }
 
 int64_t Node::MonoNowUs() const {

@@ -59,9 +59,15 @@ class Node final : public kj::TaskSet::ErrorHandler {
   WorkerPool& wal_pool() { return wal_pool_; }
 
   std::string state_path() const { return options_.data_dir + "/node-state"; }
-  // The listen address of node `id` (from the config's peers, or the config's leader), or ""
-  // when it is not a peer.
+  // The listen address of node `id` (from the membership, else the config's peers or leader),
+  // or "" when it is not a peer.
   std::string AddressOf(const std::string& id) const;
+  // The cluster's membership as this node knows it (saved in its node state), and the other
+  // members' ids.
+  const replication::Membership& membership() const { return membership_; }
+  std::vector<std::string> PeerIds() const;
+  // A role saved a new membership (the leader changed it, or a follower was sent it).
+  void AdoptMembership(replication::Membership m);
   // The event loop's monotonic clock, in microseconds (what replication/ is handed).
   int64_t MonoNowUs() const;
 
@@ -105,6 +111,7 @@ class Node final : public kj::TaskSet::ErrorHandler {
   std::unique_ptr<Role> role_;
   std::unique_ptr<SnapshotSource> snapshots_;
   std::vector<engine::WalFileSpan> wal_files_;
+  replication::Membership membership_;
   kj::Promise<void> restart_promise_ = nullptr;
   kj::Own<kj::PromiseFulfiller<void>> restart_;
   // Storage errors (StorageLoop).

@@ -270,6 +270,10 @@ absl::Status StageRestore(const NodeServerOptions& options, const replication::N
                                                     : options.peers.count(leader)
                                                           ? options.peers.at(leader)
                                                           : std::string();
+  if (const replication::Member* member = state.membership.Find(leader);
+      member != nullptr && !member->address.empty()) {
+    address = member->address;
+  }
   absl::StatusOr<replication::PeerPosition> at =
       address.empty() ? absl::StatusOr<replication::PeerPosition>(
                             absl::NotFoundError("its address is not in the config"))
@@ -351,10 +355,16 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
         "node '", self, "' may not lead: as a follower it was told its data is stale (",
         state->needs_snapshot, ", in ", state_path, "); re-seed it first")));
   }
+  if (state->membership.version == 0) {
+    // The config file's nodes are the first membership; after that the saved one wins.
+    std::vector<replication::Member> members{{self, options.listen, true}};
+    for (const auto& [id, address] : options.peers) members.push_back({id, address, true});
+    state->membership = replication::MembershipOf(std::move(members), 1);
+  }
   bool recover = false;
   if (state->role == "leader" && !resumes) {
     if (state->database_id.empty()) state->database_id = replication::NewDatabaseId();
-    if (state->history.empty() || options.peers.empty()) {
+    if (state->history.empty() || state->membership.VotersExcept(self).empty()) {
       // A new database, or no peer that could hold more: a new epoch at the next sequence
       // number (BeginEpoch) at once.
       *state = replication::StateForLeading(std::move(*state), latest, self);

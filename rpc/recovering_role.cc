@@ -14,10 +14,9 @@ namespace {
 // A peer that does not answer is asked again this often.
 constexpr int64_t kAskAgainMs = 500;
 
-std::vector<std::string> PeersOf(const NodeServerOptions& o) {
-  std::vector<std::string> ids;
-  for (const auto& [id, address] : o.peers) ids.push_back(id);
-  return ids;
+// The voting members: a learner was never waited for, so no acknowledged write depends on it.
+std::vector<std::string> PeersOf(const Node& node) {
+  return node.membership().VotersExcept(node.options().node_id);
 }
 
 }  // namespace
@@ -25,7 +24,7 @@ std::vector<std::string> PeersOf(const NodeServerOptions& o) {
 RecoveringRole::RecoveringRole(Node& node, replication::NodeState state)
     : node_(node),
       recovery_(std::move(state), node.engine().LatestSequence(), node.options().node_id,
-                PeersOf(node.options()), node.options().commit.cluster, node.MonoNowUs(),
+                PeersOf(node), node.options().commit.cluster, node.MonoNowUs(),
                 int64_t{node.options().leader_recovery_wait_ms} * 1000),
       tasks_(*this) {}
 

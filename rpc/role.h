@@ -12,7 +12,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/types.h"
+#include "absl/status/statusor.h"
 #include "replication/durability.h"
+#include "replication/membership.h"
 #include "replication/recovery.h"
 #include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
@@ -104,6 +106,13 @@ class Role {
   virtual engine::SequenceNumber WalNeededFrom() const { return UINT64_MAX; }
   // An operator asks this node to re-seed itself from its leader's checkpoint: OK when it
   // starts to, else why not (only a follower told it needs a snapshot re-seeds).
+  // An operator adds or removes a member (walship add-follower / remove-follower): the
+  // membership as saved, or why not. Only the leader changes it.
+  virtual absl::StatusOr<replication::Membership> ChangeMembership(
+      const replication::MembershipChange&) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this node is ", name(), ": only the leader changes the membership"));
+  }
   virtual absl::Status Reseed() {
     return absl::FailedPreconditionError(
         absl::StrCat("this node is ", name(), ": only a follower that needs a snapshot is "

@@ -1,10 +1,12 @@
-// walship status as JSON (docs/cli.md lists the fields) and as text.
+// walship status: read from its Cap'n Proto form, and written as JSON (docs/cli.md lists the
+// fields) and as text.
 #include <sstream>
 #include <string>
 
 #include "absl/strings/str_format.h"
 #include "replication/seeding.h"
 #include "rpc/client.h"
+#include "rpc/convert.h"
 
 namespace walship::rpc {
 namespace {
@@ -30,6 +32,70 @@ std::string JsonString(const std::string& s) {
 
 }  // namespace
 
+NodeStatusInfo StatusFromCapnp(schema::NodeStatus::Reader st) {
+  NodeStatusInfo out;
+  out.node = st.getNode();
+  out.cluster = st.getCluster();
+  out.role = st.getRole();
+  out.latest_seq = st.getLatestSeq();
+  out.data_bytes = st.getDataBytes();
+  out.epoch = st.getEpoch();
+  out.database_id = st.getDatabaseId();
+  out.listen = st.getListen();
+  out.leader_id = st.getLeaderId();
+  out.leader_address = st.getLeaderAddress();
+  out.handover_to = st.getHandoverTo();
+  out.replication_mode = st.getReplicationMode();
+  out.replication_acks = st.getReplicationAcks();
+  out.ack_level = st.getAckLevel();
+  out.sync_timeout_ms = st.getSyncTimeoutMs();
+  out.on_sync_timeout = st.getOnSyncTimeout();
+  out.degraded_for_ms = st.getDegradedForMs();
+  out.writes_waiting = st.getWritesWaiting();
+  out.writes_not_replicated = st.getWritesNotReplicated();
+  out.writes_degraded = st.getWritesDegraded();
+  for (auto f : st.getFollowers()) {
+    FollowerStatusInfo fi;
+    fi.id = f.getId();
+    fi.state = f.getState();
+    fi.sent_seq = f.getSentSeq();
+    fi.received_seq = f.getReceivedSeq();
+    fi.durable_seq = f.getDurableSeq();
+    fi.applied_seq = f.getAppliedSeq();
+    fi.lag_seq = f.getLagSeq();
+    fi.lag_ms = f.getLagMs();
+    fi.bytes_shipped = f.getBytesShipped();
+    fi.last_ack_ago_ms = f.getLastAckAgoMs();
+    fi.message = f.getMessage();
+    fi.wal_pinned_bytes = f.getWalPinnedBytes();
+    fi.voter = f.getVoter();
+    out.followers.push_back(std::move(fi));
+  }
+  out.replication_state = st.getReplicationState();
+  out.applied_seq = st.getAppliedSeq();
+  out.leader_latest_seq = st.getLeaderLatestSeq();
+  out.lag_seq = st.getLagSeq();
+  out.lag_ms = st.getLagMs();
+  out.message = st.getMessage();
+  out.writes_accepted = st.getWritesAccepted();
+  out.write_groups = st.getWriteGroups();
+  out.client_connections = st.getClientConnections();
+  out.peer_connections = st.getPeerConnections();
+  out.connections_refused = st.getConnectionsRefused();
+  out.accept_failures = st.getAcceptFailures();
+  out.storage_error = st.getStorageError();
+  out.phase = st.getPhase();
+  out.ready = st.getReady();
+  out.seed_done_bytes = st.getSeedDoneBytes();
+  out.seed_total_bytes = st.getSeedTotalBytes();
+  out.wal_bytes = st.getWalBytes();
+  out.snapshots_serving = st.getSnapshotsServing();
+  out.membership_version = st.getMembershipVersion();
+  out.members = FromCapnp(st.getMembers());
+  out.membership_waiting_for = st.getMembershipWaitingFor();
+  return out;
+}
+
 std::string StatusToJson(const NodeStatusInfo& s) {
   std::ostringstream o;
   o << "{\"node\":" << JsonString(s.node) << ",\"cluster\":" << JsonString(s.cluster)
@@ -47,7 +113,14 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     << ",\"ack_level\":" << JsonString(s.ack_level)
     << ",\"sync_timeout_ms\":" << s.sync_timeout_ms
     << ",\"on_sync_timeout\":" << JsonString(s.on_sync_timeout)
-    << ",\"wal_bytes\":" << s.wal_bytes << ",\"snapshots_serving\":" << s.snapshots_serving;
+    << ",\"wal_bytes\":" << s.wal_bytes << ",\"snapshots_serving\":" << s.snapshots_serving
+    << ",\"membership_version\":" << s.membership_version << ",\"members\":[";
+  for (size_t i = 0; i < s.members.size(); ++i) {
+    const auto& m = s.members[i];
+    o << (i ? "," : "") << "{\"id\":" << JsonString(m.id) << ",\"address\":"
+      << JsonString(m.address) << ",\"voter\":" << (m.voter ? "true" : "false") << "}";
+  }
+  o << "]";
   if (s.role == "leader") {
     o << ",\"degraded_for_ms\":" << s.degraded_for_ms << ",\"writes_waiting\":"
       << s.writes_waiting << ",\"writes_not_replicated\":" << s.writes_not_replicated
@@ -61,10 +134,12 @@ std::string StatusToJson(const NodeStatusInfo& s) {
         << f.applied_seq << ",\"lag_seq\":" << f.lag_seq << ",\"lag_ms\":" << f.lag_ms
         << ",\"bytes_shipped\":" << f.bytes_shipped << ",\"last_ack_ago_ms\":"
         << f.last_ack_ago_ms << ",\"wal_pinned_bytes\":" << f.wal_pinned_bytes
+        << ",\"voter\":" << (f.voter ? "true" : "false")
         << ",\"message\":" << JsonString(f.message) << "}";
     }
     o << "]";
-    o << ",\"handover_to\":" << JsonString(s.handover_to);
+    o << ",\"handover_to\":" << JsonString(s.handover_to)
+      << ",\"membership_waiting_for\":" << JsonString(s.membership_waiting_for);
   } else {
     o << ",\"leader\":" << JsonString(s.leader_id) << ",\"leader_address\":"
       << JsonString(s.leader_address) << ",\"replication_state\":"
@@ -92,6 +167,15 @@ std::string StatusToText(const NodeStatusInfo& s) {
   if (s.snapshots_serving > 0) o << "; serving " << s.snapshots_serving << " checkpoint(s)";
   o << "\n";
   if (!s.storage_error.empty()) o << "  STORAGE ERROR: " << s.storage_error << "\n";
+  o << "  members (version " << s.membership_version << "):";
+  for (const auto& m : s.members) {
+    o << " " << m.id << (m.voter ? "" : " (learner)");
+  }
+  o << "\n";
+  if (!s.membership_waiting_for.empty()) {
+    o << "  the last membership change waits for a majority of the voters: "
+      << s.membership_waiting_for << " do not hold it yet\n";
+  }
   o << "  replication " << s.replication_mode;
   if (s.replication_mode != "async") {
     if (s.replication_mode == "semi-sync") o << " (" << s.replication_acks << " of the followers)";
@@ -114,9 +198,9 @@ std::string StatusToText(const NodeStatusInfo& s) {
     if (s.followers.empty()) o << "  no followers have connected\n";
     for (const auto& f : s.followers) {
       o << absl::StrFormat(
-          "  follower %-8s %-14s applied %d (received %d, durable %d), lag %d seq / %d ms, "
+          "  %-8s %-8s %-14s applied %d (received %d, durable %d), lag %d seq / %d ms, "
           "shipped %d bytes, pins %s of WAL",
-          f.id, f.state, f.applied_seq, f.received_seq, f.durable_seq, f.lag_seq, f.lag_ms,
+          f.voter ? "follower" : "learner", f.id, f.state, f.applied_seq, f.received_seq, f.durable_seq, f.lag_seq, f.lag_ms,
           f.bytes_shipped, replication::HumanBytes(f.wal_pinned_bytes));
       if (!f.message.empty()) o << "\n    " << f.message;
       o << "\n";

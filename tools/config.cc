@@ -262,10 +262,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     NodeConfig n;
     auto id = RequiredString(err, t, t.source(), prefix, "id");
     if (!id.ok()) return id.status();
-    if (id->empty() || id->size() > 64 ||
-        id->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
-            std::string::npos ||
-        *id == "-") {
+    if (!replication::CheckNodeId(*id).ok()) {
       return err.At(t.get("id")->source(), prefix + ".id",
                     "must be 1 to 64 letters, digits, '.', '_' or '-' (and not \"-\" alone)");
     }
@@ -348,6 +345,46 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
         d.heartbeat_interval_ms, " ms) below it, or followers would time out"));
   }
   return config;
+}
+
+absl::StatusOr<NodeConfig> NodeToRun(const ClusterConfig& config, const std::string& id,
+                                     const std::string& listen, const std::string& data_dir) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(config.path, ": node.id: --node '", id,
+                                                   "' ", why));
+  };
+  if (const NodeConfig* n = config.Find(id); n != nullptr) {
+    if (!listen.empty() || !data_dir.empty()) {
+      return bad("is in the file, which gives its listen address and data_dir; --listen and "
+                 "--data-dir are for a node added at run time");
+    }
+    return *n;
+  }
+  if (listen.empty() || data_dir.empty()) {
+    std::string ids;
+    for (const NodeConfig& n : config.nodes) absl::StrAppend(&ids, ids.empty() ? "" : ", ", n.id);
+    return bad(absl::StrCat("is not in the file (nodes: ", ids, "); a node added at run time "
+                            "(walship add-follower) needs --listen and --data-dir"));
+  }
+  if (absl::Status s = replication::CheckNodeId(id); !s.ok()) return bad(std::string(s.message()));
+  size_t colon = listen.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port == 0 || port > 65535) {
+    return bad(absl::StrCat("--listen '", listen, "' is not host:port with a port in 1-65535"));
+  }
+  NodeConfig n;
+  n.id = id;
+  n.listen = listen;
+  n.data_dir = fs::absolute(data_dir).lexically_normal().string();
+  n.role = "follower";
+  for (const NodeConfig& other : config.nodes) {
+    if (other.listen == n.listen) return bad(absl::StrCat("node ", other.id, " listens on ", listen));
+    if (other.data_dir == n.data_dir) {
+      return bad(absl::StrCat("node ", other.id, " has data_dir ", n.data_dir));
+    }
+  }
+  return n;
 }
 
 rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeConfig& node) {

@@ -32,6 +32,14 @@ struct ClusterConfig {
 // key: "cluster.toml:7: node[2].listen: duplicate listen address 127.0.0.1:7101 (also node n1)".
 absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path);
 
+// The node walshipd runs: `id` as the file gives it, or, with `listen` and `data_dir`, a node
+// that is not in the file (added at run time: a follower of the file's leader, its data dir
+// resolved against the current directory). kInvalidArgument naming the file and what is
+// wrong: an id not in the file without both flags, flags for a node of the file, an id or
+// address the file would refuse, or an address or data dir a node of the file has.
+absl::StatusOr<NodeConfig> NodeToRun(const ClusterConfig& config, const std::string& id,
+                                     const std::string& listen, const std::string& data_dir);
+
 // The options walshipd runs node `node` with.
 rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeConfig& node);
 

@@ -16,6 +16,7 @@
 #include "tools/checkpoint.h"
 #include "tools/config.h"
 #include "tools/escape.h"
+#include "tools/membership.h"
 
 namespace {
 
@@ -58,11 +59,20 @@ absl::StatusOr<std::string> Resolve(Target& t) {
   t.config = *config;
   const walship::tools::NodeConfig* n =
       t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
-  if (n == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--node '", t.node, "' is not in ", t.cluster_path));
+  if (n != nullptr) return n->listen;
+  // A node added at run time: the nodes of the file know its address.
+  for (const auto& known : t.config->nodes) {
+    auto client = walship::rpc::Client::Connect(known.listen, absl::Milliseconds(t.timeout_ms));
+    if (!client.ok()) continue;
+    auto st = (*client)->Status();
+    if (!st.ok()) continue;
+    for (const auto& m : st->members) {
+      if (m.id == t.node && !m.address.empty()) return m.address;
+    }
   }
-  return n->listen;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--node '", t.node, "' is neither in ", t.cluster_path,
+      " nor a member any node of it knows (walship add-follower adds one)"));
 }
 
 absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
@@ -144,6 +154,35 @@ int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms) {
   if (!r.ok()) return Fail(r.status());
   std::printf("OK %s leads, epoch %llu\n", r->leader.c_str(),
               static_cast<unsigned long long>(r->epoch));
+  return 0;
+}
+
+// Adds node `id` at `address` as a learner through the leader; with a wait, until it votes.
+int DoAddFollower(Target& t, const std::string& id, const std::string& address, int wait_s) {
+  std::string leader;
+  auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
+    leader = c.endpoint();
+    return walship::tools::AddOrKeep(c, id, address);
+  });
+  if (!r.ok()) return Fail(r.status());
+  std::printf("OK %s is a member: %s\n", id.c_str(),
+              walship::tools::DescribeMembers(*r).c_str());
+  if (wait_s <= 0) return 0;
+  auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
+                                       : walship::tools::ProgressStyle::kLines;
+  absl::Status s = walship::tools::WaitUntilVoter(leader, id, address, absl::Seconds(wait_s),
+                                                  style, absl::Milliseconds(t.timeout_ms));
+  if (!s.ok()) return Fail(s);
+  std::printf("OK %s is ready and votes\n", id.c_str());
+  return 0;
+}
+
+int DoRemoveFollower(Target& t, const std::string& id) {
+  auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
+    return c.ChangeMembership(walship::replication::MembershipOp::kRemove, id, "");
+  });
+  if (!r.ok()) return Fail(r.status());
+  std::printf("OK %s removed: %s\n", id.c_str(), walship::tools::DescribeMembers(*r).c_str());
   return 0;
 }
 
@@ -270,6 +309,21 @@ int main(int argc, char** argv) {
   std::string out_dir;
   checkpoint->add_option("--out", out_dir, "the directory to write (must not hold a checkpoint)")
       ->required();
+  auto* add_follower = app.add_subcommand(
+      "add-follower", "add node ID, listening on ADDRESS, to the running cluster as a learner: "
+                      "start it with walshipd --node ID --listen ADDRESS --data-dir DIR; it is "
+                      "seeded from a checkpoint, catches up and votes once ready");
+  std::string member_id, member_address;
+  int wait_s = 0;
+  add_follower->add_option("ID", member_id, "the new node's id")->required();
+  add_follower->add_option("ADDRESS", member_address, "HOST:PORT it listens on")->required();
+  add_follower->add_option("--wait-s", wait_s,
+                           "wait up to this many seconds until it votes, showing its progress "
+                           "(0: return once the leader has saved the change)");
+  auto* remove_follower = app.add_subcommand(
+      "remove-follower", "remove node ID from the cluster: the leader stops streaming to it, "
+                         "refuses it from then on, and no longer waits for it or counts it");
+  remove_follower->add_option("ID", member_id, "the node to remove")->required();
   auto* reseed = app.add_subcommand(
       "reseed", "have follower --node (told it needs a snapshot) seed itself again from its "
                 "leader's checkpoint; its data stays until the new copy is verified");
@@ -277,6 +331,8 @@ int main(int argc, char** argv) {
 
   if (handover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
+  if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);
+  if (remove_follower->parsed()) return DoRemoveFollower(t, member_id);
 
   if (!mode.empty()) {
     auto m = walship::replication::ParseMode(mode);

@@ -28,6 +28,11 @@ int main(int argc, char** argv) {
                  "seed this follower's data dir from a checkpoint directory (walship checkpoint "
                  "--out DIR) before it starts: verified, then put in place of its data, which "
                  "stays as it was if the checkpoint is refused");
+  std::string listen, data_dir;
+  app.add_option("--listen", listen,
+                 "HOST:PORT to listen on, for a node that is not in the config file (one added "
+                 "at run time with walship add-follower)");
+  app.add_option("--data-dir", data_dir, "its data directory (with --listen)");
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_color_mt("walshipd");
@@ -39,12 +44,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "walshipd: %s\n", std::string(config.status().message()).c_str());
     return 2;
   }
-  const walship::tools::NodeConfig* node = config->Find(node_id);
-  if (node == nullptr) {
-    std::string ids;
-    for (const auto& n : config->nodes) ids += (ids.empty() ? "" : ", ") + n.id;
-    std::fprintf(stderr, "walshipd: %s: node.id: --node '%s' is not in the file (nodes: %s)\n",
-                 config_path.c_str(), node_id.c_str(), ids.c_str());
+  absl::StatusOr<walship::tools::NodeConfig> node =
+      walship::tools::NodeToRun(*config, node_id, listen, data_dir);
+  if (!node.ok()) {
+    std::fprintf(stderr, "walshipd: %s\n", std::string(node.status().message()).c_str());
     return 2;
   }
   walship::rpc::NodeServerOptions options = walship::tools::ServerOptionsFor(*config, *node);

@@ -85,6 +85,20 @@ class Cluster:
         log.close()  # the child has its own descriptor
         wait_until(lambda: self.reachable(nid), 20, f"{nid} to answer")
 
+    def start_added(self, nid):
+        """Starts node `nid`, which is not in the config file (walship add-follower adds it),
+        on a port of its own; returns its address."""
+        if nid not in self.addr:
+            self.addr[nid] = f"127.0.0.1:{free_ports(1)[0]}"
+        log = open(os.path.join(self.dir, f"{nid}.log"), "ab")
+        self.logs[nid] = log.name
+        self.procs[nid] = subprocess.Popen(
+            [WALSHIPD, "--config", self.config, "--node", nid, "--listen", self.addr[nid],
+             "--data-dir", self.data_dir(nid)], stdout=log, stderr=log)
+        log.close()
+        wait_until(lambda: self.reachable(nid), 20, f"{nid} to answer")
+        return self.addr[nid]
+
     def start_all(self):
         for nid in self.ids:
             self.start(nid)

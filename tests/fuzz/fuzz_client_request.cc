@@ -53,6 +53,13 @@ void Decode(schema::Request::Reader request) {
       (void)std::string(request.getHandover().getTarget().cStr());
       (void)request.getHandover().getTimeoutMs();
       break;
+    case schema::Request::CHANGE_MEMBERSHIP: {
+      auto m = request.getChangeMembership();
+      (void)m.getOp();
+      (void)std::string(m.getId().cStr());
+      (void)std::string(m.getAddress().cStr());
+      break;
+    }
   }
 }
 
