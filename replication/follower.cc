@@ -282,6 +282,7 @@ void Follower::SaveMembership(Membership m) {
   absl::MutexLock lock(&mu_);
   if (s.ok()) {
     state_.membership = std::move(m);
+    membership_saves_.fetch_add(1, std::memory_order_release);
   } else {
     status_.message = absl::StrCat("cannot keep the membership (version ", m.version,
                                    ") the leader sent: ", s.message());

@@ -6,6 +6,7 @@
 // in progress, so the event loop can answer status while a large batch applies on a worker.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -90,8 +91,10 @@ class Follower {
   std::string ReadRefusal() const;
   Epoch epoch() const;
   NodeState state() const;
-  // The cluster's membership as the leader last sent it (saved in the node state).
+  // The cluster's membership as the leader last sent it (saved in the node state), and how
+  // many times a new one was saved (cheap to poll: it tells when to read the membership).
   Membership membership() const;
+  uint64_t membership_saves() const { return membership_saves_.load(std::memory_order_acquire); }
 
  private:
   Ack MakeAck(AckOutcome outcome, std::string message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -131,6 +134,7 @@ class Follower {
   std::optional<NodeState> to_persist_ ABSL_GUARDED_BY(mu_);
   // Set by Admit when a message carried a membership this node does not hold; OnShip saves it.
   std::optional<Membership> membership_to_save_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> membership_saves_{0};
 };
 
 }  // namespace walship::replication

@@ -50,12 +50,14 @@ void Leader::SetMembership(Membership next) {
 }
 
 std::optional<MembershipChange> Leader::DuePromotion() const {
-  if (!options_.members_only || !MembershipSettled()) return std::nullopt;
+  if (!options_.members_only) return std::nullopt;
   for (const auto& [id, rec] : followers_) {
     const Member* m = state_.membership.Find(id);
     if (m != nullptr && !m->voter && rec.info.state == FollowerState::kConnected &&
         rec.info.membership_acked >= state_.membership.version &&
         IsReady(rec.info.applied, latest_, options_.ready_lag)) {
+      // Checked last: it walks the voters, and this runs on every pump.
+      if (!MembershipSettled()) return std::nullopt;
       return MembershipChange{MembershipOp::kPromote, id, ""};
     }
   }
