@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <deque>
+#include <chrono>
 #include <filesystem>
 #include <optional>
 #include <utility>
@@ -172,11 +173,12 @@ class StorageErrorListener final : public rocksdb::EventListener {
 
 class EngineImpl final : public Engine {
  public:
-  EngineImpl(std::unique_ptr<rocksdb::DB> db, uint64_t wal_retention_bytes,
-             uint64_t wal_pinned_max_bytes, std::shared_ptr<StorageErrorListener> errors)
+  EngineImpl(std::unique_ptr<rocksdb::DB> db, const EngineOptions& options,
+             std::shared_ptr<StorageErrorListener> errors)
       : db_(std::move(db)),
-        wal_retention_bytes_(wal_retention_bytes),
-        wal_pinned_max_bytes_(wal_pinned_max_bytes),
+        wal_retention_bytes_(options.wal_retention_bytes),
+        wal_pinned_max_bytes_(options.wal_pinned_max_bytes),
+        wal_pinned_max_age_(std::chrono::seconds(options.wal_pinned_max_seconds)),
         errors_(std::move(errors)) {}
   ~EngineImpl() override {
     rocksdb::Status s = db_->Close();
@@ -335,10 +337,13 @@ class EngineImpl final : public Engine {
     // stay, the last trim's answer holds and the WAL files need not be listed again.
     std::error_code ec;
     auto archive_mtime = std::filesystem::last_write_time(db_->GetName() + "/archive", ec);
+    const auto now = std::filesystem::file_time_type::clock::now();
     if (!ec && trimmed_archive_mtime_.has_value() && *trimmed_archive_mtime_ == archive_mtime &&
-        trimmed_keep_from_ == keep_from) {
+        trimmed_keep_from_ == keep_from && now < trimmed_until_) {
       return trimmed_;
     }
+    // Past this, a file kept for the readers ages past wal_pinned_max_seconds: trim again.
+    std::filesystem::file_time_type until = std::filesystem::file_time_type::max();
     rocksdb::VectorLogPtr files;
     rocksdb::Status s = db_->GetSortedWalFiles(files);  // oldest first
     if (!s.ok()) return FromRocks(s);
@@ -353,7 +358,14 @@ class EngineImpl final : public Engine {
       // The file holds [its start, the next file's start): needed when that reaches keep_from.
       bool needed = i + 1 == files.size() || files[i + 1]->StartSequence() > keep_from;
       if (needed && trim.archived_bytes <= wal_retention_bytes_ + wal_pinned_max_bytes_) {
-        break;
+        if (wal_pinned_max_age_.count() == 0) break;
+        // Files are oldest first: when this one is young enough, so are the rest.
+        auto written = std::filesystem::last_write_time(db_->GetName() + f->PathName(), ec);
+        if (ec) break;  // its age unknown: kept, as without an age limit
+        if (now - written <= wal_pinned_max_age_) {
+          until = written + wal_pinned_max_age_;
+          break;
+        }
       }
       s = db_->DeleteFile(f->PathName());
       if (!s.ok() && std::filesystem::exists(db_->GetName() + f->PathName())) {
@@ -379,6 +391,7 @@ class EngineImpl final : public Engine {
     if (!ec) {
       trimmed_archive_mtime_ = archive_mtime;
       trimmed_keep_from_ = keep_from;
+      trimmed_until_ = until;
       trimmed_ = trim;
       trimmed_.deleted_files = trimmed_.deleted_bytes = 0;
     }
@@ -426,11 +439,13 @@ class EngineImpl final : public Engine {
   std::unique_ptr<rocksdb::DB> db_;
   const uint64_t wal_retention_bytes_;
   const uint64_t wal_pinned_max_bytes_;
+  const std::chrono::seconds wal_pinned_max_age_;  // 0: no age limit
   std::shared_ptr<StorageErrorListener> errors_;
   // The archive's mtime when TrimWalArchive last listed it, and what it held then.
   std::optional<std::filesystem::file_time_type> trimmed_archive_mtime_;
   SequenceNumber trimmed_keep_from_ = 0;
   WalTrim trimmed_;  // what that trim left
+  std::filesystem::file_time_type trimmed_until_;  // and until when it holds
 };
 
 }  // namespace
@@ -495,8 +510,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     return FromRocks(s);
   }
   return std::unique_ptr<Engine>(
-      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options.wal_retention_bytes,
-                     options.wal_pinned_max_bytes, std::move(errors)));
+      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options, std::move(errors)));
 }
 
 }  // namespace walship::engine

@@ -40,6 +40,10 @@ struct EngineOptions {
   // readers still need (TrimWalArchive's keep_from); 0: never beyond. RocksDB's own size
   // limit (WAL_size_limit_MB, whole MiB) is the sum of the two.
   uint64_t wal_pinned_max_bytes = uint64_t{4} << 30;
+  // And for at most this long: a file kept only for the readers whose last write is older
+  // than this is deleted all the same (a reader that far behind is re-seeded). 0: no age
+  // limit.
+  uint64_t wal_pinned_max_seconds = 0;
   // Archived WAL files older than this are deleted (RocksDB WAL_ttl_seconds); 0 means no age
   // limit. With no size limit, RocksDB checks every wal_retention_seconds / 2. At least one
   // of the two limits must be set (else kInvalidArgument).
@@ -214,7 +218,8 @@ class Engine {
   // Deletes the oldest archived WAL files until the archive holds at most
   // wal_retention_bytes (RocksDB itself checks that limit only every 10 minutes), except
   // files holding sequence numbers at or after `keep_from` (what the readers still need),
-  // which are kept until the archive would pass wal_retention_bytes + wal_pinned_max_bytes. Readers that needed a
+  // which are kept until the archive would pass wal_retention_bytes + wal_pinned_max_bytes,
+  // or, with wal_pinned_max_seconds, until their last write is that old. Readers that needed a
   // deleted file then get kOutOfRange (a gap) from their cursor. Deletes nothing when
   // wal_retention_bytes is 0. Lists the WAL files again only when the archive or keep_from
   // changed since the last call. One call at a time (it is not thread-safe with itself).

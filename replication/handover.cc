@@ -106,7 +106,9 @@ std::optional<TakeOver> Handover::Poll(Leader& leader, bool writes_idle, int64_t
   if (phase_ != Phase::kCatchingUp || !writes_idle || TimedOut(now_us)) return std::nullopt;
   bool caught_up = false;
   for (const FollowerInfo& f : leader.Followers()) {
-    if (f.id == target_ && f.state == FollowerState::kConnected && f.applied == leader.latest()) {
+    // It also holds the current membership: it leads with the members this leader has.
+    if (f.id == target_ && f.state == FollowerState::kConnected && f.applied == leader.latest() &&
+        leader.HoldsMembership(f)) {
       caught_up = true;
     }
   }

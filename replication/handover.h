@@ -80,7 +80,8 @@ class Handover {
   absl::Status WriteRefusal() const;
 
   // While catching up: the TakeOver to send (after saving StateForHandingOver) once the target
-  // has applied everything and no write is in progress (`writes_idle`); else std::nullopt.
+  // has applied everything and acknowledged the current membership, and no write is in
+  // progress (`writes_idle`); else std::nullopt.
   // Once asked, the same request is sent again (request()) until an answer comes: a request
   // that may have been taken is never abandoned.
   std::optional<TakeOver> Poll(Leader& leader, bool writes_idle, int64_t now_us);

@@ -51,6 +51,7 @@ Leader::Leader(LeaderOptions options, engine::Engine* engine, NodeState state, C
     for (const std::string& id : options_.members) members.push_back({id, "", true});
     state_.membership = MembershipOf(std::move(members), 0);
   }
+  NoteMembership();
 }
 
 Leader::Record* Leader::FindSession(uint64_t session) {
@@ -253,7 +254,7 @@ void Leader::MarkNeedsSnapshot(Record& rec, const std::string& why) {
 bool Leader::HasWork(uint64_t session) const {
   const Record* rec = FindSession(session);
   return rec != nullptr && rec->info.state == FollowerState::kConnected &&
-         (rec->next_seq <= latest_ || MembershipDue(*rec));
+         (rec->next_seq <= latest_ || MembershipDue(*rec, false));
 }
 
 
@@ -409,7 +410,7 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
     int64_t write_time_us = engine::BatchWriteTime(**next);
     ship.batches.push_back(ShippedBatch{std::move(**next), write_time_us});
   }
-  const bool membership_due = MembershipDue(*rec);
+  const bool membership_due = MembershipDue(*rec, heartbeat);
   if (ship.batches.empty() && !heartbeat && !membership_due) return std::nullopt;
   if (membership_due) {
     ship.membership = state_.membership;
@@ -440,7 +441,8 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
   rec->info.received = std::max(rec->info.received, ack.received);
   rec->info.durable = std::max(rec->info.durable, ack.durable);
   rec->info.applied = std::max(rec->info.applied, ack.applied);
-  rec->info.membership_acked = std::max(rec->info.membership_acked, ack.membership_version);
+  // Acks come in order on a stream: the last one tells the version the follower holds now.
+  rec->info.membership_acked = ack.membership_version;
   // Forget the times of messages the follower has applied in full.
   auto& times = rec->shipped_times;
   while (!times.empty() && (rec->info.applied >= rec->info.sent ||
@@ -541,7 +543,7 @@ SequenceNumber Leader::WalNeededFrom() const {
 std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
   std::vector<SequenceNumber> at;
   if (options_.members_only) {
-    for (const std::string& id : state_.membership.VotersExcept(options_.node_id)) {
+    for (const std::string& id : voter_ids_) {
       auto it = followers_.find(id);
       at.push_back(it == followers_.end() ? 0 : At(it->second.info, level));
     }
@@ -553,8 +555,7 @@ std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
 }
 
 size_t Leader::voters() const {
-  return options_.members_only ? state_.membership.VotersExcept(options_.node_id).size()
-                               : followers_.size();
+  return options_.members_only ? voter_ids_.size() : followers_.size();
 }
 
 

@@ -76,7 +76,7 @@ struct FollowerInfo {
   int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
   std::string message;          // why it needs a snapshot or was refused
   bool voter = true;            // false: a learner (members_only)
-  uint64_t membership_acked = 0;  // the membership version it has acknowledged
+  uint64_t membership_acked = 0;  // the membership version its last ack reported
 };
 
 // A read of the leader's WAL for one follower, done off the leader's thread (see
@@ -176,6 +176,9 @@ class Leader {
   // A learner that is ready to vote: connected, holding the current membership and within
   // ready_lag of this leader's log, while the membership is settled; std::nullopt when none.
   std::optional<MembershipChange> DuePromotion() const;
+  // Whether follower `f` (from Followers()) has acknowledged the current membership (always
+  // true without members_only or a membership).
+  bool HoldsMembership(const FollowerInfo& f) const;
   // Whether `session` is one this leader serves (a removed member's is not).
   bool Serves(uint64_t session) const { return FindSession(session) != nullptr; }
 
@@ -210,8 +213,11 @@ class Leader {
   bool LostWritesOf(const Hello& hello) const;
   void MarkNeedsSnapshot(Record& rec, const std::string& why);
   int64_t WriteTimeOf(const Record& rec, SequenceNumber seq) const;
-  bool MembershipDue(const Record& rec) const;
+  bool MembershipDue(const Record& rec, bool heartbeat) const;
   bool IsVoter(const std::string& id) const;
+  // After the membership changed: the voters other than this node, and whether any member
+  // is a learner (kept so that the checks made on every write and pump allocate nothing).
+  void NoteMembership();
 
   LeaderOptions options_;
   engine::Engine* engine_;
@@ -220,6 +226,8 @@ class Leader {
   SequenceNumber latest_;
   uint64_t next_session_ = 1;
   std::map<std::string, Record> followers_;  // by follower id
+  std::vector<std::string> voter_ids_;        // NoteMembership
+  bool has_learners_ = false;
   std::deque<ShippedBatch> tail_;            // recent batches, contiguous, ascending
   std::deque<uint64_t> tail_end_bytes_;      // for each tail_ entry: written_bytes_ at its end
   uint64_t tail_bytes_ = 0;

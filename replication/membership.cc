@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace walship::replication {
@@ -57,6 +58,19 @@ absl::Status CheckNodeId(absl::string_view id) {
   return absl::OkStatus();
 }
 
+absl::Status CheckAddress(absl::string_view address) {
+  size_t colon = address.rfind(':');
+  uint32_t port = 0;
+  bool printable = std::all_of(address.begin(), address.end(),
+                               [](char c) { return c > ' ' && c < 0x7f; });
+  if (address.size() > 255 || !printable || colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port == 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "address '", address, "' is not host:port with a port in 1-65535"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateMembership(const Membership& m) {
   for (size_t i = 0; i < m.members.size(); ++i) {
     const Member& n = m.members[i];
@@ -86,10 +100,8 @@ absl::StatusOr<Membership> ApplyChange(const Membership& m, const MembershipChan
             "'", c.id, "' is a member already (", found->voter ? "voter" : "learner", ", ",
             found->address, ")"));
       }
-      if (c.address.empty() || c.address.find_first_of(" \n\t") != std::string::npos ||
-          c.address.rfind(':') == std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the address of '", c.id, "' must be host:port, not '", c.address, "'"));
+      if (absl::Status s = CheckAddress(c.address); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("the ", s.message(), " ('", c.id, "')"));
       }
       for (const Member& n : m.members) {
         if (n.address == c.address) {

@@ -64,6 +64,10 @@ std::string Describe(const Membership& m);
 // "-" alone. kInvalidArgument naming what is wrong.
 absl::Status CheckNodeId(absl::string_view id);
 
+// An address a member listens on: host:port with a port in 1-65535, at most 255 bytes of
+// printable ASCII. kInvalidArgument naming it.
+absl::Status CheckAddress(absl::string_view address);
+
 // Ids unique and well formed, addresses without spaces, in id order.
 absl::Status ValidateMembership(const Membership& m);
 

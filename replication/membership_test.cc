@@ -56,6 +56,8 @@ TEST(MembershipTest, ChangesThatDoNotApplyAreRefusedNamingTheNode) {
   refused(ApplyChange(m, {MembershipOp::kAddLearner, "n4", "127.0.0.1:7102"}, "n1"),
           "member 'n2' listens on 127.0.0.1:7102");
   refused(ApplyChange(m, {MembershipOp::kAddLearner, "n4", "nowhere"}, "n1"), "host:port");
+  refused(ApplyChange(m, {MembershipOp::kAddLearner, "n4", "a:99999"}, "n1"), "host:port");
+  refused(ApplyChange(m, {MembershipOp::kAddLearner, "n4", ":7104"}, "n1"), "host:port");
   refused(ApplyChange(m, {MembershipOp::kAddLearner, "n 4", "127.0.0.1:7104"}, "n1"),
           "node id 'n 4'");
   refused(ApplyChange(m, {MembershipOp::kRemove, "n9", ""}, "n1"), "'n9' is not a member");
@@ -98,12 +100,16 @@ TEST(MembershipTest, NodeStateKeepsTheMembership) {
 // ---- The leader's side ----
 
 // A leader whose state holds the membership leader, f1, f2 (version 1), as a node's does.
+// One batch per message, and a learner is ready within 2 sequence numbers.
 LeaderNode MemberLeader(const TempDir& dir, Clock* clock) {
   NodeState state = LeaderState();
   state.membership = MembershipOf({{"leader", "127.0.0.1:1"}, {"f1", "127.0.0.1:2"},
                                    {"f2", "127.0.0.1:3"}},
                                   1);
-  return LeaderNode(dir, clock, DefaultLeaderOptions(), state);
+  LeaderOptions options = DefaultLeaderOptions();
+  options.max_ship_bytes = 1;
+  options.ready_lag = 2;
+  return LeaderNode(dir, clock, options, state);
 }
 
 // Sends the session's next message (or a heartbeat) to `f` and hands its ack back.
@@ -169,18 +175,53 @@ TEST(LeaderMembershipTest, AnAddedLearnerFollowsIsNotWaitedForAndVotesOnceReady)
   uint64_t s3 = Connect(*l.leader, *f3.follower).session;
   ASSERT_NE(s3, 0u);
   EXPECT_EQ(l.leader->VoterPositions(AckLevel::kReceived).size(), 2u);
-  // Not ready before it has caught up within ready_lag (0 here) and acked the membership.
+  // Not ready before it has acked the membership and caught up within ready_lag (2 here).
+  EXPECT_FALSE(l.leader->DuePromotion().has_value());
+  Exchange(*l.leader, s3, *f3.follower);  // the membership and one batch of five
+  EXPECT_EQ(f3.follower->membership().version, 2u);
   EXPECT_FALSE(l.leader->DuePromotion().has_value());
   Exchange(*l.leader, s3, *f3.follower);
+  Exchange(*l.leader, s3, *f3.follower);  // 3 of 5 applied: within 2
   std::optional<MembershipChange> due = l.leader->DuePromotion();
-  ASSERT_TRUE(due.has_value());  // caught up: within ready_lag (1000)
+  ASSERT_TRUE(due.has_value());
   EXPECT_EQ(due->op, MembershipOp::kPromote);
   EXPECT_EQ(due->id, "f3");
   l.leader->SetMembership(*ApplyChange(l.leader->membership(), *due, "leader"));
   EXPECT_EQ(l.leader->voters(), 3u);
-  EXPECT_EQ(f3.follower->membership().version, 2u);
   Exchange(*l.leader, s3, *f3.follower);
   EXPECT_EQ(f3.follower->membership().version, 3u);
+}
+
+// Only an ack reporting exactly the current version counts toward settling a change, and a
+// follower that reports another one is sent the membership again with its next heartbeat.
+TEST(LeaderMembershipTest, OnlyTheCurrentVersionCountsAndIsResentUntilHeld) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l = MemberLeader(dir, &clock);
+  FollowerNode f1(dir, "f1", &clock);
+  uint64_t s1 = Connect(*l.leader, *f1.follower).session;
+  Exchange(*l.leader, s1, *f1.follower);
+  l.leader->SetMembership(*ApplyChange(l.leader->membership(),
+                                       {MembershipOp::kAddLearner, "f3", "127.0.0.1:4"},
+                                       "leader"));
+  std::optional<Ship> carrying = l.leader->NextShip(s1, false);
+  ASSERT_TRUE(carrying.has_value() && carrying->membership.has_value());
+  Ack bogus;
+  bogus.epoch = l.leader->epoch();
+  bogus.membership_version = UINT64_MAX;  // a peer claiming more than it was sent
+  l.leader->OnAck(s1, bogus);
+  EXPECT_FALSE(l.leader->MembershipSettled());
+  // Nothing more to send but a heartbeat: it carries the membership again.
+  std::optional<Ship> beat = l.leader->NextShip(s1, true);
+  ASSERT_TRUE(beat.has_value());
+  ASSERT_TRUE(beat->membership.has_value());
+  auto ack = f1.follower->OnShip(*beat, {});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  l.leader->OnAck(s1, *ack);
+  EXPECT_TRUE(l.leader->MembershipSettled());
+  std::optional<Ship> next = l.leader->NextShip(s1, true);
+  ASSERT_TRUE(next.has_value());
+  EXPECT_FALSE(next->membership.has_value());
 }
 
 TEST(LeaderMembershipTest, ARemovedMemberLosesItsSessionAndIsRefused) {

@@ -270,9 +270,16 @@ void ClientService::Status(schema::NodeStatus::Builder st) {
 void ClientService::ChangeMembership(schema::MembershipRequest::Reader request,
                                      schema::MembershipReply::Builder reply) {
   replication::MembershipChange change;
-  change.op = request.getOp() == schema::MembershipOp::REMOVE
-                  ? replication::MembershipOp::kRemove
-                  : replication::MembershipOp::kAddLearner;
+  switch (request.getOp()) {
+    case schema::MembershipOp::ADD_LEARNER: change.op = replication::MembershipOp::kAddLearner; break;
+    case schema::MembershipOp::REMOVE: change.op = replication::MembershipOp::kRemove; break;
+    default:
+      ToCapnp(absl::InvalidArgumentError(absl::StrCat(
+                  "unknown membership change ", static_cast<int>(request.getOp()),
+                  "; the client is newer than this node")),
+              reply.initError());
+      return;
+  }
   change.id = request.getId();
   change.address = request.getAddress();
   absl::StatusOr<replication::Membership> done = node_.role().ChangeMembership(change);

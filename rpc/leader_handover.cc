@@ -27,10 +27,16 @@ kj::Promise<HandoverOutcome> LeaderRole::HandOver(std::string target, uint32_t t
     return refuse(absl::InvalidArgumentError(
         absl::StrCat("'", target, "' is not a node of cluster '", node_.options().cluster, "'")));
   }
-  if (const replication::Member* m = leader_.membership().Find(target);
-      m != nullptr && !m->voter) {
-    return refuse(absl::FailedPreconditionError(absl::StrCat(
-        "'", target, "' is a learner: it may lead once it votes (when it is ready)")));
+  if (leader_.options().members_only) {
+    const replication::Member* m = leader_.membership().Find(target);
+    if (m == nullptr) {
+      return refuse(absl::InvalidArgumentError(absl::StrCat(
+          "'", target, "' is not a member of cluster '", node_.options().cluster, "'")));
+    }
+    if (!m->voter) {
+      return refuse(absl::FailedPreconditionError(absl::StrCat(
+          "'", target, "' is a learner: it may lead once it votes (when it is ready)")));
+    }
   }
   if (handover_.has_value()) {
     return refuse(absl::UnavailableError(

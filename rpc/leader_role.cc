@@ -230,6 +230,10 @@ void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
 absl::StatusOr<replication::Membership> LeaderRole::ChangeMembership(
     const replication::MembershipChange& change) {
   const std::string& self = node_.options().node_id;
+  if (!leader_.options().members_only) {
+    return absl::FailedPreconditionError(
+        "this leader takes any follower (no membership is kept): nothing to change");
+  }
   if (handover_.has_value()) {
     return absl::UnavailableError(absl::StrCat("leadership is being handed to '",
                                                handover_->target(), "': change the membership "

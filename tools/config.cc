@@ -119,6 +119,8 @@ const std::vector<Tunable>& ReplicationTunables() {
            [](O& o) -> auto& { return o.commit.on_timeout; }),
       {"wal_pinned_max_bytes", Tunable::kUint,
        [](O& o, uint64_t v) { o.engine.wal_pinned_max_bytes = v; }},
+      {"wal_pinned_max_seconds", Tunable::kUint,
+       [](O& o, uint64_t v) { o.engine.wal_pinned_max_seconds = v; }},
       {"snapshot_max_bytes_per_sec", Tunable::kUint,
        [](O& o, uint64_t v) { o.snapshot_max_bytes_per_sec = v; }},
       Word("reseed", replication::ParseReseedPolicy, [](O& o) -> auto& { return o.reseed; }),

@@ -55,11 +55,19 @@ class MembershipTest(unittest.TestCase):
         leader = c.scan_all("n1")
         for nid in ("n2", "n3", "n4"):
             self.assertEqual(c.scan_all(nid), leader, f"{nid} differs from the leader")
-        self.assertIn("n1", members(c.status("n4")))
-        # The membership outlives restarts: the leader, restarted from a config file that
-        # does not name n4, still streams to it, and n4 restarts as a voting member.
+        # Every node holds the leader's membership.
+        held = c.status("n1")
+        for nid in ("n2", "n3", "n4"):
+            st = c.status(nid)
+            self.assertEqual((st["membership_version"], st["members"]),
+                             (held["membership_version"], held["members"]), nid)
+        # The membership outlives restarts: the leader and a follower, restarted from a
+        # config file that does not name n4, still know it, and n4 restarts as a voter.
         c.stop("n1")
         c.start("n1")
+        c.stop("n2")
+        c.start("n2")
+        self.assertEqual(members(c.status("n2")).get("n4"), True)
         c.stop("n4")
         c.start_added("n4")
         c.cli("put", "after-restarts", "yes")
