@@ -91,22 +91,34 @@ LocalCluster::~LocalCluster() {
   fs::remove_all(dir_);
 }
 
-void LocalCluster::Start(const std::string& id) {
+void LocalCluster::Spawn(const std::string& id, const std::vector<std::string>& args) {
   std::string log = (dir_ / (id + ".log")).string();
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  std::string cfg = config();
-  const char* argv[] = {walshipd_.c_str(), "--config", cfg.c_str(), "--node", id.c_str(),
-                        nullptr};
+  std::vector<char*> argv;
+  argv.push_back(const_cast<char*>(walshipd_.c_str()));
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   pid_t pid;
-  if (posix_spawn(&pid, walshipd_.c_str(), &fa, nullptr, const_cast<char**>(argv), environ) !=
-      0) {
+  if (posix_spawn(&pid, walshipd_.c_str(), &fa, nullptr, argv.data(), environ) != 0) {
     std::fprintf(stderr, "cannot start %s\n", walshipd_.c_str());
     std::exit(3);
   }
   posix_spawn_file_actions_destroy(&fa);
   pids_[id] = pid;
+}
+
+void LocalCluster::Start(const std::string& id) { Spawn(id, {"--config", config(), "--node", id}); }
+
+const std::string& LocalCluster::addr(const std::string& id) {
+  if (addr_.count(id) == 0) addr_[id] = "127.0.0.1:" + std::to_string(FreePort());
+  return addr_[id];
+}
+
+void LocalCluster::StartAdded(const std::string& id) {
+  Spawn(id, {"--config", config(), "--node", id, "--listen", addr(id), "--data-dir",
+             data_dir(id).string()});
 }
 
 void LocalCluster::StartAll() {

@@ -37,10 +37,14 @@ class LocalCluster {
   ~LocalCluster();
   std::string config() const { return (dir_ / "cluster.toml").string(); }
   const std::vector<std::string>& ids() const { return ids_; }
-  const std::string& addr(const std::string& id) { return addr_[id]; }
+  // The node's address; a node not in the config file gets a free port the first time.
+  const std::string& addr(const std::string& id);
   std::filesystem::path data_dir(const std::string& id) const { return dir_ / "data" / id; }
 
   void Start(const std::string& id);
+  // Starts node `id`, which is not in the config file (added at run time with
+  // walship add-follower), on a free port of its own.
+  void StartAdded(const std::string& id);
   void StartAll();
   void Stop(const std::string& id, int sig = SIGTERM);
   void WaitReachable(const std::string& id);
@@ -51,6 +55,8 @@ class LocalCluster {
   std::vector<std::string> ids_;
   std::map<std::string, std::string> addr_;
   std::map<std::string, pid_t> pids_;
+
+  void Spawn(const std::string& id, const std::vector<std::string>& args);
 };
 
 struct Row {

@@ -113,6 +113,18 @@ double WriteRate(const std::string& leader, uint64_t first_key, size_t value_siz
   return s > 0 ? n / s : 0;
 }
 
+// walship add-follower: the leader (n1) takes `id`, at the address the cluster gives it.
+void AddFollower(LocalCluster& cluster, const std::string& id) {
+  auto client = rpc::Client::Connect(cluster.addr("n1"), absl::Seconds(10));
+  auto added = client.ok() ? (*client)->ChangeMembership(replication::MembershipOp::kAddLearner,
+                                                         id, cluster.addr(id))
+                           : absl::StatusOr<rpc::MembershipResult>(client.status());
+  if (!added.ok()) {
+    std::fprintf(stderr, "W5: add-follower %s: %s\n", id.c_str(), added.status().ToString().c_str());
+    std::exit(3);
+  }
+}
+
 }  // namespace
 
 std::vector<Row> RunW5(const std::string& walshipd, const W5Options& o) {
@@ -120,13 +132,16 @@ std::vector<Row> RunW5(const std::string& walshipd, const W5Options& o) {
   std::string last_key = Key(o.keys - 1);
   std::string want = Value(o.keys - 1, o.value_size);
   {
-    LocalCluster cluster(walshipd, 2, o.replication);
+    LocalCluster cluster(walshipd, 1, o.replication);
     cluster.Start("n1");
     cluster.WaitReachable("n1");
     Load(cluster.addr("n1"), o.keys, o.value_size);
     double cp = CopyMiBps(cluster.data_dir("n1") / "db", cluster.data_dir("n1") / "cp-baseline");
+    // From the add-follower request on: the leader saves n2 as a learner, n2 starts with an
+    // empty data dir and is seeded.
     auto t0 = Clock::now();
-    cluster.Start("n2");
+    AddFollower(cluster, "n2");
+    cluster.StartAdded("n2");
     Seeding seen;
     double secs = UntilServed(cluster.addr("n2"), last_key, want, t0, &seen);
     Row row;
@@ -148,14 +163,15 @@ std::vector<Row> RunW5(const std::string& walshipd, const W5Options& o) {
   {
     std::vector<std::string> repl = o.replication;
     repl.push_back(absl::StrCat("snapshot_max_bytes_per_sec = ", o.bounded_bytes_per_sec));
-    LocalCluster cluster(walshipd, 2, repl);
+    LocalCluster cluster(walshipd, 1, repl);
     cluster.Start("n1");
     cluster.WaitReachable("n1");
     Load(cluster.addr("n1"), o.keys, o.value_size);
     const std::string& leader = cluster.addr("n1");
     double without = WriteRate(leader, o.keys, o.value_size, o.write_window_s, [] { return true; });
     double row_without_before = 0;
-    cluster.Start("n2");
+    AddFollower(cluster, "n2");
+    cluster.StartAdded("n2");
     // Writes while n2 copies (from when it is seen copying, for the window or until it ends).
     auto seeding = [&]() {
       auto c = rpc::Client::Connect(cluster.addr("n2"), absl::Seconds(1));

@@ -18,6 +18,11 @@ namespace {
 
 using engine::SequenceNumber;
 
+// A group of more bytes is written on the node's thread, never on the loop: a large write()
+// may wait for the kernel to write back dirty pages (seconds on a slow disk), and the loop
+// must go on answering heartbeats and reading requests meanwhile.
+constexpr size_t kMaxInlineWriteBytes = 1 << 20;
+
 // Why `condition` does not hold once `written` (the ops of the group before it) are applied
 // over the database, or OK when it holds.
 absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::WriteOp>& written,
@@ -153,7 +158,7 @@ void ClientService::FlushWrites() {
     FlushConditional(std::move(group), std::move(ops), write_time_us);
     return;
   }
-  {
+  if (bytes <= kMaxInlineWriteBytes) {
     // On the loop thread unless RocksDB would stall (then it answers at once). With
     // fsync_writes the fsync comes after (LocalSync), while the batch is already shipped.
     engine::WriteOptions wo;
