@@ -41,8 +41,12 @@ namespace detail {
 
 RunResult Cluster::Run() {
   ChooseReplication();
+  std::vector<Member> members;
+  for (int i = 0; i < kNodes; ++i) members.push_back({NodeId(i), "", true});
   for (int i = 0; i < kNodes; ++i) {
     NodeState seed;
+    // As a node's first start saves it: every node of the cluster, voting.
+    seed.membership = MembershipOf(members, 1);
     if (i == 0) {
       seed.database_id = "sim-db";
       seed.role = "leader";
@@ -301,7 +305,10 @@ bool Cluster::Quiet() {
     if (n.engine->LatestSequence() != latest || !n.link->streaming()) return false;
   }
   for (const FollowerInfo& f : nodes_[l].leader->Followers()) {
-    if (f.state == FollowerState::kConnected && f.applied != latest) return false;
+    if (f.state == FollowerState::kConnected &&
+        (f.applied != latest || !nodes_[l].leader->HoldsMembership(f))) {
+      return false;
+    }
   }
   return true;
 }
@@ -317,7 +324,12 @@ void Cluster::FinalChecks() {
     if (i == l) continue;
     Node& n = nodes_[i];
     auto state = LoadNodeState(StatePath(i));
-    if (Check(state.ok(), "final state")) CheckHistoryKept(i, *state);
+    if (Check(state.ok(), "final state")) {
+      CheckHistoryKept(i, *state);
+      Check(state->membership == leader.leader->membership(),
+            absl::StrCat(NodeId(i), " saved membership version ", state->membership.version,
+                         ", the leader holds ", leader.leader->membership().version));
+    }
     if (NeedsSnapshot(n)) {
       ++stats_.needs_snapshot;
       Check(!n.follower->ReadRefusal().empty(), "a follower that needs a snapshot reads");
