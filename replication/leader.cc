@@ -257,7 +257,6 @@ bool Leader::HasWork(uint64_t session) const {
          (rec->next_seq <= latest_ || MembershipDue(*rec, false));
 }
 
-
 uint64_t Leader::PendingBytes(uint64_t session) const {
   const Record* rec = FindSession(session);
   if (rec == nullptr || rec->next_seq > latest_) return 0;
@@ -557,7 +556,6 @@ std::vector<SequenceNumber> Leader::VoterPositions(AckLevel level) const {
 size_t Leader::voters() const {
   return options_.members_only ? voter_ids_.size() : followers_.size();
 }
-
 
 SequenceNumber Leader::PositionOf(uint64_t session, AckLevel level) const {
   const Record* rec = FindSession(session);

@@ -77,14 +77,6 @@ std::string Node::AddressOf(const std::string& id) const {
   return id == options_.leader_id ? options_.leader_address : "";
 }
 
-std::vector<std::string> Node::PeerIds() const {
-  std::vector<std::string> ids;
-  for (const replication::Member& m : membership_.members) {
-    if (m.id != options_.node_id) ids.push_back(m.id);
-  }
-  return ids;
-}
-
 void Node::AdoptMembership(replication::Membership m) {
   if (m == membership_) return;
   spdlog::info("membership version {}: {}", m.version, replication::Describe(m));

@@ -62,10 +62,8 @@ class Node final : public kj::TaskSet::ErrorHandler {
   // The listen address of node `id` (from the membership, else the config's peers or leader),
   // or "" when it is not a peer.
   std::string AddressOf(const std::string& id) const;
-  // The cluster's membership as this node knows it (saved in its node state), and the other
-  // members' ids.
+  // The cluster's membership as this node knows it (saved in its node state).
   const replication::Membership& membership() const { return membership_; }
-  std::vector<std::string> PeerIds() const;
   // A role saved a new membership (the leader changed it, or a follower was sent it).
   void AdoptMembership(replication::Membership m);
   // The event loop's monotonic clock, in microseconds (what replication/ is handed).

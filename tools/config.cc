@@ -369,11 +369,8 @@ absl::StatusOr<NodeConfig> NodeToRun(const ClusterConfig& config, const std::str
                             "(walship add-follower) needs --listen and --data-dir"));
   }
   if (absl::Status s = replication::CheckNodeId(id); !s.ok()) return bad(std::string(s.message()));
-  size_t colon = listen.rfind(':');
-  uint32_t port = 0;
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port == 0 || port > 65535) {
-    return bad(absl::StrCat("--listen '", listen, "' is not host:port with a port in 1-65535"));
+  if (absl::Status s = replication::CheckAddress(listen); !s.ok()) {
+    return bad(absl::StrCat("--listen: ", s.message()));
   }
   NodeConfig n;
   n.id = id;
