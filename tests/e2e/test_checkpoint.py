@@ -60,7 +60,9 @@ class CheckpointTest(unittest.TestCase):
                 f"--- {n}\n{self.c.log(n)[-3000:]}" for n in self.c.logs)) from None
 
     def test_new_follower_joins_under_load_and_converges(self):
-        self.c = c = Cluster(n=3, replication=SLOW)
+        # Slower still than SLOW: the transfer lasts long enough to be watched several times
+        # by the CLI, whose calls take a second each in a sanitizer build.
+        self.c = c = Cluster(n=3, replication=dict(SLOW, snapshot_max_bytes_per_sec=150 * 1024))
         c.start("n1")
         c.start("n2")
         c.load("n1", 2500, seed=1, value_bytes=600)
@@ -84,12 +86,16 @@ class CheckpointTest(unittest.TestCase):
             # The leader's writes never stall while it serves the checkpoint: every half
             # second of the transfer it acknowledged more of them, a write of this test's
             # own among them (so the check holds whether or not the load still runs).
+            # (A status that does not answer in time, as under a sanitizer build, is no end of
+            # the transfer: the watch goes on, bounded.)
             samples = []
-            while status_of(c, "n3") is not None and status_of(c, "n3")["role"] == "seeding":
+            deadline = time.monotonic() + 60
+            while len(samples) < 6 and time.monotonic() < deadline:
+                st = status_of(c, "n3")
+                if st is not None and st["role"] != "seeding":
+                    break
                 samples.append(c.status("n1")["writes_accepted"])
                 c.cli("put", f"during-transfer-{len(samples)}", "x")
-                if len(samples) >= 6:
-                    break
                 time.sleep(0.5)
             self.assertGreaterEqual(len(samples), 2, "the transfer ended before it was watched")
             for before, after in zip(samples, samples[1:]):
