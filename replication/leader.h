@@ -200,7 +200,7 @@ class Leader {
     // For each message in flight: its first batch's position and write time, ascending; so
     // that lag_ms is known for batches read from the WAL too (bounded: kMaxShippedTimes).
     std::deque<std::pair<SequenceNumber, int64_t>> shipped_times;
-    // The membership version sent on this session (it is sent once per session and change).
+    // The membership version sent on this follower's stream (sent once per stream and change).
     std::optional<uint64_t> membership_sent;
   };
 

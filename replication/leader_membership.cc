@@ -20,7 +20,7 @@ bool Leader::IsVoter(const std::string& id) const {
   return m != nullptr && m->voter;
 }
 
-// Sent once per session and change; and again with a heartbeat (sent only when nothing is in
+// Sent once per stream and change; and again with a heartbeat (sent only when nothing is in
 // flight, so every earlier ack is in) while the follower still reports another version: its
 // save failed.
 bool Leader::MembershipDue(const Record& rec, bool heartbeat) const {

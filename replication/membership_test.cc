@@ -141,7 +141,7 @@ TEST(LeaderMembershipTest, FollowersSaveTheMembershipBeforeTheyAckIt) {
   ASSERT_TRUE(saved.ok()) << saved.status();
   EXPECT_EQ(saved->membership, l.leader->membership());
   l.leader->OnAck(h.session, *ack);
-  // Sent once per session: the next messages do not carry it.
+  // Sent once per stream: the next messages do not carry it.
   l.Write();
   std::optional<Ship> next = l.leader->NextShip(h.session, false);
   ASSERT_TRUE(next.has_value());

@@ -97,8 +97,9 @@ struct Ship {
   // The follower fsyncs its WAL before it acks this message (a write waits for `flushed`), so
   // the ack carries durable >= the message's last batch.
   bool flush = false;
-  // The cluster's membership, sent once per session and after each change until the follower
-  // acknowledges its version; the follower saves it before it acks (replication/membership.h).
+  // The cluster's membership, sent once per stream and after each change, and again with
+  // heartbeats while the follower's acks report another version; the follower saves it
+  // before it acks (replication/membership.h).
   std::optional<Membership> membership;
 };
 

@@ -97,8 +97,9 @@ struct Ship {
                               # answers several messages; 0: ack at once
   flush @6 :Bool;             # fsync the WAL before acking (a write waits for `flushed`);
                               # the ack then carries durable >= its batches
-  membership @7 :Membership;  # set once per stream and after each change, until acked: the
-                              # follower saves it before it acks
+  membership @7 :Membership;  # set once per stream and after each change, and on heartbeats
+                              # while the acks report another version: the follower saves it
+                              # before it acks
 }
 
 enum AckOutcome {
