@@ -34,7 +34,7 @@ struct FetchOptions {
   // (replication::CheckSeedFor) before anything is written.
   std::optional<replication::NodeState> state;
   uint32_t max_inflight = 8;          // reads in flight
-  uint32_t chunk_bytes = 256 << 10;   // bytes per read
+  uint32_t chunk_bytes = 1 << 20;     // bytes per read
   // Called as the transfer moves (at most a few times a second, and at each phase).
   std::function<void(const replication::SeedProgress&)> progress;
 };

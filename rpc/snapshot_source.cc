@@ -1,6 +1,7 @@
 #include "rpc/snapshot_source.h"
 
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -99,6 +100,9 @@ class ReaderImpl final : public schema::SnapshotReader::Server {
       : node_(node), id_(id), dir_(std::move(dir)), taken_(std::move(taken)),
         hold_(std::move(hold)) {}
   ~ReaderImpl() {
+    for (int fd : fds_) {
+      if (fd >= 0) ::close(fd);
+    }
     node_.snapshots().Released(id_, taken_.seq);
     std::error_code ec;
     fs::remove_all(dir_, ec);  // hard links: quick
@@ -114,39 +118,78 @@ class ReaderImpl final : public schema::SnapshotReader::Server {
     uint64_t n = offset >= f.size ? 0 : std::min<uint64_t>(f.size - offset, p.getMaxBytes());
     n = std::min<uint64_t>(n, kMaxReadBytes);
     int64_t wait_us = node_.snapshots().ReserveRate(n);
-    std::string path = dir_ + "/" + f.name;
-    return node_.io()
-        .provider->getTimer()
-        .afterDelay(wait_us * kj::MICROSECONDS)
-        .then([this, path, offset, n]() {
-          return node_.client_pool().Run([path, offset, n]() -> absl::StatusOr<std::string> {
-            std::string buf(n, '\0');
+    kj::Promise<void> paced = wait_us <= 0 ? kj::Promise<void>(kj::READY_NOW)
+                                           : node_.io().provider->getTimer().afterDelay(
+                                                 wait_us * kj::MICROSECONDS);
+    return paced.then([this, ctx, file = p.getFile(), offset, n]() mutable {
+      kj::ArrayPtr<kj::byte> into = ctx.getResults().initData(static_cast<unsigned>(n));
+      // What the page cache holds is copied straight into the reply on this thread: the
+      // copy is the only work, so a worker would add a hand-over and a second copy.
+      size_t got = ReadCached(file, offset, into);
+      if (got == into.size()) return kj::Promise<void>(kj::READY_NOW);
+      // The rest needs the disk: a worker reads it, into its own buffer (the reply may be
+      // gone by the time it is done, if the asker cancels).
+      std::string path = dir_ + "/" + taken_.files[file].name;
+      if (!read_disk_) {
+        read_disk_ = true;
+        spdlog::info("checkpoint {}: parts of {} are not in the page cache; workers read them "
+                     "from the disk", id_, taken_.files[file].name);
+      }
+      uint64_t from = offset + got;
+      size_t want = into.size() - got;
+      return node_.client_pool()
+          .Run([path, from, want]() -> absl::StatusOr<std::string> {
             int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-            if (fd < 0) return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
-            size_t got = 0;
-            while (got < n) {
-              ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(offset + got));
+            if (fd < 0) {
+              return absl::UnavailableError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
+            }
+            std::string buf(want, '\0');
+            size_t done = 0;
+            while (done < want) {
+              ssize_t r = ::pread(fd, buf.data() + done, want - done,
+                                  static_cast<off_t>(from + done));
               if (r < 0 && errno == EINTR) continue;
               if (r <= 0) break;
-              got += static_cast<size_t>(r);
+              done += static_cast<size_t>(r);
             }
             ::close(fd);
-            buf.resize(got);
+            buf.resize(done);
             return buf;
+          })
+          .then([into, got](absl::StatusOr<std::string> rest) mutable {
+            KJ_REQUIRE(rest.ok(), "reading the checkpoint failed", rest.status().ToString());
+            // The checkpoint's files do not change: a short read means one was damaged.
+            KJ_REQUIRE(got + rest->size() == into.size(),
+                       "a checkpoint file is shorter than when it was taken");
+            std::memcpy(into.begin() + got, rest->data(), rest->size());
           });
-        })
-        .then([ctx](absl::StatusOr<std::string> data) mutable {
-          KJ_REQUIRE(data.ok(), "reading the checkpoint failed", data.status().ToString());
-          ctx.getResults().setData(
-              kj::arrayPtr(reinterpret_cast<const kj::byte*>(data->data()), data->size()));
-        });
+    });
   }
 
  private:
+  // Copies into `into` what the page cache holds of `file` from `offset` on, without
+  // waiting for the disk (RWF_NOWAIT): the bytes copied, from none to all.
+  size_t ReadCached(uint32_t file, uint64_t offset, kj::ArrayPtr<kj::byte> into) {
+    if (fds_.empty()) fds_.assign(taken_.files.size(), -1);
+    int& fd = fds_[file];
+    if (fd < 0) fd = ::open((dir_ + "/" + taken_.files[file].name).c_str(), O_RDONLY | O_CLOEXEC);
+    size_t got = 0;
+    while (fd >= 0 && got < into.size()) {
+      iovec v{into.begin() + got, into.size() - got};
+      ssize_t r = ::preadv2(fd, &v, 1, static_cast<off_t>(offset + got), RWF_NOWAIT);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;  // EAGAIN: not cached; anything else: the worker reports it
+      got += static_cast<size_t>(r);
+    }
+    return got;
+  }
+
   Node& node_;
   uint64_t id_;
   std::string dir_;
   Taken taken_;
+  std::vector<int> fds_;  // per file, opened at its first read
+  bool read_disk_ = false;  // a read needed the disk (logged once)
   std::shared_ptr<PeerSessionHold> hold_;
 };
 

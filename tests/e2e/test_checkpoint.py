@@ -142,6 +142,41 @@ class CheckpointTest(unittest.TestCase):
         self.assertIn("resuming:", log)
         self.assertFalse(os.path.exists(os.path.join(c.data_dir("n2"), "seed")))
 
+    def test_checkpoint_bytes_not_in_the_page_cache_are_read_from_the_disk(self):
+        # The leader copies what its page cache holds straight into each reply and leaves the
+        # rest to a worker that reads the disk. Evicting half of the checkpoint's pages while
+        # it is read sends parts of one read down each path.
+        PAGE = os.sysconf("SC_PAGE_SIZE")
+        self.c = c = Cluster(n=2, replication=SLOW)
+        c.start("n1")
+        c.load("n1", 3000, seed=11, value_bytes=600)
+        c.start("n2")
+        self.wait_seeding("n2")
+        checkpoints = os.path.join(c.data_dir("n1"), "checkpoints")
+
+        def evict():
+            for root, _, names in os.walk(checkpoints):
+                for name in names:
+                    try:
+                        fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                    except OSError:
+                        continue  # the checkpoint was dropped meanwhile
+                    try:
+                        # Every other page: a read finds its first page cached, and not
+                        # its second.
+                        size = os.fstat(fd).st_size
+                        for off in range(PAGE, size, 2 * PAGE):
+                            os.posix_fadvise(fd, off, PAGE, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
+            return (status_of(c, "n2") or {}).get("role") == "follower"
+
+        wait_until(evict, 90, "n2 to finish seeding while the leader's cache is emptied")
+        self.assertIn("not in the page cache", c.log("n1"))
+        self.assertEqual(c.log("n2").count("copying a checkpoint"), 1, c.log("n2")[-3000:])
+        c.load("n1", 100, seed=12)
+        self.assert_identical(["n2"])
+
     def test_leader_killed_during_a_transfer(self):
         # The follower retries with a growing pause, and finishes from the restarted leader's
         # new checkpoint.
