@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -70,7 +71,8 @@ void WaitCaughtUp(const std::string& leader, size_t followers) {
 LocalCluster::LocalCluster(const std::string& walshipd, int nodes,
                            const std::vector<std::string>& replication)
     : walshipd_(walshipd) {
-  dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", nodes);
+  static int made = 0;  // one directory per cluster of this run
+  dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", ++made);
   fs::remove_all(dir_);
   fs::create_directories(dir_);
   std::ofstream c(dir_ / "cluster.toml");
@@ -88,6 +90,10 @@ LocalCluster::LocalCluster(const std::string& walshipd, int nodes,
 
 LocalCluster::~LocalCluster() {
   while (!pids_.empty()) Stop(pids_.begin()->first, SIGKILL);
+  if (std::getenv("WALSHIP_BENCH_KEEP") != nullptr) {  // the nodes' logs and data, to look at
+    std::fprintf(stderr, "kept %s\n", dir_.c_str());
+    return;
+  }
   fs::remove_all(dir_);
 }
 

@@ -1,7 +1,7 @@
 // W5: a new follower of a leader holding `keys` keys, seeded from a checkpoint
 // (docs/checkpoints.md): the time from its start with an empty data dir until it serves the
-// last key, the checkpoint's copy rate beside a plain `cp` of the leader's files in the same
-// run, and, with the snapshot rate bounded, the leader's write rate during the copy beside
+// last key, the checkpoint's copy rate beside a plain `cp` of the same files in the same run
+// (and a `cp` followed by `sync`), and, with the snapshot rate bounded, the leader's write rate during the copy beside
 // its rate without one.
 #pragma once
 
@@ -23,7 +23,8 @@ struct W5Options {
 };
 
 // Rows "W5/new-follower/<keys>-keys" (seconds until the last key is served; counters
-// snapshot_s, snapshot_mib_per_s, snapshot_mib, cp_mib_per_s, ratio_snapshot_to_cp) and
+// snapshot_s, snapshot_mib_per_s, snapshot_mib, cp_mib_per_s, cp_sync_mib_per_s,
+// ratio_snapshot_to_cp, ratio_snapshot_to_cp_sync) and
 // "W5/writes-during-bounded-snapshot/<keys>-keys" (ops_per_s during the copy, counters
 // ops_per_s_without, ratio_to_without).
 std::vector<Row> RunW5(const std::string& walshipd, const W5Options& o);
