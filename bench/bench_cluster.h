@@ -18,7 +18,7 @@ using Clock = std::chrono::steady_clock;
 
 // "key" and 12 digits.
 std::string Key(uint64_t i);
-// `size` pseudo-random bytes from splitmix64 seeded by i (shared/peers/kvbench.c).
+// `size` pseudo-random bytes from splitmix64 seeded by i: incompressible, with NUL bytes.
 std::string Value(uint64_t i, size_t size);
 // A free loopback port; exits when there is none.
 int FreePort();

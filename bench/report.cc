@@ -7,6 +7,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/str_format.h"
 #include "bench/stats.h"
 
 namespace walship::bench {
@@ -78,94 +79,85 @@ nlohmann::json ToJson(const std::vector<std::vector<Row>>& runs,
 
 namespace {
 
-// One line of the comparison with the peers: a walship figure and the peer rows it is set
-// beside (shared/peers/peers.py's table: system, workload, variant, metric).
-struct PeerMatch {
-  std::string walship_row;     // aggregate name
-  std::string walship_metric;  // "ops_per_s" or a counter
-  std::string workload;        // peer workload
-  std::string variant_has;     // substring of the peer variant
-  std::string metric;          // peer metric
+// The peers' medians by row name (the JSON walship-peers writes): items_per_second as
+// "ops_per_s", and each counter.
+std::map<std::string, std::map<std::string, double>> PeerMedians(const nlohmann::json& peers) {
+  std::map<std::string, std::map<std::string, double>> out;
+  const nlohmann::json& rows = peers.contains("benchmarks") ? peers["benchmarks"] : peers;
+  bool aggregated = false;
+  for (const auto& b : rows) aggregated |= b.value("aggregate_name", "") == "median";
+  for (const auto& b : rows) {
+    if (aggregated != (b.value("aggregate_name", "") == "median")) continue;
+    auto& m = out[b.value("run_name", "")];
+    for (const auto& [k, v] : b.items()) {
+      if (!v.is_number() || k == "iterations" || k == "real_time" || k == "cpu_time" ||
+          k == "threads" || k == "repetitions" || k == "repetition_index") {
+        continue;
+      }
+      m[k == "items_per_second" ? "ops_per_s" : k] = v.get<double>();
+    }
+  }
+  return out;
+}
+
+struct Metric {
+  const char* name;
   bool higher_is_better;
 };
-
-const std::vector<PeerMatch>& PeerMatches() {
-  static const std::vector<PeerMatch> kMatches = {
-      {"W1/depth:1/walship-3node", "ops_per_s", "W1", "1 row", "throughput", true},
-      {"W1/depth:1/walship-3node", "ops_per_s", "W1", "no pipelining", "throughput", true},
-      {"W1/pipeline:64/walship-3node", "ops_per_s", "W1", "pipeline depth 64", "throughput",
-       true},
-      {"W1/depth:64/walship-3node", "ops_per_s", "W1", "pipeline depth 64", "throughput", true},
-      {"W1/batch:64/walship-3node", "ops_per_s", "W1", "64 rows/txn", "throughput", true},
-      {"W1/depth:1/walship-3node", "lag_p99_ms/worst", "W2", "during W1 single", "lag p99",
-       false},
-      {"W1/pipeline:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 pipe64",
-       "lag p99", false},
-      {"W1/depth:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 pipe64", "lag p99",
-       false},
-      {"W1/batch:64/walship-3node", "lag_p99_ms/worst", "W2", "during W1 batch64", "lag p99",
-       false},
-      {"W4/catch-up/200000-writes", "catchup_s", "W4", "", "catch-up", false},
-      {"W5/new-follower/1000000-keys", "until_served_s", "W5", "1000000 keys",
-       "until last key served", false},
-      {"W5/new-follower/1000000-keys", "snapshot_s", "W5", "1000000 keys",
-       "of which pg_basebackup", false},
-      {"W3/semi-sync:1,received/walship-3node", "ops_per_s", "W3", "SET + WAIT 1 0",
-       "throughput", true},
-      {"W3/semi-sync:1,received/walship-3node", "p50_us", "W3", "SET + WAIT 1 0",
-       "latency p50", false},
-      {"W3/semi-sync:1,flushed,leader-fsync/walship-3node", "ops_per_s", "W3",
-       "synchronous_commit=on", "throughput", true},
-      {"W3/semi-sync:1,flushed,leader-fsync/walship-3node", "p50_us", "W3",
-       "synchronous_commit=on", "latency p50", false},
-      {"W3/semi-sync:1,applied,leader-fsync/walship-3node", "ops_per_s", "W3",
-       "synchronous_commit=remote_apply", "throughput", true},
-      {"W3/semi-sync:1,applied,leader-fsync/walship-3node", "p50_us", "W3",
-       "synchronous_commit=remote_apply", "latency p50", false},
-  };
-  return kMatches;
-}
+constexpr Metric kCompared[] = {
+    {"ops_per_s", true},        {"p50_us", false},         {"p99_us", false},
+    {"lag_p99_ms/worst", false}, {"catchup_s", false},     {"until_served_s", false},
+    {"snapshot_s", false},
+};
 
 }  // namespace
 
-// Prints walship's medians beside the peers' medians of the same workload, with ratios.
+// A walship row "W1/depth:1/walship-3node" is set beside the peers' rows of the same workload
+// and shape: "W1/depth:1/redis", and variants of that shape ("W1/depth:1,commit-off/pg").
 void PrintPeerComparison(const nlohmann::json& peers, const std::vector<Aggregate>& aggs) {
+  std::map<std::string, std::map<std::string, double>> theirs = PeerMedians(peers);
   std::printf("\nSide by side with the peers (medians; ratio = walship / peer):\n");
-  std::printf("%-28s %-18s %12s   %-6s %-42s %12s %8s\n", "walship row", "metric", "walship",
-              "peer", "peer variant", "peer", "ratio");
-  for (const PeerMatch& m : PeerMatches()) {
-    auto a = std::find_if(aggs.begin(), aggs.end(),
-                          [&](const Aggregate& x) { return x.name == m.walship_row; });
-    if (a == aggs.end()) continue;
-    double ours = 0;
-    if (m.walship_metric == "ops_per_s") {
-      ours = Median(a->ops_per_s);
-    } else if (auto c = a->counters.find(m.walship_metric); c != a->counters.end()) {
-      ours = Median(c->second);
-    } else {
-      continue;
-    }
-    // The worst replica's figure, as walship's "worst" follower.
-    std::map<std::pair<std::string, std::string>, double> peer_value;
-    for (const auto& row : peers.value("table", nlohmann::json::array())) {
-      std::string variant = row.value("variant", "");
-      if (row.value("workload", "") != m.workload || row.value("metric", "") != m.metric ||
-          variant.find(m.variant_has) == std::string::npos || !row["median"].is_number()) {
-        continue;
+  std::printf("%-40s %-17s %12s   %-36s %12s %8s\n", "walship row", "metric", "walship",
+              "peer row", "peer", "ratio");
+  for (const Aggregate& a : aggs) {
+    std::string base = a.name;
+    if (size_t cut = base.rfind("/walship-"); cut != std::string::npos) base.resize(cut);
+    for (const auto& [peer_row, values] : theirs) {
+      size_t cut = peer_row.rfind('/');
+      if (cut == std::string::npos) continue;
+      std::string shape = peer_row.substr(0, cut);
+      if (shape != base && shape.rfind(base + ",", 0) != 0) continue;
+      for (const Metric& m : kCompared) {
+        auto ours = a.counters.find(m.name);
+        double v = std::string(m.name) == "ops_per_s" ? Median(a.ops_per_s)
+                   : ours != a.counters.end()          ? Median(ours->second)
+                                                       : 0;
+        auto p = values.find(m.name);
+        if (v <= 0 || p == values.end() || p->second <= 0) continue;
+        std::printf("%-40s %-17s %12.3f   %-36s %12.3f %8.2f%s\n", a.name.c_str(), m.name, v,
+                    peer_row.c_str(), p->second, Ratio(v, p->second),
+                    m.higher_is_better ? "" : " (lower is better)");
       }
-      std::string system = row.value("system", "");
-      // Per-replica rows ("replica 1, ...") fold into one per system: the worst.
-      std::string key = variant.rfind("replica ", 0) == 0 ? variant.substr(variant.find(',') + 2)
-                                                         : variant;
-      double v = row["median"].get<double>();
-      auto [it, fresh] = peer_value.try_emplace({system, key}, v);
-      if (!fresh) it->second = m.higher_is_better ? std::min(it->second, v) : std::max(it->second, v);
     }
-    for (const auto& [sv, v] : peer_value) {
-      std::printf("%-28s %-18s %12.3f   %-6s %-42s %12.3f %8.2f%s\n", m.walship_row.c_str(),
-                  m.walship_metric.c_str(), ours, sv.first.c_str(), sv.second.substr(0, 42).c_str(),
-                  v, Ratio(ours, v), m.higher_is_better ? "" : " (lower is better)");
+  }
+}
+
+void PrintTable(const std::vector<Aggregate>& aggs) {
+  std::printf("\n%-44s %12s %-21s %10s %10s  %s\n", "benchmark (median of runs)", "ops/s",
+              "[min-max]", "p50 us", "p99 us", "other");
+  for (const Aggregate& a : aggs) {
+    auto med = [&](const std::string& k) {
+      auto c = a.counters.find(k);
+      return c == a.counters.end() ? 0.0 : Median(c->second);
+    };
+    std::string other;
+    for (const auto& [k, v] : a.counters) {
+      if (k != "p50_us" && k != "p99_us") other += absl::StrFormat("%s=%.3g ", k, Median(v));
     }
+    auto [lo, hi] = std::minmax_element(a.ops_per_s.begin(), a.ops_per_s.end());
+    std::printf("%-44s %12.0f %-21s %10.1f %10.1f  %s\n", a.name.c_str(), Median(a.ops_per_s),
+                absl::StrFormat("[%.0f-%.0f]", *lo, *hi).c_str(), med("p50_us"), med("p99_us"),
+                other.c_str());
   }
 }
 

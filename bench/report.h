@@ -27,8 +27,11 @@ double Median(const std::vector<double>& v);
 nlohmann::json ToJson(const std::vector<std::vector<Row>>& runs,
                       const std::vector<Aggregate>& aggs);
 
-// Prints walship's medians beside the peers' medians of the same workload (the table of
-// shared/peers/peers.py), with ratios.
+// Prints the medians of every row: ops/s with its range, latency and the other counters.
+void PrintTable(const std::vector<Aggregate>& aggs);
+
+// Prints walship's medians beside the peers' medians of the same workload and shape (the JSON
+// of walship-peers, bench/peers/), with ratios.
 void PrintPeerComparison(const nlohmann::json& peers, const std::vector<Aggregate>& aggs);
 
 }  // namespace walship::bench

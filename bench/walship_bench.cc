@@ -1,4 +1,4 @@
-// walship-bench: the cluster benchmark. Runs the workloads of shared/WORKLOADS.md against
+// walship-bench: the cluster benchmark. Runs the workloads of docs/benchmarks.md against
 // walship (a cluster it starts on 127.0.0.1, or --cluster FILE) beside baselines measured in
 // the same run (bare RocksDB through engine/, a one-node walship), prints a table and writes
 // JSON in Google Benchmark's schema (compare.py accepts it), plus gnuplot plots.
@@ -59,16 +59,24 @@ struct Options {
   std::string plot_dir = "";
   bool baselines = true;
   int reps = 1;
-  bool peers = false;          // run shared/peers/run-peers.sh first and compare
-  std::string peers_script;    // default: <repo>/../shared/peers/run-peers.sh
-  std::string peers_json;      // compare with an existing run-peers.sh result instead
+  bool peers = false;          // run walship-peers first and compare
+  std::string peers_json;      // compare with an existing walship-peers result instead
 };
 
 // The live progress line: writes done, and the lag the probe saw last (when there is one).
+// On a terminal it is redrawn in place; to a file or a pipe it goes as a line every 5 s (and
+// the run's last line), not as thousands of carriage returns.
 void Progress(const std::string& what, uint64_t done, uint64_t total, double lag_ms = -1) {
-  std::fprintf(stderr, "\r  %-40s %8llu / %llu", what.c_str(),
-               static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
-  if (lag_ms >= 0) std::fprintf(stderr, "   follower lag %7.2f ms", lag_ms);
+  static const bool tty = ::isatty(STDERR_FILENO) != 0;
+  static Clock::time_point last_line;
+  std::string line = absl::StrFormat("  %-40s %8d / %d", what, done, total);
+  if (lag_ms >= 0) absl::StrAppendFormat(&line, "   follower lag %7.2f ms", lag_ms);
+  if (tty) {
+    std::fprintf(stderr, "\r%s", line.c_str());
+  } else if (done >= total || Clock::now() - last_line >= std::chrono::seconds(5)) {
+    last_line = Clock::now();
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
   std::fflush(stderr);
 }
 
@@ -150,7 +158,7 @@ class LagProbe {
 // Keys start..start+n-1 as writes of `batch` puts each (the last may hold fewer). Three
 // shapes of "64 writes in flight or per batch":
 // - "pipeline 64": 64 independent one-put writes in one message (writeMany), then wait for
-//   the 64 replies; exactly what Redis's pipeline of 64 in shared/peers/kvbench.c does;
+//   the 64 replies; exactly what a Redis pipeline of 64 does (bench/peers/);
 // - "depth 64": 64 one-put writes in flight as separate calls, each reply starting the next;
 // - "batch 64": writes of 64 puts (atomic), one at a time, as PostgreSQL's 64 rows per
 //   transaction.
@@ -251,7 +259,7 @@ Row RunW1(const std::string& label, const std::string& leader, const Options& o,
   drive(0);
   for (std::thread& t : threads) t.join();
   double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::fprintf(stderr, "\n");
+  if (::isatty(STDERR_FILENO)) std::fprintf(stderr, "\n");  // ends the redrawn line
   Row row;
   row.name = label;
   row.ops = ops;
@@ -488,7 +496,7 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{
       "walship-bench: throughput and replication lag of walship, with the workloads of "
-      "shared/WORKLOADS.md, beside bare RocksDB and a one-node walship measured in the same run"};
+      "docs/benchmarks.md, beside bare RocksDB and a one-node walship measured in the same run"};
   app.add_option("--workload", o.workload,
                  "W1 (with the W2 lag probe), W3 (writes waiting for followers), W4, W5 (a new "
                  "follower from a checkpoint), or all")
@@ -526,11 +534,11 @@ int main(int argc, char** argv) {
   app.add_option("--reps", o.reps, "repeat everything N times; the table shows medians")
       ->capture_default_str();
   app.add_flag("--peers", o.peers,
-               "first run shared/peers/run-peers.sh (Redis and PostgreSQL, ~6 min, root) and "
-               "print walship beside them");
-  app.add_option("--peers-script", o.peers_script, "path of run-peers.sh");
+               "first run the same workloads on Redis and PostgreSQL (walship-peers: a primary "
+               "and two replicas each, installed from Debian when missing, which needs root) "
+               "and print walship beside them");
   app.add_option("--peers-json", o.peers_json,
-                 "compare with this earlier run-peers.sh JSON instead of running it");
+                 "compare with this earlier walship-peers JSON instead of running it");
   CLI11_PARSE(app, argc, argv);
   for (std::string& kv : o.replication) {
     size_t eq = kv.find('=');
@@ -552,16 +560,19 @@ int main(int argc, char** argv) {
   nlohmann::json peers;
   if (o.peers || !o.peers_json.empty()) {
     if (o.peers_json.empty()) {
-      std::string script = o.peers_script.empty()
-                               ? (build_dir / ".." / ".." / "shared" / "peers" / "run-peers.sh")
-                                     .lexically_normal()
-                                     .string()
-                               : o.peers_script;
+      // The same workloads on Redis and PostgreSQL, minutes before walship's, with the same
+      // sizes and repetitions (bench/peers/).
+      std::string tool = (build_dir / "bench" / "peers" / "walship-peers").string();
       o.peers_json = (fs::temp_directory_path() / "walship-bench-peers.json").string();
-      std::fprintf(stderr, "running %s (Redis and PostgreSQL, about 6 minutes)\n", script.c_str());
-      std::string cmd = "bash '" + script + "' '" + o.peers_json + "' >&2";
+      std::string workload = o.workload == "W2" ? "W1" : o.workload;
+      std::string cmd = absl::StrFormat(
+          "'%s' --workload %s --keys %d --catchup-keys %d --w5-keys %d --value-size %d "
+          "--cap-s %g --reps %d --json '%s' >&2",
+          tool, workload, o.keys, o.catchup_keys, o.w5_keys, o.value_size, o.cap_s,
+          std::max(1, o.reps), o.peers_json);
+      std::fprintf(stderr, "running the peers first: %s\n", cmd.c_str());
       if (std::system(cmd.c_str()) != 0) {
-        std::fprintf(stderr, "the peers' harness failed: %s\n", cmd.c_str());
+        std::fprintf(stderr, "the peers' run failed: %s\n", cmd.c_str());
         return 3;
       }
     }
@@ -586,26 +597,11 @@ int main(int argc, char** argv) {
   }
   std::vector<Aggregate> aggs = AggregateRuns(runs);
 
-  std::printf("\n%-44s %12s %-21s %10s %10s  %s\n", "benchmark (median of runs)", "ops/s",
-              "[min-max]", "p50 us", "p99 us", "other");
-  for (Aggregate& a : aggs) {
-    auto med = [&](const std::string& k) {
-      auto c = a.counters.find(k);
-      return c == a.counters.end() ? 0.0 : Median(c->second);
-    };
-    std::string other;
-    for (const auto& [k, v] : a.counters) {
-      if (k != "p50_us" && k != "p99_us") other += absl::StrFormat("%s=%.3g ", k, Median(v));
-    }
-    auto [lo, hi] = std::minmax_element(a.ops_per_s.begin(), a.ops_per_s.end());
-    std::printf("%-44s %12.0f %-21s %10.1f %10.1f  %s\n", a.name.c_str(), Median(a.ops_per_s),
-                absl::StrFormat("[%.0f-%.0f]", *lo, *hi).c_str(), med("p50_us"), med("p99_us"),
-                other.c_str());
-  }
+  PrintTable(aggs);
   if (!peers.is_null()) PrintPeerComparison(peers, aggs);
   if (!o.json.empty()) {
     nlohmann::json j = ToJson(runs, aggs);
-    if (!peers.is_null()) j["peers"] = peers.value("table", nlohmann::json::array());
+    if (!peers.is_null()) j["peers"] = peers.value("benchmarks", nlohmann::json::array());
     std::ofstream(o.json) << j.dump(2) << "\n";
     std::printf("JSON: %s\n", o.json.c_str());
   }
