@@ -77,10 +77,6 @@ nlohmann::json ToJson(const std::vector<std::vector<Row>>& runs,
   return j;
 }
 
-namespace {
-
-// The peers' medians by row name (the JSON walship-peers writes): items_per_second as
-// "ops_per_s", and each counter.
 std::map<std::string, std::map<std::string, double>> PeerMedians(const nlohmann::json& peers) {
   std::map<std::string, std::map<std::string, double>> out;
   const nlohmann::json& rows = peers.contains("benchmarks") ? peers["benchmarks"] : peers;
@@ -99,6 +95,8 @@ std::map<std::string, std::map<std::string, double>> PeerMedians(const nlohmann:
   }
   return out;
 }
+
+namespace {
 
 struct Metric {
   const char* name;

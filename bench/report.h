@@ -27,6 +27,10 @@ double Median(const std::vector<double>& v);
 nlohmann::json ToJson(const std::vector<std::vector<Row>>& runs,
                       const std::vector<Aggregate>& aggs);
 
+// The medians of walship-peers' JSON by row name ("W1/depth:1/redis"): items_per_second as
+// "ops_per_s", and each counter.
+std::map<std::string, std::map<std::string, double>> PeerMedians(const nlohmann::json& peers);
+
 // Prints the medians of every row: ops/s with its range, latency and the other counters.
 void PrintTable(const std::vector<Aggregate>& aggs);
 

@@ -11,7 +11,18 @@ compare=$(ls /usr/share/benchmark/compare.py /usr/lib/python3/dist-packages/benc
 if [[ -z "$compare" ]]; then compare=$(dpkg -L libbenchmark-tools | grep '/compare.py$' | head -n 1); fi
 /usr/bin/python3 "$compare" benchmarks "$out/run.json" "$out/run.json" > "$out/compare.txt"
 grep -q "W1/depth:1/walship-3node" "$out/compare.txt"
-for f in lag.svg latency.svg; do
+python3 - "$out/run.json" <<'PY'
+import json, sys
+rows = {b["name"]: b for b in json.load(open(sys.argv[1]))["benchmarks"]}
+for name in ("W2/idle/walship-3node", "W1/depth:1/walship-3node", "W1/batch:64/walship-3node"):
+    row = rows[name]
+    for f in ("n2", "n3"):
+        assert row[f"lag_unseen/{f}"] == 0, row
+        assert 0 < row[f"lag_p50_ms/{f}"] <= row[f"lag_p99_ms/{f}"] <= row[f"lag_max_ms/{f}"], row
+        assert row[f"read_p50_us/{f}"] > 0, row
+PY
+for f in throughput.svg lag-p99.svg sync-writes.svg recovery.svg latency.svg \
+         lag-cdf-depth-1.svg lag-time-depth-1.svg lag-cdf-batch-64.svg; do
   test -s "$out/plots/$f" || { echo "missing or empty plot $f"; exit 1; }
   grep -q "<svg" "$out/plots/$f"
 done

@@ -5,7 +5,6 @@
 // "W1/depth:1/walship-3node"), and the JSON is the same schema; `walship-bench --peers` runs
 // this first and prints the two side by side.
 #include <CLI/CLI.hpp>
-
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -16,8 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_cluster.h"
+#include "bench/lag_probe.h"
 #include "bench/peers/peer_clients.h"
 #include "bench/peers/peer_servers.h"
+#include "bench/plots.h"
 #include "bench/report.h"
 #include "bench/stats.h"
 
@@ -34,6 +35,7 @@ struct Options {
   double cap_s = 12;
   int reps = 1;
   std::string json;
+  std::string plot_dir;  // lag series for walship-bench's plots (bench/plots.h)
 };
 
 [[noreturn]] void Die(const absl::Status& s) {
@@ -68,8 +70,8 @@ void WaitServes(PeerSystem& sys, int node, const std::string& key, const std::st
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(c == nullptr ? 5 : 1));
   }
-  Die(absl::DeadlineExceededError(absl::StrCat(sys.name(), " node ", node, " did not serve ",
-                                               key, " within ", seconds, " s")));
+  Die(absl::DeadlineExceededError(
+      absl::StrCat(sys.name(), " node ", node, " did not serve ", key, " within ", seconds, " s")));
 }
 
 // Every replica holds everything written before: a marker written last is on all of them.
@@ -80,74 +82,76 @@ void WaitCaughtUp(PeerSystem& sys) {
   for (int n = 1; n <= sys.replicas(); ++n) WaitServes(sys, n, "__sync", value, 120);
 }
 
-// W2: a marker write every 10 ms on its own connection, then each replica polled (backing
-// off 50 µs .. 1 ms) until it returns that marker or a later one. Lag = seen - acked. The
-// same probe as walship-bench's.
-class Probe {
+// W2 on a peer (bench/lag_probe.h, the same probe as walship-bench's): markers written to the
+// primary, each replica read on its own thread.
+class PeerMarkers : public MarkerWriter, public MarkerReader {
  public:
-  explicit Probe(PeerSystem& sys) : sys_(sys) { thread_ = std::thread([this] { Run(); }); }
-  ~Probe() { Stop(); }
-  void Stop() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
+  explicit PeerMarkers(std::unique_ptr<KvClient> c) : c_(std::move(c)) {}
+  absl::Status Write(uint64_t seq) override { return c_->Put("__probe", absl::StrCat(seq)); }
+  absl::StatusOr<uint64_t> Read() override {
+    auto v = c_->Get("__probe");
+    if (!v.ok()) return v.status();
+    uint64_t seq = 0;
+    if (v->has_value() && !absl::SimpleAtoi(**v, &seq)) {
+      return absl::DataLossError("__probe is not a number");
+    }
+    return seq;
   }
-  std::map<std::string, std::vector<double>> lags;
-  std::map<std::string, int> unseen;
 
  private:
-  void Run() {
-    auto primary = Must(sys_.name(), sys_.port(0));
-    std::vector<std::unique_ptr<KvClient>> rs;
-    for (int n = 1; n <= sys_.replicas(); ++n) rs.push_back(Must(sys_.name(), sys_.port(n)));
-    for (uint64_t seq = 1; !stop_; ++seq) {
-      auto next = Clock::now() + std::chrono::milliseconds(10);
-      if (!primary->Put("__probe", absl::StrCat(seq)).ok()) break;
-      auto acked = Clock::now();
-      for (size_t r = 0; r < rs.size(); ++r) {
-        std::string id = absl::StrCat("r", r + 1);
-        int backoff_us = 50;
-        bool seen = false;
-        while (Clock::now() - acked < std::chrono::seconds(1)) {
-          auto v = rs[r]->Get("__probe");
-          uint64_t got = 0;
-          if (v.ok() && v->has_value() && absl::SimpleAtoi(**v, &got) && got >= seq) {
-            seen = true;
-            break;
-          }
-          std::this_thread::sleep_for(std::chrono::microseconds(backoff_us));
-          backoff_us = std::min(backoff_us * 2, 1000);
-        }
-        if (!seen) {
-          ++unseen[id];
-          continue;
-        }
-        lags[id].push_back(std::chrono::duration<double, std::milli>(Clock::now() - acked).count());
-      }
-      std::this_thread::sleep_until(next);
-    }
-  }
-
-  PeerSystem& sys_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
+  std::unique_ptr<KvClient> c_;
 };
+
+std::unique_ptr<LagProbe> StartProbe(PeerSystem& sys) {
+  std::string name = sys.name();
+  auto writer = [name, port = sys.port(0)]() -> absl::StatusOr<std::unique_ptr<MarkerWriter>> {
+    auto c = Connect(name, port);
+    if (!c.ok()) return c.status();
+    return std::make_unique<PeerMarkers>(std::move(*c));
+  };
+  std::vector<LagProbe::Follower> replicas;
+  for (int n = 1; n <= sys.replicas(); ++n) {
+    replicas.push_back(
+        {absl::StrCat("r", n),
+         [name, port = sys.port(n)]() -> absl::StatusOr<std::unique_ptr<MarkerReader>> {
+           auto c = Connect(name, port);
+           if (!c.ok()) return c.status();
+           return std::make_unique<PeerMarkers>(std::move(*c));
+         }});
+  }
+  return std::make_unique<LagProbe>(writer, std::move(replicas));
+}
+
+// W2 with no client load: the probe alone for a few seconds, the floor of every lag figure.
+Row RunIdleLag(PeerSystem& sys) {
+  sys.Clear();
+  WaitCaughtUp(sys);
+  std::string label = absl::StrCat("W2/idle/", sys.name());
+  std::fprintf(stderr, "  %s\n", label.c_str());
+  std::unique_ptr<LagProbe> probe = StartProbe(sys);
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  probe->Stop();
+  Row row;
+  row.name = label;
+  probe->AddCounters(row);
+  return row;
+}
 
 // One W1 or W3 shape on one system.
 struct Shape {
-  std::string name;     // "depth:1", "pipeline:64", "batch:64", ...
-  size_t per = 1;       // writes per request (pipeline or transaction)
+  std::string name;  // "depth:1", "pipeline:64", "batch:64", ...
+  size_t per = 1;    // writes per request (pipeline or transaction)
   ClientOptions client;
-  bool lag = true;      // run the W2 probe beside it
+  bool lag = true;  // run the W2 probe beside it
 };
 
-Row RunShape(PeerSystem& sys, const std::string& workload, const Shape& shape,
-             const Options& o) {
+Row RunShape(PeerSystem& sys, const std::string& workload, const Shape& shape, const Options& o) {
   sys.Clear();
   WaitCaughtUp(sys);
   std::string label = absl::StrCat(workload, "/", shape.name, "/", sys.name());
   std::fprintf(stderr, "  %s\n", label.c_str());
   auto client = Must(sys.name(), sys.port(0), shape.client);
-  std::unique_ptr<Probe> probe = shape.lag ? std::make_unique<Probe>(sys) : nullptr;
+  std::unique_ptr<LagProbe> probe = shape.lag ? StartProbe(sys) : nullptr;
   std::vector<double> us;
   auto t0 = Clock::now();
   uint64_t done = 0;
@@ -172,15 +176,8 @@ Row RunShape(PeerSystem& sys, const std::string& workload, const Shape& shape,
   row.counters["p99_us"] = Percentile(us, 99);
   if (probe != nullptr) {
     probe->Stop();
-    double worst = 0;
-    for (auto& [id, samples] : probe->lags) {
-      row.counters["lag_p50_ms/" + id] = Percentile(samples, 50);
-      row.counters["lag_p99_ms/" + id] = Percentile(samples, 99);
-      row.counters["lag_max_ms/" + id] = Percentile(samples, 100);
-      row.counters["lag_unseen/" + id] = probe->unseen[id];
-      worst = std::max(worst, Percentile(samples, 99));
-    }
-    if (!probe->lags.empty()) row.counters["lag_p99_ms/worst"] = worst;
+    probe->AddCounters(row);
+    if (!o.plot_dir.empty()) WriteLagSeries(o.plot_dir, shape.name, sys.name(), *probe);
   }
   return row;
 }
@@ -251,6 +248,7 @@ std::vector<Row> RunSystem(const std::string& name, const Options& o) {
       off.pg_synchronous_commit = "off";
       shapes = {{"depth:1", 1, {}}, {"depth:1,commit-off", 1, off}, {"batch:64", 64, {}}};
     }
+    rows.push_back(RunIdleLag(*sys));
     for (const Shape& s : shapes) rows.push_back(RunShape(*sys, "W1", s, o));
   }
   if (all || o.workload == "W3") {
@@ -281,8 +279,11 @@ int main(int argc, char** argv) {
   using namespace walship::bench::peers;
   Options o;
   std::string systems = "redis,pg";
-  CLI::App app{"walship-peers: the benchmark's workloads on Redis and PostgreSQL (a primary "
-               "and two replicas each, on loopback; installed from Debian when missing)"};
+  CLI::App app{
+      "walship-peers: the benchmark's workloads on Redis and "
+      "PostgreSQL (a primary "
+      "and two replicas each, on loopback; installed from Debian when "
+      "missing)"};
   app.add_option("--systems", systems, "comma-separated: redis, pg")->capture_default_str();
   app.add_option("--workload", o.workload, "W1 (with the W2 lag probe), W3, W4, W5, or all")
       ->capture_default_str();
@@ -297,6 +298,8 @@ int main(int argc, char** argv) {
   app.add_option("--reps", o.reps, "repeat everything N times; the table shows medians")
       ->capture_default_str();
   app.add_option("--json", o.json, "write results in Google Benchmark's JSON schema here");
+  app.add_option("--plots", o.plot_dir,
+                 "write the lag series here (DIR/data), for walship-bench's plots");
   CLI11_PARSE(app, argc, argv);
   o.systems = absl::StrSplit(systems, ',', absl::SkipEmpty());
   for (const std::string& s : o.systems) {
@@ -309,6 +312,9 @@ int main(int argc, char** argv) {
       o.workload != "W5") {
     std::fprintf(stderr, "--workload: '%s' is not W1, W3, W4, W5 or all\n", o.workload.c_str());
     return 2;
+  }
+  if (!o.plot_dir.empty()) {
+    for (const std::string& s : o.systems) ClearLagSeries(o.plot_dir, s);
   }
   InstallPeers();
   std::vector<std::vector<Row>> runs;
