@@ -26,4 +26,24 @@ for f in throughput.svg lag-p99.svg sync-writes.svg recovery.svg latency.svg \
   test -s "$out/plots/$f" || { echo "missing or empty plot $f"; exit 1; }
   grep -q "<svg" "$out/plots/$f"
 done
+# The growth curves, at a two-hundredth of their sizes: every point measured, and plotted.
+"$bench" --growth --growth-scale 0.005 --cap-s 2 --json "$out/growth.json" --plots "$out/growth" \
+    > "$out/growth.txt"
+python3 - "$out/growth.json" <<'PY'
+import json, sys
+rows = {b["name"]: b for b in json.load(open(sys.argv[1]))["benchmarks"]}
+points = ["base", "keys:10000", "keys:50000", "values:1024", "values:16384", "followers:1",
+          "followers:4", "clients:4", "clients:16"]
+for p in points:
+    w1 = rows[f"growth/{p}/W1/depth:64"]
+    assert w1["items_per_second"] > 0 and w1["mb_per_s"] > 0, w1
+    assert w1["lag_p99_ms/worst"] > 0, w1
+    assert rows[f"growth/{p}/W4"]["catchup_s"] > 0, rows[f"growth/{p}/W4"]
+for p in ("base", "clients:4", "clients:16"):
+    assert rows[f"growth/{p}/W1/depth:1"]["items_per_second"] > 0
+assert "lag_p99_ms/n5" in rows["growth/followers:4/W1/depth:64"], "four followers probed"
+PY
+for f in keys values followers clients; do
+  grep -q "<svg" "$out/growth/growth-$f.svg" || { echo "no growth-$f.svg"; exit 1; }
+done
 echo "walship-bench smoke: JSON accepted by compare.py, plots written"

@@ -2,43 +2,26 @@
 // walship (a cluster it starts on 127.0.0.1, or --cluster FILE) beside baselines measured in
 // the same run (bare RocksDB through engine/, a one-node walship), prints a table and writes
 // JSON in Google Benchmark's schema (compare.py accepts it), plus gnuplot plots.
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <random>
-#include <sstream>
-#include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "bench/bench_cluster.h"
-#include "bench/lag_probe.h"
+#include "bench/growth.h"
 #include "bench/plots.h"
 #include "bench/report.h"
 #include "bench/stats.h"
 #include "bench/w3_sync.h"
 #include "bench/w5_seed.h"
 #include "bench/workloads.h"
-#include "engine/engine.h"
-#include "rpc/client.h"
 #include "tools/config.h"
-#include "tools/free_port.h"
 
 namespace walship::bench {
 namespace {
@@ -62,6 +45,8 @@ struct Options {
   std::string plot_dir = "";
   bool baselines = true;
   int reps = 1;
+  bool growth = false;  // how cost grows with the work instead (bench/growth.h)
+  double growth_scale = 1;
   bool peers = false;      // run walship-peers first and compare
   std::string peers_json;  // compare with an existing walship-peers result instead
 };
@@ -165,6 +150,29 @@ RunResult RunOnce(const Options& o, const std::string& walshipd, bool last) {
   return out;
 }
 
+// --growth: every point of bench/growth.h, --reps times, then the table, JSON and plots.
+int RunGrowthCommand(const Options& o, const std::string& walshipd) {
+  GrowthOptions g;
+  g.walshipd = walshipd;
+  g.replication = o.replication;
+  g.cap_s = o.cap_s;
+  g.scale = o.growth_scale;
+  std::vector<std::vector<Row>> runs;
+  for (int rep = 0; rep < std::max(1, o.reps); ++rep) {
+    if (o.reps > 1) std::fprintf(stderr, "repetition %d of %d\n", rep + 1, o.reps);
+    runs.push_back(RunGrowth(g));
+  }
+  std::vector<Aggregate> aggs = AggregateRuns(runs);
+  PrintTable(aggs);
+  if (!o.json.empty()) {
+    std::ofstream(o.json) << ToJson(runs, aggs).dump(2) << "\n";
+    std::printf("JSON: %s\n", o.json.c_str());
+  }
+  std::vector<std::string> drawn = WriteGrowthPlots(o.plot_dir, aggs, o.growth_scale);
+  std::printf("plots in %s: %s\n", o.plot_dir.c_str(), absl::StrJoin(drawn, " ").c_str());
+  return drawn.empty() ? 3 : 0;
+}
+
 }  // namespace
 }  // namespace walship::bench
 
@@ -223,6 +231,14 @@ int main(int argc, char** argv) {
                "and print walship beside them");
   app.add_option("--peers-json", o.peers_json,
                  "compare with this earlier walship-peers JSON instead of running it");
+  app.add_flag("--growth", o.growth,
+               "instead of the workloads: how cost grows with keys (200k, 2M, 10M), value size "
+               "(100 B, 1 KiB, 16 KiB), followers (1, 2, 4) and clients (1, 4, 16), one at a "
+               "time, each point on a fresh cluster (about 20 minutes per repetition)");
+  app.add_option("--growth-scale", o.growth_scale,
+                 "with --growth: key counts times this, at least 1,000 (a quick try of the "
+                 "command; rows and plots name the counts used)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   for (std::string& kv : o.replication) {
     size_t eq = kv.find('=');
@@ -243,6 +259,8 @@ int main(int argc, char** argv) {
 
   fs::path build_dir = fs::path(argv[0]).parent_path() / "..";
   std::string walshipd = (build_dir / "tools" / "walshipd").string();
+
+  if (o.growth) return RunGrowthCommand(o, walshipd);
 
   nlohmann::json peers;
   if (o.peers || !o.peers_json.empty()) {

@@ -270,17 +270,20 @@ Row RunW4(LocalCluster& cluster, const Sizes& o) {
   }
   std::string last_key = Key(o.keys + o.catchup_keys - 1);
   std::string want = Value(o.keys + o.catchup_keys - 1, o.value_size);
+  // Two minutes, and a second more per 20 MB to apply.
+  auto limit = std::chrono::seconds(120) +
+               std::chrono::seconds(o.catchup_keys * (Key(0).size() + o.value_size) / 20000000);
   auto t0 = Clock::now();
   cluster.Start(victim);
   double secs = -1;
   double reachable_s = -1;  // process started, database opened (its own WAL replayed)
-  while (Clock::now() - t0 < std::chrono::seconds(120)) {
+  while (Clock::now() - t0 < limit) {
     auto c = rpc::Client::Connect(cluster.addr(victim), absl::Seconds(1));
     if (c.ok()) {
       if (reachable_s < 0) {
         reachable_s = std::chrono::duration<double>(Clock::now() - t0).count();
       }
-      while (Clock::now() - t0 < std::chrono::seconds(120)) {
+      while (Clock::now() - t0 < limit) {
         auto v = (*c)->Get(last_key);
         if (v.ok() && *v == want) {
           secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -292,6 +295,10 @@ Row RunW4(LocalCluster& cluster, const Sizes& o) {
     }
     if (secs >= 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (secs < 0) {
+    std::fprintf(stderr, "W4: the restarted follower did not serve the last key within %lld s\n",
+                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(limit).count()));
   }
   Row row;
   row.name = absl::StrCat("W4/catch-up/", o.catchup_keys, "-writes");

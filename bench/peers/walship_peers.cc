@@ -5,7 +5,7 @@
 // "W1/depth:1/walship-3node"), and the JSON is the same schema; `walship-bench --peers` runs
 // this first and prints the two side by side.
 #include <CLI/CLI.hpp>
-#include <atomic>
+
 #include <cstdio>
 #include <fstream>
 #include <map>
