@@ -173,8 +173,7 @@ std::vector<std::string> WritePlots(const std::string& dir, const std::vector<Ag
   fs::create_directories(fs::path(dir) / "data");
   std::vector<std::string> drawn;
   std::ostringstream gp;
-  gp << "set terminal svg size 1000,500 dynamic background rgb 'white' noenhanced\n"
-     << kColours;
+  gp << "set terminal svg size 1000,500 dynamic background rgb 'white' noenhanced\n" << kColours;
   std::vector<Medians> rows = AllRows(walship, peers);
   auto bars = [&](const std::string& file, const std::string& title, const std::string& ylabel,
                   const std::vector<std::string>& workloads, const std::string& metric) {
@@ -210,7 +209,12 @@ std::vector<std::string> WritePlots(const std::string& dir, const std::vector<Ag
   for (const std::string& shape : shapes) {
     std::vector<const Series*> in;
     for (const Series& s : series) {
-      if (s.shape_file == shape || s.shape_file.rfind(shape + "_", 0) == 0) in.push_back(&s);
+      // The shape, a peer's variant of it, or the base of a variant of walship's (a paced
+      // "batch-64_rate-44000" beside the peers' "batch-64").
+      if (s.shape_file == shape || s.shape_file.rfind(shape + "_", 0) == 0 ||
+          (s.system != "walship" && shape.rfind(s.shape_file + "_", 0) == 0)) {
+        in.push_back(&s);
+      }
     }
     // The CDF: each series' samples sorted, at most 500 points.
     std::string cdf_plot, time_plot;
@@ -230,9 +234,10 @@ std::vector<std::string> WritePlots(const std::string& dir, const std::vector<Ag
         c << lags[i] << " " << double(i) / lags.size() << "\n";
       c << lags.back() << " 1\n";
       // A peer's variant of the shape ("depth-1_commit-off") is named by what it adds.
-      std::string variant = s->shape_file == shape ? "" : s->shape_file.substr(shape.size() + 1);
-      std::string title = absl::StrCat(s->system, " ", s->follower,
-                                       variant.empty() ? "" : " (" + variant + ")");
+      std::string variant =
+          s->shape_file.size() > shape.size() ? s->shape_file.substr(shape.size() + 1) : "";
+      std::string title =
+          absl::StrCat(s->system, " ", s->follower, variant.empty() ? "" : " (" + variant + ")");
       int dash = s->shape_file == shape ? 1 : 2;
       absl::StrAppend(&cdf_plot, cdf_plot.empty() ? "" : ", ", "'", cdf,
                       "' using 1:2 with lines lt ", SystemColour(s->system), " dt ", dash,

@@ -120,6 +120,11 @@ void PrintPeerComparison(const nlohmann::json& peers, const std::vector<Aggregat
   for (const Aggregate& a : aggs) {
     std::string base = a.name;
     if (size_t cut = base.rfind("/walship-"); cut != std::string::npos) base.resize(cut);
+    // A paced row ("batch:64,rate:44000") is set beside the peers' rows of its shape.
+    if (size_t rate = base.find(",rate:"); rate != std::string::npos) {
+      size_t end = base.find(',', rate + 1);
+      base.erase(rate, end == std::string::npos ? std::string::npos : end - rate);
+    }
     for (const auto& [peer_row, values] : theirs) {
       size_t cut = peer_row.rfind('/');
       if (cut == std::string::npos) continue;

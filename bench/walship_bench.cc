@@ -39,6 +39,7 @@ struct Options {
   std::vector<size_t> pipelines = {64};  // W1 "pipeline" variant: N one-put writes per message
   double cap_s = 12;   // one-per-round-trip runs stop after this (as the peers' harness)
   size_t clients = 1;  // concurrent client connections, each with `depth` writes in flight
+  double rate = 0;     // > 0: W1's one-in-flight shapes paced to this many puts per second
   std::vector<std::string> replication;  // "key=value" for the [replication] table
   std::string cluster;
   std::string json = "";
@@ -57,9 +58,9 @@ Sizes SizesOf(const Options& o) {
 
 std::vector<W1Variant> Variants(const Options& o) {
   std::vector<W1Variant> v;
-  for (size_t d : o.depths) v.push_back({d, 1, o.clients});
-  for (size_t p : o.pipelines) v.push_back({1, 1, o.clients, p});
-  for (size_t b : o.batches) v.push_back({1, b, o.clients});
+  for (size_t d : o.depths) v.push_back({d, 1, o.clients, 0, d == 1 ? o.rate : 0});
+  for (size_t p : o.pipelines) v.push_back({1, 1, o.clients, p, o.rate});
+  for (size_t b : o.batches) v.push_back({1, b, o.clients, 0, o.rate});
   return v;
 }
 
@@ -209,6 +210,11 @@ int main(int argc, char** argv) {
   app.add_option("--clients", o.clients,
                  "concurrent client connections (threads), each with --depth in flight")
       ->capture_default_str();
+  app.add_option("--rate", o.rate,
+                 "pace W1's shapes with one request in flight (depth 1, batch, pipeline) to "
+                 "this many puts per second in all, to compare lag at another system's rate "
+                 "(depth above 1 runs unpaced); 0: as fast as they go")
+      ->capture_default_str();
   app.add_option("--replication", o.replication,
                  "KEY=VALUE for the [replication] table of the clusters the benchmark "
                  "starts "
@@ -234,7 +240,7 @@ int main(int argc, char** argv) {
   app.add_flag("--growth", o.growth,
                "instead of the workloads: how cost grows with keys (200k, 2M, 10M), value size "
                "(100 B, 1 KiB, 16 KiB), followers (1, 2, 4) and clients (1, 4, 16), one at a "
-               "time, each point on a fresh cluster (about 20 minutes per repetition)");
+               "time, each point on a fresh cluster (about 10 minutes per repetition)");
   app.add_option("--growth-scale", o.growth_scale,
                  "with --growth: key counts times this, at least 1,000 (a quick try of the "
                  "command; rows and plots name the counts used)")

@@ -151,6 +151,7 @@ std::string W1Variant::Name() const {
                      : batch > 1  ? absl::StrCat("batch:", batch)
                                   : absl::StrCat("depth:", depth);
   if (clients > 1) absl::StrAppend(&name, ",clients:", clients);
+  if (rate > 0) absl::StrAppend(&name, ",rate:", static_cast<uint64_t>(rate));
   return name;
 }
 
@@ -187,8 +188,18 @@ Row RunW1(const std::string& label, const std::string& leader, const Sizes& o, W
     size_t chunk = one_per_trip ? 2000
                    : v.pipeline ? (20000 / v.pipeline + 1) * v.pipeline
                                 : 20000 / v.batch + 1;
+    // Paced: one request at a time (a write, a batch or a pipeline), each sent when this
+    // client's share of the rate has room for it.
+    if (v.rate > 0) chunk = v.pipeline > 0 ? v.pipeline : 1;
+    double per_client_rate = v.rate / static_cast<double>(clients);
+    uint64_t sent = 0;  // puts this client sent
     std::vector<std::vector<engine::WriteOp>> part;
     for (size_t i = c; i < writes.size();) {
+      if (v.rate > 0) {
+        std::this_thread::sleep_until(
+            t0 + std::chrono::duration_cast<Clock::duration>(
+                     std::chrono::duration<double>(static_cast<double>(sent) / per_client_rate)));
+      }
       part.clear();
       for (; i < writes.size() && part.size() < chunk; i += clients) part.push_back(writes[i]);
       auto r = v.pipeline > 0 ? Pipelined(**client, part, v.pipeline)
@@ -201,6 +212,7 @@ Row RunW1(const std::string& label, const std::string& leader, const Sizes& o, W
       uint64_t n = 0;
       for (const auto& w : part) n += w.size();  // every write of `part` succeeded
       ops += n;
+      sent += n;
       if (c == 0)
         Progress(label, ops, o.keys, probe != nullptr ? probe->probe().last_lag_ms() : -1);
       if (one_per_trip && std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {
@@ -297,8 +309,9 @@ Row RunW4(LocalCluster& cluster, const Sizes& o) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   if (secs < 0) {
-    std::fprintf(stderr, "W4: the restarted follower did not serve the last key within %lld s\n",
-                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(limit).count()));
+    std::fprintf(
+        stderr, "W4: the restarted follower did not serve the last key within %lld s\n",
+        static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(limit).count()));
   }
   Row row;
   row.name = absl::StrCat("W4/catch-up/", o.catchup_keys, "-writes");

@@ -27,13 +27,18 @@ struct Sizes {
 void Progress(const std::string& what, uint64_t done, uint64_t total, double lag_ms = -1);
 
 // W1's shapes: `depth` one-put writes in flight, writes of `batch` puts one at a time, or
-// `pipeline` one-put writes per message, one message in flight; per client.
+// `pipeline` one-put writes per message, one message in flight; per client; at most `rate`
+// puts per second.
 struct W1Variant {
   size_t depth = 1;
   size_t batch = 1;
   size_t clients = 1;
   size_t pipeline = 0;
-  std::string Name() const;  // "depth:64", "batch:64", "pipeline:64", "...,clients:4"
+  // > 0: puts per second in all, paced (one request in flight per client: depth 1); W2 then
+  // compares lag at the rate another system reached.
+  double rate = 0;
+  // "depth:64", "batch:64", "pipeline:64", then ",clients:4", ",rate:44000"
+  std::string Name() const;
 };
 
 // W2 on walship: the probe of bench/lag_probe.h on the leader and `followers` (id, address),
