@@ -1,6 +1,7 @@
 #include "bench/growth.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -9,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "bench/plots.h"
 #include "bench/workloads.h"
 
 namespace walship::bench {
@@ -121,8 +123,9 @@ std::vector<Row> RunGrowth(const GrowthOptions& o) {
   return rows;
 }
 
-std::vector<std::string> WriteGrowthPlots(const std::string& dir,
+std::vector<std::string> WriteGrowthPlots(const std::string& dir_in,
                                           const std::vector<Aggregate>& aggs, double scale) {
+  const std::string dir = PlotDir(dir_in);
   fs::create_directories(fs::path(dir) / "data");
   auto median = [&](const std::string& row, const std::string& metric) -> double {
     for (const Aggregate& a : aggs) {
@@ -144,48 +147,61 @@ std::vector<std::string> WriteGrowthPlots(const std::string& dir,
     std::ofstream d(data);
     d << "# " << factor << " ops_per_s mb_per_s lag_p99_ms catchup_s\n";
     int n = 0;
+    std::array<int, 4> valid = {0, 0, 0, 0};  // points with a value, per column after the first
     for (const Point& p : points) {
       if (p.factor != "base" && p.factor != factor) continue;
       std::string prefix = absl::StrCat("growth/", p.Name());
-      d << p.Value(factor) << " " << median(prefix + "/W1/depth:64", "ops_per_s") << " "
-        << median(prefix + "/W1/depth:64", "mb_per_s") << " "
-        << median(prefix + "/W1/depth:64", "lag_p99_ms/worst") << " "
-        << median(prefix + "/W4", "catchup_s") << "\n";
+      std::array<double, 4> v = {
+          median(prefix + "/W1/depth:64", "ops_per_s"), median(prefix + "/W1/depth:64", "mb_per_s"),
+          median(prefix + "/W1/depth:64", "lag_p99_ms/worst"), median(prefix + "/W4", "catchup_s")};
+      d << p.Value(factor);
+      for (size_t c = 0; c < v.size(); ++c) {
+        d << " " << v[c];
+        valid[c] += v[c] > 0 ? 1 : 0;
+      }
+      d << "\n";
       ++n;
     }
     d.close();
     if (n < 2) continue;
+    // A panel whose column holds no value (no lag sample, a catch-up that timed out) is drawn
+    // empty, saying so: gnuplot would stop the whole script on it.
+    auto panel = [&](int column, const std::string& style) {
+      if (valid[column - 2] == 0) {
+        return std::string(
+            "set label 9 'not measured' at graph 0.5,0.5 center\nplot [1:10] [0:1] -1 "
+            "notitle\nunset label 9\n");
+      }
+      return absl::StrCat("plot '", data, "' using 1:($", column, " > 0 ? $", column,
+                          " : 1/0) smooth unique ", style, "\n");
+    };
     // Sizes on log axes (W4's time too: linear growth is a slope of one); `smooth unique`
     // sorts by the factor, as the base point is not always the smallest.
     bool log_x = std::string(factor) == "keys" || std::string(factor) == "values";
+    const Point& base = points.front();
     gp << "set output '" << dir << "/growth-" << factor << ".svg'\n"
        << "set multiplot layout 1,3 title 'walship: cost against " << factor
-       << ", the rest at the base point (200k keys of 100 B, 2 followers, 1 client; W1 with 64 "
-          "in flight)'\n"
-       << (log_x ? "set logscale x\n" : "unset logscale x\n")
-       << "set xlabel '" << factor << "'\n"
-       << "set title 'W1 throughput'\nset ylabel 'writes/s'\nset y2label 'MB/s'\nset ytics "
-          "nomirror\n"
-       << "set y2tics\nset yrange [0:*]\nset y2range [0:*]\n"
-       << "plot '" << data << "' using 1:($2 > 0 ? $2 : 1/0) smooth unique with linespoints lt 1 "
-       << "title 'writes/s', '' using 1:($3 > 0 ? $3 : 1/0) smooth unique axes x1y2 with "
-          "linespoints lt 2 title 'MB/s'\n"
-       << "unset y2label\nunset y2tics\nset ytics mirror\n"
+       << ", the rest at the base point (" << base.keys << " keys of " << base.value_size << " B, "
+       << base.followers << " followers, " << base.clients << " client; W1 with 64 in flight)'\n"
+       << (log_x ? "set logscale x\n" : "unset logscale x\n") << "set xlabel '" << factor << "'\n"
+       << "set title 'W1 throughput'\nset ylabel 'writes/s'\nset y2label 'MB/s'\n"
+       << "set ytics nomirror\nset y2tics\nset yrange [0:*]\nset y2range [0:*]\n";
+    if (valid[0] == 0) {
+      gp << panel(2, "");
+    } else {
+      gp << "plot '" << data << "' using 1:($2 > 0 ? $2 : 1/0) smooth unique with linespoints "
+         << "lt 1 title 'writes/s', '' using 1:($3 > 0 ? $3 : 1/0) smooth unique axes x1y2 "
+         << "with linespoints lt 2 title 'MB/s'\n";
+    }
+    gp << "unset y2label\nunset y2tics\nset ytics mirror\n"
        << "set title 'W2 during W1: worst follower lag p99'\nset ylabel 'ms'\n"
-       << "plot '" << data << "' using 1:($4 > 0 ? $4 : 1/0) smooth unique with linespoints lt 1 "
-       << "notitle\n"
+       << panel(4, "with linespoints lt 1 notitle")
        << "set title 'W4: catch-up of as many writes as keys'\nset ylabel 's'\n"
        << (log_x ? "set logscale y\nset yrange [*:*]\n" : "")
-       << "plot '" << data << "' using 1:($5 > 0 ? $5 : 1/0) smooth unique with linespoints lt 3 "
-       << "notitle\nunset multiplot\nunset logscale\n";
+       << panel(5, "with linespoints lt 3 notitle") << "unset multiplot\nunset logscale\n";
     drawn.push_back(absl::StrCat("growth-", factor, ".svg"));
   }
-  std::ofstream(dir + "/growth.gp") << gp.str();
-  std::string cmd = "gnuplot '" + dir + "/growth.gp'";
-  if (std::system(cmd.c_str()) != 0) {
-    std::fprintf(stderr, "gnuplot failed: %s\n", cmd.c_str());
-    return {};
-  }
+  if (!RunGnuplot(dir, "growth.gp", gp.str())) return {};
   return drawn;
 }
 

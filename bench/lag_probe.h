@@ -53,7 +53,9 @@ class LagProbe {
   LagProbe(std::function<absl::StatusOr<std::unique_ptr<MarkerWriter>>()> connect_writer,
            std::vector<Follower> followers);
   ~LagProbe();
-  // Stops every thread; the results below are complete once it returns.
+  // Stops writing markers, waits (at most a second past the last) until every follower has
+  // shown or missed each, and stops every thread; the results below are complete once it
+  // returns. Called again, it does nothing.
   void Stop();
 
   struct Samples {
@@ -67,7 +69,8 @@ class LagProbe {
   // The last lag any follower showed, for a progress line (-1 before the first).
   double last_lag_ms() const { return last_lag_ms_.load(); }
   // lag_p50_ms/ID, lag_p99_ms/ID, lag_max_ms/ID, lag_unseen/ID, read_p50_us/ID per follower,
-  // and lag_p99_ms/worst; call after Stop().
+  // lag_p99_ms/worst, lag_markers (acknowledged) and lag_probe_errors (failed connections and
+  // marker writes, each logged); call after Stop().
   void AddCounters(Row& row) const;
 
  private:
@@ -81,9 +84,13 @@ class LagProbe {
   Clock::time_point t0_ = Clock::now();
   std::mutex mu_;
   std::condition_variable acked_cv_;
-  std::deque<Acked> acked_;  // every acknowledged marker, in order
-  std::atomic<bool> stop_{false};
+  std::deque<Acked> acked_;               // every acknowledged marker, in order
+  bool stopped_ = false;                  // Stop() ran
+  std::atomic<bool> stop_writer_{false};  // the writer writes no more markers
+  bool draining_ = false;                 // (mu_) followers settle what is acked, then end
   std::atomic<double> last_lag_ms_{-1};
+  std::atomic<int> errors_{0};
+  size_t markers_ = 0;            // acknowledged, known after Stop()
   std::vector<Samples> samples_;  // per follower, written by that follower's thread
   std::vector<std::string> ids_;
   std::map<std::string, Samples> results_;

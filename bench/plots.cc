@@ -157,7 +157,24 @@ void WriteLagSeries(const std::string& dir, const std::string& shape, const std:
   }
 }
 
-void ClearLagSeries(const std::string& dir, const std::string& system) {
+std::string PlotDir(const std::string& dir) {
+  std::string d = dir.empty() ? "." : dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d;
+}
+
+bool RunGnuplot(const std::string& dir, const std::string& name, const std::string& script) {
+  std::ofstream(dir + "/" + name) << absl::StrReplaceAll(script, {{dir + "/", ""}});
+  std::string cmd = absl::StrCat("cd '", dir, "' && gnuplot '", name, "'");
+  if (std::system(cmd.c_str()) != 0) {
+    std::fprintf(stderr, "gnuplot failed: %s\n", cmd.c_str());
+    return false;
+  }
+  return true;
+}
+
+void ClearLagSeries(const std::string& dir_in, const std::string& system) {
+  const std::string dir = PlotDir(dir_in);
   for (const Series& s : SeriesFiles(dir)) {
     if (s.system == system) {
       std::error_code ec;
@@ -167,9 +184,11 @@ void ClearLagSeries(const std::string& dir, const std::string& system) {
   }
 }
 
-std::vector<std::string> WritePlots(const std::string& dir, const std::vector<Aggregate>& walship,
+std::vector<std::string> WritePlots(const std::string& dir_in,
+                                    const std::vector<Aggregate>& walship,
                                     const nlohmann::json& peers,
                                     const std::map<std::string, std::vector<double>>& latencies) {
+  const std::string dir = PlotDir(dir_in);
   fs::create_directories(fs::path(dir) / "data");
   std::vector<std::string> drawn;
   std::ostringstream gp;
@@ -287,12 +306,7 @@ std::vector<std::string> WritePlots(const std::string& dir, const std::vector<Ag
     gp << "\nunset logscale\nset yrange [*:*]\n";
     drawn.push_back("latency.svg");
   }
-  std::ofstream(dir + "/plots.gp") << gp.str();
-  std::string cmd = "gnuplot '" + dir + "/plots.gp'";
-  if (std::system(cmd.c_str()) != 0) {
-    std::fprintf(stderr, "gnuplot failed: %s\n", cmd.c_str());
-    return {};
-  }
+  if (!RunGnuplot(dir, "plots.gp", gp.str())) return {};
   return drawn;
 }
 

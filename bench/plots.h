@@ -37,4 +37,13 @@ std::vector<std::string> WritePlots(const std::string& dir, const std::vector<Ag
                                     const nlohmann::json& peers,
                                     const std::map<std::string, std::vector<double>>& latencies);
 
+// `dir` without a trailing slash, so that the paths built from it match (the plot scripts
+// name files relative to it).
+std::string PlotDir(const std::string& dir);
+
+// Writes `script` as DIR/NAME with every path under DIR made relative to it, and runs gnuplot
+// on it from DIR: the script, and the SVGs, name no path of the machine that drew them.
+// False (logged) when gnuplot fails.
+bool RunGnuplot(const std::string& dir, const std::string& name, const std::string& script);
+
 }  // namespace walship::bench

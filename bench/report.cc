@@ -120,10 +120,13 @@ void PrintPeerComparison(const nlohmann::json& peers, const std::vector<Aggregat
   for (const Aggregate& a : aggs) {
     std::string base = a.name;
     if (size_t cut = base.rfind("/walship-"); cut != std::string::npos) base.resize(cut);
-    // A paced row ("batch:64,rate:44000") is set beside the peers' rows of its shape.
+    // A paced row ("batch:64,rate:44000") is set beside the peers' rows of its shape, for its
+    // lag only: its rate and latency are the pacing's.
+    bool paced = false;
     if (size_t rate = base.find(",rate:"); rate != std::string::npos) {
       size_t end = base.find(',', rate + 1);
       base.erase(rate, end == std::string::npos ? std::string::npos : end - rate);
+      paced = true;
     }
     for (const auto& [peer_row, values] : theirs) {
       size_t cut = peer_row.rfind('/');
@@ -131,6 +134,7 @@ void PrintPeerComparison(const nlohmann::json& peers, const std::vector<Aggregat
       std::string shape = peer_row.substr(0, cut);
       if (shape != base && shape.rfind(base + ",", 0) != 0) continue;
       for (const Metric& m : kCompared) {
+        if (paced && std::string(m.name).rfind("lag_", 0) != 0) continue;
         auto ours = a.counters.find(m.name);
         double v = std::string(m.name) == "ops_per_s" ? Median(a.ops_per_s)
                    : ours != a.counters.end()          ? Median(ours->second)

@@ -259,14 +259,14 @@ int main(int argc, char** argv) {
   std::erase(o.pipelines, 0);
   if (o.plot_dir.empty() && !o.json.empty()) o.plot_dir = fs::path(o.json).parent_path() / "plots";
   if (o.plot_dir.empty()) o.plot_dir = "bench-plots";
-  // walship's series of an earlier run in the same place would be drawn with this run's (the
-  // peers' are walship-peers' to replace).
-  ClearLagSeries(o.plot_dir, "walship");
 
   fs::path build_dir = fs::path(argv[0]).parent_path() / "..";
   std::string walshipd = (build_dir / "tools" / "walshipd").string();
 
   if (o.growth) return RunGrowthCommand(o, walshipd);
+  // walship's series of an earlier run in the same place would be drawn with this run's (the
+  // peers' are walship-peers' to replace; the growth curves draw none).
+  ClearLagSeries(o.plot_dir, "walship");
 
   nlohmann::json peers;
   if (o.peers || !o.peers_json.empty()) {

@@ -191,14 +191,14 @@ Row RunW1(const std::string& label, const std::string& leader, const Sizes& o, W
     // Paced: one request at a time (a write, a batch or a pipeline), each sent when this
     // client's share of the rate has room for it.
     if (v.rate > 0) chunk = v.pipeline > 0 ? v.pipeline : 1;
+    // A request late (a stall) is not made up for by a burst: the schedule restarts from now.
     double per_client_rate = v.rate / static_cast<double>(clients);
-    uint64_t sent = 0;  // puts this client sent
+    Clock::time_point due = Clock::now();
     std::vector<std::vector<engine::WriteOp>> part;
     for (size_t i = c; i < writes.size();) {
       if (v.rate > 0) {
-        std::this_thread::sleep_until(
-            t0 + std::chrono::duration_cast<Clock::duration>(
-                     std::chrono::duration<double>(static_cast<double>(sent) / per_client_rate)));
+        due = std::max(due, Clock::now());
+        std::this_thread::sleep_until(due);
       }
       part.clear();
       for (; i < writes.size() && part.size() < chunk; i += clients) part.push_back(writes[i]);
@@ -212,7 +212,8 @@ Row RunW1(const std::string& label, const std::string& leader, const Sizes& o, W
       uint64_t n = 0;
       for (const auto& w : part) n += w.size();  // every write of `part` succeeded
       ops += n;
-      sent += n;
+      due += std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double>(static_cast<double>(n) / std::max(1.0, per_client_rate)));
       if (c == 0)
         Progress(label, ops, o.keys, probe != nullptr ? probe->probe().last_lag_ms() : -1);
       if (one_per_trip && std::chrono::duration<double>(Clock::now() - t0).count() > o.cap_s) {

@@ -197,12 +197,16 @@ absl::StatusOr<std::unique_ptr<KvClient>> Connect(const std::string& system, int
         redisFree(c);
         continue;
       }
+      // No command waits for ever (a W3 `WAIT 1 0` included): a run stops with an error.
+      timeval command_tv{60, 0};
+      redisSetTimeout(c, command_tv);
       return std::unique_ptr<KvClient>(
           std::make_unique<RedisClient>(c, options.redis_wait_replicas));
     }
     if (system == "pg") {
       std::string info = absl::StrCat("host=127.0.0.1 port=", port,
-                                      " user=postgres dbname=postgres connect_timeout=2");
+                                      " user=postgres dbname=postgres connect_timeout=2"
+                                      " options='-c statement_timeout=60000'");
       PGconn* c = PQconnectdb(info.c_str());
       if (PQstatus(c) != CONNECTION_OK) {
         absl::Status s = absl::UnavailableError(

@@ -118,9 +118,11 @@ class CheckpointTest(unittest.TestCase):
         self.assertFalse(os.listdir(os.path.join(c.data_dir("n1"), "checkpoints")))
 
     def test_transfer_cut_midway_resumes(self):
-        self.c = c = Cluster(n=2, replication=SLOW)
+        # Files are copied in 1 MiB chunks and the progress moves a chunk at a time: about
+        # 4 MiB of SSTables, copied at 1 MiB/s, give the cut several points to fall between.
+        self.c = c = Cluster(n=2, replication=dict(SLOW, snapshot_max_bytes_per_sec=1 << 20))
         c.start("n1")
-        c.load("n1", 3000, seed=3, value_bytes=600)
+        c.load("n1", 3000, seed=3, value_bytes=2400)
         # A restart leaves the leader's memtable empty (flushed at shutdown) and its
         # compactions done, so that a checkpoint taken again lists the same SSTables: with
         # writes in between, a flush and a compaction may replace every file, and nothing is
