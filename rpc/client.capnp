@@ -84,6 +84,8 @@ struct WriteReply {
   lastSeq @2 :UInt64;
   degraded @3 :Bool;     # acknowledged without the followers it asked for: the leader runs
                          # async for now (sync timeout policy `degrade`)
+  epoch @4 :UInt64;      # the leader's epoch the write was written in (with firstSeq, where
+                         # it is in the history); 0 when it was not written
 }
 
 struct KeyValue {

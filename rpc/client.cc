@@ -305,7 +305,7 @@ class ClientImpl final : public Client {
 
   static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
     if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
-    return WriteResult{r.getFirstSeq(), r.getLastSeq(), r.getDegraded()};
+    return WriteResult{r.getFirstSeq(), r.getLastSeq(), r.getDegraded(), r.getEpoch()};
   }
 
   // The statuses that leave the connection unusable: the call failed on the way, not at the

@@ -28,6 +28,7 @@ struct WriteResult {
   uint64_t last_seq = 0;
   bool degraded = false;  // acknowledged without the followers it asked for (the leader runs
                           // async for now: sync timeout policy `degrade`)
+  uint64_t epoch = 0;     // the leader's epoch it was written in
 };
 
 // What each write sent from now on asks of replication (docs/replication.md); by default the

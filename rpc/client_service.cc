@@ -30,6 +30,7 @@ void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
   b.setFirstSeq(o.first_seq);
   b.setLastSeq(o.last_seq);
   b.setDegraded(o.degraded);
+  b.setEpoch(o.epoch);
 }
 
 }  // namespace

@@ -29,6 +29,7 @@ struct WriteOutcome {
   engine::SequenceNumber first_seq = 0;  // also with a not-replicated error
   engine::SequenceNumber last_seq = 0;
   bool degraded = false;
+  uint64_t epoch = 0;  // the leader's epoch it was written in
 };
 
 // What one client write asks for beyond its ops.

@@ -271,8 +271,9 @@ void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<eng
     SequenceNumber last = r->last_seq();
     node_.role().OnWritten(std::move(*r), write_time_us);  // shipped from here on
     const bool local_sync = node_.options().fsync_writes;
+    const uint64_t epoch = node_.role().WriteEpoch();
     for (GroupMember& m : group) {
-      WriteOutcome written{absl::OkStatus(), seq, seq + m.ops - 1};
+      WriteOutcome written{absl::OkStatus(), seq, seq + m.ops - 1, false, epoch};
       seq += m.ops;
       if (m.spec.need.mode == replication::ReplicationMode::kAsync && !local_sync) {
         m.fulfiller->fulfill(std::move(written));

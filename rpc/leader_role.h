@@ -35,6 +35,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   const char* name() const override { return "leader"; }
   void Start() override;
   absl::Status WriteRefusal() const override;
+  uint64_t WriteEpoch() const override { return leader_.epoch(); }
   void OnWritten(engine::Batch batch, int64_t write_time_us) override;
   absl::Status CheckDurability(const replication::Durability& need) const override;
   kj::Promise<ReplicationOutcome> AwaitReplicated(engine::SequenceNumber seq,

@@ -72,6 +72,8 @@ class Role {
   // OK when client writes are taken here; else the error that refuses them (not the leader,
   // with a hint to it; or leadership being handed over).
   virtual absl::Status WriteRefusal() const = 0;
+  // The epoch client writes are written in here (while WriteRefusal is OK), else 0.
+  virtual uint64_t WriteEpoch() const { return 0; }
   // A group of client writes this node has just written (only while WriteRefusal is OK).
   virtual void OnWritten(engine::Batch batch, int64_t write_time_us) = 0;
   // Whether a write may ask for `need` here (semi-sync for more followers than vote is
