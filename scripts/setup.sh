@@ -12,7 +12,8 @@ PACKAGES=(cmake ninja-build g++ pkg-config python3
   libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   zlib1g-dev libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev libbenchmark-tools python3-scipy
   libhiredis-dev libpq-dev
-  gnuplot-nox)
+  gnuplot-nox
+  iproute2 iptables faketime util-linux)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,196 @@
+"""The fault suite's checker: reads a history that walship-faultload recorded and the
+contents every node holds once the faults have healed, and reports every anomaly it finds
+(docs/fault-testing.md).
+
+Each key has one writer, which writes the counter values 1, 2, 3... to it in order, so a value
+names the write it came from. What is checked:
+
+- lost: an acknowledged write whose key ends below its value. Every durability the suite
+  uses promises survival of the faults it injects (processes killed, paused, cut off; no
+  machine loses power), so every acknowledged write counts; `promised` says so per write.
+- phantom: a key ends at, or a read returns, the value of a write that was refused (nothing
+  was written), or one that was never sent.
+- stale read: a read that asked to see the thread's acknowledged writes (`min` = the sequence
+  number of the last one) or asked for a committed read, and returned an older value than a
+  write acknowledged before the read began; or a committed read of a value later lost.
+- split brain: two leaders accepting writes in one window. A leadership term is a (node,
+  epoch) pair; it accepts writes over one stretch of time. When a write acknowledged in term
+  B starts after one write of term A ended and ends before another write of term A started,
+  both terms accepted writes at once. One epoch acknowledged by two nodes counts too.
+- divergent: nodes whose full contents differ.
+- unrecovered: nodes that did not come back (the harness says which).
+
+Usage: python3 checker.py HISTORY FINAL.json   (FINAL: {"nodes": {id: {key: value}},
+"unrecovered": [ids]}); exit 1 when anything is found.
+"""
+import collections
+import json
+import sys
+
+
+def load_history(path):
+    ops = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                # The client was killed mid-line: only the last line may be cut.
+                raise ValueError(f"{path}:{n}: not a JSON history line ({e}): {line[:80]}")
+    return ops
+
+
+def promised(dur, faults=()):
+    """Whether an acknowledged write with durability `dur` must survive `faults`. Killing a
+    process loses nothing its kernel holds, so all of them do, at every level, unless a
+    machine lost power (which the suite does not inject)."""
+    if "power" in faults:
+        return dur.startswith("sync") or dur.endswith(":flushed") or dur.endswith(":applied")
+    return True
+
+
+class Report:
+    def __init__(self):
+        self.lost = []          # (op, final value)
+        self.phantom = []       # (what, detail)
+        self.stale = []         # (read op, the write it should have seen, why)
+        self.split_brain = []   # (term a, term b, the write inside a's span)
+        self.divergent = []     # [node ids that differ from the first]
+        self.unrecovered = []
+        self.acked = collections.Counter()       # by durability
+        self.lost_by = collections.Counter()     # by durability
+        self.longest_no_ack_s = 0.0
+
+    def anomalies(self):
+        return (len(self.lost) + len(self.phantom) + len(self.stale) + len(self.split_brain)
+                + len(self.divergent) + len(self.unrecovered))
+
+    def lines(self):
+        out = []
+        for op, final in self.lost[:20]:
+            out.append(f"LOST: {op['k']}={op['v']} acknowledged by {op['node']} "
+                       f"(epoch {op.get('ep')}, seq {op.get('seq')}, {op['dur']}) but the "
+                       f"key ends at {final}")
+        for what, detail in self.phantom[:20]:
+            out.append(f"PHANTOM: {what}: {detail}")
+        for op, w, why in self.stale[:20]:
+            out.append(f"STALE READ: {op['k']} read {op['v']} at {op['node']} "
+                       f"(min {op.get('min')}, committed {op.get('c')}) after {w['k']}={w['v']} "
+                       f"was acknowledged: {why}")
+        for a, b, w in self.split_brain[:20]:
+            out.append(f"SPLIT BRAIN: {b[0]} (epoch {b[1]}) acknowledged {w['k']}={w['v']} "
+                       f"between two writes {a[0]} (epoch {a[1]}) acknowledged")
+        for group in self.divergent:
+            out.append(f"DIVERGENT: {', '.join(group)}")
+        for n in self.unrecovered:
+            out.append(f"UNRECOVERED: {n}")
+        return out
+
+
+def check(ops, final, faults=()):
+    """`ops`: history records; `final`: {"nodes": {id: {key: value}}, "unrecovered": [...]}"""
+    r = Report()
+    nodes = final.get("nodes", {})
+    r.unrecovered = list(final.get("unrecovered", []))
+    # Divergence: group nodes by identical contents.
+    groups = collections.defaultdict(list)
+    for nid, kv in sorted(nodes.items()):
+        groups[json.dumps(kv, sort_keys=True)].append(nid)
+    if len(groups) > 1:
+        r.divergent = sorted(groups.values())
+    state = next(iter(nodes.values()), {}) if nodes else {}
+
+    writes = [o for o in ops if o["f"] == "write"]
+    reads = [o for o in ops if o["f"] == "read" and o["r"] == "ok"]
+    by_key = collections.defaultdict(dict)   # key -> value -> write
+    for w in writes:
+        by_key[w["k"]][w["v"]] = w
+
+    def final_value(k):
+        v = state.get(k)
+        return int(v) if v is not None else 0
+
+    for w in writes:
+        if w["r"] != "ok":
+            continue
+        r.acked[w["dur"]] += 1
+        if final_value(w["k"]) < w["v"] and promised(w["dur"], faults):
+            r.lost.append((w, final_value(w["k"])))
+            r.lost_by[w["dur"]] += 1
+    for k, v in state.items():
+        w = by_key.get(k, {}).get(int(v))
+        if w is None:
+            r.phantom.append(("final value never written", f"{k}={v}"))
+        elif w["r"] == "fail":
+            r.phantom.append(("final value from a refused write", f"{k}={v} ({w['err']})"))
+
+    acked_by_key = collections.defaultdict(list)
+    for w in writes:
+        if w["r"] == "ok":
+            acked_by_key[w["k"]].append(w)
+    for rd in reads:
+        v = rd["v"]
+        if v > 0:
+            w = by_key.get(rd["k"], {}).get(v)
+            if w is None:
+                r.phantom.append(("read a value never written", f"{rd['k']}={v} at {rd['node']}"))
+            elif w["r"] == "fail":
+                r.phantom.append(("read a refused write", f"{rd['k']}={v} at {rd['node']}"))
+        if rd.get("c"):
+            if v > final_value(rd["k"]):
+                r.stale.append((rd, by_key[rd["k"]].get(v, {"k": rd["k"], "v": v}),
+                                "a committed read returned a write that was lost"))
+        for w in acked_by_key[rd["k"]]:
+            if w["e"] >= rd["s"] or w["v"] <= v:
+                continue
+            if rd.get("c") or (rd.get("min", 0) >= w["seq"] and w["p"] == rd["p"]):
+                r.stale.append((rd, w, "committed read" if rd.get("c")
+                                else f"asked for min-seq {rd['min']} >= {w['seq']}"))
+                break
+
+    # Split brain.
+    terms = collections.defaultdict(list)
+    for w in writes:
+        if w["r"] == "ok":
+            terms[(w["node"], w["ep"])].append(w)
+    by_epoch = collections.defaultdict(set)
+    for node, ep in terms:
+        by_epoch[ep].add(node)
+    for ep, owners in by_epoch.items():
+        if len(owners) > 1:
+            r.split_brain.append(((sorted(owners)[0], ep), (sorted(owners)[1], ep),
+                                  terms[(sorted(owners)[1], ep)][0]))
+    span = {t: (min(w["e"] for w in ws), max(w["s"] for w in ws)) for t, ws in terms.items()}
+    for a, (first_end, last_start) in span.items():
+        for b, ws in terms.items():
+            if b == a:
+                continue
+            inside = [w for w in ws if first_end < w["s"] and w["e"] < last_start]
+            if inside:
+                r.split_brain.append((a, b, inside[0]))
+
+    acked_ends = sorted(w["e"] for w in writes if w["r"] == "ok")
+    if len(acked_ends) > 1:
+        r.longest_no_ack_s = max(b - a for a, b in zip(acked_ends, acked_ends[1:])) / 1e6
+    return r
+
+
+def main(argv):
+    if len(argv) != 3:
+        print(__doc__.strip().splitlines()[-2], file=sys.stderr)
+        return 2
+    ops = load_history(argv[1])
+    with open(argv[2]) as f:
+        final = json.load(f)
+    r = check(ops, final, final.get("faults", ()))
+    for line in r.lines():
+        print(line)
+    print(f"acknowledged {sum(r.acked.values())}, lost {len(r.lost)}, anomalies {r.anomalies()}")
+    return 1 if r.anomalies() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
