@@ -23,6 +23,7 @@ names the write it came from. What is checked:
 Usage: python3 checker.py HISTORY FINAL.json   (FINAL: {"nodes": {id: {key: value}},
 "unrecovered": [ids]}); exit 1 when anything is found.
 """
+import bisect
 import collections
 import json
 import sys
@@ -127,10 +128,20 @@ def check(ops, final, faults=()):
         elif w["r"] == "fail":
             r.phantom.append(("final value from a refused write", f"{k}={v} ({w['err']})"))
 
+    # Per key, its acknowledged writes by end time, and the highest value among the first i.
     acked_by_key = collections.defaultdict(list)
     for w in writes:
         if w["r"] == "ok":
             acked_by_key[w["k"]].append(w)
+    ends, best = {}, {}
+    for k, ws in acked_by_key.items():
+        ws.sort(key=lambda w: w["e"])
+        ends[k] = [w["e"] for w in ws]
+        best[k], top = [], None
+        for w in ws:
+            if top is None or w["v"] > top["v"]:
+                top = w
+            best[k].append(top)
     for rd in reads:
         v = rd["v"]
         if v > 0:
@@ -143,13 +154,18 @@ def check(ops, final, faults=()):
             if v > final_value(rd["k"]):
                 r.stale.append((rd, by_key[rd["k"]].get(v, {"k": rd["k"], "v": v}),
                                 "a committed read returned a write that was lost"))
-        for w in acked_by_key[rd["k"]]:
-            if w["e"] >= rd["s"] or w["v"] <= v:
-                continue
-            if rd.get("c") or (rd.get("min", 0) >= w["seq"] and w["p"] == rd["p"]):
-                r.stale.append((rd, w, "committed read" if rd.get("c")
-                                else f"asked for min-seq {rd['min']} >= {w['seq']}"))
-                break
+        # The newest write acknowledged before the read began (one writer per key, so the
+        # reading thread's own when the read asked for its writes by min-seq).
+        n = bisect.bisect_left(ends.get(rd["k"], []), rd["s"])
+        if n == 0:
+            continue
+        w = best[rd["k"]][n - 1]
+        if w["v"] <= v:
+            continue
+        if rd.get("c"):
+            r.stale.append((rd, w, "committed read"))
+        elif rd.get("min", 0) >= w["seq"] and w["p"] == rd["p"]:
+            r.stale.append((rd, w, f"asked for min-seq {rd['min']} >= {w['seq']}"))
 
     # Split brain.
     terms = collections.defaultdict(list)
@@ -163,14 +179,21 @@ def check(ops, final, faults=()):
         if len(owners) > 1:
             r.split_brain.append(((sorted(owners)[0], ep), (sorted(owners)[1], ep),
                                   terms[(sorted(owners)[1], ep)][0]))
-    span = {t: (min(w["e"] for w in ws), max(w["s"] for w in ws)) for t, ws in terms.items()}
-    for a, (first_end, last_start) in span.items():
-        for b, ws in terms.items():
-            if b == a:
-                continue
-            inside = [w for w in ws if first_end < w["s"] and w["e"] < last_start]
-            if inside:
-                r.split_brain.append((a, b, inside[0]))
+    # Each term's certain stretch runs from its first write's end to its last write's start;
+    # another term's write inside it is a window with two leaders (one per pair of terms).
+    acked = sorted((w for w in writes if w["r"] == "ok"), key=lambda w: w["s"])
+    starts = [w["s"] for w in acked]
+    for a, ws in terms.items():
+        first_end, last_start = min(w["e"] for w in ws), max(w["s"] for w in ws)
+        seen = set()
+        for i in range(bisect.bisect_right(starts, first_end), len(acked)):
+            w = acked[i]
+            if w["s"] >= last_start:
+                break
+            b = (w["node"], w["ep"])
+            if b != a and b not in seen and w["e"] < last_start:
+                seen.add(b)
+                r.split_brain.append((a, b, w))
 
     acked_ends = sorted(w["e"] for w in writes if w["r"] == "ok")
     if len(acked_ends) > 1:
