@@ -226,9 +226,13 @@ class Nemesis:
         leader = self.leader()
         if leader is None or leader == target:
             return None
-        r = self.c.cli("--node", leader, "handover", target, "--catch-up-ms", "3000",
-                       timeout=15)
-        return f"{leader} hands over to {target}: " + (r.stdout.strip() or r.stderr.strip())
+        try:
+            r = self.c.cli("--node", leader, "handover", target, "--catch-up-ms", "3000",
+                           timeout=15)
+            said = r.stdout.strip() or r.stderr.strip()
+        except subprocess.TimeoutExpired:
+            said = "no answer within 15 s"
+        return f"{leader} hands over to {target}: {said}"
 
     def fault_isolate(self, target, other, hold):
         self.net.isolate(target)
