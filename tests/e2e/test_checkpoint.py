@@ -181,12 +181,15 @@ class CheckpointTest(unittest.TestCase):
 
     def test_leader_killed_during_a_transfer(self):
         # The follower retries with a growing pause, and finishes from the restarted leader's
-        # new checkpoint.
-        self.c = c = Cluster(n=2, replication=SLOW)
+        # new checkpoint. Progress moves a 1 MiB chunk at a time, so the checkpoint is several
+        # MiB, copied at 512 KiB/s: the leader is killed with seconds of the copy still to go
+        # (with 1 MiB in all, the copy could end between two looks at the status).
+        self.c = c = Cluster(n=2, replication=dict(SLOW, snapshot_max_bytes_per_sec=512 * 1024))
         c.start("n1")
-        c.load("n1", 3000, seed=9, value_bytes=600)
+        c.load("n1", 3000, seed=9, value_bytes=2400)
         c.start("n2")
-        self.wait_seeding("n2", at_least=0.3)
+        st = self.wait_seeding("n2", at_least=0.1)
+        self.assertLess(st["seed_done_bytes"], st["seed_total_bytes"])
         c.stop("n1", signal.SIGKILL)
         wait_until(lambda: "seeding from 'n1' failed" in c.log("n2"), 20,
                    "n2 to see the transfer fail")
