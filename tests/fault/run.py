@@ -29,6 +29,9 @@ import net
 
 BIN = os.environ.get("WALSHIP_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 WALSHIPD = os.path.join(BIN, "tools", "walshipd")
+# The same daemon on glibc's malloc (the plain build only): libfaketime cannot start one
+# linked with jemalloc, so the node whose clock jumps runs this one.
+WALSHIPD_SYSMALLOC = os.path.join(BIN, "tools", "walshipd-sysmalloc")
 WALSHIP = os.path.join(BIN, "tools", "walship")
 FAULTLOAD = os.path.join(BIN, "tests", "walship-faultload")
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
@@ -103,9 +106,10 @@ class Cluster:
                 env["DONT_FAKE_MONOTONIC"] = "1"
             self.clock_offset = 0
             self.set_clock("+0")
+        daemon = WALSHIPD_SYSMALLOC if "LD_PRELOAD" in env else WALSHIPD
         log = open(os.path.join(self.dir, f"{nid}.log"), "ab")
         self.procs[nid] = subprocess.Popen(
-            self.in_ns(nid) + [WALSHIPD, "--config", self.config, "--node", nid],
+            self.in_ns(nid) + [daemon, "--config", self.config, "--node", nid],
             stdout=log, stderr=log, env=env, cwd=self.dir)
         log.close()
 
@@ -140,16 +144,17 @@ _clock_ok = None
 
 
 def clock_faults_possible():
-    """Whether walshipd runs under libfaketime here. AddressSanitizer must come first among
-    the libraries, so never under it; and libfaketime 0.9.10 cannot start a program linked
-    with jemalloc (jemalloc's start-up reads the clock inside libfaketime's own), which the
-    plain build is."""
+    """Whether walshipd runs under libfaketime here: in the plain build, as
+    walshipd-sysmalloc (libfaketime 0.9.10 cannot start a program linked with jemalloc, whose
+    start-up reads the clock inside libfaketime's own). Never under AddressSanitizer, whose
+    runtime must come first among the libraries."""
     global _clock_ok
     if _clock_ok is None:
         _clock_ok = False
-        if os.path.exists(FAKETIME) and os.environ.get("WALSHIP_SANITIZED") != "1":
+        if (os.path.exists(FAKETIME) and os.path.exists(WALSHIPD_SYSMALLOC)
+                and os.environ.get("WALSHIP_SANITIZED") != "1"):
             try:
-                r = subprocess.run([WALSHIPD, "--help"], capture_output=True, text=True,
+                r = subprocess.run([WALSHIPD_SYSMALLOC, "--help"], capture_output=True, text=True,
                                    env=dict(os.environ, LD_PRELOAD=FAKETIME), timeout=3)
                 _clock_ok = r.returncode == 0 and "libfaketime" not in r.stderr
             except subprocess.TimeoutExpired:
@@ -167,6 +172,7 @@ class Nemesis:
         self.log = log
         self.count = collections.Counter()
         self.crashes = []
+        self.clock_said = []   # per clock jump: (wall clock only?, warnings logged meanwhile)
         kinds = ["kill", "pause", "handover"]
         if network:
             kinds += ["isolate", "partition", "one-way", "loss", "delay"]
@@ -196,6 +202,8 @@ class Nemesis:
         kind = self.rng.choice(self.kinds)
         target = self.rng.choice(IDS)
         other = self.rng.choice([n for n in IDS if n != target])
+        if kind == "clock":
+            target = CLOCK_NODE
         hold = self.rng.uniform(1.0, 4.0)
         start = time.monotonic()
         detail = getattr(self, "fault_" + kind.replace("-", "_"))(target, other, hold)
@@ -287,12 +295,22 @@ class Nemesis:
         else:
             self.c.clock_offset = self.rng.choice([-3600, -600, 600, 3600])
             what = f"the wall clock jumps {self.c.clock_offset:+d}s"
+        log = os.path.join(self.c.dir, f"{CLOCK_NODE}.log")
+        seen = os.path.getsize(log)
         self.c.set_clock(f"{self.c.clock_offset:+d}")
         time.sleep(hold)
         if not self.c.monotonic_faked():
             self.c.set_clock("+0")
             what += ", and back"
-        return f"{CLOCK_NODE}: {what} ({hold:.1f}s)"
+        # What the node said meanwhile: its timers run on the monotonic clock, so a jump of
+        # the wall clock alone must pass unnoticed; a jump of both looks like time passing
+        # (heartbeats time out, connections are made again).
+        with open(log, "rb") as f:
+            f.seek(seen)
+            said = [ln for ln in f.read().decode(errors="replace").splitlines()
+                    if " warning " in ln or " error " in ln]
+        self.clock_said.append((not self.c.monotonic_faked(), said))
+        return f"{CLOCK_NODE}: {what} ({hold:.1f}s), {len(said)} warnings or errors logged"
 
     def heal_all(self):
         if self.net:
@@ -347,6 +365,7 @@ def main():
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--loopback", action="store_true", help="no namespaces, even if possible")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
+    ap.add_argument("--faults", help="only these kinds, comma-separated (e.g. clock,kill)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     workdir = tempfile.mkdtemp(prefix=f"walship-faults-{args.seed}-")
@@ -364,6 +383,15 @@ def main():
             cluster.start(nid)
         if converge(cluster, 30):
             raise RuntimeError("the cluster did not start; see the logs in " + workdir)
+        flog = open(os.path.join(workdir, "faults.jsonl"), "w")
+        nemesis = Nemesis(cluster, network, rng, flog)
+        if args.faults:
+            wanted = args.faults.split(",")
+            unknown = [k for k in wanted if k not in nemesis.kinds]
+            if unknown:
+                raise RuntimeError(f"--faults: {', '.join(unknown)} cannot run here "
+                                   f"(here: {', '.join(nemesis.kinds)})")
+            nemesis.kinds = wanted
         history = os.path.join(workdir, "history.jsonl")
         load = subprocess.Popen(
             cluster.in_ns("client") + [FAULTLOAD, "--history", history, "--seconds",
@@ -372,8 +400,7 @@ def main():
             + [a for nid in IDS for a in ("--node", f"{nid}={cluster.addr[nid]}")]
             + [a for d in DURABILITIES for a in ("--durability", d)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        with open(os.path.join(workdir, "faults.jsonl"), "w") as flog:
-            nemesis = Nemesis(cluster, network, rng, flog)
+        with flog:
             end = time.monotonic() + args.seconds - 3
             while time.monotonic() < end:
                 nemesis.step()
@@ -401,8 +428,11 @@ def main():
                                               sorted(nemesis.count.items()))
               + f" ({sum(nemesis.count.values())} in all)")
         if "clock" in nemesis.kinds:
-            print(f"  ({CLOCK_NODE} ran under libfaketime; its monotonic clock was faked on "
-                  f"{cluster.clock_restarts // 2} of {cluster.clock_restarts} starts)")
+            wall = [said for wall_only, said in nemesis.clock_said if wall_only]
+            both = [said for wall_only, said in nemesis.clock_said if not wall_only]
+            print(f"clock jumps on {CLOCK_NODE} (libfaketime): wall clock only {len(wall)}, "
+                  f"warnings logged meanwhile {sum(map(len, wall))}; both clocks {len(both)}, "
+                  f"warnings logged meanwhile {sum(map(len, both))}")
         print(f"writes: {len(writes)}: acknowledged {results['ok']}, unknown {results['info']}, "
               f"refused {results['fail']}; reads: {len(reads)}, answered "
               f"{sum(1 for o in reads if o['r'] == 'ok')}")
@@ -417,6 +447,11 @@ def main():
         for line in report.lines():
             print(line)
         findings = report.anomalies()
+        for wall_only, said in nemesis.clock_said:
+            if wall_only and said:
+                print(f"{CLOCK_NODE} noticed a jump of its wall clock alone (a timer on the "
+                      f"wall clock?): {said[0]}")
+                findings += 1
         if results["ok"] == 0:
             print("no write was acknowledged: the run proves nothing")
             findings += 1
@@ -427,7 +462,8 @@ def main():
             network.down()
     if findings:
         print(f"FOUND {findings}: run again with `python3 tests/fault/run.py --seed {args.seed} "
-              f"--seconds {args.seconds}`; history {workdir}/history.jsonl, check it with "
+              f"--seconds {args.seconds}" + (f" --faults {args.faults}" if args.faults else "")
+              + f"`; history {workdir}/history.jsonl, check it with "
               f"`python3 tests/fault/checker.py {workdir}/history.jsonl {workdir}/final.json`")
         return 1
     if not args.keep:
