@@ -138,6 +138,28 @@ struct TakeOverReply {
                                  // target's log end + 1; 0 from nodes before it was sent)
 };
 
+// Candidate -> every other voter: would you make me leader of `epoch`? (replication/election.h)
+struct VoteRequest {
+  uint32_t version = kPeerProtocolVersion;
+  std::string cluster;
+  std::string candidate;
+  Epoch epoch = 0;  // the epoch the candidate would begin: above every epoch it has seen
+  // A pre-vote asks whether the voter would grant the vote, and changes nothing there: a
+  // candidate that could not win never raises the epoch the others must refuse below.
+  bool pre_vote = false;
+  // How far the candidate's log is: its end and the epoch entry it was written under.
+  SequenceNumber last_seq = 0;
+  Epoch last_epoch = 0;
+  std::string last_leader;
+};
+
+struct VoteReply {
+  bool granted = false;
+  std::string voter;
+  Epoch epoch = 0;        // the highest epoch the voter has seen (after this request)
+  std::string message;    // why not, when refused
+};
+
 const char* HelloOutcomeName(HelloOutcome outcome);
 const char* AckOutcomeName(AckOutcome outcome);
 

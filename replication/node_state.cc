@@ -72,11 +72,20 @@ const EpochEntry* NodeState::EntryOf(SequenceNumber seq) const {
 }
 
 Epoch NodeState::HighestEpoch() const {
-  return std::max(epoch, history.empty() ? Epoch{0} : history.back().epoch);
+  return std::max({epoch, history.empty() ? Epoch{0} : history.back().epoch, vote_epoch});
 }
 
 void BeginEpoch(NodeState& state, SequenceNumber next_seq, const std::string& leader_id) {
-  Epoch epoch = state.HighestEpoch() + 1;
+  BeginElectedEpoch(state, next_seq, leader_id, state.HighestEpoch() + 1);
+}
+
+void BeginElectedEpoch(NodeState& state, SequenceNumber next_seq, const std::string& leader_id,
+                       Epoch epoch) {
+  WALSHIP_CHECKF(epoch > state.epoch &&
+                     (state.history.empty() || epoch > state.history.back().epoch),
+                 "epoch %llu is not above the node's epoch %llu",
+                 static_cast<unsigned long long>(epoch),
+                 static_cast<unsigned long long>(state.epoch));
   while (!state.history.empty() && state.history.back().start_seq >= next_seq) {
     state.history.pop_back();
   }
@@ -102,7 +111,7 @@ absl::Status ValidateState(const NodeState& state) {
   if (!state.role.empty() && state.role != "leader" && state.role != "follower") {
     return absl::InvalidArgumentError(absl::StrCat("unknown role '", state.role, "'"));
   }
-  for (const std::string* id : {&state.leader, &state.handover_to}) {
+  for (const std::string* id : {&state.leader, &state.handover_to, &state.voted_for}) {
     if (id->find_first_of(" \n") != std::string::npos) {
       return absl::InvalidArgumentError(absl::StrCat("node id '", *id, "' holds a space"));
     }
@@ -166,6 +175,9 @@ absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
       state.handover_to = f[1];
     } else if (f[0] == "epoch" && f.size() == 2) {
       if (!num(f[1], &state.epoch)) return bad("epoch is not a number");
+    } else if (f[0] == "vote" && f.size() == 3 && version >= 4) {
+      if (!num(f[1], &state.vote_epoch)) return bad("vote needs an epoch and a node id");
+      state.voted_for = f[2];
     } else if (f[0] == "membership" && f.size() == 2 && version >= 3) {
       if (!num(f[1], &state.membership.version)) return bad("membership is not a number");
     } else if (f[0] == "member" && f.size() == 4 && version >= 3 &&
@@ -208,6 +220,9 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
   if (!state.role.empty()) out << "role " << state.role << "\n";
   if (!state.leader.empty()) out << "leader " << state.leader << "\n";
   if (!state.handover_to.empty()) out << "handover_to " << state.handover_to << "\n";
+  if (state.vote_epoch > 0 && !state.voted_for.empty()) {
+    out << "vote " << state.vote_epoch << " " << state.voted_for << "\n";
+  }
   for (const EpochEntry& e : state.history) {
     out << "history " << e.epoch << " " << e.start_seq << " "
         << (e.leader.empty() ? kUnknownLeader : e.leader) << "\n";

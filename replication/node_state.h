@@ -32,18 +32,24 @@ struct NodeState {
   // The cluster's members as this node last knew them (replication/membership.h): the config
   // file's nodes at first, then what the leader changed at run time.
   Membership membership;
+  // The last vote this node granted (replication/election.h): in `vote_epoch`, to
+  // `voted_for` (itself when it stood). Saved before the vote is answered, so a node never
+  // votes twice in one epoch, across restarts too. 0 and "": it never voted.
+  Epoch vote_epoch = 0;
+  std::string voted_for;
 
   // Epoch under which `seq` was written according to this history (0 when unknown).
   Epoch EpochOf(SequenceNumber seq) const;
   // The history entry under which `seq` was written, or null when unknown.
   const EpochEntry* EntryOf(SequenceNumber seq) const;
-  // The highest epoch this node has seen: its current epoch, or a later history entry's.
+  // The highest epoch this node has seen: its current epoch, a later history entry's, or the
+  // epoch of the last vote it granted (an epoch someone may lead).
   Epoch HighestEpoch() const;
 };
 
 // The format version of the node-state file this build writes; it reads 1 (history entries
-// without their leader), 2 (no membership) and 3.
-constexpr int kNodeStateVersion = 3;
+// without their leader), 2 (no membership), 3 (no vote) and 4.
+constexpr int kNodeStateVersion = 4;
 
 // Begins a new epoch led by `leader_id` at `next_seq` (the node's latest sequence + 1): its
 // number is above every epoch the node has seen, so a node never begins an epoch it has
@@ -52,6 +58,10 @@ constexpr int kNodeStateVersion = 3;
 // entry that starts at next_seq (an epoch in which this node wrote nothing) is replaced, so
 // that restarts do not grow the history.
 void BeginEpoch(NodeState& state, SequenceNumber next_seq, const std::string& leader_id);
+// The same for the epoch a node won by election (replication/election.h): `epoch`, which is
+// above every epoch in its history, and the one it voted for itself in.
+void BeginElectedEpoch(NodeState& state, SequenceNumber next_seq, const std::string& leader_id,
+                       Epoch epoch);
 
 // Reads the state file; a missing file gives an empty NodeState. kDataLoss, naming the file
 // and line, when the file is malformed or its history is out of order; kFailedPrecondition,

@@ -1,0 +1,288 @@
+#include "replication/election.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace walship::replication {
+namespace {
+
+bool IsVoter(const Membership& m, const std::string& id) {
+  if (m.version == 0) return true;  // no membership known (a simulation): everyone votes
+  const Member* member = m.Find(id);
+  return member != nullptr && member->voter;
+}
+
+VoteAnswer Refuse(const std::string& self, Epoch highest, std::string why) {
+  VoteAnswer a;
+  a.reply.granted = false;
+  a.reply.voter = self;
+  a.reply.epoch = highest;
+  a.reply.message = std::move(why);
+  return a;
+}
+
+}  // namespace
+
+LogPosition LogPositionOf(const NodeState& state, SequenceNumber latest) {
+  LogPosition p;
+  p.seq = latest;
+  if (const EpochEntry* e = state.EntryOf(latest); e != nullptr) {
+    p.epoch = e->epoch;
+    p.leader = e->leader;
+  }
+  return p;
+}
+
+bool AtLeastAsUpToDate(const LogPosition& a, const LogPosition& b) {
+  if (a.epoch != b.epoch) return a.epoch > b.epoch;
+  // The same number begun by two nodes (never under elections; possible in states from
+  // before them): neither log can be said to hold the other's writes.
+  if (!a.leader.empty() && !b.leader.empty() && a.leader != b.leader) return false;
+  return a.seq >= b.seq;
+}
+
+std::string Describe(const LogPosition& p) {
+  return absl::StrCat("seq ", p.seq, " of epoch ", p.epoch,
+                      p.leader.empty() ? "" : absl::StrCat(" (", p.leader, ")"));
+}
+
+VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteRequest& request,
+                      const ElectionOptions& options, int64_t now_us) {
+  const std::string& self = options.self;
+  const Epoch highest = state.HighestEpoch();
+  if (request.version != kPeerProtocolVersion) {
+    return Refuse(self, highest,
+                  absl::StrCat("candidate '", request.candidate, "' speaks peer protocol version ",
+                               request.version, "; this node speaks ", kPeerProtocolVersion));
+  }
+  if (request.cluster != options.cluster) {
+    return Refuse(self, highest,
+                  absl::StrCat("candidate '", request.candidate, "' is of cluster '",
+                               request.cluster, "'; this node is of '", options.cluster, "'"));
+  }
+  if (!IsVoter(state.membership, request.candidate)) {
+    return Refuse(self, highest,
+                  absl::StrCat("'", request.candidate, "' is not a voting member of the cluster"));
+  }
+  if (!IsVoter(state.membership, self)) {
+    return Refuse(self, highest, "this node is a learner: it does not vote");
+  }
+  if (request.epoch <= highest) {
+    if (!request.pre_vote && request.epoch == state.vote_epoch &&
+        state.voted_for == request.candidate) {
+      VoteAnswer again;  // our answer was lost: the same vote again
+      again.reply.granted = true;
+      again.reply.voter = self;
+      again.reply.epoch = highest;
+      return again;
+    }
+    return Refuse(
+        self, highest,
+        state.vote_epoch == request.epoch
+            ? absl::StrCat("this node voted for '", state.voted_for, "' in epoch ", request.epoch)
+            : absl::StrCat("epoch ", request.epoch, " is not above epoch ", highest,
+                           ", which this node has seen"));
+  }
+  if (view.leads) {
+    return Refuse(self, highest, absl::StrCat("this node leads epoch ", state.epoch));
+  }
+  if (view.leader_heard_us != kNever &&
+      now_us - view.leader_heard_us < int64_t{options.election_timeout_ms} * 1000) {
+    return Refuse(self, highest,
+                  absl::StrCat("this node heard from its leader '", state.leader, "' ",
+                               (now_us - view.leader_heard_us) / 1000, " ms ago"));
+  }
+  LogPosition mine = LogPositionOf(state, view.latest);
+  LogPosition theirs{request.last_seq, request.last_epoch, request.last_leader};
+  if (!AtLeastAsUpToDate(theirs, mine)) {
+    return Refuse(self, highest,
+                  absl::StrCat("the candidate's log ends at ", Describe(theirs),
+                               ", behind this node's, which ends at ", Describe(mine)));
+  }
+  VoteAnswer a;
+  a.reply.granted = true;
+  a.reply.voter = self;
+  a.reply.epoch = highest;
+  if (!request.pre_vote) {
+    NodeState next = state;
+    next.vote_epoch = request.epoch;
+    next.voted_for = request.candidate;
+    a.reply.epoch = request.epoch;
+    a.save = std::move(next);
+  }
+  return a;
+}
+
+Election::Election(ElectionOptions options, uint64_t seed, int64_t now_us)
+    : options_(std::move(options)), rng_(seed) {
+  stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000 + Jitter();
+}
+
+int64_t Election::Jitter() {
+  if (options_.jitter_ms == 0) return 0;
+  return static_cast<int64_t>(rng_() % (uint64_t{options_.jitter_ms} * 1000));
+}
+
+void Election::OnLeaderContact(int64_t now_us) {
+  if (phase_ == Phase::kWon) return;
+  phase_ = Phase::kFollowing;
+  round_deadline_us_ = kNever;
+  granted_.clear();
+  stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000 + Jitter();
+}
+
+void Election::GiveUp(int64_t now_us) {
+  phase_ = Phase::kFollowing;
+  round_deadline_us_ = kNever;
+  granted_.clear();
+  stand_at_us_ = now_us + Jitter();
+}
+
+void Election::Abandon(int64_t now_us) {
+  if (phase_ == Phase::kWon) return;
+  GiveUp(now_us);
+}
+
+int64_t Election::NextWakeUp() const {
+  switch (phase_) {
+    case Phase::kFollowing:
+      return may_stand_ ? stand_at_us_ : kNever;
+    case Phase::kPreVote:
+    case Phase::kVote:
+      return round_deadline_us_;
+    case Phase::kWon:
+      return kNever;
+  }
+  return kNever;
+}
+
+void Election::Tick(const NodeState& state, SequenceNumber latest, int64_t now_us,
+                    ElectionOutbox* out) {
+  switch (phase_) {
+    case Phase::kFollowing:
+      if (!may_stand_ || now_us < stand_at_us_) return;
+      if (!IsVoter(state.membership, options_.self)) {
+        stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000;
+        return;
+      }
+      StartRound(/*pre_vote=*/true, state, latest, now_us, out);
+      return;
+    case Phase::kPreVote:
+    case Phase::kVote:
+      if (now_us >= round_deadline_us_) {
+        out->logs.push_back(absl::StrCat(
+            "no majority for epoch ", epoch_, " within ", options_.round_timeout_ms, " ms (",
+            phase_ == Phase::kPreVote ? "pre-vote" : "vote", "); standing again later"));
+        GiveUp(now_us);
+      }
+      return;
+    case Phase::kWon:
+      return;
+  }
+}
+
+void Election::StartRound(bool pre_vote, const NodeState& state, SequenceNumber latest,
+                          int64_t now_us, ElectionOutbox* out) {
+  if (pre_vote) {
+    epoch_ = std::max(state.HighestEpoch(), seen_epoch_) + 1;
+  } else {
+    if (state.HighestEpoch() >= epoch_) {
+      // This node voted in that epoch meanwhile (for another candidate), or heard of it.
+      out->logs.push_back(absl::StrCat("epoch ", epoch_,
+                                       " was taken up meanwhile (this node "
+                                       "has seen ",
+                                       state.HighestEpoch(),
+                                       "); standing again "
+                                       "later"));
+      GiveUp(now_us);
+      return;
+    }
+    NodeState next = state;
+    next.vote_epoch = epoch_;
+    next.voted_for = options_.self;
+    out->save = std::move(next);
+  }
+  phase_ = pre_vote ? Phase::kPreVote : Phase::kVote;
+  round_deadline_us_ = now_us + int64_t{options_.round_timeout_ms} * 1000;
+  granted_.clear();
+  granted_[options_.self] = true;
+  majority_ = state.membership.version == 0 ? 1 : state.membership.Majority();
+  LogPosition mine = LogPositionOf(state, latest);
+  VoteRequest r;
+  r.cluster = options_.cluster;
+  r.candidate = options_.self;
+  r.epoch = epoch_;
+  r.pre_vote = pre_vote;
+  r.last_seq = mine.seq;
+  r.last_epoch = mine.epoch;
+  r.last_leader = mine.leader;
+  for (const std::string& voter : state.membership.VotersExcept(options_.self)) {
+    out->send.emplace_back(voter, r);
+  }
+  out->logs.push_back(absl::StrCat(pre_vote ? "standing for epoch " : "asking for votes in epoch ",
+                                   epoch_, pre_vote ? " (pre-vote)" : "", "; log ends at ",
+                                   Describe(mine)));
+  Count(state, latest, now_us, out);
+}
+
+void Election::OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
+                       SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
+  if (!reply.granted) seen_epoch_ = std::max(seen_epoch_, reply.epoch);
+  bool current = request.epoch == epoch_ && ((phase_ == Phase::kPreVote && request.pre_vote) ||
+                                             (phase_ == Phase::kVote && !request.pre_vote));
+  if (!current || reply.voter.empty() || reply.voter == options_.self) return;
+  granted_[reply.voter] = reply.granted;
+  if (!reply.granted) {
+    out->logs.push_back(absl::StrCat("'", reply.voter, "' refused its ",
+                                     request.pre_vote ? "pre-vote" : "vote", " in epoch ", epoch_,
+                                     ": ", reply.message));
+  }
+  Count(state, latest, now_us, out);
+}
+
+void Election::Count(const NodeState& state, SequenceNumber latest, int64_t now_us,
+                     ElectionOutbox* out) {
+  size_t yes = 0;
+  for (const auto& [voter, granted] : granted_) yes += granted ? 1 : 0;
+  if (yes < majority_) return;
+  if (phase_ == Phase::kPreVote) {
+    StartRound(/*pre_vote=*/false, state, latest, now_us, out);
+  } else if (phase_ == Phase::kVote) {
+    phase_ = Phase::kWon;
+    round_deadline_us_ = kNever;
+    out->lead = epoch_;
+    out->logs.push_back(absl::StrCat("won epoch ", epoch_, " with ", yes, " of the votes"));
+  }
+}
+
+void LeaderLease::OnAck(const std::string& voter, int64_t sent_us) {
+  int64_t& t = acked_sent_us_[voter];
+  t = std::max(t, sent_us);
+}
+
+int64_t LeaderLease::ExpiresAt(const Membership& m, const std::string& self) const {
+  // The majority-th most recent send time among the voters, the leader's own being "now".
+  std::vector<int64_t> times;
+  bool self_votes = m.version == 0 || IsVoter(m, self);
+  for (const Member& member : m.members) {
+    if (!member.voter || member.id == self) continue;
+    auto it = acked_sent_us_.find(member.id);
+    times.push_back(it == acked_sent_us_.end() ? kNotHeld : it->second);
+  }
+  size_t need = m.version == 0 ? 1 : m.Majority();
+  if (self_votes) {
+    if (need <= 1) return kNever;  // the only voter holds it alone
+    need -= 1;
+  }
+  if (times.size() < need) return kNotHeld;
+  std::sort(times.begin(), times.end(), std::greater<int64_t>());
+  int64_t t = times[need - 1];
+  return t == kNotHeld ? kNotHeld : t + lease_us_;
+}
+
+bool LeaderLease::Holds(const Membership& m, const std::string& self, int64_t now_us) const {
+  return now_us < ExpiresAt(m, self);
+}
+
+}  // namespace walship::replication

@@ -1,0 +1,181 @@
+// Failover by majority vote: when a node stands for leader, how the others vote, and how long
+// a leader may go on taking writes without hearing from a majority.
+//
+// A follower that has heard nothing from its leader for the election time-out, plus a random
+// part of the jitter (so that one node usually stands alone), stands in epoch E, one above
+// every epoch it has seen:
+//   1. Pre-vote: it asks every other voter whether it would vote for it in E. A pre-vote
+//      changes nothing anywhere, so a node cut off from the others, which could never win,
+//      does not raise the epoch everyone else must then refuse below.
+//   2. With a majority of the voters (itself included) willing, it saves a vote for itself in
+//      E and asks for real votes. A voter grants one vote per epoch, saved before it answers.
+//   3. With a majority of real votes it has won E: it begins E at its log's end + 1 and leads.
+// A round that gets no majority within the round time-out is given up, and the node stands
+// again after another random wait. A leader heard from meanwhile ends the election.
+//
+// A voter grants a vote (or a pre-vote) only when all of these hold:
+//   - the candidate is a voting member of the cluster, and so is the voter;
+//   - E is above every epoch the voter has seen (or the voter voted for this candidate in E
+//     already, and its answer was lost);
+//   - the voter does not lead, and has not heard from a leader within the election time-out
+//     (so a node that merely lost its own connection cannot depose a leader the others hear);
+//   - the candidate's log is at least as up to date as the voter's: it ends in a later epoch,
+//     or in the same epoch and at least as far. The winner's log is then at least as long as
+//     a majority's, and every write a majority held is in it: a follower that lags is never
+//     elected over one that holds more of the history.
+//
+// The lease: a leader counts, for each voter, when it sent the last message that voter
+// acknowledged. While a majority of the voters (itself included) acknowledged one sent
+// within the lease, no other node can be elected: each of them refuses votes for the
+// election time-out after it heard from the leader, and the lease is shorter. Past it, the
+// leader accepts no more writes and steps down, so a leader cut off from the others stops
+// acknowledging writes before anyone else can lead (no split brain).
+//
+// Thread safety: none; one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "replication/messages.h"
+#include "replication/node_state.h"
+#include "replication/shipper.h"
+
+namespace walship::replication {
+
+struct ElectionOptions {
+  std::string self;
+  std::string cluster;
+  // A leader silent this long is suspected, and a voter that heard from a leader more
+  // recently refuses to vote.
+  uint32_t election_timeout_ms = 2000;
+  // A node stands a random part of this later than the time-out, and as much again after a
+  // round without a majority.
+  uint32_t jitter_ms = 1000;
+  // A round of votes without a majority by this long is given up.
+  uint32_t round_timeout_ms = 1000;
+};
+
+// Where a node's log ends, as voters compare it: its last sequence number and the epoch entry
+// it was written under.
+struct LogPosition {
+  SequenceNumber seq = 0;
+  Epoch epoch = 0;
+  std::string leader;  // the node that began that epoch ("": unknown)
+};
+
+LogPosition LogPositionOf(const NodeState& state, SequenceNumber latest);
+// Whether a log ending at `a` is at least as up to date as one ending at `b`: a later epoch,
+// or the same epoch (begun by the same node, when both are known) and at least as far.
+bool AtLeastAsUpToDate(const LogPosition& a, const LogPosition& b);
+std::string Describe(const LogPosition& p);
+
+// What a voter knows besides its saved state.
+struct VoterView {
+  SequenceNumber latest = 0;  // its log's end
+  bool leads = false;         // it leads now
+  // When it last heard from the leader it follows (the monotonic clock, µs). A node that
+  // starts counts its start as such a time: it may have acknowledged a leader just before it
+  // stopped, and that leader's lease relies on it refusing votes for an election time-out
+  // after. kNever: no leader to be loyal to (tests).
+  int64_t leader_heard_us = kNever;
+};
+
+struct VoteAnswer {
+  VoteReply reply;
+  // A real vote granted: save this state before answering. A vote that cannot be saved is
+  // no answer (the candidate asks again), never a refusal.
+  std::optional<NodeState> save;
+};
+
+// The answer of the voter `options.self`, holding `state`, to `request`.
+VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteRequest& request,
+                      const ElectionOptions& options, int64_t now_us);
+
+struct ElectionOutbox {
+  // Save this state (the node's vote for itself) before sending what follows; when the save
+  // fails, send nothing and call Election::Abandon.
+  std::optional<NodeState> save;
+  std::vector<std::pair<std::string, VoteRequest>> send;  // (voter, request)
+  // Won: begin this epoch (BeginElectedEpoch at the log's end + 1) and lead.
+  std::optional<Epoch> lead;
+  std::vector<std::string> logs;
+};
+
+class Election {
+ public:
+  enum class Phase {
+    kFollowing,  // the leader is heard, or was until lately
+    kPreVote,    // a round of pre-votes is out
+    kVote,       // a round of real votes is out (the node voted for itself)
+    kWon,        // it won `epoch()`; the caller leads
+  };
+
+  // `seed` draws the random waits; `now_us` starts the first wait for the leader.
+  Election(ElectionOptions options, uint64_t seed, int64_t now_us);
+
+  // The leader was heard from (any message of the stream): an election not yet won ends.
+  void OnLeaderContact(int64_t now_us);
+  // Runs what is due: stands when the leader has been silent too long, gives up a round past
+  // its time-out. `state` is the node's saved state, `latest` its log's end.
+  void Tick(const NodeState& state, SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
+  // The answer to `request` (sent from an outbox) from its voter.
+  void OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
+               SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
+  // The vote for itself could not be saved: the round ends as if refused.
+  void Abandon(int64_t now_us);
+
+  int64_t NextWakeUp() const;
+  Phase phase() const { return phase_; }
+  Epoch epoch() const { return epoch_; }  // the epoch stood for (0: never)
+  // Standing is off (a learner, or an operator's choice): the node only votes.
+  void set_may_stand(bool may) { may_stand_ = may; }
+
+ private:
+  void StartRound(bool pre_vote, const NodeState& state, SequenceNumber latest, int64_t now_us,
+                  ElectionOutbox* out);
+  void Count(const NodeState& state, SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
+  void GiveUp(int64_t now_us);
+  int64_t Jitter();
+
+  const ElectionOptions options_;
+  std::mt19937_64 rng_;
+  Phase phase_ = Phase::kFollowing;
+  bool may_stand_ = true;
+  int64_t stand_at_us_;  // kFollowing: when to stand if nothing is heard
+  int64_t round_deadline_us_ = kNever;
+  Epoch epoch_ = 0;                      // the epoch of the current (or last) round
+  Epoch seen_epoch_ = 0;                 // the highest epoch a refusal named
+  std::map<std::string, bool> granted_;  // this round's answers, by voter
+  uint64_t majority_ = 1;
+};
+
+// A leader's lease (see above): when it sent the last message each voter acknowledged.
+class LeaderLease {
+ public:
+  // `lease_ms` must be below the voters' election time-out (by a margin for clock rates).
+  explicit LeaderLease(uint32_t lease_ms) : lease_us_(int64_t{lease_ms} * 1000) {}
+
+  // `voter` acknowledged a message this leader sent at `sent_us`.
+  void OnAck(const std::string& voter, int64_t sent_us);
+  // Whether a majority of `m`'s voters, `self` included, acknowledged a message sent after
+  // now - lease. A new leader (a new LeaderLease) holds none until they have.
+  bool Holds(const Membership& m, const std::string& self, int64_t now_us) const;
+  // Until when it holds if no acknowledgement comes: kNotHeld when a majority never
+  // acknowledged, kNever when this leader is the only voter.
+  int64_t ExpiresAt(const Membership& m, const std::string& self) const;
+  static constexpr int64_t kNotHeld = std::numeric_limits<int64_t>::min();
+  int64_t lease_us() const { return lease_us_; }
+
+ private:
+  const int64_t lease_us_;
+  std::map<std::string, int64_t> acked_sent_us_;
+};
+
+}  // namespace walship::replication

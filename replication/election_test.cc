@@ -1,0 +1,322 @@
+// Unit tests of elections and leases (replication/election.h): how a voter answers, how a
+// candidate counts, and when a leader's lease holds.
+#include "replication/election.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace walship::replication {
+namespace {
+
+constexpr int64_t kMs = 1000;
+
+Membership Voters(std::vector<std::string> ids) {
+  std::vector<Member> members;
+  for (const std::string& id : ids) members.push_back({id, "", true});
+  return MembershipOf(members, 1);
+}
+
+ElectionOptions Opts(const std::string& self) {
+  ElectionOptions o;
+  o.self = self;
+  o.cluster = "c";
+  o.election_timeout_ms = 2000;
+  o.jitter_ms = 1000;
+  o.round_timeout_ms = 1000;
+  return o;
+}
+
+// A node that followed n1 in epoch 3 (begun at seq 101) and holds up to seq `latest`.
+NodeState Follower(const std::vector<std::string>& members = {"n1", "n2", "n3"}) {
+  NodeState s;
+  s.database_id = "db";
+  s.epoch = 3;
+  s.history = {{1, 1, "n1"}, {3, 101, "n1"}};
+  s.role = "follower";
+  s.leader = "n1";
+  s.membership = Voters(members);
+  return s;
+}
+
+VoteRequest Ask(const std::string& candidate, Epoch epoch, SequenceNumber last_seq,
+                Epoch last_epoch, bool pre_vote = false) {
+  VoteRequest r;
+  r.cluster = "c";
+  r.candidate = candidate;
+  r.epoch = epoch;
+  r.pre_vote = pre_vote;
+  r.last_seq = last_seq;
+  r.last_epoch = last_epoch;
+  r.last_leader = "n1";
+  return r;
+}
+
+TEST(ElectionTest, LogsCompareByEpochThenSequence) {
+  EXPECT_TRUE(AtLeastAsUpToDate({150, 3, "n1"}, {150, 3, "n1"}));
+  EXPECT_TRUE(AtLeastAsUpToDate({151, 3, "n1"}, {150, 3, "n1"}));
+  EXPECT_FALSE(AtLeastAsUpToDate({149, 3, "n1"}, {150, 3, "n1"}));
+  // A later epoch wins however short: the longer log holds writes no majority kept.
+  EXPECT_TRUE(AtLeastAsUpToDate({120, 4, "n2"}, {150, 3, "n1"}));
+  EXPECT_FALSE(AtLeastAsUpToDate({900, 2, "n1"}, {150, 3, "n1"}));
+  // One number begun by two nodes: neither is taken for the other.
+  EXPECT_FALSE(AtLeastAsUpToDate({900, 3, "n2"}, {150, 3, "n1"}));
+  NodeState s = Follower();
+  LogPosition p = LogPositionOf(s, 100);
+  EXPECT_EQ(p.epoch, 1u);
+  EXPECT_EQ(LogPositionOf(s, 101).epoch, 3u);
+}
+
+TEST(ElectionTest, AVoteIsSavedAndGrantedOncePerEpoch) {
+  NodeState s = Follower();
+  VoterView v{.latest = 150};
+  VoteAnswer a = AnswerVote(s, v, Ask("n2", 4, 150, 3), Opts("n3"), 10'000 * kMs);
+  ASSERT_TRUE(a.reply.granted) << a.reply.message;
+  ASSERT_TRUE(a.save.has_value());
+  EXPECT_EQ(a.save->vote_epoch, 4u);
+  EXPECT_EQ(a.save->voted_for, "n2");
+  EXPECT_EQ(a.reply.epoch, 4u);
+  s = *a.save;
+  EXPECT_EQ(s.HighestEpoch(), 4u);
+  // Another candidate in the same epoch is refused, naming the vote.
+  VoteAnswer b = AnswerVote(s, v, Ask("n1", 4, 150, 3), Opts("n3"), 10'001 * kMs);
+  EXPECT_FALSE(b.reply.granted);
+  EXPECT_FALSE(b.save.has_value());
+  EXPECT_NE(b.reply.message.find("voted for 'n2' in epoch 4"), std::string::npos)
+      << b.reply.message;
+  // The same candidate asking again (its answer was lost) gets the same vote.
+  VoteAnswer c = AnswerVote(s, v, Ask("n2", 4, 150, 3), Opts("n3"), 10'002 * kMs);
+  EXPECT_TRUE(c.reply.granted);
+  // An epoch at or below one seen is refused, with the epoch the voter has seen.
+  VoteAnswer d = AnswerVote(s, v, Ask("n1", 3, 150, 3), Opts("n3"), 10'003 * kMs);
+  EXPECT_FALSE(d.reply.granted);
+  EXPECT_EQ(d.reply.epoch, 4u);
+}
+
+TEST(ElectionTest, APreVoteChangesNothing) {
+  NodeState s = Follower();
+  VoteAnswer a =
+      AnswerVote(s, {.latest = 150}, Ask("n2", 4, 150, 3, true), Opts("n3"), 10'000 * kMs);
+  EXPECT_TRUE(a.reply.granted);
+  EXPECT_FALSE(a.save.has_value());
+  EXPECT_EQ(a.reply.epoch, 3u);
+}
+
+TEST(ElectionTest, AVoterThatHearsItsLeaderRefuses) {
+  NodeState s = Follower();
+  VoterView v{.latest = 150, .leads = false, .leader_heard_us = 9'000 * kMs};
+  VoteAnswer a = AnswerVote(s, v, Ask("n2", 4, 150, 3), Opts("n3"), 10'000 * kMs);
+  EXPECT_FALSE(a.reply.granted);
+  EXPECT_NE(a.reply.message.find("heard from its leader 'n1' 1000 ms ago"), std::string::npos)
+      << a.reply.message;
+  // Past the election time-out it votes.
+  EXPECT_TRUE(AnswerVote(s, v, Ask("n2", 4, 150, 3), Opts("n3"), 11'000 * kMs).reply.granted);
+  // A leader never votes.
+  v.leads = true;
+  v.leader_heard_us = kNever;
+  EXPECT_FALSE(AnswerVote(s, v, Ask("n2", 4, 150, 3), Opts("n3"), 11'000 * kMs).reply.granted);
+}
+
+TEST(ElectionTest, ACandidateBehindTheVoterIsRefused) {
+  NodeState s = Follower();
+  VoteAnswer a = AnswerVote(s, {.latest = 150}, Ask("n2", 4, 149, 3), Opts("n3"), 0);
+  EXPECT_FALSE(a.reply.granted);
+  EXPECT_NE(a.reply.message.find("ends at seq 149 of epoch 3 (n1), behind this node's, which "
+                                 "ends at seq 150 of epoch 3 (n1)"),
+            std::string::npos)
+      << a.reply.message;
+  // Longer but of an older epoch: behind too.
+  EXPECT_FALSE(AnswerVote(s, {.latest = 150}, Ask("n2", 4, 500, 1), Opts("n3"), 0).reply.granted);
+  EXPECT_FALSE(
+      AnswerVote(s, {.latest = 150}, Ask("n2", 4, 149, 3, true), Opts("n3"), 0).reply.granted);
+}
+
+TEST(ElectionTest, LearnersNeitherStandNorVote) {
+  NodeState s = Follower();
+  s.membership = Voters({"n1", "n2", "n3"});
+  s.membership.members.push_back({"n4", "", false});
+  VoteAnswer a = AnswerVote(s, {.latest = 150}, Ask("n4", 4, 150, 3), Opts("n3"), 0);
+  EXPECT_FALSE(a.reply.granted);
+  EXPECT_NE(a.reply.message.find("'n4' is not a voting member"), std::string::npos);
+  VoteAnswer b = AnswerVote(s, {.latest = 150}, Ask("n2", 4, 150, 3), Opts("n4"), 0);
+  EXPECT_FALSE(b.reply.granted);
+  Election e(Opts("n4"), 1, 0);
+  ElectionOutbox out;
+  e.Tick(s, 150, 100'000 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  EXPECT_TRUE(out.send.empty());
+}
+
+TEST(ElectionTest, OtherClustersAndVersionsAreRefusedNamingThem) {
+  NodeState s = Follower();
+  VoteRequest r = Ask("n2", 4, 150, 3);
+  r.cluster = "other";
+  EXPECT_NE(AnswerVote(s, {.latest = 150}, r, Opts("n3"), 0).reply.message.find("'other'"),
+            std::string::npos);
+  r = Ask("n2", 4, 150, 3);
+  r.version = 99;
+  EXPECT_NE(AnswerVote(s, {.latest = 150}, r, Opts("n3"), 0).reply.message.find("version 99"),
+            std::string::npos);
+}
+
+// Answers `out`'s requests with the voters' AnswerVote, saving what they save.
+void Deliver(Election& e, ElectionOutbox& out, std::map<std::string, NodeState>& voters,
+             NodeState& self, SequenceNumber latest, int64_t now) {
+  if (out.save) self = *out.save;
+  auto sent = out.send;
+  out = ElectionOutbox{};
+  for (const auto& [to, req] : sent) {
+    VoteAnswer a = AnswerVote(voters[to], {.latest = 150}, req, Opts(to), now);
+    if (a.save) voters[to] = *a.save;
+    e.OnReply(req, a.reply, self, latest, now, &out);
+  }
+}
+
+TEST(ElectionTest, StandsAfterTheTimeOutAndWinsWithAMajority) {
+  NodeState self = Follower();
+  std::map<std::string, NodeState> voters{{"n1", Follower()}, {"n3", Follower()}};
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  EXPECT_GE(e.NextWakeUp(), 2000 * kMs);
+  EXPECT_LT(e.NextWakeUp(), 3000 * kMs);
+  e.Tick(self, 150, 1999 * kMs, &out);
+  EXPECT_TRUE(out.send.empty());
+  int64_t now = e.NextWakeUp();
+  e.Tick(self, 150, now, &out);
+  ASSERT_EQ(e.phase(), Election::Phase::kPreVote);
+  ASSERT_EQ(out.send.size(), 2u);
+  EXPECT_TRUE(out.send[0].second.pre_vote);
+  EXPECT_EQ(out.send[0].second.epoch, 4u);
+  EXPECT_FALSE(out.save.has_value());
+  Deliver(e, out, voters, self, 150, now);
+  // The pre-votes made a majority: it saved its own vote and asks for real ones.
+  ASSERT_EQ(e.phase(), Election::Phase::kVote);
+  ASSERT_TRUE(out.save.has_value());
+  EXPECT_EQ(out.save->vote_epoch, 4u);
+  EXPECT_EQ(out.save->voted_for, "n2");
+  EXPECT_FALSE(out.send[0].second.pre_vote);
+  Deliver(e, out, voters, self, 150, now);
+  EXPECT_EQ(e.phase(), Election::Phase::kWon);
+  ASSERT_TRUE(out.lead.has_value());
+  EXPECT_EQ(*out.lead, 4u);
+  // It leads epoch 4 from its log's end.
+  BeginElectedEpoch(self, 151, "n2", *out.lead);
+  EXPECT_EQ(self.history.back(), (EpochEntry{4, 151, "n2"}));
+}
+
+TEST(ElectionTest, TheLeaderHeardEndsAnElection) {
+  NodeState self = Follower();
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  e.Tick(self, 150, e.NextWakeUp(), &out);
+  ASSERT_EQ(e.phase(), Election::Phase::kPreVote);
+  e.OnLeaderContact(3500 * kMs);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  EXPECT_GE(e.NextWakeUp(), 5500 * kMs);
+  // A late grant of the abandoned round counts for nothing.
+  VoteReply yes{.granted = true, .voter = "n3", .epoch = 3, .message = ""};
+  out = ElectionOutbox{};
+  e.OnReply(out.send.empty() ? Ask("n2", 4, 150, 3, true) : out.send[0].second, yes, self, 150,
+            3600 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  EXPECT_TRUE(out.send.empty());
+}
+
+TEST(ElectionTest, ARoundWithoutAMajorityIsGivenUpAndTriedAboveWhatTheRefusalsNamed) {
+  NodeState self = Follower({"n1", "n2", "n3", "n4", "n5"});
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  int64_t now = e.NextWakeUp();
+  e.Tick(self, 150, now, &out);
+  ASSERT_EQ(out.send.size(), 4u);
+  VoteRequest req = out.send[0].second;
+  // One grant (two of five with its own) is no majority; a refusal names epoch 9.
+  e.OnReply(req, {.granted = true, .voter = "n1", .epoch = 3, .message = ""}, self, 150, now, &out);
+  e.OnReply(req, {.granted = false, .voter = "n3", .epoch = 9, .message = "no"}, self, 150, now,
+            &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kPreVote);
+  e.Tick(self, 150, now + 999 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kPreVote);
+  e.Tick(self, 150, now + 1000 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  out = ElectionOutbox{};
+  now = e.NextWakeUp();
+  EXPECT_LT(now, 3000 * kMs + 2000 * kMs + 1000 * kMs);
+  e.Tick(self, 150, now, &out);
+  ASSERT_FALSE(out.send.empty());
+  EXPECT_EQ(out.send[0].second.epoch, 10u);
+}
+
+TEST(ElectionTest, AVoteGivenToAnotherMeanwhileEndsTheRound) {
+  NodeState self = Follower();
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  int64_t now = e.NextWakeUp();
+  e.Tick(self, 150, now, &out);
+  VoteRequest req = out.send[0].second;
+  // Before the pre-votes come back, n2 grants n3 its vote in epoch 4.
+  self.vote_epoch = 4;
+  self.voted_for = "n3";
+  out = ElectionOutbox{};
+  e.OnReply(req, {.granted = true, .voter = "n1", .epoch = 3, .message = ""}, self, 150, now, &out);
+  EXPECT_FALSE(out.save.has_value());
+  EXPECT_TRUE(out.send.empty());
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+}
+
+TEST(ElectionTest, TheOnlyVoterWinsAlone) {
+  NodeState self = Follower({"n2"});
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  e.Tick(self, 150, e.NextWakeUp(), &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kWon);
+  ASSERT_TRUE(out.save.has_value());
+  EXPECT_EQ(out.lead, std::optional<Epoch>(4));
+}
+
+TEST(ElectionTest, ALeaseHoldsWhileAMajorityAcknowledgesWithinIt) {
+  Membership m = Voters({"n1", "n2", "n3", "n4", "n5"});
+  LeaderLease lease(1500);
+  EXPECT_FALSE(lease.Holds(m, "n1", 0));
+  lease.OnAck("n2", 100 * kMs);
+  EXPECT_FALSE(lease.Holds(m, "n1", 200 * kMs));  // two of five
+  lease.OnAck("n3", 300 * kMs);
+  EXPECT_TRUE(lease.Holds(m, "n1", 400 * kMs));
+  // It lasts from the older of the two sends that make the majority.
+  EXPECT_EQ(lease.ExpiresAt(m, "n1"), 1600 * kMs);
+  EXPECT_FALSE(lease.Holds(m, "n1", 1600 * kMs));
+  lease.OnAck("n2", 50 * kMs);  // an older send acknowledged late changes nothing
+  EXPECT_EQ(lease.ExpiresAt(m, "n1"), 1600 * kMs);
+  lease.OnAck("n4", 1000 * kMs);
+  EXPECT_EQ(lease.ExpiresAt(m, "n1"), 1800 * kMs);
+  // Learners do not count.
+  Membership with_learner = Voters({"n1", "n2", "n3"});
+  with_learner.members.push_back({"n9", "", false});
+  LeaderLease l2(1500);
+  l2.OnAck("n9", 100 * kMs);
+  EXPECT_FALSE(l2.Holds(with_learner, "n1", 200 * kMs));
+  l2.OnAck("n3", 100 * kMs);
+  EXPECT_TRUE(l2.Holds(with_learner, "n1", 200 * kMs));
+  // The only voter holds it alone.
+  EXPECT_TRUE(LeaderLease(1500).Holds(Voters({"n1"}), "n1", 99'999 * kMs));
+}
+
+TEST(ElectionTest, TheVoteIsKeptInTheNodeState) {
+  NodeState s = Follower();
+  s.vote_epoch = 4;
+  s.voted_for = "n2";
+  std::string path = ::testing::TempDir() + "/election-node-state";
+  ASSERT_TRUE(SaveNodeState(path, s).ok());
+  auto back = LoadNodeState(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->vote_epoch, 4u);
+  EXPECT_EQ(back->voted_for, "n2");
+  EXPECT_EQ(back->HighestEpoch(), 4u);
+  // A node that never voted writes no vote line and reads back none.
+  NodeState never = Follower();
+  ASSERT_TRUE(SaveNodeState(path, never).ok());
+  EXPECT_EQ(LoadNodeState(path)->vote_epoch, 0u);
+}
+
+}  // namespace
+}  // namespace walship::replication
