@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "base/check.h"
 #include "engine/batch_format.h"
+#include "engine/info_log.h"
 #include "engine/rocks_status.h"
 
 namespace walship::engine {
@@ -280,6 +281,9 @@ class EngineImpl final : public Engine {
   }
 
   absl::StatusOr<SequenceNumber> CreateCheckpoint(const std::string& dir) override {
+    // A checkpoint flushes and reads the WAL's state: not while the storage has failed (see
+    // SyncWal).
+    if (absl::Status error = StorageError(); !error.ok()) return error;
     rocksdb::Checkpoint* raw = nullptr;
     rocksdb::Status s = rocksdb::Checkpoint::Create(db_.get(), &raw);
     if (!s.ok()) return FromRocks(s);
@@ -310,7 +314,13 @@ class EngineImpl final : public Engine {
     return sst + mem;
   }
 
-  absl::Status SyncWal() override { return FromRocks(db_->SyncWAL()); }
+  absl::Status SyncWal() override {
+    // After a failed WAL write RocksDB stops writes, but SyncWAL would still sync the WAL
+    // writer that failed, which RocksDB 7.8 asserts against (its Debian build keeps asserts):
+    // report the error instead. The listener hears of the failure before the write returns.
+    if (absl::Status error = StorageError(); !error.ok()) return error;
+    return FromRocks(db_->SyncWAL());
+  }
 
   absl::Status StorageError() override {
     std::string error = errors_->Get();
@@ -495,7 +505,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   ro.enable_pipelined_write = false;
   ro.unordered_write = false;
   ro.two_write_queues = false;
-  ro.keep_log_file_num = 4;
+  // RocksDB's LOG, written by walship (engine/info_log.h): RocksDB's own logger aborts the
+  // process on its next line once a write to the file failed (a full disk).
+  ro.info_log = std::make_shared<InfoLog>(options.path + "/LOG");
+  ro.info_log->SetInfoLogLevel(rocksdb::InfoLogLevel::INFO_LEVEL);
   ro.max_background_jobs = 2;
   auto errors = std::make_shared<StorageErrorListener>();
   ro.listeners.push_back(errors);

@@ -24,6 +24,8 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
   const char* Name() const override { return "FailingFileSystem"; }
 
   void set_failing(bool failing) { failing_ = failing; }
+  // While set, appends to WAL files fail with "no space left" (a WAL that cannot grow).
+  void set_failing_wal(bool failing) { failing_wal_ = failing; }
 
   // Whether `thread` has opened or read a file since the last ForgetReaders().
   bool HasRead(std::thread::id thread) {
@@ -41,7 +43,23 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
     if (failing_ && name.size() > 4 && name.compare(name.size() - 4, 4, ".sst") == 0) {
       return rocksdb::IOStatus::NoSpace("injected: no space to create " + name);
     }
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".log") == 0) {
+      std::unique_ptr<rocksdb::FSWritableFile> inner;
+      rocksdb::IOStatus s = target()->NewWritableFile(name, options, &inner, dbg);
+      if (s.ok()) file->reset(new Wal(std::move(inner), *this));
+      return s;
+    }
     return target()->NewWritableFile(name, options, file, dbg);
+  }
+
+  rocksdb::IOStatus ReopenWritableFile(const std::string& name,
+                                       const rocksdb::FileOptions& options,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* file,
+                                       rocksdb::IODebugContext* dbg) override {
+    std::unique_ptr<rocksdb::FSWritableFile> inner;
+    rocksdb::IOStatus s = target()->ReopenWritableFile(name, options, &inner, dbg);
+    if (s.ok()) file->reset(new Wal(std::move(inner), *this));
+    return s;
   }
 
   rocksdb::IOStatus NewRandomAccessFile(const std::string& name,
@@ -92,6 +110,26 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
     FailingFileSystem& fs_;
   };
 
+  class Wal final : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    Wal(std::unique_ptr<rocksdb::FSWritableFile> inner, FailingFileSystem& fs)
+        : rocksdb::FSWritableFileOwnerWrapper(std::move(inner)), fs_(fs) {}
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
+                             rocksdb::IODebugContext* dbg) override {
+      if (fs_.failing_wal_) return rocksdb::IOStatus::NoSpace("injected: no space for the WAL");
+      return target()->Append(data, options, dbg);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
+                             const rocksdb::DataVerificationInfo& info,
+                             rocksdb::IODebugContext* dbg) override {
+      if (fs_.failing_wal_) return rocksdb::IOStatus::NoSpace("injected: no space for the WAL");
+      return target()->Append(data, options, info, dbg);
+    }
+
+   private:
+    FailingFileSystem& fs_;
+  };
+
   class Sequential final : public rocksdb::FSSequentialFileOwnerWrapper {
    public:
     Sequential(std::unique_ptr<rocksdb::FSSequentialFile> inner, FailingFileSystem& fs)
@@ -107,6 +145,7 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
   };
 
   std::atomic<bool> failing_ = false;
+  std::atomic<bool> failing_wal_ = false;
   std::mutex mu_;
   std::set<std::thread::id> readers_;  // under mu_
 };
