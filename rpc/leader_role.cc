@@ -128,6 +128,18 @@ kj::Promise<ReplicationOutcome> LeaderRole::AwaitReplicated(SequenceNumber seq,
 }
 
 kj::Promise<absl::Status> LeaderRole::AwaitCommitted(SequenceNumber seq) {
+  // Once the target was asked to take over it may lead already: what this node holds is no
+  // longer all that was acknowledged, and a committed read here could miss a write the new
+  // leader acknowledged before the read began. (Reads that began earlier wait on: nothing
+  // was acknowledged elsewhere before them.)
+  if (handover_.has_value() && handover_->phase() == replication::Handover::Phase::kAsked) {
+    absl::Status s = absl::UnavailableError(
+        absl::StrCat("committed reads are refused here: leadership is being handed over to '",
+                     handover_->target(), "'; read there"));
+    std::string address = node_.AddressOf(handover_->target());
+    if (!address.empty()) s.SetPayload(kLeaderHintUrl, absl::Cord(address));
+    return s;
+  }
   return Wait(seq, commit_wait_.options().cluster, true, true)
       .then([](ReplicationOutcome o) { return o.status; });
 }

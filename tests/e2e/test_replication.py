@@ -135,6 +135,30 @@ class ReplicationTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("'n9' is not a node of cluster", r.stderr)
 
+    def test_no_committed_read_at_a_leader_whose_successor_may_lead(self):
+        # n2 caught up, then stopped: n1 asks it to take over and hears nothing. From then on
+        # n2 may lead (its answer may only be late), so n1 refuses committed reads, which
+        # could miss writes n2 acknowledged; plain reads still answer.
+        c = self.c
+        c.load("n1", 300, seed=14)
+        c.cli("--node", "n1", "put", "k", "before")
+        c.wait_converged()
+        c.pause("n2")
+        try:
+            r = c.cli("--node", "n1", "handover", "n2", "--catch-up-ms", "1000", check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("no answer yet", r.stderr)
+            r = c.cli("--node", "n1", "--timeout-ms", "2000", "get", "--committed", "k",
+                      check=False)
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn("leadership is being handed over to 'n2'", r.stderr)
+            self.assertIn("before", c.cli("--node", "n1", "get", "k").stdout)
+        finally:
+            c.resume("n2")
+        wait_until(lambda: c.leaders() == ["n2"], 30, "n2 to take over")
+        c.cli("--node", "n2", "put", "k", "after")
+        self.assertIn("after", c.cli("--node", "n2", "get", "--committed", "k").stdout)
+
     def test_stopped_follower_does_not_block_the_leader_or_grow_its_memory(self):
         c = self.c
         c.load("n1", 200, seed=5)
