@@ -507,8 +507,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   ro.two_write_queues = false;
   // RocksDB's LOG, written by walship (engine/info_log.h): RocksDB's own logger aborts the
   // process on its next line once a write to the file failed (a full disk).
-  ro.info_log = std::make_shared<InfoLog>(options.path + "/LOG");
-  ro.info_log->SetInfoLogLevel(rocksdb::InfoLogLevel::INFO_LEVEL);
+  // (Not for a database that must exist and does not: the log would create its directory.)
+  if (options.create_if_missing || std::filesystem::exists(options.path)) {
+    ro.info_log = std::make_shared<InfoLog>(options.path + "/LOG");
+  }
   ro.max_background_jobs = 2;
   auto errors = std::make_shared<StorageErrorListener>();
   ro.listeners.push_back(errors);

@@ -140,8 +140,7 @@ void Election::GiveUp(int64_t now_us) {
 }
 
 void Election::Abandon(int64_t now_us) {
-  if (phase_ == Phase::kWon) return;
-  GiveUp(now_us);
+  GiveUp(now_us);  // a win that rested on the unsaved vote is void too
 }
 
 int64_t Election::NextWakeUp() const {

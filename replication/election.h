@@ -99,8 +99,8 @@ VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteR
                       const ElectionOptions& options, int64_t now_us);
 
 struct ElectionOutbox {
-  // Save this state (the node's vote for itself) before sending what follows; when the save
-  // fails, send nothing and call Election::Abandon.
+  // Save this state (the node's vote for itself) before sending or leading; when the save
+  // fails, send nothing, do not lead, and call Election::Abandon.
   std::optional<NodeState> save;
   std::vector<std::pair<std::string, VoteRequest>> send;  // (voter, request)
   // Won: begin this epoch (BeginElectedEpoch at the log's end + 1) and lead.
@@ -120,7 +120,9 @@ class Election {
   // `seed` draws the random waits; `now_us` starts the first wait for the leader.
   Election(ElectionOptions options, uint64_t seed, int64_t now_us);
 
-  // The leader was heard from (any message of the stream): an election not yet won ends.
+  // The leader was heard from (any message of the stream of a leader whose epoch is at least
+  // the highest this node has seen; a stale leader's counts for nothing): an election not yet
+  // won ends.
   void OnLeaderContact(int64_t now_us);
   // Runs what is due: stands when the leader has been silent too long, gives up a round past
   // its time-out. `state` is the node's saved state, `latest` its log's end.
@@ -128,7 +130,8 @@ class Election {
   // The answer to `request` (sent from an outbox) from its voter.
   void OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
                SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
-  // The vote for itself could not be saved: the round ends as if refused.
+  // The vote for itself could not be saved: the round ends as if refused (a win that rested
+  // on it is void).
   void Abandon(int64_t now_us);
 
   int64_t NextWakeUp() const;

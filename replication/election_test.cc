@@ -272,6 +272,10 @@ TEST(ElectionTest, TheOnlyVoterWinsAlone) {
   EXPECT_EQ(e.phase(), Election::Phase::kWon);
   ASSERT_TRUE(out.save.has_value());
   EXPECT_EQ(out.lead, std::optional<Epoch>(4));
+  // Had its vote not been saved, the win is void and it stands again later.
+  e.Abandon(200'000 * kMs);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  EXPECT_GT(e.NextWakeUp(), 200'000 * kMs - 1);
 }
 
 TEST(ElectionTest, ALeaseHoldsWhileAMajorityAcknowledgesWithinIt) {
