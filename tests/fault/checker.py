@@ -13,6 +13,12 @@ names the write it came from. What is checked:
 - stale read: a read that asked to see the thread's acknowledged writes (`min` = the sequence
   number of the last one) or asked for a committed read, and returned an older value than a
   write acknowledged before the read began; or a committed read of a value later lost.
+
+A write of unknown outcome (`info`: its client gave up waiting) may take effect at any time
+after it began, even after later writes of its thread were acknowledged: its request may
+still be on its way. Its value is then not stale, and a key that ends at it has not lost the
+acknowledged writes it overwrote. Such late writes are counted (`late`, `overwritten`), not
+reported as anomalies; the run prints them.
 - split brain: two leaders accepting writes in one window. A leadership term is a (node,
   epoch) pair; it accepts writes over one stretch of time. When a write acknowledged in term
   B starts after one write of term A ended and ends before another write of term A started,
@@ -63,6 +69,8 @@ class Report:
         self.unrecovered = []
         self.acked = collections.Counter()       # by durability
         self.lost_by = collections.Counter()     # by durability
+        self.late = []          # (read op, write of unknown outcome it saw, acked write after)
+        self.overwritten = []   # (acked op, the write of unknown outcome the key ends at)
         self.longest_no_ack_s = 0.0
 
     def anomalies(self):
@@ -90,6 +98,19 @@ class Report:
             out.append(f"UNRECOVERED: {n}")
         return out
 
+    def notes(self):
+        """What is allowed but worth seeing: writes of unknown outcome that landed late."""
+        out = [f"writes of unknown outcome seen after a later acknowledged write: "
+               f"{len(self.late)} reads; keys ending at one: {len(self.overwritten)}"]
+        for rd, w, a in self.late[:3]:
+            out.append(f"  late: {rd['k']}={w['v']} (sent at {w['s']}, its client gave up at "
+                       f"{w['e']}: {w.get('err', '')}) read at {rd['node']} at {rd['s']}, after "
+                       f"{a['k']}={a['v']} was acknowledged at {a['e']}")
+        for a, end in self.overwritten[:3]:
+            out.append(f"  overwritten: {a['k']}={a['v']} (acknowledged at {a['e']}) ends at "
+                       f"{end}, a write of unknown outcome")
+        return out
+
 
 def check(ops, final, faults=()):
     """`ops`: history records; `final`: {"nodes": {id: {key: value}}, "unrecovered": [...]}"""
@@ -114,13 +135,24 @@ def check(ops, final, faults=()):
         v = state.get(k)
         return int(v) if v is not None else 0
 
+    def landed_late(k, v, after):
+        """Whether value `v` of key `k` may have been written after the write of value `after`:
+        its write's outcome is unknown, and it began before (one writer per key, so a lower
+        value began earlier)."""
+        w = by_key.get(k, {}).get(v)
+        return w is not None and w["r"] == "info" and v < after
+
     for w in writes:
         if w["r"] != "ok":
             continue
         r.acked[w["dur"]] += 1
-        if final_value(w["k"]) < w["v"] and promised(w["dur"], faults):
-            r.lost.append((w, final_value(w["k"])))
-            r.lost_by[w["dur"]] += 1
+        end = final_value(w["k"])
+        if end < w["v"] and promised(w["dur"], faults):
+            if landed_late(w["k"], end, w["v"]):
+                r.overwritten.append((w, end))
+            else:
+                r.lost.append((w, end))
+                r.lost_by[w["dur"]] += 1
     for k, v in state.items():
         w = by_key.get(k, {}).get(int(v))
         if w is None:
@@ -151,7 +183,7 @@ def check(ops, final, faults=()):
             elif w["r"] == "fail":
                 r.phantom.append(("read a refused write", f"{rd['k']}={v} at {rd['node']}"))
         if rd.get("c"):
-            if v > final_value(rd["k"]):
+            if v > final_value(rd["k"]) and not landed_late(rd["k"], final_value(rd["k"]), v):
                 r.stale.append((rd, by_key[rd["k"]].get(v, {"k": rd["k"], "v": v}),
                                 "a committed read returned a write that was lost"))
         # The newest write acknowledged before the read began (one writer per key, so the
@@ -161,6 +193,9 @@ def check(ops, final, faults=()):
             continue
         w = best[rd["k"]][n - 1]
         if w["v"] <= v:
+            continue
+        if landed_late(rd["k"], v, w["v"]):
+            r.late.append((rd, by_key[rd["k"]][v], w))
             continue
         if rd.get("c"):
             r.stale.append((rd, w, "committed read"))
@@ -209,7 +244,7 @@ def main(argv):
     with open(argv[2]) as f:
         final = json.load(f)
     r = check(ops, final, final.get("faults", ()))
-    for line in r.lines():
+    for line in r.lines() + r.notes():
         print(line)
     print(f"acknowledged {sum(r.acked.values())}, lost {len(r.lost)}, anomalies {r.anomalies()}")
     return 1 if r.anomalies() else 0

@@ -78,6 +78,21 @@ class CheckerTest(unittest.TestCase):
         r = checker.check(ops, final)
         self.assertEqual(len(r.stale), 1, r.lines())
 
+    def test_a_write_of_unknown_outcome_may_land_after_later_writes(self):
+        ops, final = clean()
+        # p1's unknown write of 2 (350-600) arrives after its acknowledged 3 (610-700): a read
+        # that asked for 3 sees 2, and the key ends at 2. Neither is an anomaly; both count.
+        ops.append(read(1, "p1-k0", 2, "n2", 800, 810, min_seq=6))
+        for n in final["nodes"].values():
+            n["p1-k0"] = "2"
+        r = checker.check(ops, final)
+        self.assertEqual(r.anomalies(), 0, r.lines())
+        self.assertEqual([(rd["v"], w["v"], a["v"]) for rd, w, a in r.late], [(2, 2, 3)])
+        self.assertEqual([(w["v"], end) for w, end in r.overwritten], [(3, 2)])
+        # An acknowledged value is never excused so: a read of 1 after 3 is still stale.
+        ops.append(read(1, "p1-k0", 1, "n2", 820, 830, min_seq=6))
+        self.assertEqual(len(checker.check(ops, final).stale), 1)
+
     def test_a_read_without_a_guarantee_may_be_old(self):
         ops, final = clean()
         ops.append(read(0, "p0-k0", 1, "n3", 800, 810, min_seq=0))

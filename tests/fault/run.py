@@ -453,7 +453,7 @@ def main():
               f"{sum(len(g) for g in report.divergent[1:])}; unrecovered: "
               f"{len(report.unrecovered)}")
         print(f"longest time without an acknowledged write: {report.longest_no_ack_s:.1f}s")
-        for line in report.lines():
+        for line in report.notes() + report.lines():
             print(line)
         findings = report.anomalies()
         for wall_only, said in nemesis.clock_said:
