@@ -141,6 +141,9 @@ class StorageErrorListener final : public rocksdb::EventListener {
     if (error == nullptr || error->ok()) return;
     absl::MutexLock lock(&mu_);
     error_ = absl::StrCat(ReasonName(reason), ": ", error->ToString());
+    if (reason == rocksdb::BackgroundErrorReason::kWriteCallback && wal_failed_.empty()) {
+      wal_failed_ = error_;
+    }
   }
   void OnErrorRecoveryEnd(const rocksdb::BackgroundErrorRecoveryInfo& info) override {
     if (info.new_bg_error.ok()) Clear();
@@ -152,6 +155,11 @@ class StorageErrorListener final : public rocksdb::EventListener {
   std::string Get() const {
     absl::MutexLock lock(&mu_);
     return error_;
+  }
+  // The first failed write of the WAL ("" when none); never cleared (Engine::WalFailed).
+  std::string WalFailed() const {
+    absl::MutexLock lock(&mu_);
+    return wal_failed_;
   }
 
  private:
@@ -170,6 +178,7 @@ class StorageErrorListener final : public rocksdb::EventListener {
 
   mutable absl::Mutex mu_;
   std::string error_ ABSL_GUARDED_BY(mu_);
+  std::string wal_failed_ ABSL_GUARDED_BY(mu_);
 };
 
 class EngineImpl final : public Engine {
@@ -193,6 +202,7 @@ class EngineImpl final : public Engine {
           "writes without the WAL are refused: they would leave a hole in the replication log");
     }
     if (ops.empty()) return absl::InvalidArgumentError("a write needs at least one op");
+    WALSHIP_RETURN_IF_ERROR(WalFailed());
     rocksdb::WriteBatch wb;
     if (options.write_time_us > 0) {
       std::string blob = WriteTimeBlob(options.write_time_us);
@@ -238,6 +248,7 @@ class EngineImpl final : public Engine {
     // The bytes move into the WriteBatch that is checked and then written: no copies.
     rocksdb::WriteBatch wb(std::move(batch.data));
     WALSHIP_RETURN_IF_ERROR(CheckRecords(wb, batch.first_seq, batch.count, nullptr));
+    WALSHIP_RETURN_IF_ERROR(WalFailed());
     rocksdb::Status s = db_->Write(ToRocks(options), &wb);
     if (!s.ok()) return FromRocks(s);
     WALSHIP_CHECK(db_->GetLatestSequenceNumber() == batch.last_seq());
@@ -319,7 +330,16 @@ class EngineImpl final : public Engine {
     // writer that failed, which RocksDB 7.8 asserts against (its Debian build keeps asserts):
     // report the error instead. The listener hears of the failure before the write returns.
     if (absl::Status error = StorageError(); !error.ok()) return error;
+    WALSHIP_RETURN_IF_ERROR(WalFailed());
     return FromRocks(db_->SyncWAL());
+  }
+
+  absl::Status WalFailed() override {
+    std::string failed = errors_->WalFailed();
+    if (failed.empty()) return absl::OkStatus();
+    return absl::UnavailableError(absl::StrCat(
+        "the WAL could not be written (", failed, "); the node must restart to go on: "
+        "RocksDB recovers from its WAL at start"));
   }
 
   absl::Status StorageError() override {

@@ -210,6 +210,14 @@ class Engine {
   // failed WAL write), or OK. While it is set RocksDB refuses every write with it.
   virtual absl::Status StorageError() = 0;
 
+  // Why a write to the WAL failed, or OK while none has. Once one has, this database takes no
+  // more writes or WAL syncs, and must not be closed: RocksDB 7.8 (Debian's build keeps its
+  // asserts) aborts the process on any later use of that WAL file's writer, closing the
+  // database included, and its own recovery can leave that writer in place. The node exits
+  // instead (a process exit loses nothing the kernel holds) and, started again, RocksDB
+  // replays the WAL and drops its torn last record, a write that was never acknowledged.
+  virtual absl::Status WalFailed() = 0;
+
   // Asks RocksDB to recover from the storage error once its cause is gone (DB::Resume). OK
   // when writes work again (also when there was no error); kUnavailable while RocksDB is
   // recovering by itself (a full disk); otherwise the error that remains.

@@ -435,6 +435,7 @@ class SlowApplyEngine final : public Engine {
   absl::Status SyncWal() override { return inner_->SyncWal(); }
   absl::Status StorageError() override { return inner_->StorageError(); }
   absl::Status Resume() override { return inner_->Resume(); }
+  absl::Status WalFailed() override { return inner_->WalFailed(); }
   absl::StatusOr<engine::WalTrim> TrimWalArchive(engine::SequenceNumber keep_from) override {
     return inner_->TrimWalArchive(keep_from);
   }

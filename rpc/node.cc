@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "replication/clock.h"
@@ -157,6 +158,15 @@ kj::Promise<void> Node::StorageLoop() {
   return io_.provider->getTimer()
       .afterDelay(kStorageCheckIntervalMs * kj::MILLISECONDS)
       .then([this]() -> kj::Promise<void> {
+        if (absl::Status failed = engine_.WalFailed(); !failed.ok()) {
+          // As PostgreSQL panics on a failed WAL write: stop at once, and recover from the WAL
+          // at the next start. Nothing may close the database (engine.h: WalFailed).
+          spdlog::critical("STOPPING: {}; exit code {}: start the node again once the disk "
+                           "has room",
+                           std::string(failed.message()), kExitWalFailed);
+          spdlog::default_logger()->flush();
+          std::_Exit(kExitWalFailed);
+        }
         absl::Status error = engine_.StorageError();
         if (error.ok()) {
           if (storage_failed_) spdlog::info("storage recovered; writes are accepted again");

@@ -24,6 +24,10 @@
 
 namespace walship::rpc {
 
+// walshipd's exit status after a failed WAL write (EX_TEMPFAIL): start it again once the disk
+// has room; it recovers from its WAL (engine::Engine::WalFailed).
+inline constexpr int kExitWalFailed = 75;
+
 struct NodeServerOptions {
   std::string cluster;
   std::string node_id;

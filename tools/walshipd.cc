@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
   auto server = walship::rpc::NodeServer::Open(std::move(options));
   if (!server.ok()) {
     spdlog::error("cannot start: {}", server.status().ToString());
-    return 1;
+    // No room to open the database (after a full disk stopped it): a supervisor may retry.
+    return absl::IsResourceExhausted(server.status()) ? walship::rpc::kExitWalFailed : 1;
   }
   absl::Status s = (*server)->Run();
   if (!s.ok()) {

@@ -37,6 +37,7 @@ FAULTLOAD = os.path.join(BIN, "tests", "walship-faultload")
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 IDS = ["n1", "n2", "n3"]
 CLOCK_NODE = "n3"   # runs under libfaketime, so its clock can jump
+WAL_STOP_EXIT = 75  # walshipd after a failed WAL write (kExitWalFailed, rpc/node_server.h)
 # What walshipd logs when a timer fires on something that did not come in time (a silent
 # leader, a connection or call without an answer, a replication wait that gave up).
 TIMER_SAYS = ["no message from", "no answer within", "no answer from", "timed out",
@@ -181,6 +182,7 @@ class Nemesis:
         self.log = log
         self.count = collections.Counter()
         self.crashes = []
+        self.wal_stops = collections.Counter()   # by node: exits on a failed WAL write
         self.clock_said = []   # per clock jump: (wall clock only?, time-outs logged meanwhile)
         kinds = ["kill", "pause", "handover"]
         if network:
@@ -199,11 +201,16 @@ class Nemesis:
         return None
 
     def check_crashes(self):
-        """A node that exited without being killed is a finding; it is started again."""
+        """A node that exited without being killed is a finding; it is started again. One
+        that stopped on a failed WAL write (exit status 75, as PostgreSQL panics) is not: the
+        harness starts it again, as a supervisor would, and counts it."""
         for nid in IDS:
             p = self.c.procs.get(nid)
             if p is not None and p.poll() is not None:
-                self.crashes.append(f"{nid} exited by itself with {p.returncode}")
+                if p.returncode == WAL_STOP_EXIT:
+                    self.wal_stops[nid] += 1
+                else:
+                    self.crashes.append(f"{nid} exited by itself with {p.returncode}")
                 self.c.start(nid)
 
     def step(self):
@@ -334,12 +341,14 @@ class Nemesis:
                 self.c.start(nid)
 
 
-def converge(cluster, timeout):
+def converge(cluster, timeout, nemesis=None):
     """Waits until every node answers, one leads, none is seeding or recovering, and all
     hold the same latest sequence number. Returns the nodes that did not get there."""
     deadline = time.monotonic() + timeout
     last = {}
     while time.monotonic() < deadline:
+        if nemesis:
+            nemesis.check_crashes()
         last = {nid: cluster.status(nid) for nid in IDS}
         ok = all(s is not None for s in last.values())
         if ok:
@@ -419,7 +428,7 @@ def main():
         if load.returncode != 0:
             nemesis.crashes.append(f"walship-faultload exited with {load.returncode}: "
                                    f"{out.strip()[-500:]}")
-        unrecovered = converge(cluster, 120)
+        unrecovered = converge(cluster, 120, nemesis)
         final = {"nodes": {}, "unrecovered": unrecovered + nemesis.crashes, "faults": []}
         if not unrecovered:
             for nid in IDS:
@@ -453,6 +462,8 @@ def main():
               f"{sum(len(g) for g in report.divergent[1:])}; unrecovered: "
               f"{len(report.unrecovered)}")
         print(f"longest time without an acknowledged write: {report.longest_no_ack_s:.1f}s")
+        print(f"nodes stopped by a failed WAL write and started again: "
+              f"{sum(nemesis.wal_stops.values())}")
         for line in report.notes() + report.lines():
             print(line)
         findings = report.anomalies()
