@@ -555,6 +555,18 @@ TEST(EngineTest, ABatchWithRecordsWalshipNeverWritesIsRefusedNotACrash) {
   EXPECT_EQ(e->LatestSequence(), 0u);
 }
 
+// Asks RocksDB to resume until writes work again (it may be recovering by itself from a full
+// disk, and says so until it is done), for at most 60 s: the last answer.
+absl::Status ResumeWithin60s(Engine& e) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  absl::Status resumed;
+  while ((!(resumed = e.Resume()).ok() || !e.StorageError().ok()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return resumed;
+}
+
 // A failed flush stops RocksDB's writes: the engine says why, and once the cause is gone
 // Resume() makes writes work again with nothing lost.
 TEST(EngineTest, AStorageErrorIsReportedAndResumedOnceItsCauseIsGone) {
@@ -574,13 +586,7 @@ TEST(EngineTest, AStorageErrorIsReportedAndResumedOnceItsCauseIsGone) {
   EXPECT_NE(error.message().find("injected"), std::string_view::npos) << error;
   EXPECT_FALSE(e->Write({{OpType::kPut, "b", "2"}}, {}).ok());
   failing.fs->set_failing(false);
-  // RocksDB may be recovering by itself (a full disk): Resume() says so until it is done.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  absl::Status resumed;
-  while ((!(resumed = e->Resume()).ok() || !e->StorageError().ok()) &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  absl::Status resumed = ResumeWithin60s(*e);
   EXPECT_TRUE(resumed.ok()) << resumed;
   EXPECT_TRUE(e->StorageError().ok()) << e->StorageError();
   ASSERT_TRUE(e->Write({{OpType::kPut, "b", "2"}}, {}).ok());
@@ -612,12 +618,7 @@ TEST(EngineTest, AFailedWalWriteIsReportedAndTheWalIsNotSyncedAfterIt) {
     failing.fs->set_failing_wal(false);
     // Even once RocksDB has recovered, this database takes no more writes, syncs or applies:
     // RocksDB may still hold the WAL writer that failed.
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    absl::Status resumed;
-    while ((!(resumed = e->Resume()).ok() || !e->StorageError().ok()) &&
-           std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    absl::Status resumed = ResumeWithin60s(*e);
     EXPECT_TRUE(resumed.ok()) << resumed;
     absl::StatusOr<Batch> refused = e->Write({{OpType::kPut, "c", "3"}}, {});
     ASSERT_FALSE(refused.ok());
