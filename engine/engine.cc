@@ -7,6 +7,7 @@
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <chrono>
@@ -143,6 +144,7 @@ class StorageErrorListener final : public rocksdb::EventListener {
     error_ = absl::StrCat(ReasonName(reason), ": ", error->ToString());
     if (reason == rocksdb::BackgroundErrorReason::kWriteCallback && wal_failed_.empty()) {
       wal_failed_ = error_;
+      has_wal_failed_.store(true, std::memory_order_release);
     }
   }
   void OnErrorRecoveryEnd(const rocksdb::BackgroundErrorRecoveryInfo& info) override {
@@ -157,7 +159,9 @@ class StorageErrorListener final : public rocksdb::EventListener {
     return error_;
   }
   // The first failed write of the WAL ("" when none); never cleared (Engine::WalFailed).
+  // Checked on every write and apply: no lock until one has failed.
   std::string WalFailed() const {
+    if (!has_wal_failed_.load(std::memory_order_acquire)) return "";
     absl::MutexLock lock(&mu_);
     return wal_failed_;
   }
@@ -179,6 +183,7 @@ class StorageErrorListener final : public rocksdb::EventListener {
   mutable absl::Mutex mu_;
   std::string error_ ABSL_GUARDED_BY(mu_);
   std::string wal_failed_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> has_wal_failed_{false};
 };
 
 class EngineImpl final : public Engine {
