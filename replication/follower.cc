@@ -63,7 +63,7 @@ Hello Follower::MakeHello() const {
   hello.cluster = options_.cluster;
   hello.database_id = state_.database_id;
   hello.follower_id = options_.node_id;
-  hello.epoch = state_.epoch;
+  hello.epoch = state_.HighestEpoch();  // a leader below it is stale
   hello.last_applied = engine_->LatestSequence();
   if (const EpochEntry* e = state_.EntryOf(hello.last_applied); e != nullptr) {
     hello.last_applied_epoch = e->epoch;
@@ -107,9 +107,9 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   }
   // Pair checks: the leader accepted us, so what it sent must agree with what we hold.
   std::string why;
-  if (reply.epoch < state_.epoch) {
-    why = absl::StrCat("leader is at epoch ", reply.epoch, ", older than ours (", state_.epoch,
-                       "): it is stale");
+  if (reply.epoch < state_.HighestEpoch()) {
+    why = absl::StrCat("leader is at epoch ", reply.epoch, ", older than epoch ",
+                       state_.HighestEpoch(), ", which this follower has seen: it is stale");
   } else if (!state_.database_id.empty() && reply.database_id != state_.database_id) {
     why = absl::StrCat("leader holds database ", reply.database_id, ", we hold ",
                        state_.database_id);
@@ -154,7 +154,7 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
 
 Ack Follower::MakeAck(AckOutcome outcome, std::string message) {
   Ack ack;
-  ack.epoch = state_.epoch;
+  ack.epoch = state_.HighestEpoch();  // above the leader's: it is stale
   ack.outcome = outcome;
   ack.received = received_;
   ack.durable = status_.durable;
@@ -226,10 +226,10 @@ std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const ShippedBa
   if (status_.phase == FollowerPhase::kNeedsSnapshot) {
     return MakeAck(AckOutcome::kFailed, "follower needs a snapshot: " + status_.message);
   }
-  if (ship.epoch < state_.epoch) {
+  if (ship.epoch < state_.HighestEpoch()) {  // a vote in a later epoch counts too
     return MakeAck(AckOutcome::kStale, absl::StrCat("message from epoch ", ship.epoch,
-                                                    " refused: follower is at epoch ",
-                                                    state_.epoch));
+                                                    " refused: follower has seen epoch ",
+                                                    state_.HighestEpoch()));
   }
   if (ship.epoch > state_.epoch || status_.phase != FollowerPhase::kStreaming) {
     return MakeAck(AckOutcome::kFailed,
@@ -287,6 +287,29 @@ void Follower::SaveMembership(Membership m) {
     status_.message = absl::StrCat("cannot keep the membership (version ", m.version,
                                    ") the leader sent: ", s.message());
   }
+}
+
+absl::Status Follower::SaveVote(Epoch epoch, const std::string& candidate) {
+  absl::MutexLock apply(&apply_mu_);  // no other save of the state meanwhile
+  NodeState next = state();
+  if (next.vote_epoch == epoch && next.voted_for == candidate) return absl::OkStatus();
+  if (next.HighestEpoch() >= epoch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "epoch ", epoch, " is not above epoch ", next.HighestEpoch(), ", which this node has "
+        "seen meanwhile"));
+  }
+  next.vote_epoch = epoch;
+  next.voted_for = candidate;
+  if (absl::Status s = SaveNodeState(options_.state_path, next); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  state_.vote_epoch = epoch;
+  state_.voted_for = candidate;
+  return absl::OkStatus();
+}
+
+Epoch Follower::HighestEpoch() const {
+  absl::MutexLock lock(&mu_);
+  return state_.HighestEpoch();
 }
 
 Membership Follower::membership() const {

@@ -90,7 +90,15 @@ class Follower {
   // no way to catch up until it is re-seeded.
   std::string ReadRefusal() const;
   Epoch epoch() const;
+  // The highest epoch this node has seen (NodeState::HighestEpoch): a message of a leader
+  // below it is refused as stale.
+  Epoch HighestEpoch() const;
   NodeState state() const;
+  // Saves the vote this node grants `candidate` (itself, when it stands) in `epoch`, before
+  // the vote is answered (replication/election.h); refused when the node has seen `epoch`
+  // or a later one meanwhile, unless it is the same vote again. From then on, messages of a
+  // leader of an earlier epoch are refused.
+  absl::Status SaveVote(Epoch epoch, const std::string& candidate);
   // The cluster's membership as the leader last sent it (saved in the node state), and how
   // many times a new one was saved (cheap to poll: it tells when to read the membership).
   Membership membership() const;

@@ -98,6 +98,12 @@ void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, in
     CheckNeedsSnapshot(out);
     return;
   }
+  if (options_.search_leader && reply.leader_hint == leader_id_) {
+    // It names itself: it stands for leader and may lead at once. Asked again soon.
+    backoff_ms_ = options_.reconnect_min_ms;
+    ScheduleReconnect(now_us, out);
+    return;
+  }
   if (!reply.leader_hint.empty() && reply.leader_hint != leader_id_ &&
       reply.leader_hint != options_.node_id) {
     // It does not lead, and names who does (a handover moved leadership): follow that one.
@@ -111,18 +117,45 @@ void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, in
   }
   Log(out, LogLevel::kError,
       absl::StrCat("leader '", leader_id_, "' refused this follower: ", s.message()));
+  TryNextMember(out);
   ScheduleReconnect(now_us, out);
 }
 
 void FollowerLink::OnConnectionLost(uint64_t generation, const std::string& why,
                                     int64_t now_us, LinkOutbox* out) {
   if (generation != generation_) return;
+  bool streamed = handshake_done_;
   Log(out, LogLevel::kWarn,
-      absl::StrCat(handshake_done_ ? "lost the connection to leader '"
-                                   : "cannot reach leader '",
+      absl::StrCat(streamed ? "lost the connection to leader '" : "cannot reach leader '",
                    leader_id_, "': ", why));
   Drop(out);
+  if (!streamed) TryNextMember(out);
   ScheduleReconnect(now_us, out);
+}
+
+void FollowerLink::TryNextMember(LinkOutbox* out) {
+  if (!options_.search_leader) return;
+  std::vector<std::string> ids;
+  for (const Member& m : follower_.membership().members) {
+    if (m.id != options_.node_id) ids.push_back(m.id);
+  }
+  if (ids.empty()) return;
+  auto next = std::upper_bound(ids.begin(), ids.end(), leader_id_);
+  std::string id = next == ids.end() ? ids.front() : *next;
+  if (id == leader_id_) return;
+  Log(out, LogLevel::kInfo, absl::StrCat("looking for the leader at '", id, "'"));
+  leader_id_ = std::move(id);
+}
+
+void FollowerLink::Follow(const std::string& leader_id, int64_t now_us, LinkOutbox* out) {
+  if (leader_id == options_.node_id || stopped_) return;
+  if (leader_id == leader_id_ && (handshake_done_ || connecting_)) return;
+  // A stream from another leader is from one this node no longer heard (it voted): dropped.
+  Log(out, LogLevel::kInfo, absl::StrCat("following '", leader_id, "', which this node voted for"));
+  leader_id_ = leader_id;
+  Drop(out);
+  backoff_ms_ = options_.reconnect_min_ms;
+  Connect(now_us, out);
 }
 
 bool FollowerLink::OnPush(uint64_t generation, uint64_t push, Ship ship, int64_t now_us,
@@ -318,6 +351,7 @@ void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out
         absl::StrCat("no message from leader '", leader_id_, "' for ",
                      options_.heartbeat_timeout_ms, " ms; reconnecting"));
     Drop(out);
+    TryNextMember(out);  // with search_leader: another member names the leader
     ScheduleReconnect(now_us, out);
   }
   if (connecting_ && now_us >= connect_deadline_us_) {
@@ -325,6 +359,7 @@ void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out
         absl::StrCat("cannot reach leader '", leader_id_, "': no answer within ",
                      options_.connect_timeout_ms, " ms"));
     Drop(out);
+    TryNextMember(out);
     ScheduleReconnect(now_us, out);
   }
   if (now_us >= held_until_us_) ReleaseHeld(out);

@@ -48,6 +48,10 @@ struct FollowerLinkOptions {
   // Applies of up to this many batch bytes run on the caller's thread; larger ones, and any
   // that would stall, are handed out.
   size_t inline_apply_bytes = 256 << 10;
+  // When the node it follows cannot be reached (or it knows of none), try the cluster's
+  // other members in turn: one that leads accepts, one that follows names its leader. On
+  // with automatic failover, where any voter may lead next.
+  bool search_leader = false;
 };
 
 enum class LogLevel { kInfo, kWarn, kError };
@@ -119,6 +123,13 @@ class FollowerLink {
   // When Tick must run next; kNever when nothing waits.
   int64_t NextWakeUp() const;
 
+  // Follows `leader_id` from now on (this node voted for it, so it may lead next): when the
+  // link does not stream, it connects there at once; a stream from another leader goes on
+  // until it ends.
+  void Follow(const std::string& leader_id, int64_t now_us, LinkOutbox* out);
+  // The last sign of life from the leader streamed from (monotonic µs; 0: none yet).
+  int64_t last_contact_us() const { return last_contact_us_; }
+
   uint64_t generation() const { return generation_; }
   // The node this follower follows (or tries to): the config's or saved leader at first, then
   // whichever node a refusing peer names as leader.
@@ -138,6 +149,8 @@ class FollowerLink {
   void Connect(int64_t now_us, LinkOutbox* out);
   void Drop(LinkOutbox* out);
   void ScheduleReconnect(int64_t now_us, LinkOutbox* out);
+  // search_leader: the member after leader_id_ (in id order, this node left out).
+  void TryNextMember(LinkOutbox* out);
   void Drain(int64_t now_us, LinkOutbox* out);
   void Answer(uint64_t push, Ack ack, uint32_t max_delay_us, bool flush, int64_t now_us,
               LinkOutbox* out);

@@ -26,8 +26,9 @@ using Epoch = uint64_t;
 // the follower to fsync before it acks (Ship::flush). Version 4: a node serves checkpoints
 // (PeerService.snapshot) and a new follower of a leader with data is seeded from one.
 // Version 5: the leader ships the cluster's membership and followers acknowledge it. (Nodes
-// before versions were carried send none: they read as 0.)
-constexpr uint32_t kPeerProtocolVersion = 5;
+// before versions were carried send none: they read as 0.) Version 6: nodes vote
+// (PeerService.requestVote) and a leader steps down without a majority.
+constexpr uint32_t kPeerProtocolVersion = 6;
 
 // The first sequence number written under `epoch`, and the node that began it. A node's epoch
 // history is the list of these in increasing order; it tells where two nodes' histories part

@@ -162,6 +162,8 @@ struct NodeStatus {
   members @41 :List(Peer.Member);
   membershipWaitingFor @42 :Text;  # leader: voters that do not hold the last change yet,
                                    # while fewer than a majority do ("" once settled)
+  failover @43 :Text;          # automatic failover: a follower's election, a leader's lease
+                               # ("" when failover is off)
 }
 
 struct GetRequest {

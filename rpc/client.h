@@ -87,6 +87,7 @@ struct NodeStatusInfo {
   uint64_t membership_version = 0;
   std::vector<replication::Member> members;
   std::string membership_waiting_for;
+  std::string failover;  // the election or the lease ("" when failover is off)
 };
 
 struct MembershipResult {

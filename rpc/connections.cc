@@ -41,6 +41,13 @@ class NodeImpl final : public schema::Node::Server {
   kj::Promise<void> snapshot(SnapshotContext ctx) override {
     return node_.snapshots().Serve(ctx, std::make_shared<PeerSessionHold>(sessions_));
   }
+  kj::Promise<void> requestVote(RequestVoteContext ctx) override {
+    return node_.role()
+        .RequestVote(FromCapnp(ctx.getParams().getRequest()))
+        .then([ctx](replication::VoteReply reply) mutable {
+          ToCapnp(reply, ctx.getResults().initReply());
+        });
+  }
   kj::Promise<void> position(PositionContext ctx) override {
     replication::PeerPosition p = node_.role().Position();
     if (!node_.wal_files().empty()) p.wal_oldest = node_.wal_files().front().start_seq;

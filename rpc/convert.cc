@@ -92,6 +92,46 @@ void ToCapnp(const replication::TakeOver& m, schema::TakeOver::Builder b) {
   b.setLatest(m.latest);
 }
 
+replication::VoteRequest FromCapnp(schema::VoteRequest::Reader r) {
+  replication::VoteRequest m;
+  m.version = r.getVersion();
+  m.cluster = r.getCluster();
+  m.candidate = r.getCandidate();
+  m.epoch = r.getEpoch();
+  m.pre_vote = r.getPreVote();
+  m.last_seq = r.getLastSeq();
+  m.last_epoch = r.getLastEpoch();
+  m.last_leader = r.getLastLeader();
+  return m;
+}
+
+void ToCapnp(const replication::VoteRequest& m, schema::VoteRequest::Builder b) {
+  b.setVersion(m.version);
+  b.setCluster(m.cluster);
+  b.setCandidate(m.candidate);
+  b.setEpoch(m.epoch);
+  b.setPreVote(m.pre_vote);
+  b.setLastSeq(m.last_seq);
+  b.setLastEpoch(m.last_epoch);
+  b.setLastLeader(m.last_leader);
+}
+
+replication::VoteReply FromCapnp(schema::VoteReply::Reader r) {
+  replication::VoteReply m;
+  m.granted = r.getGranted();
+  m.voter = r.getVoter();
+  m.epoch = r.getEpoch();
+  m.message = r.getMessage();
+  return m;
+}
+
+void ToCapnp(const replication::VoteReply& m, schema::VoteReply::Builder b) {
+  b.setGranted(m.granted);
+  b.setVoter(m.voter);
+  b.setEpoch(m.epoch);
+  b.setMessage(m.message);
+}
+
 replication::TakeOverReply FromCapnp(schema::TakeOverReply::Reader r) {
   replication::TakeOverReply m;
   m.accepted = r.getAccepted();

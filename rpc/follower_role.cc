@@ -37,11 +37,19 @@ replication::FollowerLinkOptions LinkOptionsFor(const NodeServerOptions& o) {
   lo.reconnect_min_ms = o.reconnect_min_ms;
   lo.reconnect_max_ms = o.reconnect_max_ms;
   lo.fsync_interval_ms = o.follower_fsync_interval_ms;
+  lo.search_leader = o.failover;
   return lo;
 }
 
+// The node to follow first: the saved leader, else the config's; a node that stepped down
+// knows none, and starts its search at another member.
 std::string LeaderOf(const replication::NodeState& state, const NodeServerOptions& o) {
-  return state.leader.empty() ? o.leader_id : state.leader;
+  std::string id = state.leader.empty() ? o.leader_id : state.leader;
+  if (id != o.node_id) return id;
+  for (const replication::Member& m : state.membership.members) {
+    if (m.id != o.node_id) return m.id;
+  }
+  return id;
 }
 
 // The follower's side of a stream: each push is answered with its ack.
@@ -67,7 +75,15 @@ FollowerRole::FollowerRole(Node& node, replication::NodeState state)
       follower_(std::make_shared<replication::Follower>(FollowerOptionsFor(node), &node.engine(),
                                                         state, replication::RealClock())),
       link_(*follower_, LinkOptionsFor(node.options()), LeaderOf(state, node.options())),
-      tasks_(*this) {}
+      tasks_(*this) {
+  if (node.options().failover) {
+    campaign_ = std::make_unique<Campaign>(node, follower_, link_, [this](std::string id) {
+      replication::LinkOutbox out;
+      link_.Follow(id, node_.MonoNowUs(), &out);
+      CarryLink(std::move(out));
+    });
+  }
+}
 
 FollowerRole::~FollowerRole() noexcept(false) {
   pushes_.clear();
@@ -82,6 +98,16 @@ void FollowerRole::Start() {
   replication::LinkOutbox out;
   link_.Start(node_.MonoNowUs(), &out);
   CarryLink(std::move(out));
+  if (campaign_ != nullptr) campaign_->Start();
+}
+
+kj::Promise<replication::VoteReply> FollowerRole::RequestVote(replication::VoteRequest request) {
+  if (campaign_ != nullptr) return campaign_->Answer(std::move(request));
+  replication::VoteReply reply;
+  reply.voter = node_.options().node_id;
+  reply.epoch = follower_->HighestEpoch();
+  reply.message = "automatic failover is off on this node (failover = false)";
+  return reply;
 }
 
 absl::Status FollowerRole::WriteRefusal() const {
@@ -136,6 +162,7 @@ void FollowerRole::FillStatus(schema::NodeStatus::Builder st) {
   st.setLagSeq(fs.lag_seq);
   st.setLagMs(fs.lag_ms);
   st.setMessage(fs.message);
+  if (campaign_ != nullptr) st.setFailover(campaign_->Describe());
 }
 
 kj::Promise<void> FollowerRole::Subscribe(SubscribeContext ctx, std::shared_ptr<PeerSessions>) {
@@ -144,7 +171,10 @@ kj::Promise<void> FollowerRole::Subscribe(SubscribeContext ctx, std::shared_ptr<
   reply.outcome = replication::HelloOutcome::kRefused;
   reply.message = absl::StrCat("node '", node_.options().node_id, "' is not the leader");
   reply.epoch = follower_->epoch();
-  reply.leader_hint = link_.leader_id();  // the follower follows that one
+  // The follower follows that one; a node standing for leader names itself (it may lead
+  // at once: the follower asks it again soon).
+  reply.leader_hint = campaign_ != nullptr && campaign_->Standing() ? node_.options().node_id
+                                                                    : link_.leader_id();
   ToCapnp(reply, ctx.getResults().initReply());
   spdlog::info("refused follower '{}': not the leader; named '{}'", hello.follower_id,
                reply.leader_hint);
@@ -260,6 +290,7 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
   if (out.fsync.has_value()) RunFsync(*out.fsync);
   if (out.connect.has_value()) Connect(std::move(*out.connect));
   ArmLinkTimer();
+  if (campaign_ != nullptr) campaign_->NoteContact();
   if (node_.options().reseed == replication::ReseedPolicy::kAutomatic &&
       follower_->Status().phase == replication::FollowerPhase::kNeedsSnapshot) {
     if (absl::Status s = StartReseed(); !s.ok()) {

@@ -14,6 +14,7 @@
 
 #include "replication/follower.h"
 #include "replication/follower_link.h"
+#include "rpc/campaign.h"
 #include "rpc/peer_client.h"
 #include "rpc/role.h"
 
@@ -45,6 +46,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   replication::PeerPosition Position() const override;
+  kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
   absl::Status Reseed() override { return StartReseed(); }
   absl::StatusOr<replication::Membership> ChangeMembership(
       const replication::MembershipChange&) override {
@@ -79,6 +81,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
   int64_t link_at_us_ = 0;
   kj::Promise<void> link_timer_ = nullptr;
+  std::unique_ptr<Campaign> campaign_;  // automatic failover only
   kj::TaskSet tasks_;  // last: destroyed first
 };
 

@@ -52,6 +52,7 @@ LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_han
       shipper_(leader_, ShipperOptionsFor(node.options())),
       commit_wait_(node.options().commit),
       tasks_(*this) {
+  if (node.options().failover) lease_.emplace(node.options().lease_ms);
   if (resume_handover) {
     replication::TakeOver again;
     again.from = node.options().node_id;
@@ -91,6 +92,11 @@ void LeaderRole::taskFailed(kj::Exception&& e) {
 
 void LeaderRole::Start() {
   SchedulePump();  // heartbeats start from the first pump
+  started_us_ = node_.MonoNowUs();
+  if (lease_.has_value()) {
+    OnLeaseAck(node_.options().node_id, started_us_);  // a cluster of one voter holds it
+    tasks_.add(LeaseLoop());
+  }
   if (handover_.has_value()) {
     spdlog::warn("this node stopped while handing leadership to '{}'; asking it again whether "
                  "it took over (no writes meanwhile)", handover_->target());
@@ -99,6 +105,14 @@ void LeaderRole::Start() {
 }
 
 absl::Status LeaderRole::WriteRefusal() const {
+  if (lease_.has_value() && (stepping_down_ || node_.MonoNowUs() >= lease_until_us_)) {
+    return absl::UnavailableError(absl::StrCat(
+        "node '", node_.options().node_id, "' leads epoch ", leader_.epoch(),
+        stepping_down_ ? " but steps down"
+                       : " but has not heard from a majority of the voters within its lease",
+        " (lease_ms = ", node_.options().lease_ms, "): writes are refused until it does, or "
+        "another node leads; ask any node for the leader"));
+  }
   if (!handover_.has_value()) return absl::OkStatus();
   absl::Status s = handover_->WriteRefusal();
   std::string address = node_.AddressOf(handover_->target());
@@ -321,6 +335,9 @@ kj::Promise<void> LeaderRole::Subscribe(SubscribeContext ctx,
   if (sid == 0) {
     spdlog::warn("follower '{}' {}: {}", hello.follower_id,
                  replication::HelloOutcomeName(reply.outcome), reply.message);
+    if (lease_.has_value() && hello.epoch > leader_.epoch()) {
+      StepDown(absl::StrCat("follower '", hello.follower_id, "' has seen epoch ", hello.epoch));
+    }
     return kj::READY_NOW;
   }
   spdlog::info("follower '{}' subscribed from seq {} (leader at {})", hello.follower_id,
@@ -451,10 +468,20 @@ void LeaderRole::Send(uint64_t sid, Ship ship) {
   if (!ship.needs_snapshot.empty()) {
     spdlog::error("follower '{}' NEEDS SNAPSHOT: {}", s.follower_id, ship.needs_snapshot);
   }
+  int64_t sent_us = node_.MonoNowUs();
   tasks_.add(req.send().then(
-      [this, sid](capnp::Response<schema::BatchSink::PushResults> resp) {
+      [this, sid, sent_us](capnp::Response<schema::BatchSink::PushResults> resp) {
         if (streams_.find(sid) == streams_.end()) return;
         Ack ack = FromCapnp(resp.getAck());
+        if (lease_.has_value()) {
+          if (ack.epoch == leader_.epoch()) {
+            OnLeaseAck(streams_.at(sid).follower_id, sent_us);
+          } else if (ack.epoch > leader_.epoch()) {
+            StepDown(absl::StrCat("follower '", streams_.at(sid).follower_id,
+                                  "' has seen epoch ", ack.epoch));
+            return;
+          }
+        }
         if (ack.outcome != replication::AckOutcome::kOk) {
           spdlog::warn("follower '{}' answered {}: {}", streams_.at(sid).follower_id,
                        replication::AckOutcomeName(ack.outcome), ack.message);

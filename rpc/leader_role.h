@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "replication/commit_wait.h"
+#include "replication/election.h"
 #include "replication/handover.h"
 #include "replication/leader.h"
 #include "replication/shipper.h"
@@ -49,6 +50,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   engine::SequenceNumber WalNeededFrom() const override { return leader_.WalNeededFrom(); }
+  kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
   absl::StatusOr<replication::Membership> ChangeMembership(
       const replication::MembershipChange& change) override;
   replication::PeerPosition Position() const override {
@@ -90,6 +92,12 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   absl::StatusOr<replication::Membership> SaveMembership(
       replication::Membership next, const replication::MembershipChange& change);
   void PromoteReadyLearner();
+  // Automatic failover: the lease's end after `voter` acknowledged a message sent at
+  // `sent_us`; the check every heartbeat interval; and the step-down (saved as a follower of
+  // no one known, which then looks for the leader among the members).
+  void OnLeaseAck(const std::string& voter, int64_t sent_us);
+  kj::Promise<void> LeaseLoop();
+  void StepDown(const std::string& why);
 
   Node& node_;
   replication::Leader leader_;
@@ -119,6 +127,12 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Own<PeerClient> take_over_conn_;
   bool asking_ = false;
   int64_t promote_again_us_ = 0;  // a failed promotion is tried again from then
+  // Automatic failover (replication/election.h: LeaderLease): writes are taken while
+  // now < lease_until_us_; a new leader holds no lease until a majority acknowledged it.
+  std::optional<replication::LeaderLease> lease_;
+  int64_t lease_until_us_ = replication::LeaderLease::kNotHeld;
+  int64_t started_us_ = 0;
+  bool stepping_down_ = false;
   kj::TaskSet tasks_;  // last: destroyed first
 };
 

@@ -69,6 +69,15 @@ struct NodeServerOptions {
   // for up to this long; past it, it decides on the answers the cluster's mode needs
   // (replication/recovery.h).
   uint32_t leader_recovery_wait_ms = 5000;
+  // Automatic failover (replication/election.h): a follower whose leader is silent for
+  // election_timeout_ms (plus up to election_jitter_ms) stands for leader, voters elect the
+  // most up-to-date by majority, and a leader that has not heard from a majority within
+  // lease_ms refuses writes and steps down. Off: a leader is replaced by an operator only
+  // (walship handover).
+  bool failover = false;
+  uint32_t election_timeout_ms = 1000;
+  uint32_t election_jitter_ms = 300;
+  uint32_t lease_ms = 700;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

@@ -25,7 +25,7 @@ struct Hello {
   lastApplied @4 :UInt64;       # end of the last batch it applied (0: empty database)
   lastAppliedEpoch @5 :UInt64;  # epoch under which that batch was written (0: unknown)
   lastAppliedLeader @6 :Text;   # the node that began that epoch (empty: unknown)
-  version @7 :UInt32;           # the peer protocol version the follower speaks (now 5;
+  version @7 :UInt32;           # the peer protocol version the follower speaks (now 6;
                                 # nodes from before versions were carried send none: 0)
 }
 
@@ -134,6 +134,25 @@ struct Position {
   leads @8 :Bool;                # it is the leader now
 }
 
+struct VoteRequest {
+  # Candidate -> every other voter: would you make me leader of `epoch`? (replication/election.h)
+  version @0 :UInt32;
+  cluster @1 :Text;
+  candidate @2 :Text;
+  epoch @3 :UInt64;         # the epoch it would begin: above every epoch it has seen
+  preVote @4 :Bool;         # only asks whether the vote would be granted; changes nothing
+  lastSeq @5 :UInt64;       # the candidate's log's end
+  lastEpoch @6 :UInt64;     # the epoch entry that sequence number was written under
+  lastLeader @7 :Text;      # the node that began that epoch
+}
+
+struct VoteReply {
+  granted @0 :Bool;
+  voter @1 :Text;
+  epoch @2 :UInt64;         # the highest epoch the voter has seen (after this request)
+  message @3 :Text;         # why not
+}
+
 struct SnapshotRequest {
   # Asks a node for a checkpoint of its database (a follower seeding itself, or
   # `walship checkpoint`).
@@ -172,6 +191,9 @@ interface PeerService {
   # checkpoint's sequence number while the reader lives, and a while after, so the asker can
   # catch up from there. Refused (an exception naming why) for another cluster or version.
   # Any node answers with its own position, whatever its role.
+  requestVote @4 (request :VoteRequest) -> (reply :VoteReply);
+  # An election (replication/election.h). A granted real vote is saved before the answer; a
+  # vote that cannot be saved fails the call (no answer), never refuses.
   # A handover (see replication/handover.h): the follower takes over when it follows the
   # caller in its epoch and holds all it wrote; asked again after a lost answer, a node that
   # took over answers accepted again.

@@ -99,6 +99,17 @@ class Role {
                                       std::shared_ptr<PeerSessions> sessions) = 0;
   // A leader asks this node to take over (a handover).
   virtual kj::Promise<void> TakeOver(TakeOverContext ctx) = 0;
+  // A candidate asks for this node's vote (PeerService.requestVote, replication/election.h).
+  // Only a follower votes; other roles refuse, naming the highest epoch they have seen.
+  virtual kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) {
+    (void)request;
+    replication::PeerPosition p = Position();
+    replication::VoteReply reply;
+    reply.voter = p.node;
+    reply.epoch = p.highest_epoch;
+    reply.message = absl::StrCat("this node is ", name(), ": it does not vote now");
+    return reply;
+  }
   // How far this node is (PeerService.position), for a leader that restarts.
   virtual replication::PeerPosition Position() const = 0;
   // An operator asks this node to hand leadership to `target`.

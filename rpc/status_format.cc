@@ -93,6 +93,7 @@ NodeStatusInfo StatusFromCapnp(schema::NodeStatus::Reader st) {
   out.membership_version = st.getMembershipVersion();
   out.members = FromCapnp(st.getMembers());
   out.membership_waiting_for = st.getMembershipWaitingFor();
+  out.failover = st.getFailover();
   return out;
 }
 
@@ -120,7 +121,7 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     o << (i ? "," : "") << "{\"id\":" << JsonString(m.id) << ",\"address\":"
       << JsonString(m.address) << ",\"voter\":" << (m.voter ? "true" : "false") << "}";
   }
-  o << "]";
+  o << "],\"failover\":" << JsonString(s.failover);
   if (s.role == "leader") {
     o << ",\"degraded_for_ms\":" << s.degraded_for_ms << ",\"writes_waiting\":"
       << s.writes_waiting << ",\"writes_not_replicated\":" << s.writes_not_replicated
@@ -176,6 +177,7 @@ std::string StatusToText(const NodeStatusInfo& s) {
     o << "  the last membership change waits for a majority of the voters: "
       << s.membership_waiting_for << " do not hold it yet\n";
   }
+  if (!s.failover.empty()) o << "  failover: " << s.failover << "\n";
   o << "  replication " << s.replication_mode;
   if (s.replication_mode != "async") {
     if (s.replication_mode == "semi-sync") o << " (" << s.replication_acks << " of the followers)";

@@ -76,6 +76,13 @@ const std::vector<Tunable>& ReplicationTunables() {
        [](O& o, uint64_t v) { o.min_ship_interval_us = static_cast<uint32_t>(v); }, 0, 1000000},
       {"max_inflight_ships", Tunable::kUint,
        [](O& o, uint64_t v) { o.max_inflight_ships = static_cast<uint32_t>(v); }, 1, 64},
+      {"failover", Tunable::kBool, [](O& o, uint64_t v) { o.failover = v != 0; }},
+      {"election_timeout_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.election_timeout_ms = static_cast<uint32_t>(v); }, 50, 600000},
+      {"election_jitter_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.election_jitter_ms = static_cast<uint32_t>(v); }, 0, 600000},
+      {"lease_ms", Tunable::kUint,
+       [](O& o, uint64_t v) { o.lease_ms = static_cast<uint32_t>(v); }, 20, 600000},
       {"heartbeat_interval_ms", Tunable::kUint,
        [](O& o, uint64_t v) { o.heartbeat_interval_ms = static_cast<uint32_t>(v); }, 1, 60000},
       {"heartbeat_timeout_ms", Tunable::kUint,
@@ -345,6 +352,16 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
         "ack_delay_us (", d.ack_delay_us, ") must be at most a quarter of heartbeat_timeout_ms (",
         d.heartbeat_timeout_ms, " ms), and with heartbeat_interval_ms (",
         d.heartbeat_interval_ms, " ms) below it, or followers would time out"));
+  }
+  // The lease must end before any voter stops refusing votes for the leader it heard (by a
+  // margin for clocks that run at different rates), and be renewed several times within it.
+  if (d.failover && (uint64_t{d.lease_ms} * 10 > uint64_t{d.election_timeout_ms} * 9 ||
+                     uint64_t{d.heartbeat_interval_ms} * 3 > d.lease_ms)) {
+    return err.File(absl::StrCat(
+        "lease_ms (", d.lease_ms, ") must be at most 90% of election_timeout_ms (",
+        d.election_timeout_ms, ") and at least three heartbeat_interval_ms (",
+        d.heartbeat_interval_ms, "), or a leader could outlive its lease or lose it between "
+        "heartbeats"));
   }
   return config;
 }

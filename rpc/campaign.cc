@@ -1,0 +1,257 @@
+#include "rpc/campaign.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <functional>
+
+#include "absl/strings/str_cat.h"
+#include "replication/handover.h"
+#include "rpc/convert.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+namespace {
+
+replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
+  replication::ElectionOptions eo;
+  eo.self = o.node_id;
+  eo.cluster = o.cluster;
+  eo.election_timeout_ms = o.election_timeout_ms;
+  eo.jitter_ms = o.election_jitter_ms;
+  eo.round_timeout_ms = std::max<uint32_t>(100, o.election_timeout_ms / 2);
+  return eo;
+}
+
+uint64_t SeedFor(const std::string& self, int64_t now_us) {
+  return std::hash<std::string>{}(self) ^ static_cast<uint64_t>(now_us);
+}
+
+}  // namespace
+
+Campaign::Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
+                   const replication::FollowerLink& link, std::function<void(std::string)> follow)
+    : node_(node),
+      follower_(std::move(follower)),
+      link_(link),
+      follow_(std::move(follow)),
+      options_(ElectionOptionsFor(node.options())),
+      election_(options_, SeedFor(options_.self, node.MonoNowUs()), node.MonoNowUs()),
+      heard_us_(node.MonoNowUs()),
+      tasks_(*this) {}
+
+Campaign::~Campaign() noexcept(false) {
+  for (auto& [id, conn] : voters_) conn->Close();
+}
+
+void Campaign::taskFailed(kj::Exception&& e) {
+  spdlog::warn("election task failed: {}", e.getDescription().cStr());
+}
+
+void Campaign::Start() { Arm(); }
+
+void Campaign::NoteContact() {
+  if (link_.last_contact_us() <= heard_us_) return;
+  heard_us_ = link_.last_contact_us();
+  election_.OnLeaderContact(heard_us_);
+  Arm();
+}
+
+std::string Campaign::Describe() const {
+  using Phase = replication::Election::Phase;
+  switch (election_.phase()) {
+    case Phase::kFollowing: {
+      int64_t at = election_.NextWakeUp();
+      if (at == replication::kNever) return "following";
+      return absl::StrCat("following; stands in ",
+                          std::max<int64_t>(0, at - node_.MonoNowUs()) / 1000,
+                          " ms unless the leader is heard");
+    }
+    case Phase::kPreVote: return absl::StrCat("standing for epoch ", election_.epoch(), " (pre-vote)");
+    case Phase::kVote: return absl::StrCat("asking for votes in epoch ", election_.epoch());
+    case Phase::kWon: return absl::StrCat("won epoch ", election_.epoch());
+  }
+  return "";
+}
+
+// One timer for the election's next wake-up; an earlier one already armed stays.
+void Campaign::Arm() {
+  int64_t at = election_.NextWakeUp();
+  if (at == replication::kNever || leading_) return;
+  int64_t now = node_.MonoNowUs();
+  if (armed_ && armed_at_us_ <= at && armed_at_us_ > now) return;
+  armed_ = true;
+  armed_at_us_ = at;
+  timer_ = node_.io()
+               .provider->getTimer()
+               .afterDelay(std::max<int64_t>(0, at - now) * kj::MICROSECONDS)
+               .then([this]() {
+                 armed_ = false;
+                 tasks_.add(kj::evalLater([this]() { Tick(); }));
+               })
+               .eagerlyEvaluate(nullptr);
+}
+
+void Campaign::Tick() {
+  NoteContact();
+  // A node that must be re-seeded holds stale data: it votes, but never stands.
+  election_.set_may_stand(follower_->Status().phase !=
+                          replication::FollowerPhase::kNeedsSnapshot);
+  replication::ElectionOutbox out;
+  election_.Tick(follower_->state(), node_.engine().LatestSequence(), node_.MonoNowUs(), &out);
+  Carry(std::move(out));
+}
+
+void Campaign::Carry(replication::ElectionOutbox out) {
+  for (const std::string& line : out.logs) spdlog::info("election: {}", line);
+  if (out.save.has_value()) {
+    // Its vote for itself, saved before anyone is asked (and before it may lead).
+    replication::Epoch epoch = out.save->vote_epoch;
+    tasks_.add(node_.node_pool()
+                   .Run([f = follower_, epoch, self = options_.self]() {
+                     return f->SaveVote(epoch, self);
+                   })
+                   .catch_([](kj::Exception&& e) {  // the node's queue was full
+                     return absl::UnavailableError(e.getDescription().cStr());
+                   })
+                   .then([this, out = std::move(out)](absl::Status saved) mutable {
+                     if (!saved.ok()) {
+                       spdlog::warn("election: cannot save this node's vote for itself: {}",
+                                    saved.ToString());
+                       election_.Abandon(node_.MonoNowUs());
+                       Arm();
+                       return;
+                     }
+                     Send(std::move(out.send));
+                     if (out.lead.has_value()) Lead(*out.lead);
+                     Arm();
+                   }));
+    return;
+  }
+  Send(std::move(out.send));
+  if (out.lead.has_value()) Lead(*out.lead);
+  Arm();
+}
+
+void Campaign::Send(std::vector<std::pair<std::string, replication::VoteRequest>> requests) {
+  for (auto& [voter, request] : requests) Ask(voter, std::move(request));
+}
+
+// One call, on the voter's connection (opened when there is none); a call that fails or
+// outlasts the round closes that connection, so the next round opens a fresh one.
+void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
+  std::string address = node_.AddressOf(voter);
+  if (address.empty()) {
+    spdlog::warn("election: no address is known for voter '{}'", voter);
+    return;
+  }
+  kj::Promise<schema::Node::Client> conn = nullptr;
+  if (auto it = voters_.find(voter); it != voters_.end()) {
+    conn = kj::Promise<schema::Node::Client>(it->second->node);
+  } else {
+    conn = ConnectToPeer(node_.io(), address).then([this, voter](kj::Own<PeerClient> c) {
+      kj::Own<PeerClient>& slot = voters_[voter];
+      if (slot.get() != nullptr) slot->Close();
+      slot = kj::mv(c);
+      return slot->node;
+    });
+  }
+  auto call = conn.then([request](schema::Node::Client node) {
+    auto req = node.requestVoteRequest();
+    ToCapnp(request, req.initRequest());
+    return req.send().then([](capnp::Response<schema::PeerService::RequestVoteResults> resp) {
+      return FromCapnp(resp.getReply());
+    });
+  });
+  auto bounded = call.exclusiveJoin(
+      node_.io()
+          .provider->getTimer()
+          .afterDelay(options_.round_timeout_ms * kj::MILLISECONDS)
+          .then([]() -> replication::VoteReply {
+            KJ_FAIL_REQUIRE("no answer within the round's time-out");
+          }));
+  tasks_.add(bounded.then(
+      [this, request](replication::VoteReply reply) {
+        replication::ElectionOutbox out;
+        election_.OnReply(request, reply, follower_->state(), node_.engine().LatestSequence(),
+                          node_.MonoNowUs(), &out);
+        Carry(std::move(out));
+      },
+      [this, voter](kj::Exception&& e) {
+        spdlog::debug("election: no answer from '{}': {}", voter, e.getDescription().cStr());
+        if (auto it = voters_.find(voter); it != voters_.end()) {
+          it->second->Close();
+          // Destroyed in a later turn: calls on it may still unwind.
+          tasks_.add(kj::evalLater([c = kj::mv(it->second)]() {}));
+          voters_.erase(it);
+        }
+      }));
+}
+
+// Won: leads from its log's end + 1, after the WAL is fsynced (the new epoch begins after
+// writes that survive this machine failing) and the new epoch and role are saved.
+void Campaign::Lead(replication::Epoch epoch) {
+  leading_ = true;
+  tasks_.add(node_.node_pool()
+                 .Run([e = &node_.engine()]() { return e->SyncWal(); })
+                 .catch_([](kj::Exception&& e) {
+                   return absl::UnavailableError(e.getDescription().cStr());
+                 })
+                 .then([this, epoch](absl::Status synced) {
+                   replication::NodeState next = follower_->state();
+                   if (synced.ok()) {
+                     engine::SequenceNumber latest = node_.engine().LatestSequence();
+                     replication::BeginElectedEpoch(next, latest + 1, options_.self, epoch);
+                     next.role = "leader";
+                     next.leader.clear();
+                     next.handover_to.clear();
+                     synced = replication::SaveNodeState(node_.state_path(), next);
+                   }
+                   if (!synced.ok()) {
+                     spdlog::error("election: won epoch {} but cannot lead: {}", epoch,
+                                   synced.ToString());
+                     leading_ = false;
+                     election_.Abandon(node_.MonoNowUs());
+                     Arm();
+                     return;
+                   }
+                   spdlog::warn("elected leader of epoch {} from seq {}", epoch,
+                                next.history.back().start_seq);
+                   node_.SwitchRole(std::move(next));
+                 }));
+}
+
+kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest request) {
+  NoteContact();
+  replication::VoterView view;
+  view.latest = node_.engine().LatestSequence();
+  view.leads = false;
+  view.leader_heard_us = heard_us_;
+  int64_t now = node_.MonoNowUs();
+  replication::VoteAnswer a =
+      replication::AnswerVote(follower_->state(), view, request, options_, now);
+  if (!a.save.has_value()) {
+    if (!a.reply.granted) {
+      spdlog::info("election: refused {} to '{}' in epoch {}: {}",
+                   request.pre_vote ? "a pre-vote" : "a vote", request.candidate, request.epoch,
+                   a.reply.message);
+    }
+    return a.reply;
+  }
+  // Wrapped: the role (and this) may end while the vote is being saved.
+  return canceler_.wrap(node_.node_pool()
+      .Run([f = follower_, request]() { return f->SaveVote(request.epoch, request.candidate); })
+      .then([this, reply = a.reply, request](absl::Status saved) -> replication::VoteReply {
+        // Not saved: no answer (the candidate asks again), never a refusal.
+        KJ_REQUIRE(saved.ok(), "cannot save the vote", saved.ToString());
+        spdlog::info("election: voted for '{}' in epoch {}", request.candidate, request.epoch);
+        // A vote restarts the wait, as a leader's message does: the candidate gets its
+        // time to win before this node stands itself.
+        election_.OnLeaderContact(node_.MonoNowUs());
+        Arm();
+        follow_(request.candidate);
+        return reply;
+      }));
+}
+
+}  // namespace walship::rpc

@@ -1,0 +1,77 @@
+// A follower's part in automatic failover: replication::Election carried out over Cap'n Proto.
+// It notes when the leader was last heard from (the stream's last sign of life), stands when
+// the leader is silent (one timer), asks the other voters (PeerService.requestVote, one
+// connection per voter, each call bounded by the round time-out), saves the node's own vote
+// before asking for votes, and once it has won fsyncs the WAL, saves the new epoch and role
+// and makes the node leader. It also answers other candidates' requests, saving a granted vote
+// before the answer goes out.
+//
+// Thread safety: lives on the event-loop thread.
+#pragma once
+
+#include <kj/async.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "replication/election.h"
+#include "replication/follower.h"
+#include "replication/follower_link.h"
+#include "rpc/peer_client.h"
+
+namespace walship::rpc {
+
+class Node;
+
+class Campaign final : private kj::TaskSet::ErrorHandler {
+ public:
+  // `follower` holds the node's state and saves its votes; `link` is the stream from the
+  // leader (its last contact is the leader's last sign of life). `follow` is called with a
+  // candidate this node voted for, so that the stream looks for it there first.
+  Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
+           const replication::FollowerLink& link, std::function<void(std::string)> follow);
+  ~Campaign() noexcept(false);
+
+  void Start();
+  // The leader's stream showed a sign of life (call after the link carried out anything).
+  void NoteContact();
+  // A candidate's request (PeerService.requestVote).
+  kj::Promise<replication::VoteReply> Answer(replication::VoteRequest request);
+  // Whether it asks for votes (it voted for itself) or won: it may lead at once.
+  bool Standing() const {
+    return election_.phase() == replication::Election::Phase::kVote ||
+           election_.phase() == replication::Election::Phase::kWon;
+  }
+  // What status shows: "following", "standing for epoch N (pre-vote)", ...
+  std::string Describe() const;
+  // When the leader was last heard from, on the monotonic clock (µs).
+  int64_t leader_heard_us() const { return heard_us_; }
+
+ private:
+  void taskFailed(kj::Exception&& e) override;
+  void Arm();
+  void Tick();
+  void Carry(replication::ElectionOutbox out);
+  void Send(std::vector<std::pair<std::string, replication::VoteRequest>> requests);
+  void Ask(const std::string& voter, replication::VoteRequest request);
+  void Lead(replication::Epoch epoch);
+
+  Node& node_;
+  std::shared_ptr<replication::Follower> follower_;
+  const replication::FollowerLink& link_;
+  std::function<void(std::string)> follow_;
+  replication::ElectionOptions options_;
+  replication::Election election_;
+  int64_t heard_us_;  // the role's start counts as contact (replication/election.h)
+  std::map<std::string, kj::Own<PeerClient>> voters_;  // open connections, by voter id
+  bool leading_ = false;  // won: the node becomes leader
+  bool armed_ = false;
+  int64_t armed_at_us_ = 0;
+  kj::Promise<void> timer_ = nullptr;
+  kj::Canceler canceler_;  // vote answers being saved
+  kj::TaskSet tasks_;  // last: destroyed first
+};
+
+}  // namespace walship::rpc

@@ -1,0 +1,66 @@
+// The leader's part in automatic failover (replication/election.h): its answer to a
+// candidate, the lease kept from its followers' acknowledgements, and the step-down.
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_cat.h"
+#include "replication/handover.h"
+#include "rpc/leader_role.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+
+// ---- Automatic failover: the lease ----
+
+kj::Promise<replication::VoteReply> LeaderRole::RequestVote(replication::VoteRequest request) {
+  replication::VoterView view;
+  view.latest = leader_.latest();
+  view.leads = !stepping_down_;
+  replication::ElectionOptions eo;
+  eo.self = node_.options().node_id;
+  eo.cluster = node_.options().cluster;
+  eo.election_timeout_ms = node_.options().election_timeout_ms;
+  // A leader refuses every vote: it leads (and steps down on its own once its lease ends).
+  return replication::AnswerVote(leader_.state(), view, request, eo, node_.MonoNowUs()).reply;
+}
+
+void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
+  lease_->OnAck(voter, sent_us);
+  lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);
+}
+
+// Steps down once the lease has ended (a new leader gets an election time-out from its start
+// to gather its majority). Checked every heartbeat interval; writes are refused from the lease's end
+// on, whenever this runs (WriteRefusal).
+kj::Promise<void> LeaderRole::LeaseLoop() {
+  return node_.io()
+      .provider->getTimer()
+      .afterDelay(node_.options().heartbeat_interval_ms * kj::MILLISECONDS)
+      .then([this]() -> kj::Promise<void> {
+        int64_t now = node_.MonoNowUs();
+        lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);
+        // A new leader waits an election time-out for its followers to find it (it takes
+        // no write meanwhile); past it, voters may stand again anyway.
+        if (now >= lease_until_us_ &&
+            now - started_us_ >= int64_t{node_.options().election_timeout_ms} * 1000) {
+          StepDown(absl::StrCat("no majority of the voters acknowledged a message sent within "
+                                "the last ", node_.options().lease_ms, " ms (lease_ms)"));
+          return kj::READY_NOW;
+        }
+        return LeaseLoop();
+      });
+}
+
+void LeaderRole::StepDown(const std::string& why) {
+  if (stepping_down_) return;
+  stepping_down_ = true;
+  spdlog::warn("STEPPING DOWN as leader of epoch {}: {}; writes are refused from now on",
+               leader_.epoch(), why);
+  replication::NodeState next = replication::StateForFollowing(leader_.state(), "");
+  if (absl::Status s = replication::SaveNodeState(node_.state_path(), next); !s.ok()) {
+    // Follows all the same; restarted, it would first ask its peers (RecoveringRole).
+    spdlog::error("cannot save the step-down: {}", s.ToString());
+  }
+  node_.SwitchRole(std::move(next));
+}
+
+}  // namespace walship::rpc

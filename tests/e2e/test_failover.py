@@ -1,0 +1,159 @@
+"""Automatic failover on real processes: a leader killed or paused is replaced by election,
+no write the mode promised to keep is lost, the most up-to-date follower wins, and the old
+leader comes back as a follower without taking a write meanwhile."""
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+from cluster import TESTLOAD, Cluster, wait_until
+
+# The README states these bounds for the default time-outs (election_timeout_ms 1000, jitter
+# 300, lease_ms 700); a slow CI machine gets the same bound, doubled, never a skip.
+NEW_LEADER_WITHIN_S = 10
+
+
+class FailoverTest(unittest.TestCase):
+    def cluster(self, **repl):
+        settings = {"failover": True}
+        settings.update(repl)
+        c = Cluster(3, replication=settings)
+        self.addCleanup(c.close)
+        c.start_all()
+        wait_until(lambda: all(c.status(n)["role"] == "follower" and c.status(n)["ready"]
+                               for n in ("n2", "n3")), 30, "n2 and n3 streaming")
+        return c
+
+    def running_leaders(self, c):
+        out = []
+        for nid in c.procs:
+            r = c.cli("--node", nid, "status", "--json", check=False)
+            if r.returncode == 0 and '"role":"leader"' in r.stdout:
+                out.append(nid)
+        return out
+
+    def wait_new_leader(self, c, among):
+        def one():
+            leaders = [n for n in self.running_leaders(c) if n in among]
+            return leaders[0] if len(leaders) == 1 else None
+        return wait_until(one, NEW_LEADER_WITHIN_S * 2, f"one leader among {among}")
+
+    def put_until_acked(self, c, nid, key, value, timeout=10):
+        """A write through the CLI, again until acknowledged (a new leader takes writes once a
+        majority acknowledged it)."""
+        return wait_until(lambda: c.cli("--node", nid, "put", key, value,
+                                        check=False).returncode == 0,
+                          timeout, f"{nid} to acknowledge a write")
+
+    def acked_keys(self, path):
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+
+    def test_a_killed_leader_is_replaced_and_no_acknowledged_write_is_lost(self):
+        c = self.cluster(mode="semi-sync", acks=1, ack_level="flushed")
+        acked = os.path.join(c.dir, "acked")
+        load = subprocess.Popen([TESTLOAD, "--endpoint", c.addr["n1"], "--batches", "1000000",
+                                 "--unique-puts", "--acked-file", acked, "--seed", "7"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: len(self.acked_keys(acked)) >= 2000, 120,
+                       "2000 acknowledged writes")
+            c.stop("n1", signal.SIGKILL)
+            killed = time.monotonic()
+            load.communicate(timeout=60)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.put_until_acked(c, leader, "after", "failover")
+        took = time.monotonic() - killed
+        self.assertLess(took, NEW_LEADER_WITHIN_S * 2)
+        self.assertIn("elected leader of epoch", c.log(leader))
+
+        keys = self.acked_keys(acked)
+        self.assertGreaterEqual(len(keys), 2000)
+        out = c.cli("--node", leader, "scan", "--prefix", "u", "--limit", "1000000").stdout
+        held = {line.split("\t")[0] for line in out.splitlines()}
+        missing = [k for k in keys if k not in held]
+        self.assertEqual(missing, [], f"{len(missing)} acknowledged writes lost in the failover")
+
+        # The old leader comes back as a follower of the new one, and the replicas agree.
+        c.start("n1")
+        wait_until(lambda: c.status("n1")["role"] == "follower"
+                   and c.status("n1")["leader"] == leader, 30, "n1 to follow the new leader")
+        self.assertEqual(self.running_leaders(c), [leader])
+        c.wait_converged(60)
+        self.assertEqual(c.scan_all("n1"), c.scan_all(leader))
+        self.assertEqual(c.scan_all("n2"), c.scan_all("n3"))
+        self.assertEqual(c.cli("--node", "n1", "get", "after").stdout, "failover\n")
+
+    def test_the_most_up_to_date_follower_wins(self):
+        c = self.cluster(mode="semi-sync", acks=1)
+        c.pause("n3")  # held back: only n2 acknowledges from here on
+        try:
+            c.load("n1", 300, seed=11)
+            n2_seq = c.status("n2")["latest_seq"]
+            self.assertGreater(n2_seq, c.status("n1")["latest_seq"] - 1000)
+        finally:
+            c.resume("n3")
+        c.stop("n1", signal.SIGKILL)
+        # n3 wakes up long past its election time-out and stands at once; it must lose.
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.assertEqual(leader, "n2", "a follower behind another was elected")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            self.assertEqual(self.running_leaders(c), ["n2"])
+            time.sleep(0.2)
+        self.assertIn("behind this node's", c.log("n2"), "n2 never refused n3's request")
+        self.put_until_acked(c, "n2", "k", "v")
+        wait_until(lambda: c.status("n3")["latest_seq"] == c.status("n2")["latest_seq"], 30,
+                   "n3 to catch up from n2")
+        self.assertEqual(c.scan_all("n3"), c.scan_all("n2"))
+
+    def test_a_paused_leader_takes_no_write_once_replaced_and_rejoins_as_follower(self):
+        c = self.cluster()  # asynchronous: only the lease keeps the old leader from writing
+        c.cli("--node", "n1", "put", "before", "1")
+        c.pause("n1")
+        try:
+            leader = self.wait_new_leader(c, ("n2", "n3"))
+            self.put_until_acked(c, leader, "during", "2")
+        finally:
+            c.resume("n1")
+        # Woken, its lease is long gone: it does not take the write itself (which would fork
+        # the history); the CLI is sent on to the new leader, or refused.
+        r = c.cli("--node", "n1", "put", "stale", "3", check=False)
+        if r.returncode == 0:
+            self.assertIn(f"retrying at {c.addr[leader]}", r.stderr,
+                          "the old leader acknowledged a write itself")
+        wait_until(lambda: c.status("n1")["role"] == "follower"
+                   and c.status("n1")["leader"] == leader, 30, "n1 to follow the new leader")
+        self.assertIn("STEPPING DOWN", c.log("n1"))
+        # It held nothing the new leader does not: it catches up without a snapshot.
+        c.wait_converged(30)
+        self.assertEqual(c.status("n1")["phase"], "ready")
+        self.assertNotIn("NEEDS SNAPSHOT", c.log("n1"))
+        for nid in ("n1", "n2", "n3"):
+            self.assertEqual(c.cli("--node", nid, "get", "during").stdout, "2\n")
+            self.assertEqual(c.cli("--node", nid, "get", "before").stdout, "1\n")
+        self.assertEqual(c.scan_all("n1"), c.scan_all(leader))
+        self.assertEqual(c.scan_all("n2"), c.scan_all("n3"))
+
+    def test_failover_off_leaves_the_cluster_without_a_leader(self):
+        c = Cluster(3, replication={"failover": False})
+        self.addCleanup(c.close)
+        c.start_all()
+        wait_until(lambda: c.status("n2")["ready"], 30, "n2 streaming")
+        c.stop("n1", signal.SIGKILL)
+        deadline = time.monotonic() + 3  # three election time-outs: no node may stand
+        while time.monotonic() < deadline:
+            self.assertEqual(self.running_leaders(c), [])
+            time.sleep(0.2)
+        self.assertEqual(c.status("n2")["failover"], "")
+
+
+if __name__ == "__main__":
+    unittest.main()
