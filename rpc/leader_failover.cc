@@ -50,6 +50,14 @@ kj::Promise<void> LeaderRole::LeaseLoop() {
       });
 }
 
+std::string LeaderRole::DescribeLease() const {
+  if (stepping_down_) return "stepping down: writes refused";
+  int64_t now = node_.MonoNowUs();
+  if (lease_until_us_ == replication::kNever) return "lease held (the only voter)";
+  if (now >= lease_until_us_) return "no lease: writes refused until a majority acknowledges";
+  return absl::StrCat("lease held for ", (lease_until_us_ - now) / 1000, " ms more");
+}
+
 void LeaderRole::StepDown(const std::string& why) {
   if (stepping_down_) return;
   stepping_down_ = true;

@@ -218,6 +218,7 @@ void LeaderRole::Release(std::vector<replication::Released> released, bool was_d
 
 void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
   st.setEpoch(leader_.epoch());
+  if (lease_.has_value()) st.setFailover(DescribeLease());
   st.setDatabaseId(leader_.state().database_id);
   st.setDegradedForMs(commit_wait_.degraded()
                           ? (node_.MonoNowUs() - commit_wait_.degraded_since_us()) / 1000

@@ -98,6 +98,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   void OnLeaseAck(const std::string& voter, int64_t sent_us);
   kj::Promise<void> LeaseLoop();
   void StepDown(const std::string& why);
+  std::string DescribeLease() const;  // for status
 
   Node& node_;
   replication::Leader leader_;

@@ -104,8 +104,25 @@ auto FollowingHints(Target& t, const char* verb, Call call) -> decltype(call(
   auto endpoint = Resolve(t);
   if (!endpoint.ok()) return endpoint.status();
   std::vector<std::string> asked = {*endpoint};
+  // Talking to "the leader" of a file: when the node the file names as leader cannot be
+  // reached (it failed, and another leads now), the file's other nodes are asked in turn.
+  std::vector<std::string> others;
+  if (t.node.empty() && t.endpoint.empty() && t.config.has_value()) {
+    for (const auto& n : t.config->nodes) {
+      if (n.listen != *endpoint) others.push_back(n.listen);
+    }
+  }
   for (int hop = 0;; ++hop) {
     auto client = ConnectTo(t, asked.back());
+    if (!client.ok() && hop == 0 && !others.empty()) {
+      for (const std::string& other : others) {
+        std::fprintf(stderr, "walship: %s: %s; asking %s\n", asked.back().c_str(),
+                     std::string(client.status().message()).c_str(), other.c_str());
+        asked.push_back(other);  // the unreachable one stays asked: hints to it are not taken
+        client = ConnectTo(t, other);
+        if (client.ok()) break;
+      }
+    }
     if (!client.ok()) return client.status();
     auto r = call(**client);
     if (r.ok() || !walship::rpc::IsNotLeader(r.status()) || !t.config.has_value()) return r;
@@ -303,6 +320,12 @@ int main(int argc, char** argv) {
   handover->add_option("--catch-up-ms", catch_up_ms,
                        "how long NODE may take to catch up; past it the leader leads on")
       ->capture_default_str();
+  auto* switchover = app.add_subcommand(
+      "switchover", "the same as handover, by the name PostgreSQL's tools use: --to NODE");
+  switchover->add_option("--to", target, "the node id of the follower to lead")->required();
+  switchover->add_option("--catch-up-ms", catch_up_ms,
+                         "how long NODE may take to catch up; past it the leader leads on")
+      ->capture_default_str();
   auto* checkpoint = app.add_subcommand(
       "checkpoint", "stream a consistent checkpoint of a node (the leader, or --node) into DIR "
                     "on this machine, with a manifest; a copy cut off resumes when run again");
@@ -329,7 +352,7 @@ int main(int argc, char** argv) {
                 "leader's checkpoint; its data stays until the new copy is verified");
   CLI11_PARSE(app, argc, argv);
 
-  if (handover->parsed()) return DoHandover(t, target, catch_up_ms);
+  if (handover->parsed() || switchover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);
   if (remove_follower->parsed()) return DoRemoveFollower(t, member_id);

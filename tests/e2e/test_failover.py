@@ -73,6 +73,10 @@ class FailoverTest(unittest.TestCase):
         took = time.monotonic() - killed
         self.assertLess(took, NEW_LEADER_WITHIN_S * 2)
         self.assertIn("elected leader of epoch", c.log(leader))
+        # The CLI given the file finds the new leader although the file names n1.
+        r = c.cli("put", "via-file", "1")
+        self.assertIn("asking", r.stderr)
+        self.assertEqual(c.cli("--node", leader, "get", "via-file").stdout, "1\n")
 
         keys = self.acked_keys(acked)
         self.assertGreaterEqual(len(keys), 2000)

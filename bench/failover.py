@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Failover benchmark: how long a cluster takes to take writes again after its leader is
+killed, and how long a planned handover pauses writes.
+
+Three walshipd on 127.0.0.1 with automatic failover (failover = true), semi-sync 1 of 2. Each
+round: five writers (four of 100-byte values, one of 4 MiB values) load the leader for --load-s
+seconds (the epoch must not change under it: a change there is a false failover); then the leader is killed with SIGKILL and the clock
+runs until a write through `walship --cluster` (which asks the file's nodes and follows their
+hints) is acknowledged; the killed node is started again and must come back as a follower.
+Run for each timing profile; then --handovers planned handovers are timed from the command's
+start to its answer (writes are refused from the moment the leader stops taking them until the
+target leads, so this bounds the pause a writer sees, less its redirect).
+
+  python3 bench/failover.py --rounds 20             # both profiles, 20 kills each
+  WALSHIP_BIN=build python3 bench/failover.py --profile default --rounds 5
+
+Prints one table (p50, p99, max per profile) with the settings used.
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
+from cluster import TESTLOAD, Cluster, wait_until  # noqa: E402
+
+PROFILES = {
+    # The defaults of docs/config.md.
+    "default": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
+                "election_timeout_ms": 1000, "election_jitter_ms": 300, "lease_ms": 700},
+    # For a quiet network of low latency: the leader heard every 20 ms.
+    "tuned": {"heartbeat_interval_ms": 20, "heartbeat_timeout_ms": 400,
+              "election_timeout_ms": 150, "election_jitter_ms": 50, "lease_ms": 120},
+}
+
+
+def percentile(values, p):
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * len(v) + 0.5)) - 1))
+    return v[k]
+
+
+def leader_of(c):
+    for nid in list(c.procs):
+        r = c.cli("--node", nid, "status", "--json", check=False)
+        if r.returncode == 0 and '"role":"leader"' in r.stdout:
+            return nid
+    return None
+
+
+def epoch_of(c, nid):
+    return c.status(nid)["epoch"]
+
+
+def run_profile(name, rounds, load_s):
+    settings = {"failover": True, "mode": "semi-sync", "acks": 1, "reconnect_min_ms": 20,
+                "reconnect_max_ms": 200}
+    settings.update(PROFILES[name])
+    c = Cluster(3, name=f"failover-{name}", replication=settings)
+    times, false_failovers = [], 0
+    try:
+        c.start_all()
+        wait_until(lambda: leader_of(c) == "n1", 30, "n1 to lead")
+        for i in range(rounds):
+            leader = wait_until(lambda: leader_of(c), 30, "a leader")
+            wait_until(lambda: all(c.status(n)["role"] == "follower" and c.status(n)["ready"]
+                                   for n in c.procs if n != leader), 60, "followers ready")
+            epoch = epoch_of(c, leader)
+            # Four writers of small values and one of 4 MiB values (messages that take a
+            # while to cross): heartbeats must get through all the same.
+            loads = [subprocess.Popen([TESTLOAD, "--endpoint", c.addr[leader], "--batches",
+                                       "100000000", "--seed", str(i * 8 + k), "--value-bytes",
+                                       str(4 << 20 if k == 4 else 100)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True) for k in range(5)]
+            time.sleep(load_s)  # the load's length, not a wait for a condition
+            for p in loads:
+                p.terminate()
+                p.wait(timeout=30)
+            if epoch_of(c, leader) != epoch or leader_of(c) != leader:
+                false_failovers += 1
+            c.stop(leader, signal.SIGKILL)
+            t0 = time.monotonic()
+            deadline = t0 + 60
+            while True:
+                r = c.cli("put", f"after-{i}", "1", check=False, timeout=10)
+                if r.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no write acknowledged 60 s after the kill: {r.stderr}")
+                time.sleep(0.005)
+            times.append((time.monotonic() - t0) * 1000)
+            c.start(leader)
+            wait_until(lambda: c.status(leader)["role"] == "follower", 30,
+                       f"{leader} back as follower")
+            print(f"{name} round {i + 1}/{rounds}: {times[-1]:.0f} ms", file=sys.stderr)
+    finally:
+        c.close()
+    return times, false_failovers
+
+
+def run_handovers(n):
+    c = Cluster(3, name="handover", replication={"failover": True, "mode": "semi-sync",
+                                                 "acks": 1, **PROFILES["default"]})
+    pauses = []
+    try:
+        c.start_all()
+        for i in range(n):
+            leader = wait_until(lambda: leader_of(c), 30, "a leader")
+            wait_until(lambda: all(c.status(x)["ready"] for x in c.procs if x != leader), 60,
+                       "followers ready")
+            target = [x for x in c.ids if x != leader][i % 2]
+            t0 = time.monotonic()
+            c.cli("--node", leader, "handover", target)
+            pauses.append((time.monotonic() - t0) * 1000)
+            wait_until(lambda: c.cli("--node", target, "put", "h", str(i),
+                                     check=False).returncode == 0, 10, "the target to write")
+    finally:
+        c.close()
+    return pauses
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--profile", choices=sorted(PROFILES) + ["all"], default="all")
+    ap.add_argument("--load-s", type=int, default=3, help="write load before each kill")
+    ap.add_argument("--handovers", type=int, default=20)
+    args = ap.parse_args()
+    names = sorted(PROFILES) if args.profile == "all" else [args.profile]
+    rows = []
+    for name in names:
+        times, false = run_profile(name, args.rounds, args.load_s)
+        rows.append((name, times, false))
+    pauses = run_handovers(args.handovers) if args.handovers > 0 else []
+    print("| what | settings | n | p50 ms | p99 ms | max ms | false failovers under load |")
+    print("|---|---|---|---|---|---|---|")
+    for name, times, false in rows:
+        p = PROFILES[name]
+        s = (f"election {p['election_timeout_ms']}+{p['election_jitter_ms']} ms, lease "
+             f"{p['lease_ms']} ms, heartbeat {p['heartbeat_interval_ms']} ms")
+        print(f"| kill -9 to first acknowledged write ({name}) | {s} | {len(times)} | "
+              f"{percentile(times, 50):.0f} | {percentile(times, 99):.0f} | {max(times):.0f} | "
+              f"{false} |")
+    if pauses:
+        print(f"| planned handover (write pause bound) | default | {len(pauses)} | "
+              f"{percentile(pauses, 50):.0f} | {percentile(pauses, 99):.0f} | "
+              f"{max(pauses):.0f} | - |")
+
+
+if __name__ == "__main__":
+    main()
