@@ -207,6 +207,7 @@ void Election::StartRound(bool pre_vote, const NodeState& state, SequenceNumber 
   granted_.clear();
   granted_[options_.self] = true;
   majority_ = state.membership.version == 0 ? 1 : state.membership.Majority();
+  voters_ = state.membership.version == 0 ? 1 : state.membership.VotersExcept("").size();
   LogPosition mine = LogPositionOf(state, latest);
   VoteRequest r;
   r.cluster = options_.cluster;
@@ -242,9 +243,17 @@ void Election::OnReply(const VoteRequest& request, const VoteReply& reply, const
 
 void Election::Count(const NodeState& state, SequenceNumber latest, int64_t now_us,
                      ElectionOutbox* out) {
-  size_t yes = 0;
-  for (const auto& [voter, granted] : granted_) yes += granted ? 1 : 0;
-  if (yes < majority_) return;
+  size_t yes = 0, no = 0;
+  for (const auto& [voter, granted] : granted_) (granted ? yes : no) += 1;
+  if (yes < majority_) {
+    if (voters_ >= no && voters_ - no >= majority_) return;
+    // Refused by so many that a majority is out of reach (two candidates that stood together
+    // and each voted for itself): given up now, not at the round's time-out.
+    out->logs.push_back(absl::StrCat("refused by ", no, " of ", voters_, " voters in epoch ",
+                                     epoch_, ": no majority possible; standing again later"));
+    GiveUp(now_us);
+    return;
+  }
   if (phase_ == Phase::kPreVote) {
     StartRound(/*pre_vote=*/false, state, latest, now_us, out);
   } else if (phase_ == Phase::kVote) {

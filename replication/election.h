@@ -10,8 +10,9 @@
 //   2. With a majority of the voters (itself included) willing, it saves a vote for itself in
 //      E and asks for real votes. A voter grants one vote per epoch, saved before it answers.
 //   3. With a majority of real votes it has won E: it begins E at its log's end + 1 and leads.
-// A round that gets no majority within the round time-out is given up, and the node stands
-// again after another random wait. A leader heard from meanwhile ends the election.
+// A round that gets no majority within the round time-out, or that so many voters refused
+// that a majority is out of reach, is given up, and the node stands again after another
+// random wait. A leader heard from meanwhile ends the election.
 //
 // A voter grants a vote (or a pre-vote) only when all of these hold:
 //   - the candidate is a voting member of the cluster, and so is the voter;
@@ -157,6 +158,7 @@ class Election {
   Epoch seen_epoch_ = 0;                 // the highest epoch a refusal named
   std::map<std::string, bool> granted_;  // this round's answers, by voter
   uint64_t majority_ = 1;
+  uint64_t voters_ = 1;  // this round's voters, itself included
 };
 
 // A leader's lease (see above): when it sent the last message each voter acknowledged.

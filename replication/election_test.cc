@@ -247,6 +247,25 @@ TEST(ElectionTest, ARoundWithoutAMajorityIsGivenUpAndTriedAboveWhatTheRefusalsNa
   EXPECT_EQ(out.send[0].second.epoch, 10u);
 }
 
+// Two candidates that stood together each voted for itself and refuse the other: with three
+// voters neither can win, and each gives up at the refusal instead of at the round's end.
+TEST(ElectionTest, ARoundRefusedByTooManyIsGivenUpAtOnce) {
+  NodeState self = Follower();
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  int64_t now = e.NextWakeUp();
+  e.Tick(self, 150, now, &out);
+  ASSERT_EQ(out.send.size(), 2u);
+  VoteRequest req = out.send[0].second;
+  e.OnReply(req, {.granted = false, .voter = "n3", .epoch = 4, .message = "voted for n3"},
+            self, 150, now + kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kPreVote) << "one refusal of three leaves a majority";
+  e.OnReply(req, {.granted = false, .voter = "n1", .epoch = 4, .message = "leads"}, self, 150,
+            now + 2 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  EXPECT_LE(e.NextWakeUp(), now + 2 * kMs + 1000 * kMs) << "stands again after the jitter";
+}
+
 TEST(ElectionTest, AVoteGivenToAnotherMeanwhileEndsTheRound) {
   NodeState self = Follower();
   Election e(Opts("n2"), 7, 0);

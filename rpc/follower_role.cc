@@ -314,6 +314,9 @@ absl::Status FollowerRole::StartReseed() {
     // should the process stop before it ends, the leader gives the verdict again.
     saved->needs_snapshot = follower_->Status().message;
   }
+  // Seeded from the node that gave the verdict: a node that stepped down, or looked for its
+  // leader among the members, has found it since its state was saved.
+  if (!link_.leader_id().empty()) saved->leader = link_.leader_id();
   reseeding_ = true;
   node_.SwitchToSeeding(std::move(*saved));
   return absl::OkStatus();

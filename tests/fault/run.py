@@ -55,7 +55,7 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, workdir, network, rng):
+    def __init__(self, workdir, network, rng, failover=False):
         self.dir = workdir
         self.net = network
         self.rng = rng
@@ -77,6 +77,8 @@ class Cluster:
                  # WAL writes into space allocated ahead, and a 64 MiB memtable rarely flushes);
                  # and an archive of 32 MiB keeps the 192 MiB data dir from filling by itself.
                  "write_buffer_bytes = 1048576", "wal_retention_bytes = 33554432"]
+        if failover:  # a dead or cut-off leader is replaced by vote (docs/failover.md)
+            lines.append("failover = true")
         for i, nid in enumerate(IDS):
             lines += ["", "[[node]]", f'id = "{nid}"', f'listen = "{self.addr[nid]}"',
                       f'data_dir = "data/{nid}"', f'role = "{"leader" if i == 0 else "follower"}"']
@@ -384,19 +386,22 @@ def main():
     ap.add_argument("--loopback", action="store_true", help="no namespaces, even if possible")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
     ap.add_argument("--faults", help="only these kinds, comma-separated (e.g. clock,kill)")
+    ap.add_argument("--failover", action="store_true",
+                    help="automatic failover on: leaders are replaced by vote")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     workdir = tempfile.mkdtemp(prefix=f"walship-faults-{args.seed}-")
     why_not = "--loopback given" if args.loopback else net.available()
     network = None if why_not else net.Network(IDS, workdir)
     print(f"fault suite: seed {args.seed}, {args.seconds}s, dir {workdir}, "
+          + ("automatic failover, " if args.failover else "")
           + ("network namespaces" if network else f"loopback only ({why_not})"), flush=True)
     cluster = None
     findings = 1
     try:
         if network:
             network.up()
-        cluster = Cluster(workdir, network, rng)
+        cluster = Cluster(workdir, network, rng, failover=args.failover)
         for nid in IDS:
             cluster.start(nid)
         if converge(cluster, 30):
