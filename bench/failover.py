@@ -29,7 +29,7 @@ from cluster import TESTLOAD, Cluster, wait_until  # noqa: E402
 PROFILES = {
     # The defaults of docs/config.md.
     "default": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
-                "election_timeout_ms": 1000, "election_jitter_ms": 300, "lease_ms": 700},
+                "election_timeout_ms": 800, "election_jitter_ms": 200, "lease_ms": 550},
     # For a quiet network of low latency: the leader heard every 20 ms.
     "tuned": {"heartbeat_interval_ms": 20, "heartbeat_timeout_ms": 400,
               "election_timeout_ms": 150, "election_jitter_ms": 50, "lease_ms": 120},

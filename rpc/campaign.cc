@@ -76,9 +76,12 @@ std::string Campaign::Describe() const {
 
 // One timer for the election's next wake-up; an earlier one already armed stays.
 void Campaign::Arm() {
-  int64_t at = election_.NextWakeUp();
-  if (at == replication::kNever || leading_) return;
+  if (leading_) return;
   int64_t now = node_.MonoNowUs();
+  int64_t at = election_.NextWakeUp();
+  // Not allowed to stand (yet): whether it may is looked at again an election time-out on
+  // (a follower seeded meanwhile may).
+  if (at == replication::kNever) at = now + int64_t{options_.election_timeout_ms} * 1000;
   if (armed_ && armed_at_us_ <= at && armed_at_us_ > now) return;
   armed_ = true;
   armed_at_us_ = at;
@@ -94,11 +97,13 @@ void Campaign::Arm() {
 
 void Campaign::Tick() {
   NoteContact();
-  // A node that must be re-seeded holds stale data: it votes, but never stands.
-  election_.set_may_stand(follower_->Status().phase !=
-                          replication::FollowerPhase::kNeedsSnapshot);
+  // A node that must be re-seeded holds stale data, and one never seeded holds no database
+  // at all: they vote, but never stand.
+  replication::NodeState state = follower_->state();
+  election_.set_may_stand(!state.database_id.empty() &&
+                          follower_->Status().phase != replication::FollowerPhase::kNeedsSnapshot);
   replication::ElectionOutbox out;
-  election_.Tick(follower_->state(), node_.engine().LatestSequence(), node_.MonoNowUs(), &out);
+  election_.Tick(state, node_.engine().LatestSequence(), node_.MonoNowUs(), &out);
   Carry(std::move(out));
 }
 

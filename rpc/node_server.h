@@ -75,9 +75,9 @@ struct NodeServerOptions {
   // lease_ms refuses writes and steps down. Off: a leader is replaced by an operator only
   // (walship handover).
   bool failover = false;
-  uint32_t election_timeout_ms = 1000;
-  uint32_t election_jitter_ms = 300;
-  uint32_t lease_ms = 700;
+  uint32_t election_timeout_ms = 800;
+  uint32_t election_jitter_ms = 200;
+  uint32_t lease_ms = 550;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

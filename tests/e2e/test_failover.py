@@ -9,8 +9,9 @@ import unittest
 
 from cluster import TESTLOAD, Cluster, wait_until
 
-# The README states these bounds for the default time-outs (election_timeout_ms 1000, jitter
-# 300, lease_ms 700); a slow CI machine gets the same bound, doubled, never a skip.
+# A generous bound on a new leader with the default time-outs (election_timeout_ms 800, jitter
+# 200, lease_ms 550; bench/failover.py measures the real figures); doubled where it is waited
+# for, never a skip on a slow machine.
 NEW_LEADER_WITHIN_S = 10
 
 
