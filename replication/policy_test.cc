@@ -171,6 +171,66 @@ TEST(FollowerLinkTest, ReconnectsBackOffUpToTheMaximum) {
   EXPECT_TRUE(slow.drop) << "no answer within connect_timeout_ms";
 }
 
+// With search_leader (automatic failover), a follower that cannot reach the node it follows
+// tries the other members in turn (id order, itself left out); a node that refuses naming
+// itself (it stands for leader) is asked again; a vote makes it follow the candidate at once.
+TEST(FollowerLinkTest, SearchingForTheLeaderTriesTheMembersInTurn) {
+  TempDir dir;
+  FakeClock clock;
+  NodeState s;
+  s.membership.version = 1;
+  for (const char* id : {"f1", "f2", "f3", "leader"}) s.membership.members.push_back({id, "", true});
+  FollowerNode f(dir, "f1", &clock, s);
+  FollowerLinkOptions lo = LinkFixture::Options();
+  lo.search_leader = true;
+  FollowerLink link(*f.follower, lo, "leader");
+  LinkOutbox out;
+  link.Start(kT0, &out);
+  ASSERT_TRUE(out.connect.has_value());
+  int64_t now = kT0;
+  std::vector<std::string> tried = {out.connect->leader_id};
+  for (int i = 0; i < 3; ++i) {
+    LinkOutbox lost;
+    link.OnConnectionLost(link.generation(), "refused", now, &lost);
+    now = link.NextWakeUp();
+    LinkOutbox again;
+    link.Tick(now, 0, &again);
+    ASSERT_TRUE(again.connect.has_value());
+    tried.push_back(again.connect->leader_id);
+  }
+  EXPECT_EQ(tried, (std::vector<std::string>{"leader", "f2", "f3", "leader"}));
+
+  // "leader" refuses naming itself: asked again soon, not passed over.
+  HelloReply standing;
+  standing.outcome = HelloOutcome::kRefused;
+  standing.message = "not the leader yet";
+  standing.leader_hint = "leader";
+  LinkOutbox refused;
+  link.OnHelloReply(link.generation(), standing, now, &refused);
+  EXPECT_EQ(link.leader_id(), "leader");
+  EXPECT_EQ(link.NextWakeUp() - now, int64_t{lo.reconnect_min_ms} * 1000);
+
+  // This node voted for f3: it connects there at once.
+  LinkOutbox voted;
+  link.Follow("f3", now, &voted);
+  ASSERT_TRUE(voted.connect.has_value());
+  EXPECT_EQ(voted.connect->leader_id, "f3");
+  EXPECT_EQ(link.leader_id(), "f3");
+}
+
+// Without search_leader a follower keeps asking the node it follows.
+TEST(FollowerLinkTest, WithoutSearchingItKeepsItsLeader) {
+  LinkFixture fx;
+  LinkOutbox out;
+  fx.link.Start(kT0, &out);
+  LinkOutbox lost;
+  fx.link.OnConnectionLost(fx.link.generation(), "refused", kT0, &lost);
+  LinkOutbox again;
+  fx.link.Tick(fx.link.NextWakeUp(), 0, &again);
+  ASSERT_TRUE(again.connect.has_value());
+  EXPECT_EQ(again.connect->leader_id, "leader");
+}
+
 // Silence past heartbeat_timeout_ms drops the connection; bytes of a large message still
 // arriving count as life.
 TEST(FollowerLinkTest, SilenceDropsTheConnectionButArrivingBytesDoNot) {
