@@ -91,6 +91,7 @@ absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   }
   switch (reply.outcome) {
     case HelloOutcome::kNeedsSnapshot:
+      verdict_leader_log_ = LeaderLog{reply.epoch, reply.history, reply.leader_latest};
       if (std::optional<NodeState> next = MarkNeedsSnapshot(reply.message); next.has_value()) {
         // Saved under mu_, on the loop thread, as adopting an epoch below: once per leader
         // change.
@@ -305,6 +306,11 @@ absl::Status Follower::SaveVote(Epoch epoch, const std::string& candidate) {
   state_.vote_epoch = epoch;
   state_.voted_for = candidate;
   return absl::OkStatus();
+}
+
+std::optional<Follower::LeaderLog> Follower::VerdictLeaderLog() const {
+  absl::MutexLock lock(&mu_);
+  return verdict_leader_log_;
 }
 
 Epoch Follower::HighestEpoch() const {

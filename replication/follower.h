@@ -99,6 +99,15 @@ class Follower {
   // or a later one meanwhile, unless it is the same vote again. From then on, messages of a
   // leader of an earlier epoch are refused.
   absl::Status SaveVote(Epoch epoch, const std::string& candidate);
+  // The log of the leader whose handshake said this node needs a snapshot (its epoch, history
+  // and log's end), when one did since the node started: where the two histories part is what
+  // a rollback file keeps (replication/rollback.h).
+  struct LeaderLog {
+    Epoch epoch = 0;
+    std::vector<EpochEntry> history;
+    SequenceNumber latest = 0;
+  };
+  std::optional<LeaderLog> VerdictLeaderLog() const;
   // The cluster's membership as the leader last sent it (saved in the node state), and how
   // many times a new one was saved (cheap to poll: it tells when to read the membership).
   Membership membership() const;
@@ -143,6 +152,7 @@ class Follower {
   // Set by Admit when a message carried a membership this node does not hold; OnShip saves it.
   std::optional<Membership> membership_to_save_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> membership_saves_{0};
+  std::optional<LeaderLog> verdict_leader_log_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace walship::replication

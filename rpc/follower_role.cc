@@ -2,11 +2,15 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "replication/clock.h"
 #include "replication/handover.h"
+#include "replication/rollback.h"
 #include "replication/seeding.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
@@ -318,7 +322,55 @@ absl::Status FollowerRole::StartReseed() {
   // leader among the members, has found it since its state was saved.
   if (!link_.leader_id().empty()) saved->leader = link_.leader_id();
   reseeding_ = true;
-  node_.SwitchToSeeding(std::move(*saved));
+  // What this node holds past the point where its history parts from the leader's (it led,
+  // and wrote what no survivor received) is kept in a rollback file before the re-seed
+  // replaces the database.
+  std::optional<replication::Follower::LeaderLog> leader = follower_->VerdictLeaderLog();
+  replication::NodeState ours = follower_->state();
+  SequenceNumber latest = node_.engine().LatestSequence();
+  SequenceNumber from =
+      leader.has_value()
+          ? replication::DivergenceStart(ours.history, latest, leader->history, leader->latest)
+          : latest + 1;
+  if (from > latest) {
+    node_.SwitchToSeeding(std::move(*saved));
+    return absl::OkStatus();
+  }
+  replication::RollbackHeader h;
+  h.cluster = node_.options().cluster;
+  h.database_id = ours.database_id;
+  h.node = node_.options().node_id;
+  h.first = from;
+  h.last = latest;
+  h.leader = link_.leader_id();
+  h.leader_epoch = leader->epoch;
+  h.leader_latest = leader->latest;
+  h.written_unix_s = absl::ToUnixSeconds(absl::Now());
+  std::string dir = node_.options().data_dir + "/rollback";
+  std::string path = absl::StrCat(dir, "/rollback-", h.written_unix_s, "-", from, "-", latest,
+                                  ".txt");
+  tasks_.add(node_.node_pool()
+                 .Run([e = &node_.engine(), ours, h, dir, path]() {
+                   ::mkdir(dir.c_str(), 0755);
+                   return replication::WriteRollbackFile(*e, ours, h, path);
+                 })
+                 .then([path, h](absl::StatusOr<replication::Rollback> written) {
+                   if (!written.ok()) {
+                     spdlog::error("ROLLBACK FILE NOT WRITTEN for seqs {}-{}: {}; those writes "
+                                   "are lost with the re-seed", h.first, h.last,
+                                   written.status().ToString());
+                   } else {
+                     spdlog::warn("ROLLBACK: seqs {}-{} ({} ops) are not in leader '{}''s "
+                                  "history; written to {} (walship rollback show FILE)",
+                                  h.first, h.last, written->ops.size(), h.leader, path);
+                   }
+                 },
+                 [](kj::Exception&& e) {
+                   spdlog::error("ROLLBACK FILE NOT WRITTEN: {}", e.getDescription().cStr());
+                 })
+                 .then([this, saved = std::move(*saved)]() mutable {
+                   node_.SwitchToSeeding(std::move(saved));
+                 }));
   return absl::OkStatus();
 }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "replication/rollback.h"
 #include "rpc/client.h"
 #include "rpc/convert.h"
 #include "tools/checkpoint.h"
@@ -164,6 +165,40 @@ int DoCheckpoint(Target& t, const std::string& out) {
 
 // Asks the leader to hand leadership to `target` (the config's leader may have handed over
 // before, so hints are followed as for writes).
+// Prints a rollback file (replication/rollback.h) in the CLI's byte escapes.
+int DoRollbackShow(const std::string& path) {
+  auto rb = walship::replication::ReadRollbackFile(path);
+  if (!rb.ok()) return Fail(rb.status());
+  const auto& h = rb->header;
+  std::printf("node %s of cluster %s (database %s): seqs %llu-%llu are not in the history of "
+              "leader %s (epoch %llu, log end %llu); written %s\n",
+              h.node.c_str(), h.cluster.c_str(), h.database_id.c_str(),
+              static_cast<unsigned long long>(h.first), static_cast<unsigned long long>(h.last),
+              h.leader.c_str(), static_cast<unsigned long long>(h.leader_epoch),
+              static_cast<unsigned long long>(h.leader_latest),
+              absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(h.written_unix_s),
+                               absl::UTCTimeZone())
+                  .c_str());
+  for (const auto& [first, last] : rb->missing) {
+    std::printf("MISSING seqs %llu-%llu: the WAL no longer held them; those writes are lost\n",
+                static_cast<unsigned long long>(first), static_cast<unsigned long long>(last));
+  }
+  for (const auto& r : rb->ops) {
+    using walship::engine::OpType;
+    std::string what =
+        r.op.type == OpType::kPut ? absl::StrCat("put ", walship::tools::Escape(r.op.key), " ",
+                                                 walship::tools::Escape(r.op.value))
+        : r.op.type == OpType::kDelete
+            ? absl::StrCat("del ", walship::tools::Escape(r.op.key))
+            : absl::StrCat("delrange ", walship::tools::Escape(r.op.key), " ",
+                           walship::tools::Escape(r.op.value));
+    std::printf("seq %llu epoch %llu %s\n", static_cast<unsigned long long>(r.seq),
+                static_cast<unsigned long long>(r.epoch), what.c_str());
+  }
+  std::printf("%zu ops\n", rb->ops.size());
+  return 0;
+}
+
 int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms) {
   auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
     return c.Handover(target, absl::Milliseconds(catch_up_ms));
@@ -350,8 +385,17 @@ int main(int argc, char** argv) {
   auto* reseed = app.add_subcommand(
       "reseed", "have follower --node (told it needs a snapshot) seed itself again from its "
                 "leader's checkpoint; its data stays until the new copy is verified");
+  auto* rollback = app.add_subcommand(
+      "rollback", "rollback files: what a node held past the point where its history parted "
+                  "from its new leader's, kept before it was re-seeded (docs/failover.md)");
+  auto* rollback_show = rollback->add_subcommand("show", "print a rollback file's writes");
+  std::string rollback_file;
+  rollback_show->add_option("FILE", rollback_file, "DATA_DIR/rollback/rollback-*.txt")
+      ->required();
+  rollback->require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
+  if (rollback_show->parsed()) return DoRollbackShow(rollback_file);
   if (handover->parsed() || switchover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);

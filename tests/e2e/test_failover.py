@@ -194,6 +194,41 @@ class FailoverTest(unittest.TestCase):
         self.assertGreaterEqual(final, max(ids), "the counter went back below an ID handed out")
         self.assertGreater(len({name for _, name in handed_out}), 1)
 
+    def test_an_old_leaders_unreplicated_writes_go_to_a_rollback_file_and_nowhere_else(self):
+        c = self.cluster()  # asynchronous: a write is acknowledged by the leader alone
+        c.cli("put", "before", "1")
+        c.wait_converged(30)
+        c.stop("n2", signal.SIGKILL)
+        c.stop("n3", signal.SIGKILL)
+        # Within its lease n1 still acknowledges writes that no follower receives.
+        acked = os.path.join(c.dir, "acked")
+        subprocess.run([TESTLOAD, "--endpoint", c.addr["n1"], "--batches", "30",
+                        "--unique-puts", "--acked-file", acked, "--seed", "5"],
+                       capture_output=True, text=True, timeout=60)
+        c.stop("n1", signal.SIGKILL)
+        lost = self.acked_keys(acked)
+        self.assertGreater(len(lost), 0, "no write was acknowledged within the lease")
+        c.start("n2")
+        c.start("n3")
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.put_until_acked(c, leader, "after", "2")
+        c.start("n1")  # its history parted from the new leader's: rolled back and re-seeded
+        wait_until(lambda: c.status("n1")["role"] == "follower" and c.status("n1")["ready"],
+                   60, "n1 re-seeded and following")
+        files = os.listdir(os.path.join(c.data_dir("n1"), "rollback"))
+        self.assertEqual(len(files), 1, files)
+        shown = c.cli("rollback", "show",
+                      os.path.join(c.data_dir("n1"), "rollback", files[0])).stdout
+        for key in lost:
+            self.assertIn(f"put {key} ", shown)
+        self.assertIn(f"not in the history of leader {leader}", shown)
+        c.wait_converged(30)
+        for nid in ("n1", "n2", "n3"):
+            held = c.scan_all(nid)
+            self.assertEqual([k for k in lost if f"{k}\t" in held], [], f"{nid} holds them")
+            self.assertEqual(c.cli("--node", nid, "get", "after").stdout, "2\n")
+            self.assertEqual(c.cli("--node", nid, "get", "before").stdout, "1\n")
+
     def test_failover_off_leaves_the_cluster_without_a_leader(self):
         c = Cluster(3, replication={"failover": False})
         self.addCleanup(c.close)
