@@ -290,22 +290,46 @@ void Follower::SaveMembership(Membership m) {
   }
 }
 
-absl::Status Follower::SaveVote(Epoch epoch, const std::string& candidate) {
-  absl::MutexLock apply(&apply_mu_);  // no other save of the state meanwhile
-  NodeState next = state();
-  if (next.vote_epoch == epoch && next.voted_for == candidate) return absl::OkStatus();
-  if (next.HighestEpoch() >= epoch) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "epoch ", epoch, " is not above epoch ", next.HighestEpoch(), ", which this node has "
-        "seen meanwhile"));
-  }
-  next.vote_epoch = epoch;
-  next.voted_for = candidate;
-  if (absl::Status s = SaveNodeState(options_.state_path, next); !s.ok()) return s;
+absl::Status Follower::TakeVote(Epoch epoch, const std::string& candidate) {
   absl::MutexLock lock(&mu_);
+  if (state_.vote_epoch == epoch && state_.voted_for == candidate) return absl::OkStatus();
+  if (state_.HighestEpoch() >= epoch) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "epoch ", epoch, " is not above epoch ", state_.HighestEpoch(), ", which this node "
+        "has seen"));
+  }
   state_.vote_epoch = epoch;
   state_.voted_for = candidate;
   return absl::OkStatus();
+}
+
+absl::Status Follower::SaveVote(Epoch epoch, const std::string& candidate) {
+  absl::MutexLock apply(&apply_mu_);  // no other save of the state meanwhile
+  NodeState next = state();
+  if (next.vote_epoch != epoch || next.voted_for != candidate) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the vote in epoch ", epoch, " for '", candidate, "' is no longer this node's"));
+  }
+  return SaveNodeState(options_.state_path, next);
+}
+
+absl::StatusOr<NodeState> Follower::SaveElected(Epoch epoch) {
+  absl::MutexLock apply(&apply_mu_);  // no apply and no other save meanwhile
+  NodeState next = state();
+  if (next.vote_epoch != epoch || next.voted_for != options_.node_id || next.epoch >= epoch ||
+      (!next.history.empty() && next.history.back().epoch >= epoch)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this node no longer holds its own vote in epoch ", epoch, " alone (it has seen epoch ",
+        next.HighestEpoch(), ")"));
+  }
+  BeginElectedEpoch(next, engine_->LatestSequence() + 1, options_.node_id, epoch);
+  next.role = "leader";
+  next.leader.clear();
+  next.handover_to.clear();
+  if (absl::Status s = SaveNodeState(options_.state_path, next); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  state_ = next;
+  return next;
 }
 
 std::optional<Follower::LeaderLog> Follower::VerdictLeaderLog() const {

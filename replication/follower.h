@@ -94,11 +94,17 @@ class Follower {
   // below it is refused as stale.
   Epoch HighestEpoch() const;
   NodeState state() const;
-  // Saves the vote this node grants `candidate` (itself, when it stands) in `epoch`, before
-  // the vote is answered (replication/election.h); refused when the node has seen `epoch`
-  // or a later one meanwhile, unless it is the same vote again. From then on, messages of a
-  // leader of an earlier epoch are refused.
+  // Takes the vote this node grants `candidate` (itself, when it stands) in `epoch`, in
+  // memory, at once: from then on messages of a leader of an earlier epoch are refused and
+  // acks name `epoch` (so a leader counts none of them), also while an apply admitted before
+  // ends. Refused when the node has seen `epoch` or a later one, unless it is the same vote.
+  // SaveVote then saves it, before the vote is answered (replication/election.h).
+  absl::Status TakeVote(Epoch epoch, const std::string& candidate);
   absl::Status SaveVote(Epoch epoch, const std::string& candidate);
+  // This node won `epoch` with its own vote: begins it at its log's end + 1 as leader and
+  // saves that (no apply runs meanwhile). Refused when its vote in `epoch` is no longer its
+  // own, or it has seen `epoch` begun meanwhile.
+  absl::StatusOr<NodeState> SaveElected(Epoch epoch);
   // The log of the leader whose handshake said this node needs a snapshot (its epoch, history
   // and log's end), when one did since the node started: where the two histories part is what
   // a rollback file keeps (replication/rollback.h).

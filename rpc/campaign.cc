@@ -36,8 +36,8 @@ Campaign::Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
       link_(link),
       follow_(std::move(follow)),
       options_(ElectionOptionsFor(node.options())),
-      election_(options_, SeedFor(options_.self, node.MonoNowUs()), node.MonoNowUs()),
-      heard_us_(node.MonoNowUs()),
+      election_(options_, SeedFor(options_.self, node.PreciseNowUs()), node.PreciseNowUs()),
+      heard_us_(node.PreciseNowUs()),
       tasks_(*this) {}
 
 Campaign::~Campaign() noexcept(false) {
@@ -51,8 +51,11 @@ void Campaign::taskFailed(kj::Exception&& e) {
 void Campaign::Start() { Arm(); }
 
 void Campaign::NoteContact() {
-  if (link_.last_contact_us() <= heard_us_) return;
-  heard_us_ = link_.last_contact_us();
+  if (link_.last_contact_us() <= link_contact_us_) return;
+  link_contact_us_ = link_.last_contact_us();
+  // Noted on the precise clock, now: the loop's cached clock may lag behind a long turn, and
+  // a voter must never think it heard its leader earlier than it did.
+  heard_us_ = node_.PreciseNowUs();
   election_.OnLeaderContact(heard_us_);
   Arm();
 }
@@ -64,7 +67,7 @@ std::string Campaign::Describe() const {
       int64_t at = election_.NextWakeUp();
       if (at == replication::kNever) return "following";
       return absl::StrCat("following; stands in ",
-                          std::max<int64_t>(0, at - node_.MonoNowUs()) / 1000,
+                          std::max<int64_t>(0, at - node_.PreciseNowUs()) / 1000,
                           " ms unless the leader is heard");
     }
     case Phase::kPreVote: return absl::StrCat("standing for epoch ", election_.epoch(), " (pre-vote)");
@@ -77,7 +80,7 @@ std::string Campaign::Describe() const {
 // One timer for the election's next wake-up; an earlier one already armed stays.
 void Campaign::Arm() {
   if (leading_) return;
-  int64_t now = node_.MonoNowUs();
+  int64_t now = node_.PreciseNowUs();
   int64_t at = election_.NextWakeUp();
   // Not allowed to stand (yet): whether it may is looked at again an election time-out on
   // (a follower seeded meanwhile may).
@@ -103,15 +106,22 @@ void Campaign::Tick() {
   election_.set_may_stand(!state.database_id.empty() &&
                           follower_->Status().phase != replication::FollowerPhase::kNeedsSnapshot);
   replication::ElectionOutbox out;
-  election_.Tick(state, node_.engine().LatestSequence(), node_.MonoNowUs(), &out);
+  election_.Tick(state, node_.engine().LatestSequence(), node_.PreciseNowUs(), &out);
   Carry(std::move(out));
 }
 
 void Campaign::Carry(replication::ElectionOutbox out) {
   for (const std::string& line : out.logs) spdlog::info("election: {}", line);
   if (out.save.has_value()) {
-    // Its vote for itself, saved before anyone is asked (and before it may lead).
+    // Its vote for itself, taken at once (no message of the old leader is taken from here
+    // on) and saved before anyone is asked (and before it may lead).
     replication::Epoch epoch = out.save->vote_epoch;
+    if (absl::Status taken = follower_->TakeVote(epoch, options_.self); !taken.ok()) {
+      spdlog::info("election: {}", std::string(taken.message()));
+      election_.Abandon(node_.PreciseNowUs());
+      Arm();
+      return;
+    }
     tasks_.add(node_.node_pool()
                    .Run([f = follower_, epoch, self = options_.self]() {
                      return f->SaveVote(epoch, self);
@@ -119,11 +129,18 @@ void Campaign::Carry(replication::ElectionOutbox out) {
                    .catch_([](kj::Exception&& e) {  // the node's queue was full
                      return absl::UnavailableError(e.getDescription().cStr());
                    })
-                   .then([this, out = std::move(out)](absl::Status saved) mutable {
+                   .then([this, epoch, out = std::move(out)](absl::Status saved) mutable {
                      if (!saved.ok()) {
                        spdlog::warn("election: cannot save this node's vote for itself: {}",
                                     saved.ToString());
-                       election_.Abandon(node_.MonoNowUs());
+                       election_.Abandon(node_.PreciseNowUs());
+                       Arm();
+                       return;
+                     }
+                     // The round may have ended meanwhile (the leader was heard, or its
+                     // time-out passed): then nobody is asked.
+                     if (election_.phase() != replication::Election::Phase::kVote ||
+                         election_.epoch() != epoch) {
                        Arm();
                        return;
                      }
@@ -179,7 +196,7 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
       [this, request](replication::VoteReply reply) {
         replication::ElectionOutbox out;
         election_.OnReply(request, reply, follower_->state(), node_.engine().LatestSequence(),
-                          node_.MonoNowUs(), &out);
+                          node_.PreciseNowUs(), &out);
         Carry(std::move(out));
       },
       [this, voter](kj::Exception&& e) {
@@ -198,31 +215,26 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
 void Campaign::Lead(replication::Epoch epoch) {
   leading_ = true;
   tasks_.add(node_.node_pool()
-                 .Run([e = &node_.engine()]() { return e->SyncWal(); })
-                 .catch_([](kj::Exception&& e) {
+                 .Run([e = &node_.engine(), f = follower_, epoch]()
+                          -> absl::StatusOr<replication::NodeState> {
+                   if (absl::Status synced = e->SyncWal(); !synced.ok()) return synced;
+                   return f->SaveElected(epoch);
+                 })
+                 .catch_([](kj::Exception&& e) -> absl::StatusOr<replication::NodeState> {
                    return absl::UnavailableError(e.getDescription().cStr());
                  })
-                 .then([this, epoch](absl::Status synced) {
-                   replication::NodeState next = follower_->state();
-                   if (synced.ok()) {
-                     engine::SequenceNumber latest = node_.engine().LatestSequence();
-                     replication::BeginElectedEpoch(next, latest + 1, options_.self, epoch);
-                     next.role = "leader";
-                     next.leader.clear();
-                     next.handover_to.clear();
-                     synced = replication::SaveNodeState(node_.state_path(), next);
-                   }
-                   if (!synced.ok()) {
+                 .then([this, epoch](absl::StatusOr<replication::NodeState> next) {
+                   if (!next.ok()) {
                      spdlog::error("election: won epoch {} but cannot lead: {}", epoch,
-                                   synced.ToString());
+                                   next.status().ToString());
                      leading_ = false;
-                     election_.Abandon(node_.MonoNowUs());
+                     election_.Abandon(node_.PreciseNowUs());
                      Arm();
                      return;
                    }
                    spdlog::warn("elected leader of epoch {} from seq {}", epoch,
-                                next.history.back().start_seq);
-                   node_.SwitchRole(std::move(next));
+                                next->history.back().start_seq);
+                   node_.SwitchRole(std::move(*next));
                  }));
 }
 
@@ -230,11 +242,23 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
   NoteContact();
   replication::VoterView view;
   view.latest = node_.engine().LatestSequence();
-  view.leads = false;
+  view.leads = leading_;  // won, and becoming leader: it votes for no one else
   view.leader_heard_us = heard_us_;
-  int64_t now = node_.MonoNowUs();
+  int64_t now = node_.PreciseNowUs();
   replication::VoteAnswer a =
       replication::AnswerVote(follower_->state(), view, request, options_, now);
+  if (a.save.has_value()) {
+    // Taken at once, in the same turn as the checks above: a message of the old leader that
+    // arrives while the vote is saved is refused, and an apply admitted before it is acked
+    // in the new epoch, which no leader of an older one counts.
+    if (absl::Status taken = follower_->TakeVote(request.epoch, request.candidate);
+        !taken.ok()) {
+      a.reply.granted = false;
+      a.reply.message = std::string(taken.message());
+      a.reply.epoch = follower_->HighestEpoch();
+      a.save.reset();
+    }
+  }
   if (!a.save.has_value()) {
     if (!a.reply.granted) {
       spdlog::info("election: refused {} to '{}' in epoch {}: {}",
@@ -252,7 +276,7 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
         spdlog::info("election: voted for '{}' in epoch {}", request.candidate, request.epoch);
         // A vote restarts the wait, as a leader's message does: the candidate gets its
         // time to win before this node stands itself.
-        election_.OnLeaderContact(node_.MonoNowUs());
+        election_.OnLeaderContact(node_.PreciseNowUs());
         Arm();
         follow_(request.candidate);
         return reply;

@@ -65,6 +65,7 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   replication::ElectionOptions options_;
   replication::Election election_;
   int64_t heard_us_;  // the role's start counts as contact (replication/election.h)
+  int64_t link_contact_us_ = 0;  // the link's last contact as last noted
   std::map<std::string, kj::Own<PeerClient>> voters_;  // open connections, by voter id
   bool leading_ = false;  // won: the node becomes leader
   bool armed_ = false;

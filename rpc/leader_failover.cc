@@ -14,13 +14,13 @@ namespace walship::rpc {
 kj::Promise<replication::VoteReply> LeaderRole::RequestVote(replication::VoteRequest request) {
   replication::VoterView view;
   view.latest = leader_.latest();
-  view.leads = !stepping_down_;
+  view.leads = true;  // stepping down too: a vote granted here would never be saved
   replication::ElectionOptions eo;
   eo.self = node_.options().node_id;
   eo.cluster = node_.options().cluster;
   eo.election_timeout_ms = node_.options().election_timeout_ms;
   // A leader refuses every vote: it leads (and steps down on its own once its lease ends).
-  return replication::AnswerVote(leader_.state(), view, request, eo, node_.MonoNowUs()).reply;
+  return replication::AnswerVote(leader_.state(), view, request, eo, node_.PreciseNowUs()).reply;
 }
 
 void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
@@ -36,7 +36,7 @@ kj::Promise<void> LeaderRole::LeaseLoop() {
       .provider->getTimer()
       .afterDelay(node_.options().heartbeat_interval_ms * kj::MILLISECONDS)
       .then([this]() -> kj::Promise<void> {
-        int64_t now = node_.MonoNowUs();
+        int64_t now = node_.PreciseNowUs();
         lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);
         // A new leader waits an election time-out for its followers to find it (it takes
         // no write meanwhile); past it, voters may stand again anyway.
@@ -52,7 +52,7 @@ kj::Promise<void> LeaderRole::LeaseLoop() {
 
 std::string LeaderRole::DescribeLease() const {
   if (stepping_down_) return "stepping down: writes refused";
-  int64_t now = node_.MonoNowUs();
+  int64_t now = node_.PreciseNowUs();
   if (lease_until_us_ == replication::kNever) return "lease held (the only voter)";
   if (now >= lease_until_us_) return "no lease: writes refused until a majority acknowledges";
   return absl::StrCat("lease held for ", (lease_until_us_ - now) / 1000, " ms more");

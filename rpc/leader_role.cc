@@ -92,7 +92,7 @@ void LeaderRole::taskFailed(kj::Exception&& e) {
 
 void LeaderRole::Start() {
   SchedulePump();  // heartbeats start from the first pump
-  started_us_ = node_.MonoNowUs();
+  started_us_ = node_.PreciseNowUs();
   if (lease_.has_value()) {
     OnLeaseAck(node_.options().node_id, started_us_);  // a cluster of one voter holds it
     tasks_.add(LeaseLoop());
@@ -105,7 +105,7 @@ void LeaderRole::Start() {
 }
 
 absl::Status LeaderRole::WriteRefusal() const {
-  if (lease_.has_value() && (stepping_down_ || node_.MonoNowUs() >= lease_until_us_)) {
+  if (lease_.has_value() && (stepping_down_ || node_.PreciseNowUs() >= lease_until_us_)) {
     return absl::UnavailableError(absl::StrCat(
         "node '", node_.options().node_id, "' leads epoch ", leader_.epoch(),
         stepping_down_ ? " but steps down"
@@ -336,7 +336,9 @@ kj::Promise<void> LeaderRole::Subscribe(SubscribeContext ctx,
   if (sid == 0) {
     spdlog::warn("follower '{}' {}: {}", hello.follower_id,
                  replication::HelloOutcomeName(reply.outcome), reply.message);
-    if (lease_.has_value() && hello.epoch > leader_.epoch()) {
+    if (lease_.has_value() && hello.epoch > leader_.epoch() &&
+        hello.cluster == node_.options().cluster &&
+        node_.membership().Find(hello.follower_id) != nullptr) {
       StepDown(absl::StrCat("follower '", hello.follower_id, "' has seen epoch ", hello.epoch));
     }
     return kj::READY_NOW;

@@ -61,7 +61,14 @@ void Node::Start() {
   snapshots_->RemoveStale();
   tasks_.add(WalTrimLoop());
   tasks_.add(StorageLoop());
-  if (recover_) {
+  if (recover_ && options_.failover) {
+    // With automatic failover, whoever leads is elected: a node that led before it stopped
+    // follows, and stands like any other (its log, if the most up to date, wins the vote).
+    spdlog::info("node '{}' led before it stopped; with failover on it follows and lets the "
+                 "voters elect the leader", options_.node_id);
+    role_ = std::make_unique<FollowerRole>(
+        *this, replication::StateForFollowing(std::move(initial_state_), ""));
+  } else if (recover_) {
     role_ = std::make_unique<RecoveringRole>(*this, std::move(initial_state_));
   } else {
     role_ = MakeRole(std::move(initial_state_));
@@ -86,6 +93,11 @@ void Node::AdoptMembership(replication::Membership m) {
 
 int64_t Node::MonoNowUs() const {
   return (io_.provider->getTimer().now() - kj::origin<kj::TimePoint>()) / kj::MICROSECONDS;
+}
+
+int64_t Node::PreciseNowUs() const {
+  return (kj::systemPreciseMonotonicClock().now() - kj::origin<kj::TimePoint>()) /
+         kj::MICROSECONDS;
 }
 
 std::unique_ptr<Role> Node::MakeRole(replication::NodeState state) {

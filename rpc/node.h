@@ -66,8 +66,12 @@ class Node final : public kj::TaskSet::ErrorHandler {
   const replication::Membership& membership() const { return membership_; }
   // A role saved a new membership (the leader changed it, or a follower was sent it).
   void AdoptMembership(replication::Membership m);
-  // The event loop's monotonic clock, in microseconds (what replication/ is handed).
+  // The event loop's monotonic clock, in microseconds (what replication/ is handed). It is
+  // read once per turn of the loop, so within a long turn it lags.
   int64_t MonoNowUs() const;
+  // The same clock read now: for the leader's lease and a voter's last contact with its
+  // leader, which must never be taken as earlier than they are.
+  int64_t PreciseNowUs() const;
 
   // Makes `state` (saved already) the node's role, in a later turn: the current role may be
   // the caller, and is destroyed then. Roles that end close their followers' connections.

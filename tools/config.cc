@@ -355,6 +355,11 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   }
   // The lease must end before any voter stops refusing votes for the leader it heard (by a
   // margin for clocks that run at different rates), and be renewed several times within it.
+  if (d.failover && uint64_t{d.ack_delay_us} * 4 > uint64_t{d.lease_ms} * 1000) {
+    return err.File(absl::StrCat("ack_delay_us (", d.ack_delay_us, ") must be at most a quarter "
+                                 "of lease_ms (", d.lease_ms, " ms): held acks would let the "
+                                 "leader's lease lapse"));
+  }
   if (d.failover && (uint64_t{d.lease_ms} * 10 > uint64_t{d.election_timeout_ms} * 9 ||
                      uint64_t{d.heartbeat_interval_ms} * 3 > d.lease_ms)) {
     return err.File(absl::StrCat(
