@@ -218,6 +218,38 @@ TEST(FollowerLinkTest, SearchingForTheLeaderTriesTheMembersInTurn) {
   EXPECT_EQ(link.leader_id(), "f3");
 }
 
+// A vote taken refuses the old leader at once, before it is saved: its messages are stale,
+// and acks and hellos name the new epoch, so no leader of an older one counts them. Saved,
+// it survives a restart; a node that voted for another cannot save a win in that epoch.
+TEST(FollowerVoteTest, AVoteTakenFencesTheOldLeaderAtOnce) {
+  LinkFixture fx;
+  fx.Stream(kT0);
+  Follower& f = *fx.f.follower;
+  Epoch old_epoch = f.epoch();
+  ASSERT_TRUE(f.TakeVote(old_epoch + 1, "f2").ok());
+  EXPECT_FALSE(f.TakeVote(old_epoch + 1, "f3").ok()) << "one vote per epoch";
+  EXPECT_TRUE(f.TakeVote(old_epoch + 1, "f2").ok()) << "the same vote again";
+  Ship ship;
+  ship.epoch = old_epoch;
+  auto ack = f.OnShip(ship, engine::WriteOptions{});
+  ASSERT_TRUE(ack.ok()) << ack.status();
+  EXPECT_EQ(ack->outcome, AckOutcome::kStale);
+  EXPECT_EQ(ack->epoch, old_epoch + 1);
+  EXPECT_EQ(f.MakeHello().epoch, old_epoch + 1);
+  EXPECT_EQ(LoadNodeState(fx.f.state_path)->vote_epoch, 0u) << "taken, not saved yet";
+  ASSERT_TRUE(f.SaveVote(old_epoch + 1, "f2").ok());
+  EXPECT_EQ(LoadNodeState(fx.f.state_path)->vote_epoch, old_epoch + 1);
+  EXPECT_EQ(LoadNodeState(fx.f.state_path)->voted_for, "f2");
+  EXPECT_FALSE(f.SaveElected(old_epoch + 1).ok()) << "its vote went to f2";
+  // Its own vote in a later epoch: it may lead it, from its log's end + 1.
+  ASSERT_TRUE(f.TakeVote(old_epoch + 2, "f1").ok());
+  auto led = f.SaveElected(old_epoch + 2);
+  ASSERT_TRUE(led.ok()) << led.status();
+  EXPECT_EQ(led->role, "leader");
+  EXPECT_EQ(led->history.back().epoch, old_epoch + 2);
+  EXPECT_EQ(LoadNodeState(fx.f.state_path)->epoch, old_epoch + 2);
+}
+
 // Without search_leader a follower keeps asking the node it follows.
 TEST(FollowerLinkTest, WithoutSearchingItKeepsItsLeader) {
   LinkFixture fx;
