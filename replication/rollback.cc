@@ -41,9 +41,12 @@ std::string Esc(const std::string& s) {
 
 const char* OpName(engine::OpType t) {
   switch (t) {
-    case engine::OpType::kPut: return "put";
-    case engine::OpType::kDelete: return "delete";
-    case engine::OpType::kDeleteRange: return "delete-range";
+    case engine::OpType::kPut:
+      return "put";
+    case engine::OpType::kDelete:
+      return "delete";
+    case engine::OpType::kDeleteRange:
+      return "delete-range";
   }
   return "?";
 }
@@ -51,7 +54,8 @@ const char* OpName(engine::OpType t) {
 absl::Status WriteDurably(const std::string& path, const std::string& text) {
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+  if (fd < 0)
+    return absl::UnavailableError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
   ssize_t written = ::write(fd, text.data(), text.size());
   bool ok = written == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
   ::close(fd);
@@ -70,8 +74,7 @@ absl::Status WriteDurably(const std::string& path, const std::string& text) {
 }  // namespace
 
 SequenceNumber DivergenceStart(const std::vector<EpochEntry>& ours, SequenceNumber our_latest,
-                               const std::vector<EpochEntry>& theirs,
-                               SequenceNumber their_latest) {
+                               const std::vector<EpochEntry>& theirs, SequenceNumber their_latest) {
   for (size_t i = 0; i < ours.size(); ++i) {
     SequenceNumber start = std::max<SequenceNumber>(ours[i].start_seq, 1);
     SequenceNumber end = std::min(EntryEnd(ours, i, our_latest), our_latest);
@@ -89,12 +92,10 @@ SequenceNumber DivergenceStart(const std::vector<EpochEntry>& ours, SequenceNumb
 }
 
 absl::StatusOr<Rollback> WriteRollbackFile(engine::Engine& engine, const NodeState& ours,
-                                           const RollbackHeader& header,
-                                           const std::string& path) {
+                                           const RollbackHeader& header, const std::string& path) {
   Rollback rb;
   rb.header = header;
-  absl::StatusOr<std::unique_ptr<engine::WalCursor>> cursor =
-      engine.NewWalCursor(header.first);
+  absl::StatusOr<std::unique_ptr<engine::WalCursor>> cursor = engine.NewWalCursor(header.first);
   SequenceNumber next = header.first;
   if (cursor.ok()) {
     while (next <= header.last) {
@@ -118,13 +119,12 @@ absl::StatusOr<Rollback> WriteRollbackFile(engine::Engine& engine, const NodeSta
       << "database " << header.database_id << "\n"
       << "node " << header.node << "\n"
       << "range " << header.first << " " << header.last << "\n"
-      << "leader " << header.leader << " " << header.leader_epoch << " "
-      << header.leader_latest << "\n"
+      << "leader " << header.leader << " " << header.leader_epoch << " " << header.leader_latest
+      << "\n"
       << "written " << header.written_unix_s << "\n";
   for (const auto& [first, last] : rb.missing) out << "missing " << first << " " << last << "\n";
   for (const RollbackOp& r : rb.ops) {
-    out << "op " << r.seq << " " << r.epoch << " " << OpName(r.op.type) << " "
-        << Esc(r.op.key);
+    out << "op " << r.seq << " " << r.epoch << " " << OpName(r.op.type) << " " << Esc(r.op.key);
     if (r.op.type != engine::OpType::kDelete) out << " " << Esc(r.op.value);
     out << "\n";
   }
@@ -150,9 +150,9 @@ absl::StatusOr<Rollback> ReadRollbackFile(const std::string& path) {
     if (n == 1) {
       if (f.size() != 2 || f[0] != kMagic) return bad("not a walship rollback file");
       if (f[1] != std::to_string(kVersion)) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path, ": rollback file format version ", f[1], "; this build reads version ",
-            kVersion));
+        return absl::FailedPreconditionError(absl::StrCat(path, ": rollback file format version ",
+                                                          f[1], "; this build reads version ",
+                                                          kVersion));
       }
       continue;
     }
@@ -197,8 +197,8 @@ absl::StatusOr<Rollback> ReadRollbackFile(const std::string& path) {
     } else if (k == "end" && f.size() == 2) {
       uint64_t count = 0;
       if (!num(1, &count) || count != rb.ops.size()) {
-        return bad(absl::StrCat("the end line counts ", f[1], " ops; the file holds ",
-                                rb.ops.size()));
+        return bad(
+            absl::StrCat("the end line counts ", f[1], " ops; the file holds ", rb.ops.size()));
       }
       ended = true;
     } else {

@@ -35,8 +35,7 @@ namespace walship::replication {
 // leader holding `theirs` (its history) up to `their_latest` does not hold in the same epoch:
 // our_latest + 1 when its log is a prefix of the leader's.
 SequenceNumber DivergenceStart(const std::vector<EpochEntry>& ours, SequenceNumber our_latest,
-                               const std::vector<EpochEntry>& theirs,
-                               SequenceNumber their_latest);
+                               const std::vector<EpochEntry>& theirs, SequenceNumber their_latest);
 
 struct RollbackHeader {
   std::string cluster;
@@ -65,8 +64,7 @@ struct Rollback {
 // (atomically: a temporary file, fsynced, renamed). A stretch the WAL no longer holds is
 // written as `missing`. Returns what was written.
 absl::StatusOr<Rollback> WriteRollbackFile(engine::Engine& engine, const NodeState& ours,
-                                           const RollbackHeader& header,
-                                           const std::string& path);
+                                           const RollbackHeader& header, const std::string& path);
 
 // Parses a rollback file; kDataLoss naming the line when it is malformed or cut short.
 absl::StatusOr<Rollback> ReadRollbackFile(const std::string& path);

@@ -33,9 +33,11 @@ TEST(RollbackTest, AFileHoldsEveryOpPastTheDivergenceAndReadsBack) {
   TempDir dir;
   auto engine = OpenOrDie(dir.Sub("db"));
   ASSERT_TRUE(engine->Write({{engine::OpType::kPut, "kept", "1"}}, {}).ok());
-  ASSERT_TRUE(engine->Write({{engine::OpType::kPut, "a key", std::string("v\n\0x", 4)},
-                             {engine::OpType::kDelete, "gone", ""}},
-                            {}).ok());
+  ASSERT_TRUE(engine
+                  ->Write({{engine::OpType::kPut, "a key", std::string("v\n\0x", 4)},
+                           {engine::OpType::kDelete, "gone", ""}},
+                          {})
+                  .ok());
   ASSERT_TRUE(engine->Write({{engine::OpType::kDeleteRange, "b", "c"}}, {}).ok());
   NodeState ours;
   ours.epoch = 3;

@@ -70,9 +70,12 @@ std::string Campaign::Describe() const {
                           std::max<int64_t>(0, at - node_.PreciseNowUs()) / 1000,
                           " ms unless the leader is heard");
     }
-    case Phase::kPreVote: return absl::StrCat("standing for epoch ", election_.epoch(), " (pre-vote)");
-    case Phase::kVote: return absl::StrCat("asking for votes in epoch ", election_.epoch());
-    case Phase::kWon: return absl::StrCat("won epoch ", election_.epoch());
+    case Phase::kPreVote:
+      return absl::StrCat("standing for epoch ", election_.epoch(), " (pre-vote)");
+    case Phase::kVote:
+      return absl::StrCat("asking for votes in epoch ", election_.epoch());
+    case Phase::kWon:
+      return absl::StrCat("won epoch ", election_.epoch());
   }
   return "";
 }
@@ -185,13 +188,12 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
       return FromCapnp(resp.getReply());
     });
   });
-  auto bounded = call.exclusiveJoin(
-      node_.io()
-          .provider->getTimer()
-          .afterDelay(options_.round_timeout_ms * kj::MILLISECONDS)
-          .then([]() -> replication::VoteReply {
-            KJ_FAIL_REQUIRE("no answer within the round's time-out");
-          }));
+  auto bounded = call.exclusiveJoin(node_.io()
+                                        .provider->getTimer()
+                                        .afterDelay(options_.round_timeout_ms * kj::MILLISECONDS)
+                                        .then([]() -> replication::VoteReply {
+                                          KJ_FAIL_REQUIRE("no answer within the round's time-out");
+                                        }));
   tasks_.add(bounded.then(
       [this, request](replication::VoteReply reply) {
         replication::ElectionOutbox out;
@@ -215,8 +217,8 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
 void Campaign::Lead(replication::Epoch epoch) {
   leading_ = true;
   tasks_.add(node_.node_pool()
-                 .Run([e = &node_.engine(), f = follower_, epoch]()
-                          -> absl::StatusOr<replication::NodeState> {
+                 .Run([e = &node_.engine(), f = follower_,
+                       epoch]() -> absl::StatusOr<replication::NodeState> {
                    if (absl::Status synced = e->SyncWal(); !synced.ok()) return synced;
                    return f->SaveElected(epoch);
                  })
@@ -251,8 +253,7 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
     // Taken at once, in the same turn as the checks above: a message of the old leader that
     // arrives while the vote is saved is refused, and an apply admitted before it is acked
     // in the new epoch, which no leader of an older one counts.
-    if (absl::Status taken = follower_->TakeVote(request.epoch, request.candidate);
-        !taken.ok()) {
+    if (absl::Status taken = follower_->TakeVote(request.epoch, request.candidate); !taken.ok()) {
       a.reply.granted = false;
       a.reply.message = std::string(taken.message());
       a.reply.epoch = follower_->HighestEpoch();
@@ -268,19 +269,20 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
     return a.reply;
   }
   // Wrapped: the role (and this) may end while the vote is being saved.
-  return canceler_.wrap(node_.node_pool()
-      .Run([f = follower_, request]() { return f->SaveVote(request.epoch, request.candidate); })
-      .then([this, reply = a.reply, request](absl::Status saved) -> replication::VoteReply {
-        // Not saved: no answer (the candidate asks again), never a refusal.
-        KJ_REQUIRE(saved.ok(), "cannot save the vote", saved.ToString());
-        spdlog::info("election: voted for '{}' in epoch {}", request.candidate, request.epoch);
-        // A vote restarts the wait, as a leader's message does: the candidate gets its
-        // time to win before this node stands itself.
-        election_.OnLeaderContact(node_.PreciseNowUs());
-        Arm();
-        follow_(request.candidate);
-        return reply;
-      }));
+  return canceler_.wrap(
+      node_.node_pool()
+          .Run([f = follower_, request]() { return f->SaveVote(request.epoch, request.candidate); })
+          .then([this, reply = a.reply, request](absl::Status saved) -> replication::VoteReply {
+            // Not saved: no answer (the candidate asks again), never a refusal.
+            KJ_REQUIRE(saved.ok(), "cannot save the vote", saved.ToString());
+            spdlog::info("election: voted for '{}' in epoch {}", request.candidate, request.epoch);
+            // A vote restarts the wait, as a leader's message does: the candidate gets its
+            // time to win before this node stands itself.
+            election_.OnLeaderContact(node_.PreciseNowUs());
+            Arm();
+            follow_(request.candidate);
+            return reply;
+          }));
 }
 
 }  // namespace walship::rpc

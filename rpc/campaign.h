@@ -64,15 +64,15 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   std::function<void(std::string)> follow_;
   replication::ElectionOptions options_;
   replication::Election election_;
-  int64_t heard_us_;  // the role's start counts as contact (replication/election.h)
+  int64_t heard_us_;             // the role's start counts as contact (replication/election.h)
   int64_t link_contact_us_ = 0;  // the link's last contact as last noted
   std::map<std::string, kj::Own<PeerClient>> voters_;  // open connections, by voter id
-  bool leading_ = false;  // won: the node becomes leader
+  bool leading_ = false;                               // won: the node becomes leader
   bool armed_ = false;
   int64_t armed_at_us_ = 0;
   kj::Promise<void> timer_ = nullptr;
   kj::Canceler canceler_;  // vote answers being saved
-  kj::TaskSet tasks_;  // last: destroyed first
+  kj::TaskSet tasks_;      // last: destroyed first
 };
 
 }  // namespace walship::rpc

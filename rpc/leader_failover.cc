@@ -29,8 +29,8 @@ void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
 }
 
 // Steps down once the lease has ended (a new leader gets an election time-out from its start
-// to gather its majority). Checked every heartbeat interval; writes are refused from the lease's end
-// on, whenever this runs (WriteRefusal).
+// to gather its majority). Checked every heartbeat interval; writes are refused from the lease's
+// end on, whenever this runs (WriteRefusal).
 kj::Promise<void> LeaderRole::LeaseLoop() {
   return node_.io()
       .provider->getTimer()
@@ -42,8 +42,10 @@ kj::Promise<void> LeaderRole::LeaseLoop() {
         // no write meanwhile); past it, voters may stand again anyway.
         if (now >= lease_until_us_ &&
             now - started_us_ >= int64_t{node_.options().election_timeout_ms} * 1000) {
-          StepDown(absl::StrCat("no majority of the voters acknowledged a message sent within "
-                                "the last ", node_.options().lease_ms, " ms (lease_ms)"));
+          StepDown(
+              absl::StrCat("no majority of the voters acknowledged a message sent within "
+                           "the last ",
+                           node_.options().lease_ms, " ms (lease_ms)"));
           return kj::READY_NOW;
         }
         return LeaseLoop();
