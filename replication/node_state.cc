@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/check.h"
+#include "replication/durable_file.h"
 
 namespace walship::replication {
 namespace {
@@ -239,7 +240,10 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
     std::replace(why.begin(), why.end(), '\n', ' ');
     out << "needs_snapshot " << why << "\n";
   }
-  std::string text = out.str();
+  return WriteFileDurably(path, out.str());
+}
+
+absl::Status WriteFileDurably(const std::string& path, const std::string& text) {
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return Errno("cannot create", tmp);

@@ -1,11 +1,6 @@
 #include "replication/rollback.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -13,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "replication/durable_file.h"
 
 namespace walship::replication {
 namespace {
@@ -49,26 +45,6 @@ const char* OpName(engine::OpType t) {
       return "delete-range";
   }
   return "?";
-}
-
-absl::Status WriteDurably(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0)
-    return absl::UnavailableError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-  ssize_t written = ::write(fd, text.data(), text.size());
-  bool ok = written == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-  }
-  std::string dir = path.substr(0, path.find_last_of('/'));
-  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -129,7 +105,7 @@ absl::StatusOr<Rollback> WriteRollbackFile(engine::Engine& engine, const NodeSta
     out << "\n";
   }
   out << "end " << rb.ops.size() << "\n";
-  if (absl::Status s = WriteDurably(path, out.str()); !s.ok()) return s;
+  if (absl::Status s = WriteFileDurably(path, out.str()); !s.ok()) return s;
   return rb;
 }
 

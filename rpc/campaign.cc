@@ -13,6 +13,13 @@
 namespace walship::rpc {
 namespace {
 
+
+uint64_t SeedFor(const std::string& self, int64_t now_us) {
+  return std::hash<std::string>{}(self) ^ static_cast<uint64_t>(now_us);
+}
+
+}  // namespace
+
 replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
   replication::ElectionOptions eo;
   eo.self = o.node_id;
@@ -22,12 +29,6 @@ replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
   eo.round_timeout_ms = std::max<uint32_t>(100, o.election_timeout_ms / 2);
   return eo;
 }
-
-uint64_t SeedFor(const std::string& self, int64_t now_us) {
-  return std::hash<std::string>{}(self) ^ static_cast<uint64_t>(now_us);
-}
-
-}  // namespace
 
 Campaign::Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
                    const replication::FollowerLink& link, std::function<void(std::string)> follow)

@@ -24,6 +24,10 @@
 namespace walship::rpc {
 
 class Node;
+struct NodeServerOptions;
+
+// The election's settings from the node's (failover keys of the config).
+replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o);
 
 class Campaign final : private kj::TaskSet::ErrorHandler {
  public:

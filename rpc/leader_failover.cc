@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "replication/handover.h"
+#include "rpc/campaign.h"
 #include "rpc/leader_role.h"
 #include "rpc/node.h"
 
@@ -15,10 +16,7 @@ kj::Promise<replication::VoteReply> LeaderRole::RequestVote(replication::VoteReq
   replication::VoterView view;
   view.latest = leader_.latest();
   view.leads = true;  // stepping down too: a vote granted here would never be saved
-  replication::ElectionOptions eo;
-  eo.self = node_.options().node_id;
-  eo.cluster = node_.options().cluster;
-  eo.election_timeout_ms = node_.options().election_timeout_ms;
+  replication::ElectionOptions eo = ElectionOptionsFor(node_.options());
   // A leader refuses every vote: it leads (and steps down on its own once its lease ends).
   return replication::AnswerVote(leader_.state(), view, request, eo, node_.PreciseNowUs()).reply;
 }

@@ -1,0 +1,16 @@
+// Replaces a small file atomically and durably: written to PATH.tmp, fsynced, renamed over
+// PATH, and the directory fsynced. Used for the node-state file and rollback files
+// (defined in node_state.cc, beside the first of them).
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace walship::replication {
+
+// kUnavailable naming the file and the system's error when a step fails; PATH is then
+// either as it was or wholly replaced.
+absl::Status WriteFileDurably(const std::string& path, const std::string& text);
+
+}  // namespace walship::replication
