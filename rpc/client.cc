@@ -95,7 +95,7 @@ class ClientImpl final : public Client {
     absl::Status first_error;  // a write the node refused: later ones are not sent
     absl::Status too_large;    // a write this client will not send: earlier ones still go
     // Writes [0, done) are answered, [done, flushed) sent, [flushed, next) waiting in out_
-    // from byte `unsent` on (before it, out_ may hold the preamble of a new connection).
+    // from byte `unsent` on.
     size_t next = 0, flushed = 0, done = 0, unsent = out_.size();
     // Each reply lets one more write go, so `depth` stay in flight. Replies that arrived
     // together are all taken before the writes they free go out, in one send().
@@ -342,8 +342,14 @@ class ClientImpl final : public Client {
       Close();
       return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
     }
-    // The preamble goes out with the first request.
+    // The preamble goes out at once, not with the first request: a node closes a connection
+    // that has not said what it speaks within preamble_timeout_ms, and the first request may
+    // come later than that (a client that connects ahead of need, or builds a large request).
     out_.assign(schema::CLIENT_PREAMBLE.get().cStr(), schema::CLIENT_PREAMBLE.get().size());
+    if (absl::Status sent = Flush(deadline); !sent.ok()) {
+      Close();
+      return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", sent.message()));
+    }
     return absl::OkStatus();
   }
 

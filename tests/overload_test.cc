@@ -386,6 +386,25 @@ TEST_F(OverloadTest, SilentAndIdleConnectionsAreClosed) {
   EXPECT_TRUE(busy.Receive()->getRoot<schema::Reply>().isStatus());
 }
 
+// A client says what it speaks when it connects, not with its first request: one that
+// connects ahead of need, or takes long to build a large first request, is not taken for a
+// silent connection and closed.
+TEST_F(OverloadTest, AClientMayWaitBeforeItsFirstRequest) {
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.preamble_timeout_ms = 200;
+  RunningNode leader(lo);
+  ASSERT_NE(ConnectOrDie(lo.listen), nullptr);  // the node listens
+  auto early = Client::Connect(lo.listen, absl::Seconds(10));
+  ASSERT_TRUE(early.ok()) << early.status();
+  // A connection opened after the client's that is closed for its silence shows the bound
+  // has passed for the client too.
+  RawConnection silent(lo.listen, /*preamble=*/false);
+  ASSERT_TRUE(silent.Closed());
+  auto w = (*early)->Write({{OpType::kPut, "k", "v"}});
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->last_seq, 1u);
+}
+
 // A storage error (here: no space for a flush's SSTables) stops RocksDB's writes. On a
 // follower: its status says so, it backs off instead of taking the leader's resends in a tight
 // loop, and it catches up by itself once the disk has room. On the leader: writes are refused
