@@ -115,8 +115,24 @@ VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteR
 }
 
 Election::Election(ElectionOptions options, uint64_t seed, int64_t now_us)
-    : options_(std::move(options)), rng_(seed) {
+    : options_(std::move(options)),
+      rng_(seed),
+      detector_(int64_t{options_.phi_min_std_ms} * 1000) {
   stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000 + Jitter();
+}
+
+int64_t Election::SuspectAt(int64_t contact_us) const {
+  int64_t at = contact_us + int64_t{options_.election_timeout_ms} * 1000;
+  if (options_.phi_threshold > 0 && detector_.last_heartbeat_us() != 0) {
+    int64_t after = detector_.SuspectAfterUs(options_.phi_threshold);
+    if (after > 0) at = std::max(at, detector_.last_heartbeat_us() + after);
+  }
+  return at;
+}
+
+void Election::OnLeaderHeartbeat(int64_t now_us) {
+  detector_.OnHeartbeat(now_us);
+  OnLeaderContact(now_us);
 }
 
 int64_t Election::Jitter() {
@@ -129,7 +145,7 @@ void Election::OnLeaderContact(int64_t now_us) {
   phase_ = Phase::kFollowing;
   round_deadline_us_ = kNever;
   granted_.clear();
-  stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000 + Jitter();
+  stand_at_us_ = SuspectAt(now_us) + Jitter();
 }
 
 void Election::GiveUp(int64_t now_us) {

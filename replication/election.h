@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "replication/failure_detector.h"
 #include "replication/messages.h"
 #include "replication/node_state.h"
 #include "replication/shipper.h"
@@ -61,6 +62,12 @@ struct ElectionOptions {
   uint32_t jitter_ms = 1000;
   // A round of votes without a majority by this long is given up.
   uint32_t round_timeout_ms = 1000;
+  // Above 0: the node also waits until the phi of its leader's heartbeats
+  // (replication/failure_detector.h) reaches this before it stands. The time-out above stays
+  // the least wait (the lease rests on it), so phi only ever makes a node wait longer: as long
+  // as its leader's heartbeats have lately been seen to be late.
+  double phi_threshold = 0;
+  uint32_t phi_min_std_ms = 50;  // the detector's floor for the standard deviation
 };
 
 // Where a node's log ends, as voters compare it: its last sequence number and the epoch entry
@@ -125,6 +132,11 @@ class Election {
   // the highest this node has seen; a stale leader's counts for nothing): an election not yet
   // won ends.
   void OnLeaderContact(int64_t now_us);
+  // A heartbeat of that leader arrived (PeerService.heartbeat): contact, and a sample of the
+  // intervals phi is reckoned from.
+  void OnLeaderHeartbeat(int64_t now_us);
+  // The phi of the leader's heartbeats now (0 before enough of them were seen).
+  double LeaderPhi(int64_t now_us) const { return detector_.Phi(now_us); }
   // Runs what is due: stands when the leader has been silent too long, gives up a round past
   // its time-out. `state` is the node's saved state, `latest` its log's end.
   void Tick(const NodeState& state, SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
@@ -147,11 +159,15 @@ class Election {
   void Count(const NodeState& state, SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
   void GiveUp(int64_t now_us);
   int64_t Jitter();
+  // When the node suspects its leader, heard last at `contact_us`: the time-out after that
+  // contact, or later when phi is on and has not reached its threshold by then.
+  int64_t SuspectAt(int64_t contact_us) const;
 
   const ElectionOptions options_;
   std::mt19937_64 rng_;
   Phase phase_ = Phase::kFollowing;
   bool may_stand_ = true;
+  PhiAccrualDetector detector_;
   int64_t stand_at_us_;  // kFollowing: when to stand if nothing is heard
   int64_t round_deadline_us_ = kNever;
   Epoch epoch_ = 0;                      // the epoch of the current (or last) round
