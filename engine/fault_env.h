@@ -6,6 +6,7 @@
 #include <rocksdb/file_system.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -26,6 +27,8 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
   void set_failing(bool failing) { failing_ = failing; }
   // While set, appends to WAL files fail with "no space left" (a WAL that cannot grow).
   void set_failing_wal(bool failing) { failing_wal_ = failing; }
+  // Every sync of a WAL file takes this much longer (a slow or overloaded disk).
+  void set_wal_sync_delay(std::chrono::milliseconds delay) { wal_sync_delay_ms_ = delay.count(); }
 
   // Whether `thread` has opened or read a file since the last ForgetReaders().
   bool HasRead(std::thread::id thread) {
@@ -84,6 +87,11 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
   }
 
  private:
+  void DelaySync() {
+    if (int64_t ms = wal_sync_delay_ms_; ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    }
+  }
   void Note() {
     std::lock_guard lock(mu_);
     readers_.insert(std::this_thread::get_id());
@@ -125,6 +133,16 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
       if (fs_.failing_wal_) return rocksdb::IOStatus::NoSpace("injected: no space for the WAL");
       return target()->Append(data, options, info, dbg);
     }
+    rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
+                           rocksdb::IODebugContext* dbg) override {
+      fs_.DelaySync();
+      return target()->Sync(options, dbg);
+    }
+    rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options,
+                            rocksdb::IODebugContext* dbg) override {
+      fs_.DelaySync();
+      return target()->Fsync(options, dbg);
+    }
 
    private:
     FailingFileSystem& fs_;
@@ -146,6 +164,7 @@ class FailingFileSystem final : public rocksdb::FileSystemWrapper {
 
   std::atomic<bool> failing_ = false;
   std::atomic<bool> failing_wal_ = false;
+  std::atomic<int64_t> wal_sync_delay_ms_ = 0;
   std::mutex mu_;
   std::set<std::thread::id> readers_;  // under mu_
 };

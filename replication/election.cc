@@ -47,6 +47,26 @@ std::string Describe(const LogPosition& p) {
                       p.leader.empty() ? "" : absl::StrCat(" (", p.leader, ")"));
 }
 
+HeartbeatReply AnswerHeartbeat(const std::string& self, const std::string& cluster,
+                               Epoch highest_seen, const Heartbeat& beat) {
+  HeartbeatReply r;
+  r.node = self;
+  r.epoch = highest_seen;
+  if (beat.version != kPeerProtocolVersion) {
+    r.message = absl::StrCat("leader '", beat.leader, "' speaks peer protocol version ",
+                             beat.version, "; this node speaks ", kPeerProtocolVersion);
+  } else if (beat.cluster != cluster) {
+    r.message = absl::StrCat("leader '", beat.leader, "' is of cluster '", beat.cluster,
+                             "'; this node is of '", cluster, "'");
+  } else if (beat.epoch < highest_seen) {
+    r.message = absl::StrCat("leader '", beat.leader, "' leads epoch ", beat.epoch,
+                             "; this node has seen epoch ", highest_seen);
+  } else {
+    r.heard = true;
+  }
+  return r;
+}
+
 VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteRequest& request,
                       const ElectionOptions& options, int64_t now_us) {
   const std::string& self = options.self;

@@ -106,6 +106,11 @@ struct VoteAnswer {
 VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteRequest& request,
                       const ElectionOptions& options, int64_t now_us);
 
+// A node's answer to a leader's heartbeat: heard when the leader speaks this version, is of
+// this cluster and leads an epoch at least as high as any this node (`self`) has seen.
+HeartbeatReply AnswerHeartbeat(const std::string& self, const std::string& cluster,
+                               Epoch highest_seen, const Heartbeat& beat);
+
 struct ElectionOutbox {
   // Save this state (the node's vote for itself) before sending or leading; when the save
   // fails, send nothing, do not lead, and call Election::Abandon.

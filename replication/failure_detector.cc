@@ -51,7 +51,7 @@ double PhiAccrualDetector::PhiAfter(double silence_us) const {
 
 double PhiAccrualDetector::Phi(int64_t now_us) const {
   if (intervals_.size() < kMinSamples || now_us <= last_us_) return 0;
-  return PhiAfter(static_cast<double>(now_us - last_us_));
+  return std::min(kMaxPhi, PhiAfter(static_cast<double>(now_us - last_us_)));
 }
 
 int64_t PhiAccrualDetector::SuspectAfterUs(double threshold) const {

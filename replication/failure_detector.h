@@ -33,8 +33,9 @@ class PhiAccrualDetector {
   // A heartbeat arrived at `now_us` (a monotonic clock).
   void OnHeartbeat(int64_t now_us);
   // How unlikely the silence since the last heartbeat is at `now_us`; 0 before enough
-  // intervals were seen.
+  // intervals were seen, and at most kMaxPhi (far past any useful threshold: certainty).
   double Phi(int64_t now_us) const;
+  static constexpr double kMaxPhi = 1000;
   // The silence after the last heartbeat at which phi reaches `threshold`; 0 before enough
   // intervals were seen.
   int64_t SuspectAfterUs(double threshold) const;

@@ -147,11 +147,12 @@ void FollowerLink::TryNextMember(LinkOutbox* out) {
   leader_id_ = std::move(id);
 }
 
-void FollowerLink::Follow(const std::string& leader_id, int64_t now_us, LinkOutbox* out) {
+void FollowerLink::Follow(const std::string& leader_id, const std::string& why, int64_t now_us,
+                          LinkOutbox* out) {
   if (leader_id == options_.node_id || stopped_) return;
   if (leader_id == leader_id_ && (handshake_done_ || connecting_)) return;
-  // A stream from another leader is from one this node no longer heard (it voted): dropped.
-  Log(out, LogLevel::kInfo, absl::StrCat("following '", leader_id, "', which this node voted for"));
+  // A stream from another leader is from one this node no longer heard: dropped.
+  Log(out, LogLevel::kInfo, absl::StrCat("following '", leader_id, "', ", why));
   leader_id_ = leader_id;
   Drop(out);
   backoff_ms_ = options_.reconnect_min_ms;

@@ -123,10 +123,11 @@ class FollowerLink {
   // When Tick must run next; kNever when nothing waits.
   int64_t NextWakeUp() const;
 
-  // Follows `leader_id` from now on (this node voted for it, so it may lead next): when the
-  // link does not stream, it connects there at once; a stream from another leader goes on
-  // until it ends.
-  void Follow(const std::string& leader_id, int64_t now_us, LinkOutbox* out);
+  // Follows `leader_id` from now on (this node voted for it, so it may lead next, or heard it
+  // lead a later epoch than the stream's: `why` says which, for the log): a stream from
+  // another leader is dropped, and the link connects there at once.
+  void Follow(const std::string& leader_id, const std::string& why, int64_t now_us,
+              LinkOutbox* out);
   // The last sign of life from the leader streamed from (monotonic µs; 0: none yet).
   int64_t last_contact_us() const { return last_contact_us_; }
 

@@ -28,7 +28,7 @@ using Epoch = uint64_t;
 // Version 5: the leader ships the cluster's membership and followers acknowledge it. (Nodes
 // before versions were carried send none: they read as 0.) Version 6: nodes vote
 // (PeerService.requestVote) and a leader steps down without a majority.
-constexpr uint32_t kPeerProtocolVersion = 6;
+constexpr uint32_t kPeerProtocolVersion = 7;
 
 // The first sequence number written under `epoch`, and the node that began it. A node's epoch
 // history is the list of these in increasing order; it tells where two nodes' histories part
@@ -159,6 +159,23 @@ struct VoteReply {
   std::string voter;
   Epoch epoch = 0;        // the highest epoch the voter has seen (after this request)
   std::string message;    // why not, when refused
+};
+
+// Leader -> each member, every heartbeat interval, on a connection of its own that no data
+// shares: "I lead `epoch`". Answered at once, never behind a write's apply or fsync, so the
+// leader's lease and both sides' failure detectors see the peer itself, not its disk.
+struct Heartbeat {
+  uint32_t version = kPeerProtocolVersion;
+  std::string cluster;
+  std::string leader;
+  Epoch epoch = 0;
+};
+
+struct HeartbeatReply {
+  std::string node;
+  Epoch epoch = 0;       // the highest epoch the node has seen
+  bool heard = false;    // it took the heartbeat as its leader's (its epoch is the highest)
+  std::string message;   // why not, when not heard
 };
 
 const char* HelloOutcomeName(HelloOutcome outcome);

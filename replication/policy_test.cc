@@ -212,7 +212,7 @@ TEST(FollowerLinkTest, SearchingForTheLeaderTriesTheMembersInTurn) {
 
   // This node voted for f3: it connects there at once.
   LinkOutbox voted;
-  link.Follow("f3", now, &voted);
+  link.Follow("f3", "which this node voted for", now, &voted);
   ASSERT_TRUE(voted.connect.has_value());
   EXPECT_EQ(voted.connect->leader_id, "f3");
   EXPECT_EQ(link.leader_id(), "f3");

@@ -27,6 +27,8 @@ replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
   eo.election_timeout_ms = o.election_timeout_ms;
   eo.jitter_ms = o.election_jitter_ms;
   eo.round_timeout_ms = std::max<uint32_t>(100, o.election_timeout_ms / 2);
+  eo.phi_threshold = o.phi_threshold;
+  eo.phi_min_std_ms = o.phi_min_std_ms;
   return eo;
 }
 
@@ -58,6 +60,12 @@ void Campaign::NoteContact() {
   // a voter must never think it heard its leader earlier than it did.
   heard_us_ = node_.PreciseNowUs();
   election_.OnLeaderContact(heard_us_);
+  Arm();
+}
+
+void Campaign::NoteHeartbeat(int64_t now_us) {
+  heard_us_ = std::max(heard_us_, now_us);
+  election_.OnLeaderHeartbeat(now_us);
   Arm();
 }
 

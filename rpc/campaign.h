@@ -41,6 +41,9 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   void Start();
   // The leader's stream showed a sign of life (call after the link carried out anything).
   void NoteContact();
+  // A heartbeat of a leader of the highest epoch this node has seen arrived (at `now_us`, the
+  // precise clock): contact, and a sample of phi (replication/failure_detector.h).
+  void NoteHeartbeat(int64_t now_us);
   // A candidate's request (PeerService.requestVote).
   kj::Promise<replication::VoteReply> Answer(replication::VoteRequest request);
   // Whether it asks for votes (it voted for itself) or won: it may lead at once.

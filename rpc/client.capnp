@@ -108,6 +108,9 @@ struct FollowerStatus {
   message @10 :Text;       # why it needs a snapshot or was refused
   walPinnedBytes @11 :UInt64;  # WAL bytes the leader keeps for it (from its position on)
   voter @12 :Bool;         # false: a learner (not waited for by sync modes, no vote)
+  heartbeatAgoMs @13 :Int64;   # since it last answered a heartbeat (rpc/heartbeats.h); -1: never
+  heartbeatPhi @14 :Float64;   # phi of its answers (replication/failure_detector.h)
+  silent @15 :Bool;            # no answer to a heartbeat and no ack for heartbeat_timeout_ms
 }
 
 struct NodeStatus {
@@ -164,6 +167,8 @@ struct NodeStatus {
                                    # while fewer than a majority do ("" once settled)
   failover @43 :Text;          # automatic failover: a follower's election, a leader's lease
                                # ("" when failover is off)
+  leaderHeartbeatAgoMs @44 :Int64;  # follower: since its leader's last heartbeat; -1: none
+  leaderHeartbeatPhi @45 :Float64;  # and their phi (replication/failure_detector.h)
 }
 
 struct GetRequest {

@@ -55,6 +55,9 @@ struct FollowerStatusInfo {
   std::string message;
   uint64_t wal_pinned_bytes = 0;  // WAL the leader keeps for it
   bool voter = true;              // false: a learner
+  int64_t heartbeat_ago_ms = -1;  // since it last answered a heartbeat; -1: never
+  double heartbeat_phi = 0;
+  bool silent = false;  // no answer to a heartbeat and no ack for heartbeat_timeout_ms
 };
 
 struct NodeStatusInfo {
@@ -88,6 +91,8 @@ struct NodeStatusInfo {
   std::vector<replication::Member> members;
   std::string membership_waiting_for;
   std::string failover;  // the election or the lease ("" when failover is off)
+  int64_t leader_heartbeat_ago_ms = -1;  // follower: since its leader's last heartbeat
+  double leader_heartbeat_phi = 0;
 };
 
 struct MembershipResult {

@@ -48,6 +48,13 @@ class NodeImpl final : public schema::Node::Server {
           ToCapnp(reply, ctx.getResults().initReply());
         });
   }
+  kj::Promise<void> heartbeat(HeartbeatContext ctx) override {
+    sessions_->last_heartbeat_us = NowUs();
+    replication::HeartbeatReply reply =
+        node_.role().Heartbeat(FromCapnp(ctx.getParams().getBeat()));
+    ToCapnp(reply, ctx.getResults().initReply());
+    return kj::READY_NOW;
+  }
   kj::Promise<void> position(PositionContext ctx) override {
     replication::PeerPosition p = node_.role().Position();
     if (!node_.wal_files().empty()) p.wal_oldest = node_.wal_files().front().start_seq;
@@ -430,7 +437,11 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
     return io_.provider->getTimer()
         .afterDelay(node_.options().preamble_timeout_ms * kj::MILLISECONDS)
         .then([this, sessions = std::move(sessions)]() mutable -> kj::Promise<void> {
-          if (sessions->live > 0) return ClosesWithoutSession(std::move(sessions));
+          // A connection a leader sends its heartbeats on has no session, and lives while
+          // they come.
+          bool beating = NowUs() - sessions->last_heartbeat_us <
+                         int64_t{node_.options().preamble_timeout_ms} * 1000;
+          if (sessions->live > 0 || beating) return ClosesWithoutSession(std::move(sessions));
           LogRarely("closing a node connection with no follower session on it");
           return kj::READY_NOW;
         });

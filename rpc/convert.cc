@@ -132,6 +132,38 @@ void ToCapnp(const replication::VoteReply& m, schema::VoteReply::Builder b) {
   b.setMessage(m.message);
 }
 
+replication::Heartbeat FromCapnp(schema::Heartbeat::Reader r) {
+  replication::Heartbeat m;
+  m.version = r.getVersion();
+  m.cluster = r.getCluster();
+  m.leader = r.getLeader();
+  m.epoch = r.getEpoch();
+  return m;
+}
+
+void ToCapnp(const replication::Heartbeat& m, schema::Heartbeat::Builder b) {
+  b.setVersion(m.version);
+  b.setCluster(m.cluster);
+  b.setLeader(m.leader);
+  b.setEpoch(m.epoch);
+}
+
+replication::HeartbeatReply FromCapnp(schema::HeartbeatReply::Reader r) {
+  replication::HeartbeatReply m;
+  m.node = r.getNode();
+  m.epoch = r.getEpoch();
+  m.heard = r.getHeard();
+  m.message = r.getMessage();
+  return m;
+}
+
+void ToCapnp(const replication::HeartbeatReply& m, schema::HeartbeatReply::Builder b) {
+  b.setNode(m.node);
+  b.setEpoch(m.epoch);
+  b.setHeard(m.heard);
+  b.setMessage(m.message);
+}
+
 replication::TakeOverReply FromCapnp(schema::TakeOverReply::Reader r) {
   replication::TakeOverReply m;
   m.accepted = r.getAccepted();

@@ -79,11 +79,12 @@ FollowerRole::FollowerRole(Node& node, replication::NodeState state)
       follower_(std::make_shared<replication::Follower>(FollowerOptionsFor(node), &node.engine(),
                                                         state, replication::RealClock())),
       link_(*follower_, LinkOptionsFor(node.options()), LeaderOf(state, node.options())),
+      leader_beats_(int64_t{node.options().phi_min_std_ms} * 1000),
       tasks_(*this) {
   if (node.options().failover) {
     campaign_ = std::make_unique<Campaign>(node, follower_, link_, [this](std::string id) {
       replication::LinkOutbox out;
-      link_.Follow(id, node_.MonoNowUs(), &out);
+      link_.Follow(id, "which this node voted for", node_.MonoNowUs(), &out);
       CarryLink(std::move(out));
     });
   }
@@ -111,6 +112,26 @@ kj::Promise<replication::VoteReply> FollowerRole::RequestVote(replication::VoteR
   reply.voter = node_.options().node_id;
   reply.epoch = follower_->HighestEpoch();
   reply.message = "automatic failover is off on this node (failover = false)";
+  return reply;
+}
+
+replication::HeartbeatReply FollowerRole::Heartbeat(const replication::Heartbeat& beat) {
+  const NodeServerOptions& o = node_.options();
+  replication::HeartbeatReply reply =
+      replication::AnswerHeartbeat(o.node_id, o.cluster, follower_->HighestEpoch(), beat);
+  if (!reply.heard) return reply;
+  int64_t now = node_.PreciseNowUs();
+  leader_beats_.OnHeartbeat(now);
+  if (campaign_ != nullptr) campaign_->NoteHeartbeat(now);
+  // A leader of a later epoch than the stream's: the stream's leader was replaced (this node
+  // missed the election, or it stepped down): follow the new one now rather than wait for the
+  // old stream to time out.
+  if (o.failover && beat.leader != link_.leader_id() && beat.epoch > follower_->epoch()) {
+    replication::LinkOutbox out;
+    link_.Follow(beat.leader, absl::StrCat("which leads epoch ", beat.epoch), node_.MonoNowUs(),
+                 &out);
+    CarryLink(std::move(out));
+  }
   return reply;
 }
 
@@ -167,6 +188,13 @@ void FollowerRole::FillStatus(schema::NodeStatus::Builder st) {
   st.setLagMs(fs.lag_ms);
   st.setMessage(fs.message);
   if (campaign_ != nullptr) st.setFailover(campaign_->Describe());
+  int64_t now = node_.PreciseNowUs();
+  if (leader_beats_.last_heartbeat_us() != 0) {
+    st.setLeaderHeartbeatAgoMs((now - leader_beats_.last_heartbeat_us()) / 1000);
+    st.setLeaderHeartbeatPhi(leader_beats_.Phi(now));
+  } else {
+    st.setLeaderHeartbeatAgoMs(-1);
+  }
 }
 
 kj::Promise<void> FollowerRole::Subscribe(SubscribeContext ctx, std::shared_ptr<PeerSessions>) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "replication/failure_detector.h"
 #include "replication/follower.h"
 #include "replication/follower_link.h"
 #include "rpc/campaign.h"
@@ -47,6 +48,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   replication::PeerPosition Position() const override;
   kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
+  replication::HeartbeatReply Heartbeat(const replication::Heartbeat& beat) override;
   absl::Status Reseed() override { return StartReseed(); }
   absl::StatusOr<replication::Membership> ChangeMembership(
       const replication::MembershipChange&) override {
@@ -82,6 +84,8 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   int64_t link_at_us_ = 0;
   kj::Promise<void> link_timer_ = nullptr;
   std::unique_ptr<Campaign> campaign_;  // automatic failover only
+  // The leader's heartbeats (PeerService.heartbeat), for status: when, and their phi.
+  replication::PhiAccrualDetector leader_beats_;
   kj::TaskSet tasks_;  // last: destroyed first
 };
 

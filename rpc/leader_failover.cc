@@ -21,6 +21,34 @@ kj::Promise<replication::VoteReply> LeaderRole::RequestVote(replication::VoteReq
   return replication::AnswerVote(leader_.state(), view, request, eo, node_.PreciseNowUs()).reply;
 }
 
+replication::HeartbeatReply LeaderRole::Heartbeat(const replication::Heartbeat& beat) {
+  const NodeServerOptions& o = node_.options();
+  replication::HeartbeatReply reply =
+      replication::AnswerHeartbeat(o.node_id, o.cluster, leader_.state().HighestEpoch(), beat);
+  reply.heard = false;  // a leader follows no one
+  if (reply.message.empty()) {
+    reply.message = absl::StrCat("node '", o.node_id, "' leads epoch ", leader_.epoch());
+  }
+  // A leader of a later epoch: this one was replaced.
+  if (lease_.has_value() && beat.cluster == o.cluster && beat.epoch > leader_.epoch() &&
+      node_.membership().Find(beat.leader) != nullptr) {
+    StepDown(absl::StrCat("node '", beat.leader, "' leads epoch ", beat.epoch));
+  }
+  return reply;
+}
+
+// A member's answer to a heartbeat: the lease counts it as an acknowledgement of a message
+// sent at `sent_us`; a member that has seen a later epoch ends this leadership.
+void LeaderRole::OnHeartbeatReply(const std::string& member, int64_t sent_us,
+                                  const replication::HeartbeatReply& reply) {
+  if (!lease_.has_value() || stepping_down_) return;
+  if (reply.epoch > leader_.epoch()) {
+    StepDown(absl::StrCat("node '", member, "' has seen epoch ", reply.epoch));
+  } else if (reply.heard) {
+    OnLeaseAck(member, sent_us);
+  }
+}
+
 void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
   lease_->OnAck(voter, sent_us);
   lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);

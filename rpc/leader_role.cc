@@ -53,6 +53,11 @@ LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_han
       commit_wait_(node.options().commit),
       tasks_(*this) {
   if (node.options().failover) lease_.emplace(node.options().lease_ms);
+  heartbeats_ = std::make_unique<HeartbeatSender>(
+      node, leader_.epoch(),
+      [this](const std::string& member, int64_t sent_us, const replication::HeartbeatReply& r) {
+        OnHeartbeatReply(member, sent_us, r);
+      });
   if (resume_handover) {
     replication::TakeOver again;
     again.from = node.options().node_id;
@@ -93,6 +98,7 @@ void LeaderRole::taskFailed(kj::Exception&& e) {
 void LeaderRole::Start() {
   SchedulePump();  // heartbeats start from the first pump
   started_us_ = node_.PreciseNowUs();
+  heartbeats_->Start();
   if (lease_.has_value()) {
     OnLeaseAck(node_.options().node_id, started_us_);  // a cluster of one voter holds it
     tasks_.add(LeaseLoop());
@@ -245,6 +251,16 @@ void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
     list[i].setLastAckAgoMs(f.last_ack_us == 0 ? -1 : (now - f.last_ack_us) / 1000);
     list[i].setMessage(f.message);
     list[i].setVoter(f.voter);
+    HeartbeatSender::PeerView beats = heartbeats_->View(f.id);
+    list[i].setHeartbeatAgoMs(beats.heard_ago_ms);
+    list[i].setHeartbeatPhi(beats.phi);
+    // Cut off, stopped or overloaded: neither its heartbeats nor its stream answer. (A stream
+    // alone can stay "connected" for long after its follower went: TCP knows nothing yet.)
+    const int64_t timeout_ms = node_.options().heartbeat_timeout_ms;
+    bool beats_silent = beats.heard_ago_ms < 0 || beats.heard_ago_ms > timeout_ms;
+    bool acks_silent = f.last_ack_us == 0 || (now - f.last_ack_us) / 1000 > timeout_ms;
+    list[i].setSilent(f.state == replication::FollowerState::kConnected && beats_silent &&
+                      acks_silent);
     if (f.state == replication::FollowerState::kConnected ||
         f.state == replication::FollowerState::kDisconnected) {
       list[i].setWalPinnedBytes(engine::WalBytesFrom(node_.wal_files(), f.applied + 1));

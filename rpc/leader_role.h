@@ -18,6 +18,7 @@
 #include "replication/handover.h"
 #include "replication/leader.h"
 #include "replication/shipper.h"
+#include "rpc/heartbeats.h"
 #include "rpc/peer_client.h"
 #include "rpc/role.h"
 
@@ -51,6 +52,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   engine::SequenceNumber WalNeededFrom() const override { return leader_.WalNeededFrom(); }
   kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
+  replication::HeartbeatReply Heartbeat(const replication::Heartbeat& beat) override;
   absl::StatusOr<replication::Membership> ChangeMembership(
       const replication::MembershipChange& change) override;
   replication::PeerPosition Position() const override {
@@ -96,6 +98,9 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   // `sent_us`; the check every heartbeat interval; and the step-down (saved as a follower of
   // no one known, which then looks for the leader among the members).
   void OnLeaseAck(const std::string& voter, int64_t sent_us);
+  // A member answered a heartbeat sent at `sent_us` (rpc/heartbeats.h).
+  void OnHeartbeatReply(const std::string& member, int64_t sent_us,
+                        const replication::HeartbeatReply& reply);
   kj::Promise<void> LeaseLoop();
   void StepDown(const std::string& why);
   std::string DescribeLease() const;  // for status
@@ -134,6 +139,8 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   int64_t lease_until_us_ = replication::LeaderLease::kNotHeld;
   int64_t started_us_ = 0;
   bool stepping_down_ = false;
+  // Heartbeats to the members on connections of their own: the lease, status.
+  std::unique_ptr<HeartbeatSender> heartbeats_;
   kj::TaskSet tasks_;  // last: destroyed first
 };
 

@@ -78,6 +78,11 @@ struct NodeServerOptions {
   uint32_t election_timeout_ms = 800;
   uint32_t election_jitter_ms = 200;
   uint32_t lease_ms = 550;
+  // Above 0: a follower also waits until the phi of its leader's heartbeats reaches this
+  // before it stands (replication/failure_detector.h); the election time-out stays the least
+  // wait. phi_min_std_ms is the detector's floor for the heartbeats' standard deviation.
+  uint32_t phi_threshold = 0;
+  uint32_t phi_min_std_ms = 20;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

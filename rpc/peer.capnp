@@ -25,7 +25,7 @@ struct Hello {
   lastApplied @4 :UInt64;       # end of the last batch it applied (0: empty database)
   lastAppliedEpoch @5 :UInt64;  # epoch under which that batch was written (0: unknown)
   lastAppliedLeader @6 :Text;   # the node that began that epoch (empty: unknown)
-  version @7 :UInt32;           # the peer protocol version the follower speaks (now 6;
+  version @7 :UInt32;           # the peer protocol version the follower speaks (now 7;
                                 # nodes from before versions were carried send none: 0)
 }
 
@@ -153,6 +153,23 @@ struct VoteReply {
   message @3 :Text;         # why not
 }
 
+struct Heartbeat {
+  # Leader -> each member, every heartbeat interval, on a connection of its own (no data
+  # waits in front of it, and the answer waits for no apply or fsync): the leader's lease
+  # and both sides' failure detectors count these (replication/failure_detector.h).
+  version @0 :UInt32;
+  cluster @1 :Text;
+  leader @2 :Text;
+  epoch @3 :UInt64;
+}
+
+struct HeartbeatReply {
+  node @0 :Text;
+  epoch @1 :UInt64;         # the highest epoch the node has seen
+  heard @2 :Bool;           # taken as its leader's: the leader's epoch is the highest it saw
+  message @3 :Text;         # why not
+}
+
 struct SnapshotRequest {
   # Asks a node for a checkpoint of its database (a follower seeding itself, or
   # `walship checkpoint`).
@@ -194,6 +211,9 @@ interface PeerService {
   requestVote @4 (request :VoteRequest) -> (reply :VoteReply);
   # An election (replication/election.h). A granted real vote is saved before the answer; a
   # vote that cannot be saved fails the call (no answer), never refuses.
+  heartbeat @5 (beat :Heartbeat) -> (reply :HeartbeatReply);
+  # Answered at once by every node, whatever its role: a follower notes its leader's sign of
+  # life, any node names the highest epoch it has seen (a leader below it steps down).
   # A handover (see replication/handover.h): the follower takes over when it follows the
   # caller in its epoch and holds all it wrote; asked again after a lost answer, a node that
   # took over answers accepted again.

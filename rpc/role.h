@@ -30,6 +30,7 @@ using TakeOverContext =
 // connection is closed (its follower then reconnects at once, to whichever node leads).
 struct PeerSessions {
   uint32_t live = 0;
+  int64_t last_heartbeat_us = 0;  // a leader's heartbeats keep a connection open too
   kj::Own<kj::PromiseFulfiller<void>> close;  // fulfilled: close the connection
 };
 
@@ -108,6 +109,17 @@ class Role {
     reply.voter = p.node;
     reply.epoch = p.highest_epoch;
     reply.message = absl::StrCat("this node is ", name(), ": it does not vote now");
+    return reply;
+  }
+  // A leader's heartbeat (PeerService.heartbeat, rpc/heartbeats.h): answered at once with the
+  // highest epoch this node has seen. Only a follower takes it as its leader's sign of life.
+  virtual replication::HeartbeatReply Heartbeat(const replication::Heartbeat& beat) {
+    replication::PeerPosition p = Position();
+    replication::HeartbeatReply reply;
+    reply.node = p.node;
+    reply.epoch = p.highest_epoch;
+    reply.message = absl::StrCat("this node is ", name(), ": it takes no heartbeat from '",
+                                 beat.leader, "' now");
     return reply;
   }
   // How far this node is (PeerService.position), for a leader that restarts.

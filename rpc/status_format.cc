@@ -11,6 +11,8 @@
 namespace walship::rpc {
 namespace {
 
+std::string JsonNumber(double v) { return absl::StrFormat("%.2f", v); }
+
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -69,6 +71,9 @@ NodeStatusInfo StatusFromCapnp(schema::NodeStatus::Reader st) {
     fi.message = f.getMessage();
     fi.wal_pinned_bytes = f.getWalPinnedBytes();
     fi.voter = f.getVoter();
+    fi.heartbeat_ago_ms = f.getHeartbeatAgoMs();
+    fi.heartbeat_phi = f.getHeartbeatPhi();
+    fi.silent = f.getSilent();
     out.followers.push_back(std::move(fi));
   }
   out.replication_state = st.getReplicationState();
@@ -94,6 +99,8 @@ NodeStatusInfo StatusFromCapnp(schema::NodeStatus::Reader st) {
   out.members = FromCapnp(st.getMembers());
   out.membership_waiting_for = st.getMembershipWaitingFor();
   out.failover = st.getFailover();
+  out.leader_heartbeat_ago_ms = st.getLeaderHeartbeatAgoMs();
+  out.leader_heartbeat_phi = st.getLeaderHeartbeatPhi();
   return out;
 }
 
@@ -136,6 +143,9 @@ std::string StatusToJson(const NodeStatusInfo& s) {
         << ",\"bytes_shipped\":" << f.bytes_shipped << ",\"last_ack_ago_ms\":"
         << f.last_ack_ago_ms << ",\"wal_pinned_bytes\":" << f.wal_pinned_bytes
         << ",\"voter\":" << (f.voter ? "true" : "false")
+        << ",\"heartbeat_ago_ms\":" << f.heartbeat_ago_ms
+        << ",\"heartbeat_phi\":" << JsonNumber(f.heartbeat_phi)
+        << ",\"silent\":" << (f.silent ? "true" : "false")
         << ",\"message\":" << JsonString(f.message) << "}";
     }
     o << "]";
@@ -150,6 +160,8 @@ std::string StatusToJson(const NodeStatusInfo& s) {
       << ",\"ready\":" << (s.ready ? "true" : "false")
       << ",\"seed_done_bytes\":" << s.seed_done_bytes
       << ",\"seed_total_bytes\":" << s.seed_total_bytes
+      << ",\"leader_heartbeat_ago_ms\":" << s.leader_heartbeat_ago_ms
+      << ",\"leader_heartbeat_phi\":" << JsonNumber(s.leader_heartbeat_phi)
       << ",\"message\":" << JsonString(s.message);
   }
   o << "}";
@@ -204,6 +216,14 @@ std::string StatusToText(const NodeStatusInfo& s) {
           "shipped %d bytes, pins %s of WAL",
           f.voter ? "follower" : "learner", f.id, f.state, f.applied_seq, f.received_seq, f.durable_seq, f.lag_seq, f.lag_ms,
           f.bytes_shipped, replication::HumanBytes(f.wal_pinned_bytes));
+      if (f.heartbeat_ago_ms >= 0) {
+        o << absl::StrFormat(", heartbeat answered %d ms ago (phi %.1f)", f.heartbeat_ago_ms,
+                             f.heartbeat_phi);
+      }
+      if (f.silent) {
+        o << "\n    SILENT: no heartbeat answered and no ack for the heartbeat time-out "
+             "(cut off, stopped or overloaded)";
+      }
       if (!f.message.empty()) o << "\n    " << f.message;
       o << "\n";
     }
@@ -219,6 +239,10 @@ std::string StatusToText(const NodeStatusInfo& s) {
     } else {
       o << " of " << s.leader_latest_seq << ", lag " << s.lag_seq << " seq / "
         << (s.lag_ms < 0 ? std::string("unknown") : absl::StrCat(s.lag_ms, " ms")) << "\n";
+    }
+    if (s.leader_heartbeat_ago_ms >= 0) {
+      o << absl::StrFormat("  leader's last heartbeat %d ms ago (phi %.1f)\n",
+                           s.leader_heartbeat_ago_ms, s.leader_heartbeat_phi);
     }
     if (!s.phase.empty()) o << "  " << s.phase << "\n";
     if (!s.message.empty()) o << "  " << s.message << "\n";

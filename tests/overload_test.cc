@@ -386,6 +386,72 @@ TEST_F(OverloadTest, SilentAndIdleConnectionsAreClosed) {
   EXPECT_TRUE(busy.Receive()->getRoot<schema::Reply>().isStatus());
 }
 
+// A follower acknowledges a push that asks for a flush only once its WAL is fsynced; the
+// leader's lease does not wait for that: it rests on heartbeats that a connection of their own
+// carries and that are answered at once (rpc/heartbeats.h). Here every WAL sync of both
+// followers takes 1.5 s, past the lease (550 ms) and the election time-out (800 ms), and
+// writes that wait for a flushed follower still go through one after another: no write is
+// refused for a lapsed lease, the leader never steps down, and no follower stands.
+TEST_F(OverloadTest, ASlowFollowerDiskNeitherEndsTheLeaseNorStartsAnElection) {
+  engine::testing::FailingEnv disk2, disk3;
+  std::vector<NodeServerOptions> o = {Options("n1", true, ""), Options("n2", false, ""),
+                                      Options("n3", false, "")};
+  o[1].leader_address = o[2].leader_address = o[0].listen;
+  o[1].engine.env = disk2.env.get();
+  o[2].engine.env = disk3.env.get();
+  for (auto& n : o) {
+    n.failover = true;
+    n.heartbeat_interval_ms = 100;
+    n.heartbeat_timeout_ms = 5000;  // the stream's own time-out is not what is tested
+    for (const auto& peer : o) {
+      if (peer.node_id != n.node_id) n.peers[peer.node_id] = peer.listen;
+    }
+  }
+  o[0].commit.cluster = {replication::ReplicationMode::kSemiSync, 1,
+                         replication::AckLevel::kFlushed};
+  o[0].commit.timeout_ms = 20000;
+  RunningNode n1(o[0]), n2(o[1]), n3(o[2]);
+  auto c = ConnectOrDie(o[0].listen);
+  ASSERT_NE(c, nullptr);
+  // The lease is held, and both followers answer heartbeats.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto st = c->Status();
+        if (!st.ok() || st->followers.size() != 2) return false;
+        if (st->failover.find("lease held") == std::string::npos) return false;
+        for (const auto& f : st->followers) {
+          if (f.heartbeat_ago_ms < 0) return false;
+        }
+        return true;
+      },
+      std::chrono::seconds(10)));
+  ASSERT_TRUE(c->Write({{OpType::kPut, "k0", "v"}}).ok());
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(1500));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(1500));
+  auto slow = Client::Connect(o[0].listen, absl::Seconds(30));
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  for (int i = 1; i <= 3; ++i) {
+    auto w = (*slow)->Write({{OpType::kPut, "k" + std::to_string(i), "v"}});
+    ASSERT_TRUE(w.ok()) << i << ": " << w.status();
+    auto st = c->Status();
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->role, "leader");
+    EXPECT_EQ(st->epoch, 1u);
+    EXPECT_NE(st->failover.find("lease held"), std::string::npos) << st->failover;
+    for (const auto& f : st->followers) EXPECT_FALSE(f.silent) << f.id;
+  }
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
+  for (const auto& n : {o[1], o[2]}) {
+    auto f = ConnectOrDie(n.listen);
+    ASSERT_NE(f, nullptr);
+    auto st = f->Status();
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->epoch, 1u) << n.node_id;  // no follower stood
+    EXPECT_GE(st->leader_heartbeat_ago_ms, 0) << n.node_id;
+  }
+}
+
 // A client says what it speaks when it connects, not with its first request: one that
 // connects ahead of need, or takes long to build a large first request, is not taken for a
 // silent connection and closed.

@@ -1,0 +1,115 @@
+#include "rpc/heartbeats.h"
+
+#include <spdlog/spdlog.h>
+
+#include <set>
+
+#include "rpc/convert.h"
+#include "rpc/node.h"
+
+namespace walship::rpc {
+
+HeartbeatSender::HeartbeatSender(Node& node, replication::Epoch epoch, OnReply on_reply)
+    : node_(node), on_reply_(std::move(on_reply)), tasks_(*this) {
+  beat_.cluster = node.options().cluster;
+  beat_.leader = node.options().node_id;
+  beat_.epoch = epoch;
+}
+
+HeartbeatSender::~HeartbeatSender() noexcept(false) {
+  for (auto& [id, peer] : peers_) Drop(peer);
+}
+
+void HeartbeatSender::taskFailed(kj::Exception&& e) {
+  spdlog::debug("heartbeat task failed: {}", e.getDescription().cStr());
+}
+
+void HeartbeatSender::Start() { tasks_.add(Loop()); }
+
+HeartbeatSender::PeerView HeartbeatSender::View(const std::string& member) const {
+  PeerView v;
+  auto it = peers_.find(member);
+  if (it == peers_.end() || it->second.detector.last_heartbeat_us() == 0) return v;
+  int64_t now = node_.PreciseNowUs();
+  v.heard_ago_ms = (now - it->second.detector.last_heartbeat_us()) / 1000;
+  v.phi = it->second.detector.Phi(now);
+  return v;
+}
+
+void HeartbeatSender::Drop(Peer& peer) {
+  if (peer.conn.get() != nullptr) peer.conn->Close();
+  peer.conn = nullptr;
+  peer.in_flight = false;
+  ++peer.generation;
+}
+
+kj::Promise<void> HeartbeatSender::Loop() {
+  int64_t now = node_.PreciseNowUs();
+  const std::string& self = node_.options().node_id;
+  std::set<std::string> members;
+  for (const replication::Member& m : node_.membership().members) {
+    if (m.id == self || m.address.empty()) continue;
+    members.insert(m.id);
+    Beat(m.id, m.address, now);
+  }
+  for (auto it = peers_.begin(); it != peers_.end();) {  // removed from the membership
+    if (members.count(it->first) == 0) {
+      Drop(it->second);
+      it = peers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return node_.io()
+      .provider->getTimer()
+      .afterDelay(node_.options().heartbeat_interval_ms * kj::MILLISECONDS)
+      .then([this]() { return Loop(); });
+}
+
+void HeartbeatSender::Beat(const std::string& id, const std::string& address, int64_t now_us) {
+  auto [it, fresh] = peers_.try_emplace(id, int64_t{node_.options().phi_min_std_ms} * 1000);
+  Peer& peer = it->second;
+  if (peer.in_flight) {
+    // Unanswered for the heartbeat time-out: the connection is taken for dead.
+    if (now_us - peer.sent_us < int64_t{node_.options().heartbeat_timeout_ms} * 1000) return;
+    Drop(peer);
+  }
+  if (peer.connecting) return;
+  if (peer.conn.get() == nullptr) {
+    peer.connecting = true;
+    tasks_.add(ConnectToPeer(node_.io(), address)
+                   .then(
+                       [this, id](kj::Own<PeerClient> c) {
+                         auto p = peers_.find(id);
+                         if (p == peers_.end()) return;  // no longer a member
+                         p->second.connecting = false;
+                         p->second.conn = kj::mv(c);
+                         Beat(id, "", node_.PreciseNowUs());
+                       },
+                       [this, id](kj::Exception&&) {
+                         auto p = peers_.find(id);
+                         if (p != peers_.end()) p->second.connecting = false;
+                       }));
+    return;
+  }
+  peer.in_flight = true;
+  peer.sent_us = now_us;
+  uint64_t generation = peer.generation;
+  auto req = peer.conn->node.heartbeatRequest();
+  ToCapnp(beat_, req.initBeat());
+  tasks_.add(req.send().then(
+      [this, id, generation, sent = now_us](
+          capnp::Response<schema::PeerService::HeartbeatResults> resp) {
+        auto p = peers_.find(id);
+        if (p == peers_.end() || p->second.generation != generation) return;
+        p->second.in_flight = false;
+        p->second.detector.OnHeartbeat(node_.PreciseNowUs());
+        on_reply_(id, sent, FromCapnp(resp.getReply()));
+      },
+      [this, id, generation](kj::Exception&&) {
+        auto p = peers_.find(id);
+        if (p != peers_.end() && p->second.generation == generation) Drop(p->second);
+      }));
+}
+
+}  // namespace walship::rpc
