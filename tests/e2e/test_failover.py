@@ -237,6 +237,41 @@ class FailoverTest(unittest.TestCase):
             self.assertEqual(c.cli("--node", nid, "get", "after").stdout, "2\n")
             self.assertEqual(c.cli("--node", nid, "get", "before").stdout, "1\n")
 
+    def test_heartbeats_show_each_peer_and_a_stopped_follower_is_flagged(self):
+        c = self.cluster(phi_threshold=8)
+
+        def beats(st):
+            return {f["id"]: f for f in st["followers"]}
+
+        def all_heard():
+            fs = beats(c.status("n1"))
+            # phi is above 0 once the detector has seen enough heartbeats to say anything.
+            return len(fs) == 2 and all(0 <= f["heartbeat_ago_ms"] < 1000 and not f["silent"]
+                                        and f["heartbeat_phi"] > 0 for f in fs.values())
+        wait_until(all_heard, 10, "both followers answering the leader's heartbeats")
+        for nid in ("n2", "n3"):
+            st = c.status(nid)
+            self.assertGreaterEqual(st["leader_heartbeat_ago_ms"], 0, st)
+            self.assertLess(st["leader_heartbeat_ago_ms"], 1000, st)
+        # A stopped follower's TCP connection stays open, and its stream stays "connected";
+        # its heartbeats and acks stop, and the leader says so.
+        c.pause("n3")
+        try:
+            wait_until(lambda: beats(c.status("n1"))["n3"]["silent"], 10,
+                       "the leader to flag n3 silent")
+            fs = beats(c.status("n1"))
+            self.assertGreater(fs["n3"]["heartbeat_phi"], 8, fs)
+            self.assertGreaterEqual(fs["n3"]["heartbeat_ago_ms"], 1000, fs)  # the time-out
+            self.assertFalse(fs["n2"]["silent"], fs)
+            self.assertIn("SILENT", c.cli("--node", "n1", "status").stdout)
+            # n2 alone keeps the majority: the leader holds its lease and takes writes.
+            self.put_until_acked(c, "n1", "while-n3-stopped", "1")
+        finally:
+            c.resume("n3")
+        wait_until(lambda: not beats(c.status("n1"))["n3"]["silent"], 10,
+                   "n3 answering again")
+        self.assertEqual(self.running_leaders(c), ["n1"])
+
     def test_failover_off_leaves_the_cluster_without_a_leader(self):
         c = Cluster(3, replication={"failover": False})
         self.addCleanup(c.close)
