@@ -33,6 +33,14 @@ PROFILES = {
     # For a quiet network of low latency: the leader heard every 20 ms.
     "tuned": {"heartbeat_interval_ms": 20, "heartbeat_timeout_ms": 400,
               "election_timeout_ms": 150, "election_jitter_ms": 50, "lease_ms": 120},
+    # The defaults, and followers also wait for phi 8 of their leader's heartbeats.
+    "phi": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
+            "election_timeout_ms": 800, "election_jitter_ms": 200, "lease_ms": 550,
+            "phi_threshold": 8},
+    # Tuned, with phi 8 over heartbeats every 20 ms (deviation floor 10 ms).
+    "tuned-phi": {"heartbeat_interval_ms": 20, "heartbeat_timeout_ms": 400,
+                  "election_timeout_ms": 150, "election_jitter_ms": 50, "lease_ms": 120,
+                  "phi_threshold": 8, "phi_min_std_ms": 10},
 }
 
 
@@ -154,6 +162,9 @@ def main():
         p = PROFILES[name]
         s = (f"election {p['election_timeout_ms']}+{p['election_jitter_ms']} ms, lease "
              f"{p['lease_ms']} ms, heartbeat {p['heartbeat_interval_ms']} ms")
+        if "phi_threshold" in p:
+            s += (f", phi {p['phi_threshold']} (deviation floor "
+                  f"{p.get('phi_min_std_ms', 20)} ms)")
         print(f"| kill -9 to first acknowledged write ({name}) | {s} | {len(times)} | "
               f"{percentile(times, 50):.0f} | {percentile(times, 99):.0f} | {max(times):.0f} | "
               f"{false} |")

@@ -267,6 +267,12 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
       a.reply.message = std::string(taken.message());
       a.reply.epoch = follower_->HighestEpoch();
       a.save.reset();
+    } else {
+      // The wait restarts from the vote taken, not from its save: a timer that fires while
+      // the vote is being saved would otherwise stand against the candidate just voted for
+      // (in the next epoch, which would then depose it).
+      election_.OnLeaderContact(now);
+      Arm();
     }
   }
   if (!a.save.has_value()) {

@@ -54,9 +54,11 @@ void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
   lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);
 }
 
-// Steps down once the lease has ended (a new leader gets an election time-out from its start
-// to gather its majority). Checked every heartbeat interval; writes are refused from the lease's
-// end on, whenever this runs (WriteRefusal).
+// Writes are refused from the lease's end on (WriteRefusal), whenever this runs; the leader
+// steps down only once the lease has stayed lapsed for an election time-out (by then the
+// others may have elected a leader; a brief lapse, a follower's event loop held up, costs a
+// pause in writes, not an election). A new leader gets an election time-out from its start
+// to gather its majority. Checked every heartbeat interval.
 kj::Promise<void> LeaderRole::LeaseLoop() {
   return node_.io()
       .provider->getTimer()
@@ -64,14 +66,22 @@ kj::Promise<void> LeaderRole::LeaseLoop() {
       .then([this]() -> kj::Promise<void> {
         int64_t now = node_.PreciseNowUs();
         lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);
-        // A new leader waits an election time-out for its followers to find it (it takes
-        // no write meanwhile); past it, voters may stand again anyway.
-        if (now >= lease_until_us_ &&
-            now - started_us_ >= int64_t{node_.options().election_timeout_ms} * 1000) {
-          StepDown(
-              absl::StrCat("no majority of the voters acknowledged a message sent within "
-                           "the last ",
-                           node_.options().lease_ms, " ms (lease_ms)"));
+        const int64_t election_us = int64_t{node_.options().election_timeout_ms} * 1000;
+        bool lapsed = now >= lease_until_us_;
+        if (lapsed && !lease_lapsed_) {
+          ++lease_lapses_;
+          spdlog::warn("lease lapsed: no majority of the voters acknowledged a message sent "
+                       "within the last {} ms (lease_ms); writes are refused until one does",
+                       node_.options().lease_ms);
+        } else if (!lapsed && lease_lapsed_ && lease_lapses_ > 0) {
+          spdlog::info("lease held again; writes are taken");
+        }
+        lease_lapsed_ = lapsed;
+        if (lapsed && now - std::max(lease_until_us_, started_us_) >= election_us) {
+          StepDown(absl::StrCat("no majority of the voters acknowledged a message sent "
+                                "within the last ", node_.options().lease_ms,
+                                " ms (lease_ms) for an election time-out (",
+                                node_.options().election_timeout_ms, " ms)"));
           return kj::READY_NOW;
         }
         return LeaseLoop();

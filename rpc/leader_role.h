@@ -139,6 +139,8 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   int64_t lease_until_us_ = replication::LeaderLease::kNotHeld;
   int64_t started_us_ = 0;
   bool stepping_down_ = false;
+  bool lease_lapsed_ = true;    // as of the last check (a new leader holds none yet)
+  uint64_t lease_lapses_ = 0;   // since it began leading, for the log
   // Heartbeats to the members on connections of their own: the lease, status.
   std::unique_ptr<HeartbeatSender> heartbeats_;
   kj::TaskSet tasks_;  // last: destroyed first

@@ -131,7 +131,8 @@ class Cluster:
             p.kill()
             p.wait(timeout=20)
         self.procs.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("WALSHIP_KEEP_DIR"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def cli(self, *args, input=None, check=True, timeout=30):
         r = subprocess.run([WALSHIP, "--cluster", self.config, *args], input=input,
