@@ -47,6 +47,20 @@ std::string Describe(const LogPosition& p) {
                       p.leader.empty() ? "" : absl::StrCat(" (", p.leader, ")"));
 }
 
+std::string WhyNotStand(const NodeState& state, bool needs_snapshot, SequenceNumber latest,
+                        SequenceNumber leader_latest, uint64_t max_lag, bool forced) {
+  if (state.database_id.empty()) return "this node was never seeded: it holds no database";
+  if (needs_snapshot) return "this node must be re-seeded: its data is stale";
+  uint64_t behind = PossibleLoss(latest, leader_latest);
+  if (!forced && max_lag > 0 && behind > max_lag) {
+    return absl::StrCat("its log ends at seq ", latest, ", ", behind,
+                        " behind the last position it knew of its leader (seq ", leader_latest,
+                        "), more than max_failover_lag (", max_lag,
+                        "); `walship promote` can force it");
+  }
+  return "";
+}
+
 HeartbeatReply AnswerHeartbeat(const std::string& self, const std::string& cluster,
                                Epoch highest_seen, const Heartbeat& beat) {
   HeartbeatReply r;
@@ -166,6 +180,11 @@ void Election::OnLeaderContact(int64_t now_us) {
   round_deadline_us_ = kNever;
   granted_.clear();
   stand_at_us_ = SuspectAt(now_us) + Jitter();
+}
+
+void Election::StandNow(int64_t now_us) {
+  if (phase_ != Phase::kFollowing) return;
+  stand_at_us_ = now_us;
 }
 
 void Election::GiveUp(int64_t now_us) {

@@ -68,7 +68,25 @@ struct ElectionOptions {
   // as its leader's heartbeats have lately been seen to be late.
   double phi_threshold = 0;
   uint32_t phi_min_std_ms = 50;  // the detector's floor for the standard deviation
+  // Above 0: a node whose log ends more than this many sequence numbers before the last
+  // position it knew of its leader does not stand (WhyNotStand).
+  uint64_t max_failover_lag = 0;
 };
+
+// Why a node may not stand for leader now, or "" when it may: it was never seeded (it holds
+// no database), it was told to re-seed (its data is stale), or, with `max_lag` above 0, its
+// log (ending at `latest`) ends more than `max_lag` sequence numbers before `leader_latest`,
+// the last position it knew of its leader (0: none known since it started). The last is
+// Patroni's maximum_lag_on_failover: an asynchronous cluster whose followers all lag that
+// much waits for its leader, or for an operator's `walship promote`, rather than lose more
+// acknowledged writes. `forced` (that promotion) skips it.
+std::string WhyNotStand(const NodeState& state, bool needs_snapshot, SequenceNumber latest,
+                        SequenceNumber leader_latest, uint64_t max_lag, bool forced);
+// The writes a node whose log ends at `latest` knew its leader to hold beyond it: what it
+// would lose by leading now, at least (its leader may have written more since).
+inline uint64_t PossibleLoss(SequenceNumber latest, SequenceNumber leader_latest) {
+  return leader_latest > latest ? leader_latest - latest : 0;
+}
 
 // Where a node's log ends, as voters compare it: its last sequence number and the epoch entry
 // it was written under.
@@ -157,6 +175,9 @@ class Election {
   Epoch epoch() const { return epoch_; }  // the epoch stood for (0: never)
   // Standing is off (a learner, or an operator's choice): the node only votes.
   void set_may_stand(bool may) { may_stand_ = may; }
+  // Stands at the next Tick, whatever the wait (an operator's promotion); a round under way
+  // goes on.
+  void StandNow(int64_t now_us);
 
  private:
   void StartRound(bool pre_vote, const NodeState& state, SequenceNumber latest, int64_t now_us,

@@ -341,5 +341,39 @@ TEST(ElectionTest, TheVoteIsKeptInTheNodeState) {
   EXPECT_EQ(LoadNodeState(path)->vote_epoch, 0u);
 }
 
+// The lag rule (Patroni's maximum_lag_on_failover): a node further behind the last position
+// it knew of its leader than max_failover_lag does not stand, unless an operator forces it;
+// one never seeded, or told to re-seed, never does.
+TEST(ElectionTest, ANodeTooFarBehindItsLeaderDoesNotStandUnlessForced) {
+  NodeState s = Follower();
+  EXPECT_EQ(WhyNotStand(s, false, 150, 160, /*max_lag=*/10, false), "");
+  std::string why = WhyNotStand(s, false, 150, 161, 10, false);
+  EXPECT_NE(why.find("11 behind"), std::string::npos) << why;
+  EXPECT_NE(why.find("max_failover_lag (10)"), std::string::npos) << why;
+  EXPECT_EQ(WhyNotStand(s, false, 150, 161, 10, /*forced=*/true), "");
+  EXPECT_EQ(WhyNotStand(s, false, 150, 100000, /*max_lag=*/0, false), "");  // no limit
+  EXPECT_EQ(WhyNotStand(s, false, 150, 0, 10, false), "");  // no position known
+  EXPECT_NE(WhyNotStand(s, true, 150, 150, 10, true), "");  // stale data: never
+  NodeState blank = s;
+  blank.database_id.clear();
+  EXPECT_NE(WhyNotStand(blank, false, 0, 0, 0, true), "");
+  EXPECT_EQ(PossibleLoss(150, 161), 11u);
+  EXPECT_EQ(PossibleLoss(170, 161), 0u);
+}
+
+// An operator's promotion stands at the next tick, whatever the wait.
+TEST(ElectionTest, StandNowStandsAtTheNextTick) {
+  NodeState self = Follower();
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  e.Tick(self, 150, 10 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
+  e.StandNow(10 * kMs);
+  EXPECT_EQ(e.NextWakeUp(), 10 * kMs);
+  e.Tick(self, 150, 10 * kMs, &out);
+  EXPECT_EQ(e.phase(), Election::Phase::kPreVote);
+  EXPECT_EQ(out.send.size(), 2u);
+}
+
 }  // namespace
 }  // namespace walship::replication

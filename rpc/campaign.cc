@@ -29,6 +29,7 @@ replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
   eo.round_timeout_ms = std::max<uint32_t>(100, o.election_timeout_ms / 2);
   eo.phi_threshold = o.phi_threshold;
   eo.phi_min_std_ms = o.phi_min_std_ms;
+  eo.max_failover_lag = o.max_failover_lag;
   return eo;
 }
 
@@ -45,6 +46,7 @@ Campaign::Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
 
 Campaign::~Campaign() noexcept(false) {
   for (auto& [id, conn] : voters_) conn->Close();
+  FinishPromote(PromoteOutcome::Refused(absl::AbortedError("this node's role changed meanwhile")));
 }
 
 void Campaign::taskFailed(kj::Exception&& e) {
@@ -60,19 +62,100 @@ void Campaign::NoteContact() {
   // a voter must never think it heard its leader earlier than it did.
   heard_us_ = node_.PreciseNowUs();
   election_.OnLeaderContact(heard_us_);
+  CheckPromote();
   Arm();
 }
 
 void Campaign::NoteHeartbeat(int64_t now_us) {
   heard_us_ = std::max(heard_us_, now_us);
   election_.OnLeaderHeartbeat(now_us);
+  if (promoting_.get() != nullptr) {
+    promote_log_.push_back("a leader of the highest epoch this node has seen is alive");
+    promote_stood_ = true;  // its round, if any, ended: the promotion failed
+  }
+  CheckPromote();
   Arm();
+}
+
+kj::Promise<PromoteOutcome> Campaign::Promote(bool accept_loss) {
+  if (promoting_.get() != nullptr || Standing()) {
+    return PromoteOutcome::Refused(absl::UnavailableError(
+        "this node is standing for leader already; ask again once its round has ended"));
+  }
+  NoteContact();
+  replication::FollowerStatus fs = follower_->Status();
+  replication::SequenceNumber latest = node_.engine().LatestSequence();
+  PromoteOutcome refused;
+  refused.possible_loss = replication::PossibleLoss(latest, fs.leader_latest);
+  std::string why = replication::WhyNotStand(
+      follower_->state(), fs.phase == replication::FollowerPhase::kNeedsSnapshot, latest,
+      fs.leader_latest, options_.max_failover_lag, /*forced=*/true);
+  if (!why.empty()) {
+    refused.status = absl::FailedPreconditionError(why);
+    return refused;
+  }
+  if (refused.possible_loss > 0 && !accept_loss) {
+    refused.status = absl::FailedPreconditionError(absl::StrCat(
+        "promoting '", options_.self, "' may lose at least ", refused.possible_loss,
+        " acknowledged writes: its log ends at seq ", latest,
+        " and the last position it knew of its leader '", link_.leader_id(), "' is seq ",
+        fs.leader_latest, "; run again with --accept-loss to promote it anyway"));
+    return refused;
+  }
+  spdlog::warn("election: promoted by an operator: standing now{}",
+               refused.possible_loss > 0
+                   ? absl::StrCat(", accepting the loss of at least ", refused.possible_loss,
+                                  " writes")
+                   : "");
+  auto paf = kj::newPromiseAndFulfiller<PromoteOutcome>();
+  promoting_ = kj::mv(paf.fulfiller);
+  promote_stood_ = false;
+  promote_loss_ = refused.possible_loss;
+  promote_log_.clear();
+  election_.StandNow(node_.PreciseNowUs());
+  Arm();
+  // Bounded: the voters answer within a round's time-out, but a round may be given up and no
+  // other started (the leader was heard meanwhile).
+  uint32_t bound_ms = 2 * options_.election_timeout_ms + options_.round_timeout_ms;
+  tasks_.add(node_.io().provider->getTimer().afterDelay(bound_ms * kj::MILLISECONDS).then(
+      [this, bound_ms]() {
+        if (promoting_.get() == nullptr) return;
+        promote_log_.push_back(absl::StrCat("not elected within ", bound_ms, " ms"));
+        promote_stood_ = true;
+        CheckPromote();
+      }));
+  return kj::mv(paf.promise);
+}
+
+void Campaign::FinishPromote(PromoteOutcome outcome) {
+  if (promoting_.get() == nullptr) return;
+  promoting_->fulfill(kj::mv(outcome));
+  promoting_ = nullptr;
+  promote_log_.clear();
+}
+
+void Campaign::CheckPromote() {
+  if (promoting_.get() == nullptr || !promote_stood_ || leading_ ||
+      election_.phase() != replication::Election::Phase::kFollowing) {
+    return;
+  }
+  // The last lines say why: the refusals of the round, its time-out, a leader heard.
+  size_t from = promote_log_.size() > 4 ? promote_log_.size() - 4 : 0;
+  std::string why;
+  for (size_t i = from; i < promote_log_.size(); ++i) {
+    absl::StrAppend(&why, why.empty() ? "" : "; ", promote_log_[i]);
+  }
+  FinishPromote(PromoteOutcome{
+      absl::UnavailableError(absl::StrCat("'", options_.self, "' was not elected: ",
+                                          why.empty() ? "its round ended" : why)),
+      "", 0, promote_loss_});
 }
 
 std::string Campaign::Describe() const {
   using Phase = replication::Election::Phase;
   switch (election_.phase()) {
     case Phase::kFollowing: {
+      if (!why_not_.empty()) return absl::StrCat("following; may not stand: ", why_not_);
       int64_t at = election_.NextWakeUp();
       if (at == replication::kNever) return "following";
       return absl::StrCat("following; stands in ",
@@ -115,8 +198,29 @@ void Campaign::Tick() {
   // A node that must be re-seeded holds stale data, and one never seeded holds no database
   // at all: they vote, but never stand.
   replication::NodeState state = follower_->state();
-  election_.set_may_stand(!state.database_id.empty() &&
-                          follower_->Status().phase != replication::FollowerPhase::kNeedsSnapshot);
+  replication::FollowerStatus fs = follower_->Status();
+  std::string why = replication::WhyNotStand(
+      state, fs.phase == replication::FollowerPhase::kNeedsSnapshot,
+      node_.engine().LatestSequence(), fs.leader_latest, options_.max_failover_lag,
+      /*forced=*/promoting_.get() != nullptr);
+  if (why != why_not_ && !why.empty() && !state.database_id.empty()) {
+    spdlog::warn("election: this node may not stand: {}", why);
+  }
+  why_not_ = why;
+  election_.set_may_stand(why.empty());
+  int64_t now = node_.PreciseNowUs();
+  if (election_.phase() == replication::Election::Phase::kFollowing && why.empty() &&
+      election_.NextWakeUp() <= now && !confirming_) {
+    // About to stand: first one more turn of the event loop. After a stall of this loop the
+    // timer fires before the messages that arrived meanwhile are read, and a heartbeat of a
+    // live leader may be among them.
+    confirming_ = true;
+    tasks_.add(node_.io().provider->getTimer().afterDelay(1 * kj::MILLISECONDS).then([this]() {
+      Tick();
+    }));
+    return;
+  }
+  confirming_ = false;
   replication::ElectionOutbox out;
   election_.Tick(state, node_.engine().LatestSequence(), node_.PreciseNowUs(), &out);
   Carry(std::move(out));
@@ -124,6 +228,11 @@ void Campaign::Tick() {
 
 void Campaign::Carry(replication::ElectionOutbox out) {
   for (const std::string& line : out.logs) spdlog::info("election: {}", line);
+  if (promoting_.get() != nullptr) {
+    promote_log_.insert(promote_log_.end(), out.logs.begin(), out.logs.end());
+    if (election_.phase() != replication::Election::Phase::kFollowing) promote_stood_ = true;
+  }
+  CheckPromote();
   if (out.save.has_value()) {
     // Its vote for itself, taken at once (no message of the old leader is taken from here
     // on) and saved before anyone is asked (and before it may lead).
@@ -240,11 +349,17 @@ void Campaign::Lead(replication::Epoch epoch) {
                                    next.status().ToString());
                      leading_ = false;
                      election_.Abandon(node_.PreciseNowUs());
+                     promote_log_.push_back(absl::StrCat("won epoch ", epoch,
+                                                         " but cannot lead: ",
+                                                         next.status().message()));
+                     CheckPromote();
                      Arm();
                      return;
                    }
                    spdlog::warn("elected leader of epoch {} from seq {}", epoch,
                                 next->history.back().start_seq);
+                   FinishPromote(PromoteOutcome{absl::OkStatus(), options_.self, epoch,
+                                                promote_loss_});
                    node_.SwitchRole(std::move(*next));
                  }));
 }

@@ -15,11 +15,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "replication/election.h"
 #include "replication/follower.h"
 #include "replication/follower_link.h"
 #include "rpc/peer_client.h"
+#include "rpc/role.h"
 
 namespace walship::rpc {
 
@@ -51,6 +53,9 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
     return election_.phase() == replication::Election::Phase::kVote ||
            election_.phase() == replication::Election::Phase::kWon;
   }
+  // An operator's promotion (walship promote, rpc/role.h): stands now, past the lag limit;
+  // resolves once this node won (before it leads) or the round failed.
+  kj::Promise<PromoteOutcome> Promote(bool accept_loss);
   // What status shows: "following", "standing for epoch N (pre-vote)", ...
   std::string Describe() const;
   // When the leader was last heard from, on the monotonic clock (µs).
@@ -64,6 +69,10 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   void Send(std::vector<std::pair<std::string, replication::VoteRequest>> requests);
   void Ask(const std::string& voter, replication::VoteRequest request);
   void Lead(replication::Epoch epoch);
+  // Ends a promotion under way with `outcome` (when one is).
+  void FinishPromote(PromoteOutcome outcome);
+  // A promotion whose round ended without a win has failed.
+  void CheckPromote();
 
   Node& node_;
   std::shared_ptr<replication::Follower> follower_;
@@ -76,9 +85,16 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   std::map<std::string, kj::Own<PeerClient>> voters_;  // open connections, by voter id
   bool leading_ = false;                               // won: the node becomes leader
   bool armed_ = false;
+  bool confirming_ = false;  // the turn before it stands (Tick)
   int64_t armed_at_us_ = 0;
   kj::Promise<void> timer_ = nullptr;
   kj::Canceler canceler_;  // vote answers being saved
+  std::string why_not_;    // why this node may not stand now ("" when it may), for status
+  // A promotion under way: its answer, whether its round started, what the rounds logged.
+  kj::Own<kj::PromiseFulfiller<PromoteOutcome>> promoting_;
+  bool promote_stood_ = false;
+  uint64_t promote_loss_ = 0;
+  std::vector<std::string> promote_log_;
   kj::TaskSet tasks_;      // last: destroyed first
 };
 

@@ -250,6 +250,10 @@ struct Request {
     changeMembership @7 :MembershipRequest;
     # Sent to the leader: adds a node as a learner, or removes one (docs/membership.md).
     # Answered once the leader has saved the new membership; followers get it next.
+    promote @8 :PromoteRequest;
+    # Sent to a follower (failover = true): it stands for leader now, past max_failover_lag,
+    # and is elected by a majority like any candidate (docs/failover.md). Answered once it
+    # won (it leads at once) or was not elected.
   }
 }
 
@@ -269,6 +273,18 @@ struct MembershipReply {
                       # (the last change is not held by a majority of the voters yet)
   version @1 :UInt64;
   members @2 :List(Peer.Member);
+}
+
+struct PromoteRequest {
+  acceptLoss @0 :Bool;   # stand even when it knew its leader to hold writes it lacks
+}
+
+struct PromoteReply {
+  error @0 :Error;       # failedPrecondition: it may lose writes (and acceptLoss is off), or
+                         # cannot stand; unavailable: not elected (the message says why)
+  leader @1 :Text;       # the node that leads now
+  epoch @2 :UInt64;      # the epoch it began
+  possibleLoss @3 :UInt64;  # writes it knew its old leader held beyond its own log
 }
 
 struct HandoverRequest {
@@ -295,6 +311,7 @@ struct Reply {
     handover @6 :HandoverReply;
     reseed @7 :Error;      # ok: seeding has started (or was under way)
     changeMembership @8 :MembershipReply;
+    promote @9 :PromoteReply;
     # The request could not be served as sent: a kind of request this node does not know
     # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
     # cannot take now (unavailable) -- the connection stays open after these -- or a

@@ -43,6 +43,7 @@ const char* ReplyKindName(schema::Reply::Which w) {
     case schema::Reply::HANDOVER: return "handover";
     case schema::Reply::RESEED: return "reseed";
     case schema::Reply::CHANGE_MEMBERSHIP: return "changeMembership";
+    case schema::Reply::PROMOTE: return "promote";
   }
   return "unknown";
 }
@@ -258,6 +259,19 @@ class ClientImpl final : public Client {
           auto reply = r.getChangeMembership();
           if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
           return MembershipResult{reply.getVersion(), FromCapnp(reply.getMembers())};
+        });
+  }
+
+  absl::StatusOr<PromoteResult> Promote(bool accept_loss) override {
+    capnp::MallocMessageBuilder m(8);
+    m.initRoot<schema::Request>().initPromote().setAcceptLoss(accept_loss);
+    // An election takes up to two election time-outs and a round; the node bounds it.
+    return Call<PromoteResult>(
+        m, timeout_ + absl::Seconds(30), schema::Reply::PROMOTE,
+        [](schema::Reply::Reader r) -> absl::StatusOr<PromoteResult> {
+          auto reply = r.getPromote();
+          if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
+          return PromoteResult{reply.getLeader(), reply.getEpoch(), reply.getPossibleLoss()};
         });
   }
 

@@ -100,6 +100,12 @@ struct MembershipResult {
   std::vector<replication::Member> members;
 };
 
+struct PromoteResult {
+  std::string leader;
+  uint64_t epoch = 0;
+  uint64_t possible_loss = 0;  // writes it knew its old leader held beyond its own log
+};
+
 struct HandoverResult {
   std::string leader;  // the node that leads now
   uint64_t epoch = 0;  // the epoch it began
@@ -167,6 +173,10 @@ class Client {
   virtual absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,
                                                             const std::string& id,
                                                             const std::string& address) = 0;
+  // Asks the follower this client is connected to to stand for leader now (walship promote,
+  // docs/failover.md): elected by a majority, past max_failover_lag, and only with
+  // `accept_loss` when it knew its leader to hold writes it lacks. Returns once it leads.
+  virtual absl::StatusOr<PromoteResult> Promote(bool accept_loss) = 0;
   virtual const std::string& endpoint() const = 0;
 
  protected:

@@ -71,6 +71,15 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
     case schema::Request::CHANGE_MEMBERSHIP:
       ChangeMembership(request.getChangeMembership(), reply.initChangeMembership());
       return kj::READY_NOW;
+    case schema::Request::PROMOTE:
+      return node_.role()
+          .Promote(request.getPromote().getAcceptLoss())
+          .then([r = reply.initPromote()](PromoteOutcome o) mutable {
+            ToCapnp(o.status, r.initError());
+            r.setLeader(o.leader);
+            r.setEpoch(o.epoch);
+            r.setPossibleLoss(o.possible_loss);
+          });
   }
   ToCapnp(absl::UnimplementedError(absl::StrCat(
               "unknown request kind ", static_cast<int>(request.which()),

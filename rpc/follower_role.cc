@@ -135,6 +135,15 @@ replication::HeartbeatReply FollowerRole::Heartbeat(const replication::Heartbeat
   return reply;
 }
 
+kj::Promise<PromoteOutcome> FollowerRole::Promote(bool accept_loss) {
+  if (campaign_ == nullptr) {
+    return PromoteOutcome::Refused(absl::FailedPreconditionError(
+        "automatic failover is off on this node (failover = false): a promotion is an election "
+        "by the voters, which then refuse; with the leader alive, use walship switchover"));
+  }
+  return campaign_->Promote(accept_loss);
+}
+
 absl::Status FollowerRole::WriteRefusal() const {
   return NotLeaderError(node_.AddressOf(link_.leader_id()));
 }

@@ -50,6 +50,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
   replication::HeartbeatReply Heartbeat(const replication::Heartbeat& beat) override;
   absl::Status Reseed() override { return StartReseed(); }
+  kj::Promise<PromoteOutcome> Promote(bool accept_loss) override;
   absl::StatusOr<replication::Membership> ChangeMembership(
       const replication::MembershipChange&) override {
     return WriteRefusal();  // not the leader: names it

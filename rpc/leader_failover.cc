@@ -29,9 +29,10 @@ replication::HeartbeatReply LeaderRole::Heartbeat(const replication::Heartbeat& 
   if (reply.message.empty()) {
     reply.message = absl::StrCat("node '", o.node_id, "' leads epoch ", leader_.epoch());
   }
-  // A leader of a later epoch: this one was replaced.
-  if (lease_.has_value() && beat.cluster == o.cluster && beat.epoch > leader_.epoch() &&
-      node_.membership().Find(beat.leader) != nullptr) {
+  // A leader of a later epoch: this one was replaced. (During a handover that is the
+  // target, whose take-over answer, asked again until it comes, ends the handover.)
+  if (lease_.has_value() && !handover_.has_value() && beat.cluster == o.cluster &&
+      beat.epoch > leader_.epoch() && node_.membership().Find(beat.leader) != nullptr) {
     StepDown(absl::StrCat("node '", beat.leader, "' leads epoch ", beat.epoch));
   }
   return reply;
@@ -43,10 +44,19 @@ void LeaderRole::OnHeartbeatReply(const std::string& member, int64_t sent_us,
                                   const replication::HeartbeatReply& reply) {
   if (!lease_.has_value() || stepping_down_) return;
   if (reply.epoch > leader_.epoch()) {
+    if (handover_.has_value()) return;  // the target took over: its answer ends the handover
     StepDown(absl::StrCat("node '", member, "' has seen epoch ", reply.epoch));
   } else if (reply.heard) {
     OnLeaseAck(member, sent_us);
   }
+}
+
+// Asked again after a lost answer, or of a node that leads already: it leads.
+kj::Promise<PromoteOutcome> LeaderRole::Promote(bool) {
+  if (stepping_down_) {
+    return PromoteOutcome::Refused(absl::UnavailableError("this node is stepping down as leader"));
+  }
+  return PromoteOutcome{absl::OkStatus(), node_.options().node_id, leader_.epoch(), 0};
 }
 
 void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {

@@ -52,6 +52,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   engine::SequenceNumber WalNeededFrom() const override { return leader_.WalNeededFrom(); }
   kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
+  kj::Promise<PromoteOutcome> Promote(bool accept_loss) override;
   replication::HeartbeatReply Heartbeat(const replication::Heartbeat& beat) override;
   absl::StatusOr<replication::Membership> ChangeMembership(
       const replication::MembershipChange& change) override;

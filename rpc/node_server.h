@@ -83,6 +83,9 @@ struct NodeServerOptions {
   // wait. phi_min_std_ms is the detector's floor for the heartbeats' standard deviation.
   uint32_t phi_threshold = 0;
   uint32_t phi_min_std_ms = 20;
+  // Above 0: a follower whose log ends more than this many sequence numbers before the last
+  // position it knew of its leader does not stand (walship promote can force it).
+  uint64_t max_failover_lag = 0;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

@@ -48,6 +48,16 @@ class PeerSessionHold {
   std::shared_ptr<PeerSessions> s_;
 };
 
+// How an operator's promotion (walship promote) ended.
+struct PromoteOutcome {
+  // A promotion that did not happen, for `why`.
+  static PromoteOutcome Refused(absl::Status why) { return {std::move(why), "", 0, 0}; }
+  absl::Status status;
+  std::string leader;          // the node that leads now (this one, when promoted)
+  uint64_t epoch = 0;          // the epoch it began
+  uint64_t possible_loss = 0;  // writes it knew its old leader held beyond its own log
+};
+
 // How a write's wait for its followers ended.
 struct ReplicationOutcome {
   absl::Status status;
@@ -137,6 +147,14 @@ class Role {
       const replication::MembershipChange&) {
     return absl::FailedPreconditionError(
         absl::StrCat("this node is ", name(), ": only the leader changes the membership"));
+  }
+  // An operator forces this node to stand for leader now (walship promote): elected by a
+  // majority like any candidate, but past the lag limit, and only with `accept_loss` when it
+  // knew its leader to hold writes it lacks. Only a follower with failover on stands.
+  virtual kj::Promise<PromoteOutcome> Promote(bool accept_loss) {
+    (void)accept_loss;
+    return PromoteOutcome::Refused(absl::FailedPreconditionError(
+        absl::StrCat("this node is ", name(), ": only a follower can be promoted")));
   }
   virtual absl::Status Reseed() {
     return absl::FailedPreconditionError(

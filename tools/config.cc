@@ -85,6 +85,8 @@ const std::vector<Tunable>& ReplicationTunables() {
        [](O& o, uint64_t v) { o.lease_ms = static_cast<uint32_t>(v); }, 20, 600000},
       {"phi_threshold", Tunable::kUint,
        [](O& o, uint64_t v) { o.phi_threshold = static_cast<uint32_t>(v); }, 0, 100},
+      {"max_failover_lag", Tunable::kUint,
+       [](O& o, uint64_t v) { o.max_failover_lag = v; }},
       {"phi_min_std_ms", Tunable::kUint,
        [](O& o, uint64_t v) { o.phi_min_std_ms = static_cast<uint32_t>(v); }, 1, 60000},
       {"heartbeat_interval_ms", Tunable::kUint,

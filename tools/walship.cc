@@ -209,6 +209,26 @@ int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms) {
   return 0;
 }
 
+// Asks node `id` of the cluster file (or --endpoint) to stand for leader now.
+int DoPromote(Target& t, const std::string& id, bool accept_loss) {
+  if (t.endpoint.empty()) t.node = id;
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto client = walship::rpc::Client::Connect(*endpoint, absl::Milliseconds(t.timeout_ms));
+  if (!client.ok()) return Fail(client.status());
+  auto r = (*client)->Promote(accept_loss);
+  if (!r.ok()) return Fail(r.status());
+  std::printf("OK %s leads, epoch %llu", r->leader.c_str(),
+              static_cast<unsigned long long>(r->epoch));
+  if (r->possible_loss > 0) {
+    std::printf("; at least %llu writes its old leader held were lost (the old leader keeps "
+                "them in a rollback file when it returns)",
+                static_cast<unsigned long long>(r->possible_loss));
+  }
+  std::printf("\n");
+  return 0;
+}
+
 // Adds node `id` at `address` as a learner through the leader; with a wait, until it votes.
 int DoAddFollower(Target& t, const std::string& id, const std::string& address, int wait_s) {
   std::string leader;
@@ -385,6 +405,17 @@ int main(int argc, char** argv) {
   auto* reseed = app.add_subcommand(
       "reseed", "have follower --node (told it needs a snapshot) seed itself again from its "
                 "leader's checkpoint; its data stays until the new copy is verified");
+  auto* promote = app.add_subcommand(
+      "promote", "force follower NODE to stand for leader now (failover = true): the voters "
+                 "elect it if its log is the most up to date and no leader is heard; refused "
+                 "when it may lose writes, unless --accept-loss");
+  std::string promote_node;
+  bool accept_loss = false;
+  promote->add_option("NODE", promote_node, "the node id of the follower to promote")
+      ->required();
+  promote->add_flag("--accept-loss", accept_loss,
+                    "promote it even though its leader held writes it lacks (they are lost; "
+                    "the old leader keeps them in a rollback file when it returns)");
   auto* rollback = app.add_subcommand(
       "rollback", "rollback files: what a node held past the point where its history parted "
                   "from its new leader's, kept before it was re-seeded (docs/failover.md)");
@@ -400,6 +431,7 @@ int main(int argc, char** argv) {
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);
   if (remove_follower->parsed()) return DoRemoveFollower(t, member_id);
+  if (promote->parsed()) return DoPromote(t, promote_node, accept_loss);
 
   if (!mode.empty()) {
     auto m = walship::replication::ParseMode(mode);

@@ -48,6 +48,7 @@ void Decode(schema::Request::Reader request) {
       break;
     }
     case schema::Request::STATUS: break;
+    case schema::Request::PROMOTE: (void)request.getPromote().getAcceptLoss(); break;
     case schema::Request::RESEED: break;
     case schema::Request::HANDOVER:
       (void)std::string(request.getHandover().getTarget().cStr());
