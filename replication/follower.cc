@@ -75,7 +75,9 @@ Hello Follower::MakeHello() const {
 absl::Status Follower::OnHelloReply(const HelloReply& reply) {
   absl::MutexLock apply_lock(&apply_mu_);
   absl::MutexLock lock(&mu_);
-  status_.leader_latest = reply.leader_latest;
+  // A node that refuses does not lead: the position it names is not the leader's (the last
+  // one known stays, for status and max_failover_lag).
+  if (reply.outcome != HelloOutcome::kRefused) status_.leader_latest = reply.leader_latest;
   status_.last_contact_us = clock_->NowMicros();
   if (reply.version != kPeerProtocolVersion) {
     status_.phase = FollowerPhase::kConnecting;
