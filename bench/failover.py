@@ -64,19 +64,29 @@ def epoch_of(c, nid):
     return c.status(nid)["epoch"]
 
 
+def ready_follower(c, nid):
+    """Whether `nid` follows and is ready; False while it cannot answer (a node re-seeded from
+    a checkpoint restarts its database)."""
+    try:
+        st = c.status(nid)
+    except AssertionError:
+        return False
+    return st["role"] == "follower" and st["ready"]
+
+
 def run_profile(name, rounds, load_s):
     settings = {"failover": True, "mode": "semi-sync", "acks": 1, "reconnect_min_ms": 20,
                 "reconnect_max_ms": 200}
     settings.update(PROFILES[name])
     c = Cluster(3, name=f"failover-{name}", replication=settings)
-    times, false_failovers = [], 0
+    times, false_failovers, stuck = [], 0, 0
     try:
         c.start_all()
         wait_until(lambda: leader_of(c) == "n1", 30, "n1 to lead")
         for i in range(rounds):
             leader = wait_until(lambda: leader_of(c), 30, "a leader")
-            wait_until(lambda: all(c.status(n)["role"] == "follower" and c.status(n)["ready"]
-                                   for n in c.procs if n != leader), 60, "followers ready")
+            wait_until(lambda: all(ready_follower(c, n) for n in c.procs if n != leader), 60,
+                       "followers ready")
             epoch = epoch_of(c, leader)
             # Four writers of small values and one of 1 MiB values (messages that take a
             # while to cross): heartbeats must get through all the same.
@@ -102,24 +112,30 @@ def run_profile(name, rounds, load_s):
             while True:
                 r = c.cli("put", f"after-{i}", "1", check=False, timeout=10)
                 if r.returncode == 0:
+                    times.append((time.monotonic() - t0) * 1000)
                     break
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"no write acknowledged 60 s after the kill: {r.stderr}")
+                    # A survivor that cannot vote (one being re-seeded after a false failover
+                    # under the load) leaves the other without a majority until the killed
+                    # node is back: counted, and the round goes on.
+                    stuck += 1
+                    print(f"{name} round {i + 1}: NO WRITE 60 s after the kill: {r.stderr}",
+                          file=sys.stderr)
+                    break
                 time.sleep(0.005)
-            times.append((time.monotonic() - t0) * 1000)
             c.start(leader)
             # It may hold a tail no survivor received (written, not acknowledged): then it is
             # re-seeded from the new leader first.
             try:
-                wait_until(lambda: c.status(leader)["role"] == "follower"
-                           and c.status(leader)["ready"], 300, f"{leader} back as follower")
+                wait_until(lambda: ready_follower(c, leader), 300, f"{leader} back as follower")
             except AssertionError:
                 print(c.log(leader)[-3000:], file=sys.stderr)
                 raise
-            print(f"{name} round {i + 1}/{rounds}: {times[-1]:.0f} ms", file=sys.stderr)
+            if r.returncode == 0:
+                print(f"{name} round {i + 1}/{rounds}: {times[-1]:.0f} ms", file=sys.stderr)
     finally:
         c.close()
-    return times, false_failovers
+    return times, false_failovers, stuck
 
 
 def run_handovers(n):
@@ -153,12 +169,13 @@ def main():
     names = sorted(PROFILES) if args.profile == "all" else [args.profile]
     rows = []
     for name in names:
-        times, false = run_profile(name, args.rounds, args.load_s)
-        rows.append((name, times, false))
+        times, false, stuck = run_profile(name, args.rounds, args.load_s)
+        rows.append((name, times, false, stuck))
     pauses = run_handovers(args.handovers) if args.handovers > 0 else []
-    print("| what | settings | n | p50 ms | p99 ms | max ms | false failovers under load |")
-    print("|---|---|---|---|---|---|---|")
-    for name, times, false in rows:
+    print("| what | settings | n | p50 ms | p99 ms | max ms | false failovers under load | "
+          "no leader within 60 s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, times, false, stuck in rows:
         p = PROFILES[name]
         s = (f"election {p['election_timeout_ms']}+{p['election_jitter_ms']} ms, lease "
              f"{p['lease_ms']} ms, heartbeat {p['heartbeat_interval_ms']} ms")
@@ -167,11 +184,11 @@ def main():
                   f"{p.get('phi_min_std_ms', 20)} ms)")
         print(f"| kill -9 to first acknowledged write ({name}) | {s} | {len(times)} | "
               f"{percentile(times, 50):.0f} | {percentile(times, 99):.0f} | {max(times):.0f} | "
-              f"{false} |")
+              f"{false} | {stuck} |")
     if pauses:
         print(f"| planned handover (write pause bound) | default | {len(pauses)} | "
               f"{percentile(pauses, 50):.0f} | {percentile(pauses, 99):.0f} | "
-              f"{max(pauses):.0f} | - |")
+              f"{max(pauses):.0f} | - | - |")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteR
 Election::Election(ElectionOptions options, uint64_t seed, int64_t now_us)
     : options_(std::move(options)),
       rng_(seed),
-      detector_(int64_t{options_.phi_min_std_ms} * 1000) {
+      detector_(int64_t{options_.phi_min_std_ms} * 1000, PhiAccrualDetector::kDefaultWindow,
+                int64_t{options_.phi_max_wait_ms} * 1000) {
   stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000 + Jitter();
 }
 
@@ -159,12 +160,20 @@ int64_t Election::SuspectAt(int64_t contact_us) const {
   int64_t at = contact_us + int64_t{options_.election_timeout_ms} * 1000;
   if (options_.phi_threshold > 0 && detector_.last_heartbeat_us() != 0) {
     int64_t after = detector_.SuspectAfterUs(options_.phi_threshold);
-    if (after > 0) at = std::max(at, detector_.last_heartbeat_us() + after);
+    if (after > 0) {
+      int64_t cap = contact_us + int64_t{options_.phi_max_wait_ms} * 1000;
+      at = std::max(at, std::min(cap, detector_.last_heartbeat_us() + after));
+    }
   }
   return at;
 }
 
-void Election::OnLeaderHeartbeat(int64_t now_us) {
+void Election::OnLeaderHeartbeat(const std::string& leader, Epoch epoch, int64_t now_us) {
+  if (leader != beats_from_ || epoch != beats_epoch_) {
+    detector_.Reset();
+    beats_from_ = leader;
+    beats_epoch_ = epoch;
+  }
   detector_.OnHeartbeat(now_us);
   OnLeaderContact(now_us);
 }
@@ -182,9 +191,9 @@ void Election::OnLeaderContact(int64_t now_us) {
   stand_at_us_ = SuspectAt(now_us) + Jitter();
 }
 
-void Election::StandNow(int64_t now_us) {
+void Election::StandAt(int64_t at_us) {
   if (phase_ != Phase::kFollowing) return;
-  stand_at_us_ = now_us;
+  stand_at_us_ = at_us;
 }
 
 void Election::GiveUp(int64_t now_us) {

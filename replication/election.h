@@ -68,6 +68,9 @@ struct ElectionOptions {
   // as its leader's heartbeats have lately been seen to be late.
   double phi_threshold = 0;
   uint32_t phi_min_std_ms = 50;  // the detector's floor for the standard deviation
+  // Phi makes a node wait at most this long after its leader's last sign of life (and the
+  // detector keeps no interval longer): past it the leader is suspected whatever phi says.
+  uint32_t phi_max_wait_ms = 2000;
   // Above 0: a node whose log ends more than this many sequence numbers before the last
   // position it knew of its leader does not stand (WhyNotStand).
   uint64_t max_failover_lag = 0;
@@ -155,9 +158,10 @@ class Election {
   // the highest this node has seen; a stale leader's counts for nothing): an election not yet
   // won ends.
   void OnLeaderContact(int64_t now_us);
-  // A heartbeat of that leader arrived (PeerService.heartbeat): contact, and a sample of the
-  // intervals phi is reckoned from.
-  void OnLeaderHeartbeat(int64_t now_us);
+  // A heartbeat arrived from `leader` leading `epoch` (PeerService.heartbeat): contact, and a
+  // sample of the intervals phi is reckoned from (forgotten when the leader or its epoch
+  // changes: another leader's heartbeats say nothing of this one's).
+  void OnLeaderHeartbeat(const std::string& leader, Epoch epoch, int64_t now_us);
   // The phi of the leader's heartbeats now (0 before enough of them were seen).
   double LeaderPhi(int64_t now_us) const { return detector_.Phi(now_us); }
   // Runs what is due: stands when the leader has been silent too long, gives up a round past
@@ -175,9 +179,9 @@ class Election {
   Epoch epoch() const { return epoch_; }  // the epoch stood for (0: never)
   // Standing is off (a learner, or an operator's choice): the node only votes.
   void set_may_stand(bool may) { may_stand_ = may; }
-  // Stands at the next Tick, whatever the wait (an operator's promotion); a round under way
-  // goes on.
-  void StandNow(int64_t now_us);
+  // Stands at the first Tick from `at_us`, whatever phi or the jitter say (an operator's
+  // promotion); a round under way goes on.
+  void StandAt(int64_t at_us);
 
  private:
   void StartRound(bool pre_vote, const NodeState& state, SequenceNumber latest, int64_t now_us,
@@ -194,6 +198,8 @@ class Election {
   Phase phase_ = Phase::kFollowing;
   bool may_stand_ = true;
   PhiAccrualDetector detector_;
+  std::string beats_from_;   // the leader whose heartbeats the detector holds
+  Epoch beats_epoch_ = 0;    // and its epoch
   int64_t stand_at_us_;  // kFollowing: when to stand if nothing is heard
   int64_t round_deadline_us_ = kNever;
   Epoch epoch_ = 0;                      // the epoch of the current (or last) round

@@ -361,14 +361,14 @@ TEST(ElectionTest, ANodeTooFarBehindItsLeaderDoesNotStandUnlessForced) {
   EXPECT_EQ(PossibleLoss(170, 161), 0u);
 }
 
-// An operator's promotion stands at the next tick, whatever the wait.
-TEST(ElectionTest, StandNowStandsAtTheNextTick) {
+// An operator's promotion stands when told, whatever the jitter.
+TEST(ElectionTest, StandAtStandsWhenTold) {
   NodeState self = Follower();
   Election e(Opts("n2"), 7, 0);
   ElectionOutbox out;
   e.Tick(self, 150, 10 * kMs, &out);
   EXPECT_EQ(e.phase(), Election::Phase::kFollowing);
-  e.StandNow(10 * kMs);
+  e.StandAt(10 * kMs);
   EXPECT_EQ(e.NextWakeUp(), 10 * kMs);
   e.Tick(self, 150, 10 * kMs, &out);
   EXPECT_EQ(e.phase(), Election::Phase::kPreVote);

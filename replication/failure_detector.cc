@@ -6,11 +6,21 @@
 
 namespace walship::replication {
 
-PhiAccrualDetector::PhiAccrualDetector(int64_t min_std_us, size_t window)
-    : min_std_us_(std::max<int64_t>(1, min_std_us)), window_(std::max<size_t>(1, window)) {}
+PhiAccrualDetector::PhiAccrualDetector(int64_t min_std_us, size_t window,
+                                       int64_t max_interval_us)
+    : min_std_us_(std::max<int64_t>(1, min_std_us)),
+      window_(std::max<size_t>(1, window)),
+      max_interval_us_(max_interval_us) {}
+
+void PhiAccrualDetector::Reset() {
+  intervals_.clear();
+  sum_ = sum_sq_ = 0;
+  last_us_ = 0;
+}
 
 void PhiAccrualDetector::OnHeartbeat(int64_t now_us) {
-  if (last_us_ != 0 && now_us >= last_us_) {
+  if (last_us_ != 0 && now_us >= last_us_ &&
+      (max_interval_us_ <= 0 || now_us - last_us_ <= max_interval_us_)) {
     int64_t interval = now_us - last_us_;
     intervals_.push_back(interval);
     sum_ += static_cast<double>(interval);

@@ -28,10 +28,16 @@ class PhiAccrualDetector {
   static constexpr size_t kDefaultWindow = 200;
   static constexpr size_t kMinSamples = 5;
 
-  explicit PhiAccrualDetector(int64_t min_std_us, size_t window = kDefaultWindow);
+  // Intervals longer than `max_interval_us` (0: none) are not kept: a gap that long is a
+  // failure or a partition, not the heartbeats' spread, and would make every later silence
+  // look ordinary (Cassandra drops them too).
+  explicit PhiAccrualDetector(int64_t min_std_us, size_t window = kDefaultWindow,
+                              int64_t max_interval_us = 0);
 
   // A heartbeat arrived at `now_us` (a monotonic clock).
   void OnHeartbeat(int64_t now_us);
+  // Forgets every interval and the last heartbeat (another peer, or the same in a new epoch).
+  void Reset();
   // How unlikely the silence since the last heartbeat is at `now_us`; 0 before enough
   // intervals were seen, and at most kMaxPhi (far past any useful threshold: certainty).
   double Phi(int64_t now_us) const;
@@ -50,6 +56,7 @@ class PhiAccrualDetector {
 
   const int64_t min_std_us_;
   const size_t window_;
+  const int64_t max_interval_us_;
   std::deque<int64_t> intervals_;
   double sum_ = 0, sum_sq_ = 0;
   int64_t last_us_ = 0;

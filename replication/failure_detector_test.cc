@@ -105,8 +105,8 @@ TEST(PhiAccrualTest, AnElectionStandsNoSoonerThanItsTimeOutAndLaterWhenPhiSaysSo
     for (int i = 1; i <= 100; ++i) {  // every 20 ms; for the jittery one every tenth 320 ms
       s += 20 * kMs;
       j += (i % 10 == 0 ? 320 : 20) * kMs;
-      steady.OnLeaderHeartbeat(s);
-      jittery.OnLeaderHeartbeat(j);
+      steady.OnLeaderHeartbeat("n1", 3, s);
+      jittery.OnLeaderHeartbeat("n1", 3, j);
     }
     EXPECT_EQ(steady.NextWakeUp(), s + 150 * kMs);  // phi 8 comes at about 80 ms: the floor
     if (phi == 0) {
@@ -119,7 +119,32 @@ TEST(PhiAccrualTest, AnElectionStandsNoSoonerThanItsTimeOutAndLaterWhenPhiSaysSo
     // Contact by data (no heartbeat) moves the wait on from there, phi's no sooner.
     jittery.OnLeaderContact(j + 10 * kMs);
     EXPECT_GE(jittery.NextWakeUp(), j + 160 * kMs);
+    // Another leader's heartbeats start afresh: phi knows nothing of it yet.
+    jittery.OnLeaderHeartbeat("n3", 4, j + 20 * kMs);
+    EXPECT_EQ(jittery.NextWakeUp(), j + 170 * kMs);
   }
+}
+
+// Phi never holds a node past phi_max_wait_ms after its leader's last sign of life, and a
+// gap longer than that is no sample: one long outage does not make the next failover slow.
+TEST(PhiAccrualTest, PhiWaitsAtMostItsBoundAndKeepsNoOutageAsASample) {
+  ElectionOptions o = Opts(8);
+  o.phi_max_wait_ms = 400;
+  Election e(o, 1, 0);
+  int64_t t = 0;
+  for (int i = 1; i <= 100; ++i) {  // every tenth 390 ms late: phi alone would wait long
+    t += (i % 10 == 0 ? 390 : 20) * kMs;
+    e.OnLeaderHeartbeat("n1", 3, t);
+  }
+  EXPECT_EQ(e.NextWakeUp(), t + 400 * kMs);
+  PhiAccrualDetector d(10 * kMs, PhiAccrualDetector::kDefaultWindow, 400 * kMs);
+  int64_t u = Beat(d, 0, 20, 100);
+  d.OnHeartbeat(u + 10'000 * kMs);  // a ten-second outage
+  EXPECT_EQ(d.samples(), 19u);
+  EXPECT_NEAR(d.mean_us(), 100 * kMs, 1);
+  d.Reset();
+  EXPECT_EQ(d.samples(), 0u);
+  EXPECT_EQ(d.last_heartbeat_us(), 0);
 }
 
 }  // namespace

@@ -29,6 +29,7 @@ replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
   eo.round_timeout_ms = std::max<uint32_t>(100, o.election_timeout_ms / 2);
   eo.phi_threshold = o.phi_threshold;
   eo.phi_min_std_ms = o.phi_min_std_ms;
+  eo.phi_max_wait_ms = o.heartbeat_timeout_ms;
   eo.max_failover_lag = o.max_failover_lag;
   return eo;
 }
@@ -66,9 +67,10 @@ void Campaign::NoteContact() {
   Arm();
 }
 
-void Campaign::NoteHeartbeat(int64_t now_us) {
+void Campaign::NoteHeartbeat(const std::string& leader, replication::Epoch epoch,
+                             int64_t now_us) {
   heard_us_ = std::max(heard_us_, now_us);
-  election_.OnLeaderHeartbeat(now_us);
+  election_.OnLeaderHeartbeat(leader, epoch, now_us);
   if (promoting_.get() != nullptr) {
     promote_log_.push_back("a leader of the highest epoch this node has seen is alive");
     promote_stood_ = true;  // its round, if any, ended: the promotion failed
@@ -109,17 +111,22 @@ kj::Promise<PromoteOutcome> Campaign::Promote(bool accept_loss) {
                    : "");
   auto paf = kj::newPromiseAndFulfiller<PromoteOutcome>();
   promoting_ = kj::mv(paf.fulfiller);
+  uint64_t promotion = ++promotions_;
   promote_stood_ = false;
   promote_loss_ = refused.possible_loss;
   promote_log_.clear();
-  election_.StandNow(node_.PreciseNowUs());
+  // Not before an election time-out after this node last heard its leader: until then the
+  // leader's lease may rest on this node's loyalty, as on every voter's (its own vote for
+  // itself is granted without the checks a voter makes).
+  election_.StandAt(std::max(node_.PreciseNowUs(),
+                             heard_us_ + int64_t{options_.election_timeout_ms} * 1000));
   Arm();
   // Bounded: the voters answer within a round's time-out, but a round may be given up and no
   // other started (the leader was heard meanwhile).
-  uint32_t bound_ms = 2 * options_.election_timeout_ms + options_.round_timeout_ms;
+  uint32_t bound_ms = 3 * options_.election_timeout_ms + options_.round_timeout_ms;
   tasks_.add(node_.io().provider->getTimer().afterDelay(bound_ms * kj::MILLISECONDS).then(
-      [this, bound_ms]() {
-        if (promoting_.get() == nullptr) return;
+      [this, bound_ms, promotion]() {
+        if (promoting_.get() == nullptr || promotion != promotions_) return;
         promote_log_.push_back(absl::StrCat("not elected within ", bound_ms, " ms"));
         promote_stood_ = true;
         CheckPromote();

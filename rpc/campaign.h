@@ -45,7 +45,7 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   void NoteContact();
   // A heartbeat of a leader of the highest epoch this node has seen arrived (at `now_us`, the
   // precise clock): contact, and a sample of phi (replication/failure_detector.h).
-  void NoteHeartbeat(int64_t now_us);
+  void NoteHeartbeat(const std::string& leader, replication::Epoch epoch, int64_t now_us);
   // A candidate's request (PeerService.requestVote).
   kj::Promise<replication::VoteReply> Answer(replication::VoteRequest request);
   // Whether it asks for votes (it voted for itself) or won: it may lead at once.
@@ -93,6 +93,7 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   // A promotion under way: its answer, whether its round started, what the rounds logged.
   kj::Own<kj::PromiseFulfiller<PromoteOutcome>> promoting_;
   bool promote_stood_ = false;
+  uint64_t promotions_ = 0;  // promotions begun, so that an old one's time bound ends no other
   uint64_t promote_loss_ = 0;
   std::vector<std::string> promote_log_;
   kj::TaskSet tasks_;      // last: destroyed first

@@ -79,7 +79,9 @@ FollowerRole::FollowerRole(Node& node, replication::NodeState state)
       follower_(std::make_shared<replication::Follower>(FollowerOptionsFor(node), &node.engine(),
                                                         state, replication::RealClock())),
       link_(*follower_, LinkOptionsFor(node.options()), LeaderOf(state, node.options())),
-      leader_beats_(int64_t{node.options().phi_min_std_ms} * 1000),
+      leader_beats_(int64_t{node.options().phi_min_std_ms} * 1000,
+                    replication::PhiAccrualDetector::kDefaultWindow,
+                    int64_t{node.options().heartbeat_timeout_ms} * 1000),
       tasks_(*this) {
   if (node.options().failover) {
     campaign_ = std::make_unique<Campaign>(node, follower_, link_, [this](std::string id) {
@@ -121,8 +123,13 @@ replication::HeartbeatReply FollowerRole::Heartbeat(const replication::Heartbeat
       replication::AnswerHeartbeat(o.node_id, o.cluster, follower_->HighestEpoch(), beat);
   if (!reply.heard) return reply;
   int64_t now = node_.PreciseNowUs();
+  if (beat.leader != beats_from_ || beat.epoch != beats_epoch_) {
+    leader_beats_.Reset();  // another leader's heartbeats say nothing of this one's
+    beats_from_ = beat.leader;
+    beats_epoch_ = beat.epoch;
+  }
   leader_beats_.OnHeartbeat(now);
-  if (campaign_ != nullptr) campaign_->NoteHeartbeat(now);
+  if (campaign_ != nullptr) campaign_->NoteHeartbeat(beat.leader, beat.epoch, now);
   // A leader of a later epoch than the stream's: the stream's leader was replaced (this node
   // missed the election, or it stepped down): follow the new one now rather than wait for the
   // old stream to time out.

@@ -17,7 +17,10 @@ HeartbeatSender::HeartbeatSender(Node& node, replication::Epoch epoch, OnReply o
 }
 
 HeartbeatSender::~HeartbeatSender() noexcept(false) {
-  for (auto& [id, peer] : peers_) Drop(peer);
+  // Closed only: the calls on them end with tasks_, before the connections go.
+  for (auto& [id, peer] : peers_) {
+    if (peer.conn.get() != nullptr) peer.conn->Close();
+  }
 }
 
 void HeartbeatSender::taskFailed(kj::Exception&& e) {
@@ -37,8 +40,10 @@ HeartbeatSender::PeerView HeartbeatSender::View(const std::string& member) const
 }
 
 void HeartbeatSender::Drop(Peer& peer) {
-  if (peer.conn.get() != nullptr) peer.conn->Close();
-  peer.conn = nullptr;
+  if (peer.conn.get() != nullptr) {
+    peer.conn->Close();
+    tasks_.add(kj::evalLater([c = kj::mv(peer.conn)]() {}));
+  }
   peer.in_flight = false;
   ++peer.generation;
 }
@@ -67,29 +72,39 @@ kj::Promise<void> HeartbeatSender::Loop() {
 }
 
 void HeartbeatSender::Beat(const std::string& id, const std::string& address, int64_t now_us) {
-  auto [it, fresh] = peers_.try_emplace(id, int64_t{node_.options().phi_min_std_ms} * 1000);
+  const int64_t timeout_us = int64_t{node_.options().heartbeat_timeout_ms} * 1000;
+  auto [it, fresh] =
+      peers_.try_emplace(id, int64_t{node_.options().phi_min_std_ms} * 1000, timeout_us);
   Peer& peer = it->second;
   if (peer.in_flight) {
     // Unanswered for the heartbeat time-out: the connection is taken for dead.
-    if (now_us - peer.sent_us < int64_t{node_.options().heartbeat_timeout_ms} * 1000) return;
+    if (now_us - peer.sent_us < timeout_us) return;
     Drop(peer);
   }
-  if (peer.connecting) return;
+  if (peer.connecting || now_us < peer.connect_again_us) return;
   if (peer.conn.get() == nullptr) {
     peer.connecting = true;
-    tasks_.add(ConnectToPeer(node_.io(), address)
-                   .then(
-                       [this, id](kj::Own<PeerClient> c) {
-                         auto p = peers_.find(id);
-                         if (p == peers_.end()) return;  // no longer a member
-                         p->second.connecting = false;
-                         p->second.conn = kj::mv(c);
-                         Beat(id, "", node_.PreciseNowUs());
-                       },
-                       [this, id](kj::Exception&&) {
-                         auto p = peers_.find(id);
-                         if (p != peers_.end()) p->second.connecting = false;
-                       }));
+    // Bounded: a connect into a partition that drops packets would otherwise wait for the
+    // kernel's time-out (minutes) with this member unheard.
+    auto connect = ConnectToPeer(node_.io(), address)
+                       .exclusiveJoin(node_.io()
+                                          .provider->getTimer()
+                                          .afterDelay(timeout_us * kj::MICROSECONDS)
+                                          .then([]() -> kj::Own<PeerClient> {
+                                            KJ_FAIL_REQUIRE("connect timed out");
+                                          }));
+    tasks_.add(kj::mv(connect).then(
+        [this, id](kj::Own<PeerClient> c) {
+          auto p = peers_.find(id);
+          if (p == peers_.end()) return;  // no longer a member
+          p->second.connecting = false;
+          p->second.conn = kj::mv(c);
+          Beat(id, "", node_.PreciseNowUs());
+        },
+        [this, id](kj::Exception&&) {
+          auto p = peers_.find(id);
+          if (p != peers_.end()) p->second.connecting = false;
+        }));
     return;
   }
   peer.in_flight = true;
@@ -106,9 +121,22 @@ void HeartbeatSender::Beat(const std::string& id, const std::string& address, in
         p->second.detector.OnHeartbeat(node_.PreciseNowUs());
         on_reply_(id, sent, FromCapnp(resp.getReply()));
       },
-      [this, id, generation](kj::Exception&&) {
+      [this, id, generation](kj::Exception&& e) {
         auto p = peers_.find(id);
-        if (p != peers_.end() && p->second.generation == generation) Drop(p->second);
+        if (p == peers_.end() || p->second.generation != generation) return;
+        Drop(p->second);
+        if (e.getType() == kj::Exception::Type::UNIMPLEMENTED) {
+          // A node of an older walship (peer protocol below 7): its hello is refused with
+          // both versions named; here, say it once and ask again only now and then.
+          if (!p->second.told_unserved) {
+            spdlog::warn("member '{}' does not answer heartbeats: it runs an older walship "
+                         "(peer protocol below {}); run one version in a cluster",
+                         id, replication::kPeerProtocolVersion);
+            p->second.told_unserved = true;
+          }
+          p->second.connect_again_us =
+              node_.PreciseNowUs() + int64_t{node_.options().heartbeat_timeout_ms} * 1000;
+        }
       }));
 }
 

@@ -48,9 +48,13 @@ class HeartbeatSender final : private kj::TaskSet::ErrorHandler {
 
  private:
   struct Peer {
-    explicit Peer(int64_t min_std_us) : detector(min_std_us) {}
+    Peer(int64_t min_std_us, int64_t max_interval_us)
+        : detector(min_std_us, replication::PhiAccrualDetector::kDefaultWindow,
+                   max_interval_us) {}
     kj::Own<PeerClient> conn;
     bool connecting = false;
+    int64_t connect_again_us = 0;  // after a peer that does not serve heartbeats
+    bool told_unserved = false;    // that was logged
     bool in_flight = false;
     int64_t sent_us = 0;  // of the heartbeat in flight
     replication::PhiAccrualDetector detector;
@@ -60,6 +64,8 @@ class HeartbeatSender final : private kj::TaskSet::ErrorHandler {
   void taskFailed(kj::Exception&& e) override;
   kj::Promise<void> Loop();
   void Beat(const std::string& id, const std::string& address, int64_t now_us);
+  // Closes the peer's connection; it is destroyed in a later turn (calls on it may still
+  // unwind).
   void Drop(Peer& peer);
 
   Node& node_;

@@ -11,7 +11,9 @@
 namespace walship::rpc {
 namespace {
 
-std::string JsonNumber(double v) { return absl::StrFormat("%.2f", v); }
+// Four significant digits: a small phi (0.0026 just after a heartbeat) stays above 0, which
+// only a detector that has not seen enough heartbeats reports.
+std::string JsonNumber(double v) { return absl::StrFormat("%.4g", v); }
 
 std::string JsonString(const std::string& s) {
   std::string out = "\"";
