@@ -289,20 +289,29 @@ void Campaign::Send(std::vector<std::pair<std::string, replication::VoteRequest>
 
 // One call, on the voter's connection (opened when there is none); a call that fails or
 // outlasts the round closes that connection, so the next round opens a fresh one.
-void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
+void Campaign::Ask(const std::string& voter, replication::VoteRequest request, bool may_retry) {
   std::string address = node_.AddressOf(voter);
   if (address.empty()) {
     spdlog::warn("election: no address is known for voter '{}'", voter);
     return;
   }
   kj::Promise<schema::Node::Client> conn = nullptr;
+  // The connection this call goes on: a failure closes that one, not a newer one.
+  auto used = std::make_shared<const PeerClient*>(nullptr);
+  bool reused = false;
   if (auto it = voters_.find(voter); it != voters_.end()) {
+    reused = true;
+    *used = it->second.get();
     conn = kj::Promise<schema::Node::Client>(it->second->node);
   } else {
-    conn = ConnectToPeer(node_.io(), address).then([this, voter](kj::Own<PeerClient> c) {
+    conn = ConnectToPeer(node_.io(), address).then([this, voter, used](kj::Own<PeerClient> c) {
       kj::Own<PeerClient>& slot = voters_[voter];
-      if (slot.get() != nullptr) slot->Close();
+      if (slot.get() != nullptr) {
+        slot->Close();
+        tasks_.add(kj::evalLater([old = kj::mv(slot)]() {}));  // calls on it may still unwind
+      }
       slot = kj::mv(c);
+      *used = slot.get();
       return slot->node;
     });
   }
@@ -326,13 +335,22 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request) {
                           node_.PreciseNowUs(), &out);
         Carry(std::move(out));
       },
-      [this, voter](kj::Exception&& e) {
+      [this, voter, request, used, reused, may_retry](kj::Exception&& e) {
         spdlog::debug("election: no answer from '{}': {}", voter, e.getDescription().cStr());
-        if (auto it = voters_.find(voter); it != voters_.end()) {
+        if (auto it = voters_.find(voter); it != voters_.end() && it->second.get() == *used) {
           it->second->Close();
           // Destroyed in a later turn: calls on it may still unwind.
           tasks_.add(kj::evalLater([c = kj::mv(it->second)]() {}));
           voters_.erase(it);
+        }
+        // A connection kept from an earlier round may have died with its voter's old process
+        // (restarted since): asked again at once on a fresh one, instead of losing the round.
+        using Phase = replication::Election::Phase;
+        bool same_round = election_.epoch() == request.epoch &&
+                          election_.phase() == (request.pre_vote ? Phase::kPreVote : Phase::kVote);
+        if (may_retry && reused && same_round &&
+            e.getType() == kj::Exception::Type::DISCONNECTED) {
+          Ask(voter, request, /*may_retry=*/false);
         }
       }));
 }

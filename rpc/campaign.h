@@ -67,7 +67,9 @@ class Campaign final : private kj::TaskSet::ErrorHandler {
   void Tick();
   void Carry(replication::ElectionOutbox out);
   void Send(std::vector<std::pair<std::string, replication::VoteRequest>> requests);
-  void Ask(const std::string& voter, replication::VoteRequest request);
+  // Asks `voter` on its connection (opened when there is none); a kept connection found dead
+  // is replaced and asked again once, `may_retry`.
+  void Ask(const std::string& voter, replication::VoteRequest request, bool may_retry = true);
   void Lead(replication::Epoch epoch);
   // Ends a promotion under way with `outcome` (when one is).
   void FinishPromote(PromoteOutcome outcome);
