@@ -49,7 +49,7 @@ replication::FollowerLinkOptions LinkOptionsFor(const NodeServerOptions& o) {
 // knows none, and starts its search at another member.
 std::string LeaderOf(const replication::NodeState& state, const NodeServerOptions& o) {
   std::string id = state.leader.empty() ? o.leader_id : state.leader;
-  if (id != o.node_id) return id;
+  if (!id.empty() && id != o.node_id) return id;  // the config's leader names none
   for (const replication::Member& m : state.membership.members) {
     if (m.id != o.node_id) return m.id;
   }
@@ -363,8 +363,18 @@ absl::Status FollowerRole::StartReseed() {
     saved->needs_snapshot = follower_->Status().message;
   }
   // Seeded from the node that gave the verdict: a node that stepped down, or looked for its
-  // leader among the members, has found it since its state was saved.
-  if (!link_.leader_id().empty()) saved->leader = link_.leader_id();
+  // leader among the members, has found it since its state was saved. Saved with it, so
+  // that a node that stops while seeded seeds from that leader again when restarted.
+  if (link_.leader_id().empty() || link_.leader_id() == node_.options().node_id) {
+    return absl::FailedPreconditionError("no leader is known to seed this node from yet");
+  }
+  if (saved->leader != link_.leader_id()) {
+    saved->leader = link_.leader_id();
+    if (absl::Status s = replication::SaveNodeState(node_.state_path(), *saved); !s.ok()) {
+      spdlog::warn("cannot save the leader to seed from ({}); seeding from it all the same",
+                   s.ToString());
+    }
+  }
   reseeding_ = true;
   // What this node holds past the point where its history parts from the leader's (it led,
   // and wrote what no survivor received) is kept in a rollback file before the re-seed
