@@ -169,12 +169,7 @@ int64_t Election::SuspectAt(int64_t contact_us) const {
 }
 
 void Election::OnLeaderHeartbeat(const std::string& leader, Epoch epoch, int64_t now_us) {
-  if (leader != beats_from_ || epoch != beats_epoch_) {
-    detector_.Reset();
-    beats_from_ = leader;
-    beats_epoch_ = epoch;
-  }
-  detector_.OnHeartbeat(now_us);
+  detector_.OnHeartbeatFrom(leader, epoch, now_us);
   OnLeaderContact(now_us);
 }
 

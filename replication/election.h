@@ -198,8 +198,6 @@ class Election {
   Phase phase_ = Phase::kFollowing;
   bool may_stand_ = true;
   PhiAccrualDetector detector_;
-  std::string beats_from_;   // the leader whose heartbeats the detector holds
-  Epoch beats_epoch_ = 0;    // and its epoch
   int64_t stand_at_us_;  // kFollowing: when to stand if nothing is heard
   int64_t round_deadline_us_ = kNever;
   Epoch epoch_ = 0;                      // the epoch of the current (or last) round

@@ -18,6 +18,16 @@ void PhiAccrualDetector::Reset() {
   last_us_ = 0;
 }
 
+void PhiAccrualDetector::OnHeartbeatFrom(const std::string& source, uint64_t generation,
+                                         int64_t now_us) {
+  if (source != source_ || generation != generation_) {
+    Reset();
+    source_ = source;
+    generation_ = generation;
+  }
+  OnHeartbeat(now_us);
+}
+
 void PhiAccrualDetector::OnHeartbeat(int64_t now_us) {
   if (last_us_ != 0 && now_us >= last_us_ &&
       (max_interval_us_ <= 0 || now_us - last_us_ <= max_interval_us_)) {

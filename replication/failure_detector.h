@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <string>
 
 namespace walship::replication {
 
@@ -36,6 +37,10 @@ class PhiAccrualDetector {
 
   // A heartbeat arrived at `now_us` (a monotonic clock).
   void OnHeartbeat(int64_t now_us);
+  // A heartbeat of `source` in its `generation` (a leader and its epoch) arrived: one of another
+  // source or generation than the last starts afresh (Reset), as another leader's heartbeats
+  // say nothing of this one's.
+  void OnHeartbeatFrom(const std::string& source, uint64_t generation, int64_t now_us);
   // Forgets every interval and the last heartbeat (another peer, or the same in a new epoch).
   void Reset();
   // How unlikely the silence since the last heartbeat is at `now_us`; 0 before enough
@@ -60,6 +65,8 @@ class PhiAccrualDetector {
   std::deque<int64_t> intervals_;
   double sum_ = 0, sum_sq_ = 0;
   int64_t last_us_ = 0;
+  std::string source_;  // OnHeartbeatFrom's last source and generation
+  uint64_t generation_ = 0;
 };
 
 }  // namespace walship::replication

@@ -123,12 +123,7 @@ replication::HeartbeatReply FollowerRole::Heartbeat(const replication::Heartbeat
       replication::AnswerHeartbeat(o.node_id, o.cluster, follower_->HighestEpoch(), beat);
   if (!reply.heard) return reply;
   int64_t now = node_.PreciseNowUs();
-  if (beat.leader != beats_from_ || beat.epoch != beats_epoch_) {
-    leader_beats_.Reset();  // another leader's heartbeats say nothing of this one's
-    beats_from_ = beat.leader;
-    beats_epoch_ = beat.epoch;
-  }
-  leader_beats_.OnHeartbeat(now);
+  leader_beats_.OnHeartbeatFrom(beat.leader, beat.epoch, now);
   if (campaign_ != nullptr) campaign_->NoteHeartbeat(beat.leader, beat.epoch, now);
   // A leader of a later epoch than the stream's: the stream's leader was replaced (this node
   // missed the election, or it stepped down): follow the new one now rather than wait for the

@@ -87,8 +87,6 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   std::unique_ptr<Campaign> campaign_;  // automatic failover only
   // The leader's heartbeats (PeerService.heartbeat), for status: when, and their phi.
   replication::PhiAccrualDetector leader_beats_;
-  std::string beats_from_;
-  replication::Epoch beats_epoch_ = 0;
   kj::TaskSet tasks_;  // last: destroyed first
 };
 

@@ -73,9 +73,9 @@ kj::Promise<void> HeartbeatSender::Loop() {
 
 void HeartbeatSender::Beat(const std::string& id, const std::string& address, int64_t now_us) {
   const int64_t timeout_us = int64_t{node_.options().heartbeat_timeout_ms} * 1000;
-  auto [it, fresh] =
-      peers_.try_emplace(id, int64_t{node_.options().phi_min_std_ms} * 1000, timeout_us);
-  Peer& peer = it->second;
+  Peer& peer =
+      peers_.try_emplace(id, int64_t{node_.options().phi_min_std_ms} * 1000, timeout_us)
+          .first->second;
   if (peer.in_flight) {
     // Unanswered for the heartbeat time-out: the connection is taken for dead.
     if (now_us - peer.sent_us < timeout_us) return;
@@ -99,14 +99,20 @@ void HeartbeatSender::Beat(const std::string& id, const std::string& address, in
           if (p == peers_.end()) return;  // no longer a member
           p->second.connecting = false;
           p->second.conn = kj::mv(c);
-          Beat(id, "", node_.PreciseNowUs());
+          Send(id, p->second, node_.PreciseNowUs());
         },
         [this, id](kj::Exception&&) {
+          // Unreachable for now: the next heartbeat interval tries again, and status shows
+          // the member's heartbeat age growing (and `silent` once its stream is too).
           auto p = peers_.find(id);
           if (p != peers_.end()) p->second.connecting = false;
         }));
     return;
   }
+  Send(id, peer, now_us);
+}
+
+void HeartbeatSender::Send(const std::string& id, Peer& peer, int64_t now_us) {
   peer.in_flight = true;
   peer.sent_us = now_us;
   uint64_t generation = peer.generation;

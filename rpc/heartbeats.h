@@ -63,7 +63,9 @@ class HeartbeatSender final : private kj::TaskSet::ErrorHandler {
 
   void taskFailed(kj::Exception&& e) override;
   kj::Promise<void> Loop();
+  // Sends `id` a heartbeat, connecting first when it has no connection.
   void Beat(const std::string& id, const std::string& address, int64_t now_us);
+  void Send(const std::string& id, Peer& peer, int64_t now_us);
   // Closes the peer's connection; it is destroyed in a later turn (calls on it may still
   // unwind).
   void Drop(Peer& peer);
