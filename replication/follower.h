@@ -46,12 +46,12 @@ struct FollowerStatus {
   SequenceNumber durable = 0;
   SequenceNumber leader_latest = 0;  // as of the last message from the leader
   uint64_t lag_seq = 0;
-  int64_t lag_ms = 0;         // age of the last applied batch when behind, else 0; -1 when
-                              // unknown: behind with nothing applied since start, or no word
-                              // from a leader since start (leader_latest is then 0)
+  int64_t lag_ms = 0;  // age of the last applied batch when behind, else 0; -1 when
+                       // unknown: behind with nothing applied since start, or no word
+                       // from a leader since start (leader_latest is then 0)
   int64_t last_contact_us = 0;
   uint64_t bytes_applied = 0;
-  std::string message;        // why it needs a snapshot, or the last refusal
+  std::string message;  // why it needs a snapshot, or the last refusal
 };
 
 class Follower {
@@ -84,6 +84,9 @@ class Follower {
   void OnDisconnect();
 
   FollowerStatus Status() const;
+  // Whether every apply waits for a WAL fsync (fsync_apply): such an apply blocks for the
+  // disk, so it never runs on a thread that must stay responsive.
+  bool syncs_every_apply() const { return options_.fsync_apply; }
 
   // Why this follower's data must not be read, or "" when it may: the leader can no longer
   // serve its position (WAL purged, or its history diverged), so what it holds is stale with

@@ -16,8 +16,7 @@ size_t BatchBytes(const Ship& ship) {
 
 }  // namespace
 
-FollowerLink::FollowerLink(Follower& follower, FollowerLinkOptions options,
-                           std::string leader_id)
+FollowerLink::FollowerLink(Follower& follower, FollowerLinkOptions options, std::string leader_id)
     : follower_(follower),
       options_(options),
       leader_id_(std::move(leader_id)),
@@ -70,8 +69,8 @@ void FollowerLink::ScheduleReconnect(int64_t now_us, LinkOutbox* out) {
   uint32_t delay = backoff_ms_;
   backoff_ms_ = std::min(backoff_ms_ * 2, options_.reconnect_max_ms);
   reconnect_at_us_ = now_us + int64_t{delay} * 1000;
-  Log(out, LogLevel::kInfo, absl::StrCat("reconnecting to leader '", leader_id_, "' in ", delay,
-                                         " ms"));
+  Log(out, LogLevel::kInfo,
+      absl::StrCat("reconnecting to leader '", leader_id_, "' in ", delay, " ms"));
 }
 
 void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, int64_t now_us,
@@ -87,7 +86,8 @@ void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, in
     // The pause grows on: only an apply that works shows the follower can take messages.
     if (apply_failures_ == 0) backoff_ms_ = options_.reconnect_min_ms;
     last_contact_us_ = now_us;
-    next_watch_us_ = now_us + std::max<int64_t>(1, int64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
+    next_watch_us_ =
+        now_us + std::max<int64_t>(1, int64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
     handshake_done_ = true;
     Drain(now_us, out);  // pushes that overtook the reply
     return;
@@ -121,8 +121,8 @@ void FollowerLink::OnHelloReply(uint64_t generation, const HelloReply& reply, in
   ScheduleReconnect(now_us, out);
 }
 
-void FollowerLink::OnConnectionLost(uint64_t generation, const std::string& why,
-                                    int64_t now_us, LinkOutbox* out) {
+void FollowerLink::OnConnectionLost(uint64_t generation, const std::string& why, int64_t now_us,
+                                    LinkOutbox* out) {
   if (generation != generation_) return;
   bool streamed = handshake_done_;
   Log(out, LogLevel::kWarn,
@@ -180,7 +180,7 @@ bool FollowerLink::OnPush(uint64_t generation, uint64_t push, Ship ship, int64_t
 void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
   while (handshake_done_ && !apply_out_ && !queue_.empty()) {
     Queued& front = queue_.front();
-    if (BatchBytes(front.ship) <= options_.inline_apply_bytes) {
+    if (!follower_.syncs_every_apply() && BatchBytes(front.ship) <= options_.inline_apply_bytes) {
       engine::WriteOptions wo;
       wo.no_slowdown = true;
       absl::StatusOr<Ack> r = follower_.OnShip(front.ship, wo);
@@ -188,8 +188,7 @@ void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
         apply_failures_ = 0;
         Queued done = std::move(front);
         queue_.pop_front();
-        Answer(done.push, std::move(*r), done.ship.max_ack_delay_us, done.ship.flush, now_us,
-               out);
+        Answer(done.push, std::move(*r), done.ship.max_ack_delay_us, done.ship.flush, now_us, out);
         CheckNeedsSnapshot(out);
         continue;
       }
@@ -242,15 +241,15 @@ void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t 
 // away, until we time out. A message that asks for a flush is answered once the WAL is
 // fsynced past it: the fsync starts at once, and acks arriving while one runs wait for the
 // next, which covers them all (one fsync for a group, as PostgreSQL's walreceiver does).
-void FollowerLink::Answer(uint64_t push, Ack ack, uint32_t max_delay_us, bool flush,
-                          int64_t now_us, LinkOutbox* out) {
+void FollowerLink::Answer(uint64_t push, Ack ack, uint32_t max_delay_us, bool flush, int64_t now_us,
+                          LinkOutbox* out) {
   if (flush && ack.outcome == AckOutcome::kOk && ack.durable < ack.applied) {
     awaiting_sync_.push_back(Held{push, std::move(ack)});
     RequestFsync(out);
     return;
   }
-  uint64_t delay_us = std::min<uint64_t>(max_delay_us,
-                                         uint64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
+  uint64_t delay_us =
+      std::min<uint64_t>(max_delay_us, uint64_t{options_.heartbeat_timeout_ms} * 1000 / 4);
   if (ack.outcome == AckOutcome::kOk && delay_us > 0 && held_.size() + 1 < options_.max_held_acks) {
     if (held_.empty()) held_until_us_ = now_us + static_cast<int64_t>(delay_us);
     held_.push_back(Held{push, std::move(ack)});
@@ -299,7 +298,8 @@ void FollowerLink::OnSynced(SequenceNumber seq, const absl::Status& status, Link
   if (!status.ok()) {
     Log(out, LogLevel::kError, absl::StrCat("WAL fsync failed: ", status.ToString()));
     // The acks waiting for it go as they are (not durable): the leader asks again.
-    for (Held& h : awaiting_sync_) out->answers.push_back(LinkOutbox::Answer{h.push, std::move(h.ack)});
+    for (Held& h : awaiting_sync_)
+      out->answers.push_back(LinkOutbox::Answer{h.push, std::move(h.ack)});
     awaiting_sync_.clear();
     fsync_again_ = false;
     return;
@@ -332,7 +332,8 @@ void FollowerLink::CheckNeedsSnapshot(LinkOutbox* out) {
   Log(out, LogLevel::kError,
       absl::StrCat("NEEDS SNAPSHOT: leader '", leader_id_, "' cannot serve this follower: ",
                    st.message, ". Replication stopped at seq ", st.applied,
-                   "; re-seed this node from a checkpoint (it does so by itself unless reseed = \"operator\")."));
+                   "; re-seed this node from a checkpoint (it does so by itself unless reseed = "
+                   "\"operator\")."));
 }
 
 void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out) {

@@ -45,8 +45,9 @@ struct FollowerLinkOptions {
   size_t max_queued_pushes = 64;
   // Acks held at once (see OnApplied).
   size_t max_held_acks = 16;
-  // Applies of up to this many batch bytes run on the caller's thread; larger ones, and any
-  // that would stall, are handed out.
+  // Applies of up to this many batch bytes run on the caller's thread; larger ones, any that
+  // would stall, and every one that waits for an fsync (FollowerOptions::fsync_apply) are
+  // handed out: the caller's thread answers heartbeats, which must not wait for a disk.
   size_t inline_apply_bytes = 256 << 10;
   // When the node it follows cannot be reached (or it knows of none), try the cluster's
   // other members in turn: one that leads accepts, one that follows names its leader. On

@@ -179,7 +179,8 @@ TEST(FollowerLinkTest, SearchingForTheLeaderTriesTheMembersInTurn) {
   FakeClock clock;
   NodeState s;
   s.membership.version = 1;
-  for (const char* id : {"f1", "f2", "f3", "leader"}) s.membership.members.push_back({id, "", true});
+  for (const char* id : {"f1", "f2", "f3", "leader"})
+    s.membership.members.push_back({id, "", true});
   FollowerNode f(dir, "f1", &clock, s);
   FollowerLinkOptions lo = LinkFixture::Options();
   lo.search_leader = true;
@@ -305,6 +306,46 @@ TEST(FollowerLinkTest, HeldAcksGoOutInOrderWithTheFirstThatCannotWait) {
   ASSERT_EQ(out.answers.size(), 3u);
   for (uint64_t i = 0; i < 3; ++i) EXPECT_EQ(out.answers[i].push, i + 1);
   EXPECT_EQ(out.answers.back().ack.applied, batches[2].last_seq());
+}
+
+// A small message is applied on the caller's thread (the node's event loop), unless every
+// apply waits for an fsync: then it is handed out like a large one, so that a slow disk never
+// holds up what that thread answers (heartbeats, status, votes).
+TEST(FollowerLinkTest, AnApplyThatWaitsForTheDiskIsHandedOut) {
+  for (bool fsync_apply : {false, true}) {
+    TempDir dir;
+    FakeClock clock;
+    LeaderNode l(dir, &clock);
+    FollowerNode f(dir, "f1", &clock, std::nullopt, kCluster, fsync_apply);
+    FollowerLink link(*f.follower, LinkFixture::Options(), "leader");
+    LinkOutbox started;
+    link.Start(kT0, &started);
+    ASSERT_TRUE(started.connect.has_value());
+    uint64_t sid = 0;
+    LinkOutbox answered;
+    link.OnHelloReply(started.connect->generation, l.leader->OnHello(started.connect->hello, &sid),
+                      kT0, &answered);
+    ASSERT_TRUE(link.streaming());
+    Batch b = l.Write();
+    LinkOutbox out;
+    std::string why;
+    ASSERT_TRUE(
+        link.OnPush(link.generation(), 1, ShipOf(l.leader->epoch(), {b}), kT0 + 10, &out, &why))
+        << why;
+    if (!fsync_apply) {
+      EXPECT_FALSE(out.apply.has_value());
+      ASSERT_EQ(out.answers.size(), 1u) << "applied inline and answered";
+      continue;
+    }
+    ASSERT_TRUE(out.apply.has_value()) << "an fsynced apply is handed out";
+    EXPECT_TRUE(out.answers.empty());
+    EXPECT_EQ(f.engine->LatestSequence(), 0u) << "nothing applied on the caller's thread";
+    LinkOutbox applied;
+    link.OnApplied(out.apply->push, f.follower->OnShip(out.apply->ship, {}), kT0 + 20, &applied);
+    ASSERT_EQ(applied.answers.size(), 1u);
+    EXPECT_EQ(applied.answers[0].ack.applied, b.last_seq());
+    EXPECT_EQ(applied.answers[0].ack.durable, b.last_seq()) << "fsynced before the ack";
+  }
 }
 
 // A node that does not lead names the one it follows; the link follows that name, at once.

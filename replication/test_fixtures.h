@@ -93,7 +93,7 @@ struct LeaderNode {
 struct FollowerNode {
   FollowerNode(const TempDir& dir, const std::string& name, Clock* clock,
                std::optional<NodeState> initial = std::nullopt,
-               const std::string& cluster = kCluster) {
+               const std::string& cluster = kCluster, bool fsync_apply = false) {
     engine = OpenOrDie(dir.Sub(name));
     state_path = dir.Sub(name + ".state");
     if (initial.has_value()) {
@@ -105,6 +105,7 @@ struct FollowerNode {
     options.cluster = cluster;
     options.node_id = name;
     options.state_path = state_path;
+    options.fsync_apply = fsync_apply;
     follower = std::make_unique<Follower>(options, engine.get(), *state, clock);
   }
 

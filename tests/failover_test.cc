@@ -101,12 +101,12 @@ TEST_F(FailoverTest, ASlowFollowerDiskNeitherEndsTheLeaseNorStartsAnElection) {
   }
 }
 
-
 // An asynchronous cluster whose followers lag far behind their leader when it dies: with
 // max_failover_lag neither stands (their leader held writes they lack), status says why, and
 // `walship promote` refuses to lose writes unless told to accept the loss, which it then
-// reports. Both followers' disks are slow (every apply waits for a 150 ms WAL sync) and the
-// leader's messages small, so they hear of the leader's writes long before they hold them.
+// reports. Both followers' disks are slow (every apply waits for a 250 ms WAL sync, which
+// holds up neither heartbeats nor status) and the leader's messages small, so they hear of
+// the leader's writes seconds before they hold them.
 TEST_F(FailoverTest, AFollowerTooFarBehindIsNotElectedUnlessPromotedAcceptingTheLoss) {
   engine::testing::FailingEnv disk2, disk3;
   std::vector<NodeServerOptions> o = ThreeNodes(disk2, disk3);
@@ -129,8 +129,8 @@ TEST_F(FailoverTest, AFollowerTooFarBehindIsNotElectedUnlessPromotedAcceptingThe
       std::chrono::seconds(10)));
   ASSERT_TRUE(WaitFor([&] { return LatestSeq(o[1].listen) == 1 && LatestSeq(o[2].listen) == 1; },
                       std::chrono::seconds(10)));
-  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(150));
-  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(150));
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(250));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(250));
   std::vector<std::vector<WriteOp>> writes;
   for (int i = 0; i < 300; ++i) {
     writes.push_back({{OpType::kPut, "k" + std::to_string(i), std::string(100, 'v')}});
@@ -147,6 +147,16 @@ TEST_F(FailoverTest, AFollowerTooFarBehindIsNotElectedUnlessPromotedAcceptingThe
         return true;
       },
       std::chrono::seconds(10)));
+  // Meanwhile the leader held its lease and neither follower thought of standing: their
+  // applies wait for the disk, their heartbeat answers do not.
+  auto leading = StatusOf(o[0].listen);
+  ASSERT_TRUE(leading.ok()) << leading.status();
+  EXPECT_NE(leading->failover.find("lease held"), std::string::npos) << leading->failover;
+  for (const auto& n : {o[1], o[2]}) {
+    auto st = StatusOf(n.listen);
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->failover.find("may not stand"), std::string::npos) << st->failover;
+  }
   n1.reset();  // the leader is gone
   disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
   disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
