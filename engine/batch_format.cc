@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
 #include "engine/engine.h"
+#include "engine/requests.h"
 
 namespace walship::engine {
 namespace {
@@ -47,8 +48,10 @@ bool GetLengthPrefixed(const char** p, const char* end, std::string_view* out) {
 }
 
 // Walks a batch's records. Accepts only what walship itself writes (put, delete, delete
-// range, single delete, log data) in the default column family, so a malformed or foreign
-// batch from a peer is refused before it reaches the WAL. Optionally collects the ops.
+// range, single delete, log data) in the default column family, and request records (puts
+// into kRequestsColumnFamilyId, engine/requests.h), so a malformed or foreign batch from a
+// peer is refused before it reaches the WAL. Optionally collects the ops (request records
+// are not ops: they come after every op of their write).
 class BatchChecker : public rocksdb::WriteBatch::Handler {
  public:
   explicit BatchChecker(std::vector<WriteOp>* ops) : ops_(ops) {}
@@ -92,6 +95,12 @@ class BatchChecker : public rocksdb::WriteBatch::Handler {
  private:
   rocksdb::Status Record(uint32_t cf, OpType type, const rocksdb::Slice& a,
                          const rocksdb::Slice& b) {
+    if (cf == kRequestsColumnFamilyId && type == OpType::kPut) {
+      absl::Status s = CheckRequestRecord(a.ToStringView(), b.ToStringView());
+      if (!s.ok()) return rocksdb::Status::Corruption(std::string(s.message()));
+      ++records_;
+      return rocksdb::Status::OK();
+    }
     if (cf != 0) {
       return rocksdb::Status::Corruption(
           absl::StrCat("record for column family ", cf, "; walship uses only the default"));
@@ -114,7 +123,8 @@ class BatchChecker : public rocksdb::WriteBatch::Handler {
 // Walks the records of a batch's bytes (after its 12-byte header), calling `fn` for each.
 // Only the record types walship writes are known: put (0x01), delete (0x00), single delete
 // (0x07), range delete (0x0F), log data (0x03) and no-op (0x0D), all in the default column
-// family; any other type, or a record that runs past the end, is kDataLoss.
+// family, and a put into the requests column family (0x05, its id first); any other type,
+// or a record that runs past the end, is kDataLoss.
 template <typename Fn>
 absl::Status ForEachRecord(const std::string& data, Fn&& fn) {
   const char* begin = data.data();
@@ -130,6 +140,16 @@ absl::Status ForEachRecord(const std::string& data, Fn&& fn) {
       case 0x00: case 0x07: strings = 1; break;  // delete, single delete: key
       case 0x03: strings = 1; r.consumes_seq = false; break;  // log data: blob
       case 0x0D: r.consumes_seq = false; break;               // no-op
+      case 0x05: {  // put into a column family: its id, key, value
+        uint32_t cf = 0;
+        if (!GetVarint32(&p, end, &cf) || cf != kRequestsColumnFamilyId) {
+          return absl::DataLossError(absl::StrCat(
+              "record at byte ", r.offset, " is for column family ", cf, "; walship writes "
+              "only the default and its request ids (", kRequestsColumnFamilyId, ")"));
+        }
+        strings = 2;
+        break;
+      }
       default:
         return absl::DataLossError(absl::StrCat(
             "record of type ", static_cast<int>(r.tag), " at byte ", r.offset,

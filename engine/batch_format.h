@@ -44,7 +44,8 @@ std::string WriteTimeBlob(int64_t write_time_us);
 absl::Status CheckHeader(const Batch& batch);
 
 // Checks the records of `wb` (whose header was checked): only what walship writes, in the
-// default column family, `count` of them; collects the ops into `ops` when not null.
+// default column family and request records (engine/requests.h), `count` of them; collects
+// the ops into `ops` when not null (request records are not ops).
 absl::Status CheckRecords(const rocksdb::WriteBatch& wb, SequenceNumber first_seq,
                           uint64_t count, std::vector<WriteOp>* ops);
 

@@ -21,6 +21,7 @@
 #include "base/check.h"
 #include "engine/batch_format.h"
 #include "engine/info_log.h"
+#include "engine/requests.h"
 #include "engine/rocks_status.h"
 
 namespace walship::engine {
@@ -188,14 +189,22 @@ class StorageErrorListener final : public rocksdb::EventListener {
 
 class EngineImpl final : public Engine {
  public:
-  EngineImpl(std::unique_ptr<rocksdb::DB> db, const EngineOptions& options,
-             std::shared_ptr<StorageErrorListener> errors)
-      : db_(std::move(db)),
+  EngineImpl(std::unique_ptr<rocksdb::DB> db, std::vector<rocksdb::ColumnFamilyHandle*> families,
+             std::unique_ptr<rocksdb::CompactionFilter> request_expiry,
+             const EngineOptions& options, std::shared_ptr<StorageErrorListener> errors)
+      : request_expiry_(std::move(request_expiry)),
+        db_(std::move(db)),
+        families_(std::move(families)),
+        request_retention_seconds_(options.request_retention_seconds),
         wal_retention_bytes_(options.wal_retention_bytes),
         wal_pinned_max_bytes_(options.wal_pinned_max_bytes),
         wal_pinned_max_age_(std::chrono::seconds(options.wal_pinned_max_seconds)),
         errors_(std::move(errors)) {}
   ~EngineImpl() override {
+    for (rocksdb::ColumnFamilyHandle* f : families_) {
+      rocksdb::Status s = db_->DestroyColumnFamilyHandle(f);
+      (void)s;  // the default family's handle is the database's own: nothing to destroy
+    }
     rocksdb::Status s = db_->Close();
     (void)s;  // nothing more to do on close failure; the WAL already holds every write
   }
@@ -209,6 +218,8 @@ class EngineImpl final : public Engine {
     if (ops.empty()) return absl::InvalidArgumentError("a write needs at least one op");
     WALSHIP_RETURN_IF_ERROR(WalFailed());
     rocksdb::WriteBatch wb;
+    // One writer at a time (class comment): the batch gets the numbers after `before`.
+    SequenceNumber before = db_->GetLatestSequenceNumber();
     if (options.write_time_us > 0) {
       std::string blob = WriteTimeBlob(options.write_time_us);
       rocksdb::Status s = wb.PutLogData(rocksdb::Slice(blob));
@@ -223,7 +234,18 @@ class EngineImpl final : public Engine {
       }
       if (!s.ok()) return FromRocks(s);
     }
-    SequenceNumber before = db_->GetLatestSequenceNumber();
+    for (const RequestRecord& r : options.requests) {
+      if (r.id.empty() || r.id.size() > kMaxRequestIdBytes || r.ops == 0 ||
+          r.first_op + r.ops > ops.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "request id of ", r.id.size(), " bytes for ops ", r.first_op, "+", r.ops, " of ",
+            ops.size(), ": an id has 1 to ", kMaxRequestIdBytes, " bytes and names its ops"));
+      }
+      RequestOutcome o{before + 1 + r.first_op, before + r.first_op + r.ops,
+                       options.write_time_us, r.epoch};
+      rocksdb::Status s = wb.Put(families_[1], r.id, EncodeRequestValue(o));
+      if (!s.ok()) return FromRocks(s);
+    }
     rocksdb::Status s = db_->Write(ToRocks(options), &wb);
     if (!s.ok()) return FromRocks(s);
     Batch batch{before + 1, wb.Count(), wb.Data()};
@@ -266,6 +288,23 @@ class EngineImpl final : public Engine {
                                  rocksdb::Slice(key.data(), key.size()), &value);
     if (!s.ok()) return FromRead(s);
     return value;
+  }
+
+  absl::StatusOr<std::optional<RequestOutcome>> FindRequest(const std::string& id,
+                                                            int64_t now_us) override {
+    std::string value;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), families_[1], id, &value);
+    if (s.IsNotFound()) return std::optional<RequestOutcome>();
+    if (!s.ok()) return FromRocks(s);
+    std::optional<RequestOutcome> o = DecodeRequestValue(value);
+    if (!o.has_value()) {
+      return absl::DataLossError(
+          absl::StrCat("the record of a request id holds ", value.size(), " bytes of no format"));
+    }
+    if (RequestExpired(o->write_time_us, request_retention_seconds_, now_us)) {
+      return std::optional<RequestOutcome>();
+    }
+    return o;
   }
 
   absl::StatusOr<std::vector<KeyValue>> Scan(const ScanOptions& options,
@@ -320,7 +359,7 @@ class EngineImpl final : public Engine {
   absl::Status Flush() override {
     rocksdb::FlushOptions fo;
     fo.wait = true;
-    return FromRocks(db_->Flush(fo));
+    return FromRocks(db_->Flush(fo, families_));
   }
 
   uint64_t ApproximateSizeBytes() override {
@@ -471,7 +510,12 @@ class EngineImpl final : public Engine {
     return wo;
   }
 
+  // Declared before db_: the database uses it until it is closed.
+  std::unique_ptr<rocksdb::CompactionFilter> request_expiry_;
   std::unique_ptr<rocksdb::DB> db_;
+  // The default column family and kRequestsColumnFamily, in that order.
+  std::vector<rocksdb::ColumnFamilyHandle*> families_;
+  const uint64_t request_retention_seconds_;
   const uint64_t wal_retention_bytes_;
   const uint64_t wal_pinned_max_bytes_;
   const std::chrono::seconds wal_pinned_max_age_;  // 0: no age limit
@@ -496,14 +540,24 @@ uint64_t WalBytesFrom(const std::vector<WalFileSpan>& files, SequenceNumber seq)
 
 absl::StatusOr<SequenceNumber> Engine::CheckpointSequence(const std::string& dir) {
   rocksdb::Options options;
+  std::vector<std::string> names;
+  rocksdb::Status s = rocksdb::DB::ListColumnFamilies(options, dir, &names);
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const std::string& name : names) families.emplace_back(name, options);
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* ro = nullptr;
-  rocksdb::Status s = rocksdb::DB::OpenForReadOnly(options, dir, &ro);
+  if (s.ok()) s = rocksdb::DB::OpenForReadOnly(options, dir, families, &handles, &ro);
   if (!s.ok()) {
     return absl::DataLossError(absl::StrCat("cannot open the database in ", dir, ": ",
                                             s.ToString()));
   }
   std::unique_ptr<rocksdb::DB> copy(ro);
-  return copy->GetLatestSequenceNumber();
+  SequenceNumber seq = copy->GetLatestSequenceNumber();
+  for (rocksdb::ColumnFamilyHandle* h : handles) {
+    rocksdb::Status d = copy->DestroyColumnFamilyHandle(h);
+    (void)d;
+  }
+  return seq;
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& options) {
@@ -540,8 +594,31 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   auto errors = std::make_shared<StorageErrorListener>();
   ro.listeners.push_back(errors);
   if (options.env != nullptr) ro.env = options.env;
+  // Request ids (engine/requests.h) live in a column family of their own, created in a
+  // database that has none yet; expired ones go at compaction, and files of them older than
+  // the retention are compacted (ttl) so that they do go.
+  ro.create_missing_column_families = true;
+  auto request_expiry = NewRequestExpiryFilter(options.request_retention_seconds);
+  rocksdb::ColumnFamilyOptions requests(ro);
+  requests.write_buffer_size = 4 << 20;
+  requests.compaction_filter = request_expiry.get();
+  requests.ttl = options.request_retention_seconds;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions(ro)},
+      {kRequestsColumnFamily, requests}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(ro, options.path, &raw);
+  rocksdb::Status s = rocksdb::DB::Open(rocksdb::DBOptions(ro), options.path, families,
+                                        &handles, &raw);
+  if (s.ok() && handles[1]->GetID() != kRequestsColumnFamilyId) {
+    // Replicated batches name it by number: it must be the same on every node.
+    uint32_t id = handles[1]->GetID();
+    for (rocksdb::ColumnFamilyHandle* h : handles) (void)raw->DestroyColumnFamilyHandle(h);
+    delete raw;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database ", options.path, ": column family ", kRequestsColumnFamily, " has id ", id,
+        ", not ", kRequestsColumnFamilyId, "; it was not made by walship"));
+  }
   if (!s.ok()) {
     if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -550,7 +627,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
     return FromRocks(s);
   }
   return std::unique_ptr<Engine>(
-      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), options, std::move(errors)));
+      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), std::move(handles),
+                     std::move(request_expiry), options, std::move(errors)));
 }
 
 }  // namespace walship::engine

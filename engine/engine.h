@@ -53,6 +53,8 @@ struct EngineOptions {
   // Files RocksDB keeps open (SSTables); -1 keeps every one open. The node sets it so that
   // RocksDB's files and its connections fit the process's file-descriptor limit together.
   int max_open_files = -1;
+  // How long a request id is remembered with its write (FindRequest); 0: for ever.
+  uint64_t request_retention_seconds = 600;
   // Tests only: the RocksDB Env (file system) to run on, to inject I/O errors; null is the
   // default. Not owned; must outlive the engine.
   rocksdb::Env* env = nullptr;
@@ -72,6 +74,12 @@ struct WriteOptions {
   // placed first: it travels with the batch through the WAL and replication, consumes no
   // sequence number and is not visible to reads. BatchWriteTime() reads it back.
   int64_t write_time_us = 0;
+  // Write() only: the writes of the batch that carry a request id. Each gets a record at the
+  // end of the batch (after every op, so the ops keep their sequence numbers) that
+  // FindRequest finds, on this node and on every node the batch is replicated to. Each
+  // record consumes a sequence number. kInvalidArgument when an id is empty or longer than
+  // kMaxRequestIdBytes, or its ops are not within the batch.
+  std::vector<RequestRecord> requests;
 };
 
 struct WalFileSpan {
@@ -184,6 +192,12 @@ class Engine {
 
   // Sequence number of the last op written or applied (0 for an empty database).
   virtual SequenceNumber LatestSequence() = 0;
+
+  // The outcome of the write that carried request id `id` (WriteOptions::requests), written
+  // here or replicated, or nullopt when none did within request_retention_seconds before
+  // `now_us` (µs since the epoch). kDataLoss when its record is not one walship writes.
+  virtual absl::StatusOr<std::optional<RequestOutcome>> FindRequest(const std::string& id,
+                                                                    int64_t now_us) = 0;
 
   // A cursor positioned at `from_seq`, which should be a batch boundary (1 for the start).
   virtual absl::StatusOr<std::unique_ptr<WalCursor>> NewWalCursor(SequenceNumber from_seq) = 0;

@@ -1,7 +1,4 @@
 #include "engine/engine.h"
-#include "engine/fault_env.h"
-#include "engine/info_log.h"
-#include "engine/test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -11,6 +8,10 @@
 #include <iterator>
 #include <random>
 #include <thread>
+
+#include "engine/fault_env.h"
+#include "engine/info_log.h"
+#include "engine/test_util.h"
 
 namespace walship::engine {
 namespace {
@@ -28,8 +29,12 @@ std::vector<WriteOp> RandomOps(std::mt19937_64& rng) {
   for (int i = 0; i < n; ++i) {
     std::string key = "k" + std::to_string(rng() % 500);
     switch (rng() % 10) {
-      case 0: ops.push_back({OpType::kDelete, key, ""}); break;
-      case 1: ops.push_back({OpType::kDeleteRange, key, key + "5"}); break;
+      case 0:
+        ops.push_back({OpType::kDelete, key, ""});
+        break;
+      case 1:
+        ops.push_back({OpType::kDeleteRange, key, key + "5"});
+        break;
       default: {
         std::string value(1 + rng() % 200, '\0');
         for (char& c : value) c = static_cast<char>(rng());
@@ -231,9 +236,8 @@ TEST(EngineTest, TrimWalArchiveKeepsTheArchiveWithinItsSizeBound) {
   for (int file = 0; file < 8; ++file) {  // 8 WAL files of about 100 KB each
     file_starts.push_back(e->LatestSequence() + 1);
     for (int i = 0; i < 100; ++i) {
-      ASSERT_TRUE(e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}},
-                           {})
-                      .ok());
+      ASSERT_TRUE(
+          e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}}, {}).ok());
     }
     ASSERT_TRUE(e->Flush().ok());  // switches the WAL; the old file goes to the archive
   }
@@ -256,9 +260,8 @@ TEST(EngineTest, TrimWalArchiveKeepsTheArchiveWithinItsSizeBound) {
   // New files in the archive are seen (the listing is skipped only while it is unchanged).
   for (int file = 0; file < 4; ++file) {
     for (int i = 0; i < 100; ++i) {
-      ASSERT_TRUE(e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}},
-                           {})
-                      .ok());
+      ASSERT_TRUE(
+          e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}}, {}).ok());
     }
     ASSERT_TRUE(e->Flush().ok());
   }
@@ -333,8 +336,7 @@ TEST(EngineTest, TrimWalArchiveKeepsWhatReadersNeedForAtMostTheAgeCap) {
   for (int file = 0; file < 6; ++file) {  // WAL files of about 100 KB each
     for (int i = 0; i < 100; ++i) {
       ASSERT_TRUE(
-          e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}}, {})
-              .ok());
+          e->Write(std::vector<WriteOp>{{OpType::kPut, "k" + std::to_string(i), value}}, {}).ok());
     }
     ASSERT_TRUE(e->Flush().ok());
   }
@@ -542,7 +544,11 @@ TEST(EngineTest, ABatchWithRecordsWalshipNeverWritesIsRefusedNotACrash) {
   // refused before RocksDB sees the batch.
   const std::string records[] = {std::string("\x15\x00\x00", 3),
                                  std::string("\x05\x01\x01k\x01v", 6),
-                                 std::string("\x0f\x01" "c" "\x01" "a", 5)};
+                                 std::string("\x0f\x01"
+                                             "c"
+                                             "\x01"
+                                             "a",
+                                             5)};
   for (const std::string& record : records) {
     std::string data(12, '\0');
     data[0] = 1;
@@ -661,6 +667,108 @@ TEST(EngineTest, TheInfoLogDropsWhatAFullDiskCannotHold) {
   std::ifstream rocks(dir.Sub("db2") + "/LOG");
   std::string text((std::istreambuf_iterator<char>(rocks)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("RocksDB version"), std::string::npos);
+}
+
+// A write's request id is remembered with it: found on the node that wrote it, on a node the
+// batch was replicated to, after a restart, and not once past the retention; the record
+// comes after the write's ops, which keep their sequence numbers, and is no op.
+TEST(EngineTest, ARequestIdIsRememberedWithItsWriteWhereverTheBatchGoes) {
+  TempDir dir;
+  auto leader = OpenOrDie(dir.Sub("leader"));
+  auto follower = OpenOrDie(dir.Sub("follower"));
+  const int64_t now = 1'700'000'000'000'000;
+  WriteOptions wo;
+  wo.write_time_us = now;
+  wo.requests = {{"first", 0, 2, 3}, {"second", 2, 1, 3}};
+  std::vector<WriteOp> ops = {
+      {OpType::kPut, "a", "1"}, {OpType::kPut, "b", "2"}, {OpType::kDelete, "c", ""}};
+  auto batch = leader->Write(ops, wo);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  EXPECT_EQ(batch->count, 5u) << "three ops and two request records";
+  auto decoded = DecodeBatch(*batch);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->size(), 3u) << "request records are not ops";
+  ASSERT_TRUE(follower->ApplyReplicated(*batch, {}).ok());
+  for (Engine* e : {leader.get(), follower.get()}) {
+    auto first = e->FindRequest("first", now);
+    ASSERT_TRUE(first.ok()) << first.status();
+    ASSERT_TRUE(first->has_value());
+    EXPECT_EQ((*first)->first_seq, 1u);
+    EXPECT_EQ((*first)->last_seq, 2u);
+    EXPECT_EQ((*first)->epoch, 3u);
+    EXPECT_EQ((*first)->write_time_us, now);
+    auto second = e->FindRequest("second", now);
+    ASSERT_TRUE(second.ok() && second->has_value());
+    EXPECT_EQ((*second)->first_seq, 3u);
+    EXPECT_EQ((*second)->last_seq, 3u);
+    auto none = e->FindRequest("third", now);
+    ASSERT_TRUE(none.ok());
+    EXPECT_FALSE(none->has_value());
+    auto expired = e->FindRequest("first", now + 601'000'000);
+    ASSERT_TRUE(expired.ok());
+    EXPECT_FALSE(expired->has_value()) << "past the default retention of 600 s";
+    EXPECT_EQ(*e->Get("b"), "2");
+  }
+  EXPECT_TRUE(SameContents(*leader, *follower));
+  follower.reset();
+  follower = OpenOrDie(dir.Sub("follower"));
+  ASSERT_TRUE(follower->Flush().ok());
+  auto again = follower->FindRequest("second", now);
+  ASSERT_TRUE(again.ok() && again->has_value()) << "kept across a restart and a flush";
+  EXPECT_EQ((*again)->first_seq, 3u);
+  auto seq = Engine::CheckpointSequence(dir.Sub("follower-copy"));
+  EXPECT_FALSE(seq.ok());
+  ASSERT_TRUE(follower->CreateCheckpoint(dir.Sub("follower-copy")).ok());
+  seq = Engine::CheckpointSequence(dir.Sub("follower-copy"));
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  EXPECT_EQ(*seq, 5u);
+  auto copy = OpenOrDie(dir.Sub("follower-copy"));
+  auto copied = copy->FindRequest("first", now);
+  ASSERT_TRUE(copied.ok() && copied->has_value()) << "a checkpoint carries the request ids";
+}
+
+TEST(EngineTest, ABadRequestIdIsRefusedBeforeAnythingIsWritten) {
+  TempDir dir;
+  auto e = OpenOrDie(dir.Sub("db"));
+  std::vector<WriteOp> ops = {{OpType::kPut, "a", "1"}};
+  for (const RequestRecord& bad : {RequestRecord{"", 0, 1, 1},
+                                   RequestRecord{std::string(kMaxRequestIdBytes + 1, 'x'), 0, 1, 1},
+                                   RequestRecord{"id", 0, 2, 1}, RequestRecord{"id", 0, 0, 1}}) {
+    WriteOptions wo;
+    wo.requests = {bad};
+    auto w = e->Write(ops, wo);
+    EXPECT_TRUE(absl::IsInvalidArgument(w.status())) << w.status();
+  }
+  EXPECT_EQ(e->LatestSequence(), 0u);
+}
+
+// A peer's batch may hold request records only as walship writes them: a put into another
+// column family, or a request record whose value is no outcome, is refused unapplied.
+TEST(EngineTest, AReplicatedBatchWithAForeignColumnFamilyOrABadRequestRecordIsRefused) {
+  TempDir dir;
+  auto e = OpenOrDie(dir.Sub("db"));
+  auto batch_of = [](char cf, const std::string& key, const std::string& value) {
+    Batch b;
+    b.first_seq = 1;
+    b.count = 1;
+    b.data.assign(12, '\0');
+    b.data[0] = 1;  // fixed64 sequence 1
+    b.data[8] = 1;  // fixed32 count 1
+    b.data += '\x05';
+    b.data += cf;
+    b.data += static_cast<char>(key.size());
+    b.data += key;
+    b.data += static_cast<char>(value.size());
+    b.data += value;
+    return b;
+  };
+  auto foreign = e->ApplyReplicated(batch_of(2, "k", "v"), {});
+  EXPECT_TRUE(absl::IsDataLoss(foreign)) << foreign;
+  EXPECT_NE(foreign.message().find("column family 2"), std::string::npos) << foreign;
+  auto malformed = e->ApplyReplicated(batch_of(1, "id", "not an outcome"), {});
+  EXPECT_TRUE(absl::IsDataLoss(malformed)) << malformed;
+  EXPECT_NE(malformed.message().find("request record"), std::string::npos) << malformed;
+  EXPECT_EQ(e->LatestSequence(), 0u);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Value types shared by every part of walship. No RocksDB types appear here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -35,6 +36,26 @@ struct WriteOp {
 struct Condition {
   std::string key;
   std::optional<std::string> value;
+};
+
+// A client's request id for a write: remembered with it (Engine::FindRequest) so that a retry
+// is answered with the first outcome instead of being applied twice (docs/protocol.md).
+inline constexpr size_t kMaxRequestIdBytes = 64;
+
+// One write of a batch that carries a request id: its ops are ops[first_op, first_op + ops).
+struct RequestRecord {
+  std::string id;
+  uint64_t first_op = 0;
+  uint64_t ops = 0;
+  uint64_t epoch = 0;  // the leader's epoch it is written in
+};
+
+// What a request id's write became.
+struct RequestOutcome {
+  SequenceNumber first_seq = 0;
+  SequenceNumber last_seq = 0;
+  int64_t write_time_us = 0;
+  uint64_t epoch = 0;
 };
 
 }  // namespace walship::engine
