@@ -76,6 +76,10 @@ struct WriteRequest {
   level @3 :AckLevel;
   condition @4 :Condition;
   hasCondition @5 :Bool;
+  requestId @6 :Data;    # 1-64 bytes chosen by the client (empty: none). The leader remembers
+                         # it with the write, on every node it reaches, for
+                         # request_retention_s: asked again, it answers with the first
+                         # outcome (duplicate set) instead of writing twice.
 }
 
 struct WriteReply {
@@ -86,6 +90,8 @@ struct WriteReply {
                          # async for now (sync timeout policy `degrade`)
   epoch @4 :UInt64;      # the leader's epoch the write was written in (with firstSeq, where
                          # it is in the history); 0 when it was not written
+  duplicate @5 :Bool;    # its requestId named a write made before: these are that write's
+                         # sequence numbers and epoch, and nothing was written now
 }
 
 struct KeyValue {

@@ -79,10 +79,18 @@ class ClientImpl final : public Client {
   const std::string& endpoint() const override { return endpoint_; }
 
   absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) override {
-    capnp::MallocMessageBuilder m(WriteWords(ops));
-    BuildWrite(ops, m.initRoot<schema::Request>().initWrite());
-    return Call<WriteResult>(m, timeout_ + write_options_.wait, schema::Reply::WRITE,
-                             [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
+    return WriteWithId(ops, "");
+  }
+
+  absl::StatusOr<WriteResult> WriteWithId(const std::vector<engine::WriteOp>& ops,
+                                          const std::string& request_id) override {
+    capnp::MallocMessageBuilder m(WriteWords(ops) + request_id.size() / 8 + 2);
+    auto w = m.initRoot<schema::Request>().initWrite();
+    BuildWrite(ops, w);
+    if (!request_id.empty()) w.setRequestId(ToData(request_id));
+    return Call<WriteResult>(
+        m, timeout_ + write_options_.wait, schema::Reply::WRITE,
+        [](schema::Reply::Reader r) { return ToResult(r.getWrite()); }, /*in_doubt=*/true);
   }
 
   absl::StatusOr<std::vector<int64_t>> WriteMany(
@@ -161,7 +169,8 @@ class ClientImpl final : public Client {
                                                     " replies"));
           }
           return out;
-        });
+        },
+        /*in_doubt=*/true);
   }
 
   absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
@@ -319,7 +328,8 @@ class ClientImpl final : public Client {
 
   static absl::StatusOr<WriteResult> ToResult(schema::WriteReply::Reader r) {
     if (absl::Status e = FromCapnp(r.getError()); !e.ok()) return e;
-    return WriteResult{r.getFirstSeq(), r.getLastSeq(), r.getDegraded(), r.getEpoch()};
+    return WriteResult{r.getFirstSeq(), r.getLastSeq(), r.getDegraded(), r.getEpoch(),
+                       r.getDuplicate()};
   }
 
   // The statuses that leave the connection unusable: the call failed on the way, not at the
@@ -333,16 +343,24 @@ class ClientImpl final : public Client {
   }
 
   // One request and its reply, within `budget`; `decode` turns the reply into the result.
+  // With `in_doubt` (writes), a failure once the request may have left is an in-doubt error.
   template <typename T, typename F>
   absl::StatusOr<T> Call(capnp::MessageBuilder& request, absl::Duration budget,
-                         schema::Reply::Which expected, F&& decode) {
+                         schema::Reply::Which expected, F&& decode, bool in_doubt = false) {
     absl::Time deadline = absl::Now() + budget;
     if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
     if (absl::Status s = Append(request); !s.ok()) return s;
-    if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
-    absl::StatusOr<T> r = Receive<T>(deadline, expected, std::forward<F>(decode));
-    if (IsTransportError(r.status())) return Fail(r.status());
-    return r;
+    absl::Status lost = Flush(deadline);
+    if (lost.ok()) {
+      absl::StatusOr<T> r = Receive<T>(deadline, expected, std::forward<F>(decode));
+      if (!IsTransportError(r.status())) return r;
+      lost = r.status();
+    }
+    lost = Fail(lost);
+    if (!in_doubt) return lost;
+    return InDoubtError(absl::StrCat(
+        lost.message(), ": the write was sent and no answer came, so it may or may not have "
+        "been applied; read it back, or send it again with a request id"));
   }
 
   absl::Status EnsureOpen(absl::Time deadline) {

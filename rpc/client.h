@@ -29,6 +29,8 @@ struct WriteResult {
   bool degraded = false;  // acknowledged without the followers it asked for (the leader runs
                           // async for now: sync timeout policy `degrade`)
   uint64_t epoch = 0;     // the leader's epoch it was written in
+  bool duplicate = false;  // WriteWithId: the id named a write made before, whose outcome
+                           // this is; nothing was written now
 };
 
 // What each write sent from now on asks of replication (docs/replication.md); by default the
@@ -134,7 +136,18 @@ class Client {
   // kUnavailable when the node cannot be reached in time, a not-replicated error
   // (IsNotReplicated) when its followers did not acknowledge it as asked: it is written on
   // the leader, and its fate after a failover is in doubt.
+  // A write sent whose answer did not come (the connection broke, or the timeout passed) is
+  // an in-doubt error (IsInDoubt; kUnavailable): it may or may not have been applied. Do not
+  // send it again blindly; read it back, or use WriteWithId.
   virtual absl::StatusOr<WriteResult> Write(const std::vector<engine::WriteOp>& ops) = 0;
+  // A write that carries `request_id` (1 to engine::kMaxRequestIdBytes bytes, unique per
+  // write: say a random 128-bit prefix per client and a counter). The leader remembers it
+  // with the write, on every node the write reaches, for the cluster's request_retention_s:
+  // sent again, to this leader or to one elected since, it is answered with the first
+  // outcome (WriteResult::duplicate) instead of being applied twice. So after an in-doubt
+  // error, sending it again with the same id is safe, within that retention.
+  virtual absl::StatusOr<WriteResult> WriteWithId(const std::vector<engine::WriteOp>& ops,
+                                                  const std::string& request_id) = 0;
   // Sends every write of `writes`, keeping up to `depth` (at most 1024) in flight on this
   // connection, and returns each one's latency in nanoseconds (send to reply), in order.
   // Stops at the first error: after a write the node refused, no more are sent (those
@@ -146,9 +159,9 @@ class Client {
   // applied atomically on its own in the order given, like Redis's pipelined commands.
   // Returns one result per write, in order; one failing does not stop the others. The outer
   // status fails when the pipeline was refused whole (a not-leader error on a follower,
-  // kInvalidArgument past 10000 writes) or got no answer: kUnavailable (unreachable, or no
-  // answer within the timeout times 1 + size / 64), and then any of its writes may or may not
-  // have been applied.
+  // kInvalidArgument past 10000 writes), could not be sent (kUnavailable: unreachable), or got
+  // no answer within the timeout times 1 + size / 64: an in-doubt error (IsInDoubt), and then
+  // any of its writes may or may not have been applied.
   virtual absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
       absl::Span<const std::vector<engine::WriteOp>> writes) = 0;
   // kNotFound when absent.

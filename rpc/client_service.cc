@@ -31,6 +31,7 @@ void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
   b.setLastSeq(o.last_seq);
   b.setDegraded(o.degraded);
   b.setEpoch(o.epoch);
+  b.setDuplicate(o.duplicate);
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -29,7 +31,8 @@ struct WriteOutcome {
   engine::SequenceNumber first_seq = 0;  // also with a not-replicated error
   engine::SequenceNumber last_seq = 0;
   bool degraded = false;
-  uint64_t epoch = 0;  // the leader's epoch it was written in
+  uint64_t epoch = 0;      // the leader's epoch it was written in
+  bool duplicate = false;  // its request id named a write made before: that write's outcome
 };
 
 // What one client write asks for beyond its ops.
@@ -37,6 +40,7 @@ struct WriteSpec {
   replication::Durability need;  // resolved against the cluster's
   bool pinned = false;           // it named its own mode: never degraded
   std::optional<engine::Condition> condition;
+  std::string request_id;  // empty: none
 };
 
 class ClientService final : public kj::TaskSet::ErrorHandler {
@@ -99,15 +103,22 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
                              schema::HandoverReply::Builder reply);
   void ChangeMembership(schema::MembershipRequest::Reader request,
                         schema::MembershipReply::Builder reply);
-  absl::Status CheckReadable(engine::SequenceNumber min_seq,
-                             engine::SequenceNumber latest) const;
+  absl::Status CheckReadable(engine::SequenceNumber min_seq, engine::SequenceNumber latest) const;
   absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;
   kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops,
                                     absl::StatusOr<WriteSpec> spec);
-  static ConditionalGroup WriteConditional(
-      engine::Engine& engine, const std::vector<engine::WriteOp>& ops,
-      const std::vector<size_t>& counts, const std::vector<std::optional<engine::Condition>>& ifs,
-      const engine::WriteOptions& wo);
+  // A write whose request id names a write made before: answered with that write's outcome
+  // once it is as durable as this one asks.
+  kj::Promise<WriteOutcome> AnswerAgain(const engine::RequestOutcome& first, WriteSpec spec);
+  // The request records of a group's members that carry an id (their ops in order).
+  std::vector<engine::RequestRecord> RequestsOf(const std::vector<GroupMember>& group) const;
+  void ForgetWriting(const std::vector<GroupMember>& group);
+  static ConditionalGroup WriteConditional(engine::Engine& engine,
+                                           const std::vector<engine::WriteOp>& ops,
+                                           const std::vector<size_t>& counts,
+                                           const std::vector<std::optional<engine::Condition>>& ifs,
+                                           const std::vector<std::string>& ids, uint64_t epoch,
+                                           engine::WriteOptions wo);
   void AwaitDurable(GroupMember& m, WriteOutcome written, engine::SequenceNumber synced_through);
   kj::Promise<absl::Status> LocalSync(engine::SequenceNumber seq);
   void StartLocalSync();
@@ -127,6 +138,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   uint64_t writes_accepted_ = 0;
   uint64_t write_groups_ = 0;
   uint64_t scan_reply_bytes_reserved_ = 0;  // ReserveScanReply
+  // Request ids of the writes queued or being written: a retry that comes meanwhile is told
+  // to ask again (once written, FindRequest answers it).
+  std::set<std::string> writing_ids_;
   // fsync_writes: the leader's WAL is fsynced through synced_; writes wait for it in order.
   engine::SequenceNumber synced_ = 0;
   bool sync_running_ = false;

@@ -1,8 +1,6 @@
 // The write path of the client API (rpc/client_service.h): checks, group commit, conditional
 // writes, and the wait until a write is as durable as it asked (the leader's own fsync and its
 // followers).
-#include "rpc/client_service.h"
-
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -10,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "replication/clock.h"
+#include "rpc/client_service.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
 
@@ -37,7 +36,9 @@ absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::Wr
           known = true;
         }
         break;
-      case engine::OpType::kDelete: known = op->key == condition.key; break;
+      case engine::OpType::kDelete:
+        known = op->key == condition.key;
+        break;
       case engine::OpType::kDeleteRange:
         known = op->key <= condition.key && condition.key < op->value;
         break;
@@ -48,20 +49,20 @@ absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::Wr
     if (value.ok()) {
       now = std::move(*value);
     } else if (!absl::IsNotFound(value.status())) {
-      return absl::UnavailableError(absl::StrCat("reading the condition's key failed: ",
-                                                 value.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("reading the condition's key failed: ", value.status().message()));
     }
   }
   if (now == condition.value) return absl::OkStatus();
   if (!condition.value.has_value()) {
-    return ConditionFailedError("condition failed: the key exists (the write asked for it "
-                                "to be absent); nothing was written");
+    return ConditionFailedError(
+        "condition failed: the key exists (the write asked for it "
+        "to be absent); nothing was written");
   }
   return ConditionFailedError(
-      now.has_value()
-          ? absl::StrCat("condition failed: the key holds another value (", now->size(),
-                         " bytes); nothing was written")
-          : std::string("condition failed: the key is absent; nothing was written"));
+      now.has_value() ? absl::StrCat("condition failed: the key holds another value (", now->size(),
+                                     " bytes); nothing was written")
+                      : std::string("condition failed: the key is absent; nothing was written"));
 }
 
 }  // namespace
@@ -70,7 +71,9 @@ absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::Wr
 // it is written (or at once with the error that refused it).
 kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> ops,
                                                  absl::StatusOr<WriteSpec> spec) {
-  auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> { return WriteOutcome{std::move(s)}; };
+  auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> {
+    return WriteOutcome{std::move(s)};
+  };
   if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) return fail(refused);
   if (!spec.ok()) return fail(spec.status());
   if (absl::Status s = node_.role().CheckDurability(spec->need); !s.ok()) return fail(s);
@@ -82,16 +85,30 @@ kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> op
   }
   const NodeServerOptions& options = node_.options();
   if (pending_.size() >= options.max_pending_writes) {
-    return fail(absl::UnavailableError(absl::StrCat(
-        "write queue full (", options.max_pending_writes, " writes waiting); retry")));
+    return fail(absl::UnavailableError(
+        absl::StrCat("write queue full (", options.max_pending_writes, " writes waiting); retry")));
   }
   uint64_t bytes = 0;
   for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
   // Bounded in bytes too; a write alone is always taken (it is at most a request).
   if (!pending_.empty() && pending_bytes_ + bytes > options.max_pending_write_bytes) {
-    return fail(absl::UnavailableError(absl::StrCat(
-        "write queue full (", pending_bytes_, " bytes waiting, max_pending_write_bytes ",
-        options.max_pending_write_bytes, "); retry")));
+    return fail(absl::UnavailableError(absl::StrCat("write queue full (", pending_bytes_,
+                                                    " bytes waiting, max_pending_write_bytes ",
+                                                    options.max_pending_write_bytes, "); retry")));
+  }
+  if (const std::string& id = spec->request_id; !id.empty()) {
+    if (writing_ids_.count(id) > 0) {
+      return fail(absl::UnavailableError(
+          "a write with this request id is being written now; ask again for its outcome"));
+    }
+    absl::StatusOr<std::optional<engine::RequestOutcome>> first =
+        engine_.FindRequest(id, replication::RealClock()->NowMicros());
+    if (!first.ok()) {
+      return fail(absl::UnavailableError(absl::StrCat(
+          "cannot look up the request id: ", first.status().message(), "; nothing was written")));
+    }
+    if (first->has_value()) return AnswerAgain(**first, std::move(*spec));
+    writing_ids_.insert(id);
   }
   pending_bytes_ += bytes;
   auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
@@ -118,7 +135,10 @@ bool ClientService::FlushPending() {
 }
 
 void ClientService::FailPending(const absl::Status& why) {
-  for (PendingWrite& w : pending_) w.fulfiller->fulfill(WriteOutcome{why});
+  for (PendingWrite& w : pending_) {
+    writing_ids_.erase(w.spec.request_id);
+    w.fulfiller->fulfill(WriteOutcome{why});
+  }
   pending_.clear();
   pending_bytes_ = 0;
 }
@@ -154,6 +174,7 @@ void ClientService::FlushWrites() {
   // The write time travels inside the batch (a LogData record), so followers and the
   // leader's status know it for batches read back from the WAL too.
   int64_t write_time_us = replication::RealClock()->NowMicros();
+  std::vector<engine::RequestRecord> requests = RequestsOf(group);
   if (conditional) {
     FlushConditional(std::move(group), std::move(ops), write_time_us);
     return;
@@ -164,6 +185,7 @@ void ClientService::FlushWrites() {
     engine::WriteOptions wo;
     wo.no_slowdown = true;
     wo.write_time_us = write_time_us;
+    wo.requests = requests;
     absl::StatusOr<engine::Batch> r = engine_.Write(ops, wo);
     if (!absl::IsResourceExhausted(r.status())) {
       Complete(group, std::move(r), write_time_us);
@@ -173,6 +195,7 @@ void ClientService::FlushWrites() {
   writer_busy_ = true;
   engine::WriteOptions wo;
   wo.write_time_us = write_time_us;
+  wo.requests = std::move(requests);
   tasks_.add(node_.node_pool()
                  .Run([e = &engine_, ops = std::move(ops), wo]() { return e->Write(ops, wo); })
                  .then([](absl::StatusOr<engine::Batch> r) { return r; },
@@ -197,48 +220,50 @@ void ClientService::FlushConditional(std::vector<GroupMember> group,
                                      std::vector<engine::WriteOp> ops, int64_t write_time_us) {
   std::vector<size_t> counts;
   std::vector<std::optional<engine::Condition>> ifs;
+  std::vector<std::string> ids;
   for (const GroupMember& m : group) {
     counts.push_back(m.ops);
     ifs.push_back(m.spec.condition);
+    ids.push_back(m.spec.request_id);
   }
   engine::WriteOptions wo;
   wo.write_time_us = write_time_us;
   writer_busy_ = true;
-  tasks_.add(node_.node_pool()
-                 .Run([e = &engine_, ops = std::move(ops), counts = std::move(counts),
-                       ifs = std::move(ifs), wo]() {
-                   return WriteConditional(*e, ops, counts, ifs, wo);
-                 })
-                 .then([](ConditionalGroup g) { return g; },
-                       [n = group.size()](kj::Exception&& e) {
-                         ConditionalGroup g;
-                         g.refused.assign(n, absl::InternalError(absl::StrCat(
-                                                 "node work queue: ", e.getDescription().cStr())));
-                         return g;
-                       })
-                 .then([this, group = std::move(group),
-                        write_time_us](ConditionalGroup g) mutable {
-                   writer_busy_ = false;
-                   std::vector<GroupMember> written;
-                   for (size_t i = 0; i < group.size(); ++i) {
-                     if (g.refused[i].ok()) {
-                       written.push_back(std::move(group[i]));
-                     } else {
-                       group[i].fulfiller->fulfill(WriteOutcome{g.refused[i]});
-                     }
-                   }
-                   if (!g.batch.has_value()) {
-                     ScheduleFlush();
-                     return;
-                   }
-                   Complete(written, std::move(*g.batch), write_time_us);
-                 }));
+  tasks_.add(
+      node_.node_pool()
+          .Run([e = &engine_, ops = std::move(ops), counts = std::move(counts),
+                ifs = std::move(ifs), ids = std::move(ids), epoch = node_.role().WriteEpoch(),
+                wo]() { return WriteConditional(*e, ops, counts, ifs, ids, epoch, wo); })
+          .then([](ConditionalGroup g) { return g; },
+                [n = group.size()](kj::Exception&& e) {
+                  ConditionalGroup g;
+                  g.refused.assign(n, absl::InternalError(absl::StrCat("node work queue: ",
+                                                                       e.getDescription().cStr())));
+                  return g;
+                })
+          .then([this, group = std::move(group), write_time_us](ConditionalGroup g) mutable {
+            writer_busy_ = false;
+            std::vector<GroupMember> written;
+            for (size_t i = 0; i < group.size(); ++i) {
+              if (g.refused[i].ok()) {
+                written.push_back(std::move(group[i]));
+              } else {
+                writing_ids_.erase(group[i].spec.request_id);
+                group[i].fulfiller->fulfill(WriteOutcome{g.refused[i]});
+              }
+            }
+            if (!g.batch.has_value()) {
+              ScheduleFlush();
+              return;
+            }
+            Complete(written, std::move(*g.batch), write_time_us);
+          }));
 }
 
 ClientService::ConditionalGroup ClientService::WriteConditional(
     engine::Engine& engine, const std::vector<engine::WriteOp>& ops,
     const std::vector<size_t>& counts, const std::vector<std::optional<engine::Condition>>& ifs,
-    const engine::WriteOptions& wo) {
+    const std::vector<std::string>& ids, uint64_t epoch, engine::WriteOptions wo) {
   ConditionalGroup g;
   std::vector<engine::WriteOp> kept;
   size_t at = 0;
@@ -247,7 +272,9 @@ ClientService::ConditionalGroup ClientService::WriteConditional(
     at += counts[i];
     absl::Status s = ifs[i].has_value() ? CheckCondition(engine, kept, *ifs[i]) : absl::OkStatus();
     g.refused.push_back(s);
-    if (s.ok()) kept.insert(kept.end(), first, first + static_cast<std::ptrdiff_t>(counts[i]));
+    if (!s.ok()) continue;  // nothing written: a retry with its id is checked again
+    if (!ids[i].empty()) wo.requests.push_back({ids[i], kept.size(), counts[i], epoch});
+    kept.insert(kept.end(), first, first + static_cast<std::ptrdiff_t>(counts[i]));
   }
   if (!kept.empty()) g.batch = engine.Write(kept, wo);
   return g;
@@ -256,6 +283,7 @@ ClientService::ConditionalGroup ClientService::WriteConditional(
 // `write_time_us` is the time FlushWrites put into the batch.
 void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<engine::Batch> r,
                              int64_t write_time_us) {
+  ForgetWriting(group);  // written, with their ids (FindRequest finds them), or not at all
   if (!r.ok()) {
     // While RocksDB refuses writes after a storage error, that error says why (and the
     // node's storage check has logged it once).
@@ -287,6 +315,38 @@ void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<eng
   ScheduleFlush();
 }
 
+std::vector<engine::RequestRecord> ClientService::RequestsOf(
+    const std::vector<GroupMember>& group) const {
+  std::vector<engine::RequestRecord> requests;
+  const uint64_t epoch = node_.role().WriteEpoch();
+  uint64_t at = 0;
+  for (const GroupMember& m : group) {
+    if (!m.spec.request_id.empty()) requests.push_back({m.spec.request_id, at, m.ops, epoch});
+    at += m.ops;
+  }
+  return requests;
+}
+
+void ClientService::ForgetWriting(const std::vector<GroupMember>& group) {
+  for (const GroupMember& m : group) {
+    if (!m.spec.request_id.empty()) writing_ids_.erase(m.spec.request_id);
+  }
+}
+
+// The first outcome of a request id, answered as a write would be once it is as durable as
+// this request asks (a retry after a lost answer waits for what the first attempt waited
+// for; on a leader elected since, for its own followers).
+kj::Promise<WriteOutcome> ClientService::AnswerAgain(const engine::RequestOutcome& first,
+                                                     WriteSpec spec) {
+  WriteOutcome again{absl::OkStatus(), first.first_seq, first.last_seq, false, first.epoch, true};
+  const bool local_sync = node_.options().fsync_writes;
+  if (spec.need.mode == replication::ReplicationMode::kAsync && !local_sync) return again;
+  auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
+  GroupMember m{first.last_seq - first.first_seq + 1, std::move(spec), kj::mv(paf.fulfiller)};
+  AwaitDurable(m, again, local_sync ? first.last_seq : 0);
+  return kj::mv(paf.promise);
+}
+
 // A write is answered once it is as durable as asked: on the leader's disk when
 // fsync_writes is on (`synced_through` > 0: the group's last sequence number), and on its
 // followers as its mode asks. Both run at once: the batch was shipped before the leader's own
@@ -300,12 +360,13 @@ void ClientService::AwaitDurable(GroupMember& m, WriteOutcome written,
       m.spec.need.mode == replication::ReplicationMode::kAsync
           ? kj::Promise<ReplicationOutcome>(ReplicationOutcome{})
           : node_.role().AwaitReplicated(written.last_seq, m.spec.need, m.spec.pinned);
-  tasks_.add(followers.then([local = kj::mv(local)](ReplicationOutcome r) mutable {
-                      return local.then([r = std::move(r)](absl::Status s) mutable {
-                        if (!s.ok()) r.status = s;
-                        return r;
-                      });
-                    })
+  tasks_.add(followers
+                 .then([local = kj::mv(local)](ReplicationOutcome r) mutable {
+                   return local.then([r = std::move(r)](absl::Status s) mutable {
+                     if (!s.ok()) r.status = s;
+                     return r;
+                   });
+                 })
                  .then([written, done = kj::mv(m.fulfiller)](ReplicationOutcome r) mutable {
                    written.status = std::move(r.status);
                    written.degraded = r.degraded;
@@ -326,30 +387,30 @@ kj::Promise<absl::Status> ClientService::LocalSync(SequenceNumber seq) {
 void ClientService::StartLocalSync() {
   sync_running_ = true;
   SequenceNumber target = engine_.LatestSequence();
-  tasks_.add(node_.node_pool()
-                 .Run([e = &engine_]() { return e->SyncWal(); })
-                 .catch_([](kj::Exception&& e) {
-                   return absl::UnavailableError(e.getDescription().cStr());
-                 })
-                 .then([this, target](absl::Status s) {
-                   sync_running_ = false;
-                   if (s.ok()) synced_ = std::max(synced_, target);
-                   std::deque<std::pair<SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
-                       still;
-                   for (auto& [seq, done] : sync_waiters_) {
-                     if (!s.ok()) {
-                       done->fulfill(NotReplicatedError(absl::StrCat(
-                           "written at seq ", seq, " but the leader's fsync failed (", s.message(),
-                           "): whether it survives a power loss is in doubt")));
-                     } else if (seq <= synced_) {
-                       done->fulfill(absl::OkStatus());
-                     } else {
-                       still.emplace_back(seq, kj::mv(done));
-                     }
-                   }
-                   sync_waiters_ = std::move(still);
-                   if (!sync_waiters_.empty()) StartLocalSync();
-                 }));
+  tasks_.add(
+      node_.node_pool()
+          .Run([e = &engine_]() { return e->SyncWal(); })
+          .catch_(
+              [](kj::Exception&& e) { return absl::UnavailableError(e.getDescription().cStr()); })
+          .then([this, target](absl::Status s) {
+            sync_running_ = false;
+            if (s.ok()) synced_ = std::max(synced_, target);
+            std::deque<std::pair<SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
+                still;
+            for (auto& [seq, done] : sync_waiters_) {
+              if (!s.ok()) {
+                done->fulfill(NotReplicatedError(
+                    absl::StrCat("written at seq ", seq, " but the leader's fsync failed (",
+                                 s.message(), "): whether it survives a power loss is in doubt")));
+              } else if (seq <= synced_) {
+                done->fulfill(absl::OkStatus());
+              } else {
+                still.emplace_back(seq, kj::mv(done));
+              }
+            }
+            sync_waiters_ = std::move(still);
+            if (!sync_waiters_.empty()) StartLocalSync();
+          }));
 }
 
 // The replication a write asks for, resolved against the cluster's configured one.
@@ -366,18 +427,25 @@ absl::StatusOr<WriteSpec> ClientService::SpecOf(schema::WriteRequest::Reader req
     case schema::WriteMode::CLUSTER_DEFAULT:
       if (acks > 0) spec.need.mode = ReplicationMode::kSemiSync;
       break;
-    case schema::WriteMode::ASYNC: spec.need.mode = ReplicationMode::kAsync; break;
-    case schema::WriteMode::SEMI_SYNC: spec.need.mode = ReplicationMode::kSemiSync; break;
-    case schema::WriteMode::SYNC: spec.need.mode = ReplicationMode::kSync; break;
+    case schema::WriteMode::ASYNC:
+      spec.need.mode = ReplicationMode::kAsync;
+      break;
+    case schema::WriteMode::SEMI_SYNC:
+      spec.need.mode = ReplicationMode::kSemiSync;
+      break;
+    case schema::WriteMode::SYNC:
+      spec.need.mode = ReplicationMode::kSync;
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown write mode ", static_cast<int>(request.getMode()), "; the client is newer "
-          "than this node"));
+      return absl::InvalidArgumentError(absl::StrCat("unknown write mode ",
+                                                     static_cast<int>(request.getMode()),
+                                                     "; the client is newer "
+                                                     "than this node"));
   }
   if (acks > 0 && spec.need.mode != ReplicationMode::kSemiSync) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "acks (", acks, ") applies to semi-sync writes; this write asks for ",
-        replication::ModeName(spec.need.mode)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("acks (", acks, ") applies to semi-sync writes; this write asks for ",
+                     replication::ModeName(spec.need.mode)));
   }
   if (acks > 0) {
     spec.need.acks = acks;
@@ -385,14 +453,30 @@ absl::StatusOr<WriteSpec> ClientService::SpecOf(schema::WriteRequest::Reader req
     spec.need.acks = 1;  // semi-sync asked of an async or sync cluster: one follower
   }
   switch (request.getLevel()) {
-    case schema::AckLevel::CLUSTER_DEFAULT: break;
-    case schema::AckLevel::RECEIVED: spec.need.level = AckLevel::kReceived; break;
-    case schema::AckLevel::FLUSHED: spec.need.level = AckLevel::kFlushed; break;
-    case schema::AckLevel::APPLIED: spec.need.level = AckLevel::kApplied; break;
+    case schema::AckLevel::CLUSTER_DEFAULT:
+      break;
+    case schema::AckLevel::RECEIVED:
+      spec.need.level = AckLevel::kReceived;
+      break;
+    case schema::AckLevel::FLUSHED:
+      spec.need.level = AckLevel::kFlushed;
+      break;
+    case schema::AckLevel::APPLIED:
+      spec.need.level = AckLevel::kApplied;
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown ack level ", static_cast<int>(request.getLevel()), "; the client is newer "
-          "than this node"));
+      return absl::InvalidArgumentError(absl::StrCat("unknown ack level ",
+                                                     static_cast<int>(request.getLevel()),
+                                                     "; the client is newer "
+                                                     "than this node"));
+  }
+  if (request.hasRequestId()) {
+    spec.request_id = ToString(request.getRequestId());
+    if (spec.request_id.size() > engine::kMaxRequestIdBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("a request id of ", spec.request_id.size(),
+                                                     " bytes; at most ", engine::kMaxRequestIdBytes,
+                                                     " are taken"));
+    }
   }
   if (request.getHasCondition()) {
     auto c = request.getCondition();

@@ -38,9 +38,15 @@ replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
   replication::HelloReply m;
   m.version = r.getVersion();
   switch (r.getOutcome()) {
-    case schema::HelloOutcome::ACCEPTED: m.outcome = HelloOutcome::kAccepted; break;
-    case schema::HelloOutcome::NEEDS_SNAPSHOT: m.outcome = HelloOutcome::kNeedsSnapshot; break;
-    default: m.outcome = HelloOutcome::kRefused; break;  // unknown values refuse
+    case schema::HelloOutcome::ACCEPTED:
+      m.outcome = HelloOutcome::kAccepted;
+      break;
+    case schema::HelloOutcome::NEEDS_SNAPSHOT:
+      m.outcome = HelloOutcome::kNeedsSnapshot;
+      break;
+    default:
+      m.outcome = HelloOutcome::kRefused;
+      break;  // unknown values refuse
   }
   m.message = r.getMessage();
   m.epoch = r.getEpoch();
@@ -59,9 +65,15 @@ replication::HelloReply FromCapnp(schema::HelloReply::Reader r) {
 void ToCapnp(const replication::HelloReply& m, schema::HelloReply::Builder b) {
   b.setVersion(m.version);
   switch (m.outcome) {
-    case HelloOutcome::kAccepted: b.setOutcome(schema::HelloOutcome::ACCEPTED); break;
-    case HelloOutcome::kNeedsSnapshot: b.setOutcome(schema::HelloOutcome::NEEDS_SNAPSHOT); break;
-    case HelloOutcome::kRefused: b.setOutcome(schema::HelloOutcome::REFUSED); break;
+    case HelloOutcome::kAccepted:
+      b.setOutcome(schema::HelloOutcome::ACCEPTED);
+      break;
+    case HelloOutcome::kNeedsSnapshot:
+      b.setOutcome(schema::HelloOutcome::NEEDS_SNAPSHOT);
+      break;
+    case HelloOutcome::kRefused:
+      b.setOutcome(schema::HelloOutcome::REFUSED);
+      break;
   }
   b.setMessage(m.message);
   b.setEpoch(m.epoch);
@@ -189,8 +201,7 @@ void ToCapnp(const std::vector<replication::Member>& m, capnp::List<schema::Memb
 }
 
 std::vector<replication::Member> FromCapnp(capnp::List<schema::Member>::Reader r) {
-  KJ_REQUIRE(r.size() <= kMaxMembers, "a membership of more nodes than a cluster holds",
-             r.size());
+  KJ_REQUIRE(r.size() <= kMaxMembers, "a membership of more nodes than a cluster holds", r.size());
   std::vector<replication::Member> out;
   out.reserve(r.size());
   for (auto n : r) out.push_back(replication::Member{n.getId(), n.getAddress(), n.getVoter()});
@@ -259,10 +270,18 @@ replication::Ack FromCapnp(schema::Ack::Reader r) {
   replication::Ack m;
   m.epoch = r.getEpoch();
   switch (r.getOutcome()) {
-    case schema::AckOutcome::OK: m.outcome = AckOutcome::kOk; break;
-    case schema::AckOutcome::GAP: m.outcome = AckOutcome::kGap; break;
-    case schema::AckOutcome::STALE: m.outcome = AckOutcome::kStale; break;
-    default: m.outcome = AckOutcome::kFailed; break;
+    case schema::AckOutcome::OK:
+      m.outcome = AckOutcome::kOk;
+      break;
+    case schema::AckOutcome::GAP:
+      m.outcome = AckOutcome::kGap;
+      break;
+    case schema::AckOutcome::STALE:
+      m.outcome = AckOutcome::kStale;
+      break;
+    default:
+      m.outcome = AckOutcome::kFailed;
+      break;
   }
   m.received = r.getReceived();
   m.durable = r.getDurable();
@@ -275,10 +294,18 @@ replication::Ack FromCapnp(schema::Ack::Reader r) {
 void ToCapnp(const replication::Ack& m, schema::Ack::Builder b) {
   b.setEpoch(m.epoch);
   switch (m.outcome) {
-    case AckOutcome::kOk: b.setOutcome(schema::AckOutcome::OK); break;
-    case AckOutcome::kGap: b.setOutcome(schema::AckOutcome::GAP); break;
-    case AckOutcome::kStale: b.setOutcome(schema::AckOutcome::STALE); break;
-    case AckOutcome::kFailed: b.setOutcome(schema::AckOutcome::FAILED); break;
+    case AckOutcome::kOk:
+      b.setOutcome(schema::AckOutcome::OK);
+      break;
+    case AckOutcome::kGap:
+      b.setOutcome(schema::AckOutcome::GAP);
+      break;
+    case AckOutcome::kStale:
+      b.setOutcome(schema::AckOutcome::STALE);
+      break;
+    case AckOutcome::kFailed:
+      b.setOutcome(schema::AckOutcome::FAILED);
+      break;
   }
   b.setReceived(m.received);
   b.setDurable(m.durable);
@@ -293,9 +320,15 @@ std::vector<engine::WriteOp> FromCapnp(capnp::List<schema::Op>::Reader ops) {
   for (auto op : ops) {
     engine::WriteOp w;
     switch (op.getType()) {
-      case schema::OpType::PUT: w.type = engine::OpType::kPut; break;
-      case schema::OpType::DELETE: w.type = engine::OpType::kDelete; break;
-      case schema::OpType::DELETE_RANGE: w.type = engine::OpType::kDeleteRange; break;
+      case schema::OpType::PUT:
+        w.type = engine::OpType::kPut;
+        break;
+      case schema::OpType::DELETE:
+        w.type = engine::OpType::kDelete;
+        break;
+      case schema::OpType::DELETE_RANGE:
+        w.type = engine::OpType::kDeleteRange;
+        break;
     }
     w.key = ToString(op.getKey());
     w.value = ToString(op.getValue());
@@ -307,9 +340,15 @@ std::vector<engine::WriteOp> FromCapnp(capnp::List<schema::Op>::Reader ops) {
 void ToCapnp(const std::vector<engine::WriteOp>& ops, capnp::List<schema::Op>::Builder b) {
   for (size_t i = 0; i < ops.size(); ++i) {
     switch (ops[i].type) {
-      case engine::OpType::kPut: b[i].setType(schema::OpType::PUT); break;
-      case engine::OpType::kDelete: b[i].setType(schema::OpType::DELETE); break;
-      case engine::OpType::kDeleteRange: b[i].setType(schema::OpType::DELETE_RANGE); break;
+      case engine::OpType::kPut:
+        b[i].setType(schema::OpType::PUT);
+        break;
+      case engine::OpType::kDelete:
+        b[i].setType(schema::OpType::DELETE);
+        break;
+      case engine::OpType::kDeleteRange:
+        b[i].setType(schema::OpType::DELETE_RANGE);
+        break;
     }
     b[i].setKey(ToData(ops[i].key));
     b[i].setValue(ToData(ops[i].value));
@@ -344,9 +383,9 @@ void ToCapnp(const replication::PeerPosition& m, schema::Position::Builder b) {
 
 absl::Status NotLeaderError(const std::string& leader_address) {
   absl::Status s = absl::FailedPreconditionError(
-      leader_address.empty() ? "this node is not the leader and does not know the leader"
-                             : absl::StrCat("this node is not the leader; the leader is at ",
-                                            leader_address));
+      leader_address.empty()
+          ? "this node is not the leader and does not know the leader"
+          : absl::StrCat("this node is not the leader; the leader is at ", leader_address));
   s.SetPayload(kNotLeaderUrl, absl::Cord("1"));
   if (!leader_address.empty()) s.SetPayload(kLeaderHintUrl, absl::Cord(leader_address));
   return s;
@@ -365,9 +404,15 @@ absl::Status NotReplicatedError(const std::string& message) {
   return s;
 }
 
-bool IsNotReplicated(const absl::Status& s) {
-  return s.GetPayload(kNotReplicatedUrl).has_value();
+bool IsNotReplicated(const absl::Status& s) { return s.GetPayload(kNotReplicatedUrl).has_value(); }
+
+absl::Status InDoubtError(const std::string& message) {
+  absl::Status s = absl::UnavailableError(message);
+  s.SetPayload(kInDoubtUrl, absl::Cord("1"));
+  return s;
 }
+
+bool IsInDoubt(const absl::Status& s) { return s.GetPayload(kInDoubtUrl).has_value(); }
 
 absl::Status ConditionFailedError(const std::string& message) {
   absl::Status s = absl::FailedPreconditionError(message);
@@ -395,18 +440,34 @@ void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
     code = schema::ErrorCode::CONDITION_FAILED;
   } else {
     switch (s.code()) {
-      case C::kOk: code = schema::ErrorCode::OK; break;
-      case C::kNotFound: code = schema::ErrorCode::NOT_FOUND; break;
+      case C::kOk:
+        code = schema::ErrorCode::OK;
+        break;
+      case C::kNotFound:
+        code = schema::ErrorCode::NOT_FOUND;
+        break;
       case C::kInvalidArgument:
-      case C::kOutOfRange: code = schema::ErrorCode::INVALID_ARGUMENT; break;
+      case C::kOutOfRange:
+        code = schema::ErrorCode::INVALID_ARGUMENT;
+        break;
       case C::kUnavailable:
       case C::kResourceExhausted:
       case C::kDeadlineExceeded:
-      case C::kAborted: code = schema::ErrorCode::UNAVAILABLE; break;
-      case C::kFailedPrecondition: code = schema::ErrorCode::FAILED_PRECONDITION; break;
-      case C::kDataLoss: code = schema::ErrorCode::DATA_LOSS; break;
-      case C::kUnimplemented: code = schema::ErrorCode::UNIMPLEMENTED; break;
-      default: code = schema::ErrorCode::INTERNAL; break;
+      case C::kAborted:
+        code = schema::ErrorCode::UNAVAILABLE;
+        break;
+      case C::kFailedPrecondition:
+        code = schema::ErrorCode::FAILED_PRECONDITION;
+        break;
+      case C::kDataLoss:
+        code = schema::ErrorCode::DATA_LOSS;
+        break;
+      case C::kUnimplemented:
+        code = schema::ErrorCode::UNIMPLEMENTED;
+        break;
+      default:
+        code = schema::ErrorCode::INTERNAL;
+        break;
     }
   }
   b.setCode(code);
@@ -425,21 +486,31 @@ namespace {
 absl::Status FromCapnpCode(schema::Error::Reader r) {
   std::string msg = r.getMessage();
   switch (r.getCode()) {
-    case schema::ErrorCode::OK: return absl::OkStatus();
-    case schema::ErrorCode::NOT_FOUND: return absl::NotFoundError(msg);
-    case schema::ErrorCode::INVALID_ARGUMENT: return absl::InvalidArgumentError(msg);
+    case schema::ErrorCode::OK:
+      return absl::OkStatus();
+    case schema::ErrorCode::NOT_FOUND:
+      return absl::NotFoundError(msg);
+    case schema::ErrorCode::INVALID_ARGUMENT:
+      return absl::InvalidArgumentError(msg);
     case schema::ErrorCode::NOT_LEADER: {
       absl::Status s = absl::FailedPreconditionError(msg);
       s.SetPayload(kNotLeaderUrl, absl::Cord("1"));
       return s;
     }
-    case schema::ErrorCode::UNAVAILABLE: return absl::UnavailableError(msg);
-    case schema::ErrorCode::FAILED_PRECONDITION: return absl::FailedPreconditionError(msg);
-    case schema::ErrorCode::DATA_LOSS: return absl::DataLossError(msg);
-    case schema::ErrorCode::UNIMPLEMENTED: return absl::UnimplementedError(msg);
-    case schema::ErrorCode::NOT_REPLICATED: return NotReplicatedError(msg);
-    case schema::ErrorCode::CONDITION_FAILED: return ConditionFailedError(msg);
-    default: return absl::InternalError(msg);
+    case schema::ErrorCode::UNAVAILABLE:
+      return absl::UnavailableError(msg);
+    case schema::ErrorCode::FAILED_PRECONDITION:
+      return absl::FailedPreconditionError(msg);
+    case schema::ErrorCode::DATA_LOSS:
+      return absl::DataLossError(msg);
+    case schema::ErrorCode::UNIMPLEMENTED:
+      return absl::UnimplementedError(msg);
+    case schema::ErrorCode::NOT_REPLICATED:
+      return NotReplicatedError(msg);
+    case schema::ErrorCode::CONDITION_FAILED:
+      return ConditionFailedError(msg);
+    default:
+      return absl::InternalError(msg);
   }
 }
 }  // namespace

@@ -10,8 +10,8 @@
 #include "engine/types.h"
 #include "replication/messages.h"
 #include "replication/recovery.h"
-#include "rpc/client.h"
 #include "rpc/client.capnp.h"
+#include "rpc/client.h"
 #include "rpc/peer.capnp.h"
 
 namespace walship::rpc {
@@ -81,6 +81,11 @@ bool IsNotReplicated(const absl::Status& s);
 inline constexpr char kConditionFailedUrl[] = "walship/condition-failed";
 absl::Status ConditionFailedError(const std::string& message);
 bool IsConditionFailed(const absl::Status& s);
+// A write sent whose answer never came (the connection broke, or no answer in time): it may
+// or may not have been applied. kUnavailable, marked; only the client makes it.
+inline constexpr char kInDoubtUrl[] = "walship/in-doubt";
+absl::Status InDoubtError(const std::string& message);
+bool IsInDoubt(const absl::Status& s);
 
 inline std::string ToString(capnp::Data::Reader d) {
   return std::string(reinterpret_cast<const char*>(d.begin()), d.size());

@@ -206,5 +206,120 @@ TEST_F(FailoverTest, AFollowerTooFarBehindIsNotElectedUnlessPromotedAcceptingThe
   EXPECT_EQ(st->role, "leader");
 }
 
+// A write whose answer is lost is in doubt: here the leader waits for a follower's fsync (3 s
+// on both followers' disks) longer than the client waits, so the client gives up on a write
+// the leader did make. Sent again with its request id, the same write is answered with its
+// first outcome once that fsync is done, and nothing is written twice.
+TEST_F(FailoverTest, AWriteWhoseAnswerIsLostIsInDoubtAndItsRequestIdMakesTheRetrySafe) {
+  engine::testing::FailingEnv disk2, disk3;
+  std::vector<NodeServerOptions> o = ThreeNodes(disk2, disk3);
+  o[0].commit.cluster = {replication::ReplicationMode::kSemiSync, 1,
+                         replication::AckLevel::kFlushed};
+  o[0].commit.timeout_ms = 30000;
+  RunningNode n1(o[0]), n2(o[1]), n3(o[2]);
+  auto c = ConnectOrDie(o[0].listen);
+  ASSERT_NE(c, nullptr);
+  WriteOptions async;
+  async.mode = replication::ReplicationMode::kAsync;
+  c->SetWriteOptions(async);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return c->Write({{OpType::kPut, "k0", "v"}}).ok();
+      },
+      std::chrono::seconds(10)));  // the lease is held
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(3000));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(3000));
+  auto impatient = Client::Connect(o[0].listen, absl::Seconds(1));
+  ASSERT_TRUE(impatient.ok()) << impatient.status();
+  uint64_t before = LatestSeq(o[0].listen);
+  auto lost = (*impatient)->Write({{OpType::kPut, "a", "1"}});
+  ASSERT_FALSE(lost.ok());
+  EXPECT_TRUE(IsInDoubt(lost.status())) << lost.status();
+  EXPECT_EQ(LatestSeq(o[0].listen), before + 1) << "in doubt, and made all the same";
+  auto lost_with_id = (*impatient)->WriteWithId({{OpType::kPut, "b", "first"}}, "req-b");
+  ASSERT_FALSE(lost_with_id.ok());
+  EXPECT_TRUE(IsInDoubt(lost_with_id.status())) << lost_with_id.status();
+  const uint64_t written = LatestSeq(o[0].listen);
+  EXPECT_EQ(written, before + 3) << "the put and its request record";
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
+  auto patient = Client::Connect(o[0].listen, absl::Seconds(30));
+  ASSERT_TRUE(patient.ok()) << patient.status();
+  auto again = (*patient)->WriteWithId({{OpType::kPut, "b", "second"}}, "req-b");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(again->first_seq, before + 2);
+  EXPECT_EQ(again->last_seq, before + 2);
+  EXPECT_EQ(again->epoch, 1u);
+  EXPECT_EQ(LatestSeq(o[0].listen), written) << "nothing written twice";
+  auto b = (*patient)->Get("b");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(*b, "first");
+  // A new id is a new write.
+  auto fresh = (*patient)->WriteWithId({{OpType::kPut, "b", "third"}}, "req-c");
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_FALSE(fresh->duplicate);
+  EXPECT_EQ(fresh->first_seq, written + 1);
+}
+
+// A request id travels with its write to the followers, so the leader elected after the one
+// that made the write answers a retry with the first outcome too: the same sequence numbers,
+// the epoch it was written in, and the value it wrote, not the retry's.
+TEST_F(FailoverTest, ARequestIdIsAnsweredWithItsFirstOutcomeByTheNextLeader) {
+  engine::testing::FailingEnv disk2, disk3;
+  std::vector<NodeServerOptions> o = ThreeNodes(disk2, disk3);
+  for (auto& n : o) n.heartbeat_timeout_ms = 1000;
+  std::optional<RunningNode> n1(o[0]);
+  RunningNode n2(o[1]), n3(o[2]);
+  auto c = ConnectOrDie(o[0].listen);
+  ASSERT_NE(c, nullptr);
+  absl::StatusOr<WriteResult> first = absl::UnknownError("not yet");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        first = c->WriteWithId({{OpType::kPut, "id", "first"}}, "order-17");
+        return first.ok();
+      },
+      std::chrono::seconds(10)));
+  EXPECT_FALSE(first->duplicate);
+  auto same = c->WriteWithId({{OpType::kPut, "id", "retried"}}, "order-17");
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_TRUE(same->duplicate);
+  EXPECT_EQ(same->first_seq, first->first_seq);
+  EXPECT_EQ(same->last_seq, first->last_seq);
+  const uint64_t latest = LatestSeq(o[0].listen);
+  EXPECT_EQ(latest, first->last_seq + 1) << "the put and its request record, once";
+  ASSERT_TRUE(
+      WaitFor([&] { return LatestSeq(o[1].listen) == latest && LatestSeq(o[2].listen) == latest; },
+              std::chrono::seconds(10)));
+  n1.reset();  // the leader is gone; one of the others is elected
+  std::unique_ptr<Client> next;
+  absl::StatusOr<WriteResult> retried = absl::UnknownError("no leader yet");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (const auto& n : {o[1], o[2]}) {
+          auto cl = Client::Connect(n.listen, absl::Seconds(2));
+          if (!cl.ok()) continue;
+          retried = (*cl)->WriteWithId({{OpType::kPut, "id", "retried"}}, "order-17");
+          if (retried.ok()) {
+            next = std::move(*cl);
+            return true;
+          }
+        }
+        return false;
+      },
+      std::chrono::seconds(20)))
+      << retried.status();
+  EXPECT_TRUE(retried->duplicate);
+  EXPECT_EQ(retried->first_seq, first->first_seq);
+  EXPECT_EQ(retried->epoch, first->epoch) << "the epoch it was written in";
+  auto v = next->Get("id");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(*v, "first");
+  auto st = next->Status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(st->epoch, first->epoch);
+  EXPECT_EQ(st->latest_seq, latest) << "the retry wrote nothing";
+}
+
 }  // namespace
 }  // namespace walship::rpc

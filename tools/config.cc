@@ -62,6 +62,8 @@ const std::vector<Tunable>& ReplicationTunables() {
        [](O& o, uint64_t v) { o.engine.wal_retention_bytes = v; }},
       {"wal_retention_seconds", Tunable::kUint,
        [](O& o, uint64_t v) { o.engine.wal_retention_seconds = v; }},
+      {"request_retention_s", Tunable::kUint,
+       [](O& o, uint64_t v) { o.engine.request_retention_seconds = v; }},
       {"write_buffer_bytes", Tunable::kUint,
        [](O& o, uint64_t v) { o.engine.write_buffer_bytes = v; }, 64 << 10, 1ull << 34},
       {"max_tail_bytes", Tunable::kUint,
