@@ -1,10 +1,12 @@
 // walship: the client and admin command line.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -29,6 +31,7 @@ constexpr int kExitUsage = 2;
 constexpr int kExitError = 3;
 constexpr int kExitConditionFailed = 4;
 constexpr int kExitNotReplicated = 5;
+constexpr int kExitInDoubt = 6;
 
 struct Target {
   std::string cluster_path;
@@ -37,6 +40,8 @@ struct Target {
   int timeout_ms = 3000;
   std::optional<walship::tools::ClusterConfig> config;
   walship::rpc::WriteOptions write;  // for writes
+  std::string request_id;            // for writes: empty for none
+  int retry_for_ms = 30000;          // a write with a request id asks again this long
   bool committed = false;            // for reads
 };
 
@@ -46,6 +51,7 @@ int Fail(const absl::Status& s) {
   if (absl::IsInvalidArgument(s)) return kExitUsage;
   if (walship::rpc::IsConditionFailed(s)) return kExitConditionFailed;
   if (walship::rpc::IsNotReplicated(s)) return kExitNotReplicated;
+  if (walship::rpc::IsInDoubt(s)) return kExitInDoubt;
   return kExitError;
 }
 
@@ -138,13 +144,35 @@ auto FollowingHints(Target& t, const char* verb, Call call) -> decltype(call(
   }
 }
 
+// A write. Without a request id it is sent once (after not-leader answers, to the leader
+// they name): an answer that never came is in doubt (exit 6), never retried. With one, an
+// answer in doubt, an unreachable node and a cluster without a leader yet are all asked again
+// with the same id, for up to --retry-for-ms: the leader answers a write it made before with
+// that write's outcome, so the write is applied at most once.
 int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
-  auto r = FollowingHints(t, "retrying at",
-                          [&](walship::rpc::Client& c) { return c.Write(ops); });
-  if (!r.ok()) return Fail(r.status());
-  std::printf("OK seq %llu%s\n", static_cast<unsigned long long>(r->last_seq),
-              r->degraded ? " (degraded: not waited for the followers)" : "");
-  return 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(t.retry_for_ms);
+  auto pause = std::chrono::milliseconds(50);
+  while (true) {
+    auto r = FollowingHints(t, "retrying at", [&](walship::rpc::Client& c) {
+      return t.request_id.empty() ? c.Write(ops) : c.WriteWithId(ops, t.request_id);
+    });
+    if (r.ok()) {
+      std::printf("OK seq %llu%s%s\n", static_cast<unsigned long long>(r->last_seq),
+                  r->degraded ? " (degraded: not waited for the followers)" : "",
+                  r->duplicate ? " (already written with this request id: its first outcome)"
+                               : "");
+      return 0;
+    }
+    const absl::Status& s = r.status();
+    bool again = absl::IsUnavailable(s) || walship::rpc::IsNotLeader(s);
+    if (t.request_id.empty() || !again || std::chrono::steady_clock::now() + pause > deadline) {
+      return Fail(s);
+    }
+    std::fprintf(stderr, "walship: %s; asking again with the same request id\n",
+                 std::string(s.message()).c_str());
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(1000));
+  }
 }
 
 // Streams a checkpoint of the node into `out` (walship checkpoint).
@@ -311,7 +339,8 @@ int main(int argc, char** argv) {
       "for itself and these escapes stand for the rest: \\\\ (backslash), \\n, \\t, \\r, \\0, "
       "\\s (space, for `write` input), \\xHH (any byte).\n"
       "Exit status: 0 ok, 1 not found, 2 bad usage or input, 3 other errors (unreachable, "
-      "refused).");
+      "refused), 4 condition failed, 5 not replicated as asked, 6 in doubt (a write sent whose "
+      "answer never came: it may or may not have been applied).");
   Target t;
   app.add_option("--cluster", t.cluster_path, "cluster config file; talks to the leader")
       ->check(CLI::ExistingFile);
@@ -335,6 +364,14 @@ int main(int argc, char** argv) {
       "--if-value", if_value, "write only if the key holds exactly this value (exit 4 if not)");
   write_opts->add_flag("--if-absent", if_absent, "write only if the key is absent (exit 4 if not)")
       ->excludes(if_value_opt);
+  write_opts->add_option("--request-id", t.request_id,
+                         "the write's id (1-64 bytes, unique per write): the leader answers it "
+                         "again with its first outcome instead of writing twice, so an answer "
+                         "lost (in doubt), an unreachable node or no leader yet is asked again "
+                         "with the same id");
+  write_opts->add_option("--retry-for-ms", t.retry_for_ms,
+                         "with --request-id: how long to keep asking")
+      ->capture_default_str();
 
   std::string key, value, end;
   auto* put = app.add_subcommand("put", "write KEY = VALUE");

@@ -106,6 +106,29 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(c.scan_all("n2"), c.scan_all("n3"))
         self.assertEqual(c.cli("--node", "n1", "get", "after").stdout, "failover\n")
 
+    def test_a_write_with_a_request_id_is_applied_once_across_a_failover(self):
+        c = self.cluster(mode="semi-sync", acks=1)
+        first = c.cli("--request-id", "order-1", "put", "order", "first").stdout
+        self.assertNotIn("already written", first)
+        seq = first.split()[2]
+        again = c.cli("--request-id", "order-1", "put", "order", "second").stdout
+        self.assertIn("already written with this request id", again)
+        self.assertEqual(again.split()[2], seq)
+        latest = c.status("n1")["latest_seq"]
+        wait_until(lambda: all(c.status(n)["latest_seq"] == latest for n in ("n2", "n3")),
+                   30, "both followers to hold the write")
+        c.stop("n1", signal.SIGKILL)
+        # Given the file, which names n1, the CLI asks the others, and asks again while they
+        # elect a leader; the new leader knows the id from the replicated write.
+        r = c.cli("--request-id", "order-1", "put", "order", "third", timeout=60)
+        self.assertIn("already written with this request id", r.stdout)
+        self.assertEqual(r.stdout.split()[2], seq)
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.assertEqual(c.cli("--node", leader, "get", "order").stdout, "first\n")
+        self.assertEqual(c.status(leader)["latest_seq"], latest, "the retries wrote nothing")
+        fresh = c.cli("--request-id", "order-2", "put", "order", "fourth").stdout
+        self.assertNotIn("already written", fresh)
+
     def test_the_most_up_to_date_follower_wins(self):
         c = self.cluster(mode="semi-sync", acks=1)
         c.pause("n3")  # held back: only n2 acknowledges from here on
