@@ -48,8 +48,9 @@ struct Options {
   int reps = 1;
   bool growth = false;  // how cost grows with the work instead (bench/growth.h)
   double growth_scale = 1;
-  bool peers = false;      // run walship-peers first and compare
-  std::string peers_json;  // compare with an existing walship-peers result instead
+  bool peers = false;        // run walship-peers first and compare
+  std::string peers_json;    // compare with an existing walship-peers result instead
+  bool request_ids = false;  // W1 one write per round trip again, each with a request id
 };
 
 Sizes SizesOf(const Options& o) {
@@ -58,7 +59,10 @@ Sizes SizesOf(const Options& o) {
 
 std::vector<W1Variant> Variants(const Options& o) {
   std::vector<W1Variant> v;
-  for (size_t d : o.depths) v.push_back({d, 1, o.clients, 0, d == 1 ? o.rate : 0});
+  for (size_t d : o.depths) {
+    v.push_back({d, 1, o.clients, 0, d == 1 ? o.rate : 0});
+    if (d == 1 && o.request_ids) v.push_back({1, 1, o.clients, 0, o.rate, true});
+  }
   for (size_t p : o.pipelines) v.push_back({1, 1, o.clients, p, o.rate});
   for (size_t b : o.batches) v.push_back({1, b, o.clients, 0, o.rate});
   return v;
@@ -227,6 +231,8 @@ int main(int argc, char** argv) {
   app.add_option("--json", o.json, "write results in Google Benchmark's JSON schema here");
   app.add_option("--plots", o.plot_dir, "write lag and latency plots (SVG, gnuplot) here");
   app.add_flag("!--no-baselines", o.baselines, "skip bare RocksDB and one-node walship");
+  app.add_flag("--request-ids", o.request_ids,
+               "W1 one write per round trip again with a request id on each write");
   app.add_option("--reps", o.reps, "repeat everything N times; the table shows medians")
       ->capture_default_str();
   app.add_flag("--peers", o.peers,

@@ -115,6 +115,25 @@ absl::StatusOr<std::vector<int64_t>> Pipelined(
   return latency_ns;
 }
 
+// Sends `writes` one at a time, each with a request id of its own (`prefix`, then a counter
+// that `next` keeps), and returns each one's latency.
+absl::StatusOr<std::vector<int64_t>> WithIds(
+    rpc::Client& client, const std::vector<std::vector<engine::WriteOp>>& writes,
+    const std::string& prefix, uint64_t* next) {
+  std::vector<int64_t> latency_ns;
+  latency_ns.reserve(writes.size());
+  for (const auto& w : writes) {
+    std::string id = absl::StrFormat("%s%016x", prefix, (*next)++);
+    auto start = Clock::now();
+    auto r = client.WriteWithId(w, id);
+    if (!r.ok()) return r.status();
+    if (r->duplicate) return absl::InternalError(absl::StrCat("id ", id, " was used before"));
+    latency_ns.push_back(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count());
+  }
+  return latency_ns;
+}
+
 }  // namespace
 
 // The live progress line: writes done, and the lag the probe saw last (when there is one). On
@@ -152,6 +171,7 @@ std::string W1Variant::Name() const {
                                   : absl::StrCat("depth:", depth);
   if (clients > 1) absl::StrAppend(&name, ",clients:", clients);
   if (rate > 0) absl::StrAppend(&name, ",rate:", static_cast<uint64_t>(rate));
+  if (request_ids) absl::StrAppend(&name, ",request-ids");
   return name;
 }
 
@@ -194,6 +214,12 @@ Row RunW1(const std::string& label, const std::string& leader, const Sizes& o, W
     // A request late (a stall) is not made up for by a burst: the schedule restarts from now.
     double per_client_rate = v.rate / static_cast<double>(clients);
     Clock::time_point due = Clock::now();
+    // Ids unique across runs and clients: this process and the time it began, the client.
+    std::string id_prefix = absl::StrFormat(
+        "%08x%04x",
+        static_cast<uint32_t>(::getpid()) ^ static_cast<uint32_t>(t0.time_since_epoch().count()),
+        c);
+    uint64_t next_id = 0;
     std::vector<std::vector<engine::WriteOp>> part;
     for (size_t i = c; i < writes.size();) {
       if (v.rate > 0) {
@@ -202,8 +228,9 @@ Row RunW1(const std::string& label, const std::string& leader, const Sizes& o, W
       }
       part.clear();
       for (; i < writes.size() && part.size() < chunk; i += clients) part.push_back(writes[i]);
-      auto r = v.pipeline > 0 ? Pipelined(**client, part, v.pipeline)
-                              : (*client)->WriteMany(part, v.depth);
+      auto r = v.pipeline > 0  ? Pipelined(**client, part, v.pipeline)
+               : v.request_ids ? WithIds(**client, part, id_prefix, &next_id)
+                               : (*client)->WriteMany(part, v.depth);
       if (!r.ok()) {
         std::fprintf(stderr, "\nwrite failed: %s\n", r.status().ToString().c_str());
         std::exit(3);

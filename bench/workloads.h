@@ -37,7 +37,10 @@ struct W1Variant {
   // > 0: puts per second in all, paced (one request in flight per client: depth 1); W2 then
   // compares lag at the rate another system reached.
   double rate = 0;
-  // "depth:64", "batch:64", "pipeline:64", then ",clients:4", ",rate:44000"
+  // Each write carries a request id of 28 bytes (rpc::Client::WriteWithId), one write per
+  // round trip: what remembering ids costs.
+  bool request_ids = false;
+  // "depth:64", "batch:64", "pipeline:64", then ",clients:4", ",rate:44000", ",request-ids"
   std::string Name() const;
 };
 
