@@ -9,8 +9,8 @@
 #include <rocksdb/write_batch.h>
 
 #include <atomic>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <utility>
@@ -22,8 +22,8 @@
 #include "engine/batch_format.h"
 #include "engine/info_log.h"
 #include "engine/requests.h"
-#include "engine/wal_cursor.h"
 #include "engine/rocks_status.h"
+#include "engine/wal_cursor.h"
 
 namespace walship::engine {
 namespace {
@@ -66,13 +66,20 @@ class StorageErrorListener final : public rocksdb::EventListener {
  private:
   static const char* ReasonName(rocksdb::BackgroundErrorReason reason) {
     switch (reason) {
-      case rocksdb::BackgroundErrorReason::kFlush: return "flushing a memtable";
-      case rocksdb::BackgroundErrorReason::kCompaction: return "compacting";
-      case rocksdb::BackgroundErrorReason::kWriteCallback: return "writing the WAL";
-      case rocksdb::BackgroundErrorReason::kMemTable: return "writing a memtable";
-      case rocksdb::BackgroundErrorReason::kManifestWrite: return "writing the manifest";
-      case rocksdb::BackgroundErrorReason::kFlushNoWAL: return "flushing a memtable";
-      case rocksdb::BackgroundErrorReason::kManifestWriteNoWAL: return "writing the manifest";
+      case rocksdb::BackgroundErrorReason::kFlush:
+        return "flushing a memtable";
+      case rocksdb::BackgroundErrorReason::kCompaction:
+        return "compacting";
+      case rocksdb::BackgroundErrorReason::kWriteCallback:
+        return "writing the WAL";
+      case rocksdb::BackgroundErrorReason::kMemTable:
+        return "writing a memtable";
+      case rocksdb::BackgroundErrorReason::kManifestWrite:
+        return "writing the manifest";
+      case rocksdb::BackgroundErrorReason::kFlushNoWAL:
+        return "flushing a memtable";
+      case rocksdb::BackgroundErrorReason::kManifestWriteNoWAL:
+        return "writing the manifest";
     }
     return "in the background";
   }
@@ -105,8 +112,7 @@ class EngineImpl final : public Engine {
     (void)s;  // nothing more to do on close failure; the WAL already holds every write
   }
 
-  absl::StatusOr<Batch> Write(absl::Span<const WriteOp> ops,
-                              const WriteOptions& options) override {
+  absl::StatusOr<Batch> Write(absl::Span<const WriteOp> ops, const WriteOptions& options) override {
     if (options.disable_wal) {
       return absl::InvalidArgumentError(
           "writes without the WAL are refused: they would leave a hole in the replication log");
@@ -124,21 +130,29 @@ class EngineImpl final : public Engine {
     for (const WriteOp& op : ops) {
       rocksdb::Status s;
       switch (op.type) {
-        case OpType::kPut: s = wb.Put(op.key, op.value); break;
-        case OpType::kDelete: s = wb.Delete(op.key); break;
-        case OpType::kDeleteRange: s = wb.DeleteRange(op.key, op.value); break;
+        case OpType::kPut:
+          s = wb.Put(op.key, op.value);
+          break;
+        case OpType::kDelete:
+          s = wb.Delete(op.key);
+          break;
+        case OpType::kDeleteRange:
+          s = wb.DeleteRange(op.key, op.value);
+          break;
       }
       if (!s.ok()) return FromRocks(s);
     }
     for (const RequestRecord& r : options.requests) {
       if (r.id.empty() || r.id.size() > kMaxRequestIdBytes || r.ops == 0 ||
-          r.first_op + r.ops > ops.size()) {
+          r.first_op + r.ops > ops.size() || options.write_time_us <= 0) {
         return absl::InvalidArgumentError(absl::StrCat(
             "request id of ", r.id.size(), " bytes for ops ", r.first_op, "+", r.ops, " of ",
-            ops.size(), ": an id has 1 to ", kMaxRequestIdBytes, " bytes and names its ops"));
+            ops.size(), options.write_time_us <= 0 ? " with no write time" : "",
+            ": an id has 1 to ", kMaxRequestIdBytes,
+            " bytes, names its ops, and is kept from its write time"));
       }
-      RequestOutcome o{before + 1 + r.first_op, before + r.first_op + r.ops,
-                       options.write_time_us, r.epoch};
+      RequestOutcome o{before + 1 + r.first_op, before + r.first_op + r.ops, options.write_time_us,
+                       r.epoch};
       rocksdb::Status s = wb.Put(families_[1], r.id, EncodeRequestValue(o));
       if (!s.ok()) return FromRocks(s);
     }
@@ -163,9 +177,9 @@ class EngineImpl final : public Engine {
     }
     SequenceNumber latest = db_->GetLatestSequenceNumber();
     if (batch.first_seq != latest + 1) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "batch starts at seq ", batch.first_seq, " but this database ends at ", latest,
-          "; only a batch starting at ", latest + 1, " may be applied"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("batch starts at seq ", batch.first_seq, " but this database ends at ",
+                       latest, "; only a batch starting at ", latest + 1, " may be applied"));
     }
     WALSHIP_RETURN_IF_ERROR(CheckHeader(batch));
     // The bytes move into the WriteBatch that is checked and then written: no copies.
@@ -186,12 +200,12 @@ class EngineImpl final : public Engine {
     return value;
   }
 
-  absl::StatusOr<std::optional<RequestOutcome>> FindRequest(const std::string& id,
-                                                            int64_t now_us) override {
+  absl::StatusOr<std::optional<RequestOutcome>> FindRequest(const std::string& id, int64_t now_us,
+                                                            const ReadOptions& read) override {
     std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), families_[1], id, &value);
+    rocksdb::Status s = db_->Get(ToRocks(read), families_[1], id, &value);
     if (s.IsNotFound()) return std::optional<RequestOutcome>();
-    if (!s.ok()) return FromRocks(s);
+    if (!s.ok()) return FromRead(s);
     std::optional<RequestOutcome> o = DecodeRequestValue(value);
     if (!o.has_value()) {
       return absl::DataLossError(
@@ -277,24 +291,24 @@ class EngineImpl final : public Engine {
   absl::Status WalFailed() override {
     std::string failed = errors_->WalFailed();
     if (failed.empty()) return absl::OkStatus();
-    return absl::UnavailableError(absl::StrCat(
-        "the WAL could not be written (", failed, "); the node must restart to go on: "
-        "RocksDB recovers from its WAL at start"));
+    return absl::UnavailableError(absl::StrCat("the WAL could not be written (", failed,
+                                               "); the node must restart to go on: "
+                                               "RocksDB recovers from its WAL at start"));
   }
 
   absl::Status StorageError() override {
     std::string error = errors_->Get();
     if (error.empty()) return absl::OkStatus();
-    return absl::UnavailableError(absl::StrCat("the storage failed ", error,
-                                               "; RocksDB refuses writes until it recovers"));
+    return absl::UnavailableError(
+        absl::StrCat("the storage failed ", error, "; RocksDB refuses writes until it recovers"));
   }
 
   absl::Status Resume() override {
     if (errors_->Get().empty()) return absl::OkStatus();
     rocksdb::Status s = db_->Resume();
     if (s.IsBusy()) {
-      return absl::UnavailableError(absl::StrCat(
-          "RocksDB is recovering by itself from: ", errors_->Get()));
+      return absl::UnavailableError(
+          absl::StrCat("RocksDB is recovering by itself from: ", errors_->Get()));
     }
     if (!s.ok()) return FromRocks(s);
     errors_->Clear();
@@ -339,8 +353,8 @@ class EngineImpl final : public Engine {
       }
       s = db_->DeleteFile(f->PathName());
       if (!s.ok() && std::filesystem::exists(db_->GetName() + f->PathName())) {
-        return absl::InternalError(absl::StrCat("deleting archived WAL file ", f->PathName(),
-                                                ": ", s.ToString(), " (", trim.deleted_files,
+        return absl::InternalError(absl::StrCat("deleting archived WAL file ", f->PathName(), ": ",
+                                                s.ToString(), " (", trim.deleted_files,
                                                 " files deleted before it)"));
       }
       // Deleted, or already gone (RocksDB's own purge may have run meanwhile).
@@ -419,7 +433,7 @@ class EngineImpl final : public Engine {
   // The archive's mtime when TrimWalArchive last listed it, and what it held then.
   std::optional<std::filesystem::file_time_type> trimmed_archive_mtime_;
   SequenceNumber trimmed_keep_from_ = 0;
-  WalTrim trimmed_;  // what that trim left
+  WalTrim trimmed_;                                // what that trim left
   std::filesystem::file_time_type trimmed_until_;  // and until when it holds
 };
 
@@ -444,8 +458,8 @@ absl::StatusOr<SequenceNumber> Engine::CheckpointSequence(const std::string& dir
   rocksdb::DB* ro = nullptr;
   if (s.ok()) s = rocksdb::DB::OpenForReadOnly(options, dir, families, &handles, &ro);
   if (!s.ok()) {
-    return absl::DataLossError(absl::StrCat("cannot open the database in ", dir, ": ",
-                                            s.ToString()));
+    return absl::DataLossError(
+        absl::StrCat("cannot open the database in ", dir, ": ", s.ToString()));
   }
   std::unique_ptr<rocksdb::DB> copy(ro);
   SequenceNumber seq = copy->GetLatestSequenceNumber();
@@ -494,6 +508,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   // database that has none yet; expired ones go at compaction, and files of them older than
   // the retention are compacted (ttl) so that they do go.
   ro.create_missing_column_families = true;
+  // A WAL file is kept live until every family has flushed what it holds, and the ids'
+  // small memtable fills slowly: past this much live WAL RocksDB flushes it (RocksDB's own
+  // bound, 4 x all write buffers, would let 544 MiB build up to read at the next start).
+  ro.max_total_wal_size = 4 * options.write_buffer_bytes;
   auto request_expiry = NewRequestExpiryFilter(options.request_retention_seconds);
   rocksdb::ColumnFamilyOptions requests(ro);
   requests.write_buffer_size = 4 << 20;
@@ -511,8 +529,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
       {kRequestsColumnFamily, requests}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(rocksdb::DBOptions(ro), options.path, families,
-                                        &handles, &raw);
+  rocksdb::Status s =
+      rocksdb::DB::Open(rocksdb::DBOptions(ro), options.path, families, &handles, &raw);
   if (s.ok() && handles[1]->GetID() != kRequestsColumnFamilyId) {
     // Replicated batches name it by number: it must be the same on every node.
     uint32_t id = handles[1]->GetID();
@@ -524,14 +542,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   }
   if (!s.ok()) {
     if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "database ", options.path, " is in use by another process: ", s.ToString()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("database ", options.path, " is in use by another process: ", s.ToString()));
     }
     return FromRocks(s);
   }
-  return std::unique_ptr<Engine>(
-      new EngineImpl(std::unique_ptr<rocksdb::DB>(raw), std::move(handles),
-                     std::move(request_expiry), options, std::move(errors)));
+  return std::unique_ptr<Engine>(new EngineImpl(std::unique_ptr<rocksdb::DB>(raw),
+                                                std::move(handles), std::move(request_expiry),
+                                                options, std::move(errors)));
 }
 
 }  // namespace walship::engine

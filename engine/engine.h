@@ -77,8 +77,9 @@ struct WriteOptions {
   // Write() only: the writes of the batch that carry a request id. Each gets a record at the
   // end of the batch (after every op, so the ops keep their sequence numbers) that
   // FindRequest finds, on this node and on every node the batch is replicated to. Each
-  // record consumes a sequence number. kInvalidArgument when an id is empty or longer than
-  // kMaxRequestIdBytes, or its ops are not within the batch.
+  // record consumes a sequence number, and is kept for request_retention_seconds from
+  // write_time_us. kInvalidArgument when an id is empty or longer than kMaxRequestIdBytes,
+  // its ops are not within the batch, or there is no write_time_us.
   std::vector<RequestRecord> requests;
 };
 
@@ -195,9 +196,10 @@ class Engine {
 
   // The outcome of the write that carried request id `id` (WriteOptions::requests), written
   // here or replicated, or nullopt when none did within request_retention_seconds before
-  // `now_us` (µs since the epoch). kDataLoss when its record is not one walship writes.
-  virtual absl::StatusOr<std::optional<RequestOutcome>> FindRequest(const std::string& id,
-                                                                    int64_t now_us) = 0;
+  // `now_us` (µs since the epoch). kDataLoss when its record is not one walship writes;
+  // with read.cache_only, kResourceExhausted when the answer needs the disk.
+  virtual absl::StatusOr<std::optional<RequestOutcome>> FindRequest(
+      const std::string& id, int64_t now_us, const ReadOptions& read = ReadOptions{}) = 0;
 
   // A cursor positioned at `from_seq`, which should be a batch boundary (1 for the start).
   virtual absl::StatusOr<std::unique_ptr<WalCursor>> NewWalCursor(SequenceNumber from_seq) = 0;

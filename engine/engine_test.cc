@@ -538,12 +538,12 @@ TEST(EngineTest, ABatchWithRecordsWalshipNeverWritesIsRefusedNotACrash) {
     EXPECT_TRUE(absl::IsDataLoss(s)) << static_cast<int>(marker) << ": " << s;
     EXPECT_FALSE(DecodeBatch(batch).ok());
   }
-  // A commit with an empty timestamp (RocksDB asserts on it while parsing), a record of
-  // another column family, and a range delete whose end sorts before its begin (RocksDB
+  // A commit with an empty timestamp (RocksDB asserts on it while parsing), a record of a
+  // column family walship does not write, and a range delete whose end sorts before its begin (RocksDB
   // refuses it only after writing the batch to its WAL, consuming its sequence numbers):
   // refused before RocksDB sees the batch.
   const std::string records[] = {std::string("\x15\x00\x00", 3),
-                                 std::string("\x05\x01\x01k\x01v", 6),
+                                 std::string("\x05\x03\x01k\x01v", 6),
                                  std::string("\x0f\x01"
                                              "c"
                                              "\x01"
@@ -731,10 +731,14 @@ TEST(EngineTest, ABadRequestIdIsRefusedBeforeAnythingIsWritten) {
   TempDir dir;
   auto e = OpenOrDie(dir.Sub("db"));
   std::vector<WriteOp> ops = {{OpType::kPut, "a", "1"}};
+  WriteOptions untimed;
+  untimed.requests = {{"id", 0, 1, 1}};
+  EXPECT_TRUE(absl::IsInvalidArgument(e->Write(ops, untimed).status())) << "no write time";
   for (const RequestRecord& bad : {RequestRecord{"", 0, 1, 1},
                                    RequestRecord{std::string(kMaxRequestIdBytes + 1, 'x'), 0, 1, 1},
                                    RequestRecord{"id", 0, 2, 1}, RequestRecord{"id", 0, 0, 1}}) {
     WriteOptions wo;
+    wo.write_time_us = 1;
     wo.requests = {bad};
     auto w = e->Write(ops, wo);
     EXPECT_TRUE(absl::IsInvalidArgument(w.status())) << w.status();

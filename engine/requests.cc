@@ -41,7 +41,8 @@ absl::Status CheckRequestRecord(std::string_view id, std::string_view value) {
 }
 
 bool RequestExpired(int64_t write_time_us, uint64_t retention_seconds, int64_t now_us) {
-  if (retention_seconds == 0) return false;
+  constexpr uint64_t kForever = uint64_t{INT64_MAX} / 1'000'000;  // µs would overflow
+  if (retention_seconds == 0 || retention_seconds >= kForever) return false;
   return now_us - write_time_us > static_cast<int64_t>(retention_seconds) * 1'000'000;
 }
 

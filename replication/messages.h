@@ -27,8 +27,10 @@ using Epoch = uint64_t;
 // (PeerService.snapshot) and a new follower of a leader with data is seeded from one.
 // Version 5: the leader ships the cluster's membership and followers acknowledge it. (Nodes
 // before versions were carried send none: they read as 0.) Version 6: nodes vote
-// (PeerService.requestVote) and a leader steps down without a majority.
-constexpr uint32_t kPeerProtocolVersion = 7;
+// (PeerService.requestVote) and a leader steps down without a majority. Version 7: heartbeats
+// (PeerService.heartbeat). Version 8: batches may hold request-id records (column family 1),
+// which a node of an earlier version refuses to apply.
+constexpr uint32_t kPeerProtocolVersion = 8;
 
 // The first sequence number written under `epoch`, and the node that began it. A node's epoch
 // history is the list of these in increasing order; it tells where two nodes' histories part

@@ -421,9 +421,9 @@ class SlowApplyEngine final : public Engine {
     return inner_->GetSnapshot();
   }
   SequenceNumber LatestSequence() override { return inner_->LatestSequence(); }
-  absl::StatusOr<std::optional<engine::RequestOutcome>> FindRequest(const std::string& id,
-                                                                    int64_t now_us) override {
-    return inner_->FindRequest(id, now_us);
+  absl::StatusOr<std::optional<engine::RequestOutcome>> FindRequest(
+      const std::string& id, int64_t now_us, const engine::ReadOptions& read) override {
+    return inner_->FindRequest(id, now_us, read);
   }
   absl::StatusOr<std::unique_ptr<engine::WalCursor>> NewWalCursor(SequenceNumber s) override {
     return inner_->NewWalCursor(s);

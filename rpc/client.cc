@@ -34,16 +34,26 @@ uint64_t WriteWords(const std::vector<engine::WriteOp>& ops) {
 
 const char* ReplyKindName(schema::Reply::Which w) {
   switch (w) {
-    case schema::Reply::WRITE: return "write";
-    case schema::Reply::WRITE_MANY: return "writeMany";
-    case schema::Reply::GET: return "get";
-    case schema::Reply::SCAN: return "scan";
-    case schema::Reply::STATUS: return "status";
-    case schema::Reply::REFUSED: return "refused";
-    case schema::Reply::HANDOVER: return "handover";
-    case schema::Reply::RESEED: return "reseed";
-    case schema::Reply::CHANGE_MEMBERSHIP: return "changeMembership";
-    case schema::Reply::PROMOTE: return "promote";
+    case schema::Reply::WRITE:
+      return "write";
+    case schema::Reply::WRITE_MANY:
+      return "writeMany";
+    case schema::Reply::GET:
+      return "get";
+    case schema::Reply::SCAN:
+      return "scan";
+    case schema::Reply::STATUS:
+      return "status";
+    case schema::Reply::REFUSED:
+      return "refused";
+    case schema::Reply::HANDOVER:
+      return "handover";
+    case schema::Reply::RESEED:
+      return "reseed";
+    case schema::Reply::CHANGE_MEMBERSHIP:
+      return "changeMembership";
+    case schema::Reply::PROMOTE:
+      return "promote";
   }
   return "unknown";
 }
@@ -96,8 +106,8 @@ class ClientImpl final : public Client {
   absl::StatusOr<std::vector<int64_t>> WriteMany(
       const std::vector<std::vector<engine::WriteOp>>& writes, size_t depth) override {
     depth = std::clamp<size_t>(depth, 1, kMaxInflight);
-    absl::Time deadline = absl::Now() + write_options_.wait +
-                          timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
+    absl::Time deadline =
+        absl::Now() + write_options_.wait + timeout_ * static_cast<int64_t>(1 + writes.size() / 64);
     if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
     std::vector<int64_t> latency_ns(writes.size(), 0);
     std::vector<std::chrono::steady_clock::time_point> sent(writes.size());
@@ -109,8 +119,7 @@ class ClientImpl final : public Client {
     // Each reply lets one more write go, so `depth` stay in flight. Replies that arrived
     // together are all taken before the writes they free go out, in one send().
     while (true) {
-      while (first_error.ok() && too_large.ok() && next < writes.size() &&
-             next - done < depth) {
+      while (first_error.ok() && too_large.ok() && next < writes.size() && next - done < depth) {
         if (next == flushed) unsent = out_.size();
         capnp::MallocMessageBuilder m(WriteWords(writes[next]));
         BuildWrite(writes[next], m.initRoot<schema::Request>().initWrite());
@@ -131,9 +140,9 @@ class ClientImpl final : public Client {
         if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
         flushed = next;
       }
-      absl::StatusOr<WriteResult> w = Receive<WriteResult>(
-          deadline, schema::Reply::WRITE,
-          [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
+      absl::StatusOr<WriteResult> w =
+          Receive<WriteResult>(deadline, schema::Reply::WRITE,
+                               [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
       if (IsTransportError(w.status())) return Fail(w.status());
       latency_ns[done] = std::chrono::duration_cast<std::chrono::nanoseconds>(
                              std::chrono::steady_clock::now() - sent[done])
@@ -164,9 +173,8 @@ class ClientImpl final : public Client {
           Results out;
           for (auto w : reply.getReplies()) out.push_back(ToResult(w));
           if (out.size() != writes.size()) {
-            return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ",
-                                                    writes.size(), " writes got ", out.size(),
-                                                    " replies"));
+            return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ", writes.size(),
+                                                    " writes got ", out.size(), " replies"));
           }
           return out;
         },
@@ -179,14 +187,15 @@ class ClientImpl final : public Client {
     get.setKey(ToData(key));
     get.setMinSeq(min_seq);
     get.setCommitted(committed_reads_);
-    return Call<std::string>(m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()), schema::Reply::GET,
-                             [](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
-                               auto reply = r.getGet();
-                               if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
-                                 return e;
-                               }
-                               return ToString(reply.getValue());
-                             });
+    return Call<std::string>(
+        m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()),
+        schema::Reply::GET, [](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
+          auto reply = r.getGet();
+          if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
+            return e;
+          }
+          return ToString(reply.getValue());
+        });
   }
 
   // A node's reply holds at most maxScanReplyBytes (and the item crossing it): a reply cut
@@ -206,19 +215,19 @@ class ClientImpl final : public Client {
       req.setMinSeq(min_seq);
       req.setCommitted(committed_reads_);
       std::optional<std::string> next;
-      auto page = Call<bool>(m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()), schema::Reply::SCAN,
-                             [&](schema::Reply::Reader r) -> absl::StatusOr<bool> {
-                               auto reply = r.getScan();
-                               if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
-                                 return e;
-                               }
-                               for (auto item : reply.getItems()) {
-                                 kvs.push_back(
-                                     {ToString(item.getKey()), ToString(item.getValue())});
-                               }
-                               if (reply.getTruncated()) next = ToString(reply.getNextStart());
-                               return true;
-                             });
+      auto page =
+          Call<bool>(m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()),
+                     schema::Reply::SCAN, [&](schema::Reply::Reader r) -> absl::StatusOr<bool> {
+                       auto reply = r.getScan();
+                       if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
+                         return e;
+                       }
+                       for (auto item : reply.getItems()) {
+                         kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
+                       }
+                       if (reply.getTruncated()) next = ToString(reply.getNextStart());
+                       return true;
+                     });
       if (!page.ok()) return page.status();
       if (!next.has_value() || kvs.size() >= limit) return kvs;
       start = std::move(*next);
@@ -233,13 +242,13 @@ class ClientImpl final : public Client {
     h.setTimeoutMs(static_cast<uint32_t>(std::clamp<int64_t>(
         absl::ToInt64Milliseconds(catch_up), 1, std::numeric_limits<uint32_t>::max())));
     // The node answers once the target leads: the catch-up, then the take-over call.
-    return Call<HandoverResult>(
-        m, timeout_ + catch_up + absl::Seconds(5), schema::Reply::HANDOVER,
-        [](schema::Reply::Reader r) -> absl::StatusOr<HandoverResult> {
-          auto reply = r.getHandover();
-          if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) return e;
-          return HandoverResult{reply.getLeader(), reply.getEpoch()};
-        });
+    return Call<HandoverResult>(m, timeout_ + catch_up + absl::Seconds(5), schema::Reply::HANDOVER,
+                                [](schema::Reply::Reader r) -> absl::StatusOr<HandoverResult> {
+                                  auto reply = r.getHandover();
+                                  if (absl::Status e = FromCapnp(reply.getError()); !e.ok())
+                                    return e;
+                                  return HandoverResult{reply.getLeader(), reply.getEpoch()};
+                                });
   }
 
   absl::Status Reseed() override {
@@ -254,8 +263,8 @@ class ClientImpl final : public Client {
   }
 
   absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,
-                                                     const std::string& id,
-                                                     const std::string& address) override {
+                                                    const std::string& id,
+                                                    const std::string& address) override {
     capnp::MallocMessageBuilder m(16);
     auto req = m.initRoot<schema::Request>().initChangeMembership();
     req.setOp(op == replication::MembershipOp::kRemove ? schema::MembershipOp::REMOVE
@@ -343,24 +352,23 @@ class ClientImpl final : public Client {
   }
 
   // One request and its reply, within `budget`; `decode` turns the reply into the result.
-  // With `in_doubt` (writes), a failure once the request may have left is an in-doubt error.
+  // With `in_doubt` (writes), a failure once the request was sent is an in-doubt error.
   template <typename T, typename F>
   absl::StatusOr<T> Call(capnp::MessageBuilder& request, absl::Duration budget,
                          schema::Reply::Which expected, F&& decode, bool in_doubt = false) {
     absl::Time deadline = absl::Now() + budget;
     if (absl::Status s = EnsureOpen(deadline); !s.ok()) return s;
     if (absl::Status s = Append(request); !s.ok()) return s;
-    absl::Status lost = Flush(deadline);
-    if (lost.ok()) {
-      absl::StatusOr<T> r = Receive<T>(deadline, expected, std::forward<F>(decode));
-      if (!IsTransportError(r.status())) return r;
-      lost = r.status();
-    }
-    lost = Fail(lost);
+    // A request not sent whole was not applied: the node takes only whole messages.
+    if (absl::Status s = Flush(deadline); !s.ok()) return Fail(s);
+    absl::StatusOr<T> r = Receive<T>(deadline, expected, std::forward<F>(decode));
+    if (!IsTransportError(r.status())) return r;
+    absl::Status lost = Fail(r.status());
     if (!in_doubt) return lost;
-    return InDoubtError(absl::StrCat(
-        lost.message(), ": the write was sent and no answer came, so it may or may not have "
-        "been applied; read it back, or send it again with a request id"));
+    return InDoubtError(
+        absl::StrCat(lost.message(),
+                     ": the write was sent and no answer came, so it may or may not have "
+                     "been applied; read it back, or send it again with a request id"));
   }
 
   absl::Status EnsureOpen(absl::Time deadline) {
@@ -479,9 +487,9 @@ class ClientImpl final : public Client {
   absl::Status Append(capnp::MessageBuilder& m) {
     size_t words = capnp::computeSerializedSizeInWords(m);
     if (words > kMaxRequestWords) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
-          schema::MAX_REQUEST_BYTES, " (send fewer or smaller writes at a time)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a request of ", words * sizeof(capnp::word), " bytes; the limit is ",
+                       schema::MAX_REQUEST_BYTES, " (send fewer or smaller writes at a time)"));
     }
     kj::Array<capnp::word> flat = capnp::messageToFlatArray(m);
     auto bytes = flat.asChars();
@@ -514,8 +522,8 @@ class ClientImpl final : public Client {
   size_t BufferedReplyBytes() const {
     size_t have = in_end_ - in_begin_;
     if (have < sizeof(capnp::word)) return 0;
-    auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
-                              have / sizeof(capnp::word));
+    auto words =
+        kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word), have / sizeof(capnp::word));
     size_t need = capnp::expectedSizeInWordsFromPrefix(words) * sizeof(capnp::word);
     return need <= have ? need : 0;
   }
@@ -542,28 +550,28 @@ class ClientImpl final : public Client {
       if (absl::Status s = Fill(deadline); !s.ok()) return TransportError(s);
     }
     taken_ = bytes;
-    auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
-                              bytes / sizeof(capnp::word));
+    auto words =
+        kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word), bytes / sizeof(capnp::word));
     absl::StatusOr<T> out;
     // Reading a malformed reply throws.
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                  capnp::ReaderOptions options;
-                  options.traversalLimitInWords = kMaxReplyWords;
-                  capnp::FlatArrayMessageReader reader(words, options);
-                  auto reply = reader.getRoot<schema::Reply>();
-                  if (reply.which() == expected) {
-                    out = decode(reply);
-                  } else if (reply.isRefused()) {
-                    absl::Status refused = FromCapnp(reply.getRefused());
-                    out = refused.ok() ? TransportError(absl::DataLossError(absl::StrCat(
-                                             endpoint_, ": refused without an error")))
-                                       : refused;
-                  } else {
-                    out = TransportError(absl::DataLossError(
-                        absl::StrCat(endpoint_, ": a ", ReplyKindName(expected),
-                                     " request got a ", ReplyKindName(reply.which()), " reply")));
-                  }
-                })) {
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                   capnp::ReaderOptions options;
+                   options.traversalLimitInWords = kMaxReplyWords;
+                   capnp::FlatArrayMessageReader reader(words, options);
+                   auto reply = reader.getRoot<schema::Reply>();
+                   if (reply.which() == expected) {
+                     out = decode(reply);
+                   } else if (reply.isRefused()) {
+                     absl::Status refused = FromCapnp(reply.getRefused());
+                     out = refused.ok() ? TransportError(absl::DataLossError(absl::StrCat(
+                                              endpoint_, ": refused without an error")))
+                                        : refused;
+                   } else {
+                     out = TransportError(absl::DataLossError(
+                         absl::StrCat(endpoint_, ": a ", ReplyKindName(expected), " request got a ",
+                                      ReplyKindName(reply.which()), " reply")));
+                   }
+                 })) {
       out = TransportError(absl::DataLossError(
           absl::StrCat(endpoint_, ": malformed reply: ", e->getDescription().cStr())));
     }
@@ -575,8 +583,8 @@ class ClientImpl final : public Client {
     size_t have = in_end_ - in_begin_;
     size_t need = sizeof(capnp::word);
     if (have >= need) {
-      auto words = kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word),
-                                have / sizeof(capnp::word));
+      auto words =
+          kj::arrayPtr(in_.begin() + in_begin_ / sizeof(capnp::word), have / sizeof(capnp::word));
       uint64_t want = capnp::expectedSizeInWordsFromPrefix(words);
       if (want > kMaxReplyWords) {
         return absl::DataLossError(absl::StrCat(endpoint_, ": a reply claims ", want * 8,
@@ -601,8 +609,8 @@ class ClientImpl final : public Client {
       if (!BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_)) {
         return absl::UnavailableError(absl::StrCat(endpoint_, ": no reply within the timeout"));
       }
-      ssize_t n = ::recv(fd_, reinterpret_cast<char*>(in_.begin()) + in_end_,
-                         capacity - in_end_, 0);
+      ssize_t n =
+          ::recv(fd_, reinterpret_cast<char*>(in_.begin()) + in_end_, capacity - in_end_, 0);
       if (n > 0) {
         in_end_ += static_cast<size_t>(n);
         return absl::OkStatus();

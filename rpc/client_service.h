@@ -107,6 +107,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;
   kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops,
                                     absl::StatusOr<WriteSpec> spec);
+  kj::Promise<WriteOutcome> Admit(std::vector<engine::WriteOp> ops, WriteSpec spec,
+                                  absl::StatusOr<std::optional<engine::RequestOutcome>> first);
+  kj::Promise<WriteOutcome> Queue(std::vector<engine::WriteOp> ops, WriteSpec spec);
   // A write whose request id names a write made before: answered with that write's outcome
   // once it is as durable as this one asks.
   kj::Promise<WriteOutcome> AnswerAgain(const engine::RequestOutcome& first, WriteSpec spec);

@@ -83,36 +83,74 @@ kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> op
       return fail(absl::InvalidArgumentError("delete range: begin key sorts after end key"));
     }
   }
+  const std::string& id = spec->request_id;
+  if (id.empty()) return Queue(std::move(ops), std::move(*spec));
+  if (writing_ids_.count(id) > 0) {
+    return fail(absl::UnavailableError(
+        "a write with this request id is being written now; ask again for its outcome"));
+  }
+  const int64_t now = replication::RealClock()->NowMicros();
+  engine::ReadOptions cached;
+  cached.cache_only = true;
+  absl::StatusOr<std::optional<engine::RequestOutcome>> first =
+      engine_.FindRequest(id, now, cached);
+  if (!absl::IsResourceExhausted(first.status())) {
+    return Admit(std::move(ops), std::move(*spec), std::move(first));
+  }
+  // The answer needs the disk: looked up on the node's thread, as a read would be (the loop
+  // never waits for the disk). The id is held meanwhile: a retry arriving now asks again.
+  writing_ids_.insert(id);
+  auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
+  tasks_.add(
+      node_.node_pool()
+          .Run([e = &engine_, id, now]() { return e->FindRequest(id, now); })
+          .then([](absl::StatusOr<std::optional<engine::RequestOutcome>> r) { return r; },
+                [](kj::Exception&& e) -> absl::StatusOr<std::optional<engine::RequestOutcome>> {
+                  return absl::UnavailableError(
+                      absl::StrCat("node work queue: ", e.getDescription().cStr()));
+                })
+          .then([this, ops = std::move(ops), spec = std::move(*spec), done = kj::mv(paf.fulfiller)](
+                    absl::StatusOr<std::optional<engine::RequestOutcome>> r) mutable {
+            writing_ids_.erase(spec.request_id);
+            return Admit(std::move(ops), std::move(spec), std::move(r))
+                .then(
+                    [done = kj::mv(done)](WriteOutcome o) mutable { done->fulfill(std::move(o)); });
+          }));
+  return kj::mv(paf.promise);
+}
+
+// A write with a request id once it is looked up: answered with the first outcome of the id,
+// or queued.
+kj::Promise<WriteOutcome> ClientService::Admit(
+    std::vector<engine::WriteOp> ops, WriteSpec spec,
+    absl::StatusOr<std::optional<engine::RequestOutcome>> first) {
+  if (!first.ok()) {
+    return WriteOutcome{absl::UnavailableError(absl::StrCat(
+        "cannot look up the request id: ", first.status().message(), "; nothing was written"))};
+  }
+  if (first->has_value()) return AnswerAgain(**first, std::move(spec));
+  return Queue(std::move(ops), std::move(spec));
+}
+
+// Queues a checked write for the next group commit, unless the queue is full.
+kj::Promise<WriteOutcome> ClientService::Queue(std::vector<engine::WriteOp> ops, WriteSpec spec) {
   const NodeServerOptions& options = node_.options();
   if (pending_.size() >= options.max_pending_writes) {
-    return fail(absl::UnavailableError(
-        absl::StrCat("write queue full (", options.max_pending_writes, " writes waiting); retry")));
+    return WriteOutcome{absl::UnavailableError(
+        absl::StrCat("write queue full (", options.max_pending_writes, " writes waiting); retry"))};
   }
   uint64_t bytes = 0;
   for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
   // Bounded in bytes too; a write alone is always taken (it is at most a request).
   if (!pending_.empty() && pending_bytes_ + bytes > options.max_pending_write_bytes) {
-    return fail(absl::UnavailableError(absl::StrCat("write queue full (", pending_bytes_,
-                                                    " bytes waiting, max_pending_write_bytes ",
-                                                    options.max_pending_write_bytes, "); retry")));
+    return WriteOutcome{absl::UnavailableError(absl::StrCat(
+        "write queue full (", pending_bytes_, " bytes waiting, max_pending_write_bytes ",
+        options.max_pending_write_bytes, "); retry"))};
   }
-  if (const std::string& id = spec->request_id; !id.empty()) {
-    if (writing_ids_.count(id) > 0) {
-      return fail(absl::UnavailableError(
-          "a write with this request id is being written now; ask again for its outcome"));
-    }
-    absl::StatusOr<std::optional<engine::RequestOutcome>> first =
-        engine_.FindRequest(id, replication::RealClock()->NowMicros());
-    if (!first.ok()) {
-      return fail(absl::UnavailableError(absl::StrCat(
-          "cannot look up the request id: ", first.status().message(), "; nothing was written")));
-    }
-    if (first->has_value()) return AnswerAgain(**first, std::move(*spec));
-    writing_ids_.insert(id);
-  }
+  if (!spec.request_id.empty()) writing_ids_.insert(spec.request_id);
   pending_bytes_ += bytes;
   auto paf = kj::newPromiseAndFulfiller<WriteOutcome>();
-  pending_.push_back(PendingWrite{std::move(ops), bytes, std::move(*spec), kj::mv(paf.fulfiller)});
+  pending_.push_back(PendingWrite{std::move(ops), bytes, std::move(spec), kj::mv(paf.fulfiller)});
   ScheduleFlush();
   return kj::mv(paf.promise);
 }

@@ -6,13 +6,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
-#include <csignal>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/fault_env.h"
 #include "rpc/client.capnp.h"
 #include "rpc/client.h"
@@ -119,8 +120,8 @@ TEST_F(OverloadTest, AFullWorkerQueueNeverStopsWritesOrApplies) {
   auto after = c->Write({{OpType::kPut, "after", "1"}});
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->first_seq, last + 1);
-  EXPECT_TRUE(WaitFor([&] { return LatestSeq(fo.listen) == after->last_seq; },
-                      std::chrono::seconds(20)));
+  EXPECT_TRUE(
+      WaitFor([&] { return LatestSeq(fo.listen) == after->last_seq; }, std::chrono::seconds(20)));
 }
 
 // The largest writes a client may send reach every follower, however the leader groups and
@@ -274,8 +275,8 @@ TEST_F(OverloadTest, RunningOutOfDescriptorsStopsNoNodeForGood) {
   ASSERT_TRUE(w.ok()) << w.status();
   n2.reset();  // a follower restarted now is served too
   n2 = std::make_unique<RunningNode>(o2);
-  EXPECT_TRUE(WaitFor([&] { return LatestSeq(o2.listen) == w->last_seq; },
-                      std::chrono::seconds(20)));
+  EXPECT_TRUE(
+      WaitFor([&] { return LatestSeq(o2.listen) == w->last_seq; }, std::chrono::seconds(20)));
 }
 
 // Client connections are capped: one past max_client_connections is refused with
@@ -306,8 +307,7 @@ TEST_F(OverloadTest, ClientConnectionsAreCappedAndPeersStillConnect) {
     extra.Send();
     absl::Status refused = extra.NextRefusal();
     EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
-    EXPECT_NE(refused.message().find("max_client_connections"), std::string_view::npos)
-        << refused;
+    EXPECT_NE(refused.message().find("max_client_connections"), std::string_view::npos) << refused;
     EXPECT_TRUE(extra.Closed());
   }
   NodeServerOptions o2 = Options("n2", false, lo.listen);
@@ -332,7 +332,7 @@ TEST_F(OverloadTest, ConnectionsResetBeforeThePreambleLeaveNothingBehind) {
   for (int i = 0; i < 72; ++i) {
     int fd = ConnectRaw(lo.listen);
     ASSERT_GE(fd, 0);
-    ASSERT_EQ(::send(fd, "WAL", 3, MSG_NOSIGNAL), 3);  // part of a preamble, then a reset
+    ASSERT_EQ(::send(fd, "WAL", 3, MSG_NOSIGNAL), 3);           // part of a preamble, then a reset
     std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the node is reading it
     linger reset{1, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
@@ -344,8 +344,8 @@ TEST_F(OverloadTest, ConnectionsResetBeforeThePreambleLeaveNothingBehind) {
   ASSERT_TRUE(w.ok()) << w.status();
   NodeServerOptions o2 = Options("n2", false, lo.listen);
   RunningNode n2(o2);
-  EXPECT_TRUE(WaitFor([&] { return LatestSeq(o2.listen) == w->last_seq; },
-                      std::chrono::seconds(10)));
+  EXPECT_TRUE(
+      WaitFor([&] { return LatestSeq(o2.listen) == w->last_seq; }, std::chrono::seconds(10)));
   auto st = c->Status();
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(st->connections_refused, 0u);
@@ -467,12 +467,15 @@ TEST_F(OverloadTest, StorageErrorsAreToldAndRecoveredFrom) {
   ASSERT_TRUE(lst.ok());
   EXPECT_NE(lst->storage_error.find("no space"), std::string::npos) << lst->storage_error;
   leader_disk.fs->set_failing(false);
-  ASSERT_TRUE(WaitFor([&] { return c->Write({{OpType::kPut, "d", "1"}}).ok(); },
-                      std::chrono::seconds(60)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return c->Write({{OpType::kPut, "d", "1"}}).ok();
+      },
+      std::chrono::seconds(60)));
   auto again = c->Write({{OpType::kPut, "e", "1"}});
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_TRUE(WaitFor([&] { return LatestSeq(fo.listen) == again->last_seq; },
-                      std::chrono::seconds(20)));
+  EXPECT_TRUE(
+      WaitFor([&] { return LatestSeq(fo.listen) == again->last_seq; }, std::chrono::seconds(20)));
 }
 
 // A field of /proc/self/status in bytes (VmHWM: the peak resident memory since the last
@@ -676,6 +679,50 @@ TEST_F(OverloadTest, ReadsNeverWaitForTheDiskOnTheEventLoop) {
   auto copied = f->Get("k007");
   ASSERT_TRUE(copied.ok()) << copied.status();
   EXPECT_EQ(*copied, value_of(7));
+}
+
+// A write's request id is looked up before it is written: from memory on the loop, and on a
+// worker when the answer needs the disk. Restarted, the leader holds the ids in SSTables
+// only (RocksDB flushes what it recovers from the WAL), and its caches are cold: retries are
+// still answered with their first outcome, new ids still written, and the loop thread reads
+// no file.
+TEST_F(OverloadTest, RequestIdsAreLookedUpOffTheEventLoopWhenThatNeedsTheDisk) {
+  engine::testing::FailingEnv disk;
+  NodeServerOptions lo = Options("n1", true, "");
+  lo.engine.env = disk.env.get();
+  std::vector<WriteResult> first;
+  {
+    RunningNode leader(lo);
+    auto c = ConnectOrDie(lo.listen);
+    ASSERT_NE(c, nullptr);
+    for (int i = 0; i < 50; ++i) {
+      auto w =
+          c->WriteWithId({{OpType::kPut, absl::StrCat("k", i), "first"}}, absl::StrCat("id-", i));
+      ASSERT_TRUE(w.ok()) << w.status();
+      ASSERT_FALSE(w->duplicate);
+      first.push_back(*w);
+    }
+  }
+  RunningNode leader(lo);
+  auto c = ConnectOrDie(lo.listen);
+  ASSERT_NE(c, nullptr);
+  disk.fs->ForgetReaders();
+  for (int i = 0; i < 50; ++i) {
+    auto again =
+        c->WriteWithId({{OpType::kPut, absl::StrCat("k", i), "again"}}, absl::StrCat("id-", i));
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_TRUE(again->duplicate) << i;
+    EXPECT_EQ(again->first_seq, first[i].first_seq) << i;
+    auto fresh =
+        c->WriteWithId({{OpType::kPut, absl::StrCat("n", i), "new"}}, absl::StrCat("new-", i));
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    EXPECT_FALSE(fresh->duplicate) << i;
+  }
+  EXPECT_FALSE(disk.fs->HasRead(leader.loop_thread()))
+      << "the event loop read a file to look up a request id";
+  auto v = c->Get("k7");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(*v, "first");
 }
 
 }  // namespace

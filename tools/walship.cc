@@ -1,4 +1,6 @@
 // walship: the client and admin command line.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -7,7 +9,6 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -77,9 +78,9 @@ absl::StatusOr<std::string> Resolve(Target& t) {
       if (m.id == t.node && !m.address.empty()) return m.address;
     }
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--node '", t.node, "' is neither in ", t.cluster_path,
-      " nor a member any node of it knows (walship add-follower adds one)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--node '", t.node, "' is neither in ", t.cluster_path,
+                   " nor a member any node of it knows (walship add-follower adds one)"));
 }
 
 absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
@@ -106,8 +107,8 @@ absl::StatusOr<std::string> Arg(const std::string& text) { return walship::tools
 constexpr int kMaxHops = 3;
 
 template <typename Call>
-auto FollowingHints(Target& t, const char* verb, Call call) -> decltype(call(
-    std::declval<walship::rpc::Client&>())) {
+auto FollowingHints(Target& t, const char* verb, Call call)
+    -> decltype(call(std::declval<walship::rpc::Client&>())) {
   auto endpoint = Resolve(t);
   if (!endpoint.ok()) return endpoint.status();
   std::vector<std::string> asked = {*endpoint};
@@ -159,12 +160,12 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
     if (r.ok()) {
       std::printf("OK seq %llu%s%s\n", static_cast<unsigned long long>(r->last_seq),
                   r->degraded ? " (degraded: not waited for the followers)" : "",
-                  r->duplicate ? " (already written with this request id: its first outcome)"
-                               : "");
+                  r->duplicate ? " (already written with this request id: its first outcome)" : "");
       return 0;
     }
     const absl::Status& s = r.status();
-    bool again = absl::IsUnavailable(s) || walship::rpc::IsNotLeader(s);
+    // Not the leader: asked again only where the cluster file lets the CLI look elsewhere.
+    bool again = absl::IsUnavailable(s) || (walship::rpc::IsNotLeader(s) && t.config.has_value());
     if (t.request_id.empty() || !again || std::chrono::steady_clock::now() + pause > deadline) {
       return Fail(s);
     }
@@ -181,8 +182,8 @@ int DoCheckpoint(Target& t, const std::string& out) {
   if (!endpoint.ok()) return Fail(endpoint.status());
   auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
                                        : walship::tools::ProgressStyle::kLines;
-  auto m = walship::tools::FetchCheckpointTo(
-      *endpoint, t.config.has_value() ? t.config->name : "", out, style);
+  auto m = walship::tools::FetchCheckpointTo(*endpoint, t.config.has_value() ? t.config->name : "",
+                                             out, style);
   if (!m.ok()) return Fail(m.status());
   std::printf("OK checkpoint of %s at seq %llu: %s in %zu files, in %s\n", m->source.c_str(),
               static_cast<unsigned long long>(m->seq),
@@ -198,15 +199,16 @@ int DoRollbackShow(const std::string& path) {
   auto rb = walship::replication::ReadRollbackFile(path);
   if (!rb.ok()) return Fail(rb.status());
   const auto& h = rb->header;
-  std::printf("node %s of cluster %s (database %s): seqs %llu-%llu are not in the history of "
-              "leader %s (epoch %llu, log end %llu); written %s\n",
-              h.node.c_str(), h.cluster.c_str(), h.database_id.c_str(),
-              static_cast<unsigned long long>(h.first), static_cast<unsigned long long>(h.last),
-              h.leader.c_str(), static_cast<unsigned long long>(h.leader_epoch),
-              static_cast<unsigned long long>(h.leader_latest),
-              absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(h.written_unix_s),
-                               absl::UTCTimeZone())
-                  .c_str());
+  std::printf(
+      "node %s of cluster %s (database %s): seqs %llu-%llu are not in the history of "
+      "leader %s (epoch %llu, log end %llu); written %s\n",
+      h.node.c_str(), h.cluster.c_str(), h.database_id.c_str(),
+      static_cast<unsigned long long>(h.first), static_cast<unsigned long long>(h.last),
+      h.leader.c_str(), static_cast<unsigned long long>(h.leader_epoch),
+      static_cast<unsigned long long>(h.leader_latest),
+      absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(h.written_unix_s),
+                       absl::UTCTimeZone())
+          .c_str());
   for (const auto& [first, last] : rb->missing) {
     std::printf("MISSING seqs %llu-%llu: the WAL no longer held them; those writes are lost\n",
                 static_cast<unsigned long long>(first), static_cast<unsigned long long>(last));
@@ -214,12 +216,11 @@ int DoRollbackShow(const std::string& path) {
   for (const auto& r : rb->ops) {
     using walship::engine::OpType;
     std::string what =
-        r.op.type == OpType::kPut ? absl::StrCat("put ", walship::tools::Escape(r.op.key), " ",
-                                                 walship::tools::Escape(r.op.value))
-        : r.op.type == OpType::kDelete
-            ? absl::StrCat("del ", walship::tools::Escape(r.op.key))
-            : absl::StrCat("delrange ", walship::tools::Escape(r.op.key), " ",
-                           walship::tools::Escape(r.op.value));
+        r.op.type == OpType::kPut      ? absl::StrCat("put ", walship::tools::Escape(r.op.key), " ",
+                                                      walship::tools::Escape(r.op.value))
+        : r.op.type == OpType::kDelete ? absl::StrCat("del ", walship::tools::Escape(r.op.key))
+                                       : absl::StrCat("delrange ", walship::tools::Escape(r.op.key),
+                                                      " ", walship::tools::Escape(r.op.value));
     std::printf("seq %llu epoch %llu %s\n", static_cast<unsigned long long>(r.seq),
                 static_cast<unsigned long long>(r.epoch), what.c_str());
   }
@@ -249,9 +250,10 @@ int DoPromote(Target& t, const std::string& id, bool accept_loss) {
   std::printf("OK %s leads, epoch %llu", r->leader.c_str(),
               static_cast<unsigned long long>(r->epoch));
   if (r->possible_loss > 0) {
-    std::printf("; at least %llu writes its old leader held were lost (the old leader keeps "
-                "them in a rollback file when it returns)",
-                static_cast<unsigned long long>(r->possible_loss));
+    std::printf(
+        "; at least %llu writes its old leader held were lost (the old leader keeps "
+        "them in a rollback file when it returns)",
+        static_cast<unsigned long long>(r->possible_loss));
   }
   std::printf("\n");
   return 0;
@@ -265,13 +267,12 @@ int DoAddFollower(Target& t, const std::string& id, const std::string& address, 
     return walship::tools::AddOrKeep(c, id, address);
   });
   if (!r.ok()) return Fail(r.status());
-  std::printf("OK %s is a member: %s\n", id.c_str(),
-              walship::tools::DescribeMembers(*r).c_str());
+  std::printf("OK %s is a member: %s\n", id.c_str(), walship::tools::DescribeMembers(*r).c_str());
   if (wait_s <= 0) return 0;
   auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
                                        : walship::tools::ProgressStyle::kLines;
-  absl::Status s = walship::tools::WaitUntilVoter(leader, id, address, absl::Seconds(wait_s),
-                                                  style, absl::Milliseconds(t.timeout_ms));
+  absl::Status s = walship::tools::WaitUntilVoter(leader, id, address, absl::Seconds(wait_s), style,
+                                                  absl::Milliseconds(t.timeout_ms));
   if (!s.ok()) return Fail(s);
   std::printf("OK %s is ready and votes\n", id.c_str());
   return 0;
@@ -313,8 +314,7 @@ absl::StatusOr<std::vector<WriteOp>> ParseBatch(std::istream& in) {
       return bad(absl::StrCat("unknown op '", f[0], "' (expected put, del or delrange)"));
     }
     if (f.size() != want) {
-      return bad(absl::StrCat("'", f[0], "' takes ", want - 1, " argument(s), got ",
-                              f.size() - 1));
+      return bad(absl::StrCat("'", f[0], "' takes ", want - 1, " argument(s), got ", f.size() - 1));
     }
     auto key = Arg(f[1]);
     if (!key.ok()) return bad(std::string(key.status().message()));
@@ -369,8 +369,8 @@ int main(int argc, char** argv) {
                          "again with its first outcome instead of writing twice, so an answer "
                          "lost (in doubt), an unreachable node or no leader yet is asked again "
                          "with the same id");
-  write_opts->add_option("--retry-for-ms", t.retry_for_ms,
-                         "with --request-id: how long to keep asking")
+  write_opts
+      ->add_option("--retry-for-ms", t.retry_for_ms, "with --request-id: how long to keep asking")
       ->capture_default_str();
 
   std::string key, value, end;
@@ -397,37 +397,43 @@ int main(int argc, char** argv) {
   scan->add_option("--limit", limit, "at most N keys (up to 100000)")->capture_default_str();
   scan->add_flag("--committed", t.committed, "as get --committed");
   auto* write = app.add_subcommand(
-      "write", "apply a batch read from stdin atomically: one 'put KEY VALUE', 'del KEY' or "
-               "'delrange BEGIN END' per line");
+      "write",
+      "apply a batch read from stdin atomically: one 'put KEY VALUE', 'del KEY' or "
+      "'delrange BEGIN END' per line");
   auto* status = app.add_subcommand("status", "show a node's role, sequence, followers and lag");
   bool json = false, all = false;
   status->add_flag("--json", json, "one JSON object per node");
   status->add_flag("--all", all, "with --cluster: every node of the file");
-  auto* handover = app.add_subcommand(
-      "handover", "hand leadership to follower NODE: the leader stops taking writes, waits "
-                  "until NODE has applied everything, and NODE leads in a new epoch");
+  auto* handover =
+      app.add_subcommand("handover",
+                         "hand leadership to follower NODE: the leader stops taking writes, waits "
+                         "until NODE has applied everything, and NODE leads in a new epoch");
   std::string target;
   uint32_t catch_up_ms = 10000;
   handover->add_option("NODE", target, "the node id of the follower to lead")->required();
-  handover->add_option("--catch-up-ms", catch_up_ms,
-                       "how long NODE may take to catch up; past it the leader leads on")
+  handover
+      ->add_option("--catch-up-ms", catch_up_ms,
+                   "how long NODE may take to catch up; past it the leader leads on")
       ->capture_default_str();
   auto* switchover = app.add_subcommand(
       "switchover", "the same as handover, by the name PostgreSQL's tools use: --to NODE");
   switchover->add_option("--to", target, "the node id of the follower to lead")->required();
-  switchover->add_option("--catch-up-ms", catch_up_ms,
-                         "how long NODE may take to catch up; past it the leader leads on")
+  switchover
+      ->add_option("--catch-up-ms", catch_up_ms,
+                   "how long NODE may take to catch up; past it the leader leads on")
       ->capture_default_str();
   auto* checkpoint = app.add_subcommand(
-      "checkpoint", "stream a consistent checkpoint of a node (the leader, or --node) into DIR "
-                    "on this machine, with a manifest; a copy cut off resumes when run again");
+      "checkpoint",
+      "stream a consistent checkpoint of a node (the leader, or --node) into DIR "
+      "on this machine, with a manifest; a copy cut off resumes when run again");
   std::string out_dir;
   checkpoint->add_option("--out", out_dir, "the directory to write (must not hold a checkpoint)")
       ->required();
-  auto* add_follower = app.add_subcommand(
-      "add-follower", "add node ID, listening on ADDRESS, to the running cluster as a learner: "
-                      "start it with walshipd --node ID --listen ADDRESS --data-dir DIR; it is "
-                      "seeded from a checkpoint, catches up and votes once ready");
+  auto* add_follower =
+      app.add_subcommand("add-follower",
+                         "add node ID, listening on ADDRESS, to the running cluster as a learner: "
+                         "start it with walshipd --node ID --listen ADDRESS --data-dir DIR; it is "
+                         "seeded from a checkpoint, catches up and votes once ready");
   std::string member_id, member_address;
   int wait_s = 0;
   add_follower->add_option("ID", member_id, "the new node's id")->required();
@@ -435,31 +441,33 @@ int main(int argc, char** argv) {
   add_follower->add_option("--wait-s", wait_s,
                            "wait up to this many seconds until it votes, showing its progress "
                            "(0: return once the leader has saved the change)");
-  auto* remove_follower = app.add_subcommand(
-      "remove-follower", "remove node ID from the cluster: the leader stops streaming to it, "
+  auto* remove_follower =
+      app.add_subcommand("remove-follower",
+                         "remove node ID from the cluster: the leader stops streaming to it, "
                          "refuses it from then on, and no longer waits for it or counts it");
   remove_follower->add_option("ID", member_id, "the node to remove")->required();
   auto* reseed = app.add_subcommand(
-      "reseed", "have follower --node (told it needs a snapshot) seed itself again from its "
-                "leader's checkpoint; its data stays until the new copy is verified");
+      "reseed",
+      "have follower --node (told it needs a snapshot) seed itself again from its "
+      "leader's checkpoint; its data stays until the new copy is verified");
   auto* promote = app.add_subcommand(
-      "promote", "force follower NODE to stand for leader now (failover = true): the voters "
-                 "elect it if its log is the most up to date and no leader is heard; refused "
-                 "when it may lose writes, unless --accept-loss");
+      "promote",
+      "force follower NODE to stand for leader now (failover = true): the voters "
+      "elect it if its log is the most up to date and no leader is heard; refused "
+      "when it may lose writes, unless --accept-loss");
   std::string promote_node;
   bool accept_loss = false;
-  promote->add_option("NODE", promote_node, "the node id of the follower to promote")
-      ->required();
+  promote->add_option("NODE", promote_node, "the node id of the follower to promote")->required();
   promote->add_flag("--accept-loss", accept_loss,
                     "promote it even though its leader held writes it lacks (they are lost; "
                     "the old leader keeps them in a rollback file when it returns)");
-  auto* rollback = app.add_subcommand(
-      "rollback", "rollback files: what a node held past the point where its history parted "
-                  "from its new leader's, kept before it was re-seeded (docs/failover.md)");
+  auto* rollback =
+      app.add_subcommand("rollback",
+                         "rollback files: what a node held past the point where its history parted "
+                         "from its new leader's, kept before it was re-seeded (docs/failover.md)");
   auto* rollback_show = rollback->add_subcommand("show", "print a rollback file's writes");
   std::string rollback_file;
-  rollback_show->add_option("FILE", rollback_file, "DATA_DIR/rollback/rollback-*.txt")
-      ->required();
+  rollback_show->add_option("FILE", rollback_file, "DATA_DIR/rollback/rollback-*.txt")->required();
   rollback->require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
@@ -530,8 +538,8 @@ int main(int argc, char** argv) {
     for (const auto& n : config->nodes) {
       auto client = ConnectTo(t, n.listen);
       absl::StatusOr<walship::rpc::NodeStatusInfo> s =
-          client.ok() ? (*client)->Status() : absl::StatusOr<walship::rpc::NodeStatusInfo>(
-                                                  client.status());
+          client.ok() ? (*client)->Status()
+                      : absl::StatusOr<walship::rpc::NodeStatusInfo>(client.status());
       if (!s.ok()) {
         std::fprintf(stderr, "walship: node %s: %s\n", n.id.c_str(),
                      std::string(s.status().message()).c_str());
