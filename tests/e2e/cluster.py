@@ -149,9 +149,10 @@ class Cluster:
     def scan_all(self, nid):
         return self.cli("--node", nid, "scan", "--limit", "100000").stdout
 
-    def load(self, nid, batches, seed, check=True, timeout=300, value_bytes=0):
+    def load(self, nid, batches, seed, check=True, timeout=300, value_bytes=0, keys=0):
         r = subprocess.run([TESTLOAD, "--endpoint", self.addr[nid], "--batches", str(batches),
-                            "--seed", str(seed), "--value-bytes", str(value_bytes)],
+                            "--seed", str(seed), "--value-bytes", str(value_bytes)]
+                           + (["--keys", str(keys)] if keys else []),
                            capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"testload failed: {r.stdout}{r.stderr}")

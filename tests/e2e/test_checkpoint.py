@@ -147,11 +147,13 @@ class CheckpointTest(unittest.TestCase):
     def test_checkpoint_bytes_not_in_the_page_cache_are_read_from_the_disk(self):
         # The leader copies what its page cache holds straight into each reply and leaves the
         # rest to a worker that reads the disk. Evicting half of the checkpoint's pages while
-        # it is read sends parts of one read down each path.
+        # it is read sends parts of one read down each path. The checkpoint is over 1 MiB, the
+        # most one read takes: the first read may come before any page is evicted, but the
+        # rate (SLOW) holds the next back for seconds, while pages are evicted.
         PAGE = os.sysconf("SC_PAGE_SIZE")
         self.c = c = Cluster(n=2, replication=SLOW)
         c.start("n1")
-        c.load("n1", 3000, seed=11, value_bytes=600)
+        c.load("n1", 3000, seed=11, value_bytes=600, keys=5000)
         c.start("n2")
         self.wait_seeding("n2")
         checkpoints = os.path.join(c.data_dir("n1"), "checkpoints")
@@ -164,8 +166,10 @@ class CheckpointTest(unittest.TestCase):
                     except OSError:
                         continue  # the checkpoint was dropped meanwhile
                     try:
-                        # Every other page: a read finds its first page cached, and not
-                        # its second.
+                        # Written back first: the kernel drops clean pages only, and a file
+                        # RocksDB wrote a moment ago may still be dirty. Then every other
+                        # page: a read finds its first page cached, and not its second.
+                        os.fsync(fd)
                         size = os.fstat(fd).st_size
                         for off in range(PAGE, size, 2 * PAGE):
                             os.posix_fadvise(fd, off, PAGE, os.POSIX_FADV_DONTNEED)
