@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/db.h>
 
 #include <chrono>
 #include <filesystem>
@@ -773,6 +774,38 @@ TEST(EngineTest, AReplicatedBatchWithAForeignColumnFamilyOrABadRequestRecordIsRe
   EXPECT_TRUE(absl::IsDataLoss(malformed)) << malformed;
   EXPECT_NE(malformed.message().find("request record"), std::string::npos) << malformed;
   EXPECT_EQ(e->LatestSequence(), 0u);
+}
+
+
+// A database made before request ids (the default column family only) gets their family when
+// walship opens it, without a sequence number spent or a write: its followers, opened the
+// same way, go on applying the same batches at the same numbers.
+TEST(EngineTest, ADatabaseFromBeforeRequestIdsGetsTheirFamilyWithoutASequenceNumber) {
+  TempDir dir;
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(o, dir.Sub("db"), &raw).ok());
+    std::unique_ptr<rocksdb::DB> old(raw);
+    for (const char* k : {"a", "b", "c"}) {
+      ASSERT_TRUE(old->Put(rocksdb::WriteOptions(), k, "v").ok());
+    }
+    ASSERT_EQ(old->GetLatestSequenceNumber(), 3u);
+  }
+  auto e = OpenOrDie(dir.Sub("db"));
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->LatestSequence(), 3u) << "opening it consumed no sequence number";
+  EXPECT_EQ(*e->Get("b"), "v");
+  WriteOptions wo;
+  wo.write_time_us = 1'700'000'000'000'000;
+  wo.requests = {{"after-upgrade", 0, 1, 1}};
+  auto w = e->Write({{OpType::kPut, "d", "v"}}, wo);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->first_seq, 4u);
+  auto found = e->FindRequest("after-upgrade", wo.write_time_us);
+  ASSERT_TRUE(found.ok() && found->has_value());
+  EXPECT_EQ((*found)->first_seq, 4u);
 }
 
 }  // namespace
