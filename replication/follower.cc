@@ -208,6 +208,7 @@ absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOption
     s = engine_->ApplyReplicated(std::move(*joined), options);
     if (s.ok()) done = run.size();
   }
+  if (done > 0) KeepRecent(run);
   absl::MutexLock lock(&mu_);
   if (done > 0) {
     status_.applied = run[done - 1]->batch.last_seq();
@@ -223,6 +224,24 @@ absl::StatusOr<Ack> Follower::OnShip(const Ship& ship, const engine::WriteOption
   }
   if (absl::StartsWith(status_.message, "apply failed: ")) status_.message.clear();
   return MakeAck(AckOutcome::kOk, "");
+}
+
+void Follower::KeepRecent(const std::vector<const ShippedBatch*>& applied) {
+  if (options_.keep_recent_bytes == 0) return;
+  for (const ShippedBatch* b : applied) {
+    recent_bytes_ += b->batch.data.size();
+    recent_.push_back(*b);
+  }
+  while (recent_bytes_ > options_.keep_recent_bytes && !recent_.empty()) {
+    recent_bytes_ -= recent_.front().batch.data.size();
+    recent_.pop_front();
+  }
+}
+
+std::deque<ShippedBatch> Follower::TakeRecent() {
+  absl::MutexLock apply_lock(&apply_mu_);
+  recent_bytes_ = 0;
+  return std::exchange(recent_, {});
 }
 
 std::optional<Ack> Follower::Admit(const Ship& ship, std::vector<const ShippedBatch*>* run) {

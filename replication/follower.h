@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,12 @@ struct FollowerOptions {
   std::string state_path;
   // fsync every applied batch before acking it (durable == applied).
   bool fsync_apply = false;
+  // The batches applied last, up to this many bytes, are kept in memory (TakeRecent): once
+  // this node is elected they become its leader's memory tail, so that the followers it
+  // inherits, which lag it by what the old leader had not yet sent them, catch up without a
+  // WAL read (one that must scan a WAL file from its start to reach their position: about
+  // 0.3 s for a file of large values, measured on a new leader). 0: none kept.
+  uint64_t keep_recent_bytes = 0;
 };
 
 enum class FollowerPhase {
@@ -79,6 +86,10 @@ class Follower {
 
   // Records that the WAL was fsynced after `seq` was applied.
   void MarkDurable(SequenceNumber seq);
+
+  // Hands over the batches applied last (keep_recent_bytes), contiguous and ending at the
+  // last one applied, and keeps none of them: for Leader::SeedTail once this node leads.
+  std::deque<ShippedBatch> TakeRecent();
 
   // The connection to the leader is gone.
   void OnDisconnect();
@@ -139,6 +150,9 @@ class Follower {
   // Adopts `next` once saved; else notes in the status message that the verdict was not kept.
   void KeepNeedsSnapshot(const absl::Status& saved, NodeState next)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds the batches just applied to recent_, and drops the oldest past keep_recent_bytes.
+  void KeepRecent(const std::vector<const ShippedBatch*>& applied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
   // The checks of OnShip: the ack that refuses `ship`, or std::nullopt with the batches to
   // apply (those past applied, contiguous) in `run`.
   std::optional<Ack> Admit(const Ship& ship, std::vector<const ShippedBatch*>* run)
@@ -162,6 +176,9 @@ class Follower {
   std::optional<Membership> membership_to_save_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> membership_saves_{0};
   std::optional<LeaderLog> verdict_leader_log_ ABSL_GUARDED_BY(mu_);
+  // The batches applied last (keep_recent_bytes): contiguous, ending at status_.applied.
+  std::deque<ShippedBatch> recent_ ABSL_GUARDED_BY(apply_mu_);
+  uint64_t recent_bytes_ ABSL_GUARDED_BY(apply_mu_) = 0;
 };
 
 }  // namespace walship::replication

@@ -238,6 +238,25 @@ void Leader::OnLocalWrite(engine::Batch batch, int64_t leader_time_us) {
   written_bytes_ += batch.data.size();
   tail_.push_back(ShippedBatch{std::move(batch), leader_time_us});
   tail_end_bytes_.push_back(written_bytes_);
+  TrimTail();
+}
+
+size_t Leader::SeedTail(std::deque<ShippedBatch> recent) {
+  if (!tail_.empty() || recent.empty() || recent.back().batch.last_seq() != latest_) return 0;
+  for (size_t i = 1; i < recent.size(); ++i) {
+    if (recent[i].batch.first_seq != recent[i - 1].batch.next_seq()) return 0;
+  }
+  for (ShippedBatch& b : recent) {
+    tail_bytes_ += b.batch.data.size();
+    written_bytes_ += b.batch.data.size();
+    tail_.push_back(std::move(b));
+    tail_end_bytes_.push_back(written_bytes_);
+  }
+  TrimTail();
+  return tail_.size();
+}
+
+void Leader::TrimTail() {
   while (tail_bytes_ > options_.max_tail_bytes && tail_.size() > 1) {
     tail_bytes_ -= tail_.front().batch.data.size();
     tail_.pop_front();

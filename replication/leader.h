@@ -111,6 +111,11 @@ class Leader {
 
   // Records a batch this node has just written (in sequence order, one writer).
   void OnLocalWrite(engine::Batch batch, int64_t leader_time_us);
+  // Before any write: takes the batches this node applied as a follower just before it was
+  // elected (Follower::TakeRecent) as its memory tail, so that the followers it inherits
+  // catch up from memory. Taken only when they are contiguous and end at this log's end;
+  // returns how many were taken.
+  size_t SeedTail(std::deque<ShippedBatch> recent);
 
   // The next message for a session: batches from the session's position, from the memory
   // tail when they are recent and from the WAL otherwise, up to max_ship_bytes. Returns
@@ -207,6 +212,7 @@ class Leader {
   Record* FindSession(uint64_t session);
   Ship NewShip() const;
   bool OlderThanTail(SequenceNumber seq) const;
+  void TrimTail();  // drops the oldest batches past max_tail_bytes (one always stays)
   const Record* FindSession(uint64_t session) const;
   std::string CheckHistory(const Hello& hello) const;
   bool IsMember(const std::string& id) const;

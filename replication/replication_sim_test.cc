@@ -83,6 +83,7 @@ TEST(ReplicationSimTest, ReplicasConvergeUnderNetworkFaultsCrashesAndHandovers) 
   EXPECT_GT(total.process_crashes + total.machine_crashes, 0u);
   EXPECT_GT(total.leader_restarts, 0u);
   EXPECT_GT(total.handovers, 0u);
+  EXPECT_GT(total.seeded_tails, 0u);
   EXPECT_GT(total.worker_applies, 0u);
   EXPECT_GT(total.replicated, 0u);
   EXPECT_GT(total.degraded, 0u);

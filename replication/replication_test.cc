@@ -95,6 +95,89 @@ TEST(FollowerTest, KeepsTheLeadersRecordBoundariesSoItCanServeOthersOnceItLeads)
   EXPECT_TRUE(SameContents(*fx.l.engine, *f2.engine));
 }
 
+// A follower keeps the batches it applied last; elected, it takes them as its memory tail, so
+// a follower it inherits catches up without a single WAL read (on a new leader such a read
+// scans a WAL file from its start) and ends with identical contents. Batches that are not
+// contiguous, or do not end at the leader's log's end, are not taken.
+TEST(FollowerTest, AnElectedFollowerServesTheBatchesItAppliedLastFromMemory) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(1));
+  std::vector<Batch> batches;
+  for (int i = 0; i < 5; ++i) batches.push_back(l.Write(2));  // seq 1-2, ..., 9-10
+  FollowerNode f1(dir, "f1", &clock, std::nullopt, kCluster, false, /*keep_recent_bytes=*/1 << 20);
+  FollowerNode f2(dir, "f2", &clock);
+  for (FollowerNode* f : {&f1, &f2}) ASSERT_TRUE(Connect(*l.leader, *f->follower).status.ok());
+  auto ack = f1.follower->OnShip(ShipOf(1, {batches[0], batches[1]}), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack.status();
+  ack = f1.follower->OnShip(ShipOf(1, {batches[2], batches[3], batches[4]}), {});
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack.status();
+  ack = f2.follower->OnShip(ShipOf(1, {batches[0], batches[1]}), {});  // f2 ends at seq 4
+  ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack.status();
+  f2.follower->OnDisconnect();
+
+  std::deque<ShippedBatch> recent = f1.follower->TakeRecent();
+  ASSERT_EQ(recent.size(), 5u);
+  EXPECT_EQ(recent.front().batch.first_seq, 1u);
+  EXPECT_EQ(recent.back().batch.last_seq(), 10u);
+  EXPECT_TRUE(f1.follower->TakeRecent().empty());  // handed over, not kept twice
+
+  auto f1_state = LoadNodeState(f1.state_path);
+  ASSERT_TRUE(f1_state.ok()) << f1_state.status();
+  BeginEpoch(*f1_state, f1.engine->LatestSequence() + 1, "f1");
+  LeaderOptions options = DefaultLeaderOptions();
+  options.node_id = "f1";
+  options.members = {"f2"};
+  options.read_wal_inline = false;  // a WAL read would show as TakeWalRead
+  Leader promoted(options, f1.engine.get(), *f1_state, &clock);
+  std::deque<ShippedBatch> gap = recent;
+  gap.erase(gap.begin() + 2);
+  EXPECT_EQ(promoted.SeedTail(gap), 0u);
+  std::deque<ShippedBatch> short_of_the_end = recent;
+  short_of_the_end.pop_back();
+  EXPECT_EQ(promoted.SeedTail(short_of_the_end), 0u);
+  ASSERT_EQ(promoted.SeedTail(recent), 5u);
+
+  Handshake h = Connect(promoted, *f2.follower);
+  ASSERT_EQ(h.reply.outcome, HelloOutcome::kAccepted) << h.reply.message;
+  ASSERT_TRUE(h.status.ok()) << h.status;
+  for (int i = 0; i < 10 && promoted.HasWork(h.session); ++i) {
+    EXPECT_FALSE(promoted.TakeWalRead(h.session).has_value());
+    auto ship = promoted.NextShip(h.session, false);
+    ASSERT_TRUE(ship.has_value());
+    ack = f2.follower->OnShip(*ship, {});
+    ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack->message;
+    promoted.OnAck(h.session, *ack);
+  }
+  EXPECT_EQ(f2.engine->LatestSequence(), 10u);
+  EXPECT_TRUE(SameContents(*l.engine, *f2.engine));
+}
+
+// What a follower keeps is bounded by keep_recent_bytes (the oldest go first), and stays
+// contiguous up to the last batch applied.
+TEST(FollowerTest, KeepsOnlyTheNewestBatchesWithinItsBound) {
+  TempDir dir;
+  FakeClock clock;
+  LeaderNode l(dir, &clock, DefaultLeaderOptions(), LeaderState(1));
+  std::vector<Batch> batches;
+  for (int i = 0; i < 5; ++i) batches.push_back(l.Write(2));
+  uint64_t two = batches[3].data.size() + batches[4].data.size();
+  FollowerNode f(dir, "f1", &clock, std::nullopt, kCluster, false, two);
+  ASSERT_TRUE(Connect(*l.leader, *f.follower).status.ok());
+  for (const Batch& b : batches) {
+    auto ack = f.follower->OnShip(ShipOf(1, {b}), {});
+    ASSERT_TRUE(ack.ok() && ack->outcome == AckOutcome::kOk) << ack.status();
+  }
+  std::deque<ShippedBatch> recent = f.follower->TakeRecent();
+  ASSERT_EQ(recent.size(), 2u);
+  EXPECT_EQ(recent[0].batch.first_seq, 7u);
+  EXPECT_EQ(recent[1].batch.last_seq(), 10u);
+  FollowerNode none(dir, "f2", &clock);  // keep_recent_bytes = 0: nothing kept
+  ASSERT_TRUE(Connect(*l.leader, *none.follower).status.ok());
+  ASSERT_TRUE(none.follower->OnShip(ShipOf(1, batches), {}).ok());
+  EXPECT_TRUE(none.follower->TakeRecent().empty());
+}
+
 TEST(FollowerTest, RefusesAShipFromAnOlderEpoch) {
   FollowerFixture fx(2);
   ASSERT_EQ(fx.f.follower->epoch(), 2u);

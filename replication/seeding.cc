@@ -211,6 +211,9 @@ NodeState StateAfterSeed(const NodeState& old, const SnapshotManifest& m,
   s.role = "follower";
   s.leader = leader;
   s.membership = old.membership;  // who belongs to the cluster is not the checkpoint's to say
+  // A vote granted while seeded stays granted: never a second one in its epoch.
+  s.vote_epoch = old.vote_epoch;
+  s.voted_for = old.voted_for;
   return s;
 }
 

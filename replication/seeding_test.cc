@@ -134,6 +134,14 @@ TEST(SeedingTest, SeededStateFollowsAndNeverForgetsAnEpoch) {
   EXPECT_TRUE(ValidateState(next).ok());
   old.epoch = 2;
   EXPECT_EQ(StateAfterSeed(old, m, "n1").epoch, 7u);
+  // A vote granted while seeded is kept: the node never votes twice in that epoch.
+  old.vote_epoch = 12;
+  old.voted_for = "n2";
+  next = StateAfterSeed(old, m, "n1");
+  EXPECT_EQ(next.vote_epoch, 12u);
+  EXPECT_EQ(next.voted_for, "n2");
+  EXPECT_EQ(next.HighestEpoch(), 12u);
+  EXPECT_TRUE(ValidateState(next).ok());
 }
 
 TEST(SeedingTest, ReadyWithinTheLag) {

@@ -21,6 +21,7 @@ void Stats::Add(const Stats& o) {
   worker_applies += o.worker_applies;
   replicated += o.replicated, degraded += o.degraded, not_replicated += o.not_replicated;
   recoveries += o.recoveries, recovery_handovers += o.recovery_handovers;
+  seeded_tails += o.seeded_tails;
 }
 
 std::ostream& operator<<(std::ostream& out, const Stats& s) {
@@ -34,7 +35,8 @@ std::ostream& operator<<(std::ostream& out, const Stats& s) {
              << " needs_snapshot=" << s.needs_snapshot
              << " worker_applies=" << s.worker_applies << " replicated=" << s.replicated
              << " degraded=" << s.degraded << " not_replicated=" << s.not_replicated
-             << " recoveries=" << s.recoveries << " recovery_handovers=" << s.recovery_handovers;
+             << " recoveries=" << s.recoveries << " recovery_handovers=" << s.recovery_handovers
+             << " seeded_tails=" << s.seeded_tails;
 }
 
 namespace detail {

@@ -57,6 +57,8 @@ struct Stats {
   uint64_t replicated = 0, degraded = 0, not_replicated = 0;
   // Restarted leaders that asked their peers first, and those that then handed over.
   uint64_t recoveries = 0, recovery_handovers = 0;
+  // Leaders that began with the batches they applied last as followers as their memory tail.
+  uint64_t seeded_tails = 0;
 
   void Add(const Stats& o);
 };

@@ -91,6 +91,9 @@ void Cluster::EndRole(Node& n) {
 
 void Cluster::BecomeLeader(int i, NodeState state) {
   Node& n = nodes_[i];
+  // A follower elected hands over the batches it applied last (kept by half the followers).
+  std::deque<ShippedBatch> recent;
+  if (n.follower != nullptr) recent = n.follower->TakeRecent();
   EndRole(n);
   LeaderOptions lo;
   lo.cluster = "sim";
@@ -104,6 +107,7 @@ void Cluster::BecomeLeader(int i, NodeState state) {
     if (j != i) lo.members.push_back(NodeId(j));
   }
   n.leader = std::make_unique<Leader>(lo, n.engine.get(), std::move(state), &clock_);
+  if (n.leader->SeedTail(std::move(recent)) > 0) ++stats_.seeded_tails;
   ShipperOptions so;
   so.max_inflight_ships = 4;
   so.ack_delay_us = Chance(0.3) ? 2000 : 0;
@@ -121,6 +125,7 @@ void Cluster::BecomeFollower(int i, const NodeState& state) {
   fo.cluster = "sim";
   fo.node_id = NodeId(i);
   fo.state_path = StatePath(i);
+  fo.keep_recent_bytes = Chance(0.5) ? kMaxTailBytes : 0;
   n.follower = std::make_unique<Follower>(fo, n.engine.get(), state, &clock_);
   FollowerLinkOptions lo;
   lo.node_id = NodeId(i);

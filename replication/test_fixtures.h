@@ -93,7 +93,8 @@ struct LeaderNode {
 struct FollowerNode {
   FollowerNode(const TempDir& dir, const std::string& name, Clock* clock,
                std::optional<NodeState> initial = std::nullopt,
-               const std::string& cluster = kCluster, bool fsync_apply = false) {
+               const std::string& cluster = kCluster, bool fsync_apply = false,
+               uint64_t keep_recent_bytes = 0) {
     engine = OpenOrDie(dir.Sub(name));
     state_path = dir.Sub(name + ".state");
     if (initial.has_value()) {
@@ -106,6 +107,7 @@ struct FollowerNode {
     options.node_id = name;
     options.state_path = state_path;
     options.fsync_apply = fsync_apply;
+    options.keep_recent_bytes = keep_recent_bytes;
     follower = std::make_unique<Follower>(options, engine.get(), *state, clock);
   }
 

@@ -356,19 +356,26 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request, b
 }
 
 // Won: leads from its log's end + 1, after the WAL is fsynced (the new epoch begins after
-// writes that survive this machine failing) and the new epoch and role are saved.
+// writes that survive this machine failing) and the new epoch and role are saved. The batches
+// it applied last go with it, to serve its followers from memory.
 void Campaign::Lead(replication::Epoch epoch) {
   leading_ = true;
+  struct Elected {
+    absl::StatusOr<replication::NodeState> next;
+    std::deque<replication::ShippedBatch> recent;
+  };
   tasks_.add(node_.node_pool()
-                 .Run([e = &node_.engine(), f = follower_,
-                       epoch]() -> absl::StatusOr<replication::NodeState> {
-                   if (absl::Status synced = e->SyncWal(); !synced.ok()) return synced;
-                   return f->SaveElected(epoch);
+                 .Run([e = &node_.engine(), f = follower_, epoch]() -> Elected {
+                   if (absl::Status synced = e->SyncWal(); !synced.ok()) return {synced, {}};
+                   Elected won{f->SaveElected(epoch), {}};
+                   if (won.next.ok()) won.recent = f->TakeRecent();
+                   return won;
                  })
-                 .catch_([](kj::Exception&& e) -> absl::StatusOr<replication::NodeState> {
-                   return absl::UnavailableError(e.getDescription().cStr());
+                 .catch_([](kj::Exception&& e) -> Elected {
+                   return {absl::UnavailableError(e.getDescription().cStr()), {}};
                  })
-                 .then([this, epoch](absl::StatusOr<replication::NodeState> next) {
+                 .then([this, epoch](Elected won) {
+                   absl::StatusOr<replication::NodeState>& next = won.next;
                    if (!next.ok()) {
                      spdlog::error("election: won epoch {} but cannot lead: {}", epoch,
                                    next.status().ToString());
@@ -385,7 +392,7 @@ void Campaign::Lead(replication::Epoch epoch) {
                                 next->history.back().start_seq);
                    FinishPromote(PromoteOutcome{absl::OkStatus(), options_.self, epoch,
                                                 promote_loss_});
-                   node_.SwitchRole(std::move(*next));
+                   node_.SwitchRole(std::move(*next), std::move(won.recent));
                  }));
 }
 

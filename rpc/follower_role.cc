@@ -31,6 +31,8 @@ replication::FollowerOptions FollowerOptionsFor(const Node& node) {
   fo.node_id = o.node_id;
   fo.state_path = o.data_dir + "/node-state";
   fo.fsync_apply = o.fsync_apply;
+  // A node that may be elected keeps what its leader's memory tail would hold.
+  if (o.failover) fo.keep_recent_bytes = o.leader.max_tail_bytes;
   return fo;
 }
 
@@ -417,8 +419,8 @@ absl::Status FollowerRole::StartReseed() {
                  [](kj::Exception&& e) {
                    spdlog::error("ROLLBACK FILE NOT WRITTEN: {}", e.getDescription().cStr());
                  })
-                 .then([this, saved = std::move(*saved)]() mutable {
-                   node_.SwitchToSeeding(std::move(saved));
+                 .then([this, saved = std::move(*saved), from]() mutable {
+                   node_.SwitchToSeeding(std::move(saved), from - 1);
                  }));
   return absl::OkStatus();
 }

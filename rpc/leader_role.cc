@@ -45,7 +45,8 @@ replication::ShipperOptions ShipperOptionsFor(const NodeServerOptions& o) {
 
 }  // namespace
 
-LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_handover)
+LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_handover,
+                       std::deque<replication::ShippedBatch> recent)
     : node_(node),
       leader_(LeaderOptionsFor(node.options()), &node.engine(), std::move(state),
               replication::RealClock()),
@@ -53,6 +54,15 @@ LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_han
       commit_wait_(node.options().commit),
       tasks_(*this) {
   if (node.options().failover) lease_.emplace(node.options().lease_ms);
+  if (!recent.empty()) {
+    size_t n = recent.size();
+    uint64_t from = recent.front().batch.first_seq;
+    size_t taken = leader_.SeedTail(std::move(recent));
+    spdlog::info(
+        "{} of the {} batches from seq {} this node applied last serve its followers "
+        "from memory",
+        taken, n, from);
+  }
   heartbeats_ = std::make_unique<HeartbeatSender>(
       node, leader_.epoch(),
       [this](const std::string& member, int64_t sent_us, const replication::HeartbeatReply& r) {

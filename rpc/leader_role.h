@@ -31,7 +31,9 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   // `state` is saved already and ends with this node's epoch. With `resume_handover` the node
   // stopped while handing over (replication::ResumesHandover): it asks the target again and
   // takes no writes meanwhile.
-  LeaderRole(Node& node, replication::NodeState state, bool resume_handover);
+  // `recent`: the batches this node applied last as a follower (its memory tail to start).
+  LeaderRole(Node& node, replication::NodeState state, bool resume_handover,
+             std::deque<replication::ShippedBatch> recent = {});
   ~LeaderRole() noexcept(false) override;
 
   const char* name() const override { return "leader"; }

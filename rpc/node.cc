@@ -100,11 +100,15 @@ int64_t Node::PreciseNowUs() const {
          kj::MICROSECONDS;
 }
 
-std::unique_ptr<Role> Node::MakeRole(replication::NodeState state) {
+std::unique_ptr<Role> Node::MakeRole(replication::NodeState state,
+                                     std::deque<replication::ShippedBatch> recent) {
   if (replication::ResumesHandover(state)) {
-    return std::make_unique<LeaderRole>(*this, std::move(state), /*resume_handover=*/true);
+    return std::make_unique<LeaderRole>(*this, std::move(state), /*resume_handover=*/true,
+                                        std::move(recent));
   }
-  if (state.role == "leader") return std::make_unique<LeaderRole>(*this, std::move(state), false);
+  if (state.role == "leader") {
+    return std::make_unique<LeaderRole>(*this, std::move(state), false, std::move(recent));
+  }
   if (!state.needs_snapshot.empty() && options_.reseed == replication::ReseedPolicy::kAutomatic) {
     return std::make_unique<SeedingRole>(*this, std::move(state));
   }
@@ -113,17 +117,18 @@ std::unique_ptr<Role> Node::MakeRole(replication::NodeState state) {
 
 absl::Status Node::Reseed() { return role_->Reseed(); }
 
-void Node::SwitchToSeeding(replication::NodeState state) {
-  tasks_.add(kj::evalLater([this, state = std::move(state)]() mutable {
-    role_ = std::make_unique<SeedingRole>(*this, std::move(state));
+void Node::SwitchToSeeding(replication::NodeState state,
+                           std::optional<engine::SequenceNumber> shared_upto) {
+  tasks_.add(kj::evalLater([this, state = std::move(state), shared_upto]() mutable {
+    role_ = std::make_unique<SeedingRole>(*this, std::move(state), shared_upto);
     spdlog::info("node '{}' is now {}", options_.node_id, role_->name());
     role_->Start();
   }));
 }
 
-void Node::SwitchRole(replication::NodeState state) {
-  tasks_.add(kj::evalLater([this, state = std::move(state)]() mutable {
-    std::unique_ptr<Role> next = MakeRole(std::move(state));
+void Node::SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent) {
+  tasks_.add(kj::evalLater([this, state = std::move(state), recent = std::move(recent)]() mutable {
+    std::unique_ptr<Role> next = MakeRole(std::move(state), std::move(recent));
     spdlog::info("node '{}' is now {}", options_.node_id, next->name());
     role_ = std::move(next);  // the old role ends here
     role_->Start();

@@ -9,10 +9,13 @@
 #include <kj/async-io.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "engine/engine.h"
+#include "replication/messages.h"
 #include "replication/node_state.h"
 #include "rpc/node_server.h"
 #include "rpc/role.h"
@@ -76,11 +79,15 @@ class Node final : public kj::TaskSet::ErrorHandler {
   // Makes `state` (saved already) the node's role, in a later turn: the current role may be
   // the caller, and is destroyed then. Roles that end close their followers' connections.
   // A follower that needs a snapshot gets the seeding role when it re-seeds by itself.
-  void SwitchRole(replication::NodeState state);
+  // `recent`: the batches it applied last as a follower, for a LeaderRole's memory tail.
+  void SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent = {});
   // An operator's `walship reseed`: the current role starts re-seeding, or says why not.
   absl::Status Reseed();
   // Starts re-seeding from the leader, whatever the reseed policy (after Reseed()).
-  void SwitchToSeeding(replication::NodeState state);
+  // `shared_upto`: the last sequence number its history shares with the leader's, when known
+  // (it votes with its log ending there: rpc/seeding_role.h).
+  void SwitchToSeeding(replication::NodeState state,
+                       std::optional<engine::SequenceNumber> shared_upto = std::nullopt);
 
   // Checkpoints served from here (PeerService.snapshot).
   SnapshotSource& snapshots() { return *snapshots_; }
@@ -96,7 +103,8 @@ class Node final : public kj::TaskSet::ErrorHandler {
   void taskFailed(kj::Exception&& e) override;
 
  private:
-  std::unique_ptr<Role> MakeRole(replication::NodeState state);
+  std::unique_ptr<Role> MakeRole(replication::NodeState state,
+                                 std::deque<replication::ShippedBatch> recent = {});
   kj::Promise<void> WalTrimLoop();
   kj::Promise<void> StorageLoop();
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "replication/election.h"
+#include "rpc/campaign.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
 #include "rpc/snapshot_fetch.h"
@@ -17,9 +19,15 @@ constexpr uint32_t kMaxPauseMs = 30000;
 
 }  // namespace
 
-SeedingRole::SeedingRole(Node& node, replication::NodeState state)
+SeedingRole::SeedingRole(Node& node, replication::NodeState state,
+                         std::optional<engine::SequenceNumber> shared_upto)
     : node_(node), state_(std::move(state)), tasks_(*this) {
   progress_.source = LeaderId();
+  vote_latest_ = std::min(node_.engine().LatestSequence(),
+                          shared_upto.value_or(node_.engine().LatestSequence()));
+  // As a follower that starts: it may have answered a leader just before (its lease counts on
+  // that), so it refuses votes for an election time-out from now.
+  heard_us_ = node_.PreciseNowUs();
 }
 
 void SeedingRole::taskFailed(kj::Exception&& e) {
@@ -40,6 +48,8 @@ void SeedingRole::Start() {
 
 void SeedingRole::Attempt() {
   ++attempts_;
+  ++attempt_id_;
+  waiting_ = false;
   std::string leader = LeaderId();
   std::string address = node_.AddressOf(leader);
   progress_.phase = replication::SeedProgress::Phase::kConnecting;
@@ -107,10 +117,61 @@ void SeedingRole::Retry(const absl::Status& why) {
   spdlog::warn("seeding from '{}' failed (attempt {}): {}; trying again in {} ms, keeping the "
                "files already verified",
                LeaderId(), attempts_, why.ToString(), pause_ms_);
+  waiting_ = true;
   tasks_.add(node_.io()
                  .provider->getTimer()
                  .afterDelay(pause_ms_ * kj::MILLISECONDS)
-                 .then([this]() { Attempt(); }));
+                 .then([this, id = attempt_id_]() {
+                   if (waiting_ && id == attempt_id_) Attempt();
+                 }));
+}
+
+kj::Promise<replication::VoteReply> SeedingRole::RequestVote(replication::VoteRequest request) {
+  if (!node_.options().failover) return Role::RequestVote(std::move(request));
+  replication::VoterView view;
+  view.latest = vote_latest_;
+  view.leader_heard_us = heard_us_;
+  replication::VoteAnswer a = replication::AnswerVote(
+      state_, view, request, ElectionOptionsFor(node_.options()), node_.PreciseNowUs());
+  if (!a.save.has_value()) {
+    if (!a.reply.granted) {
+      spdlog::info("election: refused {} to '{}' in epoch {}: {}",
+                   request.pre_vote ? "a pre-vote" : "a vote", request.candidate, request.epoch,
+                   a.reply.message);
+    }
+    return a.reply;
+  }
+  // Taken at once: another candidate of this epoch asking meanwhile is refused.
+  state_ = *a.save;
+  return node_.node_pool()
+      .Run([path = node_.state_path(), next = *a.save]() {
+        return replication::SaveNodeState(path, next);
+      })
+      .then([reply = a.reply, request](absl::Status saved) -> replication::VoteReply {
+        // Not saved: no answer (the candidate asks again), never a refusal.
+        KJ_REQUIRE(saved.ok(), "cannot save the vote", saved.ToString());
+        spdlog::info("election: voted for '{}' in epoch {} (while being seeded)",
+                     request.candidate, request.epoch);
+        return reply;
+      });
+}
+
+replication::HeartbeatReply SeedingRole::Heartbeat(const replication::Heartbeat& beat) {
+  const NodeServerOptions& o = node_.options();
+  replication::HeartbeatReply reply =
+      replication::AnswerHeartbeat(o.node_id, o.cluster, state_.HighestEpoch(), beat);
+  if (!reply.heard) return reply;
+  heard_us_ = std::max(heard_us_, node_.PreciseNowUs());
+  if (o.failover && beat.leader != LeaderId() && beat.leader != o.node_id) {
+    // Another node leads now (the one this node seeded from failed, or stepped down): it is
+    // the source from now on, and a paused attempt begins at once.
+    spdlog::info("seeding from '{}' from now on: it leads epoch {}", beat.leader, beat.epoch);
+    state_.leader = beat.leader;
+    progress_.source = beat.leader;
+    pause_ms_ = 0;
+    if (waiting_) Attempt();
+  }
+  return reply;
 }
 
 absl::Status SeedingRole::WriteRefusal() const {

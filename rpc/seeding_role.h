@@ -7,14 +7,26 @@
 // refuses reads (its data is stale or empty), refuses followers and take-overs, and shows its
 // progress in status.
 //
+// It still votes, as a follower does (replication/election.h): in a cluster of three, a node
+// re-seeded after its history parted from the leader's must not leave the third without a
+// majority should the leader fail meanwhile. Its log, as voters compare it, ends where its
+// history and its leader's part (`shared_upto`): what lies past that point is in its rollback
+// file, never in the cluster's history, so no committed write can hang on it. Unknown (it
+// restarted while seeded) it is the database's end, which only ever makes it refuse more. It
+// takes its leader's heartbeats (so the leader's lease may count on it) and refuses votes for
+// an election time-out after one; a leader of the highest epoch it has seen that heartbeats it
+// becomes the node it seeds from.
+//
 // Thread safety: lives on the event-loop thread.
 #pragma once
 
 #include <kj/async.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "engine/types.h"
 #include "replication/node_state.h"
 #include "replication/seeding.h"
 #include "rpc/peer_client.h"
@@ -26,8 +38,10 @@ class Node;
 
 class SeedingRole final : public Role, private kj::TaskSet::ErrorHandler {
  public:
-  // `state` is the saved state (it names the leader to seed from).
-  SeedingRole(Node& node, replication::NodeState state);
+  // `state` is the saved state (it names the leader to seed from); `shared_upto` the last
+  // sequence number its history shares with that leader's, when known.
+  SeedingRole(Node& node, replication::NodeState state,
+              std::optional<engine::SequenceNumber> shared_upto = std::nullopt);
   ~SeedingRole() noexcept(false) override = default;
 
   const char* name() const override { return "seeding"; }
@@ -49,6 +63,8 @@ class SeedingRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<HandoverOutcome> HandOver(std::string target, uint32_t timeout_ms) override;
   replication::PeerPosition Position() const override;
   absl::Status Reseed() override { return absl::OkStatus(); }  // under way already
+  kj::Promise<replication::VoteReply> RequestVote(replication::VoteRequest request) override;
+  replication::HeartbeatReply Heartbeat(const replication::Heartbeat& beat) override;
 
  private:
   void taskFailed(kj::Exception&& e) override;
@@ -62,6 +78,10 @@ class SeedingRole final : public Role, private kj::TaskSet::ErrorHandler {
   replication::SeedProgress progress_;
   uint32_t pause_ms_ = 0;  // before the next attempt; grows with each failure
   uint32_t attempts_ = 0;
+  bool waiting_ = false;     // between attempts (Retry's pause)
+  uint64_t attempt_id_ = 0;  // a paused attempt runs only if no other began meanwhile
+  engine::SequenceNumber vote_latest_ = 0;  // its log's end as voters compare it
+  int64_t heard_us_ = 0;  // its leader's last heartbeat (the role's start at first)
   kj::Own<PeerClient> conn_;
   kj::TaskSet tasks_;  // last: destroyed first
 };

@@ -260,6 +260,29 @@ class FailoverTest(unittest.TestCase):
             self.assertEqual(c.cli("--node", nid, "get", "after").stdout, "2\n")
             self.assertEqual(c.cli("--node", nid, "get", "before").stdout, "1\n")
 
+    def test_a_node_being_re_seeded_still_votes_and_seeds_from_the_leader_elected(self):
+        # n3 was told to re-seed and stopped before its copy came (its saved verdict says so);
+        # it starts again, seeding, while its leader n1 is dead. n2 can lead only with n3's
+        # vote; once elected, n2 is the node n3 copies from.
+        c = self.cluster()
+        for i in range(20):
+            c.cli("put", f"k{i}", str(i))
+        c.wait_converged(30)
+        c.stop("n3")
+        with open(os.path.join(c.data_dir("n3"), "node-state"), "a") as f:
+            f.write("needs_snapshot its leader could not serve its position (set by the test)\n")
+        c.stop("n1", signal.SIGKILL)
+        c.start("n3")
+        self.assertEqual(c.status("n3")["replication_state"], "seeding")
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.assertEqual(leader, "n2")  # a node being seeded never stands
+        self.assertRegex(c.log("n3"), r"voted for 'n2' in epoch \d+ \(while being seeded\)")
+        wait_until(lambda: self.following(c, "n3", "n2"), 60, "n3 seeded from n2, following it")
+        self.put_until_acked(c, "n2", "after", "1")
+        c.wait_converged(30)
+        self.assertEqual(c.scan_all("n3"), c.scan_all("n2"))
+        self.assertIn("k19\t19", c.scan_all("n3"))
+
     def test_heartbeats_show_each_peer_and_a_stopped_follower_is_flagged(self):
         c = self.cluster(phi_threshold=8)
 
