@@ -14,10 +14,15 @@ target leads, so this bounds the pause a writer sees, less its redirect).
   python3 bench/failover.py --rounds 20             # both profiles, 20 kills each
   WALSHIP_BIN=build python3 bench/failover.py --profile default --rounds 5
 
-Prints one table (p50, p99, max per profile) with the settings used.
+Prints one table (p50, p99, max per profile) with the settings used, and for each kill where
+the time went (from the nodes' logs: when each survivor stood, when one won, when the other
+streamed from it). A false failover under the load is counted, and the kill then waits until
+the deposed leader has re-seeded, so that every kill is timed from a whole cluster.
 """
 import argparse
+import datetime
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +79,33 @@ def ready_follower(c, nid):
     return st["role"] == "follower" and st["ready"]
 
 
+def log_times(c, nids, since, pattern):
+    """Seconds after `since` (wall clock) of the first line of each node's log at or after it
+    that contains `pattern` (the logs' times are the nodes' wall clock, in milliseconds)."""
+    out = {}
+    for nid in nids:
+        for line in c.log(nid).splitlines():
+            m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) ", line)
+            if not m or pattern not in line:
+                continue
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+            if t >= since - 0.0005:
+                out[nid] = t - since
+                break
+    return out
+
+
+def explain(c, survivors, killed_at):
+    """Where a round's time went: when each survivor first stood, and when one won."""
+    stood = log_times(c, survivors, killed_at, "election: standing for epoch")
+    won = log_times(c, survivors, killed_at, "election: won epoch")
+    parts = [f"{n} stood +{t * 1000:.0f}" for n, t in sorted(stood.items())]
+    parts += [f"{n} won +{t * 1000:.0f}" for n, t in sorted(won.items())]
+    streams = log_times(c, survivors, killed_at, "streaming from leader")
+    parts += [f"{n} streams +{t * 1000:.0f}" for n, t in sorted(streams.items())]
+    return ", ".join(parts)
+
+
 def run_profile(name, rounds, load_s):
     settings = {"failover": True, "mode": "semi-sync", "acks": 1, "reconnect_min_ms": 20,
                 "reconnect_max_ms": 200}
@@ -106,8 +138,14 @@ def run_profile(name, rounds, load_s):
                       f"{epoch} -> {now_leader} epoch {epoch_of(c, now_leader)}",
                       file=sys.stderr)
                 leader = now_leader
+                # The kill is timed from a whole cluster: the deposed leader re-seeds first
+                # (a kill meanwhile is a second fault, of a cluster with one voter busy).
+                wait_until(lambda: all(ready_follower(c, n) for n in c.procs if n != leader),
+                           120, "followers ready again")
+                leader = wait_until(lambda: leader_of(c), 30, "a leader")
             c.stop(leader, signal.SIGKILL)
             t0 = time.monotonic()
+            killed_at = time.time()
             deadline = t0 + 60
             while True:
                 r = c.cli("put", f"after-{i}", "1", check=False, timeout=10)
@@ -132,7 +170,9 @@ def run_profile(name, rounds, load_s):
                 print(c.log(leader)[-3000:], file=sys.stderr)
                 raise
             if r.returncode == 0:
-                print(f"{name} round {i + 1}/{rounds}: {times[-1]:.0f} ms", file=sys.stderr)
+                print(f"{name} round {i + 1}/{rounds}: {times[-1]:.0f} ms "
+                      f"({explain(c, [n for n in c.ids if n != leader], killed_at)})",
+                      file=sys.stderr)
     finally:
         c.close()
     return times, false_failovers, stuck
