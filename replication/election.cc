@@ -285,6 +285,28 @@ void Election::StartRound(bool pre_vote, const NodeState& state, SequenceNumber 
   Count(state, latest, now_us, out);
 }
 
+bool Election::OnPreVoteGranted(const VoteRequest& request, const NodeState& state,
+                                SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
+  if (phase_ != Phase::kPreVote || !request.pre_vote || request.epoch != epoch_ ||
+      request.candidate == options_.self) {
+    return false;
+  }
+  LogPosition mine = LogPositionOf(state, latest);
+  LogPosition theirs{request.last_seq, request.last_epoch, request.last_leader};
+  // Granted, so theirs is at least as up to date as ours; equal when ours is too.
+  bool equal = AtLeastAsUpToDate(mine, theirs);
+  if (equal && request.candidate > options_.self) return false;
+  phase_ = Phase::kFollowing;
+  round_deadline_us_ = kNever;
+  granted_.clear();
+  stand_at_us_ = now_us + int64_t{options_.round_timeout_ms} * 1000 + Jitter();
+  out->logs.push_back(absl::StrCat("yields epoch ", epoch_, " to '", request.candidate, "', whose log ",
+                                   equal ? "is as up to date (and whose id is lower)"
+                                         : "is more up to date",
+                                   "; standing again later unless a leader is heard"));
+  return true;
+}
+
 void Election::OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
                        SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
   if (!reply.granted) seen_epoch_ = std::max(seen_epoch_, reply.epoch);

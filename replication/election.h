@@ -12,7 +12,9 @@
 //   3. With a majority of real votes it has won E: it begins E at its log's end + 1 and leads.
 // A round that gets no majority within the round time-out, or that so many voters refused
 // that a majority is out of reach, is given up, and the node stands again after another
-// random wait. A leader heard from meanwhile ends the election.
+// random wait. A leader heard from meanwhile ends the election. A candidate that grants
+// another candidate's pre-vote in its own epoch yields to it when that one is the fitter
+// (OnPreVoteGranted), so that two who stood together do not split the vote.
 //
 // A voter grants a vote (or a pre-vote) only when all of these hold:
 //   - the candidate is a voting member of the cluster, and so is the voter;
@@ -167,6 +169,15 @@ class Election {
   // Runs what is due: stands when the leader has been silent too long, gives up a round past
   // its time-out. `state` is the node's saved state, `latest` its log's end.
   void Tick(const NodeState& state, SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
+  // This node granted `request`, another candidate's pre-vote, while it stands in the same
+  // epoch itself. Two candidates that stood together would both go on to the vote, each vote
+  // for itself, and lose a round (the round time-out and another wait): the one whose log is
+  // the more up to date (the lower id between equal logs) goes on, and this node, if it is the
+  // other, yields: it ends its round and stands again only a round's time-out and a random
+  // part of the jitter later, should no leader be heard by then. `latest` is its log's end.
+  // Returns whether it yielded.
+  bool OnPreVoteGranted(const VoteRequest& request, const NodeState& state, SequenceNumber latest,
+                        int64_t now_us, ElectionOutbox* out);
   // The answer to `request` (sent from an outbox) from its voter.
   void OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
                SequenceNumber latest, int64_t now_us, ElectionOutbox* out);

@@ -158,6 +158,7 @@ class ElectionSim {
   uint64_t commits() const { return committed_.size(); }
   uint64_t step_downs() const { return step_downs_; }
   uint64_t asked_after_restart() const { return asked_after_restart_; }
+  uint64_t yields() const { return yields_; }
 
  private:
   void Fail(const std::string& why) {
@@ -448,6 +449,11 @@ class ElectionSim {
     VoterView view{.latest = v.latest, .leads = v.leads, .leader_heard_us = v.leader_heard_us};
     VoteAnswer a = AnswerVote(v.state, view, m.vote, Options(v.id), now_);
     if (a.save) v.state = *a.save;
+    if (m.vote.pre_vote && a.reply.granted && !v.leads && v.election != nullptr) {
+      ElectionOutbox out;
+      if (v.election->OnPreVoteGranted(m.vote, v.state, v.latest, now_, &out)) ++yields_;
+      Carry(v, out);
+    }
     Message r;
     r.from = v.id;
     r.to = m.from;
@@ -504,6 +510,7 @@ class ElectionSim {
   std::vector<Committed> committed_;
   uint64_t step_downs_ = 0;
   uint64_t asked_after_restart_ = 0;
+  uint64_t yields_ = 0;  // candidates that yielded to another at a pre-vote
   bool writing_ = true;
   std::string failure_;
 };
@@ -520,7 +527,7 @@ std::vector<uint64_t> Seeds() {
 }
 
 TEST(ElectionSimTest, OneLeaderAtATimeAndNoAcknowledgedWriteLost) {
-  uint64_t elections = 0, commits = 0, step_downs = 0;
+  uint64_t elections = 0, commits = 0, step_downs = 0, yields = 0;
   for (uint64_t seed : Seeds()) {
     ElectionSim sim(seed);
     std::string failure = sim.Run(30);
@@ -531,14 +538,17 @@ TEST(ElectionSimTest, OneLeaderAtATimeAndNoAcknowledgedWriteLost) {
     elections += sim.elections();
     commits += sim.commits();
     step_downs += sim.step_downs();
+    yields += sim.yields();
   }
   std::cout << "elections " << elections << ", acknowledged writes " << commits
-            << ", leaders that stepped down " << step_downs << "\n";
+            << ", leaders that stepped down " << step_downs
+            << ", candidates that yielded at a pre-vote " << yields << "\n";
   if (std::getenv("WALSHIP_SIM_SEED") == nullptr) {
     // The runs must have been faulty enough to elect, and to depose leaders.
     EXPECT_GT(elections, 0u);
     EXPECT_GT(step_downs, 0u);
     EXPECT_GT(commits, 0u);
+    EXPECT_GT(yields, 0u);
   }
 }
 

@@ -204,6 +204,45 @@ TEST(ElectionTest, StandsAfterTheTimeOutAndWinsWithAMajority) {
   EXPECT_EQ(self.history.back(), (EpochEntry{4, 151, "n2"}));
 }
 
+// Two candidates that stand together: the one that grants the other's pre-vote yields when
+// the other's log is more up to date, or as up to date with a lower id; it then stands again
+// only a round's time-out later. The other goes on, and wins with the yielder's vote.
+TEST(ElectionTest, OfTwoCandidatesStandingTogetherTheLessFitYieldsAtThePreVote) {
+  NodeState self = Follower();
+  auto standing = [&](const std::string& id) {
+    auto e = std::make_unique<Election>(Opts(id), 7, 0);
+    ElectionOutbox out;
+    int64_t now = e->NextWakeUp();
+    e->Tick(self, 150, now, &out);
+    EXPECT_EQ(e->phase(), Election::Phase::kPreVote);
+    EXPECT_EQ(e->epoch(), 4u);
+    return std::make_pair(std::move(e), now);
+  };
+  ElectionOutbox out;
+  {  // as up to date: n2 yields to n1, and not to n3
+    auto [n2, now] = standing("n2");
+    EXPECT_FALSE(n2->OnPreVoteGranted(Ask("n3", 4, 150, 3, true), self, 150, now, &out));
+    EXPECT_EQ(n2->phase(), Election::Phase::kPreVote);
+    EXPECT_FALSE(n2->OnPreVoteGranted(Ask("n1", 5, 150, 3, true), self, 150, now, &out));
+    EXPECT_FALSE(n2->OnPreVoteGranted(Ask("n1", 4, 150, 3, false), self, 150, now, &out));
+    EXPECT_TRUE(n2->OnPreVoteGranted(Ask("n1", 4, 150, 3, true), self, 150, now, &out));
+    EXPECT_EQ(n2->phase(), Election::Phase::kFollowing);
+    EXPECT_GE(n2->NextWakeUp(), now + 1000 * kMs);  // the round's time-out, at least
+    EXPECT_LT(n2->NextWakeUp(), now + 2000 * kMs);
+    ASSERT_FALSE(out.logs.empty());
+    EXPECT_NE(out.logs.back().find("yields epoch 4 to 'n1'"), std::string::npos);
+  }
+  {  // more up to date: n1 yields to n3, whose id is higher
+    auto [n1, now] = standing("n1");
+    EXPECT_TRUE(n1->OnPreVoteGranted(Ask("n3", 4, 160, 3, true), self, 150, now, &out));
+    EXPECT_EQ(n1->phase(), Election::Phase::kFollowing);
+  }
+  {  // a node not standing has nothing to yield
+    Election following(Opts("n2"), 7, 0);
+    EXPECT_FALSE(following.OnPreVoteGranted(Ask("n1", 4, 150, 3, true), self, 150, 0, &out));
+  }
+}
+
 TEST(ElectionTest, TheLeaderHeardEndsAnElection) {
   NodeState self = Follower();
   Election e(Opts("n2"), 7, 0);

@@ -405,6 +405,15 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
   int64_t now = node_.PreciseNowUs();
   replication::VoteAnswer a =
       replication::AnswerVote(follower_->state(), view, request, options_, now);
+  // Standing together with a candidate at least as fit: this node yields (not while an
+  // operator's promotion of this node is under way).
+  if (request.pre_vote && a.reply.granted && promoting_.get() == nullptr) {
+    replication::ElectionOutbox out;
+    if (election_.OnPreVoteGranted(request, follower_->state(), view.latest, now, &out)) {
+      for (const std::string& line : out.logs) spdlog::info("election: {}", line);
+      Arm();
+    }
+  }
   if (a.save.has_value()) {
     // Taken at once, in the same turn as the checks above: a message of the old leader that
     // arrives while the vote is saved is refused, and an apply admitted before it is acked
