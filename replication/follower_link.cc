@@ -341,8 +341,12 @@ void FollowerLink::Tick(int64_t now_us, uint64_t bytes_received, LinkOutbox* out
   // arriving, or messages waiting for our apply (the leader's window is full until we ack
   // them), are no sign of a dead leader. (An fsync that hangs past the time-out is no sign of
   // life either: the connection is made again, and the leader asks for the flush again.)
-  if (bytes_received != watched_bytes_ || apply_out_ || !queue_.empty()) {
-    watched_bytes_ = bytes_received;
+  // Only while streaming from it: the answer of a node that does not lead, or an apply that
+  // outlives a lost connection, says nothing of the leader, and a voter that took them for
+  // its leader's life would refuse votes with its leader dead.
+  bool moved = bytes_received != watched_bytes_;
+  watched_bytes_ = bytes_received;
+  if (handshake_done_ && (moved || apply_out_ || !queue_.empty())) {
     last_contact_us_ = std::max(last_contact_us_, now_us);
   }
   // It looks four times per time-out, so that bytes still arriving are seen.
