@@ -776,7 +776,6 @@ TEST(EngineTest, AReplicatedBatchWithAForeignColumnFamilyOrABadRequestRecordIsRe
   EXPECT_EQ(e->LatestSequence(), 0u);
 }
 
-
 // A database made before request ids (the default column family only) gets their family when
 // walship opens it, without a sequence number spent or a write: its followers, opened the
 // same way, go on applying the same batches at the same numbers.

@@ -284,6 +284,24 @@ TEST(FollowerLinkTest, SilenceDropsTheConnectionButArrivingBytesDoNot) {
   EXPECT_FALSE(fx.link.streaming());
 }
 
+// Bytes that arrive once the stream is gone (a node that does not lead answering a search)
+// say nothing of the leader: its last contact stays where the stream ended, so a voter does
+// not stay loyal to a dead leader.
+TEST(FollowerLinkTest, BytesAfterTheStreamEndedAreNoContactWithTheLeader) {
+  LinkFixture fx;
+  fx.Stream(kT0);
+  LinkOutbox lost;
+  fx.link.OnConnectionLost(fx.link.generation(), "the leader closed the connection",
+                           kT0 + 100'000, &lost);
+  int64_t contact = fx.link.last_contact_us();
+  uint64_t bytes = 0;
+  for (int64_t t = kT0 + 250'000; t <= kT0 + 2'000'000; t += 250'000) {
+    LinkOutbox out;
+    fx.link.Tick(t, bytes += 512, &out);
+  }
+  EXPECT_EQ(fx.link.last_contact_us(), contact);
+}
+
 // Acks may be held as long as the leader allows (capped at a quarter of the time-out); an
 // ack that may not wait releases every held one first, in order.
 TEST(FollowerLinkTest, HeldAcksGoOutInOrderWithTheFirstThatCannotWait) {

@@ -34,6 +34,12 @@ replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o) {
   return eo;
 }
 
+void LogRefusedVote(const replication::VoteRequest& request, const replication::VoteReply& reply) {
+  spdlog::info("election: refused {} to '{}' in epoch {}: {}",
+               request.pre_vote ? "a pre-vote" : "a vote", request.candidate, request.epoch,
+               reply.message);
+}
+
 Campaign::Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
                    const replication::FollowerLink& link, std::function<void(std::string)> follow)
     : node_(node),
@@ -432,11 +438,7 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
     }
   }
   if (!a.save.has_value()) {
-    if (!a.reply.granted) {
-      spdlog::info("election: refused {} to '{}' in epoch {}: {}",
-                   request.pre_vote ? "a pre-vote" : "a vote", request.candidate, request.epoch,
-                   a.reply.message);
-    }
+    if (!a.reply.granted) LogRefusedVote(request, a.reply);
     return a.reply;
   }
   // Wrapped: the role (and this) may end while the vote is being saved.

@@ -30,6 +30,8 @@ struct NodeServerOptions;
 
 // The election's settings from the node's (failover keys of the config).
 replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o);
+// Logs a vote (or pre-vote) this node refused, and why (a follower's and a seeding node's).
+void LogRefusedVote(const replication::VoteRequest& request, const replication::VoteReply& reply);
 
 class Campaign final : private kj::TaskSet::ErrorHandler {
  public:

@@ -134,11 +134,7 @@ kj::Promise<replication::VoteReply> SeedingRole::RequestVote(replication::VoteRe
   replication::VoteAnswer a = replication::AnswerVote(
       state_, view, request, ElectionOptionsFor(node_.options()), node_.PreciseNowUs());
   if (!a.save.has_value()) {
-    if (!a.reply.granted) {
-      spdlog::info("election: refused {} to '{}' in epoch {}: {}",
-                   request.pre_vote ? "a pre-vote" : "a vote", request.candidate, request.epoch,
-                   a.reply.message);
-    }
+    if (!a.reply.granted) LogRefusedVote(request, a.reply);
     return a.reply;
   }
   // Taken at once: another candidate of this epoch asking meanwhile is refused.
