@@ -403,6 +403,14 @@ std::string Follower::ReadRefusal() const {
                       "); re-seed it from a checkpoint, or read from another node");
 }
 
+ReadPosition Follower::ReadPositionAt(SequenceNumber applied, SequenceNumber token_seq) const {
+  std::string refusal = ReadRefusal();
+  absl::MutexLock lock(&mu_);
+  ReadPosition p = PositionIn(state_, applied, token_seq);
+  p.refusal = std::move(refusal);
+  return p;
+}
+
 NodeState Follower::state() const {
   absl::MutexLock lock(&mu_);
   return state_;

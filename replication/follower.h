@@ -20,6 +20,7 @@
 #include "replication/clock.h"
 #include "replication/messages.h"
 #include "replication/node_state.h"
+#include "replication/reads.h"
 
 namespace walship::replication {
 
@@ -103,6 +104,9 @@ class Follower {
   // serve its position (WAL purged, or its history diverged), so what it holds is stale with
   // no way to catch up until it is re-seeded.
   std::string ReadRefusal() const;
+  // The epochs of this node's history at `applied` and `token_seq`, and ReadRefusal (the lag
+  // is the link's to tell: FollowerLink::caught_up_us).
+  ReadPosition ReadPositionAt(SequenceNumber applied, SequenceNumber token_seq) const;
   Epoch epoch() const;
   // The highest epoch this node has seen (NodeState::HighestEpoch): a message of a leader
   // below it is refused as stale.

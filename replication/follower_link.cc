@@ -46,6 +46,7 @@ void FollowerLink::Connect(int64_t now_us, LinkOutbox* out) {
     return;
   }
   ++generation_;
+  pending_fresh_.clear();  // of a stream that is gone
   connecting_ = true;
   connect_deadline_us_ = now_us + int64_t{options_.connect_timeout_ms} * 1000;
   out->connect = LinkOutbox::Connect{generation_, leader_id_, follower_.MakeHello()};
@@ -53,6 +54,7 @@ void FollowerLink::Connect(int64_t now_us, LinkOutbox* out) {
 
 void FollowerLink::Drop(LinkOutbox* out) {
   ++generation_;  // whatever comes on the old connection is ignored
+  pending_fresh_.clear();
   connecting_ = false;
   connect_deadline_us_ = kNever;
   handshake_done_ = false;
@@ -188,6 +190,7 @@ void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
         apply_failures_ = 0;
         Queued done = std::move(front);
         queue_.pop_front();
+        NoteFresh(*r, done.ship.leader_latest, done.ship.echo_us, now_us);
         Answer(done.push, std::move(*r), done.ship.max_ack_delay_us, done.ship.flush, now_us, out);
         CheckNeedsSnapshot(out);
         continue;
@@ -205,6 +208,8 @@ void FollowerLink::Drain(int64_t now_us, LinkOutbox* out) {
     apply_out_generation_ = generation_;
     apply_out_max_delay_us_ = front.ship.max_ack_delay_us;
     apply_out_flush_ = front.ship.flush;
+    apply_out_leader_latest_ = front.ship.leader_latest;
+    apply_out_echo_us_ = front.ship.echo_us;
     out->apply = LinkOutbox::Apply{front.push, std::move(front.ship)};
     queue_.pop_front();
     return;
@@ -224,6 +229,7 @@ void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t 
     // connection's.
   } else if (result.ok()) {
     apply_failures_ = 0;
+    NoteFresh(*result, apply_out_leader_latest_, apply_out_echo_us_, now_us);
     Answer(push, std::move(*result), apply_out_max_delay_us_, apply_out_flush_, now_us, out);
   } else {
     ApplyFailed(push, result.status(), now_us, out);
@@ -231,6 +237,29 @@ void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t 
   }
   CheckNeedsSnapshot(out);
   Drain(now_us, out);
+}
+
+// A message of the stream, saying the leader's log ended at `leader_latest` at some moment
+// after `echo_us` (this node's clock), has been applied: once this node has applied that far,
+// it was caught up with its leader as of echo_us. A message that does not bring it that far
+// (the leader had more than one message holds) counts once later ones have.
+void FollowerLink::NoteFresh(const Ack& ack, SequenceNumber leader_latest, int64_t echo_us,
+                             int64_t now_us) {
+  if (ack.outcome != AckOutcome::kOk) return;
+  if (echo_us > 0 && echo_us <= now_us) {
+    if (leader_latest <= ack.applied) {
+      caught_up_us_ = std::max(caught_up_us_, echo_us);
+    } else if (pending_fresh_.size() < kMaxPendingFresh) {
+      pending_fresh_.emplace_back(leader_latest, echo_us);
+    } else {
+      // Merged into the last one: reaching the later end is then needed for the older time.
+      pending_fresh_.back().first = std::max(pending_fresh_.back().first, leader_latest);
+    }
+  }
+  while (!pending_fresh_.empty() && pending_fresh_.front().first <= ack.applied) {
+    caught_up_us_ = std::max(caught_up_us_, pending_fresh_.front().second);
+    pending_fresh_.pop_front();
+  }
 }
 
 // Sends an ack, or holds it up to `max_delay_us` so that one later ack answers several
@@ -243,6 +272,7 @@ void FollowerLink::OnApplied(uint64_t push, absl::StatusOr<Ack> result, int64_t 
 // next, which covers them all (one fsync for a group, as PostgreSQL's walreceiver does).
 void FollowerLink::Answer(uint64_t push, Ack ack, uint32_t max_delay_us, bool flush, int64_t now_us,
                           LinkOutbox* out) {
+  ack.sent_us = now_us;  // at or before it leaves: the leader echoes it (Ship::echo_us)
   if (flush && ack.outcome == AckOutcome::kOk && ack.durable < ack.applied) {
     awaiting_sync_.push_back(Held{push, std::move(ack)});
     RequestFsync(out);

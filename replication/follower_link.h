@@ -131,6 +131,13 @@ class FollowerLink {
               LinkOutbox* out);
   // The last sign of life from the leader streamed from (monotonic µs; 0: none yet).
   int64_t last_contact_us() const { return last_contact_us_; }
+  // The latest moment (monotonic µs, the clock of the `now_us` handed in; 0: none) as of which
+  // this follower is known to hold everything its leader had: it has applied up to where a
+  // leader's message said the leader's log ended, and that message was sent after the leader
+  // had this node's ack stamped with that moment (Ship::echo_us). Neither a wall clock nor
+  // the time a message spent in flight or queued can make it look later than it is.
+  // now - caught_up_us() bounds this node's staleness (replication/reads.h).
+  int64_t caught_up_us() const { return caught_up_us_; }
 
   uint64_t generation() const { return generation_; }
   // The node this follower follows (or tries to): the config's or saved leader at first, then
@@ -160,6 +167,7 @@ class FollowerLink {
   void ReleaseHeld(LinkOutbox* out);
   void ApplyFailed(uint64_t push, const absl::Status& why, int64_t now_us, LinkOutbox* out);
   void CheckNeedsSnapshot(LinkOutbox* out);
+  void NoteFresh(const Ack& ack, SequenceNumber leader_latest, int64_t echo_us, int64_t now_us);
   static void Log(LinkOutbox* out, LogLevel level, std::string text);
 
   Follower& follower_;
@@ -186,6 +194,8 @@ class FollowerLink {
   uint64_t apply_out_generation_ = 0;
   uint32_t apply_out_max_delay_us_ = 0;
   bool apply_out_flush_ = false;
+  SequenceNumber apply_out_leader_latest_ = 0;
+  int64_t apply_out_echo_us_ = 0;
   std::vector<Held> held_;
   int64_t held_until_us_ = kNever;
 
@@ -195,6 +205,11 @@ class FollowerLink {
   std::vector<Held> awaiting_sync_;  // acks of messages that asked for a flush
   SequenceNumber synced_ = 0;
   bool needs_snapshot_logged_ = false;
+
+  int64_t caught_up_us_ = 0;  // caught_up_us()
+  // Applied messages whose leader_latest this node has not reached yet, with their echo_us.
+  static constexpr size_t kMaxPendingFresh = 64;
+  std::deque<std::pair<SequenceNumber, int64_t>> pending_fresh_;
 };
 
 }  // namespace walship::replication

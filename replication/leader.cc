@@ -212,6 +212,7 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   rec.info.id = hello.follower_id;
   reply.outcome = HelloOutcome::kAccepted;
   rec.session = next_session_++;
+  rec.echo_us = 0;  // the stamps of an earlier session may be of a clock since reset
   rec.next_seq = hello.last_applied + 1;
   rec.cursor.reset();
   rec.read_ahead.clear();
@@ -430,6 +431,7 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
   }
   const bool membership_due = MembershipDue(*rec, heartbeat);
   if (ship.batches.empty() && !heartbeat && !membership_due) return std::nullopt;
+  ship.echo_us = rec->echo_us;
   if (membership_due) {
     ship.membership = state_.membership;
     rec->membership_sent = state_.membership.version;
@@ -456,6 +458,7 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
     return;  // an ack from an older epoch is refused: it says nothing about this one
   }
   rec->info.last_ack_us = clock_->NowMicros();
+  rec->echo_us = std::max(rec->echo_us, ack.sent_us);
   rec->info.received = std::max(rec->info.received, ack.received);
   rec->info.durable = std::max(rec->info.durable, ack.durable);
   rec->info.applied = std::max(rec->info.applied, ack.applied);

@@ -104,6 +104,12 @@ struct Ship {
   // heartbeats while the follower's acks report another version; the follower saves it
   // before it acks (replication/membership.h).
   std::optional<Membership> membership;
+  // The `sent_us` of the last ack the leader had from this follower when it sent this message
+  // (the follower's own monotonic clock; 0: none yet). So the leader's log ended at
+  // leader_latest at some moment after echo_us on the follower's clock: once the follower
+  // has applied that far it knows how stale it can be at most, whatever the wall clocks say
+  // and however long the message was in flight (replication/reads.h).
+  int64_t echo_us = 0;
 };
 
 enum class AckOutcome {
@@ -122,6 +128,9 @@ struct Ack {
   SequenceNumber applied = 0;   // highest sequence applied (readable) on the follower
   std::string message;
   uint64_t membership_version = 0;  // the membership version the follower has saved
+  // The follower's monotonic clock when it made this ack (at or before it was sent); the
+  // leader echoes it in its next messages (Ship::echo_us). 0: not stamped.
+  int64_t sent_us = 0;
 };
 
 // Leader -> the follower it hands leadership to, once that follower has applied everything

@@ -302,6 +302,48 @@ TEST(FollowerLinkTest, BytesAfterTheStreamEndedAreNoContactWithTheLeader) {
   EXPECT_EQ(fx.link.last_contact_us(), contact);
 }
 
+// A follower knows itself caught up as of the ack time its leader echoes, once it has applied
+// as far as the leader's message said the leader's log ended; the time a message spent in
+// flight does not count, and a message that does not bring it that far counts once a later
+// one has.
+TEST(FollowerLinkTest, ItKnowsItselfCaughtUpAsOfTheAckItsLeaderEchoes) {
+  LinkFixture fx;
+  fx.Stream(kT0);
+  std::vector<Batch> b;
+  for (int i = 0; i < 3; ++i) b.push_back(fx.l.Write());
+  auto push = [&](uint64_t id, std::vector<Batch> batches, SequenceNumber leader_latest,
+                  int64_t echo_us, int64_t now) {
+    Ship ship = ShipOf(fx.l.leader->epoch(), std::move(batches));
+    ship.leader_latest = leader_latest;
+    ship.echo_us = echo_us;
+    LinkOutbox out;
+    std::string why;
+    EXPECT_TRUE(fx.link.OnPush(fx.link.generation(), id, ship, now, &out, &why)) << why;
+    EXPECT_EQ(out.answers.size(), 1u);
+    if (!out.answers.empty()) {
+      EXPECT_EQ(out.answers[0].ack.sent_us, now) << "acks are stamped";
+    }
+  };
+  push(1, {b[0]}, b[0].last_seq(), 0, kT0 + 10);
+  EXPECT_EQ(fx.link.caught_up_us(), 0) << "no echo: the leader had no ack of ours yet";
+  // Sent after the leader had our ack of kT0 + 10, received 5 s later: caught up as of then.
+  push(2, {b[1]}, b[2].last_seq(), kT0 + 10, kT0 + 5'000'000);
+  EXPECT_EQ(fx.link.caught_up_us(), 0) << "the leader had seq " << b[2].last_seq();
+  push(3, {b[2]}, b[2].last_seq(), kT0 + 20, kT0 + 5'000'010);
+  EXPECT_EQ(fx.link.caught_up_us(), kT0 + 20);
+  push(4, {}, b[2].last_seq(), kT0 + 9'000'000, kT0 + 5'000'020);
+  EXPECT_EQ(fx.link.caught_up_us(), kT0 + 20) << "an echo from the future is ignored";
+  // The leader echoes the last ack it had.
+  Ack ack;
+  ack.epoch = fx.l.leader->epoch();
+  ack.applied = b[2].last_seq();
+  ack.sent_us = kT0 + 5'000'010;
+  fx.l.leader->OnAck(1, ack);
+  auto next = fx.l.leader->NextShip(1, /*heartbeat=*/true);
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->echo_us, kT0 + 5'000'010);
+}
+
 // Acks may be held as long as the leader allows (capped at a quarter of the time-out); an
 // ack that may not wait releases every held one first, in order.
 TEST(FollowerLinkTest, HeldAcksGoOutInOrderWithTheFirstThatCannotWait) {

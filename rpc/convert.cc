@@ -216,6 +216,7 @@ replication::Ship FromCapnp(schema::Ship::Reader r) {
   m.needs_snapshot = r.getNeedsSnapshot();
   m.max_ack_delay_us = r.getMaxAckDelayUs();
   m.flush = r.getFlush();
+  m.echo_us = r.getEchoUs();
   if (r.hasMembership()) {
     replication::Membership mm;
     mm.version = r.getMembership().getVersion();
@@ -245,6 +246,7 @@ void ToCapnp(const replication::Ship& m, schema::Ship::Builder b) {
   b.setNeedsSnapshot(m.needs_snapshot);
   b.setMaxAckDelayUs(m.max_ack_delay_us);
   b.setFlush(m.flush);
+  b.setEchoUs(m.echo_us);
   if (m.membership.has_value()) {
     auto ms = b.initMembership();
     ms.setVersion(m.membership->version);
@@ -288,6 +290,7 @@ replication::Ack FromCapnp(schema::Ack::Reader r) {
   m.applied = r.getApplied();
   m.message = r.getMessage();
   m.membership_version = r.getMembershipVersion();
+  m.sent_us = r.getSentUs();
   return m;
 }
 
@@ -312,6 +315,7 @@ void ToCapnp(const replication::Ack& m, schema::Ack::Builder b) {
   b.setApplied(m.applied);
   b.setMessage(m.message);
   b.setMembershipVersion(m.membership_version);
+  b.setSentUs(m.sent_us);
 }
 
 std::vector<engine::WriteOp> FromCapnp(capnp::List<schema::Op>::Reader ops) {

@@ -515,6 +515,16 @@ void FollowerRole::DropConnection() {
   }
 }
 
+replication::ReadPosition FollowerRole::ReadPositionFor(SequenceNumber token_seq,
+                                                       SequenceNumber applied) const {
+  replication::ReadPosition p = follower_->ReadPositionAt(applied, token_seq);
+  if (int64_t at = link_.caught_up_us(); at > 0) {
+    p.lag_us = std::max<int64_t>(0, node_.MonoNowUs() - at);
+  }
+  p.leader = node_.AddressOf(link_.leader_id());
+  return p;
+}
+
 // An apply the link handed out: on the node's own thread.
 void FollowerRole::RunApply(replication::LinkOutbox::Apply apply) {
   uint64_t push = apply.push;

@@ -41,6 +41,8 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
                                                   bool pinned) override;
   kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
   std::string ReadRefusal() const override { return follower_->ReadRefusal(); }
+  replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
+                                            engine::SequenceNumber applied) const override;
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;

@@ -47,6 +47,13 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
                                                   bool pinned) override;
   kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
   std::string ReadRefusal() const override { return ""; }
+  // Its lag is 0 while it takes writes (then nothing newer exists), else unknown.
+  replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
+                                            engine::SequenceNumber applied) const override {
+    replication::ReadPosition p = replication::PositionIn(leader_.state(), applied, token_seq);
+    p.lag_us = WriteRefusal().ok() ? 0 : -1;
+    return p;
+  }
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;

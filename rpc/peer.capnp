@@ -100,6 +100,8 @@ struct Ship {
   membership @7 :Membership;  # set once per stream and after each change, and on heartbeats
                               # while the acks report another version: the follower saves it
                               # before it acks
+  echoUs @8 :Int64;           # the sentUs of the last ack the leader had from this follower
+                              # when it sent this (the follower's monotonic clock; 0: none)
 }
 
 enum AckOutcome {
@@ -118,6 +120,7 @@ struct Ack {
   applied @4 :UInt64;    # highest sequence number applied (readable)
   message @5 :Text;
   membershipVersion @6 :UInt64;  # the membership version the follower has saved
+  sentUs @7 :Int64;      # the follower's monotonic clock when it made this ack (echoed back)
 }
 
 struct Position {

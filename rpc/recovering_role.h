@@ -39,6 +39,10 @@ class RecoveringRole final : public Role, private kj::TaskSet::ErrorHandler {
                                                   bool pinned) override;
   kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
   std::string ReadRefusal() const override { return ""; }
+  replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
+                                            engine::SequenceNumber applied) const override {
+    return replication::PositionIn(recovery_.state(), applied, token_seq);  // lag unknown
+  }
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "replication/durability.h"
 #include "replication/membership.h"
+#include "replication/reads.h"
 #include "replication/recovery.h"
 #include "rpc/client.capnp.h"
 #include "rpc/peer.capnp.h"
@@ -101,6 +102,10 @@ class Role {
   virtual kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) = 0;
   // Why reads must not be served here, or "".
   virtual std::string ReadRefusal() const = 0;
+  // Where this node stands for a read that sees up to `applied` and may need `token_seq`
+  // (replication/reads.h): its history's epochs there, its lag, its leader's address.
+  virtual replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
+                                                    engine::SequenceNumber applied) const = 0;
 
   virtual void FillStatus(schema::NodeStatus::Builder status) = 0;
 

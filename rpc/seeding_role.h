@@ -56,6 +56,13 @@ class SeedingRole final : public Role, private kj::TaskSet::ErrorHandler {
                                                   bool pinned) override;
   kj::Promise<absl::Status> AwaitCommitted(engine::SequenceNumber seq) override;
   std::string ReadRefusal() const override;
+  replication::ReadPosition ReadPositionFor(engine::SequenceNumber,
+                                            engine::SequenceNumber applied) const override {
+    replication::ReadPosition p;
+    p.applied = applied;
+    p.refusal = ReadRefusal();
+    return p;
+  }
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;
