@@ -54,8 +54,6 @@ struct ReadPosition {
   // clock: 0 on the leader that takes writes, -1 when it never knew (or leads no more).
   int64_t lag_us = -1;
   std::string refusal;     // why this node serves no reads at all ("" when it does)
-  std::string leader;      // the address of the leader it knows ("" when none): a client
-                           // that cannot be served here may go there
 };
 
 // The epochs of a ReadPosition, from a node's history (the rest is the caller's).

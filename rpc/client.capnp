@@ -12,7 +12,8 @@ enum ErrorCode {
   notFound @1;           # get: the key is absent
   invalidArgument @2;    # the request is malformed; do not retry it as is
   notLeader @3;          # writes go to the leader: see leaderHint
-  unavailable @4;        # retry later (overloaded, behind minSeq, shutting down)
+  unavailable @4;        # retry later or elsewhere (overloaded, behind the read's token or
+                         # lag bound: see leaderHint; shutting down)
   failedPrecondition @5; # do not retry until the node's state is fixed (needs snapshot)
   dataLoss @6;           # corruption detected
   internal @7;
@@ -22,13 +23,17 @@ enum ErrorCode {
                          # stopped leading first): whether it survives a failover is in doubt.
                          # Do not retry it blindly; read to learn its outcome.
   conditionFailed @10;   # a conditional write's condition did not hold: nothing was written
+  writeLost @11;         # a read's token names a write that a later epoch replaced (it was
+                         # lost in a failover): no node will ever serve that position
 }
 
 struct Error {
   code @0 :ErrorCode;
   message @1 :Text;
   leaderHint @2 :Text;   # with notLeader: "host:port" of the leader when known, else empty;
-                         # with unavailable while a handover runs: the coming leader's
+                         # with unavailable while a handover runs: the coming leader's;
+                         # with unavailable for a read this follower could not serve: its
+                         # leader's
 }
 
 enum OpType {
@@ -179,30 +184,43 @@ struct NodeStatus {
 
 struct GetRequest {
   key @0 :Data;
-  minSeq @1 :UInt64;     # > 0: refused with unavailable unless this node has applied minSeq
+  minSeq @1 :UInt64;     # with afterEpoch, the read's token (docs/reads.md): answered once
+                         # this node has applied minSeq in a history that wrote it under
+                         # afterEpoch; writeLost when a later epoch replaced it. afterEpoch 0:
+                         # a bare sequence number, whatever history wrote it. 0: no token
   committed @2 :Bool;    # leader only: answer once everything the read sees has reached the
                          # cluster's replication level (a majority read), within the sync
                          # timeout, else unavailable
+  afterEpoch @3 :UInt64;
+  maxLagMs @4 :Int64 = -1;  # >= 0: answered only while this node knows itself within this
+                            # many ms of its leader (the leader: 0); -1: any lag
+  waitMs @5 :UInt32;     # how long the node may wait for the token or the lag bound before it
+                         # answers unavailable (0: 1000; at most 60000)
 }
 
 struct GetReply {
   error @0 :Error;       # notFound when the key is absent
   value @1 :Data;
-  seq @2 :UInt64;        # the node's latest sequence number at the read
+  seq @2 :UInt64;        # the position read: the last sequence number the read saw ...
+  epoch @3 :UInt64;      # ... and the epoch it was written under (with seq: a read token)
 }
 
 struct ScanRequest {
   start @0 :Data;        # keys >= start ...
   prefix @1 :Data;       # ... having this prefix, in order
   limit @2 :UInt32;      # at most this many (0: 1000; capped at 100000)
-  minSeq @3 :UInt64;
+  minSeq @3 :UInt64;     # minSeq to waitMs: as in GetRequest
   committed @4 :Bool;    # as GetRequest.committed
+  afterEpoch @5 :UInt64;
+  maxLagMs @6 :Int64 = -1;
+  waitMs @7 :UInt32;
 }
 
 struct ScanReply {
   error @0 :Error;
   items @1 :List(KeyValue);
-  seq @2 :UInt64;
+  seq @2 :UInt64;        # the position read, as in GetReply: every item is of one snapshot
+  epoch @5 :UInt64;      # at this sequence number
   truncated @3 :Bool;    # cut short by the reply's byte bound (maxScanReplyBytes) before the
                          # limit: more keys may follow; ask again from nextStart
   nextStart @4 :Data;    # when truncated: the start of the next scan (the last key + 0x00)
@@ -237,7 +255,7 @@ struct Request {
   union {
     write @0 :WriteRequest;
     # Applies ops atomically as one batch. On success the ops consumed [firstSeq, lastSeq]; a
-    # read with minSeq = lastSeq then sees this write (read-your-writes).
+    # read with the token (epoch, lastSeq) then sees this write, on any node (read-your-writes).
     writeMany @1 :WriteManyRequest;
     # A pipeline: independent writes in one message, like Redis's pipelined commands. Each
     # write is applied atomically on its own, in the order given, exactly as if sent with

@@ -98,9 +98,11 @@ class ClientImpl final : public Client {
     auto w = m.initRoot<schema::Request>().initWrite();
     BuildWrite(ops, w);
     if (!request_id.empty()) w.setRequestId(ToData(request_id));
-    return Call<WriteResult>(
+    auto written = Call<WriteResult>(
         m, timeout_ + write_options_.wait, schema::Reply::WRITE,
         [](schema::Reply::Reader r) { return ToResult(r.getWrite()); }, /*in_doubt=*/true);
+    NoteWrite(written);
+    return written;
   }
 
   absl::StatusOr<std::vector<int64_t>> WriteMany(
@@ -144,6 +146,7 @@ class ClientImpl final : public Client {
           Receive<WriteResult>(deadline, schema::Reply::WRITE,
                                [](schema::Reply::Reader r) { return ToResult(r.getWrite()); });
       if (IsTransportError(w.status())) return Fail(w.status());
+      NoteWrite(w);
       latency_ns[done] = std::chrono::duration_cast<std::chrono::nanoseconds>(
                              std::chrono::steady_clock::now() - sent[done])
                              .count();
@@ -171,7 +174,10 @@ class ClientImpl final : public Client {
           auto reply = r.getWriteMany();
           if (absl::Status refused = FromCapnp(reply.getError()); !refused.ok()) return refused;
           Results out;
-          for (auto w : reply.getReplies()) out.push_back(ToResult(w));
+          for (auto w : reply.getReplies()) {
+            out.push_back(ToResult(w));
+            NoteWrite(out.back());
+          }
           if (out.size() != writes.size()) {
             return absl::DataLossError(absl::StrCat(endpoint_, ": a pipeline of ", writes.size(),
                                                     " writes got ", out.size(), " replies"));
@@ -182,18 +188,17 @@ class ClientImpl final : public Client {
   }
 
   absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq) override {
-    capnp::MallocMessageBuilder m(8 + key.size() / 8 + 1);
+    capnp::MallocMessageBuilder m(12 + key.size() / 8 + 1);
     auto get = m.initRoot<schema::Request>().initGet();
     get.setKey(ToData(key));
-    get.setMinSeq(min_seq);
-    get.setCommitted(committed_reads_);
+    SetReadNeeds(get, min_seq);
     return Call<std::string>(
-        m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()),
-        schema::Reply::GET, [](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
+        m, ReadTimeout(), schema::Reply::GET,
+        [this](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
           auto reply = r.getGet();
-          if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
-            return e;
-          }
+          absl::Status e = FromCapnp(reply.getError());
+          if (e.ok() || absl::IsNotFound(e)) NoteRead({reply.getEpoch(), reply.getSeq()});
+          if (!e.ok()) return e;
           return ToString(reply.getValue());
         });
   }
@@ -212,16 +217,16 @@ class ClientImpl final : public Client {
       req.setStart(ToData(start));
       req.setPrefix(ToData(scan.prefix));
       req.setLimit(static_cast<uint32_t>(std::min<uint64_t>(limit - kvs.size(), UINT32_MAX)));
-      req.setMinSeq(min_seq);
-      req.setCommitted(committed_reads_);
+      SetReadNeeds(req, min_seq);
       std::optional<std::string> next;
       auto page =
-          Call<bool>(m, timeout_ + (committed_reads_ ? write_options_.wait : absl::ZeroDuration()),
+          Call<bool>(m, ReadTimeout(),
                      schema::Reply::SCAN, [&](schema::Reply::Reader r) -> absl::StatusOr<bool> {
                        auto reply = r.getScan();
                        if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
                          return e;
                        }
+                       NoteRead({reply.getEpoch(), reply.getSeq()});
                        for (auto item : reply.getItems()) {
                          kvs.push_back({ToString(item.getKey()), ToString(item.getValue())});
                        }
@@ -302,9 +307,48 @@ class ClientImpl final : public Client {
   }
 
   void SetWriteOptions(const WriteOptions& options) override { write_options_ = options; }
-  void SetCommittedReads(bool committed) override { committed_reads_ = committed; }
+  void SetCommittedReads(bool committed) override { read_options_.committed = committed; }
+  void SetReadOptions(const ReadOptions& options) override { read_options_ = options; }
+  void UseSession(replication::ReadToken start) override {
+    session_on_ = true;
+    session_ = start;
+  }
+  replication::ReadToken session() const override { return session_; }
+  replication::ReadToken last_read() const override { return last_read_; }
 
  private:
+  // A read asks for the later of its options' token and the session's (or a bare sequence
+  // number given with the call), and the options' lag bound and wait.
+  template <typename B>
+  void SetReadNeeds(B b, uint64_t min_seq) const {
+    replication::ReadToken after = read_options_.after;
+    if (session_on_) after = replication::Later(after, session_);
+    if (after.empty() && min_seq > 0) after = {0, min_seq};
+    b.setMinSeq(after.seq);
+    b.setAfterEpoch(after.epoch);
+    b.setMaxLagMs(read_options_.max_lag_ms);
+    b.setWaitMs(read_options_.wait_ms);
+    b.setCommitted(read_options_.committed);
+  }
+  // A read may wait at the node (its token, its lag bound) and, committed, for the followers.
+  absl::Duration ReadTimeout() const {
+    absl::Duration t = timeout_;
+    if (read_options_.committed) t += write_options_.wait;
+    if (!read_options_.after.empty() || session_on_ || read_options_.max_lag_ms >= 0) {
+      t += absl::Milliseconds(read_options_.wait_ms == 0 ? 1000 : read_options_.wait_ms);
+    }
+    return t;
+  }
+  void NoteRead(replication::ReadToken at) {
+    last_read_ = at;
+    if (session_on_) session_ = replication::Later(session_, at);
+  }
+  void NoteWrite(const absl::StatusOr<WriteResult>& w) {
+    if (session_on_ && w.ok() && w->last_seq > 0) {
+      session_ = replication::Later(session_, {w->epoch, w->last_seq});
+    }
+  }
+
   void BuildWrite(const std::vector<engine::WriteOp>& ops, schema::WriteRequest::Builder b) const {
     ToCapnp(ops, b.initOps(ops.size()));
     const WriteOptions& o = write_options_;
@@ -626,7 +670,10 @@ class ClientImpl final : public Client {
   std::string endpoint_;
   absl::Duration timeout_;
   WriteOptions write_options_;
-  bool committed_reads_ = false;
+  ReadOptions read_options_;
+  bool session_on_ = false;
+  replication::ReadToken session_;    // the latest position written or read (UseSession)
+  replication::ReadToken last_read_;  // the position of the last read answered
   int fd_ = -1;
   absl::Duration send_timeout_, recv_timeout_;  // SO_SNDTIMEO, SO_RCVTIMEO as last set
   std::string out_;                             // requests appended, not yet sent

@@ -20,6 +20,7 @@
 #include "engine/engine.h"
 #include "replication/durability.h"
 #include "replication/membership.h"
+#include "replication/reads.h"
 
 namespace walship::rpc {
 
@@ -118,6 +119,21 @@ std::string StatusToJson(const NodeStatusInfo& s);
 // A human-readable, multi-line rendering.
 std::string StatusToText(const NodeStatusInfo& s);
 
+// What each read sent from now on asks for (docs/reads.md); by default nothing: whatever the
+// node holds now.
+struct ReadOptions {
+  // Answered only by a node that has applied this position, in the same history: the token
+  // of a write (WriteResult::epoch, last_seq) or of a read (Client::last_read).
+  replication::ReadToken after;
+  // Answered only by a node that knows itself within this many ms of its leader; -1: any.
+  int64_t max_lag_ms = -1;
+  // How long a node may wait for `after` or the lag bound before it answers unavailable
+  // (0: 1000 ms); the call's timeout grows by as much.
+  uint32_t wait_ms = 0;
+  // Committed reads (served by the leader once its followers hold everything they see).
+  bool committed = false;
+};
+
 class Client {
  public:
   // Connects to "host:port". kUnavailable (naming the endpoint) when the node cannot be
@@ -131,6 +147,16 @@ class Client {
   // true: reads sent from now on are committed reads (served by the leader once its
   // followers hold everything they see, as the cluster's replication asks).
   virtual void SetCommittedReads(bool committed) = 0;
+  // What the reads sent from now on ask for (replaces SetCommittedReads's choice too).
+  virtual void SetReadOptions(const ReadOptions& options) = 0;
+  // Read-your-writes and monotonic reads for this client object: from now on it remembers the
+  // latest position it wrote or read (starting at `start`), and every read asks for it, at
+  // whichever node it is sent to. A client that moves to another node (Connect) may carry
+  // session() over with UseSession(session()).
+  virtual void UseSession(replication::ReadToken start = {}) = 0;
+  virtual replication::ReadToken session() const = 0;
+  // The position the last read answered saw (its token), {0, 0} before any.
+  virtual replication::ReadToken last_read() const = 0;
 
   // Errors: a not-leader error (IsNotLeader / LeaderHint in rpc/convert.h) on a follower,
   // kUnavailable when the node cannot be reached in time, a not-replicated error
@@ -164,7 +190,11 @@ class Client {
   // any of its writes may or may not have been applied.
   virtual absl::StatusOr<std::vector<absl::StatusOr<WriteResult>>> WritePipeline(
       absl::Span<const std::vector<engine::WriteOp>> writes) = 0;
-  // kNotFound when absent.
+  // kNotFound when absent. A read that asks for a position or a lag bound (ReadOptions,
+  // UseSession) this node cannot give in time is kUnavailable, with its leader's address as
+  // LeaderHint (rpc/convert.h) when it follows one; one whose token names a write a later
+  // epoch replaced is IsWriteLost (no node will serve it). `min_seq` > 0 asks for a bare
+  // sequence number when no token is asked for (whatever history wrote it).
   virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
   // Up to scan.limit keys in order. A node answers at most 16 MiB of keys and values per
   // reply (maxScanReplyBytes); past it this asks again from where the reply stopped, so a

@@ -36,7 +36,8 @@ void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
 
 }  // namespace
 
-ClientService::ClientService(Node& node) : node_(node), engine_(node.engine()), tasks_(*this) {}
+ClientService::ClientService(Node& node)
+    : node_(node), engine_(node.engine()), reads_(node), tasks_(*this) {}
 
 void ClientService::taskFailed(kj::Exception&& e) {
   spdlog::warn("write task failed: {}", e.getDescription().cStr());
@@ -121,126 +122,163 @@ kj::Promise<void> ClientService::WriteMany(schema::WriteManyRequest::Reader requ
   });
 }
 
-// Reads served on the loop thread come from memory only: a read that needs the disk goes to
-// a worker with a snapshot taken here and now, so that it sees exactly what it would have
-// seen here, whatever is written meanwhile, and the loop never waits for the disk.
+namespace {
+
+template <typename R>
+replication::ReadNeeds NeedsOf(R request) {
+  replication::ReadNeeds needs;
+  needs.after = {request.getAfterEpoch(), request.getMinSeq()};
+  needs.max_lag_ms = request.getMaxLagMs() < 0 ? -1 : request.getMaxLagMs();
+  return needs;
+}
+
+}  // namespace
+
+// A read is admitted (ReadGate: its token applied, its lag bound met, waiting for them if need
+// be), then reads at one snapshot, whose position the reply carries: what it saw and the
+// token of it come from the same state. Reads served on the loop thread come from memory
+// only: a read that needs the disk goes to a worker with the snapshot taken here and now, so
+// that it sees exactly what it would have seen here, whatever is written meanwhile, and the
+// loop never waits for the disk.
+std::optional<absl::Status> ClientService::AdmitRead(const replication::ReadNeeds& needs) {
+  if (std::string why = node_.role().ReadRefusal(); !why.empty()) {
+    return absl::FailedPreconditionError(why);
+  }
+  if (needs.after.empty() && needs.max_lag_ms < 0) return absl::OkStatus();
+  return reads_.Decide(needs);
+}
+
+ClientService::ReadAt ClientService::TakeSnapshot() {
+  ReadAt at;
+  at.snapshot = engine_.GetSnapshot();
+  at.seq = at.snapshot->seq();
+  at.epoch = node_.role().ReadPositionFor(0, at.seq).applied_epoch;
+  return at;
+}
+
 kj::Promise<void> ClientService::Get(schema::GetRequest::Reader request,
                                      schema::GetReply::Builder reply) {
-  SequenceNumber latest = engine_.LatestSequence();
-  reply.setSeq(latest);
-  if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
-    ToCapnp(s, reply.initError());
-    return kj::READY_NOW;
-  }
-  auto answer = [reply](absl::StatusOr<std::string> value) mutable {
-    ToCapnp(value.status(), reply.initError());
-    if (value.ok()) reply.setValue(ToData(*value));
-  };
   std::string key = ToString(request.getKey());
-  if (request.getCommitted()) {
-    // What it sees now, answered once the followers hold all of it: the snapshot first, then
-    // the latest sequence number, which covers it (a group written on a worker may land
-    // between the two).
-    auto at = engine_.GetSnapshot();
-    return node_.role().AwaitCommitted(engine_.LatestSequence()).then(
-        [this, key = std::move(key), at = std::move(at),
-         answer](absl::Status s) mutable -> kj::Promise<void> {
-          if (!s.ok()) {
-            answer(std::move(s));
-            return kj::READY_NOW;
-          }
-          return node_.client_pool()
-              .Run([e = &engine_, key = std::move(key), at]() {
-                engine::ReadOptions read;
-                read.snapshot = at.get();
-                return e->Get(key, read);
-              })
-              .then(kj::mv(answer));
-        });
+  bool committed = request.getCommitted();
+  replication::ReadNeeds needs = NeedsOf(request);
+  // Served in this turn when it may be (the snapshot is of the turn the read came in), else
+  // once it may be or its wait ran out.
+  auto serve = [this, reply, key = std::move(key), committed](absl::Status admitted) mutable
+      -> kj::Promise<void> {
+        ReadAt at = TakeSnapshot();
+        reply.setSeq(at.seq);
+        reply.setEpoch(at.epoch);
+        auto answer = [reply](absl::StatusOr<std::string> value) mutable {
+          ToCapnp(value.status(), reply.initError());
+          if (value.ok()) reply.setValue(ToData(*value));
+        };
+        if (!admitted.ok()) {
+          answer(std::move(admitted));
+          return kj::READY_NOW;
+        }
+        auto on_worker = [this, key, snap = at.snapshot]() {
+          return node_.client_pool().Run([e = &engine_, key, snap]() {
+            engine::ReadOptions read;
+            read.snapshot = snap.get();
+            return e->Get(key, read);
+          });
+        };
+        if (committed) {
+          // Answered once the followers hold everything the snapshot holds.
+          return node_.role().AwaitCommitted(at.seq).then(
+              [on_worker, answer](absl::Status s) mutable -> kj::Promise<void> {
+                if (!s.ok()) {
+                  answer(std::move(s));
+                  return kj::READY_NOW;
+                }
+                return on_worker().then(kj::mv(answer));
+              });
+        }
+        engine::ReadOptions cached;
+        cached.cache_only = true;
+        cached.snapshot = at.snapshot.get();
+        absl::StatusOr<std::string> value = engine_.Get(key, cached);
+        if (!absl::IsResourceExhausted(value.status())) {
+          answer(std::move(value));
+          return kj::READY_NOW;
+        }
+        return on_worker().then(kj::mv(answer));
+      };
+  if (std::optional<absl::Status> now = AdmitRead(needs); now.has_value()) {
+    return serve(std::move(*now));
   }
-  engine::ReadOptions cached;
-  cached.cache_only = true;
-  absl::StatusOr<std::string> value = engine_.Get(key, cached);
-  if (!absl::IsResourceExhausted(value.status())) {
-    answer(std::move(value));
-    return kj::READY_NOW;
-  }
-  return node_.client_pool()
-      .Run([e = &engine_, key = std::move(key), at = engine_.GetSnapshot()]() {
-        engine::ReadOptions read;
-        read.snapshot = at.get();
-        return e->Get(key, read);
-      })
-      .then(kj::mv(answer));
+  return reads_.Wait(needs, request.getWaitMs()).then(kj::mv(serve));
 }
 
 kj::Promise<void> ClientService::Scan(schema::ScanRequest::Reader request,
                                       schema::Reply::Builder reply) {
-  SequenceNumber latest = engine_.LatestSequence();
-  if (absl::Status s = CheckReadable(request.getMinSeq(), latest); !s.ok()) {
-    auto results = reply.initScan();
-    results.setSeq(latest);
-    ToCapnp(s, results.initError());
-    return kj::READY_NOW;
-  }
   engine::ScanOptions scan;
   scan.start = ToString(request.getStart());
   scan.prefix = ToString(request.getPrefix());
   scan.limit = ScanLimit(request);
   scan.max_bytes = schema::MAX_SCAN_REPLY_BYTES;
-  auto answer = [reply, latest, limit = scan.limit](
-                    absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
-    auto results = reply.initScan();
-    results.setSeq(latest);
-    ToCapnp(kvs.status(), results.initError());
-    if (!kvs.ok()) return;
-    auto items = results.initItems(kvs->size());
-    uint64_t bytes = 0;
-    for (size_t i = 0; i < kvs->size(); ++i) {
-      items[i].setKey(ToData((*kvs)[i].key));
-      items[i].setValue(ToData((*kvs)[i].value));
-      bytes += (*kvs)[i].key.size() + (*kvs)[i].value.size();
-    }
-    if (kvs->size() < limit && bytes >= schema::MAX_SCAN_REPLY_BYTES) {
-      results.setTruncated(true);
-      results.setNextStart(ToData(kvs->back().key + std::string(1, '\0')));
-    }
-  };
-  if (request.getCommitted()) {
-    auto at = engine_.GetSnapshot();  // then the latest seq, as for Get
-    return node_.role().AwaitCommitted(engine_.LatestSequence()).then(
-        [this, scan, at = std::move(at),
-         answer](absl::Status s) mutable -> kj::Promise<void> {
-          if (!s.ok()) {
-            answer(std::move(s));
+  bool committed = request.getCommitted();
+  replication::ReadNeeds needs = NeedsOf(request);
+  auto serve = [this, reply, scan = std::move(scan), committed](absl::Status admitted) mutable
+      -> kj::Promise<void> {
+        ReadAt at = TakeSnapshot();
+        auto answer = [reply, seq = at.seq, epoch = at.epoch, limit = scan.limit](
+                          absl::StatusOr<std::vector<engine::KeyValue>> kvs) mutable {
+          auto results = reply.initScan();
+          results.setSeq(seq);
+          results.setEpoch(epoch);
+          ToCapnp(kvs.status(), results.initError());
+          if (!kvs.ok()) return;
+          auto items = results.initItems(kvs->size());
+          uint64_t bytes = 0;
+          for (size_t i = 0; i < kvs->size(); ++i) {
+            items[i].setKey(ToData((*kvs)[i].key));
+            items[i].setValue(ToData((*kvs)[i].value));
+            bytes += (*kvs)[i].key.size() + (*kvs)[i].value.size();
+          }
+          if (kvs->size() < limit && bytes >= schema::MAX_SCAN_REPLY_BYTES) {
+            results.setTruncated(true);
+            results.setNextStart(ToData(kvs->back().key + std::string(1, '\0')));
+          }
+        };
+        if (!admitted.ok()) {
+          answer(std::move(admitted));
+          return kj::READY_NOW;
+        }
+        auto on_worker = [this, scan, snap = at.snapshot]() {
+          return node_.client_pool().Run([e = &engine_, scan, snap]() {
+            engine::ReadOptions read;
+            read.snapshot = snap.get();
+            return e->Scan(scan, read);
+          });
+        };
+        if (committed) {
+          return node_.role().AwaitCommitted(at.seq).then(
+              [on_worker, answer](absl::Status s) mutable -> kj::Promise<void> {
+                if (!s.ok()) {
+                  answer(std::move(s));
+                  return kj::READY_NOW;
+                }
+                return on_worker().then(kj::mv(answer));
+              });
+        }
+        // As for Get: small scans from memory here, the rest on a worker.
+        if (scan.limit <= kInlineScanLimit) {
+          engine::ReadOptions cached;
+          cached.cache_only = true;
+          cached.snapshot = at.snapshot.get();
+          auto kvs = engine_.Scan(scan, cached);
+          if (!absl::IsResourceExhausted(kvs.status())) {
+            answer(std::move(kvs));
             return kj::READY_NOW;
           }
-          return node_.client_pool()
-              .Run([e = &engine_, scan, at]() {
-                engine::ReadOptions read;
-                read.snapshot = at.get();
-                return e->Scan(scan, read);
-              })
-              .then(kj::mv(answer));
-        });
+        }
+        return on_worker().then(kj::mv(answer));
+      };
+  if (std::optional<absl::Status> now = AdmitRead(needs); now.has_value()) {
+    return serve(std::move(*now));
   }
-  // As for Get: small scans from memory here, the rest on a worker at a snapshot of now.
-  if (scan.limit <= kInlineScanLimit) {
-    engine::ReadOptions cached;
-    cached.cache_only = true;
-    auto kvs = engine_.Scan(scan, cached);
-    if (!absl::IsResourceExhausted(kvs.status())) {
-      answer(std::move(kvs));
-      return kj::READY_NOW;
-    }
-  }
-  return node_.client_pool()
-      .Run([e = &engine_, scan, at = engine_.GetSnapshot()]() {
-        engine::ReadOptions read;
-        read.snapshot = at.get();
-        return e->Scan(scan, read);
-      })
-      .then(kj::mv(answer));
+  return reads_.Wait(needs, request.getWaitMs()).then(kj::mv(serve));
 }
 
 void ClientService::Status(schema::NodeStatus::Builder st) {
@@ -311,17 +349,6 @@ kj::Promise<void> ClientService::Handover(schema::HandoverRequest::Reader reques
         reply.setLeader(outcome.leader);
         reply.setEpoch(outcome.epoch);
       });
-}
-
-// Whether a read may be served here (the role may refuse: a follower that needs a snapshot
-// holds stale data with no way to catch up), and only once `min_seq` is applied.
-absl::Status ClientService::CheckReadable(SequenceNumber min_seq, SequenceNumber latest) const {
-  if (std::string why = node_.role().ReadRefusal(); !why.empty()) {
-    return absl::FailedPreconditionError(why);
-  }
-  if (min_seq <= latest) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat("this node has applied up to seq ", latest,
-                                             "; the read asked for at least seq ", min_seq));
 }
 
 }  // namespace walship::rpc

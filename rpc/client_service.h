@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "replication/durability.h"
 #include "rpc/client.capnp.h"
+#include "rpc/read_gate.h"
 
 namespace walship::rpc {
 
@@ -74,6 +75,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
 
   void taskFailed(kj::Exception&& e) override;
 
+  // Reads waiting for a position or a lag bound; poked when either may have moved.
+  ReadGate& reads() { return reads_; }
+
  private:
   struct PendingWrite {
     std::vector<engine::WriteOp> ops;
@@ -103,7 +107,16 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
                              schema::HandoverReply::Builder reply);
   void ChangeMembership(schema::MembershipRequest::Reader request,
                         schema::MembershipReply::Builder reply);
-  absl::Status CheckReadable(engine::SequenceNumber min_seq, engine::SequenceNumber latest) const;
+  // A read's admission now: the role's refusal, then its token and lag bound (ReadGate);
+  // std::nullopt when it must wait for them.
+  std::optional<absl::Status> AdmitRead(const replication::ReadNeeds& needs);
+  // The snapshot a read reads at, and its position (the reply's token).
+  struct ReadAt {
+    std::shared_ptr<const engine::Snapshot> snapshot;
+    engine::SequenceNumber seq = 0;
+    uint64_t epoch = 0;
+  };
+  ReadAt TakeSnapshot();
   absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;
   kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops,
                                     absl::StatusOr<WriteSpec> spec);
@@ -149,6 +162,7 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   bool sync_running_ = false;
   std::deque<std::pair<engine::SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
       sync_waiters_;
+  ReadGate reads_;
   kj::TaskSet tasks_;
 };
 

@@ -349,6 +349,7 @@ void ClientService::Complete(std::vector<GroupMember>& group, absl::StatusOr<eng
     }
     writes_accepted_ += group.size();
     ++write_groups_;
+    reads_.Poke();
   }
   ScheduleFlush();
 }

@@ -428,6 +428,14 @@ bool IsConditionFailed(const absl::Status& s) {
   return s.GetPayload(kConditionFailedUrl).has_value();
 }
 
+absl::Status WriteLostError(const std::string& message) {
+  absl::Status s = absl::FailedPreconditionError(message);
+  s.SetPayload(kWriteLostUrl, absl::Cord("1"));
+  return s;
+}
+
+bool IsWriteLost(const absl::Status& s) { return s.GetPayload(kWriteLostUrl).has_value(); }
+
 namespace {
 absl::Status FromCapnpCode(schema::Error::Reader r);
 }  // namespace
@@ -442,6 +450,8 @@ void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
     code = schema::ErrorCode::NOT_REPLICATED;
   } else if (IsConditionFailed(s)) {
     code = schema::ErrorCode::CONDITION_FAILED;
+  } else if (IsWriteLost(s)) {
+    code = schema::ErrorCode::WRITE_LOST;
   } else {
     switch (s.code()) {
       case C::kOk:
@@ -513,6 +523,8 @@ absl::Status FromCapnpCode(schema::Error::Reader r) {
       return NotReplicatedError(msg);
     case schema::ErrorCode::CONDITION_FAILED:
       return ConditionFailedError(msg);
+    case schema::ErrorCode::WRITE_LOST:
+      return WriteLostError(msg);
     default:
       return absl::InternalError(msg);
   }

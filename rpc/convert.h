@@ -81,6 +81,11 @@ bool IsNotReplicated(const absl::Status& s);
 inline constexpr char kConditionFailedUrl[] = "walship/condition-failed";
 absl::Status ConditionFailedError(const std::string& message);
 bool IsConditionFailed(const absl::Status& s);
+// A read whose token names a write a later epoch replaced (writeLost; kFailedPrecondition):
+// no node will serve it.
+inline constexpr char kWriteLostUrl[] = "walship/write-lost";
+absl::Status WriteLostError(const std::string& message);
+bool IsWriteLost(const absl::Status& s);
 // A write sent whose answer never came (the connection broke, or no answer in time): it may
 // or may not have been applied. kUnavailable, marked; only the client makes it.
 inline constexpr char kInDoubtUrl[] = "walship/in-doubt";

@@ -12,6 +12,7 @@
 #include "replication/handover.h"
 #include "replication/rollback.h"
 #include "replication/seeding.h"
+#include "rpc/client_service.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
 
@@ -335,6 +336,7 @@ void FollowerRole::CarryLink(replication::LinkOutbox out) {
   if (out.fsync.has_value()) RunFsync(*out.fsync);
   if (out.connect.has_value()) Connect(std::move(*out.connect));
   ArmLinkTimer();
+  node_.clients().reads().Poke();  // an apply or a leader's message may let reads through
   if (campaign_ != nullptr) campaign_->NoteContact();
   if (node_.options().reseed == replication::ReseedPolicy::kAutomatic &&
       follower_->Status().phase == replication::FollowerPhase::kNeedsSnapshot) {
@@ -521,9 +523,10 @@ replication::ReadPosition FollowerRole::ReadPositionFor(SequenceNumber token_seq
   if (int64_t at = link_.caught_up_us(); at > 0) {
     p.lag_us = std::max<int64_t>(0, node_.MonoNowUs() - at);
   }
-  p.leader = node_.AddressOf(link_.leader_id());
   return p;
 }
+
+std::string FollowerRole::LeaderAddress() const { return node_.AddressOf(link_.leader_id()); }
 
 // An apply the link handed out: on the node's own thread.
 void FollowerRole::RunApply(replication::LinkOutbox::Apply apply) {

@@ -43,6 +43,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   std::string ReadRefusal() const override { return follower_->ReadRefusal(); }
   replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
                                             engine::SequenceNumber applied) const override;
+  std::string LeaderAddress() const override;
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;

@@ -132,6 +132,7 @@ void Node::SwitchRole(replication::NodeState state, std::deque<replication::Ship
     spdlog::info("node '{}' is now {}", options_.node_id, next->name());
     role_ = std::move(next);  // the old role ends here
     role_->Start();
+    clients_->reads().Poke();  // reads waiting for a position are checked against the new role
   }));
 }
 

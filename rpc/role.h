@@ -106,6 +106,8 @@ class Role {
   // (replication/reads.h): its history's epochs there, its lag, its leader's address.
   virtual replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
                                                     engine::SequenceNumber applied) const = 0;
+  // The address of the leader this node follows, for a client it cannot serve ("" if none).
+  virtual std::string LeaderAddress() const { return ""; }
 
   virtual void FillStatus(schema::NodeStatus::Builder status) = 0;
 
