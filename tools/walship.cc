@@ -20,6 +20,7 @@
 #include "tools/checkpoint.h"
 #include "tools/config.h"
 #include "tools/escape.h"
+#include "tools/session.h"
 #include "tools/membership.h"
 
 namespace {
@@ -33,6 +34,7 @@ constexpr int kExitError = 3;
 constexpr int kExitConditionFailed = 4;
 constexpr int kExitNotReplicated = 5;
 constexpr int kExitInDoubt = 6;
+constexpr int kExitWriteLost = 7;
 
 struct Target {
   std::string cluster_path;
@@ -43,7 +45,9 @@ struct Target {
   walship::rpc::WriteOptions write;  // for writes
   std::string request_id;            // for writes: empty for none
   int retry_for_ms = 30000;          // a write with a request id asks again this long
-  bool committed = false;            // for reads
+  walship::rpc::ReadOptions read;    // for reads
+  std::string session_path;          // --session: "" for none
+  walship::replication::ReadToken session;  // as loaded from it
 };
 
 int Fail(const absl::Status& s) {
@@ -53,6 +57,7 @@ int Fail(const absl::Status& s) {
   if (walship::rpc::IsConditionFailed(s)) return kExitConditionFailed;
   if (walship::rpc::IsNotReplicated(s)) return kExitNotReplicated;
   if (walship::rpc::IsInDoubt(s)) return kExitInDoubt;
+  if (walship::rpc::IsWriteLost(s)) return kExitWriteLost;
   return kExitError;
 }
 
@@ -94,12 +99,21 @@ absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
       write.wait = absl::Milliseconds(t.config->defaults.commit.timeout_ms);
     }
     (*client)->SetWriteOptions(write);
-    (*client)->SetCommittedReads(t.committed);
+    (*client)->SetReadOptions(t.read);
+    if (!t.session_path.empty()) (*client)->UseSession(t.session);
   }
   return client;
 }
 
 absl::StatusOr<std::string> Arg(const std::string& text) { return walship::tools::Unescape(text); }
+
+// --session: what a read saw, so that later reads never show an older state (monotonic reads).
+void SaveReadPosition(const Target& t, const walship::rpc::Client& c) {
+  if (t.session_path.empty()) return;
+  if (absl::Status s = walship::tools::SaveSession(t.session_path, c.last_read()); !s.ok()) {
+    std::fprintf(stderr, "walship: %s\n", std::string(s.message()).c_str());
+  }
+}
 
 // With --cluster, a node that is not the leader names the one it follows; the hints are
 // followed up to kMaxHops times, never to an endpoint already asked (a node that restarted
@@ -158,7 +172,15 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
       return t.request_id.empty() ? c.Write(ops) : c.WriteWithId(ops, t.request_id);
     });
     if (r.ok()) {
-      std::printf("OK seq %llu%s%s\n", static_cast<unsigned long long>(r->last_seq),
+      if (!t.session_path.empty()) {
+        if (absl::Status s = walship::tools::SaveSession(t.session_path, {r->epoch, r->last_seq});
+            !s.ok()) {
+          std::fprintf(stderr, "walship: the write is done, but %s\n",
+                       std::string(s.message()).c_str());
+        }
+      }
+      std::printf("OK seq %llu epoch %llu%s%s\n", static_cast<unsigned long long>(r->last_seq),
+                  static_cast<unsigned long long>(r->epoch),
                   r->degraded ? " (degraded: not waited for the followers)" : "",
                   r->duplicate ? " (already written with this request id: its first outcome)" : "");
       return 0;
@@ -340,7 +362,8 @@ int main(int argc, char** argv) {
       "\\s (space, for `write` input), \\xHH (any byte).\n"
       "Exit status: 0 ok, 1 not found, 2 bad usage or input, 3 other errors (unreachable, "
       "refused), 4 condition failed, 5 not replicated as asked, 6 in doubt (a write sent whose "
-      "answer never came: it may or may not have been applied).");
+      "answer never came: it may or may not have been applied), 7 write lost (a read's "
+      "position names a write a later leader replaced: no node will serve it).");
   Target t;
   app.add_option("--cluster", t.cluster_path, "cluster config file; talks to the leader")
       ->check(CLI::ExistingFile);
@@ -348,6 +371,10 @@ int main(int argc, char** argv) {
   app.add_option("--endpoint", t.endpoint, "HOST:PORT of the node to talk to");
   app.add_option("--timeout-ms", t.timeout_ms, "bound on connecting and on each call")
       ->capture_default_str();
+  app.add_option("--session", t.session_path,
+                 "read your writes across commands: writes and reads record their position in "
+                 "FILE, and reads at any node wait until they hold it (docs/reads.md)");
+  std::string after;
   app.require_subcommand(1);
   std::string mode, level, if_key, if_value;
   bool if_absent = false;
@@ -381,7 +408,7 @@ int main(int argc, char** argv) {
   get->add_option("KEY", key)->required();
   uint64_t min_seq = 0;
   get->add_option("--min-seq", min_seq, "refuse unless the node has applied this sequence");
-  get->add_flag("--committed", t.committed,
+  get->add_flag("--committed", t.read.committed,
                 "leader: answer once the followers hold what the read sees (the cluster's "
                 "replication level)");
   auto* del = app.add_subcommand("del", "delete KEY");
@@ -390,12 +417,23 @@ int main(int argc, char** argv) {
   delrange->add_option("BEGIN", key)->required();
   delrange->add_option("END", end)->required();
   auto* scan = app.add_subcommand("scan", "print keys and values in order, tab-separated");
+  // What a read asks for beyond the node's data as it is (docs/reads.md).
+  for (CLI::App* read : {get, scan}) {
+    read->add_option("--after", after,
+                     "EPOCH:SEQ: answer once the node holds this position (a write's `OK seq "
+                     "SEQ epoch EPOCH`) in the same history; exit 7 if it was lost");
+    read->add_option("--max-lag-ms", t.read.max_lag_ms,
+                     "answer only from a node that knows itself within N ms of its leader");
+    read->add_option("--wait-ms", t.read.wait_ms,
+                     "how long the node may wait for --after, --session or --max-lag-ms before "
+                     "it answers unavailable (default 1000)");
+  }
   std::string prefix, start;
   uint32_t limit = 100;
   scan->add_option("--prefix", prefix, "only keys starting with P");
   scan->add_option("--start", start, "first key at or after K");
   scan->add_option("--limit", limit, "at most N keys (up to 100000)")->capture_default_str();
-  scan->add_flag("--committed", t.committed, "as get --committed");
+  scan->add_flag("--committed", t.read.committed, "as get --committed");
   auto* write = app.add_subcommand(
       "write",
       "apply a batch read from stdin atomically: one 'put KEY VALUE', 'del KEY' or "
@@ -478,6 +516,15 @@ int main(int argc, char** argv) {
   if (remove_follower->parsed()) return DoRemoveFollower(t, member_id);
   if (promote->parsed()) return DoPromote(t, promote_node, accept_loss);
 
+  if (!after.empty() && !walship::replication::ParseToken(after, &t.read.after)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--after '", after, "' is not EPOCH:SEQ (say 3:1042)")));
+  }
+  if (!t.session_path.empty()) {
+    auto loaded = walship::tools::LoadSession(t.session_path);
+    if (!loaded.ok()) return Fail(loaded.status());
+    t.session = *loaded;
+  }
   if (!mode.empty()) {
     auto m = walship::replication::ParseMode(mode);
     if (!m.ok()) return Fail(m.status());
@@ -559,6 +606,7 @@ int main(int argc, char** argv) {
     auto k = Arg(key);
     if (!k.ok()) return Fail(k.status());
     auto v = (*client)->Get(*k, min_seq);
+    if (v.ok() || absl::IsNotFound(v.status())) SaveReadPosition(t, **client);
     if (absl::IsNotFound(v.status())) {
       std::fprintf(stderr, "walship: not found\n");
       return kExitNotFound;
@@ -578,6 +626,7 @@ int main(int argc, char** argv) {
     options.limit = limit;
     auto kvs = (*client)->Scan(options);
     if (!kvs.ok()) return Fail(kvs.status());
+    SaveReadPosition(t, **client);
     for (const auto& kv : *kvs) {
       std::cout << walship::tools::Escape(kv.key) << "\t" << walship::tools::Escape(kv.value)
                 << "\n";
