@@ -431,7 +431,7 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
   }
   const bool membership_due = MembershipDue(*rec, heartbeat);
   if (ship.batches.empty() && !heartbeat && !membership_due) return std::nullopt;
-  ship.echo_us = rec->echo_us;
+  ship.echo_us = echo_ ? rec->echo_us : 0;
   if (membership_due) {
     ship.membership = state_.membership;
     rec->membership_sent = state_.membership.version;

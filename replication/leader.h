@@ -189,6 +189,11 @@ class Leader {
 
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
+  // Whether messages echo the follower's last ack time (Ship::echo_us), by which a follower
+  // knows itself caught up with the cluster's latest as of then. Off while this node hands
+  // leadership over: once it has asked another node to take over, that one may write while
+  // this one still sends heartbeats.
+  void set_echo(bool on) { echo_ = on; }
   const NodeState& state() const { return state_; }
   const LeaderOptions& options() const { return options_; }
 
@@ -233,6 +238,7 @@ class Leader {
   Clock* clock_;
   SequenceNumber latest_;
   uint64_t next_session_ = 1;
+  bool echo_ = true;
   std::map<std::string, Record> followers_;  // by follower id
   std::vector<std::string> voter_ids_;        // NoteMembership
   bool has_learners_ = false;

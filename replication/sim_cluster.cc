@@ -22,6 +22,8 @@ void Stats::Add(const Stats& o) {
   replicated += o.replicated, degraded += o.degraded, not_replicated += o.not_replicated;
   recoveries += o.recoveries, recovery_handovers += o.recovery_handovers;
   seeded_tails += o.seeded_tails;
+  reads_served += o.reads_served, reads_lost += o.reads_lost;
+  bare_seq_stale += o.bare_seq_stale, caught_up_checks += o.caught_up_checks;
 }
 
 std::ostream& operator<<(std::ostream& out, const Stats& s) {
@@ -36,7 +38,9 @@ std::ostream& operator<<(std::ostream& out, const Stats& s) {
              << " worker_applies=" << s.worker_applies << " replicated=" << s.replicated
              << " degraded=" << s.degraded << " not_replicated=" << s.not_replicated
              << " recoveries=" << s.recoveries << " recovery_handovers=" << s.recovery_handovers
-             << " seeded_tails=" << s.seeded_tails;
+             << " seeded_tails=" << s.seeded_tails << " reads_served=" << s.reads_served
+             << " reads_lost=" << s.reads_lost << " bare_seq_stale=" << s.bare_seq_stale
+             << " caught_up_checks=" << s.caught_up_checks;
 }
 
 namespace detail {
@@ -145,8 +149,12 @@ void Cluster::Write() {
     Node& n = nodes_[l];
     engine::WriteOptions wo;
     wo.write_time_us = clock_.now_us;
-    auto batch = n.engine->Write(RandomOps(), wo);
+    std::vector<WriteOp> ops = RandomOps();
+    uint64_t index = static_cast<uint64_t>(writes_done_);
+    ops.push_back({OpType::kPut, MarkerKey(index), ""});  // tells whether a node holds it
+    auto batch = n.engine->Write(ops, wo);
     if (!Check(batch.ok(), "leader write")) return;
+    NoteWritten(l, batch->last_seq(), index);
     n.leader->OnLocalWrite(*batch, clock_.now_us);
     AwaitFollowers(l, batch->last_seq());
     max_leader_latest_ = std::max(max_leader_latest_, batch->last_seq());
@@ -158,6 +166,7 @@ void Cluster::Write() {
       ++stats_.flushes;
     }
     LeaderPump(l);
+    if (Chance(0.3)) ReadAtRandom();
     InjectFaults();
   }
   if (writes_done_ < writes_wanted_) {
@@ -289,6 +298,7 @@ void Cluster::CheckInvariants() {
                                      n.follower->Status().message));
     }
   }
+  if (failure_.empty()) CheckCaughtUp();
 }
 
 bool Cluster::NeedsSnapshot(const Node& n) const {

@@ -59,6 +59,10 @@ struct Stats {
   uint64_t recoveries = 0, recovery_handovers = 0;
   // Leaders that began with the batches they applied last as followers as their memory tail.
   uint64_t seeded_tails = 0;
+  // Reads with a write's token served (the write was there), refused as lost (it was not);
+  // reads of a bare sequence number that would have been served without the write; checks of
+  // a follower's caught-up time against what its leader held then.
+  uint64_t reads_served = 0, reads_lost = 0, bare_seq_stale = 0, caught_up_checks = 0;
 
   void Add(const Stats& o);
 };

@@ -22,6 +22,7 @@
 #include "replication/handover.h"
 #include "replication/leader.h"
 #include "replication/node_state.h"
+#include "replication/reads.h"
 #include "replication/recovery.h"
 #include "replication/shipper.h"
 #include "replication/sim_cluster.h"
@@ -51,6 +52,9 @@ class SimClock final : public Clock {
 };
 
 inline std::string NodeId(int i) { return "n" + std::to_string(i); }
+// The key every write puts (with its index among the run's writes), so that a read can tell
+// whether a node holds that write.
+inline std::string MarkerKey(uint64_t index) { return "w/" + std::to_string(index); }
 inline int NodeIndex(const std::string& id) {
   for (int i = 0; i < kNodes; ++i) {
     if (NodeId(i) == id) return i;
@@ -247,6 +251,18 @@ class Cluster {
   // Every write acknowledged as replicated is still held as its level promises.
   void CheckAckedWrites();
 
+  // ---- Reads (sim_reads.cc) ----
+
+  // Node `i` wrote a batch as leader (its last seq under its epoch) holding marker `index`.
+  void NoteWritten(int i, SequenceNumber last_seq, uint64_t index);
+  // A read at a random node with the token of a random recent write (replication/reads.h):
+  // served only where that write is, called lost only where it is not.
+  void ReadAtRandom();
+  // Every follower's bound on its staleness holds: it has applied what the leader held at the
+  // moment it believes itself caught up as of (FollowerLink::caught_up_us).
+  void CheckCaughtUp();
+  std::string Near(std::vector<std::pair<int64_t, SequenceNumber>>::iterator it);
+
   // ---- Checks ----
 
   // The history entries under which node `i` holds data never change.
@@ -286,6 +302,14 @@ class Cluster {
   };
   std::vector<AckedWrite> acked_;
   bool quiet_ = false;
+  // Reads: every write's token and marker index; the leading node's latest seq over time (at
+  // each write, and when a node begins to lead).
+  struct Written {
+    ReadToken token;
+    uint64_t index = 0;
+  };
+  std::vector<Written> written_;
+  std::vector<std::pair<int64_t, SequenceNumber>> leader_log_;
   Stats stats_;
   std::string failure_;
 };

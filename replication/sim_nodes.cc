@@ -107,6 +107,7 @@ void Cluster::BecomeLeader(int i, NodeState state) {
     if (j != i) lo.members.push_back(NodeId(j));
   }
   n.leader = std::make_unique<Leader>(lo, n.engine.get(), std::move(state), &clock_);
+  leader_log_.emplace_back(clock_.now_us, n.engine->LatestSequence());
   if (n.leader->SeedTail(std::move(recent)) > 0) ++stats_.seeded_tails;
   ShipperOptions so;
   so.max_inflight_ships = 4;
@@ -330,6 +331,7 @@ void Cluster::LeaderPump(int i) {
   n.commit_wait->Tick(*n.leader, clock_.now_us, &released);
   OnReleased(i, released);
   Outbox out;
+  n.leader->set_echo(!n.handover.has_value());  // as rpc/ does
   n.shipper->Pump(clock_.now_us, &out, n.commit_wait->demand());
   CarryLeader(i, std::move(out));
   if (n.handover.has_value()) PollHandover(i);

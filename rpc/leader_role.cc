@@ -414,6 +414,7 @@ void LeaderRole::SchedulePump() {
       Release(std::move(released), was_degraded);
     }
     replication::Outbox out;
+    leader_.set_echo(!handover_.has_value());
     shipper_.Pump(now, &out, commit_wait_.demand());
     Carry(std::move(out));
     if (handover_.has_value()) {
