@@ -20,6 +20,9 @@ for name in ("W2/idle/walship-3node", "W1/depth:1/walship-3node", "W1/batch:64/w
         assert row[f"lag_unseen/{f}"] == 0, row
         assert 0 < row[f"lag_p50_ms/{f}"] <= row[f"lag_p99_ms/{f}"] <= row[f"lag_max_ms/{f}"], row
         assert row[f"read_p50_us/{f}"] > 0, row
+for name in ("ryw/leader", "ryw/follower", "caught-up/leader", "caught-up/follower"):
+    row = rows[f"R1/{name}/walship-3node"]
+    assert row["items_per_second"] > 0 and row["p50_us"] > 0, row
 PY
 for f in throughput.svg lag-p99.svg sync-writes.svg recovery.svg latency.svg \
          lag-cdf-depth-1.svg lag-time-depth-1.svg lag-cdf-batch-64.svg; do

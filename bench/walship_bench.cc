@@ -18,6 +18,7 @@
 #include "bench/plots.h"
 #include "bench/report.h"
 #include "bench/stats.h"
+#include "bench/r1_reads.h"
 #include "bench/w3_sync.h"
 #include "bench/w5_seed.h"
 #include "bench/workloads.h"
@@ -81,6 +82,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd, bool last) {
   bool w4 = (o.workload == "all" || o.workload == "W4") && o.cluster.empty();
   bool w3 = (o.workload == "all" || o.workload == "W3") && o.cluster.empty();
   bool w5 = (o.workload == "all" || o.workload == "W5") && o.cluster.empty();
+  bool r1 = (o.workload == "all" || o.workload == "R1") && o.cluster.empty();
   if (w1 && o.baselines && o.cluster.empty()) {
     out.rows.push_back(RunBareEngine(SizesOf(o)));
     LocalCluster single(walshipd, 1, o.replication);
@@ -144,6 +146,14 @@ RunResult RunOnce(const Options& o, const std::string& walshipd, bool last) {
     w5o.replication = o.replication;
     for (Row& r : RunW5(walshipd, w5o)) out.rows.push_back(std::move(r));
   }
+  if (r1) {
+    cluster.reset();
+    R1Options r1o;
+    r1o.value_size = o.value_size;
+    r1o.cap_s = o.cap_s / 2;
+    r1o.replication = o.replication;
+    for (Row& r : RunR1(walshipd, r1o)) out.rows.push_back(std::move(r));
+  }
   // Ratios against the bare-RocksDB baseline of this repetition.
   double bare = 0;
   for (const Row& r : out.rows) {
@@ -192,7 +202,8 @@ int main(int argc, char** argv) {
   app.add_option("--workload", o.workload,
                  "W1 (with the W2 lag probe), W3 (writes waiting for "
                  "followers), W4, W5 (a new "
-                 "follower from a checkpoint), or all")
+                 "follower from a checkpoint), R1 (reads of one's own writes at a follower), "
+                 "or all")
       ->capture_default_str();
   app.add_option("--keys", o.keys, "writes per W1 run (keys 0..N-1)")->capture_default_str();
   app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")
