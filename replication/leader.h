@@ -190,9 +190,9 @@ class Leader {
   SequenceNumber latest() const { return latest_; }
   Epoch epoch() const { return state_.epoch; }
   // Whether messages echo the follower's last ack time (Ship::echo_us), by which a follower
-  // knows itself caught up with the cluster's latest as of then. Off while this node hands
-  // leadership over: once it has asked another node to take over, that one may write while
-  // this one still sends heartbeats.
+  // knows itself caught up with the cluster's latest as of then. Off while another node may
+  // lead: once this one has asked another to take over, or its lease lapsed (a majority may
+  // elect another meanwhile), that one may write while this one still sends heartbeats.
   void set_echo(bool on) { echo_ = on; }
   const NodeState& state() const { return state_; }
   const LeaderOptions& options() const { return options_; }

@@ -35,6 +35,7 @@ ReadPosition PositionIn(const NodeState& state, SequenceNumber applied,
   p.applied = applied;
   p.applied_epoch = state.EpochOf(applied);
   p.token_seq_epoch = token_seq == 0 ? 0 : state.EpochOf(token_seq);
+  p.history_epoch = state.history.empty() ? 0 : state.history.back().epoch;
   return p;
 }
 
@@ -49,13 +50,14 @@ ReadCheck CheckRead(const ReadNeeds& needs, const ReadPosition& at) {
         return {ReadVerdict::kWait, absl::StrCat(Where(at), "; the read needs seq ", t.seq, ": ",
                                                  t.seq - at.applied, " behind")};
       }
-    } else if (at.token_seq_epoch > t.epoch) {
+    } else if (at.token_seq_epoch != t.epoch && at.history_epoch > t.epoch) {
       return {ReadVerdict::kLost,
               absl::StrCat("the read's token ", TokenText(t), " names a write that is not in "
-                           "this node's history: seq ", t.seq, " is written under epoch ",
-                           at.token_seq_epoch, " here, which replaced epoch ", t.epoch,
-                           " there (the write was lost in a failover)")};
-    } else if (at.token_seq_epoch < t.epoch && applied) {
+                           "the history this node follows: there seq ", t.seq,
+                           " is written under epoch ", at.token_seq_epoch, ", and epoch ",
+                           at.history_epoch, " replaced epoch ", t.epoch,
+                           " (the write was lost in a failover)")};
+    } else if (at.token_seq_epoch != t.epoch && applied) {
       return {ReadVerdict::kUnavailable,
               absl::StrCat(Where(at), " in a history that parts from the read's (its seq ", t.seq,
                            " is written under epoch ", at.token_seq_epoch, ", the token's under ",

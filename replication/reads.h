@@ -50,6 +50,7 @@ struct ReadPosition {
   // (whether applied yet or not); 0 when the history does not reach back to it.
   Epoch applied_epoch = 0;
   Epoch token_seq_epoch = 0;
+  Epoch history_epoch = 0;  // the latest epoch of the node's history (0: none)
   // How long ago this node last knew itself caught up with its leader, on its own monotonic
   // clock: 0 on the leader that takes writes, -1 when it never knew (or leads no more).
   int64_t lag_us = -1;
@@ -72,10 +73,12 @@ struct ReadCheck {
 };
 
 // Decides a read. A token (E, S) is held when the node has applied S and its history puts S
-// under E. When its history puts S under an epoch above E, the write the token names was
-// replaced by a later leader's: kLost (also when S is not applied yet: it will be written
-// under that later epoch). Under an epoch below E, the node holds a tail the token's history
-// replaced, or it has not learnt of epoch E yet: kUnavailable once S is applied, else kWait.
+// under E. When its history puts S under another epoch and reaches past E (a later epoch
+// began), the history this node follows does not hold that write: a later leader wrote other
+// data at S, or kept another tail there: kLost (also when S is not applied yet: it will not
+// come under E). When its history ends before E, the node has not learnt of epoch E: it holds
+// a tail the token's history replaced (kUnavailable once S is applied), or it may learn it
+// (kWait).
 // A bound on lag holds when the node is the leader, or last knew itself caught up at most
 // that long ago; else kWait (a heartbeat may come), never kServe.
 ReadCheck CheckRead(const ReadNeeds& needs, const ReadPosition& at);

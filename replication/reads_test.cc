@@ -51,6 +51,21 @@ TEST(ReadCheckTest, ATokenOfAWriteALaterEpochReplacedIsLostNeverServed) {
   EXPECT_EQ(Verdict({0, 105}, 120), ReadVerdict::kServe);
 }
 
+// Epoch 3 began at 100 on a node that lacked epoch 2's writes past 99, wrote (3, 100) and
+// died; epoch 4 was won by a node that kept epoch 2's tail (100-199): the write of epoch 3 is
+// not in that history, although seq 100 is there under an earlier epoch.
+TEST(ReadCheckTest, AWriteOfAnEpochALaterHistorySkippedIsLostToo) {
+  NodeState state;
+  state.epoch = 4;
+  state.history = {{1, 1, "n1"}, {2, 50, "n2"}, {4, 200, "n2"}};
+  ReadNeeds needs;
+  needs.after = {3, 100};
+  ReadPosition p = PositionIn(state, 210, 100);
+  EXPECT_EQ(CheckRead(needs, p).verdict, ReadVerdict::kLost) << CheckRead(needs, p).why;
+  needs.after = {2, 150};  // epoch 2's tail, kept
+  EXPECT_EQ(CheckRead(needs, PositionIn(state, 210, 150)).verdict, ReadVerdict::kServe);
+}
+
 TEST(ReadCheckTest, ANodeHoldingATailALaterEpochReplacedSendsTheReadElsewhere) {
   // This node holds 101-120 of epoch 3; a leader of epoch 5 wrote 110- again.
   ReadNeeds needs;

@@ -193,7 +193,7 @@ class ClientImpl final : public Client {
     get.setKey(ToData(key));
     SetReadNeeds(get, min_seq);
     return Call<std::string>(
-        m, ReadTimeout(), schema::Reply::GET,
+        m, ReadTimeout(min_seq), schema::Reply::GET,
         [this](schema::Reply::Reader r) -> absl::StatusOr<std::string> {
           auto reply = r.getGet();
           absl::Status e = FromCapnp(reply.getError());
@@ -220,7 +220,7 @@ class ClientImpl final : public Client {
       SetReadNeeds(req, min_seq);
       std::optional<std::string> next;
       auto page =
-          Call<bool>(m, ReadTimeout(),
+          Call<bool>(m, ReadTimeout(min_seq),
                      schema::Reply::SCAN, [&](schema::Reply::Reader r) -> absl::StatusOr<bool> {
                        auto reply = r.getScan();
                        if (absl::Status e = FromCapnp(reply.getError()); !e.ok()) {
@@ -331,10 +331,11 @@ class ClientImpl final : public Client {
     b.setCommitted(read_options_.committed);
   }
   // A read may wait at the node (its token, its lag bound) and, committed, for the followers.
-  absl::Duration ReadTimeout() const {
+  absl::Duration ReadTimeout(uint64_t min_seq) const {
     absl::Duration t = timeout_;
     if (read_options_.committed) t += write_options_.wait;
-    if (!read_options_.after.empty() || session_on_ || read_options_.max_lag_ms >= 0) {
+    if (!read_options_.after.empty() || session_on_ || read_options_.max_lag_ms >= 0 ||
+        min_seq > 0) {
       t += absl::Milliseconds(read_options_.wait_ms == 0 ? 1000 : read_options_.wait_ms);
     }
     return t;

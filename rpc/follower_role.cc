@@ -521,7 +521,8 @@ replication::ReadPosition FollowerRole::ReadPositionFor(SequenceNumber token_seq
                                                        SequenceNumber applied) const {
   replication::ReadPosition p = follower_->ReadPositionAt(applied, token_seq);
   if (int64_t at = link_.caught_up_us(); at > 0) {
-    p.lag_us = std::max<int64_t>(0, node_.MonoNowUs() - at);
+    // Now, not the turn's start: a long turn must not make this node look fresher.
+    p.lag_us = std::max<int64_t>(0, node_.PreciseNowUs() - at);
   }
   return p;
 }

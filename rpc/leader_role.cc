@@ -414,7 +414,9 @@ void LeaderRole::SchedulePump() {
       Release(std::move(released), was_degraded);
     }
     replication::Outbox out;
-    leader_.set_echo(!handover_.has_value());
+    // Echoes say "nothing newer exists anywhere": not while another node may lead (a handover
+    // asked, or a lease lapsed, after which a majority may elect another).
+    leader_.set_echo(!handover_.has_value() && WriteRefusal().ok());
     shipper_.Pump(now, &out, commit_wait_.demand());
     Carry(std::move(out));
     if (handover_.has_value()) {

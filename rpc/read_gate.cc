@@ -59,6 +59,10 @@ kj::Promise<absl::Status> ReadGate::Wait(const replication::ReadNeeds& needs, ui
 
 void ReadGate::Poke() {
   for (auto it = waiters_.begin(); it != waiters_.end();) {
+    if (!it->done->isWaiting()) {  // its read was cancelled (the client went away)
+      it = waiters_.erase(it);
+      continue;
+    }
     replication::ReadCheck check = Check(it->needs);
     if (check.verdict == ReadVerdict::kWait) {
       ++it;

@@ -1,11 +1,14 @@
 #include "tools/session.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
@@ -36,10 +39,19 @@ absl::StatusOr<replication::ReadToken> LoadSession(const std::string& path) {
 }
 
 absl::Status SaveSession(const std::string& path, const replication::ReadToken& at) {
+  if (at.empty()) return absl::OkStatus();
+  // Commands of one session may end together: the read, merge and replace are one step.
+  std::string lock_path = absl::StrCat(path, ".lock");
+  int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock < 0 || ::flock(lock, LOCK_EX) != 0) {
+    if (lock >= 0) ::close(lock);
+    return absl::UnavailableError(absl::StrCat("session file ", path, ": cannot lock ", lock_path));
+  }
+  absl::Cleanup unlock = [lock] { ::close(lock); };
   auto before = LoadSession(path);
   if (!before.ok()) return before.status();
   replication::ReadToken keep = replication::Later(*before, at);
-  if (at.empty() || keep == *before) return absl::OkStatus();
+  if (keep == *before) return absl::OkStatus();
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   {
     std::ofstream out(tmp, std::ios::trunc);

@@ -3,7 +3,8 @@
 // it (read-your-writes and monotonic reads across commands).
 //
 // The file is one line, "walship-session 1 EPOCH:SEQ\n", replaced atomically (a temporary
-// file renamed over it), so a command that dies midway leaves the last position whole.
+// file renamed over it), so a command that dies midway leaves the last position whole; FILE.lock
+// serialises the commands of one session that end together.
 #pragma once
 
 #include <string>

@@ -516,6 +516,15 @@ int main(int argc, char** argv) {
   if (remove_follower->parsed()) return DoRemoveFollower(t, member_id);
   if (promote->parsed()) return DoPromote(t, promote_node, accept_loss);
 
+  if (t.read.max_lag_ms < -1) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--max-lag-ms ", t.read.max_lag_ms, " is negative")));
+  }
+  if (min_seq > 0 && (!after.empty() || !t.session_path.empty())) {
+    return Fail(absl::InvalidArgumentError(
+        "--min-seq is a bare sequence number: give --after EPOCH:SEQ instead with --session"
+        " or --after"));
+  }
   if (!after.empty() && !walship::replication::ParseToken(after, &t.read.after)) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--after '", after, "' is not EPOCH:SEQ (say 3:1042)")));

@@ -2,6 +2,7 @@
 no write the mode promised to keep is lost, the most up-to-date follower wins, and the old
 leader comes back as a follower without taking a write meanwhile."""
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -14,6 +15,7 @@ from cluster import TESTLOAD, Cluster, wait_until
 # 200, lease_ms 550; bench/failover.py measures the real figures); doubled where it is waited
 # for, never a skip on a slow machine.
 NEW_LEADER_WITHIN_S = 10
+EXIT_WRITE_LOST = 7
 
 
 class FailoverTest(unittest.TestCase):
@@ -259,6 +261,33 @@ class FailoverTest(unittest.TestCase):
             self.assertEqual([k for k in lost if f"{k}\t" in held], [], f"{nid} holds them")
             self.assertEqual(c.cli("--node", nid, "get", "after").stdout, "2\n")
             self.assertEqual(c.cli("--node", nid, "get", "before").stdout, "1\n")
+
+    def test_a_read_token_of_a_write_lost_in_a_failover_is_refused_never_answered(self):
+        c = self.cluster()  # asynchronous: a write is acknowledged by the leader alone
+        c.cli("put", "before", "1")
+        c.wait_converged(30)
+        c.stop("n2", signal.SIGKILL)
+        c.stop("n3", signal.SIGKILL)
+        # Within its lease n1 still acknowledges a write that no follower receives.
+        session = os.path.join(c.dir, "session")
+        out = c.cli("--node", "n1", "--session", session, "put", "lost", "x").stdout
+        c.stop("n1", signal.SIGKILL)
+        m = re.search(r"OK seq (\d+) epoch (\d+)", out)
+        seq, epoch = int(m.group(1)), int(m.group(2))
+        c.start("n2")
+        c.start("n3")
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.put_until_acked(c, leader, "after", "2")  # the new epoch writes seq again
+        c.wait_converged(30)
+        for nid in ("n2", "n3"):
+            r = c.cli("--node", nid, "--session", session, "get", "before", check=False)
+            self.assertEqual(r.returncode, EXIT_WRITE_LOST, r.stdout + r.stderr)
+            self.assertIn("lost in a failover", r.stderr)
+            r = c.cli("--node", nid, "get", "lost", "--after", f"{epoch}:{seq}", check=False)
+            self.assertEqual(r.returncode, EXIT_WRITE_LOST, r.stdout + r.stderr)
+            # A bare sequence number cannot tell: the other write at that seq satisfies it.
+            r = c.cli("--node", nid, "get", "lost", "--min-seq", str(seq), check=False)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)  # served: not found
 
     def test_a_node_being_re_seeded_still_votes_and_seeds_from_the_leader_elected(self):
         # n3 was told to re-seed and stopped before its copy came (its saved verdict says so);
