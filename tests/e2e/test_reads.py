@@ -169,7 +169,7 @@ class CliSessionTest(unittest.TestCase):
             self.assertRegex(f.read(), r"^walship-session 1 \d+:\d+\n$")
         # A read at n2 is then no older than what the session read there (monotonic reads).
         r = c.cli("--node", "n2", "--session", session, "scan", "--prefix", "rw")
-        self.assertEqual(r.stdout, f"rw\t19\n")
+        self.assertEqual(r.stdout, "rw\t19\n")
 
 
 if __name__ == "__main__":
