@@ -1,5 +1,7 @@
 #include "replication/reads.h"
 
+#include <cstdint>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -73,7 +75,8 @@ ReadCheck CheckRead(const ReadNeeds& needs, const ReadPosition& at) {
               absl::StrCat("this node does not know itself caught up with a leader; the read "
                            "asks for a lag of at most ", needs.max_lag_ms, " ms")};
     }
-    if (at.lag_us > needs.max_lag_ms * 1000) {
+    // (A bound past what microseconds can hold is no bound: it never overflows.)
+    if (needs.max_lag_ms < INT64_MAX / 1000 && at.lag_us > needs.max_lag_ms * 1000) {
       return {ReadVerdict::kWait,
               absl::StrCat("this node last knew itself caught up with its leader ",
                            at.lag_us / 1000, " ms ago; the read asks for at most ",

@@ -88,6 +88,9 @@ TEST(ReadCheckTest, ALagBoundNeedsANodeThatKnowsItselfCaughtUpThatRecently) {
   p.lag_us = 0;  // the leader
   needs.max_lag_ms = 0;
   EXPECT_EQ(CheckRead(needs, p).verdict, ReadVerdict::kServe);
+  p.lag_us = 5'000'000;  // a bound from a peer too large for microseconds: no overflow
+  needs.max_lag_ms = INT64_MAX;
+  EXPECT_EQ(CheckRead(needs, p).verdict, ReadVerdict::kServe);
 }
 
 TEST(ReadCheckTest, ANodeThatRefusesReadsRefusesThemAll) {

@@ -145,12 +145,15 @@ class ReadsTest(unittest.TestCase):
 
 class CliSessionTest(unittest.TestCase):
     """The CLI's session across commands, on a cluster whose leader holds each write back from
-    its follower for up to a second (the shipping pace at its maximum), so that a read at the
-    follower right after a write usually lacks it."""
+    its follower for up to a second (the shipping pace at its maximum, heartbeats rare), so
+    that a read at the follower right after a write usually lacks it."""
 
     def test_a_session_reads_its_writes_at_the_follower_where_plain_reads_miss_them(self):
+        # Heartbeats (which carry pending writes) far apart, so that only the pace ships.
         c = Cluster(n=2, replication={"min_ship_interval_us": 1000000,
-                                      "max_ship_hold_us": 1000000})
+                                      "max_ship_hold_us": 1000000,
+                                      "heartbeat_interval_ms": 5000,
+                                      "heartbeat_timeout_ms": 20000})
         self.addCleanup(c.close)
         c.start_all()
         stale = 0
