@@ -363,7 +363,7 @@ int main(int argc, char** argv) {
       "Exit status: 0 ok, 1 not found, 2 bad usage or input, 3 other errors (unreachable, "
       "refused), 4 condition failed, 5 not replicated as asked, 6 in doubt (a write sent whose "
       "answer never came: it may or may not have been applied), 7 write lost (a read's "
-      "position names a write a later leader replaced: no node will serve it).");
+      "position names a write that a later leader's history replaced: docs/reads.md).");
   Target t;
   app.add_option("--cluster", t.cluster_path, "cluster config file; talks to the leader")
       ->check(CLI::ExistingFile);
