@@ -24,7 +24,7 @@ enum ErrorCode {
                          # Do not retry it blindly; read to learn its outcome.
   conditionFailed @10;   # a conditional write's condition did not hold: nothing was written
   writeLost @11;         # a read's token names a write that a later epoch replaced (it was
-                         # lost in a failover): no node will ever serve that position
+                         # lost in a failover): the history this node follows does not hold it
 }
 
 struct Error {

@@ -193,8 +193,8 @@ class Client {
   // kNotFound when absent. A read that asks for a position or a lag bound (ReadOptions,
   // UseSession) this node cannot give in time is kUnavailable, with its leader's address as
   // LeaderHint (rpc/convert.h) when it follows one; one whose token names a write a later
-  // epoch replaced is IsWriteLost (no node will serve it). `min_seq` > 0 asks for a bare
-  // sequence number when no token is asked for (whatever history wrote it).
+  // epoch replaced is IsWriteLost (the history the node follows replaced it). `min_seq` > 0
+  // asks for a bare sequence number when no token is asked for (whatever history wrote it).
   virtual absl::StatusOr<std::string> Get(const std::string& key, uint64_t min_seq = 0) = 0;
   // Up to scan.limit keys in order. A node answers at most 16 MiB of keys and values per
   // reply (maxScanReplyBytes); past it this asks again from where the reply stopped, so a

@@ -82,7 +82,7 @@ inline constexpr char kConditionFailedUrl[] = "walship/condition-failed";
 absl::Status ConditionFailedError(const std::string& message);
 bool IsConditionFailed(const absl::Status& s);
 // A read whose token names a write a later epoch replaced (writeLost; kFailedPrecondition):
-// no node will serve it.
+// the history the node follows replaced it (docs/reads.md).
 inline constexpr char kWriteLostUrl[] = "walship/write-lost";
 absl::Status WriteLostError(const std::string& message);
 bool IsWriteLost(const absl::Status& s);
