@@ -212,7 +212,7 @@ class Leader {
     std::deque<std::pair<SequenceNumber, int64_t>> shipped_times;
     // The membership version sent on this follower's stream (sent once per stream and change).
     std::optional<uint64_t> membership_sent;
-    // The highest Ack::sent_us of this session, echoed in every message (Ship::echo_us).
+    // The highest Ack::sent_us of this stream, echoed in every message (Ship::echo_us).
     int64_t echo_us = 0;
   };
 

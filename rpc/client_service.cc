@@ -124,6 +124,20 @@ kj::Promise<void> ClientService::WriteMany(schema::WriteManyRequest::Reader requ
 
 namespace {
 
+// A committed read: answered once the followers hold everything up to `seq` (the snapshot's),
+// by `read` on a worker, or with the error that refused it.
+template <typename Read, typename Answer>
+kj::Promise<void> WhenCommitted(Role& role, SequenceNumber seq, Read read, Answer answer) {
+  return role.AwaitCommitted(seq).then(
+      [read, answer](absl::Status s) mutable -> kj::Promise<void> {
+        if (!s.ok()) {
+          answer(std::move(s));
+          return kj::READY_NOW;
+        }
+        return read().then(kj::mv(answer));
+      });
+}
+
 template <typename R>
 replication::ReadNeeds NeedsOf(R request) {
   replication::ReadNeeds needs;
@@ -183,17 +197,7 @@ kj::Promise<void> ClientService::Get(schema::GetRequest::Reader request,
             return e->Get(key, read);
           });
         };
-        if (committed) {
-          // Answered once the followers hold everything the snapshot holds.
-          return node_.role().AwaitCommitted(at.seq).then(
-              [on_worker, answer](absl::Status s) mutable -> kj::Promise<void> {
-                if (!s.ok()) {
-                  answer(std::move(s));
-                  return kj::READY_NOW;
-                }
-                return on_worker().then(kj::mv(answer));
-              });
-        }
+        if (committed) return WhenCommitted(node_.role(), at.seq, on_worker, answer);
         engine::ReadOptions cached;
         cached.cache_only = true;
         cached.snapshot = at.snapshot.get();
@@ -252,16 +256,7 @@ kj::Promise<void> ClientService::Scan(schema::ScanRequest::Reader request,
             return e->Scan(scan, read);
           });
         };
-        if (committed) {
-          return node_.role().AwaitCommitted(at.seq).then(
-              [on_worker, answer](absl::Status s) mutable -> kj::Promise<void> {
-                if (!s.ok()) {
-                  answer(std::move(s));
-                  return kj::READY_NOW;
-                }
-                return on_worker().then(kj::mv(answer));
-              });
-        }
+        if (committed) return WhenCommitted(node_.role(), at.seq, on_worker, answer);
         // As for Get: small scans from memory here, the rest on a worker.
         if (scan.limit <= kInlineScanLimit) {
           engine::ReadOptions cached;

@@ -15,7 +15,7 @@
 namespace walship::tools {
 
 namespace {
-constexpr char kMagic[] = "walship-session 1 ";
+constexpr char kMagic[] = "walship-position 1 ";
 }  // namespace
 
 absl::StatusOr<replication::ReadToken> LoadSession(const std::string& path) {

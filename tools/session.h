@@ -2,7 +2,7 @@
 // a command of the session wrote or read, so that the next command's reads, at any node, see
 // it (read-your-writes and monotonic reads across commands).
 //
-// The file is one line, "walship-session 1 EPOCH:SEQ\n", replaced atomically (a temporary
+// The file is one line, "walship-position 1 EPOCH:SEQ\n", replaced atomically (a temporary
 // file renamed over it), so a command that dies midway leaves the last position whole; FILE.lock
 // serialises the commands of one session that end together.
 #pragma once

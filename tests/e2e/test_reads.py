@@ -169,7 +169,7 @@ class CliSessionTest(unittest.TestCase):
             r = c.cli("--node", "n2", "--session", session, "get", "rw", check=False)
             self.assertEqual((r.returncode, r.stdout), (0, f"{i}\n"), r.stderr)
         with open(session) as f:
-            self.assertRegex(f.read(), r"^walship-session 1 \d+:\d+\n$")
+            self.assertRegex(f.read(), r"^walship-position 1 \d+:\d+\n$")
         # A read at n2 is then no older than what the session read there (monotonic reads).
         r = c.cli("--node", "n2", "--session", session, "scan", "--prefix", "rw")
         self.assertEqual(r.stdout, "rw\t19\n")
