@@ -10,8 +10,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -277,6 +279,39 @@ class EngineImpl final : public Engine {
     db_->GetIntProperty("rocksdb.total-sst-files-size", &sst);
     db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &mem);
     return sst + mem;
+  }
+
+  EngineFigures Figures() override {
+    EngineFigures f;
+    db_->GetIntProperty("rocksdb.total-sst-files-size", &f.sst_bytes);
+    db_->GetIntProperty("rocksdb.cur-size-all-mem-tables", &f.memtable_bytes);
+    db_->GetIntProperty("rocksdb.estimate-num-keys", &f.estimated_keys);
+    db_->GetIntProperty("rocksdb.estimate-pending-compaction-bytes",
+                        &f.pending_compaction_bytes);
+    db_->GetIntProperty("rocksdb.num-running-compactions", &f.running_compactions);
+    db_->GetIntProperty("rocksdb.num-running-flushes", &f.running_flushes);
+    uint64_t stopped = 0;
+    db_->GetIntProperty("rocksdb.is-write-stopped", &stopped);
+    f.writes_stopped = stopped != 0;
+    db_->GetIntProperty("rocksdb.actual-delayed-write-rate", &f.delayed_write_rate);
+    db_->GetIntProperty("rocksdb.background-errors", &f.background_errors);
+    // The maps' values are decimal text; a value RocksDB leaves out stays 0.
+    auto number = [](const std::map<std::string, std::string>& m, const char* key) {
+      auto it = m.find(key);
+      return it == m.end() ? uint64_t{0} : static_cast<uint64_t>(std::strtoull(
+                                               it->second.c_str(), nullptr, 10));
+    };
+    std::map<std::string, std::string> db_stats, cf_stats;
+    if (db_->GetMapProperty("rocksdb.dbstats", &db_stats)) {
+      f.stall_micros = number(db_stats, "db.user_write_stall_micros");
+      f.wal_bytes_written = number(db_stats, "db.wal_bytes_written");
+      f.wal_syncs = number(db_stats, "db.wal_syncs");
+    }
+    if (db_->GetMapProperty("rocksdb.cfstats", &cf_stats)) {
+      f.stalls_slowed = number(cf_stats, "io_stalls.total_slowdown");
+      f.stalls_stopped = number(cf_stats, "io_stalls.total_stop");
+    }
+    return f;
   }
 
   absl::Status SyncWal() override {

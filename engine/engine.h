@@ -98,6 +98,24 @@ struct WalTrim {
   std::vector<WalFileSpan> files;
 };
 
+// RocksDB's figures an operator watches (walship's /metrics), read from its properties.
+struct EngineFigures {
+  uint64_t sst_bytes = 0;
+  uint64_t memtable_bytes = 0;
+  uint64_t estimated_keys = 0;
+  uint64_t pending_compaction_bytes = 0;  // RocksDB's estimate of what compaction must rewrite
+  uint64_t running_compactions = 0;
+  uint64_t running_flushes = 0;
+  bool writes_stopped = false;        // RocksDB stops writes now (too many L0 files, ...)
+  uint64_t delayed_write_rate = 0;    // bytes/s writes are slowed to now; 0: not slowed
+  uint64_t stall_micros = 0;          // time writes spent stalled since the database opened
+  uint64_t stalls_slowed = 0;         // writes slowed, then stopped, since it opened
+  uint64_t stalls_stopped = 0;
+  uint64_t wal_bytes_written = 0;     // since it opened
+  uint64_t wal_syncs = 0;
+  uint64_t background_errors = 0;
+};
+
 // The bytes of WAL from the file that holds `seq` to the end of `files`.
 uint64_t WalBytesFrom(const std::vector<WalFileSpan>& files, SequenceNumber seq);
 
@@ -218,6 +236,9 @@ class Engine {
 
   // Bytes of SSTables, memtables and live WAL (an estimate).
   virtual uint64_t ApproximateSizeBytes() = 0;
+
+  // RocksDB's figures for monitoring. Builds its statistics maps: not for every request.
+  virtual EngineFigures Figures() { return {}; }
 
   // Fsyncs the WAL.
   virtual absl::Status SyncWal() = 0;

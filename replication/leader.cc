@@ -437,6 +437,7 @@ std::optional<Ship> Leader::NextShip(uint64_t session, bool heartbeat) {
     rec->membership_sent = state_.membership.version;
   }
   rec->info.bytes_shipped += bytes;
+  rec->info.batches_shipped += ship.batches.size();
   if (!ship.batches.empty()) {
     rec->info.sent = ship.batches.back().batch.last_seq();
     rec->shipped_times.emplace_back(ship.batches.front().batch.first_seq,
@@ -457,7 +458,9 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
     }
     return;  // an ack from an older epoch is refused: it says nothing about this one
   }
-  rec->info.last_ack_us = clock_->NowMicros();
+  int64_t now_us = clock_->NowMicros();
+  rec->info.last_ack_us = now_us;
+  ++rec->info.acks;
   rec->echo_us = std::max(rec->echo_us, ack.sent_us);
   rec->info.received = std::max(rec->info.received, ack.received);
   rec->info.durable = std::max(rec->info.durable, ack.durable);
@@ -468,6 +471,9 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
   auto& times = rec->shipped_times;
   while (!times.empty() && (rec->info.applied >= rec->info.sent ||
                             (times.size() > 1 && times[1].first <= rec->info.applied + 1))) {
+    if (times.front().second > 0) {
+      rec->info.replication_latency.Observe(now_us - times.front().second);
+    }
     times.pop_front();
   }
   switch (ack.outcome) {

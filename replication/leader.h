@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "base/histogram.h"
 #include "engine/engine.h"
 #include "replication/clock.h"
 #include "replication/durability.h"
@@ -73,6 +74,11 @@ struct FollowerInfo {
                                 // that write is neither in flight nor in the memory tail, the
                                 // age of the oldest batch in memory (a lower bound)
   uint64_t bytes_shipped = 0;   // batch bytes sent since the leader started
+  uint64_t batches_shipped = 0;  // and batches
+  uint64_t acks = 0;             // acks of this epoch received
+  // From the leader's write of each message's first batch to the ack that says the follower
+  // applied the whole message (messages acked after a reconnect or a gap are not counted).
+  LatencyHistogram replication_latency;
   int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
   std::string message;          // why it needs a snapshot or was refused
   bool voter = true;            // false: a learner (members_only)

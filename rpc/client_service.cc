@@ -57,16 +57,33 @@ bool ClientService::ReserveScanReply() {
 
 kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
                                        schema::Reply::Builder reply) {
+  int64_t start_us = node_.PreciseNowUs();
   switch (request.which()) {
     case schema::Request::WRITE: {
       auto w = request.getWrite();
-      return Enqueue(FromCapnp(w.getOps()), SpecOf(w)).then([reply](WriteOutcome o) mutable {
-        ToReply(o, reply.initWrite());
+      return Enqueue(FromCapnp(w.getOps()), SpecOf(w))
+          .then([this, reply, start_us](WriteOutcome o) mutable {
+            auto r = reply.initWrite();
+            ToReply(o, r);
+            counters_.CountWrite(static_cast<uint16_t>(r.getError().getCode()),
+                                 node_.PreciseNowUs() - start_us);
+          });
+    }
+    case schema::Request::WRITE_MANY: return WriteMany(request.getWriteMany(), reply, start_us);
+    case schema::Request::GET: {
+      auto r = reply.initGet();
+      return Get(request.getGet(), r).then([this, r, start_us]() mutable {
+        counters_.CountRead(static_cast<uint16_t>(r.getError().getCode()),
+                            node_.PreciseNowUs() - start_us);
       });
     }
-    case schema::Request::WRITE_MANY: return WriteMany(request.getWriteMany(), reply);
-    case schema::Request::GET: return Get(request.getGet(), reply.initGet());
-    case schema::Request::SCAN: return Scan(request.getScan(), reply);
+    case schema::Request::SCAN:
+      return Scan(request.getScan(), reply).then([this, reply, start_us]() mutable {
+        if (reply.isScan()) {
+          counters_.CountRead(static_cast<uint16_t>(reply.getScan().getError().getCode()),
+                              node_.PreciseNowUs() - start_us);
+        }
+      });
     case schema::Request::STATUS: Status(reply.initStatus()); return kj::READY_NOW;
     case schema::Request::HANDOVER: return Handover(request.getHandover(), reply.initHandover());
     case schema::Request::RESEED: ToCapnp(node_.Reseed(), reply.initReseed()); return kj::READY_NOW;
@@ -92,18 +109,22 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
 
 // A pipeline of independent writes: each enters the write queue as if sent on its own.
 kj::Promise<void> ClientService::WriteMany(schema::WriteManyRequest::Reader request,
-                                           schema::Reply::Builder reply) {
+                                           schema::Reply::Builder reply, int64_t start_us) {
   auto writes = request.getWrites();
   // Refused whole, with one error: the reply is never sized by an untrusted count.
+  auto refuse = [&](const absl::Status& why) {
+    auto error = reply.initWriteMany().initError();
+    ToCapnp(why, error);
+    counters_.CountRefusedWrites(static_cast<uint16_t>(error.getCode()), writes.size());
+  };
   if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) {
-    ToCapnp(refused, reply.initWriteMany().initError());
+    refuse(refused);
     return kj::READY_NOW;
   }
   if (writes.size() > kMaxPipelineWrites) {
-    ToCapnp(absl::InvalidArgumentError(absl::StrCat("a pipeline holds at most ",
-                                                    kMaxPipelineWrites, " writes; this one has ",
-                                                    writes.size())),
-            reply.initWriteMany().initError());
+    refuse(absl::InvalidArgumentError(absl::StrCat("a pipeline holds at most ",
+                                                   kMaxPipelineWrites, " writes; this one has ",
+                                                   writes.size())));
     return kj::READY_NOW;
   }
   // Every write is decoded before any is queued: a field of the wrong type in one of them
@@ -114,12 +135,17 @@ kj::Promise<void> ClientService::WriteMany(schema::WriteManyRequest::Reader requ
   for (auto w : writes) decoded.emplace_back(FromCapnp(w.getOps()), SpecOf(w));
   auto outcomes = kj::heapArrayBuilder<kj::Promise<WriteOutcome>>(decoded.size());
   for (auto& [ops, spec] : decoded) outcomes.add(Enqueue(std::move(ops), std::move(spec)));
-  return kj::joinPromises(outcomes.finish()).then([reply](kj::Array<WriteOutcome> done) mutable {
-    auto results = reply.initWriteMany();
-    ToCapnp(absl::OkStatus(), results.initError());
-    auto replies = results.initReplies(done.size());
-    for (size_t i = 0; i < done.size(); ++i) ToReply(done[i], replies[i]);
-  });
+  return kj::joinPromises(outcomes.finish())
+      .then([this, reply, start_us](kj::Array<WriteOutcome> done) mutable {
+        auto results = reply.initWriteMany();
+        ToCapnp(absl::OkStatus(), results.initError());
+        auto replies = results.initReplies(done.size());
+        int64_t took_us = node_.PreciseNowUs() - start_us;
+        for (size_t i = 0; i < done.size(); ++i) {
+          ToReply(done[i], replies[i]);
+          counters_.CountWrite(static_cast<uint16_t>(replies[i].getError().getCode()), took_us);
+        }
+      });
 }
 
 namespace {

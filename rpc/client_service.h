@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "replication/durability.h"
 #include "rpc/client.capnp.h"
+#include "rpc/metrics.h"
 #include "rpc/read_gate.h"
 
 namespace walship::rpc {
@@ -78,6 +79,11 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   // Reads waiting for a position or a lag bound; poked when either may have moved.
   ReadGate& reads() { return reads_; }
 
+  // The node's status (walship status; /metrics).
+  void Status(schema::NodeStatus::Builder st);
+  // Requests answered since the node started, by result (/metrics).
+  const RequestCounters& counters() const { return counters_; }
+
  private:
   struct PendingWrite {
     std::vector<engine::WriteOp> ops;
@@ -99,10 +105,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   };
 
   kj::Promise<void> WriteMany(schema::WriteManyRequest::Reader request,
-                              schema::Reply::Builder reply);
+                              schema::Reply::Builder reply, int64_t start_us);
   kj::Promise<void> Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply);
   kj::Promise<void> Scan(schema::ScanRequest::Reader request, schema::Reply::Builder reply);
-  void Status(schema::NodeStatus::Builder st);
   kj::Promise<void> Handover(schema::HandoverRequest::Reader request,
                              schema::HandoverReply::Builder reply);
   void ChangeMembership(schema::MembershipRequest::Reader request,
@@ -152,6 +157,7 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   bool flush_scheduled_ = false;
   bool writer_busy_ = false;  // a write group is on a worker; later groups wait
   uint64_t writes_accepted_ = 0;
+  RequestCounters counters_;
   uint64_t write_groups_ = 0;
   uint64_t scan_reply_bytes_reserved_ = 0;  // ReserveScanReply
   // Request ids of the writes queued or being written: a retry that comes meanwhile is told

@@ -55,6 +55,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
     return p;
   }
   void FillStatus(schema::NodeStatus::Builder st) override;
+  std::vector<replication::FollowerInfo> FollowerInfos() override { return leader_.Followers(); }
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;
   kj::Promise<void> TakeOver(TakeOverContext ctx) override;

@@ -21,6 +21,7 @@
 #include "rpc/client_service.h"
 #include "rpc/connections.h"
 #include "rpc/convert.h"
+#include "rpc/http_endpoint.h"
 #include "rpc/peer_client.h"
 #include "rpc/node.h"
 
@@ -58,6 +59,19 @@ class NodeServerImpl final : public NodeServer {
         return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen, ": ",
                                                    e->getDescription().cStr()));
       }
+      kj::Own<kj::ConnectionReceiver> http_receiver;
+      if (!options_.http_listen.empty()) {
+        KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+                      http_receiver = io.provider->getNetwork()
+                                          .parseAddress(options_.http_listen)
+                                          .wait(io.waitScope)
+                                          ->listen();
+                    })) {
+          return absl::UnavailableError(absl::StrCat("cannot listen for HTTP on ",
+                                                     options_.http_listen, ": ",
+                                                     e->getDescription().cStr()));
+        }
+      }
       auto term = io.unixEventPort.onSignal(SIGTERM);
       auto intr = io.unixEventPort.onSignal(SIGINT);
       auto stop = term.exclusiveJoin(kj::mv(intr))
@@ -74,6 +88,16 @@ class NodeServerImpl final : public NodeServer {
           auto serving = listener->AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
             spdlog::error("listener failed: {}", e.getDescription().cStr());
           });
+          kj::Own<HttpEndpoint> http;
+          kj::Promise<void> http_serving = nullptr;
+          if (http_receiver) {
+            http = HttpEndpoint::Create(node, *http_receiver, io);
+            http_serving = http->AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
+              spdlog::error("HTTP listener failed: {}", e.getDescription().cStr());
+            });
+            spdlog::info("serving /metrics, /health, /leader and /replica on http://{}",
+                         options_.http_listen);
+          }
           spdlog::info("node '{}' ({}) of cluster '{}' listening on {}; latest seq {}",
                        options_.node_id, state_.role, options_.cluster, options_.listen,
                        engine_->LatestSequence());

@@ -33,6 +33,9 @@ struct NodeServerOptions {
   std::string node_id;
   std::string listen;    // host:port
   std::string data_dir;  // holds db/ (RocksDB) and node-state
+  // host:port of the HTTP port for /metrics and the health endpoints (rpc/http_endpoint.h);
+  // empty: none.
+  std::string http_listen;
   // The role the config gives: it seeds a data dir whose node state holds no role yet; after
   // that the saved role wins (it changes at run time: handover).
   bool is_leader = false;

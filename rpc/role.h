@@ -8,12 +8,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/types.h"
 #include "absl/status/statusor.h"
 #include "replication/durability.h"
+#include "replication/leader.h"
 #include "replication/membership.h"
 #include "replication/reads.h"
 #include "replication/recovery.h"
@@ -110,6 +112,8 @@ class Role {
   virtual std::string LeaderAddress() const { return ""; }
 
   virtual void FillStatus(schema::NodeStatus::Builder status) = 0;
+  // The leader's record of each follower (/metrics); none on other roles.
+  virtual std::vector<replication::FollowerInfo> FollowerInfos() { return {}; }
 
   // A follower subscribes (rpc/peer.capnp); `sessions` counts the live sessions of the
   // connection it came on.

@@ -272,7 +272,8 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     std::string prefix = absl::StrCat("node[", i + 1, "]");
     for (auto&& [k, v] : t) {
       std::string key(k.str());
-      if (key != "id" && key != "listen" && key != "data_dir" && key != "role") {
+      if (key != "id" && key != "listen" && key != "data_dir" && key != "role" &&
+          key != "http_listen") {
         return err.At(k.source(), absl::StrCat(prefix, ".", key), "unknown key");
       }
     }
@@ -290,6 +291,21 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     const toml::source_region& listen_at = t.get("listen")->source();
     if (absl::Status s = CheckListen(err, listen_at, prefix + ".listen", n.listen); !s.ok()) {
       return s;
+    }
+    if (const toml::node* http = t.get("http_listen")) {
+      if (!http->is_string()) {
+        return err.At(http->source(), prefix + ".http_listen", "must be a string \"host:port\"");
+      }
+      n.http_listen = *http->value<std::string>();
+      if (absl::Status s = CheckListen(err, http->source(), prefix + ".http_listen", n.http_listen);
+          !s.ok()) {
+        return s;
+      }
+      if (n.http_listen == n.listen) {
+        return err.At(http->source(), prefix + ".http_listen",
+                      absl::StrCat(n.http_listen, " is the node's listen address too; the HTTP "
+                                   "port needs one of its own"));
+      }
     }
     auto dir = RequiredString(err, t, t.source(), prefix, "data_dir");
     if (!dir.ok()) return dir.status();
@@ -319,6 +335,14 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
       return err.At(t.get("data_dir")->source(), prefix + ".data_dir",
                     absl::StrCat("duplicate data_dir ", n.data_dir, " (also node ", it->second,
                                  ")"));
+    }
+    if (!n.http_listen.empty()) {
+      if (auto it = listen_owner.find(n.http_listen); it != listen_owner.end()) {
+        return err.At(t.get("http_listen")->source(), prefix + ".http_listen",
+                      absl::StrCat("duplicate address ", n.http_listen, " (also node ",
+                                   it->second, ")"));
+      }
+      listen_owner[n.http_listen] = n.id;
     }
     listen_owner[n.listen] = n.id;
     dir_owner[n.data_dir] = n.id;
@@ -421,6 +445,7 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.cluster = config.name;
   o.node_id = node.id;
   o.listen = node.listen;
+  o.http_listen = node.http_listen;
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
   o.leader.members_only = true;  // only the other nodes of the file may follow it

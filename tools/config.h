@@ -15,6 +15,7 @@ struct NodeConfig {
   std::string listen;    // host:port
   std::string data_dir;  // absolute, or resolved against the config file's directory
   std::string role;      // "leader" or "follower"
+  std::string http_listen;  // host:port for /metrics and the health endpoints; "" none
 };
 
 struct ClusterConfig {

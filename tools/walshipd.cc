@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <string>
 
+#include "replication/membership.h"
 #include "rpc/node_server.h"
 #include "tools/config.h"
 
@@ -33,6 +34,10 @@ int main(int argc, char** argv) {
                  "HOST:PORT to listen on, for a node that is not in the config file (one added "
                  "at run time with walship add-follower)");
   app.add_option("--data-dir", data_dir, "its data directory (with --listen)");
+  std::string http_listen;
+  app.add_option("--http-listen", http_listen,
+                 "HOST:PORT to serve /metrics, /health, /leader and /replica on (over the "
+                 "node's http_listen in the config file)");
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_color_mt("walshipd");
@@ -52,6 +57,18 @@ int main(int argc, char** argv) {
   }
   walship::rpc::NodeServerOptions options = walship::tools::ServerOptionsFor(*config, *node);
   options.restore_from = restore_from;
+  if (!http_listen.empty()) {
+    if (absl::Status s = walship::replication::CheckAddress(http_listen); !s.ok()) {
+      std::fprintf(stderr, "walshipd: --http-listen: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+    if (http_listen == options.listen) {
+      std::fprintf(stderr, "walshipd: --http-listen: %s is the node's listen address too\n",
+                   http_listen.c_str());
+      return 2;
+    }
+    options.http_listen = http_listen;
+  }
   auto server = walship::rpc::NodeServer::Open(std::move(options));
   if (!server.ok()) {
     spdlog::error("cannot start: {}", server.status().ToString());

@@ -44,12 +44,14 @@ def wait_until(predicate, timeout, what):
 class Cluster:
     """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
 
-    def __init__(self, n=3, name="test", replication=None, nodes=None):
+    def __init__(self, n=3, name="test", replication=None, nodes=None, http=False):
         self.dir = tempfile.mkdtemp(prefix="walship-e2e-")
         self.name = name
         self.ids = [f"n{i + 1}" for i in range(n)]
-        ports = free_ports(n)
+        ports = free_ports(2 * n if http else n)
         self.addr = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, ports)}
+        # With http: each node serves /metrics and the health endpoints here.
+        self.http = {nid: f"127.0.0.1:{p}" for nid, p in zip(self.ids, ports[n:])}
         self.procs = {}
         self.logs = {}
         repl = {"heartbeat_interval_ms": 50, "heartbeat_timeout_ms": 1000,
@@ -70,6 +72,8 @@ class Cluster:
             lines += ["", "[[node]]", f'id = "{nid}"', f'listen = "{self.addr[nid]}"',
                       f'data_dir = "data/{nid}"',
                       f'role = "{"leader" if i == 0 else "follower"}"']
+            if nid in self.http:
+                lines.append(f'http_listen = "{self.http[nid]}"')
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
 

@@ -180,6 +180,18 @@ class BadConfigTest(unittest.TestCase):
         self.check(self.good().replace('id = "n2"', 'id = "n1"'), 11, "node[2].id",
                    contains="duplicate")
 
+    def test_bad_http_listen(self):
+        with_http = self.good().replace('role = "leader"', 'role = "leader"\nhttp_listen = "{}"')
+        self.check(with_http.format("127.0.0.1"), 9, "node[1].http_listen",
+                   contains="is not host:port")
+        self.check(with_http.format("127.0.0.1:17101"), 9, "node[1].http_listen",
+                   contains="listen address too")
+        self.check(with_http.format("127.0.0.1:17102"), 13, "node[2].listen",
+                   contains="duplicate listen address 127.0.0.1:17102 (also node n1)")
+        both = with_http.format("127.0.0.1:18101").replace(
+            'role = "follower"', 'role = "follower"\nhttp_listen = "127.0.0.1:18101"')
+        self.check(both, 16, "node[2].http_listen", contains="duplicate address")
+
     def test_duplicate_listen(self):
         self.check(self.good().replace("17102", "17101"), 12, "node[2].listen",
                    contains="duplicate listen address")

@@ -1,0 +1,81 @@
+// What a node tells the tools operators already run: its figures in Prometheus' text
+// exposition format (/metrics) and the answers of its health endpoints for load balancers
+// (/health, /leader, /replica, as Patroni's), both built here from plain facts so that they
+// are tested without a server. rpc/http_endpoint.h serves them; docs/operations.md lists every
+// metric and answer.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "base/histogram.h"
+#include "engine/engine.h"
+#include "replication/leader.h"
+#include "rpc/client.h"
+
+namespace walship::rpc {
+
+// Client requests a node answered since it started, by result, counted by ClientService.
+struct RequestCounters {
+  // Indexed by the reply's error code (rpc/client.capnp ErrorCode: ok, notFound, ...); the
+  // last slot counts codes newer than this build knows.
+  static constexpr size_t kCodes = 13;
+  std::array<uint64_t, kCodes> writes{};
+  std::array<uint64_t, kCodes> reads{};  // gets and scans
+  // Arrival of the request to its answer: writes acknowledged (ok), reads served (ok or
+  // notFound), a read's wait for its token or lag bound included.
+  LatencyHistogram write_latency;
+  LatencyHistogram read_latency;
+  void CountWrite(uint16_t code, int64_t us);
+  void CountRefusedWrites(uint16_t code, uint64_t n);  // a pipeline refused whole
+  void CountRead(uint16_t code, int64_t us);
+};
+
+// Everything /metrics reports, gathered on the event loop in one turn.
+struct NodeMetrics {
+  NodeStatusInfo status;
+  RequestCounters requests;
+  engine::EngineFigures engine;
+  std::vector<replication::FollowerInfo> followers;  // the leader's record of each follower
+  // This node's staleness as a bounded-staleness read sees it (replication/reads.h
+  // ReadPosition::lag_us): 0 on the leader that takes writes, -1 when unknown.
+  int64_t staleness_us = -1;
+};
+
+// The Prometheus text exposition format (version 0.0.4) of `m`.
+std::string PrometheusText(const NodeMetrics& m);
+
+// What the health endpoints decide on, read from the node in one turn.
+struct HealthFacts {
+  std::string node;
+  std::string role;           // the role's name: leader, follower, seeding, recovering
+  uint64_t epoch = 0;
+  uint64_t latest_seq = 0;
+  std::string write_refusal;  // why writes are refused here ("" when taken)
+  std::string read_refusal;   // why reads are refused here ("" when served)
+  std::string storage_error;  // "" when RocksDB takes writes
+  int64_t staleness_us = -1;  // as NodeMetrics::staleness_us
+  std::string leader_address;  // the leader this node follows, when known
+};
+
+struct HttpAnswer {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+// The answer to GET `path`?`query` for the health endpoints; 404 for any other path.
+// /health: 200 when the node serves reads and its storage takes writes.
+// /leader: 200 only on the leader that takes writes now (its epoch is current: lease held,
+//   not handing over).
+// /replica[?lag=SECONDS]: 200 only on a follower that serves reads and, with lag, that knew
+//   itself caught up with its leader at most that long ago.
+// Else 503, and 400 for a malformed query. The body is one JSON object saying where the
+// node stands and, when not 200, why.
+HttpAnswer AnswerHealth(const HealthFacts& facts, std::string_view path, std::string_view query);
+
+}  // namespace walship::rpc

@@ -1,0 +1,166 @@
+"""Watching a cluster: /metrics in Prometheus' text format and the health endpoints for load
+balancers, scraped from real walshipd processes on 127.0.0.1 in each role."""
+import json
+import re
+import unittest
+import urllib.error
+import urllib.request
+
+from cluster import Cluster, wait_until
+
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE = re.compile(rf"({NAME})(\{{{LABEL}(?:,{LABEL})*\}})? (-?[0-9.e+-]+|NaN|\+Inf)")
+
+
+def parse_exposition(text):
+    """The samples of a Prometheus text exposition as {series: value}, checked strictly:
+    every line a HELP, a TYPE or a sample of a family whose TYPE came first; no series twice;
+    every histogram's buckets cumulative and ending in +Inf at its count."""
+    types, samples = {}, {}
+    assert text.endswith("\n"), "the exposition ends with a newline"
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            assert re.fullmatch(rf"# HELP {NAME} .+", line), line
+            continue
+        if line.startswith("# TYPE "):
+            m = re.fullmatch(rf"# TYPE ({NAME}) (counter|gauge|histogram)", line)
+            assert m, line
+            assert m[1] not in types, f"{m[1]} declared twice"
+            types[m[1]] = m[2]
+            continue
+        m = SAMPLE.fullmatch(line)
+        assert m, f"not the exposition format: {line!r}"
+        name = m[1]
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            base = name[:-len(suffix)]
+            if name.endswith(suffix) and types.get(base) == "histogram":
+                family = base
+        assert family in types, f"sample before its TYPE: {line}"
+        series = name + (m[2] or "")
+        assert series not in samples, f"{series} twice"
+        samples[series] = float(m[3])
+    for family, kind in types.items():
+        if kind != "histogram":
+            continue
+        by_labels = {}
+        for series, v in samples.items():
+            if series.startswith(family + "_bucket"):
+                labels = re.sub(r',?le="[^"]*"', "", series[len(family + "_bucket"):])
+                le = re.search(r'le="([^"]*)"', series)[1]
+                by_labels.setdefault(labels.replace("{}", ""), []).append(
+                    (float("inf") if le == "+Inf" else float(le), v))
+        for labels, buckets in by_labels.items():
+            buckets.sort()
+            counts = [v for _, v in buckets]
+            assert counts == sorted(counts), f"{family}{labels} buckets not cumulative"
+            assert buckets[-1][0] == float("inf"), f"{family}{labels} has no +Inf bucket"
+            assert counts[-1] == samples[f"{family}_count{labels}"], f"{family}{labels}"
+    return types, samples
+
+
+class OperationsTest(unittest.TestCase):
+    def setUp(self):
+        self.c = Cluster(3, name="ops", http=True)
+        self.c.start_all()
+
+    def tearDown(self):
+        self.c.close()
+
+    def get(self, nid, path, method="GET"):
+        """(status, body) of an HTTP request to node nid's HTTP port."""
+        req = urllib.request.Request(f"http://{self.c.http[nid]}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read().decode(), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(), e.headers
+
+    def scrape(self, nid):
+        status, body, headers = self.get(nid, "/metrics")
+        self.assertEqual(status, 200, body)
+        self.assertTrue(headers["Content-Type"].startswith("text/plain; version=0.0.4"))
+        return parse_exposition(body)
+
+    def test_metrics_parse_on_every_node_and_count_what_happened(self):
+        c = self.c
+        for i in range(20):
+            c.cli("put", f"k{i}", "v")
+        c.cli("--node", "n2", "get", "k1")
+        c.cli("--node", "n2", "get", "absent", check=False)
+        c.wait_converged()
+        latest = c.status("n1")["latest_seq"]
+
+        types, leader = self.scrape("n1")
+        self.assertEqual(leader['walship_role{role="leader"}'], 1)
+        self.assertEqual(leader['walship_role{role="follower"}'], 0)
+        self.assertEqual(leader["walship_latest_sequence"], latest)
+        self.assertEqual(leader['walship_writes_total{result="ok"}'], 20)
+        self.assertEqual(leader["walship_write_latency_seconds_count"], 20)
+        self.assertEqual(types["walship_replication_lag_seconds"], "gauge")
+        for f in ("n2", "n3"):
+            self.assertEqual(leader[f'walship_follower_up{{follower="{f}"}}'], 1)
+            self.assertEqual(leader[f'walship_follower_applied_sequence{{follower="{f}"}}'],
+                             latest)
+            self.assertEqual(leader[f'walship_replication_lag_sequences{{follower="{f}"}}'], 0)
+            self.assertGreaterEqual(leader[f'walship_shipped_batches_total{{follower="{f}"}}'],
+                                    20)
+            self.assertGreater(
+                leader[f'walship_replication_latency_seconds_count{{follower="{f}"}}'], 0)
+        self.assertIn("walship_rocksdb_pending_compaction_bytes", leader)
+
+        _, follower = self.scrape("n2")
+        self.assertEqual(follower['walship_role{role="follower"}'], 1)
+        self.assertEqual(follower["walship_applied_sequence"], latest)
+        self.assertEqual(follower['walship_reads_total{result="ok"}'], 1)
+        self.assertEqual(follower['walship_reads_total{result="notFound"}'], 1)
+        self.assertEqual(follower['walship_writes_total{result="ok"}'], 0)
+        self.assertEqual(follower["walship_read_latency_seconds_count"], 2)
+        self.assertNotIn('walship_replication_lag_seconds{follower="n3"}', follower)
+
+    def test_health_endpoints_answer_by_role_and_lag(self):
+        c = self.c
+
+        def code(nid, path, method="GET"):
+            return self.get(nid, path, method)[0]
+
+        wait_until(lambda: code("n2", "/replica?lag=1") == 200, 20, "n2 within 1 s")
+        wait_until(lambda: code("n3", "/replica?lag=1") == 200, 20, "n3 within 1 s")
+        self.assertEqual([code(n, "/leader") for n in c.ids], [200, 503, 503])
+        self.assertEqual([code(n, "/replica") for n in c.ids], [503, 200, 200])
+        self.assertEqual([code(n, "/health") for n in c.ids], [200, 200, 200])
+        self.assertEqual([code(n, "/leader", "HEAD") for n in c.ids], [200, 503, 503])
+        status, body, _ = self.get("n2", "/leader")
+        answer = json.loads(body)
+        self.assertEqual((answer["role"], answer["node"]), ("follower", "n2"))
+        self.assertEqual(answer["leader_address"], c.addr["n1"])
+        self.assertIn("follower", answer["reason"])
+        self.assertEqual(code("n2", "/replica?lag=soon"), 400)
+        self.assertEqual(code("n2", "/nothing"), 404)
+        self.assertEqual(code("n2", "/health", "POST"), 405)
+
+        # The roles change at run time and the endpoints follow them.
+        c.cli("--node", "n1", "handover", "n2", timeout=60)
+        wait_until(lambda: code("n2", "/leader") == 200, 20, "n2 to answer /leader")
+        self.assertEqual(code("n1", "/leader"), 503)
+        wait_until(lambda: code("n1", "/replica?lag=1") == 200, 20, "n1 to follow n2")
+        self.assertEqual(json.loads(self.get("n1", "/replica")[1])["epoch"],
+                         json.loads(self.get("n2", "/leader")[1])["epoch"])
+
+        # A follower whose leader falls silent stays a replica, but not one within 0.3 s.
+        c.pause("n2")
+        try:
+            wait_until(lambda: code("n1", "/replica?lag=0.3") == 503, 20,
+                       "n1 to be past 0.3 s of lag")
+            status, body, _ = self.get("n1", "/replica?lag=0.3")
+            self.assertIn("caught up", json.loads(body)["reason"])
+            self.assertEqual(code("n1", "/replica"), 200)
+            self.assertEqual(code("n1", "/health"), 200)
+        finally:
+            c.resume("n2")
+        wait_until(lambda: code("n1", "/replica?lag=0.3") == 200, 20, "n1 caught up again")
+
+
+if __name__ == "__main__":
+    unittest.main()
