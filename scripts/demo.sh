@@ -40,4 +40,12 @@ sleep 0.3
 w --node n3 scan --prefix fruit:  # read from a follower
 w --node n2 get greeting
 w status --all
+# What Prometheus and a load balancer see (docs/operations.md).
+pattern='^walship_(role\{role="leader"|replication_lag_seconds|writes_total\{result="ok")'
+echo "\$ curl -s 127.0.0.1:8101/metrics | grep -E '$pattern'"
+curl -s 127.0.0.1:8101/metrics | grep -E "$pattern"
+for node in 1 2 3; do
+  echo "node n$node: /leader $(curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:810$node/leader)," \
+       "/replica?lag=1 $(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:810$node/replica?lag=1")"
+done
 echo "logs: examples/n1.log examples/n2.log examples/n3.log"

@@ -13,7 +13,7 @@ PACKAGES=(cmake ninja-build g++ pkg-config python3
   zlib1g-dev libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev libbenchmark-tools python3-scipy
   libhiredis-dev libpq-dev
   gnuplot-nox
-  iproute2 iptables faketime util-linux)
+  iproute2 iptables faketime util-linux curl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
