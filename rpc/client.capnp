@@ -25,6 +25,8 @@ enum ErrorCode {
   conditionFailed @10;   # a conditional write's condition did not hold: nothing was written
   writeLost @11;         # a read's token names a write that a later epoch replaced (it was
                          # lost in a failover): the history this node follows does not hold it
+  unauthenticated @12;   # the node requires the cluster secret and this connection did not
+                         # prove it (docs/operations.md); the node closes the connection
 }
 
 struct Error {
@@ -180,6 +182,7 @@ struct NodeStatus {
                                # ("" when failover is off)
   leaderHeartbeatAgoMs @44 :Int64;  # follower: since its leader's last heartbeat; -1: none
   leaderHeartbeatPhi @45 :Float64;  # and their phi (replication/failure_detector.h)
+  authFailures @46 :UInt64;    # connections refused since start: no or a wrong cluster secret
 }
 
 struct GetRequest {

@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "rpc/auth.h"
 #include "rpc/client.capnp.h"
 #include "rpc/convert.h"
 
@@ -80,8 +81,8 @@ class ClientImpl final : public Client {
   // Replies larger than this are taken for a corrupt stream, not allocated.
   static constexpr uint64_t kMaxReplyWords = uint64_t{1} << 27;  // 1 GiB
 
-  ClientImpl(std::string endpoint, absl::Duration timeout)
-      : endpoint_(std::move(endpoint)), timeout_(timeout) {}
+  ClientImpl(std::string endpoint, absl::Duration timeout, ConnectOptions options)
+      : endpoint_(std::move(endpoint)), timeout_(timeout), secret_(std::move(options.secret)) {}
   ~ClientImpl() override { Close(); }
 
   absl::Status Init() { return Open(absl::Now() + timeout_); }
@@ -427,6 +428,16 @@ class ClientImpl final : public Client {
       Close();
       return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
     }
+    if (!secret_.empty()) {
+      if (absl::Status proved = ProveSecret(deadline); !proved.ok()) {
+        Close();
+        if (absl::IsUnauthenticated(proved)) {
+          return absl::UnauthenticatedError(absl::StrCat(endpoint_, ": ", proved.message()));
+        }
+        return absl::UnavailableError(
+            absl::StrCat("cannot reach ", endpoint_, ": ", proved.message()));
+      }
+    }
     // The preamble goes out at once, not with the first request: a node closes a connection
     // that has not said what it speaks within preamble_timeout_ms, and the first request may
     // come later than that (a client that connects ahead of need, or builds a large request).
@@ -436,6 +447,35 @@ class ClientImpl final : public Client {
       return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", sent.message()));
     }
     return absl::OkStatus();
+  }
+
+  // The cluster secret's handshake (rpc/auth.h), before anything else on the connection.
+  absl::Status ProveSecret(absl::Time deadline) {
+    auto send = [&](std::string_view bytes) {
+      out_.assign(bytes.data(), bytes.size());
+      return Flush(deadline);
+    };
+    auto recv = [&](size_t n) -> absl::StatusOr<std::string> {
+      std::string got(n, '\0');
+      size_t have = 0;
+      while (have < n) {
+        if (!BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_)) {
+          return absl::UnavailableError("the node did not answer the secret's handshake in time");
+        }
+        ssize_t r = ::recv(fd_, got.data() + have, n - have, 0);
+        if (r > 0) {
+          have += static_cast<size_t>(r);
+        } else if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
+          continue;  // the deadline decides
+        } else {
+          return absl::UnavailableError(
+              r == 0 ? "the node closed the connection during the secret's handshake"
+                     : std::strerror(errno));
+        }
+      }
+      return got;
+    };
+    return auth::Offer(secret_, send, recv);
   }
 
   absl::Status Connect(absl::Time deadline) {
@@ -670,6 +710,7 @@ class ClientImpl final : public Client {
 
   std::string endpoint_;
   absl::Duration timeout_;
+  std::string secret_;  // proven on every connection; empty: none
   WriteOptions write_options_;
   ReadOptions read_options_;
   bool session_on_ = false;
@@ -688,8 +729,9 @@ class ClientImpl final : public Client {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& endpoint,
-                                                        absl::Duration timeout) {
-  auto client = std::make_unique<ClientImpl>(endpoint, timeout);
+                                                        absl::Duration timeout,
+                                                        ConnectOptions options) {
+  auto client = std::make_unique<ClientImpl>(endpoint, timeout, std::move(options));
   if (absl::Status s = client->Init(); !s.ok()) return s;
   return std::unique_ptr<Client>(std::move(client));
 }

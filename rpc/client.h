@@ -73,7 +73,7 @@ struct NodeStatusInfo {
   std::string message;
   uint64_t writes_accepted = 0, write_groups = 0;
   uint32_t client_connections = 0, peer_connections = 0;
-  uint64_t connections_refused = 0, accept_failures = 0;
+  uint64_t connections_refused = 0, accept_failures = 0, auth_failures = 0;
   std::string storage_error;  // why the node's storage refuses writes; empty when it does not
   std::string handover_to;    // leader: the follower it is handing leadership to, or empty
   // The cluster's replication as configured, and on a leader how it stands.
@@ -134,12 +134,21 @@ struct ReadOptions {
   bool committed = false;
 };
 
+// How a client connects.
+struct ConnectOptions {
+  // The cluster secret, proven on every connection before anything else (rpc/auth.h); empty:
+  // none (a node that has one answers every request `unauthenticated`).
+  std::string secret;
+};
+
 class Client {
  public:
   // Connects to "host:port". kUnavailable (naming the endpoint) when the node cannot be
-  // reached within `timeout`; the same timeout then bounds every call.
+  // reached within `timeout`; the same timeout then bounds every call. kUnauthenticated when
+  // the node and this client do not share the cluster secret.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& endpoint,
-                                                          absl::Duration timeout);
+                                                          absl::Duration timeout,
+                                                          ConnectOptions options = {});
   virtual ~Client() = default;
 
   // What the writes sent from now on ask for (replication, condition).

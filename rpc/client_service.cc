@@ -317,6 +317,7 @@ void ClientService::Status(schema::NodeStatus::Builder st) {
   st.setPeerConnections(stats.peers);
   st.setConnectionsRefused(stats.refused);
   st.setAcceptFailures(stats.accept_failures);
+  st.setAuthFailures(stats.auth_failures);
   if (absl::Status e = engine_.StorageError(); !e.ok()) st.setStorageError(e.message().data());
   const replication::CommitWaitOptions& commit = options.commit;
   st.setReplicationMode(replication::ModeName(commit.cluster.mode));

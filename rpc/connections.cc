@@ -12,6 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "replication/clock.h"
+#include "rpc/auth.h"
+#include "rpc/auth_stream.h"
 #include "rpc/buffered_stream.h"
 #include "rpc/client_service.h"
 #include "rpc/convert.h"
@@ -472,43 +474,61 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
     uint32_t* count_;
   };
 
+  // A connection that offers the cluster secret's hello proves it first (Authenticate), then
+  // comes back here `authenticated`. A node with a secret serves no other connection: a
+  // client is answered `unauthenticated`, a node's connection is closed.
   kj::Promise<void> Route(kj::Own<BufferedStream> stream, const FdStream* socket,
-                          kj::Own<Unrouted> unrouted) {
+                          kj::Own<Unrouted> unrouted, bool authenticated = false) {
     BufferedStream& s = *stream;
     // A connection that does not say what it speaks within the bound is closed.
     auto first_bytes = s.Peek(kPreambleBytes).exclusiveJoin(
         io_.provider->getTimer()
             .afterDelay(node_.options().preamble_timeout_ms * kj::MILLISECONDS)
             .then([]() { return kj::ArrayPtr<const kj::byte>(); }));
-    return first_bytes.then([this, stream = kj::mv(stream), socket,
-                             unrouted = kj::mv(unrouted)](
+    return first_bytes.then([this, stream = kj::mv(stream), socket, unrouted = kj::mv(unrouted),
+                             authenticated](
                                 kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
       if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed or silent
       kj::StringPtr preamble = schema::CLIENT_PREAMBLE;
       auto text = head.slice(0, kPreambleBytes).asChars();
+      if (!authenticated && kj::StringPtr(auth::kMagic.data(), auth::kMagic.size()).asArray() ==
+                                text) {
+        return Authenticate(kj::mv(stream), socket, kj::mv(unrouted));
+      }
+      bool without_secret = !authenticated && !node_.options().secret.empty();
       if (text == preamble.asArray()) {
         kj::byte skipped[kPreambleBytes];
         BufferedStream& client = *stream;
         return client.tryRead(skipped, kPreambleBytes, kPreambleBytes)
-            .then([this, stream = kj::mv(stream), socket,
-                   unrouted = kj::mv(unrouted)](size_t) mutable -> kj::Promise<void> {
+            .then([this, stream = kj::mv(stream), socket, unrouted = kj::mv(unrouted),
+                   without_secret](size_t) mutable -> kj::Promise<void> {
               auto connection = kj::heap<ClientConnection>(node_, kj::mv(stream),
                                                            io_.provider->getTimer(), socket);
               uint32_t limit = node_.options().max_client_connections;
               auto& stats = node_.connection_stats();
-              if (stats.clients >= limit) {
+              absl::Status refusal;
+              if (without_secret) {
+                ++stats.auth_failures;
+                LogRarely("refused a client that did not prove the cluster secret");
+                refusal = absl::UnauthenticatedError(
+                    "this node requires the cluster secret: give the client the cluster's "
+                    "config file (walship --cluster), which names it");
+              } else if (stats.clients >= limit) {
                 ++stats.refused;
-                unrouted->Release();
                 LogRarely("refused a client: ", stats.clients, " client connections are open ",
                           "(max_client_connections)");
+                refusal = absl::UnavailableError(absl::StrCat(
+                    "the node serves ", limit, " client connections already "
+                    "(max_client_connections); retry later"));
+              }
+              if (!refusal.ok()) {
+                unrouted->Release();
                 // The refusal goes out (Linger, 2 s at most) for at most kMaxRefusing
                 // connections at once, counted apart from the places peers need; past
                 // that, the connection just closes.
                 if (refusing_ >= kMaxRefusing) return kj::READY_NOW;
                 ++refusing_;
-                auto refused = connection->RunRefused(absl::UnavailableError(absl::StrCat(
-                    "the node serves ", limit, " client connections already "
-                    "(max_client_connections); retry later")));
+                auto refused = connection->RunRefused(std::move(refusal));
                 return refused.attach(kj::mv(connection), kj::defer([this]() { --refusing_; }));
               }
               unrouted->Release();
@@ -521,6 +541,11 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
       if (text.slice(0, 7) == preamble.asArray().slice(0, 7)) {
         spdlog::warn("refused a client speaking protocol '{}'; this node speaks '{}'",
                      std::string(text.begin(), text.size()), preamble.cStr());
+        return kj::READY_NOW;
+      }
+      if (without_secret) {
+        ++node_.connection_stats().auth_failures;
+        LogRarely("refused a node connection that did not prove the cluster secret");
         return kj::READY_NOW;
       }
       unrouted->Release();
@@ -545,6 +570,23 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
       return ended.exclusiveJoin(kj::mv(deadline))
           .exclusiveJoin(kj::mv(closed.promise))
           .attach(kj::mv(peer), kj::defer([this]() { --node_.connection_stats().peers; }));
+    });
+  }
+
+  // The node's side of the cluster secret's handshake; an accepted connection is routed as
+  // any other, a refused one closed once its verdict is out.
+  kj::Promise<void> Authenticate(kj::Own<BufferedStream> stream, const FdStream* socket,
+                                 kj::Own<Unrouted> unrouted) {
+    BufferedStream& s = *stream;
+    auto handshake = AcceptHandshake(s, node_.options().secret, io_.provider->getTimer(),
+                                     node_.options().preamble_timeout_ms * kj::MILLISECONDS);
+    return handshake.then([this, stream = kj::mv(stream), socket, unrouted = kj::mv(unrouted)](
+                              absl::Status proved) mutable -> kj::Promise<void> {
+      if (proved.ok()) return Route(kj::mv(stream), socket, kj::mv(unrouted), true);
+      ++node_.connection_stats().auth_failures;
+      LogRarely("refused a connection: ", proved.message());
+      BufferedStream& refused = *stream;
+      return refused.Flushed().attach(kj::mv(stream));
     });
   }
 

@@ -479,6 +479,10 @@ void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
       case C::kUnimplemented:
         code = schema::ErrorCode::UNIMPLEMENTED;
         break;
+      case C::kUnauthenticated:
+      case C::kPermissionDenied:
+        code = schema::ErrorCode::UNAUTHENTICATED;
+        break;
       default:
         code = schema::ErrorCode::INTERNAL;
         break;
@@ -525,6 +529,8 @@ absl::Status FromCapnpCode(schema::Error::Reader r) {
       return ConditionFailedError(msg);
     case schema::ErrorCode::WRITE_LOST:
       return WriteLostError(msg);
+    case schema::ErrorCode::UNAUTHENTICATED:
+      return absl::UnauthenticatedError(msg);
     default:
       return absl::InternalError(msg);
   }

@@ -134,6 +134,9 @@ void NodeFamilies(Exposition& x, const NodeMetrics& m) {
         "Connections refused over a cap since the node started.", s.connections_refused);
   x.One("walship_accept_failures_total", "counter", "Failed accepts since the node started.",
         s.accept_failures);
+  x.One("walship_auth_failures_total", "counter",
+        "Connections refused since the node started: no or a wrong cluster secret.",
+        s.auth_failures);
   x.One("walship_snapshots_serving", "gauge", "Checkpoints being sent from this node.",
         uint64_t{s.snapshots_serving});
 }

@@ -23,7 +23,7 @@ namespace walship::rpc {
 struct RequestCounters {
   // Indexed by the reply's error code (rpc/client.capnp ErrorCode: ok, notFound, ...); the
   // last slot counts codes newer than this build knows.
-  static constexpr size_t kCodes = 13;
+  static constexpr size_t kCodes = 14;
   std::array<uint64_t, kCodes> writes{};
   std::array<uint64_t, kCodes> reads{};  // gets and scans
   // Arrival of the request to its answer: writes acknowledged (ok), reads served (ok or

@@ -32,6 +32,7 @@ struct ConnectionStats {
   uint32_t peers = 0;    // node connections being served
   uint64_t refused = 0;  // since start, over a cap
   uint64_t accept_failures = 0;
+  uint64_t auth_failures = 0;  // since start, connections refused for the cluster secret
 };
 
 class Node final : public kj::TaskSet::ErrorHandler {

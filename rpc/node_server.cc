@@ -232,9 +232,10 @@ absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
 }
 
 // Asks `address` for its position, within a few seconds.
-absl::StatusOr<replication::PeerPosition> AskPosition(const std::string& address) {
+absl::StatusOr<replication::PeerPosition> AskPosition(const std::string& address,
+                                                      const std::string& secret) {
   auto io = kj::setupAsyncIo();
-  auto asked = ConnectToPeer(io, address).then([](kj::Own<PeerClient> conn) {
+  auto asked = ConnectToPeer(io, address, secret).then([](kj::Own<PeerClient> conn) {
     auto sent = conn->node.positionRequest().send();
     return sent.then([](capnp::Response<schema::PeerService::PositionResults> r) {
                  return absl::StatusOr<replication::PeerPosition>(FromCapnp(r.getPosition()));
@@ -301,7 +302,7 @@ absl::Status StageRestore(const NodeServerOptions& options, const replication::N
   absl::StatusOr<replication::PeerPosition> at =
       address.empty() ? absl::StatusOr<replication::PeerPosition>(
                             absl::NotFoundError("its address is not in the config"))
-                      : AskPosition(address);
+                      : AskPosition(address, options.secret);
   if (!at.ok()) {
     spdlog::warn("restoring from {} without asking leader '{}' whether it can serve seq {} on: "
                  "{}; if it cannot, this follower is re-seeded from it",

@@ -33,6 +33,9 @@ struct NodeServerOptions {
   std::string node_id;
   std::string listen;    // host:port
   std::string data_dir;  // holds db/ (RocksDB) and node-state
+  // The cluster secret every connection proves before anything else is served (rpc/auth.h);
+  // empty: none, and connections are served as they come.
+  std::string secret;
   // host:port of the HTTP port for /metrics and the health endpoints (rpc/http_endpoint.h);
   // empty: none.
   std::string http_listen;

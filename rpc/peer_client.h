@@ -7,6 +7,7 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include "rpc/auth_stream.h"
 #include "rpc/buffered_stream.h"
 #include "rpc/client.capnp.h"
 #include "rpc/fd_stream.h"
@@ -49,16 +50,28 @@ struct PeerClient {
   schema::Node::Client node;
 };
 
-// Connects to `address`; the promise fails when it cannot.
+// How long a node waits for each step of the other's side of the secret's handshake.
+inline constexpr kj::Duration kHandshakeTimeout = 5 * kj::SECONDS;
+
+// Connects to `address`, proving `secret` first when it is not empty (rpc/auth.h); the
+// promise fails when it cannot, with a description that says why.
 inline kj::Promise<kj::Own<PeerClient>> ConnectToPeer(kj::AsyncIoContext& io,
-                                                      const std::string& address) {
+                                                      const std::string& address,
+                                                      const std::string& secret) {
   return io.provider->getNetwork()
       .parseAddress(address)
       .then([](kj::Own<kj::NetworkAddress> addr) {
         auto connected = addr->connect();
         return connected.attach(kj::mv(addr));
       })
-      .then([&io](kj::Own<kj::AsyncIoStream> stream) { return kj::heap<PeerClient>(kj::mv(stream), io); });
+      .then([&io, secret](kj::Own<kj::AsyncIoStream> stream) -> kj::Promise<kj::Own<PeerClient>> {
+        if (secret.empty()) return kj::heap<PeerClient>(kj::mv(stream), io);
+        auto& s = *stream;
+        auto proved = OfferHandshake(s, secret, io.provider->getTimer(), kHandshakeTimeout);
+        return proved.then([&io, stream = kj::mv(stream)]() mutable {
+          return kj::heap<PeerClient>(kj::mv(stream), io);
+        });
+      });
 }
 
 }  // namespace walship::rpc

@@ -90,6 +90,7 @@ NodeStatusInfo StatusFromCapnp(schema::NodeStatus::Reader st) {
   out.peer_connections = st.getPeerConnections();
   out.connections_refused = st.getConnectionsRefused();
   out.accept_failures = st.getAcceptFailures();
+  out.auth_failures = st.getAuthFailures();
   out.storage_error = st.getStorageError();
   out.phase = st.getPhase();
   out.ready = st.getReady();
@@ -117,6 +118,7 @@ std::string StatusToJson(const NodeStatusInfo& s) {
     << ",\"peer_connections\":" << s.peer_connections
     << ",\"connections_refused\":" << s.connections_refused
     << ",\"accept_failures\":" << s.accept_failures
+    << ",\"auth_failures\":" << s.auth_failures
     << ",\"storage_error\":" << JsonString(s.storage_error)
     << ",\"replication_mode\":" << JsonString(s.replication_mode)
     << ",\"replication_acks\":" << s.replication_acks
@@ -176,7 +178,8 @@ std::string StatusToText(const NodeStatusInfo& s) {
     << "\n  latest seq " << s.latest_seq << ", epoch " << s.epoch << ", data "
     << s.data_bytes << " bytes\n"
     << "  connections: " << s.client_connections << " clients, " << s.peer_connections
-    << " nodes; since start " << s.connections_refused << " refused, " << s.accept_failures
+    << " nodes; since start " << s.connections_refused << " refused, " << s.auth_failures
+    << " without the cluster secret, " << s.accept_failures
     << " failed accepts\n"
     << "  WAL " << replication::HumanBytes(s.wal_bytes);
   if (s.snapshots_serving > 0) o << "; serving " << s.snapshots_serving << " checkpoint(s)";

@@ -32,6 +32,7 @@ std::string ProgressBar(const replication::SeedProgress& p) {
 
 absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::string& endpoint,
                                                                 const std::string& cluster,
+                                                                const std::string& secret,
                                                                 const std::string& out,
                                                                 ProgressStyle style) {
   if (::access((out + "/" + rpc::kManifestFile).c_str(), F_OK) == 0) {
@@ -63,7 +64,7 @@ absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::strin
   };
   absl::StatusOr<replication::SnapshotManifest> result = absl::UnknownError("not run");
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                result = rpc::ConnectToPeer(io, endpoint)
+                result = rpc::ConnectToPeer(io, endpoint, secret)
                              .then([&](kj::Own<rpc::PeerClient> conn) {
                                auto fetched = rpc::FetchCheckpoint(
                                    timer, conn->node.castAs<rpc::schema::PeerService>(),

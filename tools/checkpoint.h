@@ -15,9 +15,11 @@ enum class ProgressStyle { kTerminal, kLines, kNone };
 
 // Fetches a checkpoint of the node at `endpoint` into `out` (which must not hold a complete
 // checkpoint; a transfer into it that was cut off resumes). `cluster` (may be empty: not
-// checked) must be the node's cluster. Returns the manifest.
+// checked) must be the node's cluster; `secret` its secret (empty: none). Returns the
+// manifest.
 absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::string& endpoint,
                                                                 const std::string& cluster,
+                                                                const std::string& secret,
                                                                 const std::string& out,
                                                                 ProgressStyle style);
 

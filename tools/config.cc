@@ -2,8 +2,14 @@
 
 #include "replication/seeding.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <set>
 
@@ -11,6 +17,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "rpc/auth.h"
 
 namespace walship::tools {
 namespace {
@@ -189,6 +197,64 @@ absl::Status ReadTunables(const ConfigError& err, const toml::table& table,
   return absl::OkStatus();
 }
 
+// A secret read from a file or the config: one line, its end of line dropped; refused when
+// others may read where it is kept (as MongoDB refuses a keyFile they may read) or when it is
+// too short to resist a guess.
+absl::Status CheckSecret(const std::string& secret, const std::string& what) {
+  if (secret.size() < rpc::auth::kMinSecretBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " holds ", secret.size(), " bytes; a cluster secret needs at least ",
+        rpc::auth::kMinSecretBytes, " (make one with: openssl rand -base64 32)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPrivate(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": cannot read ", path, ": ", std::strerror(errno)));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %s may be read by others (mode %04o); it holds the cluster secret: chmod 600 it",
+        what, path, st.st_mode & 07777));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadSecret(const ConfigError& err, const toml::table& cluster,
+                        const std::string& config_path, const fs::path& base,
+                        std::string& secret) {
+  const toml::node* inline_secret = cluster.get("secret");
+  const toml::node* file = cluster.get("secret_file");
+  if (inline_secret != nullptr && file != nullptr) {
+    return err.At(file->source(), "cluster.secret_file",
+                  "give the secret or a file holding it, not both");
+  }
+  if (inline_secret != nullptr) {
+    if (!inline_secret->is_string()) {
+      return err.At(inline_secret->source(), "cluster.secret", "must be a string");
+    }
+    secret = *inline_secret->value<std::string>();
+    if (absl::Status s = CheckSecret(secret, "the secret"); !s.ok()) {
+      return err.At(inline_secret->source(), "cluster.secret", std::string(s.message()));
+    }
+    if (absl::Status s = CheckPrivate(config_path, "the file"); !s.ok()) {
+      return err.At(inline_secret->source(), "cluster.secret",
+                    absl::StrCat(s.message(), ", or move the secret to a secret_file"));
+    }
+  } else if (file != nullptr) {
+    if (!file->is_string()) return err.At(file->source(), "cluster.secret_file", "must be a string");
+    fs::path p = *file->value<std::string>();
+    if (p.is_relative()) p = base / p;
+    absl::StatusOr<std::string> read = LoadSecretFile(p.string());
+    if (!read.ok()) return err.At(file->source(), "cluster.secret_file", std::string(read.status().message()));
+    secret = *read;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> RequiredString(const ConfigError& err, const toml::table& table,
                                            const toml::source_region& table_where,
                                            const std::string& prefix, const char* key) {
@@ -216,6 +282,24 @@ const NodeConfig* ClusterConfig::Leader() const {
     if (n.role == "leader") return &n;
   }
   return nullptr;
+}
+
+absl::StatusOr<std::string> LoadSecretFile(const std::string& path) {
+  if (absl::Status s = CheckPrivate(path, "the secret file"); !s.ok()) return s;
+  std::ifstream in(path, std::ios::binary);
+  std::string secret((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read the secret file ", path));
+  }
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.find('\n') != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the secret file ", path, " holds more than one line"));
+  }
+  if (absl::Status s = CheckSecret(secret, absl::StrCat("the secret file ", path)); !s.ok()) {
+    return s;
+  }
+  return secret;
 }
 
 absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
@@ -258,11 +342,12 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   if (!name.ok()) return name.status();
   config.name = *name;
   for (auto&& [k, v] : *cluster) {
-    if (k.str() != "name") {
+    if (k.str() != "name" && k.str() != "secret" && k.str() != "secret_file") {
       return err.At(k.source(), absl::StrCat("cluster.", std::string(k.str())),
                     "unknown key (tunables go in [replication])");
     }
   }
+  if (absl::Status s = ReadSecret(err, *cluster, path, base, config.secret); !s.ok()) return s;
   if (nodes == nullptr || nodes->empty()) return err.File("no [[node]] is defined");
 
   std::map<std::string, std::string> listen_owner, dir_owner;
@@ -446,6 +531,7 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.node_id = node.id;
   o.listen = node.listen;
   o.http_listen = node.http_listen;
+  o.secret = config.secret;
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
   o.leader.members_only = true;  // only the other nodes of the file may follow it

@@ -21,6 +21,8 @@ struct NodeConfig {
 struct ClusterConfig {
   std::string path;  // the file it was read from
   std::string name;
+  // The cluster secret (cluster.secret, or the file cluster.secret_file names); "" for none.
+  std::string secret;
   std::vector<NodeConfig> nodes;
   // Tunables from [replication]; defaults in rpc::NodeServerOptions.
   rpc::NodeServerOptions defaults;
@@ -40,6 +42,10 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path);
 // address the file would refuse, or an address or data dir a node of the file has.
 absl::StatusOr<NodeConfig> NodeToRun(const ClusterConfig& config, const std::string& id,
                                      const std::string& listen, const std::string& data_dir);
+
+// Reads a cluster secret from `path`: one line, at least rpc::auth::kMinSecretBytes bytes,
+// in a file only its owner may read. kInvalidArgument saying what is wrong.
+absl::StatusOr<std::string> LoadSecretFile(const std::string& path);
 
 // The options walshipd runs node `node` with.
 rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeConfig& node);

@@ -15,8 +15,8 @@ constexpr absl::Duration kLineInterval = absl::Seconds(2);
 
 // What the new node says of itself, or why it does not answer.
 std::string PhaseOf(const std::string& address, absl::Duration call_timeout,
-                    rpc::NodeStatusInfo* st) {
-  auto client = rpc::Client::Connect(address, call_timeout);
+                    const rpc::ConnectOptions& connect, rpc::NodeStatusInfo* st) {
+  auto client = rpc::Client::Connect(address, call_timeout, connect);
   if (!client.ok()) return absl::StrCat("not answering at ", address, " (not started yet?)");
   auto s = (*client)->Status();
   if (!s.ok()) return absl::StrCat("no status from ", address, ": ", s.status().message());
@@ -55,12 +55,13 @@ absl::StatusOr<rpc::MembershipResult> AddOrKeep(rpc::Client& leader, const std::
 
 absl::Status WaitUntilVoter(const std::string& leader_endpoint, const std::string& id,
                             const std::string& address, absl::Duration wait,
-                            ProgressStyle style, absl::Duration call_timeout) {
+                            ProgressStyle style, absl::Duration call_timeout,
+                            const rpc::ConnectOptions& connect) {
   const absl::Time deadline = absl::Now() + wait;
   absl::Time last_line = absl::InfinitePast();
   std::string phase = "not asked yet";
   for (;;) {
-    auto leader = rpc::Client::Connect(leader_endpoint, call_timeout);
+    auto leader = rpc::Client::Connect(leader_endpoint, call_timeout, connect);
     if (leader.ok()) {
       auto st = (*leader)->Status();
       if (st.ok()) {
@@ -81,7 +82,7 @@ absl::Status WaitUntilVoter(const std::string& leader_endpoint, const std::strin
       }
     }
     rpc::NodeStatusInfo node;
-    phase = PhaseOf(address, call_timeout, &node);
+    phase = PhaseOf(address, call_timeout, connect, &node);
     if (style == ProgressStyle::kTerminal) {
       std::fprintf(stderr, "\r%s: %-90s", id.c_str(), phase.c_str());
     } else if (style == ProgressStyle::kLines && absl::Now() - last_line >= kLineInterval) {

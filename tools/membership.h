@@ -24,7 +24,8 @@ absl::StatusOr<rpc::MembershipResult> AddOrKeep(rpc::Client& leader, const std::
 // membership meanwhile.
 absl::Status WaitUntilVoter(const std::string& leader_endpoint, const std::string& id,
                             const std::string& address, absl::Duration wait,
-                            ProgressStyle style, absl::Duration call_timeout);
+                            ProgressStyle style, absl::Duration call_timeout,
+                            const rpc::ConnectOptions& connect);
 
 // "n1 voter, n2 voter, n4 learner" (version 5).
 std::string DescribeMembers(const rpc::MembershipResult& m);

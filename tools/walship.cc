@@ -42,6 +42,8 @@ struct Target {
   std::string endpoint;
   int timeout_ms = 3000;
   std::optional<walship::tools::ClusterConfig> config;
+  std::string secret_path;              // --secret-file
+  walship::rpc::ConnectOptions connect;  // the cluster secret, from it or the config
   walship::rpc::WriteOptions write;  // for writes
   std::string request_id;            // for writes: empty for none
   int retry_for_ms = 30000;          // a write with a request id asks again this long
@@ -70,12 +72,14 @@ absl::StatusOr<std::string> Resolve(Target& t) {
   auto config = walship::tools::LoadConfig(t.cluster_path);
   if (!config.ok()) return config.status();
   t.config = *config;
+  if (t.secret_path.empty()) t.connect.secret = t.config->secret;
   const walship::tools::NodeConfig* n =
       t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
   if (n != nullptr) return n->listen;
   // A node added at run time: the nodes of the file know its address.
   for (const auto& known : t.config->nodes) {
-    auto client = walship::rpc::Client::Connect(known.listen, absl::Milliseconds(t.timeout_ms));
+    auto client = walship::rpc::Client::Connect(known.listen, absl::Milliseconds(t.timeout_ms),
+                                                t.connect);
     if (!client.ok()) continue;
     auto st = (*client)->Status();
     if (!st.ok()) continue;
@@ -90,7 +94,8 @@ absl::StatusOr<std::string> Resolve(Target& t) {
 
 absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
                                                                 const std::string& endpoint) {
-  auto client = walship::rpc::Client::Connect(endpoint, absl::Milliseconds(t.timeout_ms));
+  auto client =
+      walship::rpc::Client::Connect(endpoint, absl::Milliseconds(t.timeout_ms), t.connect);
   if (client.ok()) {
     walship::rpc::WriteOptions write = t.write;
     // A write (or committed read) may wait for the followers up to the cluster's sync
@@ -205,7 +210,7 @@ int DoCheckpoint(Target& t, const std::string& out) {
   auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
                                        : walship::tools::ProgressStyle::kLines;
   auto m = walship::tools::FetchCheckpointTo(*endpoint, t.config.has_value() ? t.config->name : "",
-                                             out, style);
+                                             t.connect.secret, out, style);
   if (!m.ok()) return Fail(m.status());
   std::printf("OK checkpoint of %s at seq %llu: %s in %zu files, in %s\n", m->source.c_str(),
               static_cast<unsigned long long>(m->seq),
@@ -265,7 +270,8 @@ int DoPromote(Target& t, const std::string& id, bool accept_loss) {
   if (t.endpoint.empty()) t.node = id;
   auto endpoint = Resolve(t);
   if (!endpoint.ok()) return Fail(endpoint.status());
-  auto client = walship::rpc::Client::Connect(*endpoint, absl::Milliseconds(t.timeout_ms));
+  auto client =
+      walship::rpc::Client::Connect(*endpoint, absl::Milliseconds(t.timeout_ms), t.connect);
   if (!client.ok()) return Fail(client.status());
   auto r = (*client)->Promote(accept_loss);
   if (!r.ok()) return Fail(r.status());
@@ -294,7 +300,7 @@ int DoAddFollower(Target& t, const std::string& id, const std::string& address, 
   auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
                                        : walship::tools::ProgressStyle::kLines;
   absl::Status s = walship::tools::WaitUntilVoter(leader, id, address, absl::Seconds(wait_s), style,
-                                                  absl::Milliseconds(t.timeout_ms));
+                                                  absl::Milliseconds(t.timeout_ms), t.connect);
   if (!s.ok()) return Fail(s);
   std::printf("OK %s is ready and votes\n", id.c_str());
   return 0;
@@ -369,6 +375,9 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("--node", t.node, "with --cluster: talk to this node id instead");
   app.add_option("--endpoint", t.endpoint, "HOST:PORT of the node to talk to");
+  app.add_option("--secret-file", t.secret_path,
+                 "the cluster secret, for --endpoint (with --cluster the config names it); a "
+                 "file only its owner may read");
   app.add_option("--timeout-ms", t.timeout_ms, "bound on connecting and on each call")
       ->capture_default_str();
   app.add_option("--session", t.session_path,
@@ -510,6 +519,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (rollback_show->parsed()) return DoRollbackShow(rollback_file);
+  if (!t.secret_path.empty()) {
+    auto secret = walship::tools::LoadSecretFile(t.secret_path);
+    if (!secret.ok()) return Fail(secret.status());
+    t.connect.secret = *secret;
+  }
   if (handover->parsed() || switchover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);
@@ -590,6 +604,7 @@ int main(int argc, char** argv) {
     if (t.cluster_path.empty()) return Fail(absl::InvalidArgumentError("--all needs --cluster"));
     auto config = walship::tools::LoadConfig(t.cluster_path);
     if (!config.ok()) return Fail(config.status());
+    if (t.secret_path.empty()) t.connect.secret = config->secret;
     int rc = 0;
     for (const auto& n : config->nodes) {
       auto client = ConnectTo(t, n.listen);

@@ -44,8 +44,11 @@ def wait_until(predicate, timeout, what):
 class Cluster:
     """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
 
-    def __init__(self, n=3, name="test", replication=None, nodes=None, http=False):
+    def __init__(self, n=3, name="test", replication=None, nodes=None, http=False,
+                 secret=None):
         self.dir = tempfile.mkdtemp(prefix="walship-e2e-")
+        # With a secret: kept in DIR/secret (owner-only), named by the config.
+        self.secret = secret
         self.name = name
         self.ids = [f"n{i + 1}" for i in range(n)]
         ports = free_ports(2 * n if http else n)
@@ -57,11 +60,20 @@ class Cluster:
         repl = {"heartbeat_interval_ms": 50, "heartbeat_timeout_ms": 1000,
                 "reconnect_min_ms": 20, "reconnect_max_ms": 500}
         repl.update(replication or {})
+        self.repl = repl
         self.config = os.path.join(self.dir, "cluster.toml")
         self.write_config(self.config, name, repl, nodes)
 
-    def write_config(self, path, name, repl, nodes=None):
-        lines = ["[cluster]", f'name = "{name}"', "", "[replication]"]
+    def write_config(self, path, name, repl, nodes=None, secret=None):
+        secret = secret or self.secret
+        lines = ["[cluster]", f'name = "{name}"']
+        if secret:
+            secret_path = path + ".secret"
+            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret + "\n")
+            lines.append(f'secret_file = "{os.path.basename(secret_path)}"')
+        lines += ["", "[replication]"]
         for k, v in repl.items():
             if isinstance(v, bool):
                 v = str(v).lower()

@@ -1,12 +1,15 @@
 """Watching a cluster: /metrics in Prometheus' text format and the health endpoints for load
 balancers, scraped from real walshipd processes on 127.0.0.1 in each role."""
 import json
+import os
 import re
+import socket
+import subprocess
 import unittest
 import urllib.error
 import urllib.request
 
-from cluster import Cluster, wait_until
+from cluster import WALSHIP, WALSHIPD, Cluster, wait_until
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
@@ -164,3 +167,111 @@ class OperationsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+SECRET = "s3cret-of-the-test-cluster-0123456789"
+
+
+class SecretTest(unittest.TestCase):
+    """A cluster with a secret: every connection proves it before anything is served."""
+
+    def setUp(self):
+        self.c = Cluster(3, name="locked", secret=SECRET)
+        self.c.start_all()
+
+    def tearDown(self):
+        self.c.close()
+
+    def raw(self, nid, payload, want):
+        """Sends payload on a fresh connection to nid; returns up to `want` bytes answered
+        before the node closed it (bounded by a 10 s time-out)."""
+        host, port = self.c.addr[nid].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(payload)
+            got = b""
+            while len(got) < want:
+                chunk = s.recv(want - len(got))
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+    def test_nodes_and_clients_that_share_the_secret_work_and_no_one_else_is_served(self):
+        c = self.c
+        for i in range(30):
+            c.cli("put", f"k{i}", f"v{i}")
+        c.wait_converged()
+        self.assertEqual(c.scan_all("n1"), c.scan_all("n3"))
+        self.assertEqual(c.cli("--node", "n2", "get", "k7").stdout, "v7\n")
+
+        # A client without the secret is answered `unauthenticated`, and served nothing.
+        r = subprocess.run([WALSHIP, "--endpoint", c.addr["n1"], "get", "k7"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("requires the cluster secret", r.stderr)
+        self.assertNotIn("v7", r.stdout)
+        r = subprocess.run([WALSHIP, "--endpoint", c.addr["n1"], "put", "intruder", "1"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 3, r.stderr)
+
+        # One with another secret learns the node does not share it, before sending anything.
+        wrong = os.path.join(c.dir, "wrong.secret")
+        fd = os.open(wrong, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("not-the-secret-of-this-cluster\n")
+        r = subprocess.run([WALSHIP, "--endpoint", c.addr["n2"], "--secret-file", wrong, "get",
+                            "k7"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("does not know the cluster secret", r.stderr)
+        # The right one, given by file to --endpoint, works.
+        right = c.config + ".secret"
+        r = subprocess.run([WALSHIP, "--endpoint", c.addr["n2"], "--secret-file", right, "get",
+                            "k7"], capture_output=True, text=True, timeout=30)
+        self.assertEqual((r.returncode, r.stdout), (0, "v7\n"), r.stderr)
+        # A readable secret file is refused before anything is sent.
+        os.chmod(wrong, 0o644)
+        r = subprocess.run([WALSHIP, "--endpoint", c.addr["n2"], "--secret-file", wrong, "get",
+                            "k7"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("chmod 600", r.stderr)
+
+        # A made-up peer speaking Cap'n Proto RPC at once is closed without an answer; a
+        # forged proof is refused (verdict 2) and closed.
+        self.assertEqual(self.raw("n1", b"\x00" * 64, 1), b"")
+        hello = b"WALSHIPA\x01" + os.urandom(32)
+        answer = self.raw("n1", hello + os.urandom(32), 66)
+        self.assertEqual(len(answer), 66, answer)
+        self.assertEqual(answer[0], 0)   # the node's challenge ...
+        self.assertEqual(answer[65], 2)  # ... and its verdict on the forged proof
+        wait_until(lambda: c.status("n1")["auth_failures"] >= 4, 10,
+                   "the refusals to be counted")
+        self.assertEqual(c.scan_all("n1"), c.scan_all("n2"))  # nothing was written by them
+
+    def test_a_node_with_another_secret_cannot_follow_until_it_has_the_right_one(self):
+        c = self.c
+        c.stop("n3")
+        other = os.path.join(c.dir, "other.toml")
+        c.write_config(other, c.name, c.repl, secret="a-different-secret-0123456789")
+        log_path = os.path.join(c.dir, "n3-other.log")
+        with open(log_path, "wb") as log:
+            c.procs["n3"] = subprocess.Popen([WALSHIPD, "--config", other, "--node", "n3"],
+                                             stdout=log, stderr=subprocess.STDOUT)
+
+        def n3_log():
+            with open(log_path, errors="replace") as f:
+                return f.read()
+
+        for i in range(20):
+            c.cli("put", f"while-locked-out-{i}", "x")
+        # The leader refuses it and counts it; n3 says why in its log.
+        wait_until(lambda: c.status("n1")["auth_failures"] > 0, 20, "n1 to refuse n3")
+        followers = {f["id"]: f for f in c.status("n1")["followers"]}
+        self.assertNotEqual(followers["n3"]["state"], "connected")
+        wait_until(lambda: "does not know the cluster secret" in n3_log(), 20, "n3 to say why")
+        locked_out = c.procs.pop("n3")
+        locked_out.kill()
+        locked_out.wait(timeout=20)
+        # With the cluster's secret it follows and catches up.
+        c.start("n3")
+        c.wait_converged()
+        self.assertEqual(c.scan_all("n1"), c.scan_all("n3"))

@@ -192,6 +192,31 @@ class BadConfigTest(unittest.TestCase):
             'role = "follower"', 'role = "follower"\nhttp_listen = "127.0.0.1:18101"')
         self.check(both, 16, "node[2].http_listen", contains="duplicate address")
 
+    def test_bad_secret(self):
+        def with_cluster(line):
+            return self.good().replace('name = "x"', f'name = "x"\n{line}')
+        self.check(with_cluster('secret = "short"'), 3, "cluster.secret",
+                   contains="holds 5 bytes; a cluster secret needs at least 16")
+        self.check(with_cluster('secret = "long-enough-secret-0123"'), 3, "cluster.secret",
+                   contains="may be read by others (mode 0644)")
+        self.check(with_cluster('secret = "long-enough-secret-0123"\nsecret_file = "/x"'), 4,
+                   "cluster.secret_file", contains="not both")
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "secret")
+            self.check(with_cluster(f'secret_file = "{path}"'), 3, "cluster.secret_file",
+                       contains="cannot read")
+            with open(path, "w") as f:
+                f.write("long-enough-secret-0123\n")
+            os.chmod(path, 0o640)
+            self.check(with_cluster(f'secret_file = "{path}"'), 3, "cluster.secret_file",
+                       contains="chmod 600")
+            os.chmod(path, 0o600)
+            with open(path, "w") as f:
+                f.write("line one of enough bytes\nline two\n")
+            self.check(with_cluster(f'secret_file = "{path}"'), 3, "cluster.secret_file",
+                       contains="more than one line")
+
     def test_duplicate_listen(self):
         self.check(self.good().replace("17102", "17101"), 12, "node[2].listen",
                    contains="duplicate listen address")
