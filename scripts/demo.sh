@@ -11,6 +11,11 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait || true; }
 trap cleanup EXIT
 
+# The cluster secret the config names, made once (docs/operations.md).
+if [[ ! -f examples/data/secret ]]; then
+  mkdir -p examples/data
+  (umask 077; openssl rand -base64 32 > examples/data/secret)
+fi
 for node in n1 n2 n3; do
   "$bin/walshipd" --config "$config" --node "$node" 2> "examples/$node.log" &
   pids+=($!)
@@ -40,6 +45,8 @@ sleep 0.3
 w --node n3 scan --prefix fruit:  # read from a follower
 w --node n2 get greeting
 w status --all
+echo "\$ walship --endpoint 127.0.0.1:7101 get greeting   # no secret: refused"
+"$bin/walship" --endpoint 127.0.0.1:7101 get greeting || echo "(exit $?)"
 # What Prometheus and a load balancer see (docs/operations.md).
 pattern='^walship_(role\{role="leader"|replication_lag_seconds|writes_total\{result="ok")'
 echo "\$ curl -s 127.0.0.1:8101/metrics | grep -E '$pattern'"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(cmake ninja-build g++ pkg-config python3
   librocksdb-dev rocksdb-tools capnproto libcapnp-dev libabsl-dev
   libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
-  zlib1g-dev libssl-dev libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev libbenchmark-tools python3-scipy
+  zlib1g-dev libssl-dev openssl libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev libbenchmark-tools python3-scipy
   libhiredis-dev libpq-dev
   gnuplot-nox
   iproute2 iptables faketime util-linux curl)
