@@ -48,11 +48,11 @@ int FreePort() {
   return *port;
 }
 
-void WaitCaughtUp(const std::string& leader, size_t followers) {
+void WaitCaughtUp(const std::string& leader, size_t followers, const std::string& secret) {
   auto deadline = Clock::now() + std::chrono::seconds(30);
   std::string last = "cannot reach the leader";
   while (Clock::now() < deadline) {
-    auto c = rpc::Client::Connect(leader, absl::Seconds(1));
+    auto c = rpc::Client::Connect(leader, absl::Seconds(1), {secret});
     auto st = c.ok() ? (*c)->Status() : absl::StatusOr<rpc::NodeStatusInfo>(c.status());
     if (st.ok()) {
       size_t ready = 0;
@@ -69,14 +69,23 @@ void WaitCaughtUp(const std::string& leader, size_t followers) {
 }
 
 LocalCluster::LocalCluster(const std::string& walshipd, int nodes,
-                           const std::vector<std::string>& replication)
-    : walshipd_(walshipd) {
+                           const std::vector<std::string>& replication,
+                           const std::string& secret)
+    : walshipd_(walshipd), secret_(secret) {
   static int made = 0;  // one directory per cluster of this run
   dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", ++made);
   fs::remove_all(dir_);
   fs::create_directories(dir_);
   std::ofstream c(dir_ / "cluster.toml");
-  c << "[cluster]\nname = \"bench\"\n\n[replication]\n";
+  c << "[cluster]\nname = \"bench\"\n";
+  if (!secret.empty()) {
+    std::ofstream f(dir_ / "secret");
+    f << secret << "\n";
+    f.close();
+    fs::permissions(dir_ / "secret", fs::perms::owner_read | fs::perms::owner_write);
+    c << "secret_file = \"secret\"\n";
+  }
+  c << "\n[replication]\n";
   for (const std::string& line : replication) c << line << "\n";
   for (int i = 1; i <= nodes; ++i) {
     std::string id = absl::StrCat("n", i);
@@ -130,7 +139,7 @@ void LocalCluster::StartAdded(const std::string& id) {
 void LocalCluster::StartAll() {
   for (const auto& id : ids_) Start(id);
   for (const auto& id : ids_) WaitReachable(id);
-  WaitCaughtUp(addr_[ids_.front()], ids_.size() - 1);
+  WaitCaughtUp(addr_[ids_.front()], ids_.size() - 1, secret_);
 }
 
 void LocalCluster::Stop(const std::string& id, int sig) {
@@ -145,7 +154,7 @@ void LocalCluster::Stop(const std::string& id, int sig) {
 void LocalCluster::WaitReachable(const std::string& id) {
   auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
-    auto c = rpc::Client::Connect(addr_[id], absl::Seconds(1));
+    auto c = rpc::Client::Connect(addr_[id], absl::Seconds(1), {secret_});
     if (c.ok() && (*c)->Status().ok()) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -26,16 +26,19 @@ int FreePort();
 // Waits (at most 30 s, else exits) until the leader at `leader` has `followers` followers
 // connected with everything applied, so that a run starts from a formed, idle cluster and
 // not while followers are still connecting or applying the previous run.
-void WaitCaughtUp(const std::string& leader, size_t followers);
+// `secret`: the cluster's secret ("" for none).
+void WaitCaughtUp(const std::string& leader, size_t followers, const std::string& secret = "");
 
 // A cluster of walshipd processes the benchmark starts and stops itself.
 class LocalCluster {
  public:
-  // `replication` lines ("key = value") go into the config's [replication] table.
+  // `replication` lines ("key = value") go into the config's [replication] table; a
+  // `secret` (when not empty) goes into an owner-only file the config names.
   LocalCluster(const std::string& walshipd, int nodes,
-               const std::vector<std::string>& replication);
+               const std::vector<std::string>& replication, const std::string& secret = "");
   ~LocalCluster();
   std::string config() const { return (dir_ / "cluster.toml").string(); }
+  const std::string& secret() const { return secret_; }
   const std::vector<std::string>& ids() const { return ids_; }
   // The node's address; a node not in the config file gets a free port the first time.
   const std::string& addr(const std::string& id);
@@ -51,6 +54,7 @@ class LocalCluster {
 
  private:
   std::string walshipd_;
+  std::string secret_;
   std::filesystem::path dir_;
   std::vector<std::string> ids_;
   std::map<std::string, std::string> addr_;

@@ -19,6 +19,7 @@
 #include "bench/report.h"
 #include "bench/stats.h"
 #include "bench/r1_reads.h"
+#include "bench/s1_secret.h"
 #include "bench/w3_sync.h"
 #include "bench/w5_seed.h"
 #include "bench/workloads.h"
@@ -83,6 +84,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd, bool last) {
   bool w3 = (o.workload == "all" || o.workload == "W3") && o.cluster.empty();
   bool w5 = (o.workload == "all" || o.workload == "W5") && o.cluster.empty();
   bool r1 = (o.workload == "all" || o.workload == "R1") && o.cluster.empty();
+  bool s1 = (o.workload == "all" || o.workload == "S1") && o.cluster.empty();
   if (w1 && o.baselines && o.cluster.empty()) {
     out.rows.push_back(RunBareEngine(SizesOf(o)));
     LocalCluster single(walshipd, 1, o.replication);
@@ -154,6 +156,14 @@ RunResult RunOnce(const Options& o, const std::string& walshipd, bool last) {
     r1o.replication = o.replication;
     for (Row& r : RunR1(walshipd, r1o)) out.rows.push_back(std::move(r));
   }
+  if (s1) {
+    cluster.reset();
+    S1Options s1o;
+    s1o.value_size = o.value_size;
+    s1o.cap_s = o.cap_s / 2;
+    s1o.replication = o.replication;
+    for (Row& r : RunS1(walshipd, s1o)) out.rows.push_back(std::move(r));
+  }
   // Ratios against the bare-RocksDB baseline of this repetition.
   double bare = 0;
   for (const Row& r : out.rows) {
@@ -203,7 +213,7 @@ int main(int argc, char** argv) {
                  "W1 (with the W2 lag probe), W3 (writes waiting for "
                  "followers), W4, W5 (a new "
                  "follower from a checkpoint), R1 (reads of one's own writes at a follower), "
-                 "or all")
+                 "S1 (what the cluster secret costs), or all")
       ->capture_default_str();
   app.add_option("--keys", o.keys, "writes per W1 run (keys 0..N-1)")->capture_default_str();
   app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")

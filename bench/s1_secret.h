@@ -1,0 +1,28 @@
+// S1: what the cluster secret costs (docs/operations.md), on two three-node clusters started
+// side by side, one without a secret and one with, measured in alternating rounds so that
+// both see the same machine:
+//
+//   connect/<plain|secret>  a new connection, one get, closed: connections per second and the
+//                           time to the answer (the secret's handshake adds two round trips)
+//   w1/<plain|secret>       one write per round trip on one connection, as W1 at depth 1: the
+//                           secret costs nothing once a connection is proven
+//
+// The secret rows carry ratio_to_plain (their ops/s over the plain row's: < 1 is slower).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bench/bench_cluster.h"
+
+namespace walship::bench {
+
+struct S1Options {
+  size_t value_size = 100;
+  double cap_s = 5;  // each case runs this long in all, over several rounds
+  std::vector<std::string> replication;
+};
+
+std::vector<Row> RunS1(const std::string& walshipd, const S1Options& o);
+
+}  // namespace walship::bench
