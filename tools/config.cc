@@ -225,7 +225,7 @@ absl::Status CheckPrivate(const std::string& path, const std::string& what) {
 
 absl::Status ReadSecret(const ConfigError& err, const toml::table& cluster,
                         const std::string& config_path, const fs::path& base,
-                        std::string& secret) {
+                        std::string& secret, std::string& source) {
   const toml::node* inline_secret = cluster.get("secret");
   const toml::node* file = cluster.get("secret_file");
   if (inline_secret != nullptr && file != nullptr) {
@@ -237,6 +237,7 @@ absl::Status ReadSecret(const ConfigError& err, const toml::table& cluster,
       return err.At(inline_secret->source(), "cluster.secret", "must be a string");
     }
     secret = *inline_secret->value<std::string>();
+    source = config_path;
     if (absl::Status s = CheckSecret(secret, "the secret"); !s.ok()) {
       return err.At(inline_secret->source(), "cluster.secret", std::string(s.message()));
     }
@@ -251,6 +252,7 @@ absl::Status ReadSecret(const ConfigError& err, const toml::table& cluster,
     absl::StatusOr<std::string> read = LoadSecretFile(p.string());
     if (!read.ok()) return err.At(file->source(), "cluster.secret_file", std::string(read.status().message()));
     secret = *read;
+    source = p.string();
   }
   return absl::OkStatus();
 }
@@ -347,7 +349,11 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
                     "unknown key (tunables go in [replication])");
     }
   }
-  if (absl::Status s = ReadSecret(err, *cluster, path, base, config.secret); !s.ok()) return s;
+  if (absl::Status s =
+          ReadSecret(err, *cluster, path, base, config.secret, config.secret_source);
+      !s.ok()) {
+    return s;
+  }
   if (nodes == nullptr || nodes->empty()) return err.File("no [[node]] is defined");
 
   std::map<std::string, std::string> listen_owner, dir_owner;

@@ -23,6 +23,7 @@ struct ClusterConfig {
   std::string name;
   // The cluster secret (cluster.secret, or the file cluster.secret_file names); "" for none.
   std::string secret;
+  std::string secret_source;  // where it was read: the secret file's path, or this file
   std::vector<NodeConfig> nodes;
   // Tunables from [replication]; defaults in rpc::NodeServerOptions.
   rpc::NodeServerOptions defaults;
@@ -42,6 +43,14 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path);
 // address the file would refuse, or an address or data dir a node of the file has.
 absl::StatusOr<NodeConfig> NodeToRun(const ClusterConfig& config, const std::string& id,
                                      const std::string& listen, const std::string& data_dir);
+
+// Whether host:port `listen` is a loopback address (127.0.0.0/8, ::1, localhost): a node
+// listening anywhere else without a secret is open to whoever reaches it.
+bool IsLoopback(const std::string& listen);
+
+// `walship config check`: what walshipd would run from `config`, in text or as one JSON
+// object, with a warning line for each node open beyond loopback without a secret.
+std::string DescribeConfig(const ClusterConfig& config, bool json);
 
 // Reads a cluster secret from `path`: one line, at least rpc::auth::kMinSecretBytes bytes,
 // in a file only its owner may read. kInvalidArgument saying what is wrong.

@@ -512,6 +512,13 @@ int main(int argc, char** argv) {
       app.add_subcommand("rollback",
                          "rollback files: what a node held past the point where its history parted "
                          "from its new leader's, kept before it was re-seeded (docs/failover.md)");
+  auto* config_cmd = app.add_subcommand("config", "check a cluster config file");
+  auto* config_check = config_cmd->add_subcommand(
+      "check", "read FILE as walshipd would: what it runs, or the first thing wrong (exit 2)");
+  std::string check_file;
+  config_check->add_option("FILE", check_file, "the cluster config file")->required();
+  config_check->add_flag("--json", json, "one JSON object");
+  config_cmd->require_subcommand(1);
   auto* rollback_show = rollback->add_subcommand("show", "print a rollback file's writes");
   std::string rollback_file;
   rollback_show->add_option("FILE", rollback_file, "DATA_DIR/rollback/rollback-*.txt")->required();
@@ -519,6 +526,12 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (rollback_show->parsed()) return DoRollbackShow(rollback_file);
+  if (config_check->parsed()) {
+    auto config = walship::tools::LoadConfig(check_file);
+    if (!config.ok()) return Fail(config.status());  // kInvalidArgument: exit 2
+    std::cout << walship::tools::DescribeConfig(*config, json);
+    return 0;
+  }
   if (!t.secret_path.empty()) {
     auto secret = walship::tools::LoadSecretFile(t.secret_path);
     if (!secret.ok()) return Fail(secret.status());

@@ -70,9 +70,7 @@ int main(int argc, char** argv) {
     options.http_listen = http_listen;
   }
   // Anyone who can reach a node without a secret may read and write every key and follow it.
-  std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  bool loopback = host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]";
-  if (options.secret.empty() && !loopback) {
+  if (options.secret.empty() && !walship::tools::IsLoopback(options.listen)) {
     spdlog::warn("!!! listening on {} WITHOUT A CLUSTER SECRET: anyone who reaches this address "
                  "can read and write every key and copy the whole database. Set [cluster] "
                  "secret_file (docs/operations.md). !!!",

@@ -1,5 +1,6 @@
 """One real walshipd driven by the real walship CLI."""
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -191,6 +192,34 @@ class BadConfigTest(unittest.TestCase):
         both = with_http.format("127.0.0.1:18101").replace(
             'role = "follower"', 'role = "follower"\nhttp_listen = "127.0.0.1:18101"')
         self.check(both, 16, "node[2].http_listen", contains="duplicate address")
+
+    def test_config_check_says_what_walshipd_would_run_or_what_is_wrong(self):
+        path = os.path.join(self.dir, "cluster.toml")
+        open_to_all = self.good().replace("127.0.0.1:17102", "0.0.0.0:17102")
+        with open(path, "w") as f:
+            f.write(open_to_all.replace('role = "leader"',
+                                        'role = "leader"\nhttp_listen = "127.0.0.1:18101"'))
+        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("cluster x, 2 node(s), replication async", r.stdout)
+        self.assertIn("secret: none", r.stdout)
+        self.assertIn("n1 (leader) 127.0.0.1:17101, http 127.0.0.1:18101", r.stdout)
+        self.assertIn("WARNING: node n2 listens on 0.0.0.0:17102 without a cluster secret",
+                      r.stdout)
+        r = subprocess.run([WALSHIP, "config", "check", "--json", path], capture_output=True,
+                           text=True, timeout=30)
+        checked = json.loads(r.stdout)
+        self.assertEqual([n["id"] for n in checked["nodes"]], ["n1", "n2"])
+        self.assertEqual(len(checked["warnings"]), 1)
+        # The same one-line error walshipd gives, exit 2, and nothing created.
+        with open(path, "w") as f:
+            f.write(self.good().replace("17102", "17101"))
+        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 2, r.stdout)
+        self.assertIn(f"{path}:12: node[2].listen: duplicate listen address", r.stderr)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["cluster.toml"])
 
     def test_bad_secret(self):
         def with_cluster(line):

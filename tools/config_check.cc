@@ -1,0 +1,69 @@
+// walship config check: a config file as walshipd would read it, and what in it is open.
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "replication/durability.h"
+#include "tools/config.h"
+
+namespace walship::tools {
+
+bool IsLoopback(const std::string& listen) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
+}
+
+std::string DescribeConfig(const ClusterConfig& c, bool json) {
+  const rpc::NodeServerOptions& d = c.defaults;
+  std::vector<std::string> warnings;
+  for (const NodeConfig& n : c.nodes) {
+    for (const std::string& address : {n.listen, n.http_listen}) {
+      if (address.empty() || IsLoopback(address)) continue;
+      if (address == n.http_listen) {
+        warnings.push_back(absl::StrCat("node ", n.id, " serves /metrics on ", address,
+                                        ", beyond loopback and without authentication"));
+      } else if (c.secret.empty()) {
+        warnings.push_back(absl::StrCat("node ", n.id, " listens on ", address,
+                                        " without a cluster secret: whoever reaches it may "
+                                        "read and write every key"));
+      }
+    }
+  }
+  std::string mode = replication::ModeName(d.commit.cluster.mode);
+  if (json) {
+    nlohmann::json out = {
+        {"file", c.path},
+        {"cluster", c.name},
+        {"secret", c.secret.empty() ? "" : c.secret_source},
+        {"replication", {{"mode", mode},
+                         {"acks", d.commit.cluster.acks},
+                         {"ack_level", replication::AckLevelName(d.commit.cluster.level)},
+                         {"failover", d.failover},
+                         {"heartbeat_interval_ms", d.heartbeat_interval_ms}}},
+        {"nodes", nlohmann::json::array()},
+        {"warnings", warnings}};
+    for (const NodeConfig& n : c.nodes) {
+      out["nodes"].push_back({{"id", n.id}, {"listen", n.listen}, {"http_listen", n.http_listen},
+                              {"data_dir", n.data_dir}, {"role", n.role}});
+    }
+    return out.dump() + "\n";
+  }
+  std::string text = absl::StrCat("OK ", c.path, ": cluster ", c.name, ", ", c.nodes.size(),
+                                  " node(s), replication ", mode);
+  if (d.commit.cluster.mode == replication::ReplicationMode::kSemiSync) {
+    absl::StrAppend(&text, " (", d.commit.cluster.acks, " of the followers)");
+  }
+  if (d.commit.cluster.mode != replication::ReplicationMode::kAsync) {
+    absl::StrAppend(&text, ", ack level ", replication::AckLevelName(d.commit.cluster.level));
+  }
+  absl::StrAppend(&text, ", failover ", d.failover ? "on" : "off", "\n  secret: ",
+                  c.secret.empty() ? "none" : absl::StrCat("from ", c.secret_source), "\n");
+  for (const NodeConfig& n : c.nodes) {
+    absl::StrAppend(&text, "  ", n.id, " (", n.role, ") ", n.listen,
+                    n.http_listen.empty() ? "" : absl::StrCat(", http ", n.http_listen), ", ",
+                    n.data_dir, "\n");
+  }
+  for (const std::string& w : warnings) absl::StrAppend(&text, "  WARNING: ", w, "\n");
+  return text;
+}
+
+}  // namespace walship::tools
