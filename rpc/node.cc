@@ -11,6 +11,7 @@
 #include "rpc/client_service.h"
 #include "rpc/follower_role.h"
 #include "rpc/leader_role.h"
+#include "rpc/log_context.h"
 #include "rpc/recovering_role.h"
 #include "rpc/seeding_role.h"
 
@@ -73,6 +74,7 @@ void Node::Start() {
   } else {
     role_ = MakeRole(std::move(initial_state_));
   }
+  SetLogRole(role_->name());
   role_->Start();
 }
 
@@ -122,7 +124,8 @@ void Node::SwitchToSeeding(replication::NodeState state,
   tasks_.add(kj::evalLater([this, state = std::move(state), shared_upto]() mutable {
     role_ = std::make_unique<SeedingRole>(*this, std::move(state), shared_upto);
     spdlog::info("node '{}' is now {}", options_.node_id, role_->name());
-    role_->Start();
+    SetLogRole(role_->name());
+  role_->Start();
   }));
 }
 
@@ -131,7 +134,8 @@ void Node::SwitchRole(replication::NodeState state, std::deque<replication::Ship
     std::unique_ptr<Role> next = MakeRole(std::move(state), std::move(recent));
     spdlog::info("node '{}' is now {}", options_.node_id, next->name());
     role_ = std::move(next);  // the old role ends here
-    role_->Start();
+    SetLogRole(role_->name());
+  role_->Start();
     clients_->reads().Poke();  // reads waiting for a position are checked against the new role
   }));
 }

@@ -11,6 +11,7 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <toml++/toml.h>
@@ -335,8 +336,20 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
       if (absl::Status s = ReadTunables(err, *t, "replication", config.defaults); !s.ok()) {
         return s;
       }
+    } else if (key == "log") {
+      const toml::table* t = v.as_table();
+      if (t == nullptr) return err.At(v.source(), "log", "must be a table [log]");
+      for (auto&& [lk, lv] : *t) {
+        std::string full = absl::StrCat("log.", std::string(lk.str()));
+        if (lk.str() != "format") return err.At(lk.source(), full, "unknown key");
+        std::optional<std::string> format = lv.value<std::string>();
+        if (!lv.is_string() || (*format != "text" && *format != "json")) {
+          return err.At(lv.source(), full, "must be \"text\" or \"json\"");
+        }
+        config.log_format = *format;
+      }
     } else {
-      return err.At(k.source(), key, "unknown key (expected cluster, replication or node)");
+      return err.At(k.source(), key, "unknown key (expected cluster, replication, log or node)");
     }
   }
   if (cluster == nullptr) return err.File("[cluster] table is missing");

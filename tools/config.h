@@ -25,6 +25,7 @@ struct ClusterConfig {
   std::string secret;
   std::string secret_source;  // where it was read: the secret file's path, or this file
   std::vector<NodeConfig> nodes;
+  std::string log_format = "text";  // [log] format: "text" or "json" (walshipd's stderr)
   // Tunables from [replication]; defaults in rpc::NodeServerOptions.
   rpc::NodeServerOptions defaults;
 

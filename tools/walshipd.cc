@@ -11,6 +11,7 @@
 #include "replication/membership.h"
 #include "rpc/node_server.h"
 #include "tools/config.h"
+#include "tools/log_format.h"
 
 int main(int argc, char** argv) {
   // Before any thread exists (RocksDB starts its own), so that every thread blocks these
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "walshipd: %s\n", std::string(node.status().message()).c_str());
     return 2;
   }
+  walship::tools::UseLogFormat(*logger, node_id, config->log_format);
   walship::rpc::NodeServerOptions options = walship::tools::ServerOptionsFor(*config, *node);
   options.restore_from = restore_from;
   if (!http_listen.empty()) {

@@ -45,7 +45,8 @@ class Cluster:
     """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
 
     def __init__(self, n=3, name="test", replication=None, nodes=None, http=False,
-                 secret=None):
+                 secret=None, log_format=None):
+        self.log_format = log_format
         self.dir = tempfile.mkdtemp(prefix="walship-e2e-")
         # With a secret: kept in DIR/secret (owner-only), named by the config.
         self.secret = secret
@@ -73,6 +74,8 @@ class Cluster:
             with os.fdopen(fd, "w") as f:
                 f.write(secret + "\n")
             lines.append(f'secret_file = "{os.path.basename(secret_path)}"')
+        if self.log_format:
+            lines += ["", "[log]", f'format = "{self.log_format}"']
         lines += ["", "[replication]"]
         for k, v in repl.items():
             if isinstance(v, bool):

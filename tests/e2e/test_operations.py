@@ -275,3 +275,50 @@ class SecretTest(unittest.TestCase):
         c.start("n3")
         c.wait_converged()
         self.assertEqual(c.scan_all("n1"), c.scan_all("n3"))
+
+
+class LogFormatTest(unittest.TestCase):
+    def test_json_logs_are_one_object_per_line_with_node_and_role(self):
+        c = Cluster(2, name="logs", log_format="json")
+        try:
+            c.start_all()
+            c.cli("put", "k", "v")
+            # A client speaking another version of the protocol is logged with the bytes it
+            # sent: a quote, a backslash and a control byte that the JSON must escape.
+            for odd in (b'WALSHIP"', b"WALSHIP\\", b"WALSHIP\x01"):
+                host, port = c.addr["n1"].split(":")
+                with socket.create_connection((host, int(port)), timeout=10) as s:
+                    s.sendall(odd)
+                    self.assertEqual(s.recv(1), b"")  # refused and closed
+            c.cli("--node", "n1", "handover", "n2", timeout=60)
+            wait_until(lambda: c.status("n1")["role"] == "follower", 20, "n1 to follow")
+            c.stop("n1")
+            with open(c.logs["n1"], errors="strict") as f:
+                lines = [line for line in f.read().splitlines() if line.strip()]
+            records = [json.loads(line) for line in lines]  # every line is one JSON object
+            self.assertGreater(len(records), 3)
+            for r in records:
+                self.assertEqual(set(r), {"ts", "level", "node", "role", "msg"}, r)
+                self.assertEqual(r["node"], "n1")
+                self.assertIn(r["level"], ("debug", "info", "warning", "error", "critical"))
+            roles = [r["role"] for r in records]
+            # The role a line names is the one held when it was written: n1 led, then followed.
+            self.assertIn("leader", roles)
+            self.assertEqual(roles[-1], "follower")
+            self.assertEqual(roles[0], "starting")
+            self.assertTrue(any("stopped at seq" in r["msg"] for r in records))
+            odd = [r["msg"] for r in records if "speaking protocol" in r["msg"]]
+            self.assertIn("refused a client speaking protocol 'WALSHIP\"'", odd[0])
+        finally:
+            c.close()
+
+    def test_text_logs_name_the_node_and_its_role(self):
+        c = Cluster(1, name="logs")
+        try:
+            c.start_all()
+            c.stop("n1")
+            with open(c.logs["n1"], errors="replace") as f:
+                text = f.read()
+            self.assertRegex(text, r"\[n1 leader\] node 'n1' stopped at seq")
+        finally:
+            c.close()
