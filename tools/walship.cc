@@ -20,8 +20,9 @@
 #include "tools/checkpoint.h"
 #include "tools/config.h"
 #include "tools/escape.h"
-#include "tools/session.h"
 #include "tools/membership.h"
+#include "tools/session.h"
+#include "tools/top.h"
 
 namespace {
 
@@ -512,6 +513,13 @@ int main(int argc, char** argv) {
       app.add_subcommand("rollback",
                          "rollback files: what a node held past the point where its history parted "
                          "from its new leader's, kept before it was re-seeded (docs/failover.md)");
+  auto* top = app.add_subcommand(
+      "top", "a live view of the cluster (--cluster): roles, lag per follower, write rate");
+  walship::tools::TopOptions top_options;
+  top->add_option("--interval-ms", top_options.interval_ms, "refresh every N ms")
+      ->capture_default_str();
+  top->add_option("--iterations", top_options.iterations, "stop after N views (0: never)")
+      ->capture_default_str();
   auto* config_cmd = app.add_subcommand("config", "check a cluster config file");
   auto* config_check = config_cmd->add_subcommand(
       "check", "read FILE as walshipd would: what it runs, or the first thing wrong (exit 2)");
@@ -613,6 +621,20 @@ int main(int argc, char** argv) {
     return DoWrite(t, *ops);
   }
 
+  if (top->parsed()) {
+    if (t.cluster_path.empty()) return Fail(absl::InvalidArgumentError("top needs --cluster"));
+    auto config = walship::tools::LoadConfig(t.cluster_path);
+    if (!config.ok()) return Fail(config.status());
+    if (t.secret_path.empty()) t.connect.secret = config->secret;
+    for (const auto& n : config->nodes) top_options.nodes.emplace_back(n.id, n.listen);
+    top_options.connect = t.connect;
+    top_options.timeout_ms = static_cast<uint32_t>(t.timeout_ms);
+    top_options.redraw = ::isatty(STDOUT_FILENO) != 0;
+    if (top_options.interval_ms == 0) {
+      return Fail(absl::InvalidArgumentError("--interval-ms must be at least 1"));
+    }
+    return walship::tools::RunTop(top_options);
+  }
   if (status->parsed() && all) {
     if (t.cluster_path.empty()) return Fail(absl::InvalidArgumentError("--all needs --cluster"));
     auto config = walship::tools::LoadConfig(t.cluster_path);

@@ -122,6 +122,27 @@ class OperationsTest(unittest.TestCase):
         self.assertEqual(follower["walship_read_latency_seconds_count"], 2)
         self.assertNotIn('walship_replication_lag_seconds{follower="n3"}', follower)
 
+    def test_top_shows_every_node_with_its_role_lag_and_the_write_rate(self):
+        c = self.c
+        load = c.load_async("n1", 3000, seed=7)
+        try:
+            r = c.cli("top", "--iterations", "3", "--interval-ms", "300", timeout=60)
+        finally:
+            load.communicate(timeout=120)
+        views = [v for v in r.stdout.split("\n\n") if v.strip()]
+        self.assertEqual(len(views), 3, r.stdout)
+        self.assertNotIn("\x1b", r.stdout)  # not a terminal: no screen control
+        last = views[-1].splitlines()
+        self.assertIn("cluster ops, every 300 ms", last[0])
+        rows = {line.split()[0]: line.split() for line in last[2:]}
+        self.assertEqual(rows["n1"][1], "leader")
+        self.assertEqual((rows["n2"][1], rows["n3"][1]), ("follower", "follower"))
+        for f in ("n2", "n3"):
+            self.assertRegex(rows[f][6], r"^\[#*\.*\]$")  # the lag bar
+        # The leader's write rate from the second view on (the load was writing).
+        rates = [v.splitlines()[2].split() for v in views[1:]]
+        self.assertTrue(any(len(row) > 5 and float(row[-2]) > 0 for row in rates), r.stdout)
+
     def test_health_endpoints_answer_by_role_and_lag(self):
         c = self.c
 
