@@ -14,102 +14,19 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "replication/rollback.h"
 #include "rpc/client.h"
 #include "rpc/convert.h"
-#include "tools/checkpoint.h"
+#include "tools/cli.h"
 #include "tools/config.h"
 #include "tools/escape.h"
-#include "tools/membership.h"
 #include "tools/session.h"
 #include "tools/top.h"
 
 namespace {
 
+using namespace walship::cli;  // NOLINT: the command line's own pieces
 using walship::engine::OpType;
 using walship::engine::WriteOp;
-
-constexpr int kExitNotFound = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitError = 3;
-constexpr int kExitConditionFailed = 4;
-constexpr int kExitNotReplicated = 5;
-constexpr int kExitInDoubt = 6;
-constexpr int kExitWriteLost = 7;
-
-struct Target {
-  std::string cluster_path;
-  std::string node;
-  std::string endpoint;
-  int timeout_ms = 3000;
-  std::optional<walship::tools::ClusterConfig> config;
-  std::string secret_path;              // --secret-file
-  walship::rpc::ConnectOptions connect;  // the cluster secret, from it or the config
-  walship::rpc::WriteOptions write;  // for writes
-  std::string request_id;            // for writes: empty for none
-  int retry_for_ms = 30000;          // a write with a request id asks again this long
-  walship::rpc::ReadOptions read;    // for reads
-  std::string session_path;          // --session: "" for none
-  walship::replication::ReadToken session;  // as loaded from it
-};
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "walship: %s\n", std::string(s.message()).c_str());
-  if (absl::IsNotFound(s)) return kExitNotFound;
-  if (absl::IsInvalidArgument(s)) return kExitUsage;
-  if (walship::rpc::IsConditionFailed(s)) return kExitConditionFailed;
-  if (walship::rpc::IsNotReplicated(s)) return kExitNotReplicated;
-  if (walship::rpc::IsInDoubt(s)) return kExitInDoubt;
-  if (walship::rpc::IsWriteLost(s)) return kExitWriteLost;
-  return kExitError;
-}
-
-// The endpoint to talk to: --endpoint, or --node / the leader from --cluster.
-absl::StatusOr<std::string> Resolve(Target& t) {
-  if (!t.endpoint.empty()) return t.endpoint;
-  if (t.cluster_path.empty()) {
-    return absl::InvalidArgumentError("give --cluster FILE or --endpoint HOST:PORT");
-  }
-  auto config = walship::tools::LoadConfig(t.cluster_path);
-  if (!config.ok()) return config.status();
-  t.config = *config;
-  if (t.secret_path.empty()) t.connect.secret = t.config->secret;
-  const walship::tools::NodeConfig* n =
-      t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
-  if (n != nullptr) return n->listen;
-  // A node added at run time: the nodes of the file know its address.
-  for (const auto& known : t.config->nodes) {
-    auto client = walship::rpc::Client::Connect(known.listen, absl::Milliseconds(t.timeout_ms),
-                                                t.connect);
-    if (!client.ok()) continue;
-    auto st = (*client)->Status();
-    if (!st.ok()) continue;
-    for (const auto& m : st->members) {
-      if (m.id == t.node && !m.address.empty()) return m.address;
-    }
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--node '", t.node, "' is neither in ", t.cluster_path,
-                   " nor a member any node of it knows (walship add-follower adds one)"));
-}
-
-absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
-                                                                const std::string& endpoint) {
-  auto client =
-      walship::rpc::Client::Connect(endpoint, absl::Milliseconds(t.timeout_ms), t.connect);
-  if (client.ok()) {
-    walship::rpc::WriteOptions write = t.write;
-    // A write (or committed read) may wait for the followers up to the cluster's sync
-    // timeout: the node's verdict comes before the client gives up.
-    if (t.config.has_value()) {
-      write.wait = absl::Milliseconds(t.config->defaults.commit.timeout_ms);
-    }
-    (*client)->SetWriteOptions(write);
-    (*client)->SetReadOptions(t.read);
-    if (!t.session_path.empty()) (*client)->UseSession(t.session);
-  }
-  return client;
-}
 
 absl::StatusOr<std::string> Arg(const std::string& text) { return walship::tools::Unescape(text); }
 
@@ -118,50 +35,6 @@ void SaveReadPosition(const Target& t, const walship::rpc::Client& c) {
   if (t.session_path.empty()) return;
   if (absl::Status s = walship::tools::SaveSession(t.session_path, c.last_read()); !s.ok()) {
     std::fprintf(stderr, "walship: %s\n", std::string(s.message()).c_str());
-  }
-}
-
-// With --cluster, a node that is not the leader names the one it follows; the hints are
-// followed up to kMaxHops times, never to an endpoint already asked (a node that restarted
-// may still name the leader it followed before, which names the current one).
-constexpr int kMaxHops = 3;
-
-template <typename Call>
-auto FollowingHints(Target& t, const char* verb, Call call)
-    -> decltype(call(std::declval<walship::rpc::Client&>())) {
-  auto endpoint = Resolve(t);
-  if (!endpoint.ok()) return endpoint.status();
-  std::vector<std::string> asked = {*endpoint};
-  // Talking to "the leader" of a file: when the node the file names as leader cannot be
-  // reached (it failed, and another leads now), the file's other nodes are asked in turn.
-  std::vector<std::string> others;
-  if (t.node.empty() && t.endpoint.empty() && t.config.has_value()) {
-    for (const auto& n : t.config->nodes) {
-      if (n.listen != *endpoint) others.push_back(n.listen);
-    }
-  }
-  for (int hop = 0;; ++hop) {
-    auto client = ConnectTo(t, asked.back());
-    if (!client.ok() && hop == 0 && !others.empty()) {
-      for (const std::string& other : others) {
-        std::fprintf(stderr, "walship: %s: %s; asking %s\n", asked.back().c_str(),
-                     std::string(client.status().message()).c_str(), other.c_str());
-        asked.push_back(other);  // the unreachable one stays asked: hints to it are not taken
-        client = ConnectTo(t, other);
-        if (client.ok()) break;
-      }
-    }
-    if (!client.ok()) return client.status();
-    auto r = call(**client);
-    if (r.ok() || !walship::rpc::IsNotLeader(r.status()) || !t.config.has_value()) return r;
-    std::string hint = walship::rpc::LeaderHint(r.status());
-    if (hint.empty() || hop == kMaxHops ||
-        std::find(asked.begin(), asked.end(), hint) != asked.end()) {
-      return r;
-    }
-    std::fprintf(stderr, "walship: %s is not the leader; %s %s\n", asked.back().c_str(), verb,
-                 hint.c_str());
-    asked.push_back(hint);
   }
 }
 
@@ -202,118 +75,6 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::milliseconds(1000));
   }
-}
-
-// Streams a checkpoint of the node into `out` (walship checkpoint).
-int DoCheckpoint(Target& t, const std::string& out) {
-  auto endpoint = Resolve(t);
-  if (!endpoint.ok()) return Fail(endpoint.status());
-  auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
-                                       : walship::tools::ProgressStyle::kLines;
-  auto m = walship::tools::FetchCheckpointTo(*endpoint, t.config.has_value() ? t.config->name : "",
-                                             t.connect.secret, out, style);
-  if (!m.ok()) return Fail(m.status());
-  std::printf("OK checkpoint of %s at seq %llu: %s in %zu files, in %s\n", m->source.c_str(),
-              static_cast<unsigned long long>(m->seq),
-              walship::replication::HumanBytes(m->TotalBytes()).c_str(), m->files.size(),
-              out.c_str());
-  return 0;
-}
-
-// Asks the leader to hand leadership to `target` (the config's leader may have handed over
-// before, so hints are followed as for writes).
-// Prints a rollback file (replication/rollback.h) in the CLI's byte escapes.
-int DoRollbackShow(const std::string& path) {
-  auto rb = walship::replication::ReadRollbackFile(path);
-  if (!rb.ok()) return Fail(rb.status());
-  const auto& h = rb->header;
-  std::printf(
-      "node %s of cluster %s (database %s): seqs %llu-%llu are not in the history of "
-      "leader %s (epoch %llu, log end %llu); written %s\n",
-      h.node.c_str(), h.cluster.c_str(), h.database_id.c_str(),
-      static_cast<unsigned long long>(h.first), static_cast<unsigned long long>(h.last),
-      h.leader.c_str(), static_cast<unsigned long long>(h.leader_epoch),
-      static_cast<unsigned long long>(h.leader_latest),
-      absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::FromUnixSeconds(h.written_unix_s),
-                       absl::UTCTimeZone())
-          .c_str());
-  for (const auto& [first, last] : rb->missing) {
-    std::printf("MISSING seqs %llu-%llu: the WAL no longer held them; those writes are lost\n",
-                static_cast<unsigned long long>(first), static_cast<unsigned long long>(last));
-  }
-  for (const auto& r : rb->ops) {
-    using walship::engine::OpType;
-    std::string what =
-        r.op.type == OpType::kPut      ? absl::StrCat("put ", walship::tools::Escape(r.op.key), " ",
-                                                      walship::tools::Escape(r.op.value))
-        : r.op.type == OpType::kDelete ? absl::StrCat("del ", walship::tools::Escape(r.op.key))
-                                       : absl::StrCat("delrange ", walship::tools::Escape(r.op.key),
-                                                      " ", walship::tools::Escape(r.op.value));
-    std::printf("seq %llu epoch %llu %s\n", static_cast<unsigned long long>(r.seq),
-                static_cast<unsigned long long>(r.epoch), what.c_str());
-  }
-  std::printf("%zu ops\n", rb->ops.size());
-  return 0;
-}
-
-int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms) {
-  auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
-    return c.Handover(target, absl::Milliseconds(catch_up_ms));
-  });
-  if (!r.ok()) return Fail(r.status());
-  std::printf("OK %s leads, epoch %llu\n", r->leader.c_str(),
-              static_cast<unsigned long long>(r->epoch));
-  return 0;
-}
-
-// Asks node `id` of the cluster file (or --endpoint) to stand for leader now.
-int DoPromote(Target& t, const std::string& id, bool accept_loss) {
-  if (t.endpoint.empty()) t.node = id;
-  auto endpoint = Resolve(t);
-  if (!endpoint.ok()) return Fail(endpoint.status());
-  auto client =
-      walship::rpc::Client::Connect(*endpoint, absl::Milliseconds(t.timeout_ms), t.connect);
-  if (!client.ok()) return Fail(client.status());
-  auto r = (*client)->Promote(accept_loss);
-  if (!r.ok()) return Fail(r.status());
-  std::printf("OK %s leads, epoch %llu", r->leader.c_str(),
-              static_cast<unsigned long long>(r->epoch));
-  if (r->possible_loss > 0) {
-    std::printf(
-        "; at least %llu writes its old leader held were lost (the old leader keeps "
-        "them in a rollback file when it returns)",
-        static_cast<unsigned long long>(r->possible_loss));
-  }
-  std::printf("\n");
-  return 0;
-}
-
-// Adds node `id` at `address` as a learner through the leader; with a wait, until it votes.
-int DoAddFollower(Target& t, const std::string& id, const std::string& address, int wait_s) {
-  std::string leader;
-  auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
-    leader = c.endpoint();
-    return walship::tools::AddOrKeep(c, id, address);
-  });
-  if (!r.ok()) return Fail(r.status());
-  std::printf("OK %s is a member: %s\n", id.c_str(), walship::tools::DescribeMembers(*r).c_str());
-  if (wait_s <= 0) return 0;
-  auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
-                                       : walship::tools::ProgressStyle::kLines;
-  absl::Status s = walship::tools::WaitUntilVoter(leader, id, address, absl::Seconds(wait_s), style,
-                                                  absl::Milliseconds(t.timeout_ms), t.connect);
-  if (!s.ok()) return Fail(s);
-  std::printf("OK %s is ready and votes\n", id.c_str());
-  return 0;
-}
-
-int DoRemoveFollower(Target& t, const std::string& id) {
-  auto r = FollowingHints(t, "asking", [&](walship::rpc::Client& c) {
-    return c.ChangeMembership(walship::replication::MembershipOp::kRemove, id, "");
-  });
-  if (!r.ok()) return Fail(r.status());
-  std::printf("OK %s removed: %s\n", id.c_str(), walship::tools::DescribeMembers(*r).c_str());
-  return 0;
 }
 
 // Parses `walship write` input: one op per line, blank lines and # comments skipped.
