@@ -112,7 +112,7 @@ RunResult RunOnce(const Options& o, const std::string& walshipd, bool last) {
     }
     leader = cfg->Leader()->listen;
     for (const auto& n : cfg->nodes) {
-      if (n.role != "leader") followers.push_back({n.id, n.listen});
+      if (n.role != "leader") followers.push_back({n.id, n.advertise});
     }
   }
   if (w1) {

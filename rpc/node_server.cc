@@ -382,7 +382,8 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Open(NodeServerOptions o
   }
   if (state->membership.version == 0) {
     // The config file's nodes are the first membership; after that the saved one wins.
-    std::vector<replication::Member> members{{self, options.listen, true}};
+    std::vector<replication::Member> members{
+        {self, options.advertise.empty() ? options.listen : options.advertise, true}};
     for (const auto& [id, address] : options.peers) members.push_back({id, address, true});
     state->membership = replication::MembershipOf(std::move(members), 1);
   }

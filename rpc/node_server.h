@@ -32,6 +32,7 @@ struct NodeServerOptions {
   std::string cluster;
   std::string node_id;
   std::string listen;    // host:port
+  std::string advertise;  // host:port the others dial (its membership address); "": listen
   std::string data_dir;  // holds db/ (RocksDB) and node-state
   // The cluster secret every connection proves before anything else is served (rpc/auth.h);
   // empty: none, and connections are served as they come.

@@ -28,10 +28,10 @@ absl::StatusOr<std::string> Resolve(Target& t) {
   if (t.secret_path.empty()) t.connect.secret = t.config->secret;
   const walship::tools::NodeConfig* n =
       t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
-  if (n != nullptr) return n->listen;
+  if (n != nullptr) return n->advertise;
   // A node added at run time: the nodes of the file know its address.
   for (const auto& known : t.config->nodes) {
-    auto client = walship::rpc::Client::Connect(known.listen, absl::Milliseconds(t.timeout_ms),
+    auto client = walship::rpc::Client::Connect(known.advertise, absl::Milliseconds(t.timeout_ms),
                                                 t.connect);
     if (!client.ok()) continue;
     auto st = (*client)->Status();

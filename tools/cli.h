@@ -69,7 +69,7 @@ auto FollowingHints(Target& t, const char* verb, Call call)
   std::vector<std::string> others;
   if (t.node.empty() && t.endpoint.empty() && t.config.has_value()) {
     for (const auto& n : t.config->nodes) {
-      if (n.listen != *endpoint) others.push_back(n.listen);
+      if (n.advertise != *endpoint) others.push_back(n.advertise);
     }
   }
   for (int hop = 0;; ++hop) {

@@ -287,6 +287,11 @@ const NodeConfig* ClusterConfig::Leader() const {
   return nullptr;
 }
 
+bool IsWildcard(const std::string& address) {
+  std::string host = address.substr(0, address.rfind(':'));
+  return host == "0.0.0.0" || host == "[::]" || host == "::" || host.empty();
+}
+
 absl::StatusOr<std::string> LoadSecretFile(const std::string& path) {
   if (absl::Status s = CheckPrivate(path, "the secret file"); !s.ok()) return s;
   std::ifstream in(path, std::ios::binary);
@@ -369,7 +374,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   }
   if (nodes == nullptr || nodes->empty()) return err.File("no [[node]] is defined");
 
-  std::map<std::string, std::string> listen_owner, dir_owner;
+  std::map<std::string, std::string> listen_owner, dir_owner, advertise_owner;
   int leaders = 0;
   for (size_t i = 0; i < nodes->size(); ++i) {
     const toml::table& t = *(*nodes)[i].as_table();
@@ -377,7 +382,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     for (auto&& [k, v] : t) {
       std::string key(k.str());
       if (key != "id" && key != "listen" && key != "data_dir" && key != "role" &&
-          key != "http_listen") {
+          key != "http_listen" && key != "advertise") {
         return err.At(k.source(), absl::StrCat(prefix, ".", key), "unknown key");
       }
     }
@@ -410,6 +415,25 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
                       absl::StrCat(n.http_listen, " is the node's listen address too; the HTTP "
                                    "port needs one of its own"));
       }
+    }
+    n.advertise = n.listen;
+    if (const toml::node* adv = t.get("advertise")) {
+      if (!adv->is_string()) {
+        return err.At(adv->source(), prefix + ".advertise", "must be a string \"host:port\"");
+      }
+      n.advertise = *adv->value<std::string>();
+      if (absl::Status s = CheckListen(err, adv->source(), prefix + ".advertise", n.advertise);
+          !s.ok()) {
+        return s;
+      }
+      if (IsWildcard(n.advertise)) {
+        return err.At(adv->source(), prefix + ".advertise",
+                      absl::StrCat(n.advertise, " is a wildcard; give the address others dial"));
+      }
+    } else if (IsWildcard(n.listen)) {
+      return err.At(listen_at, prefix + ".listen",
+                    absl::StrCat(n.listen, " is a wildcard nobody can dial: give the node an "
+                                 "advertise = \"host:port\" that the others reach it at"));
     }
     auto dir = RequiredString(err, t, t.source(), prefix, "data_dir");
     if (!dir.ok()) return dir.status();
@@ -448,6 +472,14 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
       }
       listen_owner[n.http_listen] = n.id;
     }
+    if (n.advertise != n.listen) {
+      if (auto it = advertise_owner.find(n.advertise); it != advertise_owner.end()) {
+        return err.At(t.get("advertise")->source(), prefix + ".advertise",
+                      absl::StrCat("duplicate advertise address ", n.advertise, " (also node ",
+                                   it->second, ")"));
+      }
+    }
+    advertise_owner[n.advertise] = n.id;
     listen_owner[n.listen] = n.id;
     dir_owner[n.data_dir] = n.id;
     if (n.role == "leader") {
@@ -533,6 +565,7 @@ absl::StatusOr<NodeConfig> NodeToRun(const ClusterConfig& config, const std::str
   NodeConfig n;
   n.id = id;
   n.listen = listen;
+  n.advertise = listen;  // walshipd --advertise replaces it
   n.data_dir = fs::absolute(data_dir).lexically_normal().string();
   n.role = "follower";
   for (const NodeConfig& other : config.nodes) {
@@ -550,6 +583,7 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.node_id = node.id;
   o.listen = node.listen;
   o.http_listen = node.http_listen;
+  o.advertise = node.advertise.empty() ? node.listen : node.advertise;
   o.secret = config.secret;
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
@@ -558,11 +592,11 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   for (const NodeConfig& n : config.nodes) {
     if (n.id == node.id) continue;
     o.leader.members.push_back(n.id);
-    o.peers[n.id] = n.listen;
+    o.peers[n.id] = n.advertise;
   }
   if (const NodeConfig* leader = config.Leader(); leader != nullptr && !o.is_leader) {
     o.leader_id = leader->id;
-    o.leader_address = leader->listen;
+    o.leader_address = leader->advertise;
   }
   return o;
 }

@@ -16,6 +16,9 @@ struct NodeConfig {
   std::string data_dir;  // absolute, or resolved against the config file's directory
   std::string role;      // "leader" or "follower"
   std::string http_listen;  // host:port for /metrics and the health endpoints; "" none
+  // host:port the other nodes and clients dial: `advertise`, else `listen` (which may then
+  // not be a wildcard such as 0.0.0.0).
+  std::string advertise;
 };
 
 struct ClusterConfig {
@@ -36,6 +39,10 @@ struct ClusterConfig {
 // Reads and checks the whole file. Every error is one line naming the file, the line and the
 // key: "cluster.toml:7: node[2].listen: duplicate listen address 127.0.0.1:7101 (also node n1)".
 absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path);
+
+// Whether host:port `address` has a wildcard host (0.0.0.0, [::]): a node may listen there,
+// but nobody can dial it.
+bool IsWildcard(const std::string& address);
 
 // The node walshipd runs: `id` as the file gives it, or, with `listen` and `data_dir`, a node
 // that is not in the file (added at run time: a follower of the file's leader, its data dir

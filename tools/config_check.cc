@@ -42,8 +42,12 @@ std::string DescribeConfig(const ClusterConfig& c, bool json) {
         {"nodes", nlohmann::json::array()},
         {"warnings", warnings}};
     for (const NodeConfig& n : c.nodes) {
-      out["nodes"].push_back({{"id", n.id}, {"listen", n.listen}, {"http_listen", n.http_listen},
-                              {"data_dir", n.data_dir}, {"role", n.role}});
+      out["nodes"].push_back({{"id", n.id},
+                              {"listen", n.listen},
+                              {"advertise", n.advertise},
+                              {"http_listen", n.http_listen},
+                              {"data_dir", n.data_dir},
+                              {"role", n.role}});
     }
     return out.dump() + "\n";
   }
@@ -59,6 +63,7 @@ std::string DescribeConfig(const ClusterConfig& c, bool json) {
                   c.secret.empty() ? "none" : absl::StrCat("from ", c.secret_source), "\n");
   for (const NodeConfig& n : c.nodes) {
     absl::StrAppend(&text, "  ", n.id, " (", n.role, ") ", n.listen,
+                    n.advertise == n.listen ? "" : absl::StrCat(" (dialled at ", n.advertise, ")"),
                     n.http_listen.empty() ? "" : absl::StrCat(", http ", n.http_listen), ", ",
                     n.data_dir, "\n");
   }

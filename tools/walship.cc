@@ -387,7 +387,7 @@ int main(int argc, char** argv) {
     auto config = walship::tools::LoadConfig(t.cluster_path);
     if (!config.ok()) return Fail(config.status());
     if (t.secret_path.empty()) t.connect.secret = config->secret;
-    for (const auto& n : config->nodes) top_options.nodes.emplace_back(n.id, n.listen);
+    for (const auto& n : config->nodes) top_options.nodes.emplace_back(n.id, n.advertise);
     top_options.connect = t.connect;
     top_options.timeout_ms = static_cast<uint32_t>(t.timeout_ms);
     top_options.redraw = ::isatty(STDOUT_FILENO) != 0;
@@ -403,7 +403,7 @@ int main(int argc, char** argv) {
     if (t.secret_path.empty()) t.connect.secret = config->secret;
     int rc = 0;
     for (const auto& n : config->nodes) {
-      auto client = ConnectTo(t, n.listen);
+      auto client = ConnectTo(t, n.advertise);
       absl::StatusOr<walship::rpc::NodeStatusInfo> s =
           client.ok() ? (*client)->Status()
                       : absl::StatusOr<walship::rpc::NodeStatusInfo>(client.status());

@@ -35,6 +35,10 @@ int main(int argc, char** argv) {
                  "HOST:PORT to listen on, for a node that is not in the config file (one added "
                  "at run time with walship add-follower)");
   app.add_option("--data-dir", data_dir, "its data directory (with --listen)");
+  std::string advertise;
+  app.add_option("--advertise", advertise,
+                 "HOST:PORT the other nodes and clients dial, for a node added at run time "
+                 "whose --listen they cannot (0.0.0.0, or behind a NAT)");
   std::string http_listen;
   app.add_option("--http-listen", http_listen,
                  "HOST:PORT to serve /metrics, /health, /leader and /replica on (over the "
@@ -54,6 +58,23 @@ int main(int argc, char** argv) {
       walship::tools::NodeToRun(*config, node_id, listen, data_dir);
   if (!node.ok()) {
     std::fprintf(stderr, "walshipd: %s\n", std::string(node.status().message()).c_str());
+    return 2;
+  }
+  if (!advertise.empty()) {
+    if (config->Find(node_id) != nullptr) {
+      std::fprintf(stderr, "walshipd: --advertise is for a node added at run time; node %s is "
+                   "in the file, which gives its advertise address\n", node_id.c_str());
+      return 2;
+    }
+    if (absl::Status s = walship::replication::CheckAddress(advertise); !s.ok()) {
+      std::fprintf(stderr, "walshipd: --advertise: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+    node->advertise = advertise;
+  }
+  if (walship::tools::IsWildcard(node->advertise)) {
+    std::fprintf(stderr, "walshipd: %s is a wildcard nobody can dial: give --advertise HOST:PORT\n",
+                 node->advertise.c_str());
     return 2;
   }
   walship::tools::UseLogFormat(*logger, node_id, config->log_format);

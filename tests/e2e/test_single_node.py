@@ -195,7 +195,9 @@ class BadConfigTest(unittest.TestCase):
 
     def test_config_check_says_what_walshipd_would_run_or_what_is_wrong(self):
         path = os.path.join(self.dir, "cluster.toml")
-        open_to_all = self.good().replace("127.0.0.1:17102", "0.0.0.0:17102")
+        open_to_all = self.good().replace(
+            'listen = "127.0.0.1:17102"',
+            'listen = "0.0.0.0:17102"\nadvertise = "127.0.0.1:17102"')
         with open(path, "w") as f:
             f.write(open_to_all.replace('role = "leader"',
                                         'role = "leader"\nhttp_listen = "127.0.0.1:18101"'))
@@ -220,6 +222,25 @@ class BadConfigTest(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stdout)
         self.assertIn(f"{path}:12: node[2].listen: duplicate listen address", r.stderr)
         self.assertEqual(sorted(os.listdir(self.dir)), ["cluster.toml"])
+
+    def test_a_wildcard_listen_needs_an_advertise_address(self):
+        wild = self.good().replace("127.0.0.1:17101", "0.0.0.0:17101")
+        self.check(wild, 6, "node[1].listen", contains="wildcard nobody can dial")
+        self.check(wild.replace('role = "leader"', 'role = "leader"\nadvertise = "0.0.0.0:1"'),
+                   9, "node[1].advertise", contains="is a wildcard")
+        self.check(self.good().replace('role = "follower"',
+                                       'role = "follower"\nadvertise = "127.0.0.1:17101"'),
+                   15, "node[2].advertise", contains="duplicate advertise address")
+        path = os.path.join(self.dir, "cluster.toml")
+        with open(path, "w") as f:
+            f.write(wild.replace('role = "leader"',
+                                 'role = "leader"\nadvertise = "127.0.0.1:17101"'))
+        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("n1 (leader) 0.0.0.0:17101 (dialled at 127.0.0.1:17101)", r.stdout)
+        self.assertIn("WARNING: node n1 listens on 0.0.0.0:17101 without a cluster secret",
+                      r.stdout)
 
     def test_bad_secret(self):
         def with_cluster(line):
