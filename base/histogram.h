@@ -1,7 +1,7 @@
 // A latency histogram with fixed bucket bounds, in the shape Prometheus exposes one
 // (cumulative counts per upper bound, a sum and a count). Observing is an array increment,
 // cheap enough for every write; the bounds span a loopback round trip (25 us) to a stalled
-// disk (10 s), so that one scrape's buckets say where most of the time goes.
+// disk (30 s), so that one scrape's buckets say where most of the time goes.
 //
 // Thread safety: none; each histogram lives on one thread (the event loop).
 #pragma once

@@ -212,6 +212,7 @@ HelloReply Leader::OnHello(const Hello& hello, uint64_t* session) {
   rec.info.id = hello.follower_id;
   reply.outcome = HelloOutcome::kAccepted;
   rec.session = next_session_++;
+  rec.session_start_us = clock_->NowMicros();
   rec.echo_us = 0;  // the stamps of an earlier session may be of a clock since reset
   rec.next_seq = hello.last_applied + 1;
   rec.cursor.reset();
@@ -471,7 +472,7 @@ void Leader::OnAck(uint64_t session, const Ack& ack) {
   auto& times = rec->shipped_times;
   while (!times.empty() && (rec->info.applied >= rec->info.sent ||
                             (times.size() > 1 && times[1].first <= rec->info.applied + 1))) {
-    if (times.front().second > 0) {
+    if (times.front().second >= rec->session_start_us) {
       rec->info.replication_latency.Observe(now_us - times.front().second);
     }
     times.pop_front();

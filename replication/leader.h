@@ -77,7 +77,9 @@ struct FollowerInfo {
   uint64_t batches_shipped = 0;  // and batches
   uint64_t acks = 0;             // acks of this epoch received
   // From the leader's write of each message's first batch to the ack that says the follower
-  // applied the whole message (messages acked after a reconnect or a gap are not counted).
+  // applied the whole message. Not counted: writes made before the follower's session began
+  // (a catch-up after an absence would measure the absence), and messages in flight when a
+  // gap or a disconnect cleared them.
   LatencyHistogram replication_latency;
   int64_t last_ack_us = 0;      // wall clock of the last ack (0: none yet)
   std::string message;          // why it needs a snapshot or was refused
@@ -207,6 +209,7 @@ class Leader {
   struct Record {
     FollowerInfo info;
     uint64_t session = 0;
+    int64_t session_start_us = 0;  // when the session began (clock_)
     SequenceNumber next_seq = 1;  // next batch to ship
     std::unique_ptr<engine::WalCursor> cursor;
     // read_wal_inline = false: batches read from the WAL ahead of next_seq, and whether a

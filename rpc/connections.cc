@@ -408,7 +408,9 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
           }
           auto socket = FdStream::Wrap(kj::mv(connection), io_);
           const FdStream* fd = dynamic_cast<const FdStream*>(socket.get());
-          connections_.add(Route(kj::heap<BufferedStream>(kj::mv(socket)), fd,
+          kj::TimePoint deadline = io_.provider->getTimer().now() +
+                                   node_.options().preamble_timeout_ms * kj::MILLISECONDS;
+          connections_.add(Route(kj::heap<BufferedStream>(kj::mv(socket)), fd, deadline,
                                  kj::heap<Unrouted>(unrouted_)));
           return AcceptLoop();
         },
@@ -476,24 +478,25 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
 
   // A connection that offers the cluster secret's hello proves it first (Authenticate), then
   // comes back here `authenticated`. A node with a secret serves no other connection: a
-  // client is answered `unauthenticated`, a node's connection is closed.
+  // client is answered `unauthenticated`, a node's connection is closed. The handshake and
+  // the preamble share one `deadline`, preamble_timeout_ms after the accept.
   kj::Promise<void> Route(kj::Own<BufferedStream> stream, const FdStream* socket,
-                          kj::Own<Unrouted> unrouted, bool authenticated = false) {
+                          kj::TimePoint deadline, kj::Own<Unrouted> unrouted,
+                          bool authenticated = false) {
     BufferedStream& s = *stream;
     // A connection that does not say what it speaks within the bound is closed.
     auto first_bytes = s.Peek(kPreambleBytes).exclusiveJoin(
-        io_.provider->getTimer()
-            .afterDelay(node_.options().preamble_timeout_ms * kj::MILLISECONDS)
-            .then([]() { return kj::ArrayPtr<const kj::byte>(); }));
-    return first_bytes.then([this, stream = kj::mv(stream), socket, unrouted = kj::mv(unrouted),
-                             authenticated](
+        io_.provider->getTimer().atTime(deadline).then(
+            []() { return kj::ArrayPtr<const kj::byte>(); }));
+    return first_bytes.then([this, stream = kj::mv(stream), socket, deadline,
+                             unrouted = kj::mv(unrouted), authenticated](
                                 kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
       if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed or silent
       kj::StringPtr preamble = schema::CLIENT_PREAMBLE;
       auto text = head.slice(0, kPreambleBytes).asChars();
       if (!authenticated && kj::StringPtr(auth::kMagic.data(), auth::kMagic.size()).asArray() ==
                                 text) {
-        return Authenticate(kj::mv(stream), socket, kj::mv(unrouted));
+        return Authenticate(kj::mv(stream), socket, deadline, kj::mv(unrouted));
       }
       bool without_secret = !authenticated && !node_.options().secret.empty();
       if (text == preamble.asArray()) {
@@ -539,8 +542,8 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
             });
       }
       if (text.slice(0, 7) == preamble.asArray().slice(0, 7)) {
-        spdlog::warn("refused a client speaking protocol '{}'; this node speaks '{}'",
-                     std::string(text.begin(), text.size()), preamble.cStr());
+        LogRarely("refused a client speaking protocol '", std::string(text.begin(), text.size()),
+                  "'; this node speaks '", preamble.cStr(), "'");
         return kj::READY_NOW;
       }
       if (without_secret) {
@@ -562,12 +565,12 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
       // preamble_timeout_ms (none began, or it was replaced by a session of the same id on
       // another connection) is closed, so that made-up peers cannot hold the places of real
       // ones: the live ones are at most one per configured follower.
-      auto deadline = ClosesWithoutSession(peer->sessions);
+      auto idle = ClosesWithoutSession(peer->sessions);
       // And once the last of its follower sessions ends (the follower then reconnects at
       // once, to whichever node leads: a leader that hands over ends them all).
       auto closed = kj::newPromiseAndFulfiller<void>();
       peer->sessions->close = kj::mv(closed.fulfiller);
-      return ended.exclusiveJoin(kj::mv(deadline))
+      return ended.exclusiveJoin(kj::mv(idle))
           .exclusiveJoin(kj::mv(closed.promise))
           .attach(kj::mv(peer), kj::defer([this]() { --node_.connection_stats().peers; }));
     });
@@ -576,13 +579,15 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
   // The node's side of the cluster secret's handshake; an accepted connection is routed as
   // any other, a refused one closed once its verdict is out.
   kj::Promise<void> Authenticate(kj::Own<BufferedStream> stream, const FdStream* socket,
-                                 kj::Own<Unrouted> unrouted) {
+                                 kj::TimePoint deadline, kj::Own<Unrouted> unrouted) {
     BufferedStream& s = *stream;
-    auto handshake = AcceptHandshake(s, node_.options().secret, io_.provider->getTimer(),
-                                     node_.options().preamble_timeout_ms * kj::MILLISECONDS);
-    return handshake.then([this, stream = kj::mv(stream), socket, unrouted = kj::mv(unrouted)](
+    kj::Timer& timer = io_.provider->getTimer();
+    kj::Duration left = deadline > timer.now() ? deadline - timer.now() : 0 * kj::SECONDS;
+    auto handshake = AcceptHandshake(s, node_.options().secret, timer, left);
+    return handshake.then([this, stream = kj::mv(stream), socket, deadline,
+                           unrouted = kj::mv(unrouted)](
                               absl::Status proved) mutable -> kj::Promise<void> {
-      if (proved.ok()) return Route(kj::mv(stream), socket, kj::mv(unrouted), true);
+      if (proved.ok()) return Route(kj::mv(stream), socket, deadline, kj::mv(unrouted), true);
       ++node_.connection_stats().auth_failures;
       LogRarely("refused a connection: ", proved.message());
       BufferedStream& refused = *stream;

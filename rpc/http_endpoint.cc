@@ -72,7 +72,9 @@ class Endpoint final : public HttpEndpoint,
       answer.body = "only GET and HEAD are served here\n";
     } else if (path == "/metrics") {
       answer.content_type = "text/plain; version=0.0.4; charset=utf-8";
-      answer.body = PrometheusText(GatherMetrics(node_));
+      NodeMetrics m = GatherMetrics(node_);
+      m.http_connections_refused = refused_;
+      answer.body = PrometheusText(m);
     } else {
       answer = AnswerHealth(GatherHealth(node_), path, query);
     }
@@ -94,8 +96,10 @@ class Endpoint final : public HttpEndpoint,
 
   static kj::HttpServerSettings Settings() {
     kj::HttpServerSettings s;
-    s.headerTimeout = 5 * kj::SECONDS;  // a client that sends nothing holds no place long
-    s.pipelineTimeout = 30 * kj::SECONDS;
+    // A client that sends nothing, or nothing more, holds no place long (a scraper asks
+    // every 15 s or so and may connect again).
+    s.headerTimeout = 5 * kj::SECONDS;
+    s.pipelineTimeout = 5 * kj::SECONDS;
     return s;
   }
 

@@ -32,7 +32,17 @@ using Labels = std::vector<std::pair<std::string, std::string>>;
 class Exposition {
  public:
   void Family(const std::string& name, const char* type, const char* help) {
-    absl::StrAppend(&out_, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+    std::string escaped;
+    for (const char* c = help; *c != '\0'; ++c) {
+      if (*c == '\\') {
+        escaped += "\\\\";
+      } else if (*c == '\n') {
+        escaped += "\\n";
+      } else {
+        escaped += *c;
+      }
+    }
+    absl::StrAppend(&out_, "# HELP ", name, " ", escaped, "\n# TYPE ", name, " ", type, "\n");
   }
   void Sample(const std::string& name, const Labels& labels, uint64_t v) {
     Line(name, labels, absl::StrCat(v));
@@ -91,7 +101,8 @@ class Exposition {
   std::string out_;
 };
 
-double Seconds(int64_t ms) { return static_cast<double>(ms) / 1e3; }
+// Milliseconds as seconds; a negative figure (not known yet) as -1.
+double Seconds(int64_t ms) { return ms < 0 ? -1.0 : static_cast<double>(ms) / 1e3; }
 
 void NodeFamilies(Exposition& x, const NodeMetrics& m) {
   const NodeStatusInfo& s = m.status;
@@ -139,6 +150,9 @@ void NodeFamilies(Exposition& x, const NodeMetrics& m) {
         s.auth_failures);
   x.One("walship_snapshots_serving", "gauge", "Checkpoints being sent from this node.",
         uint64_t{s.snapshots_serving});
+  x.One("walship_http_connections_refused_total", "counter",
+        "Connections to this HTTP port closed unanswered: as many were open as it serves.",
+        m.http_connections_refused);
 }
 
 void RequestFamilies(Exposition& x, const NodeMetrics& m) {
@@ -152,11 +166,11 @@ void RequestFamilies(Exposition& x, const NodeMetrics& m) {
     x.Sample("walship_reads_total", {{"result", CodeName(c)}}, r.reads[c]);
   }
   x.Family("walship_write_latency_seconds", "histogram",
-           "From a write's arrival to its acknowledgement, for writes acknowledged.");
+           "From when the node takes a write up to its acknowledgement, for writes acknowledged.");
   x.Histogram("walship_write_latency_seconds", {}, r.write_latency);
   x.Family("walship_read_latency_seconds", "histogram",
-           "From a read's arrival to its answer, for reads served (a wait for its token or "
-           "lag bound included).");
+           "From when the node takes a read up to its answer, for reads served (a wait for "
+           "its token or lag bound included).");
   x.Histogram("walship_read_latency_seconds", {}, r.read_latency);
   x.One("walship_write_groups_total", "counter", "RocksDB write groups this node wrote.",
         m.status.write_groups);
@@ -384,6 +398,8 @@ HttpAnswer AnswerHealth(const HealthFacts& f, std::string_view path, std::string
       why = "/leader takes no query";
     } else if (f.role != "leader") {
       why = absl::StrCat("this node is ", f.role);
+    } else if (!f.storage_error.empty()) {
+      why = absl::StrCat("storage error: ", f.storage_error);
     } else if (!f.write_refusal.empty()) {
       why = f.write_refusal;
     }
@@ -394,6 +410,8 @@ HttpAnswer AnswerHealth(const HealthFacts& f, std::string_view path, std::string
       why = std::string(lag.status().message());
     } else if (f.role != "follower") {
       why = absl::StrCat("this node is ", f.role);
+    } else if (!f.storage_error.empty()) {
+      why = absl::StrCat("storage error: ", f.storage_error);
     } else if (!f.read_refusal.empty()) {
       why = f.read_refusal;
     } else if (*lag >= 0 && f.staleness_us < 0) {
@@ -409,7 +427,8 @@ HttpAnswer AnswerHealth(const HealthFacts& f, std::string_view path, std::string
   }
   if (!why.empty() && a.status == 200) a.status = 503;
   if (!why.empty()) body["reason"] = why;
-  a.body = body.dump() + "\n";
+  // The path and query are the client's bytes: any that are not UTF-8 are replaced.
+  a.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   return a;
 }
 

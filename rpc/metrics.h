@@ -26,8 +26,9 @@ struct RequestCounters {
   static constexpr size_t kCodes = 14;
   std::array<uint64_t, kCodes> writes{};
   std::array<uint64_t, kCodes> reads{};  // gets and scans
-  // Arrival of the request to its answer: writes acknowledged (ok), reads served (ok or
-  // notFound), a read's wait for its token or lag bound included.
+  // From when the node takes the request up (a pipelined write: its pipeline) to its answer:
+  // writes acknowledged (ok), reads served (ok or notFound), a read's wait for its token or
+  // lag bound included.
   LatencyHistogram write_latency;
   LatencyHistogram read_latency;
   void CountWrite(uint16_t code, int64_t us);
@@ -44,6 +45,7 @@ struct NodeMetrics {
   // This node's staleness as a bounded-staleness read sees it (replication/reads.h
   // ReadPosition::lag_us): 0 on the leader that takes writes, -1 when unknown.
   int64_t staleness_us = -1;
+  uint64_t http_connections_refused = 0;  // HTTP connections closed over the cap
 };
 
 // The Prometheus text exposition format (version 0.0.4) of `m`.
@@ -71,9 +73,10 @@ struct HttpAnswer {
 // The answer to GET `path`?`query` for the health endpoints; 404 for any other path.
 // /health: 200 when the node serves reads and its storage takes writes.
 // /leader: 200 only on the leader that takes writes now (its epoch is current: lease held,
-//   not handing over).
-// /replica[?lag=SECONDS]: 200 only on a follower that serves reads and, with lag, that knew
-//   itself caught up with its leader at most that long ago.
+//   not handing over; its storage takes writes).
+// /replica[?lag=SECONDS]: 200 only on a follower that serves reads, whose storage takes
+//   writes (it applies its leader's), and, with lag, that knew itself caught up with its
+//   leader at most that long ago.
 // Else 503, and 400 for a malformed query. The body is one JSON object saying where the
 // node stands and, when not 200, why.
 HttpAnswer AnswerHealth(const HealthFacts& facts, std::string_view path, std::string_view query);

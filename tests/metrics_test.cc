@@ -75,7 +75,7 @@ TEST(MetricsTest, TheParserRefusesWhatIsNotTheExpositionFormat) {
   EXPECT_NONFATAL_FAILURE(Parse("# TYPE x gauge\n# TYPE x gauge\n"), "declared twice");
   EXPECT_NONFATAL_FAILURE(Parse("# TYPE x gauge\nx 1\nx 2\n"), "twice");
   Parsed ok = Parse("# TYPE x gauge\nx{a=\"\\\"\"} 1.5\n");
-  EXPECT_EQ(ok.samples["x{a=\"\\\"\"}"], 1.5);
+  EXPECT_EQ(ok.samples.at("x{a=\"\\\"\"}"), 1.5);
 }
 
 NodeMetrics LeaderMetrics() {
@@ -113,23 +113,23 @@ TEST(MetricsTest, TheLeadersExpositionParsesAndSaysWhatItKnows) {
   EXPECT_EQ(p.types["walship_replication_lag_seconds"], "gauge");
   EXPECT_EQ(p.types["walship_writes_total"], "counter");
   EXPECT_EQ(p.types["walship_replication_latency_seconds"], "histogram");
-  EXPECT_EQ(p.samples[R"(walship_node_info{node="n1",cluster="c\"1\\",database_id=""})"], 1);
-  EXPECT_EQ(p.samples[R"(walship_role{role="leader"})"], 1);
-  EXPECT_EQ(p.samples[R"(walship_role{role="follower"})"], 0);
-  EXPECT_EQ(p.samples["walship_epoch"], 3);
-  EXPECT_EQ(p.samples[R"(walship_replication_lag_seconds{follower="n2"})"], 1.5);
-  EXPECT_EQ(p.samples[R"(walship_replication_lag_sequences{follower="n2"})"], 10);
-  EXPECT_EQ(p.samples[R"(walship_shipped_batches_total{follower="n2"})"], 7);
-  EXPECT_EQ(p.samples[R"(walship_follower_heartbeat_age_seconds{follower="n2"})"], 0.25);
-  EXPECT_EQ(p.samples[R"(walship_writes_total{result="ok"})"], 1);
-  EXPECT_EQ(p.samples[R"(walship_writes_total{result="notReplicated"})"], 1);
-  EXPECT_EQ(p.samples[R"(walship_writes_total{result="notLeader"})"], 5);
-  EXPECT_EQ(p.samples[R"(walship_reads_total{result="writeLost"})"], 1);
-  EXPECT_EQ(p.samples[R"(walship_reads_total{result="other"})"], 1);
+  EXPECT_EQ(p.samples.at(R"(walship_node_info{node="n1",cluster="c\"1\\",database_id=""})"), 1);
+  EXPECT_EQ(p.samples.at(R"(walship_role{role="leader"})"), 1);
+  EXPECT_EQ(p.samples.at(R"(walship_role{role="follower"})"), 0);
+  EXPECT_EQ(p.samples.at("walship_epoch"), 3);
+  EXPECT_EQ(p.samples.at(R"(walship_replication_lag_seconds{follower="n2"})"), 1.5);
+  EXPECT_EQ(p.samples.at(R"(walship_replication_lag_sequences{follower="n2"})"), 10);
+  EXPECT_EQ(p.samples.at(R"(walship_shipped_batches_total{follower="n2"})"), 7);
+  EXPECT_EQ(p.samples.at(R"(walship_follower_heartbeat_age_seconds{follower="n2"})"), 0.25);
+  EXPECT_EQ(p.samples.at(R"(walship_writes_total{result="ok"})"), 1);
+  EXPECT_EQ(p.samples.at(R"(walship_writes_total{result="notReplicated"})"), 1);
+  EXPECT_EQ(p.samples.at(R"(walship_writes_total{result="notLeader"})"), 5);
+  EXPECT_EQ(p.samples.at(R"(walship_reads_total{result="writeLost"})"), 1);
+  EXPECT_EQ(p.samples.at(R"(walship_reads_total{result="other"})"), 1);
   // Only acknowledged writes are timed.
-  EXPECT_EQ(p.samples["walship_write_latency_seconds_count"], 1);
-  EXPECT_EQ(p.samples["walship_read_latency_seconds_count"], 0);
-  EXPECT_EQ(p.samples["walship_rocksdb_stall_seconds_total"], 2.5);
+  EXPECT_EQ(p.samples.at("walship_write_latency_seconds_count"), 1);
+  EXPECT_EQ(p.samples.at("walship_read_latency_seconds_count"), 0);
+  EXPECT_EQ(p.samples.at("walship_rocksdb_stall_seconds_total"), 2.5);
   // No follower-only family on the leader.
   EXPECT_EQ(p.types.count("walship_applied_sequence"), 0u);
 }
@@ -145,19 +145,19 @@ TEST(MetricsTest, HistogramBucketsAreCumulativeAndEndAtTheCount) {
   for (size_t i = 0; i < LatencyHistogram::kBoundsUs.size(); ++i) {
     std::ostringstream le;
     le << LatencyHistogram::kBoundsUs[i] / 1e6;
-    double v = p.samples[prefix + le.str() + "\"}"];
+    double v = p.samples.at(prefix + le.str() + "\"}");
     EXPECT_GE(v, last) << le.str();
     last = v;
   }
-  EXPECT_EQ(p.samples[prefix + "1e-05\"}"], 0);    // no bound of 10 us
-  EXPECT_EQ(p.samples[prefix + "2.5e-05\"}"], 1);  // 10 us
-  EXPECT_EQ(p.samples[prefix + "5e-05\"}"], 3);    // and 40 us twice
-  EXPECT_EQ(p.samples[prefix + "0.001\"}"], 4);
-  EXPECT_EQ(p.samples[prefix + "2.5\"}"], 5);
-  EXPECT_EQ(p.samples[prefix + "30\"}"], 5);       // 90 s is past every bound ...
-  EXPECT_EQ(p.samples[prefix + "+Inf\"}"], 6);     // ... and in +Inf, which is the count
-  EXPECT_EQ(p.samples[R"(walship_replication_latency_seconds_count{follower="n2"})"], 6);
-  EXPECT_NEAR(p.samples[R"(walship_replication_latency_seconds_sum{follower="n2"})"],
+  EXPECT_EQ(p.samples.count(prefix + "1e-05\"}"), 0u);  // no bound of 10 us
+  EXPECT_EQ(p.samples.at(prefix + "2.5e-05\"}"), 1);  // 10 us
+  EXPECT_EQ(p.samples.at(prefix + "5e-05\"}"), 3);    // and 40 us twice
+  EXPECT_EQ(p.samples.at(prefix + "0.001\"}"), 4);
+  EXPECT_EQ(p.samples.at(prefix + "2.5\"}"), 5);
+  EXPECT_EQ(p.samples.at(prefix + "30\"}"), 5);       // 90 s is past every bound ...
+  EXPECT_EQ(p.samples.at(prefix + "+Inf\"}"), 6);     // ... and in +Inf, which is the count
+  EXPECT_EQ(p.samples.at(R"(walship_replication_latency_seconds_count{follower="n2"})"), 6);
+  EXPECT_NEAR(p.samples.at(R"(walship_replication_latency_seconds_sum{follower="n2"})"),
               92.00079, 1e-9);
 }
 
@@ -171,11 +171,11 @@ TEST(MetricsTest, AFollowersExpositionHasItsOwnLagAndNoPerFollowerFamilies) {
   m.status.ready = true;
   m.staleness_us = -1;
   Parsed p = Parse(PrometheusText(m));
-  EXPECT_EQ(p.samples["walship_applied_sequence"], 90);
-  EXPECT_EQ(p.samples["walship_lag_sequences"], 10);
-  EXPECT_EQ(p.samples["walship_lag_seconds"], 0.02);
-  EXPECT_EQ(p.samples["walship_ready"], 1);
-  EXPECT_EQ(p.samples["walship_staleness_seconds"], -1);
+  EXPECT_EQ(p.samples.at("walship_applied_sequence"), 90);
+  EXPECT_EQ(p.samples.at("walship_lag_sequences"), 10);
+  EXPECT_EQ(p.samples.at("walship_lag_seconds"), 0.02);
+  EXPECT_EQ(p.samples.at("walship_ready"), 1);
+  EXPECT_EQ(p.samples.at("walship_staleness_seconds"), -1);
   EXPECT_EQ(p.types.count("walship_replication_lag_seconds"), 0u);
 }
 
@@ -231,6 +231,42 @@ TEST(HealthTest, ReplicaAnswersOnFollowersWithinTheLagAsked) {
     EXPECT_EQ(a.status, 400) << bad;
     EXPECT_FALSE(nlohmann::json::parse(a.body)["reason"].get<std::string>().empty()) << bad;
   }
+}
+
+TEST(HealthTest, ALeaderOrReplicaWhoseStorageRefusesWritesIsNotOne) {
+  HealthFacts leader = Leader();
+  leader.storage_error = "IO error: No space left on device";
+  EXPECT_EQ(AnswerHealth(leader, "/leader", "").status, 503);
+  HealthFacts follower = Follower(0);
+  follower.storage_error = "IO error: No space left on device";
+  EXPECT_EQ(AnswerHealth(follower, "/replica", "").status, 503);
+  EXPECT_EQ(AnswerHealth(follower, "/replica", "lag=10").status, 503);
+}
+
+TEST(HealthTest, ALeaderWhoseLeaseLapsedIsNotTheLeader) {
+  HealthFacts lapsed = Leader();
+  lapsed.write_refusal = "the leader's lease lapsed: it has not heard from a majority";
+  HttpAnswer a = AnswerHealth(lapsed, "/leader", "");
+  EXPECT_EQ(a.status, 503);
+  EXPECT_EQ(nlohmann::json::parse(a.body)["reason"], lapsed.write_refusal);
+}
+
+TEST(HealthTest, BytesThatAreNotUtf8InThePathStillGetAnAnswer) {
+  HttpAnswer a = AnswerHealth(Leader(), "/\xff\xfe", "");
+  EXPECT_EQ(a.status, 404);
+  EXPECT_NO_THROW(nlohmann::json::parse(a.body));
+  a = AnswerHealth(Follower(0), "/replica", "lag=\xff");
+  EXPECT_EQ(a.status, 400);
+  EXPECT_NO_THROW(nlohmann::json::parse(a.body));
+}
+
+TEST(MetricsTest, TimesNotKnownYetAreMinusOne) {
+  NodeMetrics m = LeaderMetrics();
+  m.followers[0].lag_ms = -1;
+  m.status.followers[0].heartbeat_ago_ms = -1;
+  Parsed p = Parse(PrometheusText(m));
+  EXPECT_EQ(p.samples.at(R"(walship_replication_lag_seconds{follower="n2"})"), -1);
+  EXPECT_EQ(p.samples.at(R"(walship_follower_heartbeat_age_seconds{follower="n2"})"), -1);
 }
 
 TEST(HealthTest, HealthAnswersWhenTheNodeServes) {

@@ -1,4 +1,7 @@
 // walship config check: a config file as walshipd would read it, and what in it is open.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -9,7 +12,9 @@ namespace walship::tools {
 
 bool IsLoopback(const std::string& listen) {
   std::string host = listen.substr(0, listen.rfind(':'));
-  return host.rfind("127.", 0) == 0 || host == "localhost" || host == "[::1]" || host == "::1";
+  if (host == "localhost" || host == "[::1]" || host == "::1") return true;
+  in_addr a{};  // a literal 127.x.x.x only: a host name is not taken for loopback
+  return ::inet_pton(AF_INET, host.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
 std::string DescribeConfig(const ClusterConfig& c, bool json) {
@@ -49,7 +54,7 @@ std::string DescribeConfig(const ClusterConfig& c, bool json) {
                               {"data_dir", n.data_dir},
                               {"role", n.role}});
     }
-    return out.dump() + "\n";
+    return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
   std::string text = absl::StrCat("OK ", c.path, ": cluster ", c.name, ", ", c.nodes.size(),
                                   " node(s), replication ", mode);

@@ -26,8 +26,9 @@ class RoleFlag final : public spdlog::custom_flag_formatter {
   }
 };
 
-// %*: the message as the inside of a JSON string (quotes, backslashes and control bytes
-// escaped; other bytes as they are).
+// %*: the message as the inside of a JSON string: quotes, backslashes, control bytes and
+// every byte past ASCII escaped (a message may quote bytes a peer sent, which need not be
+// UTF-8), so that each line is valid JSON in ASCII.
 class JsonMessageFlag final : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm&,
@@ -42,7 +43,7 @@ class JsonMessageFlag final : public spdlog::custom_flag_formatter {
         Append(dest, "\\n");
       } else if (c == '\t') {
         Append(dest, "\\t");
-      } else if (c < 0x20 || c == 0x7f) {
+      } else if (c < 0x20 || c >= 0x7f) {
         Append(dest, absl::StrFormat("\\u%04x", c));
       } else {
         dest.push_back(ch);

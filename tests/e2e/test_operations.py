@@ -186,9 +186,6 @@ class OperationsTest(unittest.TestCase):
         wait_until(lambda: code("n1", "/replica?lag=0.3") == 200, 20, "n1 caught up again")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 SECRET = "s3cret-of-the-test-cluster-0123456789"
 
@@ -305,12 +302,19 @@ class LogFormatTest(unittest.TestCase):
             c.start_all()
             c.cli("put", "k", "v")
             # A client speaking another version of the protocol is logged with the bytes it
-            # sent: a quote, a backslash and a control byte that the JSON must escape.
-            for odd in (b'WALSHIP"', b"WALSHIP\\", b"WALSHIP\x01"):
+            # sent (at most one such line a second): a quote, a backslash, a control byte and
+            # a byte that is not UTF-8, which the JSON must escape.
+            def refused_and_logged(odd, before):
                 host, port = c.addr["n1"].split(":")
                 with socket.create_connection((host, int(port)), timeout=10) as s:
                     s.sendall(odd)
                     self.assertEqual(s.recv(1), b"")  # refused and closed
+                with open(c.logs["n1"], "rb") as f:
+                    return f.read().count(b"speaking protocol") > before
+            for i, odd in enumerate((b'WALSHIP"', b"WALSHIP\\", b"WALSHIP\x01", b"WALSHIP\xff")):
+                # Sent again until the once-a-second bound lets its line through.
+                wait_until(lambda: refused_and_logged(odd, i), 10,
+                           f"the refusal of {odd!r} to be logged")
             c.cli("--node", "n1", "handover", "n2", timeout=60)
             wait_until(lambda: c.status("n1")["role"] == "follower", 20, "n1 to follow")
             c.stop("n1")
@@ -329,7 +333,9 @@ class LogFormatTest(unittest.TestCase):
             self.assertEqual(roles[0], "starting")
             self.assertTrue(any("stopped at seq" in r["msg"] for r in records))
             odd = [r["msg"] for r in records if "speaking protocol" in r["msg"]]
-            self.assertIn("refused a client speaking protocol 'WALSHIP\"'", odd[0])
+            self.assertEqual(odd, [f"refused a client speaking protocol '{p}'; this node speaks "
+                                   "'WALSHIP1'" for p in ('WALSHIP"', "WALSHIP\\", "WALSHIP\x01",
+                                                          "WALSHIP\xff")])
         finally:
             c.close()
 
@@ -343,3 +349,7 @@ class LogFormatTest(unittest.TestCase):
             self.assertRegex(text, r"\[n1 leader\] node 'n1' stopped at seq")
         finally:
             c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -209,6 +209,13 @@ class BadConfigTest(unittest.TestCase):
         self.assertIn("n1 (leader) 127.0.0.1:17101, http 127.0.0.1:18101", r.stdout)
         self.assertIn("WARNING: node n2 listens on 0.0.0.0:17102 without a cluster secret",
                       r.stdout)
+        with open(path, "w") as f:  # a host name is not loopback, whatever it begins with
+            f.write(open_to_all.replace("127.0.0.1:17101", "127.example.com:17101"))
+        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
+                           timeout=30)
+        self.assertIn("WARNING: node n1 listens on 127.example.com:17101", r.stdout)
+        with open(path, "w") as f:
+            f.write(open_to_all)
         r = subprocess.run([WALSHIP, "config", "check", "--json", path], capture_output=True,
                            text=True, timeout=30)
         checked = json.loads(r.stdout)
