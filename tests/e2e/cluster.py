@@ -45,8 +45,10 @@ class Cluster:
     """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
 
     def __init__(self, n=3, name="test", replication=None, nodes=None, http=False,
-                 secret=None, log_format=None):
+                 secret=None, log_format=None, advertise=None):
         self.log_format = log_format
+        # node id -> the address the others dial, when it is not the one it listens on
+        self.advertise = advertise or {}
         self.dir = tempfile.mkdtemp(prefix="walship-e2e-")
         # With a secret: kept in DIR/secret (owner-only), named by the config.
         self.secret = secret
@@ -89,6 +91,8 @@ class Cluster:
                       f'role = "{"leader" if i == 0 else "follower"}"']
             if nid in self.http:
                 lines.append(f'http_listen = "{self.http[nid]}"')
+            if nid in self.advertise:
+                lines.append(f'advertise = "{self.advertise[nid]}"')
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
