@@ -165,6 +165,17 @@ absl::Status CheckListen(const ConfigError& err, const toml::source_region& wher
   return absl::OkStatus();
 }
 
+// An optional host:port key of a [[node]] table into `out` (left as it is when absent).
+absl::Status OptionalAddress(const ConfigError& err, const toml::table& t,
+                             const std::string& prefix, const char* key, std::string& out) {
+  const toml::node* v = t.get(key);
+  if (v == nullptr) return absl::OkStatus();
+  std::string full = absl::StrCat(prefix, ".", key);
+  if (!v->is_string()) return err.At(v->source(), full, "must be a string \"host:port\"");
+  out = *v->value<std::string>();
+  return CheckListen(err, v->source(), full, out);
+}
+
 absl::Status ReadTunables(const ConfigError& err, const toml::table& table,
                           const std::string& section, rpc::NodeServerOptions& options) {
   for (auto&& [k, v] : table) {
@@ -247,11 +258,15 @@ absl::Status ReadSecret(const ConfigError& err, const toml::table& cluster,
                     absl::StrCat(s.message(), ", or move the secret to a secret_file"));
     }
   } else if (file != nullptr) {
-    if (!file->is_string()) return err.At(file->source(), "cluster.secret_file", "must be a string");
+    if (!file->is_string()) {
+      return err.At(file->source(), "cluster.secret_file", "must be a string");
+    }
     fs::path p = *file->value<std::string>();
     if (p.is_relative()) p = base / p;
     absl::StatusOr<std::string> read = LoadSecretFile(p.string());
-    if (!read.ok()) return err.At(file->source(), "cluster.secret_file", std::string(read.status().message()));
+    if (!read.ok()) {
+      return err.At(file->source(), "cluster.secret_file", std::string(read.status().message()));
+    }
     secret = *read;
     source = p.string();
   }
@@ -401,39 +416,28 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     if (absl::Status s = CheckListen(err, listen_at, prefix + ".listen", n.listen); !s.ok()) {
       return s;
     }
-    if (const toml::node* http = t.get("http_listen")) {
-      if (!http->is_string()) {
-        return err.At(http->source(), prefix + ".http_listen", "must be a string \"host:port\"");
-      }
-      n.http_listen = *http->value<std::string>();
-      if (absl::Status s = CheckListen(err, http->source(), prefix + ".http_listen", n.http_listen);
-          !s.ok()) {
-        return s;
-      }
-      if (n.http_listen == n.listen) {
-        return err.At(http->source(), prefix + ".http_listen",
-                      absl::StrCat(n.http_listen, " is the node's listen address too; the HTTP "
-                                   "port needs one of its own"));
-      }
+    if (absl::Status s = OptionalAddress(err, t, prefix, "http_listen", n.http_listen); !s.ok()) {
+      return s;
     }
-    n.advertise = n.listen;
-    if (const toml::node* adv = t.get("advertise")) {
-      if (!adv->is_string()) {
-        return err.At(adv->source(), prefix + ".advertise", "must be a string \"host:port\"");
-      }
-      n.advertise = *adv->value<std::string>();
-      if (absl::Status s = CheckListen(err, adv->source(), prefix + ".advertise", n.advertise);
-          !s.ok()) {
-        return s;
-      }
+    if (!n.http_listen.empty() && n.http_listen == n.listen) {
+      return err.At(t.get("http_listen")->source(), prefix + ".http_listen",
+                    absl::StrCat(n.http_listen, " is the node's listen address too; the HTTP "
+                                 "port needs one of its own"));
+    }
+    if (absl::Status s = OptionalAddress(err, t, prefix, "advertise", n.advertise); !s.ok()) {
+      return s;
+    }
+    if (!n.advertise.empty()) {
       if (IsWildcard(n.advertise)) {
-        return err.At(adv->source(), prefix + ".advertise",
+        return err.At(t.get("advertise")->source(), prefix + ".advertise",
                       absl::StrCat(n.advertise, " is a wildcard; give the address others dial"));
       }
     } else if (IsWildcard(n.listen)) {
       return err.At(listen_at, prefix + ".listen",
                     absl::StrCat(n.listen, " is a wildcard nobody can dial: give the node an "
                                  "advertise = \"host:port\" that the others reach it at"));
+    } else {
+      n.advertise = n.listen;
     }
     auto dir = RequiredString(err, t, t.source(), prefix, "data_dir");
     if (!dir.ok()) return dir.status();

@@ -154,6 +154,11 @@ class BadConfigTest(unittest.TestCase):
     def good(self):
         return self.GOOD.format(p1=17101, p2=17102)
 
+    @staticmethod
+    def config_check(*args):
+        return subprocess.run([WALSHIP, "config", "check", *args], capture_output=True,
+                              text=True, timeout=30)
+
     def test_unknown_key(self):
         self.check(self.good().replace('role = "leader"', 'role = "leader"\ncolour = "red"'),
                    9, "node[1].colour", contains="unknown key")
@@ -201,8 +206,7 @@ class BadConfigTest(unittest.TestCase):
         with open(path, "w") as f:
             f.write(open_to_all.replace('role = "leader"',
                                         'role = "leader"\nhttp_listen = "127.0.0.1:18101"'))
-        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
-                           timeout=30)
+        r = self.config_check(path)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("cluster x, 2 node(s), replication async", r.stdout)
         self.assertIn("secret: none", r.stdout)
@@ -211,21 +215,18 @@ class BadConfigTest(unittest.TestCase):
                       r.stdout)
         with open(path, "w") as f:  # a host name is not loopback, whatever it begins with
             f.write(open_to_all.replace("127.0.0.1:17101", "127.example.com:17101"))
-        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
-                           timeout=30)
+        r = self.config_check(path)
         self.assertIn("WARNING: node n1 listens on 127.example.com:17101", r.stdout)
         with open(path, "w") as f:
             f.write(open_to_all)
-        r = subprocess.run([WALSHIP, "config", "check", "--json", path], capture_output=True,
-                           text=True, timeout=30)
+        r = self.config_check("--json", path)
         checked = json.loads(r.stdout)
         self.assertEqual([n["id"] for n in checked["nodes"]], ["n1", "n2"])
         self.assertEqual(len(checked["warnings"]), 1)
         # The same one-line error walshipd gives, exit 2, and nothing created.
         with open(path, "w") as f:
             f.write(self.good().replace("17102", "17101"))
-        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
-                           timeout=30)
+        r = self.config_check(path)
         self.assertEqual(r.returncode, 2, r.stdout)
         self.assertIn(f"{path}:12: node[2].listen: duplicate listen address", r.stderr)
         self.assertEqual(sorted(os.listdir(self.dir)), ["cluster.toml"])
@@ -242,8 +243,7 @@ class BadConfigTest(unittest.TestCase):
         with open(path, "w") as f:
             f.write(wild.replace('role = "leader"',
                                  'role = "leader"\nadvertise = "127.0.0.1:17101"'))
-        r = subprocess.run([WALSHIP, "config", "check", path], capture_output=True, text=True,
-                           timeout=30)
+        r = self.config_check(path)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("n1 (leader) 0.0.0.0:17101 (dialled at 127.0.0.1:17101)", r.stdout)
         self.assertIn("WARNING: node n1 listens on 0.0.0.0:17101 without a cluster secret",
