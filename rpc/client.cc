@@ -2,11 +2,6 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,6 +17,7 @@
 #include "rpc/auth.h"
 #include "rpc/client.capnp.h"
 #include "rpc/convert.h"
+#include "rpc/dial.h"
 
 namespace walship::rpc {
 namespace {
@@ -479,58 +475,11 @@ class ClientImpl final : public Client {
   }
 
   absl::Status Connect(absl::Time deadline) {
-    size_t colon = endpoint_.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == endpoint_.size()) {
-      return absl::InvalidArgumentError("expected host:port");
-    }
-    std::string host = endpoint_.substr(0, colon), port = endpoint_.substr(colon + 1);
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);
-    }
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* found = nullptr;
-    if (int e = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); e != 0) {
-      return absl::UnavailableError(::gai_strerror(e));
-    }
-    std::string why = "no address";
-    for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-      absl::Status s = ConnectTo(*a, deadline);
-      if (s.ok()) break;
-      why = std::string(s.message());
-      Close();
-    }
-    ::freeaddrinfo(found);
-    if (fd_ < 0) return absl::UnavailableError(why);
-    int one = 1;
-    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    absl::StatusOr<int> fd = DialTcp(endpoint_, deadline);
+    if (!fd.ok()) return fd.status();
+    fd_ = *fd;
     SetTimeout(SO_SNDTIMEO, timeout_, send_timeout_);
     SetTimeout(SO_RCVTIMEO, timeout_, recv_timeout_);
-    return absl::OkStatus();
-  }
-
-  absl::Status ConnectTo(const addrinfo& a, absl::Time deadline) {
-    fd_ = ::socket(a.ai_family, a.ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a.ai_protocol);
-    if (fd_ < 0) return absl::UnavailableError(std::strerror(errno));
-    if (::connect(fd_, a.ai_addr, a.ai_addrlen) != 0) {
-      if (errno != EINPROGRESS) return absl::UnavailableError(std::strerror(errno));
-      while (true) {
-        pollfd p{fd_, POLLOUT, 0};
-        int ms = static_cast<int>(
-            std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
-        int n = ::poll(&p, 1, ms);
-        if (n < 0 && errno == EINTR) continue;
-        if (n == 0) return absl::UnavailableError("connect timed out");
-        if (n < 0) return absl::UnavailableError(std::strerror(errno));
-        break;
-      }
-      int err = 0;
-      socklen_t len = sizeof err;
-      ::getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err != 0) return absl::UnavailableError(std::strerror(err));
-    }
-    int flags = ::fcntl(fd_, F_GETFL);
-    ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
     return absl::OkStatus();
   }
 
