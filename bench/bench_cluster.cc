@@ -48,11 +48,12 @@ int FreePort() {
   return *port;
 }
 
-void WaitCaughtUp(const std::string& leader, size_t followers, const std::string& secret) {
+void WaitCaughtUp(const std::string& leader, size_t followers,
+                  const rpc::ConnectOptions& connect) {
   auto deadline = Clock::now() + std::chrono::seconds(30);
   std::string last = "cannot reach the leader";
   while (Clock::now() < deadline) {
-    auto c = rpc::Client::Connect(leader, absl::Seconds(1), {secret});
+    auto c = rpc::Client::Connect(leader, absl::Seconds(1), connect);
     auto st = c.ok() ? (*c)->Status() : absl::StatusOr<rpc::NodeStatusInfo>(c.status());
     if (st.ok()) {
       size_t ready = 0;
@@ -70,20 +71,33 @@ void WaitCaughtUp(const std::string& leader, size_t followers, const std::string
 
 LocalCluster::LocalCluster(const std::string& walshipd, int nodes,
                            const std::vector<std::string>& replication,
-                           const std::string& secret)
-    : walshipd_(walshipd), secret_(secret) {
+                           ClusterSecurity security)
+    : walshipd_(walshipd) {
   static int made = 0;  // one directory per cluster of this run
   dir_ = fs::temp_directory_path() / absl::StrCat("walship-bench-", ::getpid(), "-", ++made);
   fs::remove_all(dir_);
   fs::create_directories(dir_);
   std::ofstream c(dir_ / "cluster.toml");
   c << "[cluster]\nname = \"bench\"\n";
-  if (!secret.empty()) {
+  connect_.secret = security.secret;
+  if (!security.secret.empty()) {
     std::ofstream f(dir_ / "secret");
-    f << secret << "\n";
+    f << security.secret << "\n";
     f.close();
     fs::permissions(dir_ / "secret", fs::perms::owner_read | fs::perms::owner_write);
     c << "secret_file = \"secret\"\n";
+  }
+  if (security.tls) {
+    std::string make = absl::StrCat("bash ", WALSHIP_SOURCE_DIR, "/scripts/make-test-certs.sh ",
+                                    (dir_ / "certs").string());
+    if (std::system(make.c_str()) != 0) {
+      std::fprintf(stderr, "cannot make test certificates: %s failed\n", make.c_str());
+      std::exit(3);
+    }
+    c << "\n[tls]\nca_file = \"certs/ca.crt\"\ncert_file = \"certs/node.crt\"\n"
+         "key_file = \"certs/node.key\"\nserver_name = \"localhost\"\n";
+    connect_.tls.ca_file = (dir_ / "certs" / "ca.crt").string();
+    connect_.tls.server_name = "localhost";
   }
   c << "\n[replication]\n";
   for (const std::string& line : replication) c << line << "\n";
@@ -139,7 +153,7 @@ void LocalCluster::StartAdded(const std::string& id) {
 void LocalCluster::StartAll() {
   for (const auto& id : ids_) Start(id);
   for (const auto& id : ids_) WaitReachable(id);
-  WaitCaughtUp(addr_[ids_.front()], ids_.size() - 1, secret_);
+  WaitCaughtUp(addr_[ids_.front()], ids_.size() - 1, connect_);
 }
 
 void LocalCluster::Stop(const std::string& id, int sig) {
@@ -154,7 +168,7 @@ void LocalCluster::Stop(const std::string& id, int sig) {
 void LocalCluster::WaitReachable(const std::string& id) {
   auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
-    auto c = rpc::Client::Connect(addr_[id], absl::Seconds(1), {secret_});
+    auto c = rpc::Client::Connect(addr_[id], absl::Seconds(1), connect_);
     if (c.ok() && (*c)->Status().ok()) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "rpc/client.h"
+
 namespace walship::bench {
 
 using Clock = std::chrono::steady_clock;
@@ -26,19 +28,28 @@ int FreePort();
 // Waits (at most 30 s, else exits) until the leader at `leader` has `followers` followers
 // connected with everything applied, so that a run starts from a formed, idle cluster and
 // not while followers are still connecting or applying the previous run.
-// `secret`: the cluster's secret ("" for none).
-void WaitCaughtUp(const std::string& leader, size_t followers, const std::string& secret = "");
+// `connect`: the cluster's secret and TLS, as LocalCluster::connect_options() gives them.
+void WaitCaughtUp(const std::string& leader, size_t followers,
+                  const rpc::ConnectOptions& connect = {});
+
+// What a benchmark cluster's connections prove: the cluster secret ("" for none), and TLS
+// with a throwaway CA (scripts/make-test-certs.sh) when `tls`.
+struct ClusterSecurity {
+  std::string secret;
+  bool tls = false;
+};
 
 // A cluster of walshipd processes the benchmark starts and stops itself.
 class LocalCluster {
  public:
   // `replication` lines ("key = value") go into the config's [replication] table; a
-  // `secret` (when not empty) goes into an owner-only file the config names.
+  // secret (when not empty) goes into an owner-only file the config names.
   LocalCluster(const std::string& walshipd, int nodes,
-               const std::vector<std::string>& replication, const std::string& secret = "");
+               const std::vector<std::string>& replication, ClusterSecurity security = {});
   ~LocalCluster();
   std::string config() const { return (dir_ / "cluster.toml").string(); }
-  const std::string& secret() const { return secret_; }
+  // How a client connects to its nodes (the secret, the CA to trust).
+  const rpc::ConnectOptions& connect_options() const { return connect_; }
   const std::vector<std::string>& ids() const { return ids_; }
   // The node's address; a node not in the config file gets a free port the first time.
   const std::string& addr(const std::string& id);
@@ -54,7 +65,7 @@ class LocalCluster {
 
  private:
   std::string walshipd_;
-  std::string secret_;
+  rpc::ConnectOptions connect_;
   std::filesystem::path dir_;
   std::vector<std::string> ids_;
   std::map<std::string, std::string> addr_;

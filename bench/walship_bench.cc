@@ -19,7 +19,7 @@
 #include "bench/report.h"
 #include "bench/stats.h"
 #include "bench/r1_reads.h"
-#include "bench/s1_secret.h"
+#include "bench/s1_security.h"
 #include "bench/w3_sync.h"
 #include "bench/w5_seed.h"
 #include "bench/workloads.h"
@@ -213,7 +213,7 @@ int main(int argc, char** argv) {
                  "W1 (with the W2 lag probe), W3 (writes waiting for "
                  "followers), W4, W5 (a new "
                  "follower from a checkpoint), R1 (reads of one's own writes at a follower), "
-                 "S1 (what the cluster secret costs), or all")
+                 "S1 (what the cluster secret and TLS cost), or all")
       ->capture_default_str();
   app.add_option("--keys", o.keys, "writes per W1 run (keys 0..N-1)")->capture_default_str();
   app.add_option("--catchup-keys", o.catchup_keys, "W4: writes made while a follower is down")

@@ -107,6 +107,11 @@ absl::Status Offer(std::string_view secret,
     return absl::UnauthenticatedError(
         "the node has no cluster secret configured, and this client offered one");
   }
+  if (static_cast<uint8_t>((*first)[0]) == kTlsRequired) {
+    return absl::UnauthenticatedError(
+        "this node requires TLS: give the client the cluster's CA certificate (walship "
+        "--cluster with the cluster's config file, or --tls-ca)");
+  }
   absl::StatusOr<std::string> rest = recv(kChallengeBytes - 1);
   if (!rest.ok()) return rest.status();
   std::string challenge = *first + *rest;

@@ -6,7 +6,8 @@
 //
 //   connector -> node   "WALSHIPA" version(1) nonce_c(32)                       kHelloBytes
 //   node -> connector   verdict(1): 0, then nonce_n(32) HMAC(secret, "walship node" 0
-//                       nonce_c nonce_n)(32); or 1 (this node has no secret) alone
+//                       nonce_c nonce_n)(32); or 1 (this node has no secret) alone; or 3
+//                       (this node requires TLS, and the hello came in plain text) alone
 //   connector -> node   HMAC(secret, "walship connector" 0 nonce_n nonce_c)(32)
 //   node -> connector   verdict(1): 0 accepted, 2 refused (then it closes)
 //
@@ -37,7 +38,7 @@ inline constexpr size_t kProofBytes = kMacBytes;
 // recorded handshake.
 inline constexpr size_t kMinSecretBytes = 16;
 
-enum Verdict : uint8_t { kGo = 0, kNoSecretHere = 1, kRefused = 2 };
+enum Verdict : uint8_t { kGo = 0, kNoSecretHere = 1, kRefused = 2, kTlsRequired = 3 };
 
 using Nonce = std::array<uint8_t, kNonceBytes>;
 using Mac = std::array<uint8_t, kMacBytes>;

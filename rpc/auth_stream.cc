@@ -84,6 +84,9 @@ kj::Promise<void> OfferSteps(kj::AsyncIoStream& stream, std::string secret) {
         if (verdict[0] == auth::kNoSecretHere) {
           Fail("the node has no cluster secret configured, and this side offered one");
         }
+        if (verdict[0] == auth::kTlsRequired) {
+          Fail("the node requires TLS, and this side has no [tls] settings");
+        }
         return ReadExactly(stream, auth::kChallengeBytes - 1)
             .then([first = verdict[0]](kj::Array<kj::byte> rest) {
               if (rest.size() == 0) Fail("the node's challenge did not come whole");

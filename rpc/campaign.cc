@@ -310,7 +310,7 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request, b
     *used = it->second.get();
     conn = kj::Promise<schema::Node::Client>(it->second->node);
   } else {
-    conn = ConnectToPeer(node_.io(), address, node_.options().secret).then([this, voter, used](kj::Own<PeerClient> c) {
+    conn = ConnectToPeer(node_.io(), address, node_.security()).then([this, voter, used](kj::Own<PeerClient> c) {
       kj::Own<PeerClient>& slot = voters_[voter];
       if (slot.get() != nullptr) {
         slot->Close();

@@ -18,6 +18,7 @@
 #include "rpc/client.capnp.h"
 #include "rpc/convert.h"
 #include "rpc/dial.h"
+#include "rpc/tls_channel.h"
 
 namespace walship::rpc {
 namespace {
@@ -78,7 +79,10 @@ class ClientImpl final : public Client {
   static constexpr uint64_t kMaxReplyWords = uint64_t{1} << 27;  // 1 GiB
 
   ClientImpl(std::string endpoint, absl::Duration timeout, ConnectOptions options)
-      : endpoint_(std::move(endpoint)), timeout_(timeout), secret_(std::move(options.secret)) {}
+      : endpoint_(std::move(endpoint)),
+        timeout_(timeout),
+        secret_(std::move(options.secret)),
+        tls_(std::move(options.tls)) {}
   ~ClientImpl() override { Close(); }
 
   absl::Status Init() { return Open(absl::Now() + timeout_); }
@@ -424,6 +428,21 @@ class ClientImpl final : public Client {
       Close();
       return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
     }
+    if (tls_.on()) {
+      BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_);
+      BoundByDeadline(SO_SNDTIMEO, deadline, send_timeout_);
+      auto channel = TlsChannel::Open(fd_, tls_, TlsServerName(tls_, endpoint_), deadline);
+      if (!channel.ok()) {
+        Close();
+        if (absl::IsUnavailable(channel.status())) {
+          return absl::UnavailableError(
+              absl::StrCat("cannot reach ", endpoint_, ": ", channel.status().message()));
+        }
+        return absl::Status(channel.status().code(),
+                            absl::StrCat(endpoint_, ": ", channel.status().message()));
+      }
+      tls_channel_ = std::move(*channel);
+    }
     if (!secret_.empty()) {
       if (absl::Status proved = ProveSecret(deadline); !proved.ok()) {
         Close();
@@ -458,7 +477,7 @@ class ClientImpl final : public Client {
         if (!BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_)) {
           return absl::UnavailableError("the node did not answer the secret's handshake in time");
         }
-        ssize_t r = ::recv(fd_, got.data() + have, n - have, 0);
+        ssize_t r = RecvSome(got.data() + have, n - have);
         if (r > 0) {
           have += static_cast<size_t>(r);
         } else if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -466,7 +485,7 @@ class ClientImpl final : public Client {
         } else {
           return absl::UnavailableError(
               r == 0 ? "the node closed the connection during the secret's handshake"
-                     : std::strerror(errno));
+                     : TransportError());
         }
       }
       return got;
@@ -503,7 +522,23 @@ class ClientImpl final : public Client {
     return true;
   }
 
+  // send(2) and recv(2) on the connection, through TLS when the client uses it.
+  ssize_t SendSome(const char* data, size_t size) {
+    if (tls_channel_) return tls_channel_->Send(data, size);
+    return ::send(fd_, data, size, MSG_NOSIGNAL);
+  }
+  ssize_t RecvSome(char* data, size_t size) {
+    if (tls_channel_) return tls_channel_->Recv(data, size);
+    return ::recv(fd_, data, size, 0);
+  }
+  // Why the last SendSome or RecvSome failed.
+  std::string TransportError() const {
+    if (errno == EPROTO && tls_channel_) return absl::StrCat("TLS: ", tls_channel_->error());
+    return std::strerror(errno);
+  }
+
   void Close() {
+    tls_channel_.reset();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     out_.clear();
@@ -538,13 +573,13 @@ class ClientImpl final : public Client {
       if (!BoundByDeadline(SO_SNDTIMEO, deadline, send_timeout_)) {
         return absl::UnavailableError(absl::StrCat(endpoint_, ": sending timed out"));
       }
-      ssize_t n = ::send(fd_, out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL);
+      ssize_t n = SendSome(out_.data() + sent, out_.size() - sent);
       if (n > 0) {
         sent += static_cast<size_t>(n);
       } else if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
         continue;  // the deadline decides
       } else {
-        return absl::UnavailableError(absl::StrCat(endpoint_, ": ", std::strerror(errno)));
+        return absl::UnavailableError(absl::StrCat(endpoint_, ": ", TransportError()));
       }
     }
     out_.clear();
@@ -643,15 +678,14 @@ class ClientImpl final : public Client {
       if (!BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_)) {
         return absl::UnavailableError(absl::StrCat(endpoint_, ": no reply within the timeout"));
       }
-      ssize_t n =
-          ::recv(fd_, reinterpret_cast<char*>(in_.begin()) + in_end_, capacity - in_end_, 0);
+      ssize_t n = RecvSome(reinterpret_cast<char*>(in_.begin()) + in_end_, capacity - in_end_);
       if (n > 0) {
         in_end_ += static_cast<size_t>(n);
         return absl::OkStatus();
       }
       if (n == 0) return absl::UnavailableError(absl::StrCat(endpoint_, ": connection closed"));
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-      return absl::UnavailableError(absl::StrCat(endpoint_, ": ", std::strerror(errno)));
+      return absl::UnavailableError(absl::StrCat(endpoint_, ": ", TransportError()));
     }
   }
 
@@ -660,6 +694,8 @@ class ClientImpl final : public Client {
   std::string endpoint_;
   absl::Duration timeout_;
   std::string secret_;  // proven on every connection; empty: none
+  TlsOptions tls_;      // ca_file empty: plain text
+  std::unique_ptr<TlsChannel> tls_channel_;  // on the open connection, with tls_
   WriteOptions write_options_;
   ReadOptions read_options_;
   bool session_on_ = false;

@@ -21,6 +21,7 @@
 #include "replication/durability.h"
 #include "replication/membership.h"
 #include "replication/reads.h"
+#include "rpc/tls_options.h"
 
 namespace walship::rpc {
 
@@ -139,6 +140,10 @@ struct ConnectOptions {
   // The cluster secret, proven on every connection before anything else (rpc/auth.h); empty:
   // none (a node that has one answers every request `unauthenticated`).
   std::string secret;
+  // TLS (rpc/tls_channel.h): the node's certificate must chain to tls.ca_file and name
+  // TlsServerName(tls, endpoint); tls.cert_file and key_file are presented when the node asks
+  // for a client certificate. ca_file empty: plain text.
+  TlsOptions tls;
 };
 
 class Client {

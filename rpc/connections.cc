@@ -19,6 +19,7 @@
 #include "rpc/convert.h"
 #include "rpc/fd_stream.h"
 #include "rpc/node.h"
+#include "rpc/tls.h"
 #include "rpc/wire_limits.h"
 
 namespace walship::rpc {
@@ -410,8 +411,13 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
           const FdStream* fd = dynamic_cast<const FdStream*>(socket.get());
           kj::TimePoint deadline = io_.provider->getTimer().now() +
                                    node_.options().preamble_timeout_ms * kj::MILLISECONDS;
-          connections_.add(Route(kj::heap<BufferedStream>(kj::mv(socket)), fd, deadline,
-                                 kj::heap<Unrouted>(unrouted_)));
+          auto stream = kj::heap<BufferedStream>(kj::mv(socket));
+          auto unrouted = kj::heap<Unrouted>(unrouted_);
+          if (node_.security().tls != nullptr) {
+            connections_.add(Secure(kj::mv(stream), fd, deadline, kj::mv(unrouted)));
+          } else {
+            connections_.add(Route(kj::mv(stream), fd, deadline, kj::mv(unrouted)));
+          }
           return AcceptLoop();
         },
         [this](kj::Exception&& e) { return AcceptFailed(kj::mv(e)); });
@@ -476,41 +482,99 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
     uint32_t* count_;
   };
 
+  // A node with TLS: a connection that begins a TLS handshake is served through TLS
+  // (`secured`); any other is routed as it is, to be refused in plain text (a client is told
+  // why). The handshake counts against the connection's `deadline`.
+  kj::Promise<void> Secure(kj::Own<BufferedStream> stream, const FdStream* socket,
+                           kj::TimePoint deadline, kj::Own<Unrouted> unrouted) {
+    BufferedStream& s = *stream;
+    kj::Timer& timer = io_.provider->getTimer();
+    auto first_bytes = s.Peek(2).exclusiveJoin(
+        timer.atTime(deadline).then([]() { return kj::ArrayPtr<const kj::byte>(); }));
+    return first_bytes.then([this, stream = kj::mv(stream), socket, deadline,
+                             unrouted = kj::mv(unrouted)](
+                                kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
+      if (head.size() < 2) return kj::READY_NOW;  // closed or silent
+      if (!BeginsTlsHandshake(head)) {
+        return Route(kj::mv(stream), socket, deadline, kj::mv(unrouted), false);
+      }
+      auto wrapped = node_.security().tls->wrapServer(kj::mv(stream));
+      auto late = io_.provider->getTimer().atTime(deadline).then(
+          []() -> kj::Own<kj::AsyncIoStream> {
+            KJ_FAIL_REQUIRE("the TLS handshake did not finish within preamble_timeout_ms");
+          });
+      return wrapped.exclusiveJoin(kj::mv(late))
+          .then(
+              [this, socket, deadline, unrouted = kj::mv(unrouted)](
+                  kj::Own<kj::AsyncIoStream> tls) mutable {
+                return Route(kj::heap<BufferedStream>(kj::mv(tls)), socket, deadline,
+                             kj::mv(unrouted), true);
+              },
+              [this](kj::Exception&& e) {
+                ++node_.connection_stats().auth_failures;
+                LogRarely("refused a connection: its TLS handshake failed: ",
+                          e.getDescription().cStr());
+              });
+    });
+  }
+
   // A connection that offers the cluster secret's hello proves it first (Authenticate), then
   // comes back here `authenticated`. A node with a secret serves no other connection: a
-  // client is answered `unauthenticated`, a node's connection is closed. The handshake and
-  // the preamble share one `deadline`, preamble_timeout_ms after the accept.
+  // client is answered `unauthenticated`, a node's connection is closed; as are those not
+  // `secured` by TLS on a node that requires it (without a secret's handshake in plain text).
+  // The handshakes and the preamble share one `deadline`, preamble_timeout_ms after the
+  // accept.
   kj::Promise<void> Route(kj::Own<BufferedStream> stream, const FdStream* socket,
                           kj::TimePoint deadline, kj::Own<Unrouted> unrouted,
-                          bool authenticated = false) {
+                          bool secured = false, bool authenticated = false) {
     BufferedStream& s = *stream;
     // A connection that does not say what it speaks within the bound is closed.
     auto first_bytes = s.Peek(kPreambleBytes).exclusiveJoin(
         io_.provider->getTimer().atTime(deadline).then(
             []() { return kj::ArrayPtr<const kj::byte>(); }));
     return first_bytes.then([this, stream = kj::mv(stream), socket, deadline,
-                             unrouted = kj::mv(unrouted), authenticated](
+                             unrouted = kj::mv(unrouted), secured, authenticated](
                                 kj::ArrayPtr<const kj::byte> head) mutable -> kj::Promise<void> {
       if (head.size() < kPreambleBytes) return kj::READY_NOW;  // closed or silent
       kj::StringPtr preamble = schema::CLIENT_PREAMBLE;
       auto text = head.slice(0, kPreambleBytes).asChars();
-      if (!authenticated && kj::StringPtr(auth::kMagic.data(), auth::kMagic.size()).asArray() ==
-                                text) {
-        return Authenticate(kj::mv(stream), socket, deadline, kj::mv(unrouted));
+      bool without_tls = !secured && node_.security().tls != nullptr;
+      if (!without_tls && !authenticated &&
+          kj::StringPtr(auth::kMagic.data(), auth::kMagic.size()).asArray() == text) {
+        return Authenticate(kj::mv(stream), socket, deadline, kj::mv(unrouted), secured);
+      }
+      if (without_tls && kj::StringPtr(auth::kMagic.data(), auth::kMagic.size()).asArray() ==
+                             text) {
+        // A secret's hello in plain text: the connector is told TLS is required.
+        ++node_.connection_stats().auth_failures;
+        LogRarely("refused a connection that did not use TLS");
+        unrouted->Release();
+        static constexpr kj::byte kVerdict[] = {auth::kTlsRequired};
+        BufferedStream& told = *stream;
+        return told.write(kVerdict, sizeof kVerdict)
+            .then([&told]() { return told.Flushed(); })
+            .attach(kj::mv(stream));
       }
       bool without_secret = !authenticated && !node_.options().secret.empty();
+      const char* missing = without_tls ? "TLS" : without_secret ? "the cluster secret" : nullptr;
       if (text == preamble.asArray()) {
         kj::byte skipped[kPreambleBytes];
         BufferedStream& client = *stream;
         return client.tryRead(skipped, kPreambleBytes, kPreambleBytes)
             .then([this, stream = kj::mv(stream), socket, unrouted = kj::mv(unrouted),
-                   without_secret](size_t) mutable -> kj::Promise<void> {
+                   without_tls, without_secret](size_t) mutable -> kj::Promise<void> {
               auto connection = kj::heap<ClientConnection>(node_, kj::mv(stream),
                                                            io_.provider->getTimer(), socket);
               uint32_t limit = node_.options().max_client_connections;
               auto& stats = node_.connection_stats();
               absl::Status refusal;
-              if (without_secret) {
+              if (without_tls) {
+                ++stats.auth_failures;
+                LogRarely("refused a client that did not use TLS");
+                refusal = absl::UnauthenticatedError(
+                    "this node requires TLS: give the client the cluster's CA certificate "
+                    "(walship --cluster with the cluster's config file, or --tls-ca)");
+              } else if (without_secret) {
                 ++stats.auth_failures;
                 LogRarely("refused a client that did not prove the cluster secret");
                 refusal = absl::UnauthenticatedError(
@@ -546,9 +610,9 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
                   "'; this node speaks '", preamble.cStr(), "'");
         return kj::READY_NOW;
       }
-      if (without_secret) {
+      if (missing != nullptr) {
         ++node_.connection_stats().auth_failures;
-        LogRarely("refused a node connection that did not prove the cluster secret");
+        LogRarely("refused a connection that did not use ", missing);
         return kj::READY_NOW;
       }
       unrouted->Release();
@@ -579,15 +643,18 @@ class ListenerImpl final : public Listener, private kj::TaskSet::ErrorHandler {
   // The node's side of the cluster secret's handshake; an accepted connection is routed as
   // any other, a refused one closed once its verdict is out.
   kj::Promise<void> Authenticate(kj::Own<BufferedStream> stream, const FdStream* socket,
-                                 kj::TimePoint deadline, kj::Own<Unrouted> unrouted) {
+                                 kj::TimePoint deadline, kj::Own<Unrouted> unrouted,
+                                 bool secured) {
     BufferedStream& s = *stream;
     kj::Timer& timer = io_.provider->getTimer();
     kj::Duration left = deadline > timer.now() ? deadline - timer.now() : 0 * kj::SECONDS;
     auto handshake = AcceptHandshake(s, node_.options().secret, timer, left);
     return handshake.then([this, stream = kj::mv(stream), socket, deadline,
-                           unrouted = kj::mv(unrouted)](
+                           unrouted = kj::mv(unrouted), secured](
                               absl::Status proved) mutable -> kj::Promise<void> {
-      if (proved.ok()) return Route(kj::mv(stream), socket, deadline, kj::mv(unrouted), true);
+      if (proved.ok()) {
+        return Route(kj::mv(stream), socket, deadline, kj::mv(unrouted), secured, true);
+      }
       ++node_.connection_stats().auth_failures;
       LogRarely("refused a connection: ", proved.message());
       BufferedStream& refused = *stream;

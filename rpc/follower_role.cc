@@ -465,7 +465,7 @@ void FollowerRole::Connect(replication::LinkOutbox::Connect c) {
     return;
   }
   auto attempt =
-      ConnectToPeer(node_.io(), address, node_.options().secret)
+      ConnectToPeer(node_.io(), address, node_.security())
           .then([this, gen, hello = std::move(c.hello)](kj::Own<PeerClient> conn) -> kj::Promise<void> {
             if (gen != link_.generation()) return kj::READY_NOW;  // dropped meanwhile
             conn_ = kj::mv(conn);

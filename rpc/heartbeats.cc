@@ -86,7 +86,7 @@ void HeartbeatSender::Beat(const std::string& id, const std::string& address, in
     peer.connecting = true;
     // Bounded: a connect into a partition that drops packets would otherwise wait for the
     // kernel's time-out (minutes) with this member unheard.
-    auto connect = ConnectToPeer(node_.io(), address, node_.options().secret)
+    auto connect = ConnectToPeer(node_.io(), address, node_.security())
                        .exclusiveJoin(node_.io()
                                           .provider->getTimer()
                                           .afterDelay(timeout_us * kj::MICROSECONDS)

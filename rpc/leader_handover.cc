@@ -121,7 +121,7 @@ void LeaderRole::AskTakeOver() {
   asking_ = true;
   std::string target = handover_->target();
   replication::TakeOver request = handover_->request();
-  auto call = ConnectToPeer(node_.io(), node_.AddressOf(target), node_.options().secret)
+  auto call = ConnectToPeer(node_.io(), node_.AddressOf(target), node_.security())
                   .then([this, request](kj::Own<PeerClient> conn) {
                     take_over_conn_ = kj::mv(conn);
                     auto req = take_over_conn_->node.takeOverRequest();

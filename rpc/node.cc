@@ -30,8 +30,9 @@ constexpr size_t kMaxWalReads = 128;
 }  // namespace
 
 Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIoContext& io,
-           replication::NodeState state, bool recover)
+           replication::NodeState state, bool recover, const PeerSecurity& security)
     : options_(options),
+      security_(security),
       engine_(engine),
       io_(io),
       client_pool_(options.worker_threads, options.max_queued_tasks),

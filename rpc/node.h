@@ -18,6 +18,7 @@
 #include "replication/messages.h"
 #include "replication/node_state.h"
 #include "rpc/node_server.h"
+#include "rpc/peer_client.h"
 #include "rpc/role.h"
 #include "rpc/snapshot_source.h"
 #include "rpc/worker_pool.h"
@@ -40,14 +41,17 @@ class Node final : public kj::TaskSet::ErrorHandler {
   // `state` is the saved node state the node starts in (Open prepared it). With `recover`, the
   // node led before it stopped and first asks its peers whether they hold writes it lost
   // (RecoveringRole).
+  // `security` is what its connections to other nodes prove and check (the TLS context it
+  // points to outlives the node), and what it asks of those it accepts.
   Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIoContext& io,
-       replication::NodeState state, bool recover);
+       replication::NodeState state, bool recover, const PeerSecurity& security);
   ~Node();
 
   // Starts the background work and the role.
   void Start();
 
   const NodeServerOptions& options() const { return options_; }
+  const PeerSecurity& security() const { return security_; }
   engine::Engine& engine() { return engine_; }
   kj::AsyncIoContext& io() { return io_; }
   ClientService& clients() { return *clients_; }
@@ -110,6 +114,7 @@ class Node final : public kj::TaskSet::ErrorHandler {
   kj::Promise<void> StorageLoop();
 
   const NodeServerOptions& options_;
+  PeerSecurity security_;
   engine::Engine& engine_;
   kj::AsyncIoContext& io_;
   WorkerPool client_pool_;

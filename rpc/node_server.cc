@@ -51,6 +51,9 @@ class NodeServerImpl final : public NodeServer {
   }
 
   absl::Status Run() override {
+    // The TLS context lives as long as the nodes of this run (one per restart).
+    auto security = MakePeerSecurity(options_.secret, options_.tls);
+    if (!security.ok()) return security.status();
     try {
       auto io = kj::setupAsyncIo();
       auto addr = io.provider->getNetwork().parseAddress(options_.listen).wait(io.waitScope);
@@ -83,7 +86,7 @@ class NodeServerImpl final : public NodeServer {
       for (;;) {
         bool restart = false;
         {
-          Node node(options_, *engine_, io, state_, recover_);
+          Node node(options_, *engine_, io, state_, recover_, security->security);
           kj::Own<Listener> listener = Listener::Create(node, *receiver, io);
           auto serving = listener->AcceptLoop().eagerlyEvaluate([](kj::Exception&& e) {
             spdlog::error("listener failed: {}", e.getDescription().cStr());
@@ -233,9 +236,11 @@ absl::StatusOr<int> LockDataDir(const std::string& data_dir) {
 
 // Asks `address` for its position, within a few seconds.
 absl::StatusOr<replication::PeerPosition> AskPosition(const std::string& address,
-                                                      const std::string& secret) {
+                                                      const NodeServerOptions& options) {
+  auto security = MakePeerSecurity(options.secret, options.tls);
+  if (!security.ok()) return security.status();
   auto io = kj::setupAsyncIo();
-  auto asked = ConnectToPeer(io, address, secret).then([](kj::Own<PeerClient> conn) {
+  auto asked = ConnectToPeer(io, address, security->security).then([](kj::Own<PeerClient> conn) {
     auto sent = conn->node.positionRequest().send();
     return sent.then([](capnp::Response<schema::PeerService::PositionResults> r) {
                  return absl::StatusOr<replication::PeerPosition>(FromCapnp(r.getPosition()));
@@ -302,7 +307,7 @@ absl::Status StageRestore(const NodeServerOptions& options, const replication::N
   absl::StatusOr<replication::PeerPosition> at =
       address.empty() ? absl::StatusOr<replication::PeerPosition>(
                             absl::NotFoundError("its address is not in the config"))
-                      : AskPosition(address, options.secret);
+                      : AskPosition(address, options);
   if (!at.ok()) {
     spdlog::warn("restoring from {} without asking leader '{}' whether it can serve seq {} on: "
                  "{}; if it cannot, this follower is re-seeded from it",

@@ -21,6 +21,7 @@
 #include "replication/commit_wait.h"
 #include "replication/leader.h"
 #include "replication/seeding.h"
+#include "rpc/tls_options.h"
 
 namespace walship::rpc {
 
@@ -37,6 +38,8 @@ struct NodeServerOptions {
   // The cluster secret every connection proves before anything else is served (rpc/auth.h);
   // empty: none, and connections are served as they come.
   std::string secret;
+  // TLS on every connection the node accepts or opens (rpc/tls.h); tls.ca_file empty: none.
+  TlsOptions tls;
   // host:port of the HTTP port for /metrics and the health endpoints (rpc/http_endpoint.h);
   // empty: none.
   std::string http_listen;

@@ -7,10 +7,15 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
 #include "rpc/auth_stream.h"
 #include "rpc/buffered_stream.h"
 #include "rpc/client.capnp.h"
 #include "rpc/fd_stream.h"
+#include "rpc/tls.h"
 #include "rpc/wire_limits.h"
 
 namespace walship::rpc {
@@ -24,9 +29,11 @@ inline capnp::Capability::Client Bootstrap(capnp::RpcSystem<capnp::rpc::twoparty
 }
 
 struct PeerClient {
-  PeerClient(kj::Own<kj::AsyncIoStream> s, kj::AsyncIoContext& io)
-      : socket(FdStream::Wrap(kj::mv(s), io)),
-        fd_stream(dynamic_cast<FdStream*>(socket.get())),
+  // `counted`: the socket under `s` when TLS wraps it (its received bytes are counted there);
+  // null: `s` itself is the socket, or has none.
+  PeerClient(kj::Own<kj::AsyncIoStream> s, kj::AsyncIoContext& io, FdStream* counted = nullptr)
+      : socket(counted != nullptr ? kj::mv(s) : FdStream::Wrap(kj::mv(s), io)),
+        fd_stream(counted != nullptr ? counted : dynamic_cast<FdStream*>(socket.get())),
         stream(kj::heap<BufferedStream>(kj::mv(socket))),
         network(*stream, capnp::rpc::twoparty::Side::CLIENT, PeerReaderOptions()),
         rpc(capnp::makeRpcClient(network)),
@@ -43,35 +50,37 @@ struct PeerClient {
   }
 
   kj::Own<kj::AsyncIoStream> socket;  // moved into `stream`
-  FdStream* fd_stream;                // owned by `stream`, or null
+  FdStream* fd_stream;                // owned by `stream` (under TLS, when on), or null
   kj::Own<BufferedStream> stream;
   capnp::TwoPartyVatNetwork network;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
   schema::Node::Client node;
 };
 
-// How long a node waits for each step of the other's side of the secret's handshake.
+// How long a node waits for each step of the other's side of the secret's handshake, and for
+// the TLS handshake.
 inline constexpr kj::Duration kHandshakeTimeout = 5 * kj::SECONDS;
 
-// Connects to `address`, proving `secret` first when it is not empty (rpc/auth.h); the
-// promise fails when it cannot, with a description that says why.
-inline kj::Promise<kj::Own<PeerClient>> ConnectToPeer(kj::AsyncIoContext& io,
-                                                      const std::string& address,
-                                                      const std::string& secret) {
-  return io.provider->getNetwork()
-      .parseAddress(address)
-      .then([](kj::Own<kj::NetworkAddress> addr) {
-        auto connected = addr->connect();
-        return connected.attach(kj::mv(addr));
-      })
-      .then([&io, secret](kj::Own<kj::AsyncIoStream> stream) -> kj::Promise<kj::Own<PeerClient>> {
-        if (secret.empty()) return kj::heap<PeerClient>(kj::mv(stream), io);
-        auto& s = *stream;
-        auto proved = OfferHandshake(s, secret, io.provider->getTimer(), kHandshakeTimeout);
-        return proved.then([&io, stream = kj::mv(stream)]() mutable {
-          return kj::heap<PeerClient>(kj::mv(stream), io);
-        });
-      });
-}
+// What a connection to another node proves and checks: TLS first when `tls` is set (the
+// peer's certificate must chain to the cluster's CA and name TlsServerName(tls_options,
+// address)), then the cluster secret when it is not empty (rpc/auth.h).
+struct PeerSecurity {
+  std::string secret;
+  kj::TlsContext* tls = nullptr;  // owned by the node (or the tool); null: plain text
+  TlsOptions tls_options;
+};
+
+// A PeerSecurity with the TLS context it points to, for a node (built once at start) or a tool.
+struct OwnedPeerSecurity {
+  std::unique_ptr<kj::TlsContext> context;  // null without TLS
+  PeerSecurity security;
+};
+// kInvalidArgument when the TLS files cannot be used (CheckTlsFiles).
+absl::StatusOr<OwnedPeerSecurity> MakePeerSecurity(std::string secret, const TlsOptions& tls);
+
+// Connects to `address` as `security` asks; the promise fails when it cannot, with a
+// description that says why.
+kj::Promise<kj::Own<PeerClient>> ConnectToPeer(kj::AsyncIoContext& io, const std::string& address,
+                                               const PeerSecurity& security);
 
 }  // namespace walship::rpc

@@ -53,7 +53,7 @@ std::string RecoveringRole::Waiting() const {
 
 // Asks `peer` for its position, again every kAskAgainMs until it answers.
 void RecoveringRole::Ask(const std::string& peer) {
-  auto call = ConnectToPeer(node_.io(), node_.AddressOf(peer), node_.options().secret)
+  auto call = ConnectToPeer(node_.io(), node_.AddressOf(peer), node_.security())
                   .then([this, peer](kj::Own<PeerClient> conn) {
                     auto req = conn->node.positionRequest();
                     auto sent = req.send();

@@ -78,7 +78,7 @@ void SeedingRole::Attempt() {
     progress_ = p;
     progress_.source = LeaderId();
   };
-  tasks_.add(ConnectToPeer(node_.io(), address, node_.options().secret)
+  tasks_.add(ConnectToPeer(node_.io(), address, node_.security())
                  .then([this, fo = std::move(fo)](kj::Own<PeerClient> conn) mutable {
                    conn_ = kj::mv(conn);
                    return FetchCheckpoint(node_.io().provider->getTimer(),

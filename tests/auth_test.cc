@@ -72,6 +72,19 @@ TEST(AuthTest, AHelloOfAnotherVersionIsRefused) {
   EXPECT_FALSE(auth::ParseHello(Bytes(hello.substr(1)), &parsed).ok());
 }
 
+TEST(AuthTest, AConnectorToldThatTheNodeRequiresTlsSaysSo) {
+  std::string sent;
+  absl::Status s = auth::Offer(
+      kSecret, [&](std::string_view bytes) { sent.append(bytes); return absl::OkStatus(); },
+      [&](size_t n) -> absl::StatusOr<std::string> {
+        EXPECT_EQ(n, 1u);  // the verdict alone: nothing else is read
+        return std::string(1, static_cast<char>(auth::kTlsRequired));
+      });
+  EXPECT_TRUE(absl::IsUnauthenticated(s)) << s;
+  EXPECT_NE(s.message().find("requires TLS"), std::string::npos) << s;
+  EXPECT_EQ(sent.size(), auth::kHelloBytes);  // the hello, and no proof after it
+}
+
 // Both async sides over an in-memory pipe, as a node and a peer run them.
 struct Handshake {
   absl::Status node;                   // what AcceptHandshake resolved to

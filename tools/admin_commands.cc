@@ -23,7 +23,7 @@ int DoCheckpoint(Target& t, const std::string& out) {
   auto style = ::isatty(STDERR_FILENO) ? walship::tools::ProgressStyle::kTerminal
                                        : walship::tools::ProgressStyle::kLines;
   auto m = walship::tools::FetchCheckpointTo(*endpoint, t.config.has_value() ? t.config->name : "",
-                                             t.connect.secret, out, style);
+                                             t.connect, out, style);
   if (!m.ok()) return Fail(m.status());
   std::printf("OK checkpoint of %s at seq %llu: %s in %zu files, in %s\n", m->source.c_str(),
               static_cast<unsigned long long>(m->seq),

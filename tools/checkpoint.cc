@@ -32,7 +32,7 @@ std::string ProgressBar(const replication::SeedProgress& p) {
 
 absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::string& endpoint,
                                                                 const std::string& cluster,
-                                                                const std::string& secret,
+                                                                const rpc::ConnectOptions& connect,
                                                                 const std::string& out,
                                                                 ProgressStyle style) {
   if (::access((out + "/" + rpc::kManifestFile).c_str(), F_OK) == 0) {
@@ -40,6 +40,8 @@ absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::strin
         out, " holds a complete checkpoint already (", rpc::kManifestFile, "); give another "
         "directory"));
   }
+  auto security = rpc::MakePeerSecurity(connect.secret, connect.tls);
+  if (!security.ok()) return security.status();
   auto io = kj::setupAsyncIo();
   kj::Timer& timer = io.provider->getTimer();
   int64_t last_line_us = -kLineEveryUs;
@@ -64,7 +66,7 @@ absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::strin
   };
   absl::StatusOr<replication::SnapshotManifest> result = absl::UnknownError("not run");
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-                result = rpc::ConnectToPeer(io, endpoint, secret)
+                result = rpc::ConnectToPeer(io, endpoint, security->security)
                              .then([&](kj::Own<rpc::PeerClient> conn) {
                                auto fetched = rpc::FetchCheckpoint(
                                    timer, conn->node.castAs<rpc::schema::PeerService>(),

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "replication/seeding.h"
+#include "rpc/client.h"
 
 namespace walship::tools {
 
@@ -15,11 +16,11 @@ enum class ProgressStyle { kTerminal, kLines, kNone };
 
 // Fetches a checkpoint of the node at `endpoint` into `out` (which must not hold a complete
 // checkpoint; a transfer into it that was cut off resumes). `cluster` (may be empty: not
-// checked) must be the node's cluster; `secret` its secret (empty: none). Returns the
-// manifest.
+// checked) must be the node's cluster; `connect` gives the cluster secret and TLS settings.
+// Returns the manifest.
 absl::StatusOr<replication::SnapshotManifest> FetchCheckpointTo(const std::string& endpoint,
                                                                 const std::string& cluster,
-                                                                const std::string& secret,
+                                                                const rpc::ConnectOptions& connect,
                                                                 const std::string& out,
                                                                 ProgressStyle style);
 

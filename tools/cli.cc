@@ -16,6 +16,11 @@ int Fail(const absl::Status& s) {
   return kExitError;
 }
 
+void UseConfigSecurity(Target& t, const walship::tools::ClusterConfig& config) {
+  if (t.secret_path.empty()) t.connect.secret = config.secret;
+  if (!t.tls_flags.on()) t.connect.tls = config.client_tls;
+}
+
 // The endpoint to talk to: --endpoint, or --node / the leader from --cluster.
 absl::StatusOr<std::string> Resolve(Target& t) {
   if (!t.endpoint.empty()) return t.endpoint;
@@ -25,7 +30,7 @@ absl::StatusOr<std::string> Resolve(Target& t) {
   auto config = walship::tools::LoadConfig(t.cluster_path);
   if (!config.ok()) return config.status();
   t.config = *config;
-  if (t.secret_path.empty()) t.connect.secret = t.config->secret;
+  UseConfigSecurity(t, *t.config);
   const walship::tools::NodeConfig* n =
       t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
   if (n != nullptr) return n->advertise;

@@ -33,7 +33,9 @@ struct Target {
   int timeout_ms = 3000;
   std::optional<walship::tools::ClusterConfig> config;
   std::string secret_path;              // --secret-file
-  walship::rpc::ConnectOptions connect;  // the cluster secret, from it or the config
+  walship::rpc::TlsOptions tls_flags;    // --tls-ca, --tls-cert, --tls-key, --tls-server-name
+  // The cluster secret and TLS: from the flags, else from the config.
+  walship::rpc::ConnectOptions connect;
   walship::rpc::WriteOptions write;  // for writes
   std::string request_id;            // for writes: empty for none
   int retry_for_ms = 30000;          // a write with a request id asks again this long
@@ -44,6 +46,9 @@ struct Target {
 
 // Prints `s` on stderr and returns its exit code.
 int Fail(const absl::Status& s);
+
+// Takes the secret and TLS settings of `config` that no flag gave (--secret-file, --tls-ca).
+void UseConfigSecurity(Target& t, const walship::tools::ClusterConfig& config);
 
 // The endpoint to talk to: --endpoint, or --node / the leader from --cluster (loads the config
 // into t.config, and its secret unless --secret-file gave one).

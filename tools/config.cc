@@ -20,27 +20,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "rpc/auth.h"
+#include "tools/config_error.h"
+#include "tools/config_tls.h"
 
 namespace walship::tools {
 namespace {
 
 namespace fs = std::filesystem;
-
-class ConfigError {
- public:
-  explicit ConfigError(std::string path) : path_(std::move(path)) {}
-  absl::Status At(const toml::source_region& where, const std::string& key,
-                  const std::string& why) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_, ":", where.begin.line, ": ", key, ": ", why));
-  }
-  absl::Status File(const std::string& why) const {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", why));
-  }
-
- private:
-  std::string path_;
-};
 
 // One tunable: its key, and how to store an integer, boolean or word into the options.
 struct Tunable {
@@ -340,6 +326,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   fs::path base = fs::absolute(fs::path(path)).parent_path();
   const toml::table* cluster = nullptr;
   const toml::array* nodes = nullptr;
+  const toml::table* tls = nullptr;
   for (auto&& [k, v] : root) {
     std::string key(k.str());
     if (key == "cluster") {
@@ -368,8 +355,12 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
         }
         config.log_format = *format;
       }
+    } else if (key == "tls") {
+      tls = v.as_table();
+      if (tls == nullptr) return err.At(v.source(), "tls", "must be a table [tls]");
     } else {
-      return err.At(k.source(), key, "unknown key (expected cluster, replication, log or node)");
+      return err.At(k.source(), key,
+                    "unknown key (expected cluster, replication, log, tls or node)");
     }
   }
   if (cluster == nullptr) return err.File("[cluster] table is missing");
@@ -387,6 +378,9 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
       !s.ok()) {
     return s;
   }
+  if (tls != nullptr) {
+    if (absl::Status s = ReadTlsSection(err, *tls, base, config); !s.ok()) return s;
+  }
   if (nodes == nullptr || nodes->empty()) return err.File("no [[node]] is defined");
 
   std::map<std::string, std::string> listen_owner, dir_owner, advertise_owner;
@@ -397,7 +391,8 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     for (auto&& [k, v] : t) {
       std::string key(k.str());
       if (key != "id" && key != "listen" && key != "data_dir" && key != "role" &&
-          key != "http_listen" && key != "advertise") {
+          key != "http_listen" && key != "advertise" && key != "tls_cert_file" &&
+          key != "tls_key_file") {
         return err.At(k.source(), absl::StrCat(prefix, ".", key), "unknown key");
       }
     }
@@ -439,6 +434,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     } else {
       n.advertise = n.listen;
     }
+    if (absl::Status s = ReadNodeTls(err, t, prefix, base, n); !s.ok()) return s;
     auto dir = RequiredString(err, t, t.source(), prefix, "data_dir");
     if (!dir.ok()) return dir.status();
     n.data_dir = fs::path(*dir).is_absolute() ? *dir : (base / *dir).lexically_normal().string();
@@ -498,6 +494,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   if (leaders == 0) {
     return err.File("no node has role = \"leader\"; exactly one node must be the leader");
   }
+  if (absl::Status s = CheckTlsConfig(err, config); !s.ok()) return s;
   const rpc::NodeServerOptions& d = config.defaults;
   if (d.engine.wal_retention_bytes == 0 && d.engine.wal_retention_seconds == 0) {
     return err.File(
@@ -589,6 +586,11 @@ rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeC
   o.http_listen = node.http_listen;
   o.advertise = node.advertise.empty() ? node.listen : node.advertise;
   o.secret = config.secret;
+  o.tls = config.tls;
+  if (!node.tls_cert_file.empty()) {
+    o.tls.cert_file = node.tls_cert_file;
+    o.tls.key_file = node.tls_key_file;
+  }
   o.data_dir = node.data_dir;
   o.is_leader = node.role == "leader";
   o.leader.members_only = true;  // only the other nodes of the file may follow it

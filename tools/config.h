@@ -19,6 +19,10 @@ struct NodeConfig {
   // host:port the other nodes and clients dial: `advertise`, else `listen` (which may then
   // not be a wildcard such as 0.0.0.0).
   std::string advertise;
+  // This node's TLS certificate and key ([[node]] tls_cert_file, tls_key_file); "": the
+  // [tls] section's cert_file and key_file.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 struct ClusterConfig {
@@ -28,6 +32,12 @@ struct ClusterConfig {
   std::string secret;
   std::string secret_source;  // where it was read: the secret file's path, or this file
   std::vector<NodeConfig> nodes;
+  // [tls]: TLS on every connection when tls.ca_file is set (docs/config.md); cert_file and
+  // key_file are the nodes' unless a node names its own.
+  rpc::TlsOptions tls;
+  // What the walship tools present and check: the CA and server name of [tls], with
+  // client_cert_file and client_key_file (for nodes that verify clients).
+  rpc::TlsOptions client_tls;
   std::string log_format = "text";  // [log] format: "text" or "json" (walshipd's stderr)
   // Tunables from [replication]; defaults in rpc::NodeServerOptions.
   rpc::NodeServerOptions defaults;
@@ -63,6 +73,10 @@ std::string DescribeConfig(const ClusterConfig& config, bool json);
 // Reads a cluster secret from `path`: one line, at least rpc::auth::kMinSecretBytes bytes,
 // in a file only its owner may read. kInvalidArgument saying what is wrong.
 absl::StatusOr<std::string> LoadSecretFile(const std::string& path);
+
+// The TLS files node `node` uses (its own certificate, or the cluster's), checked as walshipd
+// checks them at start: kInvalidArgument naming the file and what is wrong.
+absl::Status CheckNodeTls(const ClusterConfig& config, const NodeConfig& node);
 
 // The options walshipd runs node `node` with.
 rpc::NodeServerOptions ServerOptionsFor(const ClusterConfig& config, const NodeConfig& node);

@@ -26,19 +26,34 @@ std::string DescribeConfig(const ClusterConfig& c, bool json) {
       if (address == n.http_listen) {
         warnings.push_back(absl::StrCat("node ", n.id, " serves /metrics on ", address,
                                         ", beyond loopback and without authentication"));
-      } else if (c.secret.empty()) {
+      } else if (!c.tls.on()) {
+        warnings.push_back(absl::StrCat("node ", n.id, " listens on ", address,
+                                        " without TLS: its traffic can be read on the way"));
+      }
+      if (address != n.http_listen && c.secret.empty()) {
         warnings.push_back(absl::StrCat("node ", n.id, " listens on ", address,
                                         " without a cluster secret: whoever reaches it may "
                                         "read and write every key"));
       }
     }
   }
+  for (const NodeConfig& n : c.nodes) {
+    // A node's files may live on its own machine only: a warning here, walshipd's error there.
+    if (absl::Status s = CheckNodeTls(c, n); !s.ok()) {
+      warnings.push_back(absl::StrCat("node ", n.id, ": ", s.message()));
+    }
+  }
   std::string mode = replication::ModeName(d.commit.cluster.mode);
+  std::string server_name = c.tls.server_name.empty() ? "the host dialled" : c.tls.server_name;
   if (json) {
     nlohmann::json out = {
         {"file", c.path},
         {"cluster", c.name},
         {"secret", c.secret.empty() ? "" : c.secret_source},
+        {"tls", c.tls.on() ? nlohmann::json{{"ca_file", c.tls.ca_file},
+                                            {"server_name", c.tls.server_name},
+                                            {"verify_clients", c.tls.verify_clients}}
+                           : nlohmann::json(nullptr)},
         {"replication", {{"mode", mode},
                          {"acks", d.commit.cluster.acks},
                          {"ack_level", replication::AckLevelName(d.commit.cluster.level)},
@@ -65,7 +80,12 @@ std::string DescribeConfig(const ClusterConfig& c, bool json) {
     absl::StrAppend(&text, ", ack level ", replication::AckLevelName(d.commit.cluster.level));
   }
   absl::StrAppend(&text, ", failover ", d.failover ? "on" : "off", "\n  secret: ",
-                  c.secret.empty() ? "none" : absl::StrCat("from ", c.secret_source), "\n");
+                  c.secret.empty() ? "none" : absl::StrCat("from ", c.secret_source),
+                  "\n  tls: ",
+                  c.tls.on() ? absl::StrCat("CA ", c.tls.ca_file, ", server name ", server_name,
+                                            c.tls.verify_clients ? ", clients verified" : "")
+                             : "none",
+                  "\n");
   for (const NodeConfig& n : c.nodes) {
     absl::StrAppend(&text, "  ", n.id, " (", n.role, ") ", n.listen,
                     n.advertise == n.listen ? "" : absl::StrCat(" (dialled at ", n.advertise, ")"),

@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "rpc/client.h"
 #include "rpc/convert.h"
+#include "rpc/tls.h"
 #include "tools/cli.h"
 #include "tools/config.h"
 #include "tools/escape.h"
@@ -140,6 +141,18 @@ int main(int argc, char** argv) {
   app.add_option("--secret-file", t.secret_path,
                  "the cluster secret, for --endpoint (with --cluster the config names it); a "
                  "file only its owner may read");
+  app.add_option("--tls-ca", t.tls_flags.ca_file,
+                 "connect with TLS, trusting the CA certificates in FILE (with --cluster the "
+                 "config's [tls] section gives them)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-cert", t.tls_flags.cert_file,
+                 "with --tls-ca: the client certificate to present (nodes that verify clients)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", t.tls_flags.key_file, "with --tls-cert: its private key")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-server-name", t.tls_flags.server_name,
+                 "with --tls-ca: the name the node's certificate must carry (default: the "
+                 "host dialed)");
   app.add_option("--timeout-ms", t.timeout_ms, "bound on connecting and on each call")
       ->capture_default_str();
   app.add_option("--session", t.session_path,
@@ -306,6 +319,13 @@ int main(int argc, char** argv) {
     if (!secret.ok()) return Fail(secret.status());
     t.connect.secret = *secret;
   }
+  if (!t.tls_flags.ca_file.empty() || !t.tls_flags.cert_file.empty() ||
+      !t.tls_flags.key_file.empty() || !t.tls_flags.server_name.empty()) {
+    if (absl::Status s = walship::rpc::CheckTlsFiles(t.tls_flags, false); !s.ok()) {
+      return Fail(absl::InvalidArgumentError(s.message()));
+    }
+    t.connect.tls = t.tls_flags;
+  }
   if (handover->parsed() || switchover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);
@@ -386,7 +406,7 @@ int main(int argc, char** argv) {
     if (t.cluster_path.empty()) return Fail(absl::InvalidArgumentError("top needs --cluster"));
     auto config = walship::tools::LoadConfig(t.cluster_path);
     if (!config.ok()) return Fail(config.status());
-    if (t.secret_path.empty()) t.connect.secret = config->secret;
+    UseConfigSecurity(t, *config);
     for (const auto& n : config->nodes) top_options.nodes.emplace_back(n.id, n.advertise);
     top_options.connect = t.connect;
     top_options.timeout_ms = static_cast<uint32_t>(t.timeout_ms);
@@ -400,7 +420,7 @@ int main(int argc, char** argv) {
     if (t.cluster_path.empty()) return Fail(absl::InvalidArgumentError("--all needs --cluster"));
     auto config = walship::tools::LoadConfig(t.cluster_path);
     if (!config.ok()) return Fail(config.status());
-    if (t.secret_path.empty()) t.connect.secret = config->secret;
+    UseConfigSecurity(t, *config);
     int rc = 0;
     for (const auto& n : config->nodes) {
       auto client = ConnectTo(t, n.advertise);

@@ -80,6 +80,11 @@ int main(int argc, char** argv) {
   walship::tools::UseLogFormat(*logger, node_id, config->log_format);
   walship::rpc::NodeServerOptions options = walship::tools::ServerOptionsFor(*config, *node);
   options.restore_from = restore_from;
+  if (absl::Status s = walship::tools::CheckNodeTls(*config, *node); !s.ok()) {
+    std::fprintf(stderr, "walshipd: %s: %s\n", config_path.c_str(),
+                 std::string(s.message()).c_str());
+    return 2;
+  }
   if (!http_listen.empty()) {
     if (absl::Status s = walship::replication::CheckAddress(http_listen); !s.ok()) {
       std::fprintf(stderr, "walshipd: --http-listen: %s\n", std::string(s.message()).c_str());

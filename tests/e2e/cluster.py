@@ -14,6 +14,14 @@ BIN = os.environ.get("WALSHIP_BIN", os.path.join(os.path.dirname(__file__), ".."
 WALSHIPD = os.path.join(BIN, "tools", "walshipd")
 WALSHIP = os.path.join(BIN, "tools", "walship")
 TESTLOAD = os.path.join(BIN, "tests", "walship-testload")
+MAKE_CERTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "make-test-certs.sh")
+
+
+def make_certs(directory):
+    """A throwaway CA and its node and client certificates in `directory`
+    (scripts/make-test-certs.sh): ca.crt, node.crt/key, client.crt/key."""
+    subprocess.run(["bash", MAKE_CERTS, directory], check=True, timeout=60)
+    return directory
 
 
 def free_ports(n):
@@ -45,8 +53,11 @@ class Cluster:
     """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
 
     def __init__(self, n=3, name="test", replication=None, nodes=None, http=False,
-                 secret=None, log_format=None, advertise=None):
+                 secret=None, log_format=None, advertise=None, tls=None):
         self.log_format = log_format
+        # With tls (a dict of [tls] keys beyond the CA, certificate and server name, maybe
+        # empty): every connection uses TLS with a CA made in DIR/certs.
+        self.tls = tls
         # node id -> the address the others dial, when it is not the one it listens on
         self.advertise = advertise or {}
         self.dir = tempfile.mkdtemp(prefix="walship-e2e-")
@@ -65,6 +76,8 @@ class Cluster:
         repl.update(replication or {})
         self.repl = repl
         self.config = os.path.join(self.dir, "cluster.toml")
+        if tls is not None:
+            make_certs(os.path.join(self.dir, "certs"))
         self.write_config(self.config, name, repl, nodes)
 
     def write_config(self, path, name, repl, nodes=None, secret=None):
@@ -78,6 +91,13 @@ class Cluster:
             lines.append(f'secret_file = "{os.path.basename(secret_path)}"')
         if self.log_format:
             lines += ["", "[log]", f'format = "{self.log_format}"']
+        if self.tls is not None:
+            tls = {"ca_file": "certs/ca.crt", "cert_file": "certs/node.crt",
+                   "key_file": "certs/node.key", "server_name": "localhost"}
+            tls.update(self.tls)
+            lines += ["", "[tls]"] + [
+                f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
+                for k, v in tls.items()]
         lines += ["", "[replication]"]
         for k, v in repl.items():
             if isinstance(v, bool):

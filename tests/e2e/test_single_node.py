@@ -210,6 +210,7 @@ class BadConfigTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("cluster x, 2 node(s), replication async", r.stdout)
         self.assertIn("secret: none", r.stdout)
+        self.assertIn("tls: none", r.stdout)
         self.assertIn("n1 (leader) 127.0.0.1:17101, http 127.0.0.1:18101", r.stdout)
         self.assertIn("WARNING: node n2 listens on 0.0.0.0:17102 without a cluster secret",
                       r.stdout)
@@ -222,7 +223,10 @@ class BadConfigTest(unittest.TestCase):
         r = self.config_check("--json", path)
         checked = json.loads(r.stdout)
         self.assertEqual([n["id"] for n in checked["nodes"]], ["n1", "n2"])
-        self.assertEqual(len(checked["warnings"]), 1)
+        # Open beyond loopback: without TLS, and without a secret.
+        self.assertEqual(len(checked["warnings"]), 2, checked["warnings"])
+        self.assertIn("node n2 listens on 0.0.0.0:17102 without TLS", checked["warnings"][0])
+        self.assertIsNone(checked["tls"])
         # The same one-line error walshipd gives, exit 2, and nothing created.
         with open(path, "w") as f:
             f.write(self.good().replace("17102", "17101"))

@@ -1,4 +1,4 @@
-#include "bench/s1_secret.h"
+#include "bench/s1_security.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -11,7 +11,7 @@
 namespace walship::bench {
 namespace {
 
-constexpr int kRounds = 6;  // alternating plain and secret, each case's time split over them
+constexpr int kRounds = 6;  // the clusters in turn, each case's time split over them
 
 double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
 
@@ -20,8 +20,9 @@ double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(
   std::exit(3);
 }
 
-std::unique_ptr<rpc::Client> Connect(const std::string& endpoint, const std::string& secret) {
-  auto c = rpc::Client::Connect(endpoint, absl::Seconds(10), {secret});
+std::unique_ptr<rpc::Client> Connect(const std::string& endpoint,
+                                     const rpc::ConnectOptions& options) {
+  auto c = rpc::Client::Connect(endpoint, absl::Seconds(10), options);
   if (!c.ok()) Failed("connecting to " + endpoint, c.status());
   return std::move(*c);
 }
@@ -33,11 +34,12 @@ struct Tally {
 };
 
 // For `secs`: connect, one get, close.
-void Connections(const std::string& endpoint, const std::string& secret, double secs, Tally& t) {
+void Connections(const std::string& endpoint, const rpc::ConnectOptions& options, double secs,
+                 Tally& t) {
   auto t0 = Clock::now();
   while (Us(Clock::now() - t0) < secs * 1e6) {
     auto start = Clock::now();
-    auto c = Connect(endpoint, secret);
+    auto c = Connect(endpoint, options);
     auto v = c->Get(Key(1));
     if (!v.ok() && !absl::IsNotFound(v.status())) Failed("get", v.status());
     t.us.push_back(Us(Clock::now() - start));
@@ -74,39 +76,42 @@ Row MakeRow(const std::string& name, Tally t) {
 }  // namespace
 
 std::vector<Row> RunS1(const std::string& walshipd, const S1Options& o) {
-  std::fprintf(stderr, "S1: two 3-node clusters, without and with a cluster secret\n");
+  std::fprintf(stderr, "S1: three 3-node clusters: plain, with a cluster secret, with TLS\n");
   LocalCluster plain(walshipd, 3, o.replication);
-  LocalCluster locked(walshipd, 3, o.replication, "s1-benchmark-secret-0123456789abcdef");
-  plain.StartAll();
-  locked.StartAll();
-  LocalCluster* clusters[2] = {&plain, &locked};
-  const char* names[2] = {"plain", "secret"};
-  Tally connects[2], writes[2];
-  uint64_t next[2] = {0, 0};
+  LocalCluster locked(walshipd, 3, o.replication,
+                      ClusterSecurity{"s1-benchmark-secret-0123456789abcdef", false});
+  LocalCluster tls(walshipd, 3, o.replication, ClusterSecurity{"", true});
+  constexpr int kCases = 3;
+  LocalCluster* clusters[kCases] = {&plain, &locked, &tls};
+  const char* names[kCases] = {"plain", "secret", "tls"};
+  for (LocalCluster* c : clusters) c->StartAll();
+  Tally connects[kCases], writes[kCases];
+  uint64_t next[kCases] = {0, 0, 0};
   double slice = o.cap_s / kRounds;
   for (int round = 0; round < kRounds; ++round) {
-    for (int k = 0; k < 2; ++k) {
-      // Every other round starts with the cluster that went second in the last one.
-      int i = (round % 2 == 0) ? k : 1 - k;
+    for (int k = 0; k < kCases; ++k) {
+      // Each round starts with another cluster, so that none always runs first.
+      int i = (round + k) % kCases;
       LocalCluster& c = *clusters[i];
       const std::string& leader = c.addr(c.ids().front());
-      Connections(leader, c.secret(), slice, connects[i]);
-      auto client = Connect(leader, c.secret());
+      Connections(leader, c.connect_options(), slice, connects[i]);
+      auto client = Connect(leader, c.connect_options());
       Writes(*client, o.value_size, slice, next[i], writes[i]);
     }
   }
   std::vector<Row> rows;
   for (const char* kind : {"connect", "w1"}) {
     Tally* t = std::string(kind) == "connect" ? connects : writes;
-    Row p = MakeRow(absl::StrCat(kind, "/", names[0]), t[0]);
-    Row s = MakeRow(absl::StrCat(kind, "/", names[1]), t[1]);
-    s.counters["ratio_to_plain"] = s.ops_per_s / p.ops_per_s;
-    for (Row* r : {&p, &s}) {
-      std::fprintf(stderr, "%s: %.0f ops/s, p50 %.1f us, p99 %.1f us\n", r->name.c_str(),
-                   r->ops_per_s, r->counters["p50_us"], r->counters["p99_us"]);
+    std::vector<Row> made;
+    for (int i = 0; i < kCases; ++i) made.push_back(MakeRow(absl::StrCat(kind, "/", names[i]), t[i]));
+    for (int i = 1; i < kCases; ++i) {
+      made[i].counters["ratio_to_plain"] = made[i].ops_per_s / made[0].ops_per_s;
     }
-    rows.push_back(std::move(p));
-    rows.push_back(std::move(s));
+    for (Row& r : made) {
+      std::fprintf(stderr, "%s: %.0f ops/s, p50 %.1f us, p99 %.1f us\n", r.name.c_str(),
+                   r.ops_per_s, r.counters["p50_us"], r.counters["p99_us"]);
+      rows.push_back(std::move(r));
+    }
   }
   return rows;
 }
