@@ -232,6 +232,26 @@ struct ScanReply {
 const maxScanReplyBytes :UInt64 = 16777216;
 # A scan reply holds keys and values up to this many bytes, and the one that crosses it.
 
+struct WalReadRequest {
+  fromSeq @0 :UInt64;      # the first batch's first sequence number (a batch boundary)
+  maxBatches @1 :UInt32;   # at most this many (1 to 1000; 0: 100)
+}
+
+struct WalBatch {
+  firstSeq @0 :UInt64;
+  count @1 :UInt64;        # sequence numbers it consumed: [firstSeq, firstSeq + count)
+  epoch @2 :UInt64;        # the epoch it was written under, by this node's history (0: unknown)
+  data @3 :Data;           # RocksDB's WriteBatch bytes, as the WAL holds them and as shipped
+}
+
+struct WalReadReply {
+  error @0 :Error;         # invalidArgument: fromSeq inside a batch or past the end;
+                           # outOfRange: the WAL no longer holds it (purged)
+  batches @1 :List(WalBatch);  # in order, up to maxBatches and about maxScanReplyBytes (at
+                               # least one when there is one)
+  latestSeq @2 :UInt64;    # this node's latest sequence number when read
+}
+
 struct WriteManyRequest {
   writes @0 :List(WriteRequest);
 }
@@ -281,6 +301,9 @@ struct Request {
     # Sent to a follower (failover = true): it stands for leader now, past max_failover_lag,
     # and is elected by a majority like any candidate (docs/failover.md). Answered once it
     # won (it leads at once) or was not elected.
+    walRead @9 :WalReadRequest;
+    # The batches this node's WAL holds from fromSeq on, as it would ship them to a follower
+    # (`walship wal show`, for debugging): any node answers, from its own WAL.
   }
 }
 
@@ -339,6 +362,7 @@ struct Reply {
     reseed @7 :Error;      # ok: seeding has started (or was under way)
     changeMembership @8 :MembershipReply;
     promote @9 :PromoteReply;
+    walRead @10 :WalReadReply;
     # The request could not be served as sent: a kind of request this node does not know
     # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
     # cannot take now (unavailable) -- the connection stays open after these -- or a

@@ -52,6 +52,8 @@ const char* ReplyKindName(schema::Reply::Which w) {
       return "changeMembership";
     case schema::Reply::PROMOTE:
       return "promote";
+    case schema::Reply::WAL_READ:
+      return "walRead";
   }
   return "unknown";
 }
@@ -266,6 +268,29 @@ class ClientImpl final : public Client {
                         return true;
                       })
         .status();
+  }
+
+  absl::StatusOr<WalPage> ReadWal(engine::SequenceNumber from_seq,
+                                  uint32_t max_batches) override {
+    capnp::MallocMessageBuilder m(16);
+    auto req = m.initRoot<schema::Request>().initWalRead();
+    req.setFromSeq(from_seq);
+    req.setMaxBatches(max_batches);
+    return Call<WalPage>(m, timeout_, schema::Reply::WAL_READ,
+                         [](schema::Reply::Reader r) -> absl::StatusOr<WalPage> {
+                           auto w = r.getWalRead();
+                           if (absl::Status e = FromCapnp(w.getError()); !e.ok()) return e;
+                           WalPage page;
+                           page.latest_seq = w.getLatestSeq();
+                           for (auto b : w.getBatches()) {
+                             auto data = b.getData();
+                             page.batches.push_back(
+                                 {engine::Batch{b.getFirstSeq(), b.getCount(),
+                                                std::string(data.asChars().begin(), data.size())},
+                                  b.getEpoch()});
+                           }
+                           return page;
+                         });
   }
 
   absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,

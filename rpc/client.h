@@ -135,6 +135,16 @@ struct ReadOptions {
   bool committed = false;
 };
 
+// Batches of a node's WAL (Client::ReadWal).
+struct WalPage {
+  struct Entry {
+    engine::Batch batch;
+    uint64_t epoch = 0;  // by the node's history; 0 when it does not reach back to it
+  };
+  std::vector<Entry> batches;
+  engine::SequenceNumber latest_seq = 0;  // the node's, when it read them
+};
+
 // How a client connects.
 struct ConnectOptions {
   // The cluster secret, proven on every connection before anything else (rpc/auth.h); empty:
@@ -225,6 +235,13 @@ class Client {
   // Asks the follower this client is connected to to re-seed itself from its leader's
   // checkpoint (it needs a snapshot); OK once it has started.
   virtual absl::Status Reseed() = 0;
+  // The batches this node's WAL holds from `from_seq` on (a batch boundary), at most
+  // `max_batches` (1 to 1000), as it would ship them: for debugging (`walship wal show`).
+  // Fewer when they reach about 16 MiB; none when `from_seq` is just past the end.
+  // kInvalidArgument for a position inside a batch or beyond the end, kOutOfRange when the
+  // WAL no longer holds it.
+  virtual absl::StatusOr<WalPage> ReadWal(engine::SequenceNumber from_seq,
+                                          uint32_t max_batches) = 0;
   // Asks the leader to add node `id` (listening on `address`) as a learner, or to remove it
   // (walship add-follower / remove-follower). Returns the membership it saved.
   virtual absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,

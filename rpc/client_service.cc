@@ -90,6 +90,7 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
     case schema::Request::CHANGE_MEMBERSHIP:
       ChangeMembership(request.getChangeMembership(), reply.initChangeMembership());
       return kj::READY_NOW;
+    case schema::Request::WAL_READ: return WalRead(request.getWalRead(), reply.initWalRead());
     case schema::Request::PROMOTE:
       return node_.role()
           .Promote(request.getPromote().getAcceptLoss())
@@ -300,6 +301,52 @@ kj::Promise<void> ClientService::Scan(schema::ScanRequest::Reader request,
     return serve(std::move(*now));
   }
   return reads_.Wait(needs, request.getWaitMs()).then(kj::mv(serve));
+}
+
+kj::Promise<void> ClientService::WalRead(schema::WalReadRequest::Reader request,
+                                         schema::WalReadReply::Builder reply) {
+  engine::SequenceNumber from = request.getFromSeq();
+  uint32_t max = request.getMaxBatches() == 0 ? 100 : request.getMaxBatches();
+  reply.setLatestSeq(engine_.LatestSequence());
+  if (from == 0 || max > 1000) {
+    ToCapnp(absl::InvalidArgumentError(from == 0 ? "sequence numbers start at 1"
+                                                 : "at most 1000 batches per read"),
+            reply.initError());
+    return kj::READY_NOW;
+  }
+  // A debugging read: on a client worker, beside scans, never delaying the followers' reads.
+  auto read = node_.client_pool().Run([e = &engine_, from, max]()
+                                          -> absl::StatusOr<std::vector<engine::Batch>> {
+    auto cursor = e->NewWalCursor(from);
+    if (!cursor.ok()) return cursor.status();
+    std::vector<engine::Batch> out;
+    uint64_t bytes = 0;
+    while (out.size() < max && bytes < schema::MAX_SCAN_REPLY_BYTES) {
+      auto next = (*cursor)->Next();
+      if (!next.ok()) {
+        if (out.empty()) return next.status();
+        break;  // the batches before it are answered; the next read names the problem
+      }
+      if (!next->has_value()) break;
+      bytes += (*next)->data.size();
+      out.push_back(std::move(**next));
+    }
+    return out;
+  });
+  return read.then([this, reply](absl::StatusOr<std::vector<engine::Batch>> batches) mutable {
+    ToCapnp(batches.status(), reply.initError());
+    if (!batches.ok()) return;
+    auto list = reply.initBatches(batches->size());
+    engine::SequenceNumber latest = engine_.LatestSequence();
+    for (size_t i = 0; i < batches->size(); ++i) {
+      const engine::Batch& b = (*batches)[i];
+      list[i].setFirstSeq(b.first_seq);
+      list[i].setCount(b.count);
+      // The epoch this node's history puts the batch in (its role's view of the history).
+      list[i].setEpoch(node_.role().ReadPositionFor(b.first_seq, latest).token_seq_epoch);
+      list[i].setData(ToData(b.data));
+    }
+  });
 }
 
 void ClientService::Status(schema::NodeStatus::Builder st) {

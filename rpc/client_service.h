@@ -108,6 +108,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
                               schema::Reply::Builder reply, int64_t start_us);
   kj::Promise<void> Get(schema::GetRequest::Reader request, schema::GetReply::Builder reply);
   kj::Promise<void> Scan(schema::ScanRequest::Reader request, schema::Reply::Builder reply);
+  // The batches of this node's WAL from request.fromSeq on, read on a client worker.
+  kj::Promise<void> WalRead(schema::WalReadRequest::Reader request,
+                            schema::WalReadReply::Builder reply);
   kj::Promise<void> Handover(schema::HandoverRequest::Reader request,
                              schema::HandoverReply::Builder reply);
   void ChangeMembership(schema::MembershipRequest::Reader request,

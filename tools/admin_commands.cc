@@ -13,6 +13,7 @@
 #include "tools/cli.h"
 #include "tools/escape.h"
 #include "tools/membership.h"
+#include "tools/wal_show.h"
 
 namespace walship::cli {
 
@@ -52,17 +53,31 @@ int DoRollbackShow(const std::string& path) {
                 static_cast<unsigned long long>(first), static_cast<unsigned long long>(last));
   }
   for (const auto& r : rb->ops) {
-    using walship::engine::OpType;
-    std::string what =
-        r.op.type == OpType::kPut      ? absl::StrCat("put ", walship::tools::Escape(r.op.key), " ",
-                                                      walship::tools::Escape(r.op.value))
-        : r.op.type == OpType::kDelete ? absl::StrCat("del ", walship::tools::Escape(r.op.key))
-                                       : absl::StrCat("delrange ", walship::tools::Escape(r.op.key),
-                                                      " ", walship::tools::Escape(r.op.value));
     std::printf("seq %llu epoch %llu %s\n", static_cast<unsigned long long>(r.seq),
-                static_cast<unsigned long long>(r.epoch), what.c_str());
+                static_cast<unsigned long long>(r.epoch), walship::tools::FormatOp(r.op).c_str());
   }
   std::printf("%zu ops\n", rb->ops.size());
+  return 0;
+}
+
+// Prints the batches the node's WAL holds from `from` on (walship wal show): the leader of
+// --cluster, or --node / --endpoint, each from its own WAL.
+int DoWalShow(Target& t, uint64_t from, uint32_t limit, bool json) {
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  auto client = ConnectTo(t, *endpoint);
+  if (!client.ok()) return Fail(client.status());
+  auto page = (*client)->ReadWal(from, limit);
+  if (!page.ok()) {
+    // A position the WAL cannot start at is bad input (exit 2), as the node says why.
+    if (absl::IsOutOfRange(page.status())) {
+      return Fail(absl::InvalidArgumentError(page.status().message()));
+    }
+    return Fail(page.status());
+  }
+  auto text = walship::tools::FormatWalPage(*page, from, json);
+  if (!text.ok()) return Fail(text.status());
+  std::fputs(text->c_str(), stdout);
   return 0;
 }
 

@@ -105,6 +105,7 @@ auto FollowingHints(Target& t, const char* verb, Call call)
 // The admin commands (docs/cli.md).
 int DoCheckpoint(Target& t, const std::string& out);
 int DoRollbackShow(const std::string& path);
+int DoWalShow(Target& t, uint64_t from, uint32_t limit, bool json);
 int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms);
 int DoPromote(Target& t, const std::string& id, bool accept_loss);
 int DoAddFollower(Target& t, const std::string& id, const std::string& address, int wait_s);

@@ -301,11 +301,27 @@ int main(int argc, char** argv) {
   config_check->add_option("FILE", check_file, "the cluster config file")->required();
   config_check->add_flag("--json", json, "one JSON object");
   config_cmd->require_subcommand(1);
+  auto* wal_cmd = app.add_subcommand("wal", "a node's WAL, for debugging");
+  auto* wal_show = wal_cmd->add_subcommand(
+      "show", "print the batches a node would ship from --from SEQ on, decoded");
+  uint64_t wal_from = 0;
+  uint32_t wal_limit = 20;
+  wal_show->add_option("--from", wal_from, "the first batch's sequence number")->required();
+  wal_show->add_option("--limit", wal_limit, "at most this many batches (1 to 1000)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  wal_show->add_flag("--json", json, "one JSON object");
+  wal_cmd->require_subcommand(1);
   auto* rollback_show = rollback->add_subcommand("show", "print a rollback file's writes");
   std::string rollback_file;
   rollback_show->add_option("FILE", rollback_file, "DATA_DIR/rollback/rollback-*.txt")->required();
   rollback->require_subcommand(1);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // CLI11 prints the help (exit 0) or what is wrong; every usage error exits 2.
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
 
   if (rollback_show->parsed()) return DoRollbackShow(rollback_file);
   if (config_check->parsed()) {
@@ -326,6 +342,7 @@ int main(int argc, char** argv) {
     }
     t.connect.tls = t.tls_flags;
   }
+  if (wal_show->parsed()) return DoWalShow(t, wal_from, wal_limit, json);
   if (handover->parsed() || switchover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);

@@ -48,6 +48,10 @@ void Decode(schema::Request::Reader request) {
       break;
     }
     case schema::Request::STATUS: break;
+    case schema::Request::WAL_READ:
+      (void)request.getWalRead().getFromSeq();
+      (void)request.getWalRead().getMaxBatches();
+      break;
     case schema::Request::PROMOTE: (void)request.getPromote().getAcceptLoss(); break;
     case schema::Request::RESEED: break;
     case schema::Request::HANDOVER:
