@@ -252,6 +252,49 @@ struct WalReadReply {
   latestSeq @2 :UInt64;    # this node's latest sequence number when read
 }
 
+struct VerifyRequest {
+  # `walship verify` (docs/cli.md): the replicas compared at one sequence number. The leader
+  # holds its writes for a moment and keeps a snapshot at its latest sequence number; each
+  # follower keeps one once it has applied exactly that far; the leader lets writes go on;
+  # then every node checksums its snapshot over the same key ranges, at leisure.
+  union {
+    hold @0 :UInt32;        # leader: hold writes (queued, not refused) for at most this many
+                            # ms, keep a snapshot at the latest seq; answers id, seq, epoch
+    snapshot @1 :VerifyAt;  # follower: keep a snapshot once applied reaches exactly `seq`
+    resume @2 :UInt64;      # leader: end the hold of this id (writes go on)
+    checksum @3 :VerifyChecksum;  # any: checksums of the snapshot of `id`, range by range
+    drop @4 :UInt64;        # any: forget the snapshot of this id (unused ones go after 60 s)
+  }
+}
+
+struct VerifyAt {
+  id @0 :UInt64;
+  seq @1 :UInt64;
+  epoch @2 :UInt64;        # the leader's epoch at seq: a node of another history refuses
+  waitMs @3 :UInt32;       # how long to wait until applied reaches seq
+}
+
+struct VerifyChecksum {
+  id @0 :UInt64;
+  bounds @1 :List(Data);   # each range's last key (inclusive), in order, then one open range;
+                           # empty: ranges of rangeKeys keys each, which the answer names
+  rangeKeys @2 :UInt32;    # with no bounds: keys per range
+}
+
+struct VerifyRange {
+  lastKey @0 :Data;        # the range's last key (with bounds: the bound; the open range: "")
+  keys @1 :UInt64;
+  digest @2 :Data;         # SHA-256 of the range's keys and values in order (8 bytes of it)
+}
+
+struct VerifyReply {
+  error @0 :Error;
+  id @1 :UInt64;
+  seq @2 :UInt64;
+  epoch @3 :UInt64;
+  ranges @4 :List(VerifyRange);
+}
+
 struct WriteManyRequest {
   writes @0 :List(WriteRequest);
 }
@@ -304,6 +347,8 @@ struct Request {
     walRead @9 :WalReadRequest;
     # The batches this node's WAL holds from fromSeq on, as it would ship them to a follower
     # (`walship wal show`, for debugging): any node answers, from its own WAL.
+    verify @10 :VerifyRequest;
+    # Compares the replicas at one sequence number (VerifyRequest above).
   }
 }
 
@@ -363,6 +408,7 @@ struct Reply {
     changeMembership @8 :MembershipReply;
     promote @9 :PromoteReply;
     walRead @10 :WalReadReply;
+    verify @11 :VerifyReply;
     # The request could not be served as sent: a kind of request this node does not know
     # (unimplemented), a field of the wrong type (invalidArgument), a scan the worker pool
     # cannot take now (unavailable) -- the connection stays open after these -- or a

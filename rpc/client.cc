@@ -54,6 +54,8 @@ const char* ReplyKindName(schema::Reply::Which w) {
       return "promote";
     case schema::Reply::WAL_READ:
       return "walRead";
+    case schema::Reply::VERIFY:
+      return "verify";
   }
   return "unknown";
 }
@@ -291,6 +293,47 @@ class ClientImpl final : public Client {
                            }
                            return page;
                          });
+  }
+
+  absl::StatusOr<VerifyAnswer> Verify(const VerifyCall& call) override {
+    capnp::MallocMessageBuilder m(64);
+    auto req = m.initRoot<schema::Request>().initVerify();
+    switch (call.kind) {
+      case VerifyCall::kHold: req.setHold(call.ms); break;
+      case VerifyCall::kSnapshot: {
+        auto at = req.initSnapshot();
+        at.setId(call.id);
+        at.setSeq(call.seq);
+        at.setEpoch(call.epoch);
+        at.setWaitMs(call.ms);
+        break;
+      }
+      case VerifyCall::kResume: req.setResume(call.id); break;
+      case VerifyCall::kChecksum: {
+        auto c = req.initChecksum();
+        c.setId(call.id);
+        c.setRangeKeys(call.range_keys);
+        auto bounds = c.initBounds(call.bounds.size());
+        for (size_t i = 0; i < call.bounds.size(); ++i) bounds.set(i, ToData(call.bounds[i]));
+        break;
+      }
+      case VerifyCall::kDrop: req.setDrop(call.id); break;
+    }
+    return Call<VerifyAnswer>(m, timeout_, schema::Reply::VERIFY,
+                              [](schema::Reply::Reader r) -> absl::StatusOr<VerifyAnswer> {
+                                auto v = r.getVerify();
+                                if (absl::Status e = FromCapnp(v.getError()); !e.ok()) return e;
+                                VerifyAnswer a;
+                                a.id = v.getId();
+                                a.seq = v.getSeq();
+                                a.epoch = v.getEpoch();
+                                for (auto range : v.getRanges()) {
+                                  a.ranges.push_back({ToString(range.getLastKey()),
+                                                      range.getKeys(),
+                                                      ToString(range.getDigest())});
+                                }
+                                return a;
+                              });
   }
 
   absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,

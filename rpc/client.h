@@ -145,6 +145,30 @@ struct WalPage {
   engine::SequenceNumber latest_seq = 0;  // the node's, when it read them
 };
 
+// One key range's checksum in `walship verify` (rpc/verify_service.h).
+struct RangeSum {
+  std::string last_key;  // inclusive; "" for the open range after the last bound
+  uint64_t keys = 0;
+  std::string digest;    // the first 8 bytes of SHA-256 over the range's keys and values
+};
+
+// One step of `walship verify` (rpc/client.capnp, VerifyRequest; tools/verify.cc runs them).
+struct VerifyCall {
+  enum Kind { kHold, kSnapshot, kResume, kChecksum, kDrop } kind = kHold;
+  uint64_t id = 0;                  // all but kHold
+  engine::SequenceNumber seq = 0;   // kSnapshot
+  uint64_t epoch = 0;               // kSnapshot
+  uint32_t ms = 0;                  // kHold: the hold's bound; kSnapshot: the wait's
+  std::vector<std::string> bounds;  // kChecksum: each range's last key; empty: by range_keys
+  uint32_t range_keys = 0;          // kChecksum without bounds
+};
+struct VerifyAnswer {
+  uint64_t id = 0;
+  engine::SequenceNumber seq = 0;
+  uint64_t epoch = 0;
+  std::vector<RangeSum> ranges;  // kChecksum
+};
+
 // How a client connects.
 struct ConnectOptions {
   // The cluster secret, proven on every connection before anything else (rpc/auth.h); empty:
@@ -242,6 +266,9 @@ class Client {
   // WAL no longer holds it.
   virtual absl::StatusOr<WalPage> ReadWal(engine::SequenceNumber from_seq,
                                           uint32_t max_batches) = 0;
+  // One step of comparing the replicas (`walship verify`, VerifyCall): errors as the node
+  // gives them (the hold refused, a follower past the sequence number, no such snapshot).
+  virtual absl::StatusOr<VerifyAnswer> Verify(const VerifyCall& call) = 0;
   // Asks the leader to add node `id` (listening on `address`) as a learner, or to remove it
   // (walship add-follower / remove-follower). Returns the membership it saved.
   virtual absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,

@@ -9,6 +9,7 @@
 #include "replication/clock.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
+#include "rpc/verify_service.h"
 
 namespace walship::rpc {
 namespace {
@@ -37,7 +38,13 @@ void ToReply(const WriteOutcome& o, schema::WriteReply::Builder b) {
 }  // namespace
 
 ClientService::ClientService(Node& node)
-    : node_(node), engine_(node.engine()), reads_(node), tasks_(*this) {}
+    : node_(node),
+      engine_(node.engine()),
+      reads_(node),
+      verify_(std::make_unique<VerifyService>(node, *this)),
+      tasks_(*this) {}
+
+ClientService::~ClientService() = default;
 
 void ClientService::taskFailed(kj::Exception&& e) {
   spdlog::warn("write task failed: {}", e.getDescription().cStr());
@@ -91,6 +98,7 @@ kj::Promise<void> ClientService::Serve(schema::Request::Reader request,
       ChangeMembership(request.getChangeMembership(), reply.initChangeMembership());
       return kj::READY_NOW;
     case schema::Request::WAL_READ: return WalRead(request.getWalRead(), reply.initWalRead());
+    case schema::Request::VERIFY: return verify_->Serve(request.getVerify(), reply.initVerify());
     case schema::Request::PROMOTE:
       return node_.role()
           .Promote(request.getPromote().getAcceptLoss())

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -27,6 +28,7 @@
 namespace walship::rpc {
 
 class Node;
+class VerifyService;
 
 struct WriteOutcome {
   absl::Status status;
@@ -48,6 +50,7 @@ struct WriteSpec {
 class ClientService final : public kj::TaskSet::ErrorHandler {
  public:
   explicit ClientService(Node& node);
+  ~ClientService();
 
   // Answers one client request into `reply`, which the caller keeps until the promise
   // resolves. `request` is read before Serve returns and may be dropped then.
@@ -71,6 +74,9 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   // runs the queued group commit now (true when one ran); refuses every queued write.
   bool writes_idle() const { return pending_.empty() && !writer_busy_; }
   bool writer_busy() const { return writer_busy_; }
+  // While held, queued writes wait (they are not refused) and no new group starts; a group
+  // being written finishes (walship verify; a handover waits for the hold to end).
+  void HoldWrites(bool hold);
   bool FlushPending();
   void FailPending(const absl::Status& why);
 
@@ -78,6 +84,14 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
 
   // Reads waiting for a position or a lag bound; poked when either may have moved.
   ReadGate& reads() { return reads_; }
+
+  // The snapshot a read reads at, and its position (the reply's token).
+  struct ReadAt {
+    std::shared_ptr<const engine::Snapshot> snapshot;
+    engine::SequenceNumber seq = 0;
+    uint64_t epoch = 0;
+  };
+  ReadAt TakeSnapshot();
 
   // The node's status (walship status; /metrics).
   void Status(schema::NodeStatus::Builder st);
@@ -118,13 +132,6 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   // A read's admission now: the role's refusal, then its token and lag bound (ReadGate);
   // std::nullopt when it must wait for them.
   std::optional<absl::Status> AdmitRead(const replication::ReadNeeds& needs);
-  // The snapshot a read reads at, and its position (the reply's token).
-  struct ReadAt {
-    std::shared_ptr<const engine::Snapshot> snapshot;
-    engine::SequenceNumber seq = 0;
-    uint64_t epoch = 0;
-  };
-  ReadAt TakeSnapshot();
   absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;
   kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops,
                                     absl::StatusOr<WriteSpec> spec);
@@ -159,6 +166,7 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   uint64_t pending_bytes_ = 0;  // of the keys and values in pending_
   bool flush_scheduled_ = false;
   bool writer_busy_ = false;  // a write group is on a worker; later groups wait
+  bool writes_held_ = false;  // HoldWrites
   uint64_t writes_accepted_ = 0;
   RequestCounters counters_;
   uint64_t write_groups_ = 0;
@@ -172,6 +180,7 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   std::deque<std::pair<engine::SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
       sync_waiters_;
   ReadGate reads_;
+  std::unique_ptr<VerifyService> verify_;  // `walship verify`
   kj::TaskSet tasks_;
 };
 

@@ -158,7 +158,7 @@ kj::Promise<WriteOutcome> ClientService::Queue(std::vector<engine::WriteOp> ops,
 // Group commit: writes that arrive together (in the same event-loop turn) become one RocksDB
 // write and one WAL record. evalLast runs when the loop has nothing else ready.
 void ClientService::ScheduleFlush() {
-  if (flush_scheduled_ || writer_busy_ || pending_.empty()) return;
+  if (flush_scheduled_ || writer_busy_ || pending_.empty() || writes_held_) return;
   flush_scheduled_ = true;
   tasks_.add(kj::evalLast([this]() {
     flush_scheduled_ = false;
@@ -166,8 +166,13 @@ void ClientService::ScheduleFlush() {
   }));
 }
 
+void ClientService::HoldWrites(bool hold) {
+  writes_held_ = hold;
+  if (!hold) ScheduleFlush();
+}
+
 bool ClientService::FlushPending() {
-  if (pending_.empty() || writer_busy_) return false;
+  if (pending_.empty() || writer_busy_ || writes_held_) return false;
   FlushWrites();
   return true;
 }
@@ -182,7 +187,7 @@ void ClientService::FailPending(const absl::Status& why) {
 }
 
 void ClientService::FlushWrites() {
-  if (writer_busy_ || pending_.empty()) return;
+  if (writer_busy_ || pending_.empty() || writes_held_) return;
   // The role may have stopped taking writes since these were queued (a handover).
   if (absl::Status refused = node_.role().WriteRefusal(); !refused.ok()) {
     FailPending(refused);

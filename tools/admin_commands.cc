@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +14,7 @@
 #include "tools/cli.h"
 #include "tools/escape.h"
 #include "tools/membership.h"
+#include "tools/verify.h"
 #include "tools/wal_show.h"
 
 namespace walship::cli {
@@ -34,10 +36,34 @@ int DoCheckpoint(Target& t, const std::string& out) {
 }
 
 // Prints a rollback file (replication/rollback.h) in the CLI's byte escapes.
-int DoRollbackShow(const std::string& path) {
+int DoRollbackShow(const std::string& path, bool json) {
   auto rb = walship::replication::ReadRollbackFile(path);
   if (!rb.ok()) return Fail(rb.status());
   const auto& h = rb->header;
+  if (json) {
+    nlohmann::json missing = nlohmann::json::array();
+    for (const auto& [first, last] : rb->missing) missing.push_back({first, last});
+    nlohmann::json ops = nlohmann::json::array();
+    for (const auto& r : rb->ops) {
+      nlohmann::json op = walship::tools::OpToJson(r.op);
+      op["seq"] = r.seq;
+      op["epoch"] = r.epoch;
+      ops.push_back(std::move(op));
+    }
+    nlohmann::json out = {{"node", h.node},
+                          {"cluster", h.cluster},
+                          {"database_id", h.database_id},
+                          {"first", h.first},
+                          {"last", h.last},
+                          {"leader", h.leader},
+                          {"leader_epoch", h.leader_epoch},
+                          {"leader_latest", h.leader_latest},
+                          {"written_unix_s", h.written_unix_s},
+                          {"missing", missing},
+                          {"ops", ops}};
+    std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return 0;
+  }
   std::printf(
       "node %s of cluster %s (database %s): seqs %llu-%llu are not in the history of "
       "leader %s (epoch %llu, log end %llu); written %s\n",
@@ -79,6 +105,24 @@ int DoWalShow(Target& t, uint64_t from, uint32_t limit, bool json) {
   if (!text.ok()) return Fail(text.status());
   std::fputs(text->c_str(), stdout);
   return 0;
+}
+
+// Compares the replicas at one sequence number (walship verify): exit 0 when every node was
+// compared and all are identical, 8 when a range differs, 3 when a node could not be
+// compared.
+int DoVerify(Target& t, uint32_t hold_ms, uint32_t range_keys, bool json) {
+  walship::tools::VerifyOptions o;
+  o.hold_ms = hold_ms;
+  o.range_keys = range_keys;
+  o.connect = t.connect;
+  o.timeout = absl::Milliseconds(t.timeout_ms);
+  auto report = FollowingHints(t, "verifying at", [&](walship::rpc::Client& c) {
+    return walship::tools::Verify(c, o);
+  });
+  if (!report.ok()) return Fail(report.status());
+  std::fputs(walship::tools::FormatVerify(*report, json).c_str(), stdout);
+  if (report->differs) return kExitReplicasDiffer;
+  return report->not_compared.empty() ? 0 : kExitError;
 }
 
 // Asks the leader to hand leadership to `target` (the config's leader may have handed over

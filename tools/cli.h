@@ -25,6 +25,7 @@ inline constexpr int kExitConditionFailed = 4;
 inline constexpr int kExitNotReplicated = 5;
 inline constexpr int kExitInDoubt = 6;
 inline constexpr int kExitWriteLost = 7;
+inline constexpr int kExitReplicasDiffer = 8;  // walship verify found a range that differs
 
 struct Target {
   std::string cluster_path;
@@ -104,8 +105,9 @@ auto FollowingHints(Target& t, const char* verb, Call call)
 
 // The admin commands (docs/cli.md).
 int DoCheckpoint(Target& t, const std::string& out);
-int DoRollbackShow(const std::string& path);
+int DoRollbackShow(const std::string& path, bool json);
 int DoWalShow(Target& t, uint64_t from, uint32_t limit, bool json);
+int DoVerify(Target& t, uint32_t hold_ms, uint32_t range_keys, bool json);
 int DoHandover(Target& t, const std::string& target, uint32_t catch_up_ms);
 int DoPromote(Target& t, const std::string& id, bool accept_loss);
 int DoAddFollower(Target& t, const std::string& id, const std::string& address, int wait_s);

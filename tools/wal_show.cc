@@ -1,7 +1,5 @@
 #include "tools/wal_show.h"
 
-#include <nlohmann/json.hpp>
-
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "engine/engine.h"
@@ -19,6 +17,17 @@ std::string FormatOp(const engine::WriteOp& op) {
   return "?";
 }
 
+nlohmann::json OpToJson(const engine::WriteOp& op) {
+  nlohmann::json o = {{"op", op.type == engine::OpType::kPut      ? "put"
+                             : op.type == engine::OpType::kDelete ? "del"
+                                                                  : "delrange"},
+                      {"key", Escape(op.key)}};
+  if (op.type != engine::OpType::kDelete) {
+    o[op.type == engine::OpType::kPut ? "value" : "end"] = Escape(op.value);
+  }
+  return o;
+}
+
 absl::StatusOr<std::string> FormatWalPage(const rpc::WalPage& page, uint64_t from, bool json) {
   nlohmann::json batches = nlohmann::json::array();
   std::string text;
@@ -34,16 +43,7 @@ absl::StatusOr<std::string> FormatWalPage(const rpc::WalPage& page, uint64_t fro
     next = b.next_seq();
     if (json) {
       nlohmann::json list = nlohmann::json::array();
-      for (const engine::WriteOp& op : *ops) {
-        nlohmann::json o = {{"op", op.type == engine::OpType::kPut      ? "put"
-                                   : op.type == engine::OpType::kDelete ? "del"
-                                                                        : "delrange"},
-                            {"key", Escape(op.key)}};
-        if (op.type != engine::OpType::kDelete) {
-          o[op.type == engine::OpType::kPut ? "value" : "end"] = Escape(op.value);
-        }
-        list.push_back(std::move(o));
-      }
+      for (const engine::WriteOp& op : *ops) list.push_back(OpToJson(op));
       batches.push_back({{"first_seq", b.first_seq},
                          {"last_seq", b.last_seq()},
                          {"count", b.count},

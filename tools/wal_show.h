@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/types.h"
 #include "rpc/client.h"
 
@@ -14,6 +16,8 @@ namespace walship::tools {
 // One operation in the `write` command's input syntax, in the CLI's byte escapes:
 // "put KEY VALUE", "del KEY", "delrange BEGIN END".
 std::string FormatOp(const engine::WriteOp& op);
+// The same as JSON: {"op": "put"|"del"|"delrange", "key", "value" (put) or "end" (delrange)}.
+nlohmann::json OpToJson(const engine::WriteOp& op);
 
 // `page` as read from `from`: a header line per batch (its sequence numbers, epoch, ops,
 // bytes, write time) and its operations indented, then a line saying where to go on; or, with

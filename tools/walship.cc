@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -224,6 +225,10 @@ int main(int argc, char** argv) {
       "'delrange BEGIN END' per line");
   auto* status = app.add_subcommand("status", "show a node's role, sequence, followers and lag");
   bool json = false, all = false;
+  get->add_flag("--json", json,
+                "one JSON object: key, value (in the byte escapes), the position read");
+  scan->add_flag("--json", json,
+                 "one JSON object: items [{key, value}] (in the byte escapes), the position read");
   status->add_flag("--json", json, "one JSON object per node");
   status->add_flag("--all", all, "with --cluster: every node of the file");
   auto* handover =
@@ -301,6 +306,18 @@ int main(int argc, char** argv) {
   config_check->add_option("FILE", check_file, "the cluster config file")->required();
   config_check->add_flag("--json", json, "one JSON object");
   config_cmd->require_subcommand(1);
+  auto* verify = app.add_subcommand(
+      "verify", "compare the replicas online at one sequence number, range by range");
+  uint32_t verify_hold_ms = 2000, verify_range_keys = 10000;
+  verify->add_option("--hold-ms", verify_hold_ms,
+                     "the longest the leader holds its writes while the followers reach its "
+                     "sequence number")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000));
+  verify->add_option("--range-keys", verify_range_keys, "keys per compared range")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000000));
+  verify->add_flag("--json", json, "one JSON object");
   auto* wal_cmd = app.add_subcommand("wal", "a node's WAL, for debugging");
   auto* wal_show = wal_cmd->add_subcommand(
       "show", "print the batches a node would ship from --from SEQ on, decoded");
@@ -313,6 +330,7 @@ int main(int argc, char** argv) {
   wal_show->add_flag("--json", json, "one JSON object");
   wal_cmd->require_subcommand(1);
   auto* rollback_show = rollback->add_subcommand("show", "print a rollback file's writes");
+  rollback_show->add_flag("--json", json, "one JSON object");
   std::string rollback_file;
   rollback_show->add_option("FILE", rollback_file, "DATA_DIR/rollback/rollback-*.txt")->required();
   rollback->require_subcommand(1);
@@ -323,7 +341,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : kExitUsage;
   }
 
-  if (rollback_show->parsed()) return DoRollbackShow(rollback_file);
+  if (rollback_show->parsed()) return DoRollbackShow(rollback_file, json);
   if (config_check->parsed()) {
     auto config = walship::tools::LoadConfig(check_file);
     if (!config.ok()) return Fail(config.status());  // kInvalidArgument: exit 2
@@ -343,6 +361,7 @@ int main(int argc, char** argv) {
     t.connect.tls = t.tls_flags;
   }
   if (wal_show->parsed()) return DoWalShow(t, wal_from, wal_limit, json);
+  if (verify->parsed()) return DoVerify(t, verify_hold_ms, verify_range_keys, json);
   if (handover->parsed() || switchover->parsed()) return DoHandover(t, target, catch_up_ms);
   if (checkpoint->parsed()) return DoCheckpoint(t, out_dir);
   if (add_follower->parsed()) return DoAddFollower(t, member_id, member_address, wait_s);
@@ -469,6 +488,16 @@ int main(int argc, char** argv) {
       return kExitNotFound;
     }
     if (!v.ok()) return Fail(v.status());
+    if (json) {
+      walship::replication::ReadToken at = (*client)->last_read();
+      std::cout << nlohmann::json{{"key", walship::tools::Escape(*k)},
+                                  {"value", walship::tools::Escape(*v)},
+                                  {"seq", at.seq},
+                                  {"epoch", at.epoch}}
+                       .dump()
+                << "\n";
+      return 0;
+    }
     std::cout << walship::tools::Escape(*v) << "\n";
     return 0;
   }
@@ -484,6 +513,17 @@ int main(int argc, char** argv) {
     auto kvs = (*client)->Scan(options);
     if (!kvs.ok()) return Fail(kvs.status());
     SaveReadPosition(t, **client);
+    if (json) {
+      nlohmann::json items = nlohmann::json::array();
+      for (const auto& kv : *kvs) {
+        items.push_back({{"key", walship::tools::Escape(kv.key)},
+                         {"value", walship::tools::Escape(kv.value)}});
+      }
+      walship::replication::ReadToken at = (*client)->last_read();
+      std::cout << nlohmann::json{{"items", items}, {"seq", at.seq}, {"epoch", at.epoch}}.dump()
+                << "\n";
+      return 0;
+    }
     for (const auto& kv : *kvs) {
       std::cout << walship::tools::Escape(kv.key) << "\t" << walship::tools::Escape(kv.value)
                 << "\n";

@@ -1,6 +1,7 @@
 """Automatic failover on real processes: a leader killed or paused is replaced by election,
 no write the mode promised to keep is lost, the most up-to-date follower wins, and the old
 leader comes back as a follower without taking a write meanwhile."""
+import json
 import os
 import re
 import signal
@@ -255,6 +256,10 @@ class FailoverTest(unittest.TestCase):
         for key in lost:
             self.assertIn(f"put {key} ", shown)
         self.assertIn(f"not in the history of leader {leader}", shown)
+        as_json = json.loads(c.cli("rollback", "show", "--json",
+                                   os.path.join(c.data_dir("n1"), "rollback", files[0])).stdout)
+        self.assertEqual(as_json["leader"], leader)
+        self.assertLessEqual(set(lost), {op["key"] for op in as_json["ops"] if op["op"] == "put"})
         c.wait_converged(30)
         for nid in ("n1", "n2", "n3"):
             held = c.scan_all(nid)

@@ -35,6 +35,13 @@ class SingleNodeTest(unittest.TestCase):
         self.assertEqual(c.cli("scan", "--prefix", "p").stdout, "p2\tv2\n")
         self.assertEqual(c.cli("scan", "--start", "p", "--limit", "1").stdout, "p2\tv2\n")
         self.assertEqual(c.cli("scan").stdout, "bin\\x00key\ta\\x00\\xff\\\\b\np2\tv2\nq1\tv3\n")
+        # --json: the same bytes in the same escapes, with the position read.
+        got = json.loads(c.cli("get", "--json", "bin\\x00key").stdout)
+        self.assertEqual((got["key"], got["value"], got["epoch"]),
+                         ("bin\\x00key", "a\\x00\\xff\\\\b", 1))
+        self.assertGreater(got["seq"], 0)
+        got = json.loads(c.cli("scan", "--json", "--prefix", "p").stdout)
+        self.assertEqual(got["items"], [{"key": "p2", "value": "v2"}])
         st = c.status("n1")
         self.assertEqual(st["node"], "n1")
         self.assertEqual(st["role"], "leader")

@@ -48,6 +48,13 @@ void Decode(schema::Request::Reader request) {
       break;
     }
     case schema::Request::STATUS: break;
+    case schema::Request::VERIFY: {
+      auto v = request.getVerify();
+      if (v.isChecksum()) {
+        for (auto b : v.getChecksum().getBounds()) (void)ToString(b);
+      }
+      break;
+    }
     case schema::Request::WAL_READ:
       (void)request.getWalRead().getFromSeq();
       (void)request.getWalRead().getMaxBatches();
