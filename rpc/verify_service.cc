@@ -102,9 +102,9 @@ absl::StatusOr<std::vector<RangeSum>> ChecksumRanges(engine::Engine& engine,
 VerifyService::VerifyService(Node& node, ClientService& clients)
     : node_(node), clients_(clients), tasks_(*this) {}
 
-VerifyService::~VerifyService() {
-  if (holding_ != 0) clients_.HoldWrites(false);
-}
+// Destroyed with its ClientService (the node stops): the held writes go with it, unwritten
+// and unanswered as every queued write of a stopping node.
+VerifyService::~VerifyService() = default;
 
 void VerifyService::taskFailed(kj::Exception&& e) {
   spdlog::warn("verify: {}", e.getDescription().cStr());
