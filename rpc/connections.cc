@@ -244,9 +244,11 @@ class ClientConnection {
     schema::Reply::Builder reply = builder->initRoot<schema::Reply>();
     // A scan's reply may be large: its bound is reserved from the node's budget (and counted
     // against this connection's) now, before it is built, so that neither many scans in
-    // flight on one connection nor scans on many connections outgrow it.
+    // flight on one connection nor scans on many connections outgrow it. So are a WAL read's
+    // and verify's checksums, bounded alike.
     kj::Own<ScanReservation> reservation;
-    if (request.isScan()) {
+    if (request.isScan() || request.isWalRead() ||
+        (request.isVerify() && request.getVerify().isChecksum())) {
       if (!node_.clients().ReserveScanReply()) {
         ToCapnp(absl::UnavailableError(absl::StrCat(
                     "the node is busy with large scans (", ClientService::kMaxScanReplyBytesReserved,

@@ -5,12 +5,14 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 #include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -88,7 +90,7 @@ absl::Status CheckKeyFileMode(const std::string& path) {
 
 }  // namespace
 
-absl::Status CheckTlsFiles(const TlsOptions& options, bool need_keypair) {
+absl::Status CheckTlsFiles(const TlsOptions& options, bool need_keypair, TlsUse use) {
   if (options.ca_file.empty()) return absl::InvalidArgumentError("TLS needs a CA file (ca_file)");
   auto ca_pem = ReadPem(options.ca_file, "TLS CA file");
   if (!ca_pem.ok()) return ca_pem.status();
@@ -128,24 +130,43 @@ absl::Status CheckTlsFiles(const TlsOptions& options, bool need_keypair) {
                                                    " is not the key of the certificate in ",
                                                    options.cert_file));
   }
-  // The certificate must chain to the CA now: a node that starts with a certificate nobody
-  // in the cluster trusts (or one that expired) would only fail every connection later.
-  X509_STORE* store = X509_STORE_new();
-  for (const X509Ptr& ca : cas) X509_STORE_add_cert(store, ca.get());
-  STACK_OF(X509)* untrusted = sk_X509_new_null();
-  for (size_t i = 1; i < chain.size(); ++i) sk_X509_push(untrusted, chain[i].get());
-  X509_STORE_CTX* ctx = X509_STORE_CTX_new();
-  X509_STORE_CTX_init(ctx, store, chain[0].get(), untrusted);
-  bool trusted = X509_verify_cert(ctx) == 1;
-  std::string why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
-  X509_STORE_CTX_free(ctx);
-  sk_X509_free(untrusted);
-  X509_STORE_free(store);
-  ERR_clear_error();
-  if (!trusted) {
+  // The certificate must chain to the CA now, for the use it is put to: a node that starts
+  // with a certificate nobody in the cluster trusts (one that expired, or one not meant for
+  // a server) would only fail every connection later.
+  std::vector<std::pair<int, const char*>> purposes;
+  if (use == TlsUse::kNode) purposes.push_back({X509_PURPOSE_SSL_SERVER, " as a TLS server"});
+  if (use == TlsUse::kClient || (use == TlsUse::kNode && options.verify_clients)) {
+    purposes.push_back({X509_PURPOSE_SSL_CLIENT, " as a TLS client"});
+  }
+  if (purposes.empty()) purposes.push_back({0, ""});
+  for (const auto& [purpose, as] : purposes) {
+    X509_STORE* store = X509_STORE_new();
+    for (const X509Ptr& ca : cas) X509_STORE_add_cert(store, ca.get());
+    STACK_OF(X509)* untrusted = sk_X509_new_null();
+    for (size_t i = 1; i < chain.size(); ++i) sk_X509_push(untrusted, chain[i].get());
+    X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+    X509_STORE_CTX_init(ctx, store, chain[0].get(), untrusted);
+    if (purpose != 0) X509_STORE_CTX_set_purpose(ctx, purpose);
+    bool trusted = X509_verify_cert(ctx) == 1;
+    std::string why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+    X509_STORE_CTX_free(ctx);
+    sk_X509_free(untrusted);
+    X509_STORE_free(store);
+    ERR_clear_error();
+    if (!trusted) {
+      return absl::InvalidArgumentError(absl::StrCat("TLS certificate ", options.cert_file,
+                                                     " does not verify against the CA file ",
+                                                     options.ca_file, as, ": ", why));
+    }
+  }
+  if (use == TlsUse::kNode && !options.server_name.empty() &&
+      X509_check_host(chain[0].get(), options.server_name.data(), options.server_name.size(), 0,
+                      nullptr) != 1) {
+    ERR_clear_error();
     return absl::InvalidArgumentError(absl::StrCat("TLS certificate ", options.cert_file,
-                                                   " does not verify against the CA file ",
-                                                   options.ca_file, ": ", why));
+                                                   " does not name '", options.server_name,
+                                                   "' (tls.server_name), which the others "
+                                                   "check"));
   }
   return absl::OkStatus();
 }

@@ -21,11 +21,17 @@
 namespace walship::rpc {
 
 
+// What a certificate is checked for beyond its chain: a node's must be usable by a TLS server
+// (and by a client too when nodes verify clients: nodes connect to each other with it) and
+// name options.server_name when set; a client's must be usable by a TLS client.
+enum class TlsUse { kAny, kNode, kClient };
+
 // Reads and checks the files `options` names: the CA file holds at least one certificate; the
 // certificate and key (when `need_keypair`, or when either is given) are PEM, match each
-// other, and the key file may be read by its owner only. kInvalidArgument naming the file and
-// what is wrong with it.
-absl::Status CheckTlsFiles(const TlsOptions& options, bool need_keypair);
+// other, the key file may be read by its owner only, and the certificate verifies against
+// the CA now for `use`. kInvalidArgument naming the file and what is wrong with it.
+absl::Status CheckTlsFiles(const TlsOptions& options, bool need_keypair,
+                           TlsUse use = TlsUse::kAny);
 
 // The TLS context of a node (or of a tool that speaks to nodes on an event loop): trusts the
 // CA file's certificates only, presents the certificate and key when given (as server, and as

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <map>
 
@@ -97,6 +98,12 @@ absl::StatusOr<SSL_CTX*> ContextFor(const TlsOptions& options) {
                                                    Reasons("cannot load it")));
   }
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  // Called when the node asks for a client certificate and the client has none: noted, so
+  // that Open can say so (a client with a certificate is not asked this).
+  SSL_CTX_set_client_cert_cb(ctx, [](SSL* ssl, X509**, EVP_PKEY**) {
+    if (void* asked = SSL_get_app_data(ssl)) *static_cast<bool*>(asked) = true;
+    return 0;
+  });
   if (!options.cert_file.empty()) {
     if (SSL_CTX_use_certificate_chain_file(ctx, options.cert_file.c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, options.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
@@ -139,7 +146,15 @@ absl::StatusOr<std::unique_ptr<TlsChannel>> TlsChannel::Open(int fd, const TlsOp
   // OpenSSL 3 checks an IP address literal against the certificate's IP addresses too.
   SSL_set1_host(ssl, server_name.c_str());
   if (!IsIpAddress(server_name)) SSL_set_tlsext_host_name(ssl, server_name.c_str());
+  bool asked_for_certificate = false;
+  SSL_set_app_data(ssl, &asked_for_certificate);
   while (true) {
+    // Each try is bounded by the time left, so a node that trickles its handshake cannot
+    // hold the client past `deadline`.
+    absl::Duration left = std::max(deadline - absl::Now(), absl::Milliseconds(1));
+    timeval tv = absl::ToTimeval(left);
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int r = SSL_connect(ssl);
     if (r == 1) break;
     int error = SSL_get_error(ssl, r);
@@ -165,6 +180,15 @@ absl::StatusOr<std::unique_ptr<TlsChannel>> TlsChannel::Open(int fd, const TlsOp
     }
     return absl::UnavailableError(
         absl::StrCat("the TLS handshake failed: ", Reasons("no reason given")));
+  }
+  SSL_set_app_data(ssl, nullptr);  // the flag is Open's own
+  if (asked_for_certificate) {
+    // With TLS 1.3 the node would only refuse after the handshake, on the first request
+    // (which would then look in doubt): say so now.
+    return absl::UnauthenticatedError(
+        "the node asks for a client certificate (its [tls] verify_clients) and this client "
+        "has none: give --tls-cert and --tls-key, or client_cert_file and client_key_file in "
+        "the config's [tls]");
   }
   return std::unique_ptr<TlsChannel>(new TlsChannel(std::move(state)));
 }
@@ -193,7 +217,13 @@ ssize_t TlsChannel::Result(int n) {
 ssize_t TlsChannel::Send(const void* data, size_t size) {
   ERR_clear_error();
   errno = 0;
-  return Result(SSL_write(state_->ssl, data, static_cast<int>(std::min<size_t>(size, INT32_MAX))));
+  ssize_t n =
+      Result(SSL_write(state_->ssl, data, static_cast<int>(std::min<size_t>(size, INT32_MAX))));
+  if (n == 0) {  // the node ended the connection: no byte can go out
+    errno = EPIPE;
+    return -1;
+  }
+  return n;
 }
 
 ssize_t TlsChannel::Recv(void* data, size_t size) {

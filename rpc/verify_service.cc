@@ -65,6 +65,12 @@ absl::StatusOr<std::vector<RangeSum>> ChecksumRanges(engine::Engine& engine,
                                                      const engine::ReadOptions& read,
                                                      const std::vector<std::string>& bounds,
                                                      uint32_t range_keys) {
+  size_t key_bytes = 0;
+  for (const std::string& b : bounds) key_bytes += b.size();
+  if (bounds.size() > kMaxRanges || key_bytes > kMaxRangeKeyBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", kMaxRanges, " ranges of ",
+                                                   kMaxRangeKeyBytes, " bytes of keys"));
+  }
   std::vector<RangeSum> out;
   RangeHash hash;
   size_t bound = 0;  // with bounds: the range being summed
@@ -85,7 +91,16 @@ absl::StatusOr<std::vector<RangeSum>> ChecksumRanges(engine::Engine& engine,
       }
       hash.Add(kv.key, kv.value);
       last = kv.key;
-      if (bounds.empty() && hash.keys() == range_keys) out.push_back(hash.Finish(kv.key));
+      if (bounds.empty() && hash.keys() == range_keys) {
+        out.push_back(hash.Finish(kv.key));
+        key_bytes += kv.key.size();
+        if (out.size() > kMaxRanges || key_bytes > kMaxRangeKeyBytes) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "more than ", kMaxRanges, " ranges (or ", kMaxRangeKeyBytes,
+              " bytes of their last keys) at ", range_keys, " keys each: give a larger "
+              "--range-keys"));
+        }
+      }
     }
     if (page->empty()) break;
     scan.start = page->back().key + std::string(1, '\0');

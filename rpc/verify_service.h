@@ -29,7 +29,10 @@ class ClientService;
 // The checksums of the snapshot `read` reads, range by range: with `bounds`, one range per
 // bound (its last key) and one open range after them; without, ranges of `range_keys` keys
 // each, named by their last keys. Each range hashes every key and value in order with their
-// lengths. Runs on a worker (it scans the whole snapshot).
+// lengths. Runs on a worker (it scans the whole snapshot). kInvalidArgument past
+// kMaxRanges ranges or kMaxRangeKeyBytes of their last keys (the answer must fit a reply).
+inline constexpr size_t kMaxRanges = 100000;
+inline constexpr size_t kMaxRangeKeyBytes = 16 << 20;
 absl::StatusOr<std::vector<RangeSum>> ChecksumRanges(engine::Engine& engine,
                                                      const engine::ReadOptions& read,
                                                      const std::vector<std::string>& bounds,

@@ -114,9 +114,9 @@ int DoVerify(Target& t, uint32_t hold_ms, uint32_t range_keys, bool json) {
   walship::tools::VerifyOptions o;
   o.hold_ms = hold_ms;
   o.range_keys = range_keys;
-  o.connect = t.connect;
   o.timeout = absl::Milliseconds(t.timeout_ms);
   auto report = FollowingHints(t, "verifying at", [&](walship::rpc::Client& c) {
+    o.connect = t.connect;  // with --cluster, the secret and TLS of the file Resolve read
     return walship::tools::Verify(c, o);
   });
   if (!report.ok()) return Fail(report.status());

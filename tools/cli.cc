@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "rpc/tls.h"
 
 namespace walship::cli {
 
@@ -31,6 +32,11 @@ absl::StatusOr<std::string> Resolve(Target& t) {
   if (!config.ok()) return config.status();
   t.config = *config;
   UseConfigSecurity(t, *t.config);
+  if (t.connect.tls.on() && !t.tls_flags.on()) {
+    if (absl::Status s = walship::rpc::CheckTlsFiles(t.connect.tls, false, walship::rpc::TlsUse::kClient); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(t.cluster_path, ": ", s.message()));
+    }
+  }
   const walship::tools::NodeConfig* n =
       t.node.empty() ? t.config->Leader() : t.config->Find(t.node);
   if (n != nullptr) return n->advertise;

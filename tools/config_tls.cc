@@ -129,12 +129,19 @@ absl::Status CheckTlsConfig(const ConfigError& err, const ClusterConfig& config)
 
 absl::Status CheckNodeTls(const ClusterConfig& config, const NodeConfig& node) {
   if (!config.tls.on()) return absl::OkStatus();
+  if (config.tls.server_name.empty() && IsIpLiteral(node.advertise)) {
+    // A node added at run time, which CheckTlsConfig did not see.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tls.server_name is missing and node ", node.id, " is reached at the IP address ",
+        node.advertise, "; certificates are checked by DNS name: set server_name to the DNS "
+        "name every node's certificate carries"));
+  }
   rpc::TlsOptions o = config.tls;
   if (!node.tls_cert_file.empty()) {
     o.cert_file = node.tls_cert_file;
     o.key_file = node.tls_key_file;
   }
-  return rpc::CheckTlsFiles(o, true);
+  return rpc::CheckTlsFiles(o, true, rpc::TlsUse::kNode);
 }
 
 }  // namespace walship::tools

@@ -355,7 +355,7 @@ int main(int argc, char** argv) {
   }
   if (!t.tls_flags.ca_file.empty() || !t.tls_flags.cert_file.empty() ||
       !t.tls_flags.key_file.empty() || !t.tls_flags.server_name.empty()) {
-    if (absl::Status s = walship::rpc::CheckTlsFiles(t.tls_flags, false); !s.ok()) {
+    if (absl::Status s = walship::rpc::CheckTlsFiles(t.tls_flags, false, walship::rpc::TlsUse::kClient); !s.ok()) {
       return Fail(absl::InvalidArgumentError(s.message()));
     }
     t.connect.tls = t.tls_flags;

@@ -73,9 +73,6 @@ class WalShowTest(unittest.TestCase):
         self.assertIn("--limit: Value 0 not in range 1 to 1000", r.stderr)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class VerifyTest(unittest.TestCase):
     """`walship verify`: the replicas compared at one sequence number, online."""
@@ -162,3 +159,7 @@ class VerifyTest(unittest.TestCase):
             c.resume("n2")
         # The hold ended: writes go on.
         c.cli("put", "b", "2")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -60,9 +60,10 @@ class CheckpointTest(unittest.TestCase):
                 f"--- {n}\n{self.c.log(n)[-3000:]}" for n in self.c.logs)) from None
 
     def test_new_follower_joins_under_load_and_converges(self):
-        # Slower still than SLOW: the transfer lasts long enough to be watched several times
-        # by the CLI, whose calls take a second each in a sanitizer build.
-        self.c = c = Cluster(n=3, replication=dict(SLOW, snapshot_max_bytes_per_sec=150 * 1024))
+        # Slower still than SLOW: the transfer (about 1.5 MB) lasts long enough to be watched
+        # several times by the CLI, whose calls take a second each in a sanitizer build on a
+        # busy machine (at 150 KiB/s it once ended before the second look).
+        self.c = c = Cluster(n=3, replication=dict(SLOW, snapshot_max_bytes_per_sec=64 * 1024))
         c.start("n1")
         c.start("n2")
         c.load("n1", 2500, seed=1, value_bytes=600)

@@ -66,6 +66,15 @@ class TlsTest(unittest.TestCase):
         self.assertEqual((r.returncode, r.stdout), (0, "v7\n"), r.stderr)
         self.assertEqual(c.cli("get", "intruder", check=False).returncode, 1)
 
+    def test_verify_compares_the_replicas_through_tls(self):
+        c = self.c
+        for i in range(30):
+            c.cli("put", f"k{i}", f"v{i}")
+        c.wait_converged()
+        r = c.cli("verify", "--range-keys", "10", timeout=120)
+        self.assertRegex(r.stdout, r"^OK at seq \d+ \(epoch 1\): n1 \(leader\), n2, n3 "
+                                   r"identical: 30 keys in 3 ranges\n$")
+
     def test_a_client_that_trusts_another_ca_or_checks_another_name_is_refused(self):
         c = self.c
         c.cli("put", "k", "v")
@@ -121,11 +130,17 @@ class VerifyClientsTest(unittest.TestCase):
             self.assertEqual(c.scan_all("n1"), c.scan_all("n3"))
             certs = os.path.join(c.dir, "certs")
             ca = os.path.join(certs, "ca.crt")
-            # Without a certificate the node ends the handshake.
+            # Without a certificate the client learns it in the handshake: not served, and a
+            # write is refused before it is sent (not left in doubt).
             r = run("--endpoint", c.addr["n1"], "--tls-ca", ca, "--tls-server-name",
                     "localhost", "get", "k1")
             self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn("asks for a client certificate", r.stderr)
             self.assertNotIn("v1", r.stdout)
+            r = run("--endpoint", c.addr["n1"], "--tls-ca", ca, "--tls-server-name",
+                    "localhost", "put", "k1", "intruder")
+            self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn("asks for a client certificate", r.stderr)
             # One from another CA: the CLI refuses it before connecting...
             other = make_certs(os.path.join(c.dir, "other-ca"))
             r = run("--endpoint", c.addr["n1"], "--tls-ca", ca, "--tls-server-name",
@@ -188,6 +203,12 @@ class TlsConfigTest(unittest.TestCase):
         self.refused("server_name = 'localhost'", "tls.bogus: unknown key",
                      "server_name = 'localhost'\nbogus = 1")
         self.refused("certs/node.key", "is not the key of the certificate", "certs/client.key")
+        # A certificate the CA signed for clients only, or one without the server name.
+        self.refused("cert_file = 'certs/node.crt'\nkey_file = 'certs/node.key'",
+                     "as a TLS server: unsuitable certificate purpose",
+                     "cert_file = 'certs/client.crt'\nkey_file = 'certs/client.key'")
+        self.refused("server_name = 'localhost'", "does not name 'walship.example'",
+                     "server_name = 'walship.example'")
         r = subprocess.run([WALSHIP, "config", "check", self.c.config], capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stderr)
