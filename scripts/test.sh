@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds walship and runs the whole test suite with ctest, then again under
-# AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/). CI runs exactly this.
+# AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/; without the benchmark tools and
+# their smoke tests, which the plain build runs). CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
