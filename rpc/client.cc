@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "rpc/auth.h"
 #include "rpc/client.capnp.h"
+#include "rpc/client_calls.h"
 #include "rpc/convert.h"
 #include "rpc/dial.h"
 #include "rpc/tls_channel.h"
@@ -278,62 +279,17 @@ class ClientImpl final : public Client {
     auto req = m.initRoot<schema::Request>().initWalRead();
     req.setFromSeq(from_seq);
     req.setMaxBatches(max_batches);
-    return Call<WalPage>(m, timeout_, schema::Reply::WAL_READ,
-                         [](schema::Reply::Reader r) -> absl::StatusOr<WalPage> {
-                           auto w = r.getWalRead();
-                           if (absl::Status e = FromCapnp(w.getError()); !e.ok()) return e;
-                           WalPage page;
-                           page.latest_seq = w.getLatestSeq();
-                           for (auto b : w.getBatches()) {
-                             auto data = b.getData();
-                             page.batches.push_back(
-                                 {engine::Batch{b.getFirstSeq(), b.getCount(),
-                                                std::string(data.asChars().begin(), data.size())},
-                                  b.getEpoch()});
-                           }
-                           return page;
-                         });
+    return Call<WalPage>(m, timeout_, schema::Reply::WAL_READ, [](schema::Reply::Reader r) {
+      return WalPageFromCapnp(r.getWalRead());
+    });
   }
 
   absl::StatusOr<VerifyAnswer> Verify(const VerifyCall& call) override {
     capnp::MallocMessageBuilder m(64);
-    auto req = m.initRoot<schema::Request>().initVerify();
-    switch (call.kind) {
-      case VerifyCall::kHold: req.setHold(call.ms); break;
-      case VerifyCall::kSnapshot: {
-        auto at = req.initSnapshot();
-        at.setId(call.id);
-        at.setSeq(call.seq);
-        at.setEpoch(call.epoch);
-        at.setWaitMs(call.ms);
-        break;
-      }
-      case VerifyCall::kResume: req.setResume(call.id); break;
-      case VerifyCall::kChecksum: {
-        auto c = req.initChecksum();
-        c.setId(call.id);
-        c.setRangeKeys(call.range_keys);
-        auto bounds = c.initBounds(call.bounds.size());
-        for (size_t i = 0; i < call.bounds.size(); ++i) bounds.set(i, ToData(call.bounds[i]));
-        break;
-      }
-      case VerifyCall::kDrop: req.setDrop(call.id); break;
-    }
-    return Call<VerifyAnswer>(m, timeout_, schema::Reply::VERIFY,
-                              [](schema::Reply::Reader r) -> absl::StatusOr<VerifyAnswer> {
-                                auto v = r.getVerify();
-                                if (absl::Status e = FromCapnp(v.getError()); !e.ok()) return e;
-                                VerifyAnswer a;
-                                a.id = v.getId();
-                                a.seq = v.getSeq();
-                                a.epoch = v.getEpoch();
-                                for (auto range : v.getRanges()) {
-                                  a.ranges.push_back({ToString(range.getLastKey()),
-                                                      range.getKeys(),
-                                                      ToString(range.getDigest())});
-                                }
-                                return a;
-                              });
+    VerifyCallToCapnp(call, m.initRoot<schema::Request>().initVerify());
+    return Call<VerifyAnswer>(m, timeout_, schema::Reply::VERIFY, [](schema::Reply::Reader r) {
+      return VerifyAnswerFromCapnp(r.getVerify());
+    });
   }
 
   absl::StatusOr<MembershipResult> ChangeMembership(replication::MembershipOp op,
