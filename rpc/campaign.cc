@@ -361,45 +361,51 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request, b
       }));
 }
 
-// Won: leads from its log's end + 1, after the WAL is fsynced (the new epoch begins after
-// writes that survive this machine failing) and the new epoch and role are saved. The batches
-// it applied last go with it, to serve its followers from memory.
-void Campaign::Lead(replication::Epoch epoch) {
-  leading_ = true;
+kj::Promise<absl::Status> BecomeLeader(Node& node,
+                                       std::shared_ptr<replication::Follower> follower,
+                                       replication::Epoch epoch,
+                                       std::function<void()> before_switch) {
   struct Elected {
     absl::StatusOr<replication::NodeState> next;
     std::deque<replication::ShippedBatch> recent;
   };
-  tasks_.add(node_.node_pool()
-                 .Run([e = &node_.engine(), f = follower_, epoch]() -> Elected {
-                   if (absl::Status synced = e->SyncWal(); !synced.ok()) return {synced, {}};
-                   Elected won{f->SaveElected(epoch), {}};
-                   if (won.next.ok()) won.recent = f->TakeRecent();
-                   return won;
-                 })
-                 .catch_([](kj::Exception&& e) -> Elected {
-                   return {absl::UnavailableError(e.getDescription().cStr()), {}};
-                 })
-                 .then([this, epoch](Elected won) {
-                   absl::StatusOr<replication::NodeState>& next = won.next;
-                   if (!next.ok()) {
-                     spdlog::error("election: won epoch {} but cannot lead: {}", epoch,
-                                   next.status().ToString());
-                     leading_ = false;
-                     election_.Abandon(node_.PreciseNowUs());
-                     promote_log_.push_back(absl::StrCat("won epoch ", epoch,
-                                                         " but cannot lead: ",
-                                                         next.status().message()));
-                     CheckPromote();
-                     Arm();
-                     return;
-                   }
-                   spdlog::warn("elected leader of epoch {} from seq {}", epoch,
-                                next->history.back().start_seq);
-                   FinishPromote(PromoteOutcome{absl::OkStatus(), options_.self, epoch,
-                                                promote_loss_});
-                   node_.SwitchRole(std::move(*next), std::move(won.recent));
-                 }));
+  return node.node_pool()
+      .Run([e = &node.engine(), f = follower, epoch]() -> Elected {
+        if (absl::Status synced = e->SyncWal(); !synced.ok()) return {synced, {}};
+        Elected won{f->SaveElected(epoch), {}};
+        if (won.next.ok()) won.recent = f->TakeRecent();
+        return won;
+      })
+      .catch_([](kj::Exception&& e) -> Elected {
+        return {absl::UnavailableError(e.getDescription().cStr()), {}};
+      })
+      .then([&node, epoch, before_switch = std::move(before_switch)](Elected won) {
+        if (!won.next.ok()) return won.next.status();
+        if (before_switch) before_switch();
+        spdlog::warn("elected leader of epoch {} from seq {}", epoch,
+                     won.next->history.back().start_seq);
+        node.SwitchRole(std::move(*won.next), std::move(won.recent));
+        return absl::OkStatus();
+      });
+}
+
+// Won: leads from its log's end + 1 (BecomeLeader).
+void Campaign::Lead(replication::Epoch epoch) {
+  leading_ = true;
+  auto promoted = [this, epoch]() {
+    FinishPromote(PromoteOutcome{absl::OkStatus(), options_.self, epoch, promote_loss_});
+  };
+  tasks_.add(BecomeLeader(node_, follower_, epoch, promoted).then([this, epoch](absl::Status led) {
+    if (!led.ok()) {
+      spdlog::error("election: won epoch {} but cannot lead: {}", epoch, led.ToString());
+      leading_ = false;
+      election_.Abandon(node_.PreciseNowUs());
+      promote_log_.push_back(
+          absl::StrCat("won epoch ", epoch, " but cannot lead: ", led.message()));
+      CheckPromote();
+      Arm();
+    }
+  }));
 }
 
 kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest request) {

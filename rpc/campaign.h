@@ -20,6 +20,7 @@
 #include "replication/election.h"
 #include "replication/follower.h"
 #include "replication/follower_link.h"
+#include "rpc/candidate.h"
 #include "rpc/peer_client.h"
 #include "rpc/role.h"
 
@@ -33,33 +34,34 @@ replication::ElectionOptions ElectionOptionsFor(const NodeServerOptions& o);
 // Logs a vote (or pre-vote) this node refused, and why (a follower's and a seeding node's).
 void LogRefusedVote(const replication::VoteRequest& request, const replication::VoteReply& reply);
 
-class Campaign final : private kj::TaskSet::ErrorHandler {
+class Campaign final : public Candidate, private kj::TaskSet::ErrorHandler {
  public:
   // `follower` holds the node's state and saves its votes; `link` is the stream from the
   // leader (its last contact is the leader's last sign of life). `follow` is called with a
   // candidate this node voted for, so that the stream looks for it there first.
   Campaign(Node& node, std::shared_ptr<replication::Follower> follower,
            const replication::FollowerLink& link, std::function<void(std::string)> follow);
-  ~Campaign() noexcept(false);
+  ~Campaign() noexcept(false) override;
 
-  void Start();
+  void Start() override;
   // The leader's stream showed a sign of life (call after the link carried out anything).
-  void NoteContact();
+  void NoteContact() override;
   // A heartbeat of a leader of the highest epoch this node has seen arrived (at `now_us`, the
   // precise clock): contact, and a sample of phi (replication/failure_detector.h).
-  void NoteHeartbeat(const std::string& leader, replication::Epoch epoch, int64_t now_us);
+  void NoteHeartbeat(const std::string& leader, replication::Epoch epoch,
+                     int64_t now_us) override;
   // A candidate's request (PeerService.requestVote).
-  kj::Promise<replication::VoteReply> Answer(replication::VoteRequest request);
+  kj::Promise<replication::VoteReply> Answer(replication::VoteRequest request) override;
   // Whether it asks for votes (it voted for itself) or won: it may lead at once.
-  bool Standing() const {
+  bool Standing() const override {
     return election_.phase() == replication::Election::Phase::kVote ||
            election_.phase() == replication::Election::Phase::kWon;
   }
   // An operator's promotion (walship promote, rpc/role.h): stands now, past the lag limit;
   // resolves once this node won (before it leads) or the round failed.
-  kj::Promise<PromoteOutcome> Promote(bool accept_loss);
+  kj::Promise<PromoteOutcome> Promote(bool accept_loss) override;
   // What status shows: "following", "standing for epoch N (pre-vote)", ...
-  std::string Describe() const;
+  std::string Describe() const override;
   // When the leader was last heard from, on the monotonic clock (µs).
   int64_t leader_heard_us() const { return heard_us_; }
 

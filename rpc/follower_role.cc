@@ -12,7 +12,9 @@
 #include "replication/handover.h"
 #include "replication/rollback.h"
 #include "replication/seeding.h"
+#include "rpc/campaign.h"
 #include "rpc/client_service.h"
+#include "rpc/coordinated_campaign.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
 
@@ -86,7 +88,14 @@ FollowerRole::FollowerRole(Node& node, replication::NodeState state)
                     replication::PhiAccrualDetector::kDefaultWindow,
                     int64_t{node.options().heartbeat_timeout_ms} * 1000),
       tasks_(*this) {
-  if (node.options().failover) {
+  if (node.coordinator() != nullptr) {
+    campaign_ = std::make_unique<CoordinatedCampaign>(
+        node, *node.coordinator(), follower_, link_, [this](std::string id) {
+          replication::LinkOutbox out;
+          link_.Follow(id, "which holds the leader key in etcd", node_.MonoNowUs(), &out);
+          CarryLink(std::move(out));
+        });
+  } else if (node.options().failover) {
     campaign_ = std::make_unique<Campaign>(node, follower_, link_, [this](std::string id) {
       replication::LinkOutbox out;
       link_.Follow(id, "which this node voted for", node_.MonoNowUs(), &out);

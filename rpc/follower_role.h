@@ -15,7 +15,7 @@
 #include "replication/failure_detector.h"
 #include "replication/follower.h"
 #include "replication/follower_link.h"
-#include "rpc/campaign.h"
+#include "rpc/candidate.h"
 #include "rpc/peer_client.h"
 #include "rpc/role.h"
 
@@ -87,7 +87,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   bool link_armed_ = false;  // link_timer_ ticks the link at link_at_us_ (ArmLinkTimer)
   int64_t link_at_us_ = 0;
   kj::Promise<void> link_timer_ = nullptr;
-  std::unique_ptr<Campaign> campaign_;  // automatic failover only
+  std::unique_ptr<Candidate> campaign_;  // automatic failover only
   // The leader's heartbeats (PeerService.heartbeat), for status: when, and their phi.
   replication::PhiAccrualDetector leader_beats_;
   kj::TaskSet tasks_;  // last: destroyed first

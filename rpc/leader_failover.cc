@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "replication/handover.h"
 #include "rpc/campaign.h"
+#include "rpc/coordinator.h"
 #include "rpc/leader_role.h"
 #include "rpc/node.h"
 
@@ -31,7 +32,7 @@ replication::HeartbeatReply LeaderRole::Heartbeat(const replication::Heartbeat& 
   }
   // A leader of a later epoch: this one was replaced. (During a handover that is the
   // target, whose take-over answer, asked again until it comes, ends the handover.)
-  if (lease_.has_value() && !handover_.has_value() && beat.cluster == o.cluster &&
+  if (FailsOver() && !handover_.has_value() && beat.cluster == o.cluster &&
       beat.epoch > leader_.epoch() && node_.membership().Find(beat.leader) != nullptr) {
     StepDown(absl::StrCat("node '", beat.leader, "' leads epoch ", beat.epoch));
   }
@@ -42,11 +43,11 @@ replication::HeartbeatReply LeaderRole::Heartbeat(const replication::Heartbeat& 
 // sent at `sent_us`; a member that has seen a later epoch ends this leadership.
 void LeaderRole::OnHeartbeatReply(const std::string& member, int64_t sent_us,
                                   const replication::HeartbeatReply& reply) {
-  if (!lease_.has_value() || stepping_down_) return;
+  if (!FailsOver() || stepping_down_) return;
   if (reply.epoch > leader_.epoch()) {
     if (handover_.has_value()) return;  // the target took over: its answer ends the handover
     StepDown(absl::StrCat("node '", member, "' has seen epoch ", reply.epoch));
-  } else if (reply.heard) {
+  } else if (reply.heard && lease_.has_value()) {
     OnLeaseAck(member, sent_us);
   }
 }
@@ -111,6 +112,7 @@ void LeaderRole::StepDown(const std::string& why) {
   stepping_down_ = true;
   spdlog::warn("STEPPING DOWN as leader of epoch {}: {}; writes are refused from now on",
                leader_.epoch(), why);
+  if (coordinator_ != nullptr) coordinator_->ReleaseInBackground(leader_.epoch());
   replication::NodeState next = replication::StateForFollowing(leader_.state(), "");
   if (absl::Status s = replication::SaveNodeState(node_.state_path(), next); !s.ok()) {
     // Follows all the same; restarted, it would first ask its peers (RecoveringRole).

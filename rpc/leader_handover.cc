@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "rpc/client_service.h"
 #include "rpc/convert.h"
+#include "rpc/coordinator.h"
 #include "rpc/leader_role.h"
 #include "rpc/node.h"
 
@@ -119,6 +120,19 @@ void LeaderRole::PollHandover() {
 void LeaderRole::AskTakeOver() {
   if (asking_) return;
   asking_ = true;
+  if (coordinator_ != nullptr && !released_for_handover_) {
+    // Through etcd the target takes the leader key as it takes over
+    // (rpc/leader_coordinated.cc): this node gives it up first.
+    released_for_handover_ = true;
+    tasks_.add(coordinator_->Release(leader_.epoch()).then([this](absl::Status s) {
+      if (!s.ok()) {
+        spdlog::warn("etcd: cannot give up the leader key: {}", std::string(s.message()));
+      }
+      asking_ = false;
+      AskTakeOver();
+    }));
+    return;
+  }
   std::string target = handover_->target();
   replication::TakeOver request = handover_->request();
   auto call = ConnectToPeer(node_.io(), node_.AddressOf(target), node_.security())

@@ -8,6 +8,7 @@
 #include "replication/clock.h"
 #include "rpc/client_service.h"
 #include "rpc/convert.h"
+#include "rpc/coordinator.h"
 #include "rpc/node.h"
 
 namespace walship::rpc {
@@ -53,7 +54,8 @@ LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_han
       shipper_(leader_, ShipperOptionsFor(node.options())),
       commit_wait_(node.options().commit),
       tasks_(*this) {
-  if (node.options().failover) lease_.emplace(node.options().lease_ms);
+  coordinator_ = node.coordinator();
+  if (node.options().failover && coordinator_ == nullptr) lease_.emplace(node.options().lease_ms);
   if (!recent.empty()) {
     size_t n = recent.size();
     uint64_t from = recent.front().batch.first_seq;
@@ -99,6 +101,7 @@ LeaderRole::~LeaderRole() noexcept(false) {
   if (handover_done_.get() != nullptr) {
     handover_done_->fulfill(HandoverOutcome{absl::AbortedError("the node stopped"), "", 0});
   }
+  if (coordinator_ != nullptr) coordinator_->ClearListener(listener_);
 }
 
 void LeaderRole::taskFailed(kj::Exception&& e) {
@@ -113,6 +116,10 @@ void LeaderRole::Start() {
     OnLeaseAck(node_.options().node_id, started_us_);  // a cluster of one voter holds it
     tasks_.add(LeaseLoop());
   }
+  if (coordinator_ != nullptr) {
+    listener_ = coordinator_->SetListener([this]() { CheckCoordinator(); });
+    CheckCoordinator();
+  }
   if (handover_.has_value()) {
     spdlog::warn("this node stopped while handing leadership to '{}'; asking it again whether "
                  "it took over (no writes meanwhile)", handover_->target());
@@ -121,6 +128,14 @@ void LeaderRole::Start() {
 }
 
 absl::Status LeaderRole::WriteRefusal() const {
+  if (coordinator_ != nullptr && (stepping_down_ || !coordinator_->Holds(leader_.epoch()))) {
+    return absl::UnavailableError(absl::StrCat(
+        "node '", node_.options().node_id, "' leads epoch ", leader_.epoch(),
+        stepping_down_ ? " but steps down"
+                       : " but does not hold the leader key in etcd under a live lease",
+        " (", coordinator_->Describe(), "): writes are refused until it does, or another node "
+        "leads; ask any node for the leader"));
+  }
   if (lease_.has_value() && (stepping_down_ || node_.PreciseNowUs() >= lease_until_us_)) {
     return absl::UnavailableError(absl::StrCat(
         "node '", node_.options().node_id, "' leads epoch ", leader_.epoch(),
@@ -235,6 +250,10 @@ void LeaderRole::Release(std::vector<replication::Released> released, bool was_d
 void LeaderRole::FillStatus(schema::NodeStatus::Builder st) {
   st.setEpoch(leader_.epoch());
   if (lease_.has_value()) st.setFailover(DescribeLease());
+  if (coordinator_ != nullptr) {
+    st.setFailover(absl::StrCat(coordinator_->Describe(), held_key_ ? "; writes taken"
+                                                                     : "; writes refused"));
+  }
   st.setDatabaseId(leader_.state().database_id);
   st.setDegradedForMs(commit_wait_.degraded()
                           ? (node_.MonoNowUs() - commit_wait_.degraded_since_us()) / 1000
@@ -362,7 +381,7 @@ kj::Promise<void> LeaderRole::Subscribe(SubscribeContext ctx,
   if (sid == 0) {
     spdlog::warn("follower '{}' {}: {}", hello.follower_id,
                  replication::HelloOutcomeName(reply.outcome), reply.message);
-    if (lease_.has_value() && hello.epoch > leader_.epoch() &&
+    if (FailsOver() && hello.epoch > leader_.epoch() &&
         hello.cluster == node_.options().cluster &&
         node_.membership().Find(hello.follower_id) != nullptr) {
       StepDown(absl::StrCat("follower '", hello.follower_id, "' has seen epoch ", hello.epoch));
@@ -505,9 +524,9 @@ void LeaderRole::Send(uint64_t sid, Ship ship) {
       [this, sid, sent_us](capnp::Response<schema::BatchSink::PushResults> resp) {
         if (streams_.find(sid) == streams_.end()) return;
         Ack ack = FromCapnp(resp.getAck());
-        if (lease_.has_value()) {
+        if (FailsOver()) {
           if (ack.epoch == leader_.epoch()) {
-            OnLeaseAck(streams_.at(sid).follower_id, sent_us);
+            if (lease_.has_value()) OnLeaseAck(streams_.at(sid).follower_id, sent_us);
           } else if (ack.epoch > leader_.epoch()) {
             StepDown(absl::StrCat("follower '", streams_.at(sid).follower_id,
                                   "' has seen epoch ", ack.epoch));

@@ -24,6 +24,7 @@
 
 namespace walship::rpc {
 
+class Coordinator;
 class Node;
 
 class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
@@ -115,6 +116,16 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   kj::Promise<void> LeaseLoop();
   void StepDown(const std::string& why);
   std::string DescribeLease() const;  // for status
+  // Whether this leader steps down when it learns of a later epoch (automatic failover, by
+  // vote or through etcd).
+  bool FailsOver() const { return lease_.has_value() || coordinator_ != nullptr; }
+  // Leadership through etcd (rpc/leader_coordinated.cc): writes are taken only while this
+  // node holds the leader key of its epoch under its live lease. Looked at after every read
+  // of the key: a leader without the key takes it when it is free and begins the key's
+  // epoch; a leader whose key another holds, or whose lease lapsed a time-to-live ago, steps
+  // down.
+  void CheckCoordinator();
+  void BeginKeyEpoch(replication::Epoch epoch);
 
   Node& node_;
   replication::Leader leader_;
@@ -152,6 +163,13 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   bool stepping_down_ = false;
   bool lease_lapsed_ = true;    // as of the last check (a new leader holds none yet)
   uint64_t lease_lapses_ = 0;   // since it began leading, for the log
+  // Through etcd: the node's link (nullptr: the vote), its listener number, whether a take
+  // of the key is under way, whether it held the key at the last look, and when it last did.
+  Coordinator* coordinator_ = nullptr;
+  uint64_t listener_ = 0;
+  bool taking_key_ = false;
+  bool held_key_ = false;
+  bool released_for_handover_ = false;
   // Heartbeats to the members on connections of their own: the lease, status.
   std::unique_ptr<HeartbeatSender> heartbeats_;
   kj::TaskSet tasks_;  // last: destroyed first

@@ -9,6 +9,7 @@
 #include "replication/clock.h"
 #include "replication/handover.h"
 #include "rpc/client_service.h"
+#include "rpc/coordinator.h"
 #include "rpc/follower_role.h"
 #include "rpc/leader_role.h"
 #include "rpc/log_context.h"
@@ -44,6 +45,12 @@ Node::Node(const NodeServerOptions& options, engine::Engine& engine, kj::AsyncIo
       snapshots_(std::make_unique<SnapshotSource>(*this)),
       membership_(initial_state_.membership),
       tasks_(*this) {
+  if (options.coordinator.enabled()) {
+    coordinator_ = std::make_unique<Coordinator>(
+        io, options.coordinator, options.node_id,
+        options.advertise.empty() ? options.listen : options.advertise, options.cluster,
+        [this]() { return PreciseNowUs(); });
+  }
   auto paf = kj::newPromiseAndFulfiller<void>();
   restart_promise_ = kj::mv(paf.promise);
   restart_ = kj::mv(paf.fulfiller);
@@ -63,6 +70,7 @@ void Node::Start() {
   snapshots_->RemoveStale();
   tasks_.add(WalTrimLoop());
   tasks_.add(StorageLoop());
+  if (coordinator_ != nullptr) coordinator_->Start();
   if (recover_ && options_.failover) {
     // With automatic failover, whoever leads is elected: a node that led before it stopped
     // follows, and stands like any other (its log, if the most up to date, wins the vote).

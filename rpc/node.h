@@ -26,6 +26,7 @@
 namespace walship::rpc {
 
 class ClientService;
+class Coordinator;
 
 // What the listener counts, for status.
 struct ConnectionStats {
@@ -56,6 +57,8 @@ class Node final : public kj::TaskSet::ErrorHandler {
   kj::AsyncIoContext& io() { return io_; }
   ClientService& clients() { return *clients_; }
   Role& role() { return *role_; }
+  // The link to etcd when etcd chooses the leader ([coordinator]), else nullptr.
+  Coordinator* coordinator() { return coordinator_.get(); }
   ConnectionStats& connection_stats() { return connection_stats_; }
   // Client work (large scans) may fill its queue and be refused; the node's own work (write
   // groups, applies, WAL trims and fsyncs: at most one of each at a time) has a thread and a
@@ -124,6 +127,7 @@ class Node final : public kj::TaskSet::ErrorHandler {
   std::unique_ptr<ClientService> clients_;
   replication::NodeState initial_state_;
   bool recover_ = false;
+  std::unique_ptr<Coordinator> coordinator_;  // before role_: the roles use it to their end
   std::unique_ptr<Role> role_;
   std::unique_ptr<SnapshotSource> snapshots_;
   std::vector<engine::WalFileSpan> wal_files_;

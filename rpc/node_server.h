@@ -21,6 +21,7 @@
 #include "replication/commit_wait.h"
 #include "replication/leader.h"
 #include "replication/seeding.h"
+#include "rpc/coordinator_options.h"
 #include "rpc/tls_options.h"
 
 namespace walship::rpc {
@@ -96,6 +97,8 @@ struct NodeServerOptions {
   // Above 0: a follower whose log ends more than this many sequence numbers before the last
   // position it knew of its leader does not stand (walship promote can force it).
   uint64_t max_failover_lag = 0;
+  // Leadership from etcd instead of the vote (rpc/coordinator.h); implies failover.
+  CoordinatorOptions coordinator;
   uint32_t heartbeat_interval_ms = 100;     // leader -> idle follower
   uint32_t heartbeat_timeout_ms = 2000;     // follower reconnects after this much silence
   uint32_t reconnect_min_ms = 50;           // follower backoff, doubling up to max

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "rpc/auth.h"
 #include "tools/config_error.h"
+#include "tools/config_coordinator.h"
 #include "tools/config_tls.h"
 
 namespace walship::tools {
@@ -327,6 +328,7 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   const toml::table* cluster = nullptr;
   const toml::array* nodes = nullptr;
   const toml::table* tls = nullptr;
+  const toml::table* coordinator = nullptr;
   for (auto&& [k, v] : root) {
     std::string key(k.str());
     if (key == "cluster") {
@@ -358,9 +360,14 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
     } else if (key == "tls") {
       tls = v.as_table();
       if (tls == nullptr) return err.At(v.source(), "tls", "must be a table [tls]");
+    } else if (key == "coordinator") {
+      coordinator = v.as_table();
+      if (coordinator == nullptr) {
+        return err.At(v.source(), "coordinator", "must be a table [coordinator]");
+      }
     } else {
-      return err.At(k.source(), key,
-                    "unknown key (expected cluster, replication, log, tls or node)");
+      return err.At(k.source(), key, "unknown key (expected cluster, replication, log, tls, "
+                                     "coordinator or node)");
     }
   }
   if (cluster == nullptr) return err.File("[cluster] table is missing");
@@ -380,6 +387,12 @@ absl::StatusOr<ClusterConfig> LoadConfig(const std::string& path) {
   }
   if (tls != nullptr) {
     if (absl::Status s = ReadTlsSection(err, *tls, base, config); !s.ok()) return s;
+  }
+  if (coordinator != nullptr) {
+    if (absl::Status s = ReadCoordinatorSection(err, *coordinator, config); !s.ok()) return s;
+    if (config.defaults.coordinator.prefix.empty()) {
+      config.defaults.coordinator.prefix = absl::StrCat("/walship/", config.name);
+    }
   }
   if (nodes == nullptr || nodes->empty()) return err.File("no [[node]] is defined");
 

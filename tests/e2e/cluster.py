@@ -2,6 +2,7 @@
 
 Every wait is bounded: helpers take a timeout and fail the test when it passes.
 """
+import json
 import os
 import shutil
 import signal
@@ -53,8 +54,11 @@ class Cluster:
     """A cluster of `n` nodes (n1 leader, the rest followers) in a temp dir."""
 
     def __init__(self, n=3, name="test", replication=None, nodes=None, http=False,
-                 secret=None, log_format=None, advertise=None, tls=None):
+                 secret=None, log_format=None, advertise=None, tls=None, coordinator=None):
         self.log_format = log_format
+        # With coordinator (a dict of [coordinator] keys, etcd among them): etcd chooses the
+        # leader.
+        self.coordinator = coordinator
         # With tls (a dict of [tls] keys beyond the CA, certificate and server name, maybe
         # empty): every connection uses TLS with a CA made in DIR/certs.
         self.tls = tls
@@ -98,6 +102,9 @@ class Cluster:
             lines += ["", "[tls]"] + [
                 f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
                 for k, v in tls.items()]
+        if self.coordinator is not None:
+            lines += ["", "[coordinator]"] + [
+                f"{k} = {json.dumps(v)}" for k, v in self.coordinator.items()]
         lines += ["", "[replication]"]
         for k, v in repl.items():
             if isinstance(v, bool):
