@@ -2,17 +2,20 @@
 """Failover benchmark: how long a cluster takes to take writes again after its leader is
 killed, and how long a planned handover pauses writes.
 
-Three walshipd on 127.0.0.1 with automatic failover (failover = true), semi-sync 1 of 2. Each
-round: five writers (four of 100-byte values, one of 1 MiB values) load the leader for --load-s
-seconds (the epoch must not change under it: a change there is a false failover); then the leader is killed with SIGKILL and the clock
+Three walshipd on 127.0.0.1 with automatic failover (failover = true), semi-sync 1 of 2; the
+etcd profiles start a three-member etcd on 127.0.0.1 (Debian's etcd-server) and let it choose
+the leader. Each round: five writers (four of 100-byte values, one of 1 MiB values) load the
+leader for --load-s seconds (the epoch must not change under it: a change there is a false
+failover); then the leader is killed with SIGKILL and the clock
 runs until a write through `walship --cluster` (which asks the file's nodes and follows their
 hints) is acknowledged; the killed node is started again and must come back as a follower.
 Run for each timing profile; then --handovers planned handovers are timed from the command's
 start to its answer (writes are refused from the moment the leader stops taking them until the
 target leads, so this bounds the pause a writer sees, less its redirect).
 
-  python3 bench/failover.py --rounds 20             # both profiles, 20 kills each
-  WALSHIP_BIN=build python3 bench/failover.py --profile default --rounds 5
+  python3 bench/failover.py --rounds 20             # every profile, 20 kills each
+  WALSHIP_BIN=build python3 bench/failover.py --profile default,etcd --rounds 5
+  python3 bench/failover.py --profile etcd --rounds 0 --handovers 20 --handover-profile etcd
 
 Prints one table (p50, p99, max per profile) with the settings used, and for each kill where
 the time went (from the nodes' logs: when each survivor stood, when one won, when the other
@@ -30,6 +33,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
 from cluster import TESTLOAD, Cluster, wait_until  # noqa: E402
+from etcd import Etcd  # noqa: E402
 
 PROFILES = {
     # The defaults of docs/config.md.
@@ -46,6 +50,12 @@ PROFILES = {
     "tuned-phi": {"heartbeat_interval_ms": 20, "heartbeat_timeout_ms": 400,
                   "election_timeout_ms": 150, "election_jitter_ms": 50, "lease_ms": 120,
                   "phi_threshold": 8, "phi_min_std_ms": 10},
+    # etcd chooses the leader ([coordinator], docs/failover.md), its defaults: a dead
+    # leader's key goes with its 2 s lease. A three-member etcd on 127.0.0.1 with raft
+    # heartbeats every 50 ms and elections after 500 ms.
+    "etcd": {"coordinator": {"lease_ttl_s": 2, "poll_ms": 100}},
+    # The shortest lease etcd grants with those raft timings (1 s), the key read every 50 ms.
+    "etcd-tuned": {"coordinator": {"lease_ttl_s": 1, "poll_ms": 50, "gather_ms": 150}},
 }
 
 
@@ -99,8 +109,12 @@ def explain(c, survivors, killed_at):
     """Where a round's time went: when each survivor first stood, and when one won."""
     stood = log_times(c, survivors, killed_at, "election: standing for epoch")
     won = log_times(c, survivors, killed_at, "election: won epoch")
+    gone = log_times(c, survivors, killed_at, "etcd: the leader key is gone")
+    took = log_times(c, survivors, killed_at, "etcd: took the leader key")
     parts = [f"{n} stood +{t * 1000:.0f}" for n, t in sorted(stood.items())]
     parts += [f"{n} won +{t * 1000:.0f}" for n, t in sorted(won.items())]
+    parts += [f"{n} saw the key gone +{t * 1000:.0f}" for n, t in sorted(gone.items())]
+    parts += [f"{n} took the key +{t * 1000:.0f}" for n, t in sorted(took.items())]
     streams = log_times(c, survivors, killed_at, "streaming from leader")
     parts += [f"{n} streams +{t * 1000:.0f}" for n, t in sorted(streams.items())]
     return ", ".join(parts)
@@ -109,8 +123,15 @@ def explain(c, survivors, killed_at):
 def run_profile(name, rounds, load_s):
     settings = {"failover": True, "mode": "semi-sync", "acks": 1, "reconnect_min_ms": 20,
                 "reconnect_max_ms": 200}
-    settings.update(PROFILES[name])
-    c = Cluster(3, name=f"failover-{name}", replication=settings)
+    profile = dict(PROFILES[name])
+    coordinator = profile.pop("coordinator", None)
+    settings.update(profile)
+    etcd = None
+    if coordinator is not None:
+        etcd = Etcd()
+        etcd.start()
+        coordinator = {"etcd": etcd.endpoints, **coordinator}
+    c = Cluster(3, name=f"failover-{name}", replication=settings, coordinator=coordinator)
     times, false_failovers, stuck = [], 0, 0
     try:
         c.start_all()
@@ -175,12 +196,22 @@ def run_profile(name, rounds, load_s):
                       file=sys.stderr)
     finally:
         c.close()
+        if etcd is not None:
+            etcd.close()
     return times, false_failovers, stuck
 
 
-def run_handovers(n):
+def run_handovers(n, name):
+    profile = dict(PROFILES[name])
+    coordinator = profile.pop("coordinator", None)
+    etcd = None
+    if coordinator is not None:
+        etcd = Etcd()
+        etcd.start()
+        coordinator = {"etcd": etcd.endpoints, **coordinator}
     c = Cluster(3, name="handover", replication={"failover": True, "mode": "semi-sync",
-                                                 "acks": 1, **PROFILES["default"]})
+                                                 "acks": 1, **profile},
+                coordinator=coordinator)
     pauses = []
     try:
         c.start_all()
@@ -196,29 +227,41 @@ def run_handovers(n):
                                      check=False).returncode == 0, 10, "the target to write")
     finally:
         c.close()
+        if etcd is not None:
+            etcd.close()
     return pauses
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--profile", choices=sorted(PROFILES) + ["all"], default="all")
+    ap.add_argument("--profile", default="all",
+                    help="all, or a comma-separated list of " + ", ".join(sorted(PROFILES)))
     ap.add_argument("--load-s", type=int, default=3, help="write load before each kill")
     ap.add_argument("--handovers", type=int, default=20)
+    ap.add_argument("--handover-profile", choices=sorted(PROFILES), default="default")
     args = ap.parse_args()
-    names = sorted(PROFILES) if args.profile == "all" else [args.profile]
-    rows = []
+    names = sorted(PROFILES) if args.profile == "all" else args.profile.split(",")
     for name in names:
+        if name not in PROFILES:
+            ap.error(f"no profile '{name}' (there are {', '.join(sorted(PROFILES))})")
+    rows = []
+    for name in names if args.rounds > 0 else []:
         times, false, stuck = run_profile(name, args.rounds, args.load_s)
         rows.append((name, times, false, stuck))
-    pauses = run_handovers(args.handovers) if args.handovers > 0 else []
+    pauses = run_handovers(args.handovers, args.handover_profile) if args.handovers > 0 else []
     print("| what | settings | n | p50 ms | p99 ms | max ms | false failovers under load | "
           "no leader within 60 s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, times, false, stuck in rows:
         p = PROFILES[name]
-        s = (f"election {p['election_timeout_ms']}+{p['election_jitter_ms']} ms, lease "
-             f"{p['lease_ms']} ms, heartbeat {p['heartbeat_interval_ms']} ms")
+        if "coordinator" in p:
+            k = p["coordinator"]
+            s = (f"etcd, lease_ttl_s {k['lease_ttl_s']}, poll_ms {k['poll_ms']}, gather_ms "
+                 f"{k.get('gather_ms', 300)}")
+        else:
+            s = (f"election {p['election_timeout_ms']}+{p['election_jitter_ms']} ms, lease "
+                 f"{p['lease_ms']} ms, heartbeat {p['heartbeat_interval_ms']} ms")
         if "phi_threshold" in p:
             s += (f", phi {p['phi_threshold']} (deviation floor "
                   f"{p.get('phi_min_std_ms', 20)} ms)")
@@ -226,7 +269,7 @@ def main():
               f"{percentile(times, 50):.0f} | {percentile(times, 99):.0f} | {max(times):.0f} | "
               f"{false} | {stuck} |")
     if pauses:
-        print(f"| planned handover (write pause bound) | default | {len(pauses)} | "
+        print(f"| planned handover (write pause bound) | {args.handover_profile} | {len(pauses)} | "
               f"{percentile(pauses, 50):.0f} | {percentile(pauses, 99):.0f} | "
               f"{max(pauses):.0f} | - | - |")
 

@@ -61,7 +61,6 @@ void CoordinatedCampaign::Check() {
   const std::optional<replication::LeaderKey>& key = coordinator_.leader();
   if (key.has_value()) {
     vacant_since_us_ = 0;
-    last_leader_ = key->node;
     Withdraw();
     if (key->node.empty()) {
       doing_ = "the leader key holds what walship cannot read; nobody takes it over";
@@ -80,7 +79,8 @@ void CoordinatedCampaign::Check() {
   const int64_t now = node_.PreciseNowUs();
   if (vacant_since_us_ == 0) {
     vacant_since_us_ = now;
-    spdlog::warn("etcd: the leader key is gone (last held by '{}')", last_leader_);
+    spdlog::warn("etcd: the leader key is gone (last held by '{}')",
+                 coordinator_.last_holder());
   }
   replication::FollowerStatus fs = follower_->Status();
   replication::SequenceNumber latest = node_.engine().LatestSequence();
@@ -120,7 +120,8 @@ void CoordinatedCampaign::Check() {
         }
         if (taking_ || vacant_since_us_ == 0 || coordinator_.leader().has_value()) return;
         replication::CandidateTurn turn =
-            replication::TurnToTake(options_, mine, *all, node_.membership(), last_leader_,
+            replication::TurnToTake(options_, mine, *all, node_.membership(),
+                                    coordinator_.last_holder(),
                                     vacant_since_us_, node_.PreciseNowUs());
         doing_ = turn.why;
         if (!turn.take) return;

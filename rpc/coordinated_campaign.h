@@ -57,7 +57,6 @@ class CoordinatedCampaign final : public Candidate, private kj::TaskSet::ErrorHa
   std::function<void(std::string)> follow_;
   replication::CandidateOptions options_;
   int64_t vacant_since_us_ = 0;  // when this node saw the key gone (0: it is held)
-  std::string last_leader_;      // the node the key named last
   std::optional<replication::LogPosition> published_;  // the candidacy etcd holds
   bool publishing_ = false;
   bool reading_ = false;

@@ -173,6 +173,7 @@ kj::Promise<void> Coordinator::PollLoop() {
             }
             k->epoch = static_cast<replication::Epoch>((*kv)->create_revision);
             k->lease = (*kv)->lease;
+            if (!k->node.empty()) last_holder_ = k->node;
             leader_ = *k;
           }
         }
@@ -212,23 +213,27 @@ kj::Promise<absl::StatusOr<replication::Epoch>> Coordinator::Take() {
                                  static_cast<replication::Epoch>(c->revision), lease};
         leader_ = k;
         leader_known_ = true;
+        last_holder_ = self_;
         spdlog::warn("etcd: took the leader key {} at revision {}", leader_key(), c->revision);
         return k.epoch;
       });
 }
 
-kj::Promise<absl::Status> Coordinator::Release(replication::Epoch epoch) {
+kj::Promise<absl::StatusOr<bool>> Coordinator::Release(replication::Epoch epoch) {
   return etcd_.DeleteIfCreated(leader_key(), static_cast<int64_t>(epoch))
-      .then([this, epoch](absl::Status s) {
-        if (s.ok() && leader_.has_value() && leader_->epoch == epoch) leader_.reset();
-        return s;
+      .then([this, epoch](absl::StatusOr<bool> deleted) {
+        if (deleted.ok() && leader_.has_value() && leader_->epoch == epoch) leader_.reset();
+        return deleted;
       });
 }
 
 void Coordinator::ReleaseInBackground(replication::Epoch epoch) {
-  tasks_.add(Release(epoch).then([this, epoch](absl::Status s) {
-    if (!s.ok()) NoteError(s);
-    else spdlog::info("etcd: gave up the leader key of epoch {}", epoch);
+  tasks_.add(Release(epoch).then([this, epoch](absl::StatusOr<bool> deleted) {
+    if (!deleted.ok()) {
+      NoteError(deleted.status());
+    } else if (*deleted) {
+      spdlog::info("etcd: gave up the leader key of epoch {}", epoch);
+    }
   }));
 }
 

@@ -48,6 +48,10 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // Whether the last read of the leader key succeeded, and what it found.
   bool leader_known() const { return leader_known_; }
   const std::optional<replication::LeaderKey>& leader() const { return leader_; }
+  // When the last read of the leader key that succeeded was sent (monotonic µs; 0: none).
+  int64_t read_us() const { return read_us_; }
+  // The node the key named when last seen held ("" before), across roles.
+  const std::string& last_holder() const { return last_holder_; }
   // Whether this node holds the leader key for `epoch` under its live lease now.
   bool Holds(replication::Epoch epoch) const;
   // Whether this node's lease is alive now, and until when (monotonic µs).
@@ -61,8 +65,9 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   // Takes the leader key when it is absent: the epoch it leads (the key's create revision),
   // or why not (held by another, no lease, etcd unreachable).
   kj::Promise<absl::StatusOr<replication::Epoch>> Take();
-  // Gives up the key of `epoch` when this node still holds it (a step-down, a handover).
-  kj::Promise<absl::Status> Release(replication::Epoch epoch);
+  // Gives up the key of `epoch` when this node still holds it (a step-down, a handover):
+  // whether it did.
+  kj::Promise<absl::StatusOr<bool>> Release(replication::Epoch epoch);
   // The same, carried out here (the caller's role may end meanwhile).
   void ReleaseInBackground(replication::Epoch epoch);
   // This node's candidacy: where its log ends; Withdraw removes it.
@@ -95,6 +100,7 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   bool leader_known_ = false;
   std::optional<replication::LeaderKey> leader_;
   int64_t read_us_ = 0;  // when the leader key was last read
+  std::string last_holder_;
   std::string error_;
   kj::TaskSet tasks_;  // last: destroyed first
 };

@@ -281,15 +281,19 @@ kj::Promise<absl::StatusOr<EtcdCreate>> EtcdClient::CreateIfAbsent(std::string k
       });
 }
 
-kj::Promise<absl::Status> EtcdClient::DeleteIfCreated(std::string key, int64_t create_revision) {
+kj::Promise<absl::StatusOr<bool>> EtcdClient::DeleteIfCreated(std::string key,
+                                                              int64_t create_revision) {
   json txn{{"compare", json::array({json{{"key", B64(key)},
                                          {"target", "CREATE"},
                                          {"result", "EQUAL"},
                                          {"create_revision", std::to_string(create_revision)}}})},
            {"success", json::array({json{{"request_delete_range", json{{"key", B64(key)}}}}})}};
-  return Call("/v3/kv/txn", txn.dump()).then([](absl::StatusOr<std::string> body) {
-    return Parse(body).status();
-  });
+  return Call("/v3/kv/txn", txn.dump())
+      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<bool> {
+        absl::StatusOr<json> j = Parse(body);
+        if (!j.ok()) return j.status();
+        return j->value("succeeded", false);
+      });
 }
 
 }  // namespace walship::rpc

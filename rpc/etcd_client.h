@@ -61,8 +61,9 @@ class EtcdClient {
   // Creates `key` bound to `lease` only while it does not exist (one transaction).
   kj::Promise<absl::StatusOr<EtcdCreate>> CreateIfAbsent(std::string key, std::string value,
                                                          int64_t lease);
-  // Deletes `key` only while its create revision is `create_revision` (one transaction).
-  kj::Promise<absl::Status> DeleteIfCreated(std::string key, int64_t create_revision);
+  // Deletes `key` only while its create revision is `create_revision` (one transaction):
+  // whether it did.
+  kj::Promise<absl::StatusOr<bool>> DeleteIfCreated(std::string key, int64_t create_revision);
 
   // The endpoint asked first (the last that answered).
   const std::string& endpoint() const { return endpoints_[current_]; }

@@ -43,6 +43,8 @@ void LeaderRole::CheckCoordinator() {
   if (!coordinator_->leader_known()) return;  // etcd unreachable: writes stay refused
   const std::optional<replication::LeaderKey>& key = coordinator_->leader();
   if (key.has_value()) {
+    // A read sent before this role began may show the key as it was before a handover.
+    if (key->node != self && coordinator_->read_us() < started_us_) return;
     if (key->node != self) {
       StepDown(absl::StrCat("etcd names '", key->node, "' leader (the key's epoch ", key->epoch,
                             ")"));

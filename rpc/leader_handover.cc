@@ -124,9 +124,10 @@ void LeaderRole::AskTakeOver() {
     // Through etcd the target takes the leader key as it takes over
     // (rpc/leader_coordinated.cc): this node gives it up first.
     released_for_handover_ = true;
-    tasks_.add(coordinator_->Release(leader_.epoch()).then([this](absl::Status s) {
+    tasks_.add(coordinator_->Release(leader_.epoch()).then([this](absl::StatusOr<bool> s) {
       if (!s.ok()) {
-        spdlog::warn("etcd: cannot give up the leader key: {}", std::string(s.message()));
+        spdlog::warn("etcd: cannot give up the leader key: {}",
+                     std::string(s.status().message()));
       }
       asking_ = false;
       AskTakeOver();

@@ -13,7 +13,8 @@ PACKAGES=(cmake ninja-build g++ pkg-config python3
   zlib1g-dev libssl-dev openssl libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev libbenchmark-tools python3-scipy
   libhiredis-dev libpq-dev
   gnuplot-nox
-  iproute2 iptables faketime util-linux curl)
+  iproute2 iptables faketime util-linux curl
+  etcd-server)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
