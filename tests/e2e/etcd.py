@@ -35,7 +35,8 @@ class Etcd:
                 [ETCD, "--name", n, "--data-dir", os.path.join(self.dir, n),
                  "--listen-client-urls", self.client[n], "--advertise-client-urls", self.client[n],
                  "--listen-peer-urls", self.peer[n], "--initial-advertise-peer-urls", self.peer[n],
-                 "--initial-cluster", initial, "--initial-cluster-token", os.path.basename(self.dir),
+                 "--initial-cluster", initial,
+                 "--initial-cluster-token", os.path.basename(self.dir),
                  "--initial-cluster-state", "new", "--heartbeat-interval", "50",
                  "--election-timeout", "500", "--logger", "zap", "--log-outputs", "stderr"],
                 stdout=log, stderr=log)
