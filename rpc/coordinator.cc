@@ -184,8 +184,10 @@ kj::Promise<void> Coordinator::PollLoop() {
       });
 }
 
+// A read of the key that failed changes nothing here: a key bound to this node's live lease
+// leaves etcd only when this node gives it up (or an operator deletes it by hand).
 bool Coordinator::Holds(replication::Epoch epoch) const {
-  return leader_known_ && leader_.has_value() && leader_->node == self_ &&
+  return leader_.has_value() && leader_->node == self_ &&
          leader_->epoch == epoch && lease_id_ != 0 && leader_->lease == lease_id_ &&
          lease_.Holds(now_us_());
 }
