@@ -374,4 +374,22 @@ bool LeaderLease::Holds(const Membership& m, const std::string& self, int64_t no
   return now_us < ExpiresAt(m, self);
 }
 
+bool LeaderLease::StepDownDue(const Membership& m, const std::string& self, int64_t now_us,
+                              int64_t grace_us) {
+  int64_t until = ExpiresAt(m, self);
+  // The only voter holds it through now (should voters join, its grace counts from there).
+  if (until == kNever) until = now_us;
+  held_until_us_ = std::max(held_until_us_, until);
+  if (answered_us_ == kNotHeld) {
+    for (const Member& member : m.members) {
+      if (member.voter && member.id != self && acked_sent_us_.contains(member.id)) {
+        answered_us_ = now_us;
+        break;
+      }
+    }
+  }
+  int64_t since = std::max(held_until_us_, answered_us_);
+  return since != kNotHeld && now_us - since >= grace_us;
+}
+
 }  // namespace walship::replication

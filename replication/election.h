@@ -235,9 +235,23 @@ class LeaderLease {
   static constexpr int64_t kNotHeld = std::numeric_limits<int64_t>::min();
   int64_t lease_us() const { return lease_us_; }
 
+  // Whether the leader should step down for want of a majority at `now_us`: `grace_us` (an
+  // election time-out: by then the others may have elected a leader) after the lease it held
+  // ended, or, when it never held one, after a voter first answered it. A leader no voter has
+  // answered waits however long it takes: the first leader of a new cluster whose followers
+  // start later. That is safe: it takes no write, and no voter hears it (a voter that hears a
+  // leader answers it), so none refuses the others its vote for its sake; they can elect
+  // without it, and it steps down once one of them answers with their later epoch. A voter
+  // that answered may hear it and refuse others its vote: from then on, a grace frees it.
+  // Looked at regularly (the first answer counts from the look that sees it).
+  bool StepDownDue(const Membership& m, const std::string& self, int64_t now_us,
+                   int64_t grace_us);
+
  private:
   const int64_t lease_us_;
   std::map<std::string, int64_t> acked_sent_us_;
+  int64_t held_until_us_ = kNotHeld;  // the latest end of the lease seen by StepDownDue
+  int64_t answered_us_ = kNotHeld;    // when StepDownDue first saw a voter's answer
 };
 
 }  // namespace walship::replication

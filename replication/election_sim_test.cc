@@ -303,9 +303,9 @@ class ElectionSim {
 
   void Step(SimNode& n) {
     if (n.leads) {
-      if (!n.lease->Holds(n.state.membership, n.id, now_) &&
-          now_ - LedSince(n) > int64_t{kLeaseMs} * kMs) {
-        StepDown(n);  // its lease lapsed
+      if (n.lease->StepDownDue(n.state.membership, n.id, now_,
+                               int64_t{kElectionTimeoutMs} * kMs)) {
+        StepDown(n);  // its lease lapsed an election time-out ago
         return;
       }
       if (writing_ && n.lease->Holds(n.state.membership, n.id, now_) && Chance(0.05)) {
@@ -328,11 +328,6 @@ class ElectionSim {
     ElectionOutbox out;
     n.election->Tick(n.state, n.latest, now_, &out);
     Carry(n, out);
-  }
-
-  int64_t LedSince(const SimNode& n) const {
-    auto it = led_since_.find(n.id);
-    return it == led_since_.end() ? 0 : it->second;
   }
 
   void Carry(SimNode& n, ElectionOutbox& out) {
@@ -378,7 +373,6 @@ class ElectionSim {
     n.lease = std::make_unique<LeaderLease>(kLeaseMs);
     n.match.clear();
     n.next_heartbeat_us = now_;
-    led_since_[n.id] = now_;
   }
 
   void OnAppend(SimNode& f, const Message& m) {
@@ -505,7 +499,6 @@ class ElectionSim {
   std::set<std::pair<std::string, std::string>> cut_;
   std::map<Epoch, std::string> winners_;
   std::map<Epoch, std::string> heard_leaders_;
-  std::map<std::string, int64_t> led_since_;
   std::map<std::string, SequenceNumber> committed_upto_;
   std::vector<Committed> committed_;
   uint64_t step_downs_ = 0;

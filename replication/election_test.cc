@@ -363,6 +363,44 @@ TEST(ElectionTest, ALeaseHoldsWhileAMajorityAcknowledgesWithinIt) {
   EXPECT_TRUE(LeaderLease(1500).Holds(Voters({"n1"}), "n1", 99'999 * kMs));
 }
 
+TEST(ElectionTest, ALeaderStepsDownOnlyAGraceAfterALeaseItHeld) {
+  Membership m = Voters({"n1", "n2", "n3"});
+  const int64_t grace = 800 * kMs;
+  LeaderLease lease(500);
+  // Never held (its followers not started yet): it waits, however long.
+  EXPECT_FALSE(lease.StepDownDue(m, "n1", 0, grace));
+  EXPECT_FALSE(lease.StepDownDue(m, "n1", 60'000 * kMs, grace));
+  lease.OnAck("n2", 60'100 * kMs);  // held until 60,600 ms
+  EXPECT_FALSE(lease.StepDownDue(m, "n1", 60'200 * kMs, grace));
+  EXPECT_FALSE(lease.StepDownDue(m, "n1", 61'399 * kMs, grace));  // lapsed, within the grace
+  EXPECT_TRUE(lease.StepDownDue(m, "n1", 61'400 * kMs, grace));
+  // A voter joining without answering does not reset what was held.
+  Membership grown = Voters({"n1", "n2", "n3", "n4", "n5"});
+  EXPECT_EQ(lease.ExpiresAt(grown, "n1"), LeaderLease::kNotHeld);
+  EXPECT_TRUE(lease.StepDownDue(grown, "n1", 61'400 * kMs, grace));
+  // Answered by one voter of four (no majority): that voter may refuse others its vote for
+  // the leader's sake, so the grace runs from the look that saw the answer.
+  Membership four = Voters({"n1", "n2", "n3", "n4"});
+  LeaderLease partial(500);
+  EXPECT_FALSE(partial.StepDownDue(four, "n1", 10'000 * kMs, grace));
+  partial.OnAck("n2", 10'050 * kMs);
+  EXPECT_FALSE(partial.StepDownDue(four, "n1", 10'100 * kMs, grace));
+  EXPECT_FALSE(partial.StepDownDue(four, "n1", 10'899 * kMs, grace));
+  EXPECT_TRUE(partial.StepDownDue(four, "n1", 10'900 * kMs, grace));
+  // A learner's answer does not count: it votes for no one.
+  Membership learner = Voters({"n1", "n2", "n3"});
+  learner.members.push_back({"n9", "", false});
+  LeaderLease heard_by_learner(500);
+  heard_by_learner.OnAck("n9", 100 * kMs);
+  EXPECT_FALSE(heard_by_learner.StepDownDue(learner, "n1", 200 * kMs, grace));
+  EXPECT_FALSE(heard_by_learner.StepDownDue(learner, "n1", 9'000 * kMs, grace));
+  // The only voter holds it through now; should voters join, its grace counts from there.
+  LeaderLease alone(500);
+  EXPECT_FALSE(alone.StepDownDue(Voters({"n1"}), "n1", 5'000 * kMs, grace));
+  EXPECT_FALSE(alone.StepDownDue(m, "n1", 5'500 * kMs, grace));
+  EXPECT_TRUE(alone.StepDownDue(m, "n1", 5'800 * kMs, grace));
+}
+
 TEST(ElectionTest, TheVoteIsKeptInTheNodeState) {
   NodeState s = Follower();
   s.vote_epoch = 4;

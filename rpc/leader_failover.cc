@@ -68,8 +68,9 @@ void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
 // Writes are refused from the lease's end on (WriteRefusal), whenever this runs; the leader
 // steps down only once the lease has stayed lapsed for an election time-out (by then the
 // others may have elected a leader; a brief lapse, a follower's event loop held up, costs a
-// pause in writes, not an election). A new leader gets an election time-out from its start
-// to gather its majority. Checked every heartbeat interval.
+// pause in writes, not an election). A leader that never held the lease waits for its
+// majority, refusing writes (LeaderLease::StepDownDue says why that is safe). Checked every
+// heartbeat interval.
 kj::Promise<void> LeaderRole::LeaseLoop() {
   return node_.io()
       .provider->getTimer()
@@ -88,7 +89,8 @@ kj::Promise<void> LeaderRole::LeaseLoop() {
           spdlog::info("lease held again; writes are taken");
         }
         lease_lapsed_ = lapsed;
-        if (lapsed && now - std::max(lease_until_us_, started_us_) >= election_us) {
+        if (lease_->StepDownDue(node_.membership(), node_.options().node_id, now,
+                                election_us)) {
           StepDown(absl::StrCat("no majority of the voters acknowledged a message sent "
                                 "within the last ", node_.options().lease_ms,
                                 " ms (lease_ms) for an election time-out (",

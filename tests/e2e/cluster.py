@@ -234,5 +234,8 @@ class Cluster:
         try:
             return wait_until(same, timeout, "all nodes at the leader's sequence")
         except AssertionError as e:
-            raise AssertionError(f"{e}: {seqs}\n" + "\n".join(
-                f"--- {nid}\n{self.log(nid)[-2000:]}" for nid in self.procs)) from None
+            raise AssertionError(f"{e}: {seqs}\n{self.log_tails()}") from None
+
+    def log_tails(self, chars=2000):
+        """The end of each running node's log, for a failure's message."""
+        return "\n".join(f"--- {nid}\n{self.log(nid)[-chars:]}" for nid in self.procs)

@@ -26,8 +26,11 @@ class FailoverTest(unittest.TestCase):
         c = Cluster(3, replication=settings)
         self.addCleanup(c.close)
         c.start_all()
-        wait_until(lambda: all(c.status(n)["role"] == "follower" and c.status(n)["ready"]
-                               for n in ("n2", "n3")), 30, "n2 and n3 streaming")
+        try:
+            wait_until(lambda: all(c.status(n)["role"] == "follower" and c.status(n)["ready"]
+                                   for n in ("n2", "n3")), 30, "n2 and n3 streaming")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{c.log_tails()}") from None
         return c
 
     def following(self, c, nid, leader=None):
@@ -131,6 +134,30 @@ class FailoverTest(unittest.TestCase):
         self.assertEqual(c.status(leader)["latest_seq"], latest, "the retries wrote nothing")
         fresh = c.cli("--request-id", "order-2", "put", "order", "fourth").stdout
         self.assertNotIn("already written", fresh)
+
+    def test_a_new_clusters_leader_waits_for_followers_that_start_later(self):
+        """Started seconds before its followers, the first leader keeps its epoch and takes no
+        write until a majority answers, instead of stepping down for want of one (after which
+        any node might have been elected)."""
+        c = Cluster(3, replication={"failover": True})
+        self.addCleanup(c.close)
+        c.start("n1")
+        deadline = time.monotonic() + 3  # more than three election time-outs
+        while time.monotonic() < deadline:
+            st = c.status("n1")
+            self.assertEqual((st["role"], st["epoch"]), ("leader", 1))
+            self.assertIn("no lease", st["failover"])
+            time.sleep(0.2)
+        r = c.cli("--node", "n1", "put", "early", "1", check=False)
+        self.assertNotEqual(r.returncode, 0, "a leader without a majority took a write")
+        self.assertIn("has not heard from a majority", r.stderr)
+        c.start("n2")
+        c.start("n3")
+        self.put_until_acked(c, "n1", "k", "v")
+        wait_until(lambda: all(self.following(c, n, "n1") for n in ("n2", "n3")), 30,
+                   "n2 and n3 to follow n1")
+        self.assertEqual(c.status("n1")["epoch"], 1)
+        self.assertNotIn("STEPPING DOWN", c.log("n1"))
 
     def test_the_most_up_to_date_follower_wins(self):
         c = self.cluster(mode="semi-sync", acks=1)
