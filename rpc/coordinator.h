@@ -60,6 +60,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   int64_t lease_id() const { return lease_id_; }
   // The last failure to reach etcd ("" after a success), for status and health.
   const std::string& error() const { return error_; }
+  // Whether etcd answers: the last read of the leader key and the last call since succeeded.
+  bool reachable() const { return leader_known_ && error_.empty(); }
   const CoordinatorOptions& options() const { return options_; }
 
   // Takes the leader key when it is absent: the epoch it leads (the key's create revision),

@@ -10,6 +10,7 @@
 
 #include "rpc/client_service.h"
 #include "rpc/convert.h"
+#include "rpc/coordinator.h"
 #include "rpc/node.h"
 
 namespace walship::rpc {
@@ -146,6 +147,9 @@ NodeMetrics GatherMetrics(Node& node) {
   m.engine = node.engine().Figures();
   m.followers = node.role().FollowerInfos();
   m.staleness_us = node.role().ReadPositionFor(0, node.engine().LatestSequence()).lag_us;
+  if (const Coordinator* c = node.coordinator(); c != nullptr) {
+    m.coordinator_reachable = c->reachable() ? 1 : 0;
+  }
   return m;
 }
 
@@ -164,6 +168,10 @@ HealthFacts GatherHealth(Node& node) {
     f.storage_error = std::string(e.message());
   }
   f.leader_address = role.LeaderAddress();
+  if (const Coordinator* c = node.coordinator(); c != nullptr) {
+    f.coordinator = c->Describe();
+    f.coordinator_reachable = c->reachable();
+  }
   return f;
 }
 

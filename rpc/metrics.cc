@@ -153,6 +153,11 @@ void NodeFamilies(Exposition& x, const NodeMetrics& m) {
   x.One("walship_http_connections_refused_total", "counter",
         "Connections to this HTTP port closed unanswered: as many were open as it serves.",
         m.http_connections_refused);
+  if (m.coordinator_reachable >= 0) {
+    x.One("walship_coordinator_reachable", "gauge",
+          "1 while etcd answers this node's reads of the leader key and lease calls, else 0.",
+          uint64_t{m.coordinator_reachable == 1 ? 1u : 0u});
+  }
 }
 
 void RequestFamilies(Exposition& x, const NodeMetrics& m) {
@@ -382,6 +387,10 @@ HttpAnswer AnswerHealth(const HealthFacts& f, std::string_view path, std::string
                          {"latest_seq", f.latest_seq},
                          {"staleness_ms", f.staleness_us < 0 ? -1 : f.staleness_us / 1000}};
   if (!f.leader_address.empty()) body["leader_address"] = f.leader_address;
+  if (!f.coordinator.empty()) {
+    body["coordinator"] = f.coordinator;
+    body["coordinator_reachable"] = f.coordinator_reachable;
+  }
   std::string why;
   if (path == "/health") {
     if (!query.empty()) {

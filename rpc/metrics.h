@@ -46,6 +46,9 @@ struct NodeMetrics {
   // ReadPosition::lag_us): 0 on the leader that takes writes, -1 when unknown.
   int64_t staleness_us = -1;
   uint64_t http_connections_refused = 0;  // HTTP connections closed over the cap
+  // With [coordinator]: 1 while etcd answers (the last read of the leader key and the last
+  // lease call succeeded), else 0; -1 without a coordinator.
+  int coordinator_reachable = -1;
 };
 
 // The Prometheus text exposition format (version 0.0.4) of `m`.
@@ -62,6 +65,11 @@ struct HealthFacts {
   std::string storage_error;  // "" when RocksDB takes writes
   int64_t staleness_us = -1;  // as NodeMetrics::staleness_us
   std::string leader_address;  // the leader this node follows, when known
+  // With [coordinator]: what status says of it (endpoint, key holder, lease), and whether
+  // etcd answers. A follower cut off from etcd still serves reads: /health stays 200 and
+  // says so; a leader cut off stops taking writes within its lease (/leader: 503).
+  std::string coordinator;
+  bool coordinator_reachable = false;
 };
 
 struct HttpAnswer {

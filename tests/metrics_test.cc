@@ -177,6 +177,11 @@ TEST(MetricsTest, AFollowersExpositionHasItsOwnLagAndNoPerFollowerFamilies) {
   EXPECT_EQ(p.samples.at("walship_ready"), 1);
   EXPECT_EQ(p.samples.at("walship_staleness_seconds"), -1);
   EXPECT_EQ(p.types.count("walship_replication_lag_seconds"), 0u);
+  EXPECT_EQ(p.types.count("walship_coordinator_reachable"), 0u);  // no [coordinator]
+  m.coordinator_reachable = 0;
+  EXPECT_EQ(Parse(PrometheusText(m)).samples.at("walship_coordinator_reachable"), 0);
+  m.coordinator_reachable = 1;
+  EXPECT_EQ(Parse(PrometheusText(m)).samples.at("walship_coordinator_reachable"), 1);
 }
 
 HealthFacts Leader() {
@@ -249,6 +254,27 @@ TEST(HealthTest, ALeaderWhoseLeaseLapsedIsNotTheLeader) {
   HttpAnswer a = AnswerHealth(lapsed, "/leader", "");
   EXPECT_EQ(a.status, 503);
   EXPECT_EQ(nlohmann::json::parse(a.body)["reason"], lapsed.write_refusal);
+}
+
+TEST(HealthTest, AFollowerCutOffFromEtcdStillServesReadsAndSaysSo) {
+  HealthFacts cut_off = Follower(0);
+  cut_off.coordinator = "etcd http://127.0.0.1:2379: unreachable (connect(): refused \xff)";
+  cut_off.coordinator_reachable = false;
+  for (const char* path : {"/health", "/replica"}) {
+    HttpAnswer a = AnswerHealth(cut_off, path, "");
+    EXPECT_EQ(a.status, 200) << path;
+    nlohmann::json body = nlohmann::json::parse(a.body);
+    EXPECT_EQ(body["coordinator_reachable"], false) << path;
+    EXPECT_NE(body["coordinator"].get<std::string>().find("unreachable"), std::string::npos);
+  }
+  HealthFacts reached = Leader();
+  reached.coordinator = "etcd http://127.0.0.1:2379: leader key held by 'n1' (epoch 9)";
+  reached.coordinator_reachable = true;
+  EXPECT_EQ(nlohmann::json::parse(AnswerHealth(reached, "/health", "").body)
+                ["coordinator_reachable"], true);
+  // Without a coordinator the body does not mention one.
+  EXPECT_FALSE(nlohmann::json::parse(AnswerHealth(Leader(), "/health", "").body)
+                   .contains("coordinator"));
 }
 
 TEST(HealthTest, BytesThatAreNotUtf8InThePathStillGetAnAnswer) {

@@ -12,11 +12,23 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 from cluster import TESTLOAD, WALSHIPD, Cluster, wait_until
 from etcd import Etcd
 
 NEW_LEADER_WITHIN_S = 20  # a generous bound; bench/failover.py measures the real figures
+
+
+def http_get(c, nid, path):
+    """(status, body) of a GET on node nid's HTTP port; a JSON body parsed."""
+    try:
+        with urllib.request.urlopen(f"http://{c.http[nid]}{path}", timeout=10) as r:
+            status, body = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read().decode()
+    return status, (body if path == "/metrics" else json.loads(body))
 
 
 class Blackhole:
@@ -86,11 +98,11 @@ class EtcdTest(unittest.TestCase):
         self.addCleanup(self.etcd.close)
         self.etcd.start()
 
-    def cluster(self, start=True, **coordinator):
+    def cluster(self, start=True, http=False, **coordinator):
         settings = {"etcd": self.etcd.endpoints}
         settings.update(coordinator)
         c = Cluster(3, replication={"mode": "semi-sync", "acks": 1, "ack_level": "flushed"},
-                    coordinator=settings)
+                    coordinator=settings, http=http)
         self.addCleanup(c.close)
         if start:
             c.start_all()
@@ -190,7 +202,7 @@ class EtcdTest(unittest.TestCase):
         self.assertEqual(c.scan_all("n2"), c.scan_all("n3"))
 
     def test_a_leader_cut_off_from_etcd_stops_taking_writes_before_another_leads(self):
-        c = self.cluster(start=False, lease_ttl_s=1, poll_ms=50)
+        c = self.cluster(start=False, http=True, lease_ttl_s=1, poll_ms=50)
         # n1 reaches etcd only through a proxy that the test cuts; n2 and n3 reach it directly.
         proxy = Blackhole(("127.0.0.1", int(self.etcd.endpoints[0].rsplit(":", 1)[1])))
         self.addCleanup(proxy.close)
@@ -228,6 +240,14 @@ class EtcdTest(unittest.TestCase):
         wait_until(lambda: self.following(c, "n1", leader), 30, "n1 to follow")
         c.wait_converged(60)
         self.assertEqual(c.scan_all("n1"), c.scan_all(leader))
+        # Health says which node cannot reach etcd; n1 still serves reads.
+        status, health = http_get(c, "n1", "/health")
+        self.assertEqual(status, 200, health)
+        self.assertFalse(health["coordinator_reachable"])
+        self.assertIn("unreachable", health["coordinator"])
+        self.assertIn("walship_coordinator_reachable 0", http_get(c, "n1", "/metrics")[1])
+        self.assertTrue(http_get(c, leader, "/health")[1]["coordinator_reachable"])
+        self.assertIn("walship_coordinator_reachable 1", http_get(c, leader, "/metrics")[1])
 
     def test_etcds_own_leader_killed_under_load_loses_nothing(self):
         c = self.cluster()
