@@ -31,46 +31,71 @@ CandidateTurn TurnToTake(const CandidateOptions& options, const LogPosition& min
                          int64_t now_us) {
   CandidateTurn turn;
   const int64_t waited_us = now_us - vacant_since_us;
+  const bool known = !m.members.empty();
   const Candidacy* fittest = nullptr;
-  size_t heard = 0;
+  size_t heard = 0;    // voters that published
+  size_t covered = 0;  // of them, those whose log this node's is fitter than
   for (const Candidacy& c : others) {
     if (c.node == options.self) continue;
     // Learners and strangers do not count (anyone does while no membership is known).
     const Member* member = m.Find(c.node);
-    if (!m.members.empty() && (member == nullptr || !member->voter)) continue;
+    if (known && (member == nullptr || !member->voter)) continue;
     ++heard;
-    if (Fitter(c.position, c.node, mine, options.self) &&
-        (fittest == nullptr || Fitter(c.position, c.node, fittest->position, fittest->node))) {
+    if (!Fitter(c.position, c.node, mine, options.self)) {
+      ++covered;
+    } else if (fittest == nullptr || Fitter(c.position, c.node, fittest->position,
+                                            fittest->node)) {
       fittest = &c;
     }
   }
+  // A majority of the voters, this node included, whose logs this node's covers: one of them
+  // holds every write a majority acknowledged (as the vote's majority does), so this node
+  // holds it too. With no membership known only the gathering time tells.
+  const Member* me = m.Find(options.self);
+  const size_t with_me = covered + (!known || (me != nullptr && me->voter) ? 1 : 0);
+  const size_t majority = known ? m.Majority() : 1;
+  const std::string short_of =
+      absl::StrCat("; it covers ", with_me, " of the ", majority, " voters it needs");
   if (fittest != nullptr) {
-    if (waited_us >= int64_t{options.wait_ms} * 1000) {
+    const std::string fitter = absl::StrCat("'", fittest->node, "', whose log (",
+                                            Describe(fittest->position),
+                                            ") is fitter than this node's (", Describe(mine),
+                                            ")");
+    if (waited_us < int64_t{options.wait_ms} * 1000) {
+      turn.why = absl::StrCat("waiting for ", fitter);
+    } else if (with_me < majority) {
+      turn.why = absl::StrCat("waiting for ", fitter, ", or for more voters that it is "
+                              "fitter than to publish", short_of);
+    } else {
       turn.take = true;
-      turn.why = absl::StrCat("'", fittest->node, "' holds a fitter log (",
-                              Describe(fittest->position), ") but has not taken the key in ",
-                              options.wait_ms, " ms");
-      return turn;
+      turn.why = absl::StrCat(fitter, " has not taken the key in ", options.wait_ms,
+                              " ms; this node's log is the fittest of ", with_me,
+                              " voters, a majority");
     }
-    turn.why = absl::StrCat("waiting for '", fittest->node, "', whose log (",
-                            Describe(fittest->position), ") is fitter than this node's (",
-                            Describe(mine), ")");
     return turn;
   }
   // The voters that may still publish: every voter but this node and the last leader (with
   // no membership known, only the gathering time tells).
-  size_t expected = m.members.empty() ? SIZE_MAX : 0;
-  if (!m.members.empty()) for (const std::string& v : m.VotersExcept(options.self)) {
-    if (v != last_leader) ++expected;
+  size_t expected = known ? 0 : SIZE_MAX;
+  if (known) {
+    for (const std::string& v : m.VotersExcept(options.self)) {
+      if (v != last_leader) ++expected;
+    }
   }
-  if (heard >= expected || waited_us >= int64_t{options.gather_ms} * 1000) {
-    turn.take = true;
-    turn.why = absl::StrCat("its log (", Describe(mine), ") is the fittest of ", heard + 1,
-                            " candidates");
+  if (heard < expected && waited_us < int64_t{options.gather_ms} * 1000) {
+    turn.why = absl::StrCat("gathering candidacies (", heard, " of ", expected,
+                            " other voters so far)");
     return turn;
   }
-  turn.why = absl::StrCat("gathering candidacies (", heard, " of ", expected,
-                          " other voters so far)");
+  if (with_me < majority) {
+    turn.why = absl::StrCat("too few voters have published their logs (", heard, " of ",
+                            expected, " others)", short_of,
+                            ": a voter that has not may hold acknowledged writes");
+    return turn;
+  }
+  turn.take = true;
+  turn.why = absl::StrCat("its log (", Describe(mine), ") is the fittest of ", heard + 1,
+                          " candidates");
   return turn;
 }
 

@@ -19,9 +19,13 @@
 // that published holds a more up-to-date log (the same comparison as the vote's: a later
 // epoch, or the same and further; the lower id between equal logs), once every voter but the
 // last leader has published or a gathering time has passed (so that a lagging node that saw
-// the vacancy first does not take the key before the others could say where they stand). A
-// node that is not the fittest waits a bounded time and then takes the key itself, so that a
-// dead or stuck best candidate does not leave the cluster leaderless.
+// the vacancy first does not take the key before the others could say where they stand), and
+// only when the voters whose logs it covers, itself included, are a majority: as with the
+// vote, one of any majority holds every write a majority acknowledged. A node that is not the
+// fittest waits a bounded time for the fittest to take the key, and then takes it itself when
+// the voters it covers are a majority without the fitter ones, so that a stuck best candidate
+// does not leave a cluster leaderless that can do without it; a dead one's candidacy goes
+// with its lease.
 //
 // Thread safety: none; one thread at a time.
 #pragma once
@@ -55,7 +59,8 @@ struct CandidateOptions {
   // Until every voter but the last leader has published, a node takes the key as the fittest
   // only this long after it saw the key gone.
   uint32_t gather_ms = 300;
-  // A node that is not the fittest takes the key this long after it saw it gone.
+  // A node that is not the fittest takes the key this long after it saw it gone, when the
+  // voters whose logs it covers, itself included, are a majority.
   uint32_t wait_ms = 2000;
 };
 

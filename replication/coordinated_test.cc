@@ -45,8 +45,16 @@ TEST(TurnToTakeTest, ALaggingNodeThatSawTheVacancyFirstWaitsForTheOthers) {
   CandidateTurn early = TurnToTake(Options("n3"), At(100, 5), all, m, "n1", 0, 100 * kMs);
   EXPECT_FALSE(early.take);
   EXPECT_NE(early.why.find("gathering"), std::string::npos) << early.why;
-  // n2 never publishes (dead, or cut off from etcd): n3 takes after the gathering time.
-  EXPECT_TRUE(TurnToTake(Options("n3"), At(100, 5), all, m, "n1", 0, 300 * kMs).take);
+  // n2 never publishes (dead, or cut off from etcd, holding writes acknowledged by a
+  // majority of n1 and n2): n3 alone is no majority, and waits, as the vote would.
+  CandidateTurn alone = TurnToTake(Options("n3"), At(100, 5), all, m, "n1", 0, 60'000 * kMs);
+  EXPECT_FALSE(alone.take);
+  EXPECT_NE(alone.why.find("too few voters"), std::string::npos) << alone.why;
+  // Of five voters, three that published make a majority once the gathering time is over.
+  Membership five = Voters({"n1", "n2", "n3", "n4", "n5"});
+  std::vector<Candidacy> three = {{"n3", At(100, 5)}, {"n4", At(90, 5)}, {"n5", At(100, 5)}};
+  EXPECT_FALSE(TurnToTake(Options("n3"), At(100, 5), three, five, "n1", 0, 299 * kMs).take);
+  EXPECT_TRUE(TurnToTake(Options("n3"), At(100, 5), three, five, "n1", 0, 300 * kMs).take);
 }
 
 TEST(TurnToTakeTest, ALaterEpochBeatsALongerLog) {
@@ -64,12 +72,24 @@ TEST(TurnToTakeTest, EqualLogsGoToTheLowerId) {
 }
 
 TEST(TurnToTakeTest, AFitterNodeThatDoesNotTakeTheKeyIsWaitedForOnlySoLong) {
-  Membership m = Voters({"n1", "n2", "n3"});
-  std::vector<Candidacy> all = {{"n2", At(120, 5)}, {"n3", At(100, 5)}};
+  // Of five voters, n2 holds the most and does not act; n3, n4 and n5 are a majority without
+  // it, and n3 the fittest of them: one of them holds every acknowledged write.
+  Membership m = Voters({"n1", "n2", "n3", "n4", "n5"});
+  std::vector<Candidacy> all = {
+      {"n2", At(120, 5)}, {"n3", At(100, 5)}, {"n4", At(95, 5)}, {"n5", At(90, 5)}};
   EXPECT_FALSE(TurnToTake(Options("n3"), At(100, 5), all, m, "n1", 0, 1999 * kMs).take);
   CandidateTurn late = TurnToTake(Options("n3"), At(100, 5), all, m, "n1", 0, 2000 * kMs);
-  EXPECT_TRUE(late.take);
+  EXPECT_TRUE(late.take) << late.why;
   EXPECT_NE(late.why.find("has not taken the key"), std::string::npos) << late.why;
+  // n4 is not the fittest of any majority: it never takes the key.
+  EXPECT_FALSE(TurnToTake(Options("n4"), At(95, 5), all, m, "n1", 0, 60'000 * kMs).take);
+  // Of three voters, the fitter n2 is needed for a majority: n3 waits for it however long
+  // (its candidacy leaves etcd with its lease should it die).
+  Membership three = Voters({"n1", "n2", "n3"});
+  std::vector<Candidacy> two = {{"n2", At(120, 5)}, {"n3", At(100, 5)}};
+  CandidateTurn wait = TurnToTake(Options("n3"), At(100, 5), two, three, "n1", 0, 60'000 * kMs);
+  EXPECT_FALSE(wait.take);
+  EXPECT_NE(wait.why.find("waiting for 'n2'"), std::string::npos) << wait.why;
 }
 
 TEST(TurnToTakeTest, LearnersAndStrangersDoNotCount) {
