@@ -99,39 +99,45 @@ void Coordinator::NoteError(const absl::Status& s) {
   error_ = std::move(e);
 }
 
+kj::Promise<void> Coordinator::LeaseLoop() {
+  return RenewLease()
+      .catch_([this](kj::Exception&& e) {
+        NoteError(absl::InternalError(
+            absl::StrCat("renewing the lease failed: ", e.getDescription().cStr())));
+        return options_.poll_ms;
+      })
+      .then([this](uint32_t delay_ms) {
+        return io_.provider->getTimer()
+            .afterDelay(delay_ms * kj::MILLISECONDS)
+            .then([this]() { return LeaseLoop(); });
+      });
+}
+
 // The node's lease: granted when it has none, renewed a third of its time-to-live apart (a
 // failed renewal is tried again a poll interval later).
-kj::Promise<void> Coordinator::LeaseLoop() {
-  kj::Timer& timer = io_.provider->getTimer();
+kj::Promise<uint32_t> Coordinator::RenewLease() {
   const uint32_t renew_ms = options_.lease_ttl_s * 1000 / 3;
   int64_t sent = now_us_();
   if (lease_id_ == 0) {
-    return etcd_.Grant(options_.lease_ttl_s)
-        .then([this, sent, renew_ms, &timer](absl::StatusOr<EtcdLease> g) {
-          if (!g.ok()) {
-            NoteError(g.status());
-            return timer.afterDelay(options_.poll_ms * kj::MILLISECONDS).then([this]() {
-              return LeaseLoop();
-            });
-          }
-          lease_id_ = g->id;
-          lease_.OnRenewed(sent, g->ttl_s);
-          error_.clear();
-          spdlog::info("etcd: lease {:x} granted ({} s)", lease_id_, g->ttl_s);
-          Notify();
-          return timer.afterDelay(renew_ms * kj::MILLISECONDS).then([this]() {
-            return LeaseLoop();
-          });
-        });
+    return etcd_.Grant(options_.lease_ttl_s).then([this, sent, renew_ms](
+                                                      absl::StatusOr<EtcdLease> g) {
+      if (!g.ok()) {
+        NoteError(g.status());
+        return options_.poll_ms;
+      }
+      lease_id_ = g->id;
+      lease_.OnRenewed(sent, g->ttl_s);
+      error_.clear();
+      spdlog::info("etcd: lease {:x} granted ({} s)", lease_id_, g->ttl_s);
+      Notify();
+      return renew_ms;
+    });
   }
-  return etcd_.KeepAlive(lease_id_).then([this, sent, renew_ms,
-                                          &timer](absl::StatusOr<int64_t> ttl) {
+  return etcd_.KeepAlive(lease_id_).then([this, sent, renew_ms](absl::StatusOr<int64_t> ttl) {
     if (!ttl.ok()) {
       NoteError(ttl.status());
       Notify();
-      return timer.afterDelay(options_.poll_ms * kj::MILLISECONDS).then([this]() {
-        return LeaseLoop();
-      });
+      return options_.poll_ms;
     }
     error_.clear();
     if (*ttl <= 0) {
@@ -139,49 +145,60 @@ kj::Promise<void> Coordinator::LeaseLoop() {
       lease_.OnLost();
       lease_id_ = 0;
       Notify();
-      return LeaseLoop();
+      return 0u;
     }
     bool was_alive = lease_.Holds(now_us_());
     lease_.OnRenewed(sent, *ttl);
     if (!was_alive) Notify();
-    return timer.afterDelay(renew_ms * kj::MILLISECONDS).then([this]() { return LeaseLoop(); });
+    return renew_ms;
   });
 }
 
 kj::Promise<void> Coordinator::PollLoop() {
-  int64_t sent = now_us_();
-  return etcd_.Get(leader_key())
-      .then([this, sent](absl::StatusOr<std::optional<EtcdKv>> kv) {
-        if (!kv.ok()) {
-          NoteError(kv.status());
-          leader_known_ = false;
-        } else {
-          leader_known_ = true;
-          read_us_ = sent;
-          if (!kv->has_value()) {
-            leader_.reset();
-          } else {
-            absl::StatusOr<replication::LeaderKey> k = DecodeLeaderValue((*kv)->value);
-            if (!k.ok()) {
-              // Held by something walship cannot read: nobody here takes it over.
-              NoteError(k.status());
-              k = replication::LeaderKey{};
-            } else if (k->cluster != cluster_) {
-              NoteError(absl::FailedPreconditionError(absl::StrCat(
-                  "the leader key ", leader_key(), " names cluster '", k->cluster,
-                  "', not '", cluster_, "': two clusters share the prefix")));
-            }
-            k->epoch = static_cast<replication::Epoch>((*kv)->create_revision);
-            k->lease = (*kv)->lease;
-            if (!k->node.empty()) last_holder_ = k->node;
-            leader_ = *k;
-          }
-        }
-        Notify();
+  return ReadLeaderKey()
+      .catch_([this](kj::Exception&& e) {
+        NoteError(absl::InternalError(
+            absl::StrCat("reading the leader key failed: ", e.getDescription().cStr())));
+      })
+      .then([this]() {
         return io_.provider->getTimer()
             .afterDelay(options_.poll_ms * kj::MILLISECONDS)
             .then([this]() { return PollLoop(); });
       });
+}
+
+kj::Promise<void> Coordinator::ReadLeaderKey() {
+  int64_t sent = now_us_();
+  return etcd_.Get(leader_key()).then([this, sent](absl::StatusOr<std::optional<EtcdKv>> kv) {
+    // Sent before this node took or gave up the key: it knows better than this answer.
+    if (sent < changed_us_) return;
+    if (!kv.ok()) {
+      NoteError(kv.status());
+      leader_known_ = false;
+    } else {
+      leader_known_ = true;
+      read_us_ = sent;
+      if (!kv->has_value()) {
+        leader_.reset();
+      } else {
+        absl::StatusOr<replication::LeaderKey> k = DecodeLeaderValue((*kv)->value);
+        if (!k.ok()) {
+          // Held by something walship cannot read: nobody here takes it over.
+          NoteError(k.status());
+          k = replication::LeaderKey{};
+        } else if (k->cluster != cluster_) {
+          NoteError(absl::FailedPreconditionError(absl::StrCat(
+              "the leader key ", leader_key(), " names cluster '", k->cluster, "', not '",
+              cluster_, "': two clusters share the prefix")));
+        }
+        k->epoch = static_cast<replication::Epoch>((*kv)->create_revision);
+        k->lease = (*kv)->lease;
+        if (!k->node.empty()) last_holder_ = k->node;
+        leader_ = *k;
+      }
+    }
+    Notify();
+  });
 }
 
 // A read of the key that failed changes nothing here: a key bound to this node's live lease
@@ -216,6 +233,7 @@ kj::Promise<absl::StatusOr<replication::Epoch>> Coordinator::Take() {
         leader_ = k;
         leader_known_ = true;
         last_holder_ = self_;
+        changed_us_ = now_us_();
         spdlog::warn("etcd: took the leader key {} at revision {}", leader_key(), c->revision);
         return k.epoch;
       });
@@ -224,7 +242,10 @@ kj::Promise<absl::StatusOr<replication::Epoch>> Coordinator::Take() {
 kj::Promise<absl::StatusOr<bool>> Coordinator::Release(replication::Epoch epoch) {
   return etcd_.DeleteIfCreated(leader_key(), static_cast<int64_t>(epoch))
       .then([this, epoch](absl::StatusOr<bool> deleted) {
-        if (deleted.ok() && leader_.has_value() && leader_->epoch == epoch) leader_.reset();
+        if (deleted.ok() && leader_.has_value() && leader_->epoch == epoch) {
+          leader_.reset();
+          changed_us_ = now_us_();
+        }
         return deleted;
       });
 }

@@ -54,6 +54,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   const std::string& last_holder() const { return last_holder_; }
   // Whether this node holds the leader key for `epoch` under its live lease now.
   bool Holds(replication::Epoch epoch) const;
+  // The same for whichever epoch the key it holds is of.
+  bool HoldsKey() const { return leader_.has_value() && Holds(leader_->epoch); }
   // Whether this node's lease is alive now, and until when (monotonic µs).
   bool LeaseAlive() const { return lease_.Holds(now_us_()); }
   int64_t lease_until_us() const { return lease_.until_us(); }
@@ -83,8 +85,12 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
 
  private:
   void taskFailed(kj::Exception&& e) override;
+  // Each loop goes on whatever one turn does: a turn that fails (an exception, from etcd's
+  // answer or a listener) is noted, and the next comes a poll interval later.
   kj::Promise<void> LeaseLoop();
+  kj::Promise<uint32_t> RenewLease();  // the milliseconds until the next renewal
   kj::Promise<void> PollLoop();
+  kj::Promise<void> ReadLeaderKey();
   void Notify();
   void NoteError(const absl::Status& s);
 
@@ -102,6 +108,8 @@ class Coordinator final : private kj::TaskSet::ErrorHandler {
   bool leader_known_ = false;
   std::optional<replication::LeaderKey> leader_;
   int64_t read_us_ = 0;  // when the leader key was last read
+  // When this node last took or gave up the key: a read sent before tells less than it knows.
+  int64_t changed_us_ = 0;
   std::string last_holder_;
   std::string error_;
   kj::TaskSet tasks_;  // last: destroyed first

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <charconv>
+#include <stdexcept>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -15,9 +16,19 @@ using json = nlohmann::json;
 
 std::string B64(const std::string& s) { return absl::Base64Escape(s); }
 
-std::string UnB64(const json& j) {
+// An answer of another shape than etcd's: caught by Decoded, which names it.
+struct BadAnswer : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A base64 field of `obj` ("" when absent: the gateway leaves out empty ones).
+std::string UnB64(const json& obj, const char* name) {
+  auto it = obj.find(name);
+  if (it == obj.end()) return "";
   std::string out;
-  if (j.is_string()) absl::Base64Unescape(j.get<std::string>(), &out);
+  if (!it->is_string() || !absl::Base64Unescape(it->get<std::string>(), &out)) {
+    throw BadAnswer(absl::StrCat("field '", name, "' is not base64"));
+  }
   return out;
 }
 
@@ -35,10 +46,12 @@ int64_t Int(const json& obj, const char* name) {
 }
 
 EtcdKv KvOf(const json& kv) {
+  if (!kv.is_object()) throw BadAnswer("a key-value that is not an object");
   EtcdKv out;
-  out.key = UnB64(kv.value("key", json()));
-  out.value = UnB64(kv.value("value", json()));
+  out.key = UnB64(kv, "key");
+  out.value = UnB64(kv, "value");
   out.create_revision = Int(kv, "create_revision");
+  if (out.create_revision <= 0) throw BadAnswer("a key without its create_revision");
   out.mod_revision = Int(kv, "mod_revision");
   out.lease = Int(kv, "lease");
   return out;
@@ -66,10 +79,26 @@ absl::StatusOr<json> Parse(const absl::StatusOr<std::string>& body) {
   // An error inside a 200 answer (a streamed call's error).
   if (j.contains("error")) {
     const json& e = j["error"];
-    std::string msg = e.is_object() ? e.value("message", e.dump()) : e.dump();
+    auto m = e.is_object() ? e.find("message") : e.end();  // else the error as it is
+    std::string msg = m != e.end() && m->is_string() ? m->get<std::string>() : e.dump();
     return absl::UnavailableError(absl::StrCat("etcd: ", msg));
   }
   return j;
+}
+
+// etcd's answer `body` read by `decode`: an answer of another shape than etcd's (a field of
+// another type, a key without its revision, a value that is not base64) is an error that
+// names it, never an exception that would end the caller's loop.
+template <typename T, typename Decode>
+absl::StatusOr<T> Decoded(const absl::StatusOr<std::string>& body, Decode decode) {
+  absl::StatusOr<json> j = Parse(body);
+  if (!j.ok()) return j.status();
+  try {
+    return decode(*j);
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat("etcd answered with something walship cannot "
+                                            "read (", e.what(), "): ", body->substr(0, 200)));
+  }
 }
 
 }  // namespace
@@ -180,26 +209,27 @@ kj::Promise<absl::StatusOr<std::string>> EtcdClient::CallAt(size_t index, std::s
 
 kj::Promise<absl::StatusOr<EtcdLease>> EtcdClient::Grant(int64_t ttl_s) {
   return Call("/v3/lease/grant", json{{"TTL", ttl_s}}.dump())
-      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<EtcdLease> {
-        absl::StatusOr<json> j = Parse(body);
-        if (!j.ok()) return j.status();
-        EtcdLease lease{Int(*j, "ID"), Int(*j, "TTL")};
-        if (lease.id == 0) {
-          return absl::UnavailableError(absl::StrCat("etcd granted no lease: ",
-                                                     j->value("error", j->dump())));
-        }
-        return lease;
+      .then([](absl::StatusOr<std::string> body) {
+        return Decoded<EtcdLease>(body, [](const json& j) -> absl::StatusOr<EtcdLease> {
+          EtcdLease lease{Int(j, "ID"), Int(j, "TTL")};
+          if (lease.id == 0) {
+            return absl::UnavailableError(absl::StrCat("etcd granted no lease: ", j.dump()));
+          }
+          return lease;
+        });
       });
 }
 
 kj::Promise<absl::StatusOr<int64_t>> EtcdClient::KeepAlive(int64_t lease) {
   return Call("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump())
-      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<int64_t> {
+      .then([](absl::StatusOr<std::string> body) {
         // A stream of answers; this client sends one request, so reads the first line.
         if (body.ok()) body = body->substr(0, body->find('\n'));
-        absl::StatusOr<json> j = Parse(body);
-        if (!j.ok()) return j.status();
-        return Int(j->value("result", json::object()), "TTL");
+        return Decoded<int64_t>(body, [](const json& j) -> absl::StatusOr<int64_t> {
+          // No result, or no TTL in it: etcd no longer holds the lease.
+          auto result = j.find("result");
+          return result == j.end() ? int64_t{0} : Int(*result, "TTL");
+        });
       });
 }
 
@@ -210,27 +240,29 @@ kj::Promise<absl::Status> EtcdClient::Revoke(int64_t lease) {
 
 kj::Promise<absl::StatusOr<std::optional<EtcdKv>>> EtcdClient::Get(std::string key) {
   return Call("/v3/kv/range", json{{"key", B64(key)}}.dump())
-      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<std::optional<EtcdKv>> {
-        absl::StatusOr<json> j = Parse(body);
-        if (!j.ok()) return j.status();
-        auto kvs = j->find("kvs");
-        if (kvs == j->end() || !kvs->is_array() || kvs->empty()) return std::nullopt;
-        return KvOf((*kvs)[0]);
+      .then([](absl::StatusOr<std::string> body) {
+        return Decoded<std::optional<EtcdKv>>(
+            body, [](const json& j) -> absl::StatusOr<std::optional<EtcdKv>> {
+              auto kvs = j.find("kvs");
+              if (kvs == j.end() || !kvs->is_array() || kvs->empty()) return std::nullopt;
+              return KvOf((*kvs)[0]);
+            });
       });
 }
 
 kj::Promise<absl::StatusOr<std::vector<EtcdKv>>> EtcdClient::GetPrefix(std::string prefix) {
   return Call("/v3/kv/range",
               json{{"key", B64(prefix)}, {"range_end", B64(PrefixEnd(prefix))}}.dump())
-      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<std::vector<EtcdKv>> {
-        absl::StatusOr<json> j = Parse(body);
-        if (!j.ok()) return j.status();
-        std::vector<EtcdKv> out;
-        auto kvs = j->find("kvs");
-        if (kvs != j->end() && kvs->is_array()) {
-          for (const json& kv : *kvs) out.push_back(KvOf(kv));
-        }
-        return out;
+      .then([](absl::StatusOr<std::string> body) {
+        return Decoded<std::vector<EtcdKv>>(
+            body, [](const json& j) -> absl::StatusOr<std::vector<EtcdKv>> {
+              std::vector<EtcdKv> out;
+              auto kvs = j.find("kvs");
+              if (kvs != j.end() && kvs->is_array()) {
+                for (const json& kv : *kvs) out.push_back(KvOf(kv));
+              }
+              return out;
+            });
       });
 }
 
@@ -247,6 +279,18 @@ kj::Promise<absl::Status> EtcdClient::Delete(std::string key) {
       .then([](absl::StatusOr<std::string> body) { return Parse(body).status(); });
 }
 
+namespace {
+
+// A transaction's "succeeded" (left out when false).
+bool Succeeded(const json& j) {
+  auto it = j.find("succeeded");
+  if (it == j.end()) return false;
+  if (!it->is_boolean()) throw BadAnswer("'succeeded' is not true or false");
+  return it->get<bool>();
+}
+
+}  // namespace
+
 kj::Promise<absl::StatusOr<EtcdCreate>> EtcdClient::CreateIfAbsent(std::string key,
                                                                    std::string value,
                                                                    int64_t lease) {
@@ -257,28 +301,31 @@ kj::Promise<absl::StatusOr<EtcdCreate>> EtcdClient::CreateIfAbsent(std::string k
                                          {"create_revision", "0"}}})},
            {"success", json::array({json{{"request_put", put}}})},
            {"failure", json::array({json{{"request_range", json{{"key", B64(key)}}}}})}};
-  return Call("/v3/kv/txn", txn.dump())
-      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<EtcdCreate> {
-        absl::StatusOr<json> j = Parse(body);
-        if (!j.ok()) return j.status();
-        EtcdCreate out;
-        out.created = j->value("succeeded", false);
-        out.revision = Int(j->value("header", json::object()), "revision");
-        if (!out.created) {
-          const json& responses = j->value("responses", json::array());
-          if (!responses.empty()) {
-            json range = responses[0].value("response_range", json::object());
-            auto kvs = range.find("kvs");
-            if (kvs != range.end() && kvs->is_array() && !kvs->empty()) {
+  return Call("/v3/kv/txn", txn.dump()).then([](absl::StatusOr<std::string> body) {
+    return Decoded<EtcdCreate>(body, [](const json& j) -> absl::StatusOr<EtcdCreate> {
+      EtcdCreate out;
+      out.created = Succeeded(j);
+      auto header = j.find("header");
+      if (header != j.end()) out.revision = Int(*header, "revision");
+      if (!out.created) {
+        auto responses = j.find("responses");
+        if (responses != j.end() && responses->is_array() && !responses->empty() &&
+            (*responses)[0].is_object()) {
+          auto range = (*responses)[0].find("response_range");
+          if (range != (*responses)[0].end() && range->is_object()) {
+            auto kvs = range->find("kvs");
+            if (kvs != range->end() && kvs->is_array() && !kvs->empty()) {
               out.holder = KvOf((*kvs)[0]);
             }
           }
         }
-        if (out.created && out.revision == 0) {
-          return absl::UnavailableError("etcd's answer to the transaction names no revision");
-        }
-        return out;
-      });
+      }
+      if (out.created && out.revision == 0) {
+        return absl::UnavailableError("etcd's answer to the transaction names no revision");
+      }
+      return out;
+    });
+  });
 }
 
 kj::Promise<absl::StatusOr<bool>> EtcdClient::DeleteIfCreated(std::string key,
@@ -288,12 +335,11 @@ kj::Promise<absl::StatusOr<bool>> EtcdClient::DeleteIfCreated(std::string key,
                                          {"result", "EQUAL"},
                                          {"create_revision", std::to_string(create_revision)}}})},
            {"success", json::array({json{{"request_delete_range", json{{"key", B64(key)}}}}})}};
-  return Call("/v3/kv/txn", txn.dump())
-      .then([](absl::StatusOr<std::string> body) -> absl::StatusOr<bool> {
-        absl::StatusOr<json> j = Parse(body);
-        if (!j.ok()) return j.status();
-        return j->value("succeeded", false);
-      });
+  return Call("/v3/kv/txn", txn.dump()).then([](absl::StatusOr<std::string> body) {
+    return Decoded<bool>(body, [](const json& j) -> absl::StatusOr<bool> {
+      return Succeeded(j);
+    });
+  });
 }
 
 }  // namespace walship::rpc
