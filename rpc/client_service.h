@@ -135,6 +135,10 @@ class ClientService final : public kj::TaskSet::ErrorHandler {
   absl::StatusOr<WriteSpec> SpecOf(schema::WriteRequest::Reader request) const;
   kj::Promise<WriteOutcome> Enqueue(std::vector<engine::WriteOp> ops,
                                     absl::StatusOr<WriteSpec> spec);
+  kj::Promise<WriteOutcome> EnqueueChecked(std::vector<engine::WriteOp> ops,
+                                           absl::StatusOr<WriteSpec> spec);
+  // With etcd choosing the leader: a write answered only while this node still holds the key.
+  WriteOutcome FenceByKey(WriteOutcome written) const;
   kj::Promise<WriteOutcome> Admit(std::vector<engine::WriteOp> ops, WriteSpec spec,
                                   absl::StatusOr<std::optional<engine::RequestOutcome>> first);
   kj::Promise<WriteOutcome> Queue(std::vector<engine::WriteOp> ops, WriteSpec spec);

@@ -10,6 +10,7 @@
 #include "replication/clock.h"
 #include "rpc/client_service.h"
 #include "rpc/convert.h"
+#include "rpc/coordinator.h"
 #include "rpc/node.h"
 
 namespace walship::rpc {
@@ -71,6 +72,30 @@ absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::Wr
 // it is written (or at once with the error that refused it).
 kj::Promise<WriteOutcome> ClientService::Enqueue(std::vector<engine::WriteOp> ops,
                                                  absl::StatusOr<WriteSpec> spec) {
+  kj::Promise<WriteOutcome> outcome = EnqueueChecked(std::move(ops), std::move(spec));
+  if (node_.coordinator() == nullptr) return outcome;
+  return outcome.then([this](WriteOutcome o) { return FenceByKey(std::move(o)); });
+}
+
+// With the vote, a voter that elected a new leader acknowledges nothing more of the old
+// epoch, so a write the old leader took under its lease but answers later (a stalled fsync, a
+// slow follower) was either acknowledged by voters that still followed it or not at all. With
+// etcd nothing fences the followers: the write is answered as in doubt once this node's hold
+// on the key ended, since the next leader may not hold it.
+WriteOutcome ClientService::FenceByKey(WriteOutcome written) const {
+  const Coordinator& c = *node_.coordinator();
+  if (!written.status.ok() || c.HoldsKey()) return written;
+  written.status = NotReplicatedError(absl::StrCat(
+      "written here at seq ", written.last_seq, " in epoch ", written.epoch, ", but this "
+      "node's hold on the leader key in etcd ended before the write was answered (",
+      c.Describe(), "): the next leader may not hold it; read it back from the leader to learn "
+      "its outcome"));
+  written.degraded = false;
+  return written;
+}
+
+kj::Promise<WriteOutcome> ClientService::EnqueueChecked(std::vector<engine::WriteOp> ops,
+                                                        absl::StatusOr<WriteSpec> spec) {
   auto fail = [](absl::Status s) -> kj::Promise<WriteOutcome> {
     return WriteOutcome{std::move(s)};
   };

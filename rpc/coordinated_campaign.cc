@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "replication/election.h"
 #include "rpc/node.h"
@@ -25,6 +27,9 @@ CoordinatedCampaign::CoordinatedCampaign(Node& node, Coordinator& coordinator,
 
 CoordinatedCampaign::~CoordinatedCampaign() noexcept(false) {
   coordinator_.ClearListener(listener_);
+  // A node that leaves the follower's role (to seed, to recover) stands no more: a candidacy
+  // left behind would say where its log ended, long after it went on.
+  Withdraw();
   FinishPromote(PromoteOutcome::Refused(absl::AbortedError("this node's role changed meanwhile")));
 }
 
@@ -119,6 +124,16 @@ void CoordinatedCampaign::Check() {
           return;
         }
         if (taking_ || vacant_since_us_ == 0 || coordinator_.leader().has_value()) return;
+        // Its own candidacy missing (a withdrawal of an earlier vacancy that reached etcd
+        // late): published again, or the others would wait for it.
+        if (std::none_of(all->begin(), all->end(), [&](const replication::Candidacy& c) {
+              return c.node == node_.options().node_id && c.position.seq == mine.seq &&
+                     c.position.epoch == mine.epoch;
+            })) {
+          published_.reset();
+          Check();
+          return;
+        }
         replication::CandidateTurn turn =
             replication::TurnToTake(options_, mine, *all, node_.membership(),
                                     coordinator_.last_holder(),
