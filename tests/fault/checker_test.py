@@ -93,6 +93,23 @@ class CheckerTest(unittest.TestCase):
         ops.append(read(1, "p1-k0", 1, "n2", 820, 830, min_seq=6))
         self.assertEqual(len(checker.check(ops, final).stale), 1)
 
+    def test_with_failover_an_async_write_may_be_lost_but_no_other(self):
+        ops, final = clean()
+        # p0 writes 5 asynchronously on n2 (epoch 2), n2 dies before shipping it, n3 is
+        # elected (epoch 3) and p0's next write, 6, lands there; a read by min-seq misses 5.
+        ops += [write(0, "p0-k0", 5, "n2", 800, 810, ep=2, seq=7, dur="async"),
+                read(0, "p0-k0", 4, "n3", 900, 910, min_seq=7),
+                write(0, "p0-k0", 6, "n3", 920, 930, ep=3, seq=7)]
+        for n in final["nodes"].values():
+            n["p0-k0"] = "4"  # before 6 lands everywhere: 5 is lost, and 6 too (below)
+        failover = checker.check(ops, final, ["failover"])
+        self.assertEqual([w["v"] for w, _ in failover.lost], [6], failover.lines())
+        self.assertEqual(failover.stale, [], failover.lines())
+        # Without failover the same history is a lost write and a stale read.
+        plain = checker.check(ops, final)
+        self.assertEqual([w["v"] for w, _ in plain.lost], [5, 6], plain.lines())
+        self.assertEqual(len(plain.stale), 1, plain.lines())
+
     def test_a_read_without_a_guarantee_may_be_old(self):
         ops, final = clean()
         ops.append(read(0, "p0-k0", 1, "n3", 800, 810, min_seq=0))

@@ -434,13 +434,14 @@ def main():
             nemesis.crashes.append(f"walship-faultload exited with {load.returncode}: "
                                    f"{out.strip()[-500:]}")
         unrecovered = converge(cluster, 120, nemesis)
-        final = {"nodes": {}, "unrecovered": unrecovered + nemesis.crashes, "faults": []}
+        final = {"nodes": {}, "unrecovered": unrecovered + nemesis.crashes,
+                 "faults": ["failover"] if args.failover else []}
         if not unrecovered:
             for nid in IDS:
                 final["nodes"][nid] = contents(cluster, nid)
         with open(os.path.join(workdir, "final.json"), "w") as f:
             json.dump(final, f)
-        report = checker.check(checker.load_history(history), final)
+        report = checker.check(checker.load_history(history), final, final["faults"])
         ops = checker.load_history(history)
         writes = [o for o in ops if o["f"] == "write"]
         results = collections.Counter(o["r"] for o in writes)
