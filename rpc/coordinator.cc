@@ -195,6 +195,13 @@ kj::Promise<void> Coordinator::ReadLeaderKey() {
         k->lease = (*kv)->lease;
         if (!k->node.empty()) last_holder_ = k->node;
         leader_ = *k;
+        // Taken under this node's lease by a role that has ended since (the take's answer
+        // came after the follower turned to re-seeding): no role here leads it, so it goes.
+        if (!listener_ && k->node == self_ && lease_id_ != 0 && k->lease == lease_id_) {
+          spdlog::warn("etcd: the leader key names this node, but no role here leads; "
+                       "giving it up");
+          ReleaseInBackground(k->epoch);
+        }
       }
     }
     Notify();
