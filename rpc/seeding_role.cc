@@ -75,8 +75,12 @@ void SeedingRole::Attempt() {
                        : absl::StrCat("; resuming: ", replication::HumanBytes(p.done_bytes),
                                       " of it verified by an earlier attempt"));
     }
+    // The last attempt's failure stays in status until one succeeds: a retry's progress
+    // would otherwise hide why the one before it failed.
+    std::string last_failure = std::move(progress_.error);
     progress_ = p;
     progress_.source = LeaderId();
+    if (progress_.error.empty()) progress_.error = std::move(last_failure);
   };
   tasks_.add(ConnectToPeer(node_.io(), address, node_.security())
                  .then([this, fo = std::move(fo)](kj::Own<PeerClient> conn) mutable {
