@@ -153,7 +153,8 @@ Election::Election(ElectionOptions options, uint64_t seed, int64_t now_us)
       rng_(seed),
       detector_(int64_t{options_.phi_min_std_ms} * 1000, PhiAccrualDetector::kDefaultWindow,
                 int64_t{options_.phi_max_wait_ms} * 1000) {
-  stand_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000 + Jitter();
+  suspect_at_us_ = now_us + int64_t{options_.election_timeout_ms} * 1000;
+  stand_at_us_ = suspect_at_us_ + Jitter();
 }
 
 int64_t Election::SuspectAt(int64_t contact_us) const {
@@ -183,18 +184,21 @@ void Election::OnLeaderContact(int64_t now_us) {
   phase_ = Phase::kFollowing;
   round_deadline_us_ = kNever;
   granted_.clear();
-  stand_at_us_ = SuspectAt(now_us) + Jitter();
+  suspect_at_us_ = SuspectAt(now_us);
+  stand_at_us_ = suspect_at_us_ + Jitter();
 }
 
 void Election::StandAt(int64_t at_us) {
   if (phase_ != Phase::kFollowing) return;
   stand_at_us_ = at_us;
+  suspect_at_us_ = std::min(suspect_at_us_, at_us);
 }
 
 void Election::GiveUp(int64_t now_us) {
   phase_ = Phase::kFollowing;
   round_deadline_us_ = kNever;
   granted_.clear();
+  suspect_at_us_ = now_us;
   stand_at_us_ = now_us + Jitter();
 }
 
@@ -279,6 +283,7 @@ void Election::StartRound(bool pre_vote, const NodeState& state, SequenceNumber 
   for (const std::string& voter : state.membership.VotersExcept(options_.self)) {
     out->send.emplace_back(voter, r);
   }
+  round_request_ = r;
   out->logs.push_back(absl::StrCat(pre_vote ? "standing for epoch " : "asking for votes in epoch ",
                                    epoch_, pre_vote ? " (pre-vote)" : "", "; log ends at ",
                                    Describe(mine)));
@@ -299,11 +304,41 @@ bool Election::OnPreVoteGranted(const VoteRequest& request, const NodeState& sta
   phase_ = Phase::kFollowing;
   round_deadline_us_ = kNever;
   granted_.clear();
-  stand_at_us_ = now_us + int64_t{options_.round_timeout_ms} * 1000 + Jitter();
+  // The fitter candidate gets its round: no early standing before it is over.
+  suspect_at_us_ = now_us + int64_t{options_.round_timeout_ms} * 1000;
+  stand_at_us_ = suspect_at_us_ + Jitter();
   out->logs.push_back(absl::StrCat("yields epoch ", epoch_, " to '", request.candidate, "', whose log ",
                                    equal ? "is as up to date (and whose id is lower)"
                                          : "is more up to date",
                                    "; standing again later unless a leader is heard"));
+  return true;
+}
+
+bool Election::OnPreVoteFromBehind(const VoteRequest& request, const NodeState& state,
+                                   SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
+  if (!may_stand_ || !request.pre_vote || request.candidate == options_.self ||
+      !IsVoter(state.membership, options_.self)) {
+    return false;
+  }
+  LogPosition mine = LogPositionOf(state, latest);
+  LogPosition theirs{request.last_seq, request.last_epoch, request.last_leader};
+  if (!AtLeastAsUpToDate(mine, theirs) || AtLeastAsUpToDate(theirs, mine)) return false;
+  if (phase_ == Phase::kPreVote || phase_ == Phase::kVote) {
+    auto it = granted_.find(request.candidate);
+    if (it == granted_.end() || it->second) return false;
+    // It refused this round, and stands now: what it refused for (a leader heard lately,
+    // most often) may be past. Asked again at once rather than at the next round.
+    granted_.erase(it);
+    out->send.emplace_back(request.candidate, round_request_);
+    out->logs.push_back(absl::StrCat("asking '", request.candidate, "' again for its ",
+                                     round_request_.pre_vote ? "pre-vote" : "vote", " in epoch ",
+                                     epoch_, ": it refused, and stands itself now"));
+    return true;
+  }
+  if (phase_ != Phase::kFollowing) return false;
+  int64_t at = std::max(now_us, suspect_at_us_);
+  if (at >= stand_at_us_) return false;
+  stand_at_us_ = at;
   return true;
 }
 

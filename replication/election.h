@@ -14,7 +14,9 @@
 // that a majority is out of reach, is given up, and the node stands again after another
 // random wait. A leader heard from meanwhile ends the election. A candidate that grants
 // another candidate's pre-vote in its own epoch yields to it when that one is the fitter
-// (OnPreVoteGranted), so that two who stood together do not split the vote.
+// (OnPreVoteGranted), so that two who stood together do not split the vote. A node asked by a
+// candidate whose log is behind its own stands without its jitter, or asks that candidate
+// again for the vote it refused (OnPreVoteFromBehind): the fittest does not wait on chance.
 //
 // A voter grants a vote (or a pre-vote) only when all of these hold:
 //   - the candidate is a voting member of the cluster, and so is the voter;
@@ -178,6 +180,18 @@ class Election {
   // Returns whether it yielded.
   bool OnPreVoteGranted(const VoteRequest& request, const NodeState& state, SequenceNumber latest,
                         int64_t now_us, ElectionOutbox* out);
+  // This node was asked for a pre-vote (`request`) by a candidate whose log is behind its own:
+  // another voter suspects the leader, and while this node is reachable the candidate
+  // cannot take its vote.
+  //   - Not standing: the random part of the jitter only keeps candidates of equal logs
+  //     apart, so this node drops it: it stands as soon as it suspects its leader itself (at
+  //     once, when it already does). It stands, as always, only once its own time-out (and
+  //     phi) says the leader is silent.
+  //   - Standing, refused by that candidate in this round: it asks it again at once (`out`),
+  //     since what it refused for (a leader heard lately) may be past now that it stands.
+  // Returns whether anything changed.
+  bool OnPreVoteFromBehind(const VoteRequest& request, const NodeState& state,
+                           SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
   // The answer to `request` (sent from an outbox) from its voter.
   void OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
                SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
@@ -209,11 +223,13 @@ class Election {
   Phase phase_ = Phase::kFollowing;
   bool may_stand_ = true;
   PhiAccrualDetector detector_;
-  int64_t stand_at_us_;  // kFollowing: when to stand if nothing is heard
+  int64_t stand_at_us_;    // kFollowing: when to stand if nothing is heard
+  int64_t suspect_at_us_;  // kFollowing: the same without the random part of the jitter
   int64_t round_deadline_us_ = kNever;
   Epoch epoch_ = 0;                      // the epoch of the current (or last) round
   Epoch seen_epoch_ = 0;                 // the highest epoch a refusal named
   std::map<std::string, bool> granted_;  // this round's answers, by voter
+  VoteRequest round_request_;            // what this round asks
   uint64_t majority_ = 1;
   uint64_t voters_ = 1;  // this round's voters, itself included
 };

@@ -159,6 +159,8 @@ class ElectionSim {
   uint64_t step_downs() const { return step_downs_; }
   uint64_t asked_after_restart() const { return asked_after_restart_; }
   uint64_t yields() const { return yields_; }
+  uint64_t sooner() const { return sooner_; }
+  uint64_t asked_again() const { return asked_again_; }
 
  private:
   void Fail(const std::string& why) {
@@ -448,6 +450,13 @@ class ElectionSim {
       if (v.election->OnPreVoteGranted(m.vote, v.state, v.latest, now_, &out)) ++yields_;
       Carry(v, out);
     }
+    if (m.vote.pre_vote && !a.reply.granted && !v.leads && v.election != nullptr) {
+      ElectionOutbox out;
+      if (v.election->OnPreVoteFromBehind(m.vote, v.state, v.latest, now_, &out)) {
+        ++(out.send.empty() ? sooner_ : asked_again_);
+      }
+      Carry(v, out);
+    }
     Message r;
     r.from = v.id;
     r.to = m.from;
@@ -504,6 +513,8 @@ class ElectionSim {
   uint64_t step_downs_ = 0;
   uint64_t asked_after_restart_ = 0;
   uint64_t yields_ = 0;  // candidates that yielded to another at a pre-vote
+  uint64_t sooner_ = 0;  // fitter nodes that stood sooner, asked by a candidate behind them
+  uint64_t asked_again_ = 0;  // candidates that asked again a voter that stood behind them
   bool writing_ = true;
   std::string failure_;
 };
@@ -520,7 +531,7 @@ std::vector<uint64_t> Seeds() {
 }
 
 TEST(ElectionSimTest, OneLeaderAtATimeAndNoAcknowledgedWriteLost) {
-  uint64_t elections = 0, commits = 0, step_downs = 0, yields = 0;
+  uint64_t elections = 0, commits = 0, step_downs = 0, yields = 0, sooner = 0, again = 0;
   for (uint64_t seed : Seeds()) {
     ElectionSim sim(seed);
     std::string failure = sim.Run(30);
@@ -532,16 +543,22 @@ TEST(ElectionSimTest, OneLeaderAtATimeAndNoAcknowledgedWriteLost) {
     commits += sim.commits();
     step_downs += sim.step_downs();
     yields += sim.yields();
+    sooner += sim.sooner();
+    again += sim.asked_again();
   }
   std::cout << "elections " << elections << ", acknowledged writes " << commits
             << ", leaders that stepped down " << step_downs
-            << ", candidates that yielded at a pre-vote " << yields << "\n";
+            << ", candidates that yielded at a pre-vote " << yields
+            << ", fitter nodes that stood sooner " << sooner
+            << ", candidates that asked a voter again " << again << "\n";
   if (std::getenv("WALSHIP_SIM_SEED") == nullptr) {
     // The runs must have been faulty enough to elect, and to depose leaders.
     EXPECT_GT(elections, 0u);
     EXPECT_GT(step_downs, 0u);
     EXPECT_GT(commits, 0u);
     EXPECT_GT(yields, 0u);
+    EXPECT_GT(sooner, 0u);
+    EXPECT_GT(again, 0u);
   }
 }
 

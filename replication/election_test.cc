@@ -243,6 +243,81 @@ TEST(ElectionTest, OfTwoCandidatesStandingTogetherTheLessFitYieldsAtThePreVote) 
   }
 }
 
+// A node asked for a pre-vote by a candidate whose log is behind its own refuses it, and
+// drops the random part of its wait: the candidate cannot take its vote, and the jitter only
+// keeps candidates of equal logs apart. It still stands only once it suspects its leader.
+TEST(ElectionTest, AFitterNodeAskedByACandidateBehindItStandsWithoutTheJitter) {
+  NodeState self = Follower();
+  ElectionOutbox out;
+  // Election time-out 2 s from the contact at 0, then up to 1 s of jitter: drawn above 2 s.
+  auto fresh = [] {
+    for (uint64_t seed = 1;; ++seed) {
+      auto e = std::make_unique<Election>(Opts("n2"), seed, 0);
+      if (e->NextWakeUp() > 2100 * kMs) return e;
+    }
+  };
+  {  // asked before its own time-out: it stands at the time-out, not later
+    auto e = fresh();
+    EXPECT_TRUE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out));
+    EXPECT_EQ(e->NextWakeUp(), 2000 * kMs);
+    e->Tick(self, 150, 1999 * kMs, &out);
+    EXPECT_EQ(e->phase(), Election::Phase::kFollowing);
+    e->Tick(self, 150, 2000 * kMs, &out);
+    EXPECT_EQ(e->phase(), Election::Phase::kPreVote);
+  }
+  {  // asked after its time-out, within the jitter: at once
+    auto e = fresh();
+    EXPECT_TRUE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_EQ(e->NextWakeUp(), 2050 * kMs);
+  }
+  {  // a candidate as up to date, or further, or in a real vote, changes nothing
+    auto e = fresh();
+    int64_t at = e->NextWakeUp();
+    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 150, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 120, 4, true), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, false), self, 150, 2050 * kMs, &out));
+    EXPECT_EQ(e->NextWakeUp(), at);
+  }
+  {  // a leader heard later moves the time-out on
+    auto e = fresh();
+    e->OnLeaderContact(1000 * kMs);
+    e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out);
+    EXPECT_EQ(e->NextWakeUp(), 3000 * kMs);
+  }
+  {  // a node that may not stand, or that stands already, changes nothing
+    auto e = fresh();
+    e->set_may_stand(false);
+    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
+    e->set_may_stand(true);
+    e->Tick(self, 150, e->NextWakeUp(), &out);
+    ASSERT_EQ(e->phase(), Election::Phase::kPreVote);
+    out = ElectionOutbox();
+    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 4000 * kMs, &out));
+    EXPECT_TRUE(out.send.empty());
+  }
+  {  // standing, refused by a voter that now stands behind it: asked again at once
+    auto e = fresh();
+    out = ElectionOutbox();
+    int64_t now = e->NextWakeUp();
+    e->Tick(self, 150, now, &out);
+    ASSERT_EQ(e->phase(), Election::Phase::kPreVote);
+    VoteRequest mine = out.send[0].second;
+    VoteReply no{.granted = false, .voter = "n3", .epoch = 3, .message = "heard lately"};
+    out = ElectionOutbox();
+    e->OnReply(mine, no, self, 150, now + 1, &out);
+    ASSERT_EQ(e->phase(), Election::Phase::kPreVote);  // n1 has not answered yet
+    EXPECT_TRUE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, now + 2, &out));
+    ASSERT_EQ(out.send.size(), 1u);
+    EXPECT_EQ(out.send[0].first, "n3");
+    EXPECT_TRUE(out.send[0].second.pre_vote);
+    EXPECT_EQ(out.send[0].second.epoch, 4u);
+    VoteReply yes{.granted = true, .voter = "n3", .epoch = 3, .message = ""};
+    out = ElectionOutbox();
+    e->OnReply(mine, yes, self, 150, now + 3, &out);
+    EXPECT_EQ(e->phase(), Election::Phase::kVote);  // with n3, a majority of pre-votes
+  }
+}
+
 TEST(ElectionTest, TheLeaderHeardEndsAnElection) {
   NodeState self = Follower();
   Election e(Opts("n2"), 7, 0);
