@@ -1,6 +1,6 @@
 // Replaces a small file atomically and durably: written to PATH.tmp, fsynced, renamed over
-// PATH, and the directory fsynced. Used for the node-state file and rollback files
-// (defined in node_state.cc, beside the first of them).
+// PATH, and the directory fsynced. Used for rollback files and to create or grow the
+// node-state file (defined in node_state.cc).
 #pragma once
 
 #include <string>

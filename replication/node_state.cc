@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "base/check.h"
 #include "replication/durable_file.h"
+#include "replication/slot_file.h"
 
 namespace walship::replication {
 namespace {
@@ -39,6 +40,9 @@ absl::Status FsyncPath(const std::string& path, int flags) {
 }
 
 }  // namespace
+
+// The lines of a node-state file (`text`, read from `path`).
+absl::StatusOr<NodeState> ParseState(const std::string& path, const std::string& text);
 
 const char* HelloOutcomeName(HelloOutcome outcome) {
   switch (outcome) {
@@ -127,12 +131,22 @@ absl::Status ValidateState(const NodeState& state) {
 }
 
 absl::StatusOr<NodeState> LoadNodeState(const std::string& path) {
-  std::ifstream in(path);
-  NodeState state;
-  if (!in) {
-    if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) return state;
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) return NodeState{};
     return Errno("cannot read", path);
   }
+  std::string contents((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (file.bad()) return Errno("cannot read", path);
+  if (!LooksLikeSlotFile(contents)) return ParseState(path, contents);  // an older text file
+  absl::StatusOr<SlotRead> slots = ReadSlots(path, contents);
+  if (!slots.ok()) return slots.status();
+  return ParseState(path, slots->body);
+}
+
+absl::StatusOr<NodeState> ParseState(const std::string& path, const std::string& text) {
+  std::istringstream in(text);
+  NodeState state;
   std::string line;
   int line_no = 0;
   auto bad = [&](const std::string& why) {
@@ -240,7 +254,7 @@ absl::Status SaveNodeState(const std::string& path, const NodeState& state) {
     std::replace(why.begin(), why.end(), '\n', ' ');
     out << "needs_snapshot " << why << "\n";
   }
-  return WriteFileDurably(path, out.str());
+  return WriteSlotFile(path, out.str());
 }
 
 absl::Status WriteFileDurably(const std::string& path, const std::string& text) {

@@ -1,7 +1,8 @@
 // Node-local state that must never be written into the replicated database (doing so would
 // consume sequence numbers and break sequence alignment): the database identity, the current
-// epoch and the epoch history. Kept in one small text file replaced atomically (write to a
-// temporary file, fsync, rename, fsync the directory).
+// epoch and the epoch history. Kept as a small text, in a file of two copies that saves
+// overwrite in turn and fdatasync (replication/slot_file.h): quick on a busy disk, where it
+// is on the path of every election.
 #pragma once
 
 #include <string>
@@ -68,7 +69,8 @@ void BeginElectedEpoch(NodeState& state, SequenceNumber next_seq, const std::str
 // naming both versions, when it was written in a format version this build cannot read.
 absl::StatusOr<NodeState> LoadNodeState(const std::string& path);
 
-// Replaces the state file atomically and durably, after checking `state` (ValidateState):
+// Saves the state file durably (a torn save leaves the one before), after checking `state`
+// (ValidateState):
 // a state that does not hold together is refused (kInternal, naming the file) and the file
 // is left as it was.
 absl::Status SaveNodeState(const std::string& path, const NodeState& state);

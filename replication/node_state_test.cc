@@ -10,6 +10,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "replication/handover.h"
+#include "replication/slot_file.h"
 #include "replication/test_fixtures.h"
 
 namespace walship::replication {
@@ -83,10 +84,14 @@ TEST(NodeStateTest, VersionOneFilesLoadWithUnknownLeaders) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->history, (std::vector<EpochEntry>{{1, 1, ""}, {3, 40, ""}}));
   ASSERT_TRUE(SaveNodeState(path, *loaded).ok());
-  std::ifstream in(path);
-  std::string first;
-  std::getline(in, first);
-  EXPECT_EQ(first, "walship-node-state " + std::to_string(kNodeStateVersion));
+  std::ifstream in(path, std::ios::binary);
+  std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(LooksLikeSlotFile(contents));
+  auto slots = ReadSlots(path, contents);
+  ASSERT_TRUE(slots.ok()) << slots.status();
+  EXPECT_TRUE(slots->body.starts_with("walship-node-state " +
+                                      std::to_string(kNodeStateVersion) + "\n"))
+      << slots->body;
   auto again = LoadNodeState(path);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->history, loaded->history);
@@ -107,6 +112,81 @@ TEST(NodeStateTest, ANewerFormatIsRefusedNamingBothVersions) {
   EXPECT_NE(message.find("versions 1 to " + std::to_string(kNodeStateVersion)),
             std::string::npos)
       << message;
+}
+
+// The file holds two copies written in turn: a save overwrites the older in place, and a
+// copy torn by a crash during its save leaves the one before it, the last whole save.
+TEST(NodeStateTest, ASaveCutShortLeavesTheSaveBeforeIt) {
+  TempDir dir;
+  std::string path = dir.Sub("state");
+  auto bytes = [&] {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  auto put = [&](const std::string& contents) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << contents;
+  };
+  NodeState state = LeaderState(2);
+  for (Epoch e = 3; e <= 5; ++e) {
+    state.epoch = e;
+    ASSERT_TRUE(SaveNodeState(path, state).ok());
+  }
+  std::string file = bytes();
+  ASSERT_EQ(file.size(), 2 * kSlotAlign);  // saves in place: the size never changed
+  auto slots = ReadSlots(path, file);
+  ASSERT_TRUE(slots.ok()) << slots.status();
+  EXPECT_EQ(slots->generation, 3u);  // the first save created the file as generation 1
+  EXPECT_EQ(slots->slot, 0);         // 1 in slot 0, 2 in slot 1, 3 in slot 0
+  EXPECT_EQ(slots->other, "");
+  // Epoch 5's save torn (a byte of its body changed): epoch 4's is read.
+  std::string torn = file;
+  torn[file.find('\n') + 5] ^= 0x20;  // in the body
+  put(torn);
+  auto loaded = LoadNodeState(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->epoch, 4u);
+  auto read = ReadSlots(path, torn);
+  ASSERT_TRUE(read.ok());
+  EXPECT_NE(read->other.find("checksum"), std::string::npos) << read->other;
+  // The next save goes over the torn copy, and is read.
+  state.epoch = 6;
+  ASSERT_TRUE(SaveNodeState(path, state).ok());
+  EXPECT_EQ(LoadNodeState(path)->epoch, 6u);
+  EXPECT_EQ(bytes().size(), 2 * kSlotAlign);
+  // Both copies damaged, or a size that is not two slots: data loss, naming the file.
+  std::string both = bytes();
+  both[both.find('\n') + 5] ^= 0x20;
+  both[both.find('\n', kSlotAlign) + 5] ^= 0x20;
+  put(both);
+  auto lost = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsDataLoss(lost.status())) << lost.status();
+  EXPECT_NE(lost.status().message().find("neither copy in " + path), std::string::npos)
+      << lost.status();
+  put(both.substr(0, 5000));
+  lost = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsDataLoss(lost.status())) << lost.status();
+  EXPECT_NE(lost.status().message().find("5000 bytes"), std::string::npos) << lost.status();
+  // A save over a damaged file writes it anew.
+  ASSERT_TRUE(SaveNodeState(path, state).ok());
+  EXPECT_EQ(LoadNodeState(path)->epoch, 6u);
+}
+
+// A state that outgrows its copies (a long epoch history) re-creates the file with bigger
+// ones; every save reads back.
+TEST(NodeStateTest, AStateThatOutgrowsItsCopiesGetsBiggerOnes) {
+  TempDir dir;
+  std::string path = dir.Sub("state");
+  NodeState state = LeaderState(1);
+  for (Epoch e = 2; e <= 400; ++e) {
+    BeginEpoch(state, state.history.back().start_seq + 10, "n1");
+    ASSERT_TRUE(SaveNodeState(path, state).ok());
+    auto loaded = LoadNodeState(path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    ASSERT_EQ(loaded->history, state.history);
+  }
+  EXPECT_GT(fs::file_size(path), 2 * kSlotAlign);
+  EXPECT_EQ(fs::file_size(path) % (2 * kSlotAlign), 0u);
 }
 
 // A state that does not hold together is never written: the file keeps the last good one.

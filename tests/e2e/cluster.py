@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import zlib
 
 BIN = os.environ.get("WALSHIP_BIN", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 WALSHIPD = os.path.join(BIN, "tools", "walshipd")
@@ -37,6 +38,36 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+def node_state_text(path):
+    """The text of a node-state file: its newest whole copy (docs/protocol.md)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"walship-slots "):
+        return data.decode()  # a file of the older, plain text format
+    best = None
+    half = len(data) // 2
+    for slot in (data[:half], data[half:]):
+        header, _, rest = slot.partition(b"\n")
+        f = header.split(b" ")
+        if len(f) != 5 or f[0] != b"walship-slots":
+            continue
+        generation, length = int(f[2]), int(f[3])
+        body = rest[:length]
+        crc = zlib.crc32(b"%d %d\n" % (generation, length) + body)
+        if crc == int(f[4], 16) and (best is None or generation > best[0]):
+            best = (generation, body.decode())
+    assert best is not None, f"no whole copy in {path}"
+    return best[1]
+
+
+def append_node_state(path, line):
+    """Adds a line to a stopped node's node-state file (written back in the plain text
+    format, which a node reads and rewrites as copies at its next save)."""
+    text = node_state_text(path) + line
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def wait_until(predicate, timeout, what):

@@ -10,7 +10,7 @@ import threading
 import time
 import unittest
 
-from cluster import TESTLOAD, Cluster, wait_until
+from cluster import TESTLOAD, Cluster, append_node_state, wait_until
 
 # A generous bound on a new leader with the default time-outs (election_timeout_ms 800, jitter
 # 200, lease_ms 550; bench/failover.py measures the real figures); doubled where it is waited
@@ -330,8 +330,9 @@ class FailoverTest(unittest.TestCase):
             c.cli("put", f"k{i}", str(i))
         c.wait_converged(30)
         c.stop("n3")
-        with open(os.path.join(c.data_dir("n3"), "node-state"), "a") as f:
-            f.write("needs_snapshot its leader could not serve its position (set by the test)\n")
+        append_node_state(os.path.join(c.data_dir("n3"), "node-state"),
+                          "needs_snapshot its leader could not serve its position "
+                          "(set by the test)\n")
         c.stop("n1", signal.SIGKILL)
         c.start("n3")
         self.assertEqual(c.status("n3")["replication_state"], "seeding")

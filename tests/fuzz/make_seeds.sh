@@ -77,3 +77,12 @@ TOML
 printf 'walship-node-state 1\ndatabase_id ab12cd\nepoch 3\nhistory 1 1\nhistory 3 11\n' \
   >"$c/node_state/seed-state"
 printf 'walship-node-state 1\n' >"$c/node_state/seed-empty"
+# The same state as the node writes it: two copies, the second the newer (replication/slot_file.h).
+python3 - "$c/node_state/seed-slots" <<'PY'
+import sys, zlib
+def slot(gen, body):
+    crc = zlib.crc32(b"%d %d\n" % (gen, len(body)) + body)
+    return (b"walship-slots 1 %d %d %08x\n" % (gen, len(body), crc) + body).ljust(4096, b"\0")
+body = b"walship-node-state 4\ndatabase_id ab12cd\nepoch %d\nhistory 1 1 n1\nhistory 3 11 n2\n"
+open(sys.argv[1], "wb").write(slot(1, body % 3) + slot(2, body % 4))
+PY
