@@ -314,7 +314,7 @@ bool Election::OnPreVoteGranted(const VoteRequest& request, const NodeState& sta
   return true;
 }
 
-bool Election::OnPreVoteFromBehind(const VoteRequest& request, const NodeState& state,
+bool Election::OnPreVoteRefused(const VoteRequest& request, const NodeState& state,
                                    SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
   if (!may_stand_ || !request.pre_vote || request.candidate == options_.self ||
       !IsVoter(state.membership, options_.self)) {
@@ -322,8 +322,9 @@ bool Election::OnPreVoteFromBehind(const VoteRequest& request, const NodeState& 
   }
   LogPosition mine = LogPositionOf(state, latest);
   LogPosition theirs{request.last_seq, request.last_epoch, request.last_leader};
-  if (!AtLeastAsUpToDate(mine, theirs) || AtLeastAsUpToDate(theirs, mine)) return false;
+  const bool behind = AtLeastAsUpToDate(mine, theirs) && !AtLeastAsUpToDate(theirs, mine);
   if (phase_ == Phase::kPreVote || phase_ == Phase::kVote) {
+    if (!behind) return false;
     auto it = granted_.find(request.candidate);
     if (it == granted_.end() || it->second) return false;
     // It refused this round, and stands now: what it refused for (a leader heard lately,
@@ -335,7 +336,9 @@ bool Election::OnPreVoteFromBehind(const VoteRequest& request, const NodeState& 
                                      epoch_, ": it refused, and stands itself now"));
     return true;
   }
-  if (phase_ != Phase::kFollowing) return false;
+  // Refused for a leader heard lately, the candidate may be the fitter: this node standing
+  // when it suspects the leader too makes that candidate ask it again (above).
+  if (phase_ != Phase::kFollowing || (!behind && now_us >= suspect_at_us_)) return false;
   int64_t at = std::max(now_us, suspect_at_us_);
   if (at >= stand_at_us_) return false;
   stand_at_us_ = at;

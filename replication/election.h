@@ -15,8 +15,9 @@
 // random wait. A leader heard from meanwhile ends the election. A candidate that grants
 // another candidate's pre-vote in its own epoch yields to it when that one is the fitter
 // (OnPreVoteGranted), so that two who stood together do not split the vote. A node asked by a
-// candidate whose log is behind its own stands without its jitter, or asks that candidate
-// again for the vote it refused (OnPreVoteFromBehind): the fittest does not wait on chance.
+// candidate whose log is behind its own, or that refused one for a leader heard lately, stands
+// without its jitter, or asks that candidate again for the vote it refused (OnPreVoteRefused):
+// the fittest does not wait on chance.
 //
 // A voter grants a vote (or a pre-vote) only when all of these hold:
 //   - the candidate is a voting member of the cluster, and so is the voter;
@@ -180,17 +181,18 @@ class Election {
   // Returns whether it yielded.
   bool OnPreVoteGranted(const VoteRequest& request, const NodeState& state, SequenceNumber latest,
                         int64_t now_us, ElectionOutbox* out);
-  // This node was asked for a pre-vote (`request`) by a candidate whose log is behind its own:
-  // another voter suspects the leader, and while this node is reachable the candidate
-  // cannot take its vote.
-  //   - Not standing: the random part of the jitter only keeps candidates of equal logs
-  //     apart, so this node drops it: it stands as soon as it suspects its leader itself (at
-  //     once, when it already does). It stands, as always, only once its own time-out (and
-  //     phi) says the leader is silent.
-  //   - Standing, refused by that candidate in this round: it asks it again at once (`out`),
-  //     since what it refused for (a leader heard lately) may be past now that it stands.
+  // This node refused `request`, a pre-vote. Another voter suspects the leader, and:
+  //   - Not standing: when the candidate's log is behind this node's (it cannot take this
+  //     node's vote), or when this node refused because it heard its leader lately, it drops
+  //     the random part of its jitter, which only keeps candidates of equal logs apart: it
+  //     stands as soon as it suspects its leader itself (at once, when it already does). Its
+  //     own time-out (and phi) still decide when the leader is silent. Standing, it asks the
+  //     candidate, which, if fitter, then asks it again (below) and wins at once.
+  //   - Standing, and refused by that candidate in this round, whose log is behind: it asks it
+  //     again at once (`out`), since what it refused for (a leader heard lately) may be past
+  //     now that it stands.
   // Returns whether anything changed.
-  bool OnPreVoteFromBehind(const VoteRequest& request, const NodeState& state,
+  bool OnPreVoteRefused(const VoteRequest& request, const NodeState& state,
                            SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
   // The answer to `request` (sent from an outbox) from its voter.
   void OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,

@@ -444,7 +444,12 @@ class ElectionSim {
     if (v.leader_heard_us == v.started_us && !v.leads) ++asked_after_restart_;
     VoterView view{.latest = v.latest, .leads = v.leads, .leader_heard_us = v.leader_heard_us};
     VoteAnswer a = AnswerVote(v.state, view, m.vote, Options(v.id), now_);
-    if (a.save) v.state = *a.save;
+    if (a.save) {
+      v.state = *a.save;
+      // As rpc::Campaign does: a vote restarts the wait, so that this node does not stand
+      // (and vote for itself) within an election time-out of acknowledging the candidate.
+      if (v.election != nullptr && !v.leads) v.election->OnLeaderContact(now_);
+    }
     if (m.vote.pre_vote && a.reply.granted && !v.leads && v.election != nullptr) {
       ElectionOutbox out;
       if (v.election->OnPreVoteGranted(m.vote, v.state, v.latest, now_, &out)) ++yields_;
@@ -452,7 +457,7 @@ class ElectionSim {
     }
     if (m.vote.pre_vote && !a.reply.granted && !v.leads && v.election != nullptr) {
       ElectionOutbox out;
-      if (v.election->OnPreVoteFromBehind(m.vote, v.state, v.latest, now_, &out)) {
+      if (v.election->OnPreVoteRefused(m.vote, v.state, v.latest, now_, &out)) {
         ++(out.send.empty() ? sooner_ : asked_again_);
       }
       Carry(v, out);

@@ -243,10 +243,10 @@ TEST(ElectionTest, OfTwoCandidatesStandingTogetherTheLessFitYieldsAtThePreVote) 
   }
 }
 
-// A node asked for a pre-vote by a candidate whose log is behind its own refuses it, and
-// drops the random part of its wait: the candidate cannot take its vote, and the jitter only
-// keeps candidates of equal logs apart. It still stands only once it suspects its leader.
-TEST(ElectionTest, AFitterNodeAskedByACandidateBehindItStandsWithoutTheJitter) {
+// A node that refuses a pre-vote to a candidate whose log is behind its own, or because it
+// heard its leader lately, drops the random part of its wait: the jitter only keeps
+// candidates of equal logs apart. It still stands only once it suspects its leader.
+TEST(ElectionTest, ANodeThatRefusesAPreVoteStandsWithoutTheJitter) {
   NodeState self = Follower();
   ElectionOutbox out;
   // Election time-out 2 s from the contact at 0, then up to 1 s of jitter: drawn above 2 s.
@@ -258,7 +258,7 @@ TEST(ElectionTest, AFitterNodeAskedByACandidateBehindItStandsWithoutTheJitter) {
   };
   {  // asked before its own time-out: it stands at the time-out, not later
     auto e = fresh();
-    EXPECT_TRUE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), 2000 * kMs);
     e->Tick(self, 150, 1999 * kMs, &out);
     EXPECT_EQ(e->phase(), Election::Phase::kFollowing);
@@ -267,32 +267,37 @@ TEST(ElectionTest, AFitterNodeAskedByACandidateBehindItStandsWithoutTheJitter) {
   }
   {  // asked after its time-out, within the jitter: at once
     auto e = fresh();
-    EXPECT_TRUE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), 2050 * kMs);
   }
-  {  // a candidate as up to date, or further, or in a real vote, changes nothing
+  {  // refused for a leader heard lately, whatever the candidate's log: at the time-out
+    auto e = fresh();
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 150, 3, true), self, 150, 1500 * kMs, &out));
+    EXPECT_EQ(e->NextWakeUp(), 2000 * kMs);
+  }
+  {  // past the time-out, a candidate as up to date, or further, or a real vote, changes nothing
     auto e = fresh();
     int64_t at = e->NextWakeUp();
-    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 150, 3, true), self, 150, 2050 * kMs, &out));
-    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 120, 4, true), self, 150, 2050 * kMs, &out));
-    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, false), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 150, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 120, 4, true), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, false), self, 150, 2050 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), at);
   }
   {  // a leader heard later moves the time-out on
     auto e = fresh();
     e->OnLeaderContact(1000 * kMs);
-    e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out);
+    e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out);
     EXPECT_EQ(e->NextWakeUp(), 3000 * kMs);
   }
   {  // a node that may not stand, or that stands already, changes nothing
     auto e = fresh();
     e->set_may_stand(false);
-    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
     e->set_may_stand(true);
     e->Tick(self, 150, e->NextWakeUp(), &out);
     ASSERT_EQ(e->phase(), Election::Phase::kPreVote);
     out = ElectionOutbox();
-    EXPECT_FALSE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, 4000 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 4000 * kMs, &out));
     EXPECT_TRUE(out.send.empty());
   }
   {  // standing, refused by a voter that now stands behind it: asked again at once
@@ -306,7 +311,7 @@ TEST(ElectionTest, AFitterNodeAskedByACandidateBehindItStandsWithoutTheJitter) {
     out = ElectionOutbox();
     e->OnReply(mine, no, self, 150, now + 1, &out);
     ASSERT_EQ(e->phase(), Election::Phase::kPreVote);  // n1 has not answered yet
-    EXPECT_TRUE(e->OnPreVoteFromBehind(Ask("n3", 4, 149, 3, true), self, 150, now + 2, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, now + 2, &out));
     ASSERT_EQ(out.send.size(), 1u);
     EXPECT_EQ(out.send[0].first, "n3");
     EXPECT_TRUE(out.send[0].second.pre_vote);

@@ -426,14 +426,14 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
       Arm();
     }
   }
-  // Asked by a candidate whose log is behind this one's: this node stands without the jitter,
-  // or asks it again for the vote it refused this node's round.
+  // A pre-vote refused: this node may stand without the jitter, or ask that candidate again
+  // for the vote it refused this node's round.
   if (request.pre_vote && !a.reply.granted) {
     replication::ElectionOutbox out;
-    if (election_.OnPreVoteFromBehind(request, follower_->state(), view.latest, now, &out)) {
+    if (election_.OnPreVoteRefused(request, follower_->state(), view.latest, now, &out)) {
       if (out.logs.empty()) {
-        spdlog::info("election: '{}', whose log is behind this node's, stands; this node "
-                     "stands as soon as it suspects its leader too",
+        spdlog::info("election: '{}' stands; this node stands as soon as it suspects its "
+                     "leader too",
                      request.candidate);
       }
       Carry(std::move(out));
