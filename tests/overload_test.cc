@@ -489,6 +489,12 @@ uint64_t MemoryField(const std::string& field) {
   return 0;
 }
 uint64_t PeakMemoryBytes() { return MemoryField("VmHWM:"); }
+// How far the peak since ResetPeakMemory() rose above `before`, 0 when it did not (resident
+// memory may shrink between reading `before` and the reset).
+uint64_t PeakGrowthBytes(uint64_t before) {
+  uint64_t peak = PeakMemoryBytes();
+  return peak > before ? peak - before : 0;
+}
 uint64_t MemoryBytes() { return MemoryField("VmRSS:"); }
 void ResetPeakMemory() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
@@ -570,7 +576,7 @@ TEST_F(OverloadTest, ScanRepliesAreBoundedInBytes) {
   for (auto& t : scanners) t.join();
   EXPECT_EQ(served + refused, 4 * kScans);
   EXPECT_GT(served, 0);
-  uint64_t grown = PeakMemoryBytes() - before;
+  uint64_t grown = PeakGrowthBytes(before);
   std::printf("peak memory grew by %llu MiB during the scans\n",
               static_cast<unsigned long long>(grown >> 20));
   // The scan budget (128 MiB), each reply's copy while it is built, the replies being read
@@ -615,7 +621,7 @@ TEST_F(OverloadTest, QueuedWritesAreBoundedInBytes) {
       ++refused;
     }
   }
-  uint64_t grown = PeakMemoryBytes() - before;
+  uint64_t grown = PeakGrowthBytes(before);
   std::printf("peak memory grew by %llu MiB; %d writes accepted, %d refused\n",
               static_cast<unsigned long long>(grown >> 20), accepted, refused);
   EXPECT_GT(refused, 0);

@@ -99,6 +99,7 @@ class CheckerTest(unittest.TestCase):
         # elected (epoch 3) and p0's next write, 6, lands there; a read by min-seq misses 5.
         ops += [write(0, "p0-k0", 5, "n2", 800, 810, ep=2, seq=7, dur="async"),
                 read(0, "p0-k0", 4, "n3", 900, 910, min_seq=7),
+                read(1, "p0-k0", 4, "n3", 912, 915, committed=True),
                 write(0, "p0-k0", 6, "n3", 920, 930, ep=3, seq=7)]
         for n in final["nodes"].values():
             n["p0-k0"] = "4"  # before 6 lands everywhere: 5 is lost, and 6 too (below)
@@ -108,7 +109,7 @@ class CheckerTest(unittest.TestCase):
         # Without failover the same history is a lost write and a stale read.
         plain = checker.check(ops, final)
         self.assertEqual([w["v"] for w, _ in plain.lost], [5, 6], plain.lines())
-        self.assertEqual(len(plain.stale), 1, plain.lines())
+        self.assertEqual(len(plain.stale), 2, plain.lines())  # by min-seq, and committed
 
     def test_a_read_without_a_guarantee_may_be_old(self):
         ops, final = clean()
