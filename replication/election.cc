@@ -198,8 +198,9 @@ void Election::GiveUp(int64_t now_us) {
   phase_ = Phase::kFollowing;
   round_deadline_us_ = kNever;
   granted_.clear();
-  suspect_at_us_ = now_us;
-  stand_at_us_ = now_us + Jitter();
+  // Never earlier than a wait set meanwhile (a vote granted restarts it).
+  suspect_at_us_ = std::max(suspect_at_us_, now_us);
+  stand_at_us_ = std::max(suspect_at_us_, now_us + Jitter());
 }
 
 void Election::Abandon(int64_t now_us) {

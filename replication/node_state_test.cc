@@ -149,6 +149,22 @@ TEST(NodeStateTest, ASaveCutShortLeavesTheSaveBeforeIt) {
   auto read = ReadSlots(path, torn);
   ASSERT_TRUE(read.ok());
   EXPECT_NE(read->other.find("checksum"), std::string::npos) << read->other;
+  // Torn at the first copy's very start: still read as two copies, from the second.
+  std::string headless = file;
+  headless.replace(0, 14, std::string(14, '\0'));
+  put(headless);
+  loaded = LoadNodeState(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->epoch, 4u);
+  // A copy of a newer slot format: refused, naming both versions, not skipped for the other.
+  std::string newer = file;
+  newer.replace(0, 15, "walship-slots 9");
+  put(newer);
+  auto refused = LoadNodeState(path);
+  ASSERT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  EXPECT_NE(refused.status().message().find("slot format version 9"), std::string::npos)
+      << refused.status();
+  put(torn);
   // The next save goes over the torn copy, and is read.
   state.epoch = 6;
   ASSERT_TRUE(SaveNodeState(path, state).ok());

@@ -7,10 +7,13 @@
 
 #include <cerrno>
 #include <algorithm>
+#include <set>
 #include <cstring>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -46,6 +49,7 @@ std::string Header(uint64_t generation, std::string_view body) {
 // One slot: its body and generation, or why it is not whole.
 struct Slot {
   bool whole = false;
+  int newer_version = 0;  // a slot of a format version this build cannot read
   uint64_t generation = 0;
   std::string_view body;
   std::string why;
@@ -71,6 +75,7 @@ Slot ParseSlot(std::string_view slot) {
     return s;
   }
   if (version != kContainerVersion) {
+    s.newer_version = version;
     s.why = absl::StrCat("slot format version ", version, "; this walship reads version ",
                          kContainerVersion);
     return s;
@@ -103,11 +108,35 @@ absl::Status Create(const std::string& path, std::string_view body, uint64_t gen
   return WriteFileDurably(path, file);
 }
 
+// Files whose last save failed here: what the page cache shows of them may not be on disk,
+// so the next save must not pick the copy to overwrite from it. It creates the file anew.
+absl::Mutex suspect_mu(absl::kConstInit);
+std::set<std::string>& Suspect() ABSL_EXCLUSIVE_LOCKS_REQUIRED(suspect_mu) {
+  static auto* paths = new std::set<std::string>();
+  return *paths;
+}
+
+absl::Status Noted(const std::string& path, absl::Status s) {
+  absl::MutexLock lock(&suspect_mu);
+  if (s.ok()) {
+    Suspect().erase(path);
+  } else {
+    Suspect().insert(path);
+  }
+  return s;
+}
+
+absl::Status WriteSlots(const std::string& path, std::string_view body);
+
 }  // namespace
 
 bool LooksLikeSlotFile(std::string_view contents) {
-  return contents.substr(0, sizeof kSlotFileMagic) ==
-         std::string_view(absl::StrCat(kSlotFileMagic, " "));
+  // Either copy's start will do: a save torn at the first one's header leaves the second.
+  const std::string magic = absl::StrCat(kSlotFileMagic, " ");
+  size_t n = contents.size();
+  return contents.substr(0, magic.size()) == magic ||
+         (n >= 2 * kSlotAlign && n % (2 * kSlotAlign) == 0 &&
+          contents.substr(n / 2, magic.size()) == magic);
 }
 
 absl::StatusOr<SlotRead> ReadSlots(const std::string& path, std::string_view contents) {
@@ -118,6 +147,15 @@ absl::StatusOr<SlotRead> ReadSlots(const std::string& path, std::string_view con
   }
   size_t size = n / 2;
   Slot slots[2] = {ParseSlot(contents.substr(0, size)), ParseSlot(contents.substr(size))};
+  for (const Slot& slot : slots) {
+    if (slot.newer_version != 0) {
+      // Reading the other copy would lose the newer build's last save.
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " holds a copy in slot format version ", slot.newer_version,
+          "; this walship reads version ", kContainerVersion,
+          " (written by a newer walship? run that version)"));
+    }
+  }
   if (!slots[0].whole && !slots[1].whole) {
     return absl::DataLossError(absl::StrCat("neither copy in ", path, " is whole (the first has ",
                                             slots[0].why, ", the second ", slots[1].why, ")"));
@@ -135,6 +173,17 @@ absl::StatusOr<SlotRead> ReadSlots(const std::string& path, std::string_view con
 }
 
 absl::Status WriteSlotFile(const std::string& path, std::string_view body) {
+  return Noted(path, WriteSlots(path, body));
+}
+
+namespace {
+
+absl::Status WriteSlots(const std::string& path, std::string_view body) {
+  bool suspect = false;
+  {
+    absl::MutexLock lock(&suspect_mu);
+    suspect = Suspect().count(path) > 0;
+  }
   int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     if (errno != ENOENT) return Errno("cannot open", path);
@@ -160,6 +209,11 @@ absl::Status WriteSlotFile(const std::string& path, std::string_view body) {
                                      ? ReadSlots(path, contents)
                                      : absl::StatusOr<SlotRead>(absl::NotFoundError(""));
   size_t slot_size = contents.size() / 2;
+  if (suspect && now.ok()) {
+    ::close(fd);
+    return Create(path, body, now->generation + 1,
+                  std::max(SlotSizeFor(body.size()), slot_size));
+  }
   if (!now.ok() || SlotSizeFor(body.size()) > slot_size) {
     ::close(fd);
     // Another format (an older node-state file), nothing whole, or no room: a new file.
@@ -178,5 +232,7 @@ absl::Status WriteSlotFile(const std::string& path, std::string_view body) {
   ::close(fd);
   return s;
 }
+
+}  // namespace
 
 }  // namespace walship::replication

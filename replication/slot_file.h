@@ -3,13 +3,14 @@
 // length and CRC-32) and then the body. A write overwrites the older slot in place and
 // fdatasyncs it: no file is created, renamed or grown, so no filesystem journal commit is on
 // its path (on ext4 a rename and a directory fsync wait for one, and it for other files'
-// writeback: 20 ms at the median and 180 ms at p99 beside a writer of large files, against
+// writeback: 21 ms at the median and 184 ms at p99 beside a writer of large files, against
 // 7 and 150 ms for the write in place).
 //
 // A write cut short by a crash leaves its slot torn, and the other slot, the last whole write,
 // is read, as a torn last record of a WAL is dropped: the torn write never returned, so nothing
 // relied on it. A body that outgrows its slot re-creates the file with bigger slots, replaced
-// atomically (WriteFileDurably).
+// atomically (WriteFileDurably), as does the first save after a save that failed in this
+// process (the page cache may then show a copy that is not on disk).
 //
 // Layout: the file is 2 * S bytes, S a multiple of 4096; slot i is at offset i * S:
 //   walship-slots 1 <generation> <body bytes> <crc32 of "<generation> <body bytes>\n" + body>\n

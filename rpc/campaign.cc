@@ -267,7 +267,12 @@ void Campaign::Carry(replication::ElectionOutbox out) {
                      if (!saved.ok()) {
                        spdlog::warn("election: cannot save this node's vote for itself: {}",
                                     saved.ToString());
-                       election_.Abandon(node_.PreciseNowUs());
+                       // Only the round that rested on it: one that ended meanwhile (a vote
+                       // granted to another, a leader heard) keeps the wait it set.
+                       if (election_.phase() == replication::Election::Phase::kVote &&
+                           election_.epoch() == epoch) {
+                         election_.Abandon(node_.PreciseNowUs());
+                       }
                        Arm();
                        return;
                      }
