@@ -13,8 +13,10 @@ bool IsVoter(const Membership& m, const std::string& id) {
   return member != nullptr && member->voter;
 }
 
-VoteAnswer Refuse(const std::string& self, Epoch highest, std::string why) {
+VoteAnswer Refuse(const std::string& self, Epoch highest, std::string why,
+                  Refusal refusal = Refusal::kInvalid) {
   VoteAnswer a;
+  a.refusal = refusal;
   a.reply.granted = false;
   a.reply.voter = self;
   a.reply.epoch = highest;
@@ -125,14 +127,16 @@ VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteR
       now_us - view.leader_heard_us < int64_t{options.election_timeout_ms} * 1000) {
     return Refuse(self, highest,
                   absl::StrCat("this node heard from its leader '", state.leader, "' ",
-                               (now_us - view.leader_heard_us) / 1000, " ms ago"));
+                               (now_us - view.leader_heard_us) / 1000, " ms ago"),
+                  Refusal::kLeaderHeard);
   }
   LogPosition mine = LogPositionOf(state, view.latest);
   LogPosition theirs{request.last_seq, request.last_epoch, request.last_leader};
   if (!AtLeastAsUpToDate(theirs, mine)) {
     return Refuse(self, highest,
                   absl::StrCat("the candidate's log ends at ", Describe(theirs),
-                               ", behind this node's, which ends at ", Describe(mine)));
+                               ", behind this node's, which ends at ", Describe(mine)),
+                  Refusal::kBehind);
   }
   VoteAnswer a;
   a.reply.granted = true;
@@ -315,9 +319,10 @@ bool Election::OnPreVoteGranted(const VoteRequest& request, const NodeState& sta
   return true;
 }
 
-bool Election::OnPreVoteRefused(const VoteRequest& request, const NodeState& state,
-                                   SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
+bool Election::OnPreVoteRefused(const VoteRequest& request, Refusal why, const NodeState& state,
+                                SequenceNumber latest, int64_t now_us, ElectionOutbox* out) {
   if (!may_stand_ || !request.pre_vote || request.candidate == options_.self ||
+      (why != Refusal::kLeaderHeard && why != Refusal::kBehind) ||
       !IsVoter(state.membership, options_.self)) {
     return false;
   }

@@ -121,8 +121,15 @@ struct VoterView {
   int64_t leader_heard_us = kNever;
 };
 
+// Why a voter refused: the election reacts to another voter suspecting the leader only when
+// that candidate could have had the vote but for its log or a leader heard lately
+// (Election::OnPreVoteRefused); a request of another cluster, version, a non-voter or an old
+// epoch says nothing of the leader.
+enum class Refusal { kNone, kInvalid, kLeaderHeard, kBehind };
+
 struct VoteAnswer {
   VoteReply reply;
+  Refusal refusal = Refusal::kNone;  // why it was refused (kNone when granted)
   // A real vote granted: save this state before answering. A vote that cannot be saved is
   // no answer (the candidate asks again), never a refusal.
   std::optional<NodeState> save;
@@ -181,7 +188,8 @@ class Election {
   // Returns whether it yielded.
   bool OnPreVoteGranted(const VoteRequest& request, const NodeState& state, SequenceNumber latest,
                         int64_t now_us, ElectionOutbox* out);
-  // This node refused `request`, a pre-vote. Another voter suspects the leader, and:
+  // This node refused `request`, a pre-vote, for `why` (nothing changes unless the candidate
+  // was refused for a leader heard lately or for its log). Another voter suspects the leader:
   //   - Not standing: when the candidate's log is behind this node's (it cannot take this
   //     node's vote), or when this node refused because it heard its leader lately, it drops
   //     the random part of its jitter, which only keeps candidates of equal logs apart: it
@@ -192,8 +200,8 @@ class Election {
   //     again at once (`out`), since what it refused for (a leader heard lately) may be past
   //     now that it stands.
   // Returns whether anything changed.
-  bool OnPreVoteRefused(const VoteRequest& request, const NodeState& state,
-                           SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
+  bool OnPreVoteRefused(const VoteRequest& request, Refusal why, const NodeState& state,
+                        SequenceNumber latest, int64_t now_us, ElectionOutbox* out);
   // The answer to `request` (sent from an outbox) from its voter.
   void OnReply(const VoteRequest& request, const VoteReply& reply, const NodeState& state,
                SequenceNumber latest, int64_t now_us, ElectionOutbox* out);

@@ -457,7 +457,7 @@ class ElectionSim {
     }
     if (m.vote.pre_vote && !a.reply.granted && !v.leads && v.election != nullptr) {
       ElectionOutbox out;
-      if (v.election->OnPreVoteRefused(m.vote, v.state, v.latest, now_, &out)) {
+      if (v.election->OnPreVoteRefused(m.vote, a.refusal, v.state, v.latest, now_, &out)) {
         ++(out.send.empty() ? sooner_ : asked_again_);
       }
       Carry(v, out);

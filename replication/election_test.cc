@@ -258,7 +258,8 @@ TEST(ElectionTest, ANodeThatRefusesAPreVoteStandsWithoutTheJitter) {
   };
   {  // asked before its own time-out: it stands at the time-out, not later
     auto e = fresh();
-    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kBehind, self, 150,
+                                    1500 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), 2000 * kMs);
     e->Tick(self, 150, 1999 * kMs, &out);
     EXPECT_EQ(e->phase(), Election::Phase::kFollowing);
@@ -267,37 +268,52 @@ TEST(ElectionTest, ANodeThatRefusesAPreVoteStandsWithoutTheJitter) {
   }
   {  // asked after its time-out, within the jitter: at once
     auto e = fresh();
-    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kBehind, self, 150,
+                                    2050 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), 2050 * kMs);
   }
   {  // refused for a leader heard lately, whatever the candidate's log: at the time-out
     auto e = fresh();
-    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 150, 3, true), self, 150, 1500 * kMs, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 150, 3, true), Refusal::kLeaderHeard, self, 150,
+                                    1500 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), 2000 * kMs);
   }
   {  // past the time-out, a candidate as up to date, or further, or a real vote, changes nothing
     auto e = fresh();
     int64_t at = e->NextWakeUp();
-    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 150, 3, true), self, 150, 2050 * kMs, &out));
-    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 120, 4, true), self, 150, 2050 * kMs, &out));
-    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, false), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 150, 3, true), Refusal::kLeaderHeard, self, 150,
+                                     2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 120, 4, true), Refusal::kLeaderHeard, self, 150,
+                                     2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, false), Refusal::kBehind, self, 150,
+                                     2050 * kMs, &out));
+    EXPECT_EQ(e->NextWakeUp(), at);
+  }
+  {  // a refusal that says nothing of the leader (another cluster, a non-voter, an old
+     // epoch) changes nothing
+    auto e = fresh();
+    int64_t at = e->NextWakeUp();
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kInvalid, self, 150,
+                                     1500 * kMs, &out));
     EXPECT_EQ(e->NextWakeUp(), at);
   }
   {  // a leader heard later moves the time-out on
     auto e = fresh();
     e->OnLeaderContact(1000 * kMs);
-    e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 1500 * kMs, &out);
+    e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kBehind, self, 150, 1500 * kMs, &out);
     EXPECT_EQ(e->NextWakeUp(), 3000 * kMs);
   }
   {  // a node that may not stand, or that stands already, changes nothing
     auto e = fresh();
     e->set_may_stand(false);
-    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 2050 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kBehind, self, 150,
+                                     2050 * kMs, &out));
     e->set_may_stand(true);
     e->Tick(self, 150, e->NextWakeUp(), &out);
     ASSERT_EQ(e->phase(), Election::Phase::kPreVote);
     out = ElectionOutbox();
-    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, 4000 * kMs, &out));
+    EXPECT_FALSE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kBehind, self, 150,
+                                     4000 * kMs, &out));
     EXPECT_TRUE(out.send.empty());
   }
   {  // standing, refused by a voter that now stands behind it: asked again at once
@@ -311,7 +327,8 @@ TEST(ElectionTest, ANodeThatRefusesAPreVoteStandsWithoutTheJitter) {
     out = ElectionOutbox();
     e->OnReply(mine, no, self, 150, now + 1, &out);
     ASSERT_EQ(e->phase(), Election::Phase::kPreVote);  // n1 has not answered yet
-    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), self, 150, now + 2, &out));
+    EXPECT_TRUE(e->OnPreVoteRefused(Ask("n3", 4, 149, 3, true), Refusal::kBehind, self, 150,
+                                    now + 2, &out));
     ASSERT_EQ(out.send.size(), 1u);
     EXPECT_EQ(out.send[0].first, "n3");
     EXPECT_TRUE(out.send[0].second.pre_vote);

@@ -435,7 +435,8 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
   // for the vote it refused this node's round.
   if (request.pre_vote && !a.reply.granted) {
     replication::ElectionOutbox out;
-    if (election_.OnPreVoteRefused(request, follower_->state(), view.latest, now, &out)) {
+    if (election_.OnPreVoteRefused(request, a.refusal, follower_->state(), view.latest, now,
+                                  &out)) {
       if (out.logs.empty()) {
         spdlog::info("election: '{}' stands; this node stands as soon as it suspects its "
                      "leader too",
