@@ -115,6 +115,10 @@ def explain(c, survivors, killed_at):
     parts += [f"{n} won +{t * 1000:.0f}" for n, t in sorted(won.items())]
     parts += [f"{n} saw the key gone +{t * 1000:.0f}" for n, t in sorted(gone.items())]
     parts += [f"{n} took the key +{t * 1000:.0f}" for n, t in sorted(took.items())]
+    leads = log_times(c, survivors, killed_at, "elected leader of epoch")
+    parts += [f"{n} leads +{t * 1000:.0f}" for n, t in sorted(leads.items())]
+    refused = log_times(c, survivors, killed_at, "refused follower")
+    parts += [f"{n} refused a hello +{t * 1000:.0f}" for n, t in sorted(refused.items())]
     streams = log_times(c, survivors, killed_at, "streaming from leader")
     parts += [f"{n} streams +{t * 1000:.0f}" for n, t in sorted(streams.items())]
     return ", ".join(parts)

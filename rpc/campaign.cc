@@ -185,8 +185,11 @@ std::string Campaign::Describe() const {
   return "";
 }
 
-// One timer for the election's next wake-up; an earlier one already armed stays.
+// One timer for the election's next wake-up; an earlier one already armed stays. Called
+// after every change of the election's state: a round that ended without a win lets the
+// followers' hellos held meanwhile be answered.
 void Campaign::Arm() {
+  if (!Standing()) node_.ReleaseHeld();
   if (leading_) return;
   int64_t now = node_.PreciseNowUs();
   int64_t at = election_.NextWakeUp();

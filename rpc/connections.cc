@@ -38,7 +38,10 @@ class NodeImpl final : public schema::Node::Server {
   NodeImpl(Node& node, std::shared_ptr<PeerSessions> sessions)
       : node_(node), sessions_(std::move(sessions)) {}
   kj::Promise<void> subscribe(SubscribeContext ctx) override {
-    return node_.role().Subscribe(ctx, sessions_);
+    // Answered by the role the node has once it no longer stands for leader.
+    return node_.UntilSettled().then([&node = node_, sessions = sessions_, ctx]() mutable {
+      return node.role().Subscribe(ctx, sessions);
+    });
   }
   kj::Promise<void> takeOver(TakeOverContext ctx) override { return node_.role().TakeOver(ctx); }
   kj::Promise<void> snapshot(SnapshotContext ctx) override {

@@ -153,6 +153,7 @@ void CoordinatedCampaign::Take() {
     spdlog::warn("etcd: this node does not lead: {}", why);
     taking_ = false;
     doing_ = why;
+    node_.ReleaseHeld();  // hellos held while it stood are refused now
     FinishPromote(PromoteOutcome::Refused(
         absl::UnavailableError(absl::StrCat("'", node_.options().node_id, "' does not lead: ",
                                             why))));

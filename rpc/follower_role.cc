@@ -226,10 +226,10 @@ kj::Promise<void> FollowerRole::Subscribe(SubscribeContext ctx, std::shared_ptr<
   reply.outcome = replication::HelloOutcome::kRefused;
   reply.message = absl::StrCat("node '", node_.options().node_id, "' is not the leader");
   reply.epoch = follower_->epoch();
-  // The follower follows that one; a node standing for leader names itself (it may lead
-  // at once: the follower asks it again soon).
-  reply.leader_hint = campaign_ != nullptr && campaign_->Standing() ? node_.options().node_id
-                                                                    : link_.leader_id();
+  // The follower follows that one; a node standing for leader names itself (the hello
+  // waited for its round's outcome, Node::UntilSettled, in vain: the follower asks again
+  // soon).
+  reply.leader_hint = Standing() ? node_.options().node_id : link_.leader_id();
   ToCapnp(reply, ctx.getResults().initReply());
   spdlog::info("refused follower '{}': not the leader; named '{}'", hello.follower_id,
                reply.leader_hint);

@@ -44,6 +44,7 @@ class FollowerRole final : public Role, private kj::TaskSet::ErrorHandler {
   replication::ReadPosition ReadPositionFor(engine::SequenceNumber token_seq,
                                             engine::SequenceNumber applied) const override;
   std::string LeaderAddress() const override;
+  bool Standing() const override { return campaign_ != nullptr && campaign_->Standing(); }
   void FillStatus(schema::NodeStatus::Builder st) override;
   kj::Promise<void> Subscribe(SubscribeContext ctx,
                               std::shared_ptr<PeerSessions> sessions) override;

@@ -134,7 +134,8 @@ void Node::SwitchToSeeding(replication::NodeState state,
     role_ = std::make_unique<SeedingRole>(*this, std::move(state), shared_upto);
     spdlog::info("node '{}' is now {}", options_.node_id, role_->name());
     SetLogRole(role_->name());
-  role_->Start();
+    role_->Start();
+    ReleaseHeld();
   }));
 }
 
@@ -144,9 +145,30 @@ void Node::SwitchRole(replication::NodeState state, std::deque<replication::Ship
     spdlog::info("node '{}' is now {}", options_.node_id, next->name());
     role_ = std::move(next);  // the old role ends here
     SetLogRole(role_->name());
-  role_->Start();
+    role_->Start();
     clients_->reads().Poke();  // reads waiting for a position are checked against the new role
+    ReleaseHeld();             // hellos held while it stood are answered by the new role
   }));
+}
+
+kj::Promise<void> Node::UntilSettled() {
+  if (role_ == nullptr || !role_->Standing()) return kj::READY_NOW;
+  // Those whose wait ended by its time bound go.
+  held_.erase(std::remove_if(held_.begin(), held_.end(),
+                             [](auto& f) { return !f->isWaiting(); }),
+              held_.end());
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  held_.push_back(kj::mv(paf.fulfiller));
+  uint32_t bound_ms = std::min(options_.election_timeout_ms, kMaxHoldMs);
+  return paf.promise.exclusiveJoin(
+      io_.provider->getTimer().afterDelay(bound_ms * kj::MILLISECONDS));
+}
+
+void Node::ReleaseHeld() {
+  if (held_.empty()) return;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> held = std::move(held_);
+  held_.clear();
+  for (auto& f : held) f->fulfill();
 }
 
 // Keeps the archived WAL within wal_retention_bytes every second (RocksDB alone would check

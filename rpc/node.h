@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 #include "replication/messages.h"
@@ -89,6 +90,18 @@ class Node final : public kj::TaskSet::ErrorHandler {
   // A follower that needs a snapshot gets the seeding role when it re-seeds by itself.
   // `recent`: the batches it applied last as a follower, for a LeaderRole's memory tail.
   void SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent = {});
+  // Resolves at once unless the role stands for leader (Role::Standing); then once the role
+  // changes or its round ends (ReleaseHeld), or after an election time-out (at most
+  // kMaxHoldMs). A follower's hello waits on it: a candidate answering at once could only say
+  // "ask again", and the follower's pause before asking again (reconnect_min_ms) would delay
+  // every failover's first acknowledged write.
+  kj::Promise<void> UntilSettled();
+  // The role's round ended without a change of role: what waits in UntilSettled goes on now.
+  void ReleaseHeld();
+  // Held for at most this long: well inside the follower's connect time-out (2 s), so that it
+  // never gives up on the node it voted for.
+  static constexpr uint32_t kMaxHoldMs = 1000;
+
   // An operator's `walship reseed`: the current role starts re-seeding, or says why not.
   absl::Status Reseed();
   // Starts re-seeding from the leader, whatever the reseed policy (after Reseed()).
@@ -134,6 +147,7 @@ class Node final : public kj::TaskSet::ErrorHandler {
   replication::Membership membership_;
   kj::Promise<void> restart_promise_ = nullptr;
   kj::Own<kj::PromiseFulfiller<void>> restart_;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> held_;  // UntilSettled
   // Storage errors (StorageLoop).
   bool storage_failed_ = false;
   uint32_t resume_interval_ms_ = 0;

@@ -115,6 +115,10 @@ class Role {
   // The leader's record of each follower (/metrics); none on other roles.
   virtual std::vector<replication::FollowerInfo> FollowerInfos() { return {}; }
 
+  // Whether this node stands for leader (a follower's round past its pre-vote, or an etcd
+  // candidate taking the key): it may lead any moment, so a follower's hello waits for the
+  // outcome (Node::UntilSettled) rather than being told to ask again.
+  virtual bool Standing() const { return false; }
   // A follower subscribes (rpc/peer.capnp); `sessions` counts the live sessions of the
   // connection it came on.
   virtual kj::Promise<void> Subscribe(SubscribeContext ctx,

@@ -2,13 +2,18 @@
 // in-process nodes allow: a disk made slow on command (engine/fault_env.h). The failover of
 // real processes killed and paused is in tests/e2e/test_failover.py.
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "engine/fault_env.h"
 #include "rpc/client.h"
 #include "tests/node_harness.h"
@@ -319,6 +324,73 @@ TEST_F(FailoverTest, ARequestIdIsAnsweredWithItsFirstOutcomeByTheNextLeader) {
   ASSERT_TRUE(st.ok());
   EXPECT_GT(st->epoch, first->epoch);
   EXPECT_EQ(st->latest_seq, latest) << "the retry wrote nothing";
+}
+
+// A follower that votes for a candidate asks it for its stream at once, before the candidate
+// leads: the candidate holds that hello and answers it as leader, instead of telling the
+// follower to ask again after its reconnect pause. Here every WAL fsync takes 300 ms, so the
+// winner spends that long between its win and leading (it fsyncs first); the follower's hello
+// comes in meanwhile, and no node ever tells it to ask again.
+TEST_F(FailoverTest, AHelloToANodeAboutToLeadIsAnsweredOnceItLeads) {
+  engine::testing::FailingEnv disk2, disk3;
+  std::vector<NodeServerOptions> o = ThreeNodes(disk2, disk3);
+  for (auto& n : o) {
+    n.heartbeat_timeout_ms = 1000;
+    n.commit.cluster = {replication::ReplicationMode::kSemiSync, 1,
+                        replication::AckLevel::kReceived};
+  }
+  // What the nodes log (all three run in this process), kept from before they start: the
+  // logger's sinks may not change while anything logs.
+  auto lines = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
+  lines->set_pattern("%v");
+  spdlog::default_logger()->sinks().push_back(lines);
+  std::optional<RunningNode> n1(o[0]), n2(o[1]), n3(o[2]);
+  auto c = ConnectOrDie(o[0].listen);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(WaitFor([&] { return c->Write({{OpType::kPut, "k", "v"}}).ok(); },
+                      std::chrono::seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return LatestSeq(o[1].listen) == 1 && LatestSeq(o[2].listen) == 1; },
+                      std::chrono::seconds(10)));
+  c.reset();
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(300));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(300));
+  n1.reset();  // the leader is gone; one of the others is elected
+  std::string winner, other;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (size_t i : {1u, 2u}) {
+          auto st = StatusOf(o[i].listen);
+          auto peer = StatusOf(o[3 - i].listen);
+          if (!st.ok() || !peer.ok() || st->role != "leader") continue;
+          if (peer->leader_id != o[i].node_id || peer->replication_state != "streaming") continue;
+          winner = o[i].node_id;
+          other = o[3 - i].node_id;
+          return true;
+        }
+        return false;
+      },
+      std::chrono::seconds(20)));
+  const std::string& at = winner == "n2" ? o[1].listen : o[2].listen;
+  auto w = Client::Connect(at, absl::Seconds(10));
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto after = (*w)->Write({{OpType::kPut, "after", "1"}});  // acknowledged by the other
+  EXPECT_TRUE(after.ok()) << after.status();
+  disk2.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
+  disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
+  n2.reset();
+  n3.reset();
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), lines), sinks.end());
+  std::vector<std::string> logged = lines->last_formatted();
+  const std::string voted = absl::StrCat("voted for '", winner, "'");
+  const std::string asked_again =
+      absl::StrCat("refused follower '", other, "': not the leader; named '", winner, "'");
+  EXPECT_TRUE(std::any_of(logged.begin(), logged.end(),
+                          [&](const std::string& l) { return l.find(voted) != l.npos; }))
+      << "the follower's hello came after its vote (it is what this test is about)";
+  for (const std::string& l : logged) {
+    EXPECT_FALSE(absl::StrContains(l, asked_again)) << "the follower was told to ask again: " << l;
+  }
 }
 
 }  // namespace
