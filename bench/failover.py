@@ -119,6 +119,8 @@ def explain(c, survivors, killed_at):
     parts += [f"{n} leads +{t * 1000:.0f}" for n, t in sorted(leads.items())]
     refused = log_times(c, survivors, killed_at, "refused follower")
     parts += [f"{n} refused a hello +{t * 1000:.0f}" for n, t in sorted(refused.items())]
+    slow = log_times(c, survivors, killed_at, "slow WAL fsync")
+    parts += [f"{n} slow fsync +{t * 1000:.0f}" for n, t in sorted(slow.items())]
     streams = log_times(c, survivors, killed_at, "streaming from leader")
     parts += [f"{n} streams +{t * 1000:.0f}" for n, t in sorted(streams.items())]
     return ", ".join(parts)

@@ -12,6 +12,7 @@
 #include "rpc/convert.h"
 #include "rpc/coordinator.h"
 #include "rpc/node.h"
+#include "rpc/wal_sync.h"
 
 namespace walship::rpc {
 namespace {
@@ -456,30 +457,24 @@ kj::Promise<absl::Status> ClientService::LocalSync(SequenceNumber seq) {
 void ClientService::StartLocalSync() {
   sync_running_ = true;
   SequenceNumber target = engine_.LatestSequence();
-  tasks_.add(
-      node_.node_pool()
-          .Run([e = &engine_]() { return e->SyncWal(); })
-          .catch_(
-              [](kj::Exception&& e) { return absl::UnavailableError(e.getDescription().cStr()); })
-          .then([this, target](absl::Status s) {
-            sync_running_ = false;
-            if (s.ok()) synced_ = std::max(synced_, target);
-            std::deque<std::pair<SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>>
-                still;
-            for (auto& [seq, done] : sync_waiters_) {
-              if (!s.ok()) {
-                done->fulfill(NotReplicatedError(
-                    absl::StrCat("written at seq ", seq, " but the leader's fsync failed (",
-                                 s.message(), "): whether it survives a power loss is in doubt")));
-              } else if (seq <= synced_) {
-                done->fulfill(absl::OkStatus());
-              } else {
-                still.emplace_back(seq, kj::mv(done));
-              }
-            }
-            sync_waiters_ = std::move(still);
-            if (!sync_waiters_.empty()) StartLocalSync();
-          }));
+  tasks_.add(SyncWalTimed(node_, "the leader's writes").then([this, target](absl::Status s) {
+    sync_running_ = false;
+    if (s.ok()) synced_ = std::max(synced_, target);
+    std::deque<std::pair<SequenceNumber, kj::Own<kj::PromiseFulfiller<absl::Status>>>> still;
+    for (auto& [seq, done] : sync_waiters_) {
+      if (!s.ok()) {
+        done->fulfill(NotReplicatedError(
+            absl::StrCat("written at seq ", seq, " but the leader's fsync failed (", s.message(),
+                         "): whether it survives a power loss is in doubt")));
+      } else if (seq <= synced_) {
+        done->fulfill(absl::OkStatus());
+      } else {
+        still.emplace_back(seq, kj::mv(done));
+      }
+    }
+    sync_waiters_ = std::move(still);
+    if (!sync_waiters_.empty()) StartLocalSync();
+  }));
 }
 
 // The replication a write asks for, resolved against the cluster's configured one.

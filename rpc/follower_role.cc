@@ -17,6 +17,7 @@
 #include "rpc/coordinated_campaign.h"
 #include "rpc/convert.h"
 #include "rpc/node.h"
+#include "rpc/wal_sync.h"
 
 namespace walship::rpc {
 namespace {
@@ -559,16 +560,11 @@ void FollowerRole::RunApply(replication::LinkOutbox::Apply apply) {
 
 // Periodic WAL fsync on a follower (like Redis's appendfsync everysec): durable acks.
 void FollowerRole::RunFsync(SequenceNumber seq) {
-  tasks_.add(node_.node_pool()
-                 .Run([e = &node_.engine()]() { return e->SyncWal(); })
-                 .catch_([](kj::Exception&& e) {  // the worker queue was full
-                   return absl::UnavailableError(e.getDescription().cStr());
-                 })
-                 .then([this, seq](absl::Status s) {
-                   replication::LinkOutbox out;
-                   link_.OnSynced(seq, s, &out);
-                   CarryLink(std::move(out));
-                 }));
+  tasks_.add(SyncWalTimed(node_, "a follower's acknowledgements").then([this, seq](absl::Status s) {
+    replication::LinkOutbox out;
+    link_.OnSynced(seq, s, &out);
+    CarryLink(std::move(out));
+  }));
 }
 
 }  // namespace walship::rpc

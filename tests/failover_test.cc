@@ -64,7 +64,10 @@ TEST_F(FailoverTest, ASlowFollowerDiskNeitherEndsTheLeaseNorStartsAnElection) {
   o[0].commit.cluster = {replication::ReplicationMode::kSemiSync, 1,
                          replication::AckLevel::kFlushed};
   o[0].commit.timeout_ms = 20000;
-  RunningNode n1(o[0]), n2(o[1]), n3(o[2]);
+  auto lines = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);  // before they log
+  lines->set_pattern("%v");
+  spdlog::default_logger()->sinks().push_back(lines);
+  std::optional<RunningNode> n1(o[0]), n2(o[1]), n3(o[2]);
   auto c = ConnectOrDie(o[0].listen);
   ASSERT_NE(c, nullptr);
   // The lease is held, and both followers answer heartbeats.
@@ -104,6 +107,17 @@ TEST_F(FailoverTest, ASlowFollowerDiskNeitherEndsTheLeaseNorStartsAnElection) {
     EXPECT_EQ(st->epoch, 1u) << n.node_id;  // no follower stood
     EXPECT_GE(st->leader_heartbeat_ago_ms, 0) << n.node_id;
   }
+  // The nodes said why the writes waited.
+  n1.reset();
+  n2.reset();
+  n3.reset();
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), lines), sinks.end());
+  std::vector<std::string> logged = lines->last_formatted();
+  EXPECT_TRUE(std::any_of(logged.begin(), logged.end(), [](const std::string& l) {
+    return absl::StartsWith(l, "slow WAL fsync: ") &&
+           absl::StrContains(l, " ms for a follower's acknowledgements");
+  }));
 }
 
 // An asynchronous cluster whose followers lag far behind their leader when it dies: with
