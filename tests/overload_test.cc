@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/fault_env.h"
 #include "rpc/client.capnp.h"
 #include "rpc/client.h"
@@ -516,8 +517,7 @@ TEST_F(OverloadTest, ScanRepliesAreBoundedInBytes) {
   ASSERT_NE(c, nullptr);
   const std::string value(1 << 20, 'v');
   for (int i = 0; i < 24; ++i) {
-    char key[8];
-    std::snprintf(key, sizeof key, "k%02d", i);
+    const std::string key = absl::StrFormat("k%02d", i);
     ASSERT_TRUE(c->Write({{OpType::kPut, key, value}}).ok());
   }
   {
@@ -652,14 +652,12 @@ TEST_F(OverloadTest, ReadsNeverWaitForTheDiskOnTheEventLoop) {
   ASSERT_NE(c, nullptr);
   auto value_of = [](int i) { return std::string(16 << 10, static_cast<char>('a' + i % 26)); };
   for (int i = 0; i < 200; ++i) {
-    char key[8];
-    std::snprintf(key, sizeof key, "k%03d", i);
+    const std::string key = absl::StrFormat("k%03d", i);
     ASSERT_TRUE(c->Write({{OpType::kPut, key, value_of(i)}}).ok());
   }
   disk.fs->ForgetReaders();
   for (int i = 0; i < 200; ++i) {
-    char key[8];
-    std::snprintf(key, sizeof key, "k%03d", i);
+    const std::string key = absl::StrFormat("k%03d", i);
     auto v = c->Get(key);
     ASSERT_TRUE(v.ok()) << key << ": " << v.status();
     EXPECT_EQ(*v, value_of(i)) << key;
