@@ -19,8 +19,9 @@ target leads, so this bounds the pause a writer sees, less its redirect).
 
 Prints one table (p50, p99, max per profile) with the settings used, and for each kill where
 the time went (from the nodes' logs: when each survivor stood, when one won, when the other
-streamed from it). A false failover under the load is counted, and the kill then waits until
-the deposed leader has re-seeded, so that every kill is timed from a whole cluster.
+streamed from it), and for a kill over 250 ms the client's failed tries (when, how long, the
+error). A false failover under the load is counted, and the kill then waits until the deposed
+leader has re-seeded, so that every kill is timed from a whole cluster.
 """
 import argparse
 import datetime
@@ -57,6 +58,10 @@ PROFILES = {
     # The shortest lease etcd grants with those raft timings (1 s), the key read every 50 ms.
     "etcd-tuned": {"coordinator": {"lease_ttl_s": 1, "poll_ms": 50, "gather_ms": 150}},
 }
+
+
+# A kill slower than this prints the client's failed tries before its line.
+SLOW_ROUND_MS = 250
 
 
 def percentile(values, p):
@@ -174,8 +179,13 @@ def run_profile(name, rounds, load_s):
             t0 = time.monotonic()
             killed_at = time.time()
             deadline = t0 + 60
+            tries = []  # (ms after the kill the try began, ms it took, its error's last line)
             while True:
+                began = time.monotonic()
                 r = c.cli("put", f"after-{i}", "1", check=False, timeout=10)
+                if r.returncode != 0:
+                    tries.append(((began - t0) * 1000, (time.monotonic() - began) * 1000,
+                                  (r.stderr.strip().splitlines() or ["?"])[-1][:160]))
                 if r.returncode == 0:
                     times.append((time.monotonic() - t0) * 1000)
                     break
@@ -196,6 +206,10 @@ def run_profile(name, rounds, load_s):
             except AssertionError:
                 print(c.log(leader)[-3000:], file=sys.stderr)
                 raise
+            if r.returncode == 0 and times[-1] > SLOW_ROUND_MS:
+                # Where a slow kill's time went on the client's side: its last tries.
+                for at, took, why in tries[-6:]:
+                    print(f"  try at +{at:.0f} ms took {took:.0f} ms: {why}", file=sys.stderr)
             if r.returncode == 0:
                 print(f"{name} round {i + 1}/{rounds}: {times[-1]:.0f} ms "
                       f"({explain(c, [n for n in c.ids if n != leader], killed_at)})",
