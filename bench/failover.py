@@ -122,6 +122,8 @@ def explain(c, survivors, killed_at):
     parts += [f"{n} took the key +{t * 1000:.0f}" for n, t in sorted(took.items())]
     leads = log_times(c, survivors, killed_at, "elected leader of epoch")
     parts += [f"{n} leads +{t * 1000:.0f}" for n, t in sorted(leads.items())]
+    lease = log_times(c, survivors, killed_at, "ms after this node began leading")
+    parts += [f"{n} holds its lease +{t * 1000:.0f}" for n, t in sorted(lease.items())]
     refused = log_times(c, survivors, killed_at, "refused follower")
     parts += [f"{n} refused a hello +{t * 1000:.0f}" for n, t in sorted(refused.items())]
     slow = log_times(c, survivors, killed_at, "slow WAL fsync")

@@ -63,6 +63,16 @@ kj::Promise<PromoteOutcome> LeaderRole::Promote(bool) {
 void LeaderRole::OnLeaseAck(const std::string& voter, int64_t sent_us) {
   lease_->OnAck(voter, sent_us);
   lease_until_us_ = lease_->ExpiresAt(node_.membership(), node_.options().node_id);
+  if (!lease_first_held_) {
+    // Until now it refused writes: how long that lasted after it began leading is part of
+    // every failover's pause.
+    int64_t now = node_.PreciseNowUs();
+    if (now < lease_until_us_) {
+      lease_first_held_ = true;
+      spdlog::info("lease held {} ms after this node began leading; writes are taken",
+                   (now - started_us_) / 1000);
+    }
+  }
 }
 
 // Writes are refused from the lease's end on (WriteRefusal), whenever this runs; the leader

@@ -162,6 +162,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   int64_t started_us_ = 0;
   bool stepping_down_ = false;
   bool lease_lapsed_ = true;    // as of the last check (a new leader holds none yet)
+  bool lease_first_held_ = false;  // since it began leading, for the log
   uint64_t lease_lapses_ = 0;   // since it began leading, for the log
   // Through etcd: the node's link (nullptr: the vote), its listener number, whether a take
   // of the key is under way, whether it held the key at the last look, and when it last did.

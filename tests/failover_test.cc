@@ -402,6 +402,10 @@ TEST_F(FailoverTest, AHelloToANodeAboutToLeadIsAnsweredOnceItLeads) {
   EXPECT_TRUE(std::any_of(logged.begin(), logged.end(),
                           [&](const std::string& l) { return l.find(voted) != l.npos; }))
       << "the follower's hello came after its vote (it is what this test is about)";
+  EXPECT_TRUE(std::any_of(logged.begin(), logged.end(), [](const std::string& l) {
+    return absl::StartsWith(l, "lease held ") &&
+           absl::StrContains(l, " ms after this node began leading; writes are taken");
+  })) << "the new leader says when it first held its lease";
   for (const std::string& l : logged) {
     EXPECT_FALSE(absl::StrContains(l, asked_again)) << "the follower was told to ask again: " << l;
   }
