@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -23,6 +24,31 @@ namespace {
 
 using engine::OpType;
 using engine::WriteOp;
+
+// What the in-process nodes log, from construction on: attach it before the nodes start
+// (the logger's sinks may not change while anything logs) and read it, or let it go, once
+// they have stopped. Detached when destroyed, also when a test ends early.
+class LogLines {
+ public:
+  LogLines() { spdlog::default_logger()->sinks().push_back(sink_); }
+  ~LogLines() { Detach(); }
+  // Every line since construction (up to the last 4096), message only.
+  std::vector<std::string> Take() {
+    Detach();
+    return sink_->last_formatted();
+  }
+
+ private:
+  void Detach() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_ = [] {
+    auto s = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
+    s->set_pattern("%v");
+    return s;
+  }();
+};
 
 class FailoverTest : public NodeTest {
  protected:
@@ -64,9 +90,7 @@ TEST_F(FailoverTest, ASlowFollowerDiskNeitherEndsTheLeaseNorStartsAnElection) {
   o[0].commit.cluster = {replication::ReplicationMode::kSemiSync, 1,
                          replication::AckLevel::kFlushed};
   o[0].commit.timeout_ms = 20000;
-  auto lines = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);  // before they log
-  lines->set_pattern("%v");
-  spdlog::default_logger()->sinks().push_back(lines);
+  LogLines lines;  // before the nodes log
   std::optional<RunningNode> n1(o[0]), n2(o[1]), n3(o[2]);
   auto c = ConnectOrDie(o[0].listen);
   ASSERT_NE(c, nullptr);
@@ -111,9 +135,7 @@ TEST_F(FailoverTest, ASlowFollowerDiskNeitherEndsTheLeaseNorStartsAnElection) {
   n1.reset();
   n2.reset();
   n3.reset();
-  auto& sinks = spdlog::default_logger()->sinks();
-  sinks.erase(std::remove(sinks.begin(), sinks.end(), lines), sinks.end());
-  std::vector<std::string> logged = lines->last_formatted();
+  std::vector<std::string> logged = lines.Take();
   EXPECT_TRUE(std::any_of(logged.begin(), logged.end(), [](const std::string& l) {
     return absl::StartsWith(l, "slow WAL fsync: ") &&
            absl::StrContains(l, " ms for a follower's acknowledgements");
@@ -353,11 +375,7 @@ TEST_F(FailoverTest, AHelloToANodeAboutToLeadIsAnsweredOnceItLeads) {
     n.commit.cluster = {replication::ReplicationMode::kSemiSync, 1,
                         replication::AckLevel::kReceived};
   }
-  // What the nodes log (all three run in this process), kept from before they start: the
-  // logger's sinks may not change while anything logs.
-  auto lines = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096);
-  lines->set_pattern("%v");
-  spdlog::default_logger()->sinks().push_back(lines);
+  LogLines lines;  // what the three nodes log, from before they start
   std::optional<RunningNode> n1(o[0]), n2(o[1]), n3(o[2]);
   auto c = ConnectOrDie(o[0].listen);
   ASSERT_NE(c, nullptr);
@@ -393,9 +411,7 @@ TEST_F(FailoverTest, AHelloToANodeAboutToLeadIsAnsweredOnceItLeads) {
   disk3.fs->set_wal_sync_delay(std::chrono::milliseconds(0));
   n2.reset();
   n3.reset();
-  auto& sinks = spdlog::default_logger()->sinks();
-  sinks.erase(std::remove(sinks.begin(), sinks.end(), lines), sinks.end());
-  std::vector<std::string> logged = lines->last_formatted();
+  std::vector<std::string> logged = lines.Take();
   const std::string voted = absl::StrCat("voted for '", winner, "'");
   const std::string asked_again =
       absl::StrCat("refused follower '", other, "': not the leader; named '", winner, "'");
