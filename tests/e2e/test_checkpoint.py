@@ -168,12 +168,18 @@ class CheckpointTest(unittest.TestCase):
                         continue  # the checkpoint was dropped meanwhile
                     try:
                         # Written back first: the kernel drops clean pages only, and a file
-                        # RocksDB wrote a moment ago may still be dirty. Then every other
-                        # page: a read finds its first page cached, and not its second.
+                        # RocksDB wrote a moment ago may still be dirty. Then the whole file
+                        # is dropped and every other page read back alone (no read-ahead on
+                        # this descriptor): a read finds its first page cached, and not its
+                        # second. Dropping single pages would not do: the kernel keeps a file
+                        # written or read in large writes in folios of many pages, and drops
+                        # a folio only whole.
                         os.fsync(fd)
                         size = os.fstat(fd).st_size
-                        for off in range(PAGE, size, 2 * PAGE):
-                            os.posix_fadvise(fd, off, PAGE, os.POSIX_FADV_DONTNEED)
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                        for off in range(0, size, 2 * PAGE):
+                            os.pread(fd, PAGE, off)
                     finally:
                         os.close(fd)
             return (status_of(c, "n2") or {}).get("role") == "follower"
