@@ -289,6 +289,7 @@ void Election::StartRound(bool pre_vote, const NodeState& state, SequenceNumber 
     out->send.emplace_back(voter, r);
   }
   round_request_ = r;
+  round_asked_us_ = now_us;
   out->logs.push_back(absl::StrCat(pre_vote ? "standing for epoch " : "asking for votes in epoch ",
                                    epoch_, pre_vote ? " (pre-vote)" : "", "; log ends at ",
                                    Describe(mine)));
@@ -385,6 +386,10 @@ void Election::Count(const NodeState& state, SequenceNumber latest, int64_t now_
     phase_ = Phase::kWon;
     round_deadline_us_ = kNever;
     out->lead = epoch_;
+    out->elected_by.asked_us = round_asked_us_;
+    for (const auto& [voter, granted] : granted_) {
+      if (granted) out->elected_by.voters.push_back(voter);
+    }
     out->logs.push_back(absl::StrCat("won epoch ", epoch_, " with ", yes, " of the votes"));
   }
 }

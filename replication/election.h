@@ -114,10 +114,10 @@ std::string Describe(const LogPosition& p);
 struct VoterView {
   SequenceNumber latest = 0;  // its log's end
   bool leads = false;         // it leads now
-  // When it last heard from the leader it follows (the monotonic clock, µs). A node that
-  // starts counts its start as such a time: it may have acknowledged a leader just before it
-  // stopped, and that leader's lease relies on it refusing votes for an election time-out
-  // after. kNever: no leader to be loyal to (tests).
+  // When it last heard from the leader it follows, or last granted a real vote (the monotonic
+  // clock, µs). A node that starts counts its start as such a time: it may have acknowledged
+  // a leader just before it stopped, and that leader's lease relies on it refusing votes for
+  // an election time-out after. kNever: no leader to be loyal to (tests).
   int64_t leader_heard_us = kNever;
 };
 
@@ -135,7 +135,10 @@ struct VoteAnswer {
   std::optional<NodeState> save;
 };
 
-// The answer of the voter `options.self`, holding `state`, to `request`.
+// The answer of the voter `options.self`, holding `state`, to `request`. A real vote granted
+// counts, for the caller, as its leader heard at `now_us` (VoterView::leader_heard_us): the
+// voter refuses every other candidate for an election time-out after, so the new leader may
+// count the vote towards its lease (ElectedBy), as it would a heartbeat's acknowledgement.
 VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteRequest& request,
                       const ElectionOptions& options, int64_t now_us);
 
@@ -144,13 +147,23 @@ VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteR
 HeartbeatReply AnswerHeartbeat(const std::string& self, const std::string& cluster,
                                Epoch highest_seen, const Heartbeat& beat);
 
+// The votes that elected a leader, as acknowledgements for its lease (LeaderLease::OnAck):
+// each voter granted after the round asked, and refuses other candidates for an election
+// time-out after granting (AnswerVote). A new leader so holds its lease as it begins, instead
+// of a round trip later.
+struct ElectedBy {
+  int64_t asked_us = 0;             // when the round's requests were made (they went after)
+  std::vector<std::string> voters;  // those that granted, the winner included
+};
+
 struct ElectionOutbox {
   // Save this state (the node's vote for itself) before sending or leading; when the save
   // fails, send nothing, do not lead, and call Election::Abandon.
   std::optional<NodeState> save;
   std::vector<std::pair<std::string, VoteRequest>> send;  // (voter, request)
-  // Won: begin this epoch (BeginElectedEpoch at the log's end + 1) and lead.
+  // Won: begin this epoch (BeginElectedEpoch at the log's end + 1) and lead, elected by these.
   std::optional<Epoch> lead;
+  ElectedBy elected_by;
   std::vector<std::string> logs;
 };
 
@@ -240,6 +253,7 @@ class Election {
   Epoch seen_epoch_ = 0;                 // the highest epoch a refusal named
   std::map<std::string, bool> granted_;  // this round's answers, by voter
   VoteRequest round_request_;            // what this round asks
+  int64_t round_asked_us_ = 0;           // when it was made
   uint64_t majority_ = 1;
   uint64_t voters_ = 1;  // this round's voters, itself included
 };

@@ -350,10 +350,10 @@ class ElectionSim {
       m.vote = req;
       Send(std::move(m));
     }
-    if (out.lead) Lead(n, *out.lead);
+    if (out.lead) Lead(n, *out.lead, out.elected_by);
   }
 
-  void Lead(SimNode& n, Epoch epoch) {
+  void Lead(SimNode& n, Epoch epoch, const ElectedBy& elected_by) {
     auto [it, fresh] = winners_.emplace(epoch, n.id);
     if (!fresh && it->second != n.id) {
       Fail("epoch " + std::to_string(epoch) + " won by both " + it->second + " and " + n.id);
@@ -373,6 +373,8 @@ class ElectionSim {
     n.state.leader = n.id;
     n.leads = true;
     n.lease = std::make_unique<LeaderLease>(kLeaseMs);
+    // As rpc::LeaderRole does: the votes count as acknowledgements of the round's requests.
+    for (const std::string& voter : elected_by.voters) n.lease->OnAck(voter, elected_by.asked_us);
     n.match.clear();
     n.next_heartbeat_us = now_;
   }
@@ -447,7 +449,9 @@ class ElectionSim {
     if (a.save) {
       v.state = *a.save;
       // As rpc::Campaign does: a vote restarts the wait, so that this node does not stand
-      // (and vote for itself) within an election time-out of acknowledging the candidate.
+      // (and vote for itself) within an election time-out of acknowledging the candidate,
+      // and counts as the leader heard (the candidate's lease counts the vote).
+      v.leader_heard_us = now_;
       if (v.election != nullptr && !v.leads) v.election->OnLeaderContact(now_);
     }
     if (m.vote.pre_vote && a.reply.granted && !v.leads && v.election != nullptr) {

@@ -460,6 +460,40 @@ TEST(ElectionTest, ALeaseHoldsWhileAMajorityAcknowledgesWithinIt) {
   EXPECT_TRUE(LeaderLease(1500).Holds(Voters({"n1"}), "n1", 99'999 * kMs));
 }
 
+// The votes that elect a leader count towards its lease from when its round asked: a voter
+// that granted refuses every other candidate for an election time-out after (its caller counts
+// the vote as its leader heard), so the new leader takes writes as it begins.
+TEST(ElectionTest, TheVotesThatElectALeaderCountTowardsItsLease) {
+  NodeState self = Follower();
+  std::map<std::string, NodeState> voters{{"n1", Follower()}, {"n3", Follower()}};
+  Election e(Opts("n2"), 7, 0);
+  ElectionOutbox out;
+  const int64_t asked = e.NextWakeUp();
+  e.Tick(self, 150, asked, &out);
+  Deliver(e, out, voters, self, 150, asked);  // the pre-votes; the real round asks now
+  ASSERT_EQ(e.phase(), Election::Phase::kVote);
+  Deliver(e, out, voters, self, 150, asked + 30 * kMs);  // granted 30 ms later
+  ASSERT_TRUE(out.lead.has_value());
+  EXPECT_EQ(out.elected_by.asked_us, asked);
+  // n1's vote made the majority; n3's came after the win and counts for nothing.
+  EXPECT_EQ(out.elected_by.voters, (std::vector<std::string>{"n1", "n2"}));
+  LeaderLease lease(1500);
+  EXPECT_FALSE(lease.Holds(self.membership, "n2", asked + 40 * kMs));
+  for (const std::string& v : out.elected_by.voters) lease.OnAck(v, out.elected_by.asked_us);
+  EXPECT_TRUE(lease.Holds(self.membership, "n2", asked + 40 * kMs));
+  EXPECT_EQ(lease.ExpiresAt(self.membership, "n2"), asked + 1500 * kMs);
+  // n1, its vote counted as its leader heard, refuses another candidate until an election
+  // time-out after it, past the lease.
+  VoterView n1{.latest = 150, .leads = false, .leader_heard_us = asked + 30 * kMs};
+  VoteAnswer other = AnswerVote(voters["n1"], n1, Ask("n3", 5, 150, 3, true), Opts("n1"),
+                                asked + 2000 * kMs);
+  EXPECT_FALSE(other.reply.granted);
+  EXPECT_EQ(other.refusal, Refusal::kLeaderHeard);
+  EXPECT_TRUE(AnswerVote(voters["n1"], n1, Ask("n3", 5, 150, 3, true), Opts("n1"),
+                         asked + 2030 * kMs)
+                  .reply.granted);
+}
+
 TEST(ElectionTest, ALeaderStepsDownOnlyAGraceAfterALeaseItHeld) {
   Membership m = Voters({"n1", "n2", "n3"});
   const int64_t grace = 800 * kMs;

@@ -287,13 +287,13 @@ void Campaign::Carry(replication::ElectionOutbox out) {
                        return;
                      }
                      Send(std::move(out.send));
-                     if (out.lead.has_value()) Lead(*out.lead);
+                     if (out.lead.has_value()) Lead(*out.lead, std::move(out.elected_by));
                      Arm();
                    }));
     return;
   }
   Send(std::move(out.send));
-  if (out.lead.has_value()) Lead(*out.lead);
+  if (out.lead.has_value()) Lead(*out.lead, std::move(out.elected_by));
   Arm();
 }
 
@@ -372,7 +372,8 @@ void Campaign::Ask(const std::string& voter, replication::VoteRequest request, b
 kj::Promise<absl::Status> BecomeLeader(Node& node,
                                        std::shared_ptr<replication::Follower> follower,
                                        replication::Epoch epoch,
-                                       std::function<void()> before_switch) {
+                                       std::function<void()> before_switch,
+                                       replication::ElectedBy elected_by) {
   struct Elected {
     absl::StatusOr<replication::NodeState> next;
     std::deque<replication::ShippedBatch> recent;
@@ -387,23 +388,24 @@ kj::Promise<absl::Status> BecomeLeader(Node& node,
       .catch_([](kj::Exception&& e) -> Elected {
         return {absl::UnavailableError(e.getDescription().cStr()), {}};
       })
-      .then([&node, epoch, before_switch = std::move(before_switch)](Elected won) {
+      .then([&node, epoch, before_switch = std::move(before_switch),
+             elected_by = std::move(elected_by)](Elected won) mutable {
         if (!won.next.ok()) return won.next.status();
         if (before_switch) before_switch();
         spdlog::warn("elected leader of epoch {} from seq {}", epoch,
                      won.next->history.back().start_seq);
-        node.SwitchRole(std::move(*won.next), std::move(won.recent));
+        node.SwitchRole(std::move(*won.next), std::move(won.recent), std::move(elected_by));
         return absl::OkStatus();
       });
 }
 
 // Won: leads from its log's end + 1 (BecomeLeader).
-void Campaign::Lead(replication::Epoch epoch) {
+void Campaign::Lead(replication::Epoch epoch, replication::ElectedBy elected_by) {
   leading_ = true;
   auto promoted = [this, epoch]() {
     FinishPromote(PromoteOutcome{absl::OkStatus(), options_.self, epoch, promote_loss_});
   };
-  tasks_.add(BecomeLeader(node_, follower_, epoch, promoted).then([this, epoch](absl::Status led) {
+  tasks_.add(BecomeLeader(node_, follower_, epoch, promoted, std::move(elected_by)).then([this, epoch](absl::Status led) {
     if (!led.ok()) {
       spdlog::error("election: won epoch {} but cannot lead: {}", epoch, led.ToString());
       leading_ = false;
@@ -460,7 +462,10 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
     } else {
       // The wait restarts from the vote taken, not from its save: a timer that fires while
       // the vote is being saved would otherwise stand against the candidate just voted for
-      // (in the next epoch, which would then depose it).
+      // (in the next epoch, which would then depose it). And the vote counts as the leader
+      // heard: other candidates are refused for an election time-out, which the candidate's
+      // lease counts on (replication::ElectedBy).
+      heard_us_ = std::max(heard_us_, now);
       election_.OnLeaderContact(now);
       Arm();
     }

@@ -74,7 +74,7 @@ class Campaign final : public Candidate, private kj::TaskSet::ErrorHandler {
   // Asks `voter` on its connection (opened when there is none); a kept connection found dead
   // is replaced and asked again once, `may_retry`.
   void Ask(const std::string& voter, replication::VoteRequest request, bool may_retry = true);
-  void Lead(replication::Epoch epoch);
+  void Lead(replication::Epoch epoch, replication::ElectedBy elected_by);
   // Ends a promotion under way with `outcome` (when one is).
   void FinishPromote(PromoteOutcome outcome);
   // A promotion whose round ended without a win has failed.

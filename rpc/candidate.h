@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "replication/election.h"
 #include "replication/follower.h"
 #include "replication/messages.h"
 #include "rpc/role.h"
@@ -46,10 +47,12 @@ class Candidate {
 // writes that survive this machine failing), saves the new epoch and role, and makes the node
 // leader with the batches it applied last (to serve its followers from memory), calling
 // `before_switch` first (the caller's role ends in a later turn). Resolves with OK once the
-// node switches role, or with why it cannot lead.
+// node switches role, or with why it cannot lead. `elected_by`: the votes that elected it,
+// which its lease counts (none when a coordinator chose it).
 kj::Promise<absl::Status> BecomeLeader(Node& node,
                                        std::shared_ptr<replication::Follower> follower,
                                        replication::Epoch epoch,
-                                       std::function<void()> before_switch);
+                                       std::function<void()> before_switch,
+                                       replication::ElectedBy elected_by = {});
 
 }  // namespace walship::rpc

@@ -47,12 +47,14 @@ replication::ShipperOptions ShipperOptionsFor(const NodeServerOptions& o) {
 }  // namespace
 
 LeaderRole::LeaderRole(Node& node, replication::NodeState state, bool resume_handover,
-                       std::deque<replication::ShippedBatch> recent)
+                       std::deque<replication::ShippedBatch> recent,
+                       replication::ElectedBy elected_by)
     : node_(node),
       leader_(LeaderOptionsFor(node.options()), &node.engine(), std::move(state),
               replication::RealClock()),
       shipper_(leader_, ShipperOptionsFor(node.options())),
       commit_wait_(node.options().commit),
+      elected_by_(std::move(elected_by)),
       tasks_(*this) {
   coordinator_ = node.coordinator();
   if (node.options().failover && coordinator_ == nullptr) lease_.emplace(node.options().lease_ms);
@@ -114,6 +116,10 @@ void LeaderRole::Start() {
   heartbeats_->Start();
   if (lease_.has_value()) {
     OnLeaseAck(node_.options().node_id, started_us_);  // a cluster of one voter holds it
+    // The votes that elected it: it holds its lease from the start when they came lately.
+    for (const std::string& voter : elected_by_.voters) {
+      if (voter != node_.options().node_id) OnLeaseAck(voter, elected_by_.asked_us);
+    }
     tasks_.add(LeaseLoop());
   }
   if (coordinator_ != nullptr) {

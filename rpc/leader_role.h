@@ -32,9 +32,11 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   // `state` is saved already and ends with this node's epoch. With `resume_handover` the node
   // stopped while handing over (replication::ResumesHandover): it asks the target again and
   // takes no writes meanwhile.
-  // `recent`: the batches this node applied last as a follower (its memory tail to start).
+  // `recent`: the batches this node applied last as a follower (its memory tail to start);
+  // `elected_by`: the votes that elected it, acknowledgements its lease counts from the start.
   LeaderRole(Node& node, replication::NodeState state, bool resume_handover,
-             std::deque<replication::ShippedBatch> recent = {});
+             std::deque<replication::ShippedBatch> recent = {},
+             replication::ElectedBy elected_by = {});
   ~LeaderRole() noexcept(false) override;
 
   const char* name() const override { return "leader"; }
@@ -160,6 +162,7 @@ class LeaderRole final : public Role, private kj::TaskSet::ErrorHandler {
   std::optional<replication::LeaderLease> lease_;
   int64_t lease_until_us_ = replication::LeaderLease::kNotHeld;
   int64_t started_us_ = 0;
+  replication::ElectedBy elected_by_;  // counted by Start
   bool stepping_down_ = false;
   bool lease_lapsed_ = true;    // as of the last check (a new leader holds none yet)
   bool lease_first_held_ = false;  // since it began leading, for the log

@@ -112,13 +112,15 @@ int64_t Node::PreciseNowUs() const {
 }
 
 std::unique_ptr<Role> Node::MakeRole(replication::NodeState state,
-                                     std::deque<replication::ShippedBatch> recent) {
+                                     std::deque<replication::ShippedBatch> recent,
+                                     replication::ElectedBy elected_by) {
   if (replication::ResumesHandover(state)) {
     return std::make_unique<LeaderRole>(*this, std::move(state), /*resume_handover=*/true,
                                         std::move(recent));
   }
   if (state.role == "leader") {
-    return std::make_unique<LeaderRole>(*this, std::move(state), false, std::move(recent));
+    return std::make_unique<LeaderRole>(*this, std::move(state), false, std::move(recent),
+                                        std::move(elected_by));
   }
   if (!state.needs_snapshot.empty() && options_.reseed == replication::ReseedPolicy::kAutomatic) {
     return std::make_unique<SeedingRole>(*this, std::move(state));
@@ -139,9 +141,12 @@ void Node::SwitchToSeeding(replication::NodeState state,
   }));
 }
 
-void Node::SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent) {
-  tasks_.add(kj::evalLater([this, state = std::move(state), recent = std::move(recent)]() mutable {
-    std::unique_ptr<Role> next = MakeRole(std::move(state), std::move(recent));
+void Node::SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent,
+                      replication::ElectedBy elected_by) {
+  tasks_.add(kj::evalLater([this, state = std::move(state), recent = std::move(recent),
+                            elected_by = std::move(elected_by)]() mutable {
+    std::unique_ptr<Role> next = MakeRole(std::move(state), std::move(recent),
+                                          std::move(elected_by));
     spdlog::info("node '{}' is now {}", options_.node_id, next->name());
     role_ = std::move(next);  // the old role ends here
     SetLogRole(role_->name());

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "replication/election.h"
 #include "replication/messages.h"
 #include "replication/node_state.h"
 #include "rpc/node_server.h"
@@ -88,8 +89,10 @@ class Node final : public kj::TaskSet::ErrorHandler {
   // Makes `state` (saved already) the node's role, in a later turn: the current role may be
   // the caller, and is destroyed then. Roles that end close their followers' connections.
   // A follower that needs a snapshot gets the seeding role when it re-seeds by itself.
-  // `recent`: the batches it applied last as a follower, for a LeaderRole's memory tail.
-  void SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent = {});
+  // `recent`: the batches it applied last as a follower, for a LeaderRole's memory tail;
+  // `elected_by`: the votes that elected a LeaderRole, which its lease counts.
+  void SwitchRole(replication::NodeState state, std::deque<replication::ShippedBatch> recent = {},
+                  replication::ElectedBy elected_by = {});
   // Resolves at once unless the role stands for leader (Role::Standing); then once the role
   // changes or its round ends (ReleaseHeld), or after an election time-out (at most
   // kMaxHoldMs). A follower's hello waits on it: a candidate answering at once could only say
@@ -125,7 +128,8 @@ class Node final : public kj::TaskSet::ErrorHandler {
 
  private:
   std::unique_ptr<Role> MakeRole(replication::NodeState state,
-                                 std::deque<replication::ShippedBatch> recent = {});
+                                 std::deque<replication::ShippedBatch> recent = {},
+                                 replication::ElectedBy elected_by = {});
   kj::Promise<void> WalTrimLoop();
   kj::Promise<void> StorageLoop();
 

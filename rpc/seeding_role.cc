@@ -141,8 +141,10 @@ kj::Promise<replication::VoteReply> SeedingRole::RequestVote(replication::VoteRe
     if (!a.reply.granted) LogRefusedVote(request, a.reply);
     return a.reply;
   }
-  // Taken at once: another candidate of this epoch asking meanwhile is refused.
+  // Taken at once: another candidate of this epoch asking meanwhile is refused, and, as a
+  // leader heard, any other for an election time-out (replication::ElectedBy).
   state_ = *a.save;
+  heard_us_ = std::max(heard_us_, node_.PreciseNowUs());
   return node_.node_pool()
       .Run([path = node_.state_path(), next = *a.save]() {
         return replication::SaveNodeState(path, next);
