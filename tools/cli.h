@@ -40,6 +40,7 @@ struct Target {
   walship::rpc::WriteOptions write;  // for writes
   std::string request_id;            // for writes: empty for none
   int retry_for_ms = 30000;          // a write with a request id asks again this long
+  int leader_wait_ms = 5000;         // a write not applied asks again this long (--cluster)
   walship::rpc::ReadOptions read;    // for reads
   std::string session_path;          // --session: "" for none
   walship::replication::ReadToken session;  // as loaded from it

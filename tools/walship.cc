@@ -40,14 +40,17 @@ void SaveReadPosition(const Target& t, const walship::rpc::Client& c) {
   }
 }
 
-// A write. Without a request id it is sent once (after not-leader answers, to the leader
-// they name): an answer that never came is in doubt (exit 6), never retried. With one, an
-// answer in doubt, an unreachable node and a cluster without a leader yet are all asked again
-// with the same id, for up to --retry-for-ms: the leader answers a write it made before with
-// that write's outcome, so the write is applied at most once.
+// A write, asked again while it certainly was not applied: with --cluster, while no node of the
+// file can be reached or the one reached does not take writes (not the leader; a leader not
+// yet, or no longer, holding its lease; a full write queue): a failover under way, waited out
+// for up to --leader-wait-ms. An answer that never came is in doubt (exit 6) and is not sent
+// again without a request id. With one it is, with the same id, as is all of the above, for up
+// to --retry-for-ms: the leader answers a write it made before with that write's outcome, so
+// the write is applied at most once. Each pause is a tenth of the time waited so far (10 ms to
+// 1 s): the write is answered at most about a tenth later than the cluster could answer it.
 int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(t.retry_for_ms);
-  auto pause = std::chrono::milliseconds(50);
+  using std::chrono::milliseconds;
+  const auto start = std::chrono::steady_clock::now();
   while (true) {
     auto r = FollowingHints(t, "retrying at", [&](walship::rpc::Client& c) {
       return t.request_id.empty() ? c.Write(ops) : c.WriteWithId(ops, t.request_id);
@@ -67,15 +70,25 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
       return 0;
     }
     const absl::Status& s = r.status();
+    const bool in_doubt = walship::rpc::IsInDoubt(s);
     // Not the leader: asked again only where the cluster file lets the CLI look elsewhere.
-    bool again = absl::IsUnavailable(s) || (walship::rpc::IsNotLeader(s) && t.config.has_value());
-    if (t.request_id.empty() || !again || std::chrono::steady_clock::now() + pause > deadline) {
-      return Fail(s);
+    const bool not_applied = (absl::IsUnavailable(s) && !in_doubt) ||
+                             (walship::rpc::IsNotLeader(s) && t.config.has_value());
+    int budget_ms = 0;
+    if (!t.request_id.empty() && (in_doubt || not_applied)) {
+      budget_ms = t.retry_for_ms;
+    } else if (not_applied && t.config.has_value()) {
+      budget_ms = t.leader_wait_ms;
     }
-    std::fprintf(stderr, "walship: %s; asking again with the same request id\n",
-                 std::string(s.message()).c_str());
+    auto waited = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() -
+                                                           start);
+    milliseconds pause = std::clamp(waited / 10, milliseconds(10), milliseconds(1000));
+    if (waited + pause > milliseconds(budget_ms)) return Fail(s);
+    std::fprintf(stderr, "walship: %s; asking again in %lld ms%s (%lld ms so far)\n",
+                 std::string(s.message()).c_str(), static_cast<long long>(pause.count()),
+                 t.request_id.empty() ? "" : " with the same request id",
+                 static_cast<long long>(waited.count()));
     std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::milliseconds(1000));
   }
 }
 
@@ -184,6 +197,12 @@ int main(int argc, char** argv) {
   write_opts
       ->add_option("--retry-for-ms", t.retry_for_ms, "with --request-id: how long to keep asking")
       ->capture_default_str();
+  write_opts
+      ->add_option("--leader-wait-ms", t.leader_wait_ms,
+                   "with --cluster: how long to keep asking while no node takes the write (no "
+                   "node reachable, no leader yet: a failover under way); 0 asks once")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
 
   std::string key, value, end;
   auto* put = app.add_subcommand("put", "write KEY = VALUE");

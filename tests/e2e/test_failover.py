@@ -135,6 +135,19 @@ class FailoverTest(unittest.TestCase):
         fresh = c.cli("--request-id", "order-2", "put", "order", "fourth").stdout
         self.assertNotIn("already written", fresh)
 
+    def test_a_write_without_a_request_id_waits_for_the_new_leader(self):
+        # Asked again only while certainly not applied: the file's leader cannot be reached,
+        # the followers name it still, then a new leader holds no lease yet.
+        c = self.cluster(mode="semi-sync", acks=1)
+        c.stop("n1", signal.SIGKILL)
+        r = c.cli("--leader-wait-ms", "30000", "put", "during", "failover", timeout=60)
+        self.assertIn("asking again in", r.stderr)
+        self.assertNotIn("request id", r.stderr)
+        seq = int(r.stdout.split()[2])
+        leader = self.wait_new_leader(c, ("n2", "n3"))
+        self.assertEqual(c.cli("--node", leader, "get", "during").stdout, "failover\n")
+        self.assertEqual(c.status(leader)["latest_seq"], seq, "written once, and last")
+
     def test_a_new_clusters_leader_waits_for_followers_that_start_later(self):
         """Started seconds before its followers, the first leader keeps its epoch and takes no
         write until a majority answers, instead of stepping down for want of one (after which
@@ -391,6 +404,20 @@ class FailoverTest(unittest.TestCase):
             self.assertEqual(self.running_leaders(c), [])
             time.sleep(0.2)
         self.assertEqual(c.status("n2")["failover"], "")
+        # No node takes writes: the CLI asks again for --leader-wait-ms, then names the refusal.
+        began = time.monotonic()
+        r = c.cli("--leader-wait-ms", "600", "put", "k", "v", check=False)
+        self.assertGreaterEqual(time.monotonic() - began, 0.5)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        waits = [int(m.group(1)) for m in map(re.compile(r"\((\d+) ms so far\)").search, lines)
+                 if m]
+        self.assertGreater(len(waits), 1, r.stderr)
+        self.assertEqual(waits, sorted(waits))
+        self.assertIn("not the leader", lines[-1])
+        r = c.cli("--leader-wait-ms", "0", "put", "k", "v", check=False)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertNotIn("asking again", r.stderr)
 
 
 if __name__ == "__main__":
