@@ -195,7 +195,7 @@ def run_profile(name, rounds, load_s):
             t0 = time.monotonic()
             killed_at = time.time()
             # One CLI write, which waits for the new leader by itself (--leader-wait-ms),
-            # asking again after a tenth of the time waited so far: a client in one process,
+            # asking again after a tenth of the time waited so far (10-100 ms): one client,
             # as an application holds one, not a process start per try.
             r = c.cli("--leader-wait-ms", "60000", "put", f"after-{i}", "1", check=False,
                       timeout=90)

@@ -405,7 +405,8 @@ void Campaign::Lead(replication::Epoch epoch, replication::ElectedBy elected_by)
   auto promoted = [this, epoch]() {
     FinishPromote(PromoteOutcome{absl::OkStatus(), options_.self, epoch, promote_loss_});
   };
-  tasks_.add(BecomeLeader(node_, follower_, epoch, promoted, std::move(elected_by)).then([this, epoch](absl::Status led) {
+  auto led_or_not = BecomeLeader(node_, follower_, epoch, promoted, std::move(elected_by));
+  tasks_.add(led_or_not.then([this, epoch](absl::Status led) {
     if (!led.ok()) {
       spdlog::error("election: won epoch {} but cannot lead: {}", epoch, led.ToString());
       leading_ = false;

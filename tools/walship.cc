@@ -4,18 +4,17 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "rpc/client.h"
+#include "rpc/cluster_client.h"
 #include "rpc/convert.h"
 #include "rpc/tls.h"
 #include "tools/cli.h"
@@ -40,56 +39,48 @@ void SaveReadPosition(const Target& t, const walship::rpc::Client& c) {
   }
 }
 
-// A write, asked again while it certainly was not applied: with --cluster, while no node of the
-// file can be reached or the one reached does not take writes (not the leader; a leader not
-// yet, or no longer, holding its lease; a full write queue): a failover under way, waited out
-// for up to --leader-wait-ms. An answer that never came is in doubt (exit 6) and is not sent
-// again without a request id. With one it is, with the same id, as is all of the above, for up
-// to --retry-for-ms: the leader answers a write it made before with that write's outcome, so
-// the write is applied at most once. Each pause is a tenth of the time waited so far (10 ms to
-// 1 s): the write is answered at most about a tenth later than the cluster could answer it.
+// A write, through rpc::ClusterClient: with --cluster it goes to the leader, found by asking
+// the file's nodes and following the leader their refusals name, and it is sent again while
+// it certainly was not applied (no node reached; the node reached does not take writes: not
+// the leader, or a leader without its lease yet): a failover under way, waited out for up to
+// --leader-wait-ms. An answer that never came is in doubt (exit 6) and is not sent again
+// without a request id; with one it is, with the same id, for up to --retry-for-ms: the
+// leader answers a write it made before with that write's outcome, so the write is applied
+// at most once. With --endpoint alone only that node is asked, once (or, with a request id,
+// again for up to --retry-for-ms).
 int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
-  using std::chrono::milliseconds;
-  const auto start = std::chrono::steady_clock::now();
-  while (true) {
-    auto r = FollowingHints(t, "retrying at", [&](walship::rpc::Client& c) {
-      return t.request_id.empty() ? c.Write(ops) : c.WriteWithId(ops, t.request_id);
-    });
-    if (r.ok()) {
-      if (!t.session_path.empty()) {
-        if (absl::Status s = walship::tools::SaveSession(t.session_path, {r->epoch, r->last_seq});
-            !s.ok()) {
-          std::fprintf(stderr, "walship: the write is done, but %s\n",
-                       std::string(s.message()).c_str());
-        }
-      }
-      std::printf("OK seq %llu epoch %llu%s%s\n", static_cast<unsigned long long>(r->last_seq),
-                  static_cast<unsigned long long>(r->epoch),
-                  r->degraded ? " (degraded: not waited for the followers)" : "",
-                  r->duplicate ? " (already written with this request id: its first outcome)" : "");
-      return 0;
+  auto endpoint = Resolve(t);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  std::vector<std::string> endpoints = {*endpoint};
+  // Talking to "the leader" of a file: its other nodes are asked too.
+  if (t.node.empty() && t.endpoint.empty() && t.config.has_value()) {
+    for (const auto& n : t.config->nodes) {
+      if (n.advertise != *endpoint) endpoints.push_back(n.advertise);
     }
-    const absl::Status& s = r.status();
-    const bool in_doubt = walship::rpc::IsInDoubt(s);
-    // Not the leader: asked again only where the cluster file lets the CLI look elsewhere.
-    const bool not_applied = (absl::IsUnavailable(s) && !in_doubt) ||
-                             (walship::rpc::IsNotLeader(s) && t.config.has_value());
-    int budget_ms = 0;
-    if (!t.request_id.empty() && (in_doubt || not_applied)) {
-      budget_ms = t.retry_for_ms;
-    } else if (not_applied && t.config.has_value()) {
-      budget_ms = t.leader_wait_ms;
-    }
-    auto waited = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() -
-                                                           start);
-    milliseconds pause = std::clamp(waited / 10, milliseconds(10), milliseconds(1000));
-    if (waited + pause > milliseconds(budget_ms)) return Fail(s);
-    std::fprintf(stderr, "walship: %s; asking again in %lld ms%s (%lld ms so far)\n",
-                 std::string(s.message()).c_str(), static_cast<long long>(pause.count()),
-                 t.request_id.empty() ? "" : " with the same request id",
-                 static_cast<long long>(waited.count()));
-    std::this_thread::sleep_for(pause);
   }
+  walship::rpc::ClusterClientOptions o;
+  o.follow_hints = t.config.has_value();
+  o.leader_wait = absl::Milliseconds(t.config.has_value() ? t.leader_wait_ms : 0);
+  o.retry_for = absl::Milliseconds(t.retry_for_ms);
+  o.connect_fn = [&t](const std::string& e) { return ConnectTo(t, e); };
+  o.on_refusal = [](const std::string& line) {
+    std::fprintf(stderr, "walship: %s\n", line.c_str());
+  };
+  walship::rpc::ClusterClient cluster(std::move(endpoints), std::move(o));
+  auto r = t.request_id.empty() ? cluster.Write(ops) : cluster.WriteWithId(ops, t.request_id);
+  if (!r.ok()) return Fail(r.status());
+  if (!t.session_path.empty()) {
+    if (absl::Status s = walship::tools::SaveSession(t.session_path, {r->epoch, r->last_seq});
+        !s.ok()) {
+      std::fprintf(stderr, "walship: the write is done, but %s\n",
+                   std::string(s.message()).c_str());
+    }
+  }
+  std::printf("OK seq %llu epoch %llu%s%s\n", static_cast<unsigned long long>(r->last_seq),
+              static_cast<unsigned long long>(r->epoch),
+              r->degraded ? " (degraded: not waited for the followers)" : "",
+              r->duplicate ? " (already written with this request id: its first outcome)" : "");
+  return 0;
 }
 
 // Parses `walship write` input: one op per line, blank lines and # comments skipped.
