@@ -123,7 +123,7 @@ VoteAnswer AnswerVote(const NodeState& state, const VoterView& view, const VoteR
   if (view.leads) {
     return Refuse(self, highest, absl::StrCat("this node leads epoch ", state.epoch));
   }
-  if (view.leader_heard_us != kNever &&
+  if (view.leader_heard_us != kNever && request.candidate != view.heard_from &&
       now_us - view.leader_heard_us < int64_t{options.election_timeout_ms} * 1000) {
     return Refuse(self, highest,
                   absl::StrCat("this node heard from its leader '", state.leader, "' ",

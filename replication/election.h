@@ -119,6 +119,10 @@ struct VoterView {
   // a leader just before it stopped, and that leader's lease relies on it refusing votes for
   // an election time-out after. kNever: no leader to be loyal to (tests).
   int64_t leader_heard_us = kNever;
+  // Whom it heard then: the leader, or the candidate it voted for ("" after its start). That
+  // node is not refused for it: a lease rests on refusing the *others* (a candidate whose vote
+  // answer was lost asks again in the next epoch, and gets it).
+  std::string heard_from = "";
 };
 
 // Why a voter refused: the election reacts to another voter suspecting the leader only when

@@ -76,6 +76,7 @@ struct SimNode {
   bool up = true;
   bool leads = false;
   int64_t leader_heard_us = kNever;
+  std::string heard_from = "";
   std::unique_ptr<Election> election;
   std::unique_ptr<LeaderLease> lease;
   std::map<std::string, SequenceNumber> match;  // leading: each follower's acknowledged end
@@ -189,6 +190,7 @@ class ElectionSim {
     node.leads = leads;
     node.started_us = now;
     node.leader_heard_us = now;
+    node.heard_from.clear();
     node.election = std::make_unique<Election>(Options(node.id), rng_(), now);
     node.lease = std::make_unique<LeaderLease>(kLeaseMs);
     node.match.clear();
@@ -394,6 +396,7 @@ class ElectionSim {
       f.state.epoch = a.epoch;
       f.state.leader = a.leader;
       f.leader_heard_us = now_;
+      f.heard_from = a.leader;
       f.election->OnLeaderContact(now_);
       // Take the leader's log: it extends ours, or ours parted from it (walship re-seeds
       // such a follower); a lost acknowledged write shows at the next win or at the end. An
@@ -444,7 +447,10 @@ class ElectionSim {
   void OnVote(SimNode& v, const Message& m) {
     // Asked before it heard from any leader since it started: only its start keeps it loyal.
     if (v.leader_heard_us == v.started_us && !v.leads) ++asked_after_restart_;
-    VoterView view{.latest = v.latest, .leads = v.leads, .leader_heard_us = v.leader_heard_us};
+    VoterView view{.latest = v.latest,
+                   .leads = v.leads,
+                   .leader_heard_us = v.leader_heard_us,
+                   .heard_from = v.heard_from};
     VoteAnswer a = AnswerVote(v.state, view, m.vote, Options(v.id), now_);
     if (a.save) {
       v.state = *a.save;
@@ -452,6 +458,7 @@ class ElectionSim {
       // (and vote for itself) within an election time-out of acknowledging the candidate,
       // and counts as the leader heard (the candidate's lease counts the vote).
       v.leader_heard_us = now_;
+      v.heard_from = m.vote.candidate;
       if (v.election != nullptr && !v.leads) v.election->OnLeaderContact(now_);
     }
     if (m.vote.pre_vote && a.reply.granted && !v.leads && v.election != nullptr) {

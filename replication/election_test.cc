@@ -484,13 +484,18 @@ TEST(ElectionTest, TheVotesThatElectALeaderCountTowardsItsLease) {
   EXPECT_EQ(lease.ExpiresAt(self.membership, "n2"), asked + 1500 * kMs);
   // n1, its vote counted as its leader heard, refuses another candidate until an election
   // time-out after it, past the lease.
-  VoterView n1{.latest = 150, .leads = false, .leader_heard_us = asked + 30 * kMs};
+  VoterView n1{
+      .latest = 150, .leads = false, .leader_heard_us = asked + 30 * kMs, .heard_from = "n2"};
   VoteAnswer other = AnswerVote(voters["n1"], n1, Ask("n3", 5, 150, 3, true), Opts("n1"),
                                 asked + 2000 * kMs);
   EXPECT_FALSE(other.reply.granted);
   EXPECT_EQ(other.refusal, Refusal::kLeaderHeard);
   EXPECT_TRUE(AnswerVote(voters["n1"], n1, Ask("n3", 5, 150, 3, true), Opts("n1"),
                          asked + 2030 * kMs)
+                  .reply.granted);
+  // Not the one it voted for: had the answer been lost, n2 would stand again, and win.
+  EXPECT_TRUE(AnswerVote(voters["n1"], n1, Ask("n2", 5, 150, 3, true), Opts("n1"),
+                         asked + 100 * kMs)
                   .reply.granted);
 }
 

@@ -69,6 +69,12 @@ TakeOverReply AnswerTakeOver(const NodeState& state, SequenceNumber applied,
     return refuse(absl::StrCat("this node is at epoch ", state.epoch, ", the leader at epoch ",
                                request.epoch));
   }
+  // Voted in a later election (whose winner's lease counts this node's vote): the leader
+  // asking is stale, whatever this node follows yet.
+  if (state.vote_epoch > request.epoch) {
+    return refuse(absl::StrCat("this node voted in epoch ", state.vote_epoch,
+                               ", after the leader's epoch ", request.epoch));
+  }
   if (state.history.empty() || state.history.back().leader != request.from) {
     return refuse(absl::StrCat("this node does not follow '", request.from, "' in epoch ",
                                request.epoch));

@@ -57,6 +57,14 @@ TEST(HandoverTest, AFollowerTakesOverOnlyWhenItHoldsEverythingItsLeaderWrote) {
   EXPECT_EQ(r.epoch, 3u) << "a refusal names the highest epoch seen";
   r = AnswerTakeOver(FollowingState(2, "n2"), 90, "n1", t, &take_over);
   EXPECT_FALSE(r.accepted || take_over);
+  // It voted in a later election, and follows n0 still until it hears the winner.
+  NodeState voted = FollowingState(2, "n0");
+  voted.vote_epoch = 3;
+  voted.voted_for = "n2";
+  r = AnswerTakeOver(voted, 90, "n1", t, &take_over);
+  EXPECT_FALSE(r.accepted || take_over);
+  EXPECT_NE(r.message.find("voted in epoch 3"), std::string::npos) << r.message;
+  EXPECT_EQ(r.epoch, 3u);
   t.version = 1;
   r = AnswerTakeOver(state, 90, "n1", t, &take_over);
   EXPECT_FALSE(r.accepted || take_over);

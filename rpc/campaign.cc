@@ -68,6 +68,7 @@ void Campaign::NoteContact() {
   // Noted on the precise clock, now: the loop's cached clock may lag behind a long turn, and
   // a voter must never think it heard its leader earlier than it did.
   heard_us_ = node_.PreciseNowUs();
+  heard_from_ = follower_->state().leader;
   election_.OnLeaderContact(heard_us_);
   CheckPromote();
   Arm();
@@ -76,6 +77,7 @@ void Campaign::NoteContact() {
 void Campaign::NoteHeartbeat(const std::string& leader, replication::Epoch epoch,
                              int64_t now_us) {
   heard_us_ = std::max(heard_us_, now_us);
+  heard_from_ = leader;
   election_.OnLeaderHeartbeat(leader, epoch, now_us);
   if (promoting_.get() != nullptr) {
     promote_log_.push_back("a leader of the highest epoch this node has seen is alive");
@@ -425,6 +427,7 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
   view.latest = node_.engine().LatestSequence();
   view.leads = leading_;  // won, and becoming leader: it votes for no one else
   view.leader_heard_us = heard_us_;
+  view.heard_from = heard_from_;
   int64_t now = node_.PreciseNowUs();
   replication::VoteAnswer a =
       replication::AnswerVote(follower_->state(), view, request, options_, now);
@@ -467,6 +470,7 @@ kj::Promise<replication::VoteReply> Campaign::Answer(replication::VoteRequest re
       // heard: other candidates are refused for an election time-out, which the candidate's
       // lease counts on (replication::ElectedBy).
       heard_us_ = std::max(heard_us_, now);
+      heard_from_ = request.candidate;
       election_.OnLeaderContact(now);
       Arm();
     }

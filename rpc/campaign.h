@@ -87,6 +87,7 @@ class Campaign final : public Candidate, private kj::TaskSet::ErrorHandler {
   replication::ElectionOptions options_;
   replication::Election election_;
   int64_t heard_us_;             // the role's start counts as contact (replication/election.h)
+  std::string heard_from_;       // the leader heard, or the candidate voted for, then
   int64_t link_contact_us_ = 0;  // the link's last contact as last noted
   std::map<std::string, kj::Own<PeerClient>> voters_;  // open connections, by voter id
   bool leading_ = false;                               // won: the node becomes leader

@@ -135,6 +135,7 @@ kj::Promise<replication::VoteReply> SeedingRole::RequestVote(replication::VoteRe
   replication::VoterView view;
   view.latest = vote_latest_;
   view.leader_heard_us = heard_us_;
+  view.heard_from = heard_from_;
   replication::VoteAnswer a = replication::AnswerVote(
       state_, view, request, ElectionOptionsFor(node_.options()), node_.PreciseNowUs());
   if (!a.save.has_value()) {
@@ -145,6 +146,7 @@ kj::Promise<replication::VoteReply> SeedingRole::RequestVote(replication::VoteRe
   // leader heard, any other for an election time-out (replication::ElectedBy).
   state_ = *a.save;
   heard_us_ = std::max(heard_us_, node_.PreciseNowUs());
+  heard_from_ = request.candidate;
   return node_.node_pool()
       .Run([path = node_.state_path(), next = *a.save]() {
         return replication::SaveNodeState(path, next);
@@ -164,6 +166,7 @@ replication::HeartbeatReply SeedingRole::Heartbeat(const replication::Heartbeat&
       replication::AnswerHeartbeat(o.node_id, o.cluster, state_.HighestEpoch(), beat);
   if (!reply.heard) return reply;
   heard_us_ = std::max(heard_us_, node_.PreciseNowUs());
+  heard_from_ = beat.leader;
   if (o.failover && beat.leader != LeaderId() && beat.leader != o.node_id) {
     // Another node leads now (the one this node seeded from failed, or stepped down): it is
     // the source from now on, and a paused attempt begins at once.

@@ -89,6 +89,7 @@ class SeedingRole final : public Role, private kj::TaskSet::ErrorHandler {
   uint64_t attempt_id_ = 0;  // a paused attempt runs only if no other began meanwhile
   engine::SequenceNumber vote_latest_ = 0;  // its log's end as voters compare it
   int64_t heard_us_ = 0;  // its leader's last heartbeat (the role's start at first)
+  std::string heard_from_;  // that leader, or the candidate it last voted for
   kj::Own<PeerClient> conn_;
   kj::TaskSet tasks_;  // last: destroyed first
 };
