@@ -45,7 +45,8 @@ SearchStep LeaderSearch::OnAnswer(Answer answer, const std::string& hint, int64_
     leader_ = asking_;
     return {SearchStep::Kind::kDone, asking_, 0};
   }
-  if (answer == Answer::kInDoubt && !has_request_id_) {
+  if ((answer == Answer::kInDoubt && !has_request_id_) ||
+      (answer == Answer::kNotLeader && !options_.follow_hints)) {
     return {SearchStep::Kind::kGiveUp, "", 0};
   }
   if (answer == Answer::kUnreachable) unreachable_.insert(asking_);

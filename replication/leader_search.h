@@ -18,6 +18,7 @@
 //   - in doubt (sent, and no answer came): it may have been applied, so without a request id
 //     the search gives up at once; with one, sending it again is safe and it is treated as
 //     refused, for up to `retry_for_us` in all.
+// A client bound to one node (`follow_hints` false) gives up when that node does not lead.
 // Members that could not be reached in the last pass are asked last in the next (a dead
 // node over a network costs a connect time-out per try).
 #pragma once
@@ -32,14 +33,16 @@ namespace walship::replication {
 struct LeaderSearchOptions {
   int64_t leader_wait_us = 5'000'000;  // how long refusals are waited out (0: one pass)
   int64_t retry_for_us = 30'000'000;   // with a request id: how long, in all (at least the above)
-  // false: the leader a refusal names is not asked (a client told to talk to one node only).
+  // false: a client told to talk to one node only: the leader a refusal names is not asked,
+  // and a node that does not lead ends the search.
   bool follow_hints = true;
 };
 
 enum class Answer {
   kTaken,        // the write's outcome
-  kRefused,      // not applied: not the leader, not taking writes, not reached
-  kUnreachable,  // refused as it could not be reached (or sent to) at all
+  kNotLeader,    // not applied: the node does not lead (the hint names the leader, if known)
+  kRefused,      // not applied: a leader not taking writes now (no lease, queue full)
+  kUnreachable,  // not applied: the node could not be reached, or the write not sent whole
   kInDoubt,      // sent, and no answer: it may have been applied
 };
 

@@ -36,6 +36,11 @@ struct Error {
                          # with unavailable while a handover runs: the coming leader's;
                          # with unavailable for a read this follower could not serve: its
                          # leader's
+  notWritten @3 :Bool;   # with unavailable for a write: it was refused before anything of it
+                         # was written (a leader without its lease, stepping down or handing
+                         # over; a full write queue), so sending it again cannot apply it
+                         # twice. Without it an unavailable write may have failed in the
+                         # storage engine, and be in the WAL.
 }
 
 enum OpType {

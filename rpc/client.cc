@@ -376,7 +376,7 @@ class ClientImpl final : public Client {
     if (absl::Status s = conn_.EnsureOpen(deadline); !s.ok()) return s;
     if (absl::Status s = conn_.Append(request); !s.ok()) return s;
     // A request not sent whole was not applied: the node takes only whole messages.
-    if (absl::Status s = conn_.Flush(deadline); !s.ok()) return conn_.Fail(s);
+    if (absl::Status s = conn_.Flush(deadline); !s.ok()) return NotSent(conn_.Fail(s));
     absl::StatusOr<T> r = conn_.Receive<T>(deadline, expected, std::forward<F>(decode));
     if (!ClientConnection::IsTransportError(r.status())) return r;
     absl::Status lost = conn_.Fail(r.status());

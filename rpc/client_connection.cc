@@ -66,7 +66,8 @@ absl::Status ClientConnection::Open(absl::Time deadline) {
   absl::Status s = Connect(deadline);
   if (!s.ok()) {
     Close();
-    return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message()));
+    return NotSent(
+        absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", s.message())));
   }
   if (tls_.on()) {
     BoundByDeadline(SO_RCVTIMEO, deadline, recv_timeout_);
@@ -75,8 +76,8 @@ absl::Status ClientConnection::Open(absl::Time deadline) {
     if (!channel.ok()) {
       Close();
       if (absl::IsUnavailable(channel.status())) {
-        return absl::UnavailableError(
-            absl::StrCat("cannot reach ", endpoint_, ": ", channel.status().message()));
+        return NotSent(absl::UnavailableError(
+            absl::StrCat("cannot reach ", endpoint_, ": ", channel.status().message())));
       }
       return absl::Status(channel.status().code(),
                           absl::StrCat(endpoint_, ": ", channel.status().message()));
@@ -89,8 +90,8 @@ absl::Status ClientConnection::Open(absl::Time deadline) {
       if (absl::IsUnauthenticated(proved)) {
         return absl::UnauthenticatedError(absl::StrCat(endpoint_, ": ", proved.message()));
       }
-      return absl::UnavailableError(
-          absl::StrCat("cannot reach ", endpoint_, ": ", proved.message()));
+      return NotSent(absl::UnavailableError(
+          absl::StrCat("cannot reach ", endpoint_, ": ", proved.message())));
     }
   }
   // The preamble goes out at once, not with the first request: a node closes a connection
@@ -99,7 +100,8 @@ absl::Status ClientConnection::Open(absl::Time deadline) {
   out_.assign(schema::CLIENT_PREAMBLE.get().cStr(), schema::CLIENT_PREAMBLE.get().size());
   if (absl::Status sent = Flush(deadline); !sent.ok()) {
     Close();
-    return absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", sent.message()));
+    return NotSent(
+        absl::UnavailableError(absl::StrCat("cannot reach ", endpoint_, ": ", sent.message())));
   }
   return absl::OkStatus();
 }
@@ -184,6 +186,22 @@ void ClientConnection::Close() {
   out_.clear();
   in_begin_ = in_end_ = 0;
   taken_ = 0;
+}
+
+absl::Status ClientConnection::EnsureOpen(absl::Time deadline) {
+  if (fd_ >= 0 && ClosedByPeer()) Close();
+  return fd_ >= 0 ? absl::OkStatus() : Open(deadline);
+}
+
+// No reply is owed between calls: the node's end of the stream waiting to be read means it
+// closed the connection meanwhile (it stopped or restarted, or closed the connection as idle),
+// and a request sent on it could only be answered "in doubt". Bytes waiting (TLS may send
+// records of its own) leave the connection to the call.
+bool ClientConnection::ClosedByPeer() const {
+  char byte;
+  ssize_t r = ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (r == 0) return true;
+  return r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
 // Closes the connection after a failed call and returns why it failed.

@@ -44,11 +44,11 @@ class ClientConnection {
 
   const std::string& endpoint() const { return endpoint_; }
 
-  // Connects (again, closing any connection open), within `deadline`.
+  // Connects (again, closing any connection open), within `deadline`. A failure to is
+  // marked NotSent (rpc/convert.h) when the node could not be reached.
   absl::Status Open(absl::Time deadline);
-  absl::Status EnsureOpen(absl::Time deadline) {
-    return fd_ >= 0 ? absl::OkStatus() : Open(deadline);
-  }
+  // Opens the connection unless one is open and the node has not closed it (ClosedByPeer).
+  absl::Status EnsureOpen(absl::Time deadline);
   void Close();
   // Closes the connection after a failed call and returns why it failed.
   absl::Status Fail(absl::Status s);
@@ -107,6 +107,7 @@ class ClientConnection {
   static absl::Status TransportError(absl::Status s);
 
  private:
+  bool ClosedByPeer() const;
   absl::Status ProveSecret(absl::Time deadline);
   absl::Status Connect(absl::Time deadline);
   void SetTimeout(int option, absl::Duration d, absl::Duration& current);

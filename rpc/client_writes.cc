@@ -51,8 +51,8 @@ absl::Status CheckCondition(engine::Engine& engine, const std::vector<engine::Wr
     if (value.ok()) {
       now = std::move(*value);
     } else if (!absl::IsNotFound(value.status())) {
-      return absl::UnavailableError(
-          absl::StrCat("reading the condition's key failed: ", value.status().message()));
+      return NotWritten(absl::UnavailableError(
+          absl::StrCat("reading the condition's key failed: ", value.status().message())));
     }
   }
   if (now == condition.value) return absl::OkStatus();
@@ -112,8 +112,8 @@ kj::Promise<WriteOutcome> ClientService::EnqueueChecked(std::vector<engine::Writ
   const std::string& id = spec->request_id;
   if (id.empty()) return Queue(std::move(ops), std::move(*spec));
   if (writing_ids_.count(id) > 0) {
-    return fail(absl::UnavailableError(
-        "a write with this request id is being written now; ask again for its outcome"));
+    return fail(NotWritten(absl::UnavailableError(
+        "a write with this request id is being written now; ask again for its outcome")));
   }
   const int64_t now = replication::RealClock()->NowMicros();
   engine::ReadOptions cached;
@@ -151,8 +151,8 @@ kj::Promise<WriteOutcome> ClientService::Admit(
     std::vector<engine::WriteOp> ops, WriteSpec spec,
     absl::StatusOr<std::optional<engine::RequestOutcome>> first) {
   if (!first.ok()) {
-    return WriteOutcome{absl::UnavailableError(absl::StrCat(
-        "cannot look up the request id: ", first.status().message(), "; nothing was written"))};
+    return WriteOutcome{NotWritten(absl::UnavailableError(absl::StrCat(
+        "cannot look up the request id: ", first.status().message(), "; nothing was written")))};
   }
   if (first->has_value()) return AnswerAgain(**first, std::move(spec));
   return Queue(std::move(ops), std::move(spec));
@@ -162,16 +162,16 @@ kj::Promise<WriteOutcome> ClientService::Admit(
 kj::Promise<WriteOutcome> ClientService::Queue(std::vector<engine::WriteOp> ops, WriteSpec spec) {
   const NodeServerOptions& options = node_.options();
   if (pending_.size() >= options.max_pending_writes) {
-    return WriteOutcome{absl::UnavailableError(
-        absl::StrCat("write queue full (", options.max_pending_writes, " writes waiting); retry"))};
+    return WriteOutcome{NotWritten(absl::UnavailableError(absl::StrCat(
+        "write queue full (", options.max_pending_writes, " writes waiting); retry")))};
   }
   uint64_t bytes = 0;
   for (const engine::WriteOp& op : ops) bytes += op.key.size() + op.value.size();
   // Bounded in bytes too; a write alone is always taken (it is at most a request).
   if (!pending_.empty() && pending_bytes_ + bytes > options.max_pending_write_bytes) {
-    return WriteOutcome{absl::UnavailableError(absl::StrCat(
+    return WriteOutcome{NotWritten(absl::UnavailableError(absl::StrCat(
         "write queue full (", pending_bytes_, " bytes waiting, max_pending_write_bytes ",
-        options.max_pending_write_bytes, "); retry"))};
+        options.max_pending_write_bytes, "); retry")))};
   }
   if (!spec.request_id.empty()) writing_ids_.insert(spec.request_id);
   pending_bytes_ += bytes;

@@ -29,16 +29,19 @@ replication::LeaderSearchOptions SearchOptions(const ClusterClientOptions& o) {
   return s;
 }
 
-// How an answer that is not the write's outcome counts for the search, or nullopt when it is
-// the outcome (done, or an error to return: a condition that failed, not replicated, a bad
-// request, a secret not shared).
-std::optional<Answer> Classify(const absl::Status& s) {
+// How an answer counts for the search, or nullopt when it is the write's outcome: done, or an
+// error to return (a condition that failed, not replicated, a bad request, a secret not
+// shared).
+std::optional<Answer> Classify(const absl::Status& s, bool has_request_id) {
   if (s.ok()) return std::nullopt;
   if (IsInDoubt(s)) return Answer::kInDoubt;
-  if (IsNotLeader(s)) return Answer::kRefused;
-  // kUnavailable otherwise says nothing was written: a leader without its lease or room in
-  // its queue, or a request that could not be sent whole.
-  if (absl::IsUnavailable(s)) return Answer::kRefused;
+  if (IsNotSent(s)) return Answer::kUnreachable;
+  if (IsNotLeader(s)) return Answer::kNotLeader;
+  // A leader's refusal before writing anything (no lease, stepping down or handing over, a
+  // full queue). Any other `unavailable` may be a storage failure during the write, which may
+  // be in the WAL: sent again only with a request id.
+  if (IsNotWritten(s)) return Answer::kRefused;
+  if (absl::IsUnavailable(s) && has_request_id) return Answer::kRefused;
   return std::nullopt;
 }
 
@@ -82,11 +85,14 @@ absl::StatusOr<WriteResult> ClusterClient::Send(const std::vector<engine::WriteO
   const int64_t start = NowUs();
   SearchStep step = search_.Begin(start, !request_id.empty());
   absl::Status last = absl::UnavailableError("no member was asked");
-  // Given up, the error returned is the last refusal of a member reached, which says more
-  // (`not the leader`, naming it) than the dead leader's `cannot reach`.
-  std::optional<absl::Status> last_reached;
+  // Given up, the error returned is an answer in doubt, if one came (the write may have been
+  // applied), else the last refusal of a member reached, which says more (`not the leader`,
+  // naming it) than the dead leader's `cannot reach`.
+  std::optional<absl::Status> in_doubt, last_reached;
   while (true) {
-    if (step.kind == SearchStep::Kind::kGiveUp) return last_reached.value_or(last);
+    if (step.kind == SearchStep::Kind::kGiveUp) {
+      return in_doubt.value_or(last_reached.value_or(last));
+    }
     if (step.kind == SearchStep::Kind::kPause) {
       Tell(absl::StrCat(last.message(), "; asking again in ", step.pause_us / 1000, " ms",
                         request_id.empty() ? "" : " with the same request id", " (",
@@ -110,14 +116,18 @@ absl::StatusOr<WriteResult> ClusterClient::Send(const std::vector<engine::WriteO
     }
     absl::StatusOr<WriteResult> r =
         request_id.empty() ? (*client)->Write(ops) : (*client)->WriteWithId(ops, request_id);
-    std::optional<Answer> answer = Classify(r.status());
+    std::optional<Answer> answer = Classify(r.status(), !request_id.empty());
     if (!answer.has_value()) {
       search_.OnAnswer(Answer::kTaken, "", NowUs());
       return r;
     }
     last = r.status();
-    last_reached = last;
-    const std::string hint = IsNotLeader(last) ? LeaderHint(last) : "";
+    if (*answer == Answer::kInDoubt) {
+      in_doubt = last;
+    } else if (*answer != Answer::kUnreachable) {
+      last_reached = last;
+    }
+    const std::string hint = LeaderHint(last);
     step = search_.OnAnswer(*answer, hint, NowUs());
     if (step.kind == SearchStep::Kind::kAsk) {
       Tell(step.endpoint == hint

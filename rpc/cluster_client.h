@@ -4,10 +4,13 @@
 // keeps a connection (an rpc::Client) to each member it reached, so the writes after the first
 // go straight to the leader. `walship --cluster` writes through it.
 //
-// What is sent again, and what never is: a write refused (by a follower, by a leader without
-// its lease or room in its queue) or never sent (no member reached) was not applied, and is
-// sent again; a write whose answer never came is in doubt (IsInDoubt) and is not, unless it
-// carries a request id (WriteWithId), which makes sending it again safe.
+// What is sent again, and what never is: a write refused (by a follower, IsNotLeader; by a
+// leader without its lease or room in its queue, IsNotWritten) or never sent (no member
+// reached, IsNotSent) was not applied, and is sent again; a write whose answer never came is
+// in doubt (IsInDoubt), and one that failed otherwise (`unavailable` from the storage engine)
+// may be in the leader's WAL: neither is sent again unless it carries a request id
+// (WriteWithId), which makes sending it again safe. A kept connection the member closed (it
+// stopped or restarted) is seen closed before a write goes on it (rpc::Client).
 //
 // Thread safety: none, as rpc::Client.
 #pragma once

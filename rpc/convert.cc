@@ -418,6 +418,20 @@ absl::Status InDoubtError(const std::string& message) {
 
 bool IsInDoubt(const absl::Status& s) { return s.GetPayload(kInDoubtUrl).has_value(); }
 
+absl::Status NotSent(absl::Status s) {
+  s.SetPayload(kNotSentUrl, absl::Cord("1"));
+  return s;
+}
+
+bool IsNotSent(const absl::Status& s) { return s.GetPayload(kNotSentUrl).has_value(); }
+
+absl::Status NotWritten(absl::Status s) {
+  s.SetPayload(kNotWrittenUrl, absl::Cord("1"));
+  return s;
+}
+
+bool IsNotWritten(const absl::Status& s) { return s.GetPayload(kNotWrittenUrl).has_value(); }
+
 absl::Status ConditionFailedError(const std::string& message) {
   absl::Status s = absl::FailedPreconditionError(message);
   s.SetPayload(kConditionFailedUrl, absl::Cord("1"));
@@ -490,6 +504,7 @@ void ToCapnp(const absl::Status& s, schema::Error::Builder b) {
   }
   b.setCode(code);
   b.setMessage(std::string(s.message()));
+  b.setNotWritten(IsNotWritten(s));
 }
 
 absl::Status FromCapnp(schema::Error::Reader r) {
@@ -497,6 +512,7 @@ absl::Status FromCapnp(schema::Error::Reader r) {
   if (!s.ok() && r.getLeaderHint().size() > 0) {
     s.SetPayload(kLeaderHintUrl, absl::Cord(std::string(r.getLeaderHint())));
   }
+  if (!s.ok() && r.getNotWritten()) s = NotWritten(std::move(s));
   return s;
 }
 

@@ -91,6 +91,18 @@ bool IsWriteLost(const absl::Status& s);
 inline constexpr char kInDoubtUrl[] = "walship/in-doubt";
 absl::Status InDoubtError(const std::string& message);
 bool IsInDoubt(const absl::Status& s);
+// A request that never reached the node (it could not be reached, or the request was not
+// sent whole: a node takes only whole messages), so nothing was applied. kUnavailable,
+// marked; only the client makes it.
+inline constexpr char kNotSentUrl[] = "walship/not-sent";
+absl::Status NotSent(absl::Status s);
+bool IsNotSent(const absl::Status& s);
+// A write the node refused before writing anything of it (notWritten on the wire): a leader
+// without its lease, stepping down or handing over, a full write queue. Sending it again
+// cannot apply it twice. Other `unavailable` answers to a write may be storage failures.
+inline constexpr char kNotWrittenUrl[] = "walship/not-written";
+absl::Status NotWritten(absl::Status s);
+bool IsNotWritten(const absl::Status& s);
 
 inline std::string ToString(capnp::Data::Reader d) {
   return std::string(reinterpret_cast<const char*>(d.begin()), d.size());

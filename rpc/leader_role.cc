@@ -135,23 +135,24 @@ void LeaderRole::Start() {
 
 absl::Status LeaderRole::WriteRefusal() const {
   if (coordinator_ != nullptr && (stepping_down_ || !coordinator_->Holds(leader_.epoch()))) {
-    return absl::UnavailableError(absl::StrCat(
+    return NotWritten(absl::UnavailableError(absl::StrCat(
         "node '", node_.options().node_id, "' leads epoch ", leader_.epoch(),
         stepping_down_ ? " but steps down"
                        : " but does not hold the leader key in etcd under a live lease",
         " (", coordinator_->Describe(), "): writes are refused until it does, or another node "
-        "leads; ask any node for the leader"));
+        "leads; ask any node for the leader")));
   }
   if (lease_.has_value() && (stepping_down_ || node_.PreciseNowUs() >= lease_until_us_)) {
-    return absl::UnavailableError(absl::StrCat(
+    return NotWritten(absl::UnavailableError(absl::StrCat(
         "node '", node_.options().node_id, "' leads epoch ", leader_.epoch(),
         stepping_down_ ? " but steps down"
                        : " but has not heard from a majority of the voters within its lease",
         " (lease_ms = ", node_.options().lease_ms, "): writes are refused until it does, or "
-        "another node leads; ask any node for the leader"));
+        "another node leads; ask any node for the leader")));
   }
   if (!handover_.has_value()) return absl::OkStatus();
   absl::Status s = handover_->WriteRefusal();
+  if (!s.ok()) s = NotWritten(std::move(s));
   std::string address = node_.AddressOf(handover_->target());
   if (!address.empty()) s.SetPayload(kLeaderHintUrl, absl::Cord(address));
   return s;

@@ -76,5 +76,27 @@ TEST(ConvertTest, ARefusalNamesWhoIsAtFault) {
   EXPECT_TRUE(absl::IsInternal(ours)) << ours;
 }
 
+// A write refused before anything of it was written says so on the wire; a storage failure,
+// also `unavailable`, does not (it may be in the WAL), and neither does a not-leader answer.
+TEST(ConvertTest, AWriteRefusedBeforeWritingSaysSoAcrossTheWire) {
+  auto across = [](const absl::Status& s) {
+    capnp::MallocMessageBuilder m;
+    auto e = m.initRoot<schema::Error>();
+    ToCapnp(s, e);
+    return FromCapnp(m.getRoot<schema::Error>().asReader());
+  };
+  absl::Status refused = across(NotWritten(absl::UnavailableError("no lease")));
+  EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
+  EXPECT_TRUE(IsNotWritten(refused)) << refused;
+  EXPECT_EQ(refused.message(), "no lease");
+  absl::Status storage = across(absl::UnavailableError("the storage failed"));
+  EXPECT_TRUE(absl::IsUnavailable(storage)) << storage;
+  EXPECT_FALSE(IsNotWritten(storage)) << storage;
+  absl::Status follower = across(NotLeaderError("127.0.0.1:1"));
+  EXPECT_TRUE(IsNotLeader(follower));
+  EXPECT_FALSE(IsNotWritten(follower));
+  EXPECT_EQ(LeaderHint(follower), "127.0.0.1:1");
+}
+
 }  // namespace
 }  // namespace walship::rpc

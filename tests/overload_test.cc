@@ -361,6 +361,8 @@ TEST_F(OverloadTest, SilentAndIdleConnectionsAreClosed) {
   lo.client_idle_timeout_ms = 1000;  // far above the busy client's 150 ms between requests
   RunningNode leader(lo);
   ASSERT_NE(ConnectOrDie(lo.listen), nullptr);
+  auto kept = Client::Connect(lo.listen, absl::Seconds(5));  // idle from here on
+  ASSERT_TRUE(kept.ok()) << kept.status();
   RawConnection silent(lo.listen, /*preamble=*/false);
   // Bytes that are no client's preamble are taken for a node's RPC; one that never
   // subscribes is closed after the same bound.
@@ -385,6 +387,11 @@ TEST_F(OverloadTest, SilentAndIdleConnectionsAreClosed) {
   busy.AddStatus();
   busy.Send();
   EXPECT_TRUE(busy.Receive()->getRoot<schema::Reply>().isStatus());
+  // A Client whose idle connection the node closed sees so before its next call and
+  // connects again: the write is answered, not "in doubt" for a request sent on a closed
+  // connection.
+  auto w = (*kept)->Write({{OpType::kPut, "after-idle", "v"}});
+  ASSERT_TRUE(w.ok()) << w.status();
 }
 
 // A client says what it speaks when it connects, not with its first request: one that

@@ -139,14 +139,19 @@ class FailoverTest(unittest.TestCase):
         # Asked again only while certainly not applied: the file's leader cannot be reached,
         # the followers name it still, then a new leader holds no lease yet.
         c = self.cluster(mode="semi-sync", acks=1)
+        c.cli("put", "before", "failover")
+        before = c.status("n1")["latest_seq"]
+        wait_until(lambda: all(c.status(n)["latest_seq"] == before for n in ("n2", "n3")), 30,
+                   "both followers to hold the write")
         c.stop("n1", signal.SIGKILL)
         r = c.cli("--leader-wait-ms", "30000", "put", "during", "failover", timeout=60)
         self.assertIn("asking again in", r.stderr)
         self.assertNotIn("request id", r.stderr)
         seq = int(r.stdout.split()[2])
+        self.assertEqual(seq, before + 1, "written once")
         leader = self.wait_new_leader(c, ("n2", "n3"))
         self.assertEqual(c.cli("--node", leader, "get", "during").stdout, "failover\n")
-        self.assertEqual(c.status(leader)["latest_seq"], seq, "written once, and last")
+        self.assertEqual(c.status(leader)["latest_seq"], seq, "and nothing after it")
 
     def test_a_new_clusters_leader_waits_for_followers_that_start_later(self):
         """Started seconds before its followers, the first leader keeps its epoch and takes no
@@ -161,9 +166,11 @@ class FailoverTest(unittest.TestCase):
             self.assertEqual((st["role"], st["epoch"]), ("leader", 1))
             self.assertIn("no lease", st["failover"])
             time.sleep(0.2)
-        r = c.cli("--node", "n1", "put", "early", "1", check=False)
+        r = c.cli("--node", "n1", "--leader-wait-ms", "300", "put", "early", "1", check=False)
         self.assertNotEqual(r.returncode, 0, "a leader without a majority took a write")
         self.assertIn("has not heard from a majority", r.stderr)
+        # Refused before anything was written (notWritten on the wire): asked again meanwhile.
+        self.assertIn("asking again in", r.stderr)
         c.start("n2")
         c.start("n3")
         self.put_until_acked(c, "n1", "k", "v")
