@@ -130,7 +130,7 @@ absl::StatusOr<WriteResult> ClusterClient::Send(const std::vector<engine::WriteO
     const std::string hint = LeaderHint(last);
     step = search_.OnAnswer(*answer, hint, NowUs());
     if (step.kind == SearchStep::Kind::kAsk) {
-      Tell(step.endpoint == hint
+      Tell(step.endpoint == hint && IsNotLeader(last)
                ? absl::StrCat(endpoint, " is not the leader; retrying at ", hint)
                : absl::StrCat(endpoint, ": ", last.message(), "; asking ", step.endpoint));
     }
