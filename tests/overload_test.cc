@@ -18,6 +18,7 @@
 #include "engine/fault_env.h"
 #include "rpc/client.capnp.h"
 #include "rpc/client.h"
+#include "rpc/cluster_client.h"
 #include "rpc/convert.h"
 #include "tests/node_harness.h"
 
@@ -471,6 +472,16 @@ TEST_F(OverloadTest, StorageErrorsAreToldAndRecoveredFrom) {
   }
   EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
   EXPECT_NE(refused.message().find("storage"), std::string_view::npos) << refused;
+  // Not marked as refused before writing (a storage failure may be in the WAL): a client of
+  // the cluster returns it rather than sending the write again.
+  EXPECT_FALSE(IsNotWritten(refused)) << refused;
+  std::vector<std::string> told;
+  ClusterClientOptions co;
+  co.leader_wait = absl::Seconds(2);
+  co.on_refusal = [&](const std::string& line) { told.push_back(line); };
+  auto via_cluster = ClusterClient({lo.listen}, co).Write({{OpType::kPut, "c-again", value}});
+  EXPECT_TRUE(absl::IsUnavailable(via_cluster.status())) << via_cluster.status();
+  EXPECT_TRUE(told.empty()) << told.front();
   auto lst = c->Status();
   ASSERT_TRUE(lst.ok());
   EXPECT_NE(lst->storage_error.find("no space"), std::string::npos) << lst->storage_error;

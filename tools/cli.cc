@@ -56,6 +56,15 @@ absl::StatusOr<std::string> Resolve(Target& t) {
                    " nor a member any node of it knows (walship add-follower adds one)"));
 }
 
+std::vector<std::string> OtherNodes(const Target& t, const std::string& endpoint) {
+  std::vector<std::string> others;
+  if (!t.node.empty() || !t.endpoint.empty() || !t.config.has_value()) return others;
+  for (const auto& n : t.config->nodes) {
+    if (n.advertise != endpoint) others.push_back(n.advertise);
+  }
+  return others;
+}
+
 absl::StatusOr<std::unique_ptr<walship::rpc::Client>> ConnectTo(const Target& t,
                                                                 const std::string& endpoint) {
   auto client =

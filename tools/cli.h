@@ -65,20 +65,19 @@ absl::StatusOr<std::unique_ptr<rpc::Client>> ConnectTo(const Target& t,
 // may still name the leader it followed before, which names the current one).
 constexpr int kMaxHops = 3;
 
+// With --cluster and neither --node nor --endpoint (talking to "the leader" of the file): the
+// file's nodes other than `endpoint`, to ask when it cannot be reached; else none.
+std::vector<std::string> OtherNodes(const Target& t, const std::string& endpoint);
+
 template <typename Call>
 auto FollowingHints(Target& t, const char* verb, Call call)
     -> decltype(call(std::declval<walship::rpc::Client&>())) {
   auto endpoint = Resolve(t);
   if (!endpoint.ok()) return endpoint.status();
   std::vector<std::string> asked = {*endpoint};
-  // Talking to "the leader" of a file: when the node the file names as leader cannot be
-  // reached (it failed, and another leads now), the file's other nodes are asked in turn.
-  std::vector<std::string> others;
-  if (t.node.empty() && t.endpoint.empty() && t.config.has_value()) {
-    for (const auto& n : t.config->nodes) {
-      if (n.advertise != *endpoint) others.push_back(n.advertise);
-    }
-  }
+  // When the node the file names as leader cannot be reached (it failed, and another leads
+  // now), the file's other nodes are asked in turn.
+  std::vector<std::string> others = OtherNodes(t, *endpoint);
   for (int hop = 0;; ++hop) {
     auto client = ConnectTo(t, asked.back());
     if (!client.ok() && hop == 0 && !others.empty()) {

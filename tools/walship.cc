@@ -52,12 +52,7 @@ int DoWrite(Target& t, const std::vector<WriteOp>& ops) {
   auto endpoint = Resolve(t);
   if (!endpoint.ok()) return Fail(endpoint.status());
   std::vector<std::string> endpoints = {*endpoint};
-  // Talking to "the leader" of a file: its other nodes are asked too.
-  if (t.node.empty() && t.endpoint.empty() && t.config.has_value()) {
-    for (const auto& n : t.config->nodes) {
-      if (n.advertise != *endpoint) endpoints.push_back(n.advertise);
-    }
-  }
+  for (std::string& other : OtherNodes(t, *endpoint)) endpoints.push_back(std::move(other));
   walship::rpc::ClusterClientOptions o;
   o.follow_hints = t.config.has_value();
   o.leader_wait = absl::Milliseconds(t.config.has_value() ? t.leader_wait_ms : 0);
